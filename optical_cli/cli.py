@@ -1,0 +1,174 @@
+"""The `optical` command line: parse -> build -> run -> report, one short function per command.
+
+Human output and progress go to stderr; ``--json`` prints one JSON document (or JSON lines
+for streams) to stdout. Exit codes: 0 success, 1 failed run, 2 bad usage, config or input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import config as config_mod
+from .artifacts import Run, start_run, to_json_line
+from .errors import OpticalError
+
+app = typer.Typer(
+    name="optical",
+    help="Compress information before a model sees it: optical context compression and energy-informed vector search.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show and validate config files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+err = Console(stderr=True, highlight=False)
+
+# ---------------------------------------------------------------------------------------
+# Options every command shares
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the command's file in configs/).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set key.path=value (repeatable).")]
+OutputDirOpt = Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Write artifacts directly into this directory instead of results/<command>/<run>/.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
+
+
+@contextlib.contextmanager
+def handled_errors() -> Iterator[None]:
+    """One line and exit 2 for a user's mistake, one line and exit 1 for a failed run."""
+    try:
+        yield
+    except OpticalError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - a failed run, not a traceback for the user
+        if os.environ.get("OPTICAL_DEBUG"):
+            raise
+        err.print(f"[bold red]run failed:[/] {type(exc).__name__}: {exc} (set OPTICAL_DEBUG=1 for the traceback)", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def load(command: str, config: Optional[Path], sets: Optional[list[str]]) -> Any:
+    return config_mod.load_config(command, config, sets or [])
+
+
+@contextlib.contextmanager
+def run_dir(command: str, cfg: Any, output_dir: Optional[Path], name: str | None = None) -> Iterator[Run]:
+    runtime = getattr(cfg, "runtime", None)
+    with start_run(
+        command,
+        config_mod.dump_config(cfg),
+        output_dir=output_dir,
+        name=name,
+        seed=getattr(runtime, "seed", None),
+        device=getattr(runtime, "device", None),
+    ) as run:
+        yield run
+    err.print(f"[dim]artifacts: {run.path}[/]")
+
+
+def emit_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def emit_json_line(record: dict) -> None:
+    sys.stdout.write(to_json_line(record) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+    """A Rich progress bar on stderr; yields ``advance(n=1, total=None, description=None)``."""
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+
+        def advance(n: int = 1, total: int | None = None, description: str | None = None) -> None:
+            fields = {}
+            if total is not None:
+                fields["total"] = total
+            if description is not None:
+                fields["description"] = description
+            progress.update(task, advance=n, **fields)
+
+        yield advance
+
+
+def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("key", style="bold")
+    table.add_column("value", justify="right")
+    for key, value in rows:
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    err.print(table)
+
+
+# ---------------------------------------------------------------------------------------
+# optical config
+
+
+@config_app.command("show")
+def config_show(
+    command: Annotated[str, typer.Argument(help="Command whose config to show, e.g. render.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Print the resolved config of COMMAND (defaults + file + --set) as YAML."""
+    with handled_errors():
+        cfg = load(command, config, sets)
+        sys.stdout.write(config_mod.dump_config(cfg))
+
+
+@config_app.command("validate")
+def config_validate(
+    files: Annotated[list[Path], typer.Argument(help="Config files to check.")],
+    command: Annotated[Optional[str], typer.Option("--command", help="Schema to check against (default: judged by file name).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check config files against their command's schema; exit 2 if any is invalid."""
+    results = []
+    for path in files:
+        name = command or config_mod.command_for_file(path)
+        try:
+            if name is None:
+                raise OpticalError(
+                    f"{path}: cannot tell which command this config is for; pass --command "
+                    f"({', '.join(sorted(config_mod.COMMANDS))})"
+                )
+            config_mod.load_config(name, path)
+            results.append({"file": str(path), "command": name, "ok": True})
+            err.print(f"[green]ok[/]    {path} ({name})")
+        except OpticalError as exc:
+            results.append({"file": str(path), "command": name, "ok": False, "error": str(exc)})
+            err.print(f"[red]error[/] {exc}", soft_wrap=True)
+    if json_out:
+        emit_json(results)
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(2)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

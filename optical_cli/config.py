@@ -1,0 +1,268 @@
+"""Typed config schemas (pydantic v2), strict YAML loading and ``--set`` overrides.
+
+Every command has one schema class (registered in ``COMMANDS``) and one default file in
+``configs/``. Loading rejects duplicate keys, unknown keys (naming the closest valid key)
+and wrong types; each message names the file, the line and the dotted key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class Section(BaseModel):
+    """Base of every schema: unknown keys are errors and values are not silently coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Shared sections
+
+
+class RuntimeConfig(Section):
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    seed: int = 0
+    workers: int = Field(1, ge=0, description="CPU worker processes (0 = one per core)")
+
+
+class RenderSection(Section):
+    mode: Literal["tiny", "small", "base", "large"] = "base"
+    font: str = Field("DejaVuSansMono", description="DejaVuSansMono or a path to any .ttf/.otf")
+    font_size: int = Field(10, ge=4, le=200, description="font size in pixels")
+    margin: int = Field(16, ge=0, description="page margin in pixels, all four sides")
+    line_spacing: float = Field(1.2, ge=1.0, le=4.0, description="line pitch as a multiple of the font size")
+    tab_size: int = Field(4, ge=1, le=16)
+    encoding: str = "utf-8"
+    errors: Literal["strict", "replace", "ignore", "surrogateescape"] = "strict"
+    missing_glyph: str = Field("\u25a1", description="drawn in place of characters the font lacks")
+    tokenizer: Literal["none", "qwen"] = Field(
+        "qwen", description="text tokenizer for the tokens-per-vision-token report"
+    )
+
+
+class RenderConfig(Section):
+    render: RenderSection = RenderSection()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
+# Registry: command name -> schema and default file
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    schema: type[Section]
+    default_file: str  # relative to configs/
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    "render": CommandSpec(RenderConfig, "render.yaml"),
+}
+
+
+def command_for_file(path: Path) -> str | None:
+    """Which command's schema a config file belongs to, judged by its file name."""
+    for name, spec in COMMANDS.items():
+        if Path(spec.default_file).name == path.name:
+            return name
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# YAML with line numbers and duplicate-key detection
+
+
+class _Located(dict):
+    """A mapping that remembers the line of each key (1-based)."""
+
+    lines: dict[str, int]
+
+
+def _construct(node: yaml.Node, source: str) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        result = _Located()
+        result.lines = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise ConfigError(f"{source}:{key_node.start_mark.line + 1}: YAML merge keys (<<) are not supported")
+            key = _construct(key_node, source)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                raise ConfigError(f"{source}:{line}: keys must be strings, got {key!r}")
+            if key in result:
+                raise ConfigError(
+                    f"{source}:{line}: duplicate key '{key}' (first set on line {result.lines[key]}); "
+                    "remove one of them"
+                )
+            result[key] = _construct(value_node, source)
+            result.lines[key] = line
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(child, source) for child in node.value]
+    return yaml.SafeLoader("").construct_object(node, deep=True)  # a scalar: str, int, float, bool, null
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    """Parse YAML text into nested dicts that remember line numbers."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if node is None:
+        return {}
+    data = _construct(node, source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _line_of(data: Any, loc: tuple) -> int | None:
+    """Line of the deepest key along ``loc`` that exists in ``data``."""
+    line = None
+    node = data
+    for part in loc:
+        if isinstance(node, _Located) and part in node:
+            line = node.lines.get(part, line)
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _schema_at(schema: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The nested schema class at a path, for suggesting keys."""
+    current: type[BaseModel] | None = schema
+    for part in loc:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            return None
+        annotation = current.model_fields[part].annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return current
+
+
+def _closest_key(schema: type[BaseModel], loc: tuple) -> str:
+    parent = _schema_at(schema, loc[:-1])
+    if parent is None:
+        return ""
+    valid = list(parent.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+    prefix = ".".join(str(p) for p in loc[:-1])
+    if close:
+        return f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
+    return f"; valid keys here: {', '.join(valid)}"
+
+
+def _format_errors(exc: ValidationError, schema: type[BaseModel], data: dict, source: str) -> str:
+    messages = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        key = ".".join(str(p) for p in loc)
+        line = _line_of(data, loc)
+        where = f"{source}:{line}" if line else source
+        if error["type"] == "extra_forbidden":
+            messages.append(f"{where}: unknown key '{key}'{_closest_key(schema, loc)}")
+        else:
+            value = error.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            messages.append(f"{where}: key '{key}': {error['msg']}{shown}")
+    return "\n".join(messages)
+
+
+def validate(schema: type[Section], data: dict, source: str) -> Section:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, schema, data, source)) from None
+
+
+# ---------------------------------------------------------------------------------------
+# --set overrides
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value, for example --set runtime.seed=1")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: empty key; expected key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not valid YAML on its own: take it as a plain string
+    return key.split("."), value
+
+
+def apply_overrides(schema: type[Section], data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.path=value`` items (values parsed as YAML scalars) to raw config data."""
+    for item in overrides:
+        parts, value = _parse_override(item)
+        if _schema_at(schema, tuple(parts[:-1])) is None or parts[-1] not in _schema_at(schema, tuple(parts[:-1])).model_fields:
+            raise ConfigError(f"--set {item!r}: unknown key '{'.'.join(parts)}'{_closest_key(schema, tuple(parts))}")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = _Located()
+                child.lines = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+        if isinstance(node, _Located):
+            node.lines.pop(parts[-1], None)  # the value no longer comes from the file
+    return data
+
+
+# ---------------------------------------------------------------------------------------
+# Public entry points
+
+
+def default_config_path(command: str) -> Path:
+    return CONFIG_DIR / COMMANDS[command].default_file
+
+
+def load_config(command: str, path: str | Path | None = None, overrides: list[str] | None = None) -> Section:
+    """Load ``command``'s config from ``path`` (default: its file in configs/) plus overrides."""
+    if command not in COMMANDS:
+        raise ConfigError(f"unknown command '{command}'; known: {', '.join(sorted(COMMANDS))}")
+    schema = COMMANDS[command].schema
+    if path is None:
+        default = default_config_path(command)
+        path = default if default.exists() else None
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}; pass an existing YAML file to --config")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from None
+        data = parse_yaml(text, source)
+    if overrides:
+        data = apply_overrides(schema, data, list(overrides))
+        source = f"{source} (with --set)"
+    return validate(schema, data, source)
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML, the form written to each run's ``config.yaml``."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
