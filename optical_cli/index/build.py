@@ -429,7 +429,8 @@ class EnergyIndex:
     tau: float
     params: dict
     stats: dict = field(default_factory=dict)
-    model: Optional[str] = None
+    model: Optional[str] = None  # embedding model source when the items were texts
+    texts: Optional[list[str]] = None  # the item texts, shown beside search results
 
     @property
     def dim(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 from ..artifacts import atomic_path
 from ..models.loading import load_sentence_embedder, sentence_model_name
 
-Progress = Callable[[int], None]
+Progress = Callable[..., None]  # progress(done_now, total=total_items)
 
 
 def texts_key(model: str, texts: Sequence[str]) -> str:
@@ -45,7 +45,7 @@ def encode_texts(
                             convert_to_numpy=True, show_progress_bar=False)
         )
         if progress:
-            progress(len(batch))
+            progress(len(batch), total=len(texts))
     dim = embedder.get_sentence_embedding_dimension() if not chunks else chunks[0].shape[1]
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
 
@@ -65,7 +65,7 @@ def embed_corpus(
             vectors = np.load(cache_file, allow_pickle=False)
             if vectors.shape[0] == len(texts):
                 if progress:
-                    progress(len(texts))
+                    progress(len(texts), total=len(texts))
                 return vectors, True
         except (OSError, ValueError):
             pass  # a damaged cache entry is simply recomputed and overwritten

@@ -73,7 +73,8 @@ def check_unique_ids(ids: list[str], where: str) -> None:
         raise InputError(f"{where}: duplicate ids {_show(repeated)}; every item needs a unique id")
 
 
-def read_texts(path: Path, id_field: str, text_field: str) -> Items:
+def read_texts(path: Path, id_field: str, text_field: str, number_missing_ids: bool = False) -> Items:
+    """Records of a .jsonl/.csv file; with ``number_missing_ids`` a record without an id gets its position."""
     if path.suffix.lower() == ".jsonl":
         records = []
         with open(path, encoding="utf-8") as handle:
@@ -98,6 +99,8 @@ def read_texts(path: Path, id_field: str, text_field: str) -> Items:
     if not records:
         raise InputError(f"{path}: no records")
     for number, record in enumerate(records, start=1):
+        if number_missing_ids and id_field not in record:
+            record[id_field] = str(number)
         for name, field in (("text", text_field), ("id", id_field)):
             if field not in record:
                 raise InputError(

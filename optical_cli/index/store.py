@@ -55,6 +55,8 @@ def save_index(index: EnergyIndex, directory: str | Path, manifest: bool = True)
         "norm": index.norm.cpu().numpy().astype(np.float64),
         "xLx": index.xLx.cpu().numpy().astype(np.float64),
     })
+    if index.texts is not None:
+        table = table.append_column("text", pa.array(index.texts, pa.string()))
     with atomic_path(directory / "lambdas.parquet") as tmp:
         pq.write_table(table, tmp)
     with atomic_path(directory / "vectors.npy") as tmp:
@@ -122,6 +124,7 @@ def load_index(directory: str | Path, device: str | torch.device = "cpu") -> Ene
         graph=Graph.from_laplacian(laplacian).to(device), lam=column("lambda"), E=column("E"), G=column("G"),
         xLx=column("xLx"), norm=column("norm"), tau=float(manifest["tau"]), params=manifest.get("params", {}),
         stats=manifest.get("stats", {}), model=manifest.get("embedding_model"),
+        texts=[str(t) for t in table["text"]] if "text" in table.columns else None,
     )
 
 

@@ -127,5 +127,7 @@ def load_sentence_embedder(source: str | None = DEFAULT_SENTENCE_MODEL, device: 
                 f"{source} is not a sentence-transformers model directory (no modules.json or config.json in {path})"
             )
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress goes to stderr through the CLI
     return SentenceTransformer(str(path), device=str(resolve_device(device)))
