@@ -44,6 +44,7 @@ from scipy.sparse.csgraph import connected_components
 from ..config import EnergyBuildSection
 
 ROBUST_SCALE = 1.4826  # MAD -> standard deviation for normal data
+MIN_EDGE_WEIGHT = 1e-8  # floor for far-apart neighbours: a kNN edge never underflows to "no edge"
 MAX_BLOCK_ELEMENTS = 1 << 24  # rows x edges per block in spectral_terms (64 MB of float32)
 
 DIFFUSION_FIELDS = {"eta", "steps", "split_quantile", "split_tau", "w_lambda", "w_disp", "w_dirichlet",
@@ -134,13 +135,14 @@ def knn_graph(
         raise ValueError("a kNN graph needs at least two nodes")
     idx, dist = table if table is not None else knn_table(distances, n, k)
     rows = np.repeat(np.arange(n), k)
-    weights = weight_of(dist).numpy().ravel().astype(np.float64)
+    floored = lambda d: weight_of(d).clamp_min(MIN_EDGE_WEIGHT)  # noqa: E731
+    weights = floored(dist).numpy().ravel().astype(np.float64)
     graph = _symmetric_max(n, rows, idx.numpy().ravel(), weights)
-    return _connect_components(graph, distances, weight_of), idx.numpy()
+    return _connect_components(graph, distances, floored), idx.numpy()
 
 
 def _connect_components(graph: Graph, distances, weight_of) -> Graph:
-    while True:
+    for _ in range(graph.n):  # each pass removes one component
         count, labels = connected_components(graph.adjacency(), directed=False)
         if count == 1:
             return graph
@@ -154,6 +156,7 @@ def _connect_components(graph: Graph, distances, weight_of) -> Graph:
         cols = np.concatenate([graph.dst.numpy(), [max(a, b)]])
         weights = np.concatenate([graph.weight.numpy().astype(np.float64), w])
         graph = _symmetric_max(graph.n, rows, cols, weights)
+    raise RuntimeError("could not connect the kNN graph")  # unreachable: positive weights join components
 
 
 def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
