@@ -116,6 +116,25 @@ class Searcher:
             score.mul_(1.0 - params.alpha).add_(cos.neg_().add_(1.0).mul_(params.alpha / 2.0))
         return score
 
+    def energy_scores(self, q: dict[str, torch.Tensor], queries: torch.Tensor, params,
+                      rows: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """Every energy term as a [B, n] matrix (for weight tuning: terms once, many weightings)."""
+        index = self.index
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])  # noqa: E731
+        x = pick(self.vectors)
+        dirichlet = (q["qLq"][:, None] - 2.0 * (queries @ self.laplacian) @ x.T + pick(index.xLx)[None, :]).clamp_min(0.0)
+        d_lambda = (q["lambda"][:, None] - pick(index.lam)[None, :]).abs()
+        d_g = (q["G"][:, None] - pick(index.G)[None, :]).abs()
+        bounded = dirichlet / (1.0 + dirichlet)
+        score = params.w_lambda * d_lambda + params.w_G * d_g + params.w_D * bounded
+        return {"score": score, "d_lambda": d_lambda, "d_G": d_g, "dirichlet": dirichlet, "bounded_dirichlet": bounded}
+
+    def cosine(self, queries: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Cosine similarities [B, n]."""
+        inv = self.inv_norm if rows is None else self.inv_norm[rows]
+        x = self.vectors if rows is None else self.vectors[rows]
+        return (queries @ x.T) * inv[None, :] / queries.norm(dim=1, keepdim=True)
+
     def terms(self, query: torch.Tensor, q: dict, row: int, items: torch.Tensor, params: SearchParams) -> dict[str, torch.Tensor]:
         """The component terms of the score for ``items`` of one query (the same formulas, unfused)."""
         x = self.vectors[items]
