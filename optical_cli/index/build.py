@@ -203,11 +203,14 @@ def spectral_terms(signals: torch.Tensor, graph: Graph, block_size: int = 8192) 
         e = torch.index_select(x, 1, graph.src).sub_(torch.index_select(x, 1, graph.dst)).square_().mul_(graph.weight)
         total = e.sum(1)
         squares = e.square_().sum(1)
-        sq_norm = (x * x).sum(1)
-        energy.append(torch.where(sq_norm > 0, total / sq_norm.clamp_min(1e-30), torch.zeros_like(total)))
-        dispersion.append(torch.where(total > 0, squares / total.clamp_min(1e-30).square(), torch.zeros_like(total)))
+        sq_norm = x.square().sum(1)
+        # a zero vector has total = squares = 0, so the clamps give E = G = 0 without branches
+        energy.append(total / sq_norm.clamp_min(1e-30))
+        dispersion.append(squares / total.square().clamp_min(1e-30))
         xlx.append(total)
-        norms.append(sq_norm.sqrt())
+        norms.append(sq_norm.sqrt_())
+    if len(energy) == 1:
+        return Terms(energy[0], dispersion[0], xlx[0], norms[0])
     cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, device=signals.device)  # noqa: E731
     return Terms(cat(energy), cat(dispersion), cat(xlx), cat(norms))
 

@@ -79,9 +79,10 @@ class Searcher:
         if queries.ndim != 2 or queries.shape[1] != self.index.dim:
             raise InputError(f"query vectors have dimension {tuple(queries.shape)[1:]}, the index has {self.index.dim}; "
                              "embed queries with the index's model")
-        if not torch.isfinite(queries).all():
+        magnitude = queries.abs().sum(1)  # NaN/Inf propagate; 0 only for an all-zero vector
+        if not bool(torch.isfinite(magnitude).all()):
             raise InputError("a query vector contains NaN or Inf")
-        if (queries.abs().amax(1) == 0).any():
+        if bool((magnitude == 0).any()):
             raise InputError("a query vector is all zeros")
         if k > len(self.index):
             raise InputError(f"k={k} but the index holds only {len(self.index)} items; lower -k")
@@ -202,7 +203,8 @@ class Searcher:
 def _stable(items: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Sort top-k items by score, equal scores by item position: the same order on every run."""
     items_np, values_np = items.cpu().numpy(), values.cpu().numpy()
-    return items[torch.from_numpy(np.lexsort((items_np, values_np))).to(items.device)]
+    order = np.lexsort((items_np, values_np))
+    return torch.from_numpy(items_np[order]).to(items.device)
 
 
 def search(index: EnergyIndex, queries, params: SearchParams) -> list[list[Hit]]:
