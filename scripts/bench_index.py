@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -46,31 +45,24 @@ def parse_args() -> argparse.Namespace:
 
 
 class PeakRSS:
-    """Peak resident memory above the starting level, sampled every 5 ms from /proc."""
+    """Peak resident memory above the starting level: the kernel's high-water mark (VmHWM), reset on entry."""
 
-    def __init__(self):
-        self.page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss(self) -> int:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * self.page
+    @staticmethod
+    def status(field: str) -> int:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"{field} not in /proc/self/status")
 
     def __enter__(self):
-        self.start = self.peak = self.rss()
-        self.running = True
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets VmHWM to the current RSS
+        self.start = self.status("VmRSS")
         return self
 
-    def _watch(self):
-        while self.running:
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.005)
-
     def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.rss())
+        self.peak = self.status("VmHWM")
 
     @property
     def megabytes(self) -> float:
