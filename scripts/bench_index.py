@@ -87,8 +87,10 @@ def synthetic_vectors(n: int, dim: int, seed: int):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(max(8, n // 500), dim)).astype(np.float32)
     x = centres[rng.integers(centres.shape[0], size=n)]
-    x += 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for start in range(0, n, 100_000):  # in chunks: no float64 temporary of the whole matrix
+        chunk = x[start:start + 100_000]
+        chunk += 0.5 * rng.standard_normal(size=chunk.shape, dtype=np.float32)
+        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
     return x, f"{centres.shape[0]} gaussian clusters"
 
 
