@@ -59,6 +59,39 @@ class RenderConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------
+# optical encode: DeepEncoder over page images (or text rendered on the fly)
+
+
+class DeepEncoderSection(Section):
+    weights: str = Field(
+        "deepseek-ai/DeepSeek-OCR",
+        description="hub id, directory, .safetensors (official or ours), community .pth directory, or 'random'",
+    )
+    architecture: Literal["official", "tiny"] = Field(
+        "official", description="sizes for 'random' weights (our own format stores its sizes)"
+    )
+    mode: Literal["tiny", "small", "base", "large", "gundam"] = "base"
+    layout_tokens: bool = Field(False, description="lay out rows + image_newline and a closing view_seperator")
+    attention: Literal["folded", "mask"] = Field(
+        "folded", description="SAM relative-position bias: folded into q/k (fused kernels) or an additive mask"
+    )
+
+
+class EncodeSection(Section):
+    batch_size: int = Field(8, ge=1, description="views per forward pass; halved automatically on out-of-memory")
+    compile: bool = Field(False, description="torch.compile the encoder")
+    max_image_side: int = Field(16384, ge=16, description="reject input images with a side longer than this (pixels)")
+    queue_pages: int = Field(32, ge=1, description="rendered pages buffered ahead of the encoder with --text")
+
+
+class EncodeConfig(Section):
+    deepencoder: DeepEncoderSection = DeepEncoderSection()
+    encode: EncodeSection = EncodeSection()
+    render: RenderSection = RenderSection()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
 # Registry: command name -> schema and default file
 
 
@@ -70,6 +103,7 @@ class CommandSpec:
 
 COMMANDS: dict[str, CommandSpec] = {
     "render": CommandSpec(RenderConfig, "render.yaml"),
+    "encode": CommandSpec(EncodeConfig, "encode.yaml"),
 }
 
 
