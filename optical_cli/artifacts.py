@@ -121,8 +121,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
-def new_run_dir(command: str, name: str | None = None, root: Path = RESULTS_DIR) -> Path:
+def new_run_dir(command: str, name: str | None = None, root: Path | None = None) -> Path:
     """``results/<command>/<timestamp>-<name>/``, made unique if two runs start in the same second."""
+    root = RESULTS_DIR if root is None else root
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = root / _slug(command) / f"{stamp}-{_slug(name or command)}"
     candidate, suffix = base, 1
@@ -218,7 +219,7 @@ def start_run(
     name: str | None = None,
     seed: int | None = None,
     device: str | None = None,
-    root: Path = RESULTS_DIR,
+    root: Path | None = None,
 ) -> Iterator[Run]:
     """Create the run directory, write config and manifest, and close the manifest on exit.
 
