@@ -39,6 +39,7 @@ class PageSource:
     source: str                     # document it belongs to (image path, or the rendered text's source)
     image_path: Path | None = None  # None for pages rendered on the fly
     text: str | None = None
+    counts: dict | None = None      # text_counts(text), filled on the producer thread
 
 
 @dataclass
@@ -122,7 +123,8 @@ def _read_text(path: Path, cfg: EncodeConfig) -> str:
 
 
 def produce_pages(plan: EncodePlan, cfg: EncodeConfig) -> Iterator[tuple[PageSource, PreparedPage]]:
-    """Pages in order, each loaded (or rendered) and preprocessed for the encoder's mode."""
+    """Pages in order, each loaded (or rendered), preprocessed for the encoder's mode and its
+    text measured, so that all of this overlaps with encoding when run through prefetch()."""
     mode = cfg.deepencoder.mode
     if plan.text_file is not None:
         from .render import iter_pages
@@ -130,9 +132,10 @@ def produce_pages(plan: EncodePlan, cfg: EncodeConfig) -> Iterator[tuple[PageSou
         # pages are rendered at the size the encoder's mode reads (gundam: base pages)
         section = cfg.render.model_copy(update={"mode": "base" if mode == "gundam" else mode})
         for page in iter_pages(_read_text(plan.text_file, cfg), section, str(plan.text_file)):
-            yield PageSource(page.source, None, page.text), prepare(page.image, mode)
+            yield PageSource(page.source, None, page.text, text_counts(page.text)), prepare(page.image, mode)
         return
     for page in plan.pages:
+        page.counts = text_counts(page.text)
         yield page, prepare(_load_image(page.image_path), mode)
 
 
@@ -216,6 +219,7 @@ class BatchRunner:
         return torch.cat(outputs)
 
 
+@torch.inference_mode()
 def encode_group(runner: BatchRunner, model: DeepEncoder, group: list[PreparedPage], layout_tokens: bool) -> list[torch.Tensor]:
     """Token sequences of a group of pages; views of equal size share forward passes."""
     by_size: dict[int, list[tuple[int, int]]] = {}
@@ -239,18 +243,29 @@ def encode_group(runner: BatchRunner, model: DeepEncoder, group: list[PreparedPa
 # Metrics
 
 
-def text_metrics(text: str | None, vision_tokens: int) -> dict:
+def text_counts(text: str | None) -> dict | None:
+    """Characters, words, Qwen tokens and entropy of a page's text (None when unknown)."""
     if text is None:
-        return {k: None for k in ("characters", "words", "text_tokens", "words_per_vision_token",
-                                  "text_tokens_per_vision_token", "entropy_bits_per_char")}
-    words, tokens = count_words(text), count_text_tokens(text)
+        return None
     return {
         "characters": len(text),
-        "words": words,
-        "text_tokens": tokens,
-        "words_per_vision_token": words / vision_tokens,
-        "text_tokens_per_vision_token": tokens / vision_tokens,
+        "words": count_words(text),
+        "text_tokens": count_text_tokens(text),
         "entropy_bits_per_char": entropy_bits_per_char(text),
+    }
+
+
+def text_metrics(counts: dict | None, vision_tokens: int) -> dict:
+    if counts is None:
+        return {k: None for k in ("characters", "words", "text_tokens", "words_per_vision_token",
+                                  "text_tokens_per_vision_token", "entropy_bits_per_char")}
+    return {
+        "characters": counts["characters"],
+        "words": counts["words"],
+        "text_tokens": counts["text_tokens"],
+        "words_per_vision_token": counts["words"] / vision_tokens,
+        "text_tokens_per_vision_token": counts["text_tokens"] / vision_tokens,
+        "entropy_bits_per_char": counts["entropy_bits_per_char"],
     }
 
 
@@ -264,7 +279,7 @@ def page_record(index: int, page: PageSource, prepared: PreparedPage, tokens: in
         "vision_tokens": tokens,
         "patches": patches,
         "spatial_compression": patches / tokens,
-        **text_metrics(page.text, tokens),
+        **text_metrics(page.counts, tokens),
     }
 
 
@@ -281,7 +296,7 @@ def document_records(pages: list[dict], texts: list[str | None]) -> list[dict]:
         texts_ = doc.pop("texts")
         text = None if any(t is None for t in texts_) else "\n".join(texts_)
         doc["spatial_compression"] = doc["patches"] / doc["vision_tokens"]
-        out.append({**doc, **text_metrics(text, doc["vision_tokens"])})
+        out.append({**doc, **text_metrics(text_counts(text), doc["vision_tokens"])})
     return out
 
 
@@ -347,6 +362,7 @@ def write_features(path: Path, sequences: list[torch.Tensor], pages: list[dict],
     metadata = {
         "mode": cfg.deepencoder.mode,
         "layout_tokens": json.dumps(cfg.deepencoder.layout_tokens),
+        "dtype": str(dtype).removeprefix("torch."),
         "weights": cfg.deepencoder.weights,
         "tokens_per_page": json.dumps(tokens.tolist()),
         "sources": json.dumps([p["source"] for p in pages], ensure_ascii=False),

@@ -46,6 +46,10 @@ def flops_per_page(cfg: DeepEncoderConfig, size: int) -> float:
     return counter.get_total_flops()
 
 
+def _sig(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -118,13 +122,13 @@ def main() -> None:
                 rows.append({
                     "device": device_name, "size": size_name, "mode": mode, "batch": batch, "variant": name,
                     "dtype": str(run_dtype)[6:], "attention": "folded" if fold else "mask", "compile": compiled,
-                    "pages_per_s": round(rate, 3), "tflops_per_page": round(flops / 1e12, 6),
-                    "achieved_tflop_s": round(rate * flops / 1e12, 4),
+                    "pages_per_s": _sig(rate), "tflops_per_page": _sig(flops / 1e12),
+                    "achieved_tflop_s": _sig(rate * flops / 1e12),
                     "speedup_vs_baseline": round(rate / results["baseline"], 3),
                 })
             print(f"{mode:6s} batch {batch:3d}: baseline {results['baseline']:8.2f} pages/s "
-                  f"({results['baseline'] * flops / 1e12:.3f} TFLOP/s) | optimised {results['optimised']:8.2f} pages/s "
-                  f"({results['optimised'] * flops / 1e12:.3f} TFLOP/s) | x{results['optimised'] / results['baseline']:.2f}")
+                  f"({results['baseline'] * flops / 1e12:.3g} TFLOP/s) | optimised {results['optimised']:8.2f} pages/s "
+                  f"({results['optimised'] * flops / 1e12:.3g} TFLOP/s) | x{results['optimised'] / results['baseline']:.2f}")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS)
     writer.writeheader()
