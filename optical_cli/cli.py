@@ -223,7 +223,7 @@ def encode(
         cfg = load("encode", config, sets)
         if output is not None and output.suffix != ".safetensors":
             raise InputError(f"--output {output}: the features file must end in .safetensors")
-        plan = plan_inputs(list(inputs or []), text, cfg.encode.max_image_side)
+        plan = plan_inputs(list(inputs or []), text, cfg)
         encoder = build_encoder(cfg)  # bad or missing weights fail here, before any output
         with run_dir("encode", cfg, output_dir) as run:
             with progress_bar("encoding pages", len(plan.pages) or None) as advance:

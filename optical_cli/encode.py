@@ -46,6 +46,7 @@ class PageSource:
 class EncodePlan:
     pages: list[PageSource] = field(default_factory=list)
     text_file: Path | None = None   # render this text, then encode its pages
+    text: str = ""                  # its decoded content
 
 
 # ---------------------------------------------------------------------------------------
@@ -73,12 +74,15 @@ def _pages_of_run_dir(run_dir: Path) -> list[PageSource]:
     from .render import read_layout
 
     pages = []
-    for record in read_layout(run_dir):
-        pages.append(PageSource(str(record["source"]), run_dir / record["image"], "\n".join(record["lines"])))
+    for number, record in enumerate(read_layout(run_dir), start=1):
+        try:
+            pages.append(PageSource(str(record["source"]), run_dir / record["image"], "\n".join(record["lines"])))
+        except (KeyError, TypeError):
+            raise InputError(f"{run_dir / 'layout.jsonl'}: record {number} lacks source/image/lines; re-run `optical render`") from None
     return pages
 
 
-def plan_inputs(inputs: list[Path], text_file: Path | None, max_side: int) -> EncodePlan:
+def plan_inputs(inputs: list[Path], text_file: Path | None, cfg: EncodeConfig) -> EncodePlan:
     if not inputs and text_file is None:
         raise InputError("nothing to encode: pass --input IMAGE|DIR|RENDER_RUN_DIR (repeatable) or --text FILE")
     if inputs and text_file is not None:
@@ -86,7 +90,10 @@ def plan_inputs(inputs: list[Path], text_file: Path | None, max_side: int) -> En
     if text_file is not None:
         if not text_file.is_file():
             raise InputError(f"--text {text_file}: no such file")
-        return EncodePlan(text_file=text_file)
+        text = _read_text(text_file, cfg)
+        if not text.strip():
+            raise InputError(f"--text {text_file}: the file holds no text to render")
+        return EncodePlan(text_file=text_file, text=text)
     plan = EncodePlan()
     for path in inputs:
         if path.is_dir() and (path / "layout.jsonl").is_file():
@@ -102,7 +109,7 @@ def plan_inputs(inputs: list[Path], text_file: Path | None, max_side: int) -> En
             raise InputError(f"--input {path}: no such file or directory")
     for page in plan.pages:
         if page.image_path is not None:
-            check_image(page.image_path, max_side)
+            check_image(page.image_path, cfg.encode.max_image_side)
     return plan
 
 
@@ -131,7 +138,7 @@ def produce_pages(plan: EncodePlan, cfg: EncodeConfig) -> Iterator[tuple[PageSou
 
         # pages are rendered at the size the encoder's mode reads (gundam: base pages)
         section = cfg.render.model_copy(update={"mode": "base" if mode == "gundam" else mode})
-        for page in iter_pages(_read_text(plan.text_file, cfg), section, str(plan.text_file)):
+        for page in iter_pages(plan.text, section, str(plan.text_file)):
             yield PageSource(page.source, None, page.text, text_counts(page.text)), prepare(page.image, mode)
         return
     for page in plan.pages:
@@ -207,7 +214,7 @@ class BatchRunner:
             chunk = views[start : start + self.batch_size].to(self.device, self.dtype, non_blocking=True)
             try:
                 outputs.append(self.model(chunk))
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 del chunk
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -115,7 +115,7 @@ def main() -> None:
             ):
                 try:
                     rate = pages_per_second(model, batch, size, device, run_dtype, seconds)
-                except torch.OutOfMemoryError:
+                except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     rate = float("nan")
                 results[name] = rate

@@ -114,6 +114,12 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
     assert "nothing to encode" in one_line_error(invoke("encode", *TINY))
     assert "no such file" in one_line_error(invoke("encode", "-i", tmp_path / "missing.png", *TINY))
     assert ".safetensors" in one_line_error(invoke("encode", "-i", tmp_path / "big.png", "--output", tmp_path / "x.npy", *TINY))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    assert "cannot decode as utf-8" in one_line_error(invoke("encode", "--text", tmp_path / "latin1.txt", *TINY))
+    run_dir = tmp_path / "rendered"
+    run_dir.mkdir()
+    (run_dir / "layout.jsonl").write_text('{"page": 1}\n')
+    assert "lacks source/image/lines" in one_line_error(invoke("encode", "-i", run_dir, *TINY))
 
 
 def test_corrupt_weights_give_one_line_and_exit_2(tmp_path, tiny_weights):
@@ -132,7 +138,7 @@ def test_out_of_memory_halves_the_batch_and_retries():
     def fragile(batch):
         seen.append(len(batch))
         if len(batch) > 2:
-            raise torch.OutOfMemoryError("fake")
+            raise torch.cuda.OutOfMemoryError("fake")
         return batch.sum(dim=(1, 2, 3))[:, None]
 
     views = torch.arange(7, dtype=torch.float32)[:, None, None, None].expand(7, 1, 2, 2)
