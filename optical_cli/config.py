@@ -73,8 +73,8 @@ class DeepEncoderSection(Section):
     )
     mode: Literal["tiny", "small", "base", "large", "gundam"] = "base"
     layout_tokens: bool = Field(False, description="lay out rows + image_newline and a closing view_seperator")
-    attention: Literal["folded", "mask"] = Field(
-        "folded", description="SAM relative-position bias: folded into q/k (fused kernels) or an additive mask"
+    attention: Literal["folded", "mask", "flex"] = Field(
+        "folded", description="SAM relative-position bias: folded into q/k (fused SDPA kernels), an additive mask, or FlexAttention"
     )
 
 

@@ -192,7 +192,7 @@ def build_encoder(cfg: EncodeConfig) -> tuple[DeepEncoder, torch.device, torch.d
     weights = None if section.weights == "random" else section.weights
     architecture = DeepEncoderConfig.named(section.architecture) if weights is None else None
     model = load_deepencoder(weights, device, dtype, config=architecture, seed=cfg.runtime.seed)
-    model.set_fold_rel_pos(section.attention == "folded")
+    model.set_attention(section.attention)
     if section.layout_tokens and not model.layout_vectors_loaded:
         raise ConfigError(
             f"deepencoder.layout_tokens=true but {section.weights} carries no image_newline/view_seperator "

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """DeepEncoder throughput: pages/s and achieved TFLOP/s per mode and batch size.
 
-For every (mode, batch size) two runs of the same network with the same weights:
-  baseline  - eager, float32, SAM relative-position bias as an additive attention mask;
-  optimised - the encode defaults: bf16 on a GPU (float32 on CPU), bias folded into q/k so
-              fused SDPA kernels apply, torch.compile with --compile.
+For every (mode, batch size) runs of the same network with the same weights:
+  baseline           - eager, float32, SAM relative-position bias as an additive attention mask;
+  optimised-<attn>   - bf16 on a GPU (float32 on CPU), the bias folded into q/k so fused SDPA
+                       kernels apply (folded, the encode default) or added by FlexAttention
+                       (flex), torch.compile with --compile.
 FLOPs per page are counted once per mode (torch FlopCounterMode on the meta device, baseline
 graph), so TFLOP/s of both runs are comparable. Prints the ratio optimised/baseline and
 writes results/bench/encoder.csv. On CPU the default is the tiny architecture so it finishes
@@ -70,22 +71,23 @@ def pages_per_second(model, batch: int, size: int, device: torch.device, dtype: 
             return runs * batch / elapsed
 
 
-def variant(base: DeepEncoder, dtype: torch.dtype, fold: bool, compile_: bool, device: torch.device):
+def variant(base: DeepEncoder, dtype: torch.dtype, attention: str, compile_: bool, device: torch.device):
     model = load_deepencoder(None, device, dtype, config=base.cfg)
     model.load_state_dict(base.state_dict())
-    model.set_fold_rel_pos(fold)
+    model.set_attention(attention)
     return torch.compile(model) if compile_ else model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="optimised run's dtype (auto: bf16 on GPU, float32 on CPU)")
+    parser.add_argument("--dtype", default="auto", help="optimised runs' dtype (auto: bf16 on GPU, float32 on CPU)")
     parser.add_argument("--size", choices=["tiny", "official"], default=None, help="default: official on GPU, tiny on CPU")
     parser.add_argument("--modes", default=None, help="comma list (default: tiny,small on CPU; tiny,small,base,large on GPU)")
     parser.add_argument("--batch-sizes", default=None, help="comma list (default: 1,4 on CPU; 1,16,64 on GPU)")
+    parser.add_argument("--attention", default=None, help="optimised runs' SAM attention modes, comma list (default: folded on CPU; folded,flex on GPU)")
     parser.add_argument("--seconds", type=float, default=None, help="timing window per run (default 1 on CPU, 3 on GPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the optimised run")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the optimised runs")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench" / "encoder.csv")
     args = parser.parse_args()
 
@@ -95,40 +97,38 @@ def main() -> None:
     size_name = args.size or ("official" if gpu else "tiny")
     modes = (args.modes or ("tiny,small,base,large" if gpu else "tiny,small")).split(",")
     batches = [int(b) for b in (args.batch_sizes or ("1,16,64" if gpu else "1,4")).split(",")]
+    attentions = (args.attention or ("folded,flex" if gpu else "folded")).split(",")
     seconds = args.seconds or (3.0 if gpu else 1.0)
     device_name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
 
     base = load_deepencoder(None, "cpu", torch.float32, config=DeepEncoderConfig.named(size_name), seed=0)
-    baseline = variant(base, torch.float32, fold=False, compile_=False, device=device)
-    optimised = variant(base, dtype, fold=True, compile_=args.compile, device=device)
+    runs = [("baseline", variant(base, torch.float32, "mask", False, device), torch.float32, "mask", False)]
+    for attention in attentions:
+        runs.append((f"optimised-{attention}", variant(base, dtype, attention, args.compile, device), dtype, attention, args.compile))
     rows = []
-    print(f"DeepEncoder ({size_name}) on {device_name}; optimised = {str(dtype)[6:]}, folded rel-pos"
-          f"{', compiled' if args.compile else ''}; baseline = eager float32, mask rel-pos")
+    print(f"DeepEncoder ({size_name}) on {device_name}; baseline = eager float32, mask rel-pos; "
+          f"optimised = {str(dtype)[6:]}{', compiled' if args.compile else ''}, rel-pos {'/'.join(attentions)}")
     for mode in modes:
         size = MODES[mode].size
         flops = flops_per_page(base.cfg, size)
         for batch in batches:
-            results = {}
-            for name, model, run_dtype, fold, compiled in (
-                ("baseline", baseline, torch.float32, False, False),
-                ("optimised", optimised, dtype, True, args.compile),
-            ):
+            line, baseline_rate = [], None
+            for name, model, run_dtype, attention, compiled in runs:
                 try:
                     rate = pages_per_second(model, batch, size, device, run_dtype, seconds)
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     rate = float("nan")
-                results[name] = rate
+                baseline_rate = baseline_rate or rate
                 rows.append({
                     "device": device_name, "size": size_name, "mode": mode, "batch": batch, "variant": name,
-                    "dtype": str(run_dtype)[6:], "attention": "folded" if fold else "mask", "compile": compiled,
+                    "dtype": str(run_dtype)[6:], "attention": attention, "compile": compiled,
                     "pages_per_s": _sig(rate), "tflops_per_page": _sig(flops / 1e12),
                     "achieved_tflop_s": _sig(rate * flops / 1e12),
-                    "speedup_vs_baseline": round(rate / results["baseline"], 3),
+                    "speedup_vs_baseline": round(rate / baseline_rate, 3),
                 })
-            print(f"{mode:6s} batch {batch:3d}: baseline {results['baseline']:8.2f} pages/s "
-                  f"({results['baseline'] * flops / 1e12:.3g} TFLOP/s) | optimised {results['optimised']:8.2f} pages/s "
-                  f"({results['optimised'] * flops / 1e12:.3g} TFLOP/s) | x{results['optimised'] / results['baseline']:.2f}")
+                line.append(f"{name} {rate:.3g} pages/s ({rate * flops / 1e12:.3g} TFLOP/s, x{rate / baseline_rate:.2f})")
+            print(f"{mode:6s} batch {batch:3d}: " + " | ".join(line))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS)
     writer.writeheader()

@@ -10,7 +10,7 @@ import torch
 
 from optical_cli.models.deepencoder import DeepEncoder, DeepEncoderConfig, count_parameters
 from optical_cli.models.deepencoder.clip import resize_clip_pos
-from optical_cli.models.deepencoder.sam import Block, rel_pos_table, resize_abs_pos
+from optical_cli.models.deepencoder.sam import Attention, Block, rel_pos_table, resize_abs_pos
 from optical_cli.models.loading import load_deepencoder
 
 KEYS_TSV = Path(__file__).parent / "data" / "deepencoder_keys.tsv"
@@ -74,19 +74,39 @@ def test_large_mode_shape_with_a_shallow_model():
 def test_folded_relative_position_bias_equals_the_additive_mask(tiny_model):
     pixels = torch.randn(1, 3, 640, 640)
     with torch.inference_mode():
-        tiny_model.set_fold_rel_pos(False)
+        tiny_model.set_attention("mask")
         masked = tiny_model(pixels)
-        tiny_model.set_fold_rel_pos(True)
+        tiny_model.set_attention("folded")
         folded = tiny_model(pixels)
-        tiny_model.set_fold_rel_pos(False)
+        tiny_model.set_attention("mask")
     torch.testing.assert_close(folded, masked, rtol=1e-5, atol=1e-5)
     assert masked.abs().max() > 0.1  # the comparison is not between zeros
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # eager FlexAttention on CPU warns that it is slow
+def test_flex_attention_bias_equals_the_additive_mask():
+    torch.manual_seed(0)
+    attention = Attention(32, 2, rel_pos_len=2 * 8 - 1)
+    with torch.no_grad():
+        attention.rel_pos_h.normal_(0, 0.5)
+        attention.rel_pos_w.normal_(0, 0.5)
+    x = torch.randn(2, 8, 8, 32)
+    with torch.inference_mode():
+        masked = attention(x)
+        attention.mode = "flex"
+        flex = attention(x)
+    torch.testing.assert_close(flex, masked, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_attention_mode_is_rejected(tiny_model):
+    with pytest.raises(ValueError, match="unknown SAM attention mode"):
+        tiny_model.set_attention("fast")
+
+
 def test_windowed_attention_equals_global_when_the_window_covers_the_grid():
     torch.manual_seed(0)
-    windowed = Block(32, 2, 64, window=8, grid=8, fold_rel_pos=False)
-    global_ = Block(32, 2, 64, window=0, grid=8, fold_rel_pos=False)
+    windowed = Block(32, 2, 64, window=8, grid=8)
+    global_ = Block(32, 2, 64, window=0, grid=8)
     with torch.no_grad():
         windowed.attn.rel_pos_h.normal_(0, 0.5)  # non-zero relative positions take part
         windowed.attn.rel_pos_w.normal_(0, 0.5)
@@ -97,7 +117,7 @@ def test_windowed_attention_equals_global_when_the_window_covers_the_grid():
 
 def test_windowed_attention_differs_from_global_when_windows_are_smaller():
     torch.manual_seed(0)
-    windowed = Block(32, 2, 64, window=4, grid=8, fold_rel_pos=False)
+    windowed = Block(32, 2, 64, window=4, grid=8)
     x = torch.randn(1, 8, 8, 32)
     out = windowed(x)
     x2 = x.clone()

@@ -29,9 +29,6 @@ class DeepEncoderConfig:
     clip_grid: int = 16                  # the position table holds clip_grid**2 + 1 rows
     # projector
     out_dim: int = 1280
-    # Not a size: apply SAM's relative-position bias inside SDPA by folding it into augmented
-    # queries/keys (lets fused kernels run) instead of materialising it as an attention mask.
-    fold_rel_pos: bool = False
 
     def __post_init__(self) -> None:
         if self.sam_out_dim != self.clip_dim:

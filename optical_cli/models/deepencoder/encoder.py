@@ -35,8 +35,9 @@ class DeepEncoder(nn.Module):
         # False when the weights came without the two layout vectors (community layout).
         self.layout_vectors_loaded = True
 
-    def set_fold_rel_pos(self, fold: bool) -> None:
-        self.sam_model.set_fold_rel_pos(fold)
+    def set_attention(self, mode: str) -> None:
+        """How SAM applies its relative-position bias: mask, folded or flex (same results)."""
+        self.sam_model.set_attention(mode)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Views [B,3,S,S] in [-1,1] -> projected features [B, (S/64)^2, out_dim]."""

@@ -72,8 +72,15 @@ def decomposed_rel_pos(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torc
     return rel_h, rel_w
 
 
+# How SAM attention applies its relative-position bias; all three give the same result.
+#   mask:   materialised as an additive attention mask (the plain reference);
+#   folded: folded into augmented queries/keys, so SDPA's fused kernels run without a mask;
+#   flex:   added inside FlexAttention by a score modifier (compiled kernels on a GPU).
+ATTENTION_MODES = ("mask", "folded", "flex")
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, rel_pos_len: int, fold_rel_pos: bool = False):
+    def __init__(self, dim: int, heads: int, rel_pos_len: int):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
@@ -81,15 +88,17 @@ class Attention(nn.Module):
         head_dim = dim // heads
         self.rel_pos_h = nn.Parameter(torch.zeros(rel_pos_len, head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(rel_pos_len, head_dim))
-        self.fold_rel_pos = fold_rel_pos
+        self.mode = "mask"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, dim = x.shape
         qkv = self.qkv(x).reshape(b, h * w, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # [B,heads,N,hd]
         rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, h, w)
-        if self.fold_rel_pos:
+        if self.mode == "folded":
             out = _attend_folded(q, k, v, rel_h, rel_w)
+        elif self.mode == "flex":
+            out = _attend_flex(q, k, v, rel_h, rel_w)
         else:
             bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, self.heads, h * w, h * w)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -119,6 +128,29 @@ def _attend_folded(q, k, v, rel_h, rel_w) -> torch.Tensor:
         k_aug = F.pad(k_aug, (0, pad))
     v_aug = F.pad(v, (0, width + pad - head_dim))
     return F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)[..., :head_dim]
+
+
+_compiled_flex = None
+
+
+def _attend_flex(q, k, v, rel_h, rel_w) -> torch.Tensor:
+    """The bias added per score inside FlexAttention: no mask in memory, no extra head width."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    b, n_heads, n, _ = q.shape
+    h, w = rel_h.shape[2], rel_h.shape[3]
+    row_bias, col_bias = rel_h.reshape(b, n_heads, n, h), rel_w.reshape(b, n_heads, n, w)
+
+    def add_rel_pos(score, batch, head, q_idx, k_idx):
+        return score + row_bias[batch, head, q_idx, k_idx // w] + col_bias[batch, head, q_idx, k_idx % w]
+
+    attend = flex_attention
+    if q.is_cuda and not torch.compiler.is_compiling():
+        global _compiled_flex
+        if _compiled_flex is None:  # flex_attention is only fast when compiled
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        attend = _compiled_flex
+    return attend(q, k, v, score_mod=add_rel_pos)
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -151,11 +183,11 @@ class MLPBlock(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_dim: int, window: int, grid: int, fold_rel_pos: bool):
+    def __init__(self, dim: int, heads: int, mlp_dim: int, window: int, grid: int):
         super().__init__()
         self.window = window  # 0 = global attention
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads, 2 * (window or grid) - 1, fold_rel_pos)
+        self.attn = Attention(dim, heads, 2 * (window or grid) - 1)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLPBlock(dim, mlp_dim)
 
@@ -182,7 +214,7 @@ class SamEncoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, cfg.sam_dim))
         mlp_dim = int(cfg.sam_dim * cfg.sam_mlp_ratio)
         self.blocks = nn.ModuleList(
-            Block(cfg.sam_dim, cfg.sam_heads, mlp_dim, 0 if i in cfg.sam_global_blocks else cfg.sam_window, grid, cfg.fold_rel_pos)
+            Block(cfg.sam_dim, cfg.sam_heads, mlp_dim, 0 if i in cfg.sam_global_blocks else cfg.sam_window, grid)
             for i in range(cfg.sam_depth)
         )
         self.neck = nn.Sequential(
@@ -194,9 +226,11 @@ class SamEncoder(nn.Module):
         self.net_2 = nn.Conv2d(cfg.sam_neck_dim, cfg.sam_net2_dim, 3, stride=2, padding=1, bias=False)
         self.net_3 = nn.Conv2d(cfg.sam_net2_dim, cfg.sam_out_dim, 3, stride=2, padding=1, bias=False)
 
-    def set_fold_rel_pos(self, fold: bool) -> None:
+    def set_attention(self, mode: str) -> None:
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"unknown SAM attention mode {mode!r}; use one of {', '.join(ATTENTION_MODES)}")
         for block in self.blocks:
-            block.attn.fold_rel_pos = fold
+            block.attn.mode = mode
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(pixels)
