@@ -215,7 +215,7 @@ def encode(
     output_dir: OutputDirOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Encode pages with DeepEncoder: features [pages, tokens, 1280] + compression metrics."""
+    """Encode pages with DeepEncoder: features (pages x tokens x 1280) plus compression metrics."""
     from .encode import build_encoder, plan_inputs, run_encode
     from .errors import InputError
 
