@@ -59,7 +59,9 @@ def check_image(path: Path, max_side: int) -> None:
         with Image.open(path) as image:
             width, height = image.size
             image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: image too large to decode safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {exc}); pass PNG, JPEG or another image PIL reads") from None
     if min(width, height) < MIN_IMAGE_SIDE:
         raise InputError(f"{path}: image is {width}x{height} px; both sides must be at least {MIN_IMAGE_SIDE} px")
