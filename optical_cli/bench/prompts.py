@@ -1,0 +1,84 @@
+"""The benchmark's prompt template and middle truncation.
+
+LongBench v2's protocol puts the whole document first, then the question and its four
+choices, and asks for the answer as "The correct answer is (X)". Every condition uses the
+same template; they differ only in how the document arrives (text, page images, or not at
+all). A prompt is kept in two parts, the document and what follows it, so the optical
+condition can put its vision tokens exactly where the text condition puts the document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, TypeVar
+
+from .data import LETTERS, LongBenchItem
+
+T = TypeVar("T")
+
+# The document opens the user turn with nothing before it, because in the optical condition
+# the pages' vision blocks open it; the instructions follow the document in both conditions.
+AFTER_DOCUMENT = "Above is a document. Read it carefully and answer the multiple-choice question about it below.\n\n"
+NO_CONTEXT_INTRO = "Answer the multiple-choice question below.\n\n"
+ANSWER_FORMAT = (
+    "\n\nChoose one option. End your reply with one line in exactly this form: "
+    '"The correct answer is (X)", where X is A, B, C or D.'
+)
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """The user turn: ``document`` (empty for no-context) then ``question`` (instructions,
+    question, choices, answer format). The reader joins them with one newline."""
+
+    document: str
+    question: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.document}\n{self.question}" if self.document else self.question
+
+
+def question_block(item: LongBenchItem) -> str:
+    lines = [f"Question: {item.question.strip()}", "Choices:"]
+    lines += [f"({letter}) {choice.strip()}" for letter, choice in zip(LETTERS, item.choices)]
+    return "\n".join(lines) + ANSWER_FORMAT
+
+
+def document_prompt(item: LongBenchItem, document: str) -> PromptParts:
+    """Document first, then question and choices: the template of the text conditions and,
+    with ``document`` replaced by page images, of the optical condition."""
+    return PromptParts(document, AFTER_DOCUMENT + question_block(item))
+
+
+def no_context_prompt(item: LongBenchItem) -> PromptParts:
+    """Question and choices only: how much the model answers from prior knowledge alone."""
+    return PromptParts("", NO_CONTEXT_INTRO + question_block(item))
+
+
+def middle_truncate(sequence: Sequence[T], budget: int) -> tuple[list[T], bool]:
+    """Keep the first half and the last half of ``budget`` elements; the middle goes.
+
+    Works on token ids (the text conditions) and on pages (the optical condition). With an
+    odd budget the extra element goes to the end, which carries the question's neighbourhood.
+    """
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    items = list(sequence)
+    if len(items) <= budget:
+        return items, False
+    head = budget // 2
+    tail = budget - head
+    return items[:head] + (items[len(items) - tail:] if tail else []), True
+
+
+def middle_truncate_text(text: str, budget: int, encode, decode) -> tuple[str, int, bool]:
+    """``text`` cut in the middle to at most ``budget`` tokens of the reader's tokenizer.
+
+    Returns the (possibly shortened) text, its token count and whether anything was cut.
+    """
+    ids = encode(text)
+    kept, truncated = middle_truncate(ids, budget)
+    if not truncated:
+        return text, len(ids), False
+    return decode(kept), len(kept), True
