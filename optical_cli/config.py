@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -59,6 +59,37 @@ class RenderConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------
+# bench longbench: LongBench v2, native text against optical pages on the same items
+
+
+LongBenchCondition = Literal["native", "optical", "native-matched", "no-context"]
+
+
+class LongBenchSection(Section):
+    data: str = Field("THUDM/LongBench-v2", description="hub dataset id, or a local .json/.jsonl in the LongBench v2 schema")
+    split: str = Field("train", description="split of the hub dataset")
+    num_samples: Optional[int] = Field(50, ge=1, description="seeded sample stratified by length and difficulty (null = every item)")
+    ids: list[str] = Field([], description="run exactly these item ids (overrides num_samples)")
+    lengths: list[Literal["short", "medium", "long"]] = Field([], description="keep only these length buckets (empty = all)")
+    difficulties: list[Literal["easy", "hard"]] = Field([], description="keep only these difficulties (empty = all)")
+    domains: list[str] = Field([], description="keep only these domains, case-insensitive (empty = all)")
+    conditions: list[LongBenchCondition] = Field(["native", "optical", "native-matched", "no-context"])
+    max_context_tokens: int = Field(120000, ge=1, description="native: document tokens kept (middle truncation)")
+    max_pages: int = Field(200, ge=1, description="optical: pages kept (middle truncation)")
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.1, ge=0.0, description="0 = greedy; the benchmark's protocol uses 0.1")
+    adapter: Optional[str] = Field(None, description="optical: adapter.pth from `optical train-adapter`, or random (pipeline tests only)")
+    encode_batch_size: int = Field(8, ge=1, description="optical: page views per DeepEncoder forward")
+    plots: bool = True
+
+
+class LongBenchConfig(Section):
+    bench: LongBenchSection = LongBenchSection()
+    render: RenderSection = RenderSection()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
 # Registry: command name -> schema and default file
 
 
@@ -70,6 +101,7 @@ class CommandSpec:
 
 COMMANDS: dict[str, CommandSpec] = {
     "render": CommandSpec(RenderConfig, "render.yaml"),
+    "longbench": CommandSpec(LongBenchConfig, "longbench.yaml"),
 }
 
 

@@ -288,6 +288,8 @@ def run_benchmark(
     done = {(row["id"], row["condition"]) for row in existing}
     wanted = {(item.id, c) for item in items for c in settings.conditions}
     rows = [row for row in existing if (row["id"], row["condition"]) in wanted]
+    if progress and rows:
+        progress(len(rows), description="resumed")
     for item in items:
         item_runner = _ItemRunner(reader, settings, item)
         for condition in settings.conditions:
@@ -304,3 +306,52 @@ def run_benchmark(
 def read_back(row: dict[str, Any]) -> dict[str, Any]:
     """The row as it reads back from items.csv, so fresh and resumed rows look the same."""
     return _from_csv_row({key: _to_csv_value(row.get(key)) for key in COLUMNS})
+
+
+# ---------------------------------------------------------------------------------------
+# A whole benchmark run: data -> rows -> summary.json and plots
+
+
+def settings_from(section: Any, seed: int) -> BenchSettings:
+    """Runner settings from the config's ``bench`` section."""
+    return BenchSettings(
+        conditions=parse_conditions(section.conditions), max_context_tokens=section.max_context_tokens,
+        max_pages=section.max_pages, max_new_tokens=section.max_new_tokens, temperature=section.temperature, seed=seed,
+    )
+
+
+def load_selection(section: Any, seed: int) -> list[LongBenchItem]:
+    """The items the config (and CLI flags folded into it) asks for."""
+    from .data import load_items, select_items
+
+    return select_items(
+        load_items(section.data, section.split), num_samples=section.num_samples, ids=section.ids,
+        lengths=section.lengths, difficulties=section.difficulties, domains=section.domains, seed=seed,
+    )
+
+
+def finish_run(
+    rows: list[dict[str, Any]], settings: BenchSettings, out_dir: Path, *,
+    reader_description: str, random_weights: bool, data_source: str, plots: bool = True,
+) -> dict[str, Any]:
+    """Write ``summary.json`` (and the plots) for the rows of this selection; return the summary."""
+    from ..artifacts import atomic_write_json
+    from .scoring import summarize
+
+    summary = summarize(rows, settings.conditions)
+    summary.update(
+        models=reader_description, random_weights=random_weights, data=data_source,
+        items=len({row["id"] for row in rows}),
+        settings={"conditions": list(settings.conditions), "max_context_tokens": settings.max_context_tokens,
+                  "max_pages": settings.max_pages, "max_new_tokens": settings.max_new_tokens,
+                  "temperature": settings.temperature, "seed": settings.seed},
+        note=("RANDOM WEIGHTS: these accuracies test the pipeline and say nothing about reading" if random_weights else ""),
+    )
+    atomic_write_json(out_dir / "summary.json", summary)
+    if plots and rows:
+        from .plots import plot_accuracy_by_length, plot_cost_vs_length
+
+        note = " [random weights: not a result]" if random_weights else ""
+        plot_accuracy_by_length(summary, out_dir / "accuracy_by_length.png", note)
+        plot_cost_vs_length(rows, settings.conditions, out_dir / "cost_vs_length.png", note)
+    return summary
