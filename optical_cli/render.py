@@ -385,7 +385,7 @@ def _worker_renderer(section_json: str) -> PageRenderer:
 
 def render_to_dir(
     documents: list[Document],
-    section: RenderSection,
+    renderer: PageRenderer,
     out_dir: Path,
     workers: int = 1,
     progress: Callable[..., None] | None = None,
@@ -398,7 +398,7 @@ def render_to_dir(
     from .artifacts import atomic_write_text, to_json_line
     from .textstats import count_text_tokens, count_words
 
-    renderer = PageRenderer(section)
+    section = renderer.section
     report = RenderReport(section.mode, renderer.page_px, MODES[section.mode].tokens)
     section_json = section.model_dump_json()
     jobs: list[tuple[str, list[str], str]] = []
