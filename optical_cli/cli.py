@@ -7,6 +7,7 @@ for streams) to stdout. Exit codes: 0 success, 1 failed run, 2 bad usage, config
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -309,6 +310,69 @@ def bench_longbench(
         _print_longbench(summary)
         if json_out:
             emit_json(summary)
+
+
+# ---------------------------------------------------------------------------------------
+# optical train-adapter
+
+
+ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its latest checkpoint (or from this checkpoint directory).")]
+
+
+def _resume_target(resume: Path) -> tuple[Path, Path]:
+    """(run directory, path to resume from) for --resume RUN_DIR or --resume RUN_DIR/checkpoints/step-N."""
+    from .errors import InputError
+
+    if not resume.is_dir():
+        raise InputError(f"--resume {resume}: not a directory; pass a train-adapter run directory")
+    run_path = resume.parent.parent if (resume / "trainer_state.pth").is_file() else resume
+    if not (run_path / "config.yaml").is_file():
+        raise InputError(f"--resume {resume}: no config.yaml in {run_path}; pass a train-adapter run directory")
+    return run_path, resume
+
+
+@app.command("train-adapter")
+def train_adapter_command(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    resume: ResumeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train the vision-token adapter (DeepEncoder and Qwen3-VL frozen); writes adapter.pth, metrics.jsonl, loss.png."""
+    from .train import train_adapter
+
+    with handled_errors():
+        resume_from = None
+        if resume is not None:
+            run_path, resume_from = _resume_target(resume)
+            config = config or run_path / "config.yaml"
+            output_dir = output_dir or run_path
+        cfg = load("train-adapter", config, sets)
+        with run_dir("train-adapter", cfg, output_dir) as run, progress_bar("training", None) as advance:
+            def on_event(event: dict) -> None:
+                if event["event"] == "start":
+                    advance(event["step"], total=event["total"], description="training")
+                elif event["event"] == "encode":
+                    advance(0, description=f"encoding pages (+{event['pages']})")
+                elif event["event"] == "step":
+                    shown = f"step {event['step']} loss {event['loss']:.4f}"
+                    if event.get("eval_loss") is not None:
+                        shown += f" eval {event['eval_loss']:.4f}"
+                    advance(1, description=shown)
+                elif event["event"] == "reading":
+                    advance(0, description=f"reading check on {event['pages']} held-out pages")
+
+            result = train_adapter(cfg, run.path, resume=resume_from, progress=on_event)
+            for name in ("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl"):
+                if (run.path / name).exists():
+                    run.file(name)
+            run.update(result=dataclasses.asdict(result))
+        summary = dataclasses.asdict(result)
+        rows = [(k, v) for k, v in summary.items() if k != "reading"] + [(f"reading.{k}", v) for k, v in result.reading.items()]
+        print_table("train-adapter", rows)
+        if json_out:
+            emit_json({"run_dir": str(run.path), **summary})
 
 
 def main() -> None:
