@@ -137,6 +137,39 @@ class TrainAdapterConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------
+# optical encode: DeepEncoder over page images (or text rendered on the fly)
+
+
+class DeepEncoderSection(Section):
+    weights: str = Field(
+        "deepseek-ai/DeepSeek-OCR",
+        description="hub id, directory, .safetensors (official or ours), community .pth directory, or 'random'",
+    )
+    architecture: Literal["official", "tiny"] = Field(
+        "official", description="sizes for 'random' weights (our own format stores its sizes)"
+    )
+    mode: Literal["tiny", "small", "base", "large", "gundam"] = "base"
+    layout_tokens: bool = Field(False, description="lay out rows + image_newline and a closing view_seperator")
+    attention: Literal["folded", "mask"] = Field(
+        "folded", description="SAM relative-position bias: folded into q/k (fused kernels) or an additive mask"
+    )
+
+
+class EncodeSection(Section):
+    batch_size: int = Field(8, ge=1, description="views per forward pass; halved automatically on out-of-memory")
+    compile: bool = Field(False, description="torch.compile the encoder")
+    max_image_side: int = Field(16384, ge=16, description="reject input images with a side longer than this (pixels)")
+    queue_pages: int = Field(32, ge=1, description="rendered pages buffered ahead of the encoder with --text")
+
+
+class EncodeConfig(Section):
+    deepencoder: DeepEncoderSection = DeepEncoderSection()
+    encode: EncodeSection = EncodeSection()
+    render: RenderSection = RenderSection()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
 # bench longbench: LongBench v2, native text against optical pages on the same items
 
 
@@ -164,6 +197,7 @@ class LongBenchSection(Section):
 class LongBenchConfig(Section):
     bench: LongBenchSection = LongBenchSection()
     vlm: VLMSection = VLMSection()
+    deepencoder: DeepEncoderSection = DeepEncoderSection()
     render: RenderSection = RenderSection()
     runtime: RuntimeConfig = RuntimeConfig()
 
@@ -182,6 +216,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "render": CommandSpec(RenderConfig, "render.yaml"),
     "longbench": CommandSpec(LongBenchConfig, "longbench.yaml"),
     "train-adapter": CommandSpec(TrainAdapterConfig, "qwen3_vl.yaml"),
+    "encode": CommandSpec(EncodeConfig, "encode.yaml"),
 }
 
 
