@@ -11,7 +11,8 @@ from optical_cli.cli import app
 
 from bench_fakes import FakeReader
 
-FIXTURE = Path(__file__).parent / "data" / "longbench_fixture.jsonl"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = REPO_ROOT / "tests" / "data" / "longbench_fixture.jsonl"
 runner = CliRunner()
 
 
@@ -71,3 +72,33 @@ def test_bad_data_file_names_the_item(tmp_path, fake_reader):
     result = runner.invoke(app, ["bench", "longbench", "--set", f"bench.data={path}", "--output-dir", str(tmp_path / "o")])
     assert result.exit_code == 2 and "syn-short-hard-1" in result.stderr and "A, B, C, D" in result.stderr
     assert not (tmp_path / "o").exists()  # bad input leaves no artifacts behind
+
+
+def test_tiny_models_end_to_end(tmp_path, monkeypatch):
+    """The real pipeline on tiny random models: render -> DeepEncoder -> adapter -> Qwen3-VL."""
+    monkeypatch.chdir(REPO_ROOT)  # the tiny config names the fixture relative to the repository
+    out = tmp_path / "tiny"
+    result = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--ids",
+                                 "syn-short-easy-1,syn-long-hard-1", "--output-dir", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "RANDOM WEIGHTS" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["random_weights"] is True and summary["note"].startswith("RANDOM WEIGHTS")
+    with open(out / "items.csv", newline="") as handle:
+        rows = {(r["id"], r["condition"]): r for r in csv.DictReader(handle)}
+    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows.values()), [r["reason"] for r in rows.values()]
+    optical = rows[("syn-long-hard-1", "optical")]
+    assert optical["pages"] == "1" and optical["truncated"] == "1"  # the long item loses pages to max_pages=1
+    assert int(optical["context_tokens"]) == 64                   # one tiny-mode page = 64 vision tokens
+    assert float(optical["encode_s"]) > 0 and float(optical["render_s"]) > 0
+    assert rows[("syn-long-hard-1", "native-matched")]["context_tokens"] == optical["context_tokens"]
+    native = rows[("syn-long-hard-1", "native")]
+    assert native["truncated"] == "1" and int(native["context_tokens"]) == 96
+    assert int(native["input_tokens"]) > int(rows[("syn-long-hard-1", "no-context")]["input_tokens"])
+
+
+def test_optical_without_an_adapter_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    result = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--set", "bench.adapter=null",
+                                 "--output-dir", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "bench.adapter is not set" in result.stderr

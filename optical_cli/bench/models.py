@@ -116,6 +116,11 @@ def build_reader(cfg, conditions: Sequence[str]) -> QwenOpticalReader:
     from ..models import loading
     from ..models.vlm import VisionLanguageReader
 
+    if "optical" in conditions and cfg.bench.adapter is None:  # before any weights load
+        raise ConfigError(
+            "bench.adapter is not set: the optical condition needs a trained adapter; train one with "
+            "`optical train-adapter` and pass --set bench.adapter=PATH/adapter.pth, or leave optical out of --conditions"
+        )
     device = loading.resolve_device(cfg.runtime.device)
     dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
     vlm_cfg = cfg.vlm
@@ -161,11 +166,6 @@ def _adapter(cfg, encoder, llm_dim: int, device: torch.device, dtype: torch.dtyp
     from ..models.adapter import AdapterConfig, OpticalAdapter
 
     vision_dim = encoder.cfg.out_dim
-    if cfg.bench.adapter is None:
-        raise ConfigError(
-            "bench.adapter is not set: the optical condition needs a trained adapter; train one with "
-            "`optical train-adapter` and pass --set bench.adapter=PATH/adapter.pth, or leave optical out of --conditions"
-        )
     if cfg.bench.adapter == "random":
         torch.manual_seed(cfg.runtime.seed)
         adapter = OpticalAdapter(AdapterConfig(vision_dim=vision_dim, llm_dim=llm_dim, max_pages=max(cfg.bench.max_pages, 1)))

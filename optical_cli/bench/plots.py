@@ -31,8 +31,8 @@ def plot_accuracy_by_length(summary: Mapping[str, Any], path: Path, title_note: 
         stats = [block["by_length"].get(b) if b != "overall" else block for b in buckets]
         xs = [i + (index - (len(conditions) - 1) / 2) * width for i in range(len(buckets))]
         acc = [s["accuracy"] if s and s["accuracy"] is not None else 0.0 for s in stats]
-        low = [a - s["ci95"][0] if s else 0.0 for a, s in zip(acc, stats)]
-        high = [s["ci95"][1] - a if s else 0.0 for a, s in zip(acc, stats)]
+        low = [max(0.0, a - s["ci95"][0]) if s else 0.0 for a, s in zip(acc, stats)]
+        high = [max(0.0, s["ci95"][1] - a) if s else 0.0 for a, s in zip(acc, stats)]
         ax.bar(xs, acc, width, yerr=[low, high], capsize=3, label=condition)
     ax.axhline(CHANCE, color="grey", linestyle="--", linewidth=1, label="chance (25%)")
     ax.set_xticks(range(len(buckets)))
