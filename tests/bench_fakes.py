@@ -22,6 +22,7 @@ class FakeReader:
         self.fail = fail or {}
         self.max_input_tokens = max_input_tokens
         self.calls = []
+        self.prompts = []
 
     def encode_text(self, text):
         return text.split()
@@ -36,6 +37,7 @@ class FakeReader:
 
     def read_text(self, prompt, *, max_new_tokens, temperature, seed):
         self.calls.append(("text", prompt.question.split("Question: ")[1].split("\n")[0]))
+        self.prompts.append(prompt)
         self._maybe_fail(prompt, "text")
         tokens = len(prompt.document.split()) + len(prompt.question.split())
         if self.max_input_tokens and tokens > self.max_input_tokens:

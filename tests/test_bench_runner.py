@@ -23,13 +23,17 @@ def _settings(**overrides):
 
 def test_conditions_and_rows(tmp_path):
     items = load_items(str(FIXTURE))[:3]
-    rows = run_benchmark(FakeReader(), items, _settings(), tmp_path / "items.csv")
+    reader = FakeReader()
+    rows = run_benchmark(reader, items, _settings(), tmp_path / "items.csv")
     assert len(rows) == 12 and read_rows(tmp_path / "items.csv") == rows
     by = {(r["id"], r["condition"]): r for r in rows}
     item = items[0]
     doc_words = len(item.context.split())
     native = by[(item.id, "native")]
     assert native["truncated"] and native["context_tokens"] == 60 and native["doc_tokens"] == doc_words
+    words = item.context.split()
+    assert reader.prompts[0].document == " ".join(words[:30] + words[-30:])  # first and last half of the budget
+    assert reader.prompts[0].question.index("Question:") < reader.prompts[0].question.index("(D)")
     assert native["prediction"] == "A" and native["correct"] == (item.answer == "A")
     optical = by[(item.id, "optical")]
     total_pages = -(-doc_words // WORDS_PER_PAGE)

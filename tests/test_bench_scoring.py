@@ -3,7 +3,7 @@
 import pytest
 from scipy.stats import binomtest
 
-from optical_cli.bench.prompts import middle_truncate, middle_truncate_text
+from optical_cli.bench.prompts import middle_truncate
 from optical_cli.bench.scoring import extract_answer, mcnemar_exact, summarize, wilson_interval
 
 OUTPUTS = [
@@ -51,10 +51,6 @@ def test_middle_truncation_keeps_both_ends():
     assert middle_truncate(list(range(3)), 5) == ([0, 1, 2], False)
     assert middle_truncate(list(range(3)), 0) == ([], True)
     assert middle_truncate(["p1", "p2", "p3"], 1) == (["p3"], True)
-    words = " ".join(f"w{i}" for i in range(20))
-    text, kept, cut = middle_truncate_text(words, 6, str.split, " ".join)
-    assert (text, kept, cut) == ("w0 w1 w2 w17 w18 w19", 6, True)
-    assert middle_truncate_text(words, 50, str.split, " ".join) == (words, 20, False)
 
 
 def _row(id_, condition, correct, status="ok", length="short", difficulty="easy"):

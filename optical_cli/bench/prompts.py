@@ -71,14 +71,3 @@ def middle_truncate(sequence: Sequence[T], budget: int) -> tuple[list[T], bool]:
     tail = budget - head
     return items[:head] + (items[len(items) - tail:] if tail else []), True
 
-
-def middle_truncate_text(text: str, budget: int, encode, decode) -> tuple[str, int, bool]:
-    """``text`` cut in the middle to at most ``budget`` tokens of the reader's tokenizer.
-
-    Returns the (possibly shortened) text, its token count and whether anything was cut.
-    """
-    ids = encode(text)
-    kept, truncated = middle_truncate(ids, budget)
-    if not truncated:
-        return text, len(ids), False
-    return decode(kept), len(kept), True

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 from ..artifacts import atomic_write_text
 from ..errors import InputError
 from .data import LongBenchItem
-from .prompts import PromptParts, document_prompt, middle_truncate_text, no_context_prompt
+from .prompts import PromptParts, document_prompt, middle_truncate, no_context_prompt
 from .reader import ContextExceeded, Generation, Reader
 from .scoring import extract_answer
 
@@ -202,12 +202,14 @@ class _ItemRunner:
         self.settings = settings
         self.item = item
         self._plan: _OpticalPlan | None = None
-        self._doc_tokens: int | None = None
+        self._doc_ids: list[int] | None = None
 
-    def doc_tokens(self) -> int:
-        if self._doc_tokens is None:
-            self._doc_tokens = len(self.reader.encode_text(self.item.context))
-        return self._doc_tokens
+    def doc_ids(self) -> list[int]:
+        """The document's token ids, computed once per item (untimed: measuring the length
+        is bookkeeping, not part of any condition's cost)."""
+        if self._doc_ids is None:
+            self._doc_ids = list(self.reader.encode_text(self.item.context))
+        return self._doc_ids
 
     def plan(self) -> _OpticalPlan:
         if self._plan is None:
@@ -218,8 +220,10 @@ class _ItemRunner:
         return self._plan
 
     def _text_attempt(self, budget: int) -> _Attempt:
-        text, tokens, truncated = middle_truncate_text(self.item.context, budget, self.reader.encode_text, self.reader.decode_text)
-        return _Attempt(document_prompt(self.item, text), context_tokens=tokens, truncated=truncated)
+        ids = self.doc_ids()
+        kept, truncated = middle_truncate(ids, budget)
+        text = self.reader.decode_text(kept) if truncated else self.item.context
+        return _Attempt(document_prompt(self.item, text), context_tokens=len(kept), truncated=truncated)
 
     def attempt(self, condition: str) -> tuple[_Attempt, Callable[[_Attempt], Generation]]:
         s = self.settings
@@ -248,9 +252,14 @@ class _ItemRunner:
             "status": "ok", "reason": "", "prediction": None, "correct": False, "output": "",
             "pages": 0, "truncated": False, "render_s": 0.0, "encode_s": 0.0, "prefill_s": None, "decode_s": None,
         }
+        try:
+            row["doc_tokens"] = len(self.doc_ids())
+        except Exception as exc:  # noqa: BLE001 - recorded like any other failure
+            row["status"], row["reason"] = _failure(exc)
+            row["latency_s"] = 0.0
+            return row
         start = time.perf_counter()
         try:
-            row["doc_tokens"] = self.doc_tokens()
             attempt, generate = self.attempt(condition)
             row.update(context_tokens=attempt.context_tokens, pages=attempt.pages, truncated=attempt.truncated, render_s=attempt.render_s)
             generation = generate(attempt)
