@@ -287,11 +287,13 @@ def bench_longbench(
     """LongBench v2: native text vs optical pages (and native at the optical budget, and no context) on the same items."""
     with handled_errors():
         from .bench.models import build_reader
-        from .bench.runner import finish_run, load_selection, run_benchmark, settings_from
+        from .bench.runner import check_resume_compatible, finish_run, load_selection, run_benchmark, settings_from
 
         cfg = _longbench_cfg(load("longbench", config, sets), num_samples, ids, conditions)
         if resume and output_dir is None:
             raise InputError("--resume needs --output-dir pointing at the run to continue")
+        if resume and (output_dir / "config.yaml").is_file():
+            check_resume_compatible(load("longbench", output_dir / "config.yaml", None), cfg)
         settings = settings_from(cfg.bench, cfg.runtime.seed)
         items = load_selection(cfg.bench, cfg.runtime.seed)   # bad data fails before any model loads
         reader = build_reader(cfg, settings.conditions)

@@ -364,3 +364,26 @@ def finish_run(
         plot_accuracy_by_length(summary, out_dir / "accuracy_by_length.png", note)
         plot_cost_vs_length(rows, settings.conditions, out_dir / "cost_vs_length.png", note)
     return summary
+
+
+# Keys that may change between a run and its --resume: which items and conditions to run.
+RESUMABLE_CHANGES = {"bench.num_samples", "bench.ids", "bench.lengths", "bench.difficulties", "bench.domains",
+                     "bench.conditions", "bench.plots", "runtime.workers"}
+
+
+def check_resume_compatible(previous: Any, current: Any) -> None:
+    """Refuse to mix rows made under different models, data, truncation or decoding."""
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, dict):
+            out: dict[str, Any] = {}
+            for key, value in data.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        return {prefix.rstrip("."): data}
+
+    before, after = flat(previous.model_dump(mode="json")), flat(current.model_dump(mode="json"))
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        shown = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:4])
+        raise InputError(f"--resume: the config differs from the run being resumed in {shown}; "
+                         "rerun with the same settings or choose a new --output-dir")
