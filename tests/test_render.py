@@ -171,3 +171,21 @@ def test_undecodable_bytes_name_file_and_offset():
 def test_page_sizes_follow_modes():
     for mode, size in {"tiny": 512, "small": 640, "base": 1024, "large": 1280}.items():
         assert renderer(mode=mode).page_px == size
+
+
+@pytest.mark.parametrize("mode,font_size,line_spacing", [("base", 10, 1.2), ("tiny", 8, 1.0), ("small", 13, 1.0), ("large", 22, 1.5)])
+def test_glyph_cache_draws_the_same_pixels_as_pil(mode, font_size, line_spacing):
+    """The fast compositor must be indistinguishable from PIL's own drawing."""
+    import numpy as np
+
+    r = renderer(mode=mode, font_size=font_size, line_spacing=line_spacing)
+    text = ("W@Wm jgq ÅÉ café Привет ±√∑ ___ ||| e\u0301 " * 40 + "\n\n") * 3 + VARIED["long_word"]
+    pages, _, _ = r.layout(text)
+    for lines in pages + [["", "a", ""], []]:
+        fast, reference = np.asarray(r.draw(lines)), np.asarray(r.draw_with_pil(lines))
+        assert (fast == reference).all(), f"{(fast != reference).sum()} pixels differ"
+
+
+def test_glyph_cache_can_be_switched_off():
+    r = renderer(glyph_cache=False)
+    assert r._atlas is None and r.draw(["abc"]).getextrema() == (0, 255)
