@@ -112,10 +112,13 @@ def _load_image(path: Path) -> Image.Image:
 
 
 def _read_text(path: Path, cfg: EncodeConfig) -> str:
+    from .render import decode
+
     try:
-        return path.read_text(encoding=cfg.render.encoding, errors=cfg.render.errors)
-    except (UnicodeDecodeError, LookupError) as exc:
-        raise InputError(f"--text {path}: cannot decode as {cfg.render.encoding} ({exc}); set render.encoding or render.errors=replace") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"--text {path}: cannot read: {exc.strerror}") from None
+    return decode(data, str(path), cfg.render)
 
 
 def produce_pages(plan: EncodePlan, cfg: EncodeConfig) -> Iterator[tuple[PageSource, PreparedPage]]:
