@@ -202,6 +202,40 @@ def render(
 
 
 # ---------------------------------------------------------------------------------------
+# optical encode
+
+
+@app.command("encode")
+def encode(
+    inputs: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Image file, directory of images, or render run directory (repeatable).")] = None,
+    text: Annotated[Optional[Path], typer.Option("--text", help="Text file to render (at the mode's page size) and encode in one go.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Features .safetensors (default: features.safetensors in the run directory).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Encode pages with DeepEncoder: features [pages, tokens, 1280] + compression metrics."""
+    from .encode import plan_inputs, run_encode
+    from .errors import InputError
+
+    with handled_errors():
+        cfg = load("encode", config, sets)
+        if output is not None and output.suffix != ".safetensors":
+            raise InputError(f"--output {output}: the features file must end in .safetensors")
+        plan = plan_inputs(list(inputs or []), text, cfg.encode.max_image_side)
+        with run_dir("encode", cfg, output_dir) as run:
+            total = len(plan.pages) or None
+            with progress_bar("encoding pages", total) as advance:
+                summary = run_encode(cfg, plan, output or run.file("features.safetensors"), run.file("metrics.json"), advance)
+            run.update(result=summary)
+        print_table("encode", list(summary.items()))
+        if json_out:
+            emit_json({**summary, "metrics": str(run.path / "metrics.json")})
+
+
+
+# ---------------------------------------------------------------------------------------
 # optical train-adapter
 
 

@@ -59,8 +59,41 @@ class RenderConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------
-# train-adapter: DeepEncoder -> adapter -> Qwen3-VL. VLMSection, EncoderSection and
-# AdapterSection are shared with the LongBench comparison.
+# optical encode: DeepEncoder over page images (or text rendered on the fly)
+
+
+class DeepEncoderSection(Section):
+    weights: str = Field(
+        "deepseek-ai/DeepSeek-OCR",
+        description="hub id, directory, .safetensors (official or ours), community .pth directory, or 'random'",
+    )
+    architecture: Literal["official", "tiny"] = Field(
+        "official", description="sizes for 'random' weights (our own format stores its sizes)"
+    )
+    mode: Literal["tiny", "small", "base", "large", "gundam"] = "base"
+    layout_tokens: bool = Field(False, description="lay out rows + image_newline and a closing view_seperator")
+    attention: Literal["folded", "mask"] = Field(
+        "folded", description="SAM relative-position bias: folded into q/k (fused kernels) or an additive mask"
+    )
+
+
+class EncodeSection(Section):
+    batch_size: int = Field(8, ge=1, description="views per forward pass; halved automatically on out-of-memory")
+    compile: bool = Field(False, description="torch.compile the encoder")
+    max_image_side: int = Field(16384, ge=16, description="reject input images with a side longer than this (pixels)")
+    queue_pages: int = Field(32, ge=1, description="rendered pages buffered ahead of the encoder with --text")
+
+
+class EncodeConfig(Section):
+    deepencoder: DeepEncoderSection = DeepEncoderSection()
+    encode: EncodeSection = EncodeSection()
+    render: RenderSection = RenderSection()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
+# train-adapter: DeepEncoder -> adapter -> Qwen3-VL. VLMSection and AdapterSection
+# are shared with the LongBench comparison.
 
 
 class RandomQwen3VLSection(Section):
@@ -77,18 +110,13 @@ class RandomQwen3VLSection(Section):
     rope_theta: float = 5_000_000.0
     max_position_embeddings: int = Field(32768, ge=128)
     tie_word_embeddings: bool = True
+    initializer_range: float = Field(0.02, gt=0, description="std of the random weights (Qwen3-VL's own default 0.02)")
 
 
 class VLMSection(Section):
     source: str = Field("Qwen/Qwen3-VL-2B-Instruct", description="hub id, local model directory, or random")
     tokenizer: str = Field("auto", description="auto (the model's own; qwen-tiktoken for random) | qwen-tiktoken | path or hub id")
     random: RandomQwen3VLSection = RandomQwen3VLSection()
-
-
-class EncoderSection(Section):
-    source: str = Field("deepseek-ai/DeepSeek-OCR", description="hub id, local weights, or random")
-    architecture: Literal["official", "tiny"] = "official"
-    batch_size: int = Field(8, ge=1, description="pages per encoder forward while caching features")
 
 
 class AdapterSection(Section):
@@ -106,6 +134,7 @@ class TrainDataSection(Section):
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="documents held out for eval loss and the reading check")
     max_text_tokens: int = Field(1024, ge=8, description="page text tokens kept as the reconstruction target")
     cache_dir: str = Field("results/cache/features", description="where encoded page features are cached")
+    encode_batch_size: int = Field(8, ge=1, description="views per DeepEncoder forward while caching features")
 
 
 class TrainOptimSection(Section):
@@ -128,7 +157,7 @@ class TrainOptimSection(Section):
 
 class TrainAdapterConfig(Section):
     vlm: VLMSection = VLMSection()
-    encoder: EncoderSection = EncoderSection()
+    deepencoder: DeepEncoderSection = DeepEncoderSection()
     render: RenderSection = RenderSection()
     adapter: AdapterSection = AdapterSection()
     data: TrainDataSection = TrainDataSection()
@@ -149,6 +178,7 @@ class CommandSpec:
 COMMANDS: dict[str, CommandSpec] = {
     "render": CommandSpec(RenderConfig, "render.yaml"),
     "train-adapter": CommandSpec(TrainAdapterConfig, "qwen3_vl.yaml"),
+    "encode": CommandSpec(EncodeConfig, "encode.yaml"),
 }
 
 
