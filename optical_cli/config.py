@@ -60,84 +60,6 @@ class RenderConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------
-# train-adapter: DeepEncoder -> adapter -> Qwen3-VL. VLMSection, EncoderSection and
-# AdapterSection are shared with the LongBench comparison.
-
-
-class RandomQwen3VLSection(Section):
-    """Text dims of a random-weight Qwen3-VL (vlm.source=random); defaults: the tiny test model."""
-
-    vocab_size: int = Field(151936, ge=151669, description="must hold the Qwen special tokens")
-    hidden_size: int = Field(64, ge=8)
-    intermediate_size: int = Field(128, ge=8)
-    num_hidden_layers: int = Field(2, ge=1)
-    num_attention_heads: int = Field(4, ge=1)
-    num_key_value_heads: int = Field(2, ge=1)
-    head_dim: int = Field(16, ge=4)
-    mrope_section: list[int] = Field([4, 2, 2], description="t/h/w rotary sections; must sum to head_dim/2")
-    rope_theta: float = 5_000_000.0
-    max_position_embeddings: int = Field(32768, ge=128)
-    tie_word_embeddings: bool = True
-
-
-class VLMSection(Section):
-    source: str = Field("Qwen/Qwen3-VL-2B-Instruct", description="hub id, local model directory, or random")
-    tokenizer: str = Field("auto", description="auto (the model's own; qwen-tiktoken for random) | qwen-tiktoken | path or hub id")
-    random: RandomQwen3VLSection = RandomQwen3VLSection()
-
-
-class EncoderSection(Section):
-    source: str = Field("deepseek-ai/DeepSeek-OCR", description="hub id, local weights, or random")
-    architecture: Literal["official", "tiny"] = "official"
-    batch_size: int = Field(8, ge=1, description="pages per encoder forward while caching features")
-
-
-class AdapterSection(Section):
-    hidden_dim: int = Field(3072, ge=1, description="MLP width (vision_dim and llm_dim come from the models)")
-    max_pages: int = Field(200, ge=1, description="page-position embeddings")
-    init: Optional[str] = Field(None, description="adapter.pth to start from (default: fresh, zero page embeddings)")
-
-
-class TrainDataSection(Section):
-    source: str = Field("data/cve/cves.jsonl", description=".txt, .jsonl, a directory of them, or hf:owner/name")
-    text_field: str = Field("description", description="JSON / dataset field holding the text")
-    split: str = Field("train", description="split of a hub dataset")
-    max_documents: Optional[int] = Field(1000, ge=1)
-    min_chars: int = Field(16, ge=1, description="documents shorter than this are skipped")
-    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="documents held out for eval loss and the reading check")
-    max_text_tokens: int = Field(1024, ge=8, description="page text tokens kept as the reconstruction target")
-    cache_dir: str = Field("results/cache/features", description="where encoded page features are cached")
-
-
-class TrainOptimSection(Section):
-    objective: Literal["reconstruction", "mse"] = "reconstruction"
-    epochs: int = Field(10, ge=1)
-    max_steps: Optional[int] = Field(None, ge=1, description="optimizer steps (default: from epochs)")
-    batch_size: int = Field(8, ge=1, description="pages per micro-batch per process")
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(50, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * this")
-    grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
-    eval_every: int = Field(100, ge=1)
-    checkpoint_every: int = Field(200, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    read_pages: int = Field(8, ge=0, description="held-out pages decoded for the reading check (0 = skip)")
-    read_max_new_tokens: int = Field(512, ge=1)
-
-
-class TrainAdapterConfig(Section):
-    vlm: VLMSection = VLMSection()
-    encoder: EncoderSection = EncoderSection()
-    render: RenderSection = RenderSection()
-    adapter: AdapterSection = AdapterSection()
-    data: TrainDataSection = TrainDataSection()
-    train: TrainOptimSection = TrainOptimSection()
-    runtime: RuntimeConfig = RuntimeConfig()
-
-
-# ---------------------------------------------------------------------------------------
 # optical encode: DeepEncoder over page images (or text rendered on the fly)
 
 
@@ -167,6 +89,80 @@ class EncodeConfig(Section):
     deepencoder: DeepEncoderSection = DeepEncoderSection()
     encode: EncodeSection = EncodeSection()
     render: RenderSection = RenderSection()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
+# train-adapter: DeepEncoder -> adapter -> Qwen3-VL. VLMSection and AdapterSection
+# are shared with the LongBench comparison.
+
+
+class RandomQwen3VLSection(Section):
+    """Text dims of a random-weight Qwen3-VL (vlm.source=random); defaults: the tiny test model."""
+
+    vocab_size: int = Field(151936, ge=151669, description="must hold the Qwen special tokens")
+    hidden_size: int = Field(64, ge=8)
+    intermediate_size: int = Field(128, ge=8)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    num_key_value_heads: int = Field(2, ge=1)
+    head_dim: int = Field(16, ge=4)
+    mrope_section: list[int] = Field([4, 2, 2], description="t/h/w rotary sections; must sum to head_dim/2")
+    rope_theta: float = 5_000_000.0
+    max_position_embeddings: int = Field(32768, ge=128)
+    tie_word_embeddings: bool = True
+    initializer_range: float = Field(0.02, gt=0, description="std of the random weights (Qwen3-VL's own default 0.02)")
+
+
+class VLMSection(Section):
+    source: str = Field("Qwen/Qwen3-VL-2B-Instruct", description="hub id, local model directory, or random")
+    tokenizer: str = Field("auto", description="auto (the model's own; qwen-tiktoken for random) | qwen-tiktoken | path or hub id")
+    random: RandomQwen3VLSection = RandomQwen3VLSection()
+
+
+class AdapterSection(Section):
+    hidden_dim: int = Field(3072, ge=1, description="MLP width (vision_dim and llm_dim come from the models)")
+    max_pages: int = Field(200, ge=1, description="page-position embeddings")
+    init: Optional[str] = Field(None, description="adapter.pth to start from (default: fresh, zero page embeddings)")
+
+
+class TrainDataSection(Section):
+    source: str = Field("data/cve/cves.jsonl", description=".txt, .jsonl, a directory of them, or hf:owner/name")
+    text_field: str = Field("description", description="JSON / dataset field holding the text")
+    split: str = Field("train", description="split of a hub dataset")
+    max_documents: Optional[int] = Field(1000, ge=1)
+    min_chars: int = Field(16, ge=1, description="documents shorter than this are skipped")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="documents held out for eval loss and the reading check")
+    max_text_tokens: int = Field(1024, ge=8, description="page text tokens kept as the reconstruction target")
+    cache_dir: str = Field("results/cache/features", description="where encoded page features are cached")
+    encode_batch_size: int = Field(8, ge=1, description="views per DeepEncoder forward while caching features")
+
+
+class TrainOptimSection(Section):
+    objective: Literal["reconstruction", "mse"] = "reconstruction"
+    epochs: int = Field(10, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1, description="optimizer steps (default: from epochs)")
+    batch_size: int = Field(8, ge=1, description="pages per micro-batch per process")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * this")
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
+    eval_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    read_pages: int = Field(8, ge=0, description="held-out pages decoded for the reading check (0 = skip)")
+    read_max_new_tokens: int = Field(512, ge=1)
+
+
+class TrainAdapterConfig(Section):
+    vlm: VLMSection = VLMSection()
+    deepencoder: DeepEncoderSection = DeepEncoderSection()
+    render: RenderSection = RenderSection()
+    adapter: AdapterSection = AdapterSection()
+    data: TrainDataSection = TrainDataSection()
+    train: TrainOptimSection = TrainOptimSection()
     runtime: RuntimeConfig = RuntimeConfig()
 
 

@@ -125,25 +125,48 @@ class PageEncoder(Protocol):
 
 
 class DeepEncoderPages:
-    """The frozen DeepEncoder with the official preprocessing for one resolution mode."""
+    """The frozen DeepEncoder of ``optical encode`` (same weights, preprocessing and batching),
+    loaded on first use so a run whose features are cached never loads it."""
 
-    def __init__(self, source: str, architecture: str, mode: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
-        from .models.deepencoder import DeepEncoderConfig
+    def __init__(self, cfg: TrainAdapterConfig, device: torch.device):
+        section = cfg.deepencoder
+        if section.mode == "gundam":
+            raise ConfigError("deepencoder.mode=gundam gives each page a different token count; "
+                              "train the adapter with tiny, small, base or large")
+        self.cfg, self.device = cfg, device
+        self.mode, self.layout_tokens = section.mode, section.layout_tokens
+        self.identity = {"deepencoder": section.model_dump(), "dtype": cfg.runtime.dtype, "seed": cfg.runtime.seed}
+        self._model = self._runner = None
+
+    def _load(self) -> None:
+        from .config import EncodeConfig, EncodeSection
+        from .encode import BatchRunner, build_encoder
+
+        runtime = self.cfg.runtime.model_copy(update={"device": str(self.device)})
+        encode_cfg = EncodeConfig(deepencoder=self.cfg.deepencoder, render=self.cfg.render, runtime=runtime,
+                                  encode=EncodeSection(batch_size=self.cfg.data.encode_batch_size))
+        self._model, device, dtype = build_encoder(encode_cfg)
+        self._model.requires_grad_(False)
+        self._runner = BatchRunner(self._model, self.cfg.data.encode_batch_size, device, dtype)
+
+    @property
+    def out_dim(self) -> int:
+        if self._model is None:
+            from .models.deepencoder import DeepEncoderConfig
+
+            if self.cfg.deepencoder.weights == "random":
+                return DeepEncoderConfig.named(self.cfg.deepencoder.architecture).out_dim
+            self._load()
+        return self._model.cfg.out_dim
+
+    def encode(self, images: list) -> torch.Tensor:
+        from .encode import encode_group
         from .models.deepencoder.preprocess import prepare
 
-        self._prepare = prepare
-        self.mode = mode
-        self.device, self.dtype = device, dtype
-        self.model = loading.load_deepencoder(source, device, dtype, config=DeepEncoderConfig.named(architecture), seed=seed)
-        self.model.requires_grad_(False)
-        self.out_dim = self.model.cfg.out_dim
-        self.identity = {"source": source, "architecture": architecture, "mode": mode, "dtype": str(dtype), "seed": seed}
-
-    @torch.no_grad()
-    def encode(self, images: list) -> torch.Tensor:
-        views = [self._prepare(image, self.mode).views[-1] for image in images]
-        pixels = torch.stack(views).to(self.device, self.dtype)
-        return self.model(pixels).float().cpu()
+        if self._model is None:
+            self._load()
+        prepared = [prepare(image, self.mode) for image in images]
+        return torch.stack(encode_group(self._runner, self._model, prepared, self.layout_tokens))
 
 
 @dataclass
@@ -178,7 +201,8 @@ def build_page_set(documents: list[str], cfg: TrainAdapterConfig, encoder: PageE
 
     from .render import render_document
 
-    key = _cache_key(documents, cfg.render.model_dump_json(), encoder.identity, cfg.adapter.max_pages)
+    section = page_render_section(cfg)
+    key = _cache_key(documents, section.model_dump_json(), encoder.identity, cfg.adapter.max_pages)
     folder = cache_dir / key
     features_file, pages_file = folder / "features.safetensors", folder / "pages.json"
     if features_file.is_file() and pages_file.is_file():
@@ -194,14 +218,14 @@ def build_page_set(documents: list[str], cfg: TrainAdapterConfig, encoder: PageE
             pending.clear()
 
     for doc_id, text in enumerate(documents):
-        for index, page in enumerate(render_document(text, cfg.render, f"document {doc_id}")[: cfg.adapter.max_pages]):
+        for index, page in enumerate(render_document(text, section, f"document {doc_id}")[: cfg.adapter.max_pages]):
             if not page.text.strip():
                 continue
             texts.append(page.text)
             document.append(doc_id)
             page_index.append(index)
             pending.append(page.image)
-            if len(pending) >= cfg.encoder.batch_size:
+            if len(pending) >= cfg.data.encode_batch_size:
                 flush()
     flush()
     if not texts:
@@ -323,11 +347,12 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(folder: Path, adapter: OpticalAdapter, optimizer, scheduler, step: int, keep: int,
-                    training: dict) -> Path:
+                    training: dict, data_position: dict) -> Path:
     target = folder / CHECKPOINT_DIR / f"step-{step:07d}"
     target.mkdir(parents=True, exist_ok=True)
     save_adapter(adapter, target / "adapter.pth", training)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "rng": _rng_state()}
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "data_position": data_position,
+             "rng": _rng_state()}
     with atomic_path(target / "trainer_state.pth") as tmp:
         torch.save(state, tmp)
     existing = sorted((folder / CHECKPOINT_DIR).glob("step-*"))
@@ -446,8 +471,9 @@ def build_reader(cfg: TrainAdapterConfig, device: torch.device, dtype: torch.dty
     return VisionLanguageReader(model, loading.load_chat_tokenizer(tokenizer_source))
 
 
-def build_encoder(cfg: TrainAdapterConfig, device: torch.device, dtype: torch.dtype) -> PageEncoder:
-    return DeepEncoderPages(cfg.encoder.source, cfg.encoder.architecture, cfg.render.mode, device, dtype, cfg.runtime.seed)
+def page_render_section(cfg: TrainAdapterConfig):
+    """The render settings with the page size the encoder's mode reads."""
+    return cfg.render.model_copy(update={"mode": cfg.deepencoder.mode})
 
 
 def make_adapter(cfg: TrainAdapterConfig, vision_dim: int, reader: VisionLanguageReader) -> OpticalAdapter:
@@ -528,9 +554,13 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
     emit = progress if (progress and accelerator.is_main_process) else (lambda event: None)
     opt = cfg.train
 
+    resume_state = None
+    if resume is not None:  # a bad checkpoint fails before any model is loaded
+        checkpoint = latest_checkpoint(resume)
+        resume_state = load_trainer_state(checkpoint)
     documents = read_corpus(cfg.data.source, cfg.data.text_field, cfg.data.split, cfg.data.max_documents, cfg.data.min_chars)
     reader = reader or build_reader(cfg, device, dtype)
-    encoder = encoder or build_encoder(cfg, device, dtype)
+    encoder = encoder or DeepEncoderPages(cfg, device)
     started = time.perf_counter()
     with accelerator.main_process_first():
         pages, cache_hit = build_page_set(documents, cfg, encoder, Path(cfg.data.cache_dir), emit)
@@ -552,9 +582,8 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(opt.warmup_steps, total_steps, opt.min_lr_ratio))
     step = 0
     metrics_path = run_path / "metrics.jsonl"
-    if resume is not None:
-        checkpoint = latest_checkpoint(resume)
-        state = load_trainer_state(checkpoint)
+    if resume_state is not None:
+        state = resume_state
         adapter.load_state_dict(loading.load_adapter(checkpoint / "adapter.pth", reader.hidden_size, encoder.out_dim).state_dict())
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -572,6 +601,12 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
 
     micro_per_step = opt.grad_accum * world
     first_loss = last_loss = last_eval = None
+    if step == 0:  # the starting point of the eval curve
+        adapter.eval()
+        last_eval = evaluate(opt.objective, model, adapter, eval_pages, eval_examples, opt.batch_size, pad_id, device, autocast)
+        adapter.train()
+        if accelerator.is_main_process:
+            append_jsonl(metrics_path, {"step": 0, "epoch": 0, "loss": None, "eval_loss": last_eval, "lr": 0.0, "pages_per_s": None})
     window_pages, window_start = 0, time.perf_counter()
     train_start, pages_seen = time.perf_counter(), 0
     adapter.train()
@@ -608,8 +643,9 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
         if accelerator.is_main_process:
             append_jsonl(metrics_path, record)
             if step % opt.checkpoint_every == 0 or step == total_steps:
+                position = dict(zip(("epoch", "batch_group"), divmod(step, steps_per_epoch)))
                 save_checkpoint(run_path, accelerator.unwrap_model(adapter), optimizer, scheduler, step,
-                                opt.keep_checkpoints, training_info)
+                                opt.keep_checkpoints, training_info, position)
         emit({"event": "step", **record, "total": total_steps})
     accelerator.wait_for_everyone()
     train_s = time.perf_counter() - train_start

@@ -193,9 +193,6 @@ def load_adapter(path: str | Path, llm_dim: int | None = None, vision_dim: int |
         first = str(exc).splitlines()[0] if str(exc) else "mismatch"
         raise InputError(f"adapter checkpoint {path} does not match its sidecar dims ({first}; {exc})".replace("\n", " ")) from None
     return adapter.to(device)
-
-
-# ---------------------------------------------------------------------------------------
 # DeepEncoder weights
 #
 # Layouts accepted by load_deepencoder (all strict: missing, unexpected and mis-shaped
