@@ -23,7 +23,7 @@ import io
 import os
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -155,7 +155,6 @@ class _Attempt:
     pages: int = 0
     truncated: bool = False
     render_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:
@@ -254,6 +253,8 @@ class _ItemRunner:
         }
         try:
             row["doc_tokens"] = len(self.doc_ids())
+            if condition == "native-matched":
+                self.plan()  # its budget comes from the pages; rendering them is the optical condition's cost
         except Exception as exc:  # noqa: BLE001 - recorded like any other failure
             row["status"], row["reason"] = _failure(exc)
             row["latency_s"] = 0.0
@@ -265,7 +266,6 @@ class _ItemRunner:
             generation = generate(attempt)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded on the item and counted wrong
             row["status"], row["reason"] = _failure(exc)
-            _release_memory()
         else:
             prediction = extract_answer(generation.text)
             row.update(
@@ -274,6 +274,8 @@ class _ItemRunner:
                 prefill_s=generation.prefill_s, decode_s=generation.decode_s,
             )
         row["latency_s"] = time.perf_counter() - start
+        if row["status"] != "ok":
+            _release_memory()  # out here, once the exception and its frames (holding tensors) are gone
         return row
 
 
