@@ -218,20 +218,19 @@ def _csv_list(value: Optional[str]) -> list[str] | None:
     return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _longbench_cfg(cfg: Any, num_samples: Optional[int], ids: Optional[str], conditions: Optional[str]) -> Any:
-    """Fold the command's flags into the config, so config.yaml records what actually ran."""
+def _longbench_cfg(cfg: Any, flags: dict[str, Any]) -> Any:
+    """Fold the command's flags into the config (validated like the file), so config.yaml
+    records what actually ran."""
     from .bench.runner import parse_conditions
 
-    update: dict[str, Any] = {}
-    if num_samples is not None:
-        if num_samples < 1:
-            raise InputError(f"--num-samples must be at least 1, got {num_samples}")
-        update["num_samples"] = num_samples
-    if ids is not None:
-        update["ids"] = _csv_list(ids)
-    if conditions is not None:
-        update["conditions"] = list(parse_conditions(_csv_list(conditions) or []))
-    return cfg.model_copy(update={"bench": cfg.bench.model_copy(update=update)}) if update else cfg
+    update = {key: value for key, value in flags.items() if value is not None}
+    if "conditions" in update:
+        update["conditions"] = list(parse_conditions(update["conditions"]))
+    if not update:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    data["bench"].update(update)
+    return config_mod.validate(type(cfg), data, "command-line flags")
 
 
 def _print_longbench(summary: dict) -> None:
@@ -278,6 +277,9 @@ def bench_longbench(
     num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Seeded sample stratified by length and difficulty.")] = None,
     ids: Annotated[Optional[str], typer.Option("--ids", help="Comma-separated item ids to run (instead of a sample).")] = None,
     conditions: Annotated[Optional[str], typer.Option("--conditions", help="Comma-separated: native, optical, native-matched, no-context.")] = None,
+    lengths: Annotated[Optional[str], typer.Option("--lengths", help="Keep only these length buckets: short, medium, long (comma-separated).")] = None,
+    difficulties: Annotated[Optional[str], typer.Option("--difficulties", help="Keep only easy and/or hard items (comma-separated).")] = None,
+    domains: Annotated[Optional[str], typer.Option("--domains", help="Keep only these domains, e.g. 'Multi-Document QA' (comma-separated).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir, skipping finished (item, condition) pairs.")] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -289,7 +291,9 @@ def bench_longbench(
         from .bench.models import build_reader
         from .bench.runner import check_resume_compatible, finish_run, load_selection, run_benchmark, settings_from
 
-        cfg = _longbench_cfg(load("longbench", config, sets), num_samples, ids, conditions)
+        flags = {"num_samples": num_samples, "ids": _csv_list(ids), "conditions": _csv_list(conditions),
+                 "lengths": _csv_list(lengths), "difficulties": _csv_list(difficulties), "domains": _csv_list(domains)}
+        cfg = _longbench_cfg(load("longbench", config, sets), flags)
         if resume and output_dir is None:
             raise InputError("--resume needs --output-dir pointing at the run to continue")
         if resume and (output_dir / "config.yaml").is_file():

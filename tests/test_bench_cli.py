@@ -59,6 +59,9 @@ def test_fake_reader_end_to_end_with_json_and_resume(tmp_path, fake_reader):
     (["--num-samples", "40"], "--num-samples 40 is larger than the 12"),
     (["--ids", "syn-short-easy-1,nope"], "unknown item id(s) nope"),
     (["--resume"], "--resume needs --output-dir"),
+    (["--lengths", "huge"], "bench.lengths"),
+    (["--num-samples", "0"], "bench.num_samples"),
+    (["--lengths", "long", "--difficulties", "hard", "--num-samples", "3"], "--num-samples 3 is larger than the 2"),
     (["--set", "bench.conditions=[native, visual]"], "bench.conditions"),
 ])
 def test_bad_usage_exits_2(args, message, fake_reader):
