@@ -159,3 +159,10 @@ def test_corrupt_checkpoint_on_resume_exits_2(tmp_path, cache, reader):
     result = CliRunner().invoke(app, ["train-adapter", "--resume", str(run)])
     assert result.exit_code == 2, result.output
     assert "corrupt" in result.output
+
+
+def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="cannot read hub dataset 'someone/missing-corpus'"):
+        read_corpus("hf:someone/missing-corpus", field_name="text", max_documents=5)
