@@ -133,7 +133,7 @@ def main() -> None:
 
         documents = read_corpus(str(args.data), max_documents=args.docs, min_chars=cfg.data.min_chars)
         reader = build_reader(cfg, device, dtype)
-        encoder = DeepEncoderPages(cfg, device)
+        encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, args.batch_size)
         rows = []
 
         start = time.perf_counter()
