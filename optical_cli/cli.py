@@ -183,16 +183,17 @@ def render(
     json_out: JsonOpt = False,
 ) -> None:
     """Render text to page images (page_0001.png, ...) plus layout.jsonl, sized for a DeepEncoder mode."""
-    from .render import read_documents, render_to_dir
+    from .render import PageRenderer, read_documents, render_to_dir
 
     with handled_errors():
         cfg = load("render", config, sets)
+        renderer = PageRenderer(cfg.render)  # font and geometry problems surface before any output
         sources = list(inputs or []) + list(input_opt or []) or [str(SAMPLE_DOCUMENT)]
         documents = read_documents(sources, cfg.render)
         if not any(doc.text.strip() for doc in documents):
             err.print("[yellow]warning:[/] the input holds no text; zero pages rendered")
         with run_dir("render", cfg, output_dir) as run, progress_bar("rendering pages") as advance:
-            report = render_to_dir(documents, cfg.render, run.path, cfg.runtime.workers, progress=advance)
+            report = render_to_dir(documents, renderer, run.path, cfg.runtime.workers, progress=advance)
             run.update(report=report.as_dict())
         summary = report.as_dict()
         summary["output_dir"] = str(run.path)

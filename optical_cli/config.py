@@ -48,6 +48,7 @@ class RenderSection(Section):
     encoding: str = "utf-8"
     errors: Literal["strict", "replace", "ignore", "surrogateescape"] = "strict"
     missing_glyph: str = Field("\u25a1", description="drawn in place of characters the font lacks")
+    glyph_cache: bool = Field(True, description="draw from cached glyph bitmaps (same pixels as PIL, faster)")
     tokenizer: Literal["none", "qwen"] = Field(
         "qwen", description="text tokenizer for the tokens-per-vision-token report"
     )

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .config import RenderSection
@@ -133,6 +134,7 @@ class PageRenderer:
         self.lines_per_page = usable // self.pitch + 1 if usable >= 0 else 0
         self._advance: dict[str, float] = {}
         self._extent: dict[str, float] = {}
+        self._atlas = GlyphAtlas(self) if section.glyph_cache else None
         widest = max(self._right_extent(c) for c in "MW@" + section.missing_glyph)
         if self.lines_per_page < 1 or self.left + widest > self.right_limit:
             raise InputError(
@@ -233,6 +235,11 @@ class PageRenderer:
         return self.section.margin + self.glyph_top + index * self.pitch
 
     def draw(self, lines: list[str]) -> Image.Image:
+        """Draw a page: through the glyph cache when the font allows it, else through PIL."""
+        image = self._atlas.draw(lines) if self._atlas is not None else None
+        return image if image is not None else self.draw_with_pil(lines)
+
+    def draw_with_pil(self, lines: list[str]) -> Image.Image:
         image = Image.new("L", (self.page_px, self.page_px), 255)
         draw = ImageDraw.Draw(image)
         for index, line in enumerate(lines):
@@ -243,6 +250,128 @@ class PageRenderer:
     def layout(self, text: str) -> tuple[list[list[str]], int, int]:
         normalised, replaced, removed = self.normalize(text)
         return self.paginate(self.wrap(normalised)), replaced, removed
+
+
+class GlyphAtlas:
+    """Draws pages by compositing cached glyph bitmaps with numpy instead of re-rasterising.
+
+    PIL's basic layout rasterises every glyph of every line again (about 12,000 per dense
+    page). With hinting, advances are whole pixels and PIL places each glyph bitmap at the
+    pen position, combining overlapping coverage as a + b(255 - a)/255; doing the same from
+    a per-character cache gives the same pixels several times faster. Glyphs are laid down
+    in k interleaved passes (characters i, i+k, ...) so that no two cells of one pass
+    overlap (and likewise lines n, n+m, ...) and each pass is one vectorised gather/scatter. Pages the cache cannot draw
+    exactly (fractional or zero advances) fall back to PIL.
+    """
+
+    def __init__(self, renderer: "PageRenderer"):
+        self.renderer = renderer
+        self.rows = renderer.glyph_top + renderer.glyph_bottom
+        self.index: dict[str, int] = {}
+        self.masks: list[np.ndarray] = []   # [rows, width] coverage, cell origin = pen - offsets
+        self.offsets: list[int] = []        # columns left of the pen
+        self.advances: list[int] = []
+        self.inked: list[bool] = []
+        self.lookup = np.full(0x10000, -1, dtype=np.int64)  # code point -> atlas index
+        self._stack: tuple[np.ndarray, int] | None = None
+
+    def _add(self, ch: str) -> int | None:
+        advance = self.renderer._advance_of(ch)
+        if advance != int(advance):
+            return None
+        mask, (dx, dy) = self.renderer.font.getmask2(ch, mode="L", anchor="ls")
+        width, height = mask.size
+        coverage = np.zeros((self.rows, max(width, 1)), dtype=np.uint8)
+        if width and height:
+            top = self.renderer.glyph_top + dy
+            if top < 0 or top + height > self.rows:
+                return None  # taller than the font's own box: leave it to PIL
+            coverage[top:top + height, :width] = np.asarray(mask, dtype=np.uint8).reshape(height, width)
+        self.index[ch] = len(self.masks)
+        self.masks.append(coverage)
+        self.offsets.append(-dx)
+        self.advances.append(int(advance))
+        self.inked.append(bool(coverage.any()))
+        self._stack = None
+        return self.index[ch]
+
+    def _stacked(self) -> tuple[np.ndarray, int]:
+        """All masks in one [glyphs, rows, width] array sharing a left offset."""
+        if self._stack is None:
+            left = max(0, max(self.offsets))
+            width = max(left - off + m.shape[1] for off, m in zip(self.offsets, self.masks))
+            stack = np.zeros((len(self.masks), self.rows, width), dtype=np.uint8)
+            for i, (off, mask) in enumerate(zip(self.offsets, self.masks)):
+                start = left - off
+                stack[i, :, start:start + mask.shape[1]] = mask
+            self._stack = (stack, left)
+        return self._stack
+
+    def _glyph_ids(self, codepoints: np.ndarray) -> np.ndarray | None:
+        """Atlas index of each code point, adding glyphs not seen before; None if one cannot be cached."""
+        if codepoints.size and int(codepoints.max()) >= len(self.lookup):
+            return None  # beyond the Basic Multilingual Plane: rare, PIL draws it
+        ids = self.lookup[codepoints]
+        for cp in np.unique(codepoints[ids < 0]):
+            added = self._add(chr(cp))
+            if added is None:
+                return None
+            self.lookup[cp] = added
+        return self.lookup[codepoints] if (ids < 0).any() else ids
+
+    def draw(self, lines: list[str]) -> Image.Image | None:
+        size = self.renderer.page_px
+        lengths = np.fromiter((len(line) for line in lines), dtype=np.int64, count=len(lines))
+        codepoints = np.frombuffer("".join(lines).encode("utf-32-le"), dtype=np.uint32)
+        ids = self._glyph_ids(codepoints)
+        if ids is None:
+            return None
+        advances = np.asarray(self.advances, dtype=np.int64)[ids]
+        line_of = np.repeat(np.arange(len(lines)), lengths)
+        line_start = np.cumsum(lengths) - lengths
+        pen_total = np.cumsum(advances) - advances
+        pen_at_line_start = np.append(pen_total, 0)[line_start]  # an empty last line starts past the end
+        columns = self.renderer.left + pen_total - pen_at_line_start[line_of]
+        position = np.arange(len(ids)) - line_start[line_of]
+        inked = np.asarray(self.inked)[ids]
+        glyphs_a, columns, line_a, position_a = ids[inked], columns[inked], line_of[inked], position[inked]
+        if not len(glyphs_a):
+            return Image.new("L", (size, size), 255)
+        min_advance = int(np.asarray(self.advances)[np.unique(glyphs_a)].min())
+        if min_advance <= 0:
+            return None
+        stack, left = self._stacked()
+        width = stack.shape[2]
+        passes = -(-width // min_advance)
+        line_passes = -(-self.rows // self.renderer.pitch)  # cells of neighbouring lines overlap too
+        canvas_w = size + width + left
+        cell = (np.arange(self.rows)[:, None] * canvas_w + np.arange(width)[None, :]).reshape(1, -1)
+        tops = self.renderer.section.margin + line_a * self.renderer.pitch
+        starts = tops * canvas_w + columns  # the canvas is shifted right by ``left``
+        page = None
+        for group in range(line_passes):
+            canvas = np.zeros((size + self.rows, canvas_w), dtype=np.uint8)
+            flat = canvas.reshape(-1)
+            in_group = line_a % line_passes == group
+            for k in range(passes):
+                chosen = in_group & (position_a % passes == k)
+                if not chosen.any():
+                    continue
+                targets = starts[chosen][:, None] + cell
+                values = stack[glyphs_a[chosen]].reshape(len(targets), -1).astype(np.int32)
+                current = flat[targets].astype(np.int32)
+                # Overlapping glyphs of one line combine like PIL's: a + b * (255 - a) / 255, rounded.
+                flat[targets] = current + _div255(values * (255 - current))
+            coverage = canvas[:size, left:left + size].astype(np.int32)
+            # Lines are pasted one after another in PIL: ink blends as old * (255 - m) / 255, rounded.
+            page = 255 - coverage if page is None else _div255(page * (255 - coverage))
+        return Image.fromarray(page.astype(np.uint8), mode="L")
+
+
+def _div255(values: np.ndarray) -> np.ndarray:
+    """PIL's rounded division by 255."""
+    values = values + 128
+    return ((values >> 8) + values) >> 8
 
 
 def _tokens(paragraph: str) -> Iterator[str]:
@@ -385,7 +514,7 @@ def _worker_renderer(section_json: str) -> PageRenderer:
 
 def render_to_dir(
     documents: list[Document],
-    section: RenderSection,
+    renderer: PageRenderer,
     out_dir: Path,
     workers: int = 1,
     progress: Callable[..., None] | None = None,
@@ -398,7 +527,7 @@ def render_to_dir(
     from .artifacts import atomic_write_text, to_json_line
     from .textstats import count_text_tokens, count_words
 
-    renderer = PageRenderer(section)
+    section = renderer.section
     report = RenderReport(section.mode, renderer.page_px, MODES[section.mode].tokens)
     section_json = section.model_dump_json()
     jobs: list[tuple[str, list[str], str]] = []
