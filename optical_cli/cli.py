@@ -374,6 +374,8 @@ def train_adapter_command(
                 if (run.path / name).exists():
                     run.file(name)
             run.update(result=dataclasses.asdict(result))
+        if os.environ.get("RANK", "0") != "0":  # under accelerate launch only the main process reports
+            return
         summary = dataclasses.asdict(result)
         rows = [(k, v) for k, v in summary.items() if k != "reading"] + [(f"reading.{k}", v) for k, v in result.reading.items()]
         print_table("train-adapter", rows)

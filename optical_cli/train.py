@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Protocol
 import torch
 
 from .artifacts import append_jsonl, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
-from .config import TrainAdapterConfig
+from .config import DeepEncoderSection, RenderSection, RuntimeConfig, TrainAdapterConfig
 from .errors import ConfigError, InputError
 from .models import loading
 from .models.adapter import AdapterConfig, OpticalAdapter, parameter_count, save_adapter
@@ -126,36 +126,38 @@ class PageEncoder(Protocol):
 
 class DeepEncoderPages:
     """The frozen DeepEncoder of ``optical encode`` (same weights, preprocessing and batching),
-    loaded on first use so a run whose features are cached never loads it."""
+    loaded on first use so a run whose features are cached never loads it.
 
-    def __init__(self, cfg: TrainAdapterConfig, device: torch.device):
-        section = cfg.deepencoder
+    ``encode(images)`` -> ``[pages, tokens, out_dim]`` float32 on the CPU. Built from the
+    ``deepencoder:`` and ``runtime:`` config sections, so the LongBench comparison can use it too.
+    """
+
+    def __init__(self, section: DeepEncoderSection, runtime: RuntimeConfig, device: torch.device, batch_size: int = 8):
         if section.mode == "gundam":
             raise ConfigError("deepencoder.mode=gundam gives each page a different token count; "
-                              "train the adapter with tiny, small, base or large")
-        self.cfg, self.device = cfg, device
+                              "use tiny, small, base or large")
+        self.section, self.runtime, self.device, self.batch_size = section, runtime, device, batch_size
         self.mode, self.layout_tokens = section.mode, section.layout_tokens
-        self.identity = {"deepencoder": section.model_dump(), "dtype": cfg.runtime.dtype, "seed": cfg.runtime.seed}
+        self.identity = {"deepencoder": section.model_dump(), "dtype": runtime.dtype, "seed": runtime.seed}
         self._model = self._runner = None
 
     def _load(self) -> None:
         from .config import EncodeConfig, EncodeSection
         from .encode import BatchRunner, build_encoder
 
-        runtime = self.cfg.runtime.model_copy(update={"device": str(self.device)})
-        encode_cfg = EncodeConfig(deepencoder=self.cfg.deepencoder, render=self.cfg.render, runtime=runtime,
-                                  encode=EncodeSection(batch_size=self.cfg.data.encode_batch_size))
+        runtime = self.runtime.model_copy(update={"device": str(self.device)})
+        encode_cfg = EncodeConfig(deepencoder=self.section, runtime=runtime, encode=EncodeSection(batch_size=self.batch_size))
         self._model, device, dtype = build_encoder(encode_cfg)
         self._model.requires_grad_(False)
-        self._runner = BatchRunner(self._model, self.cfg.data.encode_batch_size, device, dtype)
+        self._runner = BatchRunner(self._model, self.batch_size, device, dtype)
 
     @property
     def out_dim(self) -> int:
         if self._model is None:
             from .models.deepencoder import DeepEncoderConfig
 
-            if self.cfg.deepencoder.weights == "random":
-                return DeepEncoderConfig.named(self.cfg.deepencoder.architecture).out_dim
+            if self.section.weights == "random":
+                return DeepEncoderConfig.named(self.section.architecture).out_dim
             self._load()
         return self._model.cfg.out_dim
 
@@ -167,6 +169,15 @@ class DeepEncoderPages:
             self._load()
         prepared = [prepare(image, self.mode) for image in images]
         return torch.stack(encode_group(self._runner, self._model, prepared, self.layout_tokens))
+
+    def encode_text(self, text: str, render: RenderSection, max_pages: int | None = None) -> tuple[torch.Tensor, list[str]]:
+        """Render ``text`` at this mode's page size and encode it: (features [P, T, D], page texts)."""
+        from .render import render_document
+
+        pages = render_document(text, render.model_copy(update={"mode": self.mode}))[:max_pages]
+        if not pages:
+            raise InputError("the document rendered to no pages; is it empty?")
+        return self.encode([p.image for p in pages]), [p.text for p in pages]
 
 
 @dataclass
@@ -463,12 +474,7 @@ class TrainResult:
 
 
 def build_reader(cfg: TrainAdapterConfig, device: torch.device, dtype: torch.dtype) -> VisionLanguageReader:
-    vlm = cfg.vlm
-    model = loading.load_qwen3_vl(vlm.source, device, dtype, vlm.random.model_dump(), seed=cfg.runtime.seed)
-    tokenizer_source = vlm.tokenizer
-    if tokenizer_source == "auto":
-        tokenizer_source = loading.QWEN_TIKTOKEN if vlm.source == loading.RANDOM_SOURCE else vlm.source
-    return VisionLanguageReader(model, loading.load_chat_tokenizer(tokenizer_source))
+    return VisionLanguageReader.from_config(cfg.vlm, device, dtype, seed=cfg.runtime.seed)
 
 
 def page_render_section(cfg: TrainAdapterConfig):
@@ -560,7 +566,7 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
         resume_state = load_trainer_state(checkpoint)
     documents = read_corpus(cfg.data.source, cfg.data.text_field, cfg.data.split, cfg.data.max_documents, cfg.data.min_chars)
     reader = reader or build_reader(cfg, device, dtype)
-    encoder = encoder or DeepEncoderPages(cfg, device)
+    encoder = encoder or DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, cfg.data.encode_batch_size)
     started = time.perf_counter()
     with accelerator.main_process_first():
         pages, cache_hit = build_page_set(documents, cfg, encoder, Path(cfg.data.cache_dir), emit)

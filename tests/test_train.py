@@ -83,7 +83,7 @@ def test_resume_continues_exactly(tmp_path, cache, reader):
 
 def test_gradients_reach_only_the_adapter(cache, reader):
     cfg = tiny_cfg(cache)
-    encoder = DeepEncoderPages(cfg, torch.device("cpu"))
+    encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu"))
     pages, _ = build_page_set(read_corpus(str(CVES), max_documents=2, min_chars=16), cfg, encoder, Path(cache))
     examples = make_examples(reader, pages, 16)
     adapter = OpticalAdapter(AdapterConfig(vision_dim=encoder.out_dim, hidden_dim=16, llm_dim=reader.hidden_size, max_pages=4))
@@ -99,9 +99,9 @@ def test_gradients_reach_only_the_adapter(cache, reader):
 def test_features_are_cached_once(tmp_path, reader):
     cfg = tiny_cfg(tmp_path)
     docs = read_corpus(str(CVES), max_documents=3, min_chars=16)
-    encoder = DeepEncoderPages(cfg, torch.device("cpu"))
+    encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu"))
     first, hit1 = build_page_set(docs, cfg, encoder, tmp_path)
-    second, hit2 = build_page_set(docs, cfg, DeepEncoderPages(cfg, torch.device("cpu")), tmp_path)
+    second, hit2 = build_page_set(docs, cfg, DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")), tmp_path)
     assert (hit1, hit2) == (False, True)
     assert torch.equal(first.features, second.features) and first.texts == second.texts
     assert first.features.shape[1:] == (64, encoder.out_dim)
@@ -159,3 +159,18 @@ def test_corrupt_checkpoint_on_resume_exits_2(tmp_path, cache, reader):
     result = CliRunner().invoke(app, ["train-adapter", "--resume", str(run)])
     assert result.exit_code == 2, result.output
     assert "corrupt" in result.output
+
+
+def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="cannot read hub dataset 'someone/missing-corpus'"):
+        read_corpus("hf:someone/missing-corpus", field_name="text", max_documents=5)
+
+
+def test_mse_objective_trains_and_records_eval(tmp_path, cache, reader):
+    cfg = tiny_cfg(cache, "train.objective=mse", "train.max_steps=3", "train.eval_every=3", "train.lr=0.01")
+    result = train_adapter(cfg, tmp_path / "mse", reader=reader)
+    metrics = read_jsonl(tmp_path / "mse" / "metrics.jsonl")
+    assert result.steps == 3 and metrics[-1]["eval_loss"] is not None
+    assert json.loads((tmp_path / "mse" / "adapter.json").read_text())["training"]["objective"] == "mse"

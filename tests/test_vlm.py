@@ -122,3 +122,28 @@ def test_adapter_for_another_hidden_size_is_refused(reader):
     wrong = OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=8, llm_dim=32, max_pages=2))
     with pytest.raises(InputError, match="hidden size is 64"):
         VisionLanguageReader(reader.model, reader.tokenizer, wrong)
+
+
+def test_document_text_to_answer_through_deepencoder_and_adapter(reader):
+    from optical_cli.config import DeepEncoderSection, RenderSection, RuntimeConfig
+    from optical_cli.train import DeepEncoderPages
+
+    section = DeepEncoderSection(weights="random", architecture="tiny", mode="tiny")
+    encoder = DeepEncoderPages(section, RuntimeConfig(device="cpu", dtype="float32"), torch.device("cpu"))
+    text = "Buffer overflow in client/mysql.cc in Oracle MySQL allows remote servers to execute code. " * 40
+    features, page_texts = encoder.encode_text(text, RenderSection(font_size=12))
+    assert features.shape[1:] == (64, 48) and len(page_texts) == features.shape[0] >= 2
+    answer, stats = reader.generate("Which product is affected?", vision_features=features, max_new_tokens=3,
+                                    preamble="Please read the following text.\n<text>\n")
+    assert stats["pages"] == features.shape[0] and stats["vision_tokens"] == 64 * features.shape[0]
+    layout = build_layout(reader.tokenizer, "Q", page_tokens=[64], preamble="Please read.\n")
+    assert reader.tokenizer.decode(layout.input_ids.tolist()).startswith("user\nPlease read.\n")
+
+
+def test_reader_from_config_checks_the_adapter(tmp_path):
+    from optical_cli.config import VLMSection
+    from optical_cli.models.adapter import save_adapter
+
+    path = save_adapter(OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=8, llm_dim=2048, max_pages=2)), tmp_path / "a.pth")
+    with pytest.raises(InputError, match="hidden size is 64"):
+        VisionLanguageReader.from_config(VLMSection(source="random"), torch.device("cpu"), torch.float32, adapter_path=path)

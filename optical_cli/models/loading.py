@@ -7,6 +7,7 @@ handling are the same everywhere.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -150,10 +151,10 @@ def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_
 
 def load_chat_tokenizer(source: str):
     """The Qwen chat tokenizer: ``qwen-tiktoken`` (offline, the real Qwen BPE) or a model dir / hub id."""
-    from .vlm import HFChatTokenizer, TiktokenQwenTokenizer
+    from .vlm import HFChatTokenizer
 
     if source == QWEN_TIKTOKEN:
-        return TiktokenQwenTokenizer()
+        return _qwen_tiktoken()
     from transformers import AutoTokenizer
 
     path = resolve_local_or_hub(source, ["*.json", "*.txt", "*.tiktoken", "*.model"])
@@ -161,6 +162,14 @@ def load_chat_tokenizer(source: str):
         return HFChatTokenizer(AutoTokenizer.from_pretrained(path))
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"could not load a tokenizer from {path}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _qwen_tiktoken():
+    """Built once per process (reading the 151k-entry BPE file takes about a second); stateless."""
+    from .vlm import TiktokenQwenTokenizer
+
+    return TiktokenQwenTokenizer()
 
 
 def load_adapter(path: str | Path, llm_dim: int | None = None, vision_dim: int | None = None,

@@ -170,8 +170,12 @@ def build_layout(
     page_tokens: list[int] | None = None,
     document_text: str | None = None,
     answer: str | None = None,
+    preamble: str = "",
 ) -> PromptLayout:
-    """Tokenize one chat turn: document (text or vision pages, or nothing) then the question."""
+    """Tokenize one chat turn: ``preamble``, the document (text, vision pages, or nothing), the question.
+
+    With ``answer`` the assistant turn holds it (closed by <|im_end|>): the training layout.
+    """
     if page_tokens is not None and document_text is not None:
         raise InputError("pass either document_text or vision pages, not both")
     if page_tokens:
@@ -180,7 +184,7 @@ def build_layout(
         document = document_text + "\n"
     else:
         document = ""
-    prompt, suffix = chat_text(document + question_prompt, answer)
+    prompt, suffix = chat_text(preamble + document + question_prompt, answer)
     prompt_ids = tokenizer.encode(prompt)
     answer_ids = tokenizer.encode(suffix) if suffix else []
     ids = torch.tensor(prompt_ids + answer_ids, dtype=torch.long)
@@ -240,6 +244,20 @@ class VisionLanguageReader:
                 f"adapter output is {adapter.config.llm_dim}-d but the model's hidden size is {self.hidden_size}"
             )
 
+    @classmethod
+    def from_config(cls, vlm, device: torch.device, dtype: torch.dtype, adapter_path: str | Path | None = None,
+                    seed: int = 0) -> "VisionLanguageReader":
+        """Model, tokenizer and (optionally) adapter from a ``VLMSection`` (config ``vlm:``), via loading.py."""
+        from . import loading
+
+        model = loading.load_qwen3_vl(vlm.source, device, dtype, vlm.random.model_dump(), seed=seed)
+        tokenizer_source = vlm.tokenizer
+        if tokenizer_source == "auto":
+            tokenizer_source = loading.QWEN_TIKTOKEN if vlm.source == loading.RANDOM_SOURCE else vlm.source
+        hidden = model.config.text_config.hidden_size
+        adapter = None if adapter_path is None else loading.load_adapter(adapter_path, llm_dim=hidden, device=device)
+        return cls(model, loading.load_chat_tokenizer(tokenizer_source), adapter)
+
     @property
     def embed_tokens(self) -> torch.nn.Module:
         return self.model.get_input_embeddings()
@@ -263,6 +281,7 @@ class VisionLanguageReader:
         max_new_tokens: int = 128,
         temperature: float = 0.0,
         seed: int | None = None,
+        preamble: str = "",
     ) -> tuple[str, dict]:
         """Answer ``question_prompt`` about a document given as text, as optical tokens, or not at all.
 
@@ -277,13 +296,16 @@ class VisionLanguageReader:
             max_new_tokens: generation budget; stops early at ``<|im_end|>``.
             temperature: 0 = greedy; > 0 samples from softmax(logits / temperature).
             seed: seeds the sampler (a private generator) for reproducible sampling.
+            preamble: text before the document in the user turn (e.g. LongBench's
+                "Please read the following text..." and an opening ``<text>`` tag); the
+                user turn is ``preamble + document + "\n" + question_prompt``.
 
         Returns:
             ``(text, stats)``; stats: ``input_tokens`` (prompt length incl. vision tokens),
             ``vision_tokens``, ``pages``, ``new_tokens``, ``prefill_s``, ``total_s``.
         """
         pages = None if vision_features is None else [int(vision_features.shape[1])] * int(vision_features.shape[0])
-        layout = build_layout(self.tokenizer, question_prompt, pages, document_text)
+        layout = build_layout(self.tokenizer, question_prompt, pages, document_text, preamble=preamble)
         start = time.perf_counter()
         vision = None if vision_features is None else self.adapt(vision_features)
         embeds = splice(self.embed_tokens, layout.input_ids.to(self.device), layout.vision_mask.to(self.device), vision)
