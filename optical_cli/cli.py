@@ -398,7 +398,7 @@ def encode(
     json_out: JsonOpt = False,
 ) -> None:
     """Encode pages with DeepEncoder: features [pages, tokens, 1280] + compression metrics."""
-    from .encode import plan_inputs, run_encode
+    from .encode import build_encoder, plan_inputs, run_encode
     from .errors import InputError
 
     with handled_errors():
@@ -406,10 +406,10 @@ def encode(
         if output is not None and output.suffix != ".safetensors":
             raise InputError(f"--output {output}: the features file must end in .safetensors")
         plan = plan_inputs(list(inputs or []), text, cfg.encode.max_image_side)
+        encoder = build_encoder(cfg)  # bad or missing weights fail here, before any output
         with run_dir("encode", cfg, output_dir) as run:
-            total = len(plan.pages) or None
-            with progress_bar("encoding pages", total) as advance:
-                summary = run_encode(cfg, plan, output or run.file("features.safetensors"), run.file("metrics.json"), advance)
+            with progress_bar("encoding pages", len(plan.pages) or None) as advance:
+                summary = run_encode(cfg, plan, encoder, output or run.file("features.safetensors"), run.file("metrics.json"), advance)
             run.update(result=summary)
         print_table("encode", list(summary.items()))
         if json_out:

@@ -289,9 +289,10 @@ def document_records(pages: list[dict], texts: list[str | None]) -> list[dict]:
 # The command's domain function
 
 
-def run_encode(cfg: EncodeConfig, plan: EncodePlan, features_path: Path, metrics_path: Path,
-               progress: Progress | None = None) -> dict:
-    model, device, dtype = build_encoder(cfg)
+def run_encode(cfg: EncodeConfig, plan: EncodePlan, encoder: tuple[DeepEncoder, torch.device, torch.dtype],
+               features_path: Path, metrics_path: Path, progress: Progress | None = None) -> dict:
+    """Encode the planned pages with ``encoder`` (from build_encoder); write features and metrics."""
+    model, device, dtype = encoder
     forward = torch.compile(model) if cfg.encode.compile else model
     runner = BatchRunner(forward, cfg.encode.batch_size, device, dtype)
     layout = cfg.deepencoder.layout_tokens

@@ -27,13 +27,18 @@ def official_shapes() -> dict[str, tuple[int, ...]]:
 
 
 @pytest.fixture(scope="module")
+def full_size_meta() -> DeepEncoder:
+    with torch.device("meta"):
+        return DeepEncoder()
+
+
+@pytest.fixture(scope="module")
 def tiny_model() -> DeepEncoder:
     return load_deepencoder(None, config=DeepEncoderConfig.tiny(), seed=0)
 
 
-def test_full_size_names_and_shapes_equal_the_official_checkpoint():
-    with torch.device("meta"):
-        model = DeepEncoder()
+def test_full_size_names_and_shapes_equal_the_official_checkpoint(full_size_meta):
+    model = full_size_meta
     ours = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     official = official_shapes()
     assert len(official) == 478 - 2  # tsv rows minus header and summary line
@@ -42,9 +47,8 @@ def test_full_size_names_and_shapes_equal_the_official_checkpoint():
     assert {n: s for n, s in ours.items() if official[n] != s} == {}
 
 
-def test_full_size_parameter_count_matches_the_spec():
-    with torch.device("meta"):
-        model = DeepEncoder()
+def test_full_size_parameter_count_matches_the_spec(full_size_meta):
+    model = full_size_meta
     assert count_parameters(model.sam_model) == 95_569_152
     assert count_parameters(model.vision_model) == 303_177_728
     assert count_parameters(model.projector) == 2_622_720
@@ -52,7 +56,7 @@ def test_full_size_parameter_count_matches_the_spec():
     assert count_parameters(model, layout_vectors=True) == 401_369_600 + 2 * 1280
 
 
-@pytest.mark.parametrize("size,tokens", [(512, 64), (640, 100), (1024, 256)])
+@pytest.mark.parametrize("size,tokens", [(512, 64), (640, 100)])  # base and gundam: test_encode_cli
 def test_tiny_forward_shapes(tiny_model, size, tokens):
     with torch.inference_mode():
         out = tiny_model(torch.randn(2, 3, size, size))
@@ -83,10 +87,10 @@ def test_windowed_attention_equals_global_when_the_window_covers_the_grid():
     torch.manual_seed(0)
     windowed = Block(32, 2, 64, window=8, grid=8, fold_rel_pos=False)
     global_ = Block(32, 2, 64, window=0, grid=8, fold_rel_pos=False)
+    with torch.no_grad():
+        windowed.attn.rel_pos_h.normal_(0, 0.5)  # non-zero relative positions take part
+        windowed.attn.rel_pos_w.normal_(0, 0.5)
     global_.load_state_dict(windowed.state_dict())  # same rel-pos length: 2*8-1 either way
-    for p in windowed.parameters():
-        torch.nn.init.normal_(p, std=0.1) if p.dim() > 1 else None
-    global_.load_state_dict(windowed.state_dict())
     x = torch.randn(2, 8, 8, 32)
     torch.testing.assert_close(windowed(x), global_(x))
 
