@@ -72,3 +72,21 @@ def test_summary_counts_failures_as_wrong():
     test = summary["mcnemar"][0]
     assert (test["only_first_correct"], test["only_second_correct"], test["both_correct"]) == (1, 2, 1)
     assert test["p_value"] == pytest.approx(1.0)
+
+
+def test_template_document_first_then_question_and_choices():
+    from pathlib import Path
+
+    from optical_cli.bench.data import load_items
+    from optical_cli.bench.prompts import document_prompt, no_context_prompt
+
+    item = load_items(str(Path(__file__).parent / "data" / "longbench_fixture.jsonl"))[0]
+    prompt = document_prompt(item, "DOC")
+    text = prompt.text
+    assert prompt.preamble.endswith("<document>\n") and prompt.question.startswith("</document>")
+    assert text.index("DOC") < text.index(item.question) < text.index("(A) 412") < text.index("(D) 12")
+    assert text.rstrip().endswith('"The correct answer is (X)", where X is A, B, C or D.')
+    bare = no_context_prompt(item)
+    assert "<document>" not in bare.text and item.question in bare.text and bare.document == ""
+    # the same answer instruction in every condition
+    assert bare.question.split("Question:")[1] == prompt.question.split("Question:")[1]

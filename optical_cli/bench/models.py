@@ -28,14 +28,10 @@ CHAT_OVERHEAD_TOKENS = 16
 class QwenOpticalReader:
     """Implements the benchmark's Reader protocol over the project's models."""
 
-    def __init__(self, vlm, *, renderer=None, encoder=None, encode_batch: int = 8, mode: str = "base",
-                 layout_tokens: bool = False, random_weights: bool, description: str):
-        self.vlm = vlm
-        self.renderer = renderer
-        self.encoder = encoder
-        self.encode_batch = encode_batch
-        self.mode = mode
-        self.layout_tokens = layout_tokens
+    def __init__(self, vlm, *, renderer=None, encoder=None, random_weights: bool, description: str):
+        self.vlm = vlm          # models.vlm.VisionLanguageReader
+        self.renderer = renderer  # render.PageRenderer at the encoder's page size
+        self.encoder = encoder    # train.DeepEncoderPages: the frozen encoder of `optical encode`
         self.random_weights = random_weights
         self.description = description
         self.max_positions = int(getattr(vlm.model.config.text_config, "max_position_embeddings", 0)) or None
@@ -57,7 +53,7 @@ class QwenOpticalReader:
     def read_text(self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
         self._check_length(len(self.encode_text(prompt.text)))
         text, stats = self.vlm.generate(
-            question_prompt=prompt.question, document_text=prompt.document or None,
+            question_prompt=prompt.question, document_text=prompt.document or None, preamble=prompt.preamble,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
         )
         return Generation(text, stats["input_tokens"], stats["prefill_s"], _decode_s(stats))
@@ -73,20 +69,19 @@ class QwenOpticalReader:
             self._tokens_per_page = int(self._encode(pages[:1]).shape[1])
         return len(pages) * (self._tokens_per_page or 0)
 
-    @torch.inference_mode()
-    def _encode(self, pages: Sequence[Any]) -> torch.Tensor:
-        """Pages -> DeepEncoder features [pages, tokens, vision_dim], batched views."""
-        from ..encode import BatchRunner, encode_group
-        from ..models.deepencoder.preprocess import prepare
+    def warm_up(self) -> None:
+        """Load lazily loaded weights and run each model once, so the first item's timings
+        measure reading, not loading or kernel set-up; learns the tokens per page."""
+        self.vlm.generate(question_prompt="Say OK.", max_new_tokens=2, temperature=0.0)
+        if self.encoder is not None:
+            self.vision_tokens([self.renderer.draw(["warm-up"])])
 
-        device = next(self.encoder.parameters()).device
-        dtype = next(self.encoder.parameters()).dtype
-        runner = BatchRunner(self.encoder, self.encode_batch, device, dtype)
-        prepared = [prepare(page, self.mode) for page in pages]
-        return torch.stack(encode_group(runner, self.encoder, prepared, self.layout_tokens))
+    def _encode(self, pages: Sequence[Any]) -> torch.Tensor:
+        """Pages -> DeepEncoder features [pages, tokens, vision_dim] (views batched, as `optical encode`)."""
+        return self.encoder.encode(list(pages))
 
     def read_pages(self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
-        self._check_length(self.vision_tokens(pages) + 2 * len(pages) + len(self.encode_text(prompt.question)))
+        self._check_length(self.vision_tokens(pages) + 2 * len(pages) + len(self.encode_text(prompt.preamble + prompt.question)))
         start = time.perf_counter()
         features = self._encode(pages)
         if features.device.type == "cpu" and self.vlm.device.type == "cuda":
@@ -94,7 +89,7 @@ class QwenOpticalReader:
         _sync(self.vlm.device)
         encode_s = time.perf_counter() - start
         text, stats = self.vlm.generate(
-            question_prompt=prompt.question, vision_features=features,
+            question_prompt=prompt.question, vision_features=features, preamble=prompt.preamble,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
         )
         return Generation(text, stats["input_tokens"], stats["prefill_s"], _decode_s(stats), encode_s=encode_s)
@@ -112,7 +107,8 @@ def _sync(device: torch.device) -> None:
 
 
 def build_reader(cfg, conditions: Sequence[str]) -> QwenOpticalReader:
-    """Load what the chosen conditions need (the encoder and adapter only for optical)."""
+    """Load what the chosen conditions need: pages and the encoder for optical and
+    native-matched (whose budget is the pages' token count), the adapter for optical only."""
     from ..models import loading
     from ..models.vlm import VisionLanguageReader
 
@@ -123,52 +119,37 @@ def build_reader(cfg, conditions: Sequence[str]) -> QwenOpticalReader:
         )
     device = loading.resolve_device(cfg.runtime.device)
     dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
-    vlm_cfg = cfg.vlm
-    model = loading.load_qwen3_vl(vlm_cfg.source, device, dtype, random_dims=vlm_cfg.random.model_dump(), seed=cfg.runtime.seed)
-    tokenizer_source = vlm_cfg.tokenizer
-    if tokenizer_source == "auto":
-        tokenizer_source = loading.QWEN_TIKTOKEN if vlm_cfg.source == loading.RANDOM_SOURCE else vlm_cfg.source
-    tokenizer = loading.load_chat_tokenizer(tokenizer_source)
-    random_weights = vlm_cfg.source == loading.RANDOM_SOURCE
-    parts = [f"vlm={vlm_cfg.source}"]
-    encoder = renderer = adapter = None
+    vlm = VisionLanguageReader.from_config(cfg.vlm, device, dtype, seed=cfg.runtime.seed)
+    random_weights = cfg.vlm.source == loading.RANDOM_SOURCE
+    parts = [f"vlm={cfg.vlm.source}"]
+    renderer = encoder = None
     if "optical" in conditions or "native-matched" in conditions:
         from ..render import PageRenderer
+        from ..train import DeepEncoderPages
 
-        renderer = PageRenderer(cfg.render)
-        encoder = loading.load_deepencoder(
-            None if cfg.deepencoder.weights == "random" else cfg.deepencoder.weights, device, dtype,
-            config=_random_encoder_config(cfg), seed=cfg.runtime.seed,
-        )
+        # pages are drawn at the encoder's own size, as train-adapter draws them
+        renderer = PageRenderer(cfg.render.model_copy(update={"mode": cfg.deepencoder.mode}))
+        encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, cfg.bench.encode_batch_size)
         random_weights = random_weights or cfg.deepencoder.weights == "random"
         parts.append(f"deepencoder={cfg.deepencoder.weights} ({cfg.deepencoder.mode})")
     if "optical" in conditions:
-        adapter = _adapter(cfg, encoder, model.config.text_config.hidden_size, device, dtype)
+        adapter = _adapter(cfg, encoder.out_dim, vlm.hidden_size, device, dtype)
+        vlm = VisionLanguageReader(vlm.model, vlm.tokenizer, adapter)
         random_weights = random_weights or cfg.bench.adapter == "random"
         parts.append(f"adapter={cfg.bench.adapter}")
-    vlm = VisionLanguageReader(model, tokenizer, adapter)
-    return QwenOpticalReader(
-        vlm, renderer=renderer, encoder=encoder, encode_batch=cfg.bench.encode_batch_size, mode=cfg.deepencoder.mode,
-        layout_tokens=cfg.deepencoder.layout_tokens, random_weights=random_weights, description=", ".join(parts),
-    )
+    reader = QwenOpticalReader(vlm, renderer=renderer, encoder=encoder, random_weights=random_weights, description=", ".join(parts))
+    reader.warm_up()
+    return reader
 
 
-def _random_encoder_config(cfg):
-    if cfg.deepencoder.weights != "random":
-        return None
-    from ..models.deepencoder import DeepEncoderConfig
-
-    return DeepEncoderConfig.named(cfg.deepencoder.architecture)
-
-
-def _adapter(cfg, encoder, llm_dim: int, device: torch.device, dtype: torch.dtype):
+def _adapter(cfg, vision_dim: int, llm_dim: int, device: torch.device, dtype: torch.dtype):
     from ..models import loading
     from ..models.adapter import AdapterConfig, OpticalAdapter
 
-    vision_dim = encoder.cfg.out_dim
     if cfg.bench.adapter == "random":
-        torch.manual_seed(cfg.runtime.seed)
-        adapter = OpticalAdapter(AdapterConfig(vision_dim=vision_dim, llm_dim=llm_dim, max_pages=max(cfg.bench.max_pages, 1)))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.runtime.seed)
+            adapter = OpticalAdapter(AdapterConfig(vision_dim=vision_dim, llm_dim=llm_dim, max_pages=cfg.bench.max_pages))
     else:
         adapter = loading.load_adapter(cfg.bench.adapter, llm_dim=llm_dim, vision_dim=vision_dim, device=device)
     if adapter.config.max_pages < cfg.bench.max_pages:
@@ -177,4 +158,3 @@ def _adapter(cfg, encoder, llm_dim: int, device: torch.device, dtype: torch.dtyp
             f"pages; set bench.max_pages to at most {adapter.config.max_pages}"
         )
     return adapter.to(device=device, dtype=dtype).eval()
-

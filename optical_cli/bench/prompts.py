@@ -3,8 +3,9 @@
 LongBench v2's protocol puts the whole document first, then the question and its four
 choices, and asks for the answer as "The correct answer is (X)". Every condition uses the
 same template; they differ only in how the document arrives (text, page images, or not at
-all). A prompt is kept in two parts, the document and what follows it, so the optical
-condition can put its vision tokens exactly where the text condition puts the document.
+all). A prompt is kept in three parts (what precedes the document, the document, what
+follows it), so the optical condition puts its vision tokens exactly where the text
+condition puts the document.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from .data import LETTERS, LongBenchItem
 
 T = TypeVar("T")
 
-# The document opens the user turn with nothing before it, because in the optical condition
-# the pages' vision blocks open it; the instructions follow the document in both conditions.
-AFTER_DOCUMENT = "Above is a document. Read it carefully and answer the multiple-choice question about it below.\n\n"
+# The document sits between tags after a one-line instruction; the question follows it. In the
+# optical condition the pages' vision blocks take the document's place between the same tags.
+PREAMBLE = "Read the document between the <document> tags, then answer the multiple-choice question that follows it.\n\n<document>\n"
+AFTER_DOCUMENT = "</document>\n\n"
 NO_CONTEXT_INTRO = "Answer the multiple-choice question below.\n\n"
 ANSWER_FORMAT = (
     "\n\nChoose one option. End your reply with one line in exactly this form: "
@@ -28,15 +30,17 @@ ANSWER_FORMAT = (
 
 @dataclass(frozen=True)
 class PromptParts:
-    """The user turn: ``document`` (empty for no-context) then ``question`` (instructions,
-    question, choices, answer format). The reader joins them with one newline."""
+    """The user turn: ``preamble``, ``document`` (empty for no-context), then ``question``
+    (closing tag, question, choices, answer format). The reader joins document and question
+    with one newline, as the chat layout in ``models/vlm.py`` does."""
 
+    preamble: str
     document: str
     question: str
 
     @property
     def text(self) -> str:
-        return f"{self.document}\n{self.question}" if self.document else self.question
+        return self.preamble + (f"{self.document}\n" if self.document else "") + self.question
 
 
 def question_block(item: LongBenchItem) -> str:
@@ -48,12 +52,12 @@ def question_block(item: LongBenchItem) -> str:
 def document_prompt(item: LongBenchItem, document: str) -> PromptParts:
     """Document first, then question and choices: the template of the text conditions and,
     with ``document`` replaced by page images, of the optical condition."""
-    return PromptParts(document, AFTER_DOCUMENT + question_block(item))
+    return PromptParts(PREAMBLE, document, AFTER_DOCUMENT + question_block(item))
 
 
 def no_context_prompt(item: LongBenchItem) -> PromptParts:
     """Question and choices only: how much the model answers from prior knowledge alone."""
-    return PromptParts("", NO_CONTEXT_INTRO + question_block(item))
+    return PromptParts("", "", NO_CONTEXT_INTRO + question_block(item))
 
 
 def middle_truncate(sequence: Sequence[T], budget: int) -> tuple[list[T], bool]:
