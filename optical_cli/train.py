@@ -141,7 +141,10 @@ class DeepEncoderPages:
         self.identity = {"deepencoder": section.model_dump(), "dtype": runtime.dtype, "seed": runtime.seed}
         self._model = self._runner = None
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Load the weights now (otherwise the first ``encode`` does)."""
+        if self._model is not None:
+            return
         from .config import EncodeConfig, EncodeSection
         from .encode import BatchRunner, build_encoder
 
@@ -158,15 +161,14 @@ class DeepEncoderPages:
 
             if self.section.weights == "random":
                 return DeepEncoderConfig.named(self.section.architecture).out_dim
-            self._load()
+            self.load()
         return self._model.cfg.out_dim
 
     def encode(self, images: list) -> torch.Tensor:
         from .encode import encode_group
         from .models.deepencoder.preprocess import prepare
 
-        if self._model is None:
-            self._load()
+        self.load()
         prepared = [prepare(image, self.mode) for image in images]
         return torch.stack(encode_group(self._runner, self._model, prepared, self.layout_tokens))
 
