@@ -141,7 +141,10 @@ class DeepEncoderPages:
         self.identity = {"deepencoder": section.model_dump(), "dtype": runtime.dtype, "seed": runtime.seed}
         self._model = self._runner = None
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Load the weights now (otherwise the first ``encode`` does)."""
+        if self._model is not None:
+            return
         from .config import EncodeConfig, EncodeSection
         from .encode import BatchRunner, build_encoder
 
@@ -158,15 +161,14 @@ class DeepEncoderPages:
 
             if self.section.weights == "random":
                 return DeepEncoderConfig.named(self.section.architecture).out_dim
-            self._load()
+            self.load()
         return self._model.cfg.out_dim
 
     def encode(self, images: list) -> torch.Tensor:
         from .encode import encode_group
         from .models.deepencoder.preprocess import prepare
 
-        if self._model is None:
-            self._load()
+        self.load()
         prepared = [prepare(image, self.mode) for image in images]
         return torch.stack(encode_group(self._runner, self._model, prepared, self.layout_tokens))
 
@@ -389,6 +391,17 @@ def load_trainer_state(checkpoint: Path) -> dict:
         raise InputError(f"checkpoint {checkpoint} is corrupt ({type(exc).__name__}: {exc}); resume from an earlier one") from None
 
 
+def restore_trainer_state(state: dict, optimizer, scheduler, metrics_path: Path) -> int:
+    """Optimizer, scheduler and RNG as they were at the checkpoint; metrics cut back to its step."""
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    step = int(state["step"])
+    _set_rng_state(state["rng"])
+    kept = [m for m in read_jsonl(metrics_path) if m["step"] <= step] if metrics_path.exists() else []
+    atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+    return step
+
+
 # ---------------------------------------------------------------------------------------
 # Reading check
 
@@ -589,14 +602,8 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
     step = 0
     metrics_path = run_path / "metrics.jsonl"
     if resume_state is not None:
-        state = resume_state
         adapter.load_state_dict(loading.load_adapter(checkpoint / "adapter.pth", reader.hidden_size, encoder.out_dim).state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        _set_rng_state(state["rng"])
-        kept = [m for m in read_jsonl(metrics_path) if m["step"] <= step] if metrics_path.exists() else []
-        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+        step = restore_trainer_state(resume_state, optimizer, scheduler, metrics_path)
     elif metrics_path.exists() and accelerator.is_main_process:
         metrics_path.unlink()
     adapter, optimizer = accelerator.prepare(adapter, optimizer)
@@ -614,7 +621,7 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
         if accelerator.is_main_process:
             append_jsonl(metrics_path, {"step": 0, "epoch": 0, "loss": None, "eval_loss": last_eval, "lr": 0.0, "pages_per_s": None})
     window_pages, window_start = 0, time.perf_counter()
-    train_start, pages_seen = time.perf_counter(), 0
+    train_s, pages_seen = 0.0, 0
     adapter.train()
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -636,16 +643,16 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
         step += 1
         last_loss = float(accelerator.reduce(step_loss, reduction="mean"))
         first_loss = last_loss if first_loss is None else first_loss
-        record = {"step": step, "epoch": epoch, "loss": last_loss, "eval_loss": None, "lr": lr}
+        elapsed = time.perf_counter() - window_start  # training only: eval below is not counted
+        record = {"step": step, "epoch": epoch, "loss": last_loss, "eval_loss": None, "lr": lr,
+                  "pages_per_s": window_pages / elapsed if elapsed > 0 else None}
+        pages_seen += window_pages
+        train_s += elapsed
         if step % opt.eval_every == 0 or step == total_steps:
             adapter.eval()
             last_eval = evaluate(opt.objective, model, adapter, eval_pages, eval_examples, opt.batch_size, pad_id, device, autocast)
             adapter.train()
             record["eval_loss"] = last_eval
-        elapsed = time.perf_counter() - window_start
-        record["pages_per_s"] = window_pages / elapsed if elapsed > 0 else None
-        pages_seen += window_pages
-        window_pages, window_start = 0, time.perf_counter()
         if accelerator.is_main_process:
             append_jsonl(metrics_path, record)
             if step % opt.checkpoint_every == 0 or step == total_steps:
@@ -653,8 +660,8 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
                 save_checkpoint(run_path, accelerator.unwrap_model(adapter), optimizer, scheduler, step,
                                 opt.keep_checkpoints, training_info, position)
         emit({"event": "step", **record, "total": total_steps})
+        window_pages, window_start = 0, time.perf_counter()
     accelerator.wait_for_everyone()
-    train_s = time.perf_counter() - train_start
     final = accelerator.unwrap_model(adapter)
     final.eval()
     reading: dict = {}
@@ -666,8 +673,7 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
             reader.adapter = final
             reading = reading_check(reader, eval_pages if len(eval_pages) else train_pages, opt.read_pages,
                                     opt.read_max_new_tokens)
-            for record in reading.get("records", []):
-                append_jsonl(run_path / "reading.jsonl", record)
+            atomic_write_text(run_path / "reading.jsonl", "".join(json.dumps(r) + "\n" for r in reading["records"]))
     return TrainResult(
         steps=step, train_pages=len(train_pages), eval_pages=len(eval_pages), vision_tokens=int(pages.features.shape[1]),
         adapter_parameters=parameter_count(final), final_loss=last_loss, final_eval_loss=last_eval,

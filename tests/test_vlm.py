@@ -147,3 +147,13 @@ def test_reader_from_config_checks_the_adapter(tmp_path):
     path = save_adapter(OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=8, llm_dim=2048, max_pages=2)), tmp_path / "a.pth")
     with pytest.raises(InputError, match="hidden size is 64"):
         VisionLanguageReader.from_config(VLMSection(source="random"), torch.device("cpu"), torch.float32, adapter_path=path)
+
+
+def test_local_model_directory_loads_through_the_loading_layer(tmp_path, reader):
+    reader.model.save_pretrained(tmp_path / "qwen3-vl-tiny")
+    loaded = loading.load_qwen3_vl(str(tmp_path / "qwen3-vl-tiny"), torch.device("cpu"), torch.float32)
+    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    for (name, a), (_, b) in zip(reader.model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(loading.ModelNotFoundError, match="not in the local Hugging Face cache|could not fetch"):
+        loading.load_qwen3_vl("someone/not-a-cached-model", torch.device("cpu"), torch.float32)

@@ -6,6 +6,8 @@ parameters. Every size is configurable so the same module serves any LLM hidden 
 
 Page embeddings start at zero so a fresh adapter treats every page alike until training
 says otherwise (the published adapter left them random, which scrambled later pages).
+Training starts the LayerNorm gain at the RMS of the LLM's token-embedding table
+(:meth:`OpticalAdapter.set_output_scale`), so vision tokens enter at the scale of text tokens.
 
 Saved as a plain ``.pth`` state dict (``torch.load(..., weights_only=True)`` reads it) and a
 JSON sidecar with the dims and the training config; :func:`optical_cli.models.loading.load_adapter`

