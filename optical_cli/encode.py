@@ -228,7 +228,7 @@ class BatchRunner:
         return torch.cat(outputs)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # plain tensors out (not inference tensors): callers may train on them
 def encode_group(runner: BatchRunner, model: DeepEncoder, group: list[PreparedPage], layout_tokens: bool) -> list[torch.Tensor]:
     """Token sequences of a group of pages; views of equal size share forward passes."""
     by_size: dict[int, list[tuple[int, int]]] = {}
