@@ -12,4 +12,7 @@ step() { printf '\n== %s\n' "$*" >&2; }
 step "1. render the bundled sample document to page images"
 "$OPTICAL" render --output-dir "$OUT/render"
 
+step "2. encode the rendered pages (tiny RANDOM DeepEncoder: the compression metrics are real, the features are not)"
+"$OPTICAL" encode --config configs/tiny/encode.yaml --set deepencoder.mode=base --input "$OUT/render" --output-dir "$OUT/encode"
+
 printf '\nDone: artifacts are in %s/\n' "$OUT" >&2
