@@ -353,18 +353,24 @@ class GlyphAtlas:
             canvas = np.zeros((size + self.rows, canvas_w), dtype=np.uint8)
             flat = canvas.reshape(-1)
             in_group = line_a % line_passes == group
+            first = True
             for k in range(passes):
                 chosen = in_group & (position_a % passes == k)
                 if not chosen.any():
                     continue
                 targets = starts[chosen][:, None] + cell
-                values = stack[glyphs_a[chosen]].reshape(len(targets), -1).astype(np.int32)
-                current = flat[targets].astype(np.int32)
+                values = stack[glyphs_a[chosen]].reshape(len(targets), -1)
+                if first:  # nothing drawn yet in this group: no overlap to blend
+                    flat[targets] = values
+                    first = False
+                    continue
+                current = flat[targets].astype(np.uint16)
                 # Overlapping glyphs of one line combine like PIL's: a + b * (255 - a) / 255, rounded.
                 flat[targets] = current + _div255(values * (255 - current))
-            coverage = canvas[:size, left:left + size].astype(np.int32)
+            # uint16 holds every intermediate below: 255 * 255 + 128 + 255 < 65536.
+            ink_free = (255 - canvas[:size, left:left + size]).astype(np.uint16)
             # Lines are pasted one after another in PIL: ink blends as old * (255 - m) / 255, rounded.
-            page = 255 - coverage if page is None else _div255(page * (255 - coverage))
+            page = ink_free if page is None else _div255(page * ink_free)
         return Image.fromarray(page.astype(np.uint8), mode="L")
 
 
