@@ -574,9 +574,13 @@ def _run_jobs(jobs: list, workers: int, progress: Callable[..., None] | None) ->
         return
     import multiprocessing
 
-    context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
-    with context.Pool(min(workers, len(jobs))) as pool:
-        for _ in pool.imap_unordered(_save_page, jobs, chunksize=4):
+    # fork starts workers in milliseconds with the font module already imported; rendering
+    # starts no threads, so it is safe here. Elsewhere, spawn.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    workers = min(workers, len(jobs))
+    with context.Pool(workers) as pool:
+        for _ in pool.imap_unordered(_save_page, jobs, chunksize=max(1, len(jobs) // (workers * 8))):
             if progress:
                 progress(1)
 
