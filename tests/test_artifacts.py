@@ -81,3 +81,13 @@ def test_failed_run_still_writes_manifest(tmp_path):
 def test_two_runs_in_the_same_second_get_distinct_dirs():
     with start_run("x", "") as first, start_run("x", "") as second:
         assert first.path != second.path
+
+
+def test_atomic_write_gives_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    path = atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
