@@ -45,10 +45,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         _fsync_file(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _fsync_file(path: Path) -> None:
@@ -121,8 +131,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
-def new_run_dir(command: str, name: str | None = None, root: Path = RESULTS_DIR) -> Path:
+def new_run_dir(command: str, name: str | None = None, root: Path | None = None) -> Path:
     """``results/<command>/<timestamp>-<name>/``, made unique if two runs start in the same second."""
+    root = RESULTS_DIR if root is None else root
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = root / _slug(command) / f"{stamp}-{_slug(name or command)}"
     candidate, suffix = base, 1
@@ -218,7 +229,7 @@ def start_run(
     name: str | None = None,
     seed: int | None = None,
     device: str | None = None,
-    root: Path = RESULTS_DIR,
+    root: Path | None = None,
 ) -> Iterator[Run]:
     """Create the run directory, write config and manifest, and close the manifest on exit.
 

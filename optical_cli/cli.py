@@ -7,6 +7,7 @@ for streams) to stdout. Exit codes: 0 success, 1 failed run, 2 bad usage, config
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from . import config as config_mod
 from .artifacts import Run, start_run, to_json_line
-from .errors import OpticalError
+from .errors import InputError, OpticalError
 
 app = typer.Typer(
     name="optical",
@@ -165,6 +166,256 @@ def config_validate(
         emit_json(results)
     if not all(r["ok"] for r in results):
         raise typer.Exit(2)
+
+
+# ---------------------------------------------------------------------------------------
+# optical render
+
+SAMPLE_DOCUMENT = config_mod.REPO_ROOT / "data" / "sample" / "optical_compression.md"
+
+
+@app.command("render")
+def render(
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Text files, directories of .txt/.md, or - for stdin (default: the bundled sample).", show_default=False)] = None,
+    input_opt: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Same as the positional INPUTS (repeatable).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Render text to page images (page_0001.png, ...) plus layout.jsonl, sized for a DeepEncoder mode."""
+    from .render import PageRenderer, read_documents, render_to_dir
+
+    with handled_errors():
+        cfg = load("render", config, sets)
+        renderer = PageRenderer(cfg.render)  # font and geometry problems surface before any output
+        sources = list(inputs or []) + list(input_opt or []) or [str(SAMPLE_DOCUMENT)]
+        documents = read_documents(sources, cfg.render)
+        if not any(doc.text.strip() for doc in documents):
+            err.print("[yellow]warning:[/] the input holds no text; zero pages rendered")
+        with run_dir("render", cfg, output_dir) as run, progress_bar("rendering pages") as advance:
+            report = render_to_dir(documents, renderer, run.path, cfg.runtime.workers, progress=advance)
+            run.update(report=report.as_dict())
+        summary = report.as_dict()
+        summary["output_dir"] = str(run.path)
+        print_table("render", [(k, v) for k, v in summary.items() if k != "per_document" and v is not None])
+        if json_out:
+            emit_json(summary)
+
+
+# ---------------------------------------------------------------------------------------
+# optical bench longbench
+
+bench_app = typer.Typer(help="Benchmarks: LongBench v2, native text against optical pages.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+RANDOM_BANNER = (
+    "RANDOM WEIGHTS: the models are random (tiny test models or random full-size ones). The accuracies "
+    "below test the pipeline; they are not results and say nothing about reading."
+)
+
+
+def _csv_list(value: Optional[str]) -> list[str] | None:
+    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _longbench_cfg(cfg: Any, flags: dict[str, Any]) -> Any:
+    """Fold the command's flags into the config (validated like the file), so config.yaml
+    records what actually ran."""
+    from .bench.runner import parse_conditions
+
+    update = {key: value for key, value in flags.items() if value is not None}
+    if "conditions" in update:
+        update["conditions"] = list(parse_conditions(update["conditions"]))
+    if not update:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    data["bench"].update(update)
+    return config_mod.validate(type(cfg), data, "command-line flags")
+
+
+def _print_longbench(summary: dict) -> None:
+    from .bench.data import DIFFICULTIES, LENGTHS
+
+    if summary["random_weights"]:
+        err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
+    suffix = " [random weights: not a result]" if summary["random_weights"] else ""
+
+    def pct(block: dict | None) -> str:
+        if not block or block.get("accuracy") is None:
+            return "-"
+        low, high = block["ci95"]
+        return f"{block['accuracy']:.1%} ({block['correct']}/{block['n']}) [{low:.1%}, {high:.1%}]"
+
+    for condition, block in summary["conditions"].items():
+        latency = block["mean_latency_s"]
+        rows = [
+            ("accuracy, failures wrong [95% Wilson]", pct(block)),
+            ("chance", f"{summary['chance']:.0%}"),
+            ("completed", f"{block['completed']}/{block['n']} ({block['completion_rate']:.0%})"
+             + (f"  failures: {', '.join(f'{k} {v}' for k, v in block['failures'].items())}" if block["failures"] else "")),
+            ("accuracy on completed", "-" if block["accuracy_on_completed"] is None else f"{block['accuracy_on_completed']:.1%}"),
+        ]
+        rows += [(f"  {b}", pct(block["by_length"].get(b))) for b in LENGTHS if b in block["by_length"]]
+        rows += [(f"  {d}", pct(block["by_difficulty"].get(d))) for d in DIFFICULTIES if d in block["by_difficulty"]]
+        rows += [
+            ("mean input tokens", "-" if block["mean_input_tokens"] is None else f"{block['mean_input_tokens']:.0f}"),
+            ("truncated (completed items)", str(block["truncated"])),
+            ("compression (doc tokens / context tokens)", "-" if block["compression_ratio"] is None else f"{block['compression_ratio']:.2f}x"),
+            ("latency s: render / encode / prefill / decode / total",
+             " / ".join("-" if latency[k] is None else f"{latency[k]:.3f}" for k in ("render", "encode", "prefill", "decode", "latency"))),
+        ]
+        print_table(f"LongBench v2: {condition}{suffix}", rows)
+    for test in summary["mcnemar"]:
+        err.print(
+            f"McNemar exact {test['first']} vs {test['second']}: n={test['n']}, only {test['first']} right "
+            f"{test['only_first_correct']}, only {test['second']} right {test['only_second_correct']}, p={test['p_value']:.3g}"
+        )
+
+
+@bench_app.command("longbench")
+def bench_longbench(
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Seeded sample stratified by length and difficulty.")] = None,
+    ids: Annotated[Optional[str], typer.Option("--ids", help="Comma-separated item ids to run (instead of a sample).")] = None,
+    conditions: Annotated[Optional[str], typer.Option("--conditions", help="Comma-separated: native, optical, native-matched, no-context.")] = None,
+    lengths: Annotated[Optional[str], typer.Option("--lengths", help="Keep only these length buckets: short, medium, long (comma-separated).")] = None,
+    difficulties: Annotated[Optional[str], typer.Option("--difficulties", help="Keep only easy and/or hard items (comma-separated).")] = None,
+    domains: Annotated[Optional[str], typer.Option("--domains", help="Keep only these domains, e.g. 'Multi-Document QA' (comma-separated).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir, skipping finished (item, condition) pairs.")] = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """LongBench v2: native text vs optical pages (and native at the optical budget, and no context) on the same items."""
+    with handled_errors():
+        from .bench.models import build_reader
+        from .bench.runner import check_resume_compatible, finish_run, load_selection, run_benchmark, settings_from
+
+        flags = {"num_samples": num_samples, "ids": _csv_list(ids), "conditions": _csv_list(conditions),
+                 "lengths": _csv_list(lengths), "difficulties": _csv_list(difficulties), "domains": _csv_list(domains)}
+        cfg = _longbench_cfg(load("longbench", config, sets), flags)
+        if resume and output_dir is None:
+            raise InputError("--resume needs --output-dir pointing at the run to continue")
+        if resume and (output_dir / "config.yaml").is_file():
+            check_resume_compatible(load("longbench", output_dir / "config.yaml", None), cfg)
+        settings = settings_from(cfg.bench, cfg.runtime.seed)
+        items = load_selection(cfg.bench, cfg.runtime.seed)   # bad data fails before any model loads
+        reader = build_reader(cfg, settings.conditions)
+        if reader.random_weights:
+            err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
+        with run_dir("longbench", cfg, output_dir) as run:
+            with progress_bar("longbench", total=len(items) * len(settings.conditions)) as advance:
+                rows = run_benchmark(reader, items, settings, run.file("items.csv"), resume=resume, progress=advance)
+            summary = finish_run(
+                rows, settings, run.path, reader_description=reader.description,
+                random_weights=reader.random_weights, data_source=cfg.bench.data, plots=cfg.bench.plots,
+            )
+            for name in ("summary.json", "accuracy_by_length.png", "cost_vs_length.png"):
+                if (run.path / name).exists():
+                    run.file(name)
+        _print_longbench(summary)
+        if json_out:
+            emit_json(summary)
+
+
+# ---------------------------------------------------------------------------------------
+# optical train-adapter
+
+
+ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its latest checkpoint (or from this checkpoint directory).")]
+
+
+def _resume_target(resume: Path) -> tuple[Path, Path]:
+    """(run directory, path to resume from) for --resume RUN_DIR or --resume RUN_DIR/checkpoints/step-N."""
+    from .errors import InputError
+
+    if not resume.is_dir():
+        raise InputError(f"--resume {resume}: not a directory; pass a train-adapter run directory")
+    run_path = resume.parent.parent if (resume / "trainer_state.pth").is_file() else resume
+    if not (run_path / "config.yaml").is_file():
+        raise InputError(f"--resume {resume}: no config.yaml in {run_path}; pass a train-adapter run directory")
+    return run_path, resume
+
+
+@app.command("train-adapter")
+def train_adapter_command(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    resume: ResumeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train the vision-token adapter (DeepEncoder and Qwen3-VL frozen); writes adapter.pth, metrics.jsonl, loss.png."""
+    from .train import train_adapter
+
+    with handled_errors():
+        resume_from = None
+        if resume is not None:
+            run_path, resume_from = _resume_target(resume)
+            config = config or run_path / "config.yaml"
+            output_dir = output_dir or run_path
+        cfg = load("train-adapter", config, sets)
+        with run_dir("train-adapter", cfg, output_dir) as run, progress_bar("training", None) as advance:
+            def on_event(event: dict) -> None:
+                if event["event"] == "start":
+                    advance(event["step"], total=event["total"], description="training")
+                elif event["event"] == "encode":
+                    advance(0, description=f"encoding pages (+{event['pages']})")
+                elif event["event"] == "step":
+                    shown = f"step {event['step']} loss {event['loss']:.4f}"
+                    if event.get("eval_loss") is not None:
+                        shown += f" eval {event['eval_loss']:.4f}"
+                    advance(1, description=shown)
+                elif event["event"] == "reading":
+                    advance(0, description=f"reading check on {event['pages']} held-out pages")
+
+            result = train_adapter(cfg, run.path, resume=resume_from, progress=on_event)
+            for name in ("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl"):
+                if (run.path / name).exists():
+                    run.file(name)
+            run.update(result=dataclasses.asdict(result))
+        if os.environ.get("RANK", "0") != "0":  # under accelerate launch only the main process reports
+            return
+        summary = dataclasses.asdict(result)
+        rows = [(k, v) for k, v in summary.items() if k != "reading"] + [(f"reading.{k}", v) for k, v in result.reading.items()]
+        print_table("train-adapter", rows)
+        if json_out:
+            emit_json({"run_dir": str(run.path), **summary})
+
+
+# ---------------------------------------------------------------------------------------
+# optical encode
+
+
+@app.command("encode")
+def encode(
+    inputs: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Image file, directory of images, or render run directory (repeatable).")] = None,
+    text: Annotated[Optional[Path], typer.Option("--text", help="Text file to render (at the mode's page size) and encode in one go.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Features .safetensors (default: features.safetensors in the run directory).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Encode pages with DeepEncoder: features (pages x tokens x 1280) plus compression metrics."""
+    from .encode import build_encoder, plan_inputs, run_encode
+    from .errors import InputError
+
+    with handled_errors():
+        cfg = load("encode", config, sets)
+        if output is not None and output.suffix != ".safetensors":
+            raise InputError(f"--output {output}: the features file must end in .safetensors")
+        plan = plan_inputs(list(inputs or []), text, cfg)
+        encoder = build_encoder(cfg)  # bad or missing weights fail here, before any output
+        with run_dir("encode", cfg, output_dir) as run:
+            with progress_bar("encoding pages", len(plan.pages) or None) as advance:
+                summary = run_encode(cfg, plan, encoder, output or run.file("features.safetensors"), run.file("metrics.json"), advance)
+            run.update(result=summary)
+        print_table("encode", list(summary.items()))
+        if json_out:
+            emit_json({**summary, "metrics": str(run.path / "metrics.json")})
+
 
 
 # ---------------------------------------------------------------------------------------

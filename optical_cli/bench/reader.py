@@ -1,0 +1,62 @@
+"""What the benchmark needs from the models, as a small protocol.
+
+The runner never touches a model directly: it asks a ``Reader`` to tokenise, to answer a
+text prompt, to render a document into pages and to answer a prompt whose document part is
+a list of pages. The real implementation wraps Qwen3-VL, DeepEncoder and the adapter; tests
+pass a fake one (and can make it run out of memory on cue).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+from .prompts import PromptParts
+
+
+class ContextExceeded(Exception):
+    """The prompt is longer than the model can take; the item is recorded as context_exceeded."""
+
+
+@dataclass
+class Generation:
+    """One answer and what it cost."""
+
+    text: str
+    input_tokens: int       # every token the prefill saw: template, document or vision tokens, question
+    prefill_s: float
+    decode_s: float
+    encode_s: float = 0.0   # page encoding + adapter (optical only)
+
+
+class Reader(Protocol):
+    #: True when the weights are random (tiny test models, or full-size random for timing):
+    #: the CLI then refuses to present accuracies as results.
+    random_weights: bool
+    #: A one-line description of the models, written into summary.json.
+    description: str
+
+    def encode_text(self, text: str) -> list[int]: ...
+
+    def decode_text(self, ids: Sequence[int]) -> str: ...
+
+    def read_text(self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
+        """Answer a prompt given as text (native, native-matched and no-context); ``seed`` seeds
+        the sampler when temperature > 0. Raise ``ContextExceeded`` when the prompt is longer
+        than the model takes."""
+        ...
+
+    def render(self, text: str, max_pages: int) -> tuple[list[Any], int]:
+        """The document as page images in reading order, at most ``max_pages`` of them
+        (middle-truncated with ``prompts.middle_truncate``), and the page count before cutting.
+        Lay out every page but draw only the kept ones: a 2M-word document is thousands of pages."""
+        ...
+
+    def vision_tokens(self, pages: Sequence[Any]) -> int:
+        """How many LLM positions these pages occupy once encoded and adapted."""
+        ...
+
+    def read_pages(self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
+        """Answer ``prompt`` with ``pages`` spliced where its document part would be
+        (``prompt.document`` is empty); ``Generation.encode_s`` is the page encoding time."""
+        ...

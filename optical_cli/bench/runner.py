@@ -1,0 +1,391 @@
+"""Run the benchmark conditions over the selected items, one resumable record at a time.
+
+Conditions, all on the same items with the same template and decoding:
+
+- ``native``: the document as text, middle-truncated to ``max_context_tokens`` tokens;
+- ``optical``: the document rendered to pages (middle-truncated to ``max_pages``), encoded,
+  adapted and spliced where the text would be;
+- ``native-matched``: the document as text, middle-truncated to as many tokens as the
+  optical condition's pages occupy on that item (the same context budget, so the question
+  is whether pages beat plain text at equal cost);
+- ``no-context``: question and choices only (what the model knows without the document).
+
+A failure on one item (out of memory, context too long, any error) is recorded with its
+reason and counts as wrong; the run goes on. Each finished (item, condition) is appended to
+``items.csv`` at once, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import io
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..artifacts import atomic_write_text
+from ..errors import InputError
+from .data import LongBenchItem
+from .prompts import PromptParts, document_prompt, middle_truncate, no_context_prompt
+from .reader import ContextExceeded, Generation, Reader
+from .scoring import extract_answer
+
+CONDITIONS = ("native", "optical", "native-matched", "no-context")
+
+COLUMNS = (
+    "id", "condition", "length", "difficulty", "domain", "status", "reason",
+    "answer", "prediction", "correct", "input_tokens", "context_tokens", "doc_tokens",
+    "pages", "truncated", "latency_s", "render_s", "encode_s", "prefill_s", "decode_s", "output",
+)
+_INT_COLUMNS = ("input_tokens", "context_tokens", "doc_tokens", "pages")
+_FLOAT_COLUMNS = ("latency_s", "render_s", "encode_s", "prefill_s", "decode_s")
+_BOOL_COLUMNS = ("correct", "truncated")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    conditions: tuple[str, ...]
+    max_context_tokens: int
+    max_pages: int
+    max_new_tokens: int = 128
+    temperature: float = 0.1
+    seed: int = 0
+
+
+def parse_conditions(names: Sequence[str]) -> tuple[str, ...]:
+    """Validated condition names in the canonical order (optical before native-matched)."""
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in CONDITIONS]
+    if unknown:
+        raise InputError(f"unknown condition(s) {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
+    if not names:
+        raise InputError(f"no conditions given; choose from {', '.join(CONDITIONS)}")
+    return tuple(c for c in CONDITIONS if c in names)
+
+
+# ---------------------------------------------------------------------------------------
+# items.csv: append one row at a time, read back tolerating a torn last row
+
+
+def _to_csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one record (writing the header first on a new file) and flush it to disk."""
+    new = not path.exists() or path.stat().st_size == 0
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    if new:
+        writer.writeheader()
+    writer.writerow({key: _to_csv_value(row.get(key)) for key in COLUMNS})
+    with open(path, "a", encoding="utf-8", newline="") as handle:
+        handle.write(buffer.getvalue())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _from_csv_row(raw: dict[str, str]) -> dict[str, Any]:
+    row: dict[str, Any] = dict(raw)
+    for key in _INT_COLUMNS:
+        row[key] = int(raw[key]) if raw[key] else None
+    for key in _FLOAT_COLUMNS:
+        row[key] = float(raw[key]) if raw[key] else None
+    for key in _BOOL_COLUMNS:
+        row[key] = raw[key] == "1"
+    row["prediction"] = raw["prediction"] or None
+    return row
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of an items.csv; a torn last row (a crash mid-write) is dropped and the file repaired."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None:
+        return []
+    if tuple(reader.fieldnames) != COLUMNS:
+        raise InputError(f"{path}: not an items.csv of this benchmark version (columns differ); use another --output-dir")
+    rows = list(reader)
+    if not text.endswith("\n") and rows:  # the last record was cut off mid-write
+        rows.pop()
+        _rewrite(path, rows)
+    return [_from_csv_row(r) for r in rows if None not in r and all(v is not None for v in r.values())]
+
+
+def _rewrite(path: Path, raw_rows: list[dict[str, str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(raw_rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------------
+# One (item, condition)
+
+
+@dataclass
+class _OpticalPlan:
+    """The pages an item becomes, computed once and shared by optical and native-matched."""
+
+    pages: list[Any]
+    context_tokens: int
+    truncated: bool
+    render_s: float
+
+
+@dataclass
+class _Attempt:
+    """What a condition knows before (and whether or not) the model answers."""
+
+    prompt: PromptParts
+    context_tokens: int = 0
+    pages: int = 0
+    truncated: bool = False
+    render_s: float = 0.0
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}".rstrip(": ")
+    if isinstance(exc, ContextExceeded):
+        return "context_exceeded", reason
+    oom_types = tuple(t for t in (_torch_attr("OutOfMemoryError"), _torch_cuda_attr("OutOfMemoryError")) if t)
+    if (oom_types and isinstance(exc, oom_types)) or isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "oom", reason
+    return "error", reason
+
+
+def _torch_attr(name: str):
+    import torch
+
+    return getattr(torch, name, None)
+
+
+def _torch_cuda_attr(name: str):
+    import torch
+
+    return getattr(torch.cuda, name, None)
+
+
+def _release_memory() -> None:
+    """After a failure: drop what the failed attempt held so the next item starts clean."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def seed_for(seed: int, item_id: str, condition: str) -> int:
+    """Sampling at temperature 0.1 is seeded per (item, condition): reruns and resumes agree."""
+    return (seed * 1_000_003 + zlib.crc32(f"{item_id}/{condition}".encode())) % (2**31)
+
+
+class _ItemRunner:
+    """Runs the conditions of one item, sharing the optical plan between two of them."""
+
+    def __init__(self, reader: Reader, settings: BenchSettings, item: LongBenchItem):
+        self.reader = reader
+        self.settings = settings
+        self.item = item
+        self._plan: _OpticalPlan | None = None
+        self._doc_ids: list[int] | None = None
+
+    def doc_ids(self) -> list[int]:
+        """The document's token ids, computed once per item (untimed: measuring the length
+        is bookkeeping, not part of any condition's cost)."""
+        if self._doc_ids is None:
+            self._doc_ids = list(self.reader.encode_text(self.item.context))
+        return self._doc_ids
+
+    def plan(self) -> _OpticalPlan:
+        if self._plan is None:
+            start = time.perf_counter()
+            kept, total = self.reader.render(self.item.context, self.settings.max_pages)
+            render_s = time.perf_counter() - start
+            self._plan = _OpticalPlan(kept, self.reader.vision_tokens(kept), len(kept) < total, render_s)
+        return self._plan
+
+    def _text_attempt(self, budget: int) -> _Attempt:
+        ids = self.doc_ids()
+        kept, truncated = middle_truncate(ids, budget)
+        text = self.reader.decode_text(kept) if truncated else self.item.context
+        return _Attempt(document_prompt(self.item, text), context_tokens=len(kept), truncated=truncated)
+
+    def attempt(self, condition: str) -> tuple[_Attempt, Callable[[_Attempt], Generation]]:
+        s = self.settings
+        options = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=seed_for(s.seed, self.item.id, condition))
+        read_text = lambda a: self.reader.read_text(a.prompt, **options)  # noqa: E731
+        if condition == "native":
+            return self._text_attempt(s.max_context_tokens), read_text
+        if condition == "no-context":
+            return _Attempt(no_context_prompt(self.item)), read_text
+        plan = self.plan()
+        if condition == "native-matched":
+            attempt = self._text_attempt(plan.context_tokens)
+            return attempt, read_text
+        if condition == "optical":
+            attempt = _Attempt(
+                document_prompt(self.item, ""), context_tokens=plan.context_tokens, pages=len(plan.pages),
+                truncated=plan.truncated, render_s=plan.render_s,
+            )
+            return attempt, lambda a: self.reader.read_pages(a.prompt, plan.pages, **options)
+        raise InputError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
+
+    def run(self, condition: str) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "id": self.item.id, "condition": condition, "length": self.item.length,
+            "difficulty": self.item.difficulty, "domain": self.item.domain, "answer": self.item.answer,
+            "status": "ok", "reason": "", "prediction": None, "correct": False, "output": "",
+            "pages": 0, "truncated": False, "render_s": 0.0, "encode_s": 0.0, "prefill_s": None, "decode_s": None,
+        }
+        try:
+            row["doc_tokens"] = len(self.doc_ids())
+            if condition == "native-matched":
+                self.plan()  # its budget comes from the pages; rendering them is the optical condition's cost
+        except Exception as exc:  # noqa: BLE001 - recorded like any other failure
+            row["status"], row["reason"] = _failure(exc)
+            row["latency_s"] = 0.0
+            return row
+        start = time.perf_counter()
+        try:
+            attempt, generate = self.attempt(condition)
+            row.update(context_tokens=attempt.context_tokens, pages=attempt.pages, truncated=attempt.truncated, render_s=attempt.render_s)
+            generation = generate(attempt)
+        except Exception as exc:  # noqa: BLE001 - any failure is recorded on the item and counted wrong
+            row["status"], row["reason"] = _failure(exc)
+        else:
+            prediction = extract_answer(generation.text)
+            row.update(
+                output=generation.text, prediction=prediction, correct=prediction == self.item.answer,
+                input_tokens=generation.input_tokens, encode_s=generation.encode_s,
+                prefill_s=generation.prefill_s, decode_s=generation.decode_s,
+            )
+        row["latency_s"] = time.perf_counter() - start
+        if row["status"] != "ok":
+            _release_memory()  # out here, once the exception and its frames (holding tensors) are gone
+        return row
+
+
+# ---------------------------------------------------------------------------------------
+# The whole run
+
+
+def run_benchmark(
+    reader: Reader,
+    items: Sequence[LongBenchItem],
+    settings: BenchSettings,
+    items_csv: Path,
+    *,
+    resume: bool = False,
+    progress: Callable[..., None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every (item, condition) not yet in ``items_csv``; return the rows of this selection."""
+    if items_csv.exists() and items_csv.stat().st_size > 0 and not resume:
+        raise InputError(f"{items_csv} already exists; pass --resume to continue that run or choose another --output-dir")
+    existing = read_rows(items_csv) if resume else []
+    done = {(row["id"], row["condition"]) for row in existing}
+    wanted = {(item.id, c) for item in items for c in settings.conditions}
+    rows = [row for row in existing if (row["id"], row["condition"]) in wanted]
+    if progress and rows:
+        progress(len(rows), description="resumed")
+    for item in items:
+        item_runner = _ItemRunner(reader, settings, item)
+        for condition in settings.conditions:
+            if (item.id, condition) in done:
+                continue
+            row = item_runner.run(condition)
+            append_row(items_csv, row)
+            rows.append(read_back(row))
+            if progress:
+                progress(1, description=f"{condition} {item.id}: {row['status']}")
+    return rows
+
+
+def read_back(row: dict[str, Any]) -> dict[str, Any]:
+    """The row as it reads back from items.csv, so fresh and resumed rows look the same."""
+    return _from_csv_row({key: _to_csv_value(row.get(key)) for key in COLUMNS})
+
+
+# ---------------------------------------------------------------------------------------
+# A whole benchmark run: data -> rows -> summary.json and plots
+
+
+def settings_from(section: Any, seed: int) -> BenchSettings:
+    """Runner settings from the config's ``bench`` section."""
+    return BenchSettings(
+        conditions=parse_conditions(section.conditions), max_context_tokens=section.max_context_tokens,
+        max_pages=section.max_pages, max_new_tokens=section.max_new_tokens, temperature=section.temperature, seed=seed,
+    )
+
+
+def load_selection(section: Any, seed: int) -> list[LongBenchItem]:
+    """The items the config (and CLI flags folded into it) asks for."""
+    from .data import load_items, select_items
+
+    return select_items(
+        load_items(section.data, section.split), num_samples=section.num_samples, ids=section.ids,
+        lengths=section.lengths, difficulties=section.difficulties, domains=section.domains, seed=seed,
+    )
+
+
+def finish_run(
+    rows: list[dict[str, Any]], settings: BenchSettings, out_dir: Path, *,
+    reader_description: str, random_weights: bool, data_source: str, plots: bool = True,
+) -> dict[str, Any]:
+    """Write ``summary.json`` (and the plots) for the rows of this selection; return the summary."""
+    from ..artifacts import atomic_write_json
+    from .scoring import summarize
+
+    summary = summarize(rows, settings.conditions)
+    summary.update(
+        models=reader_description, random_weights=random_weights, data=data_source,
+        items=len({row["id"] for row in rows}),
+        settings={"conditions": list(settings.conditions), "max_context_tokens": settings.max_context_tokens,
+                  "max_pages": settings.max_pages, "max_new_tokens": settings.max_new_tokens,
+                  "temperature": settings.temperature, "seed": settings.seed},
+        note=("RANDOM WEIGHTS: these accuracies test the pipeline and say nothing about reading" if random_weights else ""),
+    )
+    atomic_write_json(out_dir / "summary.json", summary)
+    if plots and rows:
+        from .plots import plot_accuracy_by_length, plot_cost_vs_length
+
+        note = " [random weights: not a result]" if random_weights else ""
+        plot_accuracy_by_length(summary, out_dir / "accuracy_by_length.png", note)
+        plot_cost_vs_length(rows, settings.conditions, out_dir / "cost_vs_length.png", note)
+    return summary
+
+
+# Keys that may change between a run and its --resume: which items and conditions to run.
+RESUMABLE_CHANGES = {"bench.num_samples", "bench.ids", "bench.lengths", "bench.difficulties", "bench.domains",
+                     "bench.conditions", "bench.plots", "runtime.workers"}
+
+
+def check_resume_compatible(previous: Any, current: Any) -> None:
+    """Refuse to mix rows made under different models, data, truncation or decoding."""
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, dict):
+            out: dict[str, Any] = {}
+            for key, value in data.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        return {prefix.rstrip("."): data}
+
+    before, after = flat(previous.model_dump(mode="json")), flat(current.model_dump(mode="json"))
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        shown = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:4])
+        raise InputError(f"--resume: the config differs from the run being resumed in {shown}; "
+                         "rerun with the same settings or choose a new --output-dir")

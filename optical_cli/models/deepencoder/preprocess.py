@@ -1,0 +1,109 @@
+"""Official DeepEncoder preprocessing: image -> normalised views for one mode.
+
+tiny/small: resize to the square size (Lanczos). base/large: pad to a square with grey
+(127,127,127), then resize (bicubic). gundam: tiles of the small size by best aspect ratio
+(2..6 of them; none when the image fits in one tile) plus a base-size padded global view,
+tiles first. Pixels: RGB, [0,1], then mean 0.5 / std 0.5 -> [-1,1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ...modes import MODES
+
+PAD_COLOUR = (127, 127, 127)  # int(0.5 * 255): the normalisation mean, so padding becomes ~0
+GUNDAM_TILE = MODES["small"].size
+GUNDAM_GLOBAL = MODES["base"].size
+MIN_TILES, MAX_TILES = 2, 6
+ENCODE_MODES = (*MODES, "gundam")
+
+
+@dataclass
+class PreparedPage:
+    views: list[torch.Tensor]  # [3,S,S] each; tiles (row-major) first, the global view last
+    grid: tuple[int, int]      # tile columns, rows; (1, 1) when there are no tiles
+
+    @property
+    def tiles(self) -> list[torch.Tensor]:
+        return self.views[:-1]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode (RGBA, L, P, I;16, CMYK...) as RGB, upright per EXIF."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "F"):  # 16/32-bit greyscale: scale to 8 bit first
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() or 1.0
+        image = Image.fromarray((array / peak * 255.0).round().astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+def normalise(image: Image.Image) -> torch.Tensor:
+    """RGB image -> [3,H,W] float32 in [-1,1] (ToTensor then mean 0.5 / std 0.5)."""
+    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    return (array.permute(2, 0, 1).float() / 255.0 - 0.5) / 0.5
+
+
+def pad_square(image: Image.Image, size: int) -> Image.Image:
+    """Scale to fit a size x size square keeping the aspect ratio, centred on grey."""
+    return ImageOps.pad(image, (size, size), method=Image.Resampling.BICUBIC, color=PAD_COLOUR)
+
+
+def tile_grid(width: int, height: int, tile: int = GUNDAM_TILE) -> tuple[int, int]:
+    """(columns, rows) of 2..6 tiles whose aspect ratio is closest to the image's; on a tie
+    the larger grid wins when the image has more than half its area."""
+    aspect = width / height
+    # Candidates ordered by tile count only; equal counts keep Python's (deterministic) set
+    # order of small-int tuples, the order the official preprocessing iterates them in.
+    candidates = sorted(
+        {(c, r) for n in range(MIN_TILES, MAX_TILES + 1) for c in range(1, n + 1) for r in range(1, n + 1) if MIN_TILES <= c * r <= MAX_TILES},
+        key=lambda cr: cr[0] * cr[1],
+    )
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidates:
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and width * height > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def gundam_tiles(image: Image.Image) -> tuple[list[Image.Image], tuple[int, int]]:
+    if image.width <= GUNDAM_TILE and image.height <= GUNDAM_TILE:
+        return [], (1, 1)
+    cols, rows = tile_grid(image.width, image.height)
+    resized = image.resize((cols * GUNDAM_TILE, rows * GUNDAM_TILE), Image.Resampling.BICUBIC)
+    tiles = [
+        resized.crop((c * GUNDAM_TILE, r * GUNDAM_TILE, (c + 1) * GUNDAM_TILE, (r + 1) * GUNDAM_TILE))
+        for r in range(rows) for c in range(cols)
+    ]
+    return tiles, (cols, rows)
+
+
+def prepare(image: Image.Image, mode: str) -> PreparedPage:
+    image = to_rgb(image)
+    if mode == "gundam":
+        tiles, grid = gundam_tiles(image)
+        views = tiles + [pad_square(image, GUNDAM_GLOBAL)]
+        return PreparedPage([normalise(v) for v in views], grid)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(ENCODE_MODES)}")
+    spec = MODES[mode]
+    if spec.pad_to_square:
+        view = pad_square(image, spec.size)
+    else:
+        view = image.resize((spec.size, spec.size), Image.Resampling.LANCZOS)
+    return PreparedPage([normalise(view)], (1, 1))
+
+
+def view_sizes(mode: str) -> tuple[int, ...]:
+    """Distinct view sizes a mode produces (gundam: tile and global)."""
+    return (GUNDAM_TILE, GUNDAM_GLOBAL) if mode == "gundam" else (MODES[mode].size,)

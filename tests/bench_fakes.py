@@ -1,0 +1,61 @@
+"""A fake reader for the benchmark tests: word tokens, pages of words, scripted answers."""
+
+from __future__ import annotations
+
+from optical_cli.bench.prompts import middle_truncate
+from optical_cli.bench.reader import ContextExceeded, Generation
+
+WORDS_PER_PAGE = 20
+TOKENS_PER_PAGE = 4
+
+
+class FakeReader:
+    """Answers A on every text prompt and the right letter on pages; can fail on cue.
+
+    ``fail`` maps (item question substring, condition kind "text"/"pages") to an exception.
+    """
+
+    random_weights = True
+    description = "fake reader (tests)"
+
+    def __init__(self, fail=None, max_input_tokens=None):
+        self.fail = fail or {}
+        self.max_input_tokens = max_input_tokens
+        self.calls = []
+        self.prompts = []
+
+    def encode_text(self, text):
+        return text.split()
+
+    def decode_text(self, ids):
+        return " ".join(ids)
+
+    def _maybe_fail(self, prompt, kind):
+        for (needle, which), exc in self.fail.items():
+            if which == kind and needle in prompt.question:
+                raise exc
+
+    def read_text(self, prompt, *, max_new_tokens, temperature, seed):
+        self.calls.append(("text", prompt.question.split("Question: ")[1].split("\n")[0]))
+        self.prompts.append(prompt)
+        self._maybe_fail(prompt, "text")
+        tokens = len(prompt.document.split()) + len(prompt.question.split())
+        if self.max_input_tokens and tokens > self.max_input_tokens:
+            raise ContextExceeded(f"{tokens} input tokens > {self.max_input_tokens}")
+        return Generation("Reasoning... The correct answer is (A)", tokens, prefill_s=0.01, decode_s=0.02)
+
+    def render(self, text, max_pages):
+        words = text.split()
+        pages = [words[i:i + WORDS_PER_PAGE] for i in range(0, len(words), WORDS_PER_PAGE)]
+        kept, _ = middle_truncate(pages, max_pages)
+        return kept, len(pages)
+
+    def vision_tokens(self, pages):
+        return TOKENS_PER_PAGE * len(pages)
+
+    def read_pages(self, prompt, pages, *, max_new_tokens, temperature, seed):
+        self.calls.append(("pages", prompt.question.split("Question: ")[1].split("\n")[0]))
+        self._maybe_fail(prompt, "pages")
+        assert prompt.document == ""
+        return Generation("The correct answer is B", self.vision_tokens(pages) + len(prompt.question.split()),
+                          prefill_s=0.01, decode_s=0.02, encode_s=0.005)

@@ -1,0 +1,24 @@
+"""Test set-up: offline, CPU, quiet, fast."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_results(tmp_path, monkeypatch):
+    """Runs without --output-dir write under a temporary results/ folder, never the repo's."""
+    from optical_cli import artifacts
+
+    monkeypatch.setattr(artifacts, "RESULTS_DIR", tmp_path / "results")
+    yield

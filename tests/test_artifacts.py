@@ -1,0 +1,93 @@
+"""Atomic writes, torn-line tolerant JSONL, run directories and manifests."""
+
+import json
+
+import pytest
+
+from optical_cli import artifacts
+from optical_cli.artifacts import append_jsonl, atomic_path, atomic_write_json, atomic_write_text, read_jsonl, start_run
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "a.txt"
+    atomic_write_text(path, "old")
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "a.json"
+    atomic_write_json(path, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text('{"v": 2, "partial')
+            raise RuntimeError("crash mid-write")
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_interrupted_first_write_leaves_nothing(tmp_path):
+    path = tmp_path / "new.bin"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_keeps_suffix_for_format_sniffing(tmp_path):
+    with atomic_path(tmp_path / "x.png") as tmp:
+        assert tmp.suffix == ".png"
+        tmp.write_bytes(b"")
+
+
+def test_jsonl_append_and_torn_last_line(tmp_path):
+    path = tmp_path / "items.jsonl"
+    append_jsonl(path, {"i": 1})
+    append_jsonl(path, {"i": 2})
+    with open(path, "a") as handle:
+        handle.write('{"i": 3, "tor')  # crash while writing the third record
+    assert read_jsonl(path) == [{"i": 1}, {"i": 2}]
+
+
+def test_jsonl_corruption_in_the_middle_is_an_error(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"i": 1}\nnot json\n{"i": 3}\n')
+    with pytest.raises(json.JSONDecodeError):
+        read_jsonl(path)
+
+
+def test_run_dir_layout_and_manifest(tmp_path):
+    with start_run("render", "a: 1\n", seed=3, device="cpu") as run:
+        atomic_write_text(run.file("out.txt"), "x")
+    assert run.path.parent == artifacts.RESULTS_DIR / "render"
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and manifest["seed"] == 3 and manifest["device"] == "cpu"
+    assert manifest["artifacts"] == ["out.txt"] and manifest["ended_at"]
+    assert "torch" in manifest["versions"] and "argv" in manifest
+    assert (run.path / "config.yaml").read_text() == "a: 1\n"
+
+
+def test_failed_run_still_writes_manifest(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError):
+        with start_run("render", "", output_dir=out):
+            raise ValueError("boom")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "boom" in manifest["error"]
+
+
+def test_two_runs_in_the_same_second_get_distinct_dirs():
+    with start_run("x", "") as first, start_run("x", "") as second:
+        assert first.path != second.path
+
+
+def test_atomic_write_gives_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    path = atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

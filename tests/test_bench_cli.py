@@ -1,0 +1,110 @@
+"""`optical bench longbench` through the CLI: artifacts, JSON, resume and bad input (exit 2)."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from optical_cli.cli import app
+
+from bench_fakes import FakeReader
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = REPO_ROOT / "tests" / "data" / "longbench_fixture.jsonl"
+runner = CliRunner()
+
+
+@pytest.fixture
+def fake_reader(monkeypatch):
+    reader = FakeReader()
+    monkeypatch.setattr("optical_cli.bench.models.build_reader", lambda cfg, conditions: reader)
+    return reader
+
+
+def _invoke(*args):
+    return runner.invoke(app, ["bench", "longbench", "--set", f"bench.data={FIXTURE}", "--set", "bench.max_pages=2", *args])
+
+
+def test_fake_reader_end_to_end_with_json_and_resume(tmp_path, fake_reader):
+    out = tmp_path / "run"
+    result = _invoke("--num-samples", "6", "--conditions", "native,optical", "--output-dir", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["random_weights"] is True and summary["items"] == 6
+    assert set(summary["conditions"]) == {"native", "optical"}
+    assert "RANDOM WEIGHTS" in result.stderr
+    with open(out / "items.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12
+    assert {"id", "condition", "length", "difficulty", "status", "answer", "prediction", "correct", "input_tokens",
+            "pages", "truncated", "latency_s", "prefill_s", "output"} <= set(rows[0])
+    for name in ("summary.json", "accuracy_by_length.png", "cost_vs_length.png", "config.yaml", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "manifest.json").read_text())["status"] == "ok"
+    # a second run on the same directory needs --resume; with it nothing is re-run
+    assert _invoke("--num-samples", "6", "--conditions", "native,optical", "--output-dir", str(out)).exit_code == 2
+    calls = len(fake_reader.calls)
+    again = _invoke("--num-samples", "6", "--conditions", "native,optical", "--output-dir", str(out), "--resume", "--json")
+    assert again.exit_code == 0 and len(fake_reader.calls) == calls
+    assert json.loads(again.stdout)["conditions"] == summary["conditions"]
+    # resuming with other decoding would mix incomparable rows
+    changed = _invoke("--num-samples", "6", "--output-dir", str(out), "--resume", "--set", "bench.temperature=0")
+    assert changed.exit_code == 2 and "bench.temperature" in changed.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--conditions", "native,visual"], "unknown condition(s) visual"),
+    (["--num-samples", "40"], "--num-samples 40 is larger than the 12"),
+    (["--ids", "syn-short-easy-1,nope"], "unknown item id(s) nope"),
+    (["--resume"], "--resume needs --output-dir"),
+    (["--lengths", "huge"], "bench.lengths"),
+    (["--num-samples", "0"], "bench.num_samples"),
+    (["--lengths", "long", "--difficulties", "hard", "--num-samples", "3"], "--num-samples 3 is larger than the 2"),
+    (["--set", "bench.conditions=[native, visual]"], "bench.conditions"),
+])
+def test_bad_usage_exits_2(args, message, fake_reader):
+    result = _invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_bad_data_file_names_the_item(tmp_path, fake_reader):
+    records = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+    records[2]["answer"] = "F"
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    result = runner.invoke(app, ["bench", "longbench", "--set", f"bench.data={path}", "--output-dir", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "syn-short-hard-1" in result.stderr and "A, B, C, D" in result.stderr
+    assert not (tmp_path / "o").exists()  # bad input leaves no artifacts behind
+
+
+def test_tiny_models_end_to_end(tmp_path, monkeypatch):
+    """The real pipeline on tiny random models: render -> DeepEncoder -> adapter -> Qwen3-VL."""
+    monkeypatch.chdir(REPO_ROOT)  # the tiny config names the fixture relative to the repository
+    out = tmp_path / "tiny"
+    result = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--ids",
+                                 "syn-short-easy-1,syn-long-hard-1", "--output-dir", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "RANDOM WEIGHTS" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["random_weights"] is True and summary["note"].startswith("RANDOM WEIGHTS")
+    with open(out / "items.csv", newline="") as handle:
+        rows = {(r["id"], r["condition"]): r for r in csv.DictReader(handle)}
+    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows.values()), [r["reason"] for r in rows.values()]
+    optical = rows[("syn-long-hard-1", "optical")]
+    assert optical["pages"] == "1" and optical["truncated"] == "1"  # the long item loses pages to max_pages=1
+    assert int(optical["context_tokens"]) == 64                   # one tiny-mode page = 64 vision tokens
+    assert float(optical["encode_s"]) > 0 and float(optical["render_s"]) > 0
+    assert rows[("syn-long-hard-1", "native-matched")]["context_tokens"] == optical["context_tokens"]
+    native = rows[("syn-long-hard-1", "native")]
+    assert native["truncated"] == "1" and int(native["context_tokens"]) == 96
+    assert int(native["input_tokens"]) > int(rows[("syn-long-hard-1", "no-context")]["input_tokens"])
+
+
+def test_optical_without_an_adapter_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    result = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--set", "bench.adapter=null",
+                                 "--output-dir", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "bench.adapter is not set" in result.stderr

@@ -1,0 +1,138 @@
+"""`optical render` and `optical config` through the CLI: contract, JSON output, bad input."""
+
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from optical_cli.cli import app
+from optical_cli.render import non_space
+
+runner = CliRunner()
+
+
+def invoke(*args, stdin=None):
+    return runner.invoke(app, [str(a) for a in args], input=stdin)
+
+
+def layout(out):
+    return [json.loads(line) for line in (out / "layout.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_render_file_writes_pages_layout_manifest(tmp_path):
+    text = "First paragraph.\n\n" + "word " * 6000 + "\nÉnd."
+    doc = tmp_path / "doc.txt"
+    doc.write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    result = invoke("render", "--input", doc, "--output-dir", out, "--set", "render.tokenizer=none")
+    assert result.exit_code == 0, result.output
+    pages = layout(out)
+    assert [p["page"] for p in pages] == list(range(1, len(pages) + 1)) and len(pages) >= 2
+    for page in pages:
+        assert page["image"] == f"page_{page['page']:04d}.png" and page["source"] == str(doc)
+        assert Image.open(out / page["image"]).size == (1024, 1024)
+    assert non_space("".join("".join(p["lines"]) for p in pages)) == non_space(text)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and manifest["report"]["pages"] == len(pages)
+    assert (out / "config.yaml").is_file()
+
+
+def test_render_json_report_and_token_ratio(tmp_path):
+    doc = tmp_path / "a.md"
+    doc.write_text("Optical compression renders text to pages. " * 50)
+    result = invoke("render", doc, "--output-dir", tmp_path / "o", "--json", "--set", "render.mode=tiny")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pages"] == 1 and report["vision_tokens"] == 64 and report["page_px"] == 512
+    assert report["text_tokens"] > 0
+    assert report["text_tokens_per_vision_token"] == pytest.approx(report["text_tokens"] / 64, abs=1e-3)
+
+
+def test_render_directory_and_stdin(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "b.txt").write_text("bravo")
+    (folder / "a.md").write_text("alpha")
+    (folder / "skip.bin").write_bytes(b"\x00\x01")
+    out = tmp_path / "o"
+    assert invoke("render", folder, "-", "--output-dir", out, "--set", "render.tokenizer=none", stdin="charlie").exit_code == 0
+    assert [(p["source"].split("/")[-1], p["lines"]) for p in layout(out)] == [
+        ("a.md", ["alpha"]), ("b.txt", ["bravo"]), ("<stdin>", ["charlie"])
+    ]
+
+
+def test_render_in_parallel_gives_identical_pages(tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("parallel pages " * 4000)
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        result = invoke("render", doc, "--output-dir", out, "--set", f"runtime.workers={workers}",
+                        "--set", "render.mode=tiny", "--set", "render.tokenizer=none")
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+    names = sorted(p.name for p in outs[0].glob("page_*.png"))
+    assert len(names) >= 3 and names == sorted(p.name for p in outs[1].glob("page_*.png"))
+    for name in names:
+        assert Image.open(outs[0] / name).tobytes() == Image.open(outs[1] / name).tobytes()
+
+
+def test_default_run_dir_under_results(tmp_path):
+    from optical_cli import artifacts
+
+    result = invoke("render", "--set", "render.tokenizer=none")
+    assert result.exit_code == 0, result.output
+    runs = list((artifacts.RESULTS_DIR / "render").iterdir())
+    assert len(runs) == 1 and (runs[0] / "page_0001.png").is_file()
+
+
+def test_empty_input_renders_zero_pages_with_warning(tmp_path):
+    doc = tmp_path / "empty.txt"
+    doc.write_text("  \n\n")
+    result = invoke("render", doc, "--output-dir", tmp_path / "o", "--json", "--set", "render.tokenizer=none")
+    assert result.exit_code == 0
+    assert "warning" in result.stderr and json.loads(result.stdout)["pages"] == 0
+
+
+@pytest.mark.parametrize(
+    "setup,extra,expected",
+    [
+        (lambda d: None, [], "input not found"),
+        (lambda d: (d / "x").mkdir(), [], "holds no .txt or .md files"),
+        (lambda d: (d / "x").write_bytes(b"ok\xfe"), [], "byte offset 2"),
+        (lambda d: (d / "x").write_text("hi"), ["--set", "render.font=/no/such/font.ttf"], "font not found"),
+        (lambda d: (d / "x").write_text("hi"), ["--set", "render.mode=tiny", "--set", "render.font_size=200", "--set", "render.margin=200"], "font_size"),
+        (lambda d: (d / "x").write_text("hi"), ["--set", "render.fontsize=9"], "did you mean 'render.font_size'"),
+        (lambda d: (d / "x").write_text("hi"), ["--set", "render.encoding=klingon"], "not a known text encoding"),
+    ],
+    ids=["missing", "empty-dir", "undecodable", "font", "font-size", "unknown-key", "encoding"],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, setup, extra, expected):
+    setup(tmp_path)
+    out = tmp_path / "out"
+    result = invoke("render", tmp_path / "x", "--output-dir", out, *extra)
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (out / "layout.jsonl").exists()
+
+
+def test_config_show_and_validate(tmp_path):
+    shown = invoke("config", "show", "render", "--set", "render.mode=small")
+    assert shown.exit_code == 0 and "mode: small" in shown.stdout
+    good = tmp_path / "render.yaml"
+    good.write_text(shown.stdout)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("render:\n  mode: base\n  mode: tiny\n")
+    assert invoke("config", "validate", good).exit_code == 0
+    result = invoke("config", "validate", good, bad, "--command", "render", "--json")
+    assert result.exit_code == 2
+    verdicts = json.loads(result.stdout)
+    assert [v["ok"] for v in verdicts] == [True, False] and "duplicate key" in verdicts[1]["error"]
+
+
+def test_config_show_unknown_command():
+    result = invoke("config", "show", "nonsense")
+    assert result.exit_code == 2 and "unknown command" in result.stderr

@@ -1,0 +1,176 @@
+"""train-adapter on real CVE text with tiny random models: loss falls, exact resume, clear errors."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from optical_cli.artifacts import read_jsonl
+from optical_cli.cli import app
+from optical_cli.config import dump_config, load_config
+from optical_cli.errors import InputError
+from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapter
+from optical_cli.train import (DeepEncoderPages, build_page_set, build_reader, character_error_rate, collate,
+                               levenshtein, make_examples, mse_loss, read_corpus, reconstruction_loss, train_adapter)
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "tiny" / "qwen3_vl.yaml"
+CVES = REPO / "tests" / "data" / "cves_200.jsonl"
+
+
+def tiny_cfg(cache, *sets):
+    base = [f"data.source={CVES}", f"data.cache_dir={cache}", "data.max_documents=10", "data.max_text_tokens=16",
+            "train.batch_size=2", "train.read_pages=0"]
+    return load_config("train-adapter", TINY, base + list(sets))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="module")
+def reader(cache):
+    cfg = tiny_cfg(cache)
+    return build_reader(cfg, torch.device("cpu"), torch.float32)
+
+
+def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train-adapter", "--config", str(TINY), "--output-dir", str(out), "--json",
+        "--set", f"data.source={CVES}", "--set", f"data.cache_dir={cache}", "--set", "data.max_documents=10",
+        "--set", "data.max_text_tokens=16", "--set", "train.max_steps=10", "--set", "train.batch_size=2",
+        "--set", "train.lr=0.01", "--set", "train.read_pages=1", "--set", "train.read_max_new_tokens=8",
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    for name in ("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl", "manifest.json"):
+        assert (out / name).is_file(), name
+    metrics = read_jsonl(out / "metrics.jsonl")
+    evals = [m["eval_loss"] for m in metrics if m["eval_loss"] is not None]
+    assert metrics[0]["step"] == 0 and metrics[-1]["step"] == 10 == summary["steps"]
+    assert evals[-1] < evals[0] - 0.05, evals  # held-out pages get easier to read
+    assert {"step", "loss", "eval_loss", "lr", "pages_per_s"} <= set(metrics[-1])
+    reading = read_jsonl(out / "reading.jsonl")[0]
+    assert reading["vision_tokens"] == 64 and reading["cer"] >= 0 and reading["reference"]
+    assert summary["reading"]["compression"] == pytest.approx(reading["text_tokens"] / 64)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "ok"
+
+
+def test_resume_continues_exactly(tmp_path, cache, reader):
+    cfg = tiny_cfg(cache, "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=100")
+    train_adapter(cfg, tmp_path / "straight", reader=reader)
+
+    def crash_after_step_3(event):
+        if event["event"] == "step" and event["step"] == 3:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_adapter(cfg, tmp_path / "resumed", progress=crash_after_step_3, reader=reader)
+    assert [m["step"] for m in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")][-1] == 3
+    train_adapter(cfg, tmp_path / "resumed", resume=tmp_path / "resumed", reader=reader)
+    straight = torch.load(tmp_path / "straight" / "adapter.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "adapter.pth", weights_only=True)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    losses = lambda run: [m["loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl")]  # noqa: E731
+    assert losses("straight") == losses("resumed")
+
+
+def test_gradients_reach_only_the_adapter(cache, reader):
+    cfg = tiny_cfg(cache)
+    encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu"))
+    pages, _ = build_page_set(read_corpus(str(CVES), max_documents=2, min_chars=16), cfg, encoder, Path(cache))
+    examples = make_examples(reader, pages, 16)
+    adapter = OpticalAdapter(AdapterConfig(vision_dim=encoder.out_dim, hidden_dim=16, llm_dim=reader.hidden_size, max_pages=4))
+    adapted = adapter(pages.features, torch.tensor(pages.page_index))
+    pad = reader.tokenizer.token_id("<|endoftext|>")
+    loss = reconstruction_loss(reader.model, adapted, collate(examples, pad)) + mse_loss(reader.model, adapted, examples)
+    loss.backward()
+    assert all(p.grad is None for p in reader.model.parameters())
+    assert all(p.grad is not None for p in adapter.parameters())
+    assert adapter.mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_features_are_cached_once(tmp_path, reader):
+    cfg = tiny_cfg(tmp_path)
+    docs = read_corpus(str(CVES), max_documents=3, min_chars=16)
+    encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu"))
+    first, hit1 = build_page_set(docs, cfg, encoder, tmp_path)
+    second, hit2 = build_page_set(docs, cfg, DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")), tmp_path)
+    assert (hit1, hit2) == (False, True)
+    assert torch.equal(first.features, second.features) and first.texts == second.texts
+    assert first.features.shape[1:] == (64, encoder.out_dim)
+    assert all(t.split()[0] in d for t, d in zip(first.texts, docs))  # each page holds its document's text
+
+
+def test_edit_distance_matches_dynamic_programming():
+    def reference(a, b):
+        row = list(range(len(b) + 1))
+        for i, ca in enumerate(a, 1):
+            prev, row[0] = row[0], i
+            for j, cb in enumerate(b, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+        return row[-1]
+
+    rng = random.Random(0)
+    for _ in range(200):
+        a = "".join(rng.choice("abc ") for _ in range(rng.randint(0, 70)))
+        b = "".join(rng.choice("abcd") for _ in range(rng.randint(0, 70)))
+        assert levenshtein(a, b) == reference(a, b)
+    assert character_error_rate("kitten", "sitting") == pytest.approx(3 / 7)
+
+
+def _invoke(tmp_path, *extra):
+    return CliRunner().invoke(app, ["train-adapter", "--config", str(TINY), "--output-dir", str(tmp_path / "out"),
+                                    "--set", f"data.cache_dir={tmp_path / 'cache'}", *extra])
+
+
+def test_corpus_without_usable_text_exits_2(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"description": "   "}\n{"other": "field"}\n')
+    result = _invoke(tmp_path, "--set", f"data.source={empty}")
+    assert result.exit_code == 2
+    assert "no usable text" in result.output and "Traceback" not in result.output
+    with pytest.raises(InputError, match="not found"):
+        read_corpus(str(tmp_path / "missing.txt"))
+
+
+def test_adapter_not_matching_the_llm_exits_2(tmp_path):
+    wrong = save_adapter(OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=8, llm_dim=2048, max_pages=8)),
+                         tmp_path / "wrong.pth")
+    result = _invoke(tmp_path, "--set", f"data.source={CVES}", "--set", "data.max_documents=4",
+                     "--set", f"adapter.init={wrong}")
+    assert result.exit_code == 2, result.output
+    assert "hidden size is 64" in result.output
+
+
+def test_corrupt_checkpoint_on_resume_exits_2(tmp_path, cache, reader):
+    cfg = tiny_cfg(cache, "train.max_steps=2", "train.checkpoint_every=1", "train.eval_every=100")
+    run = tmp_path / "run"
+    train_adapter(cfg, run, reader=reader)
+    (run / "config.yaml").write_text(dump_config(cfg))  # what the CLI's run directory holds
+    newest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    (newest / "trainer_state.pth").write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(app, ["train-adapter", "--resume", str(run)])
+    assert result.exit_code == 2, result.output
+    assert "corrupt" in result.output
+
+
+def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="cannot read hub dataset 'someone/missing-corpus'"):
+        read_corpus("hf:someone/missing-corpus", field_name="text", max_documents=5)
+
+
+def test_mse_objective_trains_and_records_eval(tmp_path, cache, reader):
+    cfg = tiny_cfg(cache, "train.objective=mse", "train.max_steps=3", "train.eval_every=3", "train.lr=0.01")
+    result = train_adapter(cfg, tmp_path / "mse", reader=reader)
+    metrics = read_jsonl(tmp_path / "mse" / "metrics.jsonl")
+    assert result.steps == 3 and metrics[-1]["eval_loss"] is not None
+    assert json.loads((tmp_path / "mse" / "adapter.json").read_text())["training"]["objective"] == "mse"
