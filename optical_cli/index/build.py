@@ -26,7 +26,11 @@ Deliberate choices where the published method is silent or broken (each is teste
   in [1/degree, 1], never identically 0, so only nodes above the split quantile split.
 - kNN graphs are made connected: each extra component is joined to the rest by its closest pair.
 - Gaussian bootstrap weights use the median kNN squared distance as bandwidth, so the graph
-  is never near-empty whatever the scale of the data.
+  is never near-empty whatever the scale of the data; kNN weights are floored at 1e-8.
+- A feature node's lambda_a and G_a (stage 5) are the same spectral terms + taumode, taken
+  of its column C[:, a] on the kNN graph of the final centroids, with tau from the features'
+  own energies.
+- Scales of stage 5 are 1.4826 * MAD, falling back to the standard deviation, then 1.
 """
 
 from __future__ import annotations
