@@ -300,6 +300,126 @@ def _print_hits(title: str, hits: list, texts: Optional[list[str]]) -> None:
         table.add_row(*row)
     err.print(table)
 
+# ---------------------------------------------------------------------------------------
+# optical sweep diffusion  (config: "sweep", configs/sweep.yaml)
+
+sweep_app = typer.Typer(help="Sweep energy-index parameters against real relevance labels.", no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+
+_SWEEP_METRICS = (("mrr", "MRR"), ("map_at_20", "MAP@20"), ("ndcg_at_10", "NDCG@10"), ("recall_at_10", "R@10"),
+                  ("recall_at_20", "R@20"), ("precision_at_10", "P@10"))
+
+
+@sweep_app.command("diffusion")
+def sweep_diffusion(
+    eta: Annotated[Optional[str], typer.Option("--eta", help="Comma-separated eta values, e.g. 0.05,0.1,0.15,0.2 (default sweep.etas).")] = None,
+    steps: Annotated[Optional[str], typer.Option("--steps", help="Comma-separated diffusion step counts, e.g. 2,4,6,8 (default sweep.steps).")] = None,
+    num_queries: Annotated[Optional[int], typer.Option("--num-queries", help="Seeded sample of N labelled records as queries (default: all).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Seeded corpus subset of N records (0 = all; default sweep.limit).")] = None,
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="JSONL with id, text and label fields (default: the bundled CVE corpus).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip cells already finished in --output-dir.")] = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Energy search over an eta x steps grid vs cosine, judged by shared labels (CWE ids)."""
+    from .sweep.grid import parse_eta_list, parse_steps_list
+    from .sweep.pipeline import Hooks, run_diffusion_sweep
+
+    with handled_errors():
+        cfg = load("sweep", config, sets)
+        etas = parse_eta_list(eta) if eta is not None else list(cfg.sweep.etas)
+        step_list = parse_steps_list(steps) if steps is not None else list(cfg.sweep.steps)
+        cfg.sweep = config_mod.validate(type(cfg.sweep), cfg.sweep.model_dump() | {"etas": etas, "steps": step_list}
+                                        | ({"num_queries": num_queries} if num_queries is not None else {})
+                                        | ({"limit": limit or None} if limit is not None else {})
+                                        | ({"corpus": str(corpus)} if corpus is not None else {}), "command line")
+        if resume and output_dir is None:
+            raise OpticalError("--resume needs --output-dir DIR: the directory of the sweep to continue")
+        with run_dir("sweep", cfg, output_dir, name="diffusion") as run, progress_bar("sweep", total=None) as advance:
+            embedded = [0]
+
+            def embed_progress(n: int, total: int | None = None) -> None:
+                embedded[0] += n
+                advance(0, description=f"embedding corpus {embedded[0]}/{total}")
+
+            hooks = Hooks(
+                embed=embed_progress,
+                stage=lambda name: advance(0, description=name),
+                cell=lambda record, skipped: advance(1, total=len(etas) * len(step_list) + 2,
+                                                     description=f"{record['method']} {_cell_name(record)}{' (resumed)' if skipped else ''}"),
+                trial=lambda n: advance(0, description="tuning weights"),
+            )
+            summary = run_diffusion_sweep(cfg, etas, step_list, run.path, resume, hooks)
+            for name in ("cells.jsonl", "sweep.csv", "per_query.csv", "heatmaps.png", "tuning.csv", "summary.json", "text_queries.json"):
+                if (run.path / name).exists():
+                    run.file(name)
+            run.update(sweep_seconds=summary["timing"]["sweep_seconds"])
+        _print_sweep_report(summary, run.path)
+        if json_out:
+            emit_json({k: v for k, v in summary.items() if not k.startswith("_")})
+
+
+def _cell_name(record: dict) -> str:
+    return f"eta={record['eta']:g} steps={record['steps']}" if record["method"] == "energy" else ""
+
+
+def _print_sweep_report(summary: dict, path: Path) -> None:
+    import csv as _csv
+
+    setup = summary["setup"]
+    err.print(f"[bold]{setup['items']} items, {setup['queries']} queries[/] (relevance: shared label; "
+              f"{setup['mean_relevant_per_query']:.1f} relevant per query on average), corpus {setup['corpus']}")
+    table = Table(title="sweep (mean over queries, 95% bootstrap interval)", title_justify="left")
+    for column in ("method", "eta", "steps", *(title for _, title in _SWEEP_METRICS), "build s"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    with open(path / "sweep.csv", encoding="utf-8") as handle:
+        for row in _csv.DictReader(handle):
+            values = [f"{float(row[m]):.4f} [{float(row[m + '_low']):.3f},{float(row[m + '_high']):.3f}]" for m, _ in _SWEEP_METRICS]
+            table.add_row(row["method"], row["eta"], row["steps"], *values, f"{float(row['build_seconds']):.3f}")
+    err.print(table)
+    best = Table(title="best cell per metric vs cosine (paired bootstrap 95% interval of the difference)", title_justify="left")
+    for column in ("metric", "eta", "steps", "energy", "cosine", "difference", "interval", "verdict"):
+        best.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+    for metric, title in _SWEEP_METRICS:
+        entry = summary["best"].get(metric)
+        if not entry or "vs_cosine" not in entry:
+            continue
+        diff = entry["vs_cosine"]
+        verdict = "energy better" if entry["beats_cosine"] else "cosine better" if entry["worse_than_cosine"] else "no clear difference"
+        best.add_row(title, f"{entry['eta']:g}", str(entry["steps"]), f"{entry['value']:.4f}", f"{entry['cosine']:.4f}",
+                     f"{diff['difference']:+.4f}", f"[{diff['low']:+.4f}, {diff['high']:+.4f}]", verdict)
+    err.print(best)
+    tuning = summary.get("tuning")
+    if tuning:
+        weights = ", ".join(f"{k}={v:g}" for k, v in tuning["chosen_weights"].items())
+        held = Table(title=f"weight tuning: {tuning['trials']} trials on {tuning['tune_queries']} queries at eta={tuning['cell']['eta']:g} "
+                           f"steps={tuning['cell']['steps']} -> {weights}; scored on {tuning['held_out_queries']} held-out queries",
+                     title_justify="left")
+        for column in ("setting", *(title for _, title in _SWEEP_METRICS)):
+            held.add_column(column, justify="left" if column == "setting" else "right")
+        for name, row in tuning["held_out"].items():
+            held.add_row(name, *(f"{row[m]:.4f}" for m, _ in _SWEEP_METRICS))
+        diffs = tuning["held_out_tuned_vs_cosine"]
+        held.add_row("tuned - cosine", *(f"{diffs[m]['difference']:+.4f} [{diffs[m]['low']:+.3f},{diffs[m]['high']:+.3f}]" for m, _ in _SWEEP_METRICS))
+        err.print(held)
+    rows = summary.get("_text_query_rows") or []
+    for query in dict.fromkeys(row["query"] for row in rows):
+        texts = Table(title=f"{query!r} (our query; energy at eta={summary['text_queries']['cell']['eta']:g} "
+                            f"steps={summary['text_queries']['cell']['steps']})", title_justify="left")
+        for column in ("rank", "energy id", "CWE", "energy text", "cosine id", "CWE "):
+            texts.add_column(column, overflow="ellipsis", no_wrap=column.endswith("text"), max_width=60 if column.endswith("text") else None)
+        energy = [r for r in rows if r["query"] == query and r["method"] == "energy"]
+        cosine = [r for r in rows if r["query"] == query and r["method"] == "cosine"]
+        for e, c in zip(energy, cosine):
+            texts.add_row(str(e["rank"]), e["id"], ",".join(e["labels"]) or "-", e["text"], c["id"], ",".join(c["labels"]) or "-")
+        err.print(texts)
+    timing = summary["timing"]
+    err.print(f"sweep {timing['sweep_seconds']:.1f} s ({timing['cells_evaluated']} evaluated, {timing['cells_skipped']} resumed; "
+              f"embedding {setup['embed_seconds']:.1f} s{' cached' if setup['embedding_cache_hit'] else ''}, prepare {setup['prepare_seconds']:.2f} s)")
+
+
 def main() -> None:
     app()
 

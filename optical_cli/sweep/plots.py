@@ -60,7 +60,8 @@ def write_heatmaps(path: str | Path, rows: list[dict], etas: list[float], steps:
     for axis, metric in zip(axes.flat, metrics):
         grid = metric_grid(rows, metric, etas, steps)
         centre = baseline.get(metric) if baseline else None
-        image = axis.imshow(grid, cmap="RdBu", norm=_norm(grid, centre), aspect="auto")
+        norm = _norm(grid, centre)
+        image = axis.imshow(grid, cmap="RdBu", norm=norm, aspect="auto")
         figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
         axis.set_xticks(range(len(steps)), [str(s) for s in steps])
         axis.set_yticks(range(len(etas)), [f"{e:g}" for e in etas])
@@ -70,7 +71,8 @@ def write_heatmaps(path: str | Path, rows: list[dict], etas: list[float], steps:
         axis.set_title(f"{TITLES.get(metric, metric)}{suffix}", fontsize=10)
         for (i, j), value in np.ndenumerate(grid):
             if np.isfinite(value):
-                axis.text(j, i, f"{value:.4f}", ha="center", va="center", fontsize=8)
+                strong = norm is not None and abs(float(norm(value)) - 0.5) > 0.3  # dark cell: light text
+                axis.text(j, i, f"{value:.4f}", ha="center", va="center", fontsize=8, color="white" if strong else "black")
     for axis in list(axes.flat)[len(metrics):]:
         axis.axis("off")
     figure.suptitle("Energy search over the diffusion grid (colour centred on cosine: blue better, red worse)", fontsize=11)
