@@ -368,53 +368,59 @@ def _cell_name(record: dict) -> str:
 def _print_sweep_report(summary: dict, path: Path) -> None:
     import csv as _csv
 
+    from rich import box
+
     setup = summary["setup"]
     err.print(f"[bold]{setup['items']} items, {setup['queries']} queries[/] (relevance: shared label; "
               f"{setup['mean_relevant_per_query']:.1f} relevant per query on average), corpus {setup['corpus']}")
-    table = Table(title="sweep (mean over queries, 95% bootstrap interval)", title_justify="left")
-    for column in ("method", "eta", "steps", *(title for _, title in _SWEEP_METRICS), "build s"):
-        table.add_column(column, justify="left" if column == "method" else "right")
+    table = Table(title="sweep: mean over queries (95% bootstrap intervals in sweep.csv)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("method", "eta", "steps", *(title for _, title in _SWEEP_METRICS)):
+        table.add_column(column, justify="left" if column == "method" else "right", no_wrap=True, min_width=max(4, len(column)))
     with open(path / "sweep.csv", encoding="utf-8") as handle:
         for row in _csv.DictReader(handle):
-            values = [f"{float(row[m]):.4f} [{float(row[m + '_low']):.3f},{float(row[m + '_high']):.3f}]" for m, _ in _SWEEP_METRICS]
-            table.add_row(row["method"], row["eta"], row["steps"], *values, f"{float(row['build_seconds']):.3f}")
+            table.add_row(row["method"], row["eta"], row["steps"], *(f"{float(row[m]):.4f}" for m, _ in _SWEEP_METRICS))
     err.print(table)
-    best = Table(title="best cell per metric vs cosine (paired bootstrap 95% interval of the difference)", title_justify="left")
-    for column in ("metric", "eta", "steps", "energy", "cosine", "difference", "interval", "verdict"):
-        best.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+    best = Table(title="best cell per metric vs cosine (paired bootstrap 95% interval of the difference)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("metric", "eta", "steps", "energy", "cosine", "diff", "95% interval", "better"):
+        best.add_column(column, justify="left" if column in ("metric", "better") else "right", no_wrap=True, min_width=len(column))
     for metric, title in _SWEEP_METRICS:
         entry = summary["best"].get(metric)
         if not entry or "vs_cosine" not in entry:
             continue
         diff = entry["vs_cosine"]
-        verdict = "energy better" if entry["beats_cosine"] else "cosine better" if entry["worse_than_cosine"] else "no clear difference"
+        verdict = "energy" if entry["beats_cosine"] else "cosine" if entry["worse_than_cosine"] else "unclear"
         best.add_row(title, f"{entry['eta']:g}", str(entry["steps"]), f"{entry['value']:.4f}", f"{entry['cosine']:.4f}",
-                     f"{diff['difference']:+.4f}", f"[{diff['low']:+.4f}, {diff['high']:+.4f}]", verdict)
+                     f"{diff['difference']:+.4f}", f"[{diff['low']:+.3f},{diff['high']:+.3f}]", verdict)
     err.print(best)
     tuning = summary.get("tuning")
     if tuning:
         weights = ", ".join(f"{k}={v:g}" for k, v in tuning["chosen_weights"].items())
         held = Table(title=f"weight tuning: {tuning['trials']} trials on {tuning['tune_queries']} queries at eta={tuning['cell']['eta']:g} "
                            f"steps={tuning['cell']['steps']} -> {weights}; scored on {tuning['held_out_queries']} held-out queries",
-                     title_justify="left")
+                     title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         for column in ("setting", *(title for _, title in _SWEEP_METRICS)):
             held.add_column(column, justify="left" if column == "setting" else "right")
         for name, row in tuning["held_out"].items():
             held.add_row(name, *(f"{row[m]:.4f}" for m, _ in _SWEEP_METRICS))
         diffs = tuning["held_out_tuned_vs_cosine"]
-        held.add_row("tuned - cosine", *(f"{diffs[m]['difference']:+.4f} [{diffs[m]['low']:+.3f},{diffs[m]['high']:+.3f}]" for m, _ in _SWEEP_METRICS))
+        held.add_row("tuned - cosine", *(f"{diffs[m]['difference']:+.4f}" for m, _ in _SWEEP_METRICS))
+        held.add_row("  95% low", *(f"{diffs[m]['low']:+.4f}" for m, _ in _SWEEP_METRICS))
+        held.add_row("  95% high", *(f"{diffs[m]['high']:+.4f}" for m, _ in _SWEEP_METRICS))
         err.print(held)
     rows = summary.get("_text_query_rows") or []
+    cell = summary.get("text_queries", {}).get("cell", {})
+    text_width = max(30, err.width - 38)  # rank, id, CWE and padding take about 38 columns
     for query in dict.fromkeys(row["query"] for row in rows):
-        texts = Table(title=f"{query!r} (our query; energy at eta={summary['text_queries']['cell']['eta']:g} "
-                            f"steps={summary['text_queries']['cell']['steps']})", title_justify="left")
-        for column in ("rank", "energy id", "CWE", "energy text", "cosine id", "CWE "):
-            texts.add_column(column, overflow="ellipsis", no_wrap=column.endswith("text"), max_width=60 if column.endswith("text") else None)
-        energy = [r for r in rows if r["query"] == query and r["method"] == "energy"]
-        cosine = [r for r in rows if r["query"] == query and r["method"] == "cosine"]
-        for e, c in zip(energy, cosine):
-            texts.add_row(str(e["rank"]), e["id"], ",".join(e["labels"]) or "-", e["text"], c["id"], ",".join(c["labels"]) or "-")
-        err.print(texts)
+        for method in ("energy", "cosine"):
+            where = f" at eta={cell['eta']:g} steps={cell['steps']}" if method == "energy" else ""
+            texts = Table(title=f"{method}{where}: {query!r} (our query)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+            for column in ("#", "id", "CWE", "text"):
+                texts.add_column(column, justify="right" if column == "#" else "left")
+            for row in rows:
+                if row["query"] == query and row["method"] == method:
+                    text = row["text"] if len(row["text"]) <= text_width else row["text"][: text_width - 1] + "\u2026"
+                    texts.add_row(str(row["rank"]), row["id"], ",".join(row["labels"]) or "-", text)
+            err.print(texts)
     timing = summary["timing"]
     err.print(f"sweep {timing['sweep_seconds']:.1f} s ({timing['cells_evaluated']} evaluated, {timing['cells_skipped']} resumed; "
               f"embedding {setup['embed_seconds']:.1f} s{' cached' if setup['embedding_cache_hit'] else ''}, prepare {setup['prepare_seconds']:.2f} s)")

@@ -1,8 +1,9 @@
 """Heatmaps of a diffusion sweep: one annotated panel per metric, eta (rows) x steps (columns).
 
-Each panel's colour scale is centred on the cosine baseline of that metric (diverging map:
-blue above cosine, red below), so "does energy beat cosine here" reads off the colour, and
-the cosine value is in the panel title.
+Each panel has its own colour scale (one per metric) that spans the cells and the cosine
+baseline, white at the cosine value (diverging map: blue above cosine, red below), so "does
+energy beat cosine here" reads off the colour; the cosine value is in the panel title and
+the best cell of each panel is framed.
 """
 
 from __future__ import annotations
@@ -42,14 +43,15 @@ def metric_grid(rows: list[dict], metric: str, etas: list[float], steps: list[in
 
 
 def _norm(grid: np.ndarray, centre: float | None) -> TwoSlopeNorm | None:
+    """White at the cosine value, red below it, blue above; the range spans the cells and cosine."""
     values = grid[np.isfinite(grid)]
     if values.size == 0:
         return None
     low, high = float(values.min()), float(values.max())
     if centre is None or not math.isfinite(centre):
         centre = (low + high) / 2.0
-    spread = max(high - centre, centre - low, 1e-6)
-    return TwoSlopeNorm(vcenter=centre, vmin=centre - spread, vmax=centre + spread)
+    pad = 1e-9 + 1e-6 * max(abs(low), abs(high), abs(centre))
+    return TwoSlopeNorm(vcenter=centre, vmin=min(low, centre - pad), vmax=max(high, centre + pad))
 
 
 def write_heatmaps(path: str | Path, rows: list[dict], etas: list[float], steps: list[int], baseline: dict | None, metrics: tuple[str, ...] = METRIC_NAMES) -> Path:
@@ -69,10 +71,15 @@ def write_heatmaps(path: str | Path, rows: list[dict], etas: list[float], steps:
         axis.set_ylabel("eta")
         suffix = f" (cosine {centre:.4f})" if centre is not None else ""
         axis.set_title(f"{TITLES.get(metric, metric)}{suffix}", fontsize=10)
+        best = np.unravel_index(np.nanargmax(grid), grid.shape) if np.isfinite(grid).any() else None
         for (i, j), value in np.ndenumerate(grid):
             if np.isfinite(value):
                 strong = norm is not None and abs(float(norm(value)) - 0.5) > 0.3  # dark cell: light text
-                axis.text(j, i, f"{value:.4f}", ha="center", va="center", fontsize=8, color="white" if strong else "black")
+                is_best = (i, j) == best
+                axis.text(j, i, f"{value:.4f}", ha="center", va="center", fontsize=8,
+                          color="white" if strong else "black", fontweight="bold" if is_best else "normal")
+        if best is not None:  # frame the best cell of the panel
+            axis.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="gold", linewidth=2.5))
     for axis in list(axes.flat)[len(metrics):]:
         axis.axis("off")
     figure.suptitle("Energy search over the diffusion grid (colour centred on cosine: blue better, red worse)", fontsize=11)
