@@ -114,3 +114,10 @@ def test_shipped_sweep_configs_validate():
     tiny = load_config("sweep", "configs/tiny/sweep.yaml")
     assert full.sweep.etas == [0.05, 0.1, 0.15, 0.2] and full.sweep.steps == [2, 4, 6, 8]
     assert tiny.sweep.limit == 200
+
+
+def test_corpus_smaller_than_depth_is_exit_2(tiny_corpus, tmp_path):
+    corpus, cache = tiny_corpus
+    result = _invoke(corpus, cache, tmp_path / "out", "--set", "sweep.depth=200")
+    assert result.exit_code == 2
+    assert "lower sweep.depth" in result.stderr

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config import SweepConfig
+from ..errors import InputError
 from ..index.build import EnergyIndex, Prepared, finish, prepare
 from ..index.embed import embed_corpus, encode_texts
 from ..index.inputs import BUNDLED_CORPUS
@@ -82,6 +83,11 @@ def setup_sweep(cfg: SweepConfig, progress: Optional[Callable[[int], None]] = No
     corpus = load_labelled_jsonl(corpus_path(cfg), sweep.id_field, sweep.text_field, sweep.label_field)
     records_read = len(corpus)
     corpus = corpus.subset(sample_records(len(corpus), sweep.limit, seed))
+    if len(corpus) < sweep.depth + 1:
+        raise InputError(
+            f"the sweep ranks {sweep.depth} results per query plus the query itself, but the corpus has only "
+            f"{len(corpus)} records; lower sweep.depth (at least 20) or raise sweep.limit"
+        )
     relevance = build_relevance(corpus.labels, sweep.num_queries, seed)
     device = resolve_device(cfg.runtime.device)
     started = time.perf_counter()
@@ -275,8 +281,8 @@ def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict
         "search": setup.cfg.search.model_dump(mode="json"),
         "baselines": {row["method"]: public(row) for row in result.rows if row["method"] != "energy"},
         "best": best_cells(result),
-        "best_note": "best cell chosen on the same queries it is scored on (16-way selection: optimistic); "
-                     "the tuning block reports on held-out queries only",
+        "best_note": f"best cell chosen on the same queries it is scored on ({len(result.etas) * len(result.steps)}-way "
+                     "selection: optimistic); the tuning block reports on held-out queries only",
         "timing": {
             "sweep_seconds": round(result.sweep_seconds, 3),
             "cells_evaluated": result.cells_evaluated,
