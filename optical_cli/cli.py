@@ -288,16 +288,19 @@ def index_search(
 
 
 def _print_hits(title: str, hits: list, texts: Optional[list[str]]) -> None:
-    shown = [name for name in ("d_lambda", "d_G", "dirichlet", "cosine") if hits and name in hits[0].terms]
-    table = Table(title=title, title_justify="left")
-    for column in ("rank", "id", "score", *shown, *(("text",) if texts else ())):
-        table.add_column(column, justify="left" if column in ("id", "text") else "right",
-                         overflow="ellipsis", no_wrap=column == "text")
-    for hit in hits:
-        row = [str(hit.rank), hit.id, f"{hit.score:.4f}", *(f"{hit.terms[name]:.3g}" for name in shown)]
-        if texts:
-            row.append(texts[hit.index])
-        table.add_row(*row)
+    shown = [name for name in ("d_lambda", "dirichlet", "cosine") if hits and name in hits[0].terms]  # all in --json
+    header = ["rank", "id", "score", *shown]
+    rows = [[str(h.rank), h.id, f"{h.score:.4f}", *(f"{h.terms[name]:.3g}" for name in shown)] for h in hits]
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    for position, column in enumerate(header):
+        width = max(len(column), *(len(row[position]) for row in rows)) if rows else len(column)
+        table.add_column(column, justify="left" if column == "id" else "right", min_width=width, no_wrap=True)
+    if texts:
+        table.add_column("text", no_wrap=True)
+    room = max(20, err.width - sum(max(len(c), *(len(r[i]) for r in rows)) + 2 for i, c in enumerate(header)) - 2) if rows else 20
+    for hit, row in zip(hits, rows):
+        text = texts[hit.index] if texts else ""
+        table.add_row(*row, *((text if len(text) <= room else text[:room - 1] + "\u2026",) if texts else ()))
     err.print(table)
 
 # ---------------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ from scipy.sparse.csgraph import connected_components
 from ..config import EnergyBuildSection
 
 ROBUST_SCALE = 1.4826  # MAD -> standard deviation for normal data
-MAX_BLOCK_ELEMENTS = 1 << 24  # rows x edges per block in spectral_terms (64 MB of float32)
+MIN_EDGE_WEIGHT = 1e-8  # floor for far-apart neighbours: a kNN edge never underflows to "no edge"
+MAX_BLOCK_ELEMENTS = 1 << 21  # rows x edges per block in spectral_terms (8 MB of float32: cache-sized)
 
 DIFFUSION_FIELDS = {"eta", "steps", "split_quantile", "split_tau", "w_lambda", "w_disp", "w_dirichlet",
                     "tau_mode", "tau_value", "block_size"}
@@ -134,13 +135,14 @@ def knn_graph(
         raise ValueError("a kNN graph needs at least two nodes")
     idx, dist = table if table is not None else knn_table(distances, n, k)
     rows = np.repeat(np.arange(n), k)
-    weights = weight_of(dist).numpy().ravel().astype(np.float64)
+    floored = lambda d: weight_of(d).clamp_min(MIN_EDGE_WEIGHT)  # noqa: E731
+    weights = floored(dist).numpy().ravel().astype(np.float64)
     graph = _symmetric_max(n, rows, idx.numpy().ravel(), weights)
-    return _connect_components(graph, distances, weight_of), idx.numpy()
+    return _connect_components(graph, distances, floored), idx.numpy()
 
 
 def _connect_components(graph: Graph, distances, weight_of) -> Graph:
-    while True:
+    for _ in range(graph.n):  # each pass removes one component
         count, labels = connected_components(graph.adjacency(), directed=False)
         if count == 1:
             return graph
@@ -154,6 +156,7 @@ def _connect_components(graph: Graph, distances, weight_of) -> Graph:
         cols = np.concatenate([graph.dst.numpy(), [max(a, b)]])
         weights = np.concatenate([graph.weight.numpy().astype(np.float64), w])
         graph = _symmetric_max(graph.n, rows, cols, weights)
+    raise RuntimeError("could not connect the kNN graph")  # unreachable: positive weights join components
 
 
 def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -196,11 +199,13 @@ def spectral_terms(signals: torch.Tensor, graph: Graph, block_size: int = 8192) 
     energy, dispersion, xlx, norms = [], [], [], []
     for start in range(0, signals.shape[0], block):
         x = signals[start:start + block].float()
-        e = graph.weight * (x[:, graph.src] - x[:, graph.dst]).square()  # [b, M] edge energies
+        # in-place on one [b, M] buffer: gathers and squares stay in cache, no temporaries
+        e = torch.index_select(x, 1, graph.src).sub_(torch.index_select(x, 1, graph.dst)).square_().mul_(graph.weight)
         total = e.sum(1)
+        squares = e.square_().sum(1)
         sq_norm = (x * x).sum(1)
         energy.append(torch.where(sq_norm > 0, total / sq_norm.clamp_min(1e-30), torch.zeros_like(total)))
-        dispersion.append(torch.where(total > 0, e.square().sum(1) / total.clamp_min(1e-30).square(), torch.zeros_like(total)))
+        dispersion.append(torch.where(total > 0, squares / total.clamp_min(1e-30).square(), torch.zeros_like(total)))
         xlx.append(total)
         norms.append(sq_norm.sqrt())
     cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, device=signals.device)  # noqa: E731
@@ -249,19 +254,21 @@ def auto_centroids(n: int, params: EnergyBuildSection) -> int:
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, sample: int, generator: torch.Generator) -> torch.Tensor:
+    """Seeded k-means++ then Lloyd iterations until no assignment changes (at most ``iters``)."""
     n = x.shape[0]
     if n > sample:
         x = x[torch.randperm(n, generator=generator)[:sample].sort().values.to(x.device)]
         n = sample
     centroids = _kmeans_plus_plus(x, k, generator)
+    assign = _nearest(x, centroids)
     for _ in range(iters):
-        assign = _nearest(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        counts = torch.zeros(k, device=x.device).index_add_(0, assign, torch.ones(n, device=x.device))
-        updated = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
-        if torch.equal(updated, centroids):
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)  # empty: keep
+        updated = _nearest(x, centroids)
+        if torch.equal(updated, assign):
             break
-        centroids = updated
+        assign = updated
     return centroids
 
 
@@ -270,18 +277,22 @@ def _nearest(x: torch.Tensor, centroids: torch.Tensor, block: int = 8192) -> tor
 
 
 def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """D^2 seeding; each draw is one uniform number against the cumulative distances (seeded, cheap)."""
     n = x.shape[0]
-    first = int(torch.randint(n, (1,), generator=generator))
-    chosen = [first]
-    closest = pairwise_sq_distances(x, x[first:first + 1]).squeeze(1)
+    sq = (x * x).sum(1)
+    chosen = [int(torch.randint(n, (1,), generator=generator))]
+    closest = (sq - 2.0 * (x @ x[chosen[0]]) + sq[chosen[0]]).clamp_min_(0.0)
     for _ in range(1, k):
-        weights = closest.double().cpu()
-        if float(weights.sum()) <= 0:  # fewer distinct points than k: take unused rows in order
-            unused = [i for i in range(n) if i not in set(chosen)]
-            chosen.append(unused[0])
+        cumulative = torch.cumsum(closest.double(), 0)
+        total = float(cumulative[-1])
+        if total <= 0:  # fewer distinct points than k: take the first row not chosen yet
+            taken = set(chosen)
+            pick = next(i for i in range(n) if i not in taken)
         else:
-            chosen.append(int(torch.multinomial(weights, 1, generator=generator)))
-        closest = torch.minimum(closest, pairwise_sq_distances(x, x[chosen[-1]:chosen[-1] + 1]).squeeze(1))
+            target = torch.rand(1, generator=generator, dtype=torch.float64).to(x.device) * total
+            pick = min(int(torch.searchsorted(cumulative, target, right=True)), n - 1)
+        chosen.append(pick)
+        closest = torch.minimum(closest, (sq - 2.0 * (x @ x[pick]) + sq[pick]).clamp_min_(0.0))
     return x[torch.tensor(chosen, device=x.device)].clone()
 
 

@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""Energy index speed: build time, peak memory and per-query latency against cosine baselines.
+
+Datasets: the bundled CVE corpus (seeded subsets, embedded with the bundled MiniLM; the
+embeddings are cached under results/cache/embeddings so only the first run pays for them)
+and synthetic clustered unit vectors (100K x 384; 1M x 384 with --million). Baselines in the
+same run: numpy brute-force cosine and FAISS IndexFlatIP (when faiss is installed), and the
+`arrowspace` package when it is importable. Every query is answered alone (batch of one).
+
+    python scripts/bench_index.py                      # CVE 1,681 + synthetic 100K
+    python scripts/bench_index.py --cve-sizes 1681,5000 --million --threads 2
+
+Writes results/bench/index.csv (one row per dataset and method) and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGETS = {"build_1681_s": 1.0, "build_100k_s": 60.0, "exact_vs_cosine": 1.5, "window_speedup_100k": 10.0}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cve-sizes", default="1681", help="comma-separated CVE subset sizes (empty: skip)")
+    parser.add_argument("--synthetic", default="100000", help="comma-separated synthetic sizes (empty: skip)")
+    parser.add_argument("--million", action="store_true", help="also run synthetic 1,000,000 x 384")
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch, numpy and faiss")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=str(ROOT / "results" / "bench" / "index.csv"))
+    return parser.parse_args()
+
+
+class PeakRSS:
+    """Peak resident memory above the starting level, sampled every 5 ms from /proc."""
+
+    def __init__(self):
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * self.page
+
+    def __enter__(self):
+        self.start = self.peak = self.rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self):
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def megabytes(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def cve_vectors(n: int, seed: int, device: str):
+    from optical_cli.config import EnergyInputSection
+    from optical_cli.index.embed import embed_corpus
+    from optical_cli.index.inputs import read_items
+
+    items = read_items(EnergyInputSection(limit=n), seed=seed)
+    started = time.perf_counter()
+    vectors, hit = embed_corpus(items.texts, "default", device, 64, ROOT / "results" / "cache" / "embeddings")
+    note = "embeddings from cache" if hit else f"embedded in {time.perf_counter() - started:.1f}s"
+    return vectors, note
+
+
+def synthetic_vectors(n: int, dim: int, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(8, n // 500), dim)).astype(np.float32)
+    x = centres[rng.integers(centres.shape[0], size=n)]
+    x += 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, f"{centres.shape[0]} gaussian clusters"
+
+
+def per_query_ms(answer, queries) -> tuple[float, list]:
+    answer(queries[0])  # warm-up
+    results = []
+    started = time.perf_counter()
+    for q in queries:
+        results.append(answer(q))
+    return (time.perf_counter() - started) / len(queries) * 1000, results
+
+
+def bench_dataset(name: str, x, note: str, args) -> list[dict]:
+    import numpy as np
+    import torch
+
+    from optical_cli.config import EnergyBuildSection
+    from optical_cli.index.build import finish, prepare
+    from optical_cli.index.search import SearchParams, Searcher, topk_rows
+
+    n, dim = x.shape
+    rng = np.random.default_rng(args.seed + 1)
+    picks = rng.choice(n, size=min(args.queries, n), replace=False)
+    queries = x[picks] + 0.02 * rng.normal(size=(len(picks), dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    rows = []
+
+    def row(method, **fields):
+        record = {"dataset": name, "n": n, "dim": dim, "method": method, "build_s": "", "peak_mem_mb": "",
+                  "query_ms": "", "ratio_vs_numpy_cosine": "", "recall_at_10_vs_exact": "", "threads": args.threads,
+                  "device": args.device, "note": ""}
+        record.update(fields)
+        rows.append(record)
+        return record
+
+    with PeakRSS() as memory:
+        started = time.perf_counter()
+        prepared = prepare(x, EnergyBuildSection(), seed=args.seed, device=args.device)
+        prepare_s = time.perf_counter() - started
+        index = finish(prepared)
+        build_s = time.perf_counter() - started
+    print(f"\n== {name}: {n} x {dim} ({note}); build {build_s:.3f}s (prepare {prepare_s:.3f}s, "
+          f"finish {build_s - prepare_s:.3f}s), peak +{memory.megabytes:.0f} MB; "
+          f"{index.stats['kmeans_centroids']} centroids, {index.stats['split_nodes']} split", flush=True)
+    searcher = Searcher(index)
+    q_torch = torch.from_numpy(queries).to(index.vectors.device)
+
+    # baselines: numpy brute-force cosine (unit vectors: inner product), FAISS flat inner product
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def numpy_cosine(q):
+        scores = unit @ q
+        top = np.argpartition(-scores, args.k)[:args.k]
+        return top[np.argsort(-scores[top])]
+
+    cosine_ms, cosine_top = per_query_ms(numpy_cosine, queries)
+    row("numpy-cosine", query_ms=round(cosine_ms, 4), ratio_vs_numpy_cosine=1.0, note=note)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(unit)
+        faiss_ms, _ = per_query_ms(lambda q: flat.search(q[None, :], args.k)[1][0], queries)
+        row("faiss-flat-ip", query_ms=round(faiss_ms, 4), ratio_vs_numpy_cosine=round(faiss_ms / cosine_ms, 3))
+    except ImportError:
+        print("faiss not installed: FAISS baseline skipped")
+
+    measured = {}
+    for mode in ("energy", "energy-window", "cosine", "hybrid"):
+        params = SearchParams(k=args.k, mode=mode)
+        ms, tops = per_query_ms(lambda q: topk_rows(searcher, q[None, :], params)[0], q_torch)
+        measured[mode] = (ms, tops)
+    exact_tops = measured["energy"][1]
+    recalls = {}
+    for mode, (ms, tops) in measured.items():
+        recall = recalls[mode] = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(tops, exact_tops)])
+        row(f"{mode}", query_ms=round(ms, 4), ratio_vs_numpy_cosine=round(ms / cosine_ms, 3),
+            recall_at_10_vs_exact=round(float(recall), 4),
+            **({"build_s": round(build_s, 4), "peak_mem_mb": round(memory.megabytes, 1)} if mode == "energy" else {}))
+    overlap = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(cosine_top, exact_tops)])
+    exact_ms, window_ms = measured["energy"][0], measured["energy-window"][0]
+    window_recall = round(float(recalls["energy-window"]), 4)
+    print(f"numpy cosine {cosine_ms:.3f} ms/query; energy exact {exact_ms:.3f} ms ({exact_ms / cosine_ms:.2f}x cosine, "
+          f"target <= {TARGETS['exact_vs_cosine']}x); window {window_ms:.3f} ms ({exact_ms / window_ms:.1f}x faster "
+          f"than exact, recall@10 vs exact {window_recall}); energy top-10 overlap with cosine {overlap:.2f}")
+    for record in rows:
+        print(f"  {record['method']:<14} {record['query_ms']:>9} ms  x{record['ratio_vs_numpy_cosine']}")
+    arrowspace_note()
+    return rows
+
+
+def arrowspace_note() -> None:
+    try:
+        import arrowspace  # noqa: F401
+    except ImportError:
+        print("arrowspace not importable here (it needs Python 3.12 and its wheel): comparison skipped")
+        return
+    print("arrowspace is importable, but this benchmark does not drive its build_energy/search_energy yet: not compared")
+
+
+def main() -> None:
+    args = parse_args()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from optical_cli.artifacts import atomic_write_text
+
+    rows = []
+    for size in [int(s) for s in args.cve_sizes.split(",") if s.strip()]:
+        x, note = cve_vectors(size, args.seed, args.device)
+        rows += bench_dataset(f"cve-{size}", x, note, args)
+    sizes = [int(s) for s in args.synthetic.split(",") if s.strip()] + ([1_000_000] if args.million else [])
+    for size in sizes:
+        x, note = synthetic_vectors(size, args.dim, args.seed)
+        rows += bench_dataset(f"synthetic-{size}", x, note, args)
+    header = list(rows[0]) if rows else []
+    lines = [",".join(header)] + [",".join(str(r[h]).replace(",", ";") for h in header) for r in rows]
+    atomic_write_text(args.output, "\n".join(lines) + "\n")
+    print(f"\nwrote {args.output}; load on this machine: {os.getloadavg()[0]:.1f} (shared CPU: timings are noisy)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""`optical index build-energy` and `optical index search` end to end, and their bad-input exits."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from optical_cli.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def cve_index(tmp_path_factory):
+    """A real index over a seeded 24-record slice of the bundled CVE corpus, embedded with MiniLM."""
+    out = tmp_path_factory.mktemp("cve_index")
+    result = invoke("index", "build-energy", "--limit", 24, "-o", out, "--json", "--set", f"embed.cache_dir={out / 'cache'}",
+                    "--set", "runtime.device=cpu", "--set", "build.neighbor_k=4")
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def test_build_on_cve_corpus(cve_index):
+    out, summary = cve_index
+    assert summary["items"] == 24 and summary["dim"] == 384 and summary["embedding_cache_hit"] is False
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and manifest["format"] == "optical-energy-index" and manifest["count"] == 24
+    for name in ("lambdas.parquet", "vectors.npy", "laplacian.npz", "config.yaml"):
+        assert (out / name).is_file()
+    vectors = np.load(out / "vectors.npy")
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)  # normalised embeddings
+
+
+def test_repeat_build_hits_cache_and_is_identical(cve_index, tmp_path):
+    out, _ = cve_index
+    again = invoke("index", "build-energy", "--limit", 24, "-o", tmp_path, "--json", "--set", f"embed.cache_dir={out / 'cache'}",
+                   "--set", "runtime.device=cpu", "--set", "build.neighbor_k=4")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["embedding_cache_hit"] is True
+    import pandas as pd
+
+    assert pd.read_parquet(out / "lambdas.parquet").equals(pd.read_parquet(tmp_path / "lambdas.parquet"))
+
+
+def test_text_search_json_lines(cve_index):
+    out, _ = cve_index
+    result = invoke("index", "search", "--index", out, "--query", "buffer overflow allows remote code execution",
+                    "-k", 5, "--json", "--set", "runtime.device=cpu")
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert all(h["id"].startswith("CVE-") and {"score", "d_lambda", "d_G", "dirichlet"} <= set(h) for h in hits)
+    assert [h["score"] for h in hits] == sorted(h["score"] for h in hits)
+
+
+def test_queries_file_and_modes(cve_index, tmp_path):
+    out, _ = cve_index
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"id": "a", "text": "SQL injection in login form"}\n{"id": "b", "text": "cross-site scripting"}\n')
+    for mode in ("cosine", "hybrid", "energy-window"):
+        result = invoke("index", "search", "--index", out, "--queries", queries, "--mode", mode, "-k", 3, "--json",
+                        "--set", "runtime.device=cpu")
+        assert result.exit_code == 0, result.output
+        hits = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [h["query_id"] for h in hits] == ["a"] * 3 + ["b"] * 3 and hits[0]["mode"] == mode
+
+
+def test_query_vector_dimension_mismatch_and_k(cve_index, tmp_path):
+    out, _ = cve_index
+    np.save(tmp_path / "q.npy", np.ones(10, np.float32))
+    result = invoke("index", "search", "--index", out, "--query-vector", tmp_path / "q.npy")
+    assert result.exit_code == 2 and "dimension" in result.output
+    np.save(tmp_path / "q.npy", np.ones(384, np.float32))
+    result = invoke("index", "search", "--index", out, "--query-vector", tmp_path / "q.npy", "-k", 25)
+    assert result.exit_code == 2 and "only 24 items" in result.output
+    result = invoke("index", "search", "--index", out, "--query-vector", tmp_path / "q.npy", "-k", 3, "--json")
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3
+
+
+def test_vector_input_with_invalid_rows(tmp_path):
+    x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    x[3, 1], x[7] = np.nan, 0
+    np.save(tmp_path / "v.npy", x)
+    result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "-o", tmp_path / "ix", "--limit", 0)
+    assert result.exit_code == 2 and "rows 3" in result.output and "all-zero rows 7" in result.output
+    assert not (tmp_path / "ix" / "lambdas.parquet").exists()
+    result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "-o", tmp_path / "ix", "--limit", 0,
+                    "--drop-invalid", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["items"] == 38
+    result = invoke("index", "search", "--index", tmp_path / "ix", "--query", "text on a vector index")
+    assert result.exit_code == 2 and "built from vectors" in result.output
+
+
+def test_bad_inputs_exit_2(tmp_path):
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"id": "x", "description": "a"}\n{"id": "x", "description": "b"}\n')
+    result = invoke("index", "build-energy", "--input", dup, "-o", tmp_path / "d")
+    assert result.exit_code == 2 and "duplicate ids x" in result.output
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "manifest.json").write_text('{"command": "render"}')
+    result = invoke("index", "search", "--index", tmp_path / "foreign", "--query", "x")
+    assert result.exit_code == 2 and "not a usable energy index" in result.output
+    result = invoke("index", "search", "--index", tmp_path / "foreign")
+    assert result.exit_code == 2 and "exactly one of" in result.output
+    result = invoke("index", "search", "--index", tmp_path / "foreign", "--query", "x", "--mode", "nope")
+    assert result.exit_code == 2 and "--mode" in result.output and "energy-window" in result.output
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    from optical_cli.config import REPO_ROOT, load_config
+
+    for path in (REPO_ROOT / "configs" / "energy.yaml", REPO_ROOT / "configs" / "tiny" / "energy.yaml"):
+        assert load_config("energy", Path(path)).build.neighbor_k == 8

@@ -1,0 +1,113 @@
+"""Index persistence: round trip, damaged and foreign directories; inputs and their validation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from optical_cli.config import EnergyBuildSection, EnergyInputSection
+from optical_cli.errors import InputError
+from optical_cli.index.build import build
+from optical_cli.index.inputs import read_items, validate_vectors
+from optical_cli.index.search import SearchParams, Searcher
+from optical_cli.index.store import load_index, save_index
+
+
+@pytest.fixture(scope="module")
+def index():
+    x = np.random.default_rng(2).normal(size=(80, 12)).astype(np.float32)
+    built = build(x, EnergyBuildSection(kmeans_iters=3), ids=[f"a{i}" for i in range(80)], seed=0)
+    built.model, built.texts = "default", [f"text {i}" for i in range(80)]
+    return built
+
+
+def test_round_trip(index, tmp_path):
+    save_index(index, tmp_path)
+    loaded = load_index(tmp_path)
+    assert loaded.ids == index.ids and loaded.texts == index.texts and loaded.model == "default"
+    for name in ("vectors", "lam", "E", "G", "xLx", "norm"):
+        assert torch.allclose(getattr(loaded, name), getattr(index, name), rtol=1e-6, atol=0)
+    assert torch.equal(loaded.graph.src, index.graph.src) and torch.equal(loaded.graph.weight, index.graph.weight)
+    assert loaded.tau == index.tau
+    q = index.vectors[:3].numpy() + 0.1
+    before = Searcher(index).search(q, SearchParams(k=4))
+    after = Searcher(loaded).search(q, SearchParams(k=4))
+    assert [[h.id for h in r] for r in before] == [[h.id for h in r] for r in after]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "vectors.npy").write_bytes(b"garbage"), "damaged"),
+    (lambda d: (d / "laplacian.npz").unlink(), "laplacian.npz is missing"),
+    (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json is damaged"),
+    (lambda d: (d / "manifest.json").write_text(json.dumps({"hello": 1})), "does not describe"),
+    (lambda d: _edit(d, format_version=99), "format version 99"),
+    (lambda d: _edit(d, status="failed"), "did not finish"),
+    (lambda d: _edit(d, dim=5), "shape"),
+])
+def test_damaged_or_foreign_directory(index, tmp_path, damage, message):
+    save_index(index, tmp_path)
+    damage(tmp_path)
+    with pytest.raises(InputError, match=message):
+        load_index(tmp_path)
+
+
+def _edit(directory, **fields):
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest.update(fields)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_index(tmp_path / "nope")
+    with pytest.raises(InputError, match="no manifest"):
+        load_index(tmp_path)
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+def test_invalid_rows_are_named_or_dropped():
+    x = np.ones((5, 3), np.float32)
+    x[1, 2], x[3] = np.inf, 0
+    ids = list("abcde")
+    with pytest.raises(InputError, match=r"NaN/Inf in rows b; all-zero rows d"):
+        validate_vectors(ids, x, False, "f.npy")
+    kept, vectors, dropped = validate_vectors(ids, x, True, "f.npy")
+    assert kept == ["a", "c", "e"] and vectors.shape == (3, 3) and dropped == 2
+
+
+def test_text_inputs_duplicates_and_subset(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps({"key": f"k{i}", "body": f"text {i}"}) for i in range(10)) + "\n")
+    section = EnergyInputSection(id_field="key", text_field="body", limit=4)
+    a, b = read_items(section, path, seed=5), read_items(section, path, seed=5)
+    assert a.ids == b.ids and len(a) == 4 and a.ids == sorted(a.ids, key=lambda s: int(s[1:]))
+    assert a.texts[0] == f"text {a.ids[0][1:]}"
+    with pytest.raises(InputError, match="no text field 'description'"):
+        read_items(EnergyInputSection(id_field="key"), path)
+    path.write_text('{"id": "x", "description": "a"}\n{"id": "x", "description": "b"}\n')
+    with pytest.raises(InputError, match="duplicate ids x"):
+        read_items(EnergyInputSection(), path)
+
+
+def test_vector_files(tmp_path):
+    import pandas as pd
+    from safetensors.numpy import save_file
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3) + 1
+    np.save(tmp_path / "v.npy", x)
+    assert read_items(EnergyInputSection(limit=None), tmp_path / "v.npy").ids == ["0", "1", "2", "3"]
+    pd.DataFrame({"id": list("wxyz"), "vector": list(x)}).to_parquet(tmp_path / "v.parquet")
+    items = read_items(EnergyInputSection(limit=None), tmp_path / "v.parquet")
+    assert items.ids == list("wxyz") and np.allclose(items.vectors, x)
+    features = np.stack([x, 2 * x])  # [pages, tokens, D] as written by `optical encode`
+    save_file({"features": features}, str(tmp_path / "f.safetensors"), metadata={"sources": json.dumps(["p1", "p2"])})
+    items = read_items(EnergyInputSection(limit=None), tmp_path / "f.safetensors")
+    assert items.ids == ["p1", "p2"] and np.allclose(items.vectors, features.mean(axis=1))
+    np.save(tmp_path / "bad.npy", np.ones(3))
+    with pytest.raises(InputError, match="2-D"):
+        read_items(EnergyInputSection(), tmp_path / "bad.npy")
+    with pytest.raises(InputError, match="unsupported"):
+        read_items(EnergyInputSection(), tmp_path / "x.txt") if (tmp_path / "x.txt").write_text("a") else None
