@@ -47,9 +47,13 @@ def _invoke(corpus, cache, out, *extra):
 def test_tiny_sweep_end_to_end_and_resume(tiny_corpus, tmp_path):
     corpus, cache = tiny_corpus
     out = tmp_path / "run"
-    result = _invoke(corpus, cache, out, "--eta", "0.05,0.1", "--steps", "2,4", "--json")
+    partial = _invoke(corpus, cache, out, "--eta", "0.05", "--steps", "2", "--json")  # as if stopped after one cell
+    assert partial.exit_code == 0, partial.output
+    baselines = len(json.loads(partial.stdout)["baselines"])
+    result = _invoke(corpus, cache, out, "--eta", "0.05,0.1", "--steps", "2,4", "--json", "--resume")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
+    assert summary["timing"]["cells_evaluated"] == 3 and summary["timing"]["cells_skipped"] == 1 + baselines
     for name in ("sweep.csv", "per_query.csv", "heatmaps.png", "summary.json", "cells.jsonl", "tuning.csv", "manifest.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "manifest.json").read_text())["status"] == "ok"
