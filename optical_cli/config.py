@@ -127,7 +127,7 @@ class SweepSection(Section):
     id_field: str = "id"
     text_field: str = "description"
     label_field: str = Field("cwe", description="list (or single string) of labels; records sharing one are relevant")
-    limit: Optional[int] = Field(2000, ge=2, description="seeded random subset of the corpus (null = every record)")
+    limit: Optional[int] = Field(1681, ge=2, description="seeded random subset of the corpus (null = every record); 1681 = the published size and the same subset, hence the same embedding cache, as `optical index build-energy`")
     num_queries: Optional[int] = Field(None, ge=1, description="seeded sample of the labelled records as queries (null = all)")
     etas: list[float] = Field([0.05, 0.1, 0.15, 0.2], min_length=1, description="default for --eta")
     steps: list[int] = Field([2, 4, 6, 8], min_length=1, description="default for --steps")
