@@ -160,3 +160,14 @@ def test_optical_compression_respects_token_budget():
     prepared = prepare(clustered(n=400), EnergyBuildSection(kmeans_iters=3, centroids=60, optical_tokens=9), seed=0)
     assert prepared.stats["kmeans_centroids"] == 60
     assert 2 <= prepared.stats["compressed_centroids"] <= 9
+
+
+def test_tiny_inputs_build_or_fail_clearly():
+    from optical_cli.errors import InputError
+
+    index = build(clustered(n=3, dim=4), PARAMS, seed=0)  # k, centroids and neighbours all clamp to what exists
+    assert len(index) == 3 and torch.isfinite(index.lam).all()
+    with pytest.raises(InputError, match="at least two items"):
+        build(clustered(n=1), PARAMS)
+    with pytest.raises(InputError, match="two dimensions"):
+        build(clustered(n=10, dim=1), PARAMS)

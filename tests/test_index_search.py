@@ -103,3 +103,15 @@ def test_bad_queries_are_clear_errors(setup):
         searcher.search(np.zeros((1, 16), np.float32), SearchParams())
     with pytest.raises(InputError, match="NaN"):
         searcher.search(np.full((1, 16), np.nan, np.float32), SearchParams())
+
+
+def test_fused_ranking_scores_equal_the_term_matrices(setup):
+    _, searcher, _, queries = setup
+    q_t = torch.from_numpy(queries)
+    terms = searcher.query_terms(q_t)
+    params = SearchParams(mode="energy", w_lambda=0.7, w_G=2.0, w_D=0.3)
+    expected = searcher.energy_scores(terms, q_t, params)["score"]
+    assert torch.allclose(searcher.scores(q_t, params, terms), expected, rtol=1e-5, atol=1e-6)
+    hybrid = SearchParams(mode="hybrid", alpha=0.3)
+    mixed = 0.3 * (1 - searcher.cosine(q_t)) / 2 + 0.7 * searcher.energy_scores(terms, q_t, hybrid)["score"]
+    assert torch.allclose(searcher.scores(q_t, hybrid, terms), mixed, rtol=1e-5, atol=1e-6)

@@ -42,6 +42,7 @@ import torch
 from scipy.sparse.csgraph import connected_components
 
 from ..config import EnergyBuildSection
+from ..errors import ConfigError, InputError
 
 ROBUST_SCALE = 1.4826  # MAD -> standard deviation for normal data
 MIN_EDGE_WEIGHT = 1e-8  # floor for far-apart neighbours: a kNN edge never underflows to "no edge"
@@ -196,20 +197,36 @@ def spectral_terms(signals: torch.Tensor, graph: Graph, block_size: int = 8192) 
     graph = graph.to(signals.device)
     edges = max(1, graph.src.numel())
     block = max(1, min(block_size, MAX_BLOCK_ELEMENTS // edges))
-    energy, dispersion, xlx, norms = [], [], [], []
-    for start in range(0, signals.shape[0], block):
+    rows = signals.shape[0]
+    if rows <= block:  # a query batch: one block, no buffers to set up
+        return _finish_terms(*_edge_sums(signals.float(), graph))
+    out = torch.empty(3, rows, dtype=torch.float32, device=signals.device)  # total, squares, sq_norm
+    # two work buffers reused by every block (out=): no per-block allocations, so the
+    # allocator cannot fragment and memory stays at a few MB whatever the item count
+    buffers = (torch.empty(block, edges, dtype=torch.float32, device=signals.device),
+               torch.empty(block, edges, dtype=torch.float32, device=signals.device))
+    for start in range(0, rows, block):
         x = signals[start:start + block].float()
-        # in-place on one [b, M] buffer: gathers and squares stay in cache, no temporaries
-        e = torch.index_select(x, 1, graph.src).sub_(torch.index_select(x, 1, graph.dst)).square_().mul_(graph.weight)
-        total = e.sum(1)
-        squares = e.square_().sum(1)
-        sq_norm = (x * x).sum(1)
-        energy.append(torch.where(sq_norm > 0, total / sq_norm.clamp_min(1e-30), torch.zeros_like(total)))
-        dispersion.append(torch.where(total > 0, squares / total.clamp_min(1e-30).square(), torch.zeros_like(total)))
-        xlx.append(total)
-        norms.append(sq_norm.sqrt())
-    cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, device=signals.device)  # noqa: E731
-    return Terms(cat(energy), cat(dispersion), cat(xlx), cat(norms))
+        total, squares, sq_norm = _edge_sums(x, graph, buffers)
+        out[0, start:start + x.shape[0]] = total
+        out[1, start:start + x.shape[0]] = squares
+        out[2, start:start + x.shape[0]] = sq_norm
+    return _finish_terms(out[0], out[1], out[2])
+
+
+def _edge_sums(x: torch.Tensor, graph: Graph, buffers=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: sum of edge energies e = w (x_a - x_b)^2, sum of e^2, and ||x||^2 (in place on one buffer)."""
+    b = x.shape[0]
+    first = torch.index_select(x, 1, graph.src, out=buffers[0][:b]) if buffers else torch.index_select(x, 1, graph.src)
+    second = torch.index_select(x, 1, graph.dst, out=buffers[1][:b]) if buffers else torch.index_select(x, 1, graph.dst)
+    e = first.sub_(second).square_().mul_(graph.weight)
+    total = e.sum(1)
+    return total, e.square_().sum(1), x.square().sum(1)
+
+
+def _finish_terms(total: torch.Tensor, squares: torch.Tensor, sq_norm: torch.Tensor) -> Terms:
+    # a zero vector has total = squares = 0, so the clamps give E = G = 0 without branches
+    return Terms(total / sq_norm.clamp_min(1e-30), squares / total.square().clamp_min(1e-30), total, sq_norm.sqrt())
 
 
 def select_tau(energies: torch.Tensor, mode: str, value: float) -> float:
@@ -458,8 +475,8 @@ def prepare(vectors, params: EnergyBuildSection, ids: Optional[Sequence[str]] = 
     x = torch.as_tensor(np.asarray(vectors, dtype=np.float32) if not isinstance(vectors, torch.Tensor) else vectors)
     x = x.to(device=torch.device(device), dtype=torch.float32).contiguous()
     n = x.shape[0]
-    if n < 2:
-        raise ValueError("an energy index needs at least two items")
+    if x.ndim != 2 or n < 2 or x.shape[1] < 2:
+        raise InputError(f"an energy index needs at least two items of at least two dimensions, got shape {tuple(x.shape)}")
     ids = [str(i) for i in (ids if ids is not None else range(n))]
     generator = torch.Generator().manual_seed(seed)
     k = auto_centroids(n, params)
@@ -469,7 +486,7 @@ def prepare(vectors, params: EnergyBuildSection, ids: Optional[Sequence[str]] = 
         centroids = optical_compress(centroids, params.optical_tokens, params.trim_quantile, generator)
     stats["compressed_centroids"] = int(centroids.shape[0])
     if centroids.shape[0] < 2:
-        raise ValueError("optical compression left fewer than two centroids; raise build.optical_tokens")
+        raise ConfigError("optical compression left fewer than two centroids; raise build.optical_tokens")
     graph, neighbours = euclidean_knn_graph(centroids, params.neighbor_k)
     stats["bootstrap_edges"] = int(graph.src.numel())
     stats["prepare_seconds"] = round(time.perf_counter() - started, 4)
