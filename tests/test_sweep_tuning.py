@@ -58,3 +58,30 @@ def test_reweighted_terms_rank_like_the_index_search():
         theirs = topk_rows(searcher, queries, params)
         ours = terms.rank(weights, 8)
         assert np.array_equal(np.sort(ours, axis=1), np.sort(theirs, axis=1))
+
+
+def test_tune_scores_trials_on_tuning_queries_and_reports_held_out_only():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(80, 12)).astype(np.float32)
+    searcher = Searcher(build(vectors, EnergyBuildSection(kmeans_iters=3), seed=0))
+    queries = torch.from_numpy(vectors[:20])
+    tune_positions, held_positions = tuning.split_queries(20, 0.5, seed=0)
+    seen = []
+
+    def evaluate(ranked, positions):
+        seen.append(positions.tolist())
+        assert ranked.shape == (len(positions), 21)
+        values = rng.random(len(positions))
+        return {name: values for name in tuning.METRIC_NAMES}
+
+    cosine = {name: rng.random(20).tolist() for name in tuning.METRIC_NAMES}
+    section = SweepTuningSection(method="random", trials=5)
+    report, trials = tuning.tune(searcher, tuning.Cell(0.1, 4), queries, evaluate, cosine,
+                                 {"w_lambda": 1.0, "w_G": 0.5, "w_D": 0.25}, section, tune_positions, held_positions,
+                                 k=21, n_boot=100, seed=0)
+    assert len(trials) == 5
+    assert all(p == tune_positions.tolist() for p in seen[:5])  # every trial: tuning queries only
+    assert all(p == held_positions.tolist() for p in seen[5:]) and len(seen) == 7  # tuned + default on held-out
+    assert report["held_out_queries"] == len(held_positions)
+    assert set(report["held_out"]) == {"tuned", "default", "cosine"}
+    assert report["chosen_weights"] in [{k: t[k] for k in tuning.WEIGHT_NAMES} for t in trials]
