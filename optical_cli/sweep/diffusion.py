@@ -1,0 +1,323 @@
+"""`optical sweep diffusion`: energy search over an (eta, steps) grid against label relevance.
+
+The work that does not depend on eta and steps is done once: reading and sampling the
+corpus, embedding it (cached on disk), the relevance judgements, and ``prepare()`` (k-means
+centroids, optical compression, bootstrap graph). Each cell only ``finish()``es the build
+(diffusion, splitting, energy Laplacian, lambdas) and ranks every query exactly. Cosine
+(and FAISS IndexFlatIP when importable) are ranked once on the same queries as baselines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..config import SweepConfig
+from ..errors import InputError
+from ..index.build import EnergyIndex, Prepared, finish, prepare
+from ..index.embed import embed_corpus, encode_texts
+from ..index.inputs import BUNDLED_CORPUS
+from ..index.search import Searcher, SearchParams, topk_rows
+from ..models.loading import resolve_device, sentence_model_name
+from . import grid as grid_mod
+from .metrics import METRIC_NAMES, paired_bootstrap_difference, per_query_metrics, summarize
+from .relevance import LabelledCorpus, Relevance, build_relevance, drop_self, load_labelled_jsonl, sample_records
+
+QUERY_BATCH = 512  # queries scored at once: bounds the queries x items score matrices
+
+
+@dataclass
+class SweepSetup:
+    """Everything the cells share."""
+
+    cfg: SweepConfig
+    corpus: LabelledCorpus
+    vectors: np.ndarray
+    relevance: Relevance
+    prepared: Prepared
+    device: torch.device
+    fingerprint: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def query_ids(self) -> list[str]:
+        return [self.corpus.ids[i] for i in self.relevance.queries]
+
+    def query_vectors(self) -> torch.Tensor:
+        return torch.from_numpy(self.vectors[self.relevance.queries]).to(self.device)
+
+
+def corpus_path(cfg: SweepConfig) -> Path:
+    return Path(cfg.sweep.corpus) if cfg.sweep.corpus else BUNDLED_CORPUS
+
+
+def _fingerprint(cfg: SweepConfig, corpus: LabelledCorpus, relevance: Relevance) -> str:
+    """Hash of everything a cell's numbers depend on except eta and steps."""
+    digest = hashlib.sha256()
+    for record_id, labels in zip(corpus.ids, corpus.labels):
+        digest.update(f"{record_id}\x00{'|'.join(labels)}\x01".encode("utf-8"))
+    digest.update(relevance.queries.tobytes())
+    setup = {
+        "model": sentence_model_name(cfg.embed.model),
+        "build": cfg.build.model_dump(mode="json", exclude={"eta", "steps"}),
+        "search": cfg.search.model_dump(mode="json"),
+        "depth": cfg.sweep.depth,
+        "bootstrap": cfg.sweep.bootstrap,
+        "seed": cfg.runtime.seed,
+    }
+    digest.update(json.dumps(setup, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()[:24]
+
+
+def setup_sweep(cfg: SweepConfig, progress: Optional[Callable[[int], None]] = None) -> SweepSetup:
+    """Read, sample and embed the corpus, judge relevance, and run the diffusion-free build stages."""
+    seed = cfg.runtime.seed
+    sweep = cfg.sweep
+    corpus = load_labelled_jsonl(corpus_path(cfg), sweep.id_field, sweep.text_field, sweep.label_field)
+    records_read = len(corpus)
+    corpus = corpus.subset(sample_records(len(corpus), sweep.limit, seed))
+    if len(corpus) < sweep.depth + 1:
+        raise InputError(
+            f"the sweep ranks {sweep.depth} results per query plus the query itself, but the corpus has only "
+            f"{len(corpus)} records; lower sweep.depth (at least 20) or raise sweep.limit"
+        )
+    relevance = build_relevance(corpus.labels, sweep.num_queries, seed)
+    device = resolve_device(cfg.runtime.device)
+    started = time.perf_counter()
+    vectors, cache_hit = embed_corpus(corpus.texts, cfg.embed.model, str(device), cfg.embed.batch_size, cfg.embed.cache_dir, progress)
+    embed_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    prepared = prepare(vectors, cfg.build, corpus.ids, seed, device)
+    info = {
+        "corpus": str(corpus_path(cfg)),
+        "records_read": records_read,
+        "items": len(corpus),
+        "labelled_items": int(relevance.incidence.any(axis=1).sum()),
+        "queries": int(relevance.queries.size),
+        "mean_relevant_per_query": float(relevance.n_relevant.mean()),
+        "embed_seconds": round(embed_seconds, 3),
+        "embedding_cache_hit": cache_hit,
+        "prepare_seconds": round(time.perf_counter() - started, 3),
+        "prepare_stats": prepared.stats,
+        "device": str(device),
+    }
+    return SweepSetup(cfg, corpus, vectors, relevance, prepared, device, _fingerprint(cfg, corpus, relevance), info)
+
+
+# ---------------------------------------------------------------------------------------
+# Ranking and scoring
+
+
+def evaluate_ranking(setup: SweepSetup, ranked: np.ndarray, positions: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    """Per-query metrics of ranked item rows (queries x depth+1), the query itself removed.
+
+    ``positions`` selects a subset of the queries (rows of ``ranked`` follow it).
+    """
+    relevance = setup.relevance
+    positions = np.arange(relevance.queries.size) if positions is None else positions
+    query_rows = relevance.queries[positions]
+    ranked = drop_self(ranked, query_rows, setup.cfg.sweep.depth)
+    return per_query_metrics(relevance.hits(query_rows, ranked), relevance.n_relevant[positions])
+
+
+def rank_batched(rank: Callable[[torch.Tensor], np.ndarray], queries: torch.Tensor) -> np.ndarray:
+    return np.concatenate([rank(queries[start:start + QUERY_BATCH]) for start in range(0, queries.shape[0], QUERY_BATCH)])
+
+
+def search_params(setup: SweepSetup, mode: str) -> SearchParams:
+    fields = setup.cfg.search.model_dump()
+    fields.update(k=setup.cfg.sweep.depth + 1, mode=mode)  # one extra: the query finds itself
+    return SearchParams(**fields)
+
+
+def _record(setup: SweepSetup, per_query: dict[str, np.ndarray], build_seconds: float, search_seconds: float, **extra) -> dict:
+    row = summarize(per_query, setup.cfg.sweep.bootstrap, setup.cfg.runtime.seed)
+    row.update(
+        build_seconds=round(build_seconds, 4),
+        search_seconds=round(search_seconds, 4),
+        n_queries=int(setup.relevance.queries.size),
+        n_items=len(setup.corpus),
+        per_query={name: [round(float(v), 6) for v in per_query[name]] for name in METRIC_NAMES},
+        **extra,
+    )
+    return row
+
+
+def finish_cell(setup: SweepSetup, cell: grid_mod.Cell) -> tuple[EnergyIndex, float]:
+    started = time.perf_counter()
+    index = finish(setup.prepared, eta=cell.eta, steps=cell.steps)
+    return index, time.perf_counter() - started
+
+
+def evaluate_cell(setup: SweepSetup, cell: grid_mod.Cell) -> dict:
+    """finish() one cell and rank every query by exact energy search."""
+    index, build_seconds = finish_cell(setup, cell)
+    searcher = Searcher(index)
+    params = search_params(setup, "energy")
+    started = time.perf_counter()
+    ranked = rank_batched(lambda q: topk_rows(searcher, q, params), setup.query_vectors())
+    search_seconds = time.perf_counter() - started
+    stats = {key: index.stats[key] for key in ("split_nodes", "final_centroids", "feature_edges") if key in index.stats}
+    return _record(setup, evaluate_ranking(setup, ranked), build_seconds, search_seconds, stats=stats)
+
+
+def evaluate_cosine(setup: SweepSetup) -> dict:
+    """Brute-force cosine over the same vectors and queries (no energy build involved)."""
+    started = time.perf_counter()
+    unit = torch.nn.functional.normalize(torch.from_numpy(setup.vectors).to(setup.device), dim=1)
+    build_seconds = time.perf_counter() - started
+    k = setup.cfg.sweep.depth + 1
+    started = time.perf_counter()
+    ranked = rank_batched(lambda q: torch.topk(torch.nn.functional.normalize(q, dim=1) @ unit.T, k, dim=1).indices.cpu().numpy(),
+                          setup.query_vectors())
+    return _record(setup, evaluate_ranking(setup, ranked), build_seconds, time.perf_counter() - started)
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def evaluate_faiss(setup: SweepSetup) -> dict:
+    """FAISS IndexFlatIP on unit vectors: exact inner product, i.e. cosine through another library."""
+    import faiss
+
+    unit = setup.vectors / np.linalg.norm(setup.vectors, axis=1, keepdims=True)
+    started = time.perf_counter()
+    index = faiss.IndexFlatIP(unit.shape[1])
+    index.add(np.ascontiguousarray(unit, dtype=np.float32))
+    build_seconds = time.perf_counter() - started
+    queries = np.ascontiguousarray(unit[setup.relevance.queries], dtype=np.float32)
+    started = time.perf_counter()
+    _, ranked = index.search(queries, setup.cfg.sweep.depth + 1)
+    return _record(setup, evaluate_ranking(setup, ranked), build_seconds, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------
+# The sweep
+
+
+@dataclass
+class SweepResult:
+    setup: SweepSetup
+    rows: list[dict]
+    etas: list[float]
+    steps: list[int]
+    sweep_seconds: float
+    cells_evaluated: int
+    cells_skipped: int
+
+
+def run_sweep(setup: SweepSetup, etas: list[float], steps: list[int], out_dir: Path, resume: bool = False,
+              on_cell: Optional[Callable[[dict, bool], None]] = None) -> SweepResult:
+    """Baselines once, then every grid cell; ``cells.jsonl`` and ``sweep.csv`` updated after each."""
+    started = time.perf_counter()
+    log = grid_mod.CellLog(out_dir / "cells.jsonl", setup.fingerprint, resume)
+    counts = {"evaluated": 0, "skipped": 0}
+
+    def done(record: dict, skipped: bool) -> None:
+        counts["skipped" if skipped else "evaluated"] += 1
+        grid_mod.write_sweep_csv(out_dir / "sweep.csv", log.rows())
+        if on_cell:
+            on_cell(record, skipped)
+
+    baselines = [("cosine", evaluate_cosine)]
+    if setup.cfg.sweep.faiss and faiss_available():
+        baselines.append(("faiss", evaluate_faiss))
+    for method, evaluate in baselines:
+        if log.done((method, None, None)):
+            done(log.records[(method, None, None)], True)
+            continue
+        record = {"method": method, "eta": None, "steps": None, **evaluate(setup)}
+        log.add(record)
+        done(record, False)
+    grid_mod.run_cells(log, grid_mod.grid_cells(etas, steps), lambda cell: evaluate_cell(setup, cell), done)
+    wanted = {("cosine", None, None), ("faiss", None, None)} | {grid_mod.cell_key(c) for c in grid_mod.grid_cells(etas, steps)}
+    rows = [row for row in log.rows() if grid_mod.record_key(row) in wanted]
+    return SweepResult(setup, rows, etas, steps, time.perf_counter() - started, counts["evaluated"], counts["skipped"])
+
+
+def baseline_row(rows: list[dict], method: str = "cosine") -> Optional[dict]:
+    return next((row for row in rows if row["method"] == method), None)
+
+
+def best_cells(result: SweepResult) -> dict[str, dict]:
+    """Best energy cell per metric and its paired-bootstrap difference from cosine."""
+    cosine = baseline_row(result.rows)
+    energy = [row for row in result.rows if row["method"] == "energy"]
+    seed, n_boot = result.setup.cfg.runtime.seed, result.setup.cfg.sweep.bootstrap
+    best = {}
+    for name in METRIC_NAMES:
+        if not energy:
+            break
+        top = max(energy, key=lambda row: (row[name], -row["eta"], -row["steps"]))
+        entry = {"eta": top["eta"], "steps": top["steps"], "value": top[name], "low": top[f"{name}_low"], "high": top[f"{name}_high"]}
+        if cosine is not None:
+            diff = paired_bootstrap_difference(np.asarray(top["per_query"][name]), np.asarray(cosine["per_query"][name]), n_boot, seed)
+            entry["cosine"] = cosine[name]
+            entry["vs_cosine"] = diff
+            entry["beats_cosine"] = diff["low"] > 0  # the whole 95% interval above zero
+            entry["worse_than_cosine"] = diff["high"] < 0
+        best[name] = entry
+    return best
+
+
+def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict:
+    setup = result.setup
+    public = lambda row: {k: v for k, v in row.items() if k not in ("per_query", "fingerprint")}  # noqa: E731
+    document = {
+        "setup": setup.info,
+        "grid": {"eta": result.etas, "steps": result.steps},
+        "search": setup.cfg.search.model_dump(mode="json"),
+        "baselines": {row["method"]: public(row) for row in result.rows if row["method"] != "energy"},
+        "best": best_cells(result),
+        "best_note": f"best cell chosen on the same queries it is scored on ({len(result.etas) * len(result.steps)}-way "
+                     "selection: optimistic); the tuning block reports on held-out queries only",
+        "timing": {
+            "sweep_seconds": round(result.sweep_seconds, 3),
+            "cells_evaluated": result.cells_evaluated,
+            "cells_skipped": result.cells_skipped,
+            "cell_build_seconds_total": round(sum(r["build_seconds"] for r in result.rows if r["method"] == "energy"), 3),
+            "cell_search_seconds_total": round(sum(r["search_seconds"] for r in result.rows if r["method"] == "energy"), 3),
+        },
+    }
+    if tuning is not None:
+        document["tuning"] = tuning
+    return document
+
+
+# ---------------------------------------------------------------------------------------
+# Qualitative table: the text queries
+
+
+def text_query_table(setup: SweepSetup, cell: grid_mod.Cell, k: Optional[int] = None) -> list[dict]:
+    """Top-k of each configured text query by energy (at ``cell``) and by cosine, with labels."""
+    cfg = setup.cfg
+    texts = list(cfg.sweep.text_queries)
+    if not texts:
+        return []
+    k = min(k or cfg.sweep.show_k, len(setup.corpus))
+    queries = torch.from_numpy(encode_texts(texts, cfg.embed.model, str(setup.device), cfg.embed.batch_size)).to(setup.device)
+    searcher = Searcher(finish_cell(setup, cell)[0])
+    out = []
+    for mode in ("energy", "cosine"):
+        params = SearchParams(**{**cfg.search.model_dump(), "k": k, "mode": mode})
+        ranked = topk_rows(searcher, queries, params)
+        for query, rows in zip(texts, ranked):
+            for rank, row in enumerate(rows.tolist(), start=1):
+                out.append({
+                    "query": query, "method": mode, "eta": cell.eta if mode == "energy" else None,
+                    "steps": cell.steps if mode == "energy" else None, "rank": rank, "id": setup.corpus.ids[row],
+                    "labels": list(setup.corpus.labels[row]), "text": setup.corpus.texts[row],
+                })
+    return out

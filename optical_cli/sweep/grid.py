@@ -1,0 +1,184 @@
+"""The diffusion grid: parsing ``--eta``/``--steps`` lists and running the cells resumably.
+
+Every cell's result is appended to ``cells.jsonl`` the moment it finishes (with its
+per-query metrics), and ``sweep.csv`` is rebuilt atomically from those records, so an
+interrupted sweep loses at most the cell in flight and ``--resume`` skips finished cells.
+A fingerprint of everything the numbers depend on (corpus, queries, weights, seed...) is
+stored with each record; resuming against a different setup is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..artifacts import append_jsonl, atomic_write_text, read_jsonl
+from ..errors import InputError
+from .metrics import METRIC_NAMES
+
+# ---------------------------------------------------------------------------------------
+# Parsing
+
+
+def _split(text: str, option: str) -> list[str]:
+    parts = [part.strip() for part in str(text).split(",")]
+    if not text or not text.strip() or all(not part for part in parts):
+        raise InputError(f"{option}: empty list; give comma-separated values, for example {option} 0.05,0.1")
+    if any(not part for part in parts):
+        raise InputError(f"{option} {text!r}: empty entry between commas; remove the extra comma")
+    return parts
+
+
+def _unique(values: list) -> list:
+    return list(dict.fromkeys(values))
+
+
+def parse_eta_list(text: str, option: str = "--eta") -> list[float]:
+    """``"0.05,0.1"`` -> [0.05, 0.1]; each eta must be a finite number >= 0."""
+    values = []
+    for part in _split(text, option):
+        try:
+            value = float(part)
+        except ValueError:
+            raise InputError(f"{option} {text!r}: '{part}' is not a number; give comma-separated numbers, for example {option} 0.05,0.1") from None
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"{option} {text!r}: '{part}' must be a finite number >= 0")
+        values.append(value)
+    return _unique(values)
+
+
+def parse_steps_list(text: str, option: str = "--steps") -> list[int]:
+    """``"2,4"`` -> [2, 4]; each value must be a whole number >= 0."""
+    values = []
+    for part in _split(text, option):
+        try:
+            value = int(part)
+        except ValueError:
+            raise InputError(f"{option} {text!r}: '{part}' is not a whole number; give comma-separated integers, for example {option} 2,4,6,8") from None
+        if value < 0:
+            raise InputError(f"{option} {text!r}: '{part}' must be >= 0")
+        values.append(value)
+    return _unique(values)
+
+
+# ---------------------------------------------------------------------------------------
+# Cells and their records
+
+
+@dataclass(frozen=True)
+class Cell:
+    eta: float
+    steps: int
+
+
+def grid_cells(etas: Iterable[float], steps: Iterable[int]) -> list[Cell]:
+    return [Cell(float(eta), int(step)) for eta in etas for step in steps]
+
+
+def record_key(record: dict) -> tuple:
+    """Identity of a result row: the method and, for energy rows, the cell."""
+    if record["method"] == "energy":
+        return ("energy", float(record["eta"]), int(record["steps"]))
+    return (record["method"], None, None)
+
+
+def cell_key(cell: Cell) -> tuple:
+    return ("energy", cell.eta, cell.steps)
+
+
+class CellLog:
+    """Append-only per-cell records with a setup fingerprint; the source of sweep.csv."""
+
+    def __init__(self, path: Path, fingerprint: str, resume: bool):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.records: dict[tuple, dict] = {}
+        if resume:
+            self._load()
+        elif self.path.exists():
+            self.path.unlink()  # a fresh sweep in a reused directory starts from nothing
+
+    def _load(self) -> None:
+        for record in read_jsonl(self.path):
+            if record.get("fingerprint") != self.fingerprint:
+                raise InputError(
+                    f"--resume: {self.path} holds results of a different setup (corpus, queries, weights or seed "
+                    "changed); use a new --output-dir or run without --resume"
+                )
+            self.records[record_key(record)] = record
+
+    def done(self, key: tuple) -> bool:
+        return key in self.records
+
+    def add(self, record: dict) -> None:
+        record = {**record, "fingerprint": self.fingerprint}
+        append_jsonl(self.path, record)
+        self.records[record_key(record)] = record
+
+    def rows(self) -> list[dict]:
+        """Baseline rows first, then energy cells in grid order of insertion."""
+        records = list(self.records.values())
+        return [r for r in records if r["method"] != "energy"] + [r for r in records if r["method"] == "energy"]
+
+
+def run_cells(log: CellLog, cells: list[Cell], evaluate: Callable[[Cell], dict], on_done: Callable[[dict, bool], None] | None = None) -> None:
+    """Evaluate every cell not yet in ``log``; ``on_done(record, skipped)`` after each."""
+    for cell in cells:
+        key = cell_key(cell)
+        if log.done(key):
+            if on_done:
+                on_done(log.records[key], True)
+            continue
+        record = {"method": "energy", "eta": cell.eta, "steps": cell.steps, **evaluate(cell)}
+        log.add(record)
+        if on_done:
+            on_done(record, False)
+
+
+# ---------------------------------------------------------------------------------------
+# sweep.csv and per_query.csv
+
+TIMING_COLUMNS = ("build_seconds", "search_seconds")
+
+
+def summary_columns() -> list[str]:
+    columns = ["method", "eta", "steps"]
+    columns += list(METRIC_NAMES)
+    columns += [f"{name}_{bound}" for name in METRIC_NAMES for bound in ("low", "high")]
+    columns += list(TIMING_COLUMNS) + ["n_queries", "n_items"]
+    return columns
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_sweep_csv(path: Path, rows: list[dict]) -> Path:
+    columns = summary_columns()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in columns])
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def write_per_query_csv(path: Path, rows: list[dict], query_ids: list[str]) -> Path:
+    """Long format: one line per (method, cell, query) with every metric of that query."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method", "eta", "steps", "query_id", *METRIC_NAMES])
+    for row in rows:
+        per_query = row["per_query"]
+        for position, query_id in enumerate(query_ids):
+            values = [f"{per_query[name][position]:.6g}" for name in METRIC_NAMES]
+            writer.writerow([row["method"], _cell(row.get("eta")), _cell(row.get("steps")), query_id, *values])
+    return atomic_write_text(path, buffer.getvalue())

@@ -1,0 +1,127 @@
+"""`optical sweep diffusion` end to end on a tiny labelled corpus, plus its usage errors.
+
+The corpus embeddings are planted in the embedding cache (clustered by label), so the test
+runs the real pipeline - relevance, prepare/finish per cell, exact energy search, cosine,
+FAISS, heatmaps, tuning, resume - without loading a sentence model.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from optical_cli.cli import app
+from optical_cli.index.embed import texts_key
+
+runner = CliRunner()
+N_RECORDS = 150
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    rng = np.random.default_rng(0)
+    labels = [[f"CWE-{i % 5}"] if i % 6 else [] for i in range(N_RECORDS)]  # every 6th record unlabelled
+    labels[7] = ["CWE-1", "CWE-2"]
+    records = [{"id": f"CVE-{i:04d}", "description": f"record {i} about topic {i % 5}", "cwe": labels[i]} for i in range(N_RECORDS)]
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    centres = rng.normal(size=(5, 24))
+    vectors = centres[np.arange(N_RECORDS) % 5] + 0.9 * rng.normal(size=(N_RECORDS, 24))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    cache = root / "cache"
+    cache.mkdir()
+    np.save(cache / f"{texts_key('default', [r['description'] for r in records])}.npy", vectors)
+    return corpus, cache
+
+
+def _invoke(corpus, cache, out, *extra):
+    args = ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml", "--corpus", str(corpus), "--limit", "0",
+            "--output-dir", str(out), "--set", f"embed.cache_dir={cache}", "--set", "sweep.text_queries=[]",
+            "--set", "runtime.device=cpu", *extra]
+    return runner.invoke(app, args)
+
+
+def test_tiny_sweep_end_to_end_and_resume(tiny_corpus, tmp_path):
+    corpus, cache = tiny_corpus
+    out = tmp_path / "run"
+    partial = _invoke(corpus, cache, out, "--eta", "0.05", "--steps", "2", "--json")  # as if stopped after one cell
+    assert partial.exit_code == 0, partial.output
+    baselines = len(json.loads(partial.stdout)["baselines"])
+    result = _invoke(corpus, cache, out, "--eta", "0.05,0.1", "--steps", "2,4", "--json", "--resume")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["timing"]["cells_evaluated"] == 3 and summary["timing"]["cells_skipped"] == 1 + baselines
+    for name in ("sweep.csv", "per_query.csv", "heatmaps.png", "summary.json", "cells.jsonl", "tuning.csv", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "manifest.json").read_text())["status"] == "ok"
+
+    with open(out / "sweep.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    energy = [r for r in rows if r["method"] == "energy"]
+    assert {(r["eta"], r["steps"]) for r in energy} == {("0.05", "2"), ("0.05", "4"), ("0.1", "2"), ("0.1", "4")}
+    cosine = next(r for r in rows if r["method"] == "cosine")
+    assert float(cosine["mrr"]) > 0.5  # clustered vectors: label neighbours come first
+    for row in rows:
+        for metric in ("mrr", "map_at_20", "ndcg_at_10", "recall_at_10", "recall_at_20", "precision_at_10"):
+            assert float(row[f"{metric}_low"]) <= float(row[metric]) <= float(row[f"{metric}_high"])
+    faiss = [r for r in rows if r["method"] == "faiss"]
+    if faiss:  # FAISS exact inner product ranks like brute-force cosine
+        assert float(faiss[0]["ndcg_at_10"]) == pytest.approx(float(cosine["ndcg_at_10"]), abs=1e-3)
+
+    # 125 labelled records are the queries (unlabelled ones are distractors only)
+    assert summary["setup"]["queries"] == 125 and summary["setup"]["items"] == N_RECORDS
+    with open(out / "per_query.csv") as handle:
+        assert sum(1 for _ in handle) == 1 + 125 * len(rows)
+    assert set(summary["best"]) >= {"ndcg_at_10", "recall_at_20"}
+    assert "low" in summary["best"]["ndcg_at_10"]["vs_cosine"]
+    tuning = summary["tuning"]
+    assert tuning["tune_queries"] + tuning["held_out_queries"] == 125
+    assert set(tuning["held_out"]) == {"tuned", "default", "cosine"}
+
+    resumed = _invoke(corpus, cache, out, "--eta", "0.05,0.1", "--steps", "2,4", "--resume", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    again = json.loads(resumed.stdout)
+    assert again["timing"]["cells_evaluated"] == 0 and again["timing"]["cells_skipped"] == len(rows)
+    with open(out / "sweep.csv") as handle:
+        assert list(csv.DictReader(handle)) == rows
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--eta", "0.1,abc"], "'abc' is not a number"),
+    (["--eta", ""], "empty list"),
+    (["--steps=-2"], "must be >= 0"),
+    (["--steps", "2,x"], "not a whole number"),
+    (["--resume"], "--resume needs --output-dir"),
+])
+def test_bad_grid_exits_2_with_one_line(tmp_path, flags, message):
+    args = ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml", *flags]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_corpus_is_exit_2(tmp_path):
+    result = _invoke(tmp_path / "missing.jsonl", tmp_path, tmp_path / "out")
+    assert result.exit_code == 2
+    assert "corpus not found" in result.stderr
+
+
+def test_shipped_sweep_configs_validate():
+    from optical_cli.config import load_config
+
+    full = load_config("sweep", "configs/sweep.yaml")
+    tiny = load_config("sweep", "configs/tiny/sweep.yaml")
+    assert full.sweep.etas == [0.05, 0.1, 0.15, 0.2] and full.sweep.steps == [2, 4, 6, 8]
+    assert tiny.sweep.limit == 200
+
+
+def test_corpus_smaller_than_depth_is_exit_2(tiny_corpus, tmp_path):
+    corpus, cache = tiny_corpus
+    result = _invoke(corpus, cache, tmp_path / "out", "--set", "sweep.depth=200")
+    assert result.exit_code == 2
+    assert "lower sweep.depth" in result.stderr

@@ -1,0 +1,89 @@
+"""Relevance by shared labels: corpus reading, query selection, self exclusion."""
+
+import json
+
+import numpy as np
+import pytest
+
+from optical_cli.errors import InputError
+from optical_cli.sweep import relevance as rel
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+LABELS = [("A",), ("A", "B"), ("B",), (), ("C",), ("A",)]
+
+
+def test_relevance_is_shared_label_and_queries_skip_unlabelled_and_unique():
+    relevance = rel.build_relevance(LABELS)
+    # row 3 has no label (distractor only), row 4's label "C" is carried by nobody else
+    assert relevance.queries.tolist() == [0, 1, 2, 5]
+    # 0: shares A with 1, 5 -> 2;  1: A with 0, 5 and B with 2 -> 3;  2: B with 1 -> 1;  5: A with 0, 1 -> 2
+    assert relevance.n_relevant.tolist() == [2, 3, 1, 2]
+    ranked = np.array([[1, 2, 3, 5], [2, 4, 0, 3]])
+    hits = relevance.hits(np.array([0, 1]), ranked)
+    assert hits.tolist() == [[True, False, False, True], [True, False, True, False]]
+
+
+def test_seeded_query_sample():
+    labels = [("A",)] * 30 + [("B",)] * 30
+    first = rel.build_relevance(labels, num_queries=10, seed=4)
+    again = rel.build_relevance(labels, num_queries=10, seed=4)
+    other = rel.build_relevance(labels, num_queries=10, seed=5)
+    assert first.queries.tolist() == again.queries.tolist()
+    assert first.queries.tolist() != other.queries.tolist()
+    assert len(first.queries) == 10 and np.all(first.n_relevant == 29)
+    assert len(rel.build_relevance(labels, num_queries=500).queries) == 60
+
+
+def test_drop_self_wherever_it_appears():
+    ranked = np.array([[7, 1, 2, 3], [4, 5, 9, 6], [8, 9, 10, 11]])
+    out = rel.drop_self(ranked, np.array([7, 9, 0]), depth=3)
+    assert out.tolist() == [[1, 2, 3], [4, 5, 6], [8, 9, 10]]
+    with pytest.raises(ValueError):
+        rel.drop_self(ranked, np.array([7, 9, 0]), depth=4)
+
+
+def test_load_jsonl_with_configurable_fields(tmp_path):
+    path = _write(tmp_path / "c.jsonl", [
+        {"key": "x1", "body": "first", "tags": ["CWE-79"]},
+        {"key": "x2", "body": "second", "tags": []},
+        {"key": "x3", "body": "third", "tags": "CWE-79"},
+        {"key": "x4", "body": "fourth"},
+    ])
+    corpus = rel.load_labelled_jsonl(path, "key", "body", "tags")
+    assert corpus.ids == ["x1", "x2", "x3", "x4"]
+    assert corpus.labels == [("CWE-79",), (), ("CWE-79",), ()]
+    assert corpus.subset(np.array([0, 2])).texts == ["first", "third"]
+
+
+@pytest.mark.parametrize("records, message", [
+    ([{"id": "a", "text": "t", "label": ["x"]}, {"id": "a", "text": "u", "label": ["x"]}], "duplicate id 'a'"),
+    ([{"id": "a", "label": ["x"]}], "missing field 'text'"),
+    ([{"id": "a", "text": "", "label": ["x"]}], "non-empty string"),
+    ([{"id": "a", "text": "t", "label": {"x": 1}}], "list of labels"),
+    ([{"id": "a", "text": "t"}], "no record has a 'label'"),
+])
+def test_bad_corpus_is_an_input_error(tmp_path, records, message):
+    path = _write(tmp_path / "c.jsonl", records)
+    with pytest.raises(InputError, match=message):
+        rel.load_labelled_jsonl(path)
+
+
+def test_missing_file_and_bad_json(tmp_path):
+    with pytest.raises(InputError, match="corpus not found"):
+        rel.load_labelled_jsonl(tmp_path / "nope.jsonl")
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "a", "text": "t", "label": ["x"]}\n{oops\n')
+    with pytest.raises(InputError, match=r"bad.jsonl:2: invalid JSON"):
+        rel.load_labelled_jsonl(path)
+
+
+def test_sample_records_is_sorted_and_seeded():
+    rows = rel.sample_records(100, 10, seed=1)
+    assert rows.tolist() == sorted(rows.tolist()) and len(set(rows.tolist())) == 10
+    assert rows.tolist() == rel.sample_records(100, 10, seed=1).tolist()
+    assert rel.sample_records(5, None, 0).tolist() == [0, 1, 2, 3, 4]
