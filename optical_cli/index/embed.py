@@ -37,17 +37,20 @@ def encode_texts(
 ) -> np.ndarray:
     """Encode ``texts`` in batches; rows are L2-normalised float32. ``progress(n)`` after each batch."""
     embedder = embedder or load_sentence_embedder(model, device)
-    chunks = []
+    dimension = getattr(embedder, "get_embedding_dimension", None) or embedder.get_sentence_embedding_dimension
+    dim = dimension()
+    out = np.zeros((len(texts), dim), np.float32)
+    # Batches of similar length waste no work on padding: encode in length order, put rows back.
+    order = np.argsort([len(text) for text in texts], kind="stable")
     for start in range(0, len(texts), batch_size):
-        batch = list(texts[start:start + batch_size])
-        chunks.append(
-            embedder.encode(batch, batch_size=batch_size, normalize_embeddings=True,
-                            convert_to_numpy=True, show_progress_bar=False)
+        rows = order[start:start + batch_size]
+        out[rows] = embedder.encode(
+            [texts[i] for i in rows], batch_size=batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
         )
         if progress:
-            progress(len(batch), total=len(texts))
-    dim = embedder.get_sentence_embedding_dimension() if not chunks else chunks[0].shape[1]
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
+            progress(len(rows), total=len(texts))
+    return out
 
 
 def embed_corpus(
