@@ -31,11 +31,14 @@ KEY_PACKAGES = (
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it over ``path`` only on success.
 
     For libraries that insist on writing to a file name themselves (PIL, safetensors,
     pyarrow, matplotlib). The temporary name keeps the suffix so format sniffing works.
+    The rename alone makes the write atomic for readers and crashes of the process;
+    ``durable`` also flushes the data to disk first (survives power loss, costs an fsync),
+    which bulk outputs such as page images can skip.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +47,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        _fsync_file(tmp_path)
+        if durable:
+            _fsync_file(tmp_path)
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp_path, path)
     finally:

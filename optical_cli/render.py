@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -33,6 +34,7 @@ from .errors import ConfigError, InputError
 from .modes import MODES, page_size
 
 DEFAULT_FONT = "DejaVuSansMono"
+_TOKEN_RE = re.compile(r" +|[^ ]+")  # alternating runs of spaces and non-spaces
 TEXT_SUFFIXES = (".txt", ".md")
 _SYSTEM_FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/TTF", "/usr/share/fonts/dejavu")
 
@@ -134,6 +136,7 @@ class PageRenderer:
         self.lines_per_page = usable // self.pitch + 1 if usable >= 0 else 0
         self._advance: dict[str, float] = {}
         self._extent: dict[str, float] = {}
+        self._token_widths: dict[str, tuple[float, float]] = {}
         self._atlas = GlyphAtlas(self) if section.glyph_cache else None
         widest = max(self._right_extent(c) for c in "MW@" + section.missing_glyph)
         if self.lines_per_page < 1 or self.left + widest > self.right_limit:
@@ -160,24 +163,31 @@ class PageRenderer:
     # -- text --------------------------------------------------------------------------
     def normalize(self, text: str) -> tuple[str, int, int]:
         """Return the normalised text, the number of replaced characters and of removed controls."""
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-        out: list[str] = []
+        text = text.replace("\r\n", "\n").replace("\r", "\n").expandtabs(self.section.tab_size)
+        table: dict[int, str | None] = {}  # decided once per distinct character
         replaced = removed = 0
-        marker = self.section.missing_glyph
-        for line in text.split("\n"):
-            chars = []
-            for ch in line.expandtabs(self.section.tab_size):
-                if ch.isspace():
-                    chars.append(" ")
-                elif unicodedata.category(ch) in ("Cc", "Cf"):
-                    removed += 1
-                elif ord(ch) in self.cmap:
-                    chars.append(ch)
-                else:
-                    chars.append(marker)
-                    replaced += 1
-            out.append("".join(chars))
-        return "\n".join(out), replaced, removed
+        for ch in set(text):
+            if ch == "\n" or ch == " ":
+                continue
+            if ch.isspace():
+                table[ord(ch)] = " "
+            elif unicodedata.category(ch) in ("Cc", "Cf"):
+                table[ord(ch)] = None
+                removed += text.count(ch)
+            elif ord(ch) not in self.cmap:
+                table[ord(ch)] = self.section.missing_glyph
+                replaced += text.count(ch)
+        return (text.translate(table) if table else text), replaced, removed
+
+    def _token_width(self, token: str) -> tuple[float, float]:
+        """(pen advance, right ink extent) of a word; words repeat, so they are cached."""
+        widths = self._token_widths.get(token)
+        if widths is None:
+            advance = sum(map(self._advance_of, token))
+            widths = (advance, advance - self._advance_of(token[-1]) + self._right_extent(token[-1]))
+            if len(self._token_widths) < 100_000:
+                self._token_widths[token] = widths
+        return widths
 
     def wrap(self, text: str) -> list[str]:
         """Greedy word wrap of normalised text; words longer than a line are broken."""
@@ -190,27 +200,28 @@ class PageRenderer:
         limit = self.right_limit - self.left
         if not paragraph.strip():
             return [""]
+        space = self._advance_of(" ")
         lines: list[str] = []
         current: list[str] = []
         width = 0.0  # pen position after ``current``
-        for index, token in enumerate(_tokens(paragraph)):
+        for index, token in enumerate(_TOKEN_RE.findall(paragraph)):
             if token[0] == " ":
                 # Indentation is kept; spaces where a wrap breaks the line are dropped.
                 if current or index == 0:
-                    spaces = min(len(token), int(limit // self._advance_of(" ")) - 1)
+                    spaces = min(len(token), int(limit // space) - 1)
                     current.append(token[:spaces])
-                    width += spaces * self._advance_of(" ")
+                    width += spaces * space
                 continue
-            token_width = sum(self._advance_of(c) for c in token[:-1]) + self._right_extent(token[-1])
-            if width + token_width <= limit:
+            advance, extent = self._token_width(token)
+            if width + extent <= limit:
                 current.append(token)
-                width += sum(self._advance_of(c) for c in token)
+                width += advance
                 continue
             if current:
                 lines.append("".join(current).rstrip(" "))
                 current, width = [], 0.0
-            if token_width <= limit:
-                current, width = [token], sum(self._advance_of(c) for c in token)
+            if extent <= limit:
+                current, width = [token], advance
                 continue
             for ch in token:  # a word longer than the line: break it
                 if current and width + self._right_extent(ch) > limit:
@@ -380,15 +391,6 @@ def _div255(values: np.ndarray) -> np.ndarray:
     return ((values >> 8) + values) >> 8
 
 
-def _tokens(paragraph: str) -> Iterator[str]:
-    """Alternating runs of spaces and non-spaces."""
-    start = 0
-    for i in range(1, len(paragraph) + 1):
-        if i == len(paragraph) or (paragraph[i] == " ") != (paragraph[start] == " "):
-            yield paragraph[start:i]
-            start = i
-
-
 def non_space(text: str) -> str:
     return "".join(ch for ch in text if not ch.isspace())
 
@@ -508,7 +510,7 @@ def _save_page(args: tuple[str, list[str], str]) -> None:
 
     section_json, lines, path = args
     image = _worker_renderer(section_json).draw(lines)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=False) as tmp:  # layout.jsonl, written last, is the durable record
         image.save(tmp, format="PNG", compress_level=1)
 
 

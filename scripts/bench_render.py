@@ -29,16 +29,12 @@ SAMPLE = REPO / "data" / "sample" / "optical_compression.md"
 
 
 def dense_text(renderer: PageRenderer, pages: int) -> str:
-    """The sample's paragraphs re-flowed into full lines, repeated until ``pages`` pages."""
+    """The sample's words re-flowed into full lines, enough for ``pages`` dense pages."""
     words = SAMPLE.read_text(encoding="utf-8").split()
-    text, count = [], 0
-    while True:
-        text.append(" ".join(words))
-        count = len(renderer.layout("\n".join(text))[0])
-        if count >= pages:
-            break
-    lines = [line for page in renderer.layout("\n".join(text))[0][:pages] for line in page]
-    return "\n".join(lines)
+    capacity = renderer.lines_per_page * (renderer.right_limit - renderer.left) / renderer.font.getlength("x")
+    repeats = int(pages * capacity / len(" ".join(words))) + 2
+    laid_out = renderer.layout(" ".join(words * repeats))[0][:pages]
+    return "\n".join(line for page in laid_out for line in page)
 
 
 def measure(renderer: PageRenderer, text: str, workers: int) -> tuple[int, float]:
