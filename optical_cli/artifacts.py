@@ -127,6 +127,36 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def iter_jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a user's JSONL file.
+
+    Unlike ``read_jsonl`` (our own append-only records), every line must parse: a bad one
+    is an ``InputError`` naming the file and line.
+    """
+    from .errors import InputError
+
+    path = Path(path)
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    with handle:
+        number = 0
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{number}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
+                if not isinstance(record, dict):
+                    raise InputError(f"{path}:{number}: each line must be a JSON object, got {type(record).__name__}")
+                yield number, record
+        except UnicodeDecodeError:
+            raise InputError(f"{path}:{number + 1}: not UTF-8 text; convert the file to UTF-8") from None
+
+
 # ---------------------------------------------------------------------------------------
 # Run directories and manifests
 

@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
-from .artifacts import append_jsonl, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
+from .artifacts import append_jsonl, atomic_path, atomic_write_json, atomic_write_text, iter_jsonl_objects, read_jsonl
 from .config import DeepEncoderSection, RenderSection, RuntimeConfig, TrainAdapterConfig
 from .errors import ConfigError, InputError
 from .models import loading
@@ -48,17 +48,10 @@ IGNORE = -100
 
 
 def _texts_from_jsonl(path: Path, field_name: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{number}: not valid JSON ({exc.msg}); fix the line or remove it") from None
-            value = record.get(field_name) if isinstance(record, dict) else None
-            if isinstance(value, str):
-                yield value
+    for _, record in iter_jsonl_objects(path):
+        value = record.get(field_name)
+        if isinstance(value, str):
+            yield value
 
 
 def _texts_from_hub(name: str, split: str, field_name: str, limit: int | None) -> Iterator[str]:

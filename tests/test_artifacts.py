@@ -91,3 +91,21 @@ def test_atomic_write_gives_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+def test_user_jsonl_names_the_bad_line(tmp_path):
+    from optical_cli.artifacts import iter_jsonl_objects
+    from optical_cli.errors import InputError
+
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert list(iter_jsonl_objects(path)) == [(1, {"a": 1}), (3, {"a": 2})]
+    path.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(InputError, match=r"in.jsonl:2: each line must be a JSON object, got list"):
+        list(iter_jsonl_objects(path))
+    path.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(InputError, match=r"in.jsonl:2: invalid JSON"):
+        list(iter_jsonl_objects(path))
+    path.write_bytes(b'{"a": 1}\n{"a": "\xff"}\n')
+    with pytest.raises(InputError, match="not UTF-8"):
+        list(iter_jsonl_objects(path))

@@ -74,7 +74,6 @@ def test_community_layout_of_three_pickles(tmp_path, reference):
 
 
 def test_community_pickle_truncated(tmp_path, reference):
-    state = reference[0].state_dict()
     for filename in ("sam_encoder.pth", "clip_encoder.pth", "projector.pth"):
         torch.save({"x": torch.zeros(2)}, tmp_path / filename)
     data = (tmp_path / "sam_encoder.pth").read_bytes()

@@ -62,7 +62,7 @@ def test_reference_call_writes_features_equal_to_the_model(tmp_path, tiny_weight
 
 
 def test_gundam_pages_of_different_lengths_are_padded_and_counted(tmp_path):
-    wide, small = page(tmp_path / "a.png", (1500, 600)), page(tmp_path / "b.png", (200, 300))
+    page(tmp_path / "a.png", (1500, 600)), page(tmp_path / "b.png", (200, 300))
     result = invoke("encode", "-i", tmp_path, *TINY, "--set", "deepencoder.mode=gundam",
                     "--set", "deepencoder.layout_tokens=true", "--set", "encode.batch_size=2", "--output-dir", tmp_path / "run", "--json")
     assert result.exit_code == 0, result.output

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..artifacts import iter_jsonl_objects
 from ..errors import InputError
 
 HUB_ID = "THUDM/LongBench-v2"
@@ -64,12 +65,12 @@ def _read_local(path: Path) -> list[Any]:
         raise InputError(f"data file not found: {path}; set bench.data to a LongBench v2 .json/.jsonl file or the hub id {HUB_ID}")
     if path.suffix.lower() not in {".json", ".jsonl"}:
         raise InputError(f"{path}: unsupported data file type '{path.suffix}'; use .json (a list of records) or .jsonl")
+    if path.suffix.lower() == ".jsonl":
+        return [record for _, record in iter_jsonl_objects(path)]
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read data file: {exc}") from None
-    if path.suffix.lower() == ".jsonl":
-        return _parse_jsonl(text, path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -79,16 +80,6 @@ def _read_local(path: Path) -> list[Any]:
     return data
 
 
-def _parse_jsonl(text: str, path: Path) -> list[Any]:
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{number}: invalid JSON line: {exc.msg}") from None
-    return records
 
 
 def _read_hub(source: str, split: str) -> list[Any]:

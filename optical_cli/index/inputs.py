@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..artifacts import iter_jsonl_objects
 from ..config import REPO_ROOT, EnergyInputSection
 from ..errors import InputError
 
@@ -76,18 +77,7 @@ def check_unique_ids(ids: list[str], where: str) -> None:
 def read_texts(path: Path, id_field: str, text_field: str, number_missing_ids: bool = False) -> Items:
     """Records of a .jsonl/.csv file; with ``number_missing_ids`` a record without an id gets its position."""
     if path.suffix.lower() == ".jsonl":
-        records = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise InputError(f"{path}:{number}: expected a JSON object per line")
-                records.append(record)
+        records = [record for _, record in iter_jsonl_objects(path)]
     else:
         import pandas as pd
 

@@ -8,12 +8,12 @@ relevant to itself and is removed from its own results before scoring.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import iter_jsonl_objects
 from ..errors import InputError
 
 
@@ -53,30 +53,21 @@ def load_labelled_jsonl(path: str | Path, id_field: str = "id", text_field: str 
     texts: list[str] = []
     labels: list[tuple[str, ...]] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{where}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{where}: each line must be a JSON object, got {type(record).__name__}")
-            for field in (id_field, text_field):
-                if field not in record:
-                    raise InputError(f"{where}: missing field '{field}' (fields present: {', '.join(record)}); set sweep.id_field / sweep.text_field")
-            record_id = str(record[id_field])
-            text = record[text_field]
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(f"{where}: field '{text_field}' must be a non-empty string")
-            if record_id in seen:
-                raise InputError(f"{where}: duplicate id '{record_id}' (first on line {seen[record_id]}); ids must be unique")
-            seen[record_id] = number
-            ids.append(record_id)
-            texts.append(text)
-            labels.append(_labels_of(record.get(label_field), where, label_field))
+    for number, record in iter_jsonl_objects(path):
+        where = f"{path}:{number}"
+        for field in (id_field, text_field):
+            if field not in record:
+                raise InputError(f"{where}: missing field '{field}' (fields present: {', '.join(record)}); set sweep.id_field / sweep.text_field")
+        record_id = str(record[id_field])
+        text = record[text_field]
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{where}: field '{text_field}' must be a non-empty string")
+        if record_id in seen:
+            raise InputError(f"{where}: duplicate id '{record_id}' (first on line {seen[record_id]}); ids must be unique")
+        seen[record_id] = number
+        ids.append(record_id)
+        texts.append(text)
+        labels.append(_labels_of(record.get(label_field), where, label_field))
     if not ids:
         raise InputError(f"{path}: the corpus is empty")
     if not any(labels):
