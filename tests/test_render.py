@@ -189,3 +189,17 @@ def test_glyph_cache_draws_the_same_pixels_as_pil(mode, font_size, line_spacing)
 def test_glyph_cache_can_be_switched_off():
     r = renderer(glyph_cache=False)
     assert r._atlas is None and r.draw(["abc"]).getextrema() == (0, 255)
+
+
+def test_png_writer_round_trips_exactly(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from optical_cli.render import png_bytes
+
+    page = render_document("Round trip: ÅÉ gjpq ___ " * 200, RenderSection(tokenizer="none", mode="tiny"))[0].image
+    decoded = Image.open(io.BytesIO(png_bytes(page)))
+    assert decoded.mode == "L" and decoded.size == page.size
+    assert np.array_equal(np.asarray(decoded), np.asarray(page))
