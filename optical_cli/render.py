@@ -287,6 +287,7 @@ class GlyphAtlas:
         self.inked: list[bool] = []
         self.lookup = np.full(0x10000, -1, dtype=np.int64)  # code point -> atlas index
         self._stack: tuple[np.ndarray, int] | None = None
+        self._rows_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _add(self, ch: str) -> int | None:
         advance = self.renderer._advance_of(ch)
@@ -337,35 +338,115 @@ class GlyphAtlas:
         lengths = np.fromiter((len(line) for line in lines), dtype=np.int64, count=len(lines))
         codepoints = np.frombuffer("".join(lines).encode("utf-32-le"), dtype=np.uint32)
         ids = self._glyph_ids(codepoints)
-        if ids is None:
+        space = self._glyph_ids(np.asarray([32], dtype=np.uint32))
+        if ids is None or space is None:
             return None
-        advances = np.asarray(self.advances, dtype=np.int64)[ids]
+        all_advances = np.asarray(self.advances, dtype=np.int64)
+        advances = all_advances[ids]
         line_of = np.repeat(np.arange(len(lines)), lengths)
         line_start = np.cumsum(lengths) - lengths
-        pen_total = np.cumsum(advances) - advances
-        pen_at_line_start = np.append(pen_total, 0)[line_start]  # an empty last line starts past the end
-        columns = self.renderer.left + pen_total - pen_at_line_start[line_of]
         position = np.arange(len(ids)) - line_start[line_of]
+        if not np.asarray(self.inked)[ids].any():
+            return Image.new("L", (size, size), 255)
+        advance = int(all_advances[space[0]])
+        stack, left = self._stacked()
+        if advance > 0 and bool((advances == advance).all()):
+            groups = self._monospace_groups(lines, ids, line_of, position, int(space[0]), advance)
+        else:
+            pen_total = np.cumsum(advances) - advances
+            pen_at_line_start = np.append(pen_total, 0)[line_start]  # an empty last line starts past the end
+            columns = self.renderer.left + pen_total - pen_at_line_start[line_of]
+            groups = self._scattered_groups(ids, columns, line_of, position)
+            if groups is None:
+                return None
+        page = None
+        for coverage in groups:
+            ink_free = (255 - coverage[:size, left:left + size]).astype(np.uint16)
+            # Lines are pasted one after another in PIL: ink blends as old * (255 - m) / 255, rounded.
+            # uint16 holds every intermediate: 255 * 255 + 128 + 255 < 65536.
+            page = ink_free if page is None else _div255(page * ink_free)
+        return Image.fromarray(page.astype(np.uint8), mode="L")
+
+    def _row_major(self, advance: int) -> np.ndarray:
+        """The first ``advance`` columns of every cell as [rows, glyphs, advance] (cached)."""
+        stack, _ = self._stacked()
+        if self._rows_cache is None or self._rows_cache[0] is not stack:
+            first = np.zeros((len(stack), self.rows, advance), dtype=np.uint8)
+            first[..., :min(advance, stack.shape[2])] = stack[..., :advance]
+            overhang = [bool(cell[:, advance:].any()) for cell in stack]
+            self._rows_cache = (stack, np.ascontiguousarray(first.transpose(1, 0, 2)), np.asarray(overhang))
+        return self._rows_cache[1]
+
+    def _overhangs(self, advance: int) -> np.ndarray:
+        """Which glyphs have ink beyond one advance (cached with ``_row_major``)."""
+        self._row_major(advance)
+        return self._rows_cache[2]
+
+    @property
+    def line_passes(self) -> int:
+        """Lines n, n + line_passes, ... never overlap: each such group is drawn on its own canvas."""
+        return -(-self.rows // self.renderer.pitch)
+
+    def _canvas(self, width: int) -> np.ndarray:
+        """A coverage canvas shifted right by the atlas's left offset, with room for overhangs."""
+        size = self.renderer.page_px
+        left = self._stacked()[1]
+        return np.zeros((size + self.rows, size + width + left), dtype=np.uint8)
+
+    def _monospace_groups(self, lines, ids, line_of, position, space: int, advance: int) -> list[np.ndarray]:
+        """Every character advances the same: each line is its cells laid side by side.
+
+        A cell wider than the advance is cut into advance-wide slices; slice s of character
+        i lands on character i + s, so each slice is one reshape of the whole page's cells,
+        blended onto the line strips with PIL's rule. No scatter is needed.
+        """
+        stack, _ = self._stacked()
+        n_lines, longest = len(lines), max(len(line) for line in lines)
+        grid = np.full((n_lines, longest), space, dtype=np.int64)
+        grid[line_of, position] = ids
+        # Gathering from a row-major copy of the first slice gives [rows, lines, chars, advance]:
+        # bringing rows inside lines then moves whole contiguous runs of a line's pixels.
+        first = self._row_major(advance)[:, grid]
+        span = longest * advance
+        slices = -(-stack.shape[2] // advance)
+        strips = np.zeros((n_lines, self.rows, span + (slices - 1) * advance), dtype=np.uint8)
+        strips[..., :span] = first.transpose(1, 0, 2, 3).reshape(n_lines, self.rows, span)
+        # Ink beyond the advance (a few glyphs) is blended onto the following cells one glyph at a time.
+        overhanging = self._overhangs(advance)[grid]
+        for line, char in zip(*np.nonzero(overhanging)):
+            extra = stack[grid[line, char], :, advance:]
+            start = (char + 1) * advance
+            region = strips[line, :, start:start + extra.shape[1]]
+            current = region.astype(np.uint16)
+            region[...] = current + _div255(extra * (255 - current))
+        groups = []
+        x0 = self.renderer.left  # canvas column of the first pen position
+        for group in range(self.line_passes):
+            canvas = self._canvas(strips.shape[2])
+            for number in range(group, n_lines, self.line_passes):
+                top = self.renderer.section.margin + number * self.renderer.pitch
+                canvas[top:top + self.rows, x0:x0 + strips.shape[2]] = strips[number]
+            groups.append(canvas)
+        return groups
+
+    def _scattered_groups(self, ids, columns, line_of, position) -> list[np.ndarray] | None:
+        """Any advances: glyph cells scattered in passes whose cells never overlap."""
         inked = np.asarray(self.inked)[ids]
         glyphs_a, columns, line_a, position_a = ids[inked], columns[inked], line_of[inked], position[inked]
-        if not len(glyphs_a):
-            return Image.new("L", (size, size), 255)
         min_advance = int(np.asarray(self.advances)[np.unique(glyphs_a)].min())
         if min_advance <= 0:
             return None
         stack, left = self._stacked()
         width = stack.shape[2]
         passes = -(-width // min_advance)
-        line_passes = -(-self.rows // self.renderer.pitch)  # cells of neighbouring lines overlap too
-        canvas_w = size + width + left
-        cell = (np.arange(self.rows)[:, None] * canvas_w + np.arange(width)[None, :]).reshape(1, -1)
-        tops = self.renderer.section.margin + line_a * self.renderer.pitch
-        starts = tops * canvas_w + columns  # the canvas is shifted right by ``left``
-        page = None
-        for group in range(line_passes):
-            canvas = np.zeros((size + self.rows, canvas_w), dtype=np.uint8)
+        groups = []
+        for group in range(self.line_passes):
+            canvas = self._canvas(width)
+            canvas_w = canvas.shape[1]
+            cell = (np.arange(self.rows)[:, None] * canvas_w + np.arange(width)[None, :]).reshape(1, -1)
+            starts = (self.renderer.section.margin + line_a * self.renderer.pitch) * canvas_w + columns
             flat = canvas.reshape(-1)
-            in_group = line_a % line_passes == group
+            in_group = line_a % self.line_passes == group
             first = True
             for k in range(passes):
                 chosen = in_group & (position_a % passes == k)
@@ -380,11 +461,8 @@ class GlyphAtlas:
                 current = flat[targets].astype(np.uint16)
                 # Overlapping glyphs of one line combine like PIL's: a + b * (255 - a) / 255, rounded.
                 flat[targets] = current + _div255(values * (255 - current))
-            # uint16 holds every intermediate below: 255 * 255 + 128 + 255 < 65536.
-            ink_free = (255 - canvas[:size, left:left + size]).astype(np.uint16)
-            # Lines are pasted one after another in PIL: ink blends as old * (255 - m) / 255, rounded.
-            page = ink_free if page is None else _div255(page * ink_free)
-        return Image.fromarray(page.astype(np.uint8), mode="L")
+            groups.append(canvas)
+        return groups
 
 
 def _div255(values: np.ndarray) -> np.ndarray:
@@ -536,10 +614,15 @@ def _save_page(args: tuple[str, list[str], str]) -> None:
         tmp.write_bytes(png_bytes(image))
 
 
-@lru_cache(maxsize=2)
+_RENDERERS: dict[str, PageRenderer] = {}  # per process; forked workers inherit the parent's, glyphs included
+
+
 def _worker_renderer(section_json: str) -> PageRenderer:
-    """One renderer (font loaded once) per worker process and configuration."""
-    return PageRenderer(RenderSection.model_validate_json(section_json))
+    """One renderer (font loaded once) per process and configuration."""
+    renderer = _RENDERERS.get(section_json)
+    if renderer is None:
+        renderer = _RENDERERS[section_json] = PageRenderer(RenderSection.model_validate_json(section_json))
+    return renderer
 
 
 def render_to_dir(
@@ -560,6 +643,7 @@ def render_to_dir(
     section = renderer.section
     report = RenderReport(section.mode, renderer.page_px, MODES[section.mode].tokens)
     section_json = section.model_dump_json()
+    _RENDERERS[section_json] = renderer
     jobs: list[tuple[str, list[str], str]] = []
     layout_lines: list[str] = []
     all_text: list[str] = []

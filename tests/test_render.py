@@ -203,3 +203,18 @@ def test_png_writer_round_trips_exactly(tmp_path):
     decoded = Image.open(io.BytesIO(png_bytes(page)))
     assert decoded.mode == "L" and decoded.size == page.size
     assert np.array_equal(np.asarray(decoded), np.asarray(page))
+
+
+def test_glyph_cache_matches_pil_for_a_proportional_font():
+    """A font whose characters advance differently goes through the scattering path."""
+    from pathlib import Path
+
+    import matplotlib
+    import numpy as np
+
+    sans = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+    r = renderer(font=str(sans), mode="small", font_size=12, line_spacing=1.0)
+    pages, _, _ = r.layout("Wide W and narrow i, ___ jgq ÅÉ; " * 80)
+    for lines in pages:
+        fast, reference = np.asarray(r.draw(lines)), np.asarray(r.draw_with_pil(lines))
+        assert (fast == reference).all(), f"{(fast != reference).sum()} pixels differ"
