@@ -351,21 +351,15 @@ class GlyphAtlas:
         advance = int(all_advances[space[0]])
         stack, left = self._stacked()
         if advance > 0 and bool((advances == advance).all()):
-            groups = self._monospace_groups(lines, ids, line_of, position, int(space[0]), advance)
+            coverage = self._monospace_coverage(lines, ids, line_of, position, int(space[0]), advance)
         else:
             pen_total = np.cumsum(advances) - advances
             pen_at_line_start = np.append(pen_total, 0)[line_start]  # an empty last line starts past the end
             columns = self.renderer.left + pen_total - pen_at_line_start[line_of]
-            groups = self._scattered_groups(ids, columns, line_of, position)
-            if groups is None:
+            coverage = self._scattered_coverage(ids, columns, line_of, position)
+            if coverage is None:
                 return None
-        page = None
-        for coverage in groups:
-            ink_free = (255 - coverage[:size, left:left + size]).astype(np.uint16)
-            # Lines are pasted one after another in PIL: ink blends as old * (255 - m) / 255, rounded.
-            # uint16 holds every intermediate: 255 * 255 + 128 + 255 < 65536.
-            page = ink_free if page is None else _div255(page * ink_free)
-        return Image.fromarray(page.astype(np.uint8), mode="L")
+        return Image.fromarray(255 - coverage[:size, left:left + size], mode="L")
 
     def _row_major(self, advance: int) -> np.ndarray:
         """The first ``advance`` columns of every cell as [rows, glyphs, advance] (cached)."""
@@ -393,12 +387,13 @@ class GlyphAtlas:
         left = self._stacked()[1]
         return np.zeros((size + self.rows, size + width + left), dtype=np.uint8)
 
-    def _monospace_groups(self, lines, ids, line_of, position, space: int, advance: int) -> list[np.ndarray]:
+    def _monospace_coverage(self, lines, ids, line_of, position, space: int, advance: int) -> np.ndarray:
         """Every character advances the same: each line is its cells laid side by side.
 
-        A cell wider than the advance is cut into advance-wide slices; slice s of character
-        i lands on character i + s, so each slice is one reshape of the whole page's cells,
-        blended onto the line strips with PIL's rule. No scatter is needed.
+        One gather and one transpose give every line's strip of first-advance slices; the
+        few glyphs with ink beyond their advance are blended onto the next cells one by one.
+        Lines then go onto the page in order, blending only the rows a line shares with the
+        lines above it.
         """
         stack, _ = self._stacked()
         n_lines, longest = len(lines), max(len(line) for line in lines)
@@ -417,20 +412,23 @@ class GlyphAtlas:
             extra = stack[grid[line, char], :, advance:]
             start = (char + 1) * advance
             region = strips[line, :, start:start + extra.shape[1]]
-            current = region.astype(np.uint16)
-            region[...] = current + _div255(extra * (255 - current))
-        groups = []
+            _blend_onto(region, extra)
+        canvas = self._canvas(strips.shape[2])
         x0 = self.renderer.left  # canvas column of the first pen position
-        for group in range(self.line_passes):
-            canvas = self._canvas(strips.shape[2])
-            for number in range(group, n_lines, self.line_passes):
-                top = self.renderer.section.margin + number * self.renderer.pitch
-                canvas[top:top + self.rows, x0:x0 + strips.shape[2]] = strips[number]
-            groups.append(canvas)
-        return groups
+        shared = max(0, self.rows - self.renderer.pitch)  # rows a line shares with the lines above
+        for number in range(n_lines):
+            top = self.renderer.section.margin + number * self.renderer.pitch
+            rows = canvas[top:top + self.rows, x0:x0 + strips.shape[2]]
+            _blend_onto(rows[:shared], strips[number, :shared])
+            rows[shared:] = strips[number, shared:]
+        return canvas
 
-    def _scattered_groups(self, ids, columns, line_of, position) -> list[np.ndarray] | None:
-        """Any advances: glyph cells scattered in passes whose cells never overlap."""
+    def _scattered_coverage(self, ids, columns, line_of, position) -> np.ndarray | None:
+        """Any advances: glyph cells scattered in passes whose cells never overlap.
+
+        Lines n, n + line_passes, ... never overlap each other, so each such group is
+        scattered on its own canvas; the groups are then blended in line order.
+        """
         inked = np.asarray(self.inked)[ids]
         glyphs_a, columns, line_a, position_a = ids[inked], columns[inked], line_of[inked], position[inked]
         min_advance = int(np.asarray(self.advances)[np.unique(glyphs_a)].min())
@@ -439,7 +437,7 @@ class GlyphAtlas:
         stack, left = self._stacked()
         width = stack.shape[2]
         passes = -(-width // min_advance)
-        groups = []
+        coverage = None
         for group in range(self.line_passes):
             canvas = self._canvas(width)
             canvas_w = canvas.shape[1]
@@ -459,10 +457,23 @@ class GlyphAtlas:
                     first = False
                     continue
                 current = flat[targets].astype(np.uint16)
-                # Overlapping glyphs of one line combine like PIL's: a + b * (255 - a) / 255, rounded.
                 flat[targets] = current + _div255(values * (255 - current))
-            groups.append(canvas)
-        return groups
+            if coverage is None:
+                coverage = canvas
+            else:
+                _blend_onto(coverage, canvas)
+        return coverage
+
+
+def _blend_onto(target: np.ndarray, ink: np.ndarray) -> None:
+    """Add coverage ``ink`` onto ``target`` in place the way PIL combines it: a + b (255 - a) / 255.
+
+    Within a line PIL combines glyph coverage with this rule; across lines it multiplies
+    the paper left, (255 - a)(255 - b) / 255, which is the same number after PIL's
+    rounding (no product of 255 - a and 255 - b ever lands on a rounding tie).
+    """
+    current = target.astype(np.uint16)  # 255 * 255 + 128 + 255 < 65536
+    target[...] = current + _div255(ink * (255 - current))
 
 
 def _div255(values: np.ndarray) -> np.ndarray:
