@@ -239,6 +239,12 @@ class Run:
             self.manifest["artifacts"].append(name)
         return self.path / name
 
+    def record_existing(self, *names: str) -> None:
+        """Record the artifacts a domain function wrote into the run directory (those that exist)."""
+        for name in names:
+            if (self.path / name).exists():
+                self.file(name)
+
     def update(self, **fields: Any) -> None:
         self.manifest.update(fields)
         self.write_manifest()

@@ -311,9 +311,7 @@ def bench_longbench(
                 rows, settings, run.path, reader_description=reader.description,
                 random_weights=reader.random_weights, data_source=cfg.bench.data, plots=cfg.bench.plots,
             )
-            for name in ("summary.json", "accuracy_by_length.png", "cost_vs_length.png"):
-                if (run.path / name).exists():
-                    run.file(name)
+            run.record_existing("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
         _print_longbench(summary)
         if json_out:
             emit_json(summary)
@@ -371,9 +369,7 @@ def train_adapter_command(
                     advance(0, description=f"reading check on {event['pages']} held-out pages")
 
             result = train_adapter(cfg, run.path, resume=resume_from, progress=on_event)
-            for name in ("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl"):
-                if (run.path / name).exists():
-                    run.file(name)
+            run.record_existing("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl")
             run.update(result=dataclasses.asdict(result))
         if os.environ.get("RANK", "0") != "0":  # under accelerate launch only the main process reports
             return
@@ -606,9 +602,7 @@ def sweep_diffusion(
                 trial=lambda n: advance(0, description="tuning weights"),
             )
             summary = run_diffusion_sweep(cfg, etas, step_list, run.path, resume, hooks)
-            for name in ("cells.jsonl", "sweep.csv", "per_query.csv", "heatmaps.png", "tuning.csv", "summary.json", "text_queries.json"):
-                if (run.path / name).exists():
-                    run.file(name)
+            run.record_existing("cells.jsonl", "sweep.csv", "per_query.csv", "heatmaps.png", "tuning.csv", "summary.json", "text_queries.json")
             run.update(sweep_seconds=summary["timing"]["sweep_seconds"])
         _print_sweep_report(summary, run.path)
         if json_out:
