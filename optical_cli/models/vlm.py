@@ -55,7 +55,8 @@ READ_INSTRUCTION = "Transcribe the text on these pages exactly."
 
 
 class ChatTokenizer(Protocol):
-    def encode(self, text: str) -> list[int]: ...          # special tokens in the text are parsed
+    # Plain text: a special token's spelling inside a document is text, never a control token.
+    def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...           # special tokens dropped
     def token_id(self, token: str) -> int: ...
 
@@ -75,7 +76,7 @@ class TiktokenQwenTokenizer:
         self._special = {token: index for index, token in specials}
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, allowed_special="all")
+        return self._tok.encode(text, allowed_special=set(), disallowed_special=())
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode([i for i in ids if i < QWEN_SPECIAL_START])
@@ -91,7 +92,7 @@ class HFChatTokenizer:
         self._tok = tokenizer
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False)
+        return self._tok.encode(text, add_special_tokens=False, split_special_tokens=True)
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
@@ -134,10 +135,29 @@ class PromptLayout:
         return int(self.input_ids.shape[0])
 
 
-def chat_text(user_content: str, answer: str | None = None) -> tuple[str, str]:
-    """(prompt, answer suffix) in the Qwen chat format; the answer closes with <|im_end|>."""
-    prompt = f"{IM_START}user\n{user_content}{IM_END}\n{IM_START}assistant\n"
-    return prompt, ("" if answer is None else f"{answer}{IM_END}")
+def chat_ids(tokenizer: ChatTokenizer, user_pieces: list[str | list[int]], answer: str | None = None) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of one user turn in the Qwen chat format.
+
+    ``user_pieces`` are plain text or lists of token ids (vision blocks). Control tokens go
+    in as ids and all text is tokenized as text, so a document that spells out
+    ``<|im_end|>`` cannot end the turn. Text is only split next to control tokens, where
+    Qwen's tokenizer splits anyway, so the ids equal those of the template string.
+    """
+    im_start, im_end = tokenizer.token_id(IM_START), tokenizer.token_id(IM_END)
+    pieces = list(user_pieces)
+    if pieces and isinstance(pieces[0], str):
+        pieces[0] = "user\n" + pieces[0]
+    else:
+        pieces.insert(0, "user\n")
+    prompt = [[im_start], *pieces, [im_end], "\n", [im_start], "assistant\n"]
+    return _ids(tokenizer, prompt), ([] if answer is None else _ids(tokenizer, [answer, [im_end]]))
+
+
+def _ids(tokenizer: ChatTokenizer, pieces: list[str | list[int]]) -> list[int]:
+    ids: list[int] = []
+    for piece in pieces:
+        ids.extend(piece if isinstance(piece, list) else tokenizer.encode(piece) if piece else [])
+    return ids
 
 
 def mrope_positions(vision_mask: torch.Tensor, grids: list[tuple[int, int]]) -> tuple[torch.Tensor, int]:
@@ -184,23 +204,14 @@ def build_layout(
     if page_tokens is not None and document_text is not None:
         raise InputError("pass either document_text or vision pages, not both")
     if page_tokens:
-        document = "".join(VISION_START + IMAGE_PAD * n + VISION_END for n in page_tokens) + "\n"
-    elif document_text is not None:
-        document = document_text + "\n"
+        pad, start, end = (tokenizer.token_id(t) for t in (IMAGE_PAD, VISION_START, VISION_END))
+        user = [preamble, *([start] + [pad] * n + [end] for n in page_tokens), "\n" + question_prompt]
     else:
-        document = ""
-    prompt, suffix = chat_text(preamble + document + question_prompt, answer)
-    prompt_ids = tokenizer.encode(prompt)
-    answer_ids = tokenizer.encode(suffix) if suffix else []
+        document = "" if document_text is None else document_text + "\n"
+        user = [preamble + document + question_prompt]
+    prompt_ids, answer_ids = chat_ids(tokenizer, user, answer)
     ids = torch.tensor(prompt_ids + answer_ids, dtype=torch.long)
-    pad = tokenizer.token_id(IMAGE_PAD)
-    vision_mask = ids == pad
-    expected = sum(page_tokens or [])
-    if int(vision_mask.sum()) != expected:
-        raise InputError(
-            f"the prompt text itself contains {IMAGE_PAD} tokens ({int(vision_mask.sum()) - expected} extra); "
-            "remove them from the document or question"
-        )
+    vision_mask = ids == tokenizer.token_id(IMAGE_PAD)
     grids = [vision_grid(n) for n in (page_tokens or [])]
     mrope, delta = mrope_positions(vision_mask, grids)
     text_positions = torch.arange(ids.shape[0], dtype=torch.long)[None]
