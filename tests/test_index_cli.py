@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
+from optical_cli.config import CONFIG_DIR
 
 runner = CliRunner()
 
@@ -119,3 +120,28 @@ def test_shipped_configs_validate():
 
     for path in (REPO_ROOT / "configs" / "energy.yaml", REPO_ROOT / "configs" / "tiny" / "energy.yaml"):
         assert load_config("energy", Path(path)).build.neighbor_k == 8
+
+
+def test_rendered_documents_become_searchable(tmp_path):
+    """render -> encode (tiny random DeepEncoder) -> index over the pooled page features -> search."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, word in (("alpha.txt", "alpha"), ("beta.txt", "beta"), ("gamma.txt", "gamma")):
+        (docs / name).write_text((word + " ") * 4000)
+    render = tmp_path / "render"
+    assert invoke("render", docs, "-o", render, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code == 0
+    encode = tmp_path / "encode"
+    result = invoke("encode", "-i", render, "-o", encode, "-c", CONFIG_DIR / "tiny" / "encode.yaml")
+    assert result.exit_code == 0, result.output
+    pages = len(json.loads((encode / "metrics.json").read_text())["pages"])
+    index = tmp_path / "index"
+    result = invoke("index", "build-energy", "--input", encode / "features.safetensors", "-o", index, "--json",
+                    "--set", "build.neighbor_k=2")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["items"] == pages >= 3
+    query = tmp_path / "q.npy"
+    np.save(query, np.load(index / "vectors.npy")[0])
+    result = invoke("index", "search", "--index", index, "--query-vector", query, "-k", 2, "--mode", "cosine", "--json")
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert hits[0]["rank"] == 1 and "alpha" in hits[0]["id"]
