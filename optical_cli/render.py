@@ -675,6 +675,10 @@ def render_to_dir(
     out_dir.mkdir(parents=True, exist_ok=True)
     _run_jobs(jobs, workers, progress)
     atomic_write_text(out_dir / "layout.jsonl", "".join(line + "\n" for line in layout_lines))
+    written = {Path(job[2]).name for job in jobs}
+    for stale in out_dir.glob("page_[0-9][0-9][0-9][0-9].png"):  # left by an earlier, longer run in this dir
+        if stale.name not in written:
+            stale.unlink()
     if section.tokenizer == "qwen":
         report.text_tokens = sum(count_text_tokens(text) for text in all_text)
     return report

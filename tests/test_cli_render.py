@@ -136,3 +136,12 @@ def test_config_show_and_validate(tmp_path):
 def test_config_show_unknown_command():
     result = invoke("config", "show", "nonsense")
     assert result.exit_code == 2 and "unknown command" in result.stderr
+
+
+def test_rerun_into_the_same_directory_leaves_no_stale_pages(tmp_path):
+    long_doc, short_doc, out = tmp_path / "long.txt", tmp_path / "short.txt", tmp_path / "out"
+    long_doc.write_text("many words " * 6000)
+    short_doc.write_text("one page")
+    for doc in (long_doc, short_doc):
+        assert invoke("render", doc, "-o", out, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code == 0
+    assert sorted(p.name for p in out.glob("page_*.png")) == ["page_0001.png"] == [p["image"] for p in layout(out)]
