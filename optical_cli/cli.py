@@ -574,6 +574,7 @@ def sweep_diffusion(
     json_out: JsonOpt = False,
 ) -> None:
     """Energy search over an eta x steps grid vs cosine, judged by shared labels (CWE ids)."""
+    from .sweep.diffusion import read_sweep_inputs
     from .sweep.grid import parse_eta_list, parse_steps_list
     from .sweep.pipeline import Hooks, run_diffusion_sweep
 
@@ -587,6 +588,7 @@ def sweep_diffusion(
                                         | ({"corpus": str(corpus)} if corpus is not None else {}), "command line")
         if resume and output_dir is None:
             raise OpticalError("--resume needs --output-dir DIR: the directory of the sweep to continue")
+        inputs = read_sweep_inputs(cfg)  # a bad corpus fails here, before the run directory exists
         with run_dir("sweep", cfg, output_dir, name="diffusion") as run, progress_bar("sweep", total=None) as advance:
             embedded = [0]
 
@@ -601,7 +603,7 @@ def sweep_diffusion(
                                                      description=f"{record['method']} {_cell_name(record)}{' (resumed)' if skipped else ''}"),
                 trial=lambda n: advance(0, description="tuning weights"),
             )
-            summary = run_diffusion_sweep(cfg, etas, step_list, run.path, resume, hooks)
+            summary = run_diffusion_sweep(cfg, etas, step_list, run.path, resume, hooks, inputs)
             run.record_existing("cells.jsonl", "sweep.csv", "per_query.csv", "heatmaps.png", "tuning.csv", "summary.json", "text_queries.json")
             run.update(sweep_seconds=summary["timing"]["sweep_seconds"])
         _print_sweep_report(summary, run.path)

@@ -99,16 +99,29 @@ def test_tiny_sweep_end_to_end_and_resume(tiny_corpus, tmp_path):
 def test_bad_grid_exits_2_with_one_line(tmp_path, flags, message):
     args = ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml", *flags]
     result = runner.invoke(app, args)
-    assert result.exit_code == 2
+    assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert "Traceback" not in result.output
-    assert list(tmp_path.iterdir()) == []
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []  # not even results/ (conftest points RESULTS_DIR at tmp_path)
 
 
-def test_missing_corpus_is_exit_2(tmp_path):
-    result = _invoke(tmp_path / "missing.jsonl", tmp_path, tmp_path / "out")
-    assert result.exit_code == 2
-    assert "corpus not found" in result.stderr
+@pytest.mark.parametrize("corpus_text, message", [
+    (None, "corpus not found"),
+    ('{"id": "a", "description": "x", "cwe": ["CWE-1"]}\n{"id": "a", "description": "y", "cwe": ["CWE-1"]}\n', "duplicate id 'a'"),
+    ('{"id": "a", "description": "x", "cwe": ["CWE-1"]}\n{"id": "b", "description": "y", "cwe": ["CWE-1"]}\n', "only 2 records"),
+], ids=["missing", "duplicate-id", "too-small"])
+def test_bad_corpus_is_one_line_exit_2_and_leaves_no_run_dir(tmp_path, corpus_text, message):
+    corpus = tmp_path / "corpus.jsonl"
+    if corpus_text is not None:
+        corpus.write_text(corpus_text)
+    out = tmp_path / "out"
+    result = _invoke(corpus, tmp_path, out)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists()  # no config.yaml/manifest.json of a run that never started
 
 
 def test_shipped_sweep_configs_validate():

@@ -76,19 +76,34 @@ def _fingerprint(cfg: SweepConfig, corpus: LabelledCorpus, relevance: Relevance)
     return digest.hexdigest()[:24]
 
 
-def setup_sweep(cfg: SweepConfig, progress: Optional[Callable[[int], None]] = None) -> SweepSetup:
-    """Read, sample and embed the corpus, judge relevance, and run the diffusion-free build stages."""
-    seed = cfg.runtime.seed
+@dataclass
+class SweepInputs:
+    """The sampled corpus and its relevance judgements: what a user's corpus or config can get wrong."""
+
+    corpus: LabelledCorpus
+    records_read: int
+    relevance: Relevance
+
+
+def read_sweep_inputs(cfg: SweepConfig) -> SweepInputs:
+    """Read and sample the corpus and judge relevance (cheap; every user mistake raises InputError here)."""
     sweep = cfg.sweep
     corpus = load_labelled_jsonl(corpus_path(cfg), sweep.id_field, sweep.text_field, sweep.label_field)
     records_read = len(corpus)
-    corpus = corpus.subset(sample_records(len(corpus), sweep.limit, seed))
+    corpus = corpus.subset(sample_records(len(corpus), sweep.limit, cfg.runtime.seed))
     if len(corpus) < sweep.depth + 1:
         raise InputError(
             f"the sweep ranks {sweep.depth} results per query plus the query itself, but the corpus has only "
             f"{len(corpus)} records; lower sweep.depth (at least 20) or raise sweep.limit"
         )
-    relevance = build_relevance(corpus.labels, sweep.num_queries, seed)
+    return SweepInputs(corpus, records_read, build_relevance(corpus.labels, sweep.num_queries, cfg.runtime.seed))
+
+
+def setup_sweep(cfg: SweepConfig, progress: Optional[Callable[[int], None]] = None, inputs: Optional[SweepInputs] = None) -> SweepSetup:
+    """Embed the corpus (read here unless ``inputs`` is given) and run the diffusion-free build stages."""
+    seed = cfg.runtime.seed
+    inputs = inputs if inputs is not None else read_sweep_inputs(cfg)
+    corpus, records_read, relevance = inputs.corpus, inputs.records_read, inputs.relevance
     device = resolve_device(cfg.runtime.device)
     started = time.perf_counter()
     vectors, cache_hit = embed_corpus(corpus.texts, cfg.embed.model, str(device), cfg.embed.batch_size, cfg.embed.cache_dir, progress)

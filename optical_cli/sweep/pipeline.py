@@ -18,7 +18,7 @@ from ..config import SweepConfig
 from ..index.search import Searcher
 from . import grid as grid_mod
 from . import tuning as tuning_mod
-from .diffusion import SweepResult, baseline_row, best_cells, evaluate_ranking, finish_cell, run_sweep, setup_sweep, summary_document, text_query_table
+from .diffusion import SweepInputs, SweepResult, baseline_row, best_cells, evaluate_ranking, finish_cell, run_sweep, setup_sweep, summary_document, text_query_table
 from .metrics import METRIC_NAMES
 from .plots import write_heatmaps
 
@@ -68,13 +68,16 @@ def run_tuning(result: SweepResult, out_dir: Path, hooks: Hooks) -> Optional[dic
 
 
 def run_diffusion_sweep(cfg: SweepConfig, etas: list[float], steps: list[int], out_dir: Path, resume: bool = False,
-                        hooks: Optional[Hooks] = None) -> dict:
-    """Set up, sweep, tune, plot and summarise; returns the summary document (also summary.json)."""
+                        hooks: Optional[Hooks] = None, inputs: Optional[SweepInputs] = None) -> dict:
+    """Set up, sweep, tune, plot and summarise; returns the summary document (also summary.json).
+
+    ``inputs`` (``read_sweep_inputs``) lets a caller check the corpus before creating ``out_dir``.
+    """
     hooks = hooks or Hooks()
     out_dir = Path(out_dir)
     started = time.perf_counter()
     _stage(hooks, "embedding corpus")
-    setup = setup_sweep(cfg, hooks.embed)
+    setup = setup_sweep(cfg, hooks.embed, inputs)
     _stage(hooks, "sweeping")
     result = run_sweep(setup, etas, steps, out_dir, resume, hooks.cell)
     grid_mod.write_per_query_csv(out_dir / "per_query.csv", result.rows, setup.query_ids)
