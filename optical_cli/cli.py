@@ -345,7 +345,7 @@ def train_adapter_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Train the vision-token adapter (DeepEncoder and Qwen3-VL frozen); writes adapter.pth, metrics.jsonl, loss.png."""
-    from .train import train_adapter
+    from .train import read_documents, train_adapter
 
     with handled_errors():
         resume_from = None
@@ -354,6 +354,7 @@ def train_adapter_command(
             config = config or run_path / "config.yaml"
             output_dir = output_dir or run_path
         cfg = load("train-adapter", config, sets)
+        documents = read_documents(cfg)  # an unusable corpus fails here, before the run directory exists
         with run_dir("train-adapter", cfg, output_dir) as run, progress_bar("training", None) as advance:
             def on_event(event: dict) -> None:
                 if event["event"] == "start":
@@ -368,7 +369,7 @@ def train_adapter_command(
                 elif event["event"] == "reading":
                     advance(0, description=f"reading check on {event['pages']} held-out pages")
 
-            result = train_adapter(cfg, run.path, resume=resume_from, progress=on_event)
+            result = train_adapter(cfg, run.path, resume=resume_from, progress=on_event, documents=documents)
             run.record_existing("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl")
             run.update(result=dataclasses.asdict(result))
         if os.environ.get("RANK", "0") != "0":  # under accelerate launch only the main process reports

@@ -553,9 +553,18 @@ def plot_losses(metrics: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def read_documents(cfg: TrainAdapterConfig) -> list[str]:
+    """The training corpus per ``cfg.data`` (an unusable one raises InputError)."""
+    return read_corpus(cfg.data.source, cfg.data.text_field, cfg.data.split, cfg.data.max_documents, cfg.data.min_chars)
+
+
 def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None = None, progress: Progress | None = None,
-                  encoder: PageEncoder | None = None, reader: VisionLanguageReader | None = None) -> TrainResult:
-    """Train the adapter per ``cfg``; artifacts go to ``run_path`` (adapter.pth, metrics.jsonl, loss.png, ...)."""
+                  encoder: PageEncoder | None = None, reader: VisionLanguageReader | None = None,
+                  documents: list[str] | None = None) -> TrainResult:
+    """Train the adapter per ``cfg``; artifacts go to ``run_path`` (adapter.pth, metrics.jsonl, loss.png, ...).
+
+    ``documents`` (``read_documents(cfg)``) lets a caller check the corpus before creating ``run_path``.
+    """
     from accelerate import Accelerator
 
     device = loading.resolve_device(cfg.runtime.device)
@@ -570,7 +579,7 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
     if resume is not None:  # a bad checkpoint fails before any model is loaded
         checkpoint = latest_checkpoint(resume)
         resume_state = load_trainer_state(checkpoint)
-    documents = read_corpus(cfg.data.source, cfg.data.text_field, cfg.data.split, cfg.data.max_documents, cfg.data.min_chars)
+    documents = documents if documents is not None else read_documents(cfg)
     reader = reader or build_reader(cfg, device, dtype)
     encoder = encoder or DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, cfg.data.encode_batch_size)
     started = time.perf_counter()

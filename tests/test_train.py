@@ -134,8 +134,9 @@ def test_corpus_without_usable_text_exits_2(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"description": "   "}\n{"other": "field"}\n')
     result = _invoke(tmp_path, "--set", f"data.source={empty}")
-    assert result.exit_code == 2
+    assert result.exit_code == 2, result.output
     assert "no usable text" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # no config.yaml/manifest.json of a run that never started
     with pytest.raises(InputError, match="not found"):
         read_corpus(str(tmp_path / "missing.txt"))
 
