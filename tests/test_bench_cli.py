@@ -68,6 +68,8 @@ def test_bad_usage_exits_2(args, message, fake_reader):
     result = _invoke(*args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert fake_reader.calls == []  # usage is checked before anything is read
 
 
 def test_bad_data_file_names_the_item(tmp_path, fake_reader):
@@ -108,3 +110,5 @@ def test_optical_without_an_adapter_is_a_config_error(tmp_path, monkeypatch):
     result = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--set", "bench.adapter=null",
                                  "--output-dir", str(tmp_path / "o")])
     assert result.exit_code == 2 and "bench.adapter is not set" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()  # refused before any weights load or the run directory exists

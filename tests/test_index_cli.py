@@ -103,6 +103,9 @@ def test_bad_inputs_exit_2(tmp_path):
     dup.write_text('{"id": "x", "description": "a"}\n{"id": "x", "description": "b"}\n')
     result = invoke("index", "build-energy", "--input", dup, "-o", tmp_path / "d")
     assert result.exit_code == 2 and "duplicate ids x" in result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {dup}: duplicate ids x; every item needs a unique id"] and "Traceback" not in result.output
+    assert not (tmp_path / "d").exists()  # no half-written index
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "manifest.json").write_text('{"command": "render"}')
     result = invoke("index", "search", "--index", tmp_path / "foreign", "--query", "x")
