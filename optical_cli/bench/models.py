@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import ConfigError
+from ..models.loading import synchronize
 from .prompts import PromptParts, middle_truncate
 from .reader import ContextExceeded, Generation
 
@@ -86,7 +87,7 @@ class QwenOpticalReader:
         features = self._encode(pages)
         if features.device.type == "cpu" and self.vlm.device.type == "cuda":
             features = features.to(self.vlm.device, non_blocking=True)
-        _sync(self.vlm.device)
+        synchronize(self.vlm.device)
         encode_s = time.perf_counter() - start
         text, stats = self.vlm.generate(
             question_prompt=prompt.question, vision_features=features, preamble=prompt.preamble,
@@ -99,11 +100,6 @@ def _decode_s(stats: dict) -> float:
     """Everything generate timed except the prefill: the decode loop, plus (optical) the adapter
     MLP and the embedding splice, which run before the prefill and are small beside it."""
     return max(0.0, stats["total_s"] - stats["prefill_s"])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_reader(cfg, conditions: Sequence[str]) -> QwenOpticalReader:

@@ -32,6 +32,7 @@ from typing import Protocol
 import torch
 
 from ..errors import InputError
+from .loading import synchronize
 
 # The Qwen2.5 / Qwen3 / Qwen3-VL special tokens, in id order from 151643 (the ids Qwen3VLConfig uses).
 QWEN_SPECIAL_TOKENS = (
@@ -234,11 +235,6 @@ def splice(embed_tokens: torch.nn.Module, input_ids: torch.Tensor, vision_mask: 
 # The reader
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class VisionLanguageReader:
     """Qwen3-VL reading a document as native text or as adapted optical tokens.
 
@@ -327,7 +323,7 @@ class VisionLanguageReader:
         embeds = splice(self.embed_tokens, layout.input_ids.to(self.device), layout.vision_mask.to(self.device), vision)
         ids, prefill_s = self.generate_from_embeds(embeds[None], layout.position_ids, layout.rope_delta,
                                                    max_new_tokens, temperature, seed)
-        _sync(self.device)
+        synchronize(self.device)
         total_s = time.perf_counter() - start
         stats = {
             "input_tokens": layout.length, "vision_tokens": int(layout.vision_mask.sum()),
@@ -348,7 +344,7 @@ class VisionLanguageReader:
         out = self.model(inputs_embeds=inputs_embeds.to(self.dtype), position_ids=position_ids[:, None, :].to(self.device),
                          attention_mask=torch.ones(1, length, dtype=torch.long, device=self.device),
                          cache=cache, use_cache=True, logits_to_keep=1)
-        _sync(self.device)
+        synchronize(self.device)
         prefill_s = time.perf_counter() - start
         generator = None
         if temperature > 0:
