@@ -575,7 +575,7 @@ def sweep_diffusion(
     json_out: JsonOpt = False,
 ) -> None:
     """Energy search over an eta x steps grid vs cosine, judged by shared labels (CWE ids)."""
-    from .sweep.diffusion import read_sweep_inputs
+    from .sweep.diffusion import faiss_available, read_sweep_inputs
     from .sweep.grid import parse_eta_list, parse_steps_list
     from .sweep.pipeline import Hooks, run_diffusion_sweep
 
@@ -590,6 +590,10 @@ def sweep_diffusion(
         if resume and output_dir is None:
             raise OpticalError("--resume needs --output-dir DIR: the directory of the sweep to continue")
         inputs = read_sweep_inputs(cfg)  # a bad corpus fails here, before the run directory exists
+        with_faiss = cfg.sweep.faiss and faiss_available()
+        if cfg.sweep.faiss and not with_faiss:
+            err.print("[yellow]warning:[/] sweep.faiss=true but faiss is not installed (pip install 'optical[faiss]'); "
+                      "the FAISS baseline is skipped", soft_wrap=True)
         with run_dir("sweep", cfg, output_dir, name="diffusion") as run, progress_bar("sweep", total=None) as advance:
             embedded = [0]
 
@@ -600,7 +604,7 @@ def sweep_diffusion(
             hooks = Hooks(
                 embed=embed_progress,
                 stage=lambda name: advance(0, description=name),
-                cell=lambda record, skipped: advance(1, total=len(etas) * len(step_list) + 2,
+                cell=lambda record, skipped: advance(1, total=len(etas) * len(step_list) + 1 + with_faiss,
                                                      description=f"{record['method']} {_cell_name(record)}{' (resumed)' if skipped else ''}"),
                 trial=lambda n: advance(0, description="tuning weights"),
             )

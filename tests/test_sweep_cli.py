@@ -89,6 +89,17 @@ def test_tiny_sweep_end_to_end_and_resume(tiny_corpus, tmp_path):
         assert list(csv.DictReader(handle)) == rows
 
 
+def test_missing_faiss_is_a_warning_not_a_silent_skip(tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr("optical_cli.sweep.diffusion.faiss_available", lambda: False)
+    corpus, cache = tiny_corpus
+    out = tmp_path / "run"
+    result = _invoke(corpus, cache, out, "--eta", "0.05", "--steps", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert "sweep.faiss=true but faiss is not installed" in result.stderr
+    with open(out / "sweep.csv") as handle:
+        assert [r["method"] for r in csv.DictReader(handle)] == ["cosine", "energy"]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--eta", "0.1,abc"], "'abc' is not a number"),
     (["--eta", ""], "empty list"),
