@@ -45,7 +45,10 @@ def test_render_json_report_and_token_ratio(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["pages"] == 1 and report["vision_tokens"] == 64 and report["page_px"] == 512
-    assert report["text_tokens"] > 0
+    from optical_cli.textstats import count_text_tokens
+
+    rendered = "\n".join(layout(tmp_path / "o")[0]["lines"])  # the Qwen count of the text on the page
+    assert report["text_tokens"] == count_text_tokens(rendered) > 300  # 7 tokens x 50 sentences, give or take line breaks
     assert report["text_tokens_per_vision_token"] == pytest.approx(report["text_tokens"] / 64, abs=1e-3)
 
 
@@ -91,8 +94,9 @@ def test_empty_input_renders_zero_pages_with_warning(tmp_path):
     doc = tmp_path / "empty.txt"
     doc.write_text("  \n\n")
     result = invoke("render", doc, "--output-dir", tmp_path / "o", "--json", "--set", "render.tokenizer=none")
-    assert result.exit_code == 0
+    assert result.exit_code == 0, result.output
     assert "warning" in result.stderr and json.loads(result.stdout)["pages"] == 0
+    assert layout(tmp_path / "o") == [] and not list((tmp_path / "o").glob("page_*.png"))
 
 
 @pytest.mark.parametrize(
