@@ -377,11 +377,18 @@ def latest_checkpoint(path: Path) -> Path:
     return found[-1]
 
 
+TRAINER_STATE_KEYS = ("optimizer", "scheduler", "step", "rng")  # what save_checkpoint writes and resume reads
+
+
 def load_trainer_state(checkpoint: Path) -> dict:
     try:
-        return torch.load(checkpoint / "trainer_state.pth", map_location="cpu", weights_only=True)
+        state = torch.load(checkpoint / "trainer_state.pth", map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"checkpoint {checkpoint} is corrupt ({type(exc).__name__}: {exc}); resume from an earlier one") from None
+    missing = [key for key in TRAINER_STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise InputError(f"checkpoint {checkpoint} is corrupt (trainer_state.pth lacks {', '.join(missing)}); resume from an earlier one")
+    return state
 
 
 def restore_trainer_state(state: dict, optimizer, scheduler, metrics_path: Path) -> int:

@@ -160,6 +160,10 @@ def test_corrupt_checkpoint_on_resume_exits_2(tmp_path, cache, reader):
     result = CliRunner().invoke(app, ["train-adapter", "--resume", str(run)])
     assert result.exit_code == 2, result.output
     assert "corrupt" in result.output
+    torch.save({"step": 2}, newest / "trainer_state.pth")  # loads, but is not a trainer state
+    result = CliRunner().invoke(app, ["train-adapter", "--resume", str(run)])
+    assert result.exit_code == 2, result.output
+    assert "lacks optimizer, scheduler, rng" in result.output and "Traceback" not in result.output
 
 
 def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
