@@ -39,7 +39,10 @@ def test_interrupted_first_write_leaves_nothing(tmp_path):
 def test_atomic_path_keeps_suffix_for_format_sniffing(tmp_path):
     with atomic_path(tmp_path / "x.png") as tmp:
         assert tmp.suffix == ".png"
-        tmp.write_bytes(b"")
+        assert tmp.parent == tmp_path and tmp.name != "x.png"  # same directory, so the rename is atomic
+        assert not (tmp_path / "x.png").exists()  # nothing at the final name until the block ends
+        tmp.write_bytes(b"png")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"] and (tmp_path / "x.png").read_bytes() == b"png"
 
 
 def test_jsonl_append_and_torn_last_line(tmp_path):
