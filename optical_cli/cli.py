@@ -336,6 +336,12 @@ def _resume_target(resume: Path) -> tuple[Path, Path]:
     return run_path, resume
 
 
+TRAIN_RANDOM_BANNER = (
+    "RANDOM WEIGHTS: Qwen3-VL or DeepEncoder is random (vlm.source / deepencoder.weights = random). The losses "
+    "and the reading check below test the pipeline; they are not results."
+)
+
+
 @app.command("train-adapter")
 def train_adapter_command(
     config: ConfigOpt = None,
@@ -345,6 +351,7 @@ def train_adapter_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Train the vision-token adapter (DeepEncoder and Qwen3-VL frozen); writes adapter.pth, metrics.jsonl, loss.png."""
+    from .models.loading import RANDOM_SOURCE
     from .train import read_documents, train_adapter
 
     with handled_errors():
@@ -355,6 +362,9 @@ def train_adapter_command(
             output_dir = output_dir or run_path
         cfg = load("train-adapter", config, sets)
         documents = read_documents(cfg)  # an unusable corpus fails here, before the run directory exists
+        random_weights = cfg.vlm.source == RANDOM_SOURCE or cfg.deepencoder.weights == "random"
+        if random_weights:
+            err.print(f"[bold yellow]{TRAIN_RANDOM_BANNER}[/]", soft_wrap=True)
         with run_dir("train-adapter", cfg, output_dir) as run, progress_bar("training", None) as advance:
             def on_event(event: dict) -> None:
                 if event["event"] == "start":
@@ -371,10 +381,10 @@ def train_adapter_command(
 
             result = train_adapter(cfg, run.path, resume=resume_from, progress=on_event, documents=documents)
             run.record_existing("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl")
-            run.update(result=dataclasses.asdict(result))
+            run.update(result=dataclasses.asdict(result), random_weights=random_weights)
         if os.environ.get("RANK", "0") != "0":  # under accelerate launch only the main process reports
             return
-        summary = dataclasses.asdict(result)
+        summary = {**dataclasses.asdict(result), "random_weights": random_weights}
         rows = [(k, v) for k, v in summary.items() if k != "reading"] + [(f"reading.{k}", v) for k, v in result.reading.items()]
         print_table("train-adapter", rows)
         if json_out:
