@@ -82,8 +82,10 @@ def test_missing_file_and_bad_json(tmp_path):
         rel.load_labelled_jsonl(path)
 
 
-def test_sample_records_is_sorted_and_seeded():
-    rows = rel.sample_records(100, 10, seed=1)
+def test_sample_rows_is_sorted_and_seeded():
+    from optical_cli.index.inputs import sample_rows
+
+    rows = sample_rows(100, 10, seed=1)
     assert rows.tolist() == sorted(rows.tolist()) and len(set(rows.tolist())) == 10
-    assert rows.tolist() == rel.sample_records(100, 10, seed=1).tolist()
-    assert rel.sample_records(5, None, 0).tolist() == [0, 1, 2, 3, 4]
+    assert rows.tolist() == sample_rows(100, 10, seed=1).tolist()
+    assert sample_rows(5, None, 0).tolist() == [0, 1, 2, 3, 4]

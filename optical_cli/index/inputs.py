@@ -58,11 +58,22 @@ def read_items(section: EnergyInputSection, path: Optional[str | Path] = None, s
     return subset(items, section.limit, seed)
 
 
+def sample_rows(n_rows: int, limit: Optional[int], seed: int) -> np.ndarray:
+    """Sorted row numbers of a seeded sample of ``limit`` rows (all rows when limit is None).
+
+    The one definition of the seeded subset: the sweep draws the same records as
+    ``index build-energy`` with it, so the two share one embedding cache.
+    """
+    if limit is None or limit >= n_rows:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=limit, replace=False))
+
+
 def subset(items: Items, limit: Optional[int], seed: int) -> Items:
     """A seeded random subset of ``limit`` items, kept in file order."""
     if limit is None or limit >= len(items):
         return items
-    keep = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
+    keep = sample_rows(len(items), limit, seed)
     pick = lambda seq: [seq[i] for i in keep] if seq is not None else None  # noqa: E731
     return Items(pick(items.ids), pick(items.texts), items.vectors[keep] if items.vectors is not None else None,
                  pick(items.records))

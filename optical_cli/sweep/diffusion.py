@@ -23,12 +23,12 @@ from ..config import SweepConfig
 from ..errors import InputError
 from ..index.build import EnergyIndex, Prepared, finish, prepare
 from ..index.embed import embed_corpus, encode_texts
-from ..index.inputs import BUNDLED_CORPUS
+from ..index.inputs import BUNDLED_CORPUS, sample_rows
 from ..index.search import Searcher, SearchParams, topk_rows
 from ..models.loading import resolve_device, sentence_model_name
 from . import grid as grid_mod
 from .metrics import METRIC_NAMES, paired_bootstrap_difference, per_query_metrics, summarize
-from .relevance import LabelledCorpus, Relevance, build_relevance, drop_self, load_labelled_jsonl, sample_records
+from .relevance import LabelledCorpus, Relevance, build_relevance, drop_self, load_labelled_jsonl
 
 QUERY_BATCH = 512  # queries scored at once: bounds the queries x items score matrices
 
@@ -90,7 +90,7 @@ def read_sweep_inputs(cfg: SweepConfig) -> SweepInputs:
     sweep = cfg.sweep
     corpus = load_labelled_jsonl(corpus_path(cfg), sweep.id_field, sweep.text_field, sweep.label_field)
     records_read = len(corpus)
-    corpus = corpus.subset(sample_records(len(corpus), sweep.limit, cfg.runtime.seed))
+    corpus = corpus.subset(sample_rows(len(corpus), sweep.limit, cfg.runtime.seed))
     if len(corpus) < sweep.depth + 1:
         raise InputError(
             f"the sweep ranks {sweep.depth} results per query plus the query itself, but the corpus has only "

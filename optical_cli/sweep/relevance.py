@@ -75,14 +75,6 @@ def load_labelled_jsonl(path: str | Path, id_field: str = "id", text_field: str 
     return LabelledCorpus(ids, texts, labels)
 
 
-def sample_records(n_records: int, limit: int | None, seed: int) -> np.ndarray:
-    """Sorted row numbers of a seeded sample of ``limit`` records (all rows when limit is None)."""
-    if limit is None or limit >= n_records:
-        return np.arange(n_records)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_records, size=limit, replace=False))
-
-
 @dataclass(frozen=True)
 class Relevance:
     """Label incidence of a corpus and the queries drawn from it."""
