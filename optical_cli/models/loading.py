@@ -10,10 +10,14 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ConfigError, InputError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from .deepencoder import DeepEncoderConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -157,7 +161,7 @@ def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_
 
 def load_chat_tokenizer(source: str):
     """The Qwen chat tokenizer: ``qwen-tiktoken`` (offline, the real Qwen BPE) or a model dir / hub id."""
-    from .vlm import HFChatTokenizer
+    from .tokenizers import HFChatTokenizer
 
     if source == QWEN_TIKTOKEN:
         return _qwen_tiktoken()
@@ -173,7 +177,7 @@ def load_chat_tokenizer(source: str):
 @functools.lru_cache(maxsize=1)
 def _qwen_tiktoken():
     """Built once per process (reading the 151k-entry BPE file takes about a second); stateless."""
-    from .vlm import TiktokenQwenTokenizer
+    from .tokenizers import TiktokenQwenTokenizer
 
     return TiktokenQwenTokenizer()
 

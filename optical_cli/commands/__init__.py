@@ -1,0 +1,1 @@
+"""One module per command group: parse the flags, call the domain, report."""

@@ -1,0 +1,138 @@
+"""`optical bench longbench`: native text against optical pages."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .. import config as config_mod
+from ..errors import InputError
+from .common import (
+    ConfigOpt,
+    JsonOpt,
+    OutputDirOpt,
+    SetOpt,
+    emit_json,
+    err,
+    handled_errors,
+    load,
+    print_table,
+    progress_bar,
+    run_dir,
+)
+
+app = typer.Typer(help="Benchmarks: LongBench v2, native text against optical pages.", no_args_is_help=True)
+
+RANDOM_BANNER = (
+    "RANDOM WEIGHTS: the models are random (tiny test models or random full-size ones). The accuracies "
+    "below test the pipeline; they are not results and say nothing about reading."
+)
+
+
+def _csv_list(value: Optional[str]) -> list[str] | None:
+    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _longbench_cfg(cfg: Any, flags: dict[str, Any]) -> Any:
+    """Fold the command's flags into the config (validated like the file), so config.yaml
+    records what actually ran."""
+    from ..bench.runner import parse_conditions
+
+    update = {key: value for key, value in flags.items() if value is not None}
+    if "conditions" in update:
+        update["conditions"] = list(parse_conditions(update["conditions"]))
+    if not update:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    data["bench"].update(update)
+    return config_mod.validate(type(cfg), data, "command-line flags")
+
+
+def _print_longbench(summary: dict) -> None:
+    from ..bench.data import DIFFICULTIES, LENGTHS
+
+    if summary["random_weights"]:
+        err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
+    suffix = " [random weights: not a result]" if summary["random_weights"] else ""
+
+    def pct(block: dict | None) -> str:
+        if not block or block.get("accuracy") is None:
+            return "-"
+        low, high = block["ci95"]
+        return f"{block['accuracy']:.1%} ({block['correct']}/{block['n']}) [{low:.1%}, {high:.1%}]"
+
+    for condition, block in summary["conditions"].items():
+        latency = block["mean_latency_s"]
+        rows = [
+            ("accuracy, failures wrong [95% Wilson]", pct(block)),
+            ("chance", f"{summary['chance']:.0%}"),
+            ("completed", f"{block['completed']}/{block['n']} ({block['completion_rate']:.0%})"
+             + (f"  failures: {', '.join(f'{k} {v}' for k, v in block['failures'].items())}" if block["failures"] else "")),
+            ("accuracy on completed", "-" if block["accuracy_on_completed"] is None else f"{block['accuracy_on_completed']:.1%}"),
+        ]
+        rows += [(f"  {b}", pct(block["by_length"].get(b))) for b in LENGTHS if b in block["by_length"]]
+        rows += [(f"  {d}", pct(block["by_difficulty"].get(d))) for d in DIFFICULTIES if d in block["by_difficulty"]]
+        rows += [
+            ("mean input tokens", "-" if block["mean_input_tokens"] is None else f"{block['mean_input_tokens']:.0f}"),
+            ("truncated (completed items)", str(block["truncated"])),
+            ("compression (doc tokens / context tokens)", "-" if block["compression_ratio"] is None else f"{block['compression_ratio']:.2f}x"),
+            ("latency s: render / encode / prefill / decode / total",
+             " / ".join("-" if latency[k] is None else f"{latency[k]:.3f}" for k in ("render", "encode", "prefill", "decode", "latency"))),
+        ]
+        print_table(f"LongBench v2: {condition}{suffix}", rows)
+    for test in summary["mcnemar"]:
+        err.print(
+            f"McNemar exact {test['first']} vs {test['second']}: n={test['n']}, only {test['first']} right "
+            f"{test['only_first_correct']}, only {test['second']} right {test['only_second_correct']}, p={test['p_value']:.3g}"
+        )
+
+
+@app.command("longbench")
+def bench_longbench(
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Seeded sample stratified by length and difficulty.")] = None,
+    ids: Annotated[Optional[str], typer.Option("--ids", help="Comma-separated item ids to run (instead of a sample).")] = None,
+    conditions: Annotated[Optional[str], typer.Option("--conditions", help="Comma-separated: native, optical, native-matched, no-context.")] = None,
+    lengths: Annotated[Optional[str], typer.Option("--lengths", help="Keep only these length buckets: short, medium, long (comma-separated).")] = None,
+    difficulties: Annotated[Optional[str], typer.Option("--difficulties", help="Keep only easy and/or hard items (comma-separated).")] = None,
+    domains: Annotated[Optional[str], typer.Option("--domains", help="Keep only these domains, e.g. 'Multi-Document QA' (comma-separated).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir, skipping finished (item, condition) pairs.")] = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """LongBench v2: native text vs optical pages (and native at the optical budget, and no context) on the same items."""
+    with handled_errors():
+        from ..bench.models import build_reader
+        from ..bench.runner import (
+            check_resume_compatible,
+            finish_run,
+            load_selection,
+            run_benchmark,
+            settings_from,
+        )
+
+        flags = {"num_samples": num_samples, "ids": _csv_list(ids), "conditions": _csv_list(conditions),
+                 "lengths": _csv_list(lengths), "difficulties": _csv_list(difficulties), "domains": _csv_list(domains)}
+        cfg = _longbench_cfg(load("longbench", config, sets), flags)
+        if resume and output_dir is None:
+            raise InputError("--resume needs --output-dir pointing at the run to continue")
+        if resume and (output_dir / "config.yaml").is_file():
+            check_resume_compatible(load("longbench", output_dir / "config.yaml", None), cfg)
+        settings = settings_from(cfg.bench, cfg.runtime.seed)
+        items = load_selection(cfg.bench, cfg.runtime.seed)   # bad data fails before any model loads
+        reader = build_reader(cfg, settings.conditions)
+        if reader.random_weights:
+            err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
+        with run_dir("longbench", cfg, output_dir) as run:
+            with progress_bar("longbench", total=len(items) * len(settings.conditions)) as advance:
+                rows = run_benchmark(reader, items, settings, run.file("items.csv"), resume=resume, progress=advance)
+            summary = finish_run(
+                rows, settings, run.path, reader_description=reader.description,
+                random_weights=reader.random_weights, data_source=cfg.bench.data, plots=cfg.bench.plots,
+            )
+            run.record_existing("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
+        _print_longbench(summary)
+        if json_out:
+            emit_json(summary)

@@ -1,0 +1,118 @@
+"""What every command shares: options, error handling, run directories, JSON and progress output.
+
+Human output and progress go to stderr; ``--json`` prints one JSON document (or JSON lines
+for streams) to stdout. Exit codes: 0 success, 1 failed run, 2 bad usage, config or input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from .. import config as config_mod
+from ..artifacts import Run, start_run, to_json_line
+from ..errors import OpticalError
+
+err = Console(stderr=True, highlight=False)
+
+# Options every command shares
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the command's file in configs/).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set key.path=value (repeatable).")]
+OutputDirOpt = Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Write artifacts directly into this directory instead of results/<command>/<run>/.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
+
+
+@contextlib.contextmanager
+def handled_errors() -> Iterator[None]:
+    """One line and exit 2 for a user's mistake, one line and exit 1 for a failed run."""
+    try:
+        yield
+    except OpticalError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - a failed run, not a traceback for the user
+        if os.environ.get("OPTICAL_DEBUG"):
+            raise
+        err.print(f"[bold red]run failed:[/] {type(exc).__name__}: {exc} (set OPTICAL_DEBUG=1 for the traceback)", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def load(command: str, config: Optional[Path], sets: Optional[list[str]]) -> Any:
+    return config_mod.load_config(command, config, sets or [])
+
+
+@contextlib.contextmanager
+def run_dir(command: str, cfg: Any, output_dir: Optional[Path], name: str | None = None) -> Iterator[Run]:
+    runtime = getattr(cfg, "runtime", None)
+    with start_run(
+        command,
+        config_mod.dump_config(cfg),
+        output_dir=output_dir,
+        name=name,
+        seed=getattr(runtime, "seed", None),
+        device=getattr(runtime, "device", None),
+    ) as run:
+        yield run
+    err.print(f"[dim]artifacts: {run.path}[/]")
+
+
+def emit_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def emit_json_line(record: dict) -> None:
+    sys.stdout.write(to_json_line(record) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+    """A Rich progress bar on stderr; yields ``advance(n=1, total=None, description=None)``."""
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+
+        def advance(n: int = 1, total: int | None = None, description: str | None = None) -> None:
+            fields = {}
+            if total is not None:
+                fields["total"] = total
+            if description is not None:
+                fields["description"] = description
+            progress.update(task, advance=n, **fields)
+
+        yield advance
+
+
+def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("key", style="bold")
+    table.add_column("value", justify="right")
+    for key, value in rows:
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    err.print(table)

@@ -1,0 +1,63 @@
+"""`optical config show|validate`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import config as config_mod
+from ..errors import OpticalError
+from .common import (
+    ConfigOpt,
+    JsonOpt,
+    SetOpt,
+    emit_json,
+    err,
+    handled_errors,
+    load,
+)
+
+app = typer.Typer(help="Show and validate config files.", no_args_is_help=True)
+
+
+@app.command("show")
+def config_show(
+    command: Annotated[str, typer.Argument(help="Command whose config to show, e.g. render.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Print the resolved config of COMMAND (defaults + file + --set) as YAML."""
+    with handled_errors():
+        cfg = load(command, config, sets)
+        sys.stdout.write(config_mod.dump_config(cfg))
+
+
+@app.command("validate")
+def config_validate(
+    files: Annotated[list[Path], typer.Argument(help="Config files to check.")],
+    command: Annotated[Optional[str], typer.Option("--command", help="Schema to check against (default: judged by file name).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check config files against their command's schema; exit 2 if any is invalid."""
+    results = []
+    for path in files:
+        name = command or config_mod.command_for_file(path)
+        try:
+            if name is None:
+                raise OpticalError(
+                    f"{path}: cannot tell which command this config is for; pass --command "
+                    f"({', '.join(sorted(config_mod.COMMANDS))})"
+                )
+            config_mod.load_config(name, path)
+            results.append({"file": str(path), "command": name, "ok": True})
+            err.print(f"[green]ok[/]    {path} ({name})")
+        except OpticalError as exc:
+            results.append({"file": str(path), "command": name, "ok": False, "error": str(exc)})
+            err.print(f"[red]error[/] {exc}", soft_wrap=True)
+    if json_out:
+        emit_json(results)
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(2)

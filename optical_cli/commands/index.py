@@ -1,0 +1,159 @@
+"""`optical index build-energy|search`: the energy-informed vector index (config: energy)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from .. import config as config_mod
+from ..errors import OpticalError
+from .common import (
+    ConfigOpt,
+    JsonOpt,
+    OutputDirOpt,
+    SetOpt,
+    emit_json,
+    emit_json_line,
+    err,
+    handled_errors,
+    load,
+    print_table,
+    progress_bar,
+    run_dir,
+)
+
+app = typer.Typer(help="Energy-informed vector index: build and search.", no_args_is_help=True)
+
+
+def _energy_config(config: Optional[Path], sets: Optional[list[str]], **changes: Any) -> Any:
+    """Load the energy config, then apply the command-line flags given (None = not given)."""
+    cfg = load("energy", config, sets)
+    for dotted, value in changes.items():
+        if value is None:
+            continue
+        section, key = dotted.split("__")
+        part = getattr(cfg, section)
+        setattr(cfg, section, config_mod.validate(type(part), part.model_dump() | {key: value}, f"--{key.replace('_', '-')}"))
+    return cfg
+
+
+@app.command("build-energy")
+def index_build_energy(
+    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="Texts (.jsonl/.csv) or vectors (.npy/.parquet/.safetensors); default: the bundled CVE corpus.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Seeded random subset of N items (0 = all; default input.limit).")] = None,
+    drop_invalid: Annotated[Optional[bool], typer.Option("--drop-invalid/--no-drop-invalid", help="Drop NaN/Inf/zero rows instead of failing.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build an energy index (lambdas, vectors, feature Laplacian) from texts or vectors."""
+    from ..index.build import build as build_energy
+    from ..index.pipeline import corpus_vectors
+    from ..index.store import save_index
+    from ..models.loading import resolve_device
+
+    with handled_errors():
+        cfg = _energy_config(config, sets, input__path=str(input_file) if input_file else None,
+                             input__limit=(limit or None) if limit is not None else None,
+                             input__drop_invalid=drop_invalid)
+        if limit == 0:
+            cfg.input.limit = None
+        device = resolve_device(cfg.runtime.device)
+        with progress_bar("embedding", total=None) as advance:
+            corpus = corpus_vectors(cfg, None, progress=advance)
+        with run_dir("index", cfg, output_dir, name="energy") as run:
+            started = time.perf_counter()
+            index = build_energy(corpus.vectors, cfg.build, corpus.ids, cfg.runtime.seed, device)
+            build_seconds = time.perf_counter() - started
+            index.model, index.texts = corpus.model, corpus.texts
+            run.update(**save_index(index, run.path, manifest=False), input=corpus.source, **corpus.info,
+                       build_seconds=round(build_seconds, 4))
+        summary = {"index": str(run.path), "input": corpus.source, "items": len(index), "dim": index.dim,
+                   **corpus.info, **index.stats, "tau": index.tau, "build_seconds": round(build_seconds, 4)}
+        print_table("energy index", list(summary.items()))
+        if json_out:
+            emit_json(summary)
+
+
+@app.command("search")
+def index_search(
+    index_dir: Annotated[Path, typer.Option("--index", help="Index directory written by build-energy.")],
+    query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="Query text (repeatable).")] = None,
+    query_vector: Annotated[Optional[Path], typer.Option("--query-vector", help="Query vector(s): .npy (1-D or 2-D), .parquet or .safetensors.")] = None,
+    queries: Annotated[Optional[Path], typer.Option("--queries", help="Query file: .jsonl/.csv with id and text fields (or a vector file).")] = None,
+    k: Annotated[Optional[int], typer.Option("-k", "--k", help="Results per query.")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="energy | energy-window | cosine | hybrid.")] = None,
+    w_lambda: Annotated[Optional[float], typer.Option("--w-lambda", help="Weight of |lambda_q - lambda_i|.")] = None,
+    w_g: Annotated[Optional[float], typer.Option("--w-g", help="Weight of |G_q - G_i|.")] = None,
+    w_d: Annotated[Optional[float], typer.Option("--w-d", help="Weight of the bounded Dirichlet energy of q - x_i.")] = None,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Hybrid: alpha*cosine distance + (1-alpha)*energy.")] = None,
+    candidate_m: Annotated[Optional[int], typer.Option("--candidate-m", help="energy-window: candidates nearest in lambda.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON line per hit to stdout.")] = False,
+) -> None:
+    """Search an energy index by text, vector or a file of queries."""
+    import numpy as np
+
+    from ..index.inputs import read_vectors
+    from ..index.pipeline import query_vectors, read_query_file
+    from ..index.search import Searcher, SearchParams
+    from ..index.store import load_index
+    from ..models.loading import resolve_device
+
+    with handled_errors():
+        cfg = _energy_config(config, sets, search__k=k, search__mode=mode, search__w_lambda=w_lambda, search__w_G=w_g,
+                             search__w_D=w_d, search__alpha=alpha, search__candidate_m=candidate_m)
+        given = [name for name, value in (("--query", query), ("--query-vector", query_vector), ("--queries", queries)) if value]
+        if len(given) != 1:
+            raise OpticalError("give exactly one of --query, --query-vector or --queries" + (f" (got {', '.join(given)})" if given else ""))
+        device = resolve_device(cfg.runtime.device)
+        index = load_index(index_dir, device)
+        texts = None
+        if query:
+            ids, texts, vectors = [f"q{i + 1}" for i in range(len(query))], list(query), None
+        elif query_vector:
+            if query_vector.suffix.lower() == ".npy":
+                try:
+                    vectors = np.atleast_2d(np.load(query_vector, allow_pickle=False)).astype(np.float32)
+                except Exception as exc:  # noqa: BLE001
+                    raise OpticalError(f"{query_vector}: cannot read a vector ({type(exc).__name__}: {exc})") from None
+                ids = [f"q{i + 1}" for i in range(vectors.shape[0])]
+            else:
+                items = read_vectors(query_vector, cfg.input.id_field, cfg.input.vector_field)
+                ids, vectors = items.ids, items.vectors
+        else:
+            ids, texts, vectors = read_query_file(queries, cfg.input.id_field, cfg.input.text_field)
+        if vectors is None:
+            vectors = query_vectors(index.model, texts, cfg.runtime.device, cfg.embed.batch_size)
+        params = SearchParams.from_section(cfg.search)
+        results = Searcher(index).search(vectors, params)
+        for position, hits in enumerate(results):
+            label = texts[position] if texts else ids[position]
+            _print_hits(f"{ids[position]}: {label[:80]}  ({params.mode})", hits, index.texts)
+            if json_out:
+                for hit in hits:
+                    emit_json_line({"query_id": ids[position], "query": texts[position] if texts else None,
+                                    "mode": params.mode, **hit.as_dict()})
+
+
+def _print_hits(title: str, hits: list, texts: Optional[list[str]]) -> None:
+    shown = [name for name in ("d_lambda", "dirichlet", "cosine") if hits and name in hits[0].terms]  # all in --json
+    header = ["rank", "id", "score", *shown]
+    rows = [[str(h.rank), h.id, f"{h.score:.4f}", *(f"{h.terms[name]:.3g}" for name in shown)] for h in hits]
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    for position, column in enumerate(header):
+        width = max(len(column), *(len(row[position]) for row in rows)) if rows else len(column)
+        table.add_column(column, justify="left" if column == "id" else "right", min_width=width, no_wrap=True)
+    if texts:
+        table.add_column("text", no_wrap=True)
+    room = max(20, err.width - sum(max(len(c), *(len(r[i]) for r in rows)) + 2 for i, c in enumerate(header)) - 2) if rows else 20
+    for hit, row in zip(hits, rows):
+        text = texts[hit.index] if texts else ""
+        table.add_row(*row, *((text if len(text) <= room else text[:room - 1] + "\u2026",) if texts else ()))
+    err.print(table)

@@ -1,0 +1,52 @@
+"""`optical render`: text to page images."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .. import config as config_mod
+from .common import (
+    ConfigOpt,
+    JsonOpt,
+    OutputDirOpt,
+    SetOpt,
+    emit_json,
+    err,
+    handled_errors,
+    load,
+    print_table,
+    progress_bar,
+    run_dir,
+)
+
+SAMPLE_DOCUMENT = config_mod.REPO_ROOT / "data" / "sample" / "optical_compression.md"
+
+
+def render(
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Text files, directories of .txt/.md, or - for stdin (default: the bundled sample).", show_default=False)] = None,
+    input_opt: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Same as the positional INPUTS (repeatable).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Render text to page images (page_0001.png, ...) plus layout.jsonl, sized for a DeepEncoder mode."""
+    from ..render import PageRenderer, read_documents, render_to_dir
+
+    with handled_errors():
+        cfg = load("render", config, sets)
+        renderer = PageRenderer(cfg.render)  # font and geometry problems surface before any output
+        sources = list(inputs or []) + list(input_opt or []) or [str(SAMPLE_DOCUMENT)]
+        documents = read_documents(sources, cfg.render)
+        if not any(doc.text.strip() for doc in documents):
+            err.print("[yellow]warning:[/] the input holds no text; zero pages rendered")
+        with run_dir("render", cfg, output_dir) as run, progress_bar("rendering pages") as advance:
+            report = render_to_dir(documents, renderer, run.path, cfg.runtime.workers, progress=advance)
+            run.update(report=report.as_dict())
+        summary = report.as_dict()
+        summary["output_dir"] = str(run.path)
+        print_table("render", [(k, v) for k, v in summary.items() if k != "per_document" and v is not None])
+        if json_out:
+            emit_json(summary)

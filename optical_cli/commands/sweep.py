@@ -1,0 +1,149 @@
+"""`optical sweep diffusion`: energy search over an eta x steps grid against labels (config: sweep)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .. import config as config_mod
+from ..errors import OpticalError
+from .common import (
+    ConfigOpt,
+    JsonOpt,
+    OutputDirOpt,
+    SetOpt,
+    emit_json,
+    err,
+    handled_errors,
+    load,
+    progress_bar,
+    run_dir,
+)
+
+app = typer.Typer(help="Sweep energy-index parameters against real relevance labels.", no_args_is_help=True)
+
+_SWEEP_METRICS = (("mrr", "MRR"), ("map_at_20", "MAP@20"), ("ndcg_at_10", "NDCG@10"), ("recall_at_10", "R@10"),
+                  ("recall_at_20", "R@20"), ("precision_at_10", "P@10"))
+
+
+@app.command("diffusion")
+def sweep_diffusion(
+    eta: Annotated[Optional[str], typer.Option("--eta", help="Comma-separated eta values, e.g. 0.05,0.1,0.15,0.2 (default sweep.etas).")] = None,
+    steps: Annotated[Optional[str], typer.Option("--steps", help="Comma-separated diffusion step counts, e.g. 2,4,6,8 (default sweep.steps).")] = None,
+    num_queries: Annotated[Optional[int], typer.Option("--num-queries", help="Seeded sample of N labelled records as queries (default: all).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Seeded corpus subset of N records (0 = all; default sweep.limit).")] = None,
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="JSONL with id, text and label fields (default: the bundled CVE corpus).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip cells already finished in --output-dir.")] = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Energy search over an eta x steps grid vs cosine, judged by shared labels (CWE ids)."""
+    from ..sweep.diffusion import faiss_available, read_sweep_inputs
+    from ..sweep.grid import parse_eta_list, parse_steps_list
+    from ..sweep.pipeline import Hooks, run_diffusion_sweep
+
+    with handled_errors():
+        cfg = load("sweep", config, sets)
+        etas = parse_eta_list(eta) if eta is not None else list(cfg.sweep.etas)
+        step_list = parse_steps_list(steps) if steps is not None else list(cfg.sweep.steps)
+        cfg.sweep = config_mod.validate(type(cfg.sweep), cfg.sweep.model_dump() | {"etas": etas, "steps": step_list}
+                                        | ({"num_queries": num_queries} if num_queries is not None else {})
+                                        | ({"limit": limit or None} if limit is not None else {})
+                                        | ({"corpus": str(corpus)} if corpus is not None else {}), "command line")
+        if resume and output_dir is None:
+            raise OpticalError("--resume needs --output-dir DIR: the directory of the sweep to continue")
+        inputs = read_sweep_inputs(cfg)  # a bad corpus fails here, before the run directory exists
+        with_faiss = cfg.sweep.faiss and faiss_available()
+        if cfg.sweep.faiss and not with_faiss:
+            err.print("[yellow]warning:[/] sweep.faiss=true but faiss is not installed (pip install 'optical[faiss]'); "
+                      "the FAISS baseline is skipped", soft_wrap=True)
+        with run_dir("sweep", cfg, output_dir, name="diffusion") as run, progress_bar("sweep", total=None) as advance:
+            embedded = [0]
+
+            def embed_progress(n: int, total: int | None = None) -> None:
+                embedded[0] += n
+                advance(0, description=f"embedding corpus {embedded[0]}/{total}")
+
+            hooks = Hooks(
+                embed=embed_progress,
+                stage=lambda name: advance(0, description=name),
+                cell=lambda record, skipped: advance(1, total=len(etas) * len(step_list) + 1 + with_faiss,
+                                                     description=f"{record['method']} {_cell_name(record)}{' (resumed)' if skipped else ''}"),
+                trial=lambda n: advance(0, description="tuning weights"),
+            )
+            summary = run_diffusion_sweep(cfg, etas, step_list, run.path, resume, hooks, inputs)
+            run.record_existing("cells.jsonl", "sweep.csv", "per_query.csv", "heatmaps.png", "tuning.csv", "summary.json", "text_queries.json")
+            run.update(sweep_seconds=summary["timing"]["sweep_seconds"])
+        _print_sweep_report(summary, run.path)
+        if json_out:
+            emit_json({k: v for k, v in summary.items() if not k.startswith("_")})
+
+
+def _cell_name(record: dict) -> str:
+    return f"eta={record['eta']:g} steps={record['steps']}" if record["method"] == "energy" else ""
+
+
+def _print_sweep_report(summary: dict, path: Path) -> None:
+    import csv as _csv
+
+    from rich import box
+
+    setup = summary["setup"]
+    err.print(f"[bold]{setup['items']} items, {setup['queries']} queries[/] (relevance: shared label; "
+              f"{setup['mean_relevant_per_query']:.1f} relevant per query on average), corpus {setup['corpus']}")
+    table = Table(title="sweep: mean over queries (95% bootstrap intervals in sweep.csv)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("method", "eta", "steps", *(title for _, title in _SWEEP_METRICS)):
+        table.add_column(column, justify="left" if column == "method" else "right", no_wrap=True, min_width=max(4, len(column)))
+    with open(path / "sweep.csv", encoding="utf-8") as handle:
+        for row in _csv.DictReader(handle):
+            table.add_row(row["method"], row["eta"], row["steps"], *(f"{float(row[m]):.4f}" for m, _ in _SWEEP_METRICS))
+    err.print(table)
+    best = Table(title="best cell per metric vs cosine (paired bootstrap 95% interval of the difference)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("metric", "eta", "steps", "energy", "cosine", "diff", "95% interval", "better"):
+        best.add_column(column, justify="left" if column in ("metric", "better") else "right", no_wrap=True, min_width=len(column))
+    for metric, title in _SWEEP_METRICS:
+        entry = summary["best"].get(metric)
+        if not entry or "vs_cosine" not in entry:
+            continue
+        diff = entry["vs_cosine"]
+        verdict = "energy" if entry["beats_cosine"] else "cosine" if entry["worse_than_cosine"] else "unclear"
+        best.add_row(title, f"{entry['eta']:g}", str(entry["steps"]), f"{entry['value']:.4f}", f"{entry['cosine']:.4f}",
+                     f"{diff['difference']:+.4f}", f"[{diff['low']:+.3f},{diff['high']:+.3f}]", verdict)
+    err.print(best)
+    tuning = summary.get("tuning")
+    if tuning:
+        weights = ", ".join(f"{k}={v:g}" for k, v in tuning["chosen_weights"].items())
+        held = Table(title=f"weight tuning: {tuning['trials']} trials on {tuning['tune_queries']} queries at eta={tuning['cell']['eta']:g} "
+                           f"steps={tuning['cell']['steps']} -> {weights}; scored on {tuning['held_out_queries']} held-out queries",
+                     title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in ("setting", *(title for _, title in _SWEEP_METRICS)):
+            held.add_column(column, justify="left" if column == "setting" else "right")
+        for name, row in tuning["held_out"].items():
+            held.add_row(name, *(f"{row[m]:.4f}" for m, _ in _SWEEP_METRICS))
+        diffs = tuning["held_out_tuned_vs_cosine"]
+        held.add_row("tuned - cosine", *(f"{diffs[m]['difference']:+.4f}" for m, _ in _SWEEP_METRICS))
+        held.add_row("  95% low", *(f"{diffs[m]['low']:+.4f}" for m, _ in _SWEEP_METRICS))
+        held.add_row("  95% high", *(f"{diffs[m]['high']:+.4f}" for m, _ in _SWEEP_METRICS))
+        err.print(held)
+    rows = summary.get("_text_query_rows") or []
+    cell = summary.get("text_queries", {}).get("cell", {})
+    text_width = max(30, err.width - 38)  # rank, id, CWE and padding take about 38 columns
+    for query in dict.fromkeys(row["query"] for row in rows):
+        for method in ("energy", "cosine"):
+            where = f" at eta={cell['eta']:g} steps={cell['steps']}" if method == "energy" else ""
+            texts = Table(title=f"{method}{where}: {query!r} (our query)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+            for column in ("#", "id", "CWE", "text"):
+                texts.add_column(column, justify="right" if column == "#" else "left")
+            for row in rows:
+                if row["query"] == query and row["method"] == method:
+                    text = row["text"] if len(row["text"]) <= text_width else row["text"][: text_width - 1] + "\u2026"
+                    texts.add_row(str(row["rank"]), row["id"], ",".join(row["labels"]) or "-", text)
+            err.print(texts)
+    timing = summary["timing"]
+    err.print(f"sweep {timing['sweep_seconds']:.1f} s ({timing['cells_evaluated']} evaluated, {timing['cells_skipped']} resumed; "
+              f"embedding {setup['embed_seconds']:.1f} s{' cached' if setup['embedding_cache_hit'] else ''}, prepare {setup['prepare_seconds']:.2f} s)")
