@@ -10,8 +10,9 @@ Guarantees (each proven by a test):
       counted.
 
 Normalisation: CR/LF and lone CR become LF, tabs are expanded to ``tab_size`` columns,
-other whitespace becomes a space, control and format characters (Unicode Cc/Cf) are
-removed. The basic (non-shaping) FreeType layout is used: fast and predictable, at the
+other whitespace becomes a space, control and format characters (Unicode Cc/Cf, the
+zero-width joiner among them) and variation selectors (U+FE00-FE0F, U+E0100-E01EF: invisible
+presentation hints such as the emoji selector after "↪") are removed and counted. The basic (non-shaping) FreeType layout is used: fast and predictable, at the
 price of no contextual shaping for scripts such as Arabic.
 """
 
@@ -173,7 +174,7 @@ class PageRenderer:
                 continue
             if ch.isspace():
                 table[ord(ch)] = " "
-            elif unicodedata.category(ch) in ("Cc", "Cf"):
+            elif unicodedata.category(ch) in ("Cc", "Cf") or is_variation_selector(ch):
                 table[ord(ch)] = None
                 removed += text.count(ch)
             elif ord(ch) not in self.cmap:
@@ -480,6 +481,12 @@ def _div255(values: np.ndarray) -> np.ndarray:
     """PIL's rounded division by 255."""
     values = values + 128
     return ((values >> 8) + values) >> 8
+
+
+def is_variation_selector(ch: str) -> bool:
+    """A presentation hint for the character before it (text or emoji style, CJK variants): never drawn."""
+    code = ord(ch)
+    return 0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF
 
 
 def non_space(text: str) -> str:

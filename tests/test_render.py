@@ -1,13 +1,14 @@
 """Render guarantees: no character lost, nothing clipped, undrawable characters marked and counted."""
 
 import random
+import unicodedata
 
 import pytest
 from PIL import ImageDraw
 
 from optical_cli.config import RenderSection
 from optical_cli.errors import InputError
-from optical_cli.render import PageRenderer, decode, non_space, render_document
+from optical_cli.render import PageRenderer, decode, is_variation_selector, non_space, render_document
 
 MARKER = "\u25a1"
 
@@ -22,6 +23,7 @@ VARIED = {
     "only_spaces_and_newlines": "   \n\n  \n",
     "long_lines": ("lorem ipsum dolor sit amet " * 200 + "\n") * 3,
     "indentation_deeper_than_line": " " * 400 + "word",
+    "emoji_presentation": "\u21aa\ufe0f next \u2764\ufe0f love \u263a\ufe0e text \u2615\ufe0f tea \u2714\u200d\u2714 done",
 }
 
 
@@ -41,7 +43,11 @@ def test_no_character_is_lost(name):
     normalised, _, _ = r.normalize(text)
     assert non_space(drawn(pages)) == non_space(normalised)
     if name not in ("arabic_hebrew",):  # DejaVu Sans Mono draws all of these
-        assert replaced == 0 and non_space(drawn(pages)) == non_space(text)
+        assert replaced == 0
+        # Only invisible characters (controls, joiners, variation selectors) may go missing.
+        kept = "".join(ch for ch in non_space(text) if not (unicodedata.category(ch) in ("Cc", "Cf") or is_variation_selector(ch)))
+        assert non_space(drawn(pages)) == kept
+        assert removed == len(non_space(text)) - len(kept)
 
 
 def test_no_character_lost_on_200k_random_characters():
@@ -113,6 +119,16 @@ def test_control_characters_are_removed_and_counted():
     pages, replaced, removed = r.layout("bell\x07 null\x00 zero\u200bwidth \ufeffbom")
     assert removed == 4 and replaced == 0
     assert non_space(drawn(pages)) == "bellnullzerowidthbom"
+
+
+def test_variation_selectors_and_joiners_are_removed_not_boxed():
+    r = renderer()
+    # "↪️" is U+21AA + U+FE0F; U+FE0E asks for text style; U+200D joins an emoji sequence;
+    # U+E0100 is an ideographic variation selector.
+    pages, replaced, removed = r.layout("return \u21aa\ufe0f back \u2192\ufe0e on\u200doff \u2665\U000e0100")
+    assert (removed, replaced) == (4, 0)
+    assert non_space(drawn(pages)) == "return\u21aaback\u2192onoff\u2665"
+    assert MARKER not in drawn(pages)
 
 
 def test_tabs_expand_to_columns():
