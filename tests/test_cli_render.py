@@ -149,3 +149,18 @@ def test_rerun_into_the_same_directory_leaves_no_stale_pages(tmp_path):
     for doc in (long_doc, short_doc):
         assert invoke("render", doc, "-o", out, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code == 0
     assert sorted(p.name for p in out.glob("page_*.png")) == ["page_0001.png"] == [p["image"] for p in layout(out)]
+
+
+def test_user_text_in_messages_is_never_read_as_markup(tmp_path):
+    # A path such as "report[bold].txt" or advice like pip install 'optical[faiss]' must reach the user intact.
+    missing = tmp_path / "report[bold]draft[/bold].txt"
+    result = invoke("render", missing, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2
+    assert f"input not found: {missing};" in result.stderr
+
+
+def test_warnings_keep_brackets(capsys):
+    from optical_cli.commands.common import warn
+
+    warn("faiss is not installed (pip install 'optical[faiss]')")
+    assert "warning: faiss is not installed (pip install 'optical[faiss]')" in capsys.readouterr().err

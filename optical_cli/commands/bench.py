@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from .. import config as config_mod
 from ..errors import InputError
@@ -82,10 +83,10 @@ def _print_longbench(summary: dict) -> None:
         ]
         print_table(f"LongBench v2: {condition}{suffix}", rows)
     for test in summary["mcnemar"]:
-        err.print(
+        err.print(escape(
             f"McNemar exact {test['first']} vs {test['second']}: n={test['n']}, only {test['first']} right "
             f"{test['only_first_correct']}, only {test['second']} right {test['only_second_correct']}, p={test['p_value']:.3g}"
-        )
+        ))
 
 
 @app.command("longbench")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,6 +32,16 @@ from ..errors import OpticalError
 
 err = Console(stderr=True, highlight=False)
 
+
+def say(label: str, style: str, message: str) -> None:
+    """One line on stderr: a styled label, then the message as plain text (user text such as
+    paths, ids or ``pip install 'optical[faiss]'`` must never be read as Rich markup)."""
+    err.print(f"[{style}]{label}:[/] {escape(message)}", soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    say("warning", "yellow", message)
+
 # Options every command shares
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the command's file in configs/).")]
@@ -45,7 +56,7 @@ def handled_errors() -> Iterator[None]:
     try:
         yield
     except OpticalError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        say("error", "bold red", str(exc))
         raise typer.Exit(exc.exit_code) from None
     except typer.Exit:
         raise
@@ -55,7 +66,7 @@ def handled_errors() -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - a failed run, not a traceback for the user
         if os.environ.get("OPTICAL_DEBUG"):
             raise
-        err.print(f"[bold red]run failed:[/] {type(exc).__name__}: {exc} (set OPTICAL_DEBUG=1 for the traceback)", soft_wrap=True)
+        say("run failed", "bold red", f"{type(exc).__name__}: {exc} (set OPTICAL_DEBUG=1 for the traceback)")
         raise typer.Exit(1) from None
 
 
@@ -75,7 +86,7 @@ def run_dir(command: str, cfg: Any, output_dir: Optional[Path], name: str | None
         device=getattr(runtime, "device", None),
     ) as run:
         yield run
-    err.print(f"[dim]artifacts: {run.path}[/]")
+    err.print(f"[dim]artifacts: {escape(str(run.path))}[/]")
 
 
 def emit_json(document: Any) -> None:
@@ -96,23 +107,23 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
     )
     with progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(escape(description), total=total)
 
         def advance(n: int = 1, total: int | None = None, description: str | None = None) -> None:
             fields = {}
             if total is not None:
                 fields["total"] = total
             if description is not None:
-                fields["description"] = description
+                fields["description"] = escape(description)
             progress.update(task, advance=n, **fields)
 
         yield advance
 
 
 def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(title=escape(title), show_header=False, title_justify="left")
     table.add_column("key", style="bold")
     table.add_column("value", justify="right")
     for key, value in rows:
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(escape(key), escape(f"{value:.4g}" if isinstance(value, float) else str(value)))
     err.print(table)

@@ -15,9 +15,9 @@ from .common import (
     JsonOpt,
     SetOpt,
     emit_json,
-    err,
     handled_errors,
     load,
+    say,
 )
 
 app = typer.Typer(help="Show and validate config files.", no_args_is_help=True)
@@ -53,10 +53,10 @@ def config_validate(
                 )
             config_mod.load_config(name, path)
             results.append({"file": str(path), "command": name, "ok": True})
-            err.print(f"[green]ok[/]    {path} ({name})")
+            say("ok", "green", f"{path} ({name})")
         except OpticalError as exc:
             results.append({"file": str(path), "command": name, "ok": False, "error": str(exc)})
-            err.print(f"[red]error[/] {exc}", soft_wrap=True)
+            say("error", "red", str(exc))
     if json_out:
         emit_json(results)
     if not all(r["ok"] for r in results):

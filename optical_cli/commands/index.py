@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .. import config as config_mod
@@ -145,8 +146,8 @@ def index_search(
 def _print_hits(title: str, hits: list, texts: Optional[list[str]]) -> None:
     shown = [name for name in ("d_lambda", "dirichlet", "cosine") if hits and name in hits[0].terms]  # all in --json
     header = ["rank", "id", "score", *shown]
-    rows = [[str(h.rank), h.id, f"{h.score:.4f}", *(f"{h.terms[name]:.3g}" for name in shown)] for h in hits]
-    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    rows = [[str(h.rank), str(h.id), f"{h.score:.4f}", *(f"{h.terms[name]:.3g}" for name in shown)] for h in hits]
+    table = Table(title=escape(title), title_justify="left", box=None, pad_edge=False)
     for position, column in enumerate(header):
         width = max(len(column), *(len(row[position]) for row in rows)) if rows else len(column)
         table.add_column(column, justify="left" if column == "id" else "right", min_width=width, no_wrap=True)
@@ -155,5 +156,6 @@ def _print_hits(title: str, hits: list, texts: Optional[list[str]]) -> None:
     room = max(20, err.width - sum(max(len(c), *(len(r[i]) for r in rows)) + 2 for i, c in enumerate(header)) - 2) if rows else 20
     for hit, row in zip(hits, rows):
         text = texts[hit.index] if texts else ""
-        table.add_row(*row, *((text if len(text) <= room else text[:room - 1] + "\u2026",) if texts else ()))
+        shown_text = text if len(text) <= room else text[:room - 1] + "\u2026"
+        table.add_row(*map(escape, row), *((escape(shown_text),) if texts else ()))
     err.print(table)

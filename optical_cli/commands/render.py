@@ -13,12 +13,12 @@ from .common import (
     OutputDirOpt,
     SetOpt,
     emit_json,
-    err,
     handled_errors,
     load,
     print_table,
     progress_bar,
     run_dir,
+    warn,
 )
 
 SAMPLE_DOCUMENT = config_mod.REPO_ROOT / "data" / "sample" / "optical_compression.md"
@@ -41,7 +41,7 @@ def render(
         sources = list(inputs or []) + list(input_opt or []) or [str(SAMPLE_DOCUMENT)]
         documents = read_documents(sources, cfg.render)
         if not any(doc.text.strip() for doc in documents):
-            err.print("[yellow]warning:[/] the input holds no text; zero pages rendered")
+            warn("the input holds no text; zero pages rendered")
         with run_dir("render", cfg, output_dir) as run, progress_bar("rendering pages") as advance:
             report = render_to_dir(documents, renderer, run.path, cfg.runtime.workers, progress=advance)
             run.update(report=report.as_dict())

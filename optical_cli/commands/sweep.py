@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .. import config as config_mod
@@ -21,6 +22,7 @@ from .common import (
     load,
     progress_bar,
     run_dir,
+    warn,
 )
 
 app = typer.Typer(help="Sweep energy-index parameters against real relevance labels.", no_args_is_help=True)
@@ -60,8 +62,7 @@ def sweep_diffusion(
         inputs = read_sweep_inputs(cfg)  # a bad corpus fails here, before the run directory exists
         with_faiss = cfg.sweep.faiss and faiss_available()
         if cfg.sweep.faiss and not with_faiss:
-            err.print("[yellow]warning:[/] sweep.faiss=true but faiss is not installed (pip install 'optical[faiss]'); "
-                      "the FAISS baseline is skipped", soft_wrap=True)
+            warn("sweep.faiss=true but faiss is not installed (pip install 'optical[faiss]'); the FAISS baseline is skipped")
         with run_dir("sweep", cfg, output_dir, name="diffusion") as run, progress_bar("sweep", total=None) as advance:
             embedded = [0]
 
@@ -95,13 +96,13 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
 
     setup = summary["setup"]
     err.print(f"[bold]{setup['items']} items, {setup['queries']} queries[/] (relevance: shared label; "
-              f"{setup['mean_relevant_per_query']:.1f} relevant per query on average), corpus {setup['corpus']}")
+              f"{setup['mean_relevant_per_query']:.1f} relevant per query on average), corpus {escape(str(setup['corpus']))}")
     table = Table(title="sweep: mean over queries (95% bootstrap intervals in sweep.csv)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("method", "eta", "steps", *(title for _, title in _SWEEP_METRICS)):
         table.add_column(column, justify="left" if column == "method" else "right", no_wrap=True, min_width=max(4, len(column)))
     with open(path / "sweep.csv", encoding="utf-8") as handle:
         for row in _csv.DictReader(handle):
-            table.add_row(row["method"], row["eta"], row["steps"], *(f"{float(row[m]):.4f}" for m, _ in _SWEEP_METRICS))
+            table.add_row(escape(row["method"]), row["eta"], row["steps"], *(f"{float(row[m]):.4f}" for m, _ in _SWEEP_METRICS))
     err.print(table)
     best = Table(title="best cell per metric vs cosine (paired bootstrap 95% interval of the difference)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("metric", "eta", "steps", "energy", "cosine", "diff", "95% interval", "better"):
@@ -113,7 +114,7 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
         diff = entry["vs_cosine"]
         verdict = "energy" if entry["beats_cosine"] else "cosine" if entry["worse_than_cosine"] else "unclear"
         best.add_row(title, f"{entry['eta']:g}", str(entry["steps"]), f"{entry['value']:.4f}", f"{entry['cosine']:.4f}",
-                     f"{diff['difference']:+.4f}", f"[{diff['low']:+.3f},{diff['high']:+.3f}]", verdict)
+                     f"{diff['difference']:+.4f}", escape(f"[{diff['low']:+.3f},{diff['high']:+.3f}]"), verdict)
     err.print(best)
     tuning = summary.get("tuning")
     if tuning:
@@ -136,13 +137,13 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
     for query in dict.fromkeys(row["query"] for row in rows):
         for method in ("energy", "cosine"):
             where = f" at eta={cell['eta']:g} steps={cell['steps']}" if method == "energy" else ""
-            texts = Table(title=f"{method}{where}: {query!r} (our query)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+            texts = Table(title=escape(f"{method}{where}: {query!r} (our query)"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
             for column in ("#", "id", "CWE", "text"):
                 texts.add_column(column, justify="right" if column == "#" else "left")
             for row in rows:
                 if row["query"] == query and row["method"] == method:
                     text = row["text"] if len(row["text"]) <= text_width else row["text"][: text_width - 1] + "\u2026"
-                    texts.add_row(str(row["rank"]), row["id"], ",".join(row["labels"]) or "-", text)
+                    texts.add_row(str(row["rank"]), escape(row["id"]), escape(",".join(row["labels"]) or "-"), escape(text))
             err.print(texts)
     timing = summary["timing"]
     err.print(f"sweep {timing['sweep_seconds']:.1f} s ({timing['cells_evaluated']} evaluated, {timing['cells_skipped']} resumed; "
