@@ -59,6 +59,15 @@ def test_text_search_json_lines(cve_index):
     assert [h["score"] for h in hits] == sorted(h["score"] for h in hits)
 
 
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_blank_query_is_one_line_exit_2(cve_index, blank):
+    out, _ = cve_index
+    result = invoke("index", "search", "--index", out, "--query", "real query", "--query", blank, "--json")
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --query number 2 is empty"), result.stderr
+
+
 def test_queries_file_and_modes(cve_index, tmp_path):
     out, _ = cve_index
     queries = tmp_path / "q.jsonl"

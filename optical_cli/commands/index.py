@@ -113,6 +113,9 @@ def index_search(
         given = [name for name, value in (("--query", query), ("--query-vector", query_vector), ("--queries", queries)) if value]
         if len(given) != 1:
             raise OpticalError("give exactly one of --query, --query-vector or --queries" + (f" (got {', '.join(given)})" if given else ""))
+        blank = [position + 1 for position, text in enumerate(query or []) if not text.strip()]
+        if blank:
+            raise OpticalError(f"--query number {blank[0]} is empty; give the text to search for, e.g. -q \"SQL injection in the login page\"")
         device = resolve_device(cfg.runtime.device)
         index = load_index(index_dir, device)
         texts = None
