@@ -164,3 +164,16 @@ def test_warnings_keep_brackets(capsys):
 
     warn("faiss is not installed (pip install 'optical[faiss]')")
     assert "warning: faiss is not installed (pip install 'optical[faiss]')" in capsys.readouterr().err
+
+
+COMMANDS = ([], ["render"], ["encode"], ["train-adapter"], ["bench", "longbench"], ["index", "build-energy"],
+            ["index", "search"], ["sweep", "diffusion"], ["config", "show"], ["config", "validate"])
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "optical")
+def test_help_reads_cleanly(command):
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "Usage: optical" in result.output
+    for noise in ("<bool>", "<list[", "<str>]"):  # a flag takes no value; a repeated option names what it takes
+        assert noise not in result.output, (noise, result.output)

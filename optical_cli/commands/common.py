@@ -33,6 +33,30 @@ from ..errors import OpticalError
 err = Console(stderr=True, highlight=False)
 
 
+def _show_no_type_for_flags() -> None:
+    """Typer's help prints every parameter's Python type, flags included (``--json <bool>``,
+    ``INPUTS <list[str]>``). A flag takes no value and a named argument says what it takes, so
+    neither gets a type column; options that take a value keep theirs."""
+    from typer.core import TyperArgument, TyperOption
+
+    def hide(cls, hidden) -> None:
+        shown = cls.display_type_rich
+        if getattr(shown, "_optical", False):
+            return
+
+        def display_type_rich(self, ctx):
+            return None if hidden(self) else shown(self, ctx)
+
+        display_type_rich._optical = True
+        cls.display_type_rich = display_type_rich
+
+    hide(TyperOption, lambda option: option.is_flag)
+    hide(TyperArgument, lambda argument: argument.metavar is not None)
+
+
+_show_no_type_for_flags()
+
+
 def say(label: str, style: str, message: str) -> None:
     """One line on stderr: a styled label, then the message as plain text (user text such as
     paths, ids or ``pip install 'optical[faiss]'`` must never be read as Rich markup)."""
@@ -45,7 +69,7 @@ def warn(message: str) -> None:
 # Options every command shares
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the command's file in configs/).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set key.path=value (repeatable).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: --set key.path=value (repeatable).")]
 OutputDirOpt = Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Write artifacts directly into this directory instead of results/<command>/<run>/.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
 

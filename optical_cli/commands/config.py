@@ -25,7 +25,7 @@ app = typer.Typer(help="Show and validate config files.", no_args_is_help=True)
 
 @app.command("show")
 def config_show(
-    command: Annotated[str, typer.Argument(help="Command whose config to show, e.g. render.")],
+    command: Annotated[str, typer.Argument(metavar="COMMAND", help="Command whose config to show, e.g. render.")],
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
@@ -37,7 +37,7 @@ def config_show(
 
 @app.command("validate")
 def config_validate(
-    files: Annotated[list[Path], typer.Argument(help="Config files to check.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILES", help="Config files to check.")],
     command: Annotated[Optional[str], typer.Option("--command", help="Schema to check against (default: judged by file name).")] = None,
     json_out: JsonOpt = False,
 ) -> None:

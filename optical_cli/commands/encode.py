@@ -22,7 +22,7 @@ from .common import (
 
 
 def encode(
-    inputs: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Image file, directory of images, or render run directory (repeatable).")] = None,
+    inputs: Annotated[Optional[list[Path]], typer.Option("--input", "-i", metavar="PATH", help="Image file, directory of images, or render run directory (repeatable).")] = None,
     text: Annotated[Optional[Path], typer.Option("--text", help="Text file to render (at the mode's page size) and encode in one go.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Features .safetensors (default: features.safetensors in the run directory).")] = None,
     config: ConfigOpt = None,

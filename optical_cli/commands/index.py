@@ -84,7 +84,7 @@ def index_build_energy(
 @app.command("search")
 def index_search(
     index_dir: Annotated[Path, typer.Option("--index", help="Index directory written by build-energy.")],
-    query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="Query text (repeatable).")] = None,
+    query: Annotated[Optional[list[str]], typer.Option("--query", "-q", metavar="TEXT", help="Query text (repeatable).")] = None,
     query_vector: Annotated[Optional[Path], typer.Option("--query-vector", help="Query vector(s): .npy (1-D or 2-D), .parquet or .safetensors.")] = None,
     queries: Annotated[Optional[Path], typer.Option("--queries", help="Query file: .jsonl/.csv with id and text fields (or a vector file).")] = None,
     k: Annotated[Optional[int], typer.Option("-k", "--k", help="Results per query.")] = None,

@@ -25,8 +25,8 @@ SAMPLE_DOCUMENT = config_mod.REPO_ROOT / "data" / "sample" / "optical_compressio
 
 
 def render(
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="Text files, directories of .txt/.md, or - for stdin (default: the bundled sample).", show_default=False)] = None,
-    input_opt: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Same as the positional INPUTS (repeatable).")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Argument(metavar="INPUTS", help="Text files, directories of .txt/.md, or - for stdin (default: the bundled sample).", show_default=False)] = None,
+    input_opt: Annotated[Optional[list[str]], typer.Option("--input", "-i", metavar="PATH", help="Same as the positional INPUTS (repeatable).")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
