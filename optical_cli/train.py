@@ -380,6 +380,21 @@ def latest_checkpoint(path: Path) -> Path:
 TRAINER_STATE_KEYS = ("optimizer", "scheduler", "step", "rng")  # what save_checkpoint writes and resume reads
 
 
+@dataclass
+class Checkpoint:
+    """A checkpoint to resume from, opened and checked: its directory and its trainer state."""
+
+    path: Path
+    state: dict
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    """The newest complete checkpoint of a run directory (or ``path`` itself), read and checked,
+    so a corrupt one fails before any model is loaded."""
+    checkpoint = latest_checkpoint(path)
+    return Checkpoint(checkpoint, load_trainer_state(checkpoint))
+
+
 def load_trainer_state(checkpoint: Path) -> dict:
     try:
         state = torch.load(checkpoint / "trainer_state.pth", map_location="cpu", weights_only=True)
@@ -486,7 +501,20 @@ class TrainResult:
     reading: dict = field(default_factory=dict)
 
 
-def build_reader(cfg: TrainAdapterConfig, device: torch.device, dtype: torch.dtype) -> VisionLanguageReader:
+def resolve_runtime(cfg: TrainAdapterConfig):
+    """(accelerator, device, dtype) of a run: the configured device, or each process's own under
+    ``accelerate launch``."""
+    from accelerate import Accelerator
+
+    device = loading.resolve_device(cfg.runtime.device)
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    device = accelerator.device if accelerator.num_processes > 1 else device
+    return accelerator, device, loading.resolve_dtype(cfg.runtime.dtype, device)
+
+
+def load_reader(cfg: TrainAdapterConfig) -> VisionLanguageReader:
+    """The frozen language model and tokenizer of ``cfg.vlm`` on the run's device (the slow part of start-up)."""
+    _, device, dtype = resolve_runtime(cfg)
     return VisionLanguageReader.from_config(cfg.vlm, device, dtype, seed=cfg.runtime.seed)
 
 
@@ -565,29 +593,22 @@ def read_documents(cfg: TrainAdapterConfig) -> list[str]:
     return read_corpus(cfg.data.source, cfg.data.text_field, cfg.data.split, cfg.data.max_documents, cfg.data.min_chars)
 
 
-def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None = None, progress: Progress | None = None,
+def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | None = None, progress: Progress | None = None,
                   encoder: PageEncoder | None = None, reader: VisionLanguageReader | None = None,
                   documents: list[str] | None = None) -> TrainResult:
     """Train the adapter per ``cfg``; artifacts go to ``run_path`` (adapter.pth, metrics.jsonl, loss.png, ...).
 
-    ``documents`` (``read_documents(cfg)``) lets a caller check the corpus before creating ``run_path``.
+    ``documents`` (``read_documents(cfg)``), ``resume`` (``open_checkpoint``) and ``reader``
+    (``load_reader(cfg)``) let a caller check the corpus and the checkpoint and load the model
+    before creating ``run_path``.
     """
-    from accelerate import Accelerator
-
-    device = loading.resolve_device(cfg.runtime.device)
-    accelerator = Accelerator(cpu=device.type == "cpu")
-    device = accelerator.device if accelerator.num_processes > 1 else device
-    dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
+    accelerator, device, dtype = resolve_runtime(cfg)
     autocast = device.type == "cuda" and dtype == torch.bfloat16
     emit = progress if (progress and accelerator.is_main_process) else (lambda event: None)
     opt = cfg.train
 
-    resume_state = None
-    if resume is not None:  # a bad checkpoint fails before any model is loaded
-        checkpoint = latest_checkpoint(resume)
-        resume_state = load_trainer_state(checkpoint)
     documents = documents if documents is not None else read_documents(cfg)
-    reader = reader or build_reader(cfg, device, dtype)
+    reader = reader or load_reader(cfg)
     encoder = encoder or DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, cfg.data.encode_batch_size)
     started = time.perf_counter()
     with accelerator.main_process_first():
@@ -610,9 +631,9 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Path | None =
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(opt.warmup_steps, total_steps, opt.min_lr_ratio))
     step = 0
     metrics_path = run_path / "metrics.jsonl"
-    if resume_state is not None:
-        adapter.load_state_dict(loading.load_adapter(checkpoint / "adapter.pth", reader.hidden_size, encoder.out_dim).state_dict())
-        step = restore_trainer_state(resume_state, optimizer, scheduler, metrics_path)
+    if resume is not None:
+        adapter.load_state_dict(loading.load_adapter(resume.path / "adapter.pth", reader.hidden_size, encoder.out_dim).state_dict())
+        step = restore_trainer_state(resume.state, optimizer, scheduler, metrics_path)
     elif metrics_path.exists() and accelerator.is_main_process:
         metrics_path.unlink()
     adapter, optimizer = accelerator.prepare(adapter, optimizer)

@@ -13,8 +13,8 @@ from optical_cli.cli import app
 from optical_cli.config import dump_config, load_config
 from optical_cli.errors import InputError
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapter
-from optical_cli.train import (DeepEncoderPages, build_page_set, build_reader, character_error_rate, collate,
-                               levenshtein, make_examples, mse_loss, read_corpus, reconstruction_loss, train_adapter)
+from optical_cli.train import (DeepEncoderPages, build_page_set, character_error_rate, collate, levenshtein, load_reader,
+                               make_examples, mse_loss, open_checkpoint, read_corpus, reconstruction_loss, train_adapter)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny" / "qwen3_vl.yaml"
@@ -34,8 +34,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reader(cache):
-    cfg = tiny_cfg(cache)
-    return build_reader(cfg, torch.device("cpu"), torch.float32)
+    return load_reader(tiny_cfg(cache, "runtime.device=cpu", "runtime.dtype=float32"))
 
 
 def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
@@ -74,7 +73,7 @@ def test_resume_continues_exactly(tmp_path, cache, reader):
     with pytest.raises(RuntimeError, match="simulated"):
         train_adapter(cfg, tmp_path / "resumed", progress=crash_after_step_3, reader=reader)
     assert [m["step"] for m in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")][-1] == 3
-    train_adapter(cfg, tmp_path / "resumed", resume=tmp_path / "resumed", reader=reader)
+    train_adapter(cfg, tmp_path / "resumed", resume=open_checkpoint(tmp_path / "resumed"), reader=reader)
     straight = torch.load(tmp_path / "straight" / "adapter.pth", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "adapter.pth", weights_only=True)
     for name in straight:
@@ -150,6 +149,15 @@ def test_adapter_not_matching_the_llm_exits_2(tmp_path):
                      "--set", f"adapter.init={wrong}")
     assert result.exit_code == 2, result.output
     assert "hidden size is 64" in result.output
+
+
+def test_model_that_cannot_load_fails_before_the_run_and_its_progress_bar(tmp_path):
+    result = _invoke(tmp_path, "--set", f"data.source={CVES}", "--set", "data.max_documents=4",
+                     "--set", f"vlm.source={tmp_path / 'no-such-model'}")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("RANDOM WEIGHTS")]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "no-such-model" in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_corrupt_checkpoint_on_resume_exits_2(tmp_path, cache, reader):

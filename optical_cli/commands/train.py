@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from .common import (
     ConfigOpt,
@@ -53,7 +54,7 @@ def train_adapter_command(
 ) -> None:
     """Train the vision-token adapter (DeepEncoder and Qwen3-VL frozen); writes adapter.pth, metrics.jsonl, loss.png."""
     from ..models.loading import RANDOM_SOURCE
-    from ..train import read_documents, train_adapter
+    from ..train import load_reader, open_checkpoint, read_documents, train_adapter
 
     with handled_errors():
         resume_from = None
@@ -62,10 +63,15 @@ def train_adapter_command(
             config = config or run_path / "config.yaml"
             output_dir = output_dir or run_path
         cfg = load("train-adapter", config, sets)
-        documents = read_documents(cfg)  # an unusable corpus fails here, before the run directory exists
+        # An unusable corpus, a corrupt checkpoint or a model that cannot be loaded fails here,
+        # before the run directory exists and before any progress bar is drawn.
+        documents = read_documents(cfg)
+        checkpoint = open_checkpoint(resume_from) if resume_from is not None else None
         random_weights = cfg.vlm.source == RANDOM_SOURCE or cfg.deepencoder.weights == "random"
         if random_weights:
             err.print(f"[bold yellow]{TRAIN_RANDOM_BANNER}[/]", soft_wrap=True)
+        with err.status(escape(f"loading the language model ({cfg.vlm.source})")):
+            reader = load_reader(cfg)
         with run_dir("train-adapter", cfg, output_dir) as run, progress_bar("training", None) as advance:
             def on_event(event: dict) -> None:
                 if event["event"] == "start":
@@ -80,7 +86,7 @@ def train_adapter_command(
                 elif event["event"] == "reading":
                     advance(0, description=f"reading check on {event['pages']} held-out pages")
 
-            result = train_adapter(cfg, run.path, resume=resume_from, progress=on_event, documents=documents)
+            result = train_adapter(cfg, run.path, resume=checkpoint, progress=on_event, documents=documents, reader=reader)
             run.record_existing("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl")
             run.update(result=dataclasses.asdict(result), random_weights=random_weights)
         if os.environ.get("RANK", "0") != "0":  # under accelerate launch only the main process reports
