@@ -421,37 +421,11 @@ def restore_trainer_state(state: dict, optimizer, scheduler, metrics_path: Path)
 # Reading check
 
 
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (bit-parallel, Myers/Hyyro): O(len(b)) big-integer operations."""
-    if not a:
-        return len(b)
-    if not b:
-        return len(a)
-    peq: dict[str, int] = {}
-    for i, ch in enumerate(a):
-        peq[ch] = peq.get(ch, 0) | (1 << i)
-    full = (1 << len(a)) - 1
-    top = 1 << (len(a) - 1)
-    pv, mv, score = full, 0, len(a)
-    for ch in b:
-        eq = peq.get(ch, 0)
-        xv = eq | mv
-        xh = (((eq & pv) + pv) ^ pv) | eq
-        ph = mv | (~(xh | pv) & full)
-        mh = pv & xh
-        if ph & top:
-            score += 1
-        elif mh & top:
-            score -= 1
-        ph = ((ph << 1) | 1) & full
-        mh = (mh << 1) & full
-        pv = mh | (~(xv | ph) & full)
-        mv = ph & xv
-    return score
-
-
 def character_error_rate(prediction: str, reference: str) -> float:
-    return levenshtein(prediction, reference) / max(1, len(reference))
+    """Character edits (insertions, deletions, substitutions) per reference character."""
+    from rapidfuzz.distance import Levenshtein
+
+    return Levenshtein.distance(prediction, reference) / max(1, len(reference))
 
 
 def reading_check(reader: VisionLanguageReader, pages: PageSet, count: int, max_new_tokens: int) -> dict:
