@@ -173,8 +173,10 @@ def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
 
 
 def test_mse_objective_trains_and_records_eval(tmp_path, cache, reader):
-    cfg = tiny_cfg(cache, "train.objective=mse", "train.max_steps=3", "train.eval_every=3", "train.lr=0.01")
+    cfg = tiny_cfg(cache, "train.objective=mse", "train.max_steps=6", "train.eval_every=3", "train.lr=0.01")
     result = train_adapter(cfg, tmp_path / "mse", reader=reader)
     metrics = read_jsonl(tmp_path / "mse" / "metrics.jsonl")
-    assert result.steps == 3 and metrics[-1]["eval_loss"] is not None
+    evals = [m["eval_loss"] for m in metrics if m["eval_loss"] is not None]
+    assert result.steps == 6 and [m["step"] for m in metrics if m["eval_loss"] is not None] == [0, 3, 6]
+    assert evals[-1] < 0.5 * evals[0], evals  # held-out pages: pooled tokens move towards pooled text embeddings
     assert json.loads((tmp_path / "mse" / "adapter.json").read_text())["training"]["objective"] == "mse"

@@ -101,7 +101,9 @@ def test_cached_generation_matches_full_recomputation_and_ignores_stale_rope_del
         embeds = splice(reader.embed_tokens, layout.input_ids, layout.vision_mask, reader.adapt(features))
         reference = _greedy_without_cache(reader, embeds, layout, 6)
     ids, _ = reader.generate_from_embeds(embeds[None], layout.position_ids, layout.rope_delta, 6)
-    assert ids == reference[:len(ids)] and len(ids) >= 1
+    stop = next((k for k, token in enumerate(reference) if token in reader.stop_ids), len(reference))
+    assert stop == 6, "pick a seed whose reference decodes 6 tokens, so every cached step is compared"
+    assert ids == reference
     text, stats = reader.generate("Read it.", vision_features=features, max_new_tokens=6)
     reader.model.model.rope_deltas = torch.tensor([[1234]])  # stale state from some other call
     again, _ = reader.generate("Read it.", vision_features=features, max_new_tokens=6)
