@@ -40,8 +40,8 @@ def _show_no_type_for_flags() -> None:
     from typer.core import TyperArgument, TyperOption
 
     def hide(cls, hidden) -> None:
-        shown = cls.display_type_rich
-        if getattr(shown, "_optical", False):
+        shown = getattr(cls, "display_type_rich", None)  # Typer < 0.29 prints click's types: nothing to hide
+        if shown is None or getattr(shown, "_optical", False):
             return
 
         def display_type_rich(self, ctx):

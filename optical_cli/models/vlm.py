@@ -23,6 +23,7 @@ Models and tokenizers are loaded through :mod:`optical_cli.models.loading`.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -171,6 +172,12 @@ def splice(embed_tokens: torch.nn.Module, input_ids: torch.Tensor, vision_mask: 
 # The reader
 
 
+def _cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (5.24 still takes the old name, with a deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class VisionLanguageReader:
     """Qwen3-VL reading a document as native text or as adapted optical tokens.
 
@@ -276,10 +283,10 @@ class VisionLanguageReader:
 
         start = time.perf_counter()
         length = inputs_embeds.shape[1]
-        cache = DynamicCache(config=self.model.config.text_config)
+        cache = {_cache_argument(self.model): DynamicCache(config=self.model.config.text_config)}
         out = self.model(inputs_embeds=inputs_embeds.to(self.dtype), position_ids=position_ids[:, None, :].to(self.device),
                          attention_mask=torch.ones(1, length, dtype=torch.long, device=self.device),
-                         cache=cache, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **cache)
         synchronize(self.device)
         prefill_s = time.perf_counter() - start
         generator = None
@@ -298,8 +305,8 @@ class VisionLanguageReader:
             position = length + step
             pos = torch.tensor([position] + [position + rope_delta] * 3, device=self.device).view(4, 1, 1)
             embed = self.embed_tokens(torch.tensor([[token]], device=self.device))
-            out = self.model(inputs_embeds=embed, position_ids=pos, cache=cache, use_cache=True,
-                             attention_mask=torch.ones(1, position + 1, dtype=torch.long, device=self.device))
+            out = self.model(inputs_embeds=embed, position_ids=pos, use_cache=True,
+                             attention_mask=torch.ones(1, position + 1, dtype=torch.long, device=self.device), **cache)
             logits = out.logits[0, -1]
         return new_ids, prefill_s
 
