@@ -234,19 +234,29 @@ class EnergyBuildSection(Section):
     w_lambda: float = Field(1.0, ge=0)
     w_disp: float = Field(0.5, ge=0)
     w_dirichlet: float = Field(0.25, ge=0)
-    tau_mode: Literal["fixed", "median", "mean", "percentile"] = "median"
+    tau_mode: Literal["fixed", "median", "mean", "percentile"] = Field("median", description="how the energy scale tau is chosen from the energies")
     tau_value: float = Field(0.5, ge=0, description="tau for mode fixed; the percentile (0-100) for mode percentile")
+    lambda_formula: Literal["bounded", "published"] = Field(
+        "bounded", description="bounded: blend*E/(E+tau) + (1-blend)*G/(G+tau_G), every term in [0, 1); "
+        "published: tau*E/(E+tau) + (1-tau)*G (ArrowSpace v0.18; a blend only when tau <= 1)")
+    lambda_blend: float = Field(0.5, ge=0, le=1, description="bounded formula: weight of the energy term E against the dispersion G")
     block_size: int = Field(8192, ge=1, description="rows per block in blockwise item computations")
+    ann: Literal["auto", "hnsw", "ivf", "none"] = Field(
+        "auto", description="FAISS structure for --candidates ann: auto = HNSW below ann_ivf_from items, IVF from there; none = no ANN")
+    ann_ivf_from: int = Field(500_000, ge=1, description="auto: item count from which IVF replaces HNSW (HNSW builds slowly at millions)")
 
 
 class EnergySearchSection(Section):
     k: int = Field(10, ge=1)
-    mode: Literal["energy", "energy-window", "cosine", "hybrid"] = "energy"
-    w_lambda: float = Field(1.0, ge=0)
-    w_G: float = Field(0.5, ge=0)
-    w_D: float = Field(0.25, ge=0)
+    mode: Literal["energy", "cosine", "hybrid"] = "energy"
+    w_lambda: float = Field(0.05, ge=0, description="weight of |lambda_q - lambda_i|")
+    w_G: float = Field(0.0, ge=0, description="weight of the dispersion difference |G_q - G_i| (scaled like lambda's G term)")
+    w_D: float = Field(1.0, ge=0, description="weight of the bounded Dirichlet energy e/(e + scale) of q - x_i")
     alpha: float = Field(0.5, ge=0, le=1, description="hybrid: alpha*cosine distance + (1-alpha)*energy score")
-    candidate_m: int = Field(32, ge=1, description="energy-window: candidates nearest in lambda")
+    candidates: Literal["exact", "ann"] = Field("exact", description="exact: score every item; ann: FAISS candidates (stored by build-energy), then exact rescoring")
+    ann_candidates: int = Field(100, ge=1, description="ann: candidates per query rescored exactly")
+    hnsw_ef_search: int = Field(128, ge=1, description="ann on an HNSW index: search breadth (at least ann_candidates is used)")
+    ivf_nprobe: int = Field(32, ge=1, description="ann on an IVF index: inverted lists visited per query")
 
 
 class EnergyConfig(Section):

@@ -9,7 +9,7 @@ from scipy.sparse.csgraph import connected_components
 
 from optical_cli.config import EnergyBuildSection
 from optical_cli.index.build import (
-    FeatureNodes, Graph, build, diffuse, feature_distances, finish, knn_graph, node_dispersion, prepare,
+    FeatureNodes, Graph, LambdaScales, build, diffuse, feature_distances, finish, knn_graph, node_dispersion, prepare,
     robust_scale, select_tau, spectral_terms, taumode_lambda,
 )
 
@@ -57,7 +57,33 @@ def test_taumode_modes_use_the_energies():
     assert select_tau(energies, "mean", 0) == pytest.approx(4.0)
     assert select_tau(energies, "percentile", 25) == pytest.approx(1.75)
     assert select_tau(energies, "fixed", 0.3) == pytest.approx(0.3)
-    assert taumode_lambda(torch.tensor(1.0), torch.tensor(0.5), 0.5).item() == pytest.approx(0.5 / 1.5 + 0.25)
+    published = LambdaScales("published", tau=0.5, tau_G=1.0, blend=0.0)
+    assert taumode_lambda(torch.tensor(1.0), torch.tensor(0.5), published).item() == pytest.approx(0.5 / 1.5 + 0.25)
+
+
+def test_bounded_lambda_by_hand_and_published_warning():
+    bounded = LambdaScales("bounded", tau=2.0, tau_G=0.01, blend=0.25)
+    assert taumode_lambda(torch.tensor(2.0), torch.tensor(0.03), bounded).item() == pytest.approx(0.25 * 0.5 + 0.75 * 0.75)
+    assert bounded.warning() is None
+    # every term is a ratio x/(x + scale): lambda stays in [0, 1) however large E or G are
+    huge = taumode_lambda(torch.tensor([0.0, 1e6]), torch.tensor([0.0, 1e6]), bounded)
+    assert huge[0].item() == 0.0 and 0.99 < huge[1].item() < 1.0
+    assert LambdaScales("published", tau=0.5, tau_G=1.0, blend=0.0).warning() is None
+    assert "negative weight" in LambdaScales("published", tau=6.9, tau_G=1.0, blend=0.0).warning()
+
+
+def test_published_median_tau_weights_dispersion_negatively_bounded_does_not():
+    """The defect found on MiniLM vectors: Median tau > 1 gives G the weight 1 - tau < 0."""
+    x = clustered(n=300, dim=24)
+    prepared = prepare(x, PARAMS, seed=0)
+    published = finish(prepared, lambda_formula="published")
+    bounded = finish(prepared)
+    assert published.scales.tau > 1 and published.warnings and not bounded.warnings
+    assert 0.0 <= float(bounded.lam.min()) and float(bounded.lam.max()) < 1.0
+    E, G = bounded.E, bounded.G
+    more_dispersed = lambda index: taumode_lambda(E, G * 1.5, index.scales) - taumode_lambda(E, G, index.scales)  # noqa: E731
+    assert bool((more_dispersed(published) < 0).all()) and bool((more_dispersed(bounded) > 0).all())
+    assert published.dirichlet_scale == 1.0 and bounded.dirichlet_scale > 0
 
 
 def test_mad_scale_by_hand():
@@ -68,7 +94,7 @@ def test_mad_scale_by_hand():
 def test_energy_edge_weight_by_hand():
     columns = torch.tensor([[0.0, 0.0], [3.0, 4.0]])  # ||x_a - x_b|| = 5
     nodes = FeatureNodes(lam=torch.tensor([0.0, 1.0]), E=torch.zeros(2), G=torch.tensor([0.0, 0.5]),
-                         s_lambda=0.5, s_G=0.25, tau=1.0)
+                         s_lambda=0.5, s_G=0.25, scales=LambdaScales("bounded", 1.0, 1.0, 0.5))
     distances = feature_distances(columns, nodes, 1.0, 0.5, 0.25)
     expected = 1.0 * 1 / 0.5 + 0.5 * 0.5 / 0.25 + 0.25 * 5 / 6
     assert distances(0, 1)[0, 1].item() == pytest.approx(expected)
@@ -96,7 +122,7 @@ def test_lambda_order_matches_item_order():
     index = build(x, PARAMS, ids=[f"item{i}" for i in range(len(x))], seed=0)
     for row in (0, 7, 63, 119):
         alone = spectral_terms(torch.from_numpy(x[row:row + 1]), index.graph)
-        assert taumode_lambda(alone.E, alone.G, index.tau).item() == pytest.approx(index.lam[row].item(), rel=1e-5)
+        assert taumode_lambda(alone.E, alone.G, index.scales).item() == pytest.approx(index.lam[row].item(), rel=1e-5)
     assert index.ids[63] == "item63"
 
 
@@ -107,7 +133,7 @@ def test_item_and_query_lambdas_share_one_code_path():
     index = build(x, PARAMS, seed=0)
     query = Searcher(index).query_terms(torch.from_numpy(x[:20]))
     assert torch.allclose(query["lambda"], index.lam[:20], rtol=1e-6, atol=1e-7)
-    assert torch.allclose(query["G"], index.G[:20], rtol=1e-6, atol=1e-9)
+    assert torch.allclose(query["G"], index.scales.dispersion(index.G[:20]), rtol=1e-6, atol=1e-9)
 
 
 def test_same_seed_gives_identical_index_and_other_seed_differs():

@@ -72,7 +72,7 @@ def test_queries_file_and_modes(cve_index, tmp_path):
     out, _ = cve_index
     queries = tmp_path / "q.jsonl"
     queries.write_text('{"id": "a", "text": "SQL injection in login form"}\n{"id": "b", "text": "cross-site scripting"}\n')
-    for mode in ("cosine", "hybrid", "energy-window"):
+    for mode in ("cosine", "hybrid"):
         result = invoke("index", "search", "--index", out, "--queries", queries, "--mode", mode, "-k", 3, "--json",
                         "--set", "runtime.device=cpu")
         assert result.exit_code == 0, result.output
@@ -90,6 +90,24 @@ def test_query_vector_dimension_mismatch_and_k(cve_index, tmp_path):
     assert result.exit_code == 2 and "only 24 items" in result.output
     result = invoke("index", "search", "--index", out, "--query-vector", tmp_path / "q.npy", "-k", 3, "--json")
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3
+
+
+def test_batch_search_prints_one_summary_line_and_ann_matches_exact(cve_index, tmp_path):
+    out, summary = cve_index
+    assert summary["ann"] == "hnsw" and (out / "ann.faiss").is_file()
+    vectors = np.load(out / "vectors.npy")[:12] + 0.01
+    np.save(tmp_path / "q.npy", vectors)
+    found = {}
+    for candidates in ("exact", "ann"):
+        result = invoke("index", "search", "--index", out, "--query-vector", tmp_path / "q.npy", "-k", 5, "--json",
+                        "--candidates", candidates, "--set", "search.ann_candidates=24")
+        assert result.exit_code == 0, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"12 queries, k=5, mode energy, candidates {candidates}: search ")
+        found[candidates] = [(h["query_id"], h["id"]) for h in map(json.loads, result.stdout.splitlines())]
+    assert found["ann"] == found["exact"] and len(found["ann"]) == 60  # every item a candidate: identical
+    result = invoke("index", "search", "--index", out, "--query-vector", tmp_path / "q.npy", "-k", 5, "--candidates", "both")
+    assert result.exit_code == 2 and "--candidates" in result.output
 
 
 def test_vector_input_with_invalid_rows(tmp_path):
@@ -122,7 +140,7 @@ def test_bad_inputs_exit_2(tmp_path):
     result = invoke("index", "search", "--index", tmp_path / "foreign")
     assert result.exit_code == 2 and "exactly one of" in result.output
     result = invoke("index", "search", "--index", tmp_path / "foreign", "--query", "x", "--mode", "nope")
-    assert result.exit_code == 2 and "--mode" in result.output and "energy-window" in result.output
+    assert result.exit_code == 2 and "--mode" in result.output and "hybrid" in result.output
 
 
 def test_shipped_configs_validate():

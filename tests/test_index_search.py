@@ -1,4 +1,4 @@
-"""Search: exact energy equals its expanded algebra, the lambda window, cosine, hybrid, bad queries."""
+"""Search: exact energy equals its expanded algebra, ANN candidates, cosine, hybrid, bad queries."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ import torch
 
 from optical_cli.config import EnergyBuildSection
 from optical_cli.errors import InputError
+from optical_cli.index.ann import build_ann
 from optical_cli.index.build import build
 from optical_cli.index.search import SearchParams, Searcher, topk_rows
 
@@ -16,6 +17,7 @@ def setup():
     centres = rng.normal(size=(5, 16)) * 3
     x = (centres[rng.integers(5, size=200)] + rng.normal(size=(200, 16))).astype(np.float32)
     index = build(x, EnergyBuildSection(kmeans_iters=5), ids=[f"d{i}" for i in range(200)], seed=0)
+    index.ann = build_ann(index.vectors, index.graph.dense_laplacian(index.vectors.device), "hnsw", 10**6)
     queries = (x[:6] + rng.normal(size=(6, 16)) * 0.5).astype(np.float32)
     return index, Searcher(index), x, queries
 
@@ -28,13 +30,17 @@ def direct_scores(index, q, weights):
     dirichlet = ((diff @ lap) * diff).sum(1)
     s = Searcher(index).query_terms(torch.from_numpy(q[None, :]))
     return (weights.w_lambda * (s["lambda"].double() - index.lam.double()).abs()
-            + weights.w_G * (s["G"].double() - index.G.double()).abs()
-            + weights.w_D * dirichlet / (1 + dirichlet)), dirichlet
+            + weights.w_G * (s["G"].double() - index.scales.dispersion(index.G).double()).abs()
+            + weights.w_D * dirichlet / (index.dirichlet_scale + dirichlet)), dirichlet
+
+
+def weighted(terms, params):
+    return params.w_lambda * terms["d_lambda"] + params.w_G * terms["d_G"] + params.w_D * terms["bounded_dirichlet"]
 
 
 def test_exact_energy_equals_expanded_algebra(setup):
     index, searcher, _, queries = setup
-    params = SearchParams(k=200, mode="energy")
+    params = SearchParams(k=200, mode="energy", w_lambda=0.5, w_G=0.3, w_D=1.0)
     hits = searcher.search(queries[:2], params)
     for q, result in zip(queries[:2], hits):
         expected, dirichlet = direct_scores(index, q, params)
@@ -47,29 +53,39 @@ def test_exact_energy_equals_expanded_algebra(setup):
 
 
 def test_every_hit_carries_its_terms(setup):
-    _, searcher, _, queries = setup
+    index, searcher, _, queries = setup
     hit = searcher.search(queries[:1], SearchParams(k=1, mode="energy", w_lambda=1, w_G=0.5, w_D=0.25))[0][0]
     t = hit.terms
     assert hit.score == pytest.approx(t["d_lambda"] + 0.5 * t["d_G"] + 0.25 * t["bounded_dirichlet"], rel=1e-5)
-    assert t["bounded_dirichlet"] == pytest.approx(t["dirichlet"] / (1 + t["dirichlet"]), rel=1e-5)
+    assert t["bounded_dirichlet"] == pytest.approx(t["dirichlet"] / (index.dirichlet_scale + t["dirichlet"]), rel=1e-5)
 
 
-def test_window_takes_the_nearest_lambdas(setup):
+def test_ann_candidates_are_the_nearest_in_dirichlet_energy(setup):
+    """R x with R = L^{1/2}: Euclidean distances of transformed vectors equal the Dirichlet energies."""
     index, searcher, _, queries = setup
-    lam = index.lam.numpy()
-    for target in (float(lam.min()) - 1, float(np.median(lam)), float(lam.max()) + 1):
-        rows = searcher.window(target, 10)
-        expected = np.argsort(np.abs(lam - target), kind="stable")[:10]
-        assert set(np.abs(lam[rows] - target).round(6)) == set(np.abs(lam[expected] - target).round(6))
+    q = torch.from_numpy(queries)
+    dirichlet = searcher.energy_scores(searcher.query_terms(q), q)["dirichlet"]
+    rows = searcher.candidate_rows(q, SearchParams(k=5, candidates="ann", ann_candidates=20))
+    expected = torch.topk(dirichlet, 20, dim=1, largest=False).indices
+    overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 20 for a, b in zip(rows, expected)])
+    assert overlap >= 0.95  # HNSW on 200 items is all but exact
 
 
-def test_window_with_all_candidates_equals_exact(setup):
+def test_ann_with_all_items_as_candidates_equals_exact(setup):
     index, searcher, _, queries = setup
-    exact = searcher.search(queries, SearchParams(k=5, mode="energy"))
-    window = searcher.search(queries, SearchParams(k=5, mode="energy-window", candidate_m=len(index)))
-    assert [[h.id for h in r] for r in exact] == [[h.id for h in r] for r in window]
-    small = searcher.search(queries, SearchParams(k=5, mode="energy-window", candidate_m=20))
-    assert all(len(r) == 5 for r in small)
+    for mode in ("energy", "hybrid", "cosine"):
+        exact = searcher.search(queries, SearchParams(k=5, mode=mode))
+        ann = searcher.search(queries, SearchParams(k=5, mode=mode, candidates="ann", ann_candidates=len(index),
+                                                    hnsw_ef_search=len(index)))
+        assert [[h.id for h in r] for r in exact] == [[h.id for h in r] for r in ann]
+        np.testing.assert_allclose([[h.score for h in r] for r in exact], [[h.score for h in r] for r in ann], rtol=1e-5)
+
+
+def test_ann_without_a_structure_is_a_clear_error(setup):
+    index, _, _, queries = setup
+    bare = Searcher(type(index)(**{**index.__dict__, "ann": None}))
+    with pytest.raises(InputError, match="no ANN structure"):
+        bare.search(queries, SearchParams(candidates="ann"))
 
 
 def test_cosine_matches_brute_force(setup):
@@ -79,7 +95,7 @@ def test_cosine_matches_brute_force(setup):
     expected = np.argsort(-(qn @ unit.T), axis=1, kind="stable")[:, :5]
     got = searcher.search(queries, SearchParams(k=5, mode="cosine"))
     assert [[h.index for h in r] for r in got] == expected.tolist()
-    assert got[0][0].score == pytest.approx((1 - got[0][0].terms["cosine"]) / 2)
+    assert got[0][0].score == pytest.approx((1 - got[0][0].terms["cosine"]) / 2, abs=1e-6)
 
 
 def test_hybrid_endpoints_and_fast_path(setup):
@@ -87,9 +103,9 @@ def test_hybrid_endpoints_and_fast_path(setup):
     ids = lambda mode, **kw: [[h.id for h in r] for r in searcher.search(queries, SearchParams(k=5, mode=mode, **kw))]  # noqa: E731
     assert ids("hybrid", alpha=1.0) == ids("cosine")
     assert ids("hybrid", alpha=0.0) == ids("energy")
-    for mode in ("energy", "cosine", "hybrid", "energy-window"):
-        fast = topk_rows(searcher, torch.from_numpy(queries), SearchParams(k=5, mode=mode))
-        slow = searcher.search(queries, SearchParams(k=5, mode=mode))
+    for mode, candidates in (("energy", "exact"), ("cosine", "exact"), ("hybrid", "exact"), ("energy", "ann")):
+        fast = topk_rows(searcher, torch.from_numpy(queries), SearchParams(k=5, mode=mode, candidates=candidates))
+        slow = searcher.search(queries, SearchParams(k=5, mode=mode, candidates=candidates))
         assert [set(row) for row in fast.tolist()] == [{h.index for h in r} for r in slow]
 
 
@@ -110,8 +126,8 @@ def test_fused_ranking_scores_equal_the_term_matrices(setup):
     q_t = torch.from_numpy(queries)
     terms = searcher.query_terms(q_t)
     params = SearchParams(mode="energy", w_lambda=0.7, w_G=2.0, w_D=0.3)
-    expected = searcher.energy_scores(terms, q_t, params)["score"]
+    expected = weighted(searcher.energy_scores(terms, q_t), params)
     assert torch.allclose(searcher.scores(q_t, params, terms), expected, rtol=1e-5, atol=1e-6)
     hybrid = SearchParams(mode="hybrid", alpha=0.3)
-    mixed = 0.3 * (1 - searcher.cosine(q_t)) / 2 + 0.7 * searcher.energy_scores(terms, q_t, hybrid)["score"]
+    mixed = 0.3 * (1 - searcher.cosine(q_t)) / 2 + 0.7 * weighted(searcher.energy_scores(terms, q_t), hybrid)
     assert torch.allclose(searcher.scores(q_t, hybrid, terms), mixed, rtol=1e-5, atol=1e-6)

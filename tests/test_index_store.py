@@ -29,11 +29,31 @@ def test_round_trip(index, tmp_path):
     for name in ("vectors", "lam", "E", "G", "xLx", "norm"):
         assert torch.allclose(getattr(loaded, name), getattr(index, name), rtol=1e-6, atol=0)
     assert torch.equal(loaded.graph.src, index.graph.src) and torch.equal(loaded.graph.weight, index.graph.weight)
-    assert loaded.tau == index.tau
+    assert loaded.scales == index.scales and loaded.dirichlet_scale == index.dirichlet_scale
     q = index.vectors[:3].numpy() + 0.1
     before = Searcher(index).search(q, SearchParams(k=4))
     after = Searcher(loaded).search(q, SearchParams(k=4))
     assert [[h.id for h in r] for r in before] == [[h.id for h in r] for r in after]
+
+
+def test_ann_structure_round_trip(index, tmp_path):
+    import dataclasses
+
+    from optical_cli.index.ann import FILE, build_ann
+
+    with_ann = dataclasses.replace(index, ann=build_ann(index.vectors, index.graph.dense_laplacian(index.vectors.device), "ivf", 1))
+    fields = save_index(with_ann, tmp_path)
+    assert fields["ann"]["kind"] == "ivf" and FILE in fields["files"]
+    loaded = load_index(tmp_path)
+    q = index.vectors[:3].numpy() + 0.1
+    params = SearchParams(k=4, candidates="ann", ann_candidates=30, ivf_nprobe=1000)
+    assert ([[h.id for h in r] for r in Searcher(with_ann).search(q, params)]
+            == [[h.id for h in r] for r in Searcher(loaded).search(q, params)])
+    (tmp_path / FILE).write_bytes(b"garbage")
+    with pytest.raises(InputError, match="damaged"):
+        load_index(tmp_path)
+    save_index(index, tmp_path)  # rebuilt without ANN: the stale structure goes
+    assert not (tmp_path / FILE).exists() and load_index(tmp_path).ann is None
 
 
 @pytest.mark.parametrize("damage, message", [

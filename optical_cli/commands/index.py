@@ -28,6 +28,7 @@ from .common import (
 )
 
 app = typer.Typer(help="Energy-informed vector index: build and search.", no_args_is_help=True)
+MAX_TABLES = 10  # more queries than this: one summary line on stderr instead of a table each
 
 
 def _energy_config(config: Optional[Path], sets: Optional[list[str]], **changes: Any) -> Any:
@@ -52,7 +53,8 @@ def index_build_energy(
     output_dir: OutputDirOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Build an energy index (lambdas, vectors, feature Laplacian) from texts or vectors."""
+    """Build an energy index (lambdas, vectors, feature Laplacian, ANN candidates) from texts or vectors."""
+    from ..index.ann import build_ann
     from ..index.build import build as build_energy
     from ..index.pipeline import corpus_vectors
     from ..index.store import save_index
@@ -71,11 +73,19 @@ def index_build_energy(
             started = time.perf_counter()
             index = build_energy(corpus.vectors, cfg.build, corpus.ids, cfg.runtime.seed, device)
             build_seconds = time.perf_counter() - started
+            for warning in index.warnings:
+                err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+            started = time.perf_counter()
+            index.ann = build_ann(index.vectors, index.graph.dense_laplacian(index.vectors.device), cfg.build.ann, cfg.build.ann_ivf_from)
+            ann_seconds = time.perf_counter() - started
             index.model, index.texts = corpus.model, corpus.texts
-            run.update(**save_index(index, run.path, manifest=False), input=corpus.source, **corpus.info,
-                       build_seconds=round(build_seconds, 4))
+            fields = save_index(index, run.path, manifest=False)
+            run.update(**fields, input=corpus.source, **corpus.info, build_seconds=round(build_seconds, 4),
+                       ann_seconds=round(ann_seconds, 4))
         summary = {"index": str(run.path), "input": corpus.source, "items": len(index), "dim": index.dim,
-                   **corpus.info, **index.stats, "tau": index.tau, "build_seconds": round(build_seconds, 4)}
+                   **corpus.info, **index.stats, **index.scales.as_dict(), "dirichlet_scale": index.dirichlet_scale,
+                   "build_seconds": round(build_seconds, 4), "ann": (fields["ann"] or {}).get("kind", "none"),
+                   "ann_seconds": round(ann_seconds, 4)}
         print_table("energy index", list(summary.items()))
         if json_out:
             emit_json(summary)
@@ -88,17 +98,20 @@ def index_search(
     query_vector: Annotated[Optional[Path], typer.Option("--query-vector", help="Query vector(s): .npy (1-D or 2-D), .parquet or .safetensors.")] = None,
     queries: Annotated[Optional[Path], typer.Option("--queries", help="Query file: .jsonl/.csv with id and text fields (or a vector file).")] = None,
     k: Annotated[Optional[int], typer.Option("-k", "--k", help="Results per query.")] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="energy | energy-window | cosine | hybrid.")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="energy | cosine | hybrid.")] = None,
     w_lambda: Annotated[Optional[float], typer.Option("--w-lambda", help="Weight of |lambda_q - lambda_i|.")] = None,
     w_g: Annotated[Optional[float], typer.Option("--w-g", help="Weight of |G_q - G_i|.")] = None,
     w_d: Annotated[Optional[float], typer.Option("--w-d", help="Weight of the bounded Dirichlet energy of q - x_i.")] = None,
     alpha: Annotated[Optional[float], typer.Option("--alpha", help="Hybrid: alpha*cosine distance + (1-alpha)*energy.")] = None,
-    candidate_m: Annotated[Optional[int], typer.Option("--candidate-m", help="energy-window: candidates nearest in lambda.")] = None,
+    candidates: Annotated[Optional[str], typer.Option("--candidates", help="exact: score every item; ann: FAISS candidates nearest in Dirichlet energy, rescored exactly (search.ann_candidates per query).")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON line per hit to stdout.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON line per hit to stdout (and one summary line, no tables, to stderr).")] = False,
 ) -> None:
-    """Search an energy index by text, vector or a file of queries."""
+    """Search an energy index by text, vector or a file of queries.
+
+    With --json, or more than a few queries, stderr gets one summary line instead of a table per query.
+    """
     import numpy as np
 
     from ..index.inputs import read_vectors
@@ -109,7 +122,7 @@ def index_search(
 
     with handled_errors():
         cfg = _energy_config(config, sets, search__k=k, search__mode=mode, search__w_lambda=w_lambda, search__w_G=w_g,
-                             search__w_D=w_d, search__alpha=alpha, search__candidate_m=candidate_m)
+                             search__w_D=w_d, search__alpha=alpha, search__candidates=candidates)
         given = [name for name, value in (("--query", query), ("--query-vector", query_vector), ("--queries", queries)) if value]
         if len(given) != 1:
             raise OpticalError("give exactly one of --query, --query-vector or --queries" + (f" (got {', '.join(given)})" if given else ""))
@@ -136,10 +149,17 @@ def index_search(
         if vectors is None:
             vectors = query_vectors(index.model, texts, cfg.runtime.device, cfg.embed.batch_size)
         params = SearchParams.from_section(cfg.search)
+        started = time.perf_counter()
         results = Searcher(index).search(vectors, params)
+        search_seconds = time.perf_counter() - started
+        tables = not json_out and len(results) <= MAX_TABLES
+        if not tables:
+            err.print(f"{len(results)} queries, k={params.k}, mode {params.mode}, candidates {params.candidates}: "
+                      f"search {search_seconds:.3f} s")
         for position, hits in enumerate(results):
-            label = texts[position] if texts else ids[position]
-            _print_hits(f"{ids[position]}: {label[:80]}  ({params.mode})", hits, index.texts)
+            if tables:
+                label = texts[position] if texts else ids[position]
+                _print_hits(f"{ids[position]}: {label[:80]}  ({params.mode}, {params.candidates})", hits, index.texts)
             if json_out:
                 for hit in hits:
                     emit_json_line({"query_id": ids[position], "query": texts[position] if texts else None,

@@ -62,7 +62,7 @@ def sweep_diffusion(
         inputs = read_sweep_inputs(cfg)  # a bad corpus fails here, before the run directory exists
         with_faiss = cfg.sweep.faiss and faiss_available()
         if cfg.sweep.faiss and not with_faiss:
-            warn("sweep.faiss=true but faiss is not installed (pip install 'optical[faiss]'); the FAISS baseline is skipped")
+            warn("sweep.faiss=true but faiss is not installed (pip install faiss-cpu); the FAISS baseline is skipped")
         with run_dir("sweep", cfg, output_dir, name="diffusion") as run, progress_bar("sweep", total=None) as advance:
             embedded = [0]
 

@@ -11,10 +11,10 @@ API (the sweep relies on it)::
         # (split_quantile, split_tau, w_lambda, w_disp, w_dirichlet, tau_mode, tau_value).
     index = build(vectors, params, ids=None, seed=0, device="cpu")   # prepare + finish
 
-    terms = spectral_terms(vectors, index.graph)        # E, G, x^T L x, norm per row
-    lam = taumode_lambda(terms.E, terms.G, index.tau)   # lambda per row
+    terms = spectral_terms(vectors, index.graph)           # E, G, x^T L x, norm per row
+    lam = taumode_lambda(terms.E, terms.G, index.scales)   # lambda per row
 
-``spectral_terms`` + ``taumode_lambda`` with the stored ``index.tau`` is the ONE code path for
+``spectral_terms`` + ``taumode_lambda`` with the stored ``index.scales`` is the ONE code path for
 item lambdas (in ``finish``) and query lambdas (in search.py). Dense math is torch (CPU or
 GPU, float32); graphs are edge lists that become scipy sparse Laplacians on disk.
 
@@ -31,6 +31,11 @@ Deliberate choices where the published method is silent or broken (each is teste
   of its column C[:, a] on the kNN graph of the final centroids, with tau from the features'
   own energies.
 - Scales of stage 5 are 1.4826 * MAD, falling back to the standard deviation, then 1.
+- lambda defaults to a well-posed blend (``LambdaScales``): the published
+  tau*E/(E+tau) + (1-tau)*G is a convex blend only for tau <= 1, and its Median tau is ~6.9
+  on MiniLM vectors (G weighted -5.9). The published formula stays selectable, with a warning.
+- The search's bounded Dirichlet term is e/(e + s) with s the median pair energy (``dirichlet_scale``);
+  the published e/(1+e) sits near 0.92 for every hit on unit vectors and barely ranks.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,7 +58,7 @@ MIN_EDGE_WEIGHT = 1e-8  # floor for far-apart neighbours: a kNN edge never under
 MAX_BLOCK_ELEMENTS = 1 << 21  # rows x edges per block in spectral_terms (8 MB of float32: cache-sized)
 
 DIFFUSION_FIELDS = {"eta", "steps", "split_quantile", "split_tau", "w_lambda", "w_disp", "w_dirichlet",
-                    "tau_mode", "tau_value", "block_size"}
+                    "tau_mode", "tau_value", "lambda_formula", "lambda_blend", "block_size"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,9 +254,66 @@ def select_tau(energies: torch.Tensor, mode: str, value: float) -> float:
     return tau if tau > 0 else 1e-12  # E/(E + tau) needs tau > 0
 
 
-def taumode_lambda(energy: torch.Tensor, dispersion: torch.Tensor, tau: float) -> torch.Tensor:
-    """lambda = tau * E / (E + tau) + (1 - tau) * G."""
-    return tau * energy / (energy + tau) + (1.0 - tau) * dispersion
+@dataclass(frozen=True)
+class LambdaScales:
+    """Everything taumode needs besides E and G: the same values for items and queries.
+
+    ``bounded`` (default): lambda = blend * E/(E + tau) + (1 - blend) * G/(G + tau_G). tau and
+    tau_G are scales only (both terms are 0.5 at their scale), ``blend`` is the weight in [0, 1],
+    so lambda lies in [0, 1) whatever the data. ``published`` (ArrowSpace v0.18, for
+    reproduction): lambda = tau * E/(E + tau) + (1 - tau) * G, where tau is both the scale and
+    the weight: with tau > 1 (Median tau is ~6.9 on MiniLM vectors) G gets a negative weight.
+    """
+
+    formula: str
+    tau: float  # scale of E
+    tau_G: float  # scale of G (bounded formula only)
+    blend: float
+
+    def dispersion(self, G: torch.Tensor) -> torch.Tensor:
+        """G as it enters lambda and the search's G term: G/(G + tau_G) (bounded) or raw (published)."""
+        return G if self.formula == "published" else G / (G + self.tau_G)
+
+    def warning(self) -> Optional[str]:
+        if self.formula == "published" and self.tau > 1.0:
+            return (f"build.lambda_formula=published with tau={self.tau:.3g} > 1 gives the dispersion G a negative weight "
+                    f"({1.0 - self.tau:.3g}); lambdas crowd into a narrow band. Use lambda_formula=bounded, or tau_mode=fixed "
+                    "with tau_value <= 1")
+        return None
+
+    def as_dict(self) -> dict:
+        return {"lambda_formula": self.formula, "tau": self.tau, "tau_G": self.tau_G, "lambda_blend": self.blend}
+
+
+def lambda_scales(terms: "Terms", params: EnergyBuildSection) -> LambdaScales:
+    """Scales from the energies of the rows of ``terms``; tau_G always from G's median (G has no fixed unit)."""
+    tau = select_tau(terms.E, params.tau_mode, params.tau_value)
+    tau_G = select_tau(terms.G, "median", 0.0)
+    return LambdaScales(params.lambda_formula, tau, tau_G, params.lambda_blend)
+
+
+def taumode_lambda(energy: torch.Tensor, dispersion: torch.Tensor, scales: LambdaScales) -> torch.Tensor:
+    """lambda of each row from its E and G (see LambdaScales for both formulas)."""
+    if scales.formula == "published":
+        return scales.tau * energy / (energy + scales.tau) + (1.0 - scales.tau) * dispersion
+    return scales.blend * energy / (energy + scales.tau) + (1.0 - scales.blend) * scales.dispersion(dispersion)
+
+
+def dirichlet_scale(vectors: torch.Tensor, graph: Graph, formula: str, seed: int, pairs: int = 4096) -> float:
+    """The scale s of the search's bounded Dirichlet term e/(e + s), e = (q - x)^T L (q - x).
+
+    bounded: the median e between seeded random pairs of items, so the term is 0.5 for a typical
+    pair and spreads over [0, 1) instead of sitting near 1 for every hit. published: 1 (e/(1+e)).
+    """
+    if formula == "published":
+        return 1.0
+    n = vectors.shape[0]
+    generator = torch.Generator().manual_seed(seed + 1)
+    a = torch.randint(n, (pairs,), generator=generator).to(vectors.device)
+    b = torch.randint(n, (pairs,), generator=generator).to(vectors.device)
+    keep = a != b
+    energies = spectral_terms(vectors[a[keep]] - vectors[b[keep]], graph).xLx
+    return select_tau(energies, "median", 0.0) if energies.numel() else 1.0
 
 
 def robust_scale(values: torch.Tensor) -> float:
@@ -402,7 +464,7 @@ class FeatureNodes:
     G: torch.Tensor
     s_lambda: float
     s_G: float
-    tau: float
+    scales: LambdaScales
 
 
 def feature_distances(columns: torch.Tensor, nodes: FeatureNodes, w_lambda: float, w_disp: float,
@@ -423,9 +485,9 @@ def energy_laplacian(centroids: torch.Tensor, params: EnergyBuildSection) -> tup
     centroid_graph, _ = euclidean_knn_graph(centroids, params.neighbor_k)
     columns = centroids.T.contiguous()  # [F, K]
     terms = spectral_terms(columns, centroid_graph, params.block_size)
-    tau = select_tau(terms.E, params.tau_mode, params.tau_value)
-    lam = taumode_lambda(terms.E, terms.G, tau)
-    nodes = FeatureNodes(lam, terms.E, terms.G, robust_scale(lam), robust_scale(terms.G), tau)
+    scales = lambda_scales(terms, params)
+    lam = taumode_lambda(terms.E, terms.G, scales)
+    nodes = FeatureNodes(lam, terms.E, terms.G, robust_scale(lam), robust_scale(terms.G), scales)
     distances = feature_distances(columns, nodes, params.w_lambda, params.w_disp, params.w_dirichlet)
     graph, _ = knn_graph(distances, columns.shape[0], params.neighbor_k, lambda d: torch.exp(-d))
     return graph, nodes
@@ -458,11 +520,14 @@ class EnergyIndex:
     G: torch.Tensor
     xLx: torch.Tensor
     norm: torch.Tensor
-    tau: float
+    scales: LambdaScales
+    dirichlet_scale: float  # s of the search's bounded Dirichlet term e/(e + s)
     params: dict
     stats: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # for the user (the CLI prints them)
     model: Optional[str] = None  # embedding model source when the items were texts
     texts: Optional[list[str]] = None  # the item texts, shown beside search results
+    ann: Optional[Any] = None  # FAISS candidate structure over L^{1/2} x (ann.py), when built
 
     @property
     def dim(self) -> int:
@@ -514,18 +579,20 @@ def finish(prepared: Prepared, eta: Optional[float] = None, steps: Optional[int]
     final, split_mask = split_nodes(diffused, prepared.neighbours, dispersion, params.split_quantile, params.split_tau)
     graph, nodes = energy_laplacian(final, params)
     terms = spectral_terms(prepared.vectors, graph, params.block_size)
-    tau = select_tau(terms.E, params.tau_mode, params.tau_value)
-    lam = taumode_lambda(terms.E, terms.G, tau)
+    scales = lambda_scales(terms, params)
+    lam = taumode_lambda(terms.E, terms.G, scales)
     stats = dict(prepared.stats)
     stats.update({
         "split_nodes": int(split_mask.sum()), "final_centroids": int(final.shape[0]),
         "node_dispersion_mean": float(dispersion.mean()), "feature_edges": int(graph.src.numel()),
-        "feature_s_lambda": nodes.s_lambda, "feature_s_G": nodes.s_G, "feature_tau": nodes.tau,
+        "feature_s_lambda": nodes.s_lambda, "feature_s_G": nodes.s_G, "feature_tau": nodes.scales.tau,
         "finish_seconds": round(time.perf_counter() - started, 4),
     })
+    scale = dirichlet_scale(prepared.vectors, graph, params.lambda_formula, prepared.seed)
+    warnings = [w for w in (scales.warning(),) if w]
     return EnergyIndex(
-        prepared.ids, prepared.vectors, graph, lam, terms.E, terms.G, terms.xLx, terms.norm, tau,
-        params.model_dump(mode="json") | {"seed": prepared.seed}, stats,
+        prepared.ids, prepared.vectors, graph, lam, terms.E, terms.G, terms.xLx, terms.norm, scales, scale,
+        params.model_dump(mode="json") | {"seed": prepared.seed}, stats, warnings,
     )
 
 

@@ -1,18 +1,21 @@
-"""Search an energy index: exact energy, lambda-window energy, cosine and hybrid.
+"""Search an energy index: exact or approximate-candidate energy, cosine and hybrid.
 
 Scores are lower-is-better in every mode:
 
-- energy:  w_lambda*|lambda_q - lambda_i| + w_G*|G_q - G_i| + w_D*B(q - x_i), B(v) = e/(1+e),
+- energy:  w_lambda*|lambda_q - lambda_i| + w_G*|G~_q - G~_i| + w_D*B(q - x_i), B(v) = e/(e + s),
   e = v^T L v computed as q^T L q - 2 (Lq)^T x_i + x_i^T L x_i with x_i^T L x_i stored, so a
   query costs one F x F product plus one dense N x F product (the cost of a cosine scan).
-- energy-window: the same score on the ``candidate_m`` items whose lambda is closest to the
-  query's, found by binary search in the sorted lambda table (sub-linear pre-filter).
+  s is the index's ``dirichlet_scale`` and G~ its scaled dispersion (``LambdaScales``).
 - cosine: the cosine distance (1 - cos)/2, in [0, 1].
 - hybrid: alpha * (1 - cos)/2 + (1 - alpha) * energy score; both parts are 0 for a perfect
-  match, the cosine part is bounded by 1 and the energy part by w_lambda*|dlambda| + w_G*|dG| + w_D.
+  match, the cosine part is bounded by 1 and the energy part by w_lambda + w_G + w_D.
 
-Query lambdas come from ``spectral_terms`` + ``taumode_lambda`` with the index's stored tau:
-the same code path as the item lambdas of the build.
+Candidates (``SearchParams.candidates``): ``exact`` scores every item; ``ann`` scores only
+the ``ann_candidates`` items nearest in Dirichlet energy found by the index's FAISS structure
+(ann.py), with the same formulas, so a candidate's score equals its exact score.
+
+Query lambdas come from ``spectral_terms`` + ``taumode_lambda`` with the index's stored
+scales: the same code path as the item lambdas of the build.
 """
 
 from __future__ import annotations
@@ -24,20 +27,25 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from . import ann as ann_mod
 from .build import EnergyIndex, spectral_terms, taumode_lambda
 
-MODES = ("energy", "energy-window", "cosine", "hybrid")
+MODES = ("energy", "cosine", "hybrid")
+CANDIDATES = ("exact", "ann")
 
 
 @dataclass(frozen=True)
 class SearchParams:
     k: int = 10
     mode: str = "energy"
-    w_lambda: float = 1.0
-    w_G: float = 0.5
-    w_D: float = 0.25
+    w_lambda: float = 0.05
+    w_G: float = 0.0
+    w_D: float = 1.0
     alpha: float = 0.5
-    candidate_m: int = 32
+    candidates: str = "exact"
+    ann_candidates: int = 100
+    hnsw_ef_search: int = 128
+    ivf_nprobe: int = 32
 
     @classmethod
     def from_section(cls, section) -> "SearchParams":
@@ -60,7 +68,8 @@ class Searcher:
     """Holds the device tensors of one index; ranks a batch of query vectors.
 
     ``scores`` is the one ranking path (fused, in place, one pass over the vectors per
-    query batch); ``terms`` recomputes the component terms for the k hits only.
+    query batch, or over each query's own candidate rows); ``terms`` recomputes the component
+    terms for the k hits only.
     """
 
     def __init__(self, index: EnergyIndex):
@@ -68,9 +77,9 @@ class Searcher:
         self.vectors = index.vectors
         self.laplacian = index.graph.dense_laplacian(index.vectors.device)  # F x F, small: dense is fastest
         self.inv_norm = 1.0 / index.norm.clamp_min(1e-30)
-        order = torch.argsort(index.lam.cpu(), stable=True)
-        self.sorted_lambda = index.lam.cpu()[order].numpy()
-        self.sorted_order = order.numpy()
+        self.scale = float(index.dirichlet_scale)
+        self.dispersion = index.scales.dispersion(index.G)
+        self._root: Optional[np.ndarray] = None  # L^{1/2} for the ANN transform, computed on first use
 
     def check(self, queries, k: int) -> torch.Tensor:
         queries = torch.as_tensor(np.asarray(queries, np.float32)) if not isinstance(queries, torch.Tensor) else queries
@@ -90,51 +99,46 @@ class Searcher:
 
     def query_terms(self, queries: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = spectral_terms(queries, self.index.graph)
-        return {"lambda": taumode_lambda(terms.E, terms.G, self.index.tau), "G": terms.G, "qLq": terms.xLx,
-                "norm": terms.norm}
+        scales = self.index.scales
+        return {"lambda": taumode_lambda(terms.E, terms.G, scales), "G": scales.dispersion(terms.G),
+                "qLq": terms.xLx, "norm": terms.norm}
 
     def scores(self, queries: torch.Tensor, params: SearchParams, q: Optional[dict] = None,
                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Lower-is-better scores [B, n] of ``queries`` against all items (or ``rows``)."""
+        """Lower-is-better scores [B, N] against all items, or [B, m] against each query's own ``rows`` [B, m]."""
         index = self.index
-        pick = (lambda t: t) if rows is None else (lambda t: t[rows])  # noqa: E731
-        x = pick(self.vectors)
+        if rows is None:
+            pick = lambda t: t[None, :]  # noqa: E731
+            dot = lambda probes: (self.vectors @ probes.T).T  # noqa: E731 - [N, F] x [F, B]: the layout of a brute-force scan
+        else:
+            pick = lambda t: t[rows]  # noqa: E731
+            gathered = self.vectors[rows]  # [B, m, F]
+            dot = lambda probes: torch.einsum("bmf,bf->bm", gathered, probes)  # noqa: E731
         if params.mode == "cosine":
-            cos = (x @ queries.T).T.mul_(pick(self.inv_norm)[None, :]).div_(queries.norm(dim=1, keepdim=True))
+            cos = dot(queries).mul_(pick(self.inv_norm)).div_(queries.norm(dim=1, keepdim=True))
             return cos.neg_().add_(1.0).mul_(0.5)
         q = q if q is not None else self.query_terms(queries)
-        probes = queries @ self.laplacian  # rows are (L q)^T, L symmetric
+        e = dot(queries @ self.laplacian).mul_(-2.0).add_(pick(index.xLx)).add_(q["qLq"][:, None]).clamp_min_(0.0)  # (Lq)^T x, L symmetric
+        score = e.div_(e + self.scale).mul_(params.w_D)
+        score.add_((pick(index.lam) - q["lambda"][:, None]).abs_().mul_(params.w_lambda))
+        if params.w_G:
+            score.add_((pick(self.dispersion) - q["G"][:, None]).abs_().mul_(params.w_G))
         if params.mode == "hybrid":
-            probes = torch.cat([probes, queries])  # one pass over x gives L-products and dot products
-        products = (x @ probes.T).T  # [N, F] x [F, B]: the layout a brute-force scan uses
-        batch = queries.shape[0]
-        e = products[:batch].mul_(-2.0).add_(pick(index.xLx)[None, :]).add_(q["qLq"][:, None]).clamp_min_(0.0)
-        score = e.div_(e + 1.0).mul_(params.w_D)
-        score.add_((pick(index.lam)[None, :] - q["lambda"][:, None]).abs_().mul_(params.w_lambda))
-        score.add_((pick(index.G)[None, :] - q["G"][:, None]).abs_().mul_(params.w_G))
-        if params.mode == "hybrid":
-            cos = products[batch:].mul_(pick(self.inv_norm)[None, :]).div_(q["norm"][:, None])
+            cos = dot(queries).mul_(pick(self.inv_norm)).div_(q["norm"][:, None])
             score.mul_(1.0 - params.alpha).add_(cos.neg_().add_(1.0).mul_(params.alpha / 2.0))
         return score
 
-    def energy_scores(self, q: dict[str, torch.Tensor], queries: torch.Tensor, params,
-                      rows: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-        """Every energy term as a [B, n] matrix (for weight tuning: terms once, many weightings)."""
+    def energy_scores(self, q: dict[str, torch.Tensor], queries: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every weight-free energy term as a [B, N] matrix (for weight tuning: terms once, many weightings)."""
         index = self.index
-        pick = (lambda t: t) if rows is None else (lambda t: t[rows])  # noqa: E731
-        x = pick(self.vectors)
-        dirichlet = (q["qLq"][:, None] - 2.0 * (queries @ self.laplacian) @ x.T + pick(index.xLx)[None, :]).clamp_min(0.0)
-        d_lambda = (q["lambda"][:, None] - pick(index.lam)[None, :]).abs()
-        d_g = (q["G"][:, None] - pick(index.G)[None, :]).abs()
-        bounded = dirichlet / (1.0 + dirichlet)
-        score = params.w_lambda * d_lambda + params.w_G * d_g + params.w_D * bounded
-        return {"score": score, "d_lambda": d_lambda, "d_G": d_g, "dirichlet": dirichlet, "bounded_dirichlet": bounded}
+        dirichlet = (q["qLq"][:, None] - 2.0 * (queries @ self.laplacian) @ self.vectors.T + index.xLx[None, :]).clamp_min(0.0)
+        return {"d_lambda": (q["lambda"][:, None] - index.lam[None, :]).abs(),
+                "d_G": (q["G"][:, None] - self.dispersion[None, :]).abs(),
+                "dirichlet": dirichlet, "bounded_dirichlet": dirichlet / (dirichlet + self.scale)}
 
-    def cosine(self, queries: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Cosine similarities [B, n]."""
-        inv = self.inv_norm if rows is None else self.inv_norm[rows]
-        x = self.vectors if rows is None else self.vectors[rows]
-        return (queries @ x.T) * inv[None, :] / queries.norm(dim=1, keepdim=True)
+    def cosine(self, queries: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities [B, N]."""
+        return (queries @ self.vectors.T) * self.inv_norm[None, :] / queries.norm(dim=1, keepdim=True)
 
     def terms(self, query: torch.Tensor, q: dict, row: int, items: torch.Tensor, params: SearchParams) -> dict[str, torch.Tensor]:
         """The component terms of the score for ``items`` of one query (the same formulas, unfused)."""
@@ -145,9 +149,9 @@ class Searcher:
         dirichlet = (q["qLq"][row] - 2.0 * x @ (self.laplacian @ query) + self.index.xLx[items]).clamp_min(0.0)
         terms = {
             "d_lambda": (q["lambda"][row] - self.index.lam[items]).abs(),
-            "d_G": (q["G"][row] - self.index.G[items]).abs(),
+            "d_G": (q["G"][row] - self.dispersion[items]).abs(),
             "dirichlet": dirichlet,
-            "bounded_dirichlet": dirichlet / (1.0 + dirichlet),
+            "bounded_dirichlet": dirichlet / (dirichlet + self.scale),
         }
         if params.mode == "hybrid":
             terms["energy_score"] = (params.w_lambda * terms["d_lambda"] + params.w_G * terms["d_G"]
@@ -155,41 +159,40 @@ class Searcher:
             terms["cosine"] = cos
         return terms
 
-    def window(self, query_lambda: float, m: int) -> np.ndarray:
-        """Item rows of the ``m`` lambdas nearest ``query_lambda`` (binary search in the sorted table)."""
-        lam = self.sorted_lambda
-        m = min(m, lam.size)
-        right = int(np.searchsorted(lam, query_lambda))
-        lo, hi = max(0, right - m), min(lam.size, right + m)
-        nearest = np.argsort(np.abs(lam[lo:hi] - query_lambda), kind="stable")[:m] + lo
-        return self.sorted_order[np.sort(nearest)]
+    def candidate_rows(self, queries: torch.Tensor, params: SearchParams) -> torch.Tensor:
+        """[B, m] item rows nearest each query in Dirichlet energy, from the index's FAISS structure."""
+        if self.index.ann is None:
+            raise InputError("search.candidates=ann but this index has no ANN structure; rebuild it with "
+                             "`optical index build-energy --set build.ann=auto`")
+        if self._root is None:
+            self._root = ann_mod.laplacian_root(self.laplacian)
+        m = max(params.ann_candidates, params.k)
+        rows = ann_mod.candidates(self.index.ann, self._root, queries, m, params.hnsw_ef_search, params.ivf_nprobe)
+        if bool((rows < 0).any()):  # IVF visited too few lists for m items: fall back to exact for safety
+            raise InputError(f"the ANN structure returned fewer than {m} candidates; raise search.ivf_nprobe")
+        return rows
 
     @torch.inference_mode()  # no autograd bookkeeping: ~15% less fixed cost per query
     def rank(self, queries: torch.Tensor, params: SearchParams) -> tuple[list[torch.Tensor], dict]:
-        """Top-k item rows and their scores per query, best first (equal scores by item position)."""
+        """Top-k item rows per query, best first (equal scores by item position)."""
         if params.mode not in MODES:
             raise InputError(f"unknown search mode {params.mode!r}; use one of {', '.join(MODES)}")
+        if params.candidates not in CANDIDATES:
+            raise InputError(f"unknown search.candidates {params.candidates!r}; use exact or ann")
         q = self.query_terms(queries) if params.mode != "cosine" else {}
-        if params.mode != "energy-window":
-            score = self.scores(queries, params, q)
-            top = torch.topk(score, params.k, dim=1, largest=False)
-            return [_stable(i, v) for i, v in zip(top.indices, top.values)], q
-        m = max(params.candidate_m, params.k)
-        tops = []
-        for row in range(queries.shape[0]):
-            rows = torch.from_numpy(self.window(float(q["lambda"][row]), m)).to(self.vectors.device)
-            single = {name: value[row:row + 1] for name, value in q.items()}
-            score = self.scores(queries[row:row + 1], params, single, rows)[0]
-            top = torch.topk(score, params.k, largest=False)
-            tops.append(_stable(rows[top.indices], top.values))
-        return tops, q
+        rows = self.candidate_rows(queries, params) if params.candidates == "ann" else None
+        score = self.scores(queries, params, q or None, rows)
+        top = torch.topk(score, params.k, dim=1, largest=False)
+        items = top.indices if rows is None else torch.gather(rows, 1, top.indices)
+        return [_stable(i, v) for i, v in zip(items, top.values)], q
 
     def search(self, queries, params: SearchParams) -> list[list[Hit]]:
         queries = self.check(queries, params.k)
         tops, q = self.rank(queries, params)
         results = []
         for row, items in enumerate(tops):
-            score = self.scores(queries[row:row + 1], params, {n: v[row:row + 1] for n, v in q.items()}, items)[0]
+            single = {n: v[row:row + 1] for n, v in q.items()}
+            score = self.scores(queries[row:row + 1], params, single or None, items[None, :])[0]
             terms = self.terms(queries[row], q or {"norm": queries.norm(dim=1)}, row, items, params)
             results.append([
                 Hit(rank, self.index.ids[int(item)], int(item), float(score[pos]),

@@ -1,4 +1,4 @@
-"""Index directory: lambdas.parquet, vectors.npy, laplacian.npz and manifest.json.
+"""Index directory: lambdas.parquet, vectors.npy, laplacian.npz, ann.faiss (optional) and manifest.json.
 
 Every file is written atomically; ``manifest.json`` goes last, so a directory without a
 valid manifest is an unfinished or foreign one. The manifest may also be a run manifest
@@ -20,10 +20,11 @@ import torch
 
 from ..artifacts import atomic_path, atomic_write_json
 from ..errors import InputError
-from .build import EnergyIndex, Graph
+from . import ann as ann_mod
+from .build import EnergyIndex, Graph, LambdaScales
 
 FORMAT = "optical-energy-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: bounded lambda scales, Dirichlet scale and the optional ANN structure
 FILES = ("lambdas.parquet", "vectors.npy", "laplacian.npz")
 
 
@@ -35,11 +36,13 @@ def manifest_fields(index: EnergyIndex) -> dict[str, Any]:
         "count": len(index),
         "dim": index.dim,
         "feature_edges": int(index.graph.src.numel()),
-        "tau": index.tau,
+        **index.scales.as_dict(),
+        "dirichlet_scale": index.dirichlet_scale,
+        "ann": ann_mod.describe(index.ann) if index.ann is not None else None,
         "embedding_model": index.model,
         "params": index.params,
         "stats": index.stats,
-        "files": list(FILES),
+        "files": list(FILES) + ([ann_mod.FILE] if index.ann is not None else []),
     }
 
 
@@ -64,6 +67,10 @@ def save_index(index: EnergyIndex, directory: str | Path, manifest: bool = True)
             np.save(handle, index.vectors.cpu().numpy().astype(np.float32), allow_pickle=False)
     with atomic_path(directory / "laplacian.npz") as tmp:
         sp.save_npz(tmp, index.graph.laplacian(), compressed=True)
+    if index.ann is not None:
+        ann_mod.save_ann(index.ann, directory / ann_mod.FILE)
+    elif (directory / ann_mod.FILE).exists():
+        (directory / ann_mod.FILE).unlink()  # an older build's structure would not match these items
     fields = manifest_fields(index)
     if manifest:
         atomic_write_json(directory / "manifest.json", fields)
@@ -99,13 +106,16 @@ def load_index(directory: str | Path, device: str | torch.device = "cpu") -> Ene
     directory = Path(directory)
     manifest = read_manifest(directory)
     count, dim = manifest.get("count"), manifest.get("dim")
-    for name in FILES:
+    names = manifest.get("files", FILES)
+    for name in names:
         if not (directory / name).is_file():
             raise _fail(directory, f"{name} is missing")
     try:
         table = pq.read_table(directory / "lambdas.parquet").to_pandas()
-        vectors = np.load(directory / "vectors.npy", allow_pickle=False)
+        # memory-mapped (copy-on-write): ANN search touches only its candidates' rows
+        vectors = np.load(directory / "vectors.npy", allow_pickle=False, mmap_mode="c")
         laplacian = sp.load_npz(directory / "laplacian.npz")
+        ann = ann_mod.load_ann(directory / ann_mod.FILE) if ann_mod.FILE in names else None
     except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
         raise _fail(directory, f"a file is damaged: {type(exc).__name__}: {exc}") from None
     missing = {"id", "lambda", "E", "G", "norm", "xLx"} - set(table.columns)
@@ -117,14 +127,18 @@ def load_index(directory: str | Path, device: str | torch.device = "cpu") -> Ene
         raise _fail(directory, f"lambdas.parquet has {len(table)} rows, manifest says {count}")
     if laplacian.shape != (dim, dim):
         raise _fail(directory, f"laplacian.npz is {laplacian.shape}, expected ({dim}, {dim})")
+    if ann is not None and (ann.ntotal != count or ann.d != dim):
+        raise _fail(directory, f"{ann_mod.FILE} holds {ann.ntotal} x {ann.d}, manifest says ({count}, {dim})")
     device = torch.device(device)
     column = lambda name: torch.from_numpy(table[name].to_numpy(np.float32)).to(device)  # noqa: E731
+    scales = LambdaScales(str(manifest["lambda_formula"]), float(manifest["tau"]), float(manifest["tau_G"]),
+                          float(manifest["lambda_blend"]))
     return EnergyIndex(
-        ids=[str(i) for i in table["id"]], vectors=torch.from_numpy(vectors.astype(np.float32)).to(device),
+        ids=[str(i) for i in table["id"]], vectors=torch.from_numpy(vectors.astype(np.float32, copy=False)).to(device),
         graph=Graph.from_laplacian(laplacian).to(device), lam=column("lambda"), E=column("E"), G=column("G"),
-        xLx=column("xLx"), norm=column("norm"), tau=float(manifest["tau"]), params=manifest.get("params", {}),
-        stats=manifest.get("stats", {}), model=manifest.get("embedding_model"),
-        texts=[str(t) for t in table["text"]] if "text" in table.columns else None,
+        xLx=column("xLx"), norm=column("norm"), scales=scales, dirichlet_scale=float(manifest["dirichlet_scale"]),
+        params=manifest.get("params", {}), stats=manifest.get("stats", {}), model=manifest.get("embedding_model"),
+        texts=[str(t) for t in table["text"]] if "text" in table.columns else None, ann=ann,
     )
 
 

@@ -59,7 +59,7 @@ class ScoreTerms:
     @classmethod
     def compute(cls, searcher: Searcher, queries: torch.Tensor) -> "ScoreTerms":
         q = searcher.query_terms(queries)
-        parts = searcher.energy_scores(q, queries, _UNIT_WEIGHTS)
+        parts = searcher.energy_scores(q, queries)
         cosine = searcher.cosine(queries)
         return cls(parts["d_lambda"], parts["d_G"], parts["bounded_dirichlet"], (1.0 - cosine) / 2.0)
 
@@ -68,13 +68,6 @@ class ScoreTerms:
         energy = weights["w_lambda"] * self.d_lambda + weights["w_G"] * self.d_G + weights["w_D"] * self.bounded
         score = weights["alpha"] * self.cosine_distance + (1.0 - weights["alpha"]) * energy
         return torch.topk(score, k, dim=1, largest=False).indices.cpu().numpy()
-
-
-class _Unit:  # energy_scores() reads the weights by attribute; the terms themselves are all we need
-    w_lambda = w_G = w_D = 1.0
-
-
-_UNIT_WEIGHTS = _Unit()
 
 
 def _terms(searcher: Searcher, queries: torch.Tensor, batch: int) -> list[ScoreTerms]:

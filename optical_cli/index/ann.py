@@ -1,0 +1,109 @@
+"""Approximate energy candidates with FAISS, then exact rescoring (``search.candidates: ann``).
+
+The Dirichlet term of the energy score is a quadratic form in q - x on the feature
+Laplacian L (symmetric, positive semi-definite):
+
+    e(q - x) = (q - x)^T L (q - x) = || R q - R x ||^2,   R = L^{1/2} = V diag(sqrt(w)) V^T
+
+so the Euclidean nearest neighbours of the transformed items R x are exactly the items of
+smallest Dirichlet energy: candidates for energy search, not for cosine. The index stores
+R x in a FAISS structure chosen by size (HNSW, or IVF from ``build.ann_ivf_from`` items,
+where HNSW builds too slowly); ``Searcher`` rescores the ``search.ann_candidates`` nearest
+exactly, adding the lambda and dispersion terms, which the transform does not see.
+
+HNSW graphs built on several threads depend on thread timing: two builds can return
+slightly different candidates (the exact rescoring of a candidate set is deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..artifacts import atomic_path
+from ..errors import InputError
+
+FILE = "ann.faiss"
+HNSW_M = 32  # graph degree: FAISS's usual choice for 384-d embeddings (recall vs memory)
+HNSW_EF_CONSTRUCTION = 64
+IVF_LISTS_PER_SQRT_N = 4  # nlist = 4 sqrt(N): FAISS's guideline range is 4-16 sqrt(N)
+IVF_TRAIN_PER_LIST = 40  # FAISS warns below 39 training points per list
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:  # a default dependency; only a broken install lands here
+        raise InputError("search.candidates=ann needs faiss: pip install faiss-cpu") from None
+    return faiss
+
+
+def laplacian_root(laplacian: torch.Tensor) -> np.ndarray:
+    """R = L^{1/2} (F x F, float32) from the dense symmetric Laplacian; tiny negative eigenvalues are rounding."""
+    w, v = np.linalg.eigh(laplacian.double().cpu().numpy())
+    return ((v * np.sqrt(np.clip(w, 0.0, None))) @ v.T).astype(np.float32)
+
+
+def transform(vectors, root: np.ndarray) -> np.ndarray:
+    x = vectors.cpu().numpy() if isinstance(vectors, torch.Tensor) else np.asarray(vectors)
+    return np.ascontiguousarray(x.astype(np.float32, copy=False) @ root)
+
+
+def choose_kind(n: int, kind: str, ivf_from: int) -> str:
+    return ("ivf" if n >= ivf_from else "hnsw") if kind == "auto" else kind
+
+
+def build_ann(vectors: torch.Tensor, laplacian: torch.Tensor, kind: str, ivf_from: int, block: int = 65536) -> Optional[Any]:
+    """The FAISS structure over R x (None for kind ``none``); items are added in blocks to bound memory."""
+    if kind == "none":
+        return None
+    faiss = _faiss()
+    n, dim = vectors.shape
+    root = laplacian_root(laplacian)
+    kind = choose_kind(n, kind, ivf_from)
+    if kind == "hnsw":
+        ann = faiss.IndexHNSWFlat(dim, HNSW_M)
+        ann.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    else:
+        lists = max(1, min(n // IVF_TRAIN_PER_LIST, round(IVF_LISTS_PER_SQRT_N * math.sqrt(n))))
+        ann = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
+        sample = np.random.default_rng(0).choice(n, size=min(n, lists * IVF_TRAIN_PER_LIST * 2), replace=False)
+        ann.train(transform(vectors[torch.from_numpy(np.sort(sample)).to(vectors.device)], root))
+    for start in range(0, n, block):
+        ann.add(transform(vectors[start:start + block], root))
+    return ann
+
+
+def save_ann(ann: Any, path: Path) -> None:
+    faiss = _faiss()
+    with atomic_path(path) as tmp:
+        faiss.write_index(ann, str(tmp))
+
+
+def load_ann(path: Path) -> Any:
+    return _faiss().read_index(str(path))
+
+
+def describe(ann: Any) -> dict:
+    faiss = _faiss()
+    kind = "ivf" if isinstance(ann, faiss.IndexIVF) else "hnsw" if isinstance(ann, faiss.IndexHNSW) else type(ann).__name__
+    info = {"kind": kind, "items": int(ann.ntotal)}
+    if kind == "ivf":
+        info["lists"] = int(ann.nlist)
+    return info
+
+
+def candidates(ann: Any, root: np.ndarray, queries: torch.Tensor, m: int, ef_search: int, nprobe: int) -> torch.Tensor:
+    """Item rows [B, m] of the m smallest Dirichlet energies per query (approximately); -1 pads a short list."""
+    faiss = _faiss()
+    m = min(m, int(ann.ntotal))
+    if isinstance(ann, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(nprobe=min(nprobe, int(ann.nlist)))
+    else:
+        params = faiss.SearchParametersHNSW(efSearch=max(ef_search, m))
+    _, rows = ann.search(transform(queries, root), m, params=params)
+    return torch.from_numpy(rows).to(queries.device)
