@@ -254,8 +254,8 @@ class EnergySearchSection(Section):
     w_D: float = Field(1.0, ge=0, description="weight of the bounded Dirichlet energy e/(e + scale) of q - x_i")
     alpha: float = Field(0.5, ge=0, le=1, description="hybrid: alpha*cosine distance + (1-alpha)*energy score")
     candidates: Literal["exact", "ann"] = Field("exact", description="exact: score every item; ann: FAISS candidates (stored by build-energy), then exact rescoring")
-    ann_candidates: int = Field(100, ge=1, description="ann: candidates per query rescored exactly")
-    hnsw_ef_search: int = Field(128, ge=1, description="ann on an HNSW index: search breadth (at least ann_candidates is used)")
+    ann_candidates: int = Field(50, ge=1, description="ann: candidates per query rescored exactly")
+    hnsw_ef_search: int = Field(64, ge=1, description="ann on an HNSW index: search breadth (at least ann_candidates is used)")
     ivf_nprobe: int = Field(32, ge=1, description="ann on an IVF index: inverted lists visited per query")
 
 
@@ -270,13 +270,15 @@ class EnergyConfig(Section):
 # ---------------------------------------------------------------------------------------
 # optical sweep diffusion (command name "sweep"); reuses the energy index's embed/build/search sections
 
-IR_METRIC = Literal["mrr", "map_at_20", "ndcg_at_10", "recall_at_10", "recall_at_20", "precision_at_10"]
+IR_METRIC = Literal["mrr", "map_cut_20", "ndcg_at_10", "recall_at_10", "recall_at_20", "precision_at_10"]
 
 
 class SweepSection(Section):
-    corpus: Optional[str] = Field(None, description="JSONL with id, text and label fields; null = the bundled CVE corpus")
+    corpus: Optional[str] = Field(None, description="JSONL with id, text and label fields, or Parquet with id, vector and label "
+                                  "columns (no embedding run); null = the bundled CVE corpus")
     id_field: str = "id"
     text_field: str = "description"
+    vector_field: str = Field("vector", description="list-valued vector column of a Parquet corpus")
     label_field: str = Field("cwe", description="list (or single string) of labels; records sharing one are relevant")
     limit: Optional[int] = Field(1681, ge=2, description="seeded random subset of the corpus (null = every record); 1681 = the published size and the same subset, hence the same embedding cache, as `optical index build-energy`")
     num_queries: Optional[int] = Field(None, ge=1, description="seeded sample of the labelled records as queries (null = all)")
@@ -300,7 +302,8 @@ class SweepTuningSection(Section):
     enabled: bool = True
     method: Literal["grid", "random"] = Field("random", description="grid = every combination; random = `trials` of them")
     trials: int = Field(60, ge=1, description="combinations tried by the random search")
-    tune_fraction: float = Field(0.5, gt=0, lt=1, description="share of the queries used for tuning; the rest is held out")
+    tune_fraction: float = Field(0.5, gt=0, lt=1, description="share of the LABELS whose queries are used for choices (best cell, "
+                                 "weights); queries of the other labels are held out and every reported figure is theirs")
     metric: IR_METRIC = Field("ndcg_at_10", description="what the tuning maximises on the tuning split")
     w_lambda: list[float] = Field([0.0, 0.25, 0.5, 1.0, 2.0], min_length=1)
     w_G: list[float] = Field([0.0, 0.25, 0.5, 1.0], min_length=1)

@@ -78,7 +78,7 @@ def test_ann_with_all_items_as_candidates_equals_exact(setup):
         ann = searcher.search(queries, SearchParams(k=5, mode=mode, candidates="ann", ann_candidates=len(index),
                                                     hnsw_ef_search=len(index)))
         assert [[h.id for h in r] for r in exact] == [[h.id for h in r] for r in ann]
-        np.testing.assert_allclose([[h.score for h in r] for r in exact], [[h.score for h in r] for r in ann], rtol=1e-5)
+        np.testing.assert_allclose([[h.score for h in r] for r in exact], [[h.score for h in r] for r in ann], rtol=1e-5, atol=1e-6)
 
 
 def test_ann_without_a_structure_is_a_clear_error(setup):

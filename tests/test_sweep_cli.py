@@ -65,20 +65,27 @@ def test_tiny_sweep_end_to_end_and_resume(tiny_corpus, tmp_path):
     cosine = next(r for r in rows if r["method"] == "cosine")
     assert float(cosine["mrr"]) > 0.5  # clustered vectors: label neighbours come first
     for row in rows:
-        for metric in ("mrr", "map_at_20", "ndcg_at_10", "recall_at_10", "recall_at_20", "precision_at_10"):
+        for metric in ("mrr", "map_cut_20", "ndcg_at_10", "recall_at_10", "recall_at_20", "precision_at_10"):
             assert float(row[f"{metric}_low"]) <= float(row[metric]) <= float(row[f"{metric}_high"])
+            assert float(row[f"{metric}_cluster_low"]) <= float(row[metric]) <= float(row[f"{metric}_cluster_high"])
     faiss = [r for r in rows if r["method"] == "faiss"]
     if faiss:  # FAISS exact inner product ranks like brute-force cosine
         assert float(faiss[0]["ndcg_at_10"]) == pytest.approx(float(cosine["ndcg_at_10"]), abs=1e-3)
 
-    # 125 labelled records are the queries (unlabelled ones are distractors only)
-    assert summary["setup"]["queries"] == 125 and summary["setup"]["items"] == N_RECORDS
+    # 125 labelled records are the queries (unlabelled ones are distractors only), split by label
+    setup = summary["setup"]
+    assert setup["queries"] == 125 and setup["items"] == N_RECORDS
+    assert setup["tune_queries"] + setup["held_out_queries"] + setup["mixed_label_queries_left_out"] == 125
+    assert all(int(r["n_queries"]) == setup["held_out_queries"] for r in rows)  # every row: held-out queries only
     with open(out / "per_query.csv") as handle:
         assert sum(1 for _ in handle) == 1 + 125 * len(rows)
     assert set(summary["best"]) >= {"ndcg_at_10", "recall_at_20"}
-    assert "low" in summary["best"]["ndcg_at_10"]["vs_cosine"]
+    assert {"low", "cluster_low"} <= set(summary["best"]["ndcg_at_10"]["vs_cosine"])
+    default = summary["default"]  # the configured build.eta/steps cell, every metric against cosine
+    assert (default["eta"], default["steps"]) == (0.1, 4)
+    assert {"difference", "low", "high", "cluster_low", "cluster_high"} <= set(default["metrics"]["ndcg_at_10"]["vs_cosine"])
     tuning = summary["tuning"]
-    assert tuning["tune_queries"] + tuning["held_out_queries"] == 125
+    assert tuning["tune_queries"] == setup["tune_queries"] and tuning["held_out_queries"] == setup["held_out_queries"]
     assert set(tuning["held_out"]) == {"tuned", "default", "cosine"}
 
     resumed = _invoke(corpus, cache, out, "--eta", "0.05,0.1", "--steps", "2,4", "--resume", "--json")

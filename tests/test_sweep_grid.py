@@ -72,7 +72,7 @@ def test_sweep_csv_schema_and_per_query_csv(tmp_path):
     grid.write_sweep_csv(tmp_path / "sweep.csv", rows)
     with open(tmp_path / "sweep.csv") as handle:
         table = list(csv.DictReader(handle))
-    required = {"method", "eta", "steps", "mrr", "map_at_20", "ndcg_at_10", "recall_at_10", "recall_at_20", "precision_at_10", "build_seconds"}
+    required = {"method", "eta", "steps", "mrr", "map_cut_20", "ndcg_at_10", "recall_at_10", "recall_at_20", "precision_at_10", "build_seconds"}
     assert required <= set(table[0])
     assert "ndcg_at_10_low" in table[0] and "recall_at_20_high" in table[0]
     assert [r["method"] for r in table] == ["cosine", "energy", "energy"]

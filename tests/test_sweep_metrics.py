@@ -1,4 +1,4 @@
-"""IR metrics against hand-computed rankings and scikit-learn's ndcg_score."""
+"""IR metrics from trec_eval against hand-computed rankings and scikit-learn; bootstraps by query and by cluster."""
 
 import math
 
@@ -8,54 +8,48 @@ import pytest
 from optical_cli.sweep import metrics as m
 
 
-def _pad(ranks: list[int], depth: int = 20) -> np.ndarray:
-    """Binary hit row with True at the given 1-based ranks."""
-    row = np.zeros(depth, dtype=bool)
-    row[[r - 1 for r in ranks]] = True
-    return row
+def evaluate(relevant: list[list[int]], ranked: list[list[int]], depth: int = 20) -> dict:
+    """trec_eval on item rows; rankings are padded to ``depth`` with never-relevant rows 1000, 1001, ..."""
+    padded = [row + [1000 + i for i in range(depth - len(row))] for row in ranked]
+    return m.TrecEvaluator([np.array(r) for r in relevant]).evaluate(np.array(padded))
 
 
 def test_hand_computed_single_query():
-    # relevant at ranks 2 and 5, 4 relevant items in the corpus
-    hits = _pad([2, 5])[None, :]
-    n_rel = np.array([4])
-    out = m.per_query_metrics(hits, n_rel)
+    # relevant at ranks 2 and 5, 4 relevant items in the corpus (items 1..4)
+    out = evaluate([[1, 2, 3, 4]], [[9, 1, 8, 7, 2]])
     assert out["mrr"][0] == pytest.approx(0.5)
     assert out["precision_at_10"][0] == pytest.approx(0.2)
     assert out["recall_at_10"][0] == pytest.approx(0.5)
     assert out["recall_at_20"][0] == pytest.approx(0.5)
-    # AP@20 = (1/2 + 2/5) / min(4, 20)
-    assert out["map_at_20"][0] == pytest.approx((0.5 + 0.4) / 4)
+    assert out["map_cut_20"][0] == pytest.approx((1 / 2 + 2 / 5) / 4)
     dcg = 1 / math.log2(3) + 1 / math.log2(6)
     idcg = sum(1 / math.log2(i + 1) for i in range(1, 5))  # ideal from ALL 4 relevant, not the 2 retrieved
     assert out["ndcg_at_10"][0] == pytest.approx(dcg / idcg)
 
 
-def test_ideal_dcg_uses_all_relevant_items_not_retrieved_list():
-    # one hit at rank 1 is perfect for the retrieved list but not when 10 items are relevant
-    hits = _pad([1])[None, :]
-    few = m.ndcg_at(hits, np.array([1]), 10)[0]
-    many = m.ndcg_at(hits, np.array([10]), 10)[0]
-    assert few == pytest.approx(1.0)
-    assert many == pytest.approx(1.0 / sum(1 / math.log2(i + 1) for i in range(1, 11)))
+def test_map_cut_divides_by_all_relevant_items_not_the_cutoff():
+    """trec_eval's map_cut_20: 20 relevant retrieved in order out of 25 gives 20/25, not 1 (the min(R, 20) variant)."""
+    perfect = list(range(20))
+    out = evaluate([list(range(25)), [0]], [perfect, [5, 0]])
+    assert out["map_cut_20"][0] == pytest.approx(20 / 25)
+    assert out["recall_at_20"][0] == pytest.approx(20 / 25)
+    assert out["ndcg_at_10"][0] == pytest.approx(1.0) and out["mrr"][0] == 1.0 and out["precision_at_10"][0] == 1.0
+    assert out["map_cut_20"][1] == pytest.approx(0.5) and out["mrr"][1] == 0.5
 
 
-def test_no_hits_and_perfect_ranking():
-    hits = np.vstack([_pad([]), _pad(list(range(1, 21)))])
-    out = m.per_query_metrics(hits, np.array([3, 25]))
+def test_our_order_is_kept_and_no_hit_scores_zero():
+    # trec_eval sorts by score: the evaluator must score so that rank 1 stays rank 1
+    out = evaluate([[7], [3]], [[7, 1, 2], [1, 2]])
+    assert out["mrr"].tolist() == [1.0, 0.0]
     for name in m.METRIC_NAMES:
-        assert out[name][0] == 0.0
-    assert out["mrr"][1] == 1.0
-    assert out["ndcg_at_10"][1] == pytest.approx(1.0)
-    assert out["map_at_20"][1] == pytest.approx(1.0)  # min(25, 20) = 20 relevant retrieved in order
-    assert out["recall_at_20"][1] == pytest.approx(20 / 25)
-    assert out["precision_at_10"][1] == 1.0
+        assert out[name][1] == 0.0
 
 
-def test_ap_denominator_is_min_of_relevant_and_cutoff():
-    hits = _pad([1, 2])[None, :]
-    assert m.average_precision_at(hits, np.array([2]), 20)[0] == pytest.approx(1.0)
-    assert m.average_precision_at(hits, np.array([40]), 20)[0] == pytest.approx(2 / 20)
+def test_subset_of_queries_by_position():
+    evaluator = m.TrecEvaluator([np.array([1]), np.array([2]), np.array([3])])
+    ranked = np.array([[3] + list(range(100, 119)), [9] + list(range(100, 119))])
+    out = evaluator.evaluate(ranked, np.array([2, 0]))
+    assert out["mrr"].tolist() == [1.0, 0.0]
 
 
 def test_matches_sklearn_ndcg_when_whole_ranking_is_given():
@@ -66,20 +60,17 @@ def test_matches_sklearn_ndcg_when_whole_ranking_is_given():
     truth[:, 0] = True  # at least one relevant item per query
     scores = rng.random((n_queries, n_items))  # distinct, so no tie averaging
     order = np.argsort(-scores, axis=1)
-    hits = np.take_along_axis(truth, order, axis=1)
-    ours = m.ndcg_at(hits, truth.sum(axis=1), 10)
+    ours = m.TrecEvaluator([np.flatnonzero(t) for t in truth]).evaluate(order)["ndcg_at_10"]
     for q in range(n_queries):
         theirs = sklearn_metrics.ndcg_score(truth[q:q + 1].astype(float), scores[q:q + 1], k=10)
-        assert ours[q] == pytest.approx(theirs, abs=1e-12)
+        assert ours[q] == pytest.approx(theirs, abs=1e-9)
 
 
 def test_rejects_inconsistent_inputs():
     with pytest.raises(ValueError, match="at least one relevant"):
-        m.per_query_metrics(_pad([1])[None, :], np.array([0]))
-    with pytest.raises(ValueError, match="n_relevant is wrong"):
-        m.per_query_metrics(_pad([1, 2, 3])[None, :], np.array([2]))
+        m.TrecEvaluator([np.array([], dtype=int)])
     with pytest.raises(ValueError, match="at least 20"):
-        m.per_query_metrics(np.zeros((1, 10), dtype=bool), np.array([1]))
+        m.TrecEvaluator([np.array([1])]).evaluate(np.zeros((1, 10), dtype=int))
 
 
 def test_bootstrap_interval_is_seeded_and_contains_mean():
@@ -106,10 +97,32 @@ def test_paired_difference_detects_a_consistent_gain():
     assert same["difference"] == 0.0 and same["low"] == 0.0 and same["high"] == 0.0
 
 
-def test_summarize_has_mean_and_bounds_for_every_metric():
-    hits = np.random.default_rng(2).random((40, 20)) < 0.2
-    per_query = m.per_query_metrics(hits, np.maximum(hits.sum(axis=1), 1) + 5)
-    row = m.summarize(per_query, n_boot=200, seed=0)
+def test_summarize_has_mean_and_both_bounds_for_every_metric():
+    rng = np.random.default_rng(2)
+    per_query = {name: rng.random(40) for name in m.METRIC_NAMES}
+    row = m.summarize(per_query, n_boot=200, seed=0, clusters=rng.integers(0, 8, 40))
     for name in m.METRIC_NAMES:
         assert row[f"{name}_low"] <= row[name] <= row[f"{name}_high"]
+        assert row[f"{name}_cluster_low"] <= row[name] <= row[f"{name}_cluster_high"]
         assert row[name] == pytest.approx(per_query[name].mean())
+
+
+def test_cluster_bootstrap_is_wider_when_queries_in_a_cluster_agree():
+    """Queries sharing a label move together: resampling clusters shows the real uncertainty."""
+    rng = np.random.default_rng(4)
+    clusters = np.repeat(np.arange(10), 30)  # 10 labels, 30 queries each
+    values = rng.normal(0, 1, 10)[clusters] + rng.normal(0, 0.05, 300)  # almost all variance between clusters
+    _, low, high = m.bootstrap_interval(values, n_boot=500, seed=0)
+    _, cluster_low, cluster_high = m.bootstrap_interval(values, n_boot=500, seed=0, clusters=clusters)
+    assert cluster_high - cluster_low > 3 * (high - low)
+    # one query per cluster: both resample the same units
+    singles = m.bootstrap_interval(values[:50], n_boot=300, seed=1, clusters=np.arange(50))
+    assert singles == m.bootstrap_interval(values[:50], n_boot=300, seed=1)
+
+
+def test_compare_reports_both_intervals():
+    rng = np.random.default_rng(5)
+    base = rng.random(120)
+    out = m.compare(base + 0.1, base, n_boot=200, seed=0, clusters=np.repeat(np.arange(12), 10))
+    assert out["difference"] == pytest.approx(0.1)
+    assert out["low"] == pytest.approx(0.1) and out["cluster_high"] == pytest.approx(0.1)

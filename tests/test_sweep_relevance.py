@@ -23,9 +23,30 @@ def test_relevance_is_shared_label_and_queries_skip_unlabelled_and_unique():
     assert relevance.queries.tolist() == [0, 1, 2, 5]
     # 0: shares A with 1, 5 -> 2;  1: A with 0, 5 and B with 2 -> 3;  2: B with 1 -> 1;  5: A with 0, 1 -> 2
     assert relevance.n_relevant.tolist() == [2, 3, 1, 2]
-    ranked = np.array([[1, 2, 3, 5], [2, 4, 0, 3]])
-    hits = relevance.hits(np.array([0, 1]), ranked)
-    assert hits.tolist() == [[True, False, False, True], [True, False, True, False]]
+    assert [relevance.relevant_rows(p).tolist() for p in range(4)] == [[1, 5], [0, 2, 5], [1], [0, 1]]
+    assert [relevance.label_names[c] for c in relevance.primary] == ["A", "A", "B", "A"]  # the first label is the cluster
+
+
+def test_label_split_keeps_labels_apart_and_is_stable_across_subsets():
+    labels = [(f"L{i % 12}",) for i in range(240)] + [("L0", "L1")] * 3
+    relevance = rel.build_relevance(labels)
+    split = rel.split_by_label(relevance, 0.5, seed=0)
+    tune_labels = {relevance.label_names[c] for c in relevance.primary[split.tune]}
+    held_labels = {relevance.label_names[c] for c in relevance.primary[split.held]}
+    assert tune_labels and held_labels and not tune_labels & held_labels
+    assert set(split.tune.tolist()).isdisjoint(split.held.tolist())
+    assert split.tune.size + split.held.size + split.mixed == relevance.queries.size
+    # a label's side depends on its name only: a subset of the corpus puts it on the same side
+    smaller = rel.build_relevance(labels[:120])
+    small_split = rel.split_by_label(smaller, 0.5, seed=0)
+    assert {smaller.label_names[c] for c in smaller.primary[small_split.held]} <= held_labels
+    other = rel.split_by_label(relevance, 0.5, seed=1)
+    assert other.held.tolist() != split.held.tolist()
+
+
+def test_label_split_with_one_label_is_an_input_error():
+    with pytest.raises(InputError, match="more labels"):
+        rel.split_by_label(rel.build_relevance([("A",)] * 5), 0.5, seed=0)
 
 
 def test_seeded_query_sample():
@@ -45,6 +66,22 @@ def test_drop_self_wherever_it_appears():
     assert out.tolist() == [[1, 2, 3], [4, 5, 6], [8, 9, 10]]
     with pytest.raises(ValueError):
         rel.drop_self(ranked, np.array([7, 9, 0]), depth=4)
+
+
+def test_parquet_vectors_with_labels(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "vector": [list(v) for v in vectors],
+                             "cwe": [["X"], ["X", "Y"], [], ["Y"]]}), tmp_path / "v.parquet")
+    corpus = rel.load_labelled(tmp_path / "v.parquet", label_field="cwe")
+    assert corpus.ids == ["a", "b", "c", "d"] and corpus.texts is None
+    assert corpus.labels == [("X",), ("X", "Y"), (), ("Y",)]
+    np.testing.assert_array_equal(corpus.vectors, vectors)
+    assert corpus.subset(np.array([1, 3])).vectors.shape == (2, 3)
+    with pytest.raises(InputError, match="no column 'label'"):
+        rel.load_labelled(tmp_path / "v.parquet")
 
 
 def test_load_jsonl_with_configurable_fields(tmp_path):

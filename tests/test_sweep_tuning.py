@@ -11,18 +11,6 @@ from optical_cli.index.search import Searcher, SearchParams, topk_rows
 from optical_cli.sweep import tuning
 
 
-def test_split_is_seeded_disjoint_and_complete():
-    tune_part, held = tuning.split_queries(101, 0.5, seed=3)
-    assert set(tune_part.tolist()).isdisjoint(held.tolist())
-    assert sorted(tune_part.tolist() + held.tolist()) == list(range(101))
-    assert len(tune_part) == 50 or len(tune_part) == 51
-    again, _ = tuning.split_queries(101, 0.5, seed=3)
-    assert again.tolist() == tune_part.tolist()
-    assert tuning.split_queries(2, 0.9, 0)[1].size == 1  # always something held out
-    with pytest.raises(ValueError):
-        tuning.split_queries(1, 0.5, 0)
-
-
 def test_candidates_grid_and_random():
     section = SweepTuningSection(method="grid", w_lambda=[0.0, 1.0], w_G=[0.0], w_D=[0.0, 0.5], alpha=[0.0, 0.5])
     combos = tuning.candidate_weights(section, seed=0)
@@ -65,7 +53,7 @@ def test_tune_scores_trials_on_tuning_queries_and_reports_held_out_only():
     vectors = rng.normal(size=(80, 12)).astype(np.float32)
     searcher = Searcher(build(vectors, EnergyBuildSection(kmeans_iters=3), seed=0))
     queries = torch.from_numpy(vectors[:20])
-    tune_positions, held_positions = tuning.split_queries(20, 0.5, seed=0)
+    tune_positions, held_positions = np.arange(0, 20, 2), np.arange(1, 20, 2)
     seen = []
 
     def evaluate(ranked, positions):
@@ -78,10 +66,12 @@ def test_tune_scores_trials_on_tuning_queries_and_reports_held_out_only():
     section = SweepTuningSection(method="random", trials=5)
     report, trials = tuning.tune(searcher, tuning.Cell(0.1, 4), queries, evaluate, cosine,
                                  {"w_lambda": 1.0, "w_G": 0.5, "w_D": 0.25}, section, tune_positions, held_positions,
-                                 k=21, n_boot=100, seed=0)
+                                 held_positions % 3, k=21, n_boot=100, seed=0, block=4)
     assert len(trials) == 5
-    assert all(p == tune_positions.tolist() for p in seen[:5])  # every trial: tuning queries only
-    assert all(p == held_positions.tolist() for p in seen[5:]) and len(seen) == 7  # tuned + default on held-out
+    tuned_calls, held_calls = seen[:15], seen[15:]  # 3 blocks of tuning queries x 5 trials, then 3 x (tuned, default)
+    assert sorted(set(sum(tuned_calls, []))) == tune_positions.tolist() and all(len(p) <= 4 for p in seen)
+    assert sorted(set(sum(held_calls, []))) == held_positions.tolist() and len(seen) == 21
+    assert "cluster_low" in report["held_out_tuned_vs_cosine"]["ndcg_at_10"]
     assert report["held_out_queries"] == len(held_positions)
     assert set(report["held_out"]) == {"tuned", "default", "cosine"}
     assert report["chosen_weights"] in [{k: t[k] for k in tuning.WEIGHT_NAMES} for t in trials]

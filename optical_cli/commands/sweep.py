@@ -27,7 +27,7 @@ from .common import (
 
 app = typer.Typer(help="Sweep energy-index parameters against real relevance labels.", no_args_is_help=True)
 
-_SWEEP_METRICS = (("mrr", "MRR"), ("map_at_20", "MAP@20"), ("ndcg_at_10", "NDCG@10"), ("recall_at_10", "R@10"),
+_SWEEP_METRICS = (("mrr", "MRR"), ("map_cut_20", "MAP@20"), ("ndcg_at_10", "NDCG@10"), ("recall_at_10", "R@10"),
                   ("recall_at_20", "R@20"), ("precision_at_10", "P@10"))
 
 
@@ -37,7 +37,7 @@ def sweep_diffusion(
     steps: Annotated[Optional[str], typer.Option("--steps", help="Comma-separated diffusion step counts, e.g. 2,4,6,8 (default sweep.steps).")] = None,
     num_queries: Annotated[Optional[int], typer.Option("--num-queries", help="Seeded sample of N labelled records as queries (default: all).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Seeded corpus subset of N records (0 = all; default sweep.limit).")] = None,
-    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="JSONL with id, text and label fields (default: the bundled CVE corpus).")] = None,
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="JSONL with id, text and label fields, or Parquet with id, vector and label columns (default: the bundled CVE corpus).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip cells already finished in --output-dir.")] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -85,6 +85,25 @@ def sweep_diffusion(
             emit_json({k: v for k, v in summary.items() if not k.startswith("_")})
 
 
+def _print_versus(title: str, entries: list[tuple[str, Optional[dict]]], cells: bool = False) -> None:
+    """A metric per line: energy, cosine, the difference and both paired 95% intervals (queries; label clusters)."""
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ("metric", *(("eta", "steps") if cells else ()), "energy", "cosine", "diff", "per-query 95%", "cluster 95%", "better")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("metric", "better") else "right", no_wrap=True, min_width=len(column))
+    for name, entry in entries:
+        if not entry or "vs_cosine" not in entry:
+            continue
+        diff = entry["vs_cosine"]
+        verdict = "energy" if entry["beats_cosine"] else "cosine" if entry["worse_than_cosine"] else "unclear"
+        table.add_row(name, *((f"{entry['eta']:g}", str(entry["steps"])) if cells else ()), f"{entry['value']:.4f}",
+                      f"{entry['cosine']:.4f}", f"{diff['difference']:+.4f}", escape(f"[{diff['low']:+.3f},{diff['high']:+.3f}]"),
+                      escape(f"[{diff['cluster_low']:+.3f},{diff['cluster_high']:+.3f}]"), verdict)
+    err.print(table)
+
+
 def _cell_name(record: dict) -> str:
     return f"eta={record['eta']:g} steps={record['steps']}" if record["method"] == "energy" else ""
 
@@ -97,25 +116,22 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
     setup = summary["setup"]
     err.print(f"[bold]{setup['items']} items, {setup['queries']} queries[/] (relevance: shared label; "
               f"{setup['mean_relevant_per_query']:.1f} relevant per query on average), corpus {escape(str(setup['corpus']))}")
-    table = Table(title="sweep: mean over queries (95% bootstrap intervals in sweep.csv)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    err.print(f"split by label: {setup['tune_queries']} tuning queries ({setup['tune_labels']} labels) make every choice; "
+              f"{setup['held_out_queries']} held-out queries ({setup['held_out_labels']} labels, {setup['held_out_clusters']} clusters) "
+              f"are scored; {setup['mixed_label_queries_left_out']} queries with labels on both sides left out")
+    table = Table(title="sweep: mean over the held-out queries (both 95% intervals in sweep.csv)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("method", "eta", "steps", *(title for _, title in _SWEEP_METRICS)):
         table.add_column(column, justify="left" if column == "method" else "right", no_wrap=True, min_width=max(4, len(column)))
     with open(path / "sweep.csv", encoding="utf-8") as handle:
         for row in _csv.DictReader(handle):
             table.add_row(escape(row["method"]), row["eta"], row["steps"], *(f"{float(row[m]):.4f}" for m, _ in _SWEEP_METRICS))
     err.print(table)
-    best = Table(title="best cell per metric vs cosine (paired bootstrap 95% interval of the difference)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("metric", "eta", "steps", "energy", "cosine", "diff", "95% interval", "better"):
-        best.add_column(column, justify="left" if column in ("metric", "better") else "right", no_wrap=True, min_width=len(column))
-    for metric, title in _SWEEP_METRICS:
-        entry = summary["best"].get(metric)
-        if not entry or "vs_cosine" not in entry:
-            continue
-        diff = entry["vs_cosine"]
-        verdict = "energy" if entry["beats_cosine"] else "cosine" if entry["worse_than_cosine"] else "unclear"
-        best.add_row(title, f"{entry['eta']:g}", str(entry["steps"]), f"{entry['value']:.4f}", f"{entry['cosine']:.4f}",
-                     f"{diff['difference']:+.4f}", escape(f"[{diff['low']:+.3f},{diff['high']:+.3f}]"), verdict)
-    err.print(best)
+    default = summary.get("default")
+    if default:
+        _print_versus(f"default energy (eta={default['eta']:g}, steps={default['steps']}) vs cosine on the held-out queries",
+                      [(title, default["metrics"].get(metric)) for metric, title in _SWEEP_METRICS])
+    _print_versus("best cell per metric (chosen on the tuning queries) vs cosine on the held-out queries",
+                  [(title, summary["best"].get(metric)) for metric, title in _SWEEP_METRICS], cells=True)
     tuning = summary.get("tuning")
     if tuning:
         weights = ", ".join(f"{k}={v:g}" for k, v in tuning["chosen_weights"].items())
@@ -128,8 +144,8 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
             held.add_row(name, *(f"{row[m]:.4f}" for m, _ in _SWEEP_METRICS))
         diffs = tuning["held_out_tuned_vs_cosine"]
         held.add_row("tuned - cosine", *(f"{diffs[m]['difference']:+.4f}" for m, _ in _SWEEP_METRICS))
-        held.add_row("  95% low", *(f"{diffs[m]['low']:+.4f}" for m, _ in _SWEEP_METRICS))
-        held.add_row("  95% high", *(f"{diffs[m]['high']:+.4f}" for m, _ in _SWEEP_METRICS))
+        held.add_row("  per-query 95%", *(escape(f"[{diffs[m]['low']:+.3f},{diffs[m]['high']:+.3f}]") for m, _ in _SWEEP_METRICS))
+        held.add_row("  cluster 95%", *(escape(f"[{diffs[m]['cluster_low']:+.3f},{diffs[m]['cluster_high']:+.3f}]") for m, _ in _SWEEP_METRICS))
         err.print(held)
     rows = summary.get("_text_query_rows") or []
     cell = summary.get("text_queries", {}).get("cell", {})

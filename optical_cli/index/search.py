@@ -43,8 +43,8 @@ class SearchParams:
     w_D: float = 1.0
     alpha: float = 0.5
     candidates: str = "exact"
-    ann_candidates: int = 100
-    hnsw_ef_search: int = 128
+    ann_candidates: int = 50
+    hnsw_ef_search: int = 64
     ivf_nprobe: int = 32
 
     @classmethod
@@ -140,16 +140,18 @@ class Searcher:
         """Cosine similarities [B, N]."""
         return (queries @ self.vectors.T) * self.inv_norm[None, :] / queries.norm(dim=1, keepdim=True)
 
-    def terms(self, query: torch.Tensor, q: dict, row: int, items: torch.Tensor, params: SearchParams) -> dict[str, torch.Tensor]:
-        """The component terms of the score for ``items`` of one query (the same formulas, unfused)."""
-        x = self.vectors[items]
-        cos = (x @ query) * self.inv_norm[items] / q["norm"][row]
+    def terms(self, queries: torch.Tensor, q: dict, items: torch.Tensor, params: SearchParams) -> dict[str, torch.Tensor]:
+        """The component terms [B, k] of the score for each query's ``items`` [B, k] (the same formulas, unfused)."""
+        x = self.vectors[items]  # [B, k, F]
+        norm = q["norm"] if q else queries.norm(dim=1)
+        cos = torch.einsum("bkf,bf->bk", x, queries) * self.inv_norm[items] / norm[:, None]
         if params.mode == "cosine":
             return {"cosine": cos}
-        dirichlet = (q["qLq"][row] - 2.0 * x @ (self.laplacian @ query) + self.index.xLx[items]).clamp_min(0.0)
+        dirichlet = (q["qLq"][:, None] - 2.0 * torch.einsum("bkf,bf->bk", x, queries @ self.laplacian)
+                     + self.index.xLx[items]).clamp_min(0.0)
         terms = {
-            "d_lambda": (q["lambda"][row] - self.index.lam[items]).abs(),
-            "d_G": (q["G"][row] - self.dispersion[items]).abs(),
+            "d_lambda": (q["lambda"][:, None] - self.index.lam[items]).abs(),
+            "d_G": (q["G"][:, None] - self.dispersion[items]).abs(),
             "dirichlet": dirichlet,
             "bounded_dirichlet": dirichlet / (dirichlet + self.scale),
         }
@@ -173,8 +175,8 @@ class Searcher:
         return rows
 
     @torch.inference_mode()  # no autograd bookkeeping: ~15% less fixed cost per query
-    def rank(self, queries: torch.Tensor, params: SearchParams) -> tuple[list[torch.Tensor], dict]:
-        """Top-k item rows per query, best first (equal scores by item position)."""
+    def rank(self, queries: torch.Tensor, params: SearchParams) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Top-k item rows [B, k] per query, best first (equal scores by item position), their scores and the query terms."""
         if params.mode not in MODES:
             raise InputError(f"unknown search mode {params.mode!r}; use one of {', '.join(MODES)}")
         if params.candidates not in CANDIDATES:
@@ -184,31 +186,35 @@ class Searcher:
         score = self.scores(queries, params, q or None, rows)
         top = torch.topk(score, params.k, dim=1, largest=False)
         items = top.indices if rows is None else torch.gather(rows, 1, top.indices)
-        return [_stable(i, v) for i, v in zip(items, top.values)], q
+        return (*_stable(items, top.values), q)
 
+    @torch.inference_mode()
     def search(self, queries, params: SearchParams) -> list[list[Hit]]:
         queries = self.check(queries, params.k)
-        tops, q = self.rank(queries, params)
+        items, score, q = self.rank(queries, params)  # [B, k] each
+        # one batched pass for every hit's terms, then plain Python lists (no per-query tensor ops)
+        score = score.tolist()
+        terms = {name: value.tolist() for name, value in self.terms(queries, q, items, params).items()}
+        lam = self.index.lam[items].tolist()
+        query_lambda = q["lambda"].tolist() if q else None
+        ids = self.index.ids
         results = []
-        for row, items in enumerate(tops):
-            single = {n: v[row:row + 1] for n, v in q.items()}
-            score = self.scores(queries[row:row + 1], params, single or None, items[None, :])[0]
-            terms = self.terms(queries[row], q or {"norm": queries.norm(dim=1)}, row, items, params)
+        for row, row_items in enumerate(items.tolist()):
             results.append([
-                Hit(rank, self.index.ids[int(item)], int(item), float(score[pos]),
-                    {**{name: float(value[pos]) for name, value in terms.items()},
-                     "lambda": float(self.index.lam[item]),
-                     **({"query_lambda": float(q["lambda"][row])} if q else {})})
-                for rank, (pos, item) in enumerate(enumerate(items.tolist()), start=1)
+                Hit(rank, ids[item], item, score[row][pos],
+                    {**{name: value[row][pos] for name, value in terms.items()}, "lambda": lam[row][pos],
+                     **({"query_lambda": query_lambda[row]} if q else {})})
+                for rank, (pos, item) in enumerate(enumerate(row_items), start=1)
             ])
         return results
 
 
-def _stable(items: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Sort top-k items by score, equal scores by item position: the same order on every run."""
+def _stable(items: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row's top-k items by score, equal scores by item position: the same order on every run."""
     items_np, values_np = items.cpu().numpy(), values.cpu().numpy()
-    order = np.lexsort((items_np, values_np))
-    return torch.from_numpy(items_np[order]).to(items.device)
+    order = np.lexsort((items_np, values_np), axis=-1)
+    return (torch.from_numpy(np.take_along_axis(items_np, order, axis=-1)).to(items.device),
+            torch.from_numpy(np.take_along_axis(values_np, order, axis=-1)).to(values.device))
 
 
 def search(index: EnergyIndex, queries, params: SearchParams) -> list[list[Hit]]:
@@ -218,5 +224,4 @@ def search(index: EnergyIndex, queries, params: SearchParams) -> list[list[Hit]]
 def topk_rows(searcher: Searcher, queries, params: SearchParams) -> np.ndarray:
     """Just the item rows of the top k per query, best first: the fast path for sweeps and benchmarks."""
     queries = searcher.check(queries, params.k)
-    tops, _ = searcher.rank(queries, params)
-    return torch.stack(tops).cpu().numpy()
+    return searcher.rank(queries, params)[0].cpu().numpy()

@@ -27,10 +27,15 @@ from ..index.inputs import BUNDLED_CORPUS, sample_rows
 from ..index.search import Searcher, SearchParams, topk_rows
 from ..models.loading import resolve_device, sentence_model_name
 from . import grid as grid_mod
-from .metrics import METRIC_NAMES, paired_bootstrap_difference, per_query_metrics, summarize
-from .relevance import LabelledCorpus, Relevance, build_relevance, drop_self, load_labelled_jsonl
+from .metrics import METRIC_NAMES, TrecEvaluator, compare, summarize
+from .relevance import LabelledCorpus, QuerySplit, Relevance, build_relevance, drop_self, load_labelled, split_by_label
 
-QUERY_BATCH = 512  # queries scored at once: bounds the queries x items score matrices
+QUERY_BLOCK_ELEMENTS = 1 << 25  # queries x items scored at once (128 MB per float32 matrix): bounded memory at any N
+
+
+def query_block(n_items: int, most: int = 512) -> int:
+    """Queries per block so that a queries x items matrix stays within QUERY_BLOCK_ELEMENTS."""
+    return max(1, min(most, QUERY_BLOCK_ELEMENTS // max(1, n_items)))
 
 
 @dataclass
@@ -44,7 +49,14 @@ class SweepSetup:
     prepared: Prepared
     device: torch.device
     fingerprint: str
+    split: QuerySplit  # tuning vs held-out queries, by label: every choice is made on tune, reported on held
+    evaluator: TrecEvaluator
     info: dict = field(default_factory=dict)
+
+    @property
+    def held_clusters(self) -> np.ndarray:
+        """Primary label of each held-out query: the unit of the cluster bootstrap."""
+        return self.relevance.primary[self.split.held]
 
     @property
     def query_ids(self) -> list[str]:
@@ -64,7 +76,10 @@ def _fingerprint(cfg: SweepConfig, corpus: LabelledCorpus, relevance: Relevance)
     for record_id, labels in zip(corpus.ids, corpus.labels):
         digest.update(f"{record_id}\x00{'|'.join(labels)}\x01".encode("utf-8"))
     digest.update(relevance.queries.tobytes())
+    if corpus.vectors is not None:
+        digest.update(corpus.vectors.tobytes())
     setup = {
+        "tune_fraction": cfg.tuning.tune_fraction,
         "model": sentence_model_name(cfg.embed.model),
         "build": cfg.build.model_dump(mode="json", exclude={"eta", "steps"}),
         "search": cfg.search.model_dump(mode="json"),
@@ -88,7 +103,7 @@ class SweepInputs:
 def read_sweep_inputs(cfg: SweepConfig) -> SweepInputs:
     """Read and sample the corpus and judge relevance (cheap; every user mistake raises InputError here)."""
     sweep = cfg.sweep
-    corpus = load_labelled_jsonl(corpus_path(cfg), sweep.id_field, sweep.text_field, sweep.label_field)
+    corpus = load_labelled(corpus_path(cfg), sweep.id_field, sweep.text_field, sweep.label_field, sweep.vector_field)
     records_read = len(corpus)
     corpus = corpus.subset(sample_rows(len(corpus), sweep.limit, cfg.runtime.seed))
     if len(corpus) < sweep.depth + 1:
@@ -106,8 +121,13 @@ def setup_sweep(cfg: SweepConfig, progress: Optional[Callable[[int], None]] = No
     corpus, records_read, relevance = inputs.corpus, inputs.records_read, inputs.relevance
     device = resolve_device(cfg.runtime.device)
     started = time.perf_counter()
-    vectors, cache_hit = embed_corpus(corpus.texts, cfg.embed.model, str(device), cfg.embed.batch_size, cfg.embed.cache_dir, progress)
+    if corpus.vectors is not None:  # vectors with labels: nothing to embed
+        vectors, cache_hit = corpus.vectors, None
+    else:
+        vectors, cache_hit = embed_corpus(corpus.texts, cfg.embed.model, str(device), cfg.embed.batch_size, cfg.embed.cache_dir, progress)
     embed_seconds = time.perf_counter() - started
+    split = split_by_label(relevance, cfg.tuning.tune_fraction, seed)
+    evaluator = TrecEvaluator([relevance.relevant_rows(p) for p in range(relevance.queries.size)])
     started = time.perf_counter()
     prepared = prepare(vectors, cfg.build, corpus.ids, seed, device)
     info = {
@@ -116,6 +136,12 @@ def setup_sweep(cfg: SweepConfig, progress: Optional[Callable[[int], None]] = No
         "items": len(corpus),
         "labelled_items": int(relevance.incidence.any(axis=1).sum()),
         "queries": int(relevance.queries.size),
+        "tune_queries": int(split.tune.size),
+        "held_out_queries": int(split.held.size),
+        "mixed_label_queries_left_out": split.mixed,
+        "tune_labels": split.tune_labels,
+        "held_out_labels": split.held_labels,
+        "held_out_clusters": int(np.unique(relevance.primary[split.held]).size),
         "mean_relevant_per_query": float(relevance.n_relevant.mean()),
         "embed_seconds": round(embed_seconds, 3),
         "embedding_cache_hit": cache_hit,
@@ -123,7 +149,7 @@ def setup_sweep(cfg: SweepConfig, progress: Optional[Callable[[int], None]] = No
         "prepare_stats": prepared.stats,
         "device": str(device),
     }
-    return SweepSetup(cfg, corpus, vectors, relevance, prepared, device, _fingerprint(cfg, corpus, relevance), info)
+    return SweepSetup(cfg, corpus, vectors, relevance, prepared, device, _fingerprint(cfg, corpus, relevance), split, evaluator, info)
 
 
 # ---------------------------------------------------------------------------------------
@@ -131,19 +157,19 @@ def setup_sweep(cfg: SweepConfig, progress: Optional[Callable[[int], None]] = No
 
 
 def evaluate_ranking(setup: SweepSetup, ranked: np.ndarray, positions: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
-    """Per-query metrics of ranked item rows (queries x depth+1), the query itself removed.
+    """Per-query metrics (trec_eval) of ranked item rows (queries x depth+1), the query itself removed.
 
     ``positions`` selects a subset of the queries (rows of ``ranked`` follow it).
     """
     relevance = setup.relevance
     positions = np.arange(relevance.queries.size) if positions is None else positions
-    query_rows = relevance.queries[positions]
-    ranked = drop_self(ranked, query_rows, setup.cfg.sweep.depth)
-    return per_query_metrics(relevance.hits(query_rows, ranked), relevance.n_relevant[positions])
+    ranked = drop_self(ranked, relevance.queries[positions], setup.cfg.sweep.depth)
+    return setup.evaluator.evaluate(ranked, positions)
 
 
-def rank_batched(rank: Callable[[torch.Tensor], np.ndarray], queries: torch.Tensor) -> np.ndarray:
-    return np.concatenate([rank(queries[start:start + QUERY_BATCH]) for start in range(0, queries.shape[0], QUERY_BATCH)])
+def rank_batched(rank: Callable[[torch.Tensor], np.ndarray], queries: torch.Tensor, n_items: int) -> np.ndarray:
+    block = query_block(n_items)
+    return np.concatenate([rank(queries[start:start + block]) for start in range(0, queries.shape[0], block)])
 
 
 def search_params(setup: SweepSetup, mode: str) -> SearchParams:
@@ -153,11 +179,14 @@ def search_params(setup: SweepSetup, mode: str) -> SearchParams:
 
 
 def _record(setup: SweepSetup, per_query: dict[str, np.ndarray], build_seconds: float, search_seconds: float, **extra) -> dict:
-    row = summarize(per_query, setup.cfg.sweep.bootstrap, setup.cfg.runtime.seed)
+    """A result row: means and both intervals over the HELD-OUT queries; per-query values of all queries."""
+    held = setup.split.held
+    row = summarize({name: values[held] for name, values in per_query.items()}, setup.cfg.sweep.bootstrap,
+                    setup.cfg.runtime.seed, setup.held_clusters)
     row.update(
         build_seconds=round(build_seconds, 4),
         search_seconds=round(search_seconds, 4),
-        n_queries=int(setup.relevance.queries.size),
+        n_queries=int(held.size),
         n_items=len(setup.corpus),
         per_query={name: [round(float(v), 6) for v in per_query[name]] for name in METRIC_NAMES},
         **extra,
@@ -177,7 +206,7 @@ def evaluate_cell(setup: SweepSetup, cell: grid_mod.Cell) -> dict:
     searcher = Searcher(index)
     params = search_params(setup, "energy")
     started = time.perf_counter()
-    ranked = rank_batched(lambda q: topk_rows(searcher, q, params), setup.query_vectors())
+    ranked = rank_batched(lambda q: topk_rows(searcher, q, params), setup.query_vectors(), len(setup.corpus))
     search_seconds = time.perf_counter() - started
     stats = {key: index.stats[key] for key in ("split_nodes", "final_centroids", "feature_edges") if key in index.stats}
     return _record(setup, evaluate_ranking(setup, ranked), build_seconds, search_seconds, stats=stats)
@@ -191,7 +220,7 @@ def evaluate_cosine(setup: SweepSetup) -> dict:
     k = setup.cfg.sweep.depth + 1
     started = time.perf_counter()
     ranked = rank_batched(lambda q: torch.topk(torch.nn.functional.normalize(q, dim=1) @ unit.T, k, dim=1).indices.cpu().numpy(),
-                          setup.query_vectors())
+                          setup.query_vectors(), len(setup.corpus))
     return _record(setup, evaluate_ranking(setup, ranked), build_seconds, time.perf_counter() - started)
 
 
@@ -266,25 +295,43 @@ def baseline_row(rows: list[dict], method: str = "cosine") -> Optional[dict]:
     return next((row for row in rows if row["method"] == method), None)
 
 
+def _versus_cosine(setup: SweepSetup, row: dict, cosine: Optional[dict], name: str) -> dict:
+    """Held-out mean of ``row`` for one metric and, with a cosine row, the paired difference with both intervals."""
+    held = setup.split.held
+    entry = {"value": row[name], "low": row[f"{name}_low"], "high": row[f"{name}_high"]}
+    if cosine is not None:
+        diff = compare(np.asarray(row["per_query"][name])[held], np.asarray(cosine["per_query"][name])[held],
+                       setup.cfg.sweep.bootstrap, setup.cfg.runtime.seed, setup.held_clusters)
+        entry.update(cosine=cosine[name], vs_cosine=diff,
+                     beats_cosine=diff["cluster_low"] > 0,  # the whole cluster interval above zero
+                     worse_than_cosine=diff["cluster_high"] < 0)
+    return entry
+
+
 def best_cells(result: SweepResult) -> dict[str, dict]:
-    """Best energy cell per metric and its paired-bootstrap difference from cosine."""
+    """Per metric: the energy cell best on the TUNING queries, scored on the held-out ones against cosine."""
+    setup = result.setup
     cosine = baseline_row(result.rows)
     energy = [row for row in result.rows if row["method"] == "energy"]
-    seed, n_boot = result.setup.cfg.runtime.seed, result.setup.cfg.sweep.bootstrap
+    tune = setup.split.tune
     best = {}
     for name in METRIC_NAMES:
         if not energy:
             break
-        top = max(energy, key=lambda row: (row[name], -row["eta"], -row["steps"]))
-        entry = {"eta": top["eta"], "steps": top["steps"], "value": top[name], "low": top[f"{name}_low"], "high": top[f"{name}_high"]}
-        if cosine is not None:
-            diff = paired_bootstrap_difference(np.asarray(top["per_query"][name]), np.asarray(cosine["per_query"][name]), n_boot, seed)
-            entry["cosine"] = cosine[name]
-            entry["vs_cosine"] = diff
-            entry["beats_cosine"] = diff["low"] > 0  # the whole 95% interval above zero
-            entry["worse_than_cosine"] = diff["high"] < 0
-        best[name] = entry
+        top = max(energy, key=lambda row: (float(np.mean(np.asarray(row["per_query"][name])[tune])), -row["eta"], -row["steps"]))
+        best[name] = {"eta": top["eta"], "steps": top["steps"], **_versus_cosine(setup, top, cosine, name)}
     return best
+
+
+def default_cell(result: SweepResult) -> Optional[dict]:
+    """The cell of the configured defaults (build.eta, build.steps), when the grid has it: every metric vs cosine."""
+    setup = result.setup
+    build = setup.cfg.build
+    row = next((r for r in result.rows if r["method"] == "energy" and r["eta"] == build.eta and r["steps"] == build.steps), None)
+    if row is None:
+        return None
+    cosine = baseline_row(result.rows)
+    return {"eta": build.eta, "steps": build.steps, "metrics": {name: _versus_cosine(setup, row, cosine, name) for name in METRIC_NAMES}}
 
 
 def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict:
@@ -295,9 +342,11 @@ def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict
         "grid": {"eta": result.etas, "steps": result.steps},
         "search": setup.cfg.search.model_dump(mode="json"),
         "baselines": {row["method"]: public(row) for row in result.rows if row["method"] != "energy"},
+        "default": default_cell(result),
         "best": best_cells(result),
-        "best_note": f"best cell chosen on the same queries it is scored on ({len(result.etas) * len(result.steps)}-way "
-                     "selection: optimistic); the tuning block reports on held-out queries only",
+        "evaluation": "every mean and interval is over the held-out queries (labels never used for a choice); "
+                      "best cells and tuned weights are chosen on the tuning queries. low/high: queries resampled; "
+                      "cluster_low/cluster_high: primary-label clusters resampled (the honest interval)",
         "timing": {
             "sweep_seconds": round(result.sweep_seconds, 3),
             "cells_evaluated": result.cells_evaluated,
@@ -319,7 +368,7 @@ def text_query_table(setup: SweepSetup, cell: grid_mod.Cell, k: Optional[int] = 
     """Top-k of each configured text query by energy (at ``cell``) and by cosine, with labels."""
     cfg = setup.cfg
     texts = list(cfg.sweep.text_queries)
-    if not texts:
+    if not texts or setup.corpus.texts is None:  # a corpus of vectors has no texts to show
         return []
     k = min(k or cfg.sweep.show_k, len(setup.corpus))
     queries = torch.from_numpy(encode_texts(texts, cfg.embed.model, str(setup.device), cfg.embed.batch_size)).to(setup.device)

@@ -148,7 +148,7 @@ TIMING_COLUMNS = ("build_seconds", "search_seconds")
 def summary_columns() -> list[str]:
     columns = ["method", "eta", "steps"]
     columns += list(METRIC_NAMES)
-    columns += [f"{name}_{bound}" for name in METRIC_NAMES for bound in ("low", "high")]
+    columns += [f"{name}_{bound}" for name in METRIC_NAMES for bound in ("low", "high", "cluster_low", "cluster_high")]
     columns += list(TIMING_COLUMNS) + ["n_queries", "n_items"]
     return columns
 

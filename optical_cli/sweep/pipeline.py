@@ -18,7 +18,8 @@ from ..config import SweepConfig
 from ..index.search import Searcher
 from . import grid as grid_mod
 from . import tuning as tuning_mod
-from .diffusion import SweepInputs, SweepResult, baseline_row, best_cells, evaluate_ranking, finish_cell, run_sweep, setup_sweep, summary_document, text_query_table
+from .diffusion import (SweepInputs, SweepResult, baseline_row, best_cells, evaluate_ranking, finish_cell, query_block, run_sweep,
+                        setup_sweep, summary_document, text_query_table)
 from .metrics import METRIC_NAMES
 from .plots import write_heatmaps
 
@@ -52,16 +53,16 @@ def run_tuning(result: SweepResult, out_dir: Path, hooks: Hooks) -> Optional[dic
     setup = result.setup
     cfg = setup.cfg
     cosine = baseline_row(result.rows)
-    if not cfg.tuning.enabled or cosine is None or setup.relevance.queries.size < 2:
+    if not cfg.tuning.enabled or cosine is None:
         return None
-    tune_positions, held_positions = tuning_mod.split_queries(setup.relevance.queries.size, cfg.tuning.tune_fraction, cfg.runtime.seed)
+    tune_positions, held_positions = setup.split.tune, setup.split.held
     cell = tuning_mod.choose_cell(result.rows, tune_positions, cfg.tuning.metric)
     searcher = Searcher(finish_cell(setup, cell)[0])
     defaults = {"w_lambda": cfg.search.w_lambda, "w_G": cfg.search.w_G, "w_D": cfg.search.w_D}
     report, trials = tuning_mod.tune(
         searcher, cell, setup.query_vectors(), lambda ranked, positions: evaluate_ranking(setup, ranked, positions),
-        cosine["per_query"], defaults, cfg.tuning, tune_positions, held_positions, cfg.sweep.depth + 1,
-        cfg.sweep.bootstrap, cfg.runtime.seed, progress=hooks.trial,
+        cosine["per_query"], defaults, cfg.tuning, tune_positions, held_positions, setup.held_clusters, cfg.sweep.depth + 1,
+        cfg.sweep.bootstrap, cfg.runtime.seed, block=query_block(len(setup.corpus)), progress=hooks.trial,
     )
     write_tuning_csv(out_dir / "tuning.csv", trials)
     return report

@@ -23,7 +23,7 @@ from .metrics import METRIC_NAMES  # noqa: E402
 
 TITLES = {
     "mrr": "MRR",
-    "map_at_20": "MAP@20",
+    "map_cut_20": "MAP@20 (trec map_cut)",
     "ndcg_at_10": "NDCG@10",
     "recall_at_10": "Recall@10",
     "recall_at_20": "Recall@20",
@@ -82,7 +82,8 @@ def write_heatmaps(path: str | Path, rows: list[dict], etas: list[float], steps:
             axis.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="gold", linewidth=2.5))
     for axis in list(axes.flat)[len(metrics):]:
         axis.axis("off")
-    figure.suptitle("Energy search over the diffusion grid (colour centred on cosine: blue better, red worse)", fontsize=11)
+    figure.suptitle("Energy search over the diffusion grid, held-out queries (colour centred on cosine: blue better, "
+                    "red worse; framed: highest here)", fontsize=11)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, format="png")

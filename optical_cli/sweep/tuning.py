@@ -1,11 +1,12 @@
 """Search-weight tuning (w_lambda, w_G, w_D and hybrid alpha) with a held-out report.
 
-The queries are split once (seeded) into a tuning part and a held-out part. Everything
-chosen - the diffusion cell and the weights - is chosen on the tuning part only; the
-held-out part scores the chosen setting, the default weights and cosine, with paired
-bootstrap intervals. The score's terms (|d lambda|, |d G|, bounded Dirichlet energy, cosine
-distance) do not depend on the weights, so they are computed once per query batch and each
-trial is only a weighted sum plus a top-k.
+The queries are split once by label (relevance.split_by_label) into a tuning part and a
+held-out part. Everything chosen - the diffusion cell and the weights - is chosen on the
+tuning part only; the held-out part scores the chosen setting, the default weights and
+cosine, with paired bootstrap intervals (queries and label clusters resampled). The score's
+terms (|d lambda|, |d G|, bounded Dirichlet energy, cosine distance) do not depend on the
+weights, so they are computed once per block of queries and every trial is scored on that
+block before the next: memory is one block x items per term whatever the query count.
 """
 
 from __future__ import annotations
@@ -20,18 +21,9 @@ import torch
 from ..config import SweepTuningSection
 from ..index.search import Searcher
 from .grid import Cell
-from .metrics import METRIC_NAMES, paired_bootstrap_difference, summarize
+from .metrics import METRIC_NAMES, compare, summarize
 
 WEIGHT_NAMES = ("w_lambda", "w_G", "w_D", "alpha")
-
-
-def split_queries(n_queries: int, tune_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (into the query list) of the tuning and the held-out queries, both sorted."""
-    if n_queries < 2:
-        raise ValueError("tuning needs at least two queries (one to tune on, one to hold out)")
-    order = np.random.default_rng([seed, 7]).permutation(n_queries)
-    n_tune = min(n_queries - 1, max(1, round(tune_fraction * n_queries)))
-    return np.sort(order[:n_tune]), np.sort(order[n_tune:])
 
 
 def candidate_weights(section: SweepTuningSection, seed: int) -> list[dict[str, float]]:
@@ -70,12 +62,20 @@ class ScoreTerms:
         return torch.topk(score, k, dim=1, largest=False).indices.cpu().numpy()
 
 
-def _terms(searcher: Searcher, queries: torch.Tensor, batch: int) -> list[ScoreTerms]:
-    return [ScoreTerms.compute(searcher, queries[start:start + batch]) for start in range(0, queries.shape[0], batch)]
-
-
-def _rank_all(terms: list[ScoreTerms], weights: dict[str, float], k: int) -> np.ndarray:
-    return np.concatenate([part.rank(weights, k) for part in terms])
+def score_blocks(searcher: Searcher, queries: torch.Tensor, positions: np.ndarray, weightings: list[dict[str, float]],
+                 k: int, evaluate: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]], block: int,
+                 progress: Optional[Callable[[int], None]] = None) -> list[dict[str, np.ndarray]]:
+    """Per-query metrics of every weighting for the queries at ``positions``, streamed block by block."""
+    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in weightings]
+    for start in range(0, positions.size, block):
+        chunk = positions[start:start + block]
+        terms = ScoreTerms.compute(searcher, queries[torch.from_numpy(chunk).to(queries.device)])
+        for part, weights in zip(parts, weightings):
+            part.append(evaluate(terms.rank(weights, k), chunk))
+        del terms
+        if progress:
+            progress(0)
+    return [{name: np.concatenate([p[name] for p in part]) for name in METRIC_NAMES} for part in parts]
 
 
 def choose_cell(rows: list[dict], tune: np.ndarray, metric: str) -> Cell:
@@ -95,35 +95,30 @@ def tune(
     section: SweepTuningSection,
     tune_positions: np.ndarray,
     held_positions: np.ndarray,
+    held_clusters: np.ndarray,
     k: int,
     n_boot: int,
     seed: int,
-    batch: int = 512,
+    block: int = 512,
     progress: Optional[Callable[[int], None]] = None,
 ) -> tuple[dict, list[dict]]:
     """Search the weights on the tuning queries, report chosen vs default vs cosine on held-out.
 
     ``evaluate(ranked, positions)`` turns ranked item rows of the queries at ``positions``
-    into per-query metrics. Returns (report, trial rows).
+    into per-query metrics. ``held_clusters`` are the held-out queries' label clusters.
+    Returns (report, trial rows).
     """
     metric = section.metric
-    tune_terms = _terms(searcher, query_vectors[torch.from_numpy(tune_positions).to(query_vectors.device)], batch)
-    trials = []
-    for weights in candidate_weights(section, seed):
-        per_query = evaluate(_rank_all(tune_terms, weights, k), tune_positions)
-        trials.append({**weights, **{name: float(per_query[name].mean()) for name in METRIC_NAMES}})
-        if progress:
-            progress(1)
-    del tune_terms
+    combos = candidate_weights(section, seed)
+    tuned = score_blocks(searcher, query_vectors, tune_positions, combos, k, evaluate, block, progress)
+    trials = [{**weights, **{name: float(per_query[name].mean()) for name in METRIC_NAMES}} for weights, per_query in zip(combos, tuned)]
     best = max(trials, key=lambda t: t[metric])
     chosen = {name: best[name] for name in WEIGHT_NAMES}
-
-    held_terms = _terms(searcher, query_vectors[torch.from_numpy(held_positions).to(query_vectors.device)], batch)
-    held = {
-        "tuned": evaluate(_rank_all(held_terms, chosen, k), held_positions),
-        "default": evaluate(_rank_all(held_terms, {**default_weights, "alpha": 0.0}, k), held_positions),
-        "cosine": {name: np.asarray(cosine_per_query[name])[held_positions] for name in METRIC_NAMES},
-    }
+    defaults = {**default_weights, "alpha": 0.0}
+    chosen_held, default_held = score_blocks(searcher, query_vectors, held_positions, [chosen, defaults], k, evaluate, block)
+    held = {"tuned": chosen_held, "default": default_held,
+            "cosine": {name: np.asarray(cosine_per_query[name])[held_positions] for name in METRIC_NAMES}}
+    versus = lambda a, b: {name: compare(held[a][name], held[b][name], n_boot, seed, held_clusters) for name in METRIC_NAMES}  # noqa: E731
     report = {
         "cell": {"eta": cell.eta, "steps": cell.steps},
         "metric": metric,
@@ -133,10 +128,10 @@ def tune(
         "held_out_queries": int(held_positions.size),
         "chosen_weights": chosen,
         "chosen_tuning_value": best[metric],
-        "default_weights": {**default_weights, "alpha": 0.0},
-        "held_out": {name: summarize(values, n_boot, seed) for name, values in held.items()},
-        "held_out_tuned_vs_cosine": {name: paired_bootstrap_difference(held["tuned"][name], held["cosine"][name], n_boot, seed) for name in METRIC_NAMES},
-        "held_out_tuned_vs_default": {name: paired_bootstrap_difference(held["tuned"][name], held["default"][name], n_boot, seed) for name in METRIC_NAMES},
-        "held_out_default_vs_cosine": {name: paired_bootstrap_difference(held["default"][name], held["cosine"][name], n_boot, seed) for name in METRIC_NAMES},
+        "default_weights": defaults,
+        "held_out": {name: summarize(values, n_boot, seed, held_clusters) for name, values in held.items()},
+        "held_out_tuned_vs_cosine": versus("tuned", "cosine"),
+        "held_out_tuned_vs_default": versus("tuned", "default"),
+        "held_out_default_vs_cosine": versus("default", "cosine"),
     }
     return report, trials
