@@ -1,10 +1,9 @@
 #!/usr/bin/env python
 """Approximate vs exact energy search through the CLI, as a user runs it, at 200,000 x 384.
 
-Items are real-derived: the 20,000 MiniLM embeddings of the bundled CVE corpus (cached under
-results/cache/embeddings; the first run embeds them, ~10 min on 2 cores) plus noisy copies
-(x + sigma * g / sqrt(dim), renormalised; cosine to the original ~0.96) up to --items. Queries
-are --queries further noisy copies of random corpus records. Then, alternating, `--repeats`
+Items are real-derived (scripts/derived_vectors.py): the 20,000 MiniLM embeddings of the
+bundled CVE corpus plus noisy copies up to --items. Queries are --queries further noisy copies
+of random corpus records. Then, alternating, `--repeats`
 times each:
 
     optical index search --index IX --query-vector Q.npy -k 10 --mode energy --json --set search.candidates=exact|ann
@@ -30,25 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from derived_vectors import ROOT, cve_corpus, noisy_copies  # noqa: E402  (scripts/ is on sys.path when run)
+
 OPTICAL = [sys.executable, "-m", "optical_cli.cli"]
 SUMMARY = re.compile(r"(\d+) queries, k=(\d+), mode (\w+), candidates (\w+): search ([\d.]+) s")
-
-
-def cve_vectors(seed: int) -> np.ndarray:
-    from optical_cli.config import EnergyInputSection
-    from optical_cli.index.embed import embed_corpus
-    from optical_cli.index.inputs import read_items
-
-    items = read_items(EnergyInputSection(limit=None), seed=seed)
-    vectors, _ = embed_corpus(items.texts, "default", "cpu", 64, ROOT / "results" / "cache" / "embeddings")
-    return vectors
-
-
-def noisy_copies(base: np.ndarray, rows: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    x = base[rows] + sigma * rng.standard_normal((len(rows), base.shape[1]), dtype=np.float32) / np.sqrt(base.shape[1])
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def run(args: list[str]) -> tuple[float, str, str]:
@@ -83,7 +68,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
 
-    base = cve_vectors(args.seed)
+    base = cve_corpus(args.seed)[0]
     extra = max(0, args.items - len(base))
     items = np.concatenate([base[:args.items], noisy_copies(base, rng.integers(len(base), size=extra), args.sigma, rng)])
     queries = noisy_copies(base, rng.choice(len(base), size=args.queries, replace=False), args.sigma, rng)

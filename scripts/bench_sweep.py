@@ -11,8 +11,12 @@ must equal ours (same seed, same stages), which is checked.
 
     python scripts/bench_sweep.py                 # 16 cells on the default corpus (configs/sweep.yaml)
     python scripts/bench_sweep.py --naive-cells 4 --config configs/tiny/sweep.yaml
+    python scripts/bench_sweep.py --scale 100000 --num-queries 2000   # the CLI on 100K labelled vectors: time, peak memory
 
-Writes results/bench/sweep.csv (one row per approach) and prints the ratio.
+Writes results/bench/sweep.csv (one row per approach) and prints the ratio. ``--scale N`` instead
+writes N real-derived labelled vectors (scripts/derived_vectors.py) to a Parquet file, runs
+``optical sweep diffusion --corpus FILE.parquet`` on them (no embedding run; tuning included)
+and reports its wall time and peak resident memory (results/bench/sweep_scale.csv).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import dataclasses
 import csv
 import io
+import json
 import os
 import statistics
 import sys
@@ -63,6 +68,47 @@ def whole_sweep(setup, etas: list[float], steps: list[int]):
         return timed(lambda: run_sweep(setup, etas, steps, Path(tmp)))
 
 
+def scale_sweep(items: int, num_queries: int, out: str) -> None:
+    """The sweep CLI on ``items`` labelled vectors: wall time and the child's peak RSS."""
+    import resource
+    import subprocess
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from derived_vectors import ROOT, derived
+
+    vectors, ids, labels, _ = derived(items)
+    work = ROOT / "results" / "bench" / "sweep_scale"
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = work / f"derived-{items}.parquet"
+    pq.write_table(pa.table({"id": ids, "vector": list(vectors), "cwe": labels}), corpus)
+    command = [sys.executable, "-m", "optical_cli.cli", "sweep", "diffusion", "--corpus", str(corpus), "--limit", "0",
+               "--num-queries", str(num_queries), "--output-dir", str(work / "run"), "--json", "--set", "runtime.device=cpu",
+               "--set", "sweep.text_queries=[]"]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"sweep failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # kilobytes on Linux
+    summary = json.loads(done.stdout)
+    timing = summary["timing"]
+    row = {"items": items, "queries": summary["setup"]["queries"], "held_out_queries": summary["setup"]["held_out_queries"],
+           "cells": timing["cells_evaluated"], "tuning_trials": (summary.get("tuning") or {}).get("trials"),
+           "wall_seconds": round(seconds, 1), "sweep_seconds": timing["sweep_seconds"], "tuning_seconds": timing["tuning_seconds"],
+           "peak_rss_mb": round(peak_mb), "cpus": os.cpu_count()}
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator="\n")
+    writer.writeheader()
+    writer.writerow(row)
+    atomic_write_text(out, buffer.getvalue())
+    print(f"sweep of {items} labelled vectors, {row['queries']} queries ({row['held_out_queries']} held out), "
+          f"{row['cells']} cells + {row['tuning_trials']} tuning trials: {seconds:.0f} s wall, peak RSS {peak_mb:.0f} MB "
+          f"(target < 8 GB); wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="sweep config (default configs/sweep.yaml)")
@@ -70,7 +116,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per timing; the fastest counts")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default="results/bench/sweep.csv")
+    parser.add_argument("--scale", type=int, default=None, help="instead: the sweep CLI on N real-derived labelled vectors")
+    parser.add_argument("--num-queries", type=int, default=2000, help="with --scale: seeded query sample")
     args = parser.parse_args()
+    if args.scale:
+        scale_sweep(args.scale, args.num_queries, "results/bench/sweep_scale.csv")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config("sweep", args.config)

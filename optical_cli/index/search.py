@@ -118,13 +118,17 @@ class Searcher:
             cos = dot(queries).mul_(pick(self.inv_norm)).div_(queries.norm(dim=1, keepdim=True))
             return cos.neg_().add_(1.0).mul_(0.5)
         q = q if q is not None else self.query_terms(queries)
-        e = dot(queries @ self.laplacian).mul_(-2.0).add_(pick(index.xLx)).add_(q["qLq"][:, None]).clamp_min_(0.0)  # (Lq)^T x, L symmetric
+        probes = queries @ self.laplacian  # rows are (L q)^T, L symmetric
+        batch = queries.shape[0]
+        hybrid_scan = params.mode == "hybrid" and rows is None
+        products = dot(torch.cat([probes, queries]) if hybrid_scan else probes)  # a full scan: one pass gives both
+        e = products[:batch].mul_(-2.0).add_(pick(index.xLx)).add_(q["qLq"][:, None]).clamp_min_(0.0)
         score = e.div_(e + self.scale).mul_(params.w_D)
         score.add_((pick(index.lam) - q["lambda"][:, None]).abs_().mul_(params.w_lambda))
         if params.w_G:
             score.add_((pick(self.dispersion) - q["G"][:, None]).abs_().mul_(params.w_G))
         if params.mode == "hybrid":
-            cos = dot(queries).mul_(pick(self.inv_norm)).div_(q["norm"][:, None])
+            cos = (products[batch:] if hybrid_scan else dot(queries)).mul_(pick(self.inv_norm)).div_(q["norm"][:, None])
             score.mul_(1.0 - params.alpha).add_(cos.neg_().add_(1.0).mul_(params.alpha / 2.0))
         return score
 
