@@ -84,6 +84,18 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
 
 
+def atomic_write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Rows of dicts as a CSV (header from the first row's keys), written atomically."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)

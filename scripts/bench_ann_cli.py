@@ -18,8 +18,6 @@ and the whole command's wall-clock time. Writes results/bench/ann_cli.csv.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import re
 import subprocess
@@ -107,13 +105,9 @@ def main() -> None:
              "search_speedup_vs_exact": round(best["exact"][0] / best[mode][0], 2),
              "wall_speedup_vs_exact": round(best["exact"][1] / best[mode][1], 2), "ann": built["ann"],
              "build_s": built["build_seconds"], "ann_build_s": built["ann_seconds"]} for mode in ("exact", "ann")]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    from optical_cli.artifacts import atomic_write_text
+    from optical_cli.artifacts import atomic_write_csv
 
-    atomic_write_text(args.output, buffer.getvalue())
+    atomic_write_csv(args.output, rows)
     print(f"wrote {args.output}")
 
 

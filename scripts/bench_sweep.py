@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import csv
-import io
 import json
 import os
 import statistics
@@ -37,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch  # noqa: E402
 
-from optical_cli.artifacts import atomic_write_text  # noqa: E402
+from optical_cli.artifacts import atomic_write_csv  # noqa: E402
 from optical_cli.config import load_config  # noqa: E402
 from optical_cli.index.build import prepare  # noqa: E402
 from optical_cli.sweep import grid as grid_mod  # noqa: E402
@@ -99,11 +97,7 @@ def scale_sweep(items: int, num_queries: int, out: str) -> None:
            "cells": timing["cells_evaluated"], "tuning_trials": (summary.get("tuning") or {}).get("trials"),
            "wall_seconds": round(seconds, 1), "sweep_seconds": timing["sweep_seconds"], "tuning_seconds": timing["tuning_seconds"],
            "peak_rss_mb": round(peak_mb), "cpus": os.cpu_count()}
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator="\n")
-    writer.writeheader()
-    writer.writerow(row)
-    atomic_write_text(out, buffer.getvalue())
+    atomic_write_csv(out, [row])
     print(f"sweep of {items} labelled vectors, {row['queries']} queries ({row['held_out_queries']} held out), "
           f"{row['cells']} cells + {row['tuning_trials']} tuning trials: {seconds:.0f} s wall, peak RSS {peak_mb:.0f} MB "
           f"(target < 8 GB); wrote {out}")
@@ -159,11 +153,7 @@ def main() -> None:
          "seconds_per_cell": round(naive_per_cell, 4), "grid_seconds": round(naive_grid, 3),
          "speedup_vs_naive": 1.0, "measured_sweep_seconds": "", **common},
     ]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(args.out, buffer.getvalue())
+    atomic_write_csv(args.out, rows)
 
     print(f"corpus {common['items']} items, {common['queries']} queries, grid {len(etas)} x {len(steps)}, "
           f"{common['threads']} torch threads on {common['device']}")

@@ -112,3 +112,14 @@ def test_user_jsonl_names_the_bad_line(tmp_path):
     path.write_bytes(b'{"a": 1}\n{"a": "\xff"}\n')
     with pytest.raises(InputError, match="not UTF-8"):
         list(iter_jsonl_objects(path))
+
+
+def test_atomic_write_csv_header_from_first_row(tmp_path):
+    import csv
+
+    from optical_cli.artifacts import atomic_write_csv
+
+    path = atomic_write_csv(tmp_path / "rows.csv", [{"a": 1, "b": "x,y"}, {"a": 2.5, "b": ""}])
+    with open(path, newline="") as handle:
+        assert list(csv.DictReader(handle)) == [{"a": "1", "b": "x,y"}, {"a": "2.5", "b": ""}]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.csv"]  # no temporary left behind
