@@ -86,7 +86,8 @@ def _resample_means(values: np.ndarray, n_boot: int, seed: int, clusters: Option
     chunk = max(1, 2_000_000 // max(n, 1))  # bound the count matrix to ~16 MB
     for start in range(0, n_boot, chunk):
         stop = min(start + chunk, n_boot)
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=stop - start).astype(np.float64)  # draws per unit
+        draws = rng.integers(0, n, size=(stop - start, n)) + n * np.arange(stop - start)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=(stop - start) * n).reshape(stop - start, n).astype(np.float64)
         means[start:stop] = (counts @ sums.reshape(n, -1)).reshape((stop - start,) + values.shape[1:]) / (counts @ sizes)[
             (slice(None),) + (None,) * (values.ndim - 1)]
     return means

@@ -57,8 +57,13 @@ class ScoreTerms:
 
     def rank(self, weights: dict[str, float], k: int) -> np.ndarray:
         """Top-k item rows (lowest score first) of alpha*cos_dist + (1-alpha)*energy."""
-        energy = weights["w_lambda"] * self.d_lambda + weights["w_G"] * self.d_G + weights["w_D"] * self.bounded
-        score = weights["alpha"] * self.cosine_distance + (1.0 - weights["alpha"]) * energy
+        energy_share = 1.0 - weights["alpha"]
+        parts = ((self.d_lambda, weights["w_lambda"] * energy_share), (self.d_G, weights["w_G"] * energy_share),
+                 (self.bounded, weights["w_D"] * energy_share), (self.cosine_distance, weights["alpha"]))
+        score = torch.zeros_like(self.bounded)
+        for term, weight in parts:
+            if weight:  # one in-place pass per term that counts: no temporaries of queries x items
+                score.add_(term, alpha=weight)
         return torch.topk(score, k, dim=1, largest=False).indices.cpu().numpy()
 
 
