@@ -110,6 +110,20 @@ def test_batch_search_prints_one_summary_line_and_ann_matches_exact(cve_index, t
     assert result.exit_code == 2 and "--candidates" in result.output
 
 
+def test_published_formula_warns_when_dispersion_weight_is_negative(tmp_path):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(6, 24)) * 3)[rng.integers(6, size=300)] + rng.normal(size=(300, 24))  # tau > 1 here
+    np.save(tmp_path / "v.npy", x.astype(np.float32))
+    result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "--limit", 0, "-o", tmp_path / "pub", "--json",
+                    "--set", "build.lambda_formula=published", "--set", "build.ann=none")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "negative weight" in result.stderr
+    assert json.loads(result.stdout)["lambda_formula"] == "published" and json.loads(result.stdout)["ann"] == "none"
+    assert not (tmp_path / "pub" / "ann.faiss").exists()
+    result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "--limit", 0, "-o", tmp_path / "default", "--json")
+    assert result.exit_code == 0 and "warning:" not in result.stderr
+
+
 def test_vector_input_with_invalid_rows(tmp_path):
     x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
     x[3, 1], x[7] = np.nan, 0

@@ -96,6 +96,16 @@ def test_tiny_sweep_end_to_end_and_resume(tiny_corpus, tmp_path):
         assert list(csv.DictReader(handle)) == rows
 
 
+def test_published_formula_is_reproducible_with_its_warning(tiny_corpus, tmp_path):
+    corpus, cache = tiny_corpus
+    result = _invoke(corpus, cache, tmp_path / "run", "--eta", "0.1", "--steps", "4", "--json",
+                     "--set", "build.lambda_formula=published", "--set", "tuning.enabled=false")
+    assert result.exit_code == 0, result.output
+    assert "negative weight" in result.stderr and json.loads(result.stdout)["warnings"]
+    quiet = _invoke(corpus, cache, tmp_path / "bounded", "--eta", "0.1", "--steps", "4", "--json", "--set", "tuning.enabled=false")
+    assert quiet.exit_code == 0 and "negative weight" not in quiet.stderr and json.loads(quiet.stdout)["warnings"] == []
+
+
 def test_missing_faiss_is_a_warning_not_a_silent_skip(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setattr("optical_cli.sweep.diffusion.faiss_available", lambda: False)
     corpus, cache = tiny_corpus

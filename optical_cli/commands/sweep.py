@@ -81,6 +81,8 @@ def sweep_diffusion(
             run.record_existing("cells.jsonl", "sweep.csv", "per_query.csv", "heatmaps.png", "tuning.csv", "summary.json", "text_queries.json")
             run.update(sweep_seconds=summary["timing"]["sweep_seconds"])
         _print_sweep_report(summary, run.path)
+        for warning in summary.get("warnings", []):
+            err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         if json_out:
             emit_json({k: v for k, v in summary.items() if not k.startswith("_")})
 

@@ -209,7 +209,7 @@ def evaluate_cell(setup: SweepSetup, cell: grid_mod.Cell) -> dict:
     ranked = rank_batched(lambda q: topk_rows(searcher, q, params), setup.query_vectors(), len(setup.corpus))
     search_seconds = time.perf_counter() - started
     stats = {key: index.stats[key] for key in ("split_nodes", "final_centroids", "feature_edges") if key in index.stats}
-    return _record(setup, evaluate_ranking(setup, ranked), build_seconds, search_seconds, stats=stats)
+    return _record(setup, evaluate_ranking(setup, ranked), build_seconds, search_seconds, stats=stats, warnings=index.warnings)
 
 
 def evaluate_cosine(setup: SweepSetup) -> dict:
@@ -344,6 +344,7 @@ def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict
         "baselines": {row["method"]: public(row) for row in result.rows if row["method"] != "energy"},
         "default": default_cell(result),
         "best": best_cells(result),
+        "warnings": list(dict.fromkeys(w for row in result.rows for w in row.get("warnings", []))),  # e.g. the published formula
         "evaluation": "every mean and interval is over the held-out queries (labels never used for a choice); "
                       "best cells and tuned weights are chosen on the tuning queries. low/high: queries resampled; "
                       "cluster_low/cluster_high: primary-label clusters resampled (the honest interval)",
