@@ -25,6 +25,7 @@ from .common import (
     print_table,
     progress_bar,
     run_dir,
+    warn,
 )
 
 app = typer.Typer(help="Energy-informed vector index: build and search.", no_args_is_help=True)
@@ -74,7 +75,7 @@ def index_build_energy(
             index = build_energy(corpus.vectors, cfg.build, corpus.ids, cfg.runtime.seed, device)
             build_seconds = time.perf_counter() - started
             for warning in index.warnings:
-                err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+                warn(warning)
             started = time.perf_counter()
             index.ann = build_ann(index.vectors, index.graph.dense_laplacian(index.vectors.device), cfg.build.ann, cfg.build.ann_ivf_from)
             ann_seconds = time.perf_counter() - started

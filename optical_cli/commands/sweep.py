@@ -82,7 +82,7 @@ def sweep_diffusion(
             run.update(sweep_seconds=summary["timing"]["sweep_seconds"])
         _print_sweep_report(summary, run.path)
         for warning in summary.get("warnings", []):
-            err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+            warn(warning)
         if json_out:
             emit_json({k: v for k, v in summary.items() if not k.startswith("_")})
 
