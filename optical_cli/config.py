@@ -239,7 +239,7 @@ class EnergyBuildSection(Section):
     lambda_formula: Literal["bounded", "published"] = Field(
         "bounded", description="bounded: blend*E/(E+tau) + (1-blend)*G/(G+tau_G), every term in [0, 1); "
         "published: tau*E/(E+tau) + (1-tau)*G (ArrowSpace v0.18; a blend only when tau <= 1)")
-    lambda_blend: float = Field(0.5, ge=0, le=1, description="bounded formula: weight of the energy term E against the dispersion G")
+    lambda_blend: float = Field(0.0, ge=0, le=1, description="bounded formula: weight of the energy term E against the dispersion G (0: chosen on tuning labels, README: sweep)")
     block_size: int = Field(8192, ge=1, description="rows per block in blockwise item computations")
     ann: Literal["auto", "hnsw", "ivf", "none"] = Field(
         "auto", description="FAISS structure for --candidates ann: auto = HNSW below ann_ivf_from items, IVF from there; none = no ANN")
@@ -249,8 +249,8 @@ class EnergyBuildSection(Section):
 class EnergySearchSection(Section):
     k: int = Field(10, ge=1)
     mode: Literal["energy", "cosine", "hybrid"] = "energy"
-    w_lambda: float = Field(0.05, ge=0, description="weight of |lambda_q - lambda_i|")
-    w_G: float = Field(0.0, ge=0, description="weight of the dispersion difference |G_q - G_i| (scaled like lambda's G term)")
+    w_lambda: float = Field(0.1, ge=0, description="weight of |lambda_q - lambda_i|")
+    w_G: float = Field(0.05, ge=0, description="weight of the dispersion difference |G_q - G_i| (scaled like lambda's G term)")
     w_D: float = Field(1.0, ge=0, description="weight of the bounded Dirichlet energy e/(e + scale) of q - x_i")
     alpha: float = Field(0.5, ge=0, le=1, description="hybrid: alpha*cosine distance + (1-alpha)*energy score")
     candidates: Literal["exact", "ann"] = Field("exact", description="exact: score every item; ann: FAISS candidates (stored by build-energy), then exact rescoring")

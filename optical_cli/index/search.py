@@ -38,8 +38,8 @@ CANDIDATES = ("exact", "ann")
 class SearchParams:
     k: int = 10
     mode: str = "energy"
-    w_lambda: float = 0.05
-    w_G: float = 0.0
+    w_lambda: float = 0.1
+    w_G: float = 0.05
     w_D: float = 1.0
     alpha: float = 0.5
     candidates: str = "exact"
