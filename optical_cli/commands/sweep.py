@@ -88,20 +88,22 @@ def sweep_diffusion(
 
 
 def _print_versus(title: str, entries: list[tuple[str, Optional[dict]]], cells: bool = False) -> None:
-    """A metric per line: energy, cosine, the difference and both paired 95% intervals (queries; label clusters)."""
+    """A metric per line: energy, cosine, the difference and both paired 95% intervals (queries; label
+    clusters); the verdict follows the cluster interval. Narrow enough for an 80-column terminal."""
     from rich import box
 
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    columns = ("metric", *(("eta", "steps") if cells else ()), "energy", "cosine", "diff", "per-query 95%", "cluster 95%", "better")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    # the best-cell table names its cell instead of repeating cosine (the table above has it): 80 columns
+    columns = ("metric", *(("cell",) if cells else ("cosine",)), "energy", "diff", "per-query 95%", "cluster 95%", "verdict")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("metric", "better") else "right", no_wrap=True, min_width=len(column))
+        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right", no_wrap=True, min_width=len(column))
     for name, entry in entries:
         if not entry or "vs_cosine" not in entry:
             continue
         diff = entry["vs_cosine"]
-        verdict = "energy" if entry["beats_cosine"] else "cosine" if entry["worse_than_cosine"] else "unclear"
-        table.add_row(name, *((f"{entry['eta']:g}", str(entry["steps"])) if cells else ()), f"{entry['value']:.4f}",
-                      f"{entry['cosine']:.4f}", f"{diff['difference']:+.4f}", escape(f"[{diff['low']:+.3f},{diff['high']:+.3f}]"),
+        verdict = "energy" if entry["beats_cosine"] else "cosine" if entry["worse_than_cosine"] else "tie"
+        table.add_row(name, f"{entry['eta']:g}/{entry['steps']}" if cells else f"{entry['cosine']:.4f}", f"{entry['value']:.4f}",
+                      f"{diff['difference']:+.4f}", escape(f"[{diff['low']:+.3f},{diff['high']:+.3f}]"),
                       escape(f"[{diff['cluster_low']:+.3f},{diff['cluster_high']:+.3f}]"), verdict)
     err.print(table)
 
@@ -132,7 +134,7 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
     if default:
         _print_versus(f"default energy (eta={default['eta']:g}, steps={default['steps']}) vs cosine on the held-out queries",
                       [(title, default["metrics"].get(metric)) for metric, title in _SWEEP_METRICS])
-    _print_versus("best cell per metric (chosen on the tuning queries) vs cosine on the held-out queries",
+    _print_versus("best cell (eta/steps) per metric, chosen on the tuning queries, vs cosine on the held-out queries",
                   [(title, summary["best"].get(metric)) for metric, title in _SWEEP_METRICS], cells=True)
     tuning = summary.get("tuning")
     if tuning:
@@ -144,11 +146,12 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
             held.add_column(column, justify="left" if column == "setting" else "right")
         for name, row in tuning["held_out"].items():
             held.add_row(name, *(f"{row[m]:.4f}" for m, _ in _SWEEP_METRICS))
-        diffs = tuning["held_out_tuned_vs_cosine"]
-        held.add_row("tuned - cosine", *(f"{diffs[m]['difference']:+.4f}" for m, _ in _SWEEP_METRICS))
-        held.add_row("  per-query 95%", *(escape(f"[{diffs[m]['low']:+.3f},{diffs[m]['high']:+.3f}]") for m, _ in _SWEEP_METRICS))
-        held.add_row("  cluster 95%", *(escape(f"[{diffs[m]['cluster_low']:+.3f},{diffs[m]['cluster_high']:+.3f}]") for m, _ in _SWEEP_METRICS))
         err.print(held)
+        diffs = tuning["held_out_tuned_vs_cosine"]
+        _print_versus("tuned weights vs cosine on the held-out queries", [
+            (title, {"value": tuning["held_out"]["tuned"][m], "cosine": tuning["held_out"]["cosine"][m], "vs_cosine": diffs[m],
+                     "beats_cosine": diffs[m]["cluster_low"] > 0, "worse_than_cosine": diffs[m]["cluster_high"] < 0})
+            for m, title in _SWEEP_METRICS])
     rows = summary.get("_text_query_rows") or []
     cell = summary.get("text_queries", {}).get("cell", {})
     text_width = max(30, err.width - 38)  # rank, id, CWE and padding take about 38 columns
