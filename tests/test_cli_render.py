@@ -152,7 +152,7 @@ def test_rerun_into_the_same_directory_leaves_no_stale_pages(tmp_path):
 
 
 def test_user_text_in_messages_is_never_read_as_markup(tmp_path):
-    # A path such as "report[bold].txt" or advice like pip install 'optical[faiss]' must reach the user intact.
+    # A path such as "report[bold].txt" or advice like pip install 'optical[dev]' must reach the user intact.
     missing = tmp_path / "report[bold]draft[/bold].txt"
     result = invoke("render", missing, "--output-dir", tmp_path / "out")
     assert result.exit_code == 2
@@ -162,8 +162,8 @@ def test_user_text_in_messages_is_never_read_as_markup(tmp_path):
 def test_warnings_keep_brackets(capsys):
     from optical_cli.commands.common import warn
 
-    warn("faiss is not installed (pip install 'optical[faiss]')")
-    assert "warning: faiss is not installed (pip install 'optical[faiss]')" in capsys.readouterr().err
+    warn("scikit-learn is not installed (pip install 'optical[dev]')")
+    assert "warning: scikit-learn is not installed (pip install 'optical[dev]')" in capsys.readouterr().err
 
 
 COMMANDS = ([], ["render"], ["encode"], ["train-adapter"], ["bench", "longbench"], ["index", "build-energy"],

@@ -59,7 +59,7 @@ _show_no_type_for_flags()
 
 def say(label: str, style: str, message: str) -> None:
     """One line on stderr: a styled label, then the message as plain text (user text such as
-    paths, ids or ``pip install 'optical[faiss]'`` must never be read as Rich markup)."""
+    paths, ids or ``pip install 'optical[dev]'`` must never be read as Rich markup)."""
     err.print(f"[{style}]{label}:[/] {escape(message)}", soft_wrap=True)
 
 
