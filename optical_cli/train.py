@@ -40,6 +40,7 @@ from .models.vlm import READ_INSTRUCTION, VisionLanguageReader, build_layout, sp
 
 Progress = Callable[[dict], None]
 CHECKPOINT_DIR = "checkpoints"
+CACHE_SHARD_PAGES = 256  # pages per feature-cache shard, as `optical encode` shards by default
 IGNORE = -100
 
 
@@ -202,26 +203,40 @@ def _cache_key(documents: list[str], render_json: str, encoder_identity: dict, m
 
 def build_page_set(documents: list[str], cfg: TrainAdapterConfig, encoder: PageEncoder, cache_dir: Path,
                    progress: Progress | None = None) -> tuple[PageSet, bool]:
-    """Render and encode every document once; later calls read the cache. Returns (pages, cache hit)."""
-    from safetensors.torch import load_file, save_file
+    """Render and encode every document once; later calls read the cache. Returns (pages, cache hit).
 
+    The cache is written as `optical encode` writes features (shards of ``CACHE_SHARD_PAGES``
+    pages, one reader for both), so caching holds one shard in memory, not the corpus twice;
+    ``pages.json`` is written last and marks a complete cache.
+    """
+    from .features import FeatureFiles, ShardedFeatures
     from .render import render_document
 
     section = page_render_section(cfg)
     key = _cache_key(documents, section.model_dump_json(), encoder.identity, cfg.adapter.max_pages)
     folder = cache_dir / key
-    features_file, pages_file = folder / "features.safetensors", folder / "pages.json"
-    if features_file.is_file() and pages_file.is_file():
+    pages_file = folder / "pages.json"
+    if pages_file.is_file():
         meta = json.loads(pages_file.read_text(encoding="utf-8"))
-        return PageSet(load_file(features_file)["features"], meta["texts"], meta["document"], meta["page_index"]), True
-    texts, document, page_index, chunks, pending = [], [], [], [], []
+        return PageSet(FeatureFiles.open(folder).load()[0], meta["texts"], meta["document"], meta["page_index"]), True
+    shards = ShardedFeatures(folder / "features.safetensors", CACHE_SHARD_PAGES)
+    shards.clear()
+    texts, document, page_index, pending, encoded = [], [], [], [], []
+    written = 0
 
-    def flush() -> None:
+    def flush(final: bool = False) -> None:
+        nonlocal written
         if pending:
-            chunks.append(encoder.encode(pending))
+            encoded.extend(encoder.encode(pending))
             if progress:
                 progress({"event": "encode", "pages": len(pending)})
             pending.clear()
+        while encoded and (len(encoded) >= shards.pages_per_shard or final):
+            chunk = encoded[: shards.pages_per_shard]
+            shards.write(written // shards.pages_per_shard, written, chunk,
+                         [f"document {d}" for d in document[written:written + len(chunk)]], chunk[0].dtype)
+            written += len(chunk)
+            del encoded[: len(chunk)]
 
     for doc_id, text in enumerate(documents):
         for index, page in enumerate(render_document(text, section, f"document {doc_id}")[: cfg.adapter.max_pages]):
@@ -233,15 +248,12 @@ def build_page_set(documents: list[str], cfg: TrainAdapterConfig, encoder: PageE
             pending.append(page.image)
             if len(pending) >= cfg.data.encode_batch_size:
                 flush()
-    flush()
+    flush(final=True)
     if not texts:
         raise InputError("the corpus rendered to no page with visible text; check data.source and render settings")
-    features = torch.cat(chunks)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(features_file) as tmp:
-        save_file({"features": features.contiguous()}, str(tmp))
+    shards.finish(len(texts))
     atomic_write_json(pages_file, {"texts": texts, "document": document, "page_index": page_index})
-    return PageSet(features, texts, document, page_index), False
+    return PageSet(FeatureFiles.open(folder).load()[0], texts, document, page_index), False
 
 
 def split_pages(pages: PageSet, eval_fraction: float, seed: int) -> tuple[PageSet, PageSet]:

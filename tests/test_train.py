@@ -96,14 +96,20 @@ def test_gradients_reach_only_the_adapter(cache, reader):
     assert adapter.mlp[0].weight.grad.abs().sum() > 0
 
 
-def test_features_are_cached_once(tmp_path, reader):
+def test_features_are_cached_once_in_shards(tmp_path, reader, monkeypatch):
     cfg = tiny_cfg(tmp_path)
     docs = read_corpus(str(CVES), max_documents=3, min_chars=16)
     encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu"))
-    first, hit1 = build_page_set(docs, cfg, encoder, tmp_path)
-    second, hit2 = build_page_set(docs, cfg, DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")), tmp_path)
+    whole, _ = build_page_set(docs, cfg, encoder, tmp_path / "one-file")
+    monkeypatch.setattr("optical_cli.train.CACHE_SHARD_PAGES", 2)
+    first, hit1 = build_page_set(docs, cfg, encoder, tmp_path / "sharded")
+    second, hit2 = build_page_set(docs, cfg, DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")), tmp_path / "sharded")
     assert (hit1, hit2) == (False, True)
-    assert torch.equal(first.features, second.features) and first.texts == second.texts
+    [folder] = (tmp_path / "sharded").iterdir()
+    assert sorted(p.name for p in folder.glob("features*")) == [
+        "features-00001-of-00002.safetensors", "features-00002-of-00002.safetensors", "features.index.json"]
+    assert torch.equal(first.features, second.features) and torch.equal(first.features, whole.features)
+    assert first.texts == second.texts == whole.texts and len(first) == 3
     assert first.features.shape[1:] == (64, encoder.out_dim)
     assert all(t.split()[0] in d for t, d in zip(first.texts, docs))  # each page holds its document's text
 

@@ -1,14 +1,14 @@
 """Read items for the index: vectors (.npy/.parquet/.safetensors) or texts (.jsonl/.csv).
 
-DeepEncoder output of ``optical encode`` (a safetensors file with ``features`` [pages,
-tokens, D]) is mean-pooled over tokens, one vector per page, so rendered documents become
+DeepEncoder output of ``optical encode`` (its run directory, its ``features.index.json`` or
+a features .safetensors file, read through :class:`optical_cli.features.FeatureFiles`) is
+mean-pooled over each page's tokens, one vector per page, so rendered documents become
 searchable. Validation names the offending rows: NaN/Inf and all-zero rows (the Rayleigh
 quotient of a zero vector is undefined) fail unless ``drop_invalid``; duplicate ids always fail.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +45,13 @@ def _show(ids: list[str], limit: int = 5) -> str:
 def read_items(section: EnergyInputSection, path: Optional[str | Path] = None, seed: int = 0) -> Items:
     """Read ``path`` (default: ``section.path``, else the bundled corpus), then take the seeded subset."""
     path = Path(path or section.path or BUNDLED_CORPUS)
-    if not path.is_file():
-        raise InputError(f"input file not found: {path}; pass --input with a .jsonl/.csv of texts or .npy/.parquet/.safetensors vectors")
     suffix = path.suffix.lower()
-    if suffix in TEXT_SUFFIXES:
+    if path.is_dir() or path.name.endswith(".index.json"):
+        items = read_vectors(path)
+    elif not path.is_file():
+        raise InputError(f"input file not found: {path}; pass --input with a .jsonl/.csv of texts, .npy/.parquet/.safetensors "
+                         "vectors or an `optical encode` run directory")
+    elif suffix in TEXT_SUFFIXES:
         items = read_texts(path, section.id_field, section.text_field)
     elif suffix in VECTOR_SUFFIXES:
         items = read_vectors(path, section.id_field, section.vector_field)
@@ -116,7 +119,9 @@ def read_texts(path: Path, id_field: str, text_field: str, number_missing_ids: b
 def read_vectors(path: Path, id_field: str = "id", vector_field: str = "vector") -> Items:
     suffix = path.suffix.lower()
     try:
-        if suffix == ".npy":
+        if path.is_dir() or path.name.endswith(".index.json"):
+            ids, vectors = _encoded_pages(path)
+        elif suffix == ".npy":
             vectors = np.load(path, allow_pickle=False)
             ids = None
         elif suffix == ".parquet":
@@ -154,13 +159,11 @@ def _parquet_vectors(path: Path, id_field: str, vector_field: str) -> tuple[Opti
 
 
 def _safetensors_vectors(path: Path) -> tuple[Optional[list[str]], np.ndarray]:
-    """A 2-D tensor as it is; DeepEncoder ``features`` [pages, tokens, D] mean-pooled per page over
-    its real tokens (``tokens`` [pages] when present: shorter pages are zero-padded)."""
+    """A 2-D tensor as it is; `optical encode` features [pages, tokens, D] pooled per page."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:  # torch reads bfloat16, numpy cannot
         names = list(handle.keys())
-        metadata = handle.metadata() or {}
         for name in ("features", "vectors", "embeddings"):
             if name in names:
                 break
@@ -168,29 +171,29 @@ def _safetensors_vectors(path: Path) -> tuple[Optional[list[str]], np.ndarray]:
             if len(names) != 1:
                 raise InputError(f"{path}: expected a tensor named features, vectors or embeddings; found {names}")
             name = names[0]
-        tensor = handle.get_tensor(name).float()
-        lengths = handle.get_tensor("tokens") if "tokens" in names and tensor.ndim == 3 else None
-    if tensor.ndim == 3:
-        if lengths is None:
-            tensor = tensor.mean(dim=1)
+        if name == "features" and len(handle.get_slice(name).get_shape()) == 3:
+            tensor = None
         else:
-            if lengths.numel() != tensor.shape[0] or int(lengths.min()) < 1 or int(lengths.max()) > tensor.shape[1]:
-                raise InputError(f"{path}: 'tokens' does not give a length between 1 and {tensor.shape[1]} per page")
-            mask = (np.arange(tensor.shape[1])[None, :] < lengths.numpy()[:, None]).astype(np.float32)
-            pooled = (tensor.numpy() * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
-            return _page_ids(metadata, tensor.shape[0]), pooled
-    return _page_ids(metadata, tensor.shape[0]), tensor.numpy()
+            tensor = handle.get_tensor(name).float()
+    if tensor is None:
+        return _encoded_pages(path)
+    if tensor.ndim == 3:
+        tensor = tensor.mean(dim=1)
+    return _page_ids([None] * tensor.shape[0]), tensor.numpy()
 
 
-def _page_ids(metadata: dict, pages: int) -> Optional[list[str]]:
-    """Page ids from the encoder's ``sources`` metadata: the source, with ``#page`` when it has several pages."""
-    try:
-        sources = json.loads(metadata.get("sources", "null"))
-    except (TypeError, json.JSONDecodeError):
-        sources = None
-    if not isinstance(sources, list) or len(sources) != pages:
-        return [f"page_{i + 1:04d}" for i in range(pages)]
-    sources = [str(s) for s in sources]
+def _encoded_pages(path: Path) -> tuple[list[str], np.ndarray]:
+    """Pages written by `optical encode` (one file, or shards): ids from their sources, pooled vectors."""
+    from ..features import FeatureFiles
+
+    features = FeatureFiles.open(path)
+    return _page_ids(features.sources()), features.pooled()
+
+
+def _page_ids(sources: list[Optional[str]]) -> list[str]:
+    """Page ids from the encoder's sources: the source, with ``#page`` when it has several pages."""
+    if any(s is None for s in sources):
+        return [f"page_{i + 1:04d}" for i in range(len(sources))]
     counts = Counter(sources)
     seen: Counter = Counter()
     ids = []
