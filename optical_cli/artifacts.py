@@ -23,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+from .distributed import launched_count
+
 RESULTS_DIR = Path("results")
 KEY_PACKAGES = (
     "optical", "torch", "transformers", "accelerate", "numpy", "scipy", "pandas",
@@ -238,6 +240,7 @@ class Run:
             "seed": seed,
             "device": device,
             "host": platform.node(),
+            "processes": launched_count(),
             "git_revision": git_revision(),
             "versions": package_versions(),
             "artifacts": [],
@@ -271,6 +274,23 @@ class Run:
         if error is not None:
             self.manifest["error"] = error
         self.write_manifest()
+
+
+class FollowerRun:
+    """The run directory as a process other than the main one sees it under ``accelerate launch``:
+    it writes its artifacts there; the main process keeps config and manifest."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def record_existing(self, *names: str) -> None:
+        pass
+
+    def update(self, **fields: Any) -> None:
+        pass
 
 
 @contextlib.contextmanager

@@ -83,6 +83,7 @@ class EncodeSection(Section):
     compile: bool = Field(False, description="torch.compile the encoder")
     max_image_side: int = Field(16384, ge=16, description="reject input images with a side longer than this (pixels)")
     queue_pages: int = Field(32, ge=1, description="rendered pages buffered ahead of the encoder with --text")
+    shard_pages: int = Field(256, ge=1, description="pages per features shard: what one process holds in memory before writing; the unit of --resume and of data parallelism")
 
 
 class EncodeConfig(Section):
@@ -528,6 +529,24 @@ def load_config(command: str, path: str | Path | None = None, overrides: list[st
         data = apply_overrides(schema, data, list(overrides))
         source = f"{source} (with --set)"
     return validate(schema, data, source)
+
+
+def check_same_settings(previous: BaseModel, current: BaseModel, allowed: set[str]) -> None:
+    """For --resume: the run's config (``previous``) and this one may differ only in ``allowed`` keys."""
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, dict):
+            out: dict[str, Any] = {}
+            for key, value in data.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        return {prefix.rstrip("."): data}
+
+    before, after = flat(previous.model_dump(mode="json")), flat(current.model_dump(mode="json"))
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k) and k not in allowed)
+    if changed:
+        shown = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:4])
+        raise ConfigError(f"--resume: the config differs from the run being resumed in {shown}; "
+                          "rerun with the same settings or choose a new --output-dir")
 
 
 def dump_config(config: BaseModel) -> str:

@@ -28,10 +28,10 @@ def count_words(text: str) -> int:
     return len(text.split())
 
 
-def entropy_bits_per_char(text: str) -> float:
-    """Shannon entropy of the character distribution, in bits per character."""
-    if not text:
+def entropy_of_counts(counts: Counter) -> float:
+    """Shannon entropy, in bits per character, of a character histogram (so documents can sum
+    their pages' histograms instead of holding their text)."""
+    total = sum(counts.values())
+    if not total:
         return 0.0
-    counts = Counter(text)
-    total = len(text)
-    return -sum((n / total) * math.log2(n / total) for n in counts.values())
+    return -sum((n / total) * math.log2(n / total) for n in counts.values() if n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from optical_cli.artifacts import read_jsonl
 from optical_cli.cli import app
 from optical_cli.encode import BatchRunner
 from optical_cli.models.deepencoder import DeepEncoderConfig
@@ -18,6 +20,7 @@ from optical_cli.models.deepencoder.preprocess import prepare
 from optical_cli.models.loading import load_deepencoder, save_deepencoder
 
 runner = CliRunner()
+REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "deepencoder.weights=random", "--set", "deepencoder.architecture=tiny",
         "--set", "runtime.device=cpu", "--set", "runtime.dtype=float32"]
 
@@ -56,9 +59,9 @@ def test_reference_call_writes_features_equal_to_the_model(tmp_path, tiny_weight
         meta = handle.metadata()
     assert meta["mode"] == "base" and json.loads(meta["tokens_per_page"]) == [256]
     assert json.loads(meta["sources"]) == [str(image)]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["pages"][0]["vision_tokens"] == 256 and metrics["pages"][0]["spatial_compression"] == 16.0
-    assert metrics["pages"][0]["text_tokens"] is None  # an image alone carries no known text
+    pages = read_jsonl(tmp_path / "run" / "pages.jsonl")
+    assert pages[0]["vision_tokens"] == 256 and pages[0]["spatial_compression"] == 16.0
+    assert pages[0]["text_tokens"] is None  # an image alone carries no known text
 
 
 def test_gundam_pages_of_different_lengths_are_padded_and_counted(tmp_path):
@@ -86,14 +89,13 @@ def test_text_and_render_run_directory_give_the_same_features_and_text_metrics(t
     a = load_file(str(tmp_path / "a" / "features.safetensors"))["features"]
     b = load_file(str(tmp_path / "b" / "features.safetensors"))["features"]
     assert a.shape[0] >= 2 and torch.equal(a, b)
-    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    doc = metrics["documents"][0]
+    [doc] = read_jsonl(tmp_path / "a" / "documents.jsonl")
     assert doc["source"] == str(text) and doc["pages"] == a.shape[0] and doc["vision_tokens"] == 64 * a.shape[0]
     assert doc["words"] == 9 * 300
     assert doc["words_per_vision_token"] == pytest.approx(doc["words"] / doc["vision_tokens"])
     assert doc["text_tokens_per_vision_token"] == pytest.approx(doc["text_tokens"] / doc["vision_tokens"])
     assert 3.0 < doc["entropy_bits_per_char"] < 5.0
-    assert sum(p["words"] for p in metrics["pages"]) == doc["words"]
+    assert sum(p["words"] for p in read_jsonl(tmp_path / "a" / "pages.jsonl")) == doc["words"]
 
 
 def one_line_error(result) -> str:
@@ -145,3 +147,91 @@ def test_out_of_memory_halves_the_batch_and_retries():
     run = BatchRunner(fragile, 8, torch.device("cpu"), torch.float32)
     assert run(views)[:, 0].tolist() == [4.0 * i for i in range(7)]
     assert run.batch_size == 2 and seen[:3] == [7, 4, 2]
+
+
+def encode_text(text, out, *args):
+    return invoke("encode", "--text", text, *TINY, "--set", "deepencoder.mode=tiny", "--output-dir", out, *args)
+
+
+@pytest.fixture(scope="module")
+def long_text(tmp_path_factory):
+    """Seven tiny pages of real CVE text."""
+    records = [json.loads(line) for line in (REPO_ROOT / "tests" / "data" / "cves_200.jsonl").read_text().splitlines()]
+    path = tmp_path_factory.mktemp("text") / "cves.txt"
+    path.write_text("\n\n".join(r["description"] for r in records[:60]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_file_run(long_text, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "run"
+    assert encode_text(long_text, out).exit_code == 0
+    return out
+
+
+def test_many_pages_stream_into_shards_equal_to_one_file(long_text, one_file_run, tmp_path):
+    out = tmp_path / "sharded"
+    result = encode_text(long_text, out, "--set", "encode.shard_pages=2", "--json")
+    assert result.exit_code == 0, result.output
+    whole = load_file(str(one_file_run / "features.safetensors"))["features"]
+    pages = whole.shape[0]
+    shards = -(-pages // 2)
+    assert pages >= 5 and json.loads(result.stdout)["shards"] == shards
+    index = json.loads((out / "features.index.json").read_text())
+    assert [s["file"] for s in index["shards"]] == [f"features-{k:05d}-of-{shards:05d}.safetensors" for k in range(1, shards + 1)]
+    assert index["pages"] == pages and index["sources"] == [[str(long_text), pages]]
+    assert torch.equal(torch.cat([load_file(str(out / s["file"]))["features"] for s in index["shards"]]), whole)
+    assert not (out / "features.safetensors").exists() and not list(out.glob("features-?????.safetensors"))
+    for name in ("pages.jsonl", "documents.jsonl"):  # metrics assembled from the shards equal one file's
+        assert read_jsonl(out / name) == read_jsonl(one_file_run / name)
+
+
+def test_document_metrics_from_page_tallies_equal_the_joined_text(long_text, one_file_run, tmp_path):
+    from collections import Counter
+
+    from optical_cli.textstats import entropy_of_counts
+
+    rendered = tmp_path / "rendered"
+    assert invoke("render", long_text, "--output-dir", rendered, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code == 0
+    joined = "\n".join("\n".join(r["lines"]) for r in read_jsonl(rendered / "layout.jsonl"))
+    [doc] = read_jsonl(one_file_run / "documents.jsonl")
+    assert doc["characters"] == len(joined) and doc["words"] == len(joined.split())
+    assert doc["entropy_bits_per_char"] == pytest.approx(entropy_of_counts(Counter(joined)), abs=1e-12)
+    pages = read_jsonl(one_file_run / "pages.jsonl")
+    assert doc["text_tokens"] == sum(p["text_tokens"] for p in pages) and doc["pages"] == len(pages)
+
+
+def test_interrupted_run_resumes_after_its_complete_shards(long_text, one_file_run, tmp_path, monkeypatch):
+    from optical_cli.features import ShardedFeatures
+
+    out, write = tmp_path / "run", ShardedFeatures.write
+    written = []
+
+    def power_cut_after_two(self, k, *args, **kwargs):
+        if len(written) == 2:
+            raise RuntimeError("power cut")
+        written.append(k)
+        return write(self, k, *args, **kwargs)
+
+    monkeypatch.setattr(ShardedFeatures, "write", power_cut_after_two)
+    assert encode_text(long_text, out, "--set", "encode.shard_pages=2").exit_code == 1
+    assert sorted(p.name for p in out.glob("features*")) == ["features-00001.safetensors", "features-00002.safetensors"]
+    unfinished = invoke("index", "build-energy", "--input", out, "-o", tmp_path / "ix")
+    assert unfinished.exit_code == 2 and "did not finish" in unfinished.output
+    monkeypatch.setattr(ShardedFeatures, "write", write)
+    moved = invoke("encode", "--text", long_text, *TINY, "--set", "deepencoder.mode=small", "--set", "encode.shard_pages=2",
+                   "--output-dir", out, "--resume")
+    assert "deepencoder.mode" in one_line_error(moved)
+    other = tmp_path / "other.txt"
+    other.write_text(long_text.read_text()[::-1])
+    assert "other pages" in one_line_error(encode_text(other, out, "--set", "encode.shard_pages=2", "--resume"))
+
+    resumed = encode_text(long_text, out, "--set", "encode.shard_pages=2", "--resume", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    pages = json.loads(resumed.stdout)["pages"]
+    [report] = json.loads((out / "manifest.json").read_text())["process_pages"]
+    assert report["resumed_shards"] == 2 and report["pages"] == pages - 4 and report["shards"][0] == 3
+    index = json.loads((out / "features.index.json").read_text())
+    features = torch.cat([load_file(str(out / s["file"]))["features"] for s in index["shards"]])
+    assert torch.equal(features, load_file(str(one_file_run / "features.safetensors"))["features"])
+    assert read_jsonl(out / "pages.jsonl") == read_jsonl(one_file_run / "pages.jsonl")

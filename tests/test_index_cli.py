@@ -177,7 +177,7 @@ def test_rendered_documents_become_searchable(tmp_path):
     encode = tmp_path / "encode"
     result = invoke("encode", "-i", render, "-o", encode, "-c", CONFIG_DIR / "tiny" / "encode.yaml")
     assert result.exit_code == 0, result.output
-    pages = len(json.loads((encode / "metrics.json").read_text())["pages"])
+    pages = json.loads((encode / "metrics.json").read_text())["summary"]["pages"]
     index = tmp_path / "index"
     result = invoke("index", "build-energy", "--input", encode / "features.safetensors", "-o", index, "--json",
                     "--set", "build.neighbor_k=2")

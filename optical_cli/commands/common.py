@@ -2,6 +2,8 @@
 
 Human output and progress go to stderr; ``--json`` prints one JSON document (or JSON lines
 for streams) to stdout. Exit codes: 0 success, 1 failed run, 2 bad usage, config or input.
+Under ``accelerate launch`` only the main process reports (tables, JSON, progress, the run
+directory's manifest); every process prints its own errors.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from rich.progress import (
 from rich.table import Table
 
 from .. import config as config_mod
-from ..artifacts import Run, start_run, to_json_line
-from ..errors import OpticalError
+from ..artifacts import FollowerRun, Run, start_run, to_json_line
+from ..distributed import Processes, is_main_process
+from ..errors import OpticalError, RunFailed
 
 err = Console(stderr=True, highlight=False)
 
@@ -82,6 +85,9 @@ def handled_errors() -> Iterator[None]:
     except OpticalError as exc:
         say("error", "bold red", str(exc))
         raise typer.Exit(exc.exit_code) from None
+    except RunFailed as exc:
+        say("run failed", "bold red", str(exc))
+        raise typer.Exit(exc.exit_code) from None
     except typer.Exit:
         raise
     except KeyboardInterrupt:
@@ -98,8 +104,36 @@ def load(command: str, config: Optional[Path], sets: Optional[list[str]]) -> Any
     return config_mod.load_config(command, config, sets or [])
 
 
+def check_resumable(output_dir: Optional[Path], cfg: Any, command: str, allowed: set[str]) -> None:
+    """--resume continues the run in --output-dir, under the same settings but for ``allowed`` keys."""
+    from ..errors import InputError
+
+    if output_dir is None:
+        raise InputError("--resume needs --output-dir pointing at the run to continue")
+    if (output_dir / "config.yaml").is_file():
+        config_mod.check_same_settings(load(command, output_dir / "config.yaml", None), cfg, allowed)
+
+
+def join_processes(device: str) -> Processes:
+    """This run's processes (several under ``accelerate launch``), joined on ``runtime.device``."""
+    from ..distributed import join, single_process_warning
+    from ..models.loading import resolve_device
+
+    warning = single_process_warning()
+    if warning:
+        warn(warning)
+    return join(resolve_device(device))
+
+
 @contextlib.contextmanager
-def run_dir(command: str, cfg: Any, output_dir: Optional[Path], name: str | None = None) -> Iterator[Run]:
+def run_dir(command: str, cfg: Any, output_dir: Optional[Path], name: str | None = None,
+            procs: Processes | None = None) -> Iterator[Run | FollowerRun]:
+    """The run directory: the main process creates it and keeps its manifest; under a launcher
+    the other processes get its path and write their artifacts into it."""
+    procs = procs or Processes()
+    if not procs.is_main:
+        yield FollowerRun(Path(procs.broadcast(None)))
+        return
     runtime = getattr(cfg, "runtime", None)
     with start_run(
         command,
@@ -109,23 +143,29 @@ def run_dir(command: str, cfg: Any, output_dir: Optional[Path], name: str | None
         seed=getattr(runtime, "seed", None),
         device=getattr(runtime, "device", None),
     ) as run:
+        procs.broadcast(str(run.path))
         yield run
     err.print(f"[dim]artifacts: {escape(str(run.path))}[/]")
 
 
 def emit_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
-    sys.stdout.flush()
+    if is_main_process():
+        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.flush()
 
 
 def emit_json_line(record: dict) -> None:
-    sys.stdout.write(to_json_line(record) + "\n")
-    sys.stdout.flush()
+    if is_main_process():
+        sys.stdout.write(to_json_line(record) + "\n")
+        sys.stdout.flush()
 
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
     """A Rich progress bar on stderr; yields ``advance(n=1, total=None, description=None)``."""
+    if not is_main_process():
+        yield lambda n=1, total=None, description=None: None
+        return
     progress = Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
@@ -145,6 +185,8 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
 
 
 def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    if not is_main_process():
+        return
     table = Table(title=escape(title), show_header=False, title_justify="left")
     table.add_column("key", style="bold")
     table.add_column("value", justify="right")

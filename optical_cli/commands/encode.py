@@ -7,43 +7,63 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import InputError
 from .common import (
     ConfigOpt,
     JsonOpt,
     OutputDirOpt,
     SetOpt,
+    check_resumable,
     emit_json,
     handled_errors,
+    join_processes,
     load,
     print_table,
     progress_bar,
     run_dir,
 )
 
+# Settings that may change between a run and its --resume: they change neither the pages nor the features.
+ENCODE_RESUMABLE = {"encode.batch_size", "encode.queue_pages", "runtime.workers"}
+
 
 def encode(
     inputs: Annotated[Optional[list[Path]], typer.Option("--input", "-i", metavar="PATH", help="Image file, directory of images, or render run directory (repeatable).")] = None,
     text: Annotated[Optional[Path], typer.Option("--text", help="Text file to render (at the mode's page size) and encode in one go.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Features .safetensors (default: features.safetensors in the run directory).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Features .safetensors (default: features.safetensors in the run directory; shards and an index beside it when the pages exceed one shard).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir: encode only the shards not yet on disk.")] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Encode pages with DeepEncoder: features (pages x tokens x 1280) plus compression metrics."""
-    from ..encode import build_encoder, plan_inputs, run_encode
-    from ..errors import InputError
+    """Encode pages with DeepEncoder: features (pages x tokens x 1280, in shards) plus compression metrics.
+
+    Under `accelerate launch --num_processes N -m optical_cli.cli encode ...` the processes share
+    the shards; the output equals one process's.
+    """
+    from ..encode import METRIC_FILES, build_encoder, check_shards_on_disk, plan_inputs, run_encode
+    from ..models.loading import resolve_device
 
     with handled_errors():
         cfg = load("encode", config, sets)
         if output is not None and output.suffix != ".safetensors":
             raise InputError(f"--output {output}: the features file must end in .safetensors")
+        if resume:
+            check_resumable(output_dir, cfg, "encode", ENCODE_RESUMABLE)
         plan = plan_inputs(list(inputs or []), text, cfg)
-        encoder = build_encoder(cfg)  # bad or missing weights fail here, before any output
-        with run_dir("encode", cfg, output_dir) as run:
-            with progress_bar("encoding pages", len(plan.pages) or None) as advance:
-                summary = run_encode(cfg, plan, encoder, output or run.file("features.safetensors"), run.file("metrics.json"), advance)
-            run.update(result=summary)
-        print_table("encode", list(summary.items()))
-        if json_out:
-            emit_json({**summary, "metrics": str(run.path / "metrics.json")})
+        procs = join_processes(cfg.runtime.device)
+        encoder = build_encoder(cfg, procs.place(resolve_device(cfg.runtime.device)))  # bad weights fail here, before any output
+        if resume:
+            check_shards_on_disk(cfg, plan, encoder[2], output or output_dir / "features.safetensors")
+        with run_dir("encode", cfg, output_dir, procs=procs) as run:
+            with progress_bar("encoding pages", len(plan)) as advance:
+                summary, reports = run_encode(cfg, plan, encoder, output or run.path / "features.safetensors", run.path,
+                                              procs, resume, advance)
+            if summary:  # the main process
+                run.record_existing(*METRIC_FILES, Path(summary["features"]).name)
+                run.update(result=summary, process_pages=reports)
+        if summary:
+            print_table("encode", list(summary.items()))
+            if json_out:
+                emit_json({**summary, "metrics": str(run.path / "metrics.json")})

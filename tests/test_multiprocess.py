@@ -1,0 +1,72 @@
+"""Two CPU processes under `accelerate launch` (gloo) agree with one process.
+
+`accelerate launch --cpu --num_processes 2` starts ONE process (its CPU launcher needs mpirun);
+`--multi_gpu --num_processes 2` starts two through torchrun, and with runtime.device=cpu they
+join over gloo. Each launch costs a few seconds of start-up per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from optical_cli.cli import app
+from optical_cli.features import FeatureFiles
+
+REPO = Path(__file__).resolve().parent.parent
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               "-m", "optical_cli.cli", *map(str, args)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def one_process(*args: str):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory) -> Path:
+    records = [json.loads(line) for line in (REPO / "tests" / "data" / "cves_200.jsonl").read_text().splitlines()]
+    path = tmp_path_factory.mktemp("text") / "cves.txt"
+    path.write_text("\n\n".join(r["description"] for r in records[:60]), encoding="utf-8")  # seven tiny pages
+    return path
+
+
+def test_two_processes_encode_the_features_of_one(text, tmp_path):
+    args = ["encode", "--config", "configs/tiny/encode.yaml", "--text", text, "--set", "encode.shard_pages=2"]
+    launch(*args, "--output-dir", tmp_path / "two")
+    one_process(*args, "--output-dir", tmp_path / "one")
+    two, one = FeatureFiles.open(tmp_path / "two"), FeatureFiles.open(tmp_path / "one")
+    assert torch.equal(two.load()[0], one.load()[0]) and len(one) >= 5
+    assert [p.name for p in two.files] == [p.name for p in one.files]
+    for name in ("pages.jsonl", "documents.jsonl"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["result"]["processes"] == 2 and manifest["status"] == "ok"
+    shards = len(one.files)
+    assert [(r["process"], r["shards"]) for r in manifest["process_pages"]] == [
+        (0, list(range(1, shards + 1, 2))), (1, list(range(2, shards + 1, 2)))]
+    assert sum(r["pages"] for r in manifest["process_pages"]) == len(one)
