@@ -112,3 +112,21 @@ def test_optical_without_an_adapter_is_a_config_error(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "bench.adapter is not set" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()  # refused before any weights load or the run directory exists
+
+
+def test_a_condition_whose_every_item_failed_exits_1_and_keeps_its_results(tmp_path, fake_reader):
+    import torch
+
+    fake_reader.fail = {("", "pages"): torch.OutOfMemoryError("CUDA out of memory")}  # "" is in every question
+    out = tmp_path / "run"
+    result = _invoke("--num-samples", "4", "--conditions", "native,optical", "--output-dir", str(out), "--json")
+    assert result.exit_code == 1, result.output
+    assert "every item of condition(s) optical failed" in result.stderr and "Traceback" not in result.output
+    conditions = json.loads(result.stdout)["conditions"]
+    assert conditions["optical"]["completed"] == 0 and conditions["native"]["completed"] == 4
+    with open(out / "items.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 and {r["status"] for r in rows if r["condition"] == "optical"} == {"oom"}
+    assert (out / "summary.json").is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "optical" in manifest["error"]

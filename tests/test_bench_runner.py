@@ -1,5 +1,7 @@
 """The benchmark runner with a fake reader: conditions, failure accounting, resume."""
 
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 from optical_cli.bench.data import load_items
 from optical_cli.bench.runner import BenchSettings, parse_conditions, read_rows, run_benchmark
 from optical_cli.bench.scoring import summarize
+from optical_cli.distributed import Processes
 from optical_cli.errors import InputError
 
 from bench_fakes import TOKENS_PER_PAGE, WORDS_PER_PAGE, FakeReader
@@ -82,3 +85,69 @@ def test_unknown_condition():
     assert parse_conditions(["no-context", "optical", "native"]) == ("native", "optical", "no-context")
     with pytest.raises(InputError, match="unknown condition.*visual.*choose from native, optical"):
         parse_conditions(["native", "visual"])
+
+
+@dataclass
+class ThreadProcess(Processes):
+    """Process ``index`` of ``count``, played by a thread; ``wait`` is a barrier shared by the threads."""
+
+    barrier: threading.Barrier | None = None
+
+    def wait(self):
+        self.barrier.wait(timeout=30)
+
+
+def as_processes(count, run):
+    """Call ``run(procs)`` on ``count`` threads at once, as ``accelerate launch`` would on processes."""
+    barrier, results = threading.Barrier(count), [None] * count
+
+    def one(index):
+        try:
+            results[index] = run(ThreadProcess(index, count, barrier=barrier))
+        except BaseException as exc:  # noqa: BLE001 - a crashed process: the others see a broken barrier
+            barrier.abort()
+            results[index] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+class Crash(BaseException):
+    """A process dying (not an item failing: the runner records those and goes on)."""
+
+
+def _without_timing(rows):
+    return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rows]
+
+
+def test_processes_deal_out_items_and_the_main_one_merges_them_in_order(tmp_path):
+    items = load_items(str(FIXTURE))[:5]
+    alone = run_benchmark(FakeReader(), items, _settings(), tmp_path / "items.csv")
+    path = tmp_path / "shared" / "items.csv"
+    path.parent.mkdir()
+    readers = [FakeReader(), FakeReader()]
+    main, other = as_processes(2, lambda procs: run_benchmark(readers[procs.index], items, _settings(), path, procs=procs))
+    assert other is None and {q for _, q in readers[1].calls} == {items[1].question, items[3].question}  # every other item
+    assert list(path.parent.iterdir()) == [path]  # the parts are merged and removed
+    assert _without_timing(main) == _without_timing(read_rows(path)) == _without_timing(alone)
+
+
+def test_resume_merges_parts_left_by_another_process_count(tmp_path):
+    items = load_items(str(FIXTURE))[:4]
+    path = tmp_path / "items.csv"
+    dying = FakeReader(fail={(items[0].question, "pages"): Crash()})  # after its first row (native)
+    results = as_processes(3, lambda procs: run_benchmark(dying if procs.index == 0 else FakeReader(), items[:3], _settings(),
+                                                          path, procs=procs))
+    assert isinstance(results[0], Crash) and len(list(tmp_path.glob("items.part-*.csv"))) == 3
+    with pytest.raises(InputError, match="--resume"):
+        run_benchmark(FakeReader(), items, _settings(), path)
+    reader = FakeReader()
+    rows = run_benchmark(reader, items, _settings(), path, resume=True)  # one process now
+    assert {q for _, q in reader.calls} == {items[0].question, items[3].question}  # the lost process's item, the new one
+    assert len(reader.calls) == 3 + 4  # item 1's native row was kept
+    assert len(rows) == 16 and not list(tmp_path.glob("items.part-*"))
+    assert [(r["id"], r["condition"]) for r in read_rows(path)] == [(i.id, c) for i in items for c in ALL]

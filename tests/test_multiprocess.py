@@ -1,4 +1,4 @@
-"""Two CPU processes under `accelerate launch` (gloo) agree with one process.
+"""Two CPU processes under `accelerate launch` (gloo): encode and bench agree with one process.
 
 `accelerate launch --cpu --num_processes 2` starts ONE process (its CPU launcher needs mpirun);
 `--multi_gpu --num_processes 2` starts two through torchrun, and with runtime.device=cpu they
@@ -7,6 +7,7 @@ join over gloo. Each launch costs a few seconds of start-up per process.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ from optical_cli.features import FeatureFiles
 
 REPO = Path(__file__).resolve().parent.parent
 ACCELERATE = Path(sys.executable).with_name("accelerate")
+TIMING = {"latency_s", "render_s", "encode_s", "prefill_s", "decode_s"}
 
 
 def free_port() -> int:
@@ -70,3 +72,20 @@ def test_two_processes_encode_the_features_of_one(text, tmp_path):
     assert [(r["process"], r["shards"]) for r in manifest["process_pages"]] == [
         (0, list(range(1, shards + 1, 2))), (1, list(range(2, shards + 1, 2)))]
     assert sum(r["pages"] for r in manifest["process_pages"]) == len(one)
+
+
+def read_items_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(handle)]
+
+
+def test_two_processes_answer_longbench_as_one(tmp_path):
+    args = ["bench", "longbench", "--config", "configs/tiny/longbench.yaml",
+            "--ids", "syn-short-easy-1,syn-short-hard-2,syn-medium-easy-1,syn-long-hard-1"]
+    two = launch(*args, "--output-dir", tmp_path / "two", "--json")
+    one = one_process(*args, "--output-dir", tmp_path / "one", "--json")
+    rows = read_items_csv(tmp_path / "two" / "items.csv")
+    assert len(rows) == 16 and rows == read_items_csv(tmp_path / "one" / "items.csv")
+    assert not list((tmp_path / "two").glob("items.part-*"))
+    assert json.loads(two.stdout)["conditions"].keys() == json.loads(one.stdout)["conditions"].keys()  # one JSON document
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..artifacts import atomic_write_text
+from ..distributed import Processes
 from ..errors import InputError
 from .data import LongBenchItem
 from .prompts import PromptParts, document_prompt, middle_truncate, no_context_prompt
@@ -291,27 +292,79 @@ def run_benchmark(
     *,
     resume: bool = False,
     progress: Callable[..., None] | None = None,
-) -> list[dict[str, Any]]:
-    """Run every (item, condition) not yet in ``items_csv``; return the rows of this selection."""
-    if items_csv.exists() and items_csv.stat().st_size > 0 and not resume:
+    procs: Processes | None = None,
+) -> list[dict[str, Any]] | None:
+    """Run every (item, condition) not yet in ``items_csv``; return the rows of this selection.
+
+    Under ``accelerate launch`` every process calls this: the items still to do are dealt out
+    in turn (an item's conditions stay together: native-matched reuses optical's pages), each
+    process appends to its own ``items.part-NN.csv``, and the main process merges them into
+    ``items.csv`` in item and condition order, whatever the process count or resume history.
+    It returns the rows there and None elsewhere. Parts left by an interrupted run of any process
+    count are merged first on --resume.
+    """
+    procs = procs or Processes()
+    if not resume and (_has_rows(items_csv) or _parts(items_csv)):
         raise InputError(f"{items_csv} already exists; pass --resume to continue that run or choose another --output-dir")
+    order = {item.id: n for n, item in enumerate(items)}
+    if resume and procs.is_main:
+        _consolidate(items_csv, order)
+    procs.wait()  # every process reads the merged file
     existing = read_rows(items_csv) if resume else []
     done = {(row["id"], row["condition"]) for row in existing}
     wanted = {(item.id, c) for item in items for c in settings.conditions}
     rows = [row for row in existing if (row["id"], row["condition"]) in wanted]
-    if progress and rows:
-        progress(len(rows), description="resumed")
-    for item in items:
+    todo = [item for item in items if any((item.id, c) not in done for c in settings.conditions)]
+    mine = todo[procs.index::procs.count]
+    if progress:
+        progress(len(rows) if procs.count == 1 else 0, total=len(rows) + sum(
+            (item.id, c) not in done for item in mine for c in settings.conditions), description="resumed" if rows else None)
+    target = items_csv if procs.count == 1 else _part(items_csv, procs.index)
+    for item in mine:
         item_runner = _ItemRunner(reader, settings, item)
         for condition in settings.conditions:
             if (item.id, condition) in done:
                 continue
             row = item_runner.run(condition)
-            append_row(items_csv, row)
+            append_row(target, row)
             rows.append(read_back(row))
             if progress:
                 progress(1, description=f"{condition} {item.id}: {row['status']}")
-    return rows
+    procs.wait()  # every part is complete
+    if not procs.is_main:
+        return None
+    _consolidate(items_csv, order)
+    return [row for row in read_rows(items_csv) if (row["id"], row["condition"]) in wanted]
+
+
+def _has_rows(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
+
+
+def _part(items_csv: Path, process: int) -> Path:
+    return items_csv.with_name(f"{items_csv.stem}.part-{process:02d}.csv")
+
+
+def _parts(items_csv: Path) -> list[Path]:
+    return sorted(items_csv.parent.glob(f"{items_csv.stem}.part-*.csv"))
+
+
+def _consolidate(items_csv: Path, order: dict[str, int]) -> None:
+    """Fold the processes' part files into ``items_csv`` and sort it in item and condition order
+    (items outside this selection last, as they were), atomically; then remove the parts. A pair
+    met twice (a crash between writing and removing) keeps its first row."""
+    parts = _parts(items_csv)
+    rank = {c: n for n, c in enumerate(CONDITIONS)}
+    rows, seen = [], set()
+    for row in read_rows(items_csv) + [row for part in parts for row in read_rows(part)]:
+        if (row["id"], row["condition"]) not in seen:
+            seen.add((row["id"], row["condition"]))
+            rows.append(row)
+    ordered = sorted(rows, key=lambda r: (order.get(r["id"], len(order)), rank[r["condition"]] if r["id"] in order else 0))
+    if parts or ordered != rows:
+        _rewrite(items_csv, [{key: _to_csv_value(row.get(key)) for key in COLUMNS} for row in ordered])
+    for part in parts:
+        part.unlink()
 
 
 def read_back(row: dict[str, Any]) -> dict[str, Any]:
@@ -371,21 +424,3 @@ def finish_run(
 # Keys that may change between a run and its --resume: which items and conditions to run.
 RESUMABLE_CHANGES = {"bench.num_samples", "bench.ids", "bench.lengths", "bench.difficulties", "bench.domains",
                      "bench.conditions", "bench.plots", "runtime.workers"}
-
-
-def check_resume_compatible(previous: Any, current: Any) -> None:
-    """Refuse to mix rows made under different models, data, truncation or decoding."""
-    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(data, dict):
-            out: dict[str, Any] = {}
-            for key, value in data.items():
-                out.update(flat(value, f"{prefix}{key}."))
-            return out
-        return {prefix.rstrip("."): data}
-
-    before, after = flat(previous.model_dump(mode="json")), flat(current.model_dump(mode="json"))
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        shown = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:4])
-        raise InputError(f"--resume: the config differs from the run being resumed in {shown}; "
-                         "rerun with the same settings or choose a new --output-dir")

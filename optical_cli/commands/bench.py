@@ -8,15 +8,16 @@ import typer
 from rich.markup import escape
 
 from .. import config as config_mod
-from ..errors import InputError
 from .common import (
     ConfigOpt,
     JsonOpt,
     OutputDirOpt,
     SetOpt,
+    check_resumable,
     emit_json,
     err,
     handled_errors,
+    join_processes,
     load,
     print_table,
     progress_bar,
@@ -103,37 +104,42 @@ def bench_longbench(
     output_dir: OutputDirOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """LongBench v2: native text vs optical pages (and native at the optical budget, and no context) on the same items."""
+    """LongBench v2: native text vs optical pages (and native at the optical budget, and no context) on the same items.
+
+    Under `accelerate launch --num_processes N -m optical_cli.cli bench longbench ...` the processes
+    share the items; items.csv holds the rows one process would write. Exit 1 when every item of
+    some condition failed (the results stay).
+    """
     with handled_errors():
         from ..bench.models import build_reader
-        from ..bench.runner import (
-            check_resume_compatible,
-            finish_run,
-            load_selection,
-            run_benchmark,
-            settings_from,
-        )
+        from ..bench.runner import RESUMABLE_CHANGES, finish_run, load_selection, run_benchmark, settings_from
+        from ..errors import RunFailed
 
         flags = {"num_samples": num_samples, "ids": _csv_list(ids), "conditions": _csv_list(conditions),
                  "lengths": _csv_list(lengths), "difficulties": _csv_list(difficulties), "domains": _csv_list(domains)}
         cfg = _longbench_cfg(load("longbench", config, sets), flags)
-        if resume and output_dir is None:
-            raise InputError("--resume needs --output-dir pointing at the run to continue")
-        if resume and (output_dir / "config.yaml").is_file():
-            check_resume_compatible(load("longbench", output_dir / "config.yaml", None), cfg)
+        if resume:
+            check_resumable(output_dir, cfg, "longbench", RESUMABLE_CHANGES)
         settings = settings_from(cfg.bench, cfg.runtime.seed)
         items = load_selection(cfg.bench, cfg.runtime.seed)   # bad data fails before any model loads
+        procs = join_processes(cfg.runtime.device)            # each process on its own GPU before loading
         reader = build_reader(cfg, settings.conditions)
-        if reader.random_weights:
+        if reader.random_weights and procs.is_main:
             err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
-        with run_dir("longbench", cfg, output_dir) as run:
+        with run_dir("longbench", cfg, output_dir, procs=procs) as run:
             with progress_bar("longbench", total=len(items) * len(settings.conditions)) as advance:
-                rows = run_benchmark(reader, items, settings, run.file("items.csv"), resume=resume, progress=advance)
+                rows = run_benchmark(reader, items, settings, run.file("items.csv"), resume=resume, progress=advance,
+                                     procs=procs)
+            if rows is None:  # not the main process: the main one merges and reports
+                return
             summary = finish_run(
                 rows, settings, run.path, reader_description=reader.description,
                 random_weights=reader.random_weights, data_source=cfg.bench.data, plots=cfg.bench.plots,
             )
             run.record_existing("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
-        _print_longbench(summary)
-        if json_out:
-            emit_json(summary)
+            _print_longbench(summary)
+            if json_out:
+                emit_json(summary)
+            failed = [c for c, block in summary["conditions"].items() if block["n"] and not block["completed"]]
+            if failed:  # inside the run: the manifest says failed; items.csv and summary.json stay
+                raise RunFailed(f"every item of condition(s) {', '.join(failed)} failed (reasons in {run.path / 'items.csv'})")
