@@ -494,7 +494,8 @@ def resolve_runtime(cfg: TrainAdapterConfig):
 
     device = loading.resolve_device(cfg.runtime.device)
     accelerator = Accelerator(cpu=device.type == "cpu")
-    device = accelerator.device if accelerator.num_processes > 1 else device
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        device = accelerator.device  # this process's own GPU (on CPUs accelerate says cpu:0, which is the CPU)
     return accelerator, device, loading.resolve_dtype(cfg.runtime.dtype, device)
 
 

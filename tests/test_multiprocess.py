@@ -1,4 +1,4 @@
-"""Two CPU processes under `accelerate launch` (gloo): encode and bench agree with one process.
+"""Two CPU processes under `accelerate launch` (gloo): encode, bench and train-adapter agree with one process.
 
 `accelerate launch --cpu --num_processes 2` starts ONE process (its CPU launcher needs mpirun);
 `--multi_gpu --num_processes 2` starts two through torchrun, and with runtime.device=cpu they
@@ -89,3 +89,16 @@ def test_two_processes_answer_longbench_as_one(tmp_path):
     assert not list((tmp_path / "two").glob("items.part-*"))
     assert json.loads(two.stdout)["conditions"].keys() == json.loads(one.stdout)["conditions"].keys()  # one JSON document
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
+
+
+def test_two_processes_train_the_adapter_on_the_streamed_cache(tmp_path):
+    out = tmp_path / "run"
+    result = launch("train-adapter", "--config", "configs/tiny/qwen3_vl.yaml", "--output-dir", out, "--json",
+                    "--set", f"data.source={REPO / 'tests' / 'data' / 'cves_200.jsonl'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+                    "--set", "data.max_documents=8", "--set", "data.max_text_tokens=16", "--set", "train.max_steps=2",
+                    "--set", "train.batch_size=2", "--set", "train.read_pages=0")
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 2 and summary["cache_hit"] is False and (out / "adapter.pth").is_file()
+    assert json.loads((out / "manifest.json").read_text())["processes"] == 2
+    [cache] = (tmp_path / "cache").iterdir()
+    assert len(FeatureFiles.open(cache)) == summary["train_pages"] + summary["eval_pages"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +17,7 @@ from .common import (
     emit_json,
     err,
     handled_errors,
+    join_processes,
     load,
     print_table,
     progress_bar,
@@ -68,11 +68,12 @@ def train_adapter_command(
         documents = read_documents(cfg)
         checkpoint = open_checkpoint(resume_from) if resume_from is not None else None
         random_weights = cfg.vlm.source == RANDOM_SOURCE or cfg.deepencoder.weights == "random"
-        if random_weights:
+        procs = join_processes(cfg.runtime.device)  # under accelerate launch: one run directory for all processes
+        if random_weights and procs.is_main:
             err.print(f"[bold yellow]{TRAIN_RANDOM_BANNER}[/]", soft_wrap=True)
         with err.status(escape(f"loading the language model ({cfg.vlm.source})")):
             reader = load_reader(cfg)
-        with run_dir("train-adapter", cfg, output_dir) as run, progress_bar("training", None) as advance:
+        with run_dir("train-adapter", cfg, output_dir, procs=procs) as run, progress_bar("training", None) as advance:
             def on_event(event: dict) -> None:
                 if event["event"] == "start":
                     advance(event["step"], total=event["total"], description="training")
@@ -89,7 +90,7 @@ def train_adapter_command(
             result = train_adapter(cfg, run.path, resume=checkpoint, progress=on_event, documents=documents, reader=reader)
             run.record_existing("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl")
             run.update(result=dataclasses.asdict(result), random_weights=random_weights)
-        if os.environ.get("RANK", "0") != "0":  # under accelerate launch only the main process reports
+        if not procs.is_main:  # under accelerate launch only the main process reports
             return
         summary = {**dataclasses.asdict(result), "random_weights": random_weights}
         rows = [(k, v) for k, v in summary.items() if k != "reading"] + [(f"reading.{k}", v) for k, v in result.reading.items()]
