@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the project in one run, within 8 minutes on one H100/H200:
+#   parity   DeepEncoder bfloat16 vs float32, centred relative error, every attention path
+#   encoder  encode pages/s in base mode at batch 1, 16, 64 for each attention path (target >= 300 pages/s bf16)
+#   cost     native vs optical cost at 32K/64K/128K tokens on the full-size random-weight models
+#   train    full-size train-adapter step time at batch 1, 2, 4
+# Each step runs under its own time budget (printed first; a step over budget is stopped and
+# reported, the others still run), writes results/bench/gpu/<step>.csv, and a summary follows.
+#
+#   bash scripts/gpu_check.sh              # on the GPU host (install the package there first, keeping its CUDA torch)
+#   bash scripts/gpu_check.sh --dry-run    # the same steps at tiny sizes on the CPU, into results/bench/gpu-dry/
+#   PYTHON=/path/to/python bash scripts/gpu_check.sh --output-dir DIR
+#
+# Exit 0 when every step passed, 1 otherwise. A step whose script (or the interface this script
+# calls) is not in the checkout fails the real run; a dry run skips it with a line saying so.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+dry=0
+out=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) dry=1 ;;
+        --output-dir) out="$2"; shift ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+        *) echo "error: unknown argument $1 (use --dry-run, --output-dir DIR)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+
+if [ "$dry" = 1 ]; then
+    out=${out:-results/bench/gpu-dry}
+    device=cpu size=tiny mode=tiny pages=2
+    encode_batches=1,2 lengths=1024,2048 train_batches=1,2 steps=1
+    # budgets here are generous caps for a busy 2-core CPU, not a plan
+    budget_parity=120 budget_encoder=240 budget_cost=240 budget_train=240
+else
+    out=${out:-results/bench/gpu}
+    device=cuda size=fullsize mode=base pages=8
+    encode_batches=1,16,64 lengths=32768,65536,131072 train_batches=1,2,4 steps=5
+    # 8 minutes in all: model set-up, FlexAttention compilation and the 128K prefills dominate
+    budget_parity=40 budget_encoder=140 budget_cost=160 budget_train=100
+fi
+mkdir -p "$out"
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} MPLBACKEND=Agg
+
+total=$((budget_parity + budget_encoder + budget_cost + budget_train))
+echo "gpu_check: device=$device size=$size output=$out python=$PYTHON$([ "$dry" = 1 ] && echo ' (dry run)')"
+echo "planned budget: parity ${budget_parity} s, encoder ${budget_encoder} s, cost ${budget_cost} s, train ${budget_train} s; total ${total} s"
+echo "step,status,seconds,budget_s,csv" > "$out/steps.csv"
+failed=0
+
+# step NAME BUDGET SCRIPT FLAG... -- ARG...: run scripts/SCRIPT ARG... within BUDGET seconds when the
+# script exists and takes every FLAG (the interface called here), else say why it is skipped.
+step() {
+    local name=$1 budget=$2 script=scripts/$3
+    shift 3
+    local flags=()
+    while [ "$1" != "--" ]; do flags+=("$1"); shift; done
+    shift
+    local why=""
+    if [ ! -f "$script" ]; then
+        why="$script not present"
+    else
+        local missing=()
+        for flag in "${flags[@]}"; do grep -q -- "\"$flag\"" "$script" || missing+=("$flag"); done
+        [ ${#missing[@]} -gt 0 ] && why="$script does not take ${missing[*]} yet"
+    fi
+    if [ -n "$why" ]; then
+        if [ "$dry" = 1 ]; then
+            echo "skipped: $why"
+            echo "$name,skipped,0,$budget," >> "$out/steps.csv"
+        else
+            echo "FAILED: $why"
+            echo "$name,missing,0,$budget," >> "$out/steps.csv"
+            failed=1
+        fi
+        return
+    fi
+    echo "== $name: $PYTHON $script $* (budget ${budget} s)"
+    local start=$SECONDS status=ok
+    timeout -k 10 "$budget" "$PYTHON" "$script" "$@"
+    local rc=$?
+    if [ $rc = 124 ] || [ $rc = 137 ]; then status="over budget"; failed=1
+    elif [ $rc != 0 ]; then status="failed (exit $rc)"; failed=1; fi
+    echo "$name: $status in $((SECONDS - start)) s"
+    echo "$name,$status,$((SECONDS - start)),$budget,$out/$name.csv" >> "$out/steps.csv"
+}
+
+step parity "$budget_parity" check_bf16_parity.py --size --device --mode --pages --output -- \
+    --size "$size" --device "$device" --mode "$mode" --pages "$pages" --output "$out/parity.csv"
+step encoder "$budget_encoder" bench_encoder.py --mode --batch-sizes --dtype --device --paths --size --output -- \
+    --mode base --batch-sizes "$encode_batches" --dtype bfloat16 --device "$device" --paths all --size "$size" --output "$out/encoder.csv"
+step cost "$budget_cost" bench_cost.py --size --lengths --device --output -- \
+    --size "$size" --lengths "$lengths" --device "$device" --output "$out/cost.csv"
+step train "$budget_train" bench_train.py --size --batch-sizes --steps --device --output -- \
+    --size "$size" --batch-sizes "$train_batches" --steps "$steps" --device "$device" --output "$out/train.csv"
+
+echo
+echo "== summary ($out)"
+"$PYTHON" - "$out" <<'EOF'
+import csv, sys
+from pathlib import Path
+
+folder = Path(sys.argv[1])
+for name in ("steps", "parity", "encoder", "cost", "train"):
+    path = folder / f"{name}.csv"
+    if not path.is_file():
+        continue
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if len(rows) < 2:
+        continue
+    widths = [max(len(row[i]) if i < len(row) else 0 for row in rows) for i in range(len(rows[0]))]
+    print(f"-- {path}")
+    for row in rows:
+        print("  " + "  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+parity = folder / "parity.csv"
+if parity.is_file():
+    rows = list(csv.DictReader(open(parity, newline="")))
+    worst = max((r for r in rows if r["dtype"] == "bfloat16"), key=lambda r: float(r["centred_rel_error"]), default=None)
+    if worst:
+        print(f"parity: worst bfloat16 centred relative error {float(worst['centred_rel_error']):.2e} ({worst['attention']} path), "
+              f"{'within' if all(r['passed'] == 'True' for r in rows) else 'OVER'} the thresholds")
+EOF
+exit $failed
