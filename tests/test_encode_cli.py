@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from optical_cli.artifacts import read_jsonl
 from optical_cli.cli import app
 from optical_cli.encode import BatchRunner
+from optical_cli.features import FeatureFiles
 from optical_cli.models.deepencoder import DeepEncoderConfig
 from optical_cli.models.deepencoder.preprocess import prepare
 from optical_cli.models.loading import load_deepencoder, save_deepencoder
@@ -76,6 +77,16 @@ def test_gundam_pages_of_different_lengths_are_padded_and_counted(tmp_path):
     assert tensors["features"][1, 273:].abs().sum() == 0
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["pages"] == 2 and summary["vision_tokens"] == 583 + 273
+    # one page per shard: shards of different lengths, padded to the longest when read as one
+    result = invoke("encode", "-i", tmp_path, *TINY, "--set", "deepencoder.mode=gundam", "--set", "deepencoder.layout_tokens=true",
+                    "--set", "encode.shard_pages=1", "--output", tmp_path / "out" / "pages.safetensors", "--output-dir", tmp_path / "run2")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "pages-00001-of-00002.safetensors", "pages-00002-of-00002.safetensors", "pages.index.json"]
+    assert load_file(str(tmp_path / "out" / "pages-00002-of-00002.safetensors"))["features"].shape == (1, 273, 48)
+    features, tokens = FeatureFiles.open(tmp_path / "out" / "pages.index.json").load()
+    torch.testing.assert_close(features, tensors["features"])  # batched differently: equal up to rounding
+    assert tokens.tolist() == [583, 273] and features[1, 273:].abs().sum() == 0
 
 
 def test_text_and_render_run_directory_give_the_same_features_and_text_metrics(tmp_path):

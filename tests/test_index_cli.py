@@ -175,11 +175,11 @@ def test_rendered_documents_become_searchable(tmp_path):
     render = tmp_path / "render"
     assert invoke("render", docs, "-o", render, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code == 0
     encode = tmp_path / "encode"
-    result = invoke("encode", "-i", render, "-o", encode, "-c", CONFIG_DIR / "tiny" / "encode.yaml")
+    result = invoke("encode", "-i", render, "-o", encode, "-c", CONFIG_DIR / "tiny" / "encode.yaml", "--set", "encode.shard_pages=2")
     assert result.exit_code == 0, result.output
     pages = json.loads((encode / "metrics.json").read_text())["summary"]["pages"]
     index = tmp_path / "index"
-    result = invoke("index", "build-energy", "--input", encode / "features.safetensors", "-o", index, "--json",
+    result = invoke("index", "build-energy", "--input", encode, "-o", index, "--json",  # the encode run directory, sharded
                     "--set", "build.neighbor_k=2")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["items"] == pages >= 3
