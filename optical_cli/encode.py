@@ -137,6 +137,8 @@ def plan_inputs(inputs: list[Path], text_file: Path | None, cfg: EncodeConfig) -
             plan.pages.append(PageSource(str(path), path))
         else:
             raise InputError(f"--input {path}: no such file or directory")
+    if not plan.pages:
+        raise InputError(f"no pages to encode in {', '.join(map(str, inputs))} (a render run directory with an empty layout?)")
     for page in plan.pages:
         if page.image_path is not None:
             check_image(page.image_path, cfg.encode.max_image_side)
@@ -396,11 +398,10 @@ def feature_identity(cfg: EncodeConfig, dtype: torch.dtype) -> dict[str, str]:
             "dtype": str(dtype).removeprefix("torch."), "weights": section.weights}
 
 
-def check_shards_on_disk(cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype, features_path: Path) -> int:
-    """Before resuming: every shard on disk must hold these pages under these settings. Returns how many are there."""
+def check_shards_on_disk(cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype, features_path: Path) -> None:
+    """Before resuming: every shard on disk must hold these pages under these settings."""
     shards, identity = ShardedFeatures(features_path, cfg.encode.shard_pages), feature_identity(cfg, dtype)
     count = shards.shard_count(len(plan))
-    found = 0
     for k in range(count):
         path = shards.existing(k, count)
         if path is None:
@@ -413,8 +414,6 @@ def check_shards_on_disk(cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype
         if differs:
             raise InputError(f"--resume: {path} was encoded from other {' and '.join(differs)} than this run; "
                              "rerun with the same inputs and settings or choose a new --output-dir")
-        found += 1
-    return found
 
 
 @dataclass

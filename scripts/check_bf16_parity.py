@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import sys
 import time
 import warnings
@@ -33,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from optical_cli.artifacts import atomic_write_text  # noqa: E402
+from optical_cli.artifacts import atomic_write_csv  # noqa: E402
 from optical_cli.config import RenderSection  # noqa: E402
 from optical_cli.models.deepencoder import DeepEncoderConfig  # noqa: E402
 from optical_cli.models.deepencoder.preprocess import prepare  # noqa: E402
@@ -44,8 +42,6 @@ from optical_cli.render import iter_pages  # noqa: E402
 # on a CPU the flex path runs FlexAttention eagerly (unfused): slow, correct, and torch says so once per process
 warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
 SAMPLE = REPO / "data" / "sample" / "optical_compression.md"
-FIELDS = ["device", "size", "mode", "pages", "dtype", "attention", "centred_rel_error", "max_abs_error",
-          "min_token_cosine", "threshold", "passed", "seconds"]
 # bfloat16 keeps 8 bits of mantissa (unit roundoff 2^-9); through SAM's 12 blocks, CLIP's 24 and the
 # projector a few per cent of drift is the expected scale. Paths in float32 must agree to rounding.
 THRESHOLDS = {torch.bfloat16: 0.05, torch.float32: 1e-4}
@@ -101,11 +97,7 @@ def main() -> int:
                              "passed": error <= THRESHOLDS[dtype], "seconds": f"{seconds:.2f}"})
                 print(f"{rows[-1]['dtype']:8s} {path:7s} centred relative error {error:.2e} (max page; threshold "
                       f"{THRESHOLDS[dtype]:g}), worst token cosine {cosine:.5f}")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(args.output, buffer.getvalue())
+    atomic_write_csv(args.output, rows)
     print(f"reference: float32, mask path; {len(pixels)} {args.mode} pages of {SAMPLE.name}; {args.size} random weights on {device}")
     print(f"wrote {args.output}")
     return 0 if all(row["passed"] for row in rows) else 1

@@ -33,7 +33,7 @@ fi
 
 if [ "$dry" = 1 ]; then
     out=${out:-results/bench/gpu-dry}
-    device=cpu size=tiny mode=tiny pages=2
+    device=cpu size=tiny mode=tiny pages=1
     encode_batches=1,2 lengths=1024,2048 train_batches=1,2 steps=1
     # budgets here are generous caps for a busy 2-core CPU, not a plan
     budget_parity=120 budget_encoder=240 budget_cost=240 budget_train=240

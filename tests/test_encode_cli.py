@@ -133,6 +133,9 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
     run_dir.mkdir()
     (run_dir / "layout.jsonl").write_text('{"page": 1}\n')
     assert "lacks source/image/lines" in one_line_error(invoke("encode", "-i", run_dir, *TINY))
+    (run_dir / "layout.jsonl").write_text("")
+    assert "no pages to encode" in one_line_error(invoke("encode", "-i", run_dir, *TINY))
+    assert "--resume needs --output-dir" in one_line_error(invoke("encode", "-i", tmp_path / "big.png", *TINY, "--resume"))
 
 
 def test_corrupt_weights_give_one_line_and_exit_2(tmp_path, tiny_weights):
