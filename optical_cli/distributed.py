@@ -93,13 +93,26 @@ class Processes:
         return out
 
 
+def _leave_group() -> None:
+    """Close the process group while the interpreter is still whole: left to the exit-time
+    destructors, gloo's worker threads are torn down joinable and the process aborts
+    ("terminate called without an active exception", exit -6) after a run that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def join(device) -> Processes:
     """This run's processes; joins the process group through accelerate when launched with more
     than one (``device``: the run's resolved torch.device, CPU -> gloo, CUDA -> NCCL)."""
     if launched_count() == 1:
         return Processes()
+    import atexit
+
     from accelerate import PartialState
 
     state = PartialState(cpu=device.type == "cpu")
+    atexit.register(_leave_group)
     gpu = state.device if state.device.type == "cuda" else None
     return Processes(state.process_index, state.num_processes, gpu)
