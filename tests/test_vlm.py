@@ -20,6 +20,24 @@ def reader():
     return VisionLanguageReader(model, tokenizer, adapter)
 
 
+@pytest.fixture(scope="module")
+def reference(reader):
+    """transformers' own Qwen3VLForConditionalGeneration (a tiny vision tower) with our model's
+    language-model weights: the reference for positions, logits and the checkpoint layout."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    ours = reader.model.config
+    config = Qwen3VLConfig(
+        text_config=ours.text_config.to_dict(), tie_word_embeddings=ours.tie_word_embeddings,
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, deepstack_visual_indexes=[],
+                           out_hidden_size=ours.text_config.hidden_size, num_position_embeddings=16),
+    )
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    missing, unexpected = model.load_state_dict(reader.model.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("model.visual.") for name in missing)
+    return model
+
+
 def test_tokenizer_special_ids_are_the_models(reader):
     config = reader.model.config
     tok = reader.tokenizer
@@ -46,13 +64,13 @@ def test_vision_tokens_sit_inside_the_user_turn_between_markers(reader):
     assert tok.decode(ids[user_end + 1:]) == "\nassistant\n"
 
 
-def test_positions_equal_qwen3_vl_image_positions(reader):
+def test_positions_equal_qwen3_vl_image_positions(reader, reference):
     layout = build_layout(reader.tokenizer, "Question?", page_tokens=[16, 16, 6])
     assert [vision_grid(n) for n in (16, 16, 6)] == layout.grids == [(4, 4), (4, 4), (1, 6)]
     merge = reader.model.config.vision_config.spatial_merge_size
     grids = torch.tensor([[1, h * merge, w * merge] for h, w in layout.grids])
-    expected, delta = reader.model.model.get_rope_index(layout.input_ids[None], layout.vision_mask.int()[None],
-                                                        image_grid_thw=grids)
+    expected, delta = reference.model.get_rope_index(layout.input_ids[None], layout.vision_mask.int()[None],
+                                                   image_grid_thw=grids)
     assert torch.equal(layout.position_ids[1:], expected[:, 0])
     assert layout.rope_delta == int(delta)
     assert torch.equal(layout.position_ids[0], torch.arange(layout.length))
@@ -151,10 +169,25 @@ def test_reader_from_config_checks_the_adapter(tmp_path):
         VisionLanguageReader.from_config(VLMSection(source="random"), torch.device("cpu"), torch.float32, adapter_path=path)
 
 
-def test_local_model_directory_loads_through_the_loading_layer(tmp_path, reader):
-    reader.model.save_pretrained(tmp_path / "qwen3-vl-tiny")
+def test_language_model_alone_gives_the_full_models_logits_without_a_vision_tower(reader, reference):
+    assert not any(name.startswith("model.visual.") for name in reader.model.state_dict())
+    assert reader.model.lm_head.weight is reader.embed_tokens.weight  # tied, as in Qwen3-VL-2B
+    layout = build_layout(reader.tokenizer, "Question?", page_tokens=[16, 6], preamble="Read:\n")
+    vision = torch.randn(2 * 11, 64)
+    embeds = splice(reader.embed_tokens, layout.input_ids, layout.vision_mask, vision)[None]
+    positions = layout.position_ids[:, None]
+    with torch.no_grad():
+        ours = reader.model(inputs_embeds=embeds, position_ids=positions).logits
+        theirs = reference(inputs_embeds=embeds, position_ids=positions).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert ours.abs().max() > 0.1
+
+
+def test_a_qwen3_vl_checkpoint_loads_into_the_language_model_skipping_its_vision_tower(tmp_path, reader, reference):
+    reference.save_pretrained(tmp_path / "qwen3-vl-tiny")  # the checkpoint layout transformers writes for Qwen3-VL
     loaded = loading.load_qwen3_vl(str(tmp_path / "qwen3-vl-tiny"), torch.device("cpu"), torch.float32)
     assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    assert loaded.state_dict().keys() == reader.model.state_dict().keys()
     for (name, a), (_, b) in zip(reader.model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     with pytest.raises(loading.ModelNotFoundError, match="not in the local Hugging Face cache|could not fetch"):

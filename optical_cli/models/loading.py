@@ -106,13 +106,12 @@ QWEN_TIKTOKEN = "qwen-tiktoken"  # tokenizer source: the Qwen BPE shipped by the
 RANDOM_SOURCE = "random"  # model source: random weights from a config (tests, tiny configs, speed runs)
 
 
-def build_random_qwen3_vl(dims: dict, seed: int = 0):
-    """A Qwen3-VL with random weights and the given text dims (keys of Qwen3VLTextConfig).
-
-    The vision tower is kept minimal: the optical path feeds embeddings directly and never
-    runs it. ``mrope_section`` must sum to head_dim/2, the model's own requirement.
-    """
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+def qwen3_vl_config(dims: dict):
+    """A Qwen3VLConfig with the given text dims (keys of Qwen3VLTextConfig plus ``mrope_section``,
+    ``rope_theta``, ``tie_word_embeddings``). The vision config keeps its defaults: it is never
+    built (see :mod:`optical_cli.models.language_model`). ``mrope_section`` must sum to
+    head_dim/2, the model's own requirement."""
+    from transformers import Qwen3VLConfig
 
     dims = dict(dims)
     mrope = list(dims.pop("mrope_section"))
@@ -121,37 +120,43 @@ def build_random_qwen3_vl(dims: dict, seed: int = 0):
     head_dim = dims.get("head_dim", 128)
     if sum(mrope) * 2 != head_dim:
         raise ConfigError(f"random Qwen3-VL: mrope_section {mrope} must sum to head_dim/2 = {head_dim // 2}")
-    config = Qwen3VLConfig(
+    return Qwen3VLConfig(
         text_config=dict(
             dims,
             rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope, "mrope_interleaved": True},
         ),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
-                           out_hidden_size=dims["hidden_size"], deepstack_visual_indexes=[], num_position_embeddings=16),
         tie_word_embeddings=tie,
     )
+
+
+def build_random_qwen3_vl(dims: dict, seed: int = 0):
+    """Qwen3-VL's language model (no vision tower) with random weights and the given text dims."""
+    from .language_model import Qwen3VLLanguageModel
+
+    config = qwen3_vl_config(dims)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Qwen3VLForConditionalGeneration(config)
+        return Qwen3VLLanguageModel(config)
 
 
 def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_dims: dict | None = None, seed: int = 0):
-    """Qwen3VLForConditionalGeneration from a hub id or local directory, or random from ``random_dims``.
+    """Qwen3-VL's language model (``Qwen3VLLanguageModel``: the decoder and LM head, not the vision
+    tower, which this package never runs) from a hub id or local directory, or random from ``random_dims``.
 
     Returned in eval mode with every parameter frozen: nothing in this package trains the LLM.
     """
+    from .language_model import Qwen3VLLanguageModel
+
     if source == RANDOM_SOURCE:
         if not random_dims:
             raise ConfigError("vlm.source=random needs a vlm.random section with the text dims")
         model = build_random_qwen3_vl(random_dims, seed)
     else:
-        from transformers import Qwen3VLForConditionalGeneration
-
         path = resolve_local_or_hub(source, ["*.json", "*.safetensors", "*.txt", "*.tiktoken", "*.model"])
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} has no config.json; point vlm.source at a Qwen3-VL model directory or hub id")
         try:
-            model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+            model = Qwen3VLLanguageModel.from_pretrained(path, dtype=dtype)
         except (OSError, ValueError) as exc:
             raise ModelNotFoundError(f"could not load Qwen3-VL from {path}: {exc}") from None
     model.to(device=device, dtype=dtype).eval()

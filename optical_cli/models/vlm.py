@@ -181,7 +181,7 @@ def _cache_argument(model) -> str:
 class VisionLanguageReader:
     """Qwen3-VL reading a document as native text or as adapted optical tokens.
 
-    Build with a frozen ``Qwen3VLForConditionalGeneration`` (``loading.load_qwen3_vl``), its
+    Build with a frozen Qwen3-VL language model (``loading.load_qwen3_vl``), its
     tokenizer (``loading.load_chat_tokenizer``) and, for the optical path, an
     :class:`~optical_cli.models.adapter.OpticalAdapter` (``loading.load_adapter``).
     """

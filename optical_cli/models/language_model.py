@@ -1,0 +1,63 @@
+"""Qwen3-VL's language model alone: the decoder and the LM head, without the vision tower.
+
+Our chain never runs Qwen3-VL's own vision tower (DeepEncoder and the adapter replace it), so
+holding it would cost memory for nothing (about 0.4B parameters at 2B). This class keeps the
+checkpoint's key layout (``model.language_model.*`` and ``lm_head.weight``, tied to the token
+embeddings when the config says so), so a real Qwen3-VL checkpoint loads into it with
+``from_pretrained`` and its ``model.visual.*`` tensors are skipped. Its forward gives the same
+logits as ``Qwen3VLForConditionalGeneration`` for inputs given as embeddings with explicit
+position ids [4, B, L], which is how :mod:`optical_cli.models.vlm` and training call it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLPreTrainedModel, Qwen3VLTextModel
+
+
+class LanguageStack(nn.Module):
+    """Holds the decoder under the checkpoint's name ``language_model`` (Qwen3VLModel without ``visual``)."""
+
+    def __init__(self, config: Qwen3VLConfig):
+        super().__init__()
+        self.language_model = Qwen3VLTextModel._from_config(config.text_config)
+
+    def forward(self, **kwargs):
+        return self.language_model(**kwargs)
+
+
+class Qwen3VLLanguageModel(Qwen3VLPreTrainedModel):
+    """Qwen3-VL minus its vision tower; same parameter names as ``Qwen3VLForConditionalGeneration``."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _keys_to_ignore_on_load_unexpected = [r"^model\.visual\."]
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: Qwen3VLConfig):
+        super().__init__(config)
+        self.model = LanguageStack(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.language_model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.language_model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache=None, use_cache: bool = False, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+        """``inputs_embeds`` [B, L, H]; ``position_ids`` [4, B, L] (text, then t/h/w rows)."""
+        out = self.model(inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=attention_mask,
+                         cache=cache, use_cache=use_cache, **kwargs)
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return CausalLMOutputWithPast(logits=self.lm_head(hidden), cache=out.cache)
+

@@ -1,0 +1,59 @@
+"""The full-size configs build the published architectures: counted on the meta device (no memory).
+
+Published counts: DeepEncoder 401,369,600 (specs/deepencoder.md); the adapter 1280 -> 3072 -> 2048
++ LayerNorm + 200 page embeddings 10,642,432; Qwen3-VL-2B-Instruct's language model 1,720,574,976
+(the same text architecture as Qwen3-1.7B, whose published count this is: KerasHub preset
+``qwen3_1.7b_en`` and llama.cpp's ``n_params``; 1.721B "LM parameters, calculated from the
+tensors stored in the upstream checkpoint" of Qwen3-VL-2B-Instruct on the OpenExplorer model card).
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from optical_cli.config import load_config
+from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, parameter_count
+from optical_cli.models.deepencoder import DeepEncoder, DeepEncoderConfig, count_parameters
+from optical_cli.models.language_model import Qwen3VLLanguageModel
+from optical_cli.models.loading import qwen3_vl_config
+
+FULLSIZE = Path(__file__).resolve().parent.parent / "configs" / "fullsize"
+CONFIGS = [("train-adapter", FULLSIZE / "qwen3_vl.yaml"), ("longbench", FULLSIZE / "longbench.yaml")]
+
+QWEN3_VL_2B_LANGUAGE_MODEL = 1_720_574_976
+QWEN3_VL_2B_EMBEDDINGS = 151_936 * 2048  # tied: the LM head shares them
+
+
+def on_meta(build):
+    with torch.device("meta"):
+        return build()
+
+
+@pytest.mark.parametrize("command,path", CONFIGS, ids=lambda v: getattr(v, "name", v))
+def test_fullsize_config_builds_the_published_architectures(command, path):
+    cfg = load_config(command, path)
+    assert cfg.vlm.source == "random" and cfg.deepencoder.weights == "random"  # offline, whatever the hub holds
+    language_model = on_meta(lambda: Qwen3VLLanguageModel(qwen3_vl_config(cfg.vlm.random.model_dump())))
+    assert parameter_count(language_model) == QWEN3_VL_2B_LANGUAGE_MODEL
+    assert language_model.lm_head.weight is language_model.get_input_embeddings().weight
+    assert language_model.get_input_embeddings().weight.numel() == QWEN3_VL_2B_EMBEDDINGS
+    assert not any(name.startswith("model.visual.") for name in language_model.state_dict())
+    text = language_model.config.text_config
+    assert text.rope_parameters["mrope_section"] == [24, 20, 20] and text.rope_parameters["mrope_interleaved"]
+    assert text.rope_parameters["rope_theta"] == 5_000_000.0
+
+    encoder_cfg = DeepEncoderConfig.named(cfg.deepencoder.architecture)
+    assert count_parameters(on_meta(lambda: DeepEncoder(encoder_cfg))) == 401_369_600
+
+    max_pages = cfg.adapter.max_pages if command == "train-adapter" else cfg.bench.max_pages
+    hidden_dim = cfg.adapter.hidden_dim if command == "train-adapter" else AdapterConfig().hidden_dim
+    adapter = on_meta(lambda: OpticalAdapter(AdapterConfig(encoder_cfg.out_dim, hidden_dim, text.hidden_size, max_pages)))
+    assert parameter_count(adapter) == 10_642_432
+    assert adapter.config.llm_dim == text.hidden_size == 2048  # the adapter writes the LM's embedding width
+
+
+def test_both_fullsize_configs_describe_the_same_models():
+    train, bench = (load_config(command, path) for command, path in CONFIGS)
+    assert train.vlm == bench.vlm and train.deepencoder == bench.deepencoder
+    assert train.render.font_size == bench.render.font_size
