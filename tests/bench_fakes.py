@@ -17,6 +17,8 @@ class FakeReader:
 
     random_weights = True
     description = "fake reader (tests)"
+    parameters = {"deepencoder": None, "adapter": None, "language_model": 0}
+    device = None
 
     def __init__(self, fail=None, max_input_tokens=None):
         self.fail = fail or {}
@@ -58,4 +60,4 @@ class FakeReader:
         self._maybe_fail(prompt, "pages")
         assert prompt.document == ""
         return Generation("The correct answer is B", self.vision_tokens(pages) + len(prompt.question.split()),
-                          prefill_s=0.01, decode_s=0.02, encode_s=0.005)
+                          prefill_s=0.01, decode_s=0.02, encode_s=0.005, adapter_s=0.001)

@@ -8,6 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
+from optical_cli.config import load_config
+from optical_cli.render import PageRenderer
 
 from bench_fakes import FakeReader
 
@@ -103,6 +105,21 @@ def test_tiny_models_end_to_end(tmp_path, monkeypatch):
     native = rows[("syn-long-hard-1", "native")]
     assert native["truncated"] == "1" and int(native["context_tokens"]) == 96
     assert int(native["input_tokens"]) > int(rows[("syn-long-hard-1", "no-context")]["input_tokens"])
+    # the latency split: stages measured inside latency_s, the adapter on its own, memory per row
+    stages = ("render_s", "encode_s", "adapter_s", "prefill_s", "decode_s")
+    assert float(optical["adapter_s"]) > 0 and float(native["adapter_s"]) == 0
+    for row in (optical, native):
+        assert 0 < sum(float(row[k]) for k in stages) <= float(row["latency_s"]) + 1e-3
+        assert float(row["peak_memory_gib"]) > 0
+    context = next(json.loads(line)["context"] for line in FIXTURE.read_text().splitlines() if "syn-long-hard-1" in line)
+    laid_out = PageRenderer(load_config("longbench", "configs/tiny/longbench.yaml").render).layout(context)[0]
+    assert float(optical["chars_per_page"]) == pytest.approx(len(context) / len(laid_out), abs=1e-3)
+    # adapter 48 -> 3072 -> 64, LayerNorm(64), one page embedding (bench.max_pages=1)
+    assert summary["parameters"]["adapter"] == (48 * 3072 + 3072) + (3072 * 64 + 64) + 2 * 64 + 1 * 64
+    assert summary["parameters"]["language_model"] > summary["parameters"]["deepencoder"] > 0
+    assert summary["peak_memory_gib"]["cpu_rss_gib"] >= max(float(r["peak_memory_gib"]) for r in rows.values())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parameters"] == summary["parameters"] and manifest["peak_memory_gib"] == summary["peak_memory_gib"]
 
 
 def test_optical_without_an_adapter_is_a_config_error(tmp_path, monkeypatch):

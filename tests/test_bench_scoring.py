@@ -56,7 +56,8 @@ def test_middle_truncation_keeps_both_ends():
 def _row(id_, condition, correct, status="ok", length="short", difficulty="easy"):
     return {"id": id_, "condition": condition, "correct": correct, "status": status, "length": length,
             "difficulty": difficulty, "input_tokens": 100, "context_tokens": 80, "doc_tokens": 400, "pages": 0,
-            "truncated": False, "render_s": 0.0, "encode_s": 0.0, "prefill_s": 0.1, "decode_s": 0.2, "latency_s": 0.3}
+            "chars_per_page": None, "truncated": False, "render_s": 0.0, "encode_s": 0.0, "adapter_s": 0.0,
+            "prefill_s": 0.1, "decode_s": 0.2, "latency_s": 0.3, "peak_memory_gib": 1.5}
 
 
 def test_summary_counts_failures_as_wrong():

@@ -59,6 +59,15 @@ def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
     assert summary["reading"]["compression"] == pytest.approx(reading["text_tokens"] / 64)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "ok" and manifest["random_weights"] is True
+    # sizes and cost of the run, in the JSON and the manifest
+    parameters = summary["parameters"]
+    assert parameters["adapter"] == (48 * 96 + 96) + (96 * 64 + 64) + 2 * 64 + 8 * 64  # tiny adapter 48 -> 96 -> 64, 8 pages
+    assert parameters["language_model"] > parameters["deepencoder"] > 0
+    assert manifest["parameters"] == parameters and manifest["peak_memory_gib"] == summary["peak_memory_gib"]
+    assert summary["peak_memory_gib"]["cpu_rss_gib"] > 0.1 and summary["step_s"] > 0
+    pages = summary["training_pages"]
+    assert pages["text_tokens_per_vision_token"] == pytest.approx(pages["text_tokens_per_page"] / 64, abs=1e-3)
+    assert 0 < pages["target_coverage"] <= 1
 
 
 def test_resume_continues_exactly(tmp_path, cache, reader):

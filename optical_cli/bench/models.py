@@ -30,11 +30,19 @@ class QwenOpticalReader:
     """Implements the benchmark's Reader protocol over the project's models."""
 
     def __init__(self, vlm, *, renderer=None, encoder=None, random_weights: bool, description: str):
+        from ..models.adapter import parameter_count
+
         self.vlm = vlm          # models.vlm.VisionLanguageReader
         self.renderer = renderer  # render.PageRenderer at the encoder's page size
         self.encoder = encoder    # train.DeepEncoderPages: the frozen encoder of `optical encode`
         self.random_weights = random_weights
         self.description = description
+        self.device = vlm.device
+        self.parameters = {
+            "deepencoder": None if encoder is None else encoder.parameter_count(),
+            "adapter": None if vlm.adapter is None else parameter_count(vlm.adapter),
+            "language_model": parameter_count(vlm.model),
+        }
         self.max_positions = int(getattr(vlm.model.config.text_config, "max_position_embeddings", 0)) or None
         self._tokens_per_page: int | None = None
 
@@ -57,7 +65,7 @@ class QwenOpticalReader:
             question_prompt=prompt.question, document_text=prompt.document or None, preamble=prompt.preamble,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
         )
-        return Generation(text, stats["input_tokens"], stats["prefill_s"], _decode_s(stats))
+        return Generation(text, stats["input_tokens"], stats["prefill_s"], stats["decode_s"])
 
     # -- pages -----------------------------------------------------------------------------
     def render(self, text: str, max_pages: int) -> tuple[list[Any], int]:
@@ -93,13 +101,8 @@ class QwenOpticalReader:
             question_prompt=prompt.question, vision_features=features, preamble=prompt.preamble,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
         )
-        return Generation(text, stats["input_tokens"], stats["prefill_s"], _decode_s(stats), encode_s=encode_s)
-
-
-def _decode_s(stats: dict) -> float:
-    """Everything generate timed except the prefill: the decode loop, plus (optical) the adapter
-    MLP and the embedding splice, which run before the prefill and are small beside it."""
-    return max(0.0, stats["total_s"] - stats["prefill_s"])
+        return Generation(text, stats["input_tokens"], stats["prefill_s"], stats["decode_s"], encode_s=encode_s,
+                          adapter_s=stats["adapter_s"])
 
 
 def build_reader(cfg, conditions: Sequence[str]) -> QwenOpticalReader:

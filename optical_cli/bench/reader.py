@@ -26,7 +26,8 @@ class Generation:
     input_tokens: int       # every token the prefill saw: template, document or vision tokens, question
     prefill_s: float
     decode_s: float
-    encode_s: float = 0.0   # page encoding + adapter (optical only)
+    encode_s: float = 0.0   # page encoding (optical only)
+    adapter_s: float = 0.0  # adapter and embedding splice (optical only)
 
 
 class Reader(Protocol):
@@ -35,6 +36,11 @@ class Reader(Protocol):
     random_weights: bool
     #: A one-line description of the models, written into summary.json.
     description: str
+    #: Parameters of each model it holds (``deepencoder``, ``adapter``, ``language_model``; None
+    #: for a model the chosen conditions do not load), written into summary.json.
+    parameters: dict
+    #: Where the models run (a ``torch.device``; None for a reader without one): its peak memory is recorded.
+    device: Any
 
     def encode_text(self, text: str) -> list[int]: ...
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 from ..artifacts import atomic_write_text
 from ..distributed import Processes
 from ..errors import InputError
+from ..memory import PeakMemory, headline_gib
 from .data import LongBenchItem
 from .prompts import PromptParts, document_prompt, middle_truncate, no_context_prompt
 from .reader import ContextExceeded, Generation, Reader
@@ -40,10 +41,12 @@ CONDITIONS = ("native", "optical", "native-matched", "no-context")
 COLUMNS = (
     "id", "condition", "length", "difficulty", "domain", "status", "reason",
     "answer", "prediction", "correct", "input_tokens", "context_tokens", "doc_tokens",
-    "pages", "truncated", "latency_s", "render_s", "encode_s", "prefill_s", "decode_s", "output",
+    "pages", "chars_per_page", "truncated", "latency_s", "render_s", "encode_s", "adapter_s", "prefill_s",
+    "decode_s", "peak_memory_gib", "output",
 )
 _INT_COLUMNS = ("input_tokens", "context_tokens", "doc_tokens", "pages")
-_FLOAT_COLUMNS = ("latency_s", "render_s", "encode_s", "prefill_s", "decode_s")
+_FLOAT_COLUMNS = ("chars_per_page", "latency_s", "render_s", "encode_s", "adapter_s", "prefill_s", "decode_s",
+                  "peak_memory_gib")
 _BOOL_COLUMNS = ("correct", "truncated")
 
 
@@ -145,6 +148,7 @@ class _OpticalPlan:
     context_tokens: int
     truncated: bool
     render_s: float
+    chars_per_page: float  # document characters per page of the whole layout: how full the pages are
 
 
 @dataclass
@@ -156,6 +160,7 @@ class _Attempt:
     pages: int = 0
     truncated: bool = False
     render_s: float = 0.0
+    chars_per_page: float | None = None
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:
@@ -197,10 +202,11 @@ def seed_for(seed: int, item_id: str, condition: str) -> int:
 class _ItemRunner:
     """Runs the conditions of one item, sharing the optical plan between two of them."""
 
-    def __init__(self, reader: Reader, settings: BenchSettings, item: LongBenchItem):
+    def __init__(self, reader: Reader, settings: BenchSettings, item: LongBenchItem, memory: PeakMemory):
         self.reader = reader
         self.settings = settings
         self.item = item
+        self.memory = memory
         self._plan: _OpticalPlan | None = None
         self._doc_ids: list[int] | None = None
 
@@ -216,7 +222,8 @@ class _ItemRunner:
             start = time.perf_counter()
             kept, total = self.reader.render(self.item.context, self.settings.max_pages)
             render_s = time.perf_counter() - start
-            self._plan = _OpticalPlan(kept, self.reader.vision_tokens(kept), len(kept) < total, render_s)
+            self._plan = _OpticalPlan(kept, self.reader.vision_tokens(kept), len(kept) < total, render_s,
+                                      len(self.item.context) / max(1, total))
         return self._plan
 
     def _text_attempt(self, budget: int) -> _Attempt:
@@ -240,17 +247,25 @@ class _ItemRunner:
         if condition == "optical":
             attempt = _Attempt(
                 document_prompt(self.item, ""), context_tokens=plan.context_tokens, pages=len(plan.pages),
-                truncated=plan.truncated, render_s=plan.render_s,
+                truncated=plan.truncated, render_s=plan.render_s, chars_per_page=plan.chars_per_page,
             )
             return attempt, lambda a: self.reader.read_pages(a.prompt, plan.pages, **options)
         raise InputError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
 
     def run(self, condition: str) -> dict[str, Any]:
+        """One (item, condition) as a row; its peak memory is measured on its own."""
+        with self.memory.stage() as peaks:
+            row = self._run(condition)
+        row["peak_memory_gib"] = headline_gib(peaks)
+        return row
+
+    def _run(self, condition: str) -> dict[str, Any]:
         row: dict[str, Any] = {
             "id": self.item.id, "condition": condition, "length": self.item.length,
             "difficulty": self.item.difficulty, "domain": self.item.domain, "answer": self.item.answer,
             "status": "ok", "reason": "", "prediction": None, "correct": False, "output": "",
-            "pages": 0, "truncated": False, "render_s": 0.0, "encode_s": 0.0, "prefill_s": None, "decode_s": None,
+            "pages": 0, "truncated": False, "render_s": 0.0, "encode_s": 0.0, "adapter_s": 0.0,
+            "prefill_s": None, "decode_s": None,
         }
         try:
             row["doc_tokens"] = len(self.doc_ids())
@@ -263,7 +278,8 @@ class _ItemRunner:
         start = time.perf_counter()
         try:
             attempt, generate = self.attempt(condition)
-            row.update(context_tokens=attempt.context_tokens, pages=attempt.pages, truncated=attempt.truncated, render_s=attempt.render_s)
+            row.update(context_tokens=attempt.context_tokens, pages=attempt.pages, truncated=attempt.truncated,
+                       render_s=attempt.render_s, chars_per_page=attempt.chars_per_page)
             generation = generate(attempt)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded on the item and counted wrong
             row["status"], row["reason"] = _failure(exc)
@@ -271,7 +287,7 @@ class _ItemRunner:
             prediction = extract_answer(generation.text)
             row.update(
                 output=generation.text, prediction=prediction, correct=prediction == self.item.answer,
-                input_tokens=generation.input_tokens, encode_s=generation.encode_s,
+                input_tokens=generation.input_tokens, encode_s=generation.encode_s, adapter_s=generation.adapter_s,
                 prefill_s=generation.prefill_s, decode_s=generation.decode_s,
             )
         row["latency_s"] = time.perf_counter() - start
@@ -293,6 +309,7 @@ def run_benchmark(
     resume: bool = False,
     progress: Callable[..., None] | None = None,
     procs: Processes | None = None,
+    memory: PeakMemory | None = None,
 ) -> list[dict[str, Any]] | None:
     """Run every (item, condition) not yet in ``items_csv``; return the rows of this selection.
 
@@ -301,9 +318,11 @@ def run_benchmark(
     process appends to its own ``items.part-NN.csv``, and the main process merges them into
     ``items.csv`` in item and condition order, whatever the process count or resume history.
     It returns the rows there and None elsewhere. Parts left by an interrupted run of any process
-    count are merged first on --resume.
+    count are merged first on --resume. ``memory`` (default: one on ``reader.device``) measures
+    each row's peak and the run's.
     """
     procs = procs or Processes()
+    memory = memory or PeakMemory(reader.device)
     if not resume and (_has_rows(items_csv) or _parts(items_csv)):
         raise InputError(f"{items_csv} already exists; pass --resume to continue that run or choose another --output-dir")
     order = {item.id: n for n, item in enumerate(items)}
@@ -321,7 +340,7 @@ def run_benchmark(
             (item.id, c) not in done for item in mine for c in settings.conditions), description="resumed" if rows else None)
     target = items_csv if procs.count == 1 else _part(items_csv, procs.index)
     for item in mine:
-        item_runner = _ItemRunner(reader, settings, item)
+        item_runner = _ItemRunner(reader, settings, item, memory)
         for condition in settings.conditions:
             if (item.id, condition) in done:
                 continue
@@ -397,6 +416,7 @@ def load_selection(section: Any, seed: int) -> list[LongBenchItem]:
 def finish_run(
     rows: list[dict[str, Any]], settings: BenchSettings, out_dir: Path, *,
     reader_description: str, random_weights: bool, data_source: str, plots: bool = True,
+    parameters: dict | None = None, peak_memory_gib: dict | None = None,
 ) -> dict[str, Any]:
     """Write ``summary.json`` (and the plots) for the rows of this selection; return the summary."""
     from ..artifacts import atomic_write_json
@@ -405,6 +425,7 @@ def finish_run(
     summary = summarize(rows, settings.conditions)
     summary.update(
         models=reader_description, random_weights=random_weights, data=data_source,
+        parameters=parameters or {}, peak_memory_gib=peak_memory_gib or {},
         items=len({row["id"] for row in rows}),
         settings={"conditions": list(settings.conditions), "max_context_tokens": settings.max_context_tokens,
                   "max_pages": settings.max_pages, "max_new_tokens": settings.max_new_tokens,

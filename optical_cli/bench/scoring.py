@@ -106,10 +106,12 @@ def summarize_condition(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "mean_pages": _mean(row["pages"] for row in completed if row["pages"]),
         # document text tokens per token of context the model actually received
         "compression_ratio": doc_tokens / context_tokens if doc_tokens and context_tokens else None,
+        "mean_chars_per_page": _mean(row["chars_per_page"] for row in completed if row["pages"]),
         "mean_latency_s": {
             stage: _mean(row[f"{stage}_s"] for row in completed)
-            for stage in ("render", "encode", "prefill", "decode", "latency")
+            for stage in ("render", "encode", "adapter", "prefill", "decode", "latency")
         },
+        "max_peak_memory_gib": max((row["peak_memory_gib"] for row in rows if row["peak_memory_gib"] is not None), default=None),
     }
 
 

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from .. import config as config_mod
+from ..memory import PeakMemory
 from .common import (
     ConfigOpt,
     JsonOpt,
@@ -79,10 +80,16 @@ def _print_longbench(summary: dict) -> None:
             ("mean input tokens", "-" if block["mean_input_tokens"] is None else f"{block['mean_input_tokens']:.0f}"),
             ("truncated (completed items)", str(block["truncated"])),
             ("compression (doc tokens / context tokens)", "-" if block["compression_ratio"] is None else f"{block['compression_ratio']:.2f}x"),
-            ("latency s: render / encode / prefill / decode / total",
-             " / ".join("-" if latency[k] is None else f"{latency[k]:.3f}" for k in ("render", "encode", "prefill", "decode", "latency"))),
+            ("characters per page", "-" if block["mean_chars_per_page"] is None else f"{block['mean_chars_per_page']:.0f}"),
+            ("latency s: render / encode / adapter / prefill / decode / total",
+             " / ".join("-" if latency[k] is None else f"{latency[k]:.3f}"
+                        for k in ("render", "encode", "adapter", "prefill", "decode", "latency"))),
+            ("peak memory GiB (largest item)", "-" if block["max_peak_memory_gib"] is None else f"{block['max_peak_memory_gib']:.2f}"),
         ]
         print_table(f"LongBench v2: {condition}{suffix}", rows)
+    counts = ", ".join(f"{name} {count:,}" for name, count in summary["parameters"].items() if count is not None)
+    err.print(f"parameters: {counts}; run peak memory: "
+              + ", ".join(f"{key} {value:.2f}" for key, value in summary["peak_memory_gib"].items()))
     for test in summary["mcnemar"]:
         err.print(escape(
             f"McNemar exact {test['first']} vs {test['second']}: n={test['n']}, only {test['first']} right "
@@ -126,17 +133,21 @@ def bench_longbench(
         reader = build_reader(cfg, settings.conditions)
         if reader.random_weights and procs.is_main:
             err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
+        memory = PeakMemory(reader.device)
         with run_dir("longbench", cfg, output_dir, procs=procs) as run:
             with progress_bar("longbench", total=len(items) * len(settings.conditions)) as advance:
                 rows = run_benchmark(reader, items, settings, run.file("items.csv"), resume=resume, progress=advance,
-                                     procs=procs)
+                                     procs=procs, memory=memory)
+            peaks = procs.gather(memory.run_peak())  # every process's; the report keeps the busiest
             if rows is None:  # not the main process: the main one merges and reports
                 return
             summary = finish_run(
                 rows, settings, run.path, reader_description=reader.description,
                 random_weights=reader.random_weights, data_source=cfg.bench.data, plots=cfg.bench.plots,
+                parameters=reader.parameters, peak_memory_gib={key: max(p[key] for p in peaks) for key in peaks[0]},
             )
             run.record_existing("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
+            run.update(parameters=summary["parameters"], peak_memory_gib=summary["peak_memory_gib"])
             _print_longbench(summary)
             if json_out:
                 emit_json(summary)

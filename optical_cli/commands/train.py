@@ -89,11 +89,14 @@ def train_adapter_command(
 
             result = train_adapter(cfg, run.path, resume=checkpoint, progress=on_event, documents=documents, reader=reader)
             run.record_existing("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl")
-            run.update(result=dataclasses.asdict(result), random_weights=random_weights)
+            run.update(result=dataclasses.asdict(result), parameters=result.parameters,
+                       peak_memory_gib=result.peak_memory_gib, random_weights=random_weights)
         if not procs.is_main:  # under accelerate launch only the main process reports
             return
         summary = {**dataclasses.asdict(result), "random_weights": random_weights}
-        rows = [(k, v) for k, v in summary.items() if k != "reading"] + [(f"reading.{k}", v) for k, v in result.reading.items()]
+        rows = [(f"{key}.{inner}", value) if isinstance(block, dict) else (key, block)
+                for key, block in summary.items()
+                for inner, value in (block.items() if isinstance(block, dict) else [(None, block)])]
         print_table("train-adapter", rows)
         if json_out:
             emit_json({"run_dir": str(run.path), **summary})

@@ -257,21 +257,25 @@ class VisionLanguageReader:
 
         Returns:
             ``(text, stats)``; stats: ``input_tokens`` (prompt length incl. vision tokens),
-            ``vision_tokens``, ``pages``, ``new_tokens``, ``prefill_s``, ``total_s``.
+            ``vision_tokens``, ``pages``, ``new_tokens``, ``adapter_s`` (adapter and embedding
+            splice), ``prefill_s``, ``decode_s``, ``total_s``.
         """
         pages = None if vision_features is None else [int(vision_features.shape[1])] * int(vision_features.shape[0])
         layout = build_layout(self.tokenizer, question_prompt, pages, document_text, preamble=preamble)
         start = time.perf_counter()
         vision = None if vision_features is None else self.adapt(vision_features)
         embeds = splice(self.embed_tokens, layout.input_ids.to(self.device), layout.vision_mask.to(self.device), vision)
+        synchronize(self.device)
+        adapter_s = time.perf_counter() - start
         ids, prefill_s = self.generate_from_embeds(embeds[None], layout.position_ids, layout.rope_delta,
                                                    max_new_tokens, temperature, seed)
         synchronize(self.device)
         total_s = time.perf_counter() - start
         stats = {
             "input_tokens": layout.length, "vision_tokens": int(layout.vision_mask.sum()),
-            "pages": len(pages or []), "new_tokens": len(ids),
-            "prefill_s": round(prefill_s, 4), "total_s": round(total_s, 4),
+            "pages": len(pages or []), "new_tokens": len(ids), "adapter_s": round(adapter_s, 4),
+            "prefill_s": round(prefill_s, 4), "decode_s": round(total_s - adapter_s - prefill_s, 4),
+            "total_s": round(total_s, 4),
         }
         return self.tokenizer.decode(ids), stats
 

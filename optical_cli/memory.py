@@ -1,0 +1,83 @@
+"""Peak memory of a run or of one stage: the CPU resident set and, on a GPU, CUDA's max allocated.
+
+The CPU figure is the kernel's high-water mark of the resident set (``VmHWM``), which Linux
+lets a process reset (``/proc/self/clear_refs``), so a stage's own peak can be read; where
+that is not possible (another OS), the figure is the process's peak so far (``ru_maxrss``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+GIB = 2**30
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak(device: torch.device | None = None) -> None:
+    """Start a new peak: from now on ``peak_memory`` reports the highest use after this call."""
+    try:
+        _CLEAR_REFS.write_text("5")  # 5 = reset the peak resident set size
+    except OSError:
+        pass  # not Linux, or not allowed: the CPU peak stays the process's peak so far
+    if device is not None and device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _cpu_peak_bytes() -> int:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def peak_memory(device: torch.device | None = None) -> dict[str, float]:
+    """``{"cpu_rss_gib": ..., "cuda_max_allocated_gib": ...}`` (the CUDA key only on a GPU)."""
+    peaks = {"cpu_rss_gib": round(_cpu_peak_bytes() / GIB, 3)}
+    if device is not None and device.type == "cuda":
+        peaks["cuda_max_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 3)
+    return peaks
+
+
+class PeakMemory:
+    """The peaks of successive stages (each measured on its own) and of the whole run (their maximum,
+    with everything before the first stage, such as loading the models, included)."""
+
+    def __init__(self, device: torch.device | None = None):
+        self.device = device
+        self._run: dict[str, float] = {}
+
+    def _fold(self, peaks: dict[str, float]) -> None:
+        for key, value in peaks.items():
+            self._run[key] = max(value, self._run.get(key, 0.0))
+
+    @contextlib.contextmanager
+    def stage(self) -> Iterator[dict[str, float]]:
+        """Yields a dict that holds this stage's peaks once the block ends."""
+        self._fold(peak_memory(self.device))
+        reset_peak(self.device)
+        peaks: dict[str, float] = {}
+        try:
+            yield peaks
+        finally:
+            peaks.update(peak_memory(self.device))
+            self._fold(peaks)
+
+    def run_peak(self) -> dict[str, float]:
+        self._fold(peak_memory(self.device))
+        return dict(self._run)
+
+
+def headline_gib(peaks: dict[str, float]) -> float:
+    """The figure that bounds the run: CUDA max allocated on a GPU, else the CPU resident set."""
+    return peaks.get("cuda_max_allocated_gib", peaks["cpu_rss_gib"])
