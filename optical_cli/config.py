@@ -49,6 +49,10 @@ class RenderSection(Section):
     errors: Literal["strict", "replace", "ignore", "surrogateescape"] = "strict"
     missing_glyph: str = Field("\u25a1", description="drawn in place of characters the font lacks")
     glyph_cache: bool = Field(True, description="draw from cached glyph bitmaps (same pixels as PIL, faster)")
+    reflow: bool = Field(
+        False, description="dense layout: each paragraph (text between blank lines) flows as one run, its line "
+        "breaks, indentation and space runs becoming single spaces; no blank lines between paragraphs",
+    )
     tokenizer: Literal["none", "qwen"] = Field(
         "qwen", description="text tokenizer for the tokens-per-vision-token report"
     )

@@ -12,7 +12,9 @@ Guarantees (each proven by a test):
 Normalisation: CR/LF and lone CR become LF, tabs are expanded to ``tab_size`` columns,
 other whitespace becomes a space, control and format characters (Unicode Cc/Cf, the
 zero-width joiner among them) and variation selectors (U+FE00-FE0F, U+E0100-E01EF: invisible
-presentation hints such as the emoji selector after "↪") are removed and counted. The basic (non-shaping) FreeType layout is used: fast and predictable, at the
+presentation hints such as the emoji selector after "↪") are removed and counted. With ``reflow``
+each paragraph is then packed into one run of text (see :func:`reflow`) so pages fill up whatever
+the source's line lengths. The basic (non-shaping) FreeType layout is used: fast and predictable, at the
 price of no contextual shaping for scripts such as Arabic.
 """
 
@@ -263,6 +265,8 @@ class PageRenderer:
 
     def layout(self, text: str) -> tuple[list[list[str]], int, int]:
         normalised, replaced, removed = self.normalize(text)
+        if self.section.reflow:
+            normalised = reflow(normalised)
         return self.paginate(self.wrap(normalised)), replaced, removed
 
 
@@ -487,6 +491,17 @@ def is_variation_selector(ch: str) -> bool:
     """A presentation hint for the character before it (text or emoji style, CJK variants): never drawn."""
     code = ord(ch)
     return 0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF
+
+
+_BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
+
+
+def reflow(text: str) -> str:
+    """Pack normalised text densely: one line per paragraph (text between blank lines), whose
+    line breaks, indentation and runs of spaces become single spaces; wrapping then fills every
+    line. Only whitespace changes, so no visible character is lost."""
+    paragraphs = (" ".join(paragraph.split()) for paragraph in _BLANK_LINES.split(text))
+    return "\n".join(paragraph for paragraph in paragraphs if paragraph)
 
 
 def non_space(text: str) -> str:

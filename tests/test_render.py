@@ -2,6 +2,7 @@
 
 import random
 import unicodedata
+from pathlib import Path
 
 import pytest
 from PIL import ImageDraw
@@ -35,9 +36,10 @@ def drawn(pages) -> str:
     return "".join("".join(page) for page in pages)
 
 
+@pytest.mark.parametrize("reflow", [False, True], ids=["layout", "reflow"])
 @pytest.mark.parametrize("name", sorted(VARIED))
-def test_no_character_is_lost(name):
-    r = renderer()
+def test_no_character_is_lost(name, reflow):
+    r = renderer(reflow=reflow)
     text = VARIED[name]
     pages, replaced, removed = r.layout(text)
     normalised, _, _ = r.normalize(text)
@@ -50,7 +52,8 @@ def test_no_character_is_lost(name):
         assert removed == len(non_space(text)) - len(kept)
 
 
-def test_no_character_lost_on_200k_random_characters():
+@pytest.mark.parametrize("reflow", [False, True], ids=["layout", "reflow"])
+def test_no_character_lost_on_200k_random_characters(reflow):
     rng = random.Random(0)
     alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?()[]{}<>/\\|-_=+*&^%$#@~`'\"αβγδЖЩüéß€"
     pieces, total = [], 0
@@ -67,11 +70,28 @@ def test_no_character_lost_on_200k_random_characters():
         total += len(pieces[-1]) + 1
         pieces.append(" ")
     text = "".join(pieces)
-    r = renderer()
+    r = renderer(reflow=reflow)
     pages, replaced, _ = r.layout(text)
     assert replaced == 0
     assert non_space(drawn(pages)) == non_space(text)
     assert len(pages) > 10
+
+
+def test_reflow_packs_hard_wrapped_paragraphs_into_full_lines():
+    sample = (Path(__file__).resolve().parent.parent / "data" / "sample" / "optical_compression.md").read_text()
+    plain, dense = renderer(), renderer(reflow=True)
+    plain_pages, dense_pages = plain.layout(sample)[0], dense.layout(sample)[0]
+    plain_lines = [line for page in plain_pages for line in page]
+    dense_lines = [line for page in dense_pages for line in page]
+    assert "" not in dense_lines and "" in plain_lines  # blank lines between paragraphs are gone
+    assert len(dense_lines) < 0.8 * len(plain_lines)
+    # each paragraph starts a line: the first words of the second paragraph open a line
+    assert any(line.startswith("This sample document ships with `optical`") for line in dense_lines)
+    def mean_width(lines):
+        filled = [len(line) for line in lines if line]
+        return sum(filled) / len(filled)
+
+    assert mean_width(dense_lines) > 1.5 * mean_width(plain_lines)  # the source's ~90-column lines now run to the margin
 
 
 def test_every_line_fits_the_page_width_and_every_page_the_height():
