@@ -77,8 +77,10 @@ class DeepEncoderSection(Section):
     )
     mode: Literal["tiny", "small", "base", "large", "gundam"] = "base"
     layout_tokens: bool = Field(False, description="lay out rows + image_newline and a closing view_seperator")
-    attention: Literal["folded", "mask", "flex"] = Field(
-        "folded", description="SAM relative-position bias: folded into q/k (fused SDPA kernels), an additive mask, or FlexAttention"
+    attention: Literal["auto", "mask", "chunked", "folded", "flex"] = Field(
+        "auto", description="SAM relative-position bias: auto (the fastest path, measured per device and shape), "
+        "mask (one additive mask, as the official code), chunked (the mask a few heads at a time), "
+        "folded (into q/k: fused SDPA kernels) or flex (FlexAttention)",
     )
 
 

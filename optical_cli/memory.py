@@ -30,15 +30,37 @@ def reset_peak(device: torch.device | None = None) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _cpu_peak_bytes() -> int:
+def _status_bytes(field: str) -> int | None:
+    """A size field of /proc/self/status (``VmHWM``: peak resident set, ``VmRSS``: current), in bytes."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _cpu_peak_bytes() -> int:
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def resident_gib() -> float | None:
+    """The current resident set in GiB (None where /proc is not available)."""
+    current = _status_bytes("VmRSS")
+    return None if current is None else current / GIB
+
+
+def in_use_gib(device: torch.device | None = None) -> float:
+    """Memory held right now by what bounds the run: CUDA allocated on a GPU, else the resident set
+    (so a stage's peak minus this is what the stage itself added)."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / GIB
+    return resident_gib() or 0.0
 
 
 def peak_memory(device: torch.device | None = None) -> dict[str, float]:

@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
-"""DeepEncoder throughput: pages/s and achieved TFLOP/s per mode and batch size.
+"""DeepEncoder throughput and memory per SAM attention path and batch size, against the fastest
+existing implementation measured in the same run.
 
-For every (mode, batch size) runs of the same network with the same weights:
-  baseline           - eager, float32, SAM relative-position bias as an additive attention mask;
-  optimised-<attn>   - bf16 on a GPU (float32 on CPU), the bias folded into q/k so fused SDPA
-                       kernels apply (folded, the encode default) or added by FlexAttention
-                       (flex), torch.compile with --compile.
-FLOPs per page are counted once per mode (torch FlopCounterMode on the meta device, baseline
-graph), so TFLOP/s of both runs are comparable. Prints the ratio optimised/baseline and
-writes results/bench/encoder.csv. On CPU the default is the tiny architecture so it finishes
-in under a minute; on a GPU the official one.
+Every variant is the same network with the same (random) weights: our encoder with each SAM
+attention path (mask: one additive mask, as the official code; chunked: the mask a few heads at
+a time; folded: the bias folded into q/k for fused kernels; flex: FlexAttention, compiled on a
+GPU; auto: whichever of these it measured fastest) and, with --official DIR, the official
+DeepSeek-OCR encoder code (its deepencoder/ modules, imported from DIR at run time, never
+copied here). Variants run alternately, round after round, so a busy machine slows them alike;
+pages/s is the median over rounds. The baseline of every ratio is the official code when it
+is given, else our reference path (mask); the output says which. Peak memory per variant:
+CUDA max allocated on a GPU, else the growth of the resident set during the forward.
 
-    python scripts/bench_encoder.py                                   # CPU: tiny config
-    python scripts/bench_encoder.py --size official --modes base --batch-sizes 1,16,64 --compile
+    python scripts/bench_encoder.py --size tiny                                    # CPU, seconds
+    python scripts/bench_encoder.py --size fullsize --mode base --batch-sizes 1 --dtype float32 \\
+        --device cpu --official /tmp/official --rounds 3
+    python scripts/bench_encoder.py --mode base --batch-sizes 1,16,64 --dtype bfloat16 --device cuda \\
+        --paths all --size fullsize --output results/bench/gpu/encoder.csv
+
+Writes the CSV (default results/bench/encoder.csv).
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,12 +39,15 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from optical_cli.artifacts import atomic_write_text  # noqa: E402
+from optical_cli.memory import peak_memory, reset_peak, resident_gib  # noqa: E402
 from optical_cli.models.deepencoder import DeepEncoder, DeepEncoderConfig  # noqa: E402
-from optical_cli.models.loading import load_deepencoder, resolve_device, resolve_dtype  # noqa: E402
+from optical_cli.models.deepencoder import sam  # noqa: E402
+from optical_cli.models.loading import load_deepencoder, resolve_device, synchronize  # noqa: E402
 from optical_cli.modes import MODES  # noqa: E402
 
-FIELDS = ["device", "size", "mode", "batch", "variant", "dtype", "attention", "compile",
-          "pages_per_s", "tflops_per_page", "achieved_tflop_s", "speedup_vs_baseline"]
+FIELDS = ["device", "size", "mode", "batch", "variant", "dtype", "pages_per_s", "rounds", "spread",
+          "tflops_per_page", "achieved_tflop_s", "peak_extra_gib", "max_abs_diff", "baseline", "ratio_vs_baseline"]
+SIZES = {"tiny": "tiny", "fullsize": "official"}
 
 
 def flops_per_page(cfg: DeepEncoderConfig, size: int) -> float:
@@ -47,94 +58,161 @@ def flops_per_page(cfg: DeepEncoderConfig, size: int) -> float:
     return counter.get_total_flops()
 
 
-def _sig(value: float) -> float:
-    return float(f"{value:.4g}")
+def official_encoder(directory: Path, state: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The official DeepEncoder (SAM ViT-B, CLIP-L, linear projector) from DeepSeek-OCR's
+    ``deepencoder/`` modules in ``directory``, composed as its model does, with our weights."""
+    if "flash_attn" not in sys.modules:  # imported at the top of its modules, never called on these paths
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            stub = types.ModuleType("flash_attn")
+            stub.flash_attn_qkvpacked_func = stub.flash_attn_func = None
+            sys.modules["flash_attn"] = stub
+    sys.path.insert(0, str(directory))
+    try:
+        from deepencoder.build_linear import MlpProjector
+        from deepencoder.clip_sdpa import build_clip_l
+        from deepencoder.sam_vary_sdpa import build_sam_vit_b
+        from easydict import EasyDict
+    except ImportError as exc:
+        sys.exit(f"--official {directory}: cannot import the official encoder ({exc}); pass the directory holding "
+                 "deepencoder/ and pip install easydict")
+
+    def part(prefix: str) -> dict:
+        return {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+
+    class Official(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sam_model, self.vision_model = build_sam_vit_b(), build_clip_l()
+            self.projector = MlpProjector(EasyDict(projector_type="linear", input_dim=2048, n_embed=1280))
+            self.sam_model.load_state_dict(part("sam_model."))
+            self.vision_model.load_state_dict(part("vision_model."), strict=False)  # its position_ids buffer is not stored
+            self.projector.load_state_dict(part("projector."))
+
+        def forward(self, pixels):
+            sam_maps = self.sam_model(pixels)
+            clip_tokens = self.vision_model(pixels, sam_maps)
+            return self.projector(torch.cat([clip_tokens[:, 1:], sam_maps.flatten(2).permute(0, 2, 1)], dim=-1))
+
+    return Official().to(device=device, dtype=dtype).eval()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def variants(args, device: torch.device, dtype: torch.dtype) -> tuple[dict, str]:
+    """{name: model} in the order they run, and the name of the baseline."""
+    base = load_deepencoder(None, device, dtype, config=DeepEncoderConfig.named(SIZES[args.size]), seed=0)
+    models = {}
+    if args.official:
+        models["official"] = official_encoder(args.official, base.state_dict(), device, dtype)
+    paths = args.paths.split(",") if args.paths != "all" else [*sam.ATTENTION_MODES, sam.AUTO]
+    for path in paths:
+        if path == "flex" and device.type != "cuda" and args.paths == "all":
+            print("skipped: flex on CPU (eager FlexAttention materialises every score; ask --paths flex to force it)", file=sys.stderr)
+            continue
+        model = load_deepencoder(None, device, dtype, config=base.cfg)
+        model.load_state_dict(base.state_dict())
+        model.set_attention(path)
+        models[path] = torch.compile(model) if args.compile else model
+    baseline = "official" if args.official else "mask"
+    if baseline not in models:
+        models = {baseline: _with_path(base, baseline), **models}
+    return models, baseline
+
+
+def _with_path(model, path: str):
+    model.set_attention(path)
+    return model
 
 
 @torch.inference_mode()
-def pages_per_second(model, batch: int, size: int, device: torch.device, dtype: torch.dtype, seconds: float) -> float:
-    pixels = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
-    model(pixels)  # warm-up (and compilation)
-    sync(device)
+def forward_seconds(model, pixels: torch.Tensor, device: torch.device, min_seconds: float) -> tuple[float, float, torch.Tensor]:
+    """(seconds per forward, peak extra GiB, output): repeated until ``min_seconds`` have passed."""
+    synchronize(device)
+    resident = resident_gib() or 0.0
+    reset_peak(device)
     runs, start = 0, time.perf_counter()
     while True:
-        model(pixels)
+        out = model(pixels)
+        synchronize(device)
         runs += 1
-        sync(device)
         elapsed = time.perf_counter() - start
-        if elapsed >= seconds and runs >= 2:
-            return runs * batch / elapsed
-
-
-def variant(base: DeepEncoder, dtype: torch.dtype, attention: str, compile_: bool, device: torch.device):
-    model = load_deepencoder(None, device, dtype, config=base.cfg)
-    model.load_state_dict(base.state_dict())
-    model.set_attention(attention)
-    return torch.compile(model) if compile_ else model
+        if elapsed >= min_seconds:
+            break
+    peaks = peak_memory(device)
+    extra = peaks["cuda_max_allocated_gib"] if device.type == "cuda" else peaks["cpu_rss_gib"] - resident
+    return elapsed / runs, extra, out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny: seconds on CPU; fullsize: the official architecture")
+    parser.add_argument("--mode", default="base", help="DeepEncoder modes, comma-separated (tiny, small, base, large)")
+    parser.add_argument("--batch-sizes", default="1", help="views per forward, comma-separated")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="optimised runs' dtype (auto: bf16 on GPU, float32 on CPU)")
-    parser.add_argument("--size", choices=["tiny", "official"], default=None, help="default: official on GPU, tiny on CPU")
-    parser.add_argument("--modes", default=None, help="comma list (default: tiny,small on CPU; tiny,small,base,large on GPU)")
-    parser.add_argument("--batch-sizes", default=None, help="comma list (default: 1,4 on CPU; 1,16,64 on GPU)")
-    parser.add_argument("--attention", default=None, help="optimised runs' SAM attention modes, comma list (default: folded on CPU; folded,flex on GPU)")
-    parser.add_argument("--seconds", type=float, default=None, help="timing window per run (default 1 on CPU, 3 on GPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the optimised runs")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench" / "encoder.csv")
+    parser.add_argument("--paths", default="all", help="our SAM attention paths, comma-separated (mask, chunked, folded, flex, auto) or all")
+    parser.add_argument("--official", type=Path, default=None, help="directory holding the official deepencoder/ package (DeepSeek-OCR-vllm)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; pages/s is the median")
+    parser.add_argument("--seconds", type=float, default=0.0, help="minimum timing window per variant per round (default: one forward)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our variants")
+    parser.add_argument("--output", type=Path, default=REPO / "results" / "bench" / "encoder.csv")
     args = parser.parse_args()
+    if args.official and args.size != "fullsize":
+        parser.error("--official needs --size fullsize: the official builders make the full-size encoder only")
 
     device = resolve_device(args.device)
-    gpu = device.type == "cuda"
-    dtype = resolve_dtype(args.dtype, device)
-    size_name = args.size or ("official" if gpu else "tiny")
-    modes = (args.modes or ("tiny,small,base,large" if gpu else "tiny,small")).split(",")
-    batches = [int(b) for b in (args.batch_sizes or ("1,16,64" if gpu else "1,4")).split(",")]
-    attentions = (args.attention or ("folded,flex" if gpu else "folded")).split(",")
-    seconds = args.seconds or (3.0 if gpu else 1.0)
-    device_name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
-
-    base = load_deepencoder(None, "cpu", torch.float32, config=DeepEncoderConfig.named(size_name), seed=0)
-    runs = [("baseline", variant(base, torch.float32, "mask", False, device), torch.float32, "mask", False)]
-    for attention in attentions:
-        runs.append((f"optimised-{attention}", variant(base, dtype, attention, args.compile, device), dtype, attention, args.compile))
+    dtype = getattr(torch, args.dtype)
+    models, baseline = variants(args, device, dtype)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"DeepEncoder ({args.size}) on {device_name}, {args.dtype}; baseline: "
+          + ("the official DeepSeek-OCR encoder code" if baseline == "official" else "our mask path (no --official given)"),
+          file=sys.stderr)
+    cfg = DeepEncoderConfig.named(SIZES[args.size])
     rows = []
-    print(f"DeepEncoder ({size_name}) on {device_name}; baseline = eager float32, mask rel-pos; "
-          f"optimised = {str(dtype)[6:]}{', compiled' if args.compile else ''}, rel-pos {'/'.join(attentions)}")
-    for mode in modes:
+    for mode in args.mode.split(","):
         size = MODES[mode].size
-        flops = flops_per_page(base.cfg, size)
-        for batch in batches:
-            line, baseline_rate = [], None
-            for name, model, run_dtype, attention, compiled in runs:
-                try:
-                    rate = pages_per_second(model, batch, size, device, run_dtype, seconds)
-                except torch.cuda.OutOfMemoryError:
-                    torch.cuda.empty_cache()
-                    rate = float("nan")
-                baseline_rate = baseline_rate or rate
+        flops = flops_per_page(cfg, size)
+        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+            pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+            seconds: dict[str, list[float]] = {name: [] for name in models}
+            extra: dict[str, float] = {}
+            outputs: dict[str, torch.Tensor] = {}
+            for name, model in models.items():  # warm-up (and, for auto, the measurement of its choice)
+                forward_seconds(model, pixels, device, 0.0)
+            view_tokens = {(size // cfg.sam_patch_size) ** 2: "global", cfg.sam_window**2: "windowed"}
+            chosen = ", ".join(f"{view_tokens[key[2][1]]}: {choice}" for key, (choice, _) in sam.AUTO_CHOICES.items()
+                               if key[2][1] in view_tokens)
+            for _ in range(args.rounds):
+                for name, model in models.items():
+                    try:
+                        spent, grew, outputs[name] = forward_seconds(model, pixels, device, args.seconds)
+                    except torch.cuda.OutOfMemoryError:
+                        torch.cuda.empty_cache()
+                        spent, grew = float("nan"), float("nan")
+                    seconds[name].append(spent)
+                    extra[name] = max(extra.get(name, 0.0), grew)
+            rates = {name: batch / statistics.median(s) for name, s in seconds.items()}
+            for name in models:
+                spread = (max(seconds[name]) - min(seconds[name])) / statistics.median(seconds[name])
+                diff = (outputs[name].float() - outputs[baseline].float()).abs().max().item() if name in outputs else float("nan")
                 rows.append({
-                    "device": device_name, "size": size_name, "mode": mode, "batch": batch, "variant": name,
-                    "dtype": str(run_dtype)[6:], "attention": attention, "compile": compiled,
-                    "pages_per_s": _sig(rate), "tflops_per_page": _sig(flops / 1e12),
-                    "achieved_tflop_s": _sig(rate * flops / 1e12),
-                    "speedup_vs_baseline": round(rate / baseline_rate, 3),
+                    "device": device_name, "size": args.size, "mode": mode, "batch": batch,
+                    "variant": name if name != "auto" else f"auto ({chosen})",
+                    "dtype": args.dtype, "pages_per_s": f"{rates[name]:.4g}", "rounds": args.rounds, "spread": f"{spread:.2f}",
+                    "tflops_per_page": f"{flops / 1e12:.4g}", "achieved_tflop_s": f"{rates[name] * flops / 1e12:.4g}",
+                    "peak_extra_gib": f"{extra[name]:.3f}", "max_abs_diff": f"{diff:.2e}", "baseline": baseline,
+                    "ratio_vs_baseline": f"{rates[name] / rates[baseline]:.3f}",
                 })
-                line.append(f"{name} {rate:.3g} pages/s ({rate * flops / 1e12:.3g} TFLOP/s, x{rate / baseline_rate:.2f})")
-            print(f"{mode:6s} batch {batch:3d}: " + " | ".join(line))
+                print(f"{mode} batch {batch:3d} {rows[-1]['variant']:45s} {rates[name]:8.4g} pages/s "
+                      f"({1 / rates[name]:.3g} s/page, spread {spread:.0%})  x{rates[name] / rates[baseline]:.2f} vs {baseline}  "
+                      f"peak +{extra[name]:.2f} GiB  max|diff| {diff:.1e}", file=sys.stderr)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(args.out, buffer.getvalue())
-    print(f"wrote {args.out}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.output, buffer.getvalue())
+    print(f"wrote {args.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

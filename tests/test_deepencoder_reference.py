@@ -8,6 +8,8 @@ weights the outputs must agree, at the native size and at a resized one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -22,6 +24,13 @@ def ours():
     return load_deepencoder(None, config=CFG, seed=2)
 
 
+@pytest.fixture(scope="module", params=[CFG.sam_window, 3], ids=["window divides grid", "padded windows"])
+def sam_cfg_and_model(request):
+    """A 40x40 grid (640 px) is split into whole 4x4 windows, or padded to 42x42 for 3x3 windows."""
+    cfg = dataclasses.replace(CFG, sam_window=request.param)
+    return cfg, load_deepencoder(None, config=cfg, seed=2)
+
+
 def _sam_name(ref_name: str) -> str:
     """transformers' DeepSeek-OCR-2 SAM names -> the official (our) names."""
     for old, new in [("patch_embed.projection", "patch_embed.proj"), ("layers.", "blocks."), ("layer_norm1", "norm1"),
@@ -31,16 +40,17 @@ def _sam_name(ref_name: str) -> str:
     return ref_name
 
 
-def test_sam_trunk_matches_the_transformers_deepseek_ocr2_sam(ours):
+def test_sam_trunk_matches_the_transformers_deepseek_ocr2_sam(sam_cfg_and_model):
+    cfg, ours = sam_cfg_and_model
     size = 640  # not the table's native 1024: positional and relative-position tables get resized
     # transformers ships DeepSeek-OCR-2's SAM trunk from the lower bound in pyproject.toml on: no skip.
     from transformers.models.deepseek_ocr2 import modeling_deepseek_ocr2 as ocr2
     from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import DeepseekOcr2SamVisionConfig
 
     config = DeepseekOcr2SamVisionConfig(
-        hidden_size=CFG.sam_dim, output_channels=CFG.sam_neck_dim, num_hidden_layers=CFG.sam_depth,
-        num_attention_heads=CFG.sam_heads, window_size=CFG.sam_window, global_attn_indexes=list(CFG.sam_global_blocks),
-        downsample_channels=[CFG.sam_net2_dim, CFG.sam_out_dim],
+        hidden_size=cfg.sam_dim, output_channels=cfg.sam_neck_dim, num_hidden_layers=cfg.sam_depth,
+        num_attention_heads=cfg.sam_heads, window_size=cfg.sam_window, global_attn_indexes=list(cfg.sam_global_blocks),
+        downsample_channels=[cfg.sam_net2_dim, cfg.sam_out_dim],
     )
     reference = ocr2.DeepseekOcr2SamVisionEncoder(config).eval()
     state = ours.sam_model.state_dict()
@@ -49,7 +59,7 @@ def test_sam_trunk_matches_the_transformers_deepseek_ocr2_sam(ours):
     with torch.inference_mode():
         expected = reference(pixels).last_hidden_state
         got = ours.sam_model(pixels)
-    assert got.shape == expected.shape == (1, CFG.sam_out_dim, size // 64, size // 64)
+    assert got.shape == expected.shape == (1, cfg.sam_out_dim, size // 64, size // 64)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 

@@ -6,6 +6,8 @@ Parameter names follow the official checkpoint under ``model.sam_model.``.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,14 +71,23 @@ def decomposed_rel_pos(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torc
     grid_q = q.reshape(*q.shape[:2], h, w, q.shape[-1])
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)
-    return rel_h, rel_w
+    # einsum may return a permuted layout; a mask built from strided terms is strided too and
+    # costs a copy of the whole mask to reshape (small terms, contiguous for a few MB)
+    return rel_h.contiguous(), rel_w.contiguous()
 
 
-# How SAM attention applies its relative-position bias; all three give the same result.
-#   mask:   materialised as an additive attention mask (the plain reference);
-#   folded: folded into augmented queries/keys, so SDPA's fused kernels run without a mask;
-#   flex:   added inside FlexAttention by a score modifier (compiled kernels on a GPU).
-ATTENTION_MODES = ("mask", "folded", "flex")
+# How SAM attention applies its relative-position bias; all give the same result.
+#   mask:    materialised as one additive attention mask, as the official DeepSeek-OCR code does
+#            (the reference; 12 x 4096 x 4096 values per page in a global block);
+#   chunked: the same mask built for a few (view, head) pairs at a time into one reused buffer:
+#            no page-sized mask in memory, no fresh pages to fault in (fastest on CPU);
+#   folded:  folded into augmented queries/keys, so SDPA's fused kernels run without a mask
+#            (3x wider q.k in global blocks);
+#   flex:    added inside FlexAttention by a score modifier (compiled kernels on a GPU);
+#   auto:    the fastest of these for each device, dtype and view shape, measured on first use.
+ATTENTION_MODES = ("mask", "chunked", "folded", "flex")
+AUTO = "auto"
+CHUNK_BYTES = {"cpu": 64 * 2**20, "cuda": 1 * 2**30}  # chunked: mask buffer per step (CPU: cache-sized work)
 
 
 class Attention(nn.Module):
@@ -90,20 +101,62 @@ class Attention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(rel_pos_len, head_dim))
         self.mode = "mask"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, window: int = 0) -> torch.Tensor:
+        """``x`` [B,H,W,C] -> [B,H,W,C]: global attention, or within ``window`` x ``window`` windows.
+
+        Windowed blocks pad the grid to a multiple of the window. The official code pads the
+        normalised tokens with zeros before this layer, so a padded token's q/k/v are the qkv bias
+        and its output is cropped away; here q/k/v are computed on the real tokens only, padded
+        with that bias, and the projection runs after the crop: the same numbers, 16% fewer
+        rows through qkv and proj at 1024 px (64x64 grid padded to 70x70).
+        """
         b, h, w, dim = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # [B,heads,N,hd]
-        rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, h, w)
-        if self.mode == "folded":
-            out = _attend_folded(q, k, v, rel_h, rel_w)
-        elif self.mode == "flex":
-            out = _attend_flex(q, k, v, rel_h, rel_w)
-        else:
-            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, self.heads, h * w, h * w)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(b, h, w, dim)
+        qkv = self.qkv(x)
+        if window:
+            qkv, padded = window_partition(qkv, window, pad_value=self.qkv.bias)
+        n_views, qh, qw, _ = qkv.shape
+        # q, k, v contiguous [views, heads, tokens, head_dim]: a strided q makes the bias terms
+        # strided too, and building the mask from those costs a copy of the whole mask
+        q, k, v = qkv.reshape(n_views, qh * qw, 3, self.heads, -1).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, qh, qw)
+        out = attend(self.mode, q, k, v, rel_h, rel_w)
+        out = out.transpose(1, 2).reshape(n_views, qh, qw, dim)
+        if window:
+            out = window_unpartition(out, window, padded, (h, w))
         return self.proj(out)
+
+
+def attend(mode: str, q, k, v, rel_h, rel_w) -> torch.Tensor:
+    """Attention with the decomposed bias, by path: q, k, v [B,heads,N,hd]; rel_h [B,heads,h,w,h], rel_w [...,w]."""
+    if mode == AUTO:
+        return _attend_auto(q, k, v, rel_h, rel_w)
+    return _PATHS[mode](q, k, v, rel_h, rel_w)
+
+
+def _attend_mask(q, k, v, rel_h, rel_w) -> torch.Tensor:
+    b, heads, n, _ = q.shape
+    bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, n, n)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def _attend_chunked(q, k, v, rel_h, rel_w) -> torch.Tensor:
+    """The mask path over a few (view, head) pairs at a time, the mask built into one reused buffer."""
+    b, heads, n, head_dim = q.shape
+    h, w = rel_h.shape[2], rel_h.shape[3]
+    pairs = b * heads
+    budget = CHUNK_BYTES.get(q.device.type, CHUNK_BYTES["cuda"])
+    step = max(1, min(pairs, budget // (n * n * q.element_size())))
+    q, k, v = (t.reshape(pairs, 1, n, head_dim) for t in (q, k, v))
+    rel_h, rel_w = rel_h.reshape(pairs, 1, h, w, h, 1), rel_w.reshape(pairs, 1, h, w, 1, w)
+    out = torch.empty_like(q)
+    buffer = torch.empty(step, 1, h, w, h, w, device=q.device, dtype=q.dtype)
+    for start in range(0, pairs, step):
+        stop = min(pairs, start + step)
+        mask = buffer[: stop - start]
+        torch.add(rel_h[start:stop], rel_w[start:stop], out=mask)
+        out[start:stop] = F.scaled_dot_product_attention(q[start:stop], k[start:stop], v[start:stop],
+                                                          attn_mask=mask.view(stop - start, 1, n, n))
+    return out.reshape(b, heads, n, head_dim)
 
 
 def _attend_folded(q, k, v, rel_h, rel_w) -> torch.Tensor:
@@ -144,21 +197,78 @@ def _attend_flex(q, k, v, rel_h, rel_w) -> torch.Tensor:
     def add_rel_pos(score, batch, head, q_idx, k_idx):
         return score + row_bias[batch, head, q_idx, k_idx // w] + col_bias[batch, head, q_idx, k_idx % w]
 
-    attend = flex_attention
+    attend_fn = flex_attention
     if q.is_cuda and not torch.compiler.is_compiling():
         global _compiled_flex
         if _compiled_flex is None:  # flex_attention is only fast when compiled
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        attend = _compiled_flex
-    return attend(q, k, v, score_mod=add_rel_pos)
+        attend_fn = _compiled_flex
+    return attend_fn(q, k, v, score_mod=add_rel_pos)
 
 
-def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """[B,H,W,C] -> [B*windows, window, window, C], padding H and W up to multiples of window."""
+_PATHS = {"mask": _attend_mask, "chunked": _attend_chunked, "folded": _attend_folded, "flex": _attend_flex}
+
+# auto: (device, dtype, per-view q shape [heads, tokens, head_dim]) -> the path measured fastest there,
+# and every path's seconds
+AUTO_CHOICES: dict[tuple, tuple[str, dict[str, float]]] = {}
+AUTO_REPEATS = 2
+
+
+def _synchronize(tensor: torch.Tensor) -> None:
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+
+
+def _auto_candidates(device: torch.device) -> tuple[str, ...]:
+    # eager FlexAttention on a CPU materialises every score and is far slower than any other path
+    return ATTENTION_MODES if device.type == "cuda" else ("mask", "chunked", "folded")
+
+
+def _attend_auto(q, k, v, rel_h, rel_w) -> torch.Tensor:
+    """The fastest path for this device, dtype and shape; measured the first time the shape is seen.
+
+    Each candidate runs on the real inputs (on a GPU once more first, to warm up and compile)
+    and keeps the best of ``AUTO_REPEATS`` timings, so one stall on a busy machine does not
+    decide; one that fails (out of memory, no compiler) is skipped. The choice and the timings
+    are kept in ``AUTO_CHOICES`` so benchmarks can report them.
+    """
+    # per view shape, not batch size: a run meets many batch sizes (a last partial batch), and
+    # timing the candidates again for each would land inside the work being timed
+    key = (str(q.device), q.dtype, tuple(q.shape[1:]))
+    if key in AUTO_CHOICES:
+        return _PATHS[AUTO_CHOICES[key][0]](q, k, v, rel_h, rel_w)
+    seconds, outputs = {}, {}
+    for mode in _auto_candidates(q.device):
+        try:
+            if q.is_cuda:
+                _PATHS[mode](q, k, v, rel_h, rel_w)
+            for _ in range(AUTO_REPEATS):
+                _synchronize(q)
+                start = time.perf_counter()
+                outputs[mode] = _PATHS[mode](q, k, v, rel_h, rel_w)
+                _synchronize(q)
+                seconds[mode] = min(seconds.get(mode, float("inf")), time.perf_counter() - start)
+        except Exception:  # noqa: BLE001 - an unusable path (OOM, no triton, ...) is not a candidate
+            seconds.pop(mode, None)
+            outputs.pop(mode, None)
+            if q.is_cuda:
+                torch.cuda.empty_cache()
+    if not seconds:
+        raise RuntimeError("no SAM attention path ran on this device")
+    best = min(seconds, key=seconds.get)
+    AUTO_CHOICES[key] = (best, seconds)
+    return outputs[best]
+
+
+def window_partition(x: torch.Tensor, window: int, pad_value: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """[B,H,W,C] -> [B*windows, window, window, C], padding H and W up to multiples of window
+    with ``pad_value`` [C] in every padded position."""
     b, h, w, c = x.shape
     pad_h, pad_w = (-h) % window, (-w) % window
     if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        grid = pad_value.to(x.dtype).expand(b, h + pad_h, w + pad_w, c).clone()
+        grid[:, :h, :w] = x
+        x = grid
     hp, wp = h + pad_h, w + pad_w
     x = x.view(b, hp // window, window, wp // window, window, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, window, window, c), (hp, wp)
@@ -192,15 +302,7 @@ class Block(nn.Module):
         self.mlp = MLPBlock(dim, mlp_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.norm1(x)
-        if self.window:
-            size = x.shape[1:3]
-            x, padded = window_partition(x, self.window)
-            x = window_unpartition(self.attn(x), self.window, padded, size)
-        else:
-            x = self.attn(x)
-        x = shortcut + x
+        x = x + self.attn(self.norm1(x), self.window)
         return x + self.mlp(self.norm2(x))
 
 
@@ -227,8 +329,8 @@ class SamEncoder(nn.Module):
         self.net_3 = nn.Conv2d(cfg.sam_net2_dim, cfg.sam_out_dim, 3, stride=2, padding=1, bias=False)
 
     def set_attention(self, mode: str) -> None:
-        if mode not in ATTENTION_MODES:
-            raise ValueError(f"unknown SAM attention mode {mode!r}; use one of {', '.join(ATTENTION_MODES)}")
+        if mode not in (AUTO, *ATTENTION_MODES):
+            raise ValueError(f"unknown SAM attention mode {mode!r}; use one of {AUTO}, {', '.join(ATTENTION_MODES)}")
         for block in self.blocks:
             block.attn.mode = mode
 
