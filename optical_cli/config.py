@@ -140,7 +140,8 @@ class TrainDataSection(Section):
     max_documents: Optional[int] = Field(1000, ge=1)
     min_chars: int = Field(16, ge=1, description="documents shorter than this are skipped")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="documents held out for eval loss and the reading check")
-    max_text_tokens: int = Field(1024, ge=8, description="page text tokens kept as the reconstruction target")
+    pack: bool = Field(True, description="pack consecutive documents into full pages (one text stream), as LM pretraining packs sequences")
+    max_text_tokens: int = Field(4096, ge=8, description="page text tokens kept as the reconstruction target (4096 covers a full base page)")
     cache_dir: str = Field("results/cache/features", description="where encoded page features are cached")
     encode_batch_size: int = Field(8, ge=1, description="views per DeepEncoder forward while caching features")
 
@@ -156,6 +157,10 @@ class TrainOptimSection(Section):
     warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * this")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute the frozen LLM's layer activations in backward instead of keeping them "
+        "(less memory for long pages and large batches, about one more forward of time)",
+    )
     eval_every: int = Field(100, ge=1)
     checkpoint_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

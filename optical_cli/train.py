@@ -202,17 +202,37 @@ class PageSet:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, keep: list[int]) -> "PageSet":
-        return PageSet(self.features[keep], [self.texts[i] for i in keep],
-                       [self.document[i] for i in keep], [self.page_index[i] for i in keep])
+    @classmethod
+    def empty(cls) -> "PageSet":
+        return cls(torch.empty(0, 0, 0), [], [], [])
 
-
-def _cache_key(documents: list[str], render_json: str, encoder_identity: dict, max_pages: int) -> str:
+def _cache_key(documents: list[str], render_json: str, encoder_identity: dict, max_pages: int, pack: bool) -> str:
     digest = hashlib.sha256()
     for text in documents:
         digest.update(hashlib.sha256(text.encode("utf-8")).digest())
-    digest.update(json.dumps([render_json, encoder_identity, max_pages], sort_keys=True).encode())
+    digest.update(json.dumps([render_json, encoder_identity, max_pages] + ([True] if pack else []), sort_keys=True).encode())
     return digest.hexdigest()[:24]
+
+
+PACK_SEPARATOR = "\n\n"  # packed documents are paragraphs of one text stream
+
+
+def _rendered_pages(documents: list[str], section: RenderSection, pack: bool, max_pages: int) -> Iterator[tuple[int, int, object]]:
+    """(document, page index, page) in reading order, at most ``max_pages`` pages per document.
+
+    Packed, as language-model pretraining packs sequences: the documents are one stream of
+    paragraphs, so every page but the last is full; the stream's pages are numbered in runs of
+    ``max_pages`` (the adapter's page embeddings), each run counting as one document.
+    """
+    from .render import iter_pages, render_document
+
+    if pack:
+        for number, page in enumerate(iter_pages(PACK_SEPARATOR.join(documents), section, "packed documents")):
+            yield (*divmod(number, max_pages), page)
+        return
+    for doc_id, text in enumerate(documents):
+        for index, page in enumerate(render_document(text, section, f"document {doc_id}")[:max_pages]):
+            yield doc_id, index, page
 
 
 def build_page_set(documents: list[str], cfg: TrainAdapterConfig, encoder: PageEncoder, cache_dir: Path,
@@ -224,10 +244,9 @@ def build_page_set(documents: list[str], cfg: TrainAdapterConfig, encoder: PageE
     ``pages.json`` is written last and marks a complete cache.
     """
     from .features import FeatureFiles, ShardedFeatures
-    from .render import render_document
 
     section = page_render_section(cfg)
-    key = _cache_key(documents, section.model_dump_json(), encoder.identity, cfg.adapter.max_pages)
+    key = _cache_key(documents, section.model_dump_json(), encoder.identity, cfg.adapter.max_pages, cfg.data.pack)
     folder = cache_dir / key
     pages_file = folder / "pages.json"
     if pages_file.is_file():
@@ -252,16 +271,15 @@ def build_page_set(documents: list[str], cfg: TrainAdapterConfig, encoder: PageE
             written += len(chunk)
             del encoded[: len(chunk)]
 
-    for doc_id, text in enumerate(documents):
-        for index, page in enumerate(render_document(text, section, f"document {doc_id}")[: cfg.adapter.max_pages]):
-            if not page.text.strip():
-                continue
-            texts.append(page.text)
-            document.append(doc_id)
-            page_index.append(index)
-            pending.append(page.image)
-            if len(pending) >= cfg.data.encode_batch_size:
-                flush()
+    for doc_id, index, page in _rendered_pages(documents, section, cfg.data.pack, cfg.adapter.max_pages):
+        if not page.text.strip():
+            continue
+        texts.append(page.text)
+        document.append(doc_id)
+        page_index.append(index)
+        pending.append(page.image)
+        if len(pending) >= cfg.data.encode_batch_size:
+            flush()
     flush(final=True)
     if not texts:
         raise InputError("the corpus rendered to no page with visible text; check data.source and render settings")
@@ -270,17 +288,16 @@ def build_page_set(documents: list[str], cfg: TrainAdapterConfig, encoder: PageE
     return PageSet(FeatureFiles.open(folder).load()[0], texts, document, page_index), False
 
 
-def split_pages(pages: PageSet, eval_fraction: float, seed: int) -> tuple[PageSet, PageSet]:
-    """Hold out whole documents (never pages of a training document) for eval."""
-    docs = sorted(set(pages.document))
-    random.Random(seed).shuffle(docs)
-    n_eval = int(round(len(docs) * eval_fraction))
-    if eval_fraction > 0 and len(docs) >= 2:
-        n_eval = max(1, min(n_eval, len(docs) - 1))
-    held = set(docs[:n_eval])
-    train = [i for i, d in enumerate(pages.document) if d not in held]
-    evals = [i for i, d in enumerate(pages.document) if d in held]
-    return pages.subset(train), pages.subset(evals)
+def split_documents(documents: list[str], eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, held-out) documents, each in corpus order: whole documents are held out, before any
+    packing, so no held-out text is ever on a training page."""
+    order = list(range(len(documents)))
+    random.Random(seed).shuffle(order)
+    n_eval = int(round(len(documents) * eval_fraction))
+    if eval_fraction > 0 and len(documents) >= 2:
+        n_eval = max(1, min(n_eval, len(documents) - 1))
+    held = set(order[:n_eval])
+    return ([d for i, d in enumerate(documents) if i not in held], [d for i, d in enumerate(documents) if i in held])
 
 
 # ---------------------------------------------------------------------------------------
@@ -573,16 +590,38 @@ def _loss(objective: str, model, adapter, pages: PageSet, examples: list[Example
         return reconstruction_loss(model, adapted, batch)
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute the frozen LLM's layer activations in backward instead of keeping them (non-reentrant:
+    the adapted embeddings are the only input that needs a gradient)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 (the older name warns there)
+        model.activation_checkpointing_enable()
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def training_mode(adapter, model, on: bool, gradient_checkpointing: bool) -> None:
+    """The adapter trains; the frozen LLM is put in train mode only for gradient checkpointing,
+    which transformers applies to layers in train mode (Qwen3-VL has no dropout: same numbers)."""
+    adapter.train(on)
+    model.train(on and gradient_checkpointing)
+
+
 @torch.no_grad()
 def evaluate(objective: str, model, adapter, pages: PageSet, examples: list[Example], batch_size: int,
              pad_id: int, device: torch.device, autocast: bool) -> float | None:
+    """Mean held-out loss, computed in eval mode (the caller's mode is restored)."""
     if not len(pages):
         return None
+    modes = adapter.training, model.training
+    adapter.eval()
+    model.eval()
     total, count = 0.0, 0
     for start in range(0, len(pages), batch_size):
         index = list(range(start, min(len(pages), start + batch_size)))
         total += float(_loss(objective, model, adapter, pages, examples, index, pad_id, device, autocast)) * len(index)
         count += len(index)
+    adapter.train(modes[0])
+    model.train(modes[1])
     return total / count
 
 
@@ -633,10 +672,12 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
     reader = reader or load_reader(cfg)
     encoder = encoder or DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, cfg.data.encode_batch_size)
     started = time.perf_counter()
+    train_documents, eval_documents = split_documents(documents, cfg.data.eval_fraction, cfg.runtime.seed)
     with accelerator.main_process_first():
-        pages, cache_hit = build_page_set(documents, cfg, encoder, Path(cfg.data.cache_dir), emit)
+        train_pages, cache_hit = build_page_set(train_documents, cfg, encoder, Path(cfg.data.cache_dir), emit)
+        eval_pages = (build_page_set(eval_documents, cfg, encoder, Path(cfg.data.cache_dir), emit)[0]
+                      if eval_documents else PageSet.empty())
     encode_s = time.perf_counter() - started
-    train_pages, eval_pages = split_pages(pages, cfg.data.eval_fraction, cfg.runtime.seed)
     if not len(train_pages):
         raise InputError("no training pages after holding out eval documents; lower data.eval_fraction or add documents")
     train_examples = make_examples(reader, train_pages, cfg.data.max_text_tokens)
@@ -660,6 +701,8 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
         metrics_path.unlink()
     adapter, optimizer = accelerator.prepare(adapter, optimizer)
     model = reader.model
+    if opt.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     training_info = {"objective": opt.objective, "config": cfg.model_dump(mode="json")}
     emit({"event": "start", "total": total_steps, "step": step, "train_pages": len(train_pages),
           "eval_pages": len(eval_pages), "cache_hit": cache_hit})
@@ -667,14 +710,12 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
     micro_per_step = opt.grad_accum * world
     first_loss = last_loss = last_eval = None
     if step == 0:  # the starting point of the eval curve
-        adapter.eval()
         last_eval = evaluate(opt.objective, model, adapter, eval_pages, eval_examples, opt.batch_size, pad_id, device, autocast)
-        adapter.train()
         if accelerator.is_main_process:
             append_jsonl(metrics_path, {"step": 0, "epoch": 0, "loss": None, "eval_loss": last_eval, "lr": 0.0, "pages_per_s": None})
     window_pages, window_start = 0, time.perf_counter()
     train_s, pages_seen, first_step = 0.0, 0, step
-    adapter.train()
+    training_mode(adapter, model, True, opt.gradient_checkpointing)
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         batches = _batches(len(train_pages), opt.batch_size, cfg.runtime.seed, epoch)
@@ -701,9 +742,7 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
         pages_seen += window_pages
         train_s += elapsed
         if step % opt.eval_every == 0 or step == total_steps:
-            adapter.eval()
             last_eval = evaluate(opt.objective, model, adapter, eval_pages, eval_examples, opt.batch_size, pad_id, device, autocast)
-            adapter.train()
             record["eval_loss"] = last_eval
         if accelerator.is_main_process:
             append_jsonl(metrics_path, record)
@@ -715,7 +754,7 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
         window_pages, window_start = 0, time.perf_counter()
     accelerator.wait_for_everyone()
     final = accelerator.unwrap_model(adapter)
-    final.eval()
+    training_mode(final, model, False, opt.gradient_checkpointing)
     reading: dict = {}
     if accelerator.is_main_process:
         save_adapter(final, run_path / "adapter.pth", {**training_info, "steps": step})
@@ -727,7 +766,7 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
                                     opt.read_max_new_tokens)
             atomic_write_text(run_path / "reading.jsonl", "".join(json.dumps(r) + "\n" for r in reading["records"]))
     return TrainResult(
-        steps=step, train_pages=len(train_pages), eval_pages=len(eval_pages), vision_tokens=int(pages.features.shape[1]),
+        steps=step, train_pages=len(train_pages), eval_pages=len(eval_pages), vision_tokens=int(train_pages.features.shape[1]),
         final_loss=last_loss, final_eval_loss=last_eval, first_loss=first_loss,
         pages_per_s=pages_seen / train_s if train_s > 0 else 0.0,
         step_s=train_s / (step - first_step) if step > first_step else None, cache_hit=cache_hit, encode_s=encode_s,

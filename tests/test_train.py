@@ -12,8 +12,11 @@ from optical_cli.cli import app
 from optical_cli.config import dump_config, load_config
 from optical_cli.errors import InputError
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapter
-from optical_cli.train import (DeepEncoderPages, build_page_set, character_error_rate, collate, load_reader,
-                               make_examples, mse_loss, open_checkpoint, read_corpus, reconstruction_loss, train_adapter)
+from optical_cli.render import PageRenderer, non_space
+from optical_cli.train import (DeepEncoderPages, _loss, build_page_set, character_error_rate, collate,
+                               enable_gradient_checkpointing, load_reader, make_examples, mse_loss, open_checkpoint,
+                               page_render_section, read_corpus, reconstruction_loss, split_documents, train_adapter,
+                               training_mode)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny" / "qwen3_vl.yaml"
@@ -105,6 +108,41 @@ def test_gradients_reach_only_the_adapter(cache, reader):
     assert adapter.mlp[0].weight.grad.abs().sum() > 0
 
 
+def test_gradient_checkpointing_recomputes_the_frozen_llm_and_gives_the_same_gradients(cache, reader):
+    cfg = tiny_cfg(cache)
+    encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu"))
+    pages, _ = build_page_set(read_corpus(str(CVES), max_documents=2, min_chars=16), cfg, encoder, Path(cache))
+    examples = make_examples(reader, pages, 16)
+    torch.manual_seed(0)
+    adapter = OpticalAdapter(AdapterConfig(vision_dim=encoder.out_dim, hidden_dim=16, llm_dim=reader.hidden_size, max_pages=4))
+    model, pad = reader.model, reader.tokenizer.token_id("<|endoftext|>")
+    layers = model.model.language_model.layers
+
+    def gradients(checkpointing: bool):
+        calls = []
+        # a pre-hook: the recompute stops once it has what backward needs, before the MLP returns
+        hooks = [layer.mlp.register_forward_pre_hook(lambda *_: calls.append(1)) for layer in layers]
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        training_mode(adapter, model, True, checkpointing)
+        try:
+            adapter.zero_grad()
+            _loss("reconstruction", model, adapter, pages, examples, [0, 1], pad, torch.device("cpu"), False).backward()
+            return [p.grad.clone() for p in adapter.parameters()], len(calls)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+            training_mode(adapter, model, False, False)
+
+    plain, plain_calls = gradients(False)
+    recomputed, recomputed_calls = gradients(True)
+    assert plain_calls == len(layers) and recomputed_calls == 2 * len(layers)  # every layer ran again in backward
+    for a, b in zip(plain, recomputed):
+        torch.testing.assert_close(a, b)
+    assert not model.training
+
+
 def test_features_are_cached_once_in_shards(tmp_path, reader, monkeypatch):
     cfg = tiny_cfg(tmp_path)
     docs = read_corpus(str(CVES), max_documents=3, min_chars=16)
@@ -121,6 +159,28 @@ def test_features_are_cached_once_in_shards(tmp_path, reader, monkeypatch):
     assert first.texts == second.texts == whole.texts and len(first) == 3
     assert first.features.shape[1:] == (64, encoder.out_dim)
     assert all(t.split()[0] in d for t, d in zip(first.texts, docs))  # each page holds its document's text
+
+
+def test_packed_pages_are_full_and_hold_every_document_in_order(tmp_path):
+    cfg = tiny_cfg(tmp_path, "data.pack=true", "render.reflow=true", "adapter.max_pages=2")
+    docs = read_corpus(str(CVES), max_documents=12, min_chars=16)
+    pages, _ = build_page_set(docs, cfg, DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")), tmp_path)
+    assert non_space("".join(pages.texts)) == non_space("".join(docs))  # nothing lost, nothing repeated
+    assert 1 < len(pages) < len(docs) / 2
+    renderer = PageRenderer(page_render_section(cfg))
+    capacity = renderer.lines_per_page * len(max(pages.texts[0].splitlines(), key=len))
+    assert all(len(text) > 0.8 * capacity for text in pages.texts[:-1])  # full pages, the last one excepted
+    assert pages.page_index == [i % 2 for i in range(len(pages))]      # runs of adapter.max_pages pages
+    assert pages.document == [i // 2 for i in range(len(pages))]
+
+
+def test_held_out_documents_are_split_off_before_packing():
+    docs = [f"document {i}" for i in range(10)]
+    train, held = split_documents(docs, 0.25, seed=3)
+    assert len(held) == 2 and sorted(train + held) == sorted(docs) and not set(train) & set(held)
+    assert train == [d for d in docs if d in train]  # corpus order kept on both sides
+    assert split_documents(docs, 0.25, seed=3) == (train, held) != split_documents(docs, 0.25, seed=4)
+    assert split_documents(docs[:2], 0.01, seed=0)[1] != [] and split_documents(docs, 0.0, seed=0) == (docs, [])
 
 
 def test_character_error_rate():
