@@ -1,9 +1,12 @@
-"""Offline LongBench-schema items from the CVE corpus: valid records whose answer is in the document."""
+"""Offline LongBench-schema items from the CVE corpus, and the cost benchmark that reads them."""
 
+import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from optical_cli.bench.data import LETTERS, load_items
 from optical_cli.bench.synthetic import cve_document, longbench_item
@@ -36,3 +39,22 @@ def test_script_writes_items_the_benchmark_loads(tmp_path):
     assert [i.id for i in items] == ["cve-2000-0", "cve-2000-1"]
     assert all(len(i.context) >= 2000 for i in items) and items[0].context != items[1].context
     assert json.loads(out.read_text())[0]["domain"].startswith("Synthetic")
+
+
+def test_bench_cost_runs_native_and_optical_on_the_same_documents(tmp_path):
+    out = tmp_path / "cost.csv"
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_cost.py"), "--size", "tiny", "--lengths", "128,512",
+                          "--device", "cpu", "--output", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["length"], r["condition"]) for r in rows] == [("128", "native"), ("128", "optical"), ("512", "native"), ("512", "optical")]
+    for native, optical in (rows[:2], rows[2:]):
+        assert native["doc_tokens"] == optical["doc_tokens"] and native["status"] == optical["status"] == "ok"
+        ratio = float(optical["latency_s"]) / float(native["latency_s"])
+        assert float(optical["optical_over_native_latency"]) == pytest.approx(ratio, rel=1e-3)
+        assert int(optical["pages"]) >= 1 and native["pages"] == "0" and optical["truncated"] == "False"
+        assert float(optical["doc_tokens_per_vision_token"]) == pytest.approx(int(optical["doc_tokens"]) / (64 * int(optical["pages"])), rel=1e-3)
+        assert float(optical["encode_s"]) > 0 and float(native["encode_s"]) == 0
+    assert int(rows[2]["doc_tokens"]) > int(rows[0]["doc_tokens"]) >= 128
+    assert out.with_suffix(".png").is_file() and "optical/native latency" in run.stdout

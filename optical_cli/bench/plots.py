@@ -54,22 +54,25 @@ def _bucket_n(summary: Mapping[str, Any], conditions: Sequence[str], bucket: str
 
 
 def plot_cost_vs_length(rows: Sequence[Mapping[str, Any]], conditions: Sequence[str], path: Path, title_note: str = "") -> Path:
-    """Two panels against document length in text tokens: input tokens and latency per item."""
+    """Three panels against document length in text tokens: input tokens, latency and peak memory per item."""
     plt = _pyplot()
-    fig, (tokens_ax, latency_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = (("input_tokens", "input tokens"), ("latency_s", "latency per item (s)"),
+              ("peak_memory_gib", "peak memory per item (GiB)"))
     for condition in conditions:
-        done = [r for r in rows if r["condition"] == condition and r["status"] == "ok" and r["doc_tokens"]]
-        if not done:
-            continue
-        doc = [r["doc_tokens"] for r in done]
-        tokens_ax.scatter(doc, [r["input_tokens"] for r in done], s=14, label=condition)
-        latency_ax.scatter(doc, [r["latency_s"] for r in done], s=14, label=condition)
-    for ax, label in ((tokens_ax, "input tokens"), (latency_ax, "latency per item (s)")):
+        done = sorted((r for r in rows if r["condition"] == condition and r["status"] == "ok" and r["doc_tokens"]),
+                      key=lambda r: r["doc_tokens"])
+        for ax, (key, _) in zip(axes, panels):
+            points = [(r["doc_tokens"], r[key]) for r in done if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), "o-", markersize=4, linewidth=0.8, label=condition)
+    for ax, (_, label) in zip(axes, panels):
         ax.set_xlabel("document length (text tokens)")
         ax.set_ylabel(label)
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle("Cost against document length" + title_note, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:

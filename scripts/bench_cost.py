@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Cost of reading a document natively (text) or optically (pages), on the same documents at
+growing lengths: latency (split render / encode / adapter / prefill / decode) and peak memory
+per condition, and the ratio optical / native per length.
+
+The models are the full-size ones of configs/fullsize/longbench.yaml (DeepSeek-OCR's DeepEncoder,
+the published adapter shape, Qwen3-VL-2B's language model) with RANDOM weights: they cost exactly
+what the real ones cost, so these are real latency and memory figures (and meaningless answers).
+`--size tiny` uses configs/tiny/longbench.yaml (seconds on a CPU, for plumbing). Documents are
+real text, consecutive records of the bundled CVE corpus, cut to each length in Qwen tokens and
+rendered with the config's layout (render.reflow: dense pages). Both conditions run through the
+benchmark runner itself (`optical bench longbench`'s code), one item per length.
+
+    python scripts/bench_cost.py --size fullsize --lengths 1024,2048,4096,8192 --device cpu     # CPU targets
+    python scripts/bench_cost.py --size fullsize --lengths 32768,65536,131072 --device cuda     # GPU targets
+    python scripts/bench_cost.py --size tiny --lengths 256,512                                  # seconds
+
+Writes the CSV (default results/bench/cost.csv) and a plot beside it (cost.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from optical_cli.artifacts import atomic_write_text  # noqa: E402
+from optical_cli.bench.data import parse_record  # noqa: E402
+from optical_cli.bench.models import build_reader  # noqa: E402
+from optical_cli.bench.plots import plot_cost_vs_length  # noqa: E402
+from optical_cli.bench.runner import BenchSettings, run_benchmark  # noqa: E402
+from optical_cli.bench.synthetic import cve_document, longbench_item  # noqa: E402
+from optical_cli.config import load_config  # noqa: E402
+from optical_cli.memory import PeakMemory, in_use_gib  # noqa: E402
+
+CONFIGS = {"fullsize": REPO / "configs" / "fullsize" / "longbench.yaml", "tiny": REPO / "configs" / "tiny" / "longbench.yaml"}
+CONDITIONS = ("native", "optical")
+STAGES = ("render_s", "encode_s", "adapter_s", "prefill_s", "decode_s")
+FIELDS = ["length", "condition", "doc_tokens", "doc_chars", "input_tokens", "pages", "truncated", "chars_per_page",
+          "doc_tokens_per_vision_token", "latency_s", *STAGES, "peak_memory_gib", "memory_added_gib", "repeats",
+          "latency_spread", "optical_over_native_latency", "optical_over_native_memory_added", "status", "reason"]
+
+
+def items_for(lengths: list[int], count_tokens) -> list[tuple[int, object]]:
+    """(length, item) per length: CVE paragraphs from the same start, so longer documents extend shorter ones."""
+    items = []
+    for length in lengths:
+        document, ids = cve_document(length, measure=count_tokens)
+        items.append((length, parse_record(longbench_item(document, ids, f"cost-{length}"), "bench_cost", len(items))))
+    return items
+
+
+def run_condition(reader, item, condition: str, cfg, items_csv: Path, memory: PeakMemory) -> dict:
+    """One timed (item, condition) through the benchmark runner; adds the memory it added to what was held."""
+    settings = BenchSettings((condition,), max_context_tokens=10**9, max_pages=cfg.bench.max_pages,
+                             max_new_tokens=cfg.bench.max_new_tokens, temperature=0.0, seed=cfg.runtime.seed)
+    before = in_use_gib(reader.device)
+    (row,) = run_benchmark(reader, [item], settings, items_csv, memory=memory)
+    row["memory_added_gib"] = row["peak_memory_gib"] - before
+    return row
+
+
+def summarise(rows: list[dict], tokens_per_page: int) -> dict:
+    """The median latency over repeats of one (length, condition); the rest from the first run."""
+    first = dict(rows[0])
+    latencies = [r["latency_s"] for r in rows]
+    median_row = min(rows, key=lambda r: abs(r["latency_s"] - statistics.median(latencies)))
+    first.update({key: median_row[key] for key in ("latency_s", *STAGES)})
+    first["repeats"] = len(rows)
+    first["latency_spread"] = (max(latencies) - min(latencies)) / statistics.median(latencies) if len(rows) > 1 else 0.0
+    first["peak_memory_gib"] = max(r["peak_memory_gib"] for r in rows)
+    first["memory_added_gib"] = max(r["memory_added_gib"] for r in rows)
+    if first["pages"]:
+        first["doc_tokens_per_vision_token"] = first["doc_tokens"] / (first["pages"] * tokens_per_page)
+    return first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(CONFIGS), default="fullsize")
+    parser.add_argument("--lengths", default="1024,2048,4096,8192", help="document lengths in Qwen tokens, comma-separated")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per (length, condition), alternating conditions; latency is the median")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="answer budget (default: the config's)")
+    parser.add_argument("--output", type=Path, default=REPO / "results" / "bench" / "cost.csv")
+    args = parser.parse_args()
+    lengths = [int(n) for n in args.lengths.split(",") if n.strip()]
+
+    # every page kept (200, the published adapter's page embeddings): cost of the whole document
+    overrides = [f"runtime.device={args.device}", "bench.adapter=random", "bench.temperature=0.0", "bench.max_pages=200"]
+    if args.max_new_tokens:
+        overrides.append(f"bench.max_new_tokens={args.max_new_tokens}")
+    cfg = load_config("longbench", CONFIGS[args.size], overrides)
+    reader = build_reader(cfg, CONDITIONS)
+    tokens_per_page = reader.vision_tokens([reader.renderer.draw(["x"])])
+    memory = PeakMemory(reader.device)
+    print(f"models: {reader.description}; parameters {reader.parameters}; device {reader.device}; RANDOM weights "
+          f"(cost figures are real, answers are not); layout: font {cfg.render.font_size} px, reflow {cfg.render.reflow}",
+          flush=True)
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for length, item in items_for(lengths, lambda text: len(reader.encode_text(text))):
+            runs: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
+            for repeat in range(args.repeats):
+                for condition in CONDITIONS:
+                    items_csv = Path(tmp) / f"{length}-{condition}-{repeat}.csv"
+                    runs[condition].append(run_condition(reader, item, condition, cfg, items_csv, memory))
+            native, optical = (summarise(runs[c], tokens_per_page) for c in CONDITIONS)
+            ok = native["status"] == optical["status"] == "ok"
+            for row in (native, optical):
+                row.update(length=length, doc_chars=len(item.context),
+                           optical_over_native_latency=optical["latency_s"] / native["latency_s"] if ok else None,
+                           optical_over_native_memory_added=(optical["memory_added_gib"] / native["memory_added_gib"]
+                                                             if ok and native["memory_added_gib"] >= 0.01 else None))
+                results.append(row)
+            report(native, optical)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()} for row in results)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.output, buffer.getvalue())
+    plot = plot_cost_vs_length(results, CONDITIONS, args.output.with_suffix(".png"),
+                               f" ({args.size}, random weights, {reader.device.type})")
+    print(f"run peak memory {memory.run_peak()}; wrote {args.output} and {plot}", flush=True)
+
+
+def report(native: dict, optical: dict) -> None:
+    def split(row: dict) -> str:
+        return " / ".join(f"{row[s]:.1f}" for s in STAGES)
+
+    ratio = optical["optical_over_native_latency"]
+    print(f"{native['length']:>7} tokens ({native['doc_tokens']:,} measured, {native['doc_chars']:,} chars): "
+          f"native {native['latency_s']:.1f} s [{split(native)}] peak {native['peak_memory_gib']:.2f} GiB "
+          f"(+{native['memory_added_gib']:.2f}); optical {optical['latency_s']:.1f} s [{split(optical)}] "
+          f"peak {optical['peak_memory_gib']:.2f} GiB (+{optical['memory_added_gib']:.2f}), {optical['pages']} pages, "
+          f"{optical['chars_per_page']:.0f} chars/page, {optical.get('doc_tokens_per_vision_token', 0):.2f} doc tokens per "
+          f"vision token; optical/native latency = {'-' if ratio is None else f'{ratio:.2f}'}   "
+          f"[split: render / encode / adapter / prefill / decode s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
