@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
-"""Adapter-training throughput: pages/s for feature caching and for training steps.
+"""Adapter-training cost: step time and peak memory per batch size, per way of computing the loss.
 
-Measured in one run, on real CVE text (tests/data/cves_200.jsonl unless --data):
-  caching   cold  - render + DeepEncoder, writing the feature cache (what epoch 1 costs);
-            warm  - the same corpus read back from the cache (what every later epoch costs);
-  training  baseline  - the model's own forward with ``labels``: logits over the whole
-                        sequence and all 151,936 vocabulary entries;
-            optimised - what train-adapter runs: logits only where a label exists.
-Prints each ratio against its baseline, the projected wall time of the issue's target
-(1,000 documents x 10 epochs), and writes results/bench/train.csv.
+Measured in one run on real CVE text packed into full pages (the train-adapter defaults):
+  caching      cold - render + DeepEncoder writing the feature cache; warm - read back (later epochs);
+  training     per batch size, one optimizer step of the adapter through the frozen LLM:
+    full-logits      the baseline: transformers' own causal-LM loss over logits of every position
+                     and all 151,936 vocabulary entries;
+    label-positions  what train-adapter runs: logits only where a label exists;
+    checkpointing    label-positions with train.gradient_checkpointing (the LLM's layers recomputed
+                     in backward instead of kept).
+Step time is the median over --steps timed steps after one warm-up step; peak memory is CUDA max
+allocated on a GPU, else the resident set, with what the step added on top of the models held.
+Ratios are against full-logits at the same batch size. `--size fullsize` uses
+configs/fullsize/qwen3_vl.yaml (random weights at the published sizes: real time and memory),
+`--size tiny` configs/tiny/qwen3_vl.yaml (seconds).
 
-    python scripts/bench_train.py                                  # CPU: tiny random models
-    python scripts/bench_train.py --size full --device cuda --docs 256 --doc-chars 6000 \\
-        --batch-size 16 --steps 20                                 # GPU: full-size random models
+    python scripts/bench_train.py --size tiny
+    python scripts/bench_train.py --size fullsize --batch-sizes 1,2,4 --steps 1 --device cpu --max-text-tokens 256
+    python scripts/bench_train.py --size fullsize --batch-sizes 1,2,4 --steps 3 --device cuda --output results/bench/gpu/train.csv
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -31,163 +36,146 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from transformers.loss.loss_utils import ForCausalLMLoss  # noqa: E402
 
 from optical_cli.artifacts import atomic_write_text  # noqa: E402
 from optical_cli.config import load_config  # noqa: E402
+from optical_cli.memory import PeakMemory, headline_gib, in_use_gib  # noqa: E402
 from optical_cli.models import loading  # noqa: E402
 from optical_cli.models.vlm import splice  # noqa: E402
 from optical_cli.train import (DeepEncoderPages, _loss, build_page_set, build_reader, collate,  # noqa: E402
-                               make_adapter, make_examples)
+                               enable_gradient_checkpointing, make_adapter, make_examples, page_statistics,
+                               read_documents, training_mode)
 
-FIELDS = ["device", "size", "stage", "variant", "pages", "seconds", "pages_per_s", "speedup_vs_baseline"]
-# Qwen3-VL-2B-Instruct text dims (its config.json), for full-size random weights
-QWEN3_VL_2B = {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
-               "num_key_value_heads": 8, "head_dim": 128, "mrope_section": [24, 20, 20], "initializer_range": 0.02}
-
-
-def overrides(args, cache: Path) -> list[str]:
-    sets = [f"data.cache_dir={cache}", f"data.max_documents={args.docs}", f"train.batch_size={args.batch_size}",
-            f"runtime.device={args.device}", f"data.encode_batch_size={args.batch_size}"]
-    if args.size == "full":
-        sets += ["deepencoder.weights=random", "deepencoder.architecture=official", f"deepencoder.mode={args.mode}",
-                 "adapter.hidden_dim=3072", "adapter.max_pages=200", "runtime.dtype=auto", "vlm.source=random",
-                 "vlm.tokenizer=qwen-tiktoken", "data.max_text_tokens=1024"]
-        dims = dict(QWEN3_VL_2B, num_hidden_layers=args.layers or QWEN3_VL_2B["num_hidden_layers"])
-        sets += [f"vlm.random.{k}={json.dumps(v)}" for k, v in dims.items()]
-    return sets
+CONFIGS = {"fullsize": REPO / "configs" / "fullsize" / "qwen3_vl.yaml", "tiny": REPO / "configs" / "tiny" / "qwen3_vl.yaml"}
+VARIANTS = ("full-logits", "label-positions", "checkpointing")
+FIELDS = ["device", "size", "stage", "variant", "batch", "tokens_per_example", "text_tokens_per_page", "steps",
+          "seconds", "pages_per_s", "peak_memory_gib", "memory_added_gib", "ratio_vs_full_logits"]
+DOCUMENTS_PER_PAGE = 48  # CVE descriptions on a full base page (packed, reflowed): enough text for the largest batch
 
 
-def corpus(args, folder: Path) -> Path:
-    """The CVE descriptions, optionally joined into documents of about --doc-chars characters."""
-    if not args.doc_chars:
-        return args.data
-    docs, current = [], ""
-    for line in args.data.read_text(encoding="utf-8").splitlines():
-        current += json.loads(line)["description"] + "\n\n"
-        if len(current) >= args.doc_chars:
-            docs.append(current)
-            current = ""
-    path = folder / "joined.jsonl"
-    path.write_text("".join(json.dumps({"description": d}) + "\n" for d in docs), encoding="utf-8")
-    return path
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def baseline_loss(model, adapter, pages, examples, index, pad_id, device, autocast):
-    """The straightforward way: the model's forward with labels (full logits)."""
+def full_logits_loss(model, adapter, pages, examples, index, pad_id, device, autocast) -> torch.Tensor:
+    """The baseline: logits of every position over the whole vocabulary, transformers' causal-LM loss."""
     features = pages.features[index].to(device)
     page_index = torch.tensor([pages.page_index[i] for i in index], device=device)
     batch = {k: v.to(device) for k, v in collate([examples[i] for i in index], pad_id).items()}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         inputs = splice(model.get_input_embeddings(), batch["input_ids"], batch["vision_mask"], adapter(features, page_index))
-        return model(inputs_embeds=inputs, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-                     labels=batch["labels"], use_cache=False).loss
+        logits = model(inputs_embeds=inputs, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits
+        return ForCausalLMLoss(logits.float(), batch["labels"], vocab_size=logits.shape[-1])
 
 
-def time_training(step_loss, adapter, n_pages, batch_size, steps, device) -> tuple[int, float]:
+def time_steps(loss_fn, adapter, batch: list[int], steps: int, device, memory: PeakMemory) -> tuple[float, dict, float]:
+    """(median seconds per optimizer step, peak memory, GiB added on top of what was held)."""
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-4)
-    batches = [list(range(s, min(n_pages, s + batch_size))) for s in range(0, n_pages, batch_size)]
 
-    def one(index):
-        loss = step_loss(index)
-        loss.backward()
+    def step() -> float:
+        start = time.perf_counter()
+        loss_fn(batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        loading.synchronize(device)
+        return time.perf_counter() - start
 
-    one(batches[0])  # warm-up
-    sync(device)
-    pages, start = 0, time.perf_counter()
-    for k in range(steps):
-        index = batches[k % len(batches)]
-        one(index)
-        pages += len(index)
-    sync(device)
-    return pages, time.perf_counter() - start
+    step()  # warm-up: allocator, kernels, optimizer state
+    held = in_use_gib(device)
+    with memory.stage() as peaks:
+        seconds = [step() for _ in range(steps)]
+    return statistics.median(seconds), peaks, headline_gib(peaks) - held
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=["tiny", "full"], default="tiny", help="tiny random models, or full-size random ones")
+    parser.add_argument("--size", choices=sorted(CONFIGS), default="tiny")
+    parser.add_argument("--batch-sizes", default="1,2,4", help="pages per step, comma-separated")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per (batch, variant) after a warm-up step")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--mode", default="base", help="DeepEncoder mode for --size full")
-    parser.add_argument("--data", type=Path, default=REPO / "tests" / "data" / "cves_200.jsonl")
-    parser.add_argument("--doc-chars", type=int, default=0, help="join CVE descriptions into documents of ~this many characters")
-    parser.add_argument("--docs", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--layers", type=int, default=0, help="--size full: decoder layers (default: all 28 of Qwen3-VL-2B)")
-    parser.add_argument("--target-docs", type=int, default=1000)
-    parser.add_argument("--target-epochs", type=int, default=10)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
+    parser.add_argument("--max-text-tokens", type=int, default=None, help="reconstruction target per page (default: the config's)")
+    parser.add_argument("--output", type=Path, default=REPO / "results" / "bench" / "train.csv")
     args = parser.parse_args()
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
-        args.data = corpus(args, work)
-        cfg = load_config("train-adapter", REPO / "configs" / "tiny" / "qwen3_vl.yaml", overrides(args, work / "cache"))
+        overrides = [f"runtime.device={args.device}", f"data.cache_dir={work / 'cache'}", "data.eval_fraction=0",
+                     f"data.source={REPO / 'data' / 'cve' / 'cves.jsonl'}", f"data.encode_batch_size={max(batches)}"]
+        if args.max_text_tokens:
+            overrides.append(f"data.max_text_tokens={args.max_text_tokens}")
+        per_page = DOCUMENTS_PER_PAGE if load_config("train-adapter", CONFIGS[args.size], overrides).data.pack else 1
+        overrides.append(f"data.max_documents={per_page * (max(batches) + 1)}")  # pages for the largest batch, and one more
+        cfg = load_config("train-adapter", CONFIGS[args.size], overrides)
         device = loading.resolve_device(cfg.runtime.device)
         dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
         autocast = device.type == "cuda" and dtype == torch.bfloat16
-        from optical_cli.train import read_corpus
-
-        documents = read_corpus(str(args.data), max_documents=args.docs, min_chars=cfg.data.min_chars)
         reader = build_reader(cfg, device, dtype)
-        encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, args.batch_size)
-        rows = []
-        start = time.perf_counter()
+        encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, cfg.data.encode_batch_size)
         encoder.load()
-        sync(device)
-        load_s = time.perf_counter() - start
-        print(f"encoder load: {load_s:.1f} s (not counted below)", file=sys.stderr)
+        memory = PeakMemory(device)
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+        rows = []
 
+        documents = read_documents(cfg)
         start = time.perf_counter()
         pages, _ = build_page_set(documents, cfg, encoder, work / "cache")
-        sync(device)
         cold = time.perf_counter() - start
         start = time.perf_counter()
         again, hit = build_page_set(documents, cfg, encoder, work / "cache")
         warm = time.perf_counter() - start
         assert hit and torch.equal(again.features, pages.features)
-        n = len(pages)
-        rows.append(["caching", "cold (render + encode)", n, cold, n / cold, 1.0])
-        rows.append(["caching", "warm (feature cache)", n, warm, n / warm, cold / warm])
+        if len(pages) < max(batches):
+            sys.exit(f"only {len(pages)} pages for a batch of {max(batches)}; lower --batch-sizes")
+        for name, seconds in (("cold (render + encode)", cold), ("warm (feature cache)", warm)):
+            rows.append({"stage": "caching", "variant": name, "batch": "", "steps": "", "seconds": f"{seconds:.4g}",
+                         "pages_per_s": f"{len(pages) / seconds:.4g}"})
 
         examples = make_examples(reader, pages, cfg.data.max_text_tokens)
+        stats = page_statistics(pages, examples, cfg.data.max_text_tokens)
         adapter = make_adapter(cfg, encoder.out_dim, reader).to(device)
-        pad = reader.tokenizer.token_id("<|endoftext|>")
-        results = {}
-        for variant, fn in (
-            ("baseline (full logits)", lambda idx: baseline_loss(reader.model, adapter, pages, examples, idx, pad, device, autocast)),
-            ("optimised (label positions only)", lambda idx: _loss("reconstruction", reader.model, adapter, pages, examples,
-                                                                   idx, pad, device, autocast)),
-        ):
-            count, seconds = time_training(fn, adapter, n, args.batch_size, args.steps, device)
-            results[variant] = count / seconds
-            rows.append(["training", variant, count, seconds, count / seconds,
-                         count / seconds / results["baseline (full logits)"]])
-
-        text_tokens = sum(len(e.answer_ids) for e in examples) / n
-        pages_per_doc = n / len(documents)
-        target_pages = args.target_docs * pages_per_doc
-        train_rate = results["optimised (label positions only)"]
-        projected = target_pages / (n / cold) + args.target_epochs * target_pages / train_rate
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(FIELDS)
-        for stage, variant, count, seconds, rate, speedup in rows:
-            writer.writerow([str(device), args.size, stage, variant, count, f"{seconds:.3f}", f"{rate:.2f}", f"{speedup:.2f}"])
-            print(f"{stage:9s} {variant:42s} {rate:10.2f} pages/s  x{speedup:.2f} vs baseline", file=sys.stderr)
-        target = REPO / "results" / "bench" / "train.csv"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(target, out.getvalue())
-        print(f"pages: {n} from {len(documents)} documents ({pages_per_doc:.2f} per document), "
-              f"{pages.features.shape[1]} vision tokens and {text_tokens:.0f} target text tokens per page", file=sys.stderr)
-        print(f"projected {args.target_docs} documents x {args.target_epochs} epochs on {device}: "
-              f"{projected / 60:.1f} min (encode once + train)", file=sys.stderr)
-        print(f"wrote {target}", file=sys.stderr)
+        model, pad = reader.model, reader.tokenizer.token_id("<|endoftext|>")
+        losses = {
+            "full-logits": lambda idx: full_logits_loss(model, adapter, pages, examples, idx, pad, device, autocast),
+            "label-positions": lambda idx: _loss("reconstruction", model, adapter, pages, examples, idx, pad, device, autocast),
+        }
+        losses["checkpointing"] = losses["label-positions"]
+        print(f"{device_name}: {len(pages)} pages, {stats['text_tokens_per_page']:.0f} text tokens per page "
+              f"({stats['text_tokens_per_vision_token']:.2f} per vision token), target {cfg.data.max_text_tokens} tokens; "
+              f"parameters: language model {sum(p.numel() for p in model.parameters()):,}, "
+              f"adapter {sum(p.numel() for p in adapter.parameters()):,}", flush=True)
+        for batch in batches:
+            index = list(range(batch))
+            tokens = sum(examples[i].input_ids.shape[0] for i in index) / batch
+            results = {}
+            for variant in variants:
+                if variant == "checkpointing":
+                    enable_gradient_checkpointing(model)
+                training_mode(adapter, model, True, variant == "checkpointing")
+                seconds, peaks, added = time_steps(losses[variant], adapter, index, args.steps, device, memory)
+                if variant == "checkpointing":
+                    (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+                training_mode(adapter, model, False, False)
+                results[variant] = seconds
+                rows.append({"stage": "training", "variant": variant, "batch": batch, "tokens_per_example": f"{tokens:.0f}",
+                             "text_tokens_per_page": stats["text_tokens_per_page"], "steps": args.steps,
+                             "seconds": f"{seconds:.4g}", "pages_per_s": f"{batch / seconds:.4g}",
+                             "peak_memory_gib": f"{headline_gib(peaks):.3f}", "memory_added_gib": f"{added:.3f}",
+                             "ratio_vs_full_logits": (f"{results['full-logits'] / seconds:.3f}" if "full-logits" in results else "")})
+                print(f"batch {batch} {variant:16s} {seconds:8.3f} s/step ({batch / seconds:.3g} pages/s, {tokens:.0f} tokens "
+                      f"per example)  peak {headline_gib(peaks):.2f} GiB (+{added:.2f})"
+                      + (f"  x{results['full-logits'] / seconds:.2f} vs full-logits" if "full-logits" in results else ""), flush=True)
+        for row in rows:
+            row.update(device=device_name, size=args.size)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.output, buffer.getvalue())
+        print(f"caching: cold {len(pages) / cold:.3g} pages/s, warm {len(pages) / warm:.4g} pages/s; "
+              f"run peak {memory.run_peak()}; wrote {args.output}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
