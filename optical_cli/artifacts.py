@@ -86,15 +86,18 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
 
 
-def atomic_write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """Rows of dicts as a CSV (header from the first row's keys), written atomically."""
+def atomic_write_csv(path: str | Path, rows: list[dict[str, Any]], fieldnames: list[str] | None = None) -> Path:
+    """Rows of dicts as a CSV, written atomically (parent folders made). Columns: ``fieldnames``
+    (keys beyond them ignored, missing ones empty), else the first row's keys."""
     import csv
     import io
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    columns = fieldnames if fieldnames is not None else (list(rows[0]) if rows else [])
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, buffer.getvalue())
 
 

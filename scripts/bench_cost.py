@@ -21,8 +21,6 @@ Writes the CSV (default results/bench/cost.csv) and a plot beside it (cost.png).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import statistics
 import sys
 import tempfile
@@ -31,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from optical_cli.artifacts import atomic_write_text  # noqa: E402
+from optical_cli.artifacts import atomic_write_csv  # noqa: E402
 from optical_cli.bench.data import parse_record  # noqa: E402
 from optical_cli.bench.models import build_reader  # noqa: E402
 from optical_cli.bench.plots import plot_cost_vs_length  # noqa: E402
@@ -122,12 +120,8 @@ def main() -> None:
                                                              if ok and native["memory_added_gib"] >= 0.01 else None))
                 results.append(row)
             report(native, optical)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()} for row in results)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output, buffer.getvalue())
+    atomic_write_csv(args.output, [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()} for row in results],
+                     FIELDS)
     plot = plot_cost_vs_length(results, CONDITIONS, args.output.with_suffix(".png"),
                                f" ({args.size}, random weights, {reader.device.type})")
     print(f"run peak memory {memory.run_peak()}; wrote {args.output} and {plot}", flush=True)

@@ -25,8 +25,6 @@ Writes the CSV (default results/bench/encoder.csv).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import statistics
 import sys
 import time
@@ -39,7 +37,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from optical_cli.artifacts import atomic_write_text  # noqa: E402
+from optical_cli.artifacts import atomic_write_csv  # noqa: E402
 from optical_cli.memory import peak_memory, reset_peak, resident_gib  # noqa: E402
 from optical_cli.models.deepencoder import DeepEncoder, DeepEncoderConfig  # noqa: E402
 from optical_cli.models.deepencoder import sam  # noqa: E402
@@ -211,12 +209,7 @@ def main() -> None:
                 print(f"{mode} batch {batch:3d} {rows[-1]['variant']:45s} {rates[name]:8.4g} pages/s "
                       f"({1 / rates[name]:.3g} s/page, spread {spread:.0%})  x{ratios[name]:.2f} vs {baseline}  "
                       f"peak +{extra[name]:.2f} GiB  max|diff| {diff:.1e}", file=sys.stderr)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output, buffer.getvalue())
+    atomic_write_csv(args.output, rows, FIELDS)
     print(f"wrote {args.output}", file=sys.stderr)
 
 

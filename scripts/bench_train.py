@@ -23,8 +23,6 @@ configs/fullsize/qwen3_vl.yaml (random weights at the published sizes: real time
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import shutil
 import statistics
 import sys
@@ -38,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers.loss.loss_utils import ForCausalLMLoss  # noqa: E402
 
-from optical_cli.artifacts import atomic_write_text  # noqa: E402
+from optical_cli.artifacts import atomic_write_csv  # noqa: E402
 from optical_cli.config import load_config  # noqa: E402
 from optical_cli.memory import PeakMemory, headline_gib, in_use_gib  # noqa: E402
 from optical_cli.models import loading  # noqa: E402
@@ -168,12 +166,7 @@ def main() -> None:
                       + (f"  x{results['full-logits'] / seconds:.2f} vs full-logits" if "full-logits" in results else ""), flush=True)
         for row in rows:
             row.update(device=device_name, size=args.size)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.output, buffer.getvalue())
+        atomic_write_csv(args.output, rows, FIELDS)
         print(f"caching: cold {len(pages) / cold:.3g} pages/s, warm {len(pages) / warm:.4g} pages/s; "
               f"run peak {memory.run_peak()}; wrote {args.output}", flush=True)
     finally:

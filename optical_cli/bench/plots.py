@@ -66,10 +66,15 @@ def plot_cost_vs_length(rows: Sequence[Mapping[str, Any]], conditions: Sequence[
             points = [(r["doc_tokens"], r[key]) for r in done if r.get(key) is not None]
             if points:
                 ax.plot(*zip(*points), "o-", markersize=4, linewidth=0.8, label=condition)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     for ax, (_, label) in zip(axes, panels):
         ax.set_xlabel("document length (text tokens)")
         ax.set_ylabel(label)
-        ax.set_xscale("log")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(LogLocator(base=2))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
