@@ -41,7 +41,7 @@ from optical_cli.config import load_config  # noqa: E402
 from optical_cli.memory import PeakMemory, headline_gib, in_use_gib  # noqa: E402
 from optical_cli.models import loading  # noqa: E402
 from optical_cli.models.vlm import splice  # noqa: E402
-from optical_cli.train import (DeepEncoderPages, _loss, build_page_set, build_reader, collate,  # noqa: E402
+from optical_cli.train import (DeepEncoderPages, _loss, build_page_set, collate, load_reader,  # noqa: E402
                                enable_gradient_checkpointing, make_adapter, make_examples, page_statistics,
                                read_documents, training_mode)
 
@@ -109,7 +109,7 @@ def main() -> None:
         device = loading.resolve_device(cfg.runtime.device)
         dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
         autocast = device.type == "cuda" and dtype == torch.bfloat16
-        reader = build_reader(cfg, device, dtype)
+        reader = load_reader(cfg)
         encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, cfg.data.encode_batch_size)
         encoder.load()
         memory = PeakMemory(device)

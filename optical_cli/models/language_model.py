@@ -11,11 +11,17 @@ position ids [4, B, L], which is how :mod:`optical_cli.models.vlm` and training 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLPreTrainedModel, Qwen3VLTextModel
+
+
+# The KV cache argument and output field: ``cache`` from transformers 5.24 on, ``past_key_values`` before.
+CACHE_NAME = "cache" if "cache" in inspect.signature(Qwen3VLTextModel.forward).parameters else "past_key_values"
 
 
 class LanguageStack(nn.Module):
@@ -53,11 +59,12 @@ class Qwen3VLLanguageModel(Qwen3VLPreTrainedModel):
 
     def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache=None, use_cache: bool = False, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
-        """``inputs_embeds`` [B, L, H]; ``position_ids`` [4, B, L] (text, then t/h/w rows)."""
+        """``inputs_embeds`` [B, L, H]; ``position_ids`` [4, B, L] (text, then t/h/w rows); ``cache``
+        a KV cache, passed on under the name this transformers version uses."""
         out = self.model(inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=attention_mask,
-                         cache=cache, use_cache=use_cache, **kwargs)
+                         use_cache=use_cache, **{CACHE_NAME: cache}, **kwargs)
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return CausalLMOutputWithPast(logits=self.lm_head(hidden), cache=out.cache)
+        return CausalLMOutputWithPast(logits=self.lm_head(hidden), **{CACHE_NAME: getattr(out, CACHE_NAME)})
 
