@@ -79,7 +79,7 @@ def time_steps(loss_fn, adapter, batch: list[int], steps: int, device, memory: P
     held = in_use_gib(device)
     with memory.stage() as peaks:
         seconds = [step() for _ in range(steps)]
-    return statistics.median(seconds), peaks, headline_gib(peaks) - held
+    return statistics.median(seconds), peaks, max(0.0, headline_gib(peaks) - held)
 
 
 def main() -> None:
