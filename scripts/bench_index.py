@@ -139,7 +139,7 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
         index = finish(prepared)
         build_s = time.perf_counter() - started
     started = time.perf_counter()
-    index.ann = build_ann(index.vectors, index.graph.dense_laplacian(index.vectors.device), "auto", EnergyBuildSection().ann_ivf_from)
+    index.ann = build_ann(index.vectors, index.dirichlet_metric(index.vectors.device), "auto", EnergyBuildSection().ann_ivf_from)
     ann_build_s = time.perf_counter() - started
     ann_info = describe(index.ann)
     print(f"\n== {name}: {n} x {dim} ({note}); build {build_s:.3f}s (prepare {prepare_s:.3f}s, "

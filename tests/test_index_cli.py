@@ -124,6 +124,28 @@ def test_published_formula_warns_when_dispersion_weight_is_negative(tmp_path):
     assert result.exit_code == 0 and "warning:" not in result.stderr
 
 
+def test_ridged_build_is_stored_and_searched_with_ann(tmp_path):
+    rng = np.random.default_rng(0)
+    x = ((rng.normal(size=(6, 24)) * 3)[rng.integers(6, size=300)] + rng.normal(size=(300, 24))).astype(np.float32)
+    np.save(tmp_path / "v.npy", x)
+    result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "--limit", 0, "-o", tmp_path / "ix", "--json",
+                    "--set", "build.dirichlet_ridge=0.5")
+    assert result.exit_code == 0, result.output
+    beta = json.loads(result.stdout)["dirichlet_beta"]
+    assert beta > 0 and json.loads((tmp_path / "ix" / "manifest.json").read_text())["dirichlet_beta"] == beta
+    np.save(tmp_path / "q.npy", x[:4] + 0.3 * rng.normal(size=(4, 24)).astype(np.float32))
+    hits = {}
+    for candidates in ("exact", "ann"):
+        result = invoke("index", "search", "--index", tmp_path / "ix", "--query-vector", tmp_path / "q.npy", "-k", 5, "--json",
+                        "--candidates", candidates)
+        assert result.exit_code == 0, result.output
+        hits[candidates] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(0 < h["ridge"] < h["dirichlet"] for h in hits["exact"])  # the identity part of the Dirichlet energy
+    assert [h["id"] for h in hits["ann"]] == [h["id"] for h in hits["exact"]]  # 50 candidates of 300 items find the top 5
+    result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "-o", tmp_path / "bad", "--set", "build.dirichlet_ridge=-1")
+    assert result.exit_code == 2 and "dirichlet_ridge" in result.output and "Traceback" not in result.output
+
+
 def test_vector_input_with_invalid_rows(tmp_path):
     x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
     x[3, 1], x[7] = np.nan, 0

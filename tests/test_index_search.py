@@ -1,4 +1,8 @@
-"""Search: exact energy equals its expanded algebra, ANN candidates, cosine, hybrid, bad queries."""
+"""Search: exact energy equals its expanded algebra, ANN candidates, cosine, hybrid, bad queries.
+
+Every test runs on two indexes of the same data: the pure Dirichlet energy (ridge 0) and the
+ridged metric L + beta I (``build.dirichlet_ridge`` 1).
+"""
 
 import numpy as np
 import pytest
@@ -7,24 +11,28 @@ import torch
 from optical_cli.config import EnergyBuildSection
 from optical_cli.errors import InputError
 from optical_cli.index.ann import build_ann
-from optical_cli.index.build import build
+from optical_cli.index.build import build, finish, prepare, ridge_beta
 from optical_cli.index.search import SearchParams, Searcher, topk_rows
 
 
-@pytest.fixture(scope="module")
-def setup():
+def clustered_items():
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(5, 16)) * 3
-    x = (centres[rng.integers(5, size=200)] + rng.normal(size=(200, 16))).astype(np.float32)
-    index = build(x, EnergyBuildSection(kmeans_iters=5), ids=[f"d{i}" for i in range(200)], seed=0)
-    index.ann = build_ann(index.vectors, index.graph.dense_laplacian(index.vectors.device), "hnsw", 10**6)
+    return (centres[rng.integers(5, size=200)] + rng.normal(size=(200, 16))).astype(np.float32), rng
+
+
+@pytest.fixture(scope="module", params=[0.0, 1.0], ids=["ridge0", "ridge1"])
+def setup(request):
+    x, rng = clustered_items()
+    index = build(x, EnergyBuildSection(kmeans_iters=5, dirichlet_ridge=request.param), ids=[f"d{i}" for i in range(200)], seed=0)
+    index.ann = build_ann(index.vectors, index.dirichlet_metric(index.vectors.device), "hnsw", 10**6)
     queries = (x[:6] + rng.normal(size=(6, 16)) * 0.5).astype(np.float32)
     return index, Searcher(index), x, queries
 
 
 def direct_scores(index, q, weights):
-    """The score written the long way: (q - x)^T L (q - x) per item, in float64."""
-    lap = torch.tensor(index.graph.laplacian().toarray())
+    """The score written the long way: (q - x)^T (L + beta I) (q - x) per item, in float64."""
+    lap = torch.tensor(index.graph.laplacian().toarray()) + index.dirichlet_beta * torch.eye(index.dim, dtype=torch.float64)
     x = index.vectors.double()
     diff = torch.from_numpy(q).double()[None, :] - x
     dirichlet = ((diff @ lap) * diff).sum(1)
@@ -61,7 +69,7 @@ def test_every_hit_carries_its_terms(setup):
 
 
 def test_ann_candidates_are_the_nearest_in_dirichlet_energy(setup):
-    """R x with R = L^{1/2}: Euclidean distances of transformed vectors equal the Dirichlet energies."""
+    """R x with R = (L + beta I)^{1/2}: Euclidean distances of transformed vectors equal the Dirichlet energies."""
     index, searcher, _, queries = setup
     q = torch.from_numpy(queries)
     dirichlet = searcher.energy_scores(searcher.query_terms(q), q)["dirichlet"]
@@ -131,3 +139,64 @@ def test_fused_ranking_scores_equal_the_term_matrices(setup):
     hybrid = SearchParams(mode="hybrid", alpha=0.3)
     mixed = 0.3 * (1 - searcher.cosine(q_t)) / 2 + 0.7 * weighted(searcher.energy_scores(terms, q_t), hybrid)
     assert torch.allclose(searcher.scores(q_t, hybrid, terms), mixed, rtol=1e-5, atol=1e-6)
+
+
+# --- the ridge: L + beta I ----------------------------------------------------------------
+
+
+def test_ridge_beta_is_relative_to_the_mean_eigenvalue():
+    from optical_cli.index.build import Graph
+
+    path = Graph(3, torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([1.0, 2.0]))  # trace(L) = 2 * 3, F = 3
+    assert ridge_beta(path, 0.5) == pytest.approx(1.0)
+    assert ridge_beta(path, 0.0) == 0.0
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The same prepared build finished without and with the ridge."""
+    x, _ = clustered_items()
+    prepared = prepare(x, EnergyBuildSection(kmeans_iters=5), seed=0)
+    return x, finish(prepared), finish(prepared, dirichlet_ridge=0.5)
+
+
+def test_null_space_direction_costs_nothing_without_the_ridge_and_beta_with_it(pair):
+    """q = x + c*1: the constant vector is in L's null space, so the pure Dirichlet energy cannot tell q from x."""
+    x, plain, ridged = pair
+    shift = 0.3 * np.ones(16, np.float32)
+    q = torch.from_numpy(x[:1] + shift)
+    energy = lambda index: Searcher(index).energy_scores(Searcher(index).query_terms(q), q)["dirichlet"][0]  # noqa: E731
+    assert float(energy(plain)[0]) == pytest.approx(0.0, abs=1e-3)  # float32 expansion: cancellation error only
+    assert float(energy(ridged)[0]) == pytest.approx(ridged.dirichlet_beta * float(shift @ shift), rel=1e-2)
+    assert ridged.dirichlet_beta > 0 and float(energy(ridged)[0]) > 0.1
+    # the other items are not in the null-space direction of q: they cost more than x itself with the ridge
+    assert int(torch.argmin(energy(ridged))) == 0
+
+
+def test_ridge_term_is_the_identity_part_of_the_energy(pair):
+    """Each hit shows beta ||q - x||^2; the rest of its Dirichlet energy is (q - x)^T L (q - x) of the plain index."""
+    x, plain, ridged = pair
+    q = x[:3] + 0.2
+    params = SearchParams(k=5, mode="energy")
+    assert all("ridge" not in h.terms for r in Searcher(plain).search(q, params) for h in r)
+    plain_terms = Searcher(plain)
+    for row, hits in enumerate(Searcher(ridged).search(q, params)):
+        items = torch.tensor([[h.index for h in hits]])
+        laplacian_part = plain_terms.terms(torch.from_numpy(q[row:row + 1]), plain_terms.query_terms(torch.from_numpy(q[row:row + 1])),
+                                           items, params)["dirichlet"][0]
+        for h, part in zip(hits, laplacian_part.tolist()):
+            assert h.terms["ridge"] == pytest.approx(ridged.dirichlet_beta * float(((q[row] - x[h.index]) ** 2).sum()), rel=1e-4)
+            assert h.terms["dirichlet"] == pytest.approx(part + h.terms["ridge"], rel=1e-3)
+
+
+def test_a_large_ridge_ranks_like_cosine_on_unit_vectors(pair):
+    """beta -> inf: (q - x)^T (L + beta I) (q - x) / beta -> ||q - x||^2 = 2 - 2 cos for unit vectors."""
+    x, _, _ = pair
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    prepared = prepare(unit, EnergyBuildSection(kmeans_iters=5), seed=0)
+    queries = unit[:8] + 0.05 * np.random.default_rng(3).normal(size=(8, 16)).astype(np.float32)
+    energy_only = SearchParams(k=10, mode="energy", w_lambda=0.0, w_G=0.0, w_D=1.0)
+    ids = lambda index, params: [[h.index for h in r] for r in Searcher(index).search(queries, params)]  # noqa: E731
+    cosine = ids(finish(prepared), SearchParams(k=10, mode="cosine"))
+    assert ids(finish(prepared, dirichlet_ridge=1e5), energy_only) == cosine
+    assert ids(finish(prepared), energy_only) != cosine  # without the ridge the Dirichlet energy ranks its own way

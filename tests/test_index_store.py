@@ -30,6 +30,7 @@ def test_round_trip(index, tmp_path):
         assert torch.allclose(getattr(loaded, name), getattr(index, name), rtol=1e-6, atol=0)
     assert torch.equal(loaded.graph.src, index.graph.src) and torch.equal(loaded.graph.weight, index.graph.weight)
     assert loaded.scales == index.scales and loaded.dirichlet_scale == index.dirichlet_scale
+    assert loaded.dirichlet_beta == index.dirichlet_beta == 0.0
     q = index.vectors[:3].numpy() + 0.1
     before = Searcher(index).search(q, SearchParams(k=4))
     after = Searcher(loaded).search(q, SearchParams(k=4))
@@ -41,7 +42,7 @@ def test_ann_structure_round_trip(index, tmp_path):
 
     from optical_cli.index.ann import FILE, build_ann
 
-    with_ann = dataclasses.replace(index, ann=build_ann(index.vectors, index.graph.dense_laplacian(index.vectors.device), "ivf", 1))
+    with_ann = dataclasses.replace(index, ann=build_ann(index.vectors, index.dirichlet_metric(index.vectors.device), "ivf", 1))
     fields = save_index(with_ann, tmp_path)
     assert fields["ann"]["kind"] == "ivf" and FILE in fields["files"]
     loaded = load_index(tmp_path)
@@ -54,6 +55,25 @@ def test_ann_structure_round_trip(index, tmp_path):
         load_index(tmp_path)
     save_index(index, tmp_path)  # rebuilt without ANN: the stale structure goes
     assert not (tmp_path / FILE).exists() and load_index(tmp_path).ann is None
+
+
+def test_ridge_round_trip_and_version_2_reads_as_no_ridge(index, tmp_path):
+    import dataclasses
+
+    ridged = dataclasses.replace(index, dirichlet_beta=2.5)
+    assert save_index(ridged, tmp_path)["dirichlet_beta"] == 2.5
+    assert load_index(tmp_path).dirichlet_beta == 2.5
+    q = index.vectors[:3].numpy() + 0.1
+    params = SearchParams(k=4)
+    hits = lambda ix: [(h.id, h.terms["ridge"]) for r in Searcher(ix).search(q, params) for h in r]  # noqa: E731
+    assert [i for i, _ in hits(load_index(tmp_path))] == [i for i, _ in hits(ridged)]
+    np.testing.assert_allclose([t for _, t in hits(load_index(tmp_path))], [t for _, t in hits(ridged)], rtol=1e-5)
+    # an index written before the ridge existed: no key, version 2, built with the pure Dirichlet energy
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["dirichlet_beta"]
+    manifest["format_version"] = 2
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert load_index(tmp_path).dirichlet_beta == 0.0
 
 
 @pytest.mark.parametrize("damage, message", [

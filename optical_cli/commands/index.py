@@ -77,7 +77,7 @@ def index_build_energy(
             for warning in index.warnings:
                 warn(warning)
             started = time.perf_counter()
-            index.ann = build_ann(index.vectors, index.graph.dense_laplacian(index.vectors.device), cfg.build.ann, cfg.build.ann_ivf_from)
+            index.ann = build_ann(index.vectors, index.dirichlet_metric(index.vectors.device), cfg.build.ann, cfg.build.ann_ivf_from)
             ann_seconds = time.perf_counter() - started
             index.model, index.texts = corpus.model, corpus.texts
             fields = save_index(index, run.path, manifest=False)
@@ -85,8 +85,8 @@ def index_build_energy(
                        ann_seconds=round(ann_seconds, 4))
         summary = {"index": str(run.path), "input": corpus.source, "items": len(index), "dim": index.dim,
                    **corpus.info, **index.stats, **index.scales.as_dict(), "dirichlet_scale": index.dirichlet_scale,
-                   "build_seconds": round(build_seconds, 4), "ann": (fields["ann"] or {}).get("kind", "none"),
-                   "ann_seconds": round(ann_seconds, 4)}
+                   "dirichlet_beta": index.dirichlet_beta, "build_seconds": round(build_seconds, 4),
+                   "ann": (fields["ann"] or {}).get("kind", "none"), "ann_seconds": round(ann_seconds, 4)}
         print_table("energy index", list(summary.items()))
         if json_out:
             emit_json(summary)

@@ -1,9 +1,9 @@
 """Approximate energy candidates with FAISS, then exact rescoring (``search.candidates: ann``).
 
-The Dirichlet term of the energy score is a quadratic form in q - x on the feature
-Laplacian L (symmetric, positive semi-definite):
+The Dirichlet term of the energy score is a quadratic form in q - x on the metric
+M = L + beta I (the feature Laplacian plus the optional ridge; symmetric, positive semi-definite):
 
-    e(q - x) = (q - x)^T L (q - x) = || R q - R x ||^2,   R = L^{1/2} = V diag(sqrt(w)) V^T
+    e(q - x) = (q - x)^T M (q - x) = || R q - R x ||^2,   R = M^{1/2} = V diag(sqrt(w)) V^T
 
 so the Euclidean nearest neighbours of the transformed items R x are exactly the items of
 smallest Dirichlet energy: candidates for energy search, not for cosine. The index stores
@@ -42,9 +42,9 @@ def _faiss():
     return faiss
 
 
-def laplacian_root(laplacian: torch.Tensor) -> np.ndarray:
-    """R = L^{1/2} (F x F, float32) from the dense symmetric Laplacian; tiny negative eigenvalues are rounding."""
-    w, v = np.linalg.eigh(laplacian.double().cpu().numpy())
+def metric_root(metric: torch.Tensor) -> np.ndarray:
+    """R = M^{1/2} (F x F, float32) from the dense symmetric metric L + beta I; tiny negative eigenvalues are rounding."""
+    w, v = np.linalg.eigh(metric.double().cpu().numpy())
     return ((v * np.sqrt(np.clip(w, 0.0, None))) @ v.T).astype(np.float32)
 
 
@@ -57,13 +57,13 @@ def choose_kind(n: int, kind: str, ivf_from: int) -> str:
     return ("ivf" if n >= ivf_from else "hnsw") if kind == "auto" else kind
 
 
-def build_ann(vectors: torch.Tensor, laplacian: torch.Tensor, kind: str, ivf_from: int, block: int = 65536) -> Optional[Any]:
-    """The FAISS structure over R x (None for kind ``none``); items are added in blocks to bound memory."""
+def build_ann(vectors: torch.Tensor, metric: torch.Tensor, kind: str, ivf_from: int, block: int = 65536) -> Optional[Any]:
+    """The FAISS structure over R x, R = ``metric``^{1/2} (None for kind ``none``); items are added in blocks to bound memory."""
     if kind == "none":
         return None
     faiss = _faiss()
     n, dim = vectors.shape
-    root = laplacian_root(laplacian)
+    root = metric_root(metric)
     kind = choose_kind(n, kind, ivf_from)
     if kind == "hnsw":
         ann = faiss.IndexHNSWFlat(dim, HNSW_M)

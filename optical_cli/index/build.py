@@ -36,6 +36,12 @@ Deliberate choices where the published method is silent or broken (each is teste
   on MiniLM vectors (G weighted -5.9). The published formula stays selectable, with a warning.
 - The search's bounded Dirichlet term is e/(e + s) with s the median pair energy (``dirichlet_scale``);
   the published e/(1+e) sits near 0.92 for every hit on unit vectors and barely ranks.
+- e = (q - x)^T L (q - x) is only a pseudo-metric: L has a null space (the constant vector, one
+  more per loosely joined component), and differences along it cost nothing. ``build.dirichlet_ridge``
+  t > 0 makes it e = (q - x)^T (L + beta I) (q - x), beta = t * trace(L)/F (``ridge_beta``): a
+  metric for every t > 0, the pure Dirichlet energy at t = 0, the squared Euclidean distance
+  (cosine ranking on unit vectors) as t grows. Measured on CVE vectors (README: sweep), the null
+  space holds ~0% of item differences and the ridge only moves rankings toward cosine's.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ MIN_EDGE_WEIGHT = 1e-8  # floor for far-apart neighbours: a kNN edge never under
 MAX_BLOCK_ELEMENTS = 1 << 21  # rows x edges per block in spectral_terms (8 MB of float32: cache-sized)
 
 DIFFUSION_FIELDS = {"eta", "steps", "split_quantile", "split_tau", "w_lambda", "w_disp", "w_dirichlet",
-                    "tau_mode", "tau_value", "lambda_formula", "lambda_blend", "block_size"}
+                    "tau_mode", "tau_value", "lambda_formula", "lambda_blend", "dirichlet_ridge", "block_size"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -299,8 +305,16 @@ def taumode_lambda(energy: torch.Tensor, dispersion: torch.Tensor, scales: Lambd
     return scales.blend * energy / (energy + scales.tau) + (1.0 - scales.blend) * scales.dispersion(dispersion)
 
 
-def dirichlet_scale(vectors: torch.Tensor, graph: Graph, formula: str, seed: int, pairs: int = 4096) -> float:
-    """The scale s of the search's bounded Dirichlet term e/(e + s), e = (q - x)^T L (q - x).
+def ridge_beta(graph: Graph, ridge: float) -> float:
+    """beta = t * trace(L)/F: relative to the mean eigenvalue of L, so t means the same at any scale of the data.
+
+    For a direction spread evenly over L's eigenvectors, t = 1 gives the ridge half the energy.
+    """
+    return float(ridge) * 2.0 * float(graph.weight.double().sum()) / graph.n  # trace(L) = sum of degrees = 2 sum(w)
+
+
+def dirichlet_scale(vectors: torch.Tensor, graph: Graph, formula: str, seed: int, beta: float = 0.0, pairs: int = 4096) -> float:
+    """The scale s of the search's bounded Dirichlet term e/(e + s), e = (q - x)^T (L + beta I) (q - x).
 
     bounded: the median e between seeded random pairs of items, so the term is 0.5 for a typical
     pair and spreads over [0, 1) instead of sitting near 1 for every hit. published: 1 (e/(1+e)).
@@ -312,7 +326,8 @@ def dirichlet_scale(vectors: torch.Tensor, graph: Graph, formula: str, seed: int
     a = torch.randint(n, (pairs,), generator=generator).to(vectors.device)
     b = torch.randint(n, (pairs,), generator=generator).to(vectors.device)
     keep = a != b
-    energies = spectral_terms(vectors[a[keep]] - vectors[b[keep]], graph).xLx
+    terms = spectral_terms(vectors[a[keep]] - vectors[b[keep]], graph)
+    energies = terms.xLx + beta * terms.norm.square()
     return select_tau(energies, "median", 0.0) if energies.numel() else 1.0
 
 
@@ -522,12 +537,13 @@ class EnergyIndex:
     norm: torch.Tensor
     scales: LambdaScales
     dirichlet_scale: float  # s of the search's bounded Dirichlet term e/(e + s)
+    dirichlet_beta: float  # beta of the Dirichlet metric L + beta I (0: the pure Dirichlet energy)
     params: dict
     stats: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # for the user (the CLI prints them)
     model: Optional[str] = None  # embedding model source when the items were texts
     texts: Optional[list[str]] = None  # the item texts, shown beside search results
-    ann: Optional[Any] = None  # FAISS candidate structure over L^{1/2} x (ann.py), when built
+    ann: Optional[Any] = None  # FAISS candidate structure over M^{1/2} x, M = L + beta I (ann.py), when built
 
     @property
     def dim(self) -> int:
@@ -535,6 +551,12 @@ class EnergyIndex:
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
+
+    def dirichlet_metric(self, device: torch.device) -> torch.Tensor:
+        """M = L + beta I (F x F, dense): e = (q - x)^T M (q - x) is the search's Dirichlet energy."""
+        metric = self.graph.dense_laplacian(device)
+        metric.diagonal().add_(self.dirichlet_beta)  # a view: adds beta to the diagonal in place
+        return metric
 
 
 def prepare(vectors, params: EnergyBuildSection, ids: Optional[Sequence[str]] = None, seed: int = 0,
@@ -588,10 +610,11 @@ def finish(prepared: Prepared, eta: Optional[float] = None, steps: Optional[int]
         "feature_s_lambda": nodes.s_lambda, "feature_s_G": nodes.s_G, "feature_tau": nodes.scales.tau,
         "finish_seconds": round(time.perf_counter() - started, 4),
     })
-    scale = dirichlet_scale(prepared.vectors, graph, params.lambda_formula, prepared.seed)
+    beta = ridge_beta(graph, params.dirichlet_ridge)
+    scale = dirichlet_scale(prepared.vectors, graph, params.lambda_formula, prepared.seed, beta)
     warnings = [w for w in (scales.warning(),) if w]
     return EnergyIndex(
-        prepared.ids, prepared.vectors, graph, lam, terms.E, terms.G, terms.xLx, terms.norm, scales, scale,
+        prepared.ids, prepared.vectors, graph, lam, terms.E, terms.G, terms.xLx, terms.norm, scales, scale, beta,
         params.model_dump(mode="json") | {"seed": prepared.seed}, stats, warnings,
     )
 

@@ -3,9 +3,10 @@
 Scores are lower-is-better in every mode:
 
 - energy:  w_lambda*|lambda_q - lambda_i| + w_G*|G~_q - G~_i| + w_D*B(q - x_i), B(v) = e/(e + s),
-  e = v^T L v computed as q^T L q - 2 (Lq)^T x_i + x_i^T L x_i with x_i^T L x_i stored, so a
-  query costs one F x F product plus one dense N x F product (the cost of a cosine scan).
-  s is the index's ``dirichlet_scale`` and G~ its scaled dispersion (``LambdaScales``).
+  e = v^T M v with M = L + beta I (``EnergyIndex.dirichlet_metric``; beta = 0 by default),
+  computed as q^T M q - 2 (Mq)^T x_i + x_i^T M x_i with x_i^T M x_i = x_i^T L x_i + beta ||x_i||^2
+  from stored terms, so a query costs one F x F product plus one dense N x F product (the cost
+  of a cosine scan). s is the index's ``dirichlet_scale`` and G~ its scaled dispersion (``LambdaScales``).
 - cosine: the cosine distance (1 - cos)/2, in [0, 1].
 - hybrid: alpha * (1 - cos)/2 + (1 - alpha) * energy score; both parts are 0 for a perfect
   match, the cosine part is bounded by 1 and the energy part by w_lambda + w_G + w_D.
@@ -75,11 +76,13 @@ class Searcher:
     def __init__(self, index: EnergyIndex):
         self.index = index
         self.vectors = index.vectors
-        self.laplacian = index.graph.dense_laplacian(index.vectors.device)  # F x F, small: dense is fastest
+        self.metric = index.dirichlet_metric(index.vectors.device)  # L + beta I, F x F, small: dense is fastest
+        self.beta = float(index.dirichlet_beta)
+        self.item_energy = index.xLx + self.beta * index.norm.square() if self.beta else index.xLx  # x^T M x
         self.inv_norm = 1.0 / index.norm.clamp_min(1e-30)
         self.scale = float(index.dirichlet_scale)
         self.dispersion = index.scales.dispersion(index.G)
-        self._root: Optional[np.ndarray] = None  # L^{1/2} for the ANN transform, computed on first use
+        self._root: Optional[np.ndarray] = None  # M^{1/2} for the ANN transform, computed on first use
 
     def check(self, queries, k: int) -> torch.Tensor:
         queries = torch.as_tensor(np.asarray(queries, np.float32)) if not isinstance(queries, torch.Tensor) else queries
@@ -100,8 +103,9 @@ class Searcher:
     def query_terms(self, queries: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = spectral_terms(queries, self.index.graph)
         scales = self.index.scales
-        return {"lambda": taumode_lambda(terms.E, terms.G, scales), "G": scales.dispersion(terms.G),
-                "qLq": terms.xLx, "norm": terms.norm}
+        qMq = terms.xLx + self.beta * terms.norm.square() if self.beta else terms.xLx
+        return {"lambda": taumode_lambda(terms.E, terms.G, scales), "G": scales.dispersion(terms.G), "qMq": qMq,
+                "norm": terms.norm}
 
     def scores(self, queries: torch.Tensor, params: SearchParams, q: Optional[dict] = None,
                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -118,11 +122,11 @@ class Searcher:
             cos = dot(queries).mul_(pick(self.inv_norm)).div_(queries.norm(dim=1, keepdim=True))
             return cos.neg_().add_(1.0).mul_(0.5)
         q = q if q is not None else self.query_terms(queries)
-        probes = queries @ self.laplacian  # rows are (L q)^T, L symmetric
+        probes = queries @ self.metric  # rows are (M q)^T, M symmetric
         batch = queries.shape[0]
         hybrid_scan = params.mode == "hybrid" and rows is None
         products = dot(torch.cat([probes, queries]) if hybrid_scan else probes)  # a full scan: one pass gives both
-        e = products[:batch].mul_(-2.0).add_(pick(index.xLx)).add_(q["qLq"][:, None]).clamp_min_(0.0)
+        e = products[:batch].mul_(-2.0).add_(pick(self.item_energy)).add_(q["qMq"][:, None]).clamp_min_(0.0)
         score = e.div_(e + self.scale).mul_(params.w_D)
         score.add_((pick(index.lam) - q["lambda"][:, None]).abs_().mul_(params.w_lambda))
         if params.w_G:
@@ -135,7 +139,7 @@ class Searcher:
     def energy_scores(self, q: dict[str, torch.Tensor], queries: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every weight-free energy term as a [B, N] matrix (for weight tuning: terms once, many weightings)."""
         index = self.index
-        dirichlet = (q["qLq"][:, None] - 2.0 * (queries @ self.laplacian) @ self.vectors.T + index.xLx[None, :]).clamp_min(0.0)
+        dirichlet = (q["qMq"][:, None] - 2.0 * (queries @ self.metric) @ self.vectors.T + self.item_energy[None, :]).clamp_min(0.0)
         return {"d_lambda": (q["lambda"][:, None] - index.lam[None, :]).abs(),
                 "d_G": (q["G"][:, None] - self.dispersion[None, :]).abs(),
                 "dirichlet": dirichlet, "bounded_dirichlet": dirichlet / (dirichlet + self.scale)}
@@ -151,14 +155,16 @@ class Searcher:
         cos = torch.einsum("bkf,bf->bk", x, queries) * self.inv_norm[items] / norm[:, None]
         if params.mode == "cosine":
             return {"cosine": cos}
-        dirichlet = (q["qLq"][:, None] - 2.0 * torch.einsum("bkf,bf->bk", x, queries @ self.laplacian)
-                     + self.index.xLx[items]).clamp_min(0.0)
+        dirichlet = (q["qMq"][:, None] - 2.0 * torch.einsum("bkf,bf->bk", x, queries @ self.metric)
+                     + self.item_energy[items]).clamp_min(0.0)
         terms = {
             "d_lambda": (q["lambda"][:, None] - self.index.lam[items]).abs(),
             "d_G": (q["G"][:, None] - self.dispersion[items]).abs(),
             "dirichlet": dirichlet,
             "bounded_dirichlet": dirichlet / (dirichlet + self.scale),
         }
+        if self.beta:  # the identity part of the Dirichlet energy, so every hit shows the ridge's share
+            terms["ridge"] = self.beta * (x - queries[:, None, :]).square().sum(2)
         if params.mode == "hybrid":
             terms["energy_score"] = (params.w_lambda * terms["d_lambda"] + params.w_G * terms["d_G"]
                                      + params.w_D * terms["bounded_dirichlet"])
@@ -171,7 +177,7 @@ class Searcher:
             raise InputError("search.candidates=ann but this index has no ANN structure; rebuild it with "
                              "`optical index build-energy --set build.ann=auto`")
         if self._root is None:
-            self._root = ann_mod.laplacian_root(self.laplacian)
+            self._root = ann_mod.metric_root(self.metric)
         m = max(params.ann_candidates, params.k)
         rows = ann_mod.candidates(self.index.ann, self._root, queries, m, params.hnsw_ef_search, params.ivf_nprobe)
         if bool((rows < 0).any()):  # IVF visited too few lists for m items: fall back to exact for safety

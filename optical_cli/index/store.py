@@ -24,7 +24,8 @@ from . import ann as ann_mod
 from .build import EnergyIndex, Graph, LambdaScales
 
 FORMAT = "optical-energy-index"
-FORMAT_VERSION = 2  # 2: bounded lambda scales, Dirichlet scale and the optional ANN structure
+FORMAT_VERSION = 3  # 2: bounded lambda scales, Dirichlet scale and the optional ANN structure; 3: the Dirichlet ridge
+READABLE_VERSIONS = (2, 3)  # a version-2 index has no ridge: beta = 0 is exactly how it was built
 FILES = ("lambdas.parquet", "vectors.npy", "laplacian.npz")
 
 
@@ -38,6 +39,7 @@ def manifest_fields(index: EnergyIndex) -> dict[str, Any]:
         "feature_edges": int(index.graph.src.numel()),
         **index.scales.as_dict(),
         "dirichlet_scale": index.dirichlet_scale,
+        "dirichlet_beta": index.dirichlet_beta,
         "ann": ann_mod.describe(index.ann) if index.ann is not None else None,
         "embedding_model": index.model,
         "params": index.params,
@@ -94,8 +96,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise _fail(directory, f"manifest.json is damaged: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _fail(directory, f"manifest.json does not describe an {FORMAT}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise _fail(directory, f"format version {manifest.get('format_version')!r}, this optical reads {FORMAT_VERSION}")
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise _fail(directory, f"format version {manifest.get('format_version')!r}, this optical reads "
+                               f"{' and '.join(map(str, READABLE_VERSIONS))}")
     if manifest.get("status", "ok") != "ok":
         raise _fail(directory, f"its build did not finish (status {manifest.get('status')!r})")
     return manifest
@@ -137,6 +140,7 @@ def load_index(directory: str | Path, device: str | torch.device = "cpu") -> Ene
         ids=[str(i) for i in table["id"]], vectors=torch.from_numpy(vectors.astype(np.float32, copy=False)).to(device),
         graph=Graph.from_laplacian(laplacian).to(device), lam=column("lambda"), E=column("E"), G=column("G"),
         xLx=column("xLx"), norm=column("norm"), scales=scales, dirichlet_scale=float(manifest["dirichlet_scale"]),
+        dirichlet_beta=float(manifest.get("dirichlet_beta", 0.0)),
         params=manifest.get("params", {}), stats=manifest.get("stats", {}), model=manifest.get("embedding_model"),
         texts=[str(t) for t in table["text"]] if "text" in table.columns else None, ann=ann,
     )
