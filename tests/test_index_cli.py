@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 
 from optical_cli.cli import app
 from optical_cli.config import CONFIG_DIR
+from optical_cli.index.search import Searcher
+from optical_cli.index.store import load_index
 
 runner = CliRunner()
 
@@ -133,6 +135,9 @@ def test_ridged_build_is_stored_and_searched_with_ann(tmp_path):
     assert result.exit_code == 0, result.output
     beta = json.loads(result.stdout)["dirichlet_beta"]
     assert beta > 0 and json.loads((tmp_path / "ix" / "manifest.json").read_text())["dirichlet_beta"] == beta
+    index = load_index(tmp_path / "ix")  # the ANN holds R x with R = (L + beta I)^{1/2}: ||R x||^2 = x^T (L + beta I) x
+    stored = index.ann.reconstruct_n(0, index.ann.ntotal)
+    np.testing.assert_allclose((stored ** 2).sum(1), Searcher(index).item_energy.numpy(), rtol=1e-4)
     np.save(tmp_path / "q.npy", x[:4] + 0.3 * rng.normal(size=(4, 24)).astype(np.float32))
     hits = {}
     for candidates in ("exact", "ann"):

@@ -189,6 +189,16 @@ def test_ridge_term_is_the_identity_part_of_the_energy(pair):
             assert h.terms["dirichlet"] == pytest.approx(part + h.terms["ridge"], rel=1e-3)
 
 
+def test_dirichlet_scale_is_the_median_pair_energy_of_its_own_metric(pair):
+    """s of the bounded term e/(e + s) is measured with the ridge when there is one: half of all item pairs lie below it."""
+    x, plain, ridged = pair
+    rows, cols = np.triu_indices(len(x), 1)
+    diff = torch.from_numpy(x[rows] - x[cols]).double()
+    for index in (plain, ridged):
+        energies = ((diff @ index.dirichlet_metric(torch.device("cpu")).double()) * diff).sum(1)
+        assert 0.45 < float((energies < index.dirichlet_scale).double().mean()) < 0.55  # from 4,096 sampled pairs
+
+
 def test_a_large_ridge_ranks_like_cosine_on_unit_vectors(pair):
     """beta -> inf: (q - x)^T (L + beta I) (q - x) / beta -> ||q - x||^2 = 2 - 2 cos for unit vectors."""
     x, _, _ = pair
