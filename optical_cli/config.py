@@ -254,7 +254,8 @@ class EnergyBuildSection(Section):
     lambda_blend: float = Field(0.0, ge=0, le=1, description="bounded formula: weight of the energy term E against the dispersion G (0: chosen on tuning labels, README: sweep)")
     dirichlet_ridge: float = Field(
         0.0, ge=0, description="t: the search's Dirichlet energy uses L + beta*I with beta = t*trace(L)/F, a proper metric for t > 0 "
-        "(L alone has a null space); 0 = pure Dirichlet energy, large t = Euclidean distance, i.e. cosine on unit vectors")
+        "(L alone has a null space); 0 = pure Dirichlet energy (kept on tuning labels, README: sweep), large t = Euclidean "
+        "distance, i.e. cosine on unit vectors")
     block_size: int = Field(8192, ge=1, description="rows per block in blockwise item computations")
     ann: Literal["auto", "hnsw", "ivf", "none"] = Field(
         "auto", description="FAISS structure for --candidates ann: auto = HNSW below ann_ivf_from items, IVF from there; none = no ANN")
