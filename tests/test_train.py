@@ -148,7 +148,7 @@ def test_features_are_cached_once_in_shards(tmp_path, reader, monkeypatch):
     docs = read_corpus(str(CVES), max_documents=3, min_chars=16)
     encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu"))
     whole, _ = build_page_set(docs, cfg, encoder, tmp_path / "one-file")
-    monkeypatch.setattr("optical_cli.train.CACHE_SHARD_PAGES", 2)
+    monkeypatch.setattr("optical_cli.train.pages.CACHE_SHARD_PAGES", 2)
     first, hit1 = build_page_set(docs, cfg, encoder, tmp_path / "sharded")
     second, hit2 = build_page_set(docs, cfg, DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")), tmp_path / "sharded")
     assert (hit1, hit2) == (False, True)

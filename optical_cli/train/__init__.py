@@ -1,0 +1,37 @@
+"""Adapter training: DeepEncoder and Qwen3-VL frozen, the optical adapter learns to make pages readable.
+
+Pipeline:
+  1. documents (.txt / .jsonl / a directory / hf:owner/name) -> rendered pages
+     -> DeepEncoder features [pages, tokens, 1280], computed once and cached on disk
+     (safetensors, keyed by the corpus and every setting that changes the features);
+  2. epochs over the cached features: adapter -> spliced into the chat prompt -> frozen LLM;
+     objective ``reconstruction`` (next-token loss on the page's own text, read from its
+     optical tokens) or ``mse`` (the published one: mean-pooled adapted tokens vs the
+     mean-pooled text embeddings of the page);
+  3. checkpoints (adapter, optimizer, scheduler, RNG, data position) every N steps;
+     ``resume`` continues bit-for-bit where a checkpoint left off;
+  4. a reading check on held-out pages: greedy decoding from the optical tokens,
+     character error rate beside the compression ratio (text tokens per vision token).
+
+Multi-GPU through accelerate (``accelerate launch -m optical_cli.cli train-adapter ...``);
+each process takes every world_size-th batch of the same shuffled order.
+
+Modules, in dependency order: ``corpus`` (documents), ``pages`` (rendering, the encoder, the
+feature cache), ``objectives`` (examples, batches, losses), ``checkpoints`` (schedule, resume),
+``reading`` (the reading check), ``loop`` (set-up and ``train_adapter``). The names callers use
+are re-exported here; module constants (``CACHE_SHARD_PAGES``, ...) are not: patch them where they are read.
+"""
+
+from .checkpoints import Checkpoint, open_checkpoint
+from .corpus import read_corpus, read_documents
+from .loop import TrainResult, _loss, enable_gradient_checkpointing, load_reader, make_adapter, train_adapter, training_mode
+from .objectives import collate, make_examples, mse_loss, page_statistics, reconstruction_loss
+from .pages import DeepEncoderPages, PageEncoder, PageSet, build_page_set, page_render_section, split_documents
+from .reading import character_error_rate
+
+__all__ = [
+    "Checkpoint", "DeepEncoderPages", "PageEncoder", "PageSet", "TrainResult", "_loss", "build_page_set",
+    "character_error_rate", "collate", "enable_gradient_checkpointing", "load_reader", "make_adapter",
+    "make_examples", "mse_loss", "open_checkpoint", "page_render_section", "page_statistics", "read_corpus",
+    "read_documents", "reconstruction_loss", "split_documents", "train_adapter", "training_mode",
+]
