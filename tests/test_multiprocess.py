@@ -58,7 +58,9 @@ def text(tmp_path_factory) -> Path:
 
 
 def test_two_processes_encode_the_features_of_one(text, tmp_path):
-    args = ["encode", "--config", "configs/tiny/encode.yaml", "--text", text, "--set", "encode.shard_pages=2"]
+    # a pinned attention path: under `auto` each process times its own, and paths agree only to rounding
+    args = ["encode", "--config", "configs/tiny/encode.yaml", "--text", text, "--set", "encode.shard_pages=2",
+            "--set", "deepencoder.attention=mask"]
     launch(*args, "--output-dir", tmp_path / "two")
     one_process(*args, "--output-dir", tmp_path / "one")
     two, one = FeatureFiles.open(tmp_path / "two"), FeatureFiles.open(tmp_path / "one")
@@ -81,7 +83,7 @@ def read_items_csv(path: Path) -> list[dict]:
 
 def test_two_processes_answer_longbench_as_one(tmp_path):
     args = ["bench", "longbench", "--config", "configs/tiny/longbench.yaml",
-            "--ids", "syn-short-easy-1,syn-long-hard-1"]  # one item per process
+            "--ids", "syn-short-easy-1,syn-long-hard-1", "--set", "deepencoder.attention=mask"]  # one item per process
     two = launch(*args, "--output-dir", tmp_path / "two", "--json")
     one = one_process(*args, "--output-dir", tmp_path / "one", "--json")
     rows = read_items_csv(tmp_path / "two" / "items.csv")

@@ -40,7 +40,7 @@ def encode(
     """Encode pages with DeepEncoder: features (pages x tokens x 1280, in shards) plus compression metrics.
 
     Under `accelerate launch --num_processes N -m optical_cli.cli encode ...` the processes share
-    the shards; the output equals one process's.
+    the shards; with a pinned deepencoder.attention the output equals one process's.
     """
     from ..encode import METRIC_FILES, build_encoder, check_shards_on_disk, plan_inputs, run_encode
     from ..models.loading import resolve_device
