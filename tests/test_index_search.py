@@ -12,7 +12,7 @@ from optical_cli.config import EnergyBuildSection
 from optical_cli.errors import InputError
 from optical_cli.index.ann import build_ann
 from optical_cli.index.build import build, finish, prepare, ridge_beta
-from optical_cli.index.search import SearchParams, Searcher, topk_rows
+from optical_cli.index.search import SearchParams, Searcher, scan, topk_rows
 
 
 def clustered_items():
@@ -210,3 +210,12 @@ def test_a_large_ridge_ranks_like_cosine_on_unit_vectors(pair):
     cosine = ids(finish(prepared), SearchParams(k=10, mode="cosine"))
     assert ids(finish(prepared, dirichlet_ridge=1e5), energy_only) == cosine
     assert ids(finish(prepared), energy_only) != cosine  # without the ridge the Dirichlet energy ranks its own way
+
+
+@pytest.mark.parametrize("probes", [1, 3])
+def test_the_brute_force_scan_gives_every_inner_product_for_one_probe_and_for_several(probes):
+    generator = torch.Generator().manual_seed(0)
+    vectors, queries = torch.randn(500, 24, generator=generator), torch.randn(probes, 24, generator=generator)
+    products = scan(vectors, queries)  # one probe goes through numpy's BLAS, several through torch
+    assert products.shape == (probes, 500) and products.dtype == torch.float32
+    torch.testing.assert_close(products, torch.einsum("nf,bf->bn", vectors.double(), queries.double()).float())

@@ -113,7 +113,7 @@ class Searcher:
         index = self.index
         if rows is None:
             pick = lambda t: t[None, :]  # noqa: E731
-            dot = lambda probes: (self.vectors @ probes.T).T  # noqa: E731 - [N, F] x [F, B]: the layout of a brute-force scan
+            dot = lambda probes: scan(self.vectors, probes)  # noqa: E731
         else:
             pick = lambda t: t[rows]  # noqa: E731
             gathered = self.vectors[rows]  # [B, m, F]
@@ -139,14 +139,14 @@ class Searcher:
     def energy_scores(self, q: dict[str, torch.Tensor], queries: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every weight-free energy term as a [B, N] matrix (for weight tuning: terms once, many weightings)."""
         index = self.index
-        dirichlet = (q["qMq"][:, None] - 2.0 * (queries @ self.metric) @ self.vectors.T + self.item_energy[None, :]).clamp_min(0.0)
+        dirichlet = (q["qMq"][:, None] - 2.0 * scan(self.vectors, queries @ self.metric) + self.item_energy[None, :]).clamp_min(0.0)
         return {"d_lambda": (q["lambda"][:, None] - index.lam[None, :]).abs(),
                 "d_G": (q["G"][:, None] - self.dispersion[None, :]).abs(),
                 "dirichlet": dirichlet, "bounded_dirichlet": dirichlet / (dirichlet + self.scale)}
 
     def cosine(self, queries: torch.Tensor) -> torch.Tensor:
         """Cosine similarities [B, N]."""
-        return (queries @ self.vectors.T) * self.inv_norm[None, :] / queries.norm(dim=1, keepdim=True)
+        return scan(self.vectors, queries) * self.inv_norm[None, :] / queries.norm(dim=1, keepdim=True)
 
     def terms(self, queries: torch.Tensor, q: dict, items: torch.Tensor, params: SearchParams) -> dict[str, torch.Tensor]:
         """The component terms [B, k] of the score for each query's ``items`` [B, k] (the same formulas, unfused)."""
@@ -217,6 +217,19 @@ class Searcher:
                 for rank, (pos, item) in enumerate(enumerate(row_items), start=1)
             ])
         return results
+
+
+def scan(vectors: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
+    """Inner products [B, N] of probes [B, F] with every item [N, F]: the brute-force pass.
+
+    One probe on the CPU goes through numpy's BLAS: torch's CPU matrix-vector product runs on one
+    thread and, on one thread, 1.3x slower than OpenBLAS (100K x 384: 16.2 vs 12.1 ms; 15.7 vs
+    6.4 ms on 2 threads). Several probes stay in torch, whose [N, F] x [F, B] product is the
+    fastest there (8 probes: 18.0 vs 25.6 ms).
+    """
+    if probes.shape[0] == 1 and vectors.device.type == "cpu" and vectors.dtype == probes.dtype == torch.float32:
+        return torch.from_numpy(vectors.numpy() @ probes[0].numpy())[None, :]
+    return (vectors @ probes.T).T  # [N, F] x [F, B]: the layout of a brute-force scan
 
 
 def _stable(items: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
