@@ -45,31 +45,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-class PeakRSS:
-    """Peak resident memory above the starting level: the kernel's high-water mark (VmHWM), reset on entry."""
-
-    @staticmethod
-    def status(field: str) -> int:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"{field} not in /proc/self/status")
-
-    def __enter__(self):
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")  # resets VmHWM to the current RSS
-        self.start = self.status("VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        self.peak = self.status("VmHWM")
-
-    @property
-    def megabytes(self) -> float:
-        return (self.peak - self.start) / 2**20
-
-
 def cve_vectors(n: int, seed: int, device: str):
     from optical_cli.config import EnergyInputSection
     from optical_cli.index.embed import embed_corpus
@@ -116,6 +91,7 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
     from optical_cli.index.ann import build_ann, describe
     from optical_cli.index.build import finish, prepare
     from optical_cli.index.search import SearchParams, Searcher, topk_rows
+    from optical_cli.memory import PeakMemory, in_use_gib
 
     n, dim = x.shape
     rng = np.random.default_rng(args.seed + 1)
@@ -132,18 +108,20 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
         rows.append(record)
         return record
 
-    with PeakRSS() as memory:
+    held = in_use_gib()
+    with PeakMemory().stage() as peaks:
         started = time.perf_counter()
         prepared = prepare(x, EnergyBuildSection(), seed=args.seed, device=args.device)
         prepare_s = time.perf_counter() - started
         index = finish(prepared)
         build_s = time.perf_counter() - started
+    added_mb = max(0.0, peaks["cpu_rss_gib"] - held) * 1024
     started = time.perf_counter()
     index.ann = build_ann(index.vectors, index.dirichlet_metric(index.vectors.device), "auto", EnergyBuildSection().ann_ivf_from)
     ann_build_s = time.perf_counter() - started
     ann_info = describe(index.ann)
     print(f"\n== {name}: {n} x {dim} ({note}); build {build_s:.3f}s (prepare {prepare_s:.3f}s, "
-          f"finish {build_s - prepare_s:.3f}s), peak +{memory.megabytes:.0f} MB; "
+          f"finish {build_s - prepare_s:.3f}s), peak +{added_mb:.0f} MB; "
           f"{index.stats['kmeans_centroids']} centroids, {index.stats['split_nodes']} split; "
           f"ANN {ann_info['kind']} {ann_build_s:.1f}s", flush=True)
     searcher = Searcher(index)
@@ -182,7 +160,7 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
         recall = recalls[mode] = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(tops, exact_tops)])
         row(f"{mode}", query_ms=round(ms, 4), ratio_vs_numpy_cosine=round(ms / cosine_ms, 3),
             recall_at_10_vs_exact=round(float(recall), 4),
-            **({"build_s": round(build_s, 4), "peak_mem_mb": round(memory.megabytes, 1)} if mode == "energy" else {}),
+            **({"build_s": round(build_s, 4), "peak_mem_mb": round(added_mb, 1)} if mode == "energy" else {}),
             **({"build_s": round(ann_build_s, 3), "note": f"{ann_info}; {measured['energy'][0] / ms:.1f}x faster than exact"}
                if mode == "energy-ann" else {}))
     # batched: all queries in one call, per-query cost (amortises the fixed per-call overhead)
