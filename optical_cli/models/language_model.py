@@ -20,8 +20,14 @@ from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLPreTrainedModel, Qwen3VLTextModel
 
 
-# The KV cache argument and output field: ``cache`` from transformers 5.24 on, ``past_key_values`` before.
-CACHE_NAME = "cache" if "cache" in inspect.signature(Qwen3VLTextModel.forward).parameters else "past_key_values"
+def cache_argument(forward) -> str:
+    """The forward argument (and output field) that carries the KV cache: ``cache`` from
+    transformers 5.24 on, ``past_key_values`` before (5.24 still takes the old name, with a
+    deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+CACHE_NAME = cache_argument(Qwen3VLTextModel.forward)
 
 
 class LanguageStack(nn.Module):

@@ -23,7 +23,6 @@ Models and tokenizers are loaded through :mod:`optical_cli.models.loading`.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from .language_model import cache_argument
 from .loading import synchronize
 from .tokenizers import ChatTokenizer
 
@@ -172,12 +172,6 @@ def splice(embed_tokens: torch.nn.Module, input_ids: torch.Tensor, vision_mask: 
 # The reader
 
 
-def _cache_argument(model) -> str:
-    """The forward argument that takes the KV cache: ``cache`` from transformers 5.24 on,
-    ``past_key_values`` before (5.24 still takes the old name, with a deprecation warning)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 class VisionLanguageReader:
     """Qwen3-VL reading a document as native text or as adapted optical tokens.
 
@@ -287,7 +281,7 @@ class VisionLanguageReader:
 
         start = time.perf_counter()
         length = inputs_embeds.shape[1]
-        cache = {_cache_argument(self.model): DynamicCache(config=self.model.config.text_config)}
+        cache = {cache_argument(self.model.forward): DynamicCache(config=self.model.config.text_config)}
         out = self.model(inputs_embeds=inputs_embeds.to(self.dtype), position_ids=position_ids[:, None, :].to(self.device),
                          attention_mask=torch.ones(1, length, dtype=torch.long, device=self.device),
                          use_cache=True, logits_to_keep=1, **cache)
