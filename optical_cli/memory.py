@@ -100,6 +100,11 @@ class PeakMemory:
         return dict(self._run)
 
 
+def busiest(peaks: list[dict[str, float]]) -> dict[str, float]:
+    """The peaks of a run of several processes: each figure's largest over the processes."""
+    return {key: max(p[key] for p in peaks) for key in peaks[0]}
+
+
 def headline_gib(peaks: dict[str, float]) -> float:
     """The figure that bounds the run: CUDA max allocated on a GPU, else the CPU resident set."""
     return peaks.get("cuda_max_allocated_gib", peaks["cpu_rss_gib"])

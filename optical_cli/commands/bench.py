@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from .. import config as config_mod
-from ..memory import PeakMemory
+from ..memory import PeakMemory, busiest
 from .common import (
     ConfigOpt,
     JsonOpt,
@@ -144,7 +144,7 @@ def bench_longbench(
             summary = finish_run(
                 rows, settings, run.path, reader_description=reader.description,
                 random_weights=reader.random_weights, data_source=cfg.bench.data, plots=cfg.bench.plots,
-                parameters=reader.parameters, peak_memory_gib={key: max(p[key] for p in peaks) for key in peaks[0]},
+                parameters=reader.parameters, peak_memory_gib=busiest(peaks),
             )
             run.record_existing("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
             run.update(parameters=summary["parameters"], peak_memory_gib=summary["peak_memory_gib"])

@@ -14,7 +14,7 @@ import torch
 from ..artifacts import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 from ..config import TrainAdapterConfig
 from ..errors import InputError
-from ..memory import PeakMemory
+from ..memory import PeakMemory, busiest
 from ..models import loading
 from ..models.adapter import AdapterConfig, OpticalAdapter, parameter_count, save_adapter
 from ..models.vlm import VisionLanguageReader
@@ -261,6 +261,11 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
             reading = reading_check(reader, eval_pages if len(eval_pages) else train_pages, opt.read_pages,
                                     opt.read_max_new_tokens)
             atomic_write_text(run_path / "reading.jsonl", "".join(json.dumps(r) + "\n" for r in reading["records"]))
+    peaks = memory.run_peak()
+    if world > 1:  # every process's peaks; the report keeps the busiest
+        from accelerate.utils import gather_object
+
+        peaks = busiest(gather_object([peaks]))
     return TrainResult(
         steps=step, train_pages=len(train_pages), eval_pages=len(eval_pages), vision_tokens=int(train_pages.features.shape[1]),
         final_loss=last_loss, final_eval_loss=last_eval, first_loss=first_loss,
@@ -268,7 +273,7 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
         step_s=train_s / (step - first_step) if step > first_step else None, cache_hit=cache_hit, encode_s=encode_s,
         parameters={"deepencoder": encoder.parameter_count(), "adapter": parameter_count(final),
                     "language_model": parameter_count(reader.model)},
-        peak_memory_gib=memory.run_peak(),
+        peak_memory_gib=peaks,
         training_pages=page_statistics(train_pages, train_examples, cfg.data.max_text_tokens),
         reading={k: v for k, v in reading.items() if k != "records"},
     )
