@@ -10,6 +10,8 @@
 #   bash scripts/gpu_check.sh              # on the GPU host (install the package there first, keeping its CUDA torch)
 #   bash scripts/gpu_check.sh --dry-run    # the same steps at tiny sizes on the CPU, into results/bench/gpu-dry/
 #   PYTHON=/path/to/python bash scripts/gpu_check.sh --output-dir DIR
+#   OPTICAL_OFFICIAL_DIR=DIR bash scripts/gpu_check.sh   # the encoder step also times the official
+#       DeepSeek-OCR encoder code in DIR (its deepencoder/ package) and gives ratios against it
 #
 # Exit 0 when every step passed, 1 otherwise. A step whose script (or the interface this script
 # calls) is not in the checkout fails the real run; a dry run skips it with a line saying so.
@@ -92,8 +94,11 @@ step() {
 
 step parity "$budget_parity" check_bf16_parity.py --size --device --mode --pages --output -- \
     --size "$size" --device "$device" --mode "$mode" --pages "$pages" --output "$out/parity.csv"
+official=()  # the official code builds the full-size encoder only: not in a dry run
+if [ -n "${OPTICAL_OFFICIAL_DIR:-}" ] && [ "$dry" = 0 ]; then official=(--official "$OPTICAL_OFFICIAL_DIR"); fi
 step encoder "$budget_encoder" bench_encoder.py --mode --batch-sizes --dtype --device --paths --size --output -- \
-    --mode base --batch-sizes "$encode_batches" --dtype bfloat16 --device "$device" --paths all --size "$size" --output "$out/encoder.csv"
+    --mode base --batch-sizes "$encode_batches" --dtype bfloat16 --device "$device" --paths all --size "$size" \
+    --output "$out/encoder.csv" ${official[@]+"${official[@]}"}
 step cost "$budget_cost" bench_cost.py --size --lengths --device --output -- \
     --size "$size" --lengths "$lengths" --device "$device" --output "$out/cost.csv"
 step train "$budget_train" bench_train.py --size --batch-sizes --steps --device --output -- \
