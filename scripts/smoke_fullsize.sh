@@ -5,7 +5,8 @@
 # minutes on 2 cores, about 12 GB peak); run it after changing anything on the optical path.
 #
 #   bash scripts/smoke_fullsize.sh [OUTPUT_DIR]          # default results/smoke_fullsize
-#   OPTICAL_OFFICIAL_DIR=/tmp/official bash scripts/smoke_fullsize.sh   # also time the official encoder code
+#   OPTICAL_OFFICIAL_DIR=DIR bash scripts/smoke_fullsize.sh   # also time the official encoder code
+#       (DIR holds its deepencoder/ package; it imports easydict: pip install easydict)
 #
 # Each step runs under flock /tmp/optical-heavy.lock (one heavy job at a time on a shared machine)
 # and checks what the real-size issue asks of it; the first failed check stops the script (exit 1).
