@@ -80,8 +80,7 @@ class PeakMemory:
         self._run: dict[str, float] = {}
 
     def _fold(self, peaks: dict[str, float]) -> None:
-        for key, value in peaks.items():
-            self._run[key] = max(value, self._run.get(key, 0.0))
+        self._run = busiest([self._run, peaks])
 
     @contextlib.contextmanager
     def stage(self) -> Iterator[dict[str, float]]:
@@ -101,8 +100,9 @@ class PeakMemory:
 
 
 def busiest(peaks: list[dict[str, float]]) -> dict[str, float]:
-    """The peaks of a run of several processes: each figure's largest over the processes."""
-    return {key: max(p[key] for p in peaks) for key in peaks[0]}
+    """Each figure's largest over several sets of peaks (stages of a run, or a run's processes)."""
+    keys = dict.fromkeys(key for p in peaks for key in p)  # every key, in first-seen order
+    return {key: max(p.get(key, 0.0) for p in peaks) for key in keys}
 
 
 def headline_gib(peaks: dict[str, float]) -> float:
