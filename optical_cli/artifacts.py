@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -183,10 +184,12 @@ def _slug(text: str) -> str:
 
 
 def new_run_dir(command: str, name: str | None = None, root: Path | None = None) -> Path:
-    """``results/<command>/<timestamp>-<name>/``, made unique if two runs start in the same second."""
+    """``results/<group>/<timestamp>-<name>/`` (``bench longbench`` -> ``results/bench/...-longbench``),
+    made unique if two runs start in the same second."""
     root = RESULTS_DIR if root is None else root
+    words = command.split() or ["run"]
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / _slug(command) / f"{stamp}-{_slug(name or command)}"
+    base = root / _slug(words[0]) / f"{stamp}-{_slug(name or words[-1])}"
     candidate, suffix = base, 1
     while candidate.exists():
         suffix += 1
@@ -230,7 +233,8 @@ def _now() -> str:
 class Run:
     """One run's directory and manifest. Use through :func:`start_run`."""
 
-    def __init__(self, command: str, path: Path, config_yaml: str, seed: int | None, device: str | None):
+    def __init__(self, command: str, path: Path, config_yaml: str, seed: int | None, device: str | None,
+                 previous: dict[str, Any] | None = None):
         self.command = command
         self.path = path
         self.started = time.time()
@@ -243,11 +247,15 @@ class Run:
             "seed": seed,
             "device": device,
             "host": platform.node(),
+            "pid": os.getpid(),
             "processes": launched_count(),
             "git_revision": git_revision(),
             "versions": package_versions(),
             "artifacts": [],
         }
+        if previous is not None:  # a resume: the earlier attempts stay on record, a dead one as interrupted
+            self.manifest["artifacts"] = list(previous.get("artifacts", []))
+            self.manifest["attempts"] = [*previous.get("attempts", []), _attempt_record(previous)]
         atomic_write_text(path / "config.yaml", config_yaml)
         self.write_manifest()
 
@@ -300,7 +308,7 @@ class FollowerRun:
 def start_run(
     command: str,
     config_yaml: str,
-    output_dir: str | Path | None = None,
+    output_dir: "OutputDir | str | Path | None" = None,
     name: str | None = None,
     seed: int | None = None,
     device: str | None = None,
@@ -308,12 +316,20 @@ def start_run(
 ) -> Iterator[Run]:
     """Create the run directory, write config and manifest, and close the manifest on exit.
 
-    With ``output_dir`` the files go directly into that directory. On an exception the
-    manifest gets status ``failed`` and the error, then the exception propagates.
+    ``output_dir``: an :class:`OutputDir` from :func:`claim_output_dir` (the CLI's rule), or a
+    plain path whose files are written directly into it, or None for a new directory under
+    results/. On an exception the manifest gets status ``failed`` and the error, then the
+    exception propagates.
     """
-    path = Path(output_dir) if output_dir is not None else new_run_dir(command, name, root)
+    claim = output_dir if isinstance(output_dir, OutputDir) else OutputDir(
+        None if output_dir is None else Path(output_dir), "new", None)
+    path = claim.path if claim.path is not None else new_run_dir(command, name, root)
+    if claim.mode == "overwrite":
+        clear_directory(path)
     path.mkdir(parents=True, exist_ok=True)
-    run = Run(command, path, config_yaml, seed, device)
+    if claim.mode == "resume":
+        remove_stale_temporaries(path)
+    run = Run(command, path, config_yaml, seed, device, previous=claim.previous if claim.mode == "resume" else None)
     try:
         yield run
     except KeyboardInterrupt:
@@ -326,3 +342,158 @@ def start_run(
     else:
         if run.manifest["status"] == "running":
             run.finish("ok")
+
+
+# ---------------------------------------------------------------------------------------
+# One rule for --output-dir, --resume and --overwrite, checked before any work is done
+#
+# - a missing or empty directory takes a new run; --resume there is an error (nothing to resume);
+# - a directory holding a run of the same command is continued with --resume, replaced with
+#   --overwrite, and otherwise refused (a finished run's results are never mixed with a new one's);
+# - a directory holding another command's run is refused unless --overwrite;
+# - a directory with files but no run of ours is refused: optical never deletes what it did not write;
+# - a run still alive on this host (its process exists) is never touched.
+# Refusals are InputErrors (exit 2) raised before anything is written.
+
+# Commands of earlier versions, as their manifests named them
+_LEGACY_COMMANDS = {"longbench": "bench longbench", "index": "index build-energy", "sweep": "sweep diffusion"}
+# atomic_path's temporaries: .<stem>.<8 random characters>.tmp<suffix>
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?")
+
+
+@dataclass(frozen=True)
+class OutputDir:
+    """Where a run will write, decided before any work: ``path`` (None: a new directory under
+    results/), ``mode`` (new, resume or overwrite) and the manifest of the run found there."""
+
+    path: Path | None
+    mode: str
+    previous: dict[str, Any] | None = None
+
+    @property
+    def resuming(self) -> bool:
+        return self.mode == "resume"
+
+
+def read_run_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of the optical run in ``path`` (command names of earlier versions mapped to
+    today's), or None when the directory holds none."""
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("command"), str) or "started_at" not in manifest:
+        return None
+    manifest["command"] = _LEGACY_COMMANDS.get(manifest["command"], manifest["command"])
+    return manifest
+
+
+def run_is_alive(manifest: dict[str, Any]) -> bool:
+    """A run whose manifest says running and whose process still exists on this host."""
+    pid = manifest.get("pid")
+    if manifest.get("status") != "running" or not isinstance(pid, int) or manifest.get("host") != platform.node():
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def claim_output_dir(command: str, output_dir: str | Path | None, *, resume: bool = False, overwrite: bool = False,
+                     resumable: bool = True) -> OutputDir:
+    """Check ``--output-dir`` against the rule above for ``command`` (e.g. ``sweep diffusion``);
+    reads only. ``resumable``: whether the command has ``--resume`` (it shapes the advice)."""
+    from .errors import InputError
+
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite contradict each other: --resume continues the run in --output-dir, "
+                         "--overwrite replaces it; give one")
+    if output_dir is None:
+        if resume:
+            raise InputError("--resume needs --output-dir DIR: the directory of the run to continue")
+        return OutputDir(None, "new")
+    path = Path(output_dir)
+    _check_creatable(path)
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if not entries:
+        if resume:
+            state = "it is empty" if path.is_dir() else "it does not exist"
+            raise InputError(f"--resume: nothing to resume in {path} ({state}); run without --resume to start a new run there")
+        return OutputDir(path, "new")
+    manifest = read_run_manifest(path)
+    if manifest is None:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise InputError(f"--output-dir {path} is not empty ({shown}) and holds no optical run; choose a new or empty "
+                         "directory (optical never deletes files it did not write)")
+    found = f"`optical {manifest['command']}`"
+    if run_is_alive(manifest):
+        raise InputError(f"{path} is in use: a {found} run (pid {manifest['pid']}, started {manifest.get('started_at')}) "
+                         "is still writing there; wait for it to end or stop it first")
+    if manifest["command"] != command:
+        if overwrite:
+            return OutputDir(path, "overwrite", manifest)
+        what = "--resume: " if resume else ""
+        raise InputError(f"{what}{path} holds an {found} run, not `optical {command}`; choose another --output-dir, "
+                         "or pass --overwrite to replace that run")
+    if resume:
+        return OutputDir(path, "resume", manifest)
+    if overwrite:
+        return OutputDir(path, "overwrite", manifest)
+    status = manifest.get("status")
+    state = "a finished" if status == "ok" else f"an unfinished ({'interrupted' if status == 'running' else status})"
+    advice = "pass --resume to continue it, --overwrite to replace it" if resumable else "pass --overwrite to replace it"
+    raise InputError(f"{path} holds {state} {found} run; {advice}, or choose another --output-dir")
+
+
+def _check_creatable(path: Path) -> None:
+    """A usage mistake, not a failed run: --output-dir is a file, lies under a file, or cannot be written."""
+    from .errors import InputError
+
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--output-dir {path} is a file, not a directory; choose a directory")
+    ancestor = path
+    while not ancestor.exists():
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise InputError(f"--output-dir {path}: {ancestor} is a file, so no directory can be made under it; choose another path")
+    if ancestor.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"--output-dir {path}: cannot write in {ancestor} (permission denied); choose another path")
+
+
+def clear_directory(path: Path) -> None:
+    """Remove everything in a run directory (``--overwrite``; only ever called on one of our runs)."""
+    import shutil
+
+    for entry in Path(path).iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the half-written temporaries a killed run left (``atomic_path``'s names) under ``path``."""
+    removed = []
+    for entry in Path(path).rglob(".*"):
+        if entry.is_file() and _TEMPORARY.fullmatch(entry.name):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _attempt_record(manifest: dict[str, Any]) -> dict[str, Any]:
+    """One earlier attempt of a resumed run; a run that died while running is recorded as interrupted."""
+    status = manifest.get("status")
+    record = {key: manifest.get(key) for key in ("started_at", "ended_at", "argv", "pid", "host", "error")
+              if manifest.get(key) is not None}
+    record["status"] = "interrupted" if status == "running" else status
+    if status == "running":
+        record["error"] = "the process ended without closing its manifest (killed or crashed)"
+    return record

@@ -154,7 +154,7 @@ def _plan_text(text_file: Path, cfg: EncodeConfig) -> EncodePlan:
         raise InputError(f"--text {text_file}: no such file")
     text = _read_text(text_file, cfg)
     if not text.strip():
-        raise InputError(f"--text {text_file}: the file holds no text to render")
+        raise InputError(f"--text {text_file}: no text to render (empty or whitespace only); give a file with text")
     mode = cfg.deepencoder.mode  # pages are rendered at the size the encoder's mode reads (gundam: base pages)
     renderer = PageRenderer(cfg.render.model_copy(update={"mode": "base" if mode == "gundam" else mode}))
     page_lines, _, _ = renderer.layout(text)
@@ -398,14 +398,17 @@ def feature_identity(cfg: EncodeConfig, dtype: torch.dtype) -> dict[str, str]:
             "dtype": str(dtype).removeprefix("torch."), "weights": section.weights}
 
 
-def check_shards_on_disk(cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype, features_path: Path) -> None:
-    """Before resuming: every shard on disk must hold these pages under these settings."""
+def check_shards_on_disk(cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype, features_path: Path) -> tuple[int, int]:
+    """Before resuming: every shard on disk must hold these pages under these settings.
+    Returns (shards on disk, shards in all)."""
     shards, identity = ShardedFeatures(features_path, cfg.encode.shard_pages), feature_identity(cfg, dtype)
     count = shards.shard_count(len(plan))
+    found = 0
     for k in range(count):
         path = shards.existing(k, count)
         if path is None:
             continue
+        found += 1
         header = read_header(path)
         numbers = shards.shard_pages(k, len(plan))
         differs = [key for key, value in identity.items() if header.get(key) != value]
@@ -414,6 +417,7 @@ def check_shards_on_disk(cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype
         if differs:
             raise InputError(f"--resume: {path} was encoded from other {' and '.join(differs)} than this run; "
                              "rerun with the same inputs and settings or choose a new --output-dir")
+    return found, count
 
 
 @dataclass

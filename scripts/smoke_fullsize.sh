@@ -23,7 +23,7 @@ step() { echo; echo "== $* ($(date +%H:%M:%S))"; }
 check() { "$PY" -c "$1" || { echo "check failed: $2" >&2; exit 1; }; }
 
 step "1/5 train-adapter, full size: 2 steps of batch 2"
-heavy "$OPTICAL" train-adapter -c configs/fullsize/qwen3_vl.yaml -o "$OUT/train" --set train.max_steps=2 \
+heavy "$OPTICAL" train-adapter -c configs/fullsize/qwen3_vl.yaml -o "$OUT/train" --overwrite --set train.max_steps=2 \
     --set train.batch_size=2 --set data.max_documents=4 --set train.read_pages=1 --set train.read_max_new_tokens=8 \
     --set data.cache_dir="$OUT/cache" --json > "$OUT/train.json"
 check "import json; r = json.load(open('$OUT/train.json')); p = r['parameters']
@@ -34,7 +34,7 @@ assert p['deepencoder'] == 401_369_600 and p['adapter'] == 10_642_432 and p['lan
 step "2/5 bench longbench, full size: native vs optical on a 16,000-character item"
 "$PY" scripts/make_longbench_items.py --chars 16000 --output "$OUT/cve_16k.json"
 heavy "$OPTICAL" bench longbench -c configs/fullsize/longbench.yaml --set bench.data="$OUT/cve_16k.json" \
-    --ids cve-16000-0 --conditions native,optical -o "$OUT/longbench" --json > "$OUT/longbench.json"
+    --ids cve-16000-0 --conditions native,optical -o "$OUT/longbench" --overwrite --json > "$OUT/longbench.json"
 check "import json; s = json.load(open('$OUT/longbench.json')); c = s['conditions']
 native, optical = (c[k]['mean_latency_s']['latency'] for k in ('native', 'optical'))
 print(f'native {native:.1f} s, optical {optical:.1f} s = {optical / native:.2f}x; peak', s['peak_memory_gib'])

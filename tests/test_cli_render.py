@@ -90,13 +90,17 @@ def test_default_run_dir_under_results(tmp_path):
     assert len(runs) == 1 and (runs[0] / "page_0001.png").is_file()
 
 
-def test_empty_input_renders_zero_pages_with_warning(tmp_path):
+def test_empty_input_is_exit_2_as_encode_text_says_and_one_empty_file_among_others_warns(tmp_path):
     doc = tmp_path / "empty.txt"
     doc.write_text("  \n\n")
     result = invoke("render", doc, "--output-dir", tmp_path / "o", "--json", "--set", "render.tokenizer=none")
-    assert result.exit_code == 0, result.output
-    assert "warning" in result.stderr and json.loads(result.stdout)["pages"] == 0
-    assert layout(tmp_path / "o") == [] and not list((tmp_path / "o").glob("page_*.png"))
+    assert result.exit_code == 2 and "no text to render" in result.stderr and not (tmp_path / "o").exists()
+    encoded = invoke("encode", "--config", "configs/tiny/encode.yaml", "--text", doc, "-o", tmp_path / "e")
+    assert encoded.exit_code == 2 and "no text to render" in encoded.stderr  # one rule, one message
+    full = tmp_path / "full.txt"
+    full.write_text("some text")
+    result = invoke("render", doc, full, "--output-dir", tmp_path / "o", "--json", "--set", "render.tokenizer=none")
+    assert result.exit_code == 0 and "empty.txt: no text" in result.stderr and json.loads(result.stdout)["pages"] == 1
 
 
 @pytest.mark.parametrize(
@@ -142,12 +146,17 @@ def test_config_show_unknown_command():
     assert result.exit_code == 2 and "unknown command" in result.stderr
 
 
-def test_rerun_into_the_same_directory_leaves_no_stale_pages(tmp_path):
+def test_rerun_into_the_same_directory_is_refused_and_overwrite_leaves_no_stale_pages(tmp_path):
     long_doc, short_doc, out = tmp_path / "long.txt", tmp_path / "short.txt", tmp_path / "out"
     long_doc.write_text("many words " * 6000)
     short_doc.write_text("one page")
-    for doc in (long_doc, short_doc):
-        assert invoke("render", doc, "-o", out, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code == 0
+    args = ("-o", out, "--set", "render.mode=tiny", "--set", "render.tokenizer=none")
+    assert invoke("render", long_doc, *args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    refused = invoke("render", short_doc, *args)
+    assert refused.exit_code == 2 and "finished `optical render` run" in refused.stderr and "--overwrite" in refused.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    assert invoke("render", short_doc, *args, "--overwrite").exit_code == 0
     assert sorted(p.name for p in out.glob("page_*.png")) == ["page_0001.png"] == [p["image"] for p in layout(out)]
 
 

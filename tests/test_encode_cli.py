@@ -215,6 +215,15 @@ def test_document_metrics_from_page_tallies_equal_the_joined_text(long_text, one
     assert doc["text_tokens"] == sum(p["text_tokens"] for p in pages) and doc["pages"] == len(pages)
 
 
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 def test_interrupted_run_resumes_after_its_complete_shards(long_text, one_file_run, tmp_path, monkeypatch):
     from optical_cli.features import ShardedFeatures
 
@@ -240,10 +249,19 @@ def test_interrupted_run_resumes_after_its_complete_shards(long_text, one_file_r
     other.write_text(long_text.read_text()[::-1])
     assert "other pages" in one_line_error(encode_text(other, out, "--set", "encode.shard_pages=2", "--resume"))
 
+    # as a kill -9 leaves it: a half-written shard and a manifest that still says running
+    stale = out / ".features-00003.ab12cd34.tmp.safetensors"
+    stale.write_bytes(b"half a shard")
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "status": "running", "pid": dead_pid()}))
     resumed = encode_text(long_text, out, "--set", "encode.shard_pages=2", "--resume", "--json")
     assert resumed.exit_code == 0, resumed.output
+    assert "2 of " in resumed.stderr and "shards on disk" in resumed.stderr  # what the resume found
+    assert not stale.exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and [a["status"] for a in manifest["attempts"]] == ["interrupted"]
     pages = json.loads(resumed.stdout)["pages"]
-    [report] = json.loads((out / "manifest.json").read_text())["process_pages"]
+    [report] = manifest["process_pages"]
     assert report["resumed_shards"] == 2 and report["pages"] == pages - 4 and report["shards"][0] == 3
     index = json.loads((out / "features.index.json").read_text())
     features = torch.cat([load_file(str(out / s["file"]))["features"] for s in index["shards"]])

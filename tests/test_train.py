@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from optical_cli.artifacts import read_jsonl
+from optical_cli.artifacts import read_jsonl, start_run
 from optical_cli.cli import app
 from optical_cli.config import dump_config, load_config
 from optical_cli.errors import InputError
@@ -227,8 +227,8 @@ def test_model_that_cannot_load_fails_before_the_run_and_its_progress_bar(tmp_pa
 def test_corrupt_checkpoint_on_resume_exits_2(tmp_path, cache, reader):
     cfg = tiny_cfg(cache, "train.max_steps=2", "train.checkpoint_every=1", "train.eval_every=100")
     run = tmp_path / "run"
-    train_adapter(cfg, run, reader=reader)
-    (run / "config.yaml").write_text(dump_config(cfg))  # what the CLI's run directory holds
+    with start_run("train-adapter", dump_config(cfg), output_dir=run):  # what the CLI's run directory holds
+        train_adapter(cfg, run, reader=reader)
     newest = sorted((run / "checkpoints").glob("step-*"))[-1]
     (newest / "trainer_state.pth").write_bytes(b"not a checkpoint")
     result = CliRunner().invoke(app, ["train-adapter", "--resume", str(run)])

@@ -356,6 +356,13 @@ def run_benchmark(
     return [row for row in read_rows(items_csv) if (row["id"], row["condition"]) in wanted]
 
 
+def resume_progress(items_csv: Path, items: Sequence[LongBenchItem], conditions: Sequence[str]) -> tuple[int, int]:
+    """(rows of this selection already in ``items_csv`` or its per-process parts, rows wanted)."""
+    wanted = {(item.id, c) for item in items for c in conditions}
+    done = {(row["id"], row["condition"]) for path in [items_csv, *_parts(items_csv)] for row in read_rows(path)}
+    return len(wanted & done), len(wanted)
+
+
 def _has_rows(path: Path) -> bool:
     return path.exists() and path.stat().st_size > 0
 

@@ -13,8 +13,10 @@ from .common import (
     ConfigOpt,
     JsonOpt,
     OutputDirOpt,
+    OverwriteOpt,
     SetOpt,
     check_resumable,
+    claim_output,
     emit_json,
     err,
     handled_errors,
@@ -22,6 +24,7 @@ from .common import (
     load,
     print_table,
     progress_bar,
+    report_resume,
     run_dir,
 )
 
@@ -109,6 +112,7 @@ def bench_longbench(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """LongBench v2: native text vs optical pages (and native at the optical budget, and no context) on the same items.
@@ -119,22 +123,25 @@ def bench_longbench(
     """
     with handled_errors():
         from ..bench.models import build_reader
-        from ..bench.runner import RESUMABLE_CHANGES, finish_run, load_selection, run_benchmark, settings_from
+        from ..bench.runner import RESUMABLE_CHANGES, finish_run, load_selection, resume_progress, run_benchmark, settings_from
         from ..errors import RunFailed
 
         flags = {"num_samples": num_samples, "ids": _csv_list(ids), "conditions": _csv_list(conditions),
                  "lengths": _csv_list(lengths), "difficulties": _csv_list(difficulties), "domains": _csv_list(domains)}
         cfg = _longbench_cfg(load("longbench", config, sets), flags)
-        if resume:
-            check_resumable(output_dir, cfg, "longbench", RESUMABLE_CHANGES)
+        claim = claim_output("bench longbench", output_dir, resume=resume, overwrite=overwrite)
+        check_resumable(claim, cfg, "longbench", RESUMABLE_CHANGES)
         settings = settings_from(cfg.bench, cfg.runtime.seed)
         items = load_selection(cfg.bench, cfg.runtime.seed)   # bad data fails before any model loads
+        if resume:
+            done, wanted = resume_progress(output_dir / "items.csv", items, settings.conditions)
+            report_resume(f"{done} of {wanted} (item, condition) rows done in {output_dir}")
         procs = join_processes(cfg.runtime.device)            # each process on its own GPU before loading
         reader = build_reader(cfg, settings.conditions)
         if reader.random_weights and procs.is_main:
             err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
         memory = PeakMemory(reader.device)
-        with run_dir("longbench", cfg, output_dir, procs=procs) as run:
+        with run_dir("bench longbench", cfg, claim, procs=procs, device=str(reader.device)) as run:
             with progress_bar("longbench", total=len(items) * len(settings.conditions)) as advance:
                 rows = run_benchmark(reader, items, settings, run.file("items.csv"), resume=resume, progress=advance,
                                      procs=procs, memory=memory)

@@ -29,7 +29,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .. import config as config_mod
-from ..artifacts import FollowerRun, Run, start_run, to_json_line
+from ..artifacts import FollowerRun, OutputDir, Run, claim_output_dir, start_run, to_json_line
 from ..distributed import Processes, is_main_process
 from ..errors import OpticalError, RunFailed
 
@@ -73,7 +73,8 @@ def warn(message: str) -> None:
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the command's file in configs/).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: --set key.path=value (repeatable).")]
-OutputDirOpt = Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Write artifacts directly into this directory instead of results/<command>/<run>/.")]
+OutputDirOpt = Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Write artifacts directly into this directory instead of results/<command>/<run>/ (a new or empty one; see --overwrite).", show_default=False)]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --output-dir (its files are deleted first).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
 
 
@@ -104,14 +105,30 @@ def load(command: str, config: Optional[Path], sets: Optional[list[str]]) -> Any
     return config_mod.load_config(command, config, sets or [])
 
 
-def check_resumable(output_dir: Optional[Path], cfg: Any, command: str, allowed: set[str]) -> None:
-    """--resume continues the run in --output-dir, under the same settings but for ``allowed`` keys."""
+def claim_output(command: str, output_dir: Optional[Path], *, resume: bool = False, overwrite: bool = False,
+                 resumable: bool = True) -> OutputDir:
+    """Check --output-dir (with --resume / --overwrite) before any work: see artifacts.claim_output_dir."""
+    return claim_output_dir(command, output_dir, resume=resume, overwrite=overwrite, resumable=resumable)
+
+
+def check_resumable(claim: OutputDir, cfg: Any, schema: str, allowed: set[str]) -> None:
+    """--resume continues the run in --output-dir under the same settings but for ``allowed`` keys
+    (``schema``: the config's command name, e.g. longbench)."""
     from ..errors import InputError
 
-    if output_dir is None:
-        raise InputError("--resume needs --output-dir pointing at the run to continue")
-    if (output_dir / "config.yaml").is_file():
-        config_mod.check_same_settings(load(command, output_dir / "config.yaml", None), cfg, allowed)
+    if not claim.resuming:
+        return
+    saved = claim.path / "config.yaml"
+    if not saved.is_file():
+        raise InputError(f"--resume: {saved} is missing, so the settings of the run cannot be checked; "
+                         "choose another --output-dir, or --overwrite to start over there")
+    config_mod.check_same_settings(load(schema, saved, None), cfg, allowed)
+
+
+def report_resume(found: str) -> None:
+    """What a resume found, e.g. '8 of 18 cells done'."""
+    if is_main_process():
+        err.print(f"[cyan]resuming:[/] {escape(found)}")
 
 
 def join_processes(device: str) -> Processes:
@@ -126,22 +143,28 @@ def join_processes(device: str) -> Processes:
 
 
 @contextlib.contextmanager
-def run_dir(command: str, cfg: Any, output_dir: Optional[Path], name: str | None = None,
-            procs: Processes | None = None) -> Iterator[Run | FollowerRun]:
-    """The run directory: the main process creates it and keeps its manifest; under a launcher
-    the other processes get its path and write their artifacts into it."""
+def run_dir(command: str, cfg: Any, claim: OutputDir, name: str | None = None, procs: Processes | None = None,
+            device: str | None = None) -> Iterator[Run | FollowerRun]:
+    """The run directory of ``command`` (e.g. ``bench longbench``) as ``claim`` decided: the main
+    process creates it and keeps its manifest; under a launcher the other processes get its path
+    and write their artifacts into it. ``device``: the device the run uses (default: the config's
+    ``runtime.device``, resolved)."""
     procs = procs or Processes()
     if not procs.is_main:
         yield FollowerRun(Path(procs.broadcast(None)))
         return
     runtime = getattr(cfg, "runtime", None)
+    if device is None and runtime is not None:
+        from ..models.loading import resolve_device
+
+        device = str(resolve_device(runtime.device))
     with start_run(
         command,
         config_mod.dump_config(cfg),
-        output_dir=output_dir,
+        output_dir=claim,
         name=name,
         seed=getattr(runtime, "seed", None),
-        device=getattr(runtime, "device", None),
+        device=device,
     ) as run:
         procs.broadcast(str(run.path))
         yield run

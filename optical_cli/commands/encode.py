@@ -12,14 +12,17 @@ from .common import (
     ConfigOpt,
     JsonOpt,
     OutputDirOpt,
+    OverwriteOpt,
     SetOpt,
     check_resumable,
+    claim_output,
     emit_json,
     handled_errors,
     join_processes,
     load,
     print_table,
     progress_bar,
+    report_resume,
     run_dir,
 )
 
@@ -35,6 +38,7 @@ def encode(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Encode pages with DeepEncoder: features (pages x tokens x 1280, in shards) plus compression metrics.
@@ -49,14 +53,16 @@ def encode(
         cfg = load("encode", config, sets)
         if output is not None and output.suffix != ".safetensors":
             raise InputError(f"--output {output}: the features file must end in .safetensors")
-        if resume:
-            check_resumable(output_dir, cfg, "encode", ENCODE_RESUMABLE)
+        claim = claim_output("encode", output_dir, resume=resume, overwrite=overwrite)
+        check_resumable(claim, cfg, "encode", ENCODE_RESUMABLE)
         plan = plan_inputs(list(inputs or []), text, cfg)
         procs = join_processes(cfg.runtime.device)
-        encoder = build_encoder(cfg, procs.place(resolve_device(cfg.runtime.device)))  # bad weights fail here, before any output
+        device = procs.place(resolve_device(cfg.runtime.device))
+        encoder = build_encoder(cfg, device)  # bad weights fail here, before any output
         if resume:
-            check_shards_on_disk(cfg, plan, encoder[2], output or output_dir / "features.safetensors")
-        with run_dir("encode", cfg, output_dir, procs=procs) as run:
+            done, total = check_shards_on_disk(cfg, plan, encoder[2], output or output_dir / "features.safetensors")
+            report_resume(f"{done} of {total} shards on disk in {output_dir}; encoding the other {total - done}")
+        with run_dir("encode", cfg, claim, procs=procs, device=str(device)) as run:
             with progress_bar("encoding pages", len(plan)) as advance:
                 summary, reports = run_encode(cfg, plan, encoder, output or run.path / "features.safetensors", run.path,
                                               procs, resume, advance)

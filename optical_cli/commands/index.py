@@ -16,7 +16,9 @@ from .common import (
     ConfigOpt,
     JsonOpt,
     OutputDirOpt,
+    OverwriteOpt,
     SetOpt,
+    claim_output,
     emit_json,
     emit_json_line,
     err,
@@ -52,6 +54,7 @@ def index_build_energy(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Build an energy index (lambdas, vectors, feature Laplacian, ANN candidates) from texts or vectors."""
@@ -67,10 +70,11 @@ def index_build_energy(
                              input__drop_invalid=drop_invalid)
         if limit == 0:
             cfg.input.limit = None
+        claim = claim_output("index build-energy", output_dir, overwrite=overwrite, resumable=False)
         device = resolve_device(cfg.runtime.device)
         with progress_bar("embedding", total=None) as advance:
             corpus = corpus_vectors(cfg, None, progress=advance)
-        with run_dir("index", cfg, output_dir, name="energy") as run:
+        with run_dir("index build-energy", cfg, claim, name="energy", device=str(device)) as run:
             started = time.perf_counter()
             index = build_energy(corpus.vectors, cfg.build, corpus.ids, cfg.runtime.seed, device)
             build_seconds = time.perf_counter() - started

@@ -11,7 +11,9 @@ from .common import (
     ConfigOpt,
     JsonOpt,
     OutputDirOpt,
+    OverwriteOpt,
     SetOpt,
+    claim_output,
     emit_json,
     handled_errors,
     load,
@@ -30,19 +32,25 @@ def render(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Render text to page images (page_0001.png, ...) plus layout.jsonl, sized for a DeepEncoder mode."""
+    from ..errors import InputError
     from ..render import PageRenderer, read_documents, render_to_dir
 
     with handled_errors():
         cfg = load("render", config, sets)
+        claim = claim_output("render", output_dir, overwrite=overwrite, resumable=False)
         renderer = PageRenderer(cfg.render)  # font and geometry problems surface before any output
         sources = list(inputs or []) + list(input_opt or []) or [str(SAMPLE_DOCUMENT)]
         documents = read_documents(sources, cfg.render)
-        if not any(doc.text.strip() for doc in documents):
-            warn("the input holds no text; zero pages rendered")
-        with run_dir("render", cfg, output_dir) as run, progress_bar("rendering pages") as advance:
+        empty = [doc.source for doc in documents if not doc.text.strip()]
+        if len(empty) == len(documents):  # the one rule for empty inputs (encode --text says the same)
+            raise InputError(f"{', '.join(empty[:3])}: no text to render (empty or whitespace only); give a file with text")
+        for source in empty:
+            warn(f"{source}: no text (empty or whitespace only); it adds no page")
+        with run_dir("render", cfg, claim, device="cpu") as run, progress_bar("rendering pages") as advance:
             report = render_to_dir(documents, renderer, run.path, cfg.runtime.workers, progress=advance)
             run.update(report=report.as_dict())
         summary = report.as_dict()

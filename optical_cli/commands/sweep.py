@@ -10,17 +10,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import config as config_mod
-from ..errors import OpticalError
 from .common import (
     ConfigOpt,
     JsonOpt,
     OutputDirOpt,
+    OverwriteOpt,
     SetOpt,
+    check_resumable,
+    claim_output,
     emit_json,
     err,
     handled_errors,
     load,
     progress_bar,
+    report_resume,
     run_dir,
     warn,
 )
@@ -42,11 +45,12 @@ def sweep_diffusion(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Energy search over an eta x steps grid vs cosine, judged by shared labels (CWE ids)."""
     from ..sweep.diffusion import faiss_available, read_sweep_inputs
-    from ..sweep.grid import parse_eta_list, parse_steps_list
+    from ..sweep.grid import RESUMABLE_CHANGES, cells_done, parse_eta_list, parse_steps_list
     from ..sweep.pipeline import Hooks, run_diffusion_sweep
 
     with handled_errors():
@@ -57,13 +61,16 @@ def sweep_diffusion(
                                         | ({"num_queries": num_queries} if num_queries is not None else {})
                                         | ({"limit": limit or None} if limit is not None else {})
                                         | ({"corpus": str(corpus)} if corpus is not None else {}), "command line")
-        if resume and output_dir is None:
-            raise OpticalError("--resume needs --output-dir DIR: the directory of the sweep to continue")
+        claim = claim_output("sweep diffusion", output_dir, resume=resume, overwrite=overwrite)
+        check_resumable(claim, cfg, "sweep", RESUMABLE_CHANGES)  # before the corpus is embedded
+        if resume:
+            done = cells_done(output_dir / "cells.jsonl", etas, step_list)
+            report_resume(f"{done} of {len(etas) * len(step_list)} cells done in {output_dir}")
         inputs = read_sweep_inputs(cfg)  # a bad corpus fails here, before the run directory exists
         with_faiss = cfg.sweep.faiss and faiss_available()
         if cfg.sweep.faiss and not with_faiss:
             warn("sweep.faiss=true but faiss is not installed (pip install faiss-cpu); the FAISS baseline is skipped")
-        with run_dir("sweep", cfg, output_dir, name="diffusion") as run, progress_bar("sweep", total=None) as advance:
+        with run_dir("sweep diffusion", cfg, claim) as run, progress_bar("sweep", total=None) as advance:
             embedded = [0]
 
             def embed_progress(n: int, total: int | None = None) -> None:

@@ -9,11 +9,16 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from ..errors import InputError
+
 from .common import (
     ConfigOpt,
     JsonOpt,
     OutputDirOpt,
+    OverwriteOpt,
     SetOpt,
+    check_resumable,
+    claim_output,
     emit_json,
     err,
     handled_errors,
@@ -21,6 +26,7 @@ from .common import (
     load,
     print_table,
     progress_bar,
+    report_resume,
     run_dir,
 )
 
@@ -29,8 +35,6 @@ ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue th
 
 def _resume_target(resume: Path) -> tuple[Path, Path]:
     """(run directory, path to resume from) for --resume RUN_DIR or --resume RUN_DIR/checkpoints/step-N."""
-    from ..errors import InputError
-
     if not resume.is_dir():
         raise InputError(f"--resume {resume}: not a directory; pass a train-adapter run directory")
     run_path = resume.parent.parent if (resume / "trainer_state.pth").is_file() else resume
@@ -38,6 +42,12 @@ def _resume_target(resume: Path) -> tuple[Path, Path]:
         raise InputError(f"--resume {resume}: no config.yaml in {run_path}; pass a train-adapter run directory")
     return run_path, resume
 
+
+# Settings that may change on --resume: when to evaluate, checkpoint and read, and where the cache
+# lives. Everything that shapes the training itself (data, model, schedule, seed) must stay, or
+# the resumed run would not be the run it continues.
+TRAIN_RESUMABLE = {"train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "train.read_pages",
+                   "train.read_max_new_tokens", "data.cache_dir", "data.encode_batch_size", "runtime.workers"}
 
 TRAIN_RANDOM_BANNER = (
     "RANDOM WEIGHTS: Qwen3-VL or DeepEncoder is random (vlm.source / deepencoder.weights = random). The losses "
@@ -50,6 +60,7 @@ def train_adapter_command(
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
     resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train the vision-token adapter (DeepEncoder and Qwen3-VL frozen); writes adapter.pth, metrics.jsonl, loss.png."""
@@ -60,20 +71,26 @@ def train_adapter_command(
         resume_from = None
         if resume is not None:
             run_path, resume_from = _resume_target(resume)
+            if output_dir is not None and output_dir.resolve() != run_path.resolve():
+                raise InputError(f"--resume {resume} continues the run in {run_path}; leave out --output-dir {output_dir}")
             config = config or run_path / "config.yaml"
-            output_dir = output_dir or run_path
+            output_dir = run_path
         cfg = load("train-adapter", config, sets)
+        claim = claim_output("train-adapter", output_dir, resume=resume is not None, overwrite=overwrite)
+        check_resumable(claim, cfg, "train-adapter", TRAIN_RESUMABLE)
         # An unusable corpus, a corrupt checkpoint or a model that cannot be loaded fails here,
         # before the run directory exists and before any progress bar is drawn.
         documents = read_documents(cfg)
         checkpoint = open_checkpoint(resume_from) if resume_from is not None else None
+        if checkpoint is not None:
+            report_resume(f"checkpoint at step {int(checkpoint.state['step'])} in {checkpoint.path}")
         random_weights = cfg.vlm.source == RANDOM_SOURCE or cfg.deepencoder.weights == "random"
         procs = join_processes(cfg.runtime.device)  # under accelerate launch: one run directory for all processes
         if random_weights and procs.is_main:
             err.print(f"[bold yellow]{TRAIN_RANDOM_BANNER}[/]", soft_wrap=True)
         with err.status(escape(f"loading the language model ({cfg.vlm.source})")):
             reader = load_reader(cfg)
-        with run_dir("train-adapter", cfg, output_dir, procs=procs) as run, progress_bar("training", None) as advance:
+        with run_dir("train-adapter", cfg, claim, procs=procs, device=str(reader.device)) as run, progress_bar("training", None) as advance:
             def on_event(event: dict) -> None:
                 if event["event"] == "start":
                     advance(event["step"], total=event["total"], description="training")

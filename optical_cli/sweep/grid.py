@@ -79,6 +79,22 @@ def grid_cells(etas: Iterable[float], steps: Iterable[int]) -> list[Cell]:
     return [Cell(float(eta), int(step)) for eta in etas for step in steps]
 
 
+# Keys that may change between a sweep and its --resume: the grid (finished cells are kept, new ones
+# computed), what is only displayed, and the weight tuning, which reruns on every resume. Everything
+# a finished cell's numbers depend on must stay (the cells' fingerprint checks it again).
+RESUMABLE_CHANGES = {
+    "sweep.etas", "sweep.steps", "sweep.text_queries", "sweep.show_k", "sweep.faiss", "runtime.workers",
+    "embed.batch_size", "embed.cache_dir", "tuning.enabled", "tuning.method", "tuning.trials", "tuning.metric",
+    "tuning.w_lambda", "tuning.w_G", "tuning.w_D", "tuning.alpha",
+}
+
+
+def cells_done(path: Path, etas: list[float], steps: list[int]) -> int:
+    """Energy cells of this grid already recorded in a sweep's cells.jsonl."""
+    wanted = {cell_key(Cell(float(eta), int(step))) for eta in etas for step in steps}
+    return len(wanted & {record_key(record) for record in read_jsonl(path)})
+
+
 def record_key(record: dict) -> tuple:
     """Identity of a result row: the method and, for energy rows, the cell."""
     if record["method"] == "energy":
