@@ -19,6 +19,8 @@ from .errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
+# The published adapter for Qwen3-VL-2B (Volkopat/Qwen-VLM-Optical-Encoder), the quick start's default.
+PUBLISHED_ADAPTER = "hf://Volkopat/Qwen-VLM-Optical-Encoder/qwen3_vl_2b.pth"
 
 
 class Section(BaseModel):
@@ -77,6 +79,11 @@ class DeepEncoderSection(Section):
     )
     mode: Literal["tiny", "small", "base", "large", "gundam"] = "base"
     layout_tokens: bool = Field(False, description="lay out rows + image_newline and a closing view_seperator")
+    pixels: Literal["auto", "official", "published"] = Field(
+        "auto", description="page preprocessing: official (DeepSeek-OCR: pad or resize, normalised to [-1, 1]), "
+        "published (the published adapter's: resized to the mode's square, [0, 1]) or auto (published only "
+        "where bench longbench reads with a published-layout adapter)",
+    )
     attention: Literal["auto", "mask", "chunked", "folded", "flex"] = Field(
         "auto", description="SAM relative-position bias: auto (the fastest path, measured per device and shape), "
         "mask (one additive mask, as the official code), chunked (the mask a few heads at a time), "
@@ -198,7 +205,9 @@ class LongBenchSection(Section):
     max_pages: int = Field(200, ge=1, description="optical: pages kept (middle truncation)")
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.1, ge=0.0, description="0 = greedy; the benchmark's protocol uses 0.1")
-    adapter: Optional[str] = Field(None, description="optical: adapter.pth from `optical train-adapter`, or random (pipeline tests only)")
+    adapter: Optional[str] = Field(
+        PUBLISHED_ADAPTER, description="optical: adapter.pth from `optical train-adapter`, a hub file hf://owner/name/file "
+        "(default: the published adapter for Qwen3-VL-2B), or random (pipeline tests only)")
     encode_batch_size: int = Field(8, ge=1, description="optical: page views per DeepEncoder forward")
     plots: bool = True
 

@@ -37,7 +37,7 @@ from .errors import ConfigError, InputError, RunFailed
 from .features import FeatureFiles, ShardedFeatures, read_header
 from .modes import PATCH_SIZE
 from .models.deepencoder import DeepEncoder, DeepEncoderConfig
-from .models.deepencoder.preprocess import PreparedPage, prepare
+from .models.deepencoder.preprocess import PreparedPage, prepare, resolve_pixels
 from .models.loading import load_deepencoder, resolve_device, resolve_dtype
 from .textstats import count_text_tokens, count_words, entropy_of_counts
 
@@ -122,6 +122,9 @@ def plan_inputs(inputs: list[Path], text_file: Path | None, cfg: EncodeConfig) -
         raise InputError("nothing to encode: pass --input IMAGE|DIR|RENDER_RUN_DIR (repeatable) or --text FILE")
     if inputs and text_file is not None:
         raise InputError("pass either --input or --text, not both")
+    if cfg.deepencoder.mode == "gundam" and resolve_pixels(cfg.deepencoder.pixels) == "published":
+        raise ConfigError("deepencoder.pixels=published reads one square view per page but gundam tiles pages; "
+                          "use mode tiny, small, base or large, or pixels official")
     if text_file is not None:
         return _plan_text(text_file, cfg)
     plan = EncodePlan()
@@ -182,17 +185,17 @@ def _read_text(path: Path, cfg: EncodeConfig) -> str:
 def produce_pages(plan: EncodePlan, cfg: EncodeConfig, wanted: Callable[[int], bool]) -> Iterator[tuple[int, PageSource, PreparedPage]]:
     """The ``wanted`` pages in order as (page number, source, preprocessed views), each loaded or
     drawn and its text measured, so that all of this overlaps with encoding under prefetch()."""
-    mode = cfg.deepencoder.mode
+    mode, pixels = cfg.deepencoder.mode, resolve_pixels(cfg.deepencoder.pixels)
     for number in range(len(plan)):
         if not wanted(number):
             continue
         if plan.page_lines is not None:
             lines = plan.page_lines[number]
             text = "\n".join(lines)
-            yield number, PageSource(str(plan.text_file), None, text, text_counts(text)), prepare(plan.renderer.draw(lines), mode)
+            yield number, PageSource(str(plan.text_file), None, text, text_counts(text)), prepare(plan.renderer.draw(lines), mode, pixels)
         else:
             page = plan.pages[number]
-            yield number, replace(page, counts=text_counts(page.text)), prepare(_load_image(page.image_path), mode)
+            yield number, replace(page, counts=text_counts(page.text)), prepare(_load_image(page.image_path), mode, pixels)
 
 
 def prefetch(items: Iterator, depth: int) -> Iterator:
@@ -394,7 +397,7 @@ def tally_documents(records: list[dict], counts: list[dict | None]) -> list[Docu
 def feature_identity(cfg: EncodeConfig, dtype: torch.dtype) -> dict[str, str]:
     """Settings that change the features: written into every shard, checked on --resume."""
     section = cfg.deepencoder
-    return {"mode": section.mode, "layout_tokens": str(section.layout_tokens).lower(),
+    return {"mode": section.mode, "layout_tokens": str(section.layout_tokens).lower(), "pixels": resolve_pixels(section.pixels),
             "dtype": str(dtype).removeprefix("torch."), "weights": section.weights}
 
 

@@ -19,6 +19,7 @@ class FakeReader:
     description = "fake reader (tests)"
     parameters = {"deepencoder": None, "adapter": None, "language_model": 0}
     device = None
+    conventions = {"adapter_layout": "optical", "pixels": "official"}
 
     def __init__(self, fail=None, max_input_tokens=None):
         self.fail = fail or {}

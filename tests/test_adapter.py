@@ -75,3 +75,90 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path):
         loading.load_adapter(other)
     with pytest.raises(ModelNotFoundError):
         loading.load_adapter(tmp_path / "missing.pth")
+
+
+# -- the published adapter (Volkopat/Qwen-VLM-Optical-Encoder): its layout and its forward --------
+
+
+def published_state(vision_dim=48, hidden_dim=96, llm_dim=64, max_pages=8, seed=0):
+    """A plain state dict under the published tensor names, random values (its checkpoint's layout)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "projection.0.weight": torch.randn(hidden_dim, vision_dim, generator=g) * 0.05,
+        "projection.0.bias": torch.randn(hidden_dim, generator=g) * 0.05,
+        "projection.3.weight": torch.randn(llm_dim, hidden_dim, generator=g) * 0.05,
+        "projection.3.bias": torch.randn(llm_dim, generator=g) * 0.05,
+        "layer_norm.weight": 1 + torch.randn(llm_dim, generator=g) * 0.1,
+        "layer_norm.bias": torch.randn(llm_dim, generator=g) * 0.1,
+        "page_embeddings.weight": torch.randn(max_pages, llm_dim, generator=g),
+    }
+
+
+def published_forward(state, tokens):
+    """The published forward written independently from its description: tokens [1, P*256, D] in
+    one sequence, page count P = length // 256 (1 when not a multiple), page embedding added
+    before the LayerNorm only when P > 1, repeated over each page's 256 tokens."""
+    import torch.nn.functional as F
+
+    x = F.linear(tokens, state["projection.0.weight"], state["projection.0.bias"])
+    x = F.linear(F.gelu(x), state["projection.3.weight"], state["projection.3.bias"])
+    pages = tokens.shape[1] // 256 if tokens.shape[1] % 256 == 0 else 1
+    if pages > 1:
+        x = x + state["page_embeddings.weight"][torch.arange(pages).repeat_interleave(256)][None]
+    return F.layer_norm(x, x.shape[-1:], state["layer_norm.weight"], state["layer_norm.bias"])
+
+
+@pytest.mark.parametrize("pages", [1, 3])
+def test_published_layout_loads_without_a_sidecar_and_reproduces_its_forward(tmp_path, pages):
+    state = published_state()
+    torch.save(state, tmp_path / "qwen3_vl_2b.pth")
+    adapter = loading.load_adapter(tmp_path / "qwen3_vl_2b.pth", llm_dim=64, vision_dim=48).eval()
+    assert adapter.layout == "published" and adapter.config == AdapterConfig(48, 96, 64, 8)
+    features = torch.randn(pages, 256, 48)  # base mode: 256 tokens per page
+    ours = adapter(features)
+    theirs = published_forward(state, features.reshape(1, pages * 256, 48)).reshape(pages, 256, 64)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    if pages == 1:  # one page gets no page position at all, so it differs from page 0 of a longer document
+        assert not torch.allclose(ours, adapter(features.expand(2, -1, -1))[0], atol=1e-3)
+
+
+def test_published_layout_is_loaded_strictly(tmp_path):
+    extra = {**published_state(), "extra.weight": torch.zeros(1)}
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(InputError, match="sidecar not found.*published layout"):  # not the published layout
+        loading.load_adapter(tmp_path / "extra.pth")
+    wrong = published_state()
+    wrong["projection.3.weight"] = torch.zeros(64, 95)
+    torch.save(wrong, tmp_path / "wrong.pth")
+    with pytest.raises(InputError, match="published layout"):
+        loading.load_adapter(tmp_path / "wrong.pth")
+    with pytest.raises(InputError, match="hidden size is 2048"):
+        torch.save(published_state(), tmp_path / "ok.pth")
+        loading.load_adapter(tmp_path / "ok.pth", llm_dim=2048)
+
+
+def test_hub_adapter_offline_fails_at_once_naming_the_file_and_hf_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    with pytest.raises(ModelNotFoundError, match=r"'qwen3_vl_2b.pth' of 'Volkopat/Qwen-VLM-Optical-Encoder'.*hf download"):
+        loading.load_adapter("hf://Volkopat/Qwen-VLM-Optical-Encoder/qwen3_vl_2b.pth")
+    with pytest.raises(Exception, match="hf://owner/name/path"):
+        loading.load_adapter("hf://Volkopat/only-a-repo")
+
+
+def test_an_unreachable_hub_is_found_in_seconds_and_treated_as_offline(monkeypatch):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # .invalid never resolves
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    loading._probe_hub.cache_clear()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ModelNotFoundError, match="did not answer within 3 s"):
+            loading.resolve_local_or_hub("someone/some-model")
+    finally:
+        loading._probe_hub.cache_clear()
+        monkeypatch.setattr(loading, "_unreachable", None)
+    assert time.perf_counter() - start < loading.HUB_PROBE_SECONDS + 5

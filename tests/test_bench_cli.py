@@ -147,3 +147,32 @@ def test_a_condition_whose_every_item_failed_exits_1_and_keeps_its_results(tmp_p
     assert (out / "summary.json").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "optical" in manifest["error"]
+
+
+def test_tiny_models_read_with_an_adapter_in_the_published_layout(tmp_path, monkeypatch):
+    """A plain state dict under the published names, at the tiny models' sizes, no sidecar:
+    read in its own layout, with its own page preprocessing, and both named in the manifest."""
+    from test_adapter import published_state
+
+    monkeypatch.chdir(REPO_ROOT)
+    torch_path = tmp_path / "P.pth"
+    import torch
+
+    torch.save(published_state(vision_dim=48, hidden_dim=32, llm_dim=64, max_pages=4), torch_path)
+    out = tmp_path / "published"
+    result = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--ids", "syn-short-easy-1",
+                                 "--conditions", "optical", "--set", f"bench.adapter={torch_path}",
+                                 "--output-dir", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["conventions"] == {"adapter_layout": "published", "pixels": "published"}
+    assert summary["conditions"]["optical"]["completed"] == 1
+    assert summary["parameters"]["adapter"] == (48 * 32 + 32) + (32 * 64 + 64) + 2 * 64 + 4 * 64
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["conventions"]["adapter_layout"] == "published"
+    # our own preprocessing on request, still in the published forward
+    official = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--ids", "syn-short-easy-1",
+                                   "--conditions", "optical", "--set", f"bench.adapter={torch_path}",
+                                   "--set", "deepencoder.pixels=official", "--output-dir", str(tmp_path / "o"), "--json"])
+    assert official.exit_code == 0, official.output
+    assert json.loads(official.stdout)["conventions"] == {"adapter_layout": "published", "pixels": "official"}

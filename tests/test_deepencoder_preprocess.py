@@ -89,3 +89,23 @@ def test_gundam_small_image_has_only_the_global_view():
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="unknown mode"):
         prepare(Image.new("RGB", (20, 20)), "huge")
+
+
+def test_published_pixels_are_the_published_adapters_input():
+    """Its pages went in as np.array(image.resize((1024, 1024))) / 255: PIL's default resampling,
+    no padding, no normalisation. Ours at base mode must be the same tensor."""
+    import numpy as np
+    from PIL import Image
+
+    from optical_cli.models.deepencoder.preprocess import prepare, resolve_pixels
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (700, 900, 3), dtype=np.uint8))
+    theirs = torch.from_numpy(np.array(image.resize((1024, 1024)))).float().permute(2, 0, 1) / 255.0
+    ours = prepare(image, "base", "published")
+    assert len(ours.views) == 1 and torch.equal(ours.views[0], theirs)
+    assert not torch.equal(prepare(image, "base").views[0], theirs)  # official: padded, in [-1, 1]
+    assert resolve_pixels("auto", "published") == "published" and resolve_pixels("auto", "optical") == "official"
+    assert resolve_pixels("auto") == "official" and resolve_pixels("published") == "published"
+    with pytest.raises(ValueError, match="gundam"):
+        prepare(image, "gundam", "published")

@@ -2,7 +2,6 @@
 re-weighting the precomputed terms ranks exactly like the index's own search."""
 
 import numpy as np
-import pytest
 import torch
 
 from optical_cli.config import EnergyBuildSection, SweepTuningSection

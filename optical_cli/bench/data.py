@@ -84,6 +84,9 @@ def _read_local(path: Path) -> list[Any]:
 
 def _read_hub(source: str, split: str) -> list[Any]:
     """The hub dataset through ``datasets``; offline or missing gives one clear error."""
+    from ..models.loading import go_offline_if_unreachable, offline_reason
+
+    offline = go_offline_if_unreachable()  # an unreachable hub: the cache only, not a minute of retries
     try:
         import datasets
         from datasets.utils.logging import disable_progress_bar
@@ -93,8 +96,8 @@ def _read_hub(source: str, split: str) -> list[Any]:
     except Exception as exc:  # offline, unknown id, missing split: all arrive as different types
         raise InputError(
             f"cannot load the dataset '{source}' (split {split}) from the Hugging Face hub "
-            f"({type(exc).__name__}: {_first_line(exc)}); when offline, download LongBench v2's data.json "
-            f"on a connected machine (e.g. `huggingface-cli download {HUB_ID} --repo-type dataset`) "
+            f"({type(exc).__name__}: {_first_line(exc)}{'; ' + offline_reason() if offline else ''}); when offline, "
+            f"download LongBench v2's data.json on a connected machine (`hf download {HUB_ID} data.json --repo-type dataset`) "
             "and set bench.data to the local .json/.jsonl file"
         ) from None
     return [dict(row) for row in dataset]

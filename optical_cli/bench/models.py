@@ -29,7 +29,8 @@ CHAT_OVERHEAD_TOKENS = 16
 class QwenOpticalReader:
     """Implements the benchmark's Reader protocol over the project's models."""
 
-    def __init__(self, vlm, *, renderer=None, encoder=None, random_weights: bool, description: str):
+    def __init__(self, vlm, *, renderer=None, encoder=None, random_weights: bool, description: str,
+                 conventions: dict[str, str] | None = None):
         from ..models.adapter import parameter_count
 
         self.vlm = vlm          # models.vlm.VisionLanguageReader
@@ -37,6 +38,7 @@ class QwenOpticalReader:
         self.encoder = encoder    # train.DeepEncoderPages: the frozen encoder of `optical encode`
         self.random_weights = random_weights
         self.description = description
+        self.conventions = conventions or {}  # adapter layout and page pixels, for the manifest
         self.device = vlm.device
         self.parameters = {
             "deepencoder": None if encoder is None else encoder.parameter_count(),
@@ -107,50 +109,70 @@ class QwenOpticalReader:
 
 def build_reader(cfg, conditions: Sequence[str]) -> QwenOpticalReader:
     """Load what the chosen conditions need: pages and the encoder for optical and
-    native-matched (whose budget is the pages' token count), the adapter for optical only."""
+    native-matched (whose budget is the pages' token count), the adapter for optical only.
+
+    A trained adapter loads first (a missing or malformed one fails before gigabytes of models
+    load); its layout decides ``deepencoder.pixels: auto`` (published layout: the published
+    page preprocessing)."""
     from ..models import loading
+    from ..models.adapter import OPTICAL_LAYOUT
+    from ..models.deepencoder.preprocess import resolve_pixels
     from ..models.vlm import VisionLanguageReader
 
-    if "optical" in conditions and cfg.bench.adapter is None:  # before any weights load
+    optical = "optical" in conditions
+    if optical and cfg.bench.adapter is None:  # before any weights load
         raise ConfigError(
-            "bench.adapter is not set: the optical condition needs a trained adapter; train one with "
-            "`optical train-adapter` and pass --set bench.adapter=PATH/adapter.pth, or leave optical out of --conditions"
+            "bench.adapter is not set: the optical condition needs an adapter; train one with `optical train-adapter` "
+            "and pass --set bench.adapter=PATH/adapter.pth, or leave optical out of --conditions"
         )
     device = loading.resolve_device(cfg.runtime.device)
     dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
+    trained = optical and cfg.bench.adapter != "random"
+    adapter = loading.load_adapter(cfg.bench.adapter) if trained else None
     vlm = VisionLanguageReader.from_config(cfg.vlm, device, dtype, seed=cfg.runtime.seed)
     random_weights = cfg.vlm.source == loading.RANDOM_SOURCE
     parts = [f"vlm={cfg.vlm.source}"]
+    conventions: dict[str, str] = {}
     renderer = encoder = None
-    if "optical" in conditions or "native-matched" in conditions:
+    if optical or "native-matched" in conditions:
         from ..render import PageRenderer
         from ..train import DeepEncoderPages
 
+        layout = adapter.layout if adapter is not None else OPTICAL_LAYOUT
+        pixels = resolve_pixels(cfg.deepencoder.pixels, layout if optical else None)
+        section = cfg.deepencoder.model_copy(update={"pixels": pixels})
         # pages are drawn at the encoder's own size, as train-adapter draws them
         renderer = PageRenderer(cfg.render.model_copy(update={"mode": cfg.deepencoder.mode}))
-        encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, cfg.bench.encode_batch_size)
+        encoder = DeepEncoderPages(section, cfg.runtime, device, cfg.bench.encode_batch_size)
         random_weights = random_weights or cfg.deepencoder.weights == "random"
-        parts.append(f"deepencoder={cfg.deepencoder.weights} ({cfg.deepencoder.mode})")
-    if "optical" in conditions:
-        adapter = _adapter(cfg, encoder.out_dim, vlm.hidden_size, device, dtype)
+        parts.append(f"deepencoder={cfg.deepencoder.weights} ({cfg.deepencoder.mode}, {pixels} pixels)")
+        conventions["pixels"] = pixels
+    if optical:
+        adapter = _fit_adapter(cfg, adapter, encoder.out_dim, vlm.hidden_size, device, dtype)
         vlm = VisionLanguageReader(vlm.model, vlm.tokenizer, adapter)
         random_weights = random_weights or cfg.bench.adapter == "random"
-        parts.append(f"adapter={cfg.bench.adapter}")
-    reader = QwenOpticalReader(vlm, renderer=renderer, encoder=encoder, random_weights=random_weights, description=", ".join(parts))
+        parts.append(f"adapter={cfg.bench.adapter} ({adapter.layout} layout)")
+        conventions["adapter_layout"] = adapter.layout
+    reader = QwenOpticalReader(vlm, renderer=renderer, encoder=encoder, random_weights=random_weights,
+                               description=", ".join(parts), conventions=conventions)
     reader.warm_up()
     return reader
 
 
-def _adapter(cfg, vision_dim: int, llm_dim: int, device: torch.device, dtype: torch.dtype):
-    from ..models import loading
+def _fit_adapter(cfg, adapter, vision_dim: int, llm_dim: int, device: torch.device, dtype: torch.dtype):
+    """The loaded adapter checked against the models it joins, or a seeded random one."""
     from ..models.adapter import AdapterConfig, OpticalAdapter
+    from ..errors import InputError
 
-    if cfg.bench.adapter == "random":
+    if adapter is None:  # bench.adapter: random
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.runtime.seed)
             adapter = OpticalAdapter(AdapterConfig(vision_dim=vision_dim, llm_dim=llm_dim, max_pages=cfg.bench.max_pages))
-    else:
-        adapter = loading.load_adapter(cfg.bench.adapter, llm_dim=llm_dim, vision_dim=vision_dim, device=device)
+    for what, wanted, found in (("language model's hidden size", llm_dim, adapter.config.llm_dim),
+                                ("encoder's vision-token width", vision_dim, adapter.config.vision_dim)):
+        if wanted != found:
+            raise InputError(f"adapter {cfg.bench.adapter} has width {found} where the {what} is {wanted}; "
+                             "use an adapter trained for these models")
     if adapter.config.max_pages < cfg.bench.max_pages:
         raise ConfigError(
             f"bench.max_pages={cfg.bench.max_pages} but the adapter has page embeddings for {adapter.config.max_pages} "

@@ -41,6 +41,9 @@ class Reader(Protocol):
     parameters: dict
     #: Where the models run (a ``torch.device``; None for a reader without one): its peak memory is recorded.
     device: Any
+    #: How pages reach the model (``adapter_layout``, ``pixels``; empty for text only), written
+    #: into summary.json and the manifest so runs under different conventions are never mixed up.
+    conventions: dict
 
     def encode_text(self, text: str) -> list[int]: ...
 

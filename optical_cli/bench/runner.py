@@ -423,7 +423,7 @@ def load_selection(section: Any, seed: int) -> list[LongBenchItem]:
 def finish_run(
     rows: list[dict[str, Any]], settings: BenchSettings, out_dir: Path, *,
     reader_description: str, random_weights: bool, data_source: str, plots: bool = True,
-    parameters: dict | None = None, peak_memory_gib: dict | None = None,
+    parameters: dict | None = None, peak_memory_gib: dict | None = None, conventions: dict | None = None,
 ) -> dict[str, Any]:
     """Write ``summary.json`` (and the plots) for the rows of this selection; return the summary."""
     from ..artifacts import atomic_write_json
@@ -432,7 +432,7 @@ def finish_run(
     summary = summarize(rows, settings.conditions)
     summary.update(
         models=reader_description, random_weights=random_weights, data=data_source,
-        parameters=parameters or {}, peak_memory_gib=peak_memory_gib or {},
+        parameters=parameters or {}, peak_memory_gib=peak_memory_gib or {}, conventions=conventions or {},
         items=len({row["id"] for row in rows}),
         settings={"conditions": list(settings.conditions), "max_context_tokens": settings.max_context_tokens,
                   "max_pages": settings.max_pages, "max_new_tokens": settings.max_new_tokens,

@@ -151,10 +151,11 @@ def bench_longbench(
             summary = finish_run(
                 rows, settings, run.path, reader_description=reader.description,
                 random_weights=reader.random_weights, data_source=cfg.bench.data, plots=cfg.bench.plots,
-                parameters=reader.parameters, peak_memory_gib=busiest(peaks),
+                parameters=reader.parameters, peak_memory_gib=busiest(peaks), conventions=reader.conventions,
             )
             run.record_existing("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
-            run.update(parameters=summary["parameters"], peak_memory_gib=summary["peak_memory_gib"])
+            run.update(parameters=summary["parameters"], peak_memory_gib=summary["peak_memory_gib"],
+                       conventions=summary["conventions"])
             _print_longbench(summary)
             if json_out:
                 emit_json(summary)

@@ -58,8 +58,52 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+HUB_PROBE_SECONDS = 3.0  # an unreachable hub costs this, not huggingface_hub's retries (~26 s)
+HUB_FILE_SCHEME = "hf://"
+_unreachable: str | None = None  # why the hub was found unreachable in this process, once probed
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_hub() -> str | None:
+    """None when the hub's endpoint answers an HTTP request (any status) within HUB_PROBE_SECONDS, else why not."""
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_SECONDS).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"the hub ({endpoint}) did not answer within {HUB_PROBE_SECONDS:.0f} s ({reason})"
+    return None
+
+
+def go_offline_if_unreachable() -> bool:
+    """Probe the hub once; when it cannot be reached, work from the local cache as HF_HUB_OFFLINE=1
+    would (for huggingface_hub and datasets alike), so a missing model fails in seconds. True when offline."""
+    global _unreachable
+    if hub_offline():
+        return True
+    _unreachable = _probe_hub()
+    if _unreachable is None:
+        return False
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import sys
+
+    for module, name in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE")):
+        if module in sys.modules:  # imported before the probe: they read the environment once
+            setattr(sys.modules[module], name, True)
+    return True
+
+
+def offline_reason() -> str:
+    return _unreachable or "the hub is offline (HF_HUB_OFFLINE=1)"
 
 
 def looks_like_hub_id(source: str) -> bool:
@@ -68,35 +112,55 @@ def looks_like_hub_id(source: str) -> bool:
     return len(parts) == 2 and all(parts) and not Path(source).exists() and not source.startswith((".", "~"))
 
 
+def _hub_failure(what: str, download: str, exc: Exception, offline: bool) -> ModelNotFoundError:
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if offline or isinstance(exc, LocalEntryNotFoundError):
+        return ModelNotFoundError(
+            f"{what} is not in the local Hugging Face cache and {offline_reason()}; download it on a connected "
+            f"machine (`hf download {download}`) or point the config at a local path"
+        )
+    return ModelNotFoundError(
+        f"could not fetch {what} from the hub ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        "check the id and the network, or point the config at a local path"
+    )
+
+
 def resolve_local_or_hub(source: str, filenames: list[str] | None = None) -> Path:
     """A local path as it is, or a hub id downloaded (or found in the cache) as a snapshot directory.
 
     Fails at once, naming what was tried, when the path does not exist or the hub cannot be
-    reached (HF_HUB_OFFLINE=1 and nothing in the cache).
+    reached (HF_HUB_OFFLINE=1, or no answer within HUB_PROBE_SECONDS, and nothing in the cache).
     """
     path = Path(source).expanduser()
     if path.exists():
         return path
+    if source.startswith(HUB_FILE_SCHEME):
+        return resolve_hub_file(source)
     if not looks_like_hub_id(source):
         raise ModelNotFoundError(f"model path not found: {source}; pass an existing file or directory, or a hub id like owner/name")
+    from huggingface_hub import snapshot_download
+
+    offline = go_offline_if_unreachable()
     try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-    except ImportError as exc:  # pragma: no cover - transformers depends on huggingface_hub
-        raise ModelNotFoundError(f"cannot fetch {source}: huggingface_hub is not installed ({exc})") from None
+        return Path(snapshot_download(source, allow_patterns=filenames, local_files_only=offline))
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise _hub_failure(f"model '{source}'", source, exc, offline) from None
+
+
+def resolve_hub_file(source: str) -> Path:
+    """``hf://owner/name/path/in/repo`` -> that one file, downloaded or found in the cache."""
+    parts = source.removeprefix(HUB_FILE_SCHEME).split("/", 2)
+    if len(parts) < 3 or not all(parts):
+        raise ConfigError(f"{source} is not a hub file; write hf://owner/name/path/to/file")
+    from huggingface_hub import hf_hub_download
+
+    repo_id, filename = "/".join(parts[:2]), parts[2]
+    offline = go_offline_if_unreachable()
     try:
-        return Path(snapshot_download(source, allow_patterns=filenames, local_files_only=hub_offline()))
-    except LocalEntryNotFoundError:
-        raise ModelNotFoundError(
-            f"model '{source}' is not in the local Hugging Face cache and the hub is offline "
-            "(HF_HUB_OFFLINE=1 or no network); download it on a connected machine "
-            "(huggingface-cli download " + source + ") or point the config at a local path"
-        ) from None
-    except Exception as exc:  # network errors come in many types
-        raise ModelNotFoundError(
-            f"could not fetch '{source}' from the hub ({type(exc).__name__}: {exc}); "
-            "check the id and the network, or point the config at a local path"
-        ) from None
+        return Path(hf_hub_download(repo_id, filename, local_files_only=offline))
+    except Exception as exc:  # noqa: BLE001
+        raise _hub_failure(f"'{filename}' of '{repo_id}'", f"{repo_id} {filename}", exc, offline) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,14 +253,25 @@ def _qwen_tiktoken():
 
 def load_adapter(path: str | Path, llm_dim: int | None = None, vision_dim: int | None = None,
                  device: torch.device | str = "cpu"):
-    """An :class:`OpticalAdapter` from ``adapter.pth`` + sidecar, checked against the models it joins."""
-    from .adapter import OpticalAdapter, read_sidecar
+    """An adapter checked against the models it joins: our ``adapter.pth`` + sidecar
+    (:class:`OpticalAdapter`), or a plain state dict in the published layout, sidecar-less
+    (:class:`PublishedAdapter`). ``path`` may be a hub file, ``hf://owner/name/file``."""
+    from .adapter import OpticalAdapter, PublishedAdapter, read_sidecar, sidecar_path
 
-    path = Path(path)
+    path = resolve_hub_file(str(path)) if str(path).startswith(HUB_FILE_SCHEME) else Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"adapter checkpoint not found: {path}; train one with `optical train-adapter`")
-    meta = read_sidecar(path)
-    dims = meta["dims"]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
+        raise InputError(f"adapter checkpoint {path} is corrupt or not a state dict ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise InputError(f"adapter checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    if PublishedAdapter.matches(state) and not sidecar_path(path).is_file():
+        adapter = PublishedAdapter(PublishedAdapter.config_of(state))
+    else:
+        adapter = OpticalAdapter(read_sidecar(path)["dims"])
+    dims = adapter.config
     if llm_dim is not None and dims.llm_dim != llm_dim:
         raise InputError(
             f"adapter {path} maps into {dims.llm_dim}-d embeddings but the language model's hidden size is "
@@ -205,18 +280,14 @@ def load_adapter(path: str | Path, llm_dim: int | None = None, vision_dim: int |
     if vision_dim is not None and dims.vision_dim != vision_dim:
         raise InputError(f"adapter {path} expects {dims.vision_dim}-d vision tokens but the encoder gives {vision_dim}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
-        raise InputError(f"adapter checkpoint {path} is corrupt or not a state dict ({type(exc).__name__}: {exc})") from None
-    adapter = OpticalAdapter(dims)
-    if not isinstance(state, dict):
-        raise InputError(f"adapter checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    try:
         adapter.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "mismatch"
-        raise InputError(f"adapter checkpoint {path} does not match its sidecar dims ({first}; {exc})".replace("\n", " ")) from None
+        raise InputError(f"adapter checkpoint {path} does not match its {adapter.layout} layout ({first}; {exc})".replace("\n", " ")) from None
     return adapter.to(device)
+
+
+# ---------------------------------------------------------------------------------------
 # DeepEncoder weights
 #
 # Layouts accepted by load_deepencoder (all strict: missing, unexpected and mis-shaped

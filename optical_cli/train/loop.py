@@ -13,7 +13,7 @@ import torch
 
 from ..artifacts import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 from ..config import TrainAdapterConfig
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..memory import PeakMemory, busiest
 from ..models import loading
 from ..models.adapter import AdapterConfig, OpticalAdapter, parameter_count, save_adapter
@@ -64,7 +64,11 @@ def load_reader(cfg: TrainAdapterConfig) -> VisionLanguageReader:
 
 def make_adapter(cfg: TrainAdapterConfig, vision_dim: int, reader: VisionLanguageReader) -> OpticalAdapter:
     if cfg.adapter.init:
-        return loading.load_adapter(cfg.adapter.init, llm_dim=reader.hidden_size, vision_dim=vision_dim)
+        adapter = loading.load_adapter(cfg.adapter.init, llm_dim=reader.hidden_size, vision_dim=vision_dim)
+        if not isinstance(adapter, OpticalAdapter):
+            raise ConfigError(f"adapter.init={cfg.adapter.init} is in the {adapter.layout} layout, which bench longbench "
+                              "reads but train-adapter does not continue; start from an adapter of ours or from scratch")
+        return adapter
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.runtime.seed)
         adapter = OpticalAdapter(AdapterConfig(vision_dim, cfg.adapter.hidden_dim, reader.hidden_size, cfg.adapter.max_pages))

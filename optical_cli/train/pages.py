@@ -44,7 +44,9 @@ class DeepEncoderPages:
             raise ConfigError("deepencoder.mode=gundam gives each page a different token count; "
                               "use tiny, small, base or large")
         self.section, self.runtime, self.device, self.batch_size = section, runtime, device, batch_size
-        self.mode, self.layout_tokens = section.mode, section.layout_tokens
+        from ..models.deepencoder.preprocess import resolve_pixels
+
+        self.mode, self.layout_tokens, self.pixels = section.mode, section.layout_tokens, resolve_pixels(section.pixels)
         self.identity = {"deepencoder": section.model_dump(), "dtype": runtime.dtype, "seed": runtime.seed}
         self._model = self._runner = None
 
@@ -87,7 +89,7 @@ class DeepEncoderPages:
         from ..models.deepencoder.preprocess import prepare
 
         self.load()
-        prepared = [prepare(image, self.mode) for image in images]
+        prepared = [prepare(image, self.mode, self.pixels) for image in images]
         return torch.stack(encode_group(self._runner, self._model, prepared, self.layout_tokens))
 
     def encode_text(self, text: str, render: RenderSection, max_pages: int | None = None) -> tuple[torch.Tensor, list[str]]:

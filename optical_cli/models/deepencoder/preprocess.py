@@ -4,6 +4,11 @@ tiny/small: resize to the square size (Lanczos). base/large: pad to a square wit
 (127,127,127), then resize (bicubic). gundam: tiles of the small size by best aspect ratio
 (2..6 of them; none when the image fits in one tile) plus a base-size padded global view,
 tiles first. Pixels: RGB, [0,1], then mean 0.5 / std 0.5 -> [-1,1].
+
+``pixels="published"`` reproduces the published adapter's input instead (its pages went to
+DeepEncoder as ``image.resize((1024, 1024))``, PIL's default bicubic, scaled to [0, 1] with no
+normalisation): the page resized to the mode's square, [0, 1]. ``auto`` is ``official``
+except where a published-layout adapter reads the features (``resolve_pixels``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,14 @@ GUNDAM_TILE = MODES["small"].size
 GUNDAM_GLOBAL = MODES["base"].size
 MIN_TILES, MAX_TILES = 2, 6
 ENCODE_MODES = (*MODES, "gundam")
+OFFICIAL_PIXELS, PUBLISHED_PIXELS = "official", "published"
+
+
+def resolve_pixels(setting: str, adapter_layout: str | None = None) -> str:
+    """``deepencoder.pixels`` made concrete: ``auto`` follows the adapter that reads the features."""
+    if setting != "auto":
+        return setting
+    return PUBLISHED_PIXELS if adapter_layout == PUBLISHED_PIXELS else OFFICIAL_PIXELS
 
 
 @dataclass
@@ -88,8 +101,16 @@ def gundam_tiles(image: Image.Image) -> tuple[list[Image.Image], tuple[int, int]
     return tiles, (cols, rows)
 
 
-def prepare(image: Image.Image, mode: str) -> PreparedPage:
+def prepare(image: Image.Image, mode: str, pixels: str = OFFICIAL_PIXELS) -> PreparedPage:
     image = to_rgb(image)
+    if pixels == PUBLISHED_PIXELS:
+        if mode not in MODES:
+            raise ValueError(f"pixels=published has one square view per page; mode {mode!r} has several, use one of {', '.join(MODES)}")
+        size = MODES[mode].size
+        array = torch.from_numpy(np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8).copy())
+        return PreparedPage([array.permute(2, 0, 1).float() / 255.0], (1, 1))
+    if pixels not in ("auto", OFFICIAL_PIXELS):
+        raise ValueError(f"unknown pixels {pixels!r}; use auto, {OFFICIAL_PIXELS} or {PUBLISHED_PIXELS}")
     if mode == "gundam":
         tiles, grid = gundam_tiles(image)
         views = tiles + [pad_square(image, GUNDAM_GLOBAL)]
