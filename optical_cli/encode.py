@@ -401,18 +401,20 @@ def feature_identity(cfg: EncodeConfig, dtype: torch.dtype) -> dict[str, str]:
             "dtype": str(dtype).removeprefix("torch."), "weights": section.weights}
 
 
-def check_shards_on_disk(cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype, features_path: Path) -> tuple[int, int]:
+def check_shards_on_disk(cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype,
+                         features_path: Path) -> tuple[int, int, list[dict]]:
     """Before resuming: every shard on disk must hold these pages under these settings.
-    Returns (shards on disk, shards in all)."""
+    Returns (shards on disk, shards in all, the attention paths ``auto`` chose for them)."""
     shards, identity = ShardedFeatures(features_path, cfg.encode.shard_pages), feature_identity(cfg, dtype)
     count = shards.shard_count(len(plan))
-    found = 0
+    found, choices = 0, []
     for k in range(count):
         path = shards.existing(k, count)
         if path is None:
             continue
         found += 1
         header = read_header(path)
+        choices += _header_json(header, "attention_auto") if "attention_auto" in header else []
         numbers = shards.shard_pages(k, len(plan))
         differs = [key for key, value in identity.items() if header.get(key) != value]
         if header.get("inputs") != plan.digest(numbers) or header.get("first_page") != str(numbers.start):
@@ -420,7 +422,14 @@ def check_shards_on_disk(cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype
         if differs:
             raise InputError(f"--resume: {path} was encoded from other {' and '.join(differs)} than this run; "
                              "rerun with the same inputs and settings or choose a new --output-dir")
-    return found, count
+    return found, count, choices
+
+
+def attention_choices(cfg: EncodeConfig) -> list[dict]:
+    """The paths ``deepencoder.attention: auto`` chose so far in this process (none when pinned)."""
+    from .models.deepencoder.sam import auto_choices
+
+    return auto_choices() if cfg.deepencoder.attention == "auto" else []
 
 
 @dataclass
@@ -471,12 +480,13 @@ def encode_shards(cfg: EncodeConfig, plan: EncodePlan, encoder: tuple[DeepEncode
         if last_of_shard:  # a batch never spans two shards: every process count batches alike
             shards.write(current.number, current.pages.start, current.sequences, [r["source"] for r in current.records],
                          dtype, {**identity, "inputs": plan.digest(current.pages), "pages": current.records,
+                                 "attention_auto": attention_choices(cfg),
                                  "documents": [t.state() for t in tally_documents(current.records, current.counts)]})
             current = None
     return {"process": procs.index, "shards": sorted(k + 1 for k in todo),
             "pages": sum(len(shards.shard_pages(k, total)) for k in todo),
             "resumed_shards": len(mine) - len(todo), "seconds": round(time.perf_counter() - started, 3),
-            "batch_size_used": runner.batch_size}
+            "batch_size_used": runner.batch_size, "attention_auto": attention_choices(cfg)}
 
 
 TRIM_INTERVAL_S = 2.0
@@ -532,14 +542,15 @@ def run_encode(cfg: EncodeConfig, plan: EncodePlan, encoder: tuple[DeepEncoder, 
     reports = procs.gather(report)  # also the barrier: every shard is on disk past this line
     if not procs.is_main:
         return None, reports
-    features = shards.finish(len(plan), feature_identity(cfg, dtype))
+    choices = attention_choices(cfg)
+    features = shards.finish(len(plan), {**feature_identity(cfg, dtype), "attention_auto": choices})
     summary = {
         "mode": cfg.deepencoder.mode, **write_metrics(FeatureFiles.open(features), metrics_dir),
         "features": str(features), "shards": shards.shard_count(len(plan)), "device": str(device),
         "dtype": str(dtype).removeprefix("torch."), "batch_size_used": min(r["batch_size_used"] for r in reports),
         "processes": procs.count,
     }
-    atomic_write_json(metrics_dir / "metrics.json", {"summary": summary})
+    atomic_write_json(metrics_dir / "metrics.json", {"summary": summary, "attention_auto": choices})
     return summary, reports
 
 

@@ -170,6 +170,7 @@ def test_tiny_models_read_with_an_adapter_in_the_published_layout(tmp_path, monk
     assert summary["parameters"]["adapter"] == (48 * 32 + 32) + (32 * 64 + 64) + 2 * 64 + 4 * 64
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["conventions"]["adapter_layout"] == "published"
+    assert manifest["attention_auto"] and {c["path"] for c in manifest["attention_auto"]} <= {"mask", "chunked", "folded"}
     # our own preprocessing on request, still in the published forward
     official = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--ids", "syn-short-easy-1",
                                    "--conditions", "optical", "--set", f"bench.adapter={torch_path}",

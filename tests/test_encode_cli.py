@@ -254,12 +254,23 @@ def test_interrupted_run_resumes_after_its_complete_shards(long_text, one_file_r
     stale.write_bytes(b"half a shard")
     manifest = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps({**manifest, "status": "running", "pid": dead_pid()}))
+    # a new process knows no attention choice, and here could make none: the shards' own are reused
+    from optical_cli.features import read_header
+    from optical_cli.models.deepencoder import sam
+
+    chosen = json.loads(read_header(out / "features-00001.safetensors")["attention_auto"])
+    assert chosen and {c["path"] for c in chosen} <= set(sam._PATHS)
+    monkeypatch.setattr(sam, "AUTO_CHOICES", {})
+    monkeypatch.setattr(sam, "_auto_candidates", lambda device: ())  # measuring again would fail
     resumed = encode_text(long_text, out, "--set", "encode.shard_pages=2", "--resume", "--json")
     assert resumed.exit_code == 0, resumed.output
     assert "2 of " in resumed.stderr and "shards on disk" in resumed.stderr  # what the resume found
+    assert "attention paths chosen before" in resumed.stderr
     assert not stale.exists()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "ok" and [a["status"] for a in manifest["attempts"]] == ["interrupted"]
+    assert [(c["q_shape"], c["path"]) for c in manifest["attention_auto"]] == [(c["q_shape"], c["path"]) for c in chosen]
+    assert json.loads((out / "features.index.json").read_text())["metadata"]["attention_auto"] == manifest["attention_auto"]
     pages = json.loads(resumed.stdout)["pages"]
     [report] = manifest["process_pages"]
     assert report["resumed_shards"] == 2 and report["pages"] == pages - 4 and report["shards"][0] == 3

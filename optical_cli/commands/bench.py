@@ -15,6 +15,7 @@ from .common import (
     OutputDirOpt,
     OverwriteOpt,
     SetOpt,
+    attention_record,
     check_resumable,
     claim_output,
     emit_json,
@@ -25,6 +26,7 @@ from .common import (
     print_table,
     progress_bar,
     report_resume,
+    reuse_attention_choices,
     run_dir,
 )
 
@@ -137,11 +139,13 @@ def bench_longbench(
             done, wanted = resume_progress(output_dir / "items.csv", items, settings.conditions)
             report_resume(f"{done} of {wanted} (item, condition) rows done in {output_dir}")
         procs = join_processes(cfg.runtime.device)            # each process on its own GPU before loading
+        reuse_attention_choices(claim, cfg.deepencoder.attention)  # before the warm-up page measures them
         reader = build_reader(cfg, settings.conditions)
         if reader.random_weights and procs.is_main:
             err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
         memory = PeakMemory(reader.device)
         with run_dir("bench longbench", cfg, claim, procs=procs, device=str(reader.device)) as run:
+            run.update(**attention_record(cfg.deepencoder.attention))  # every page has the warm-up page's shape
             with progress_bar("longbench", total=len(items) * len(settings.conditions)) as advance:
                 rows = run_benchmark(reader, items, settings, run.file("items.csv"), resume=resume, progress=advance,
                                      procs=procs, memory=memory)

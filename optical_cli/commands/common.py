@@ -131,6 +131,26 @@ def report_resume(found: str) -> None:
         err.print(f"[cyan]resuming:[/] {escape(found)}")
 
 
+def reuse_attention_choices(claim: OutputDir, attention: str, more: list[dict] | None = None) -> int:
+    """On --resume with ``deepencoder.attention: auto``, take the paths the earlier run chose (its
+    manifest, plus ``more`` records found elsewhere, e.g. shard headers) so its features are
+    reproduced exactly; before the encoder first runs. Returns how many view shapes were taken."""
+    if attention != "auto" or not claim.resuming:
+        return 0
+    from ..models.deepencoder.sam import seed_auto_choices
+
+    return seed_auto_choices(((claim.previous or {}).get("attention_auto") or []) + (more or []))
+
+
+def attention_record(attention: str) -> dict[str, Any]:
+    """For the manifest: what ``auto`` chose per view shape (nothing when a path is pinned)."""
+    if attention != "auto":
+        return {}
+    from ..models.deepencoder.sam import auto_choices
+
+    return {"attention_auto": auto_choices()}
+
+
 def join_processes(device: str) -> Processes:
     """This run's processes (several under ``accelerate launch``), joined on ``runtime.device``."""
     from ..distributed import join, single_process_warning

@@ -14,6 +14,7 @@ from .common import (
     OutputDirOpt,
     OverwriteOpt,
     SetOpt,
+    attention_record,
     check_resumable,
     claim_output,
     emit_json,
@@ -23,6 +24,7 @@ from .common import (
     print_table,
     progress_bar,
     report_resume,
+    reuse_attention_choices,
     run_dir,
 )
 
@@ -60,15 +62,17 @@ def encode(
         device = procs.place(resolve_device(cfg.runtime.device))
         encoder = build_encoder(cfg, device)  # bad weights fail here, before any output
         if resume:
-            done, total = check_shards_on_disk(cfg, plan, encoder[2], output or output_dir / "features.safetensors")
-            report_resume(f"{done} of {total} shards on disk in {output_dir}; encoding the other {total - done}")
+            done, total, choices = check_shards_on_disk(cfg, plan, encoder[2], output or output_dir / "features.safetensors")
+            reused = reuse_attention_choices(claim, cfg.deepencoder.attention, choices)
+            report_resume(f"{done} of {total} shards on disk in {output_dir}; encoding the other {total - done}"
+                          + (f" with the attention paths chosen before ({reused} view shapes)" if reused else ""))
         with run_dir("encode", cfg, claim, procs=procs, device=str(device)) as run:
             with progress_bar("encoding pages", len(plan)) as advance:
                 summary, reports = run_encode(cfg, plan, encoder, output or run.path / "features.safetensors", run.path,
                                               procs, resume, advance)
             if summary:  # the main process
                 run.record_existing(*METRIC_FILES, Path(summary["features"]).name)
-                run.update(result=summary, process_pages=reports)
+                run.update(result=summary, process_pages=reports, **attention_record(cfg.deepencoder.attention))
         if summary:
             print_table("encode", list(summary.items()))
             if json_out:

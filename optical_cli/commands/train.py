@@ -17,6 +17,7 @@ from .common import (
     OutputDirOpt,
     OverwriteOpt,
     SetOpt,
+    attention_record,
     check_resumable,
     claim_output,
     emit_json,
@@ -27,6 +28,7 @@ from .common import (
     print_table,
     progress_bar,
     report_resume,
+    reuse_attention_choices,
     run_dir,
 )
 
@@ -88,6 +90,7 @@ def train_adapter_command(
         procs = join_processes(cfg.runtime.device)  # under accelerate launch: one run directory for all processes
         if random_weights and procs.is_main:
             err.print(f"[bold yellow]{TRAIN_RANDOM_BANNER}[/]", soft_wrap=True)
+        reuse_attention_choices(claim, cfg.deepencoder.attention)  # pages not in the feature cache encode as before
         with err.status(escape(f"loading the language model ({cfg.vlm.source})")):
             reader = load_reader(cfg)
         with run_dir("train-adapter", cfg, claim, procs=procs, device=str(reader.device)) as run, progress_bar("training", None) as advance:
@@ -107,7 +110,8 @@ def train_adapter_command(
             result = train_adapter(cfg, run.path, resume=checkpoint, progress=on_event, documents=documents, reader=reader)
             run.record_existing("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl")
             run.update(result=dataclasses.asdict(result), parameters=result.parameters,
-                       peak_memory_gib=result.peak_memory_gib, random_weights=random_weights)
+                       peak_memory_gib=result.peak_memory_gib, random_weights=random_weights,
+                       **attention_record(cfg.deepencoder.attention))
         if not procs.is_main:  # under accelerate launch only the main process reports
             return
         summary = {**dataclasses.asdict(result), "random_weights": random_weights}

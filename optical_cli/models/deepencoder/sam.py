@@ -260,6 +260,34 @@ def _attend_auto(q, k, v, rel_h, rel_w) -> torch.Tensor:
     return outputs[best]
 
 
+def auto_choices() -> list[dict]:
+    """What ``auto`` chose in this process, as JSON: one record per (device, dtype, view shape).
+
+    Paths agree to ~1e-6, not bitwise, so a run's features are reproducible only with its
+    choices: encode writes them into its shards, index and manifest and reuses them on --resume."""
+    return [
+        {"device": device, "dtype": str(dtype).removeprefix("torch."), "q_shape": list(shape), "path": path,
+         "seconds": {mode: round(t, 6) for mode, t in seconds.items()}}
+        for (device, dtype, shape), (path, seconds) in AUTO_CHOICES.items()
+    ]
+
+
+def seed_auto_choices(records: list[dict]) -> int:
+    """Take earlier choices (``auto_choices()`` records) as this process's own; returns how many.
+    A record naming an unknown path or dtype is ignored (``auto`` measures that shape again)."""
+    taken = 0
+    for record in records:
+        try:
+            key = (record["device"], getattr(torch, record["dtype"]), tuple(int(n) for n in record["q_shape"]))
+            if record["path"] not in _PATHS or not isinstance(key[1], torch.dtype):
+                continue
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        AUTO_CHOICES[key] = (record["path"], dict(record.get("seconds") or {}))
+        taken += 1
+    return taken
+
+
 def window_partition(x: torch.Tensor, window: int, pad_value: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """[B,H,W,C] -> [B*windows, window, window, C], padding H and W up to multiples of window
     with ``pad_value`` [C] in every padded position."""
