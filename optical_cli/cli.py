@@ -7,6 +7,8 @@ call the domain, report); the options and error handling they share are in
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from .commands import bench, config, encode, index, render, sweep, train
@@ -17,7 +19,27 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"optical {version('optical')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("optical (not installed: version unknown)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Compress information before a model sees it: optical context compression and energy-informed vector search."""
 app.command("render")(render.render)
 app.command("encode")(encode.encode)
 app.command("train-adapter")(train.train_adapter_command)

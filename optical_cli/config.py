@@ -365,6 +365,25 @@ COMMANDS: dict[str, CommandSpec] = {
 }
 
 
+# The CLI's names for each schema (`optical config show bench longbench`), beside the schema names.
+CLI_NAMES: dict[str, str] = {
+    "render": "render", "encode": "encode", "train-adapter": "train-adapter",
+    "bench": "longbench", "bench longbench": "longbench",
+    "index": "energy", "index build-energy": "energy", "index search": "energy",
+    "sweep": "sweep", "sweep diffusion": "sweep",
+}
+
+
+def schema_name(name: str) -> str:
+    """The schema behind a command as the CLI or the schema registry names it."""
+    name = " ".join(name.split())
+    if name in COMMANDS:
+        return name
+    if name in CLI_NAMES:
+        return CLI_NAMES[name]
+    raise ConfigError(f"no config for '{name}'; use one of: {', '.join(CLI_NAMES)}")
+
+
 def command_for_file(path: Path) -> str | None:
     """Which command's schema a config file belongs to, judged by its file name."""
     for name, spec in COMMANDS.items():
@@ -460,13 +479,17 @@ def _closest_key(schema: type[BaseModel], loc: tuple) -> str:
     return f"; valid keys here: {', '.join(valid)}"
 
 
-def _format_errors(exc: ValidationError, schema: type[BaseModel], data: dict, source: str) -> str:
+def _format_errors(exc: ValidationError, schema: type[BaseModel], data: dict, source: str,
+                   overridden: dict[tuple, str] | None = None) -> str:
     messages = []
     for error in exc.errors():
         loc = tuple(error["loc"])
         key = ".".join(str(p) for p in loc)
         line = _line_of(data, loc)
         where = f"{source}:{line}" if line else source
+        setting = next((item for n in range(len(loc), 0, -1) if (item := (overridden or {}).get(loc[:n]))), None)
+        if setting is not None:  # the value came from the command line, not from the file
+            where = f"--set {setting}"
         if error["type"] == "extra_forbidden":
             messages.append(f"{where}: unknown key '{key}'{_closest_key(schema, loc)}")
         else:
@@ -476,11 +499,13 @@ def _format_errors(exc: ValidationError, schema: type[BaseModel], data: dict, so
     return "\n".join(messages)
 
 
-def validate(schema: type[Section], data: dict, source: str) -> Section:
+def validate(schema: type[Section], data: dict, source: str, overridden: dict[tuple, str] | None = None) -> Section:
+    """``data`` as ``schema``; errors name the file and line, or the ``--set`` item (``overridden``:
+    key path -> the item that set it) the value came from."""
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, schema, data, source)) from None
+        raise ConfigError(_format_errors(exc, schema, data, source, overridden)) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -501,10 +526,14 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(schema: type[Section], data: dict, overrides: list[str]) -> dict:
-    """Apply ``key.path=value`` items (values parsed as YAML scalars) to raw config data."""
+def apply_overrides(schema: type[Section], data: dict, overrides: list[str],
+                    overridden: dict[tuple, str] | None = None) -> dict:
+    """Apply ``key.path=value`` items (values parsed as YAML scalars) to raw config data;
+    ``overridden`` (when given) learns which item set each key path."""
     for item in overrides:
         parts, value = _parse_override(item)
+        if overridden is not None:
+            overridden[tuple(parts)] = item
         if _schema_at(schema, tuple(parts[:-1])) is None or parts[-1] not in _schema_at(schema, tuple(parts[:-1])).model_fields:
             raise ConfigError(f"--set {item!r}: unknown key '{'.'.join(parts)}'{_closest_key(schema, tuple(parts))}")
         node = data
@@ -549,10 +578,10 @@ def load_config(command: str, path: str | Path | None = None, overrides: list[st
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read config: {exc}") from None
         data = parse_yaml(text, source)
+    overridden: dict[tuple, str] = {}
     if overrides:
-        data = apply_overrides(schema, data, list(overrides))
-        source = f"{source} (with --set)"
-    return validate(schema, data, source)
+        data = apply_overrides(schema, data, list(overrides), overridden)
+    return validate(schema, data, source, overridden)
 
 
 def check_same_settings(previous: BaseModel, current: BaseModel, allowed: set[str]) -> None:

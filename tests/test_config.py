@@ -106,6 +106,16 @@ def test_set_wrong_type_is_reported_with_source():
         load_config("render", overrides=["render.margin=wide"])
 
 
+def test_a_bad_set_value_blames_the_set_not_a_line_of_the_file(tmp_path):
+    path = write(tmp_path, "render:\n  font_size: 12\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config("render", path, ["render.font_size=abc"])
+    assert str(caught.value).startswith("--set render.font_size=abc: key 'render.font_size'")
+    assert str(path) not in str(caught.value)
+    with pytest.raises(ConfigError, match=rf"^{path}:2: key 'render.font_size'"):  # a bad file value keeps its line
+        load_config("render", write(tmp_path, "render:\n  font_size: abc\n"), ["render.margin=3"])
+
+
 def test_set_overrides_file_value(tmp_path):
     path = write(tmp_path, "render:\n  font_size: 12\n")
     assert load_config("render", path, ["render.font_size=9"]).render.font_size == 9

@@ -18,6 +18,7 @@ from .common import (
     attention_record,
     check_resumable,
     claim_output,
+    config_default,
     emit_json,
     err,
     handled_errors,
@@ -104,12 +105,12 @@ def _print_longbench(summary: dict) -> None:
 
 @app.command("longbench")
 def bench_longbench(
-    num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Seeded sample stratified by length and difficulty.")] = None,
-    ids: Annotated[Optional[str], typer.Option("--ids", help="Comma-separated item ids to run (instead of a sample).")] = None,
-    conditions: Annotated[Optional[str], typer.Option("--conditions", help="Comma-separated: native, optical, native-matched, no-context.")] = None,
-    lengths: Annotated[Optional[str], typer.Option("--lengths", help="Keep only these length buckets: short, medium, long (comma-separated).")] = None,
-    difficulties: Annotated[Optional[str], typer.Option("--difficulties", help="Keep only easy and/or hard items (comma-separated).")] = None,
-    domains: Annotated[Optional[str], typer.Option("--domains", help="Keep only these domains, e.g. 'Multi-Document QA' (comma-separated).")] = None,
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Seeded sample stratified by length and difficulty.", show_default=config_default("longbench", "bench.num_samples"))] = None,
+    ids: Annotated[Optional[str], typer.Option("--ids", help="Comma-separated item ids to run (instead of a sample).", show_default=config_default("longbench", "bench.ids"))] = None,
+    conditions: Annotated[Optional[str], typer.Option("--conditions", help="Comma-separated: native, optical, native-matched, no-context.", show_default=config_default("longbench", "bench.conditions"))] = None,
+    lengths: Annotated[Optional[str], typer.Option("--lengths", help="Keep only these length buckets: short, medium, long (comma-separated).", show_default=config_default("longbench", "bench.lengths"))] = None,
+    difficulties: Annotated[Optional[str], typer.Option("--difficulties", help="Keep only easy and/or hard items (comma-separated).", show_default=config_default("longbench", "bench.difficulties"))] = None,
+    domains: Annotated[Optional[str], typer.Option("--domains", help="Keep only these domains, e.g. 'Multi-Document QA' (comma-separated).", show_default=config_default("longbench", "bench.domains"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir, skipping finished (item, condition) pairs.")] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,

@@ -9,6 +9,7 @@ directory's manifest); every process prints its own errors.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -34,6 +35,25 @@ from ..distributed import Processes, is_main_process
 from ..errors import OpticalError, RunFailed
 
 err = Console(stderr=True, highlight=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped_config(command: str) -> Any:
+    return config_mod.load_config(command, None, [])
+
+
+def config_default(command: str, key: str) -> str:
+    """For ``--help``: where a flag's default comes from and its value in the command's shipped
+    config, e.g. ``bench.num_samples=50 in the config``; --config and --set change it."""
+    try:
+        value = _shipped_config(command)
+        for part in key.split("."):
+            value = getattr(value, part)
+    except Exception:  # noqa: BLE001 - a broken shipped config must not break --help
+        return f"{key} in the config"
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value) or "none"
+    return f"{key}={'null' if value is None else value} in the config"
 
 
 def _show_no_type_for_flags() -> None:

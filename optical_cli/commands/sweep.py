@@ -18,6 +18,7 @@ from .common import (
     SetOpt,
     check_resumable,
     claim_output,
+    config_default,
     emit_json,
     err,
     handled_errors,
@@ -36,10 +37,10 @@ _SWEEP_METRICS = (("mrr", "MRR"), ("map_cut_20", "MAP@20"), ("ndcg_at_10", "NDCG
 
 @app.command("diffusion")
 def sweep_diffusion(
-    eta: Annotated[Optional[str], typer.Option("--eta", help="Comma-separated eta values, e.g. 0.05,0.1,0.15,0.2 (default sweep.etas).")] = None,
-    steps: Annotated[Optional[str], typer.Option("--steps", help="Comma-separated diffusion step counts, e.g. 2,4,6,8 (default sweep.steps).")] = None,
-    num_queries: Annotated[Optional[int], typer.Option("--num-queries", help="Seeded sample of N labelled records as queries (default: all).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Seeded corpus subset of N records (0 = all; default sweep.limit).")] = None,
+    eta: Annotated[Optional[str], typer.Option("--eta", help="Comma-separated eta values, e.g. 0.05,0.1,0.15,0.2.", show_default=config_default("sweep", "sweep.etas"))] = None,
+    steps: Annotated[Optional[str], typer.Option("--steps", help="Comma-separated diffusion step counts, e.g. 2,4,6,8.", show_default=config_default("sweep", "sweep.steps"))] = None,
+    num_queries: Annotated[Optional[int], typer.Option("--num-queries", help="Seeded sample of N labelled records as queries (null: all).", show_default=config_default("sweep", "sweep.num_queries"))] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Seeded corpus subset of N records (0 = all).", show_default=config_default("sweep", "sweep.limit"))] = None,
     corpus: Annotated[Optional[Path], typer.Option("--corpus", help="JSONL with id, text and label fields, or Parquet with id, vector and label columns (default: the bundled CVE corpus).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip cells already finished in --output-dir.")] = False,
     config: ConfigOpt = None,
