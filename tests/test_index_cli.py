@@ -57,7 +57,9 @@ def test_text_search_json_lines(cve_index):
     assert result.exit_code == 0, result.output
     hits = [json.loads(line) for line in result.stdout.splitlines()]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
-    assert all(h["id"].startswith("CVE-") and {"score", "d_lambda", "d_G", "dirichlet"} <= set(h) for h in hits)
+    assert all(h["id"].startswith("CVE-") and {"score", "d_lambda", "dirichlet"} <= set(h) for h in hits)
+    assert not any("d_G" in h for h in hits)  # lambda_blend 0: lambda is the dispersion, d_G would repeat d_lambda
+    assert "weigh the same term (together 0.15)" in " ".join(result.stderr.split())
     assert [h["score"] for h in hits] == sorted(h["score"] for h in hits)
 
 

@@ -43,7 +43,7 @@ def direct_scores(index, q, weights):
 
 
 def weighted(terms, params):
-    return params.w_lambda * terms["d_lambda"] + params.w_G * terms["d_G"] + params.w_D * terms["bounded_dirichlet"]
+    return params.w_lambda * terms["d_lambda"] + params.w_G * terms.get("d_G", terms["d_lambda"]) + params.w_D * terms["bounded_dirichlet"]
 
 
 def test_exact_energy_equals_expanded_algebra(setup):
@@ -64,8 +64,22 @@ def test_every_hit_carries_its_terms(setup):
     index, searcher, _, queries = setup
     hit = searcher.search(queries[:1], SearchParams(k=1, mode="energy", w_lambda=1, w_G=0.5, w_D=0.25))[0][0]
     t = hit.terms
-    assert hit.score == pytest.approx(t["d_lambda"] + 0.5 * t["d_G"] + 0.25 * t["bounded_dirichlet"], rel=1e-5)
+    d_G = t.get("d_G", t["d_lambda"])  # reported only where it differs from d_lambda
+    assert ("d_G" in t) != index.scales.lambda_is_dispersion
+    assert hit.score == pytest.approx(t["d_lambda"] + 0.5 * d_G + 0.25 * t["bounded_dirichlet"], rel=1e-5)
     assert t["bounded_dirichlet"] == pytest.approx(t["dirichlet"] / (index.dirichlet_scale + t["dirichlet"]), rel=1e-5)
+
+
+def test_with_lambda_blend_0_lambda_is_the_dispersion_so_d_g_would_repeat_d_lambda(setup):
+    """Why a hit shows d_G only for lambda_blend > 0: with blend 0, lambda = G/(G + tau_G) for items
+    and queries alike, so |d lambda| and |d G~| are equal on every item."""
+    index, searcher, _, queries = setup
+    if not index.scales.lambda_is_dispersion:
+        pytest.skip("this fixture's index blends E into lambda")
+    q = torch.from_numpy(queries[:3])
+    terms = searcher.energy_scores(searcher.query_terms(q), q)
+    assert torch.allclose(index.lam, index.scales.dispersion(index.G), atol=1e-6)
+    assert torch.allclose(terms["d_lambda"], terms["d_G"], atol=1e-6)
 
 
 def test_ann_candidates_are_the_nearest_in_dirichlet_energy(setup):

@@ -155,6 +155,10 @@ def index_search(
         if vectors is None:
             vectors = query_vectors(index.model, texts, cfg.runtime.device, cfg.embed.batch_size)
         params = SearchParams.from_section(cfg.search)
+        if (params.mode != "cosine" and index.scales.lambda_is_dispersion and params.w_lambda and params.w_G
+                and len(vectors) <= MAX_TABLES):  # a batch gets its one summary line only
+            err.print(f"[dim]note: this index has lambda_blend 0, so lambda is the dispersion G~ and w_lambda and w_G "
+                      f"weigh the same term (together {params.w_lambda + params.w_G:g}); hits show it once, as d_lambda[/]")
         started = time.perf_counter()
         results = Searcher(index).search(vectors, params)
         search_seconds = time.perf_counter() - started

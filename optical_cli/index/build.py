@@ -280,6 +280,12 @@ class LambdaScales:
         """G as it enters lambda and the search's G term: G/(G + tau_G) (bounded) or raw (published)."""
         return G if self.formula == "published" else G / (G + self.tau_G)
 
+    @property
+    def lambda_is_dispersion(self) -> bool:
+        """Bounded with blend 0: lambda = G/(G + tau_G), the search's G term itself, so |d lambda|
+        and |d G~| are one quantity and w_lambda + w_G its weight."""
+        return self.formula == "bounded" and self.blend == 0.0
+
     def warning(self) -> Optional[str]:
         if self.formula == "published" and self.tau > 1.0:
             return (f"build.lambda_formula=published with tau={self.tau:.3g} > 1 gives the dispersion G a negative weight "

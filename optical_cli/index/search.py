@@ -163,10 +163,12 @@ class Searcher:
             "dirichlet": dirichlet,
             "bounded_dirichlet": dirichlet / (dirichlet + self.scale),
         }
+        if self.index.scales.lambda_is_dispersion:  # d_G would repeat d_lambda on every hit
+            del terms["d_G"]
         if self.beta:  # the identity part of the Dirichlet energy, so every hit shows the ridge's share
             terms["ridge"] = self.beta * (x - queries[:, None, :]).square().sum(2)
         if params.mode == "hybrid":
-            terms["energy_score"] = (params.w_lambda * terms["d_lambda"] + params.w_G * terms["d_G"]
+            terms["energy_score"] = (params.w_lambda * terms["d_lambda"] + params.w_G * terms.get("d_G", terms["d_lambda"])
                                      + params.w_D * terms["bounded_dirichlet"])
             terms["cosine"] = cos
         return terms
