@@ -165,7 +165,8 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
     text_width = max(30, err.width - 38)  # rank, id, CWE and padding take about 38 columns
     for query in dict.fromkeys(row["query"] for row in rows):
         for method in ("energy", "cosine"):
-            where = f" at eta={cell['eta']:g} steps={cell['steps']}" if method == "energy" else ""
+            where = (f" at the best tuned cell (eta={cell['eta']:g} steps={cell['steps']}: best NDCG@10 on the tuning queries)"
+                     if method == "energy" else "")
             texts = Table(title=escape(f"{method}{where}: {query!r} (our query)"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
             for column in ("#", "id", "CWE", "text"):
                 texts.add_column(column, justify="right" if column == "#" else "left")
