@@ -158,7 +158,18 @@ def test_an_unreachable_hub_is_found_in_seconds_and_treated_as_offline(monkeypat
     try:
         with pytest.raises(ModelNotFoundError, match="did not answer within 3 s"):
             loading.resolve_local_or_hub("someone/some-model")
-    finally:
+    finally:  # this process's later tests start with the hub unprobed
         loading._probe_hub.cache_clear()
-        monkeypatch.setattr(loading, "_unreachable", None)
+        loading._unreachable = None
     assert time.perf_counter() - start < loading.HUB_PROBE_SECONDS + 5
+
+
+def test_published_layout_at_its_published_size():
+    from optical_cli.models.adapter import PUBLISHED_KEYS, PublishedAdapter
+
+    adapter = PublishedAdapter()  # 1280 -> 3072 -> 2048, LayerNorm, 200 page embeddings
+    shapes = {name: tuple(t.shape) for name, t in adapter.state_dict().items()}
+    assert set(shapes) == PUBLISHED_KEYS and parameter_count(adapter) == 10_642_432
+    assert shapes["projection.0.weight"] == (3072, 1280) and shapes["projection.3.weight"] == (2048, 3072)
+    assert shapes["page_embeddings.weight"] == (200, 2048)
+    assert PublishedAdapter.config_of(adapter.state_dict()) == AdapterConfig()

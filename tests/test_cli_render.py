@@ -143,7 +143,7 @@ def test_config_show_and_validate(tmp_path):
 
 def test_config_show_unknown_command():
     result = invoke("config", "show", "nonsense")
-    assert result.exit_code == 2 and "unknown command" in result.stderr
+    assert result.exit_code == 2 and "no config for 'nonsense'" in result.stderr and "bench longbench" in result.stderr
 
 
 def test_rerun_into_the_same_directory_is_refused_and_overwrite_leaves_no_stale_pages(tmp_path):
