@@ -119,6 +119,11 @@ class RandomQwen3VLSection(Section):
     max_position_embeddings: int = Field(32768, ge=128)
     tie_word_embeddings: bool = True
     initializer_range: float = Field(0.02, gt=0, description="std of the random weights (Qwen3-VL's own default 0.02)")
+    num_experts: int = Field(0, ge=0, description="0 = dense (Qwen3-VL); > 0 = mixture of experts (Qwen3-VL-MoE) with this many experts per layer")
+    num_experts_per_tok: int = Field(8, ge=1, description="MoE: experts each token is routed to")
+    moe_intermediate_size: int = Field(768, ge=1, description="MoE: each expert's MLP width")
+    decoder_sparse_step: int = Field(1, ge=1, description="MoE: every N-th layer is sparse (1 = all)")
+    mlp_only_layers: list[int] = Field([], description="MoE: layers kept dense (their MLP is intermediate_size wide)")
 
 
 class VLMSection(Section):
@@ -357,9 +362,11 @@ COMMANDS: dict[str, CommandSpec] = {
 
 
 def command_for_file(path: Path) -> str | None:
-    """Which command's schema a config file belongs to, judged by its file name."""
+    """Which command's schema a config file belongs to, judged by its file name: the command's
+    default file name, or its stem with a suffix (``qwen3_vl_8b.yaml`` is train-adapter's)."""
     for name, spec in COMMANDS.items():
-        if Path(spec.default_file).name == path.name:
+        default = Path(spec.default_file)
+        if default.name == path.name or (path.suffix == default.suffix and path.stem.startswith(default.stem + "_")):
             return name
     return None
 
