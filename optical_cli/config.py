@@ -151,6 +151,16 @@ class TrainDataSection(Section):
     encode_batch_size: int = Field(8, ge=1, description="views per DeepEncoder forward while caching features")
 
 
+class LoraSection(Section):
+    """Low-rank updates of the frozen language model (peft), trained with the adapter; rank 0 = off."""
+
+    rank: int = Field(0, ge=0, description="LoRA rank r (0 = no LoRA: only the adapter trains)")
+    alpha: float = Field(16.0, gt=0, description="LoRA scale numerator: updates are scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch's input")
+    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      description="linear layers of the language model that get LoRA (names as in the checkpoint)")
+
+
 class TrainOptimSection(Section):
     objective: Literal["reconstruction", "mse"] = "reconstruction"
     epochs: int = Field(10, ge=1)
@@ -171,6 +181,7 @@ class TrainOptimSection(Section):
     keep_checkpoints: int = Field(2, ge=1)
     read_pages: int = Field(8, ge=0, description="held-out pages decoded for the reading check (0 = skip)")
     read_max_new_tokens: int = Field(512, ge=1)
+    lora: LoraSection = LoraSection()
 
 
 class TrainAdapterConfig(Section):

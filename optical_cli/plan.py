@@ -193,7 +193,8 @@ def training_activations(model: nn.Module, batch: int, tokens: int, label_tokens
     lm = model.model.language_model
     text = model.config.text_config
     dtype = next(model.parameters()).dtype
-    model.requires_grad_(False)  # frozen, as in training: no weight gradient needs a layer's inputs
+    for name, param in model.named_parameters():  # frozen but for LoRA, as in training
+        param.requires_grad_(".lora_" in name)
     hidden = torch.empty(batch, tokens, text.hidden_size, device="meta", dtype=dtype, requires_grad=True)
     positions = torch.zeros(3, batch, tokens, dtype=torch.long, device="meta")
     per_layer = []
@@ -271,9 +272,8 @@ def _overhead_bytes(device: torch.device) -> int:
 
 
 def plan_train(cfg, device: torch.device, dtype: torch.dtype, devices: int = 1,
-               device_memory_gib: float | None = None, lora_parameters=None) -> dict:
-    """The memory plan of ``optical train-adapter`` under ``cfg`` (a TrainAdapterConfig).
-    ``lora_parameters``: a function of the meta language model giving the LoRA parameter count."""
+               device_memory_gib: float | None = None) -> dict:
+    """The memory plan of ``optical train-adapter`` under ``cfg`` (a TrainAdapterConfig)."""
     started = time.perf_counter()
     if devices < 1:
         raise ConfigError(f"--devices {devices}: must be at least 1")
@@ -283,8 +283,15 @@ def plan_train(cfg, device: torch.device, dtype: torch.dtype, devices: int = 1,
     encoder, vision_dim = meta_deepencoder(cfg.deepencoder.architecture)
     hidden = model.config.text_config.hidden_size
     adapter = meta_adapter(vision_dim, cfg.adapter.hidden_dim, hidden, cfg.adapter.max_pages)
-    lora = int(lora_parameters(model)) if lora_parameters else 0
-    parameters = {"deepencoder": _count(encoder), "adapter": _count(adapter), "language_model": _count(model), "lora": lora}
+    lora = 0
+    if cfg.train.lora.rank:  # injected on the meta model too, so its activations are counted
+        from .models.lora import add_lora, lora_config
+
+        section = cfg.train.lora
+        lora = sum(p.numel() for p in add_lora(model, lora_config(section.rank, section.alpha, section.dropout,
+                                                                   section.target_modules)))
+    parameters = {"deepencoder": _count(encoder), "adapter": _count(adapter), "language_model": _count(model) - lora,
+                  "lora": lora}
     trained = parameters["adapter"] + lora
     weights = {name: count * (4 if name in ("adapter", "lora") else size) for name, count in parameters.items()}
     weights["total"] = sum(weights.values())

@@ -197,6 +197,29 @@ def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_
     return model
 
 
+def load_lora(model, directory: str | Path, resume: bool = False) -> None:
+    """A PEFT LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``, as
+    ``train-adapter`` writes ``lora/``) into ``model``: its layers injected (frozen) and its
+    weights loaded with names and shapes checked. ``resume``: the layers are there already
+    (training), only the weights load."""
+    from safetensors.torch import load_file
+
+    from .lora import CONFIG_FILE, WEIGHTS_FILE, inject_lora, set_lora_state
+
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise InputError(f"{directory} is not a PEFT adapter directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE))
+        if not resume:
+            from peft import LoraConfig
+
+            inject_lora(model, LoraConfig.from_pretrained(str(directory)))
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"could not read the LoRA adapter in {directory}: {exc}") from None
+    set_lora_state(model, state, directory)
+
+
 def load_chat_tokenizer(source: str):
     """The Qwen chat tokenizer: ``qwen-tiktoken`` (offline, the real Qwen BPE) or a model dir / hub id."""
     from .tokenizers import HFChatTokenizer
