@@ -1,6 +1,7 @@
 """Qwen3-VL-MoE's language model without its vision tower: transformers' logits, the checkpoint layout."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +98,26 @@ def test_a_non_qwen3_vl_directory_is_refused_by_its_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(loading.ModelNotFoundError, match="model_type 'llama'.*qwen3_vl or qwen3_vl_moe"):
         loading.load_qwen3_vl(str(tmp_path), torch.device("cpu"), torch.float32)
+
+
+def test_train_adapter_runs_on_a_moe_language_model_with_lora(tmp_path):
+    """The whole chain on the tiny MoE model: adapter width follows its hidden size, LoRA on its attention."""
+    from typer.testing import CliRunner
+
+    from optical_cli.cli import app
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "tiny" / "qwen3_vl.yaml"
+    result = CliRunner().invoke(app, [
+        "train-adapter", "-c", str(config), "-o", str(tmp_path / "run"), "--json",
+        "--set", "vlm.random.num_experts=4", "--set", "vlm.random.num_experts_per_tok=2",
+        "--set", "vlm.random.moe_intermediate_size=32", "--set", "train.max_steps=2", "--set", "train.lora.rank=2",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.max_documents=12"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    moe = RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, initializer_range=0.1,
+                               hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, head_dim=16, mrope_section=[4, 2, 2])
+    assert summary["parameters"]["language_model"] == sum(
+        p.numel() for p in loading.build_meta_qwen3_vl(moe.model_dump()).parameters())
+    assert summary["parameters"]["lora"] > 0 and summary["steps"] == 2
+    assert (tmp_path / "run" / "lora" / "adapter_config.json").is_file()
