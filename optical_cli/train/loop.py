@@ -14,6 +14,7 @@ import torch
 from ..artifacts import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 from ..config import TrainAdapterConfig
 from ..errors import InputError
+from .sharding import fsdp_requested, local_parameter_count, shard_language_model
 from ..memory import PeakMemory, busiest
 from ..models import loading
 from ..models.adapter import AdapterConfig, OpticalAdapter, parameter_count, save_adapter
@@ -42,6 +43,8 @@ class TrainResult:
     peak_memory_gib: dict = field(default_factory=dict)  # cpu_rss_gib (+ cuda_max_allocated_gib on a GPU)
     training_pages: dict = field(default_factory=dict)   # page_statistics of the training pages
     reading: dict = field(default_factory=dict)
+    layout: str = "single"                                # single | ddp | fsdp (the frozen LLM sharded across processes)
+    language_model_local_parameters: int | None = None   # the LLM's parameters this process holds (1/N of them under fsdp)
 
 
 def resolve_runtime(cfg: TrainAdapterConfig):
@@ -211,7 +214,12 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
         torch.manual_seed(cfg.runtime.seed + accelerator.process_index)  # LoRA dropout: the same draws every run
         if metrics_path.exists() and accelerator.is_main_process:
             metrics_path.unlink()
-    adapter, optimizer = accelerator.prepare(adapter, optimizer)
+    lm_parameters = parameter_count(reader.model) - sum(p.numel() for p in lora_params)  # before sharding unties a head
+    sharded = world > 1 and fsdp_requested()
+    if sharded:  # the frozen LLM split across processes; the trained weights stay whole, gradients averaged below
+        shard_language_model(reader.model, keep_whole=lora_params)
+    else:
+        adapter, optimizer = accelerator.prepare(adapter, optimizer)
     model = reader.model
     if opt.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -240,12 +248,15 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
             accelerator.backward(loss / len(mine))
             step_loss += loss.detach() / len(mine)
             window_pages += len(index) * world
-        if world > 1:  # DDP averages the adapter's gradients; the LoRA weights live outside it
-            for param in lora_params:
+        if world > 1:  # DDP averages the adapter's gradients (not under FSDP); LoRA's live outside it
+            for param in (trained if sharded else lora_params):
                 if param.grad is not None:
                     param.grad = accelerator.reduce(param.grad, reduction="mean")
         if opt.grad_clip > 0:
-            accelerator.clip_grad_norm_(trained, opt.grad_clip)
+            if sharded:
+                torch.nn.utils.clip_grad_norm_(trained, opt.grad_clip)
+            else:
+                accelerator.clip_grad_norm_(trained, opt.grad_clip)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -280,11 +291,12 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
 
             save_lora(*lora, run_path / LORA_DIR)
         plot_losses(read_jsonl(metrics_path), run_path / "loss.png")
-        if opt.read_pages:
-            emit({"event": "reading", "pages": min(opt.read_pages, len(eval_pages))})
-            reader.adapter = final
-            reading = reading_check(reader, eval_pages if len(eval_pages) else train_pages, opt.read_pages,
-                                    opt.read_max_new_tokens)
+    if opt.read_pages and (accelerator.is_main_process or sharded):  # a sharded model reads in every process at once
+        emit({"event": "reading", "pages": min(opt.read_pages, len(eval_pages))})
+        reader.adapter = final
+        reading = reading_check(reader, eval_pages if len(eval_pages) else train_pages, opt.read_pages,
+                                opt.read_max_new_tokens)
+        if accelerator.is_main_process:
             atomic_write_text(run_path / "reading.jsonl", "".join(json.dumps(r) + "\n" for r in reading["records"]))
     peaks = memory.run_peak()
     if world > 1:  # every process's peaks; the report keeps the busiest
@@ -297,9 +309,11 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
         pages_per_s=pages_seen / train_s if train_s > 0 else 0.0,
         step_s=train_s / (step - first_step) if step > first_step else None, cache_hit=cache_hit, encode_s=encode_s,
         parameters={"deepencoder": encoder.parameter_count(), "adapter": parameter_count(final),
-                    "language_model": parameter_count(reader.model) - sum(p.numel() for p in lora_params),
+                    "language_model": lm_parameters,
                     "lora": sum(p.numel() for p in lora_params)},
         peak_memory_gib=peaks,
         training_pages=page_statistics(train_pages, train_examples, cfg.data.max_text_tokens),
         reading={k: v for k, v in reading.items() if k != "records"},
+        layout="fsdp" if sharded else ("ddp" if world > 1 else "single"),
+        language_model_local_parameters=local_parameter_count(reader.model),
     )
