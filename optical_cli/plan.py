@@ -15,8 +15,9 @@ seconds even for a 235B model. What it reports:
   float32 cross-entropy;
   gradients and AdamW's two moments for the trained weights;
 - the estimated peak per device for four layouts: one device, DDP over N (a full copy per
-  device plus its gradient buckets), FSDP over N (frozen weights sharded, one gathered unit at a
-  time, twice for prefetch) and tensor parallel over N on vLLM (inference only: weights and KV
+  device plus its gradient buckets), FSDP over N (the language model sharded as train-adapter
+  shards it, one gathered unit at a time, twice for prefetch; DeepEncoder, adapter and LoRA whole
+  in every process) and tensor parallel over N on vLLM (inference only: weights and KV
   heads split, DeepEncoder replicated);
 - a verdict per layout against a device-memory budget.
 
@@ -307,14 +308,17 @@ def plan_train(cfg, device: torch.device, dtype: torch.dtype, devices: int = 1,
     per_token = kv_bytes_per_token(model)
     reading_context = overhead_tokens + page_tokens + cfg.train.read_max_new_tokens
 
-    frozen = weights["deepencoder"] + weights["language_model"]
     trained_bytes = weights["adapter"] + weights["lora"]
     step = activations["total_bytes"] + gradients + optimizer
     single = weights["total"] + step + overhead
     ddp = single + gradients  # the gradient buckets DDP all-reduces through
     gathered = 2 * _largest_unit_bytes(model) if devices > 1 else 0  # one process holds every shard already
-    fsdp = (frozen / devices + gathered + (trained_bytes + gradients + optimizer) / devices
-            + activations["total_bytes"] + overhead)
+    # as train-adapter shards (train/sharding.py): the language model split N ways (a tied head
+    # becomes a second table), DeepEncoder, adapter and LoRA whole in every process
+    text = model.config.text_config
+    tied_copy = text.vocab_size * text.hidden_size * size if model.lm_head.weight is model.get_input_embeddings().weight else 0
+    fsdp = ((weights["language_model"] + tied_copy) / devices + weights["deepencoder"] + gathered + trained_bytes
+            + gradients + optimizer + activations["total_bytes"] + overhead)
     peaks = {"single": _gib(single), "ddp": _gib(ddp), "fsdp": _gib(fsdp), "tensor_parallel": None}
     return {
         "command": "train-adapter",
