@@ -109,7 +109,10 @@ def _register_expert_layout() -> None:
     from transformers import conversion_mapping
 
     name = Qwen3VLMoeLanguageModel.__name__
-    if name not in conversion_mapping.USER_REGISTERED_MAPPINGS:
+    registered = getattr(conversion_mapping, "USER_REGISTERED_MAPPINGS", None)
+    if registered is None:  # before transformers skipped classes outside it, the model type's conversions applied already
+        return
+    if name not in registered:
         mapping = conversion_mapping.get_checkpoint_conversion_mapping(Qwen3VLMoeConfig.model_type)
         if mapping:
             conversion_mapping.register_checkpoint_conversion_mapping(name, mapping, overwrite=True)
