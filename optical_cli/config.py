@@ -126,6 +126,11 @@ class RandomQwen3VLSection(Section):
     max_position_embeddings: int = Field(32768, ge=128)
     tie_word_embeddings: bool = True
     initializer_range: float = Field(0.02, gt=0, description="std of the random weights (Qwen3-VL's own default 0.02)")
+    num_experts: int = Field(0, ge=0, description="0 = dense (Qwen3-VL); > 0 = mixture of experts (Qwen3-VL-MoE) with this many experts per layer")
+    num_experts_per_tok: int = Field(8, ge=1, description="MoE: experts each token is routed to")
+    moe_intermediate_size: int = Field(768, ge=1, description="MoE: each expert's MLP width")
+    decoder_sparse_step: int = Field(1, ge=1, description="MoE: every N-th layer is sparse (1 = all)")
+    mlp_only_layers: list[int] = Field([], description="MoE: layers kept dense (their MLP is intermediate_size wide)")
 
 
 class VLMSection(Section):
@@ -153,6 +158,16 @@ class TrainDataSection(Section):
     encode_batch_size: int = Field(8, ge=1, description="views per DeepEncoder forward while caching features")
 
 
+class LoraSection(Section):
+    """Low-rank updates of the frozen language model (peft), trained with the adapter; rank 0 = off."""
+
+    rank: int = Field(0, ge=0, description="LoRA rank r (0 = no LoRA: only the adapter trains)")
+    alpha: float = Field(16.0, gt=0, description="LoRA scale numerator: updates are scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch's input")
+    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      description="linear layers of the language model that get LoRA (names as in the checkpoint)")
+
+
 class TrainOptimSection(Section):
     objective: Literal["reconstruction", "mse"] = "reconstruction"
     epochs: int = Field(10, ge=1)
@@ -173,6 +188,7 @@ class TrainOptimSection(Section):
     keep_checkpoints: int = Field(2, ge=1)
     read_pages: int = Field(8, ge=0, description="held-out pages decoded for the reading check (0 = skip)")
     read_max_new_tokens: int = Field(512, ge=1)
+    lora: LoraSection = LoraSection()
 
 
 class TrainAdapterConfig(Section):
@@ -385,9 +401,11 @@ def schema_name(name: str) -> str:
 
 
 def command_for_file(path: Path) -> str | None:
-    """Which command's schema a config file belongs to, judged by its file name."""
+    """Which command's schema a config file belongs to, judged by its file name: the command's
+    default file name, or its stem with a suffix (``qwen3_vl_8b.yaml`` is train-adapter's)."""
     for name, spec in COMMANDS.items():
-        if Path(spec.default_file).name == path.name:
+        default = Path(spec.default_file)
+        if default.name == path.name or (path.suffix == default.suffix and path.stem.startswith(default.stem + "_")):
             return name
     return None
 
