@@ -58,6 +58,10 @@ class RenderSection(Section):
     tokenizer: Literal["none", "qwen"] = Field(
         "qwen", description="text tokenizer for the tokens-per-vision-token report"
     )
+    source: Literal["text", "pdf-pages"] = Field(
+        "text", description="text: draw the documents' text (a PDF's text layer) densely; pdf-pages: a PDF's own "
+        "pages rasterised at the mode's resolution, fitted and padded to the square (layout keeps each page's text layer)",
+    )
 
 
 class RenderConfig(Section):
@@ -141,7 +145,7 @@ class AdapterSection(Section):
 
 
 class TrainDataSection(Section):
-    source: str = Field("data/cve/cves.jsonl", description=".txt, .jsonl, a directory of them, or hf:owner/name")
+    source: str = Field("data/cve/cves.jsonl", description=".txt, .md, .pdf (its text layer), .jsonl, a directory of them, or hf:owner/name")
     text_field: str = Field("description", description="JSON / dataset field holding the text")
     split: str = Field("train", description="split of a hub dataset")
     max_documents: Optional[int] = Field(1000, ge=1)

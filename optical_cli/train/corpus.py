@@ -7,6 +7,7 @@ from typing import Iterator
 
 from ..artifacts import iter_jsonl_objects
 from ..config import TrainAdapterConfig
+from ..documents import read_document
 from ..errors import InputError
 
 
@@ -45,13 +46,13 @@ def read_corpus(source: str, field_name: str = "description", split: str = "trai
     else:
         path = Path(source)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".md", ".jsonl"))
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".md", ".pdf", ".jsonl"))
         elif path.is_file():
             files = [path]
         else:
-            raise InputError(f"training data not found: {source}; pass a .txt/.jsonl file, a directory of them, or hf:owner/name")
+            raise InputError(f"training data not found: {source}; pass a .txt/.md/.pdf/.jsonl file, a directory of them, or hf:owner/name")
         texts = (t for f in files for t in (_texts_from_jsonl(f, field_name) if f.suffix.lower() == ".jsonl"
-                                            else [f.read_text(encoding="utf-8", errors="replace")]))
+                                            else [read_document(f, "utf-8", "replace").text]))
     documents = []
     for text in texts:
         if len(text.strip()) >= min_chars:
