@@ -194,3 +194,19 @@ def test_encode_reads_a_pdfs_text_layer_and_its_own_pages(tmp_path):
     pages = invoke("encode", "-i", originals, *TINY_ENCODER, "-o", tmp_path / "c")
     assert pages.exit_code == 0, pages.output
     assert load_file(str(tmp_path / "c" / "features.safetensors"))["features"].shape[0] == 2
+
+
+def test_bench_items_can_take_their_document_from_a_pdf(tmp_path):
+    from optical_cli.bench.data import load_items
+
+    make_pdf(tmp_path / "report.pdf", pages=2)
+    record = {"_id": "mine-1", "domain": "own", "difficulty": "easy", "length": "short", "question": "Which words?",
+              "choice_A": "a", "choice_B": "b", "choice_C": "c", "choice_D": "d", "answer": "A", "context_file": "report.pdf"}
+    data = tmp_path / "items.jsonl"
+    data.write_text(json.dumps(record) + "\n")
+    [item] = load_items(str(data))
+    assert non_space(item.context) == non_space(TEXT)
+    make_pdf(tmp_path / "scan.pdf", pages=1, with_text=False)
+    data.write_text(json.dumps(record | {"context_file": "scan.pdf"}) + "\n")
+    with pytest.raises(InputError, match="no text layer"):
+        load_items(str(data))

@@ -115,7 +115,7 @@ def write_frontier_plot(path: Path, rows: list[dict], published: tuple[dict, ...
     py = [1.0 - p["precision"] for p in published]
     axis.plot(px, py, "k*--", markersize=11, label="DeepSeek-OCR paper (their reader, Fox): 1 - precision")
     for p in published:
-        axis.annotate(p["label"], (p["compression"], 1.0 - p["precision"]), textcoords="offset points", xytext=(6, -10), fontsize=8)
+        axis.annotate(p["label"] + " (theirs)", (p["compression"], 1.0 - p["precision"]), textcoords="offset points", xytext=(-20, 12), fontsize=8)
     axis.axhline(max_error, color="grey", linestyle=":", label=f"sweep.max_error = {max_error:g}")
     axis.set_xlabel("text tokens per vision token (full pages)")
     axis.set_ylabel("character error rate (OCR judge; 95% interval)")
