@@ -139,6 +139,7 @@ def read_inputs(cfg: RenderSweepConfig) -> list[Document]:
         documents = read_documents(list(cfg.sweep.inputs), cfg.render.encoding, cfg.render.errors)
     else:
         documents = read_documents([str(SAMPLE_DOCUMENT)])
+        documents[0].source = str(SAMPLE_DOCUMENT.relative_to(REPO_ROOT))
         if cfg.sweep.cve_chars:
             documents.append(Document(f"{CVE_CORPUS.relative_to(REPO_ROOT)} (first {cfg.sweep.cve_chars} characters)",
                                       cve_text(cfg.sweep.cve_chars)))
