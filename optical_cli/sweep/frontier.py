@@ -280,8 +280,11 @@ class OcrJudge:
     def __init__(self, threads: int = 0, batch: int = 16):
         try:
             import rapidocr_onnxruntime
-            from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
             from rapidocr_onnxruntime.utils import read_yaml
+            try:
+                from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
+            except ImportError:  # rapidocr-onnxruntime < 1.4 named the module after PP-OCRv3
+                from rapidocr_onnxruntime.ch_ppocr_v3_rec import TextRecognizer
         except ImportError:
             raise InputError("sweep.judge=ocr needs rapidocr-onnxruntime: pip install 'optical[ocr]'") from None
         import os
