@@ -249,7 +249,8 @@ def _print_frontier(summary: dict) -> None:
     chosen = summary["operating_point"]
     for row in summary["cells"]:
         mark = "*" if chosen and all(row[k] == chosen[k] for k in ("font_size", "mode", "reflow", "line_spacing", "font")) else ""
-        table.add_row(row["mode"] + mark, str(row["font_size"]), "yes" if row["reflow"] else "no", f"{row['line_spacing']:g}",
+        font = "" if row["font"] == "DejaVuSansMono" else " " + Path(row["font"]).stem  # only when the grid varies the font
+        table.add_row(row["mode"] + mark + font, str(row["font_size"]), "yes" if row["reflow"] else "no", f"{row['line_spacing']:g}",
                       str(row["pages"]), f"{row['characters_per_page']:.0f}", f"{row['tokens_per_vision_token']:.2f}",
                       f"{row['full_page_tokens_per_vision_token']:.2f}", f"{row['cer']:.4f}",
                       escape(f"[{row['cer_low']:.3f},{row['cer_high']:.3f}]"))
