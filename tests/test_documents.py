@@ -170,6 +170,9 @@ def test_training_corpus_reads_pdfs_in_a_directory(tmp_path):
     (folder / "b.txt").write_text("plain text document")
     documents = read_corpus(str(folder))
     assert len(documents) == 2 and non_space(documents[0]) == non_space(TEXT) and documents[1] == "plain text document"
+    make_pdf(folder / "c.pdf", pages=1, with_text=False)
+    with pytest.raises(InputError, match="no text layer"):
+        read_corpus(str(folder))
 
 
 TINY_ENCODER = ["--set", "deepencoder.weights=random", "--set", "deepencoder.architecture=tiny", "--set", "runtime.device=cpu",

@@ -38,6 +38,14 @@ def _texts_from_hub(name: str, split: str, field_name: str, limit: int | None) -
         ) from None
 
 
+def _document_text(path: Path) -> str:
+    document = read_document(path, "utf-8", "replace")
+    if document.is_pdf and not document.has_text:
+        raise InputError(f"training data {path}: the PDF has no text layer (a scan?), so it has no reconstruction "
+                         "target; remove it from data.source or give a PDF with text")
+    return document.text
+
+
 def read_corpus(source: str, field_name: str = "description", split: str = "train",
                 max_documents: int | None = None, min_chars: int = 1) -> list[str]:
     """Documents of at least ``min_chars`` non-blank characters, in corpus order."""
@@ -52,7 +60,7 @@ def read_corpus(source: str, field_name: str = "description", split: str = "trai
         else:
             raise InputError(f"training data not found: {source}; pass a .txt/.md/.pdf/.jsonl file, a directory of them, or hf:owner/name")
         texts = (t for f in files for t in (_texts_from_jsonl(f, field_name) if f.suffix.lower() == ".jsonl"
-                                            else [read_document(f, "utf-8", "replace").text]))
+                                            else [_document_text(f)]))
     documents = []
     for text in texts:
         if len(text.strip()) >= min_chars:
