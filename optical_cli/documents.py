@@ -215,13 +215,27 @@ def read_document(path: str | Path, encoding: str = "utf-8", errors: str = "stri
     return Document(str(path), decode(data, str(path), encoding, errors))
 
 
+def _pdf_from_bytes(data: bytes) -> Document:
+    """A PDF piped on stdin: its text layer (its own pages need a file: render.source=pdf-pages)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "stdin.pdf"
+        path.write_bytes(data)
+        try:
+            document = read_pdf(path)
+        except InputError as exc:
+            raise InputError(str(exc).replace(str(path), "<stdin>")) from None
+    return Document("<stdin>", document.text, document.page_texts)
+
+
 def read_documents(inputs: list[str], encoding: str = "utf-8", errors: str = "strict",
                    stdin: Callable[[], bytes] | None = None) -> list[Document]:
     docs = []
     for item in collect_inputs(inputs):
         if item == "-":
             data = stdin() if stdin else sys.stdin.buffer.read()
-            docs.append(Document("<stdin>", decode(data, "<stdin>", encoding, errors)))
+            docs.append(_pdf_from_bytes(data) if is_pdf("<stdin>", data) else Document("<stdin>", decode(data, "<stdin>", encoding, errors)))
         else:
             docs.append(read_document(item, encoding, errors))
     return docs

@@ -213,3 +213,14 @@ def test_bench_items_can_take_their_document_from_a_pdf(tmp_path):
     data.write_text(json.dumps(record | {"context_file": "scan.pdf"}) + "\n")
     with pytest.raises(InputError, match="no text layer"):
         load_items(str(data))
+
+
+def test_a_pdf_on_stdin_is_read_for_its_text_layer(tmp_path):
+    pdf = make_pdf(tmp_path / "doc.pdf", pages=1)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["render", "-", "-o", str(out), "--set", "render.tokenizer=none"], input=pdf.read_bytes())
+    assert result.exit_code == 0, result.output
+    pages = [json.loads(line) for line in (out / "layout.jsonl").read_text().splitlines()]
+    assert non_space("".join("".join(page["lines"]) for page in pages)) == non_space(TEXT)
+    bad = runner.invoke(app, ["render", "-", "-o", str(tmp_path / "bad")], input=encrypted_pdf())
+    assert bad.exit_code == 2 and "<stdin>: the PDF is encrypted" in bad.stderr
