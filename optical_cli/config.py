@@ -58,6 +58,10 @@ class RenderSection(Section):
     tokenizer: Literal["none", "qwen"] = Field(
         "qwen", description="text tokenizer for the tokens-per-vision-token report"
     )
+    source: Literal["text", "pdf-pages"] = Field(
+        "text", description="text: draw the documents' text (a PDF's text layer) densely; pdf-pages: a PDF's own "
+        "pages rasterised at the mode's resolution, fitted and padded to the square (layout keeps each page's text layer)",
+    )
 
 
 class RenderConfig(Section):
@@ -146,7 +150,7 @@ class AdapterSection(Section):
 
 
 class TrainDataSection(Section):
-    source: str = Field("data/cve/cves.jsonl", description=".txt, .jsonl, a directory of them, or hf:owner/name")
+    source: str = Field("data/cve/cves.jsonl", description=".txt, .md, .pdf (its text layer), .jsonl, a directory of them, or hf:owner/name")
     text_field: str = Field("description", description="JSON / dataset field holding the text")
     split: str = Field("train", description="split of a hub dataset")
     max_documents: Optional[int] = Field(1000, ge=1)
@@ -362,6 +366,39 @@ class SweepConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------
+# optical sweep render (command name "sweep-render"): the compression frontier over rendering settings
+
+RenderSweepMode = Literal["tiny", "small", "base", "large", "gundam"]
+
+
+class RenderSweepSection(Section):
+    inputs: list[str] = Field([], description="documents (.txt/.md/.pdf files or directories); empty = the bundled "
+                              "sample and CVE text (see cve_chars); --input replaces them")
+    cve_chars: int = Field(20000, ge=0, description="with the default inputs: this many characters of CVE "
+                           "descriptions from data/cve (one paragraph each), beside the bundled sample")
+    font_sizes: list[int] = Field([6, 7, 8, 9, 10, 12], min_length=1, description="default for --font-size (px)")
+    modes: list[RenderSweepMode] = Field(["base"], min_length=1, description="deepencoder modes (gundam pages are drawn at base size)")
+    reflow: list[bool] = Field([True], min_length=1)
+    line_spacings: list[float] = Field([1.2], min_length=1)
+    fonts: list[str] = Field(["DejaVuSansMono"], min_length=1, description="DejaVuSansMono or .ttf/.otf paths")
+    judge: Literal["ocr"] = Field("ocr", description="ocr: the PP-OCRv4 recogniser (rapidocr-onnxruntime) reading each "
+                                  "drawn line crop; the trained-reader judge is not built yet")
+    max_error: float = Field(0.05, gt=0, lt=1, description="the operating point: the densest cell whose judge CER is at most this")
+    judge_segments: int = Field(160, ge=10, description="line segments the judge reads per cell: a seeded sample over all pages")
+    segment_chars: int = Field(40, ge=8, description="lines are cut at word boundaries into segments of at most this many "
+                               "characters (the recogniser is slow and less accurate on very long crops)")
+    bootstrap: int = Field(1000, ge=100, description="resamples of the segments for the CER's 95% interval")
+    ocr_threads: int = Field(0, ge=0, description="onnxruntime threads (0 = one per core)")
+    ocr_batch: int = Field(16, ge=1, description="segments per recogniser call")
+
+
+class RenderSweepConfig(Section):
+    sweep: RenderSweepSection = RenderSweepSection()
+    render: RenderSection = RenderSection(reflow=True)
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
 # Registry: command name -> schema and default file
 
 
@@ -378,6 +415,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "encode": CommandSpec(EncodeConfig, "encode.yaml"),
     "energy": CommandSpec(EnergyConfig, "energy.yaml"),
     "sweep": CommandSpec(SweepConfig, "sweep.yaml"),
+    "sweep-render": CommandSpec(RenderSweepConfig, "sweep_render.yaml"),
 }
 
 
@@ -386,7 +424,7 @@ CLI_NAMES: dict[str, str] = {
     "render": "render", "encode": "encode", "train-adapter": "train-adapter",
     "bench": "longbench", "bench longbench": "longbench",
     "index": "energy", "index build-energy": "energy", "index search": "energy",
-    "sweep": "sweep", "sweep diffusion": "sweep",
+    "sweep": "sweep", "sweep diffusion": "sweep", "sweep render": "sweep-render",
 }
 
 
