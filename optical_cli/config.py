@@ -441,11 +441,14 @@ def schema_name(name: str) -> str:
 def command_for_file(path: Path) -> str | None:
     """Which command's schema a config file belongs to, judged by its file name: the command's
     default file name, or its stem with a suffix (``qwen3_vl_8b.yaml`` is train-adapter's)."""
-    for name, spec in COMMANDS.items():
-        default = Path(spec.default_file)
-        if default.name == path.name or (path.suffix == default.suffix and path.stem.startswith(default.stem + "_")):
-            return name
-    return None
+    defaults = {name: Path(spec.default_file) for name, spec in COMMANDS.items()}
+    exact = [name for name, default in defaults.items() if default.name == path.name]
+    if exact:
+        return exact[0]
+    # the longest matching stem: sweep_render.yaml is sweep render's, not a variant of sweep.yaml
+    variants = [name for name, default in defaults.items()
+                if path.suffix == default.suffix and path.stem.startswith(default.stem + "_")]
+    return max(variants, key=lambda name: len(defaults[name].stem), default=None)
 
 
 # ---------------------------------------------------------------------------------------
