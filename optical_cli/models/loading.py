@@ -230,7 +230,7 @@ def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_
 
 # Engines that load a model directory themselves (vLLM) get one: a hub id or local directory as
 # it is, or the seeded random model saved once in Hugging Face layout under the cache.
-ENGINE_CHECKPOINT_VERSION = 1  # bump when what is saved changes: old cache entries are then not reused
+ENGINE_CHECKPOINT_VERSION = 2  # bump when what is saved changes: old cache entries are then not reused
 
 
 def cache_dir() -> Path:
@@ -305,6 +305,7 @@ def _save_random_qwen3_vl(target: Path, dims: dict, seed: int, tokenizer: str, k
         full.save_pretrained(staging)
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         save_chat_tokenizer_files(tokenizer, staging)
+        _save_qwen3_vl_processor(staging, full.vision_config)
         (staging / "optical-random.json").write_text(json.dumps(key_data, indent=2, sort_keys=True) + "\n")
         try:
             staging.rename(target)
@@ -313,6 +314,23 @@ def _save_random_qwen3_vl(target: Path, dims: dict, seed: int, tokenizer: str, k
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_qwen3_vl_processor(directory: Path, vision) -> None:
+    """Qwen3-VL's processor files (image and video preprocessing at the vision config's patch and
+    merge sizes, the tokenizer already in ``directory``): engines build the processor even when
+    every image arrives as embeddings."""
+    from transformers import AutoTokenizer, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    sizes = dict(patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
+                 merge_size=vision.spatial_merge_size, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    image, video = Qwen2VLImageProcessor(**sizes), Qwen3VLVideoProcessor(**sizes)
+    image.save_pretrained(directory)
+    video.save_pretrained(directory)
+    Qwen3VLProcessor(image_processor=image, tokenizer=AutoTokenizer.from_pretrained(directory),
+                     video_processor=video).save_pretrained(directory)
 
 
 def save_chat_tokenizer_files(tokenizer: str, directory: Path) -> None:

@@ -184,7 +184,7 @@ def request_times(output, wall: float, new_tokens: int) -> tuple[float, float]:
 
 def configure_cpu_environment(section, device: torch.device | None) -> None:
     """vLLM's CPU backend reads its KV-cache size and thread binding from the environment; set
-    them from the ``vllm:`` section unless the user set them. ``all`` binds every core of this
+    them from the ``vllm:`` section unless the user set them (an environment variable wins). ``all`` binds every core of this
     process (vLLM's own default binds core 0 only)."""
     if device is not None and device.type != "cpu":
         return
@@ -194,6 +194,9 @@ def configure_cpu_environment(section, device: torch.device | None) -> None:
         cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
         bind = ",".join(str(core) for core in cores)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
+    # the engine core in this process: no spawned child re-importing the caller's main module, no
+    # second copy of the weights, nothing left behind when the run stops
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 class VLLMReader:
@@ -311,7 +314,11 @@ class VLLMReader:
         """One short request (and one page when pages are read) before the first timed item."""
         self.read_text(PromptParts(preamble="", document="", question="Say OK."), max_new_tokens=2, temperature=0.0, seed=0)
         if self.encoder is not None:
-            self.vision_tokens([self.renderer.draw(["warm-up"])])
+            page = self.renderer.draw(["warm-up"])
+            self.vision_tokens([page])
+            if self.adapter is not None:  # vLLM's first multimodal request is slow (tens of seconds on CPU)
+                self.read_pages(PromptParts(preamble="", document="", question="Say OK."), [page], max_new_tokens=2,
+                                temperature=0.0, seed=0)
 
 
 def language_model_parameters(model_dir: Path) -> int:
