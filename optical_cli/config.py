@@ -58,6 +58,10 @@ class RenderSection(Section):
     tokenizer: Literal["none", "qwen"] = Field(
         "qwen", description="text tokenizer for the tokens-per-vision-token report"
     )
+    source: Literal["text", "pdf-pages"] = Field(
+        "text", description="text: draw the documents' text (a PDF's text layer) densely; pdf-pages: a PDF's own "
+        "pages rasterised at the mode's resolution, fitted and padded to the square (layout keeps each page's text layer)",
+    )
 
 
 class RenderConfig(Section):
@@ -126,6 +130,11 @@ class RandomQwen3VLSection(Section):
     max_position_embeddings: int = Field(32768, ge=128)
     tie_word_embeddings: bool = True
     initializer_range: float = Field(0.02, gt=0, description="std of the random weights (Qwen3-VL's own default 0.02)")
+    num_experts: int = Field(0, ge=0, description="0 = dense (Qwen3-VL); > 0 = mixture of experts (Qwen3-VL-MoE) with this many experts per layer")
+    num_experts_per_tok: int = Field(8, ge=1, description="MoE: experts each token is routed to")
+    moe_intermediate_size: int = Field(768, ge=1, description="MoE: each expert's MLP width")
+    decoder_sparse_step: int = Field(1, ge=1, description="MoE: every N-th layer is sparse (1 = all)")
+    mlp_only_layers: list[int] = Field([], description="MoE: layers kept dense (their MLP is intermediate_size wide)")
 
 
 class VLMSection(Section):
@@ -141,7 +150,7 @@ class AdapterSection(Section):
 
 
 class TrainDataSection(Section):
-    source: str = Field("data/cve/cves.jsonl", description=".txt, .jsonl, a directory of them, or hf:owner/name")
+    source: str = Field("data/cve/cves.jsonl", description=".txt, .md, .pdf (its text layer), .jsonl, a directory of them, or hf:owner/name")
     text_field: str = Field("description", description="JSON / dataset field holding the text")
     split: str = Field("train", description="split of a hub dataset")
     max_documents: Optional[int] = Field(1000, ge=1)
@@ -151,6 +160,16 @@ class TrainDataSection(Section):
     max_text_tokens: int = Field(4096, ge=8, description="page text tokens kept as the reconstruction target (4096 covers a full base page)")
     cache_dir: str = Field("results/cache/features", description="where encoded page features are cached")
     encode_batch_size: int = Field(8, ge=1, description="views per DeepEncoder forward while caching features")
+
+
+class LoraSection(Section):
+    """Low-rank updates of the frozen language model (peft), trained with the adapter; rank 0 = off."""
+
+    rank: int = Field(0, ge=0, description="LoRA rank r (0 = no LoRA: only the adapter trains)")
+    alpha: float = Field(16.0, gt=0, description="LoRA scale numerator: updates are scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch's input")
+    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      description="linear layers of the language model that get LoRA (names as in the checkpoint)")
 
 
 class TrainOptimSection(Section):
@@ -173,6 +192,7 @@ class TrainOptimSection(Section):
     keep_checkpoints: int = Field(2, ge=1)
     read_pages: int = Field(8, ge=0, description="held-out pages decoded for the reading check (0 = skip)")
     read_max_new_tokens: int = Field(512, ge=1)
+    lora: LoraSection = LoraSection()
 
 
 class TrainAdapterConfig(Section):
@@ -366,6 +386,39 @@ class SweepConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------
+# optical sweep render (command name "sweep-render"): the compression frontier over rendering settings
+
+RenderSweepMode = Literal["tiny", "small", "base", "large", "gundam"]
+
+
+class RenderSweepSection(Section):
+    inputs: list[str] = Field([], description="documents (.txt/.md/.pdf files or directories); empty = the bundled "
+                              "sample and CVE text (see cve_chars); --input replaces them")
+    cve_chars: int = Field(20000, ge=0, description="with the default inputs: this many characters of CVE "
+                           "descriptions from data/cve (one paragraph each), beside the bundled sample")
+    font_sizes: list[int] = Field([6, 7, 8, 9, 10, 12], min_length=1, description="default for --font-size (px)")
+    modes: list[RenderSweepMode] = Field(["base"], min_length=1, description="deepencoder modes (gundam pages are drawn at base size)")
+    reflow: list[bool] = Field([True], min_length=1)
+    line_spacings: list[float] = Field([1.2], min_length=1)
+    fonts: list[str] = Field(["DejaVuSansMono"], min_length=1, description="DejaVuSansMono or .ttf/.otf paths")
+    judge: Literal["ocr"] = Field("ocr", description="ocr: the PP-OCRv4 recogniser (rapidocr-onnxruntime) reading each "
+                                  "drawn line crop; the trained-reader judge is not built yet")
+    max_error: float = Field(0.05, gt=0, lt=1, description="the operating point: the densest cell whose judge CER is at most this")
+    judge_segments: int = Field(160, ge=10, description="line segments the judge reads per cell: a seeded sample over all pages")
+    segment_chars: int = Field(40, ge=8, description="lines are cut at word boundaries into segments of at most this many "
+                               "characters (the recogniser is slow and less accurate on very long crops)")
+    bootstrap: int = Field(1000, ge=100, description="resamples of the segments for the CER's 95% interval")
+    ocr_threads: int = Field(0, ge=0, description="onnxruntime threads (0 = one per core)")
+    ocr_batch: int = Field(16, ge=1, description="segments per recogniser call")
+
+
+class RenderSweepConfig(Section):
+    sweep: RenderSweepSection = RenderSweepSection()
+    render: RenderSection = RenderSection(reflow=True)
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
 # Registry: command name -> schema and default file
 
 
@@ -382,6 +435,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "encode": CommandSpec(EncodeConfig, "encode.yaml"),
     "energy": CommandSpec(EnergyConfig, "energy.yaml"),
     "sweep": CommandSpec(SweepConfig, "sweep.yaml"),
+    "sweep-render": CommandSpec(RenderSweepConfig, "sweep_render.yaml"),
 }
 
 
@@ -390,7 +444,7 @@ CLI_NAMES: dict[str, str] = {
     "render": "render", "encode": "encode", "train-adapter": "train-adapter",
     "bench": "longbench", "bench longbench": "longbench",
     "index": "energy", "index build-energy": "energy", "index search": "energy",
-    "sweep": "sweep", "sweep diffusion": "sweep",
+    "sweep": "sweep", "sweep diffusion": "sweep", "sweep render": "sweep-render",
 }
 
 
@@ -405,11 +459,16 @@ def schema_name(name: str) -> str:
 
 
 def command_for_file(path: Path) -> str | None:
-    """Which command's schema a config file belongs to, judged by its file name."""
-    for name, spec in COMMANDS.items():
-        if Path(spec.default_file).name == path.name:
-            return name
-    return None
+    """Which command's schema a config file belongs to, judged by its file name: the command's
+    default file name, or its stem with a suffix (``qwen3_vl_8b.yaml`` is train-adapter's)."""
+    defaults = {name: Path(spec.default_file) for name, spec in COMMANDS.items()}
+    exact = [name for name, default in defaults.items() if default.name == path.name]
+    if exact:
+        return exact[0]
+    # the longest matching stem: sweep_render.yaml is sweep render's, not a variant of sweep.yaml
+    variants = [name for name, default in defaults.items()
+                if path.suffix == default.suffix and path.stem.startswith(default.stem + "_")]
+    return max(variants, key=lambda name: len(defaults[name].stem), default=None)
 
 
 # ---------------------------------------------------------------------------------------

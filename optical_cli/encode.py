@@ -173,13 +173,14 @@ def _load_image(path: Path) -> Image.Image:
 
 
 def _read_text(path: Path, cfg: EncodeConfig) -> str:
-    from .render import decode
+    """The text of --text FILE: text or markdown decoded per render.encoding, or a PDF's text layer."""
+    from .documents import read_document
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"--text {path}: cannot read: {exc.strerror}") from None
-    return decode(data, str(path), cfg.render)
+    document = read_document(path, cfg.render.encoding, cfg.render.errors)
+    if document.is_pdf and not document.has_text:
+        raise InputError(f"--text {path}: the PDF has no text layer (a scan?), so there is no text to render; draw its "
+                         "own pages with `optical render FILE --set render.source=pdf-pages` and encode that run directory")
+    return document.text
 
 
 def produce_pages(plan: EncodePlan, cfg: EncodeConfig, wanted: Callable[[int], bool]) -> Iterator[tuple[int, PageSource, PreparedPage]]:

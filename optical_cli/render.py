@@ -29,18 +29,19 @@ import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from . import documents as documents_mod
 from .config import RenderSection
+from .documents import TEXT_SUFFIXES, Document, collect_inputs  # noqa: F401 - the readers' names, here as before
 from .errors import ConfigError, InputError
 from .modes import MODES, page_size
 
 DEFAULT_FONT = "DejaVuSansMono"
 _TOKEN_RE = re.compile(r" +|[^ ]+")  # alternating runs of spaces and non-spaces
-TEXT_SUFFIXES = (".txt", ".md")
 _SYSTEM_FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/TTF", "/usr/share/fonts/dejavu")
 
 
@@ -56,12 +57,6 @@ class RenderedPage:
 
 
 @dataclass
-class Document:
-    source: str
-    text: str
-
-
-@dataclass
 class DocumentStats:
     source: str
     pages: int = 0
@@ -70,6 +65,7 @@ class DocumentStats:
     words: int = 0
     replaced: int = 0
     removed_controls: int = 0
+    text_layer: bool | None = None   # a PDF: whether it has a text layer (None: not a PDF)
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,57 +520,15 @@ def render_document(text: str, section: RenderSection, source: str = "<text>") -
 
 
 # ---------------------------------------------------------------------------------------
-# Inputs
-
-
-def collect_inputs(inputs: Iterable[str]) -> list[str]:
-    """Expand files, directories (their .txt/.md files, sorted) and ``-`` (stdin)."""
-    found: list[str] = []
-    for item in inputs:
-        if item == "-":
-            found.append("-")
-            continue
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-            if not files:
-                raise InputError(f"directory {path} holds no .txt or .md files; pass text files or another directory")
-            found.extend(str(p) for p in files)
-        elif path.is_file():
-            found.append(str(path))
-        else:
-            raise InputError(f"input not found: {path}; pass an existing file, a directory of .txt/.md files, or - for stdin")
-    return found
+# Inputs (documents.py reads every kind; these take the render section's encoding)
 
 
 def decode(data: bytes, source: str, section: RenderSection) -> str:
-    try:
-        return data.decode(section.encoding, errors=section.errors)
-    except LookupError:
-        raise ConfigError(f"render.encoding={section.encoding!r} is not a known text encoding") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{source}: cannot decode as {section.encoding} at byte offset {exc.start} "
-            f"(byte 0x{data[exc.start]:02x}); set render.encoding to the file's encoding "
-            "or render.errors=replace"
-        ) from None
+    return documents_mod.decode(data, source, section.encoding, section.errors)
 
 
 def read_documents(inputs: list[str], section: RenderSection, stdin: Callable[[], bytes] | None = None) -> list[Document]:
-    docs = []
-    for item in collect_inputs(inputs):
-        if item == "-":
-            import sys
-
-            data = stdin() if stdin else sys.stdin.buffer.read()
-            docs.append(Document("<stdin>", decode(data, "<stdin>", section)))
-        else:
-            try:
-                data = Path(item).read_bytes()
-            except OSError as exc:
-                raise InputError(f"cannot read {item}: {exc.strerror}") from None
-            docs.append(Document(item, decode(data, item, section)))
-    return docs
+    return documents_mod.read_documents(inputs, section.encoding, section.errors, stdin)
 
 
 # ---------------------------------------------------------------------------------------
@@ -588,6 +542,7 @@ class RenderReport:
     vision_tokens_per_page: int
     documents: list[DocumentStats] = field(default_factory=list)
     text_tokens: int | None = None
+    source: str = "text"
 
     @property
     def pages(self) -> int:
@@ -599,6 +554,7 @@ class RenderReport:
         vision_tokens = pages * self.vision_tokens_per_page
         result = {
             "mode": self.mode,
+            "source": self.source,
             "page_px": self.page_px,
             "documents": len(self.documents),
             "pages": pages,
@@ -613,6 +569,7 @@ class RenderReport:
             "text_tokens_per_vision_token": (
                 round(self.text_tokens / vision_tokens, 3) if self.text_tokens is not None and vision_tokens else None
             ),
+            "pdfs_without_text_layer": [d.source for d in self.documents if d.text_layer is False],
             "per_document": [vars(d) for d in self.documents],
         }
         return result
@@ -674,6 +631,8 @@ def render_to_dir(
     from .textstats import count_text_tokens, count_words
 
     section = renderer.section
+    if section.source == "pdf-pages":
+        return _pdf_pages_to_dir(documents, section, renderer.page_px, out_dir, progress)
     report = RenderReport(section.mode, renderer.page_px, MODES[section.mode].tokens)
     section_json = section.model_dump_json()
     _RENDERERS[section_json] = renderer
@@ -682,7 +641,8 @@ def render_to_dir(
     all_text: list[str] = []
     for doc in documents:
         pages, replaced, removed = renderer.layout(doc.text)
-        stats = DocumentStats(doc.source, pages=len(pages), replaced=replaced, removed_controls=removed)
+        stats = DocumentStats(doc.source, pages=len(pages), replaced=replaced, removed_controls=removed,
+                              text_layer=doc.has_text if doc.is_pdf else None)
         for lines in pages:
             number = len(jobs) + 1
             name = f"page_{number:04d}.png"
@@ -703,6 +663,56 @@ def render_to_dir(
             stale.unlink()
     if section.tokenizer == "qwen":
         report.text_tokens = sum(count_text_tokens(text) for text in all_text)
+    return report
+
+
+def _pdf_pages_to_dir(documents: list[Document], section: RenderSection, page_px: int, out_dir: Path,
+                      progress: Callable[..., None] | None = None) -> RenderReport:
+    """``render.source: pdf-pages``: each PDF's own pages, rasterised at the mode's resolution
+    (see documents.rasterize_pdf); each layout record carries that page's text layer as lines
+    (none for a scan)."""
+    from .artifacts import atomic_path, atomic_write_text, to_json_line
+    from .documents import pdf_page_count, rasterize_pdf
+    from .textstats import count_text_tokens, count_words
+
+    not_pdf = [doc.source for doc in documents if not doc.is_pdf]
+    if not_pdf:
+        raise InputError(f"{not_pdf[0]}: render.source=pdf-pages draws a PDF's own pages, and this input is not a PDF; "
+                         "give PDFs, or use render.source=text")
+    report = RenderReport(section.mode, page_px, MODES[section.mode].tokens, source="pdf-pages")
+    if progress:
+        progress(0, total=sum(pdf_page_count(doc.pdf_path) for doc in documents))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layout_lines: list[str] = []
+    written: set[str] = set()
+    all_text: list[str] = []
+    for doc in documents:
+        stats = DocumentStats(doc.source, text_layer=doc.has_text)
+        page_texts = doc.page_texts or []
+        for index, image in enumerate(rasterize_pdf(doc.pdf_path, page_px)):
+            number = len(written) + 1
+            name = f"page_{number:04d}.png"
+            with atomic_path(out_dir / name, durable=False) as tmp:
+                tmp.write_bytes(png_bytes(image))
+            written.add(name)
+            text = page_texts[index].strip("\n") if index < len(page_texts) else ""
+            lines = text.split("\n") if text.strip() else []
+            layout_lines.append(to_json_line({"page": number, "image": name, "source": doc.source,
+                                              "pdf_page": index + 1, "lines": lines}))
+            stats.pages += 1
+            stats.lines += len(lines)
+            stats.characters += sum(len(line) for line in lines)
+            stats.words += count_words(text)
+            all_text.append(text)
+            if progress:
+                progress(1)
+        report.documents.append(stats)
+    atomic_write_text(out_dir / "layout.jsonl", "".join(line + "\n" for line in layout_lines))
+    for stale in out_dir.glob("page_[0-9][0-9][0-9][0-9].png"):
+        if stale.name not in written:
+            stale.unlink()
+    if section.tokenizer == "qwen":
+        report.text_tokens = sum(count_text_tokens(text) for text in all_text if text)
     return report
 
 

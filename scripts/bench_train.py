@@ -88,6 +88,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,2,4", help="pages per step, comma-separated")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per (batch, variant) after a warm-up step")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--config", type=Path, default=None, help="a train-adapter config instead of --size's "
+                        "(e.g. configs/fullsize/qwen3_vl_4b.yaml)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as the CLI's --set (repeatable), e.g. runtime.dtype=bfloat16")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
     parser.add_argument("--max-text-tokens", type=int, default=None, help="reconstruction target per page (default: the config's)")
     parser.add_argument("--output", type=Path, default=REPO / "results" / "bench" / "train.csv")
@@ -103,9 +107,11 @@ def main() -> None:
                      f"data.source={REPO / 'data' / 'cve' / 'cves.jsonl'}", f"data.encode_batch_size={max(batches)}"]
         if args.max_text_tokens:
             overrides.append(f"data.max_text_tokens={args.max_text_tokens}")
-        per_page = DOCUMENTS_PER_PAGE if load_config("train-adapter", CONFIGS[args.size], overrides).data.pack else 1
+        overrides += args.sets
+        config_path = args.config or CONFIGS[args.size]
+        per_page = DOCUMENTS_PER_PAGE if load_config("train-adapter", config_path, overrides).data.pack else 1
         overrides.append(f"data.max_documents={per_page * (max(batches) + 1)}")  # pages for the largest batch, and one more
-        cfg = load_config("train-adapter", CONFIGS[args.size], overrides)
+        cfg = load_config("train-adapter", config_path, overrides)
         device = loading.resolve_device(cfg.runtime.device)
         dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
         autocast = device.type == "cuda" and dtype == torch.bfloat16
@@ -165,7 +171,7 @@ def main() -> None:
                       f"per example)  peak {headline_gib(peaks):.2f} GiB (+{added:.2f})"
                       + (f"  x{results['full-logits'] / seconds:.2f} vs full-logits" if "full-logits" in results else ""), flush=True)
         for row in rows:
-            row.update(device=device_name, size=args.size)
+            row.update(device=device_name, size=args.config.stem if args.config else args.size)
         atomic_write_csv(args.output, rows, FIELDS)
         print(f"caching: cold {len(pages) / cold:.3g} pages/s, warm {len(pages) / warm:.4g} pages/s; "
               f"run peak {memory.run_peak()}; wrote {args.output}", flush=True)

@@ -107,7 +107,7 @@ def test_empty_input_is_exit_2_as_encode_text_says_and_one_empty_file_among_othe
     "setup,extra,expected",
     [
         (lambda d: None, [], "input not found"),
-        (lambda d: (d / "x").mkdir(), [], "holds no .txt or .md files"),
+        (lambda d: (d / "x").mkdir(), [], "holds no .txt/.md/.pdf files"),
         (lambda d: (d / "x").write_bytes(b"ok\xfe"), [], "byte offset 2"),
         (lambda d: (d / "x").write_text("hi"), ["--set", "render.font=/no/such/font.ttf"], "font not found"),
         (lambda d: (d / "x").write_text("hi"), ["--set", "render.mode=tiny", "--set", "render.font_size=200", "--set", "render.margin=200"], "font_size"),

@@ -6,7 +6,8 @@ import pytest
 
 from optical_cli.config import CONFIG_DIR, COMMANDS, command_for_file, load_config
 
-SHIPPED = sorted(CONFIG_DIR.rglob("*.yaml"))
+ACCELERATE = CONFIG_DIR / "accelerate"  # accelerate's own launch configs, not a command's
+SHIPPED = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if ACCELERATE not in p.parents)
 
 
 def test_configs_exist():
@@ -20,3 +21,11 @@ def test_shipped_config_validates(path: Path):
     command = command_for_file(path)
     assert command is not None, f"{path.name} matches no command's config file name"
     load_config(command, path)
+
+
+@pytest.mark.parametrize("path", sorted(ACCELERATE.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_accelerate_config_loads_in_accelerate(path: Path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert str(config.distributed_type).endswith("FSDP") and config.fsdp_config["fsdp_version"] == 2

@@ -82,6 +82,8 @@ def test_random_weights_are_saved_once_in_hf_layout_with_the_same_weights_and_to
             continue
         assert torch.equal(saved[name], value), name
     assert any(name.startswith("model.visual.") for name in saved)
+    processor = json.loads((path / "preprocessor_config.json").read_text())
+    assert (processor["patch_size"], processor["merge_size"]) == (16, 2)  # vLLM builds Qwen3-VL's processor from these
     # the same key reuses the directory; another seed gets its own
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert loading.engine_model_dir("random", loading.QWEN_TIKTOKEN, TINY_DIMS, seed=3)[0] == path

@@ -16,7 +16,7 @@ from optical_cli.config import load_config
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, parameter_count
 from optical_cli.models.deepencoder import DeepEncoder, DeepEncoderConfig, count_parameters
 from optical_cli.models.language_model import Qwen3VLLanguageModel
-from optical_cli.models.loading import qwen3_vl_config
+from optical_cli.models.loading import build_meta_qwen3_vl, qwen3_vl_config
 
 FULLSIZE = Path(__file__).resolve().parent.parent / "configs" / "fullsize"
 CONFIGS = [("train-adapter", FULLSIZE / "qwen3_vl.yaml"), ("longbench", FULLSIZE / "longbench.yaml")]
@@ -57,3 +57,49 @@ def test_both_fullsize_configs_describe_the_same_models():
     train, bench = (load_config(command, path) for command, path in CONFIGS)
     assert train.vlm == bench.vlm and train.deepencoder == bench.deepencoder
     assert train.render.font_size == bench.render.font_size
+
+
+# The Qwen3-VL family at its published text dims (each config names its config.json): the count
+# follows from the dims alone, written out here independently of the model code.
+FAMILY = {
+    # file stem: (hidden, intermediate, layers, heads, kv heads, tied, experts, moe intermediate)
+    "4b": (2560, 9728, 36, 32, 8, True, 0, 0),
+    "8b": (4096, 12288, 36, 32, 8, False, 0, 0),
+    "32b": (5120, 25600, 64, 64, 8, False, 0, 0),
+    "30b_a3b": (2048, 6144, 48, 32, 4, False, 128, 768),
+}
+
+
+def published_count(hidden, intermediate, layers, heads, kv_heads, tied, experts, moe_intermediate,
+                    vocab=151_936, head_dim=128):
+    attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2 + 2 * head_dim  # q, o, k, v, q/k norms
+    mlp = experts * (3 * hidden * moe_intermediate + hidden) if experts else 3 * hidden * intermediate  # + router
+    per_layer = attention + mlp + 2 * hidden
+    return vocab * hidden * (1 if tied else 2) + layers * per_layer + hidden
+
+
+def test_the_2b_formula_gives_the_published_count():
+    assert published_count(2048, 6144, 28, 16, 8, True, 0, 0) == QWEN3_VL_2B_LANGUAGE_MODEL
+
+
+@pytest.mark.parametrize("stem", sorted(FAMILY))
+def test_family_configs_build_their_published_language_models(stem):
+    train = load_config("train-adapter", FULLSIZE / f"qwen3_vl_{stem}.yaml")
+    bench = load_config("longbench", FULLSIZE / f"longbench_{stem}.yaml")
+    assert train.vlm == bench.vlm and train.deepencoder == bench.deepencoder and train.vlm.source == "random"
+    model = build_meta_qwen3_vl(train.vlm.random.model_dump())
+    dims = FAMILY[stem]
+    assert parameter_count(model) == published_count(*dims)
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) == dims[5]
+    assert type(model).__name__ == ("Qwen3VLMoeLanguageModel" if dims[6] else "Qwen3VLLanguageModel")
+    hidden = model.config.text_config.hidden_size
+    adapter = on_meta(lambda: OpticalAdapter(AdapterConfig(1280, train.adapter.hidden_dim, hidden, train.adapter.max_pages)))
+    assert adapter.config.llm_dim == hidden == dims[0]  # the adapter writes the model's embedding width
+
+
+def test_published_totals_are_the_advertised_sizes():
+    """Sanity on the dims: the language models alone come to about the advertised sizes (the
+    vision towers, 0.4-0.6B, are not built)."""
+    billions = {stem: published_count(*dims) / 1e9 for stem, dims in FAMILY.items()}
+    assert 3.9 < billions["4b"] < 4.5 and 7.5 < billions["8b"] < 8.5
+    assert 32 < billions["32b"] < 34 and 30 < billions["30b_a3b"] < 31

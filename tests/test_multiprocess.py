@@ -105,3 +105,45 @@ def test_two_processes_train_the_adapter_on_the_streamed_cache(tmp_path):
     caches = list((tmp_path / "cache").iterdir())  # training and held-out documents, packed apart
     assert len(caches) == 2
     assert sum(len(FeatureFiles.open(c)) for c in caches) == summary["train_pages"] + summary["eval_pages"]
+
+
+def fsdp_launch(*args: str) -> subprocess.CompletedProcess:
+    command = [str(ACCELERATE), "launch", "--config_file", "configs/accelerate/fsdp.yaml", "--num_processes", "2",
+               "--main_process_port", str(free_port()), "-m", "optical_cli.cli", *map(str, args)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_fsdp_shards_the_frozen_llm_and_trains_as_ddp_does(tmp_path):
+    """configs/accelerate/fsdp.yaml on 2 gloo processes: each holds half the language model, the
+    adapter and LoRA train to the weights DDP gives, and --resume from a checkpoint is exact."""
+    from safetensors.torch import load_file
+
+    settings = ["train-adapter", "--config", "configs/tiny/qwen3_vl.yaml", "--json", "--set", "runtime.device=cpu",
+                "--set", f"data.source={REPO / 'tests' / 'data' / 'cves_200.jsonl'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+                "--set", "data.max_documents=12", "--set", "data.max_text_tokens=16", "--set", "train.max_steps=2",
+                "--set", "train.batch_size=2", "--set", "train.checkpoint_every=1", "--set", "train.lora.rank=2",
+                "--set", "train.read_pages=1", "--set", "train.read_max_new_tokens=4"]
+    fsdp = json.loads(fsdp_launch(*settings, "--output-dir", tmp_path / "fsdp").stdout)
+    ddp = json.loads(launch(*settings, "--output-dir", tmp_path / "ddp").stdout)
+    assert fsdp["layout"] == "fsdp" and ddp["layout"] == "ddp"
+    assert fsdp["parameters"] == ddp["parameters"]
+    # each process holds half of every layer and of the embedding and head tables (the tiny model's
+    # tied head becomes a second table, sharded too)
+    untied = ddp["language_model_local_parameters"] + 151_936 * 64
+    assert fsdp["language_model_local_parameters"] < 0.51 * untied
+    assert (tmp_path / "fsdp" / "reading.jsonl").is_file()
+
+    def weights(run):
+        adapter = torch.load(tmp_path / run / "adapter.pth", weights_only=True)
+        return {**adapter, **load_file(str(tmp_path / run / "lora" / "adapter_model.safetensors"))}
+
+    for name, tensor in weights("ddp").items():
+        torch.testing.assert_close(weights("fsdp")[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+    straight = weights("fsdp")
+    fsdp_launch("train-adapter", "--resume", tmp_path / "fsdp" / "checkpoints" / "step-0000001", "--json")
+    for name, tensor in weights("fsdp").items():
+        assert torch.equal(tensor, straight[name]), name

@@ -2,7 +2,8 @@
 
 The schema is the benchmark's own: ``_id``, ``domain``, ``sub_domain``, ``difficulty``
 (easy/hard), ``length`` (short/medium/long), ``question``, ``choice_A``..``choice_D``,
-``answer`` (one of A-D) and ``context``. A local ``.json`` (a list of records, like the
+``answer`` (one of A-D) and ``context``; a local item may give ``context_file`` instead (a
+.txt/.md/.pdf beside the data file: the user's own document, a PDF read for its text layer). A local ``.json`` (a list of records, like the
 benchmark's ``data.json``) or ``.jsonl`` (one record a line) in that schema works the same
 as the hub dataset ``THUDM/LongBench-v2``.
 """
@@ -51,6 +52,7 @@ def load_items(source: str, split: str = "train") -> list[LongBenchItem]:
     path = Path(source).expanduser()
     if path.suffix.lower() in {".json", ".jsonl"} or path.exists():
         records, where = _read_local(path), str(path)
+        records = [_with_context_file(record, path.parent, where, index) for index, record in enumerate(records)]
     else:
         records, where = _read_hub(source, split), f"{source} (split {split})"
     items = [parse_record(record, where, index) for index, record in enumerate(records)]
@@ -58,6 +60,29 @@ def load_items(source: str, split: str = "train") -> list[LongBenchItem]:
     if not items:
         raise InputError(f"{where}: no items; the file or dataset is empty")
     return items
+
+
+def _with_context_file(record: Any, folder: Path, where: str, index: int) -> Any:
+    """A local item may name its document instead of inlining it: ``context_file``, a .txt/.md/.pdf
+    path (relative to the data file), read by the one document reader (a PDF: its text layer)."""
+    if not isinstance(record, dict) or record.get("context_file") is None:
+        return record
+    from ..documents import read_document
+
+    name = f"item '{record.get('_id')}'" if record.get("_id") else f"record {index + 1}"
+    if record.get("context") is not None:
+        raise InputError(f"{where}: {name} has both context and context_file; give one")
+    if not isinstance(record["context_file"], str):
+        raise InputError(f"{where}: {name} field 'context_file' must be a path string")
+    file = Path(record["context_file"]).expanduser()
+    file = file if file.is_absolute() else folder / file
+    if not file.is_file():
+        raise InputError(f"{where}: {name}: context_file {file} not found (paths are relative to the data file)")
+    document = read_document(file)
+    if not document.has_text:
+        raise InputError(f"{where}: {name}: context_file {file} has no text"
+                         + (" layer (a scan?); the native condition needs the document's text" if document.is_pdf else ""))
+    return {k: v for k, v in record.items() if k != "context_file"} | {"context": document.text}
 
 
 def _read_local(path: Path) -> list[Any]:

@@ -11,6 +11,8 @@ the benchmark's :class:`~optical_cli.bench.reader.Reader` protocol:
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from typing import Any, Sequence
 
@@ -45,6 +47,10 @@ class QwenOpticalReader:
             "adapter": None if vlm.adapter is None else parameter_count(vlm.adapter),
             "language_model": parameter_count(vlm.model),
         }
+        lora = sum(p.numel() for name, p in vlm.model.named_parameters() if ".lora_" in name)
+        if lora:
+            self.parameters["language_model"] -= lora
+            self.parameters["lora"] = lora
         self.max_positions = int(getattr(vlm.model.config.text_config, "max_position_embeddings", 0)) or None
         self._tokens_per_page: int | None = None
 
@@ -62,11 +68,15 @@ class QwenOpticalReader:
             )
 
     def read_text(self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
+        from ..models.lora import has_lora, lora_disabled
+
         self._check_length(len(self.encode_text(prompt.text)))
-        text, stats = self.vlm.generate(
-            question_prompt=prompt.question, document_text=prompt.document or None, preamble=prompt.preamble,
-            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-        )
+        # text is read by the base model: LoRA trained with the adapter is part of the optical reader only
+        with lora_disabled(self.vlm.model) if has_lora(self.vlm.model) else contextlib.nullcontext():
+            text, stats = self.vlm.generate(
+                question_prompt=prompt.question, document_text=prompt.document or None, preamble=prompt.preamble,
+                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            )
         return Generation(text, stats["input_tokens"], stats["prefill_s"], stats["decode_s"])
 
     # -- pages -----------------------------------------------------------------------------
@@ -119,6 +129,7 @@ def build_reader(cfg, conditions: Sequence[str]):
     from ..models import loading
     from ..models.adapter import OPTICAL_LAYOUT
     from ..models.deepencoder.preprocess import resolve_pixels
+    from ..models.lora import lora_beside
 
     optical = "optical" in conditions
     if optical and cfg.bench.adapter is None:  # before any weights load
@@ -165,6 +176,15 @@ def build_reader(cfg, conditions: Sequence[str]):
         random_weights = random_weights or cfg.bench.adapter == "random"
         parts.append(f"adapter={cfg.bench.adapter} ({adapter.layout} layout)")
         conventions["adapter_layout"] = adapter.layout
+        local = trained and not str(cfg.bench.adapter).startswith(loading.HUB_FILE_SCHEME)
+        lora_dir = lora_beside(cfg.bench.adapter) if local else None
+        if lora_dir is not None and vllm:
+            raise ConfigError(f"the adapter at {cfg.bench.adapter} was trained with a LoRA ({lora_dir}); the vllm engine "
+                              "does not load LoRA weights yet: use --engine hf")
+        if lora_dir is not None:  # trained with the adapter: the optical reader uses both
+            loading.load_lora(vlm.model, lora_dir)
+            vlm.model.to(device=device, dtype=dtype)
+            parts.append(f"lora={lora_dir}")
     else:
         adapter = None
     if vllm:

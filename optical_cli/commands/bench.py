@@ -11,6 +11,9 @@ from .. import config as config_mod
 from ..memory import PeakMemory, busiest
 from .common import (
     ConfigOpt,
+    DeviceMemoryOpt,
+    DevicesOpt,
+    DryRunOpt,
     JsonOpt,
     OutputDirOpt,
     OverwriteOpt,
@@ -26,6 +29,7 @@ from .common import (
     load,
     print_table,
     progress_bar,
+    report_plan,
     report_resume,
     reuse_attention_choices,
     run_dir,
@@ -131,6 +135,9 @@ def bench_longbench(
     output_dir: OutputDirOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
+    dry_run: DryRunOpt = False,
+    device_memory: DeviceMemoryOpt = None,
+    devices: DevicesOpt = 1,
 ) -> None:
     """LongBench v2: native text vs optical pages (and native at the optical budget, and no context) on the same items.
 
@@ -146,6 +153,14 @@ def bench_longbench(
         flags = {"num_samples": num_samples, "ids": _csv_list(ids), "conditions": _csv_list(conditions),
                  "engine": engine, "lengths": _csv_list(lengths), "difficulties": _csv_list(difficulties), "domains": _csv_list(domains)}
         cfg = _longbench_cfg(load("longbench", config, sets), flags)
+        if dry_run:
+            from ..models import loading
+            from ..plan import plan_longbench
+
+            device = loading.resolve_device(cfg.runtime.device)
+            report_plan(plan_longbench(cfg, cfg.bench.conditions, device, loading.resolve_dtype(cfg.runtime.dtype, device),
+                                       devices, device_memory), json_out)
+            return
         if cfg.bench.engine == "vllm":  # before the output directory is claimed: no run directory without vLLM
             from ..bench.engines.vllm import require_vllm
 

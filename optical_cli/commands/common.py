@@ -96,6 +96,9 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE
 OutputDirOpt = Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Write artifacts directly into this directory instead of results/<command>/<run>/ (a new or empty one; see --overwrite).", show_default=False)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --output-dir (its files are deleted first).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Build the models on the meta device and print the memory plan (parameters, weight bytes, KV cache, activations, peak per device per layout); reads no weights, writes nothing.")]
+DeviceMemoryOpt = Annotated[Optional[float], typer.Option("--device-memory", metavar="GIB", min=0.001, help="With --dry-run: the memory of one device in GiB, for a fits / does-not-fit verdict per layout.")]
+DevicesOpt = Annotated[int, typer.Option("--devices", min=1, help="With --dry-run: N, the number of devices for the DDP, FSDP and tensor-parallel layouts.")]
 
 
 @contextlib.contextmanager
@@ -245,6 +248,17 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
             progress.update(task, advance=n, **fields)
 
         yield advance
+
+
+def report_plan(plan: dict, json_out: bool) -> None:
+    """A --dry-run memory plan: a table on stderr, the JSON document on stdout with --json."""
+    from ..plan import plan_rows
+
+    print_table(f"memory plan: {plan['command']} (no weights read, {plan['seconds']:.1f} s)", plan_rows(plan))
+    for note in plan["notes"]:
+        err.print(escape(note), soft_wrap=True)
+    if json_out:
+        emit_json(plan)
 
 
 def print_table(title: str, rows: list[tuple[str, Any]]) -> None:

@@ -29,7 +29,7 @@ from .common import (
     warn,
 )
 
-app = typer.Typer(help="Sweep energy-index parameters against real relevance labels.", no_args_is_help=True)
+app = typer.Typer(help="Sweeps: energy-index parameters against real relevance labels (diffusion); rendering settings against legibility (render).", no_args_is_help=True)
 
 _SWEEP_METRICS = (("mrr", "MRR"), ("map_cut_20", "MAP@20"), ("ndcg_at_10", "NDCG@10"), ("recall_at_10", "R@10"),
                   ("recall_at_20", "R@20"), ("precision_at_10", "P@10"))
@@ -178,3 +178,83 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
     timing = summary["timing"]
     err.print(f"sweep {timing['sweep_seconds']:.1f} s ({timing['cells_evaluated']} evaluated, {timing['cells_skipped']} resumed; "
               f"embedding {setup['embed_seconds']:.1f} s{' cached' if setup['embedding_cache_hit'] else ''}, prepare {setup['prepare_seconds']:.2f} s)")
+
+
+@app.command("render")
+def sweep_render(
+    inputs: Annotated[Optional[list[str]], typer.Option("--input", "-i", metavar="PATH", help="A document (.txt/.md/.pdf) or a directory of them (repeatable; default: the bundled sample and CVE text).", show_default=False)] = None,
+    font_size: Annotated[Optional[str], typer.Option("--font-size", help="Comma-separated font sizes in px, e.g. 6,8,10,12.", show_default=config_default("sweep-render", "sweep.font_sizes"))] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="Comma-separated DeepEncoder modes: tiny, small, base, large, gundam.", show_default=config_default("sweep-render", "sweep.modes"))] = None,
+    judge: Annotated[Optional[str], typer.Option("--judge", help="Who reads the pages: ocr (PP-OCRv4 recogniser on each drawn line segment).", show_default=config_default("sweep-render", "sweep.judge"))] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip cells already finished in --output-dir.")] = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The compression frontier: text tokens per vision token against an OCR judge's error, over font size x mode x reflow x line spacing x font."""
+    from ..artifacts import read_jsonl
+    from ..sweep.frontier import (RESUMABLE_CHANGES, Hooks, cell_key, check_cells, grid, parse_choices, parse_int_list, read_inputs,
+                                  run_render_sweep)
+
+    with handled_errors():
+        cfg = load("sweep-render", config, sets)
+        update: dict = {}
+        if inputs:
+            update["inputs"] = list(inputs)
+        if font_size is not None:
+            update["font_sizes"] = parse_int_list(font_size, "--font-size")
+        if mode is not None:
+            update["modes"] = parse_choices(mode, "--mode", ("tiny", "small", "base", "large", "gundam"))
+        if judge is not None:
+            update["judge"] = parse_choices(judge, "--judge", ("ocr",), single=True,
+                                            hint="the trained-reader judge is not built yet")
+        cfg.sweep = config_mod.validate(type(cfg.sweep), cfg.sweep.model_dump() | update, "command line")
+        claim = claim_output("sweep render", output_dir, resume=resume, overwrite=overwrite)
+        check_resumable(claim, cfg, "sweep-render", RESUMABLE_CHANGES)
+        cells = grid(cfg)
+        if resume:
+            wanted = {cell.key() for cell in cells}
+            done = len(wanted & {cell_key(r) for r in read_jsonl(output_dir / "cells.jsonl")})
+            report_resume(f"{done} of {len(cells)} cells done in {output_dir}")
+        documents = read_inputs(cfg)  # bad inputs fail here, before the run directory exists
+        check_cells(cfg)  # a font or size that cannot lay out a page fails before any work
+        with run_dir("sweep render", cfg, claim, device="cpu") as run, progress_bar("sweep render", total=len(cells)) as advance:
+            hooks = Hooks(cell=lambda record, skipped: advance(1, description=f"{_render_cell_name(record)}: cer {record['cer']:.3f}"
+                                                                          f"{' (resumed)' if skipped else ''}"),
+                          stage=lambda name: advance(0, description=name))
+            summary = run_render_sweep(cfg, documents, run.path, resume, hooks)
+            run.record_existing("cells.jsonl", "frontier.csv", "frontier.png", "operating_point.yaml", "operating_point.sets", "summary.json")
+            run.update(sweep_seconds=summary["timing"]["seconds"])
+        _print_frontier(summary)
+        if "warning" in summary:
+            warn(summary["warning"])
+        if json_out:
+            emit_json(summary | {"output_dir": str(run.path)})
+
+
+def _render_cell_name(record: dict) -> str:
+    return f"{record['mode']} {record['font_size']}px{' reflow' if record['reflow'] else ''} x{record['line_spacing']:g}"
+
+
+def _print_frontier(summary: dict) -> None:
+    from rich import box
+
+    err.print(f"judge: {escape(summary['judge'])}")
+    table = Table(title="compression frontier (tok/vt: text tokens per vision token)", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1, 0, 0))
+    for column in ("mode", "px", "reflow", "ls", "pages", "chars/pg", "tok/vt", "full", "cer", "cer 95%"):
+        table.add_column(column, justify="left" if column == "mode" else "right", no_wrap=True, min_width=len(column))
+    chosen = summary["operating_point"]
+    for row in summary["cells"]:
+        mark = "*" if chosen and all(row[k] == chosen[k] for k in ("font_size", "mode", "reflow", "line_spacing", "font")) else ""
+        font = "" if row["font"] == "DejaVuSansMono" else " " + Path(row["font"]).stem  # only when the grid varies the font
+        table.add_row(row["mode"] + mark + font, str(row["font_size"]), "yes" if row["reflow"] else "no", f"{row['line_spacing']:g}",
+                      str(row["pages"]), f"{row['characters_per_page']:.0f}", f"{row['tokens_per_vision_token']:.2f}",
+                      f"{row['full_page_tokens_per_vision_token']:.2f}", f"{row['cer']:.4f}",
+                      escape(f"[{row['cer_low']:.3f},{row['cer_high']:.3f}]"))
+    err.print(table)
+    if chosen:
+        err.print(f"operating point (*): densest cell with cer <= {summary['max_error']:g}: "
+                  + escape(" ".join(summary["operating_point_set"])))

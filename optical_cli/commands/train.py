@@ -13,6 +13,9 @@ from ..errors import InputError
 
 from .common import (
     ConfigOpt,
+    DeviceMemoryOpt,
+    DevicesOpt,
+    DryRunOpt,
     JsonOpt,
     OutputDirOpt,
     OverwriteOpt,
@@ -27,6 +30,7 @@ from .common import (
     load,
     print_table,
     progress_bar,
+    report_plan,
     report_resume,
     reuse_attention_choices,
     run_dir,
@@ -64,6 +68,9 @@ def train_adapter_command(
     resume: ResumeOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
+    dry_run: DryRunOpt = False,
+    device_memory: DeviceMemoryOpt = None,
+    devices: DevicesOpt = 1,
 ) -> None:
     """Train the vision-token adapter (DeepEncoder and Qwen3-VL frozen); writes adapter.pth, metrics.jsonl, loss.png."""
     from ..models.loading import RANDOM_SOURCE
@@ -78,6 +85,14 @@ def train_adapter_command(
             config = config or run_path / "config.yaml"
             output_dir = run_path
         cfg = load("train-adapter", config, sets)
+        if dry_run:
+            from ..models import loading
+            from ..plan import plan_train
+
+            device = loading.resolve_device(cfg.runtime.device)
+            report_plan(plan_train(cfg, device, loading.resolve_dtype(cfg.runtime.dtype, device), devices, device_memory),
+                        json_out)
+            return
         claim = claim_output("train-adapter", output_dir, resume=resume is not None, overwrite=overwrite)
         check_resumable(claim, cfg, "train-adapter", TRAIN_RESUMABLE)
         # An unusable corpus, a corrupt checkpoint or a model that cannot be loaded fails here,

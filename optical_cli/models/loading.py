@@ -8,6 +8,7 @@ handling are the same everywhere.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -170,46 +171,77 @@ QWEN_TIKTOKEN = "qwen-tiktoken"  # tokenizer source: the Qwen BPE shipped by the
 RANDOM_SOURCE = "random"  # model source: random weights from a config (tests, tiny configs, speed runs)
 
 
+MOE_KEYS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step", "mlp_only_layers")
+
+
 def qwen3_vl_config(dims: dict):
-    """A Qwen3VLConfig with the given text dims (keys of Qwen3VLTextConfig plus ``mrope_section``,
-    ``rope_theta``, ``tie_word_embeddings``). The vision config keeps its defaults: it is never
-    built (see :mod:`optical_cli.models.language_model`). ``mrope_section`` must sum to
-    head_dim/2, the model's own requirement."""
-    from transformers import Qwen3VLConfig
+    """A Qwen3VLConfig (or a Qwen3VLMoeConfig when ``num_experts`` > 0) with the given text dims
+    (keys of Qwen3VLTextConfig plus ``mrope_section``, ``rope_theta``, ``tie_word_embeddings``
+    and the MoE keys). The vision config keeps its defaults: it is never built (see
+    :mod:`optical_cli.models.language_model`). ``mrope_section`` must sum to head_dim/2, the
+    model's own requirement."""
+    from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
 
     dims = dict(dims)
     mrope = list(dims.pop("mrope_section"))
     rope_theta = float(dims.pop("rope_theta", 5_000_000.0))
     tie = bool(dims.pop("tie_word_embeddings", True))
+    moe = {key: dims.pop(key) for key in MOE_KEYS if key in dims}
     head_dim = dims.get("head_dim", 128)
     if sum(mrope) * 2 != head_dim:
         raise ConfigError(f"random Qwen3-VL: mrope_section {mrope} must sum to head_dim/2 = {head_dim // 2}")
-    return Qwen3VLConfig(
-        text_config=dict(
-            dims,
-            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope, "mrope_interleaved": True},
-        ),
-        tie_word_embeddings=tie,
-    )
+    text = dict(dims, rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope,
+                                       "mrope_interleaved": True})
+    if moe.get("num_experts", 0) > 0:
+        if moe.get("num_experts_per_tok", 1) > moe["num_experts"]:
+            raise ConfigError(f"random Qwen3-VL-MoE: num_experts_per_tok {moe['num_experts_per_tok']} exceeds "
+                              f"num_experts {moe['num_experts']}")
+        return Qwen3VLMoeConfig(text_config=dict(text, **moe), tie_word_embeddings=tie)
+    return Qwen3VLConfig(text_config=text, tie_word_embeddings=tie)
 
 
 def build_random_qwen3_vl(dims: dict, seed: int = 0):
-    """Qwen3-VL's language model (no vision tower) with random weights and the given text dims."""
-    from .language_model import Qwen3VLLanguageModel
+    """Qwen3-VL's language model (no vision tower; dense, or MoE when ``num_experts`` > 0) with
+    random weights and the given text dims."""
+    from .language_model import language_model_class
 
     config = qwen3_vl_config(dims)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Qwen3VLLanguageModel(config)
+        return language_model_class(config.model_type)(config)
+
+
+def build_meta_qwen3_vl(dims: dict):
+    """The same model on the meta device: shapes and parameter counts, no memory, no weights."""
+    from .language_model import language_model_class
+
+    config = qwen3_vl_config(dims)
+    with torch.device("meta"):
+        return language_model_class(config.model_type)(config)
+
+
+def qwen3_vl_model_type(path: Path) -> str:
+    """``model_type`` of a local model directory's config.json (``qwen3_vl`` or ``qwen3_vl_moe``)."""
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"could not read {path / 'config.json'}: {exc}") from None
+    from .language_model import language_model_class
+
+    if language_model_class(model_type) is None:
+        raise ModelNotFoundError(f"{path}/config.json has model_type {model_type!r}; vlm.source needs a Qwen3-VL "
+                                 "model (qwen3_vl or qwen3_vl_moe)")
+    return model_type
 
 
 def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_dims: dict | None = None, seed: int = 0):
-    """Qwen3-VL's language model (``Qwen3VLLanguageModel``: the decoder and LM head, not the vision
-    tower, which this package never runs) from a hub id or local directory, or random from ``random_dims``.
+    """Qwen3-VL's language model (``Qwen3VLLanguageModel`` or, for a mixture-of-experts checkpoint,
+    ``Qwen3VLMoeLanguageModel``: the decoder and LM head, not the vision tower, which this package
+    never runs) from a hub id or local directory, or random from ``random_dims``.
 
-    Returned in eval mode with every parameter frozen: nothing in this package trains the LLM.
+    Returned in eval mode with every parameter frozen (LoRA, when configured, is added on top by training).
     """
-    from .language_model import Qwen3VLLanguageModel
+    from .language_model import language_model_class
 
     if source == RANDOM_SOURCE:
         if not random_dims:
@@ -219,8 +251,9 @@ def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_
         path = resolve_local_or_hub(source, ["*.json", "*.safetensors", "*.txt", "*.tiktoken", "*.model"])
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} has no config.json; point vlm.source at a Qwen3-VL model directory or hub id")
+        model_class = language_model_class(qwen3_vl_model_type(path))
         try:
-            model = Qwen3VLLanguageModel.from_pretrained(path, dtype=dtype)
+            model = model_class.from_pretrained(path, dtype=dtype)
         except (OSError, ValueError) as exc:
             raise ModelNotFoundError(f"could not load Qwen3-VL from {path}: {exc}") from None
     model.to(device=device, dtype=dtype).eval()
@@ -230,7 +263,7 @@ def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_
 
 # Engines that load a model directory themselves (vLLM) get one: a hub id or local directory as
 # it is, or the seeded random model saved once in Hugging Face layout under the cache.
-ENGINE_CHECKPOINT_VERSION = 2  # bump when what is saved changes: old cache entries are then not reused
+ENGINE_CHECKPOINT_VERSION = 3  # bump when what is saved changes: old cache entries are then not reused
 
 
 def cache_dir() -> Path:
@@ -318,19 +351,24 @@ def _save_random_qwen3_vl(target: Path, dims: dict, seed: int, tokenizer: str, k
 
 def _save_qwen3_vl_processor(directory: Path, vision) -> None:
     """Qwen3-VL's processor files (image and video preprocessing at the vision config's patch and
-    merge sizes, the tokenizer already in ``directory``): engines build the processor even when
-    every image arrives as embeddings."""
-    from transformers import AutoTokenizer, Qwen3VLProcessor
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+    merge sizes, Qwen3-VL's [0.5] normalisation): engines build the processor even when every
+    image arrives as embeddings. Written as JSON, so no image library is needed to write them."""
+    import json
 
-    sizes = dict(patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
-                 merge_size=vision.spatial_merge_size, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    image, video = Qwen2VLImageProcessor(**sizes), Qwen3VLVideoProcessor(**sizes)
-    image.save_pretrained(directory)
-    video.save_pretrained(directory)
-    Qwen3VLProcessor(image_processor=image, tokenizer=AutoTokenizer.from_pretrained(directory),
-                     video_processor=video).save_pretrained(directory)
+    common = {"do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+              "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "merge_size": vision.spatial_merge_size,
+              "patch_size": vision.patch_size, "temporal_patch_size": vision.temporal_patch_size, "resample": 3,
+              "rescale_factor": 1 / 255}
+    image = {**common, "image_processor_type": "Qwen2VLImageProcessor",
+             "size": {"longest_edge": 1003520, "shortest_edge": 3136}}
+    video = {**common, "video_processor_type": "Qwen3VLVideoProcessor", "do_sample_frames": True, "fps": 2,
+             "max_frames": 768, "min_frames": 4, "return_metadata": False,
+             "size": {"longest_edge": 786432, "shortest_edge": 131072}}
+    files = {"preprocessor_config.json": image, "video_preprocessor_config.json": video,
+             "processor_config.json": {"image_processor": image, "video_processor": video,
+                                       "processor_class": "Qwen3VLProcessor"}}
+    for name, content in files.items():
+        (directory / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def save_chat_tokenizer_files(tokenizer: str, directory: Path) -> None:
@@ -353,6 +391,29 @@ def save_chat_tokenizer_files(tokenizer: str, directory: Path) -> None:
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(_tokenizer_dir(tokenizer)).save_pretrained(directory)
+
+
+def load_lora(model, directory: str | Path, resume: bool = False) -> None:
+    """A PEFT LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``, as
+    ``train-adapter`` writes ``lora/``) into ``model``: its layers injected (frozen) and its
+    weights loaded with names and shapes checked. ``resume``: the layers are there already
+    (training), only the weights load."""
+    from safetensors.torch import load_file
+
+    from .lora import CONFIG_FILE, WEIGHTS_FILE, inject_lora, set_lora_state
+
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise InputError(f"{directory} is not a PEFT adapter directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE))
+        if not resume:
+            from peft import LoraConfig
+
+            inject_lora(model, LoraConfig.from_pretrained(str(directory)))
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"could not read the LoRA adapter in {directory}: {exc}") from None
+    set_lora_state(model, state, directory)
 
 
 def load_chat_tokenizer(source: str):

@@ -89,3 +89,41 @@ def write_heatmaps(path: str | Path, rows: list[dict], etas: list[float], steps:
         figure.savefig(tmp, dpi=110, format="png")
     plt.close(figure)
     return Path(path)
+
+
+def write_frontier_plot(path: Path, rows: list[dict], published: tuple[dict, ...], max_error: float) -> None:
+    """`sweep render`: error (CER, 95% interval) against full-page text tokens per vision token,
+    one curve per mode (and reflow / line spacing / font when they vary), font sizes annotated;
+    the DeepSeek-OCR paper's published points (1 - precision, their reader) beside ours."""
+    figure, axis = plt.subplots(figsize=(7.5, 5))
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["mode"], row["reflow"], row["line_spacing"], row["font"]), []).append(row)
+    varying = [len({key[i] for key in groups}) > 1 for i in range(4)]
+    for key, members in sorted(groups.items(), key=lambda item: str(item[0])):
+        members = sorted(members, key=lambda r: r["full_page_tokens_per_vision_token"])
+        x = [r["full_page_tokens_per_vision_token"] for r in members]
+        y = [r["cer"] for r in members]
+        err = [[max(0.0, r["cer"] - r["cer_low"]) for r in members], [max(0.0, r["cer_high"] - r["cer"]) for r in members]]
+        label = "ours: " + key[0] + "".join(
+            part for part, shown in zip(("", f" reflow={key[1]}", f" spacing {key[2]:g}", f" {Path(key[3]).stem}"), varying) if shown and part)
+        axis.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+        for r in members:
+            axis.annotate(f"{r['font_size']}px", (r["full_page_tokens_per_vision_token"], r["cer"]), textcoords="offset points",
+                          xytext=(4, 4), fontsize=8)
+    px = [p["compression"] for p in published]
+    py = [1.0 - p["precision"] for p in published]
+    axis.plot(px, py, "k*--", markersize=11, label="DeepSeek-OCR paper (their reader, Fox): 1 - precision")
+    for p in published:
+        axis.annotate(p["label"] + " (theirs)", (p["compression"], 1.0 - p["precision"]), textcoords="offset points", xytext=(-20, 12), fontsize=8)
+    axis.axhline(max_error, color="grey", linestyle=":", label=f"sweep.max_error = {max_error:g}")
+    axis.set_xlabel("text tokens per vision token (full pages)")
+    axis.set_ylabel("character error rate (OCR judge; 95% interval)")
+    axis.set_title("Compression frontier: denser pages against legibility")
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)

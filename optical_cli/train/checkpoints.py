@@ -45,10 +45,15 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(folder: Path, adapter: OpticalAdapter, optimizer, scheduler, step: int, keep: int,
-                    training: dict, data_position: dict) -> Path:
+                    training: dict, data_position: dict, lora=None) -> Path:
+    """``lora``: (model, LoraConfig) when LoRA trains; its PEFT directory goes in the checkpoint too."""
     target = folder / CHECKPOINT_DIR / f"step-{step:07d}"
     target.mkdir(parents=True, exist_ok=True)
     save_adapter(adapter, target / "adapter.pth", training)
+    if lora is not None:
+        from ..models.lora import LORA_DIR, save_lora
+
+        save_lora(*lora, target / LORA_DIR)
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "data_position": data_position,
              "rng": _rng_state()}
     with atomic_path(target / "trainer_state.pth") as tmp:

@@ -7,6 +7,7 @@ from typing import Iterator
 
 from ..artifacts import iter_jsonl_objects
 from ..config import TrainAdapterConfig
+from ..documents import read_document
 from ..errors import InputError
 
 
@@ -37,6 +38,14 @@ def _texts_from_hub(name: str, split: str, field_name: str, limit: int | None) -
         ) from None
 
 
+def _document_text(path: Path) -> str:
+    document = read_document(path, "utf-8", "replace")
+    if document.is_pdf and not document.has_text:
+        raise InputError(f"training data {path}: the PDF has no text layer (a scan?), so it has no reconstruction "
+                         "target; remove it from data.source or give a PDF with text")
+    return document.text
+
+
 def read_corpus(source: str, field_name: str = "description", split: str = "train",
                 max_documents: int | None = None, min_chars: int = 1) -> list[str]:
     """Documents of at least ``min_chars`` non-blank characters, in corpus order."""
@@ -45,13 +54,13 @@ def read_corpus(source: str, field_name: str = "description", split: str = "trai
     else:
         path = Path(source)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".md", ".jsonl"))
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".md", ".pdf", ".jsonl"))
         elif path.is_file():
             files = [path]
         else:
-            raise InputError(f"training data not found: {source}; pass a .txt/.jsonl file, a directory of them, or hf:owner/name")
+            raise InputError(f"training data not found: {source}; pass a .txt/.md/.pdf/.jsonl file, a directory of them, or hf:owner/name")
         texts = (t for f in files for t in (_texts_from_jsonl(f, field_name) if f.suffix.lower() == ".jsonl"
-                                            else [f.read_text(encoding="utf-8", errors="replace")]))
+                                            else [_document_text(f)]))
     documents = []
     for text in texts:
         if len(text.strip()) >= min_chars:

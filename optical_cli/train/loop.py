@@ -14,6 +14,7 @@ import torch
 from ..artifacts import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 from ..config import TrainAdapterConfig
 from ..errors import ConfigError, InputError
+from .sharding import fsdp_requested, local_parameter_count, shard_language_model
 from ..memory import PeakMemory, busiest
 from ..models import loading
 from ..models.adapter import AdapterConfig, OpticalAdapter, parameter_count, save_adapter
@@ -42,6 +43,8 @@ class TrainResult:
     peak_memory_gib: dict = field(default_factory=dict)  # cpu_rss_gib (+ cuda_max_allocated_gib on a GPU)
     training_pages: dict = field(default_factory=dict)   # page_statistics of the training pages
     reading: dict = field(default_factory=dict)
+    layout: str = "single"                                # single | ddp | fsdp (the frozen LLM sharded across processes)
+    language_model_local_parameters: int | None = None   # the LLM's parameters this process holds (1/N of them under fsdp)
 
 
 def resolve_runtime(cfg: TrainAdapterConfig):
@@ -104,11 +107,12 @@ def enable_gradient_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def training_mode(adapter, model, on: bool, gradient_checkpointing: bool) -> None:
-    """The adapter trains; the frozen LLM is put in train mode only for gradient checkpointing,
-    which transformers applies to layers in train mode (Qwen3-VL has no dropout: same numbers)."""
+def training_mode(adapter, model, on: bool, llm_train_mode: bool) -> None:
+    """The adapter trains; the frozen LLM is put in train mode only for gradient checkpointing
+    (which transformers applies to layers in train mode) and for LoRA (its dropout); Qwen3-VL
+    itself has no dropout, so its numbers are the same in either mode."""
     adapter.train(on)
-    model.train(on and gradient_checkpointing)
+    model.train(on and llm_train_mode)
 
 
 @torch.no_grad()
@@ -186,7 +190,13 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
 
     adapter = make_adapter(cfg, encoder.out_dim, reader).to(device)
     reader.adapter = adapter
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    lora, lora_params = None, []
+    if opt.lora.rank:  # low-rank updates of the frozen LLM, trained with the adapter
+        from ..models.lora import add_lora, lora_config
+
+        lora = (reader.model, lora_config(opt.lora.rank, opt.lora.alpha, opt.lora.dropout, opt.lora.target_modules))
+        lora_params = add_lora(reader.model, lora[1], seed=cfg.runtime.seed)
+    optimizer = torch.optim.AdamW(list(adapter.parameters()) + lora_params, lr=opt.lr, weight_decay=opt.weight_decay)
     world = accelerator.num_processes
     batches_per_epoch = math.ceil(len(train_pages) / opt.batch_size)
     steps_per_epoch = max(1, batches_per_epoch // (opt.grad_accum * world))
@@ -196,10 +206,24 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
     metrics_path = run_path / "metrics.jsonl"
     if resume is not None:
         adapter.load_state_dict(loading.load_adapter(resume.path / "adapter.pth", reader.hidden_size, encoder.out_dim).state_dict())
+        if lora is not None:
+            from ..models.lora import LORA_DIR
+
+            if not (resume.path / LORA_DIR).is_dir():
+                raise InputError(f"{resume.path} has no {LORA_DIR}/ directory but train.lora.rank={opt.lora.rank}; "
+                                 "resume with the LoRA settings the run was started with")
+            loading.load_lora(reader.model, resume.path / LORA_DIR, resume=True)
         step = restore_trainer_state(resume.state, optimizer, scheduler, metrics_path)
-    elif metrics_path.exists() and accelerator.is_main_process:
-        metrics_path.unlink()
-    adapter, optimizer = accelerator.prepare(adapter, optimizer)
+    else:
+        torch.manual_seed(cfg.runtime.seed + accelerator.process_index)  # LoRA dropout: the same draws every run
+        if metrics_path.exists() and accelerator.is_main_process:
+            metrics_path.unlink()
+    lm_parameters = parameter_count(reader.model) - sum(p.numel() for p in lora_params)  # before sharding unties a head
+    sharded = world > 1 and fsdp_requested()
+    if sharded:  # the frozen LLM split across processes; the trained weights stay whole, gradients averaged below
+        shard_language_model(reader.model, keep_whole=lora_params)
+    else:
+        adapter, optimizer = accelerator.prepare(adapter, optimizer)
     model = reader.model
     if opt.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -215,7 +239,8 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
             append_jsonl(metrics_path, {"step": 0, "epoch": 0, "loss": None, "eval_loss": last_eval, "lr": 0.0, "pages_per_s": None})
     window_pages, window_start = 0, time.perf_counter()
     train_s, pages_seen, first_step = 0.0, 0, step
-    training_mode(adapter, model, True, opt.gradient_checkpointing)
+    training_mode(adapter, model, True, opt.gradient_checkpointing or lora is not None)
+    trained = list(adapter.parameters()) + lora_params
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         batches = _batches(len(train_pages), opt.batch_size, cfg.runtime.seed, epoch)
@@ -227,8 +252,15 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
             accelerator.backward(loss / len(mine))
             step_loss += loss.detach() / len(mine)
             window_pages += len(index) * world
+        if world > 1:  # DDP averages the adapter's gradients (not under FSDP); LoRA's live outside it
+            for param in (trained if sharded else lora_params):
+                if param.grad is not None:
+                    param.grad = accelerator.reduce(param.grad, reduction="mean")
         if opt.grad_clip > 0:
-            accelerator.clip_grad_norm_(adapter.parameters(), opt.grad_clip)
+            if sharded:
+                torch.nn.utils.clip_grad_norm_(trained, opt.grad_clip)
+            else:
+                accelerator.clip_grad_norm_(trained, opt.grad_clip)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -249,21 +281,26 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
             if step % opt.checkpoint_every == 0 or step == total_steps:
                 position = dict(zip(("epoch", "batch_group"), divmod(step, steps_per_epoch)))
                 save_checkpoint(run_path, accelerator.unwrap_model(adapter), optimizer, scheduler, step,
-                                opt.keep_checkpoints, training_info, position)
+                                opt.keep_checkpoints, training_info, position, lora=lora)
         emit({"event": "step", **record, "total": total_steps})
         window_pages, window_start = 0, time.perf_counter()
     accelerator.wait_for_everyone()
     final = accelerator.unwrap_model(adapter)
-    training_mode(final, model, False, opt.gradient_checkpointing)
+    training_mode(final, model, False, opt.gradient_checkpointing or lora is not None)
     reading: dict = {}
     if accelerator.is_main_process:
         save_adapter(final, run_path / "adapter.pth", {**training_info, "steps": step})
+        if lora is not None:
+            from ..models.lora import LORA_DIR, save_lora
+
+            save_lora(*lora, run_path / LORA_DIR)
         plot_losses(read_jsonl(metrics_path), run_path / "loss.png")
-        if opt.read_pages:
-            emit({"event": "reading", "pages": min(opt.read_pages, len(eval_pages))})
-            reader.adapter = final
-            reading = reading_check(reader, eval_pages if len(eval_pages) else train_pages, opt.read_pages,
-                                    opt.read_max_new_tokens)
+    if opt.read_pages and (accelerator.is_main_process or sharded):  # a sharded model reads in every process at once
+        emit({"event": "reading", "pages": min(opt.read_pages, len(eval_pages))})
+        reader.adapter = final
+        reading = reading_check(reader, eval_pages if len(eval_pages) else train_pages, opt.read_pages,
+                                opt.read_max_new_tokens)
+        if accelerator.is_main_process:
             atomic_write_text(run_path / "reading.jsonl", "".join(json.dumps(r) + "\n" for r in reading["records"]))
     peaks = memory.run_peak()
     if world > 1:  # every process's peaks; the report keeps the busiest
@@ -276,8 +313,11 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
         pages_per_s=pages_seen / train_s if train_s > 0 else 0.0,
         step_s=train_s / (step - first_step) if step > first_step else None, cache_hit=cache_hit, encode_s=encode_s,
         parameters={"deepencoder": encoder.parameter_count(), "adapter": parameter_count(final),
-                    "language_model": parameter_count(reader.model)},
+                    "language_model": lm_parameters,
+                    "lora": sum(p.numel() for p in lora_params)},
         peak_memory_gib=peaks,
         training_pages=page_statistics(train_pages, train_examples, cfg.data.max_text_tokens),
         reading={k: v for k, v in reading.items() if k != "records"},
+        layout="fsdp" if sharded else ("ddp" if world > 1 else "single"),
+        language_model_local_parameters=local_parameter_count(reader.model),
     )
