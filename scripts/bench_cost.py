@@ -110,7 +110,7 @@ def main() -> None:
         if row["vllm_over_hf_latency"] is not None:
             print(f"{row['length']:>7} tokens, {row['condition']}: vllm {row['latency_s']:.1f} s / hf {base:.1f} s = "
                   f"{row['vllm_over_hf_latency']:.2f}", flush=True)
-    atomic_write_csv(args.output, [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()} for row in results],
+    atomic_write_csv(args.output, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in results],
                      FIELDS)
     for engine in engines:
         plot = args.output.with_suffix(".png") if len(engines) == 1 else args.output.with_name(f"{args.output.stem}-{engine}.png")
