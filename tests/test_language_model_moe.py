@@ -116,7 +116,7 @@ def test_train_adapter_runs_on_a_moe_language_model_with_lora(tmp_path):
     summary = json.loads(result.stdout)
     moe = RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, initializer_range=0.1,
                                hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                               num_key_value_heads=2, head_dim=16, mrope_section=[4, 2, 2])
+                               num_key_value_heads=2, head_dim=32, mrope_section=[6, 5, 5])
     assert summary["parameters"]["language_model"] == sum(
         p.numel() for p in loading.build_meta_qwen3_vl(moe.model_dump()).parameters())
     assert summary["parameters"]["lora"] > 0 and summary["steps"] == 2

@@ -140,7 +140,7 @@ def test_cli_trains_with_lora_resumes_and_bench_reads_with_it(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["parameters"]["lora"] == 2 * (4 * (64 + 64) * 2 + 4 * (64 + 32) * 2)  # q, o: 64->64; k, v: 64->32
+    assert summary["parameters"]["lora"] == 2 * (4 * (64 + 128) * 2 + 4 * (64 + 64) * 2)  # q, o: 64<->128; k, v: 64->64
     assert (run / "lora" / "adapter_config.json").is_file() and (run / "adapter.pth").is_file()
     assert (run / "reading.jsonl").is_file()  # the reading check ran with the LoRA model
 

