@@ -140,7 +140,8 @@ def run_engine(args, engine: str, lengths: list[int]) -> list[dict]:
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for length, item in items_for(lengths, lambda text: len(reader.encode_text(text))):
+        encode_text = reader.encode_text  # the closure must not hold `reader`: it is deleted below
+        for length, item in items_for(lengths, lambda text: len(encode_text(text))):
             runs: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
             for repeat in range(args.repeats):
                 for condition in CONDITIONS:
