@@ -8,7 +8,7 @@
 #   OPTICAL_OFFICIAL_DIR=DIR bash scripts/smoke_fullsize.sh   # also time the official encoder code
 #       (DIR holds its deepencoder/ package; it imports easydict: pip install easydict)
 #
-# Each step runs under flock /tmp/optical-heavy.lock (one heavy job at a time on a shared machine)
+# Each step runs under flock on $OPTICAL_LOCK (default: optical-heavy.lock in $TMPDIR; one heavy job at a time on a shared machine)
 # and checks what the real-size issue asks of it; the first failed check stops the script (exit 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,8 @@ OPTICAL=.venv/bin/optical
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
 mkdir -p "$OUT"
 
-heavy() { if command -v flock >/dev/null; then flock /tmp/optical-heavy.lock "$@"; else "$@"; fi; }
+LOCK=${OPTICAL_LOCK:-${TMPDIR:-/tmp}/optical-heavy.lock}
+heavy() { if command -v flock >/dev/null; then flock "$LOCK" "$@"; else "$@"; fi; }
 step() { echo; echo "== $* ($(date +%H:%M:%S))"; }
 check() { "$PY" -c "$1" || { echo "check failed: $2" >&2; exit 1; }; }
 
