@@ -14,11 +14,16 @@ benchmark runner itself (`optical bench longbench`'s code), one item per length.
     python scripts/bench_cost.py --size fullsize --lengths 1024,2048,4096,8192 --device cpu     # CPU targets
     python scripts/bench_cost.py --size fullsize --lengths 32768,65536,131072 --device cuda     # GPU targets
     python scripts/bench_cost.py --size tiny --lengths 256,512                                  # seconds
-    .venv-vllm/bin/python scripts/bench_cost.py --engine hf,vllm --lengths 8192 --dtype bfloat16  # both engines
+    .venv-vllm/bin/python scripts/bench_cost.py --engine hf,vllm --lengths 8192 --dtype bfloat16 --batch 4  # both engines
 
 `--engine hf,vllm` runs both conditions on each engine in turn (one engine's models in memory at a
 time) and adds vLLM native / hf native and vLLM optical / hf optical per length; the plot is per
 engine (cost-hf.png, cost-vllm.png) when there are several.
+
+`--batch K` adds throughput: K different documents of `--batch-length` tokens (consecutive CVE
+windows) per condition as one benchmark run on each engine: the hf engine answers them one at a
+time, vLLM takes them all in flight (up to vllm.max_num_seqs). Items per second (wall time of the
+run, models already loaded) go to <output>-throughput.csv with vLLM / hf per condition.
 
 Writes the CSV (default results/bench/cost.csv) and a plot beside it (cost.png).
 """
@@ -95,14 +100,18 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="runtime.dtype for every model (default: the config's)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per (length, condition), alternating conditions; latency is the median")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="answer budget (default: the config's)")
+    parser.add_argument("--batch", type=int, default=0, help="throughput: this many documents per condition in one run (0: off)")
+    parser.add_argument("--batch-length", type=int, default=1024, help="tokens per document of the throughput batch")
     parser.add_argument("--output", type=Path, default=REPO / "results" / "bench" / "cost.csv")
     args = parser.parse_args()
     lengths = [int(n) for n in args.lengths.split(",") if n.strip()]
 
     engines = [e.strip() for e in args.engine.split(",") if e.strip()]
-    results = []
+    results, rates = [], []
     for engine in engines:
-        results += run_engine(args, engine, lengths)
+        engine_results, engine_rates = run_engine(args, engine, lengths)
+        results += engine_results
+        rates += engine_rates
     hf_latency = {(r["length"], r["condition"]): r["latency_s"] for r in results if r["engine"] == "hf" and r["status"] == "ok"}
     for row in results:
         base = hf_latency.get((row["length"], row["condition"]))
@@ -116,18 +125,70 @@ def main() -> None:
         plot = args.output.with_suffix(".png") if len(engines) == 1 else args.output.with_name(f"{args.output.stem}-{engine}.png")
         plot_cost_vs_length([r for r in results if r["engine"] == engine], CONDITIONS, plot,
                             f" ({args.size}, random weights, {engine})")
+    if rates:
+        write_throughput(rates, args.output.with_name(f"{args.output.stem}-throughput.csv"))
     print(f"wrote {args.output} and its plot(s)", flush=True)
 
 
-def run_engine(args, engine: str, lengths: list[int]) -> list[dict]:
-    """Native and optical at each length on one engine; its models are released before the next engine loads."""
+THROUGHPUT_FIELDS = ["engine", "condition", "items", "length", "in_flight", "ok", "wall_s", "items_per_s",
+                     "mean_latency_s", "vllm_over_hf_items_per_s"]
+
+
+def run_batch(reader, cfg, engine: str, count: int, length: int, tmp: Path) -> list[dict]:
+    """``count`` documents of ``length`` tokens per condition as one benchmark run: items per second."""
+    import time
+
+    from optical_cli.bench.reader import in_flight
+
+    encode_text = reader.encode_text
+    items = []
+    for n in range(count):  # windows far enough apart that no two documents share a record
+        document, ids = cve_document(length, measure=lambda text: len(encode_text(text)), start=n * 400)
+        items.append(parse_record(longbench_item(document, ids, f"batch-{n}"), "bench_cost", n))
+    rates = []
+    for condition in CONDITIONS:
+        settings = BenchSettings((condition,), max_context_tokens=10**9, max_pages=cfg.bench.max_pages,
+                                 max_new_tokens=cfg.bench.max_new_tokens, temperature=0.0, seed=cfg.runtime.seed)
+        start = time.perf_counter()
+        rows = run_benchmark(reader, items, settings, tmp / f"batch-{condition}.csv")
+        wall = time.perf_counter() - start
+        ok = [r for r in rows if r["status"] == "ok"]
+        rates.append({"engine": engine, "condition": condition, "items": count, "length": length,
+                      "in_flight": in_flight(reader), "ok": len(ok), "wall_s": wall, "items_per_s": len(ok) / wall,
+                      "mean_latency_s": statistics.mean(r["latency_s"] for r in ok) if ok else None})
+        print(f"[{engine}] throughput, {condition}: {len(ok)}/{count} documents of {length} tokens in {wall:.1f} s = "
+              f"{len(ok) / wall:.4f} items/s ({in_flight(reader)} in flight)", flush=True)
+    return rates
+
+
+def write_throughput(rates: list[dict], path: Path) -> None:
+    hf = {r["condition"]: r["items_per_s"] for r in rates if r["engine"] == "hf"}
+    for row in rates:
+        base = hf.get(row["condition"])
+        row["vllm_over_hf_items_per_s"] = row["items_per_s"] / base if row["engine"] == "vllm" and base else None
+        if row["vllm_over_hf_items_per_s"] is not None:
+            print(f"throughput, {row['condition']}: vllm / hf items per second = {row['vllm_over_hf_items_per_s']:.2f}",
+                  flush=True)
+    atomic_write_csv(path, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rates],
+                     THROUGHPUT_FIELDS)
+    print(f"wrote {path}", flush=True)
+
+
+def run_engine(args, engine: str, lengths: list[int]) -> tuple[list[dict], list[dict]]:
+    """Native and optical at each length on one engine (and the throughput batch); its models are
+    released before the next engine loads."""
     import gc
+
+    import torch
 
     # every page kept (200, the published adapter's page embeddings): cost of the whole document
     overrides = [f"runtime.device={args.device}", "bench.adapter=random", "bench.temperature=0.0", "bench.max_pages=200",
                  f"bench.engine={engine}"]
     if args.max_new_tokens:
         overrides.append(f"bench.max_new_tokens={args.max_new_tokens}")
+    if engine == "vllm":  # room for the longest document (whole records overshoot a little), template and answer
+        overrides.append(f"vllm.max_model_len={max(lengths + [args.batch_length if args.batch else 0]) + 2048}")
+        overrides.append(f"vllm.max_num_seqs={max(args.batch, 1)}")
     if args.dtype:
         overrides.append(f"runtime.dtype={args.dtype}")
     cfg = load_config("longbench", CONFIGS[args.size], overrides)
@@ -156,10 +217,13 @@ def run_engine(args, engine: str, lengths: list[int]) -> list[dict]:
                                                              if ok and native["memory_added_gib"] >= 0.01 else None))
                 results.append(row)
             report(native, optical)
+        rates = run_batch(reader, cfg, engine, args.batch, args.batch_length, Path(tmp)) if args.batch else []
     print(f"[{engine}] run peak memory {memory.run_peak()}", flush=True)
     del reader
     gc.collect()
-    return results
+    if torch.cuda.is_available():  # vLLM sizes its KV cache from the free GPU memory it finds at start
+        torch.cuda.empty_cache()
+    return results, rates
 
 
 def report(native: dict, optical: dict) -> None:

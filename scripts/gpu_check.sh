@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the project in one run, within 8 minutes on one H100/H200:
+# Every GPU measurement of the project in one run, within 10 minutes on one H100/H200:
 #   parity   DeepEncoder bfloat16 vs float32, centred relative error, every attention path
 #   encoder  encode pages/s in base mode at batch 1, 16, 64 for each attention path (target >= 300 pages/s bf16)
 #   cost     native vs optical cost at 32K/64K/128K tokens on the full-size random-weight models
 #   train    full-size train-adapter step time at batch 1, 2, 4
+#   vllm     native and optical on both engines (hf, vLLM) at 32K tokens, and items/s for 16 documents
+#            of 8K tokens in flight; needs vLLM for $VLLM_PYTHON (default $PYTHON; skipped without it)
 # Each step runs under its own time budget (printed first; a step over budget is stopped and
 # reported, the others still run), writes results/bench/gpu/<step>.csv, and a summary follows.
 #
 #   bash scripts/gpu_check.sh              # on the GPU host (install the package there first, keeping its CUDA torch)
 #   bash scripts/gpu_check.sh --dry-run    # the same steps at tiny sizes on the CPU, into results/bench/gpu-dry/
 #   PYTHON=/path/to/python bash scripts/gpu_check.sh --output-dir DIR
+#   VLLM_PYTHON=.venv-vllm/bin/python bash scripts/gpu_check.sh --dry-run   # the vllm step in another environment
 #   OPTICAL_OFFICIAL_DIR=DIR bash scripts/gpu_check.sh   # the encoder step also times the official
 #       DeepSeek-OCR encoder code in DIR (its deepencoder/ package) and gives ratios against it
 #
@@ -36,22 +39,26 @@ fi
 if [ "$dry" = 1 ]; then
     out=${out:-results/bench/gpu-dry}
     device=cpu size=tiny mode=tiny pages=1
-    encode_batches=1,2 lengths=1024,2048 train_batches=1,2 steps=1
+    encode_batches=1,2 lengths=1024,2048 train_batches=1,2 steps=1 vllm_lengths=1024 vllm_batch=2 vllm_batch_length=512
     # budgets here are generous caps for a busy 2-core CPU, not a plan
-    budget_parity=120 budget_encoder=240 budget_cost=240 budget_train=240
+    budget_parity=120 budget_encoder=240 budget_cost=240 budget_train=240 budget_vllm=600
 else
     out=${out:-results/bench/gpu}
     device=cuda size=fullsize mode=base pages=8
     encode_batches=1,16,64 lengths=32768,65536,131072 train_batches=1,2,4 steps=5
-    # 8 minutes in all: model set-up, FlexAttention compilation and the 128K prefills dominate
-    budget_parity=40 budget_encoder=140 budget_cost=160 budget_train=100
+    vllm_lengths=32768 vllm_batch=16 vllm_batch_length=8192
+    # 10 minutes in all: model set-up, FlexAttention compilation, vLLM's start and the 128K prefills dominate
+    budget_parity=40 budget_encoder=140 budget_cost=160 budget_train=100 budget_vllm=150
 fi
 mkdir -p "$out"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} MPLBACKEND=Agg
 
-total=$((budget_parity + budget_encoder + budget_cost + budget_train))
+if [ -z "${VLLM_PYTHON:-}" ]; then
+    if [ "$dry" = 1 ] && [ -x .venv-vllm/bin/python ]; then VLLM_PYTHON=.venv-vllm/bin/python; else VLLM_PYTHON=$PYTHON; fi
+fi
+total=$((budget_parity + budget_encoder + budget_cost + budget_train + budget_vllm))
 echo "gpu_check: device=$device size=$size output=$out python=$PYTHON$([ "$dry" = 1 ] && echo ' (dry run)')"
-echo "planned budget: parity ${budget_parity} s, encoder ${budget_encoder} s, cost ${budget_cost} s, train ${budget_train} s; total ${total} s"
+echo "planned budget: parity ${budget_parity} s, encoder ${budget_encoder} s, cost ${budget_cost} s, train ${budget_train} s, vllm ${budget_vllm} s; total ${total} s"
 echo "step,status,seconds,budget_s,csv" > "$out/steps.csv"
 failed=0
 
@@ -82,9 +89,11 @@ step() {
         fi
         return
     fi
-    echo "== $name: $PYTHON $script $* (budget ${budget} s)"
+    local python=$PYTHON
+    [ "$name" = vllm ] && python=$VLLM_PYTHON
+    echo "== $name: $python $script $* (budget ${budget} s)"
     local start=$SECONDS status=ok
-    timeout -k 10 "$budget" "$PYTHON" "$script" "$@"
+    timeout -k 10 "$budget" "$python" "$script" "$@"
     local rc=$?
     if [ $rc = 124 ] || [ $rc = 137 ]; then status="over budget"; failed=1
     elif [ $rc != 0 ]; then status="failed (exit $rc)"; failed=1; fi
@@ -103,6 +112,15 @@ step cost "$budget_cost" bench_cost.py --size --lengths --device --output -- \
     --size "$size" --lengths "$lengths" --device "$device" --output "$out/cost.csv"
 step train "$budget_train" bench_train.py --size --batch-sizes --steps --device --output -- \
     --size "$size" --batch-sizes "$train_batches" --steps "$steps" --device "$device" --output "$out/train.csv"
+# vLLM is an optional extra: without it the step says so and counts as skipped, not failed
+if "$VLLM_PYTHON" -c 'import vllm' >/dev/null 2>&1; then
+    step vllm "$budget_vllm" bench_cost.py --size --lengths --device --engine --dtype --batch --batch-length --output -- \
+        --size "$size" --lengths "$vllm_lengths" --device "$device" --engine hf,vllm --dtype bfloat16 \
+        --batch "$vllm_batch" --batch-length "$vllm_batch_length" --output "$out/vllm.csv"
+else
+    echo "skipped: vLLM is not installed for $VLLM_PYTHON (pip install -e '.[vllm]' there, or set VLLM_PYTHON)"
+    echo "vllm,skipped,0,$budget_vllm," >> "$out/steps.csv"
+fi
 
 echo
 echo "== summary ($out)"
@@ -111,7 +129,7 @@ import csv, sys
 from pathlib import Path
 
 folder = Path(sys.argv[1])
-for name in ("steps", "parity", "encoder", "cost", "train"):
+for name in ("steps", "parity", "encoder", "cost", "train", "vllm", "vllm-throughput"):
     path = folder / f"{name}.csv"
     if not path.is_file():
         continue

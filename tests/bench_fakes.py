@@ -62,3 +62,28 @@ class FakeReader:
         assert prompt.document == ""
         return Generation("The correct answer is B", self.vision_tokens(pages) + len(prompt.question.split()),
                           prefill_s=0.01, decode_s=0.02, encode_s=0.005, adapter_s=0.001)
+
+
+class BatchingFakeReader(FakeReader):
+    """The fake with an engine that takes several requests at once (as the vLLM reader does):
+    records each group's size; ``fail_groups`` makes a whole group's call raise."""
+
+    def __init__(self, in_flight, fail_groups=False, **kwargs):
+        super().__init__(**kwargs)
+        self.in_flight = in_flight
+        self.fail_groups = fail_groups
+        self.groups = []
+
+    def read_many(self, requests):
+        from optical_cli.bench.reader import read_one
+
+        self.groups.append(len(requests))
+        if self.fail_groups:
+            raise RuntimeError("the engine died")
+        outcomes = []
+        for request in requests:
+            try:
+                outcomes.append(read_one(self, request))
+            except Exception as exc:  # noqa: BLE001 - one outcome per request, as an engine reports them
+                outcomes.append(exc)
+        return outcomes

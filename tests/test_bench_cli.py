@@ -51,6 +51,10 @@ def test_fake_reader_end_to_end_with_json_and_resume(tmp_path, fake_reader):
     again = _invoke("--num-samples", "6", "--conditions", "native,optical", "--output-dir", str(out), "--resume", "--json")
     assert again.exit_code == 0 and len(fake_reader.calls) == calls
     assert json.loads(again.stdout)["conditions"] == summary["conditions"]
+    # throughput counts the rows this invocation ran: all 12 the first time, none on the resume
+    assert summary["throughput"]["rows"] == 12 and summary["throughput"]["in_flight"] == 1
+    assert summary["throughput"]["items_per_s"] == pytest.approx(summary["throughput"]["rows_per_s"] / 2)
+    assert json.loads(again.stdout)["throughput"]["rows"] == 0
     # resuming with other decoding would mix incomparable rows
     changed = _invoke("--num-samples", "6", "--output-dir", str(out), "--resume", "--set", "bench.temperature=0")
     assert changed.exit_code == 2 and "bench.temperature" in changed.stderr

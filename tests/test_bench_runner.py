@@ -13,7 +13,7 @@ from optical_cli.bench.scoring import summarize
 from optical_cli.distributed import Processes
 from optical_cli.errors import InputError
 
-from bench_fakes import TOKENS_PER_PAGE, WORDS_PER_PAGE, FakeReader
+from bench_fakes import TOKENS_PER_PAGE, WORDS_PER_PAGE, BatchingFakeReader, FakeReader
 
 FIXTURE = Path(__file__).parent / "data" / "longbench_fixture.jsonl"
 ALL = ("native", "optical", "native-matched", "no-context")
@@ -153,3 +153,57 @@ def test_resume_merges_parts_left_by_another_process_count(tmp_path):
     assert len(reader.calls) == 3 + 4  # item 1's native row was kept
     assert len(rows) == 16 and not list(tmp_path.glob("items.part-*"))
     assert [(r["id"], r["condition"]) for r in read_rows(path)] == [(i.id, c) for i in items for c in ALL]
+
+
+def _comparable(rows):
+    return [{k: v for k, v in r.items() if k not in ("latency_s", "render_s", "peak_memory_gib")} for r in rows]
+
+
+def test_requests_in_flight_give_the_rows_of_one_at_a_time_in_groups(tmp_path):
+    items = load_items(str(FIXTURE))[:3]
+    alone = run_benchmark(FakeReader(), items, _settings(), tmp_path / "alone.csv")
+    reader = BatchingFakeReader(in_flight=5)
+    together = run_benchmark(reader, items, _settings(), tmp_path / "together.csv")
+    assert reader.groups == [5, 5, 2]  # 3 items x 4 conditions, across item boundaries
+    assert _comparable(together) == _comparable(alone)
+    for row in together:  # its own work: preparation plus encode, adapter and engine time
+        assert row["latency_s"] >= row["encode_s"] + row["adapter_s"] + row["prefill_s"] + row["decode_s"] - 1e-6
+        assert row["latency_s"] < 1.0
+
+
+def test_a_failed_request_in_a_group_fails_its_row_only_and_a_failed_group_is_retried_one_by_one(tmp_path):
+    items = load_items(str(FIXTURE))[:4]
+    oom = torch.OutOfMemoryError("CUDA out of memory")
+    fail = {("rye", "pages"): oom}
+    reader = BatchingFakeReader(in_flight=8, fail=fail, max_input_tokens=50)
+    rows = run_benchmark(reader, items, _settings(conditions=("native", "optical")), tmp_path / "a.csv")
+    by = {(r["id"], r["condition"]): r for r in rows}
+    assert by[("syn-short-easy-1", "optical")]["status"] == "oom"
+    assert by[("syn-short-easy-1", "native")]["status"] == "context_exceeded"
+    assert reader.groups == [8]
+    alone = run_benchmark(FakeReader(fail=fail, max_input_tokens=50), items, _settings(conditions=("native", "optical")),
+                          tmp_path / "alone.csv")
+    assert _comparable(rows) == _comparable(alone) and sum(r["status"] == "ok" for r in rows) == 3
+
+    dead = BatchingFakeReader(in_flight=8, fail_groups=True, fail=fail, max_input_tokens=50)
+    retried = run_benchmark(dead, items, _settings(conditions=("native", "optical")), tmp_path / "b.csv")
+    assert _comparable(retried) == _comparable(rows)
+
+
+def test_an_interrupted_batched_run_resumes_after_its_last_finished_group(tmp_path):
+    items = load_items(str(FIXTURE))[:3]
+    path = tmp_path / "items.csv"
+
+    class Interrupted(BatchingFakeReader):
+        def read_many(self, requests):
+            if len(self.groups) == 2:
+                raise KeyboardInterrupt
+            return super().read_many(requests)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(Interrupted(in_flight=5), items, _settings(), path)
+    assert len(read_rows(path)) == 10  # two whole groups on disk
+    reader = BatchingFakeReader(in_flight=5)
+    rows = run_benchmark(reader, items, _settings(), path, resume=True)
+    assert reader.groups == [2] and len(rows) == 12
+    assert _comparable(rows) == _comparable(run_benchmark(FakeReader(), items, _settings(), tmp_path / "alone.csv"))

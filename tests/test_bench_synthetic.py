@@ -44,7 +44,8 @@ def test_script_writes_items_the_benchmark_loads(tmp_path):
 def test_bench_cost_runs_native_and_optical_on_the_same_documents(tmp_path):
     out = tmp_path / "cost.csv"
     run = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_cost.py"), "--size", "tiny", "--lengths", "128,512",
-                          "--device", "cpu", "--output", str(out)], capture_output=True, text=True)
+                          "--device", "cpu", "--batch", "2", "--batch-length", "128", "--output", str(out)],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     with open(out, newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -58,3 +59,8 @@ def test_bench_cost_runs_native_and_optical_on_the_same_documents(tmp_path):
         assert float(optical["encode_s"]) > 0 and float(native["encode_s"]) == 0
     assert int(rows[2]["doc_tokens"]) > int(rows[0]["doc_tokens"]) >= 128
     assert out.with_suffix(".png").is_file() and "optical/native latency" in run.stdout
+    with open(tmp_path / "cost-throughput.csv", newline="") as handle:
+        rates = list(csv.DictReader(handle))
+    assert [(r["engine"], r["condition"], r["items"], r["ok"], r["in_flight"]) for r in rates] == [
+        ("hf", "native", "2", "2", "1"), ("hf", "optical", "2", "2", "1")]
+    assert all(float(r["items_per_s"]) == pytest.approx(2 / float(r["wall_s"]), rel=1e-3) for r in rates)

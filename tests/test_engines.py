@@ -62,6 +62,10 @@ def test_request_times_split_time_to_first_token_from_the_rest():
         metrics = Metrics()
 
     assert request_times(Output(), 1.0, 5) == (0.25, 0.75)
+    Metrics.first_token_ts, Metrics.last_token_ts = 100.0, 100.5  # several in flight: its own last token
+    assert request_times(Output(), 1.0, 5) == (0.25, 0.5)
+    Metrics.last_token_ts = 103.0  # inconsistent with the call's wall time: not trusted
+    assert request_times(Output(), 1.0, 5) == (0.25, 0.75)
     Output.metrics = None
     assert request_times(Output(), 1.0, 5) == (0.0, 1.0)  # no metrics: nothing is invented
 

@@ -21,6 +21,7 @@ pytest.importorskip("vllm")
 from conftest import REPO_ROOT  # noqa: E402
 from optical_cli.bench.engines.vllm import Request, VLLMEngine, VLLMReader  # noqa: E402
 from optical_cli.bench.prompts import PromptParts  # noqa: E402
+from optical_cli.bench.reader import ContextExceeded, ReadRequest  # noqa: E402
 from optical_cli.config import VLLMSection  # noqa: E402
 from optical_cli.models import loading  # noqa: E402
 from optical_cli.models.vlm import VisionLanguageReader, build_layout, splice  # noqa: E402
@@ -130,6 +131,20 @@ def test_several_requests_in_flight_answer_as_one_at_a_time(engines):
     assert [r.ids for r in together] == [r.ids for r in alone]
 
 
+def test_reads_in_flight_answer_as_one_at_a_time_and_a_too_long_one_fails_alone(engines):
+    _, reader = engines
+    reads = [ReadRequest(PromptParts(preamble="", document=DOCUMENT[: 60 * (i + 1)], question=f"Question {i}?"), 6, 0.0, 0)
+             for i in range(3)]
+    too_long = ReadRequest(PromptParts(preamble="", document=DOCUMENT * 20, question="Q?"), 6, 0.0, 0)  # > 1024 positions
+    outcomes = reader.read_many([reads[0], too_long, reads[1], reads[2]])
+    assert isinstance(outcomes[1], ContextExceeded)
+    alone = [reader.read_text(r.prompt, max_new_tokens=6, temperature=0.0, seed=0) for r in reads]
+    together = [outcomes[0], outcomes[2], outcomes[3]]
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert [g.input_tokens for g in together] == [g.input_tokens for g in alone]
+    assert all(g.prefill_s > 0 and g.decode_s >= 0 for g in together)
+
+
 def _run_tiny(engine: str, out: Path) -> dict:
     optical = Path(sys.executable).with_name("optical")
     done = subprocess.run([str(optical), "bench", "longbench", "-c", "configs/tiny/longbench.yaml", "--engine", engine,
@@ -155,3 +170,6 @@ def test_tiny_benchmark_on_both_engines_gives_the_same_answers(tmp_path):
     manifest = json.loads((tmp_path / "vllm" / "manifest.json").read_text())
     assert manifest["engine"] == "vllm" and manifest["vllm"]["version"]
     assert json.loads((tmp_path / "hf" / "manifest.json").read_text())["engine"] == "hf"
+    # the 24 rows went to vLLM 16 at a time (vllm.max_num_seqs) and gave the one-at-a-time engine's text
+    assert manifest["throughput"]["in_flight"] == 16 and manifest["throughput"]["rows"] == 24
+    assert json.loads((tmp_path / "hf" / "manifest.json").read_text())["throughput"]["in_flight"] == 1

@@ -9,7 +9,7 @@ pass a fake one (and can make it run out of memory on cue).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, Union
 
 from .prompts import PromptParts
 
@@ -28,6 +28,50 @@ class Generation:
     decode_s: float
     encode_s: float = 0.0   # page encoding (optical only)
     adapter_s: float = 0.0  # adapter and embedding splice (optical only)
+
+
+@dataclass
+class ReadRequest:
+    """One model call the runner wants: a text prompt, or a prompt whose document part is ``pages``."""
+
+    prompt: PromptParts
+    max_new_tokens: int
+    temperature: float
+    seed: int
+    pages: Sequence[Any] | None = None  # None: the document (if any) is in the prompt as text
+
+
+Outcome = Union[Generation, Exception]
+
+
+def read_one(reader: "Reader", request: ReadRequest) -> Generation:
+    options = dict(max_new_tokens=request.max_new_tokens, temperature=request.temperature, seed=request.seed)
+    if request.pages is None:
+        return reader.read_text(request.prompt, **options)
+    return reader.read_pages(request.prompt, request.pages, **options)
+
+
+def in_flight(reader: "Reader") -> int:
+    """How many requests the reader takes at once (1 unless it has ``read_many``)."""
+    return max(1, int(getattr(reader, "in_flight", 1))) if hasattr(reader, "read_many") else 1
+
+
+def read_all(reader: "Reader", requests: Sequence[ReadRequest]) -> list[Outcome]:
+    """Each request's Generation, or the exception it failed with, in request order. A reader with
+    ``read_many`` gets them all at once; if that call fails as a whole (one bad request can take
+    a batch down), they are retried one at a time so every row gets its own outcome."""
+    if len(requests) > 1 and hasattr(reader, "read_many"):
+        try:
+            return list(reader.read_many(requests))
+        except Exception:  # noqa: BLE001 - attributed per request below
+            pass
+    outcomes: list[Outcome] = []
+    for request in requests:
+        try:
+            outcomes.append(read_one(reader, request))
+        except Exception as exc:  # noqa: BLE001 - recorded on its row by the runner
+            outcomes.append(exc)
+    return outcomes
 
 
 class Reader(Protocol):
@@ -69,3 +113,8 @@ class Reader(Protocol):
         """Answer ``prompt`` with ``pages`` spliced where its document part would be
         (``prompt.document`` is empty); ``Generation.encode_s`` is the page encoding time."""
         ...
+
+    # Optional, for engines that batch across requests (vLLM): ``in_flight`` (how many requests
+    # to submit together) and ``read_many(requests) -> list[Generation | Exception]``, one
+    # outcome per request in order, each Generation's prefill_s/decode_s being that request's own
+    # time in the engine (queueing included). Without them the runner calls one at a time.

