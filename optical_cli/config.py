@@ -249,6 +249,10 @@ class VLLMSection(Section):
     cpu_threads_bind: str = Field("all", description="CPU only: cores vLLM's threads bind to, e.g. 0-1 "
                                   "(VLLM_CPU_OMP_THREADS_BIND; all = every core; vLLM's own default is core 0 only)")
     max_num_seqs: int = Field(16, ge=1, description="requests vLLM batches at once")
+    prefix_caching: bool = Field(
+        False, description="reuse the KV cache of a prompt prefix seen before (vLLM's default is on); off so each "
+        "row pays for its own prompt: native and native-matched share the document's opening, and a repeated "
+        "prompt would cost almost nothing")
 
 
 class LongBenchConfig(Section):

@@ -145,10 +145,11 @@ def test_reads_in_flight_answer_as_one_at_a_time_and_a_too_long_one_fails_alone(
     assert all(g.prefill_s > 0 and g.decode_s >= 0 for g in together)
 
 
-def _run_tiny(engine: str, out: Path) -> dict:
+def _run_tiny(engine: str, out: Path, *sets: str) -> dict:
     optical = Path(sys.executable).with_name("optical")
+    extra = [arg for value in sets for arg in ("--set", value)]
     done = subprocess.run([str(optical), "bench", "longbench", "-c", "configs/tiny/longbench.yaml", "--engine", engine,
-                           "-o", str(out), "--set", "bench.temperature=0"], cwd=REPO_ROOT, capture_output=True,
+                           "-o", str(out), "--set", "bench.temperature=0", *extra], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=900, env={**os.environ, "OPTICAL_CACHE": str(out.parent / "cache")})
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out / "items.csv", newline="") as handle:
@@ -173,3 +174,51 @@ def test_tiny_benchmark_on_both_engines_gives_the_same_answers(tmp_path):
     # the 24 rows went to vLLM 16 at a time (vllm.max_num_seqs) and gave the one-at-a-time engine's text
     assert manifest["throughput"]["in_flight"] == 16 and manifest["throughput"]["rows"] == 24
     assert json.loads((tmp_path / "hf" / "manifest.json").read_text())["throughput"]["in_flight"] == 1
+
+
+def _trained_adapter_with_lora(run: Path) -> Path:
+    """adapter.pth with a LoRA beside it (lora/, as train-adapter writes them) for the tiny bench
+    config's models; the LoRA's B matrices are drawn wide, so it changes what the model answers."""
+    from optical_cli.config import load_config
+    from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapter
+    from optical_cli.models.lora import add_lora, lora_config, save_lora
+
+    cfg = load_config("longbench", REPO_ROOT / "configs" / "tiny" / "longbench.yaml", [])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        adapter = OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=32, llm_dim=64, max_pages=cfg.bench.max_pages))
+    save_adapter(adapter, run / "adapter.pth")
+    model = loading.load_qwen3_vl("random", CPU, torch.float32, cfg.vlm.random.model_dump(), seed=cfg.runtime.seed)
+    config = lora_config(8, 16, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    params = add_lora(model, config, seed=1)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for param in params:
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    save_lora(model, config, run / "lora")
+    return run / "adapter.pth"
+
+
+def test_a_lora_trained_beside_the_adapter_is_served_by_vllm_for_pages_as_the_hf_engine_reads_it(tmp_path):
+    import json
+    import shutil
+
+    adapter = _trained_adapter_with_lora(tmp_path / "trained")
+    hf_rows = _run_tiny("hf", tmp_path / "hf", f"bench.adapter={adapter}")
+    vllm_rows = _run_tiny("vllm", tmp_path / "vllm", f"bench.adapter={adapter}")
+    summary = json.loads((tmp_path / "vllm" / "summary.json").read_text())
+    assert summary["parameters"]["lora"] == json.loads((tmp_path / "hf" / "summary.json").read_text())["parameters"]["lora"]
+    assert "lora=" in summary["models"]
+    same = {c: sum(hf_rows[k]["output"] == vllm_rows[k]["output"] for k in hf_rows if k[1] == c) for c in ("optical", "native")}
+    print(f"\nwith a LoRA: optical {same['optical']}/6, native {same['native']}/6 rows give the same text on both engines")
+    assert same["optical"] >= 5 and same["native"] >= 5
+    # the LoRA matters: without it the optical answers change (native ones read the base model either way)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("adapter.pth", "adapter.json"):
+        shutil.copy(adapter.parent / name, bare / name)
+    without = _run_tiny("hf", tmp_path / "hf-bare", f"bench.adapter={bare / 'adapter.pth'}")
+    changed = sum(without[k]["output"] != hf_rows[k]["output"] for k in hf_rows if k[1] == "optical")
+    print(f"without the LoRA, {changed}/6 optical answers change")
+    assert changed >= 3
+    assert all(without[k]["output"] == hf_rows[k]["output"] for k in hf_rows if k[1] == "native")

@@ -146,8 +146,10 @@ def build_reader(cfg, conditions: Sequence[str]):
     dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
     trained = optical and cfg.bench.adapter != "random"
     adapter = loading.load_adapter(cfg.bench.adapter) if trained else None
+    local = trained and not str(cfg.bench.adapter).startswith(loading.HUB_FILE_SCHEME)
+    lora_dir = lora_beside(cfg.bench.adapter) if local else None  # trained with the adapter: the optical reader uses both
     if vllm:
-        engine, tokenizer, lm_parameters = _vllm_language_model(cfg, device, dtype)
+        engine, tokenizer, lm_parameters = _vllm_language_model(cfg, device, dtype, lora_dir)
         hidden_size, vlm = engine.hidden_size, None
     else:
         from ..models.vlm import VisionLanguageReader
@@ -176,23 +178,21 @@ def build_reader(cfg, conditions: Sequence[str]):
         random_weights = random_weights or cfg.bench.adapter == "random"
         parts.append(f"adapter={cfg.bench.adapter} ({adapter.layout} layout)")
         conventions["adapter_layout"] = adapter.layout
-        local = trained and not str(cfg.bench.adapter).startswith(loading.HUB_FILE_SCHEME)
-        lora_dir = lora_beside(cfg.bench.adapter) if local else None
-        if lora_dir is not None and vllm:
-            raise ConfigError(f"the adapter at {cfg.bench.adapter} was trained with a LoRA ({lora_dir}); the vllm engine "
-                              "does not load LoRA weights yet: use --engine hf")
-        if lora_dir is not None:  # trained with the adapter: the optical reader uses both
-            loading.load_lora(vlm.model, lora_dir)
-            vlm.model.to(device=device, dtype=dtype)
+        if lora_dir is not None:
+            if not vllm:  # vLLM loaded it with the model
+                loading.load_lora(vlm.model, lora_dir)
+                vlm.model.to(device=device, dtype=dtype)
             parts.append(f"lora={lora_dir}")
     else:
         adapter = None
     if vllm:
         from ..models.adapter import parameter_count
-        from .engines.vllm import VLLMReader
+        from .engines.vllm import VLLMReader, lora_parameters
 
         parameters = {"deepencoder": None if encoder is None else encoder.parameter_count(),
                       "adapter": None if adapter is None else parameter_count(adapter), "language_model": lm_parameters}
+        if lora_dir is not None:
+            parameters["lora"] = lora_parameters(lora_dir)
         reader = VLLMReader(engine, tokenizer, adapter=adapter, renderer=renderer, encoder=encoder,
                             random_weights=random_weights, description=", ".join(parts), conventions=conventions,
                             parameters=parameters, device=device)
@@ -207,9 +207,10 @@ def build_reader(cfg, conditions: Sequence[str]):
     return reader
 
 
-def _vllm_language_model(cfg, device: torch.device, dtype: torch.dtype):
+def _vllm_language_model(cfg, device: torch.device, dtype: torch.dtype, lora_dir=None):
     """(engine, chat tokenizer, language-model parameters) for ``bench.engine: vllm``: the model
-    directory from loading.py (random weights saved once, the same the hf engine builds)."""
+    directory from loading.py (random weights saved once, the same the hf engine builds), with the
+    LoRA in ``lora_dir`` (train-adapter's PEFT ``lora/``, in the checkpoint's names) served for pages."""
     from ..models import loading
     from .engines.vllm import VLLMEngine, language_model_parameters, vllm_version
 
@@ -221,7 +222,7 @@ def _vllm_language_model(cfg, device: torch.device, dtype: torch.dtype):
     if cfg.vllm.dtype != "auto":
         dtype = loading.resolve_dtype(cfg.vllm.dtype, device)
     engine = VLLMEngine(model_dir, cfg.vllm, dtype, tokenizer_dir=tokenizer_dir, seed=cfg.runtime.seed,
-                        max_pages=cfg.bench.max_pages, device=device)
+                        max_pages=cfg.bench.max_pages, device=device, lora_dir=lora_dir)
     engine.version = vllm_version()
     return engine, loading.load_chat_tokenizer(tokenizer_source), language_model_parameters(model_dir)
 

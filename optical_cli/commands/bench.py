@@ -122,7 +122,8 @@ def engine_record(cfg: Any) -> dict[str, Any]:
     return {"engine": "vllm", "vllm": {"version": vllm_version(), "tensor_parallel_size": section.tensor_parallel_size,
                                        "pipeline_parallel_size": section.pipeline_parallel_size,
                                        "dtype": section.dtype, "enforce_eager": section.enforce_eager,
-                                       "max_model_len": section.max_model_len}}
+                                       "max_model_len": section.max_model_len, "max_num_seqs": section.max_num_seqs,
+                                       "prefix_caching": section.prefix_caching}}
 
 
 @app.command("longbench")

@@ -81,6 +81,7 @@ class Request:
     embeds: torch.Tensor | None = None  # [tokens, width] page embeddings, pages concatenated
     grids: list[list[int]] | None = None  # one image_grid_thw row per page
     logprobs: int | None = None
+    lora: bool = False  # read with the engine's LoRA (the optical condition of an adapter trained with one)
 
 
 @dataclass
@@ -95,7 +96,7 @@ class VLLMEngine:
     """vLLM's ``LLM`` over a Qwen3-VL model directory; answers token prompts, with page embeddings or without."""
 
     def __init__(self, model_dir: Path, section, dtype: torch.dtype, *, tokenizer_dir: Path | None = None,
-                 seed: int = 0, max_pages: int = 1, device: torch.device | None = None):
+                 seed: int = 0, max_pages: int = 1, device: torch.device | None = None, lora_dir: Path | None = None):
         configure_cpu_environment(section, device)
         from vllm import LLM
 
@@ -113,12 +114,18 @@ class VLLMEngine:
             enforce_eager=section.enforce_eager, tensor_parallel_size=section.tensor_parallel_size,
             pipeline_parallel_size=section.pipeline_parallel_size, max_num_seqs=section.max_num_seqs,
             enable_mm_embeds=True, limit_mm_per_prompt={"image": max(1, max_pages), "video": 0},
-            disable_log_stats=False,
+            disable_log_stats=False, enable_prefix_caching=section.prefix_caching,
         )
         if device is None or device.type != "cpu":
             kwargs["gpu_memory_utilization"] = section.gpu_memory_utilization
         if section.max_model_len:
             kwargs["max_model_len"] = section.max_model_len
+        self.lora_request = None
+        if lora_dir is not None:  # a PEFT directory in the checkpoint's names (train-adapter's lora/)
+            from vllm.lora.request import LoRARequest
+
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(lora_rank(lora_dir)))
+            self.lora_request = LoRARequest("optical", 1, str(lora_dir))
         self.llm = LLM(**kwargs)
 
     @property
@@ -151,8 +158,12 @@ class VLLMEngine:
             if request.temperature > 0:
                 sampling["seed"] = request.seed
             params.append(SamplingParams(**sampling))
+        loras = [self.lora_request if request.lora else None for request in requests]
+        if any(request.lora for request in requests) and self.lora_request is None:
+            raise ConfigError("a request asks for the LoRA but the engine was started without one")
         start = time.perf_counter()
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False,
+                                    lora_request=loras if self.lora_request is not None else None)
         wall = time.perf_counter() - start
         return [self._result(output, wall) for output in outputs]
 
@@ -168,6 +179,22 @@ class VLLMEngine:
 
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
+
+
+def lora_rank(lora_dir: Path) -> int:
+    """The rank ``r`` of a PEFT adapter directory."""
+    return int(json.loads((Path(lora_dir) / "adapter_config.json").read_text(encoding="utf-8"))["r"])
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds ``rank``."""
+    for allowed in _VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ConfigError(f"a LoRA of rank {rank} is more than vLLM serves (at most {_VLLM_LORA_RANKS[-1]}); use --engine hf")
 
 
 def request_times(output, wall: float, new_tokens: int) -> tuple[float, float]:
@@ -268,8 +295,9 @@ class VLLMReader:
         if ids.count(self.pad_id) != pages:
             raise InputError(f"{ids.count(self.pad_id)} image placeholders for {pages} pages (is <|image_pad|> in the text?)")
         grids = [page_grid_thw(*vision_grid(tokens), self.engine.merge) for _ in range(pages)]
+        # pages are read with the LoRA trained beside the adapter, when there is one (text conditions: the base model)
         return Request(ids, max_new_tokens, temperature, seed, embeds.reshape(-1, embeds.shape[-1]), grids,
-                       logprobs), layout.length
+                       logprobs, lora=self.engine.lora_request is not None), layout.length
 
     def _check_length(self, tokens: int) -> None:
         if self.max_positions and tokens > self.max_positions:
@@ -352,16 +380,24 @@ class VLLMReader:
 
 def language_model_parameters(model_dir: Path) -> int:
     """Parameters of the checkpoint's language model (every tensor outside ``model.visual``), from file headers."""
+    return _safetensors_parameters(Path(model_dir).glob("*.safetensors"), lambda name: not name.startswith("model.visual."))
+
+
+def lora_parameters(lora_dir: Path) -> int:
+    """Parameters of a PEFT adapter directory's LoRA weights, from the file header."""
+    return _safetensors_parameters([Path(lora_dir) / "adapter_model.safetensors"], lambda name: ".lora_" in name)
+
+
+def _safetensors_parameters(paths, keep) -> int:
     from safetensors import safe_open
 
     total = 0
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
+    for path in sorted(paths):
         with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
-                if not name.startswith("model.visual."):
-                    shape = handle.get_slice(name).get_shape()
+            for name in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                if keep(name):
                     count = 1
-                    for size in shape:
+                    for size in handle.get_slice(name).get_shape():
                         count *= int(size)
                     total += count
     return total
