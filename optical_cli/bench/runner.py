@@ -302,6 +302,18 @@ def _finish(pending: _Pending, outcome: Generation | Exception | None, latency_s
     return row
 
 
+def _model_seconds(outcome: Generation | Exception | None, asked: int, wall: float) -> float:
+    """A row's share of the model call: all of it when it was alone, its own times when it shared
+    the call, nothing when it never reached the model (or failed inside a shared call)."""
+    if outcome is None:
+        return 0.0
+    if asked == 1:
+        return wall
+    if isinstance(outcome, Exception):
+        return 0.0
+    return outcome.encode_s + outcome.adapter_s + (outcome.prefill_s or 0.0) + (outcome.decode_s or 0.0)
+
+
 def run_rows(reader: Reader, pairs: Sequence[tuple[_ItemRunner, str]], memory: PeakMemory) -> list[dict[str, Any]]:
     """(item, condition) pairs as rows. One pair at a time, a row's latency is the wall time of its
     preparation and model call and its peak memory its own; several in flight (a reader with
@@ -314,14 +326,7 @@ def run_rows(reader: Reader, pairs: Sequence[tuple[_ItemRunner, str]], memory: P
         outcomes = read_all(reader, [p.request for p in asked])
         wall = time.perf_counter() - start
         answered = dict(zip(map(id, asked), outcomes))
-        rows = []
-        for p in pending:
-            outcome = answered.get(id(p))
-            if len(asked) == 1 or outcome is None or isinstance(outcome, Exception):
-                share = wall if len(asked) == 1 and outcome is not None else 0.0
-            else:
-                share = outcome.encode_s + outcome.adapter_s + (outcome.prefill_s or 0.0) + (outcome.decode_s or 0.0)
-            rows.append(_finish(p, outcome, share))
+        rows = [_finish(p, answered.get(id(p)), _model_seconds(answered.get(id(p)), len(asked), wall)) for p in pending]
     for row in rows:
         row["peak_memory_gib"] = headline_gib(peaks)
     if any(row["status"] != "ok" for row in rows):

@@ -141,7 +141,21 @@ class VLLMEngine:
         return out
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
-        """All requests in flight at once (vLLM batches them); results in request order."""
+        """All requests in flight at once (vLLM batches them); results in request order. Requests
+        with the LoRA and without it go in separate calls: vLLM 0.32's CPU build applies the LoRA to
+        every request of a batch that mixes them (measured: a base request alone answers as the
+        base model, the same request beside a LoRA one answers as the LoRA model)."""
+        if any(request.lora for request in requests) and self.lora_request is None:
+            raise ConfigError("a request asks for the LoRA but the engine was started without one")
+        results: list[Result | None] = [None] * len(requests)
+        for lora in (False, True):
+            indices = [n for n, request in enumerate(requests) if request.lora == lora]
+            if indices:
+                for n, result in zip(indices, self._generate([requests[n] for n in indices], lora)):
+                    results[n] = result
+        return results  # type: ignore[return-value]
+
+    def _generate(self, requests: Sequence[Request], lora: bool) -> list[Result]:
         from vllm import SamplingParams
 
         prompts, params = [], []
@@ -158,12 +172,8 @@ class VLLMEngine:
             if request.temperature > 0:
                 sampling["seed"] = request.seed
             params.append(SamplingParams(**sampling))
-        loras = [self.lora_request if request.lora else None for request in requests]
-        if any(request.lora for request in requests) and self.lora_request is None:
-            raise ConfigError("a request asks for the LoRA but the engine was started without one")
         start = time.perf_counter()
-        outputs = self.llm.generate(prompts, params, use_tqdm=False,
-                                    lora_request=loras if self.lora_request is not None else None)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request if lora else None)
         wall = time.perf_counter() - start
         return [self._result(output, wall) for output in outputs]
 
