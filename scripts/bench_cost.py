@@ -57,13 +57,15 @@ FIELDS = ["engine", "length", "condition", "doc_tokens", "doc_chars", "input_tok
           "status", "reason"]
 
 
+def cve_item(length: int, count_tokens, item_id: str, index: int, start: int = 0):
+    """A LongBench-schema item whose document is CVE paragraphs from record ``start`` up to ``length`` tokens."""
+    document, ids = cve_document(length, measure=count_tokens, start=start)
+    return parse_record(longbench_item(document, ids, item_id), "bench_cost", index)
+
+
 def items_for(lengths: list[int], count_tokens) -> list[tuple[int, object]]:
     """(length, item) per length: CVE paragraphs from the same start, so longer documents extend shorter ones."""
-    items = []
-    for length in lengths:
-        document, ids = cve_document(length, measure=count_tokens)
-        items.append((length, parse_record(longbench_item(document, ids, f"cost-{length}"), "bench_cost", len(items))))
-    return items
+    return [(length, cve_item(length, count_tokens, f"cost-{length}", n)) for n, length in enumerate(lengths)]
 
 
 def run_condition(reader, item, condition: str, cfg, items_csv: Path, memory: PeakMemory) -> dict:
@@ -141,10 +143,8 @@ def run_batch(reader, cfg, engine: str, count: int, length: int, tmp: Path) -> l
     from optical_cli.bench.reader import in_flight
 
     encode_text = reader.encode_text
-    items = []
-    for n in range(count):  # windows far enough apart that no two documents share a record
-        document, ids = cve_document(length, measure=lambda text: len(encode_text(text)), start=n * 400)
-        items.append(parse_record(longbench_item(document, ids, f"batch-{n}"), "bench_cost", n))
+    # windows far enough apart that no two documents share a record
+    items = [cve_item(length, lambda text: len(encode_text(text)), f"batch-{n}", n, start=n * 400) for n in range(count)]
     rates = []
     for condition in CONDITIONS:
         settings = BenchSettings((condition,), max_context_tokens=10**9, max_pages=cfg.bench.max_pages,
