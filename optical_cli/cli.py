@@ -36,10 +36,13 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Compress information before a model sees it: optical context compression and energy-informed vector search."""
+
+
 app.command("render")(render.render)
 app.command("encode")(encode.encode)
 app.command("train-adapter")(train.train_adapter_command)

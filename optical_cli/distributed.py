@@ -43,9 +43,11 @@ def single_process_warning() -> str | None:
     """
     asked_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     if asked_cpu and "MASTER_ADDR" in os.environ and launched_count() == 1:
-        return ("accelerate launch --cpu started one process: its CPU launcher needs mpirun (--mpirun_hostfile) "
-                "for more; on one machine use `accelerate launch --multi_gpu --num_processes N` with "
-                "--set runtime.device=cpu (the processes talk over gloo) or torchrun --nproc_per_node N")
+        return (
+            "accelerate launch --cpu started one process: its CPU launcher needs mpirun (--mpirun_hostfile) "
+            "for more; on one machine use `accelerate launch --multi_gpu --num_processes N` with "
+            "--set runtime.device=cpu (the processes talk over gloo) or torchrun --nproc_per_node N"
+        )
     return None
 
 

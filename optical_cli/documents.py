@@ -33,18 +33,26 @@ DOCUMENT_SUFFIXES = (*TEXT_SUFFIXES, PDF_SUFFIX)
 PAGE_SEPARATOR = "\n\n"  # between the text layers of two PDF pages: a paragraph break
 
 # PDFium's quirks and typographic forms that stand for plain characters.
-_PDF_TRANSLATION = str.maketrans({
-    "\ufffe": "-",   # PDFium: a hyphen where a word was broken at the end of a line
-    "\x02": "-",     # the same in older PDFium builds
-    "\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl", "\ufb05": "st", "\ufb06": "st",
-})
+_PDF_TRANSLATION = str.maketrans(
+    {
+        "\ufffe": "-",  # PDFium: a hyphen where a word was broken at the end of a line
+        "\x02": "-",  # the same in older PDFium builds
+        "\ufb00": "ff",
+        "\ufb01": "fi",
+        "\ufb02": "fl",
+        "\ufb03": "ffi",
+        "\ufb04": "ffl",
+        "\ufb05": "st",
+        "\ufb06": "st",
+    }
+)
 
 
 @dataclass
 class Document:
     source: str
     text: str
-    page_texts: list[str] | None = None   # a PDF: the normalised text layer of each page
+    page_texts: list[str] | None = None  # a PDF: the normalised text layer of each page
     pdf_path: Path | None = None
 
     @property
@@ -94,7 +102,11 @@ def _load_failure(path: Path, reason: str) -> str:
         return f"cannot read the file: {exc.strerror or exc}"
     if "password" in reason.lower() and b"/Encrypt" in data:
         return "the PDF is encrypted (a password is needed to open it); give a decrypted copy (e.g. qpdf --decrypt)"
-    if data.startswith(b"%PDF-") and re.search(rb"/Count\s*0\b", data) and not re.search(rb"/Type\s*/Page(?![A-Za-z])", data):
+    if (
+        data.startswith(b"%PDF-")
+        and re.search(rb"/Count\s*0\b", data)
+        and not re.search(rb"/Type\s*/Page(?![A-Za-z])", data)
+    ):
         return "the PDF has no pages; give a PDF with at least one page"
     return f"not a readable PDF ({reason.rstrip('.')}); check the file is a complete, uncorrupted PDF"
 
@@ -177,7 +189,9 @@ def collect_inputs(inputs: Iterable[str], suffixes: tuple[str, ...] = DOCUMENT_S
         elif path.is_file():
             found.append(str(path))
         else:
-            raise InputError(f"input not found: {path}; pass an existing file, a directory of {kinds} files, or - for stdin")
+            raise InputError(
+                f"input not found: {path}; pass an existing file, a directory of {kinds} files, or - for stdin"
+            )
     return found
 
 
@@ -229,13 +243,18 @@ def _pdf_from_bytes(data: bytes) -> Document:
     return Document("<stdin>", document.text, document.page_texts)
 
 
-def read_documents(inputs: list[str], encoding: str = "utf-8", errors: str = "strict",
-                   stdin: Callable[[], bytes] | None = None) -> list[Document]:
+def read_documents(
+    inputs: list[str], encoding: str = "utf-8", errors: str = "strict", stdin: Callable[[], bytes] | None = None
+) -> list[Document]:
     docs = []
     for item in collect_inputs(inputs):
         if item == "-":
             data = stdin() if stdin else sys.stdin.buffer.read()
-            docs.append(_pdf_from_bytes(data) if is_pdf("<stdin>", data) else Document("<stdin>", decode(data, "<stdin>", encoding, errors)))
+            docs.append(
+                _pdf_from_bytes(data)
+                if is_pdf("<stdin>", data)
+                else Document("<stdin>", decode(data, "<stdin>", encoding, errors))
+            )
         else:
             docs.append(read_document(item, encoding, errors))
     return docs

@@ -32,13 +32,14 @@ from PIL import Image, UnidentifiedImageError
 
 from .artifacts import atomic_path, atomic_write_json, to_json_line
 from .config import EncodeConfig
+from .devices import resolve_device, resolve_dtype
 from .distributed import Processes
 from .errors import ConfigError, InputError, RunFailed
 from .features import FeatureFiles, ShardedFeatures, read_header
-from .modes import PATCH_SIZE
 from .models.deepencoder import DeepEncoder, DeepEncoderConfig
 from .models.deepencoder.preprocess import PreparedPage, prepare, resolve_pixels
-from .models.loading import load_deepencoder, resolve_device, resolve_dtype
+from .models.loading import load_deepencoder
+from .modes import PATCH_SIZE
 from .textstats import count_text_tokens, count_words, entropy_of_counts
 
 MIN_IMAGE_SIDE = 16
@@ -50,18 +51,18 @@ Progress = Callable[..., None]
 class PageSource:
     """One page to encode: where it comes from and the text it shows, when known."""
 
-    source: str                     # document it belongs to (image path, or the rendered text's source)
+    source: str  # document it belongs to (image path, or the rendered text's source)
     image_path: Path | None = None  # None for pages rendered on the fly
     text: str | None = None
-    counts: dict | None = None      # text_counts(text), filled on the producer thread
+    counts: dict | None = None  # text_counts(text), filled on the producer thread
 
 
 @dataclass
 class EncodePlan:
     pages: list[PageSource] = field(default_factory=list)
-    text_file: Path | None = None                 # --text: this file's laid-out pages, drawn when encoded
+    text_file: Path | None = None  # --text: this file's laid-out pages, drawn when encoded
     page_lines: list[list[str]] | None = None
-    renderer: Any = None                          # render.PageRenderer at the encoder mode's page size
+    renderer: Any = None  # render.PageRenderer at the encoder mode's page size
 
     def __len__(self) -> int:
         return len(self.page_lines) if self.page_lines is not None else len(self.pages)
@@ -95,7 +96,9 @@ def check_image(path: Path, max_side: int) -> None:
     except Image.DecompressionBombError as exc:
         raise InputError(f"{path}: image too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {exc}); pass PNG, JPEG or another image PIL reads") from None
+        raise InputError(
+            f"{path}: not a readable image ({type(exc).__name__}: {exc}); pass PNG, JPEG or another image PIL reads"
+        ) from None
     if min(width, height) < MIN_IMAGE_SIDE:
         raise InputError(f"{path}: image is {width}x{height} px; both sides must be at least {MIN_IMAGE_SIDE} px")
     if max(width, height) > max_side:
@@ -113,7 +116,9 @@ def _pages_of_run_dir(run_dir: Path) -> list[PageSource]:
         try:
             pages.append(PageSource(str(record["source"]), run_dir / record["image"], "\n".join(record["lines"])))
         except (KeyError, TypeError):
-            raise InputError(f"{run_dir / 'layout.jsonl'}: record {number} lacks source/image/lines; re-run `optical render`") from None
+            raise InputError(
+                f"{run_dir / 'layout.jsonl'}: record {number} lacks source/image/lines; re-run `optical render`"
+            ) from None
     return pages
 
 
@@ -123,8 +128,10 @@ def plan_inputs(inputs: list[Path], text_file: Path | None, cfg: EncodeConfig) -
     if inputs and text_file is not None:
         raise InputError("pass either --input or --text, not both")
     if cfg.deepencoder.mode == "gundam" and resolve_pixels(cfg.deepencoder.pixels) == "published":
-        raise ConfigError("deepencoder.pixels=published reads one square view per page but gundam tiles pages; "
-                          "use mode tiny, small, base or large, or pixels official")
+        raise ConfigError(
+            "deepencoder.pixels=published reads one square view per page but gundam tiles pages; "
+            "use mode tiny, small, base or large, or pixels official"
+        )
     if text_file is not None:
         return _plan_text(text_file, cfg)
     plan = EncodePlan()
@@ -134,14 +141,18 @@ def plan_inputs(inputs: list[Path], text_file: Path | None, cfg: EncodeConfig) -
         elif path.is_dir():
             images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not images:
-                raise InputError(f"{path}: directory holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no layout.jsonl")
+                raise InputError(
+                    f"{path}: directory holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no layout.jsonl"
+                )
             plan.pages.extend(PageSource(str(p), p) for p in images)
         elif path.is_file():
             plan.pages.append(PageSource(str(path), path))
         else:
             raise InputError(f"--input {path}: no such file or directory")
     if not plan.pages:
-        raise InputError(f"no pages to encode in {', '.join(map(str, inputs))} (a render run directory with an empty layout?)")
+        raise InputError(
+            f"no pages to encode in {', '.join(map(str, inputs))} (a render run directory with an empty layout?)"
+        )
     for page in plan.pages:
         if page.image_path is not None:
             check_image(page.image_path, cfg.encode.max_image_side)
@@ -178,12 +189,16 @@ def _read_text(path: Path, cfg: EncodeConfig) -> str:
 
     document = read_document(path, cfg.render.encoding, cfg.render.errors)
     if document.is_pdf and not document.has_text:
-        raise InputError(f"--text {path}: the PDF has no text layer (a scan?), so there is no text to render; draw its "
-                         "own pages with `optical render FILE --set render.source=pdf-pages` and encode that run directory")
+        raise InputError(
+            f"--text {path}: the PDF has no text layer (a scan?), so there is no text to render; draw its "
+            "own pages with `optical render FILE --set render.source=pdf-pages` and encode that run directory"
+        )
     return document.text
 
 
-def produce_pages(plan: EncodePlan, cfg: EncodeConfig, wanted: Callable[[int], bool]) -> Iterator[tuple[int, PageSource, PreparedPage]]:
+def produce_pages(
+    plan: EncodePlan, cfg: EncodeConfig, wanted: Callable[[int], bool]
+) -> Iterator[tuple[int, PageSource, PreparedPage]]:
     """The ``wanted`` pages in order as (page number, source, preprocessed views), each loaded or
     drawn and its text measured, so that all of this overlaps with encoding under prefetch()."""
     mode, pixels = cfg.deepencoder.mode, resolve_pixels(cfg.deepencoder.pixels)
@@ -193,10 +208,18 @@ def produce_pages(plan: EncodePlan, cfg: EncodeConfig, wanted: Callable[[int], b
         if plan.page_lines is not None:
             lines = plan.page_lines[number]
             text = "\n".join(lines)
-            yield number, PageSource(str(plan.text_file), None, text, text_counts(text)), prepare(plan.renderer.draw(lines), mode, pixels)
+            yield (
+                number,
+                PageSource(str(plan.text_file), None, text, text_counts(text)),
+                prepare(plan.renderer.draw(lines), mode, pixels),
+            )
         else:
             page = plan.pages[number]
-            yield number, replace(page, counts=text_counts(page.text)), prepare(_load_image(page.image_path), mode, pixels)
+            yield (
+                number,
+                replace(page, counts=text_counts(page.text)),
+                prepare(_load_image(page.image_path), mode, pixels),
+            )
 
 
 def prefetch(items: Iterator, depth: int) -> Iterator:
@@ -238,7 +261,9 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
 # Model and batched forward
 
 
-def build_encoder(cfg: EncodeConfig, device: torch.device | None = None) -> tuple[DeepEncoder, torch.device, torch.dtype]:
+def build_encoder(
+    cfg: EncodeConfig, device: torch.device | None = None
+) -> tuple[DeepEncoder, torch.device, torch.dtype]:
     """The configured DeepEncoder on ``device`` (default: ``runtime.device``)."""
     device = device or resolve_device(cfg.runtime.device)
     dtype = resolve_dtype(cfg.runtime.dtype, device)
@@ -258,7 +283,9 @@ def build_encoder(cfg: EncodeConfig, device: torch.device | None = None) -> tupl
 class BatchRunner:
     """Forward views in chunks of ``batch_size``; on out-of-memory halve it and retry."""
 
-    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], batch_size: int, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, model: Callable[[torch.Tensor], torch.Tensor], batch_size: int, device: torch.device, dtype: torch.dtype
+    ):
         self.model, self.batch_size, self.device, self.dtype = model, batch_size, device, dtype
 
     @torch.inference_mode()
@@ -273,7 +300,9 @@ class BatchRunner:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 if self.batch_size == 1:
-                    raise RunFailed("out of memory with a batch of one view; use a smaller mode or another device") from None
+                    raise RunFailed(
+                        "out of memory with a batch of one view; use a smaller mode or another device"
+                    ) from None
                 self.batch_size //= 2
                 continue
             start += len(chunk)
@@ -281,7 +310,9 @@ class BatchRunner:
 
 
 @torch.no_grad()  # plain tensors out (not inference tensors): callers may train on them
-def encode_group(runner: BatchRunner, model: DeepEncoder, group: list[PreparedPage], layout_tokens: bool) -> list[torch.Tensor]:
+def encode_group(
+    runner: BatchRunner, model: DeepEncoder, group: list[PreparedPage], layout_tokens: bool
+) -> list[torch.Tensor]:
     """Token sequences of a group of pages; views of equal size share forward passes."""
     by_size: dict[int, list[tuple[int, int]]] = {}
     for p, page in enumerate(group):
@@ -304,16 +335,26 @@ def encode_group(runner: BatchRunner, model: DeepEncoder, group: list[PreparedPa
 # Metrics
 
 
-TEXT_FIELDS = ("characters", "words", "text_tokens", "words_per_vision_token", "text_tokens_per_vision_token",
-               "entropy_bits_per_char")
+TEXT_FIELDS = (
+    "characters",
+    "words",
+    "text_tokens",
+    "words_per_vision_token",
+    "text_tokens_per_vision_token",
+    "entropy_bits_per_char",
+)
 
 
 def text_counts(text: str | None) -> dict | None:
     """Characters, words, Qwen tokens and the character histogram of a page's text (None when unknown)."""
     if text is None:
         return None
-    return {"characters": len(text), "words": count_words(text), "text_tokens": count_text_tokens(text),
-            "char_counts": Counter(text)}
+    return {
+        "characters": len(text),
+        "words": count_words(text),
+        "text_tokens": count_text_tokens(text),
+        "char_counts": Counter(text),
+    }
 
 
 def text_metrics(counts: dict | None, vision_tokens: int) -> dict:
@@ -358,8 +399,16 @@ class DocumentTally:
         self.has_text = fields.get("has_text", True)
 
     def add_page(self, record: dict, counts: dict | None) -> None:
-        self.merge(DocumentTally(record["source"], pages=1, vision_tokens=record["vision_tokens"], patches=record["patches"],
-                                 has_text=counts is not None, **(counts or {})))
+        self.merge(
+            DocumentTally(
+                record["source"],
+                pages=1,
+                vision_tokens=record["vision_tokens"],
+                patches=record["patches"],
+                has_text=counts is not None,
+                **(counts or {}),
+            )
+        )
 
     def merge(self, later: "DocumentTally") -> None:
         if self.sums["pages"] and later.sums["pages"]:
@@ -376,9 +425,12 @@ class DocumentTally:
 
     def record(self) -> dict:
         counts = {**self.sums, "char_counts": self.char_counts} if self.has_text else None
-        return {"source": self.source, **{k: self.sums[k] for k in ("pages", "vision_tokens", "patches")},
-                "spatial_compression": self.sums["patches"] / self.sums["vision_tokens"],
-                **text_metrics(counts, self.sums["vision_tokens"])}
+        return {
+            "source": self.source,
+            **{k: self.sums[k] for k in ("pages", "vision_tokens", "patches")},
+            "spatial_compression": self.sums["patches"] / self.sums["vision_tokens"],
+            **text_metrics(counts, self.sums["vision_tokens"]),
+        }
 
 
 def tally_documents(records: list[dict], counts: list[dict | None]) -> list[DocumentTally]:
@@ -398,12 +450,18 @@ def tally_documents(records: list[dict], counts: list[dict | None]) -> list[Docu
 def feature_identity(cfg: EncodeConfig, dtype: torch.dtype) -> dict[str, str]:
     """Settings that change the features: written into every shard, checked on --resume."""
     section = cfg.deepencoder
-    return {"mode": section.mode, "layout_tokens": str(section.layout_tokens).lower(), "pixels": resolve_pixels(section.pixels),
-            "dtype": str(dtype).removeprefix("torch."), "weights": section.weights}
+    return {
+        "mode": section.mode,
+        "layout_tokens": str(section.layout_tokens).lower(),
+        "pixels": resolve_pixels(section.pixels),
+        "dtype": str(dtype).removeprefix("torch."),
+        "weights": section.weights,
+    }
 
 
-def check_shards_on_disk(cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype,
-                         features_path: Path) -> tuple[int, int, list[dict]]:
+def check_shards_on_disk(
+    cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype, features_path: Path
+) -> tuple[int, int, list[dict]]:
     """Before resuming: every shard on disk must hold these pages under these settings.
     Returns (shards on disk, shards in all, the attention paths ``auto`` chose for them)."""
     shards, identity = ShardedFeatures(features_path, cfg.encode.shard_pages), feature_identity(cfg, dtype)
@@ -421,8 +479,10 @@ def check_shards_on_disk(cfg: EncodeConfig, plan: EncodePlan, dtype: torch.dtype
         if header.get("inputs") != plan.digest(numbers) or header.get("first_page") != str(numbers.start):
             differs.append("pages")
         if differs:
-            raise InputError(f"--resume: {path} was encoded from other {' and '.join(differs)} than this run; "
-                             "rerun with the same inputs and settings or choose a new --output-dir")
+            raise InputError(
+                f"--resume: {path} was encoded from other {' and '.join(differs)} than this run; "
+                "rerun with the same inputs and settings or choose a new --output-dir"
+            )
     return found, count, choices
 
 
@@ -444,8 +504,14 @@ class _Shard:
     counts: list[dict | None] = field(default_factory=list)
 
 
-def encode_shards(cfg: EncodeConfig, plan: EncodePlan, encoder: tuple[DeepEncoder, torch.device, torch.dtype],
-                  shards: ShardedFeatures, procs: Processes, progress: Progress | None = None) -> dict:
+def encode_shards(
+    cfg: EncodeConfig,
+    plan: EncodePlan,
+    encoder: tuple[DeepEncoder, torch.device, torch.dtype],
+    shards: ShardedFeatures,
+    procs: Processes,
+    progress: Progress | None = None,
+) -> dict:
     """Encode this process's shards that are not on disk yet; returns what it did (for the manifest)."""
     model, device, dtype = encoder
     forward = torch.compile(model) if cfg.encode.compile else model
@@ -479,15 +545,30 @@ def encode_shards(cfg: EncodeConfig, plan: EncodePlan, encoder: tuple[DeepEncode
         if last_of_shard or sum(len(p.views) for _, _, p in group) >= cfg.encode.batch_size:
             flush()
         if last_of_shard:  # a batch never spans two shards: every process count batches alike
-            shards.write(current.number, current.pages.start, current.sequences, [r["source"] for r in current.records],
-                         dtype, {**identity, "inputs": plan.digest(current.pages), "pages": current.records,
-                                 "attention_auto": attention_choices(cfg),
-                                 "documents": [t.state() for t in tally_documents(current.records, current.counts)]})
+            shards.write(
+                current.number,
+                current.pages.start,
+                current.sequences,
+                [r["source"] for r in current.records],
+                dtype,
+                {
+                    **identity,
+                    "inputs": plan.digest(current.pages),
+                    "pages": current.records,
+                    "attention_auto": attention_choices(cfg),
+                    "documents": [t.state() for t in tally_documents(current.records, current.counts)],
+                },
+            )
             current = None
-    return {"process": procs.index, "shards": sorted(k + 1 for k in todo),
-            "pages": sum(len(shards.shard_pages(k, total)) for k in todo),
-            "resumed_shards": len(mine) - len(todo), "seconds": round(time.perf_counter() - started, 3),
-            "batch_size_used": runner.batch_size, "attention_auto": attention_choices(cfg)}
+    return {
+        "process": procs.index,
+        "shards": sorted(k + 1 for k in todo),
+        "pages": sum(len(shards.shard_pages(k, total)) for k in todo),
+        "resumed_shards": len(mine) - len(todo),
+        "seconds": round(time.perf_counter() - started, 3),
+        "batch_size_used": runner.batch_size,
+        "attention_auto": attention_choices(cfg),
+    }
 
 
 TRIM_INTERVAL_S = 2.0
@@ -526,9 +607,16 @@ _last_trim = float("-inf")
 # The whole run: shards of every process -> named shards, index and metrics
 
 
-def run_encode(cfg: EncodeConfig, plan: EncodePlan, encoder: tuple[DeepEncoder, torch.device, torch.dtype],
-               features_path: Path, metrics_dir: Path, procs: Processes | None = None, resume: bool = False,
-               progress: Progress | None = None) -> tuple[dict | None, list[dict]]:
+def run_encode(
+    cfg: EncodeConfig,
+    plan: EncodePlan,
+    encoder: tuple[DeepEncoder, torch.device, torch.dtype],
+    features_path: Path,
+    metrics_dir: Path,
+    procs: Processes | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> tuple[dict | None, list[dict]]:
     """Encode ``plan`` into ``features_path`` (one file, or shards + index) and the metric files in
     ``metrics_dir``. Every process calls this; the main one returns (summary, each process's report),
     the others (None, reports). With ``resume`` the shards on disk are kept (check them first with
@@ -546,9 +634,13 @@ def run_encode(cfg: EncodeConfig, plan: EncodePlan, encoder: tuple[DeepEncoder, 
     choices = attention_choices(cfg)
     features = shards.finish(len(plan), {**feature_identity(cfg, dtype), "attention_auto": choices})
     summary = {
-        "mode": cfg.deepencoder.mode, **write_metrics(FeatureFiles.open(features), metrics_dir),
-        "features": str(features), "shards": shards.shard_count(len(plan)), "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."), "batch_size_used": min(r["batch_size_used"] for r in reports),
+        "mode": cfg.deepencoder.mode,
+        **write_metrics(FeatureFiles.open(features), metrics_dir),
+        "features": str(features),
+        "shards": shards.shard_count(len(plan)),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch_size_used": min(r["batch_size_used"] for r in reports),
         "processes": procs.count,
     }
     atomic_write_json(metrics_dir / "metrics.json", {"summary": summary, "attention_auto": choices})
@@ -563,8 +655,12 @@ def write_metrics(features: FeatureFiles, folder: Path) -> dict:
     held); returns the totals."""
     pages = vision_tokens = text_tokens = words = 0
     text_known = True
-    with atomic_path(folder / "pages.jsonl") as pages_tmp, atomic_path(folder / "documents.jsonl") as docs_tmp, \
-            open(pages_tmp, "w", encoding="utf-8") as page_lines, open(docs_tmp, "w", encoding="utf-8") as doc_lines:
+    with (
+        atomic_path(folder / "pages.jsonl") as pages_tmp,
+        atomic_path(folder / "documents.jsonl") as docs_tmp,
+        open(pages_tmp, "w", encoding="utf-8") as page_lines,
+        open(docs_tmp, "w", encoding="utf-8") as doc_lines,
+    ):
         document: DocumentTally | None = None
 
         def close(tally: DocumentTally) -> None:

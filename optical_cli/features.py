@@ -76,15 +76,24 @@ class ShardedFeatures:
 
     def clear(self) -> None:
         """Remove every output of this stem, so a fresh run never mixes with an older, longer one."""
-        pattern = re.compile(rf"{re.escape(self.stem)}(-\d{{5}}(-of-\d{{5}})?)?\.safetensors|{re.escape(self.index.name)}")
+        pattern = re.compile(
+            rf"{re.escape(self.stem)}(-\d{{5}}(-of-\d{{5}})?)?\.safetensors|{re.escape(self.index.name)}"
+        )
         if self.folder.is_dir():
             for path in self.folder.iterdir():
                 if pattern.fullmatch(path.name):
                     path.unlink()
 
     # -- writing -------------------------------------------------------------------------
-    def write(self, k: int, first_page: int, sequences: Sequence[torch.Tensor], sources: Sequence[str],
-              dtype: torch.dtype, metadata: dict[str, Any] | None = None) -> Path:
+    def write(
+        self,
+        k: int,
+        first_page: int,
+        sequences: Sequence[torch.Tensor],
+        sources: Sequence[str],
+        dtype: torch.dtype,
+        metadata: dict[str, Any] | None = None,
+    ) -> Path:
         """Write shard ``k`` atomically: ``features`` [pages, longest, D] in ``dtype``, ``tokens`` [pages]."""
         from safetensors.torch import save_file
 
@@ -93,10 +102,15 @@ class ShardedFeatures:
         for i, seq in enumerate(sequences):
             features[i, : seq.shape[0]] = seq
         tokens = torch.tensor([s.shape[0] for s in sequences], dtype=torch.int64)
-        header = {key: value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-                  for key, value in (metadata or {}).items()}
-        header.update(first_page=str(first_page), tokens_per_page=json.dumps(tokens.tolist()),
-                      sources=json.dumps(list(sources), ensure_ascii=False))
+        header = {
+            key: value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            for key, value in (metadata or {}).items()
+        }
+        header.update(
+            first_page=str(first_page),
+            tokens_per_page=json.dumps(tokens.tolist()),
+            sources=json.dumps(list(sources), ensure_ascii=False),
+        )
         path = self.pending(k)
         with atomic_path(path) as tmp:
             save_file({"features": features, "tokens": tokens}, str(tmp), metadata=header)
@@ -109,7 +123,9 @@ class ShardedFeatures:
         found = [self.existing(k, shards) for k in range(shards)]
         missing = [str(k + 1) for k, path in enumerate(found) if path is None]
         if missing:
-            raise InputError(f"{self.folder}: shard(s) {', '.join(missing[:5])} of {shards} missing; rerun with --resume")
+            raise InputError(
+                f"{self.folder}: shard(s) {', '.join(missing[:5])} of {shards} missing; rerun with --resume"
+            )
         entries, runs = [], []
         for k, path in enumerate(found):
             final = self.final(k, shards)
@@ -121,10 +137,17 @@ class ShardedFeatures:
             runs = source_runs(sources, runs)
         if shards == 1:
             return self.target
-        atomic_write_json(self.index, {
-            "format": INDEX_FORMAT, "version": INDEX_VERSION, "pages": pages, "shards": entries,
-            "metadata": metadata or {}, "sources": runs,
-        })
+        atomic_write_json(
+            self.index,
+            {
+                "format": INDEX_FORMAT,
+                "version": INDEX_VERSION,
+                "pages": pages,
+                "shards": entries,
+                "metadata": metadata or {},
+                "sources": runs,
+            },
+        )
         return self.index
 
 
@@ -175,7 +198,9 @@ class FeatureFiles:
             files = [path.parent / entry["file"] for entry in entries]
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
-                raise InputError(f"{missing[0]}: shard listed in {path.parent} is missing; rerun the encode run with --resume")
+                raise InputError(
+                    f"{missing[0]}: shard listed in {path.parent} is missing; rerun the encode run with --resume"
+                )
             return cls(files)
         if not path.is_file():
             raise InputError(f"features not found: {path}")
@@ -234,8 +259,8 @@ class FeatureFiles:
             if features is None:
                 features = torch.zeros(sum(s[0] for s in shapes), longest, shard.shape[2], dtype=shard.dtype)
                 tokens = torch.empty(features.shape[0], dtype=torch.int64)
-            features[start:start + len(shard), : shard.shape[1]] = shard
-            tokens[start:start + len(shard)] = lengths
+            features[start : start + len(shard), : shard.shape[1]] = shard
+            tokens[start : start + len(shard)] = lengths
             start += len(shard)
         return features, tokens
 
@@ -253,9 +278,13 @@ def _features_in(folder: Path) -> Path:
         if (folder / name).is_file():
             return folder / name
     if any(re.fullmatch(r"features-\d{5}\.safetensors", p.name) for p in folder.iterdir()):
-        raise InputError(f"{folder}: the encode run did not finish (shards without features.index.json); "
-                         f"rerun it with --resume --output-dir {folder}")
-    raise InputError(f"{folder}: no features.safetensors or features.index.json; pass an `optical encode` run directory")
+        raise InputError(
+            f"{folder}: the encode run did not finish (shards without features.index.json); "
+            f"rerun it with --resume --output-dir {folder}"
+        )
+    raise InputError(
+        f"{folder}: no features.safetensors or features.index.json; pass an `optical encode` run directory"
+    )
 
 
 def _index_entries(path: Path) -> list[dict]:
@@ -265,7 +294,9 @@ def _index_entries(path: Path) -> list[dict]:
         if index.get("format") != INDEX_FORMAT or not all("file" in e for e in entries):
             raise KeyError("format")
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a features index written by `optical encode` ({type(exc).__name__}: {exc})") from None
+        raise InputError(
+            f"{path}: not a features index written by `optical encode` ({type(exc).__name__}: {exc})"
+        ) from None
     return entries
 
 

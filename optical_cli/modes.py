@@ -12,8 +12,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Mode:
     name: str
-    size: int            # square input size in pixels
-    tokens: int          # vision tokens per view
+    size: int  # square input size in pixels
+    tokens: int  # vision tokens per view
     pad_to_square: bool  # grey-pad to a square before resizing (base, large, gundam's global view)
 
 
@@ -24,8 +24,8 @@ MODES: dict[str, Mode] = {
     "large": Mode("large", 1280, 400, True),
 }
 
-PATCH_SIZE = 16       # SAM patch size in pixels
-TOKEN_STRIDE = 64     # pixels per vision token along each side after the two stride-2 convs
+PATCH_SIZE = 16  # SAM patch size in pixels
+TOKEN_STRIDE = 64  # pixels per vision token along each side after the two stride-2 convs
 
 
 def page_size(mode: str) -> int:

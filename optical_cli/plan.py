@@ -154,6 +154,7 @@ class _FusedAttention(torch.autograd.Function):
 def _fused_attention() -> Iterator[None]:
     """On meta tensors SDPA falls back to the math path, which keeps the attention probabilities;
     the runs use fused kernels, which do not: count those instead."""
+
     def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         return _FusedAttention.apply(query, key, value)
 
@@ -186,8 +187,9 @@ class _SavedBytes:
         return sum(self.seen.values())
 
 
-def training_activations(model: nn.Module, batch: int, tokens: int, label_tokens: int,
-                         gradient_checkpointing: bool) -> dict:
+def training_activations(
+    model: nn.Module, batch: int, tokens: int, label_tokens: int, gradient_checkpointing: bool
+) -> dict:
     """Bytes autograd keeps for one micro-batch of ``batch`` examples of ``tokens`` tokens with
     loss on ``label_tokens`` positions each: per decoder layer (counted on meta tensors), and the
     LM head's share (label-position logits, their float32 cross-entropy)."""
@@ -204,7 +206,9 @@ def training_activations(model: nn.Module, batch: int, tokens: int, label_tokens
         for layer in lm.layers:
             counter = _SavedBytes(model)
             with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
-                out = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=position_embeddings)
+                out = layer(
+                    hidden, attention_mask=None, position_ids=positions, position_embeddings=position_embeddings
+                )
             per_layer.append(counter.total)
             hidden = (out[0] if isinstance(out, tuple) else out).detach().requires_grad_(True)
         counter = _SavedBytes(model)
@@ -218,7 +222,8 @@ def training_activations(model: nn.Module, batch: int, tokens: int, label_tokens
     return {
         "layers_bytes": layers,
         "head_bytes": counter.total,
-        "backward_transient_bytes": 2 * logits_bytes,  # the logits' gradient and the softmax's, while the head runs backward
+        "backward_transient_bytes": 2
+        * logits_bytes,  # the logits' gradient and the softmax's, while the head runs backward
         "total_bytes": layers + counter.total + 2 * logits_bytes,
     }
 
@@ -257,8 +262,10 @@ def _prefill_transient_bytes(model: nn.Module, tokens: int) -> int:
 def _verdicts(peaks: dict[str, float | None], budget_gib: float | None) -> dict[str, str | None]:
     if budget_gib is None:
         return {name: None for name in peaks}
-    return {name: None if peak is None else ("fits" if peak <= budget_gib else "does not fit")
-            for name, peak in peaks.items()}
+    return {
+        name: None if peak is None else ("fits" if peak <= budget_gib else "does not fit")
+        for name, peak in peaks.items()
+    }
 
 
 def _gib(value: float) -> float:
@@ -272,8 +279,9 @@ def _overhead_bytes(device: torch.device) -> int:
     return int((current or 0.0) * GIB)
 
 
-def plan_train(cfg, device: torch.device, dtype: torch.dtype, devices: int = 1,
-               device_memory_gib: float | None = None) -> dict:
+def plan_train(
+    cfg, device: torch.device, dtype: torch.dtype, devices: int = 1, device_memory_gib: float | None = None
+) -> dict:
     """The memory plan of ``optical train-adapter`` under ``cfg`` (a TrainAdapterConfig)."""
     started = time.perf_counter()
     if devices < 1:
@@ -289,10 +297,16 @@ def plan_train(cfg, device: torch.device, dtype: torch.dtype, devices: int = 1,
         from .models.lora import add_lora, lora_config
 
         section = cfg.train.lora
-        lora = sum(p.numel() for p in add_lora(model, lora_config(section.rank, section.alpha, section.dropout,
-                                                                   section.target_modules)))
-    parameters = {"deepencoder": _count(encoder), "adapter": _count(adapter), "language_model": _count(model) - lora,
-                  "lora": lora}
+        lora = sum(
+            p.numel()
+            for p in add_lora(model, lora_config(section.rank, section.alpha, section.dropout, section.target_modules))
+        )
+    parameters = {
+        "deepencoder": _count(encoder),
+        "adapter": _count(adapter),
+        "language_model": _count(model) - lora,
+        "lora": lora,
+    }
     trained = parameters["adapter"] + lora
     weights = {name: count * (4 if name in ("adapter", "lora") else size) for name, count in parameters.items()}
     weights["total"] = sum(weights.values())
@@ -316,9 +330,19 @@ def plan_train(cfg, device: torch.device, dtype: torch.dtype, devices: int = 1,
     # as train-adapter shards (train/sharding.py): the language model split N ways (a tied head
     # becomes a second table), DeepEncoder, adapter and LoRA whole in every process
     text = model.config.text_config
-    tied_copy = text.vocab_size * text.hidden_size * size if model.lm_head.weight is model.get_input_embeddings().weight else 0
-    fsdp = ((weights["language_model"] + tied_copy) / devices + weights["deepencoder"] + gathered + trained_bytes
-            + gradients + optimizer + activations["total_bytes"] + overhead)
+    tied_copy = (
+        text.vocab_size * text.hidden_size * size if model.lm_head.weight is model.get_input_embeddings().weight else 0
+    )
+    fsdp = (
+        (weights["language_model"] + tied_copy) / devices
+        + weights["deepencoder"]
+        + gathered
+        + trained_bytes
+        + gradients
+        + optimizer
+        + activations["total_bytes"]
+        + overhead
+    )
     peaks = {"single": _gib(single), "ddp": _gib(ddp), "fsdp": _gib(fsdp), "tensor_parallel": None}
     return {
         "command": "train-adapter",
@@ -328,28 +352,39 @@ def plan_train(cfg, device: torch.device, dtype: torch.dtype, devices: int = 1,
         "model_class": type(model).__name__,
         "parameters": {**parameters, "trained": trained},
         "weight_bytes": weights,
-        "kv_cache": {"bytes_per_token": per_token, "longest_context_tokens": reading_context,
-                     "bytes_at_longest": per_token * reading_context, "where": "the reading check (generation)"},
+        "kv_cache": {
+            "bytes_per_token": per_token,
+            "longest_context_tokens": reading_context,
+            "bytes_at_longest": per_token * reading_context,
+            "where": "the reading check (generation)",
+        },
         "training": {
-            "batch_size": batch, "tokens_per_example": tokens, "label_tokens_per_example": label_tokens,
+            "batch_size": batch,
+            "tokens_per_example": tokens,
+            "label_tokens_per_example": label_tokens,
             "gradient_checkpointing": cfg.train.gradient_checkpointing,
-            "activation_bytes": activations["layers_bytes"], "head_bytes": activations["head_bytes"],
+            "activation_bytes": activations["layers_bytes"],
+            "head_bytes": activations["head_bytes"],
             "backward_transient_bytes": activations["backward_transient_bytes"],
-            "gradient_bytes": gradients, "optimizer_bytes": optimizer,
+            "gradient_bytes": gradients,
+            "optimizer_bytes": optimizer,
         },
         "overhead_bytes": overhead,
         "peak_gib": peaks,
         "device_memory_gib": device_memory_gib,
         "verdict": _verdicts(peaks, device_memory_gib),
-        "notes": ["tensor_parallel: inference only (vLLM); train-adapter runs one device, DDP or FSDP",
-                  "tokens per example are an upper bound: the chat template, a full page of vision tokens "
-                  "and data.max_text_tokens of target"],
+        "notes": [
+            "tensor_parallel: inference only (vLLM); train-adapter runs one device, DDP or FSDP",
+            "tokens per example are an upper bound: the chat template, a full page of vision tokens "
+            "and data.max_text_tokens of target",
+        ],
         "seconds": round(time.perf_counter() - started, 2),
     }
 
 
-def plan_longbench(cfg, conditions, device: torch.device, dtype: torch.dtype, devices: int = 1,
-                   device_memory_gib: float | None = None) -> dict:
+def plan_longbench(
+    cfg, conditions, device: torch.device, dtype: torch.dtype, devices: int = 1, device_memory_gib: float | None = None
+) -> dict:
     """The memory plan of ``optical bench longbench`` under ``cfg`` (a LongBenchConfig)."""
     from .models.adapter import AdapterConfig
 
@@ -366,8 +401,9 @@ def plan_longbench(cfg, conditions, device: torch.device, dtype: torch.dtype, de
         encoder, vision_dim = meta_deepencoder(cfg.deepencoder.architecture)
         parameters["deepencoder"] = _count(encoder)
         if "optical" in conditions:
-            parameters["adapter"] = _count(meta_adapter(vision_dim, AdapterConfig().hidden_dim, text.hidden_size,
-                                                        cfg.bench.max_pages))
+            parameters["adapter"] = _count(
+                meta_adapter(vision_dim, AdapterConfig().hidden_dim, text.hidden_size, cfg.bench.max_pages)
+            )
     weights = {name: count * size for name, count in parameters.items()}
     weights["total"] = sum(weights.values())
 
@@ -376,8 +412,12 @@ def plan_longbench(cfg, conditions, device: torch.device, dtype: torch.dtype, de
     if any(c in conditions for c in ("native", "native-matched")):
         contexts["native"] = cfg.bench.max_context_tokens + overhead_tokens + cfg.bench.max_new_tokens
     if "optical" in conditions:
-        contexts["optical"] = cfg.bench.max_pages * vision_tokens(cfg.deepencoder.mode) + overhead_tokens + cfg.bench.max_new_tokens
-    contexts = {name: min(n, int(text.max_position_embeddings)) for name, n in contexts.items()} or {"no-context": overhead_tokens}
+        contexts["optical"] = (
+            cfg.bench.max_pages * vision_tokens(cfg.deepencoder.mode) + overhead_tokens + cfg.bench.max_new_tokens
+        )
+    contexts = {name: min(n, int(text.max_position_embeddings)) for name, n in contexts.items()} or {
+        "no-context": overhead_tokens
+    }
     longest = max(contexts.values())
     per_token = kv_bytes_per_token(model)
     kv = per_token * longest
@@ -385,9 +425,18 @@ def plan_longbench(cfg, conditions, device: torch.device, dtype: torch.dtype, de
     logits = text.vocab_size * 4  # the last position's logits, float32
 
     single = weights["total"] + kv + transient + logits + overhead
-    kv_split = math.ceil(text.num_key_value_heads / devices) / text.num_key_value_heads  # heads replicate beyond their count
-    tensor_parallel = (weights["language_model"] / devices + weights["deepencoder"] + weights["adapter"]
-                       + kv * kv_split + transient / devices + logits + overhead)
+    kv_split = (
+        math.ceil(text.num_key_value_heads / devices) / text.num_key_value_heads
+    )  # heads replicate beyond their count
+    tensor_parallel = (
+        weights["language_model"] / devices
+        + weights["deepencoder"]
+        + weights["adapter"]
+        + kv * kv_split
+        + transient / devices
+        + logits
+        + overhead
+    )
     peaks = {"single": _gib(single), "ddp": _gib(single), "fsdp": None, "tensor_parallel": _gib(tensor_parallel)}
     return {
         "command": "bench longbench",
@@ -397,21 +446,28 @@ def plan_longbench(cfg, conditions, device: torch.device, dtype: torch.dtype, de
         "model_class": type(model).__name__,
         "parameters": parameters,
         "weight_bytes": weights,
-        "kv_cache": {"bytes_per_token": per_token, "longest_context_tokens": longest, "bytes_at_longest": kv,
-                     "contexts": contexts},
+        "kv_cache": {
+            "bytes_per_token": per_token,
+            "longest_context_tokens": longest,
+            "bytes_at_longest": kv,
+            "contexts": contexts,
+        },
         "prefill_transient_bytes": transient,
         "overhead_bytes": overhead,
         "peak_gib": peaks,
         "device_memory_gib": device_memory_gib,
         "verdict": _verdicts(peaks, device_memory_gib),
-        "notes": ["ddp: every process holds a full copy and reads its own items (the same peak as one device)",
-                  "fsdp: not used for inference here; tensor_parallel: the vLLM engine (DeepEncoder replicated)"],
+        "notes": [
+            "ddp: every process holds a full copy and reads its own items (the same peak as one device)",
+            "fsdp: not used for inference here; tensor_parallel: the vLLM engine (DeepEncoder replicated)",
+        ],
         "seconds": round(time.perf_counter() - started, 2),
     }
 
 
 def plan_rows(plan: dict) -> list[tuple[str, str]]:
     """The plan as (label, value) rows for a table."""
+
     def gib(value) -> str:
         return "-" if value is None else f"{value / GIB:,.2f} GiB"
 
@@ -419,20 +475,32 @@ def plan_rows(plan: dict) -> list[tuple[str, str]]:
     rows += [(f"parameters: {name}", f"{count:,}") for name, count in plan["parameters"].items()]
     rows += [(f"weights: {name}", gib(value)) for name, value in plan["weight_bytes"].items()]
     kv = plan["kv_cache"]
-    rows += [("KV cache per token", f"{kv['bytes_per_token']:,} B"),
-             (f"KV cache at {kv['longest_context_tokens']:,} tokens", gib(kv["bytes_at_longest"]))]
+    rows += [
+        ("KV cache per token", f"{kv['bytes_per_token']:,} B"),
+        (f"KV cache at {kv['longest_context_tokens']:,} tokens", gib(kv["bytes_at_longest"])),
+    ]
     if "training" in plan:
         t = plan["training"]
-        rows += [("batch x tokens per example", f"{t['batch_size']} x {t['tokens_per_example']:,}"
-                  + (" (gradient checkpointing)" if t["gradient_checkpointing"] else "")),
-                 ("activations kept for backward", gib(t["activation_bytes"])),
-                 ("LM head, loss, backward transients", gib(t["head_bytes"] + t["backward_transient_bytes"])),
-                 ("gradients + AdamW states", gib(t["gradient_bytes"] + t["optimizer_bytes"]))]
+        rows += [
+            (
+                "batch x tokens per example",
+                f"{t['batch_size']} x {t['tokens_per_example']:,}"
+                + (" (gradient checkpointing)" if t["gradient_checkpointing"] else ""),
+            ),
+            ("activations kept for backward", gib(t["activation_bytes"])),
+            ("LM head, loss, backward transients", gib(t["head_bytes"] + t["backward_transient_bytes"])),
+            ("gradients + AdamW states", gib(t["gradient_bytes"] + t["optimizer_bytes"])),
+        ]
     else:
         rows.append(("prefill working memory", gib(plan["prefill_transient_bytes"])))
     rows.append(("process overhead", gib(plan["overhead_bytes"])))
     for layout, peak in plan["peak_gib"].items():
         label = layout if layout == "single" else f"{layout} over {plan['devices']}"
         verdict = plan["verdict"][layout]
-        rows.append((f"peak per device: {label}", "n/a" if peak is None else f"{peak:,.2f} GiB" + (f"  {verdict}" if verdict else "")))
+        rows.append(
+            (
+                f"peak per device: {label}",
+                "n/a" if peak is None else f"{peak:,.2f} GiB" + (f"  {verdict}" if verdict else ""),
+            )
+        )
     return rows

@@ -65,7 +65,7 @@ class DocumentStats:
     words: int = 0
     replaced: int = 0
     removed_controls: int = 0
-    text_layer: bool | None = None   # a PDF: whether it has a text layer (None: not a PDF)
+    text_layer: bool | None = None  # a PDF: whether it has a text layer (None: not a PDF)
 
 
 # ---------------------------------------------------------------------------------------
@@ -84,7 +84,9 @@ def resolve_font_path(font: str) -> Path:
         bundled = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / f"{DEFAULT_FONT}.ttf"
         if bundled.is_file():
             return bundled
-        raise InputError("font DejaVuSansMono not found on the system nor in matplotlib; set render.font to a .ttf path")
+        raise InputError(
+            "font DejaVuSansMono not found on the system nor in matplotlib; set render.font to a .ttf path"
+        )
     path = Path(font).expanduser()
     if not path.is_file():
         raise InputError(f"font not found: {font}; set render.font to an existing .ttf/.otf file or to {DEFAULT_FONT}")
@@ -130,8 +132,8 @@ class PageRenderer:
         # Glyphs may reach left of the pen and above the ascender: keep the font's whole box inside.
         self.left = section.margin + math.ceil(max(0.0, -x_min * scale))
         self.right_limit = self.page_px - section.margin
-        self.glyph_top = math.ceil(y_max * scale)        # above the baseline
-        self.glyph_bottom = math.ceil(-y_min * scale)    # below the baseline
+        self.glyph_top = math.ceil(y_max * scale)  # above the baseline
+        self.glyph_bottom = math.ceil(-y_min * scale)  # below the baseline
         self.pitch = max(1, math.ceil(section.font_size * section.line_spacing))
         usable = self.page_px - 2 * section.margin - self.glyph_top - self.glyph_bottom
         self.lines_per_page = usable // self.pitch + 1 if usable >= 0 else 0
@@ -239,7 +241,7 @@ class PageRenderer:
         while lines and not lines[-1].strip():
             lines = lines[:-1]
         step = self.lines_per_page
-        pages = [lines[i:i + step] for i in range(0, len(lines), step)]
+        pages = [lines[i : i + step] for i in range(0, len(lines), step)]
         return [page for page in pages if any(line.strip() for line in page)]
 
     # -- drawing -------------------------------------------------------------------------
@@ -282,8 +284,8 @@ class GlyphAtlas:
         self.renderer = renderer
         self.rows = renderer.glyph_top + renderer.glyph_bottom
         self.index: dict[str, int] = {}
-        self.masks: list[np.ndarray] = []   # [rows, width] coverage, cell origin = pen - offsets
-        self.offsets: list[int] = []        # columns left of the pen
+        self.masks: list[np.ndarray] = []  # [rows, width] coverage, cell origin = pen - offsets
+        self.offsets: list[int] = []  # columns left of the pen
         self.advances: list[int] = []
         self.inked: list[bool] = []
         self.lookup = np.full(0x10000, -1, dtype=np.int64)  # code point -> atlas index
@@ -301,7 +303,7 @@ class GlyphAtlas:
             top = self.renderer.glyph_top + dy
             if top < 0 or top + height > self.rows:
                 return None  # taller than the font's own box: leave it to PIL
-            coverage[top:top + height, :width] = np.asarray(mask, dtype=np.uint8).reshape(height, width)
+            coverage[top : top + height, :width] = np.asarray(mask, dtype=np.uint8).reshape(height, width)
         self.index[ch] = len(self.masks)
         self.masks.append(coverage)
         self.offsets.append(-dx)
@@ -318,7 +320,7 @@ class GlyphAtlas:
             stack = np.zeros((len(self.masks), self.rows, width), dtype=np.uint8)
             for i, (off, mask) in enumerate(zip(self.offsets, self.masks)):
                 start = left - off
-                stack[i, :, start:start + mask.shape[1]] = mask
+                stack[i, :, start : start + mask.shape[1]] = mask
             self._stack = (stack, left)
         return self._stack
 
@@ -360,14 +362,14 @@ class GlyphAtlas:
             coverage = self._scattered_coverage(ids, columns, line_of, position)
             if coverage is None:
                 return None
-        return Image.fromarray(255 - coverage[:size, left:left + size], mode="L")
+        return Image.fromarray(255 - coverage[:size, left : left + size], mode="L")
 
     def _row_major(self, advance: int) -> np.ndarray:
         """The first ``advance`` columns of every cell as [rows, glyphs, advance] (cached)."""
         stack, _ = self._stacked()
         if self._rows_cache is None or self._rows_cache[0] is not stack:
             first = np.zeros((len(stack), self.rows, advance), dtype=np.uint8)
-            first[..., :min(advance, stack.shape[2])] = stack[..., :advance]
+            first[..., : min(advance, stack.shape[2])] = stack[..., :advance]
             overhang = [bool(cell[:, advance:].any()) for cell in stack]
             self._rows_cache = (stack, np.ascontiguousarray(first.transpose(1, 0, 2)), np.asarray(overhang))
         return self._rows_cache[1]
@@ -412,14 +414,14 @@ class GlyphAtlas:
         for line, char in zip(*np.nonzero(overhanging)):
             extra = stack[grid[line, char], :, advance:]
             start = (char + 1) * advance
-            region = strips[line, :, start:start + extra.shape[1]]
+            region = strips[line, :, start : start + extra.shape[1]]
             _blend_onto(region, extra)
         canvas = self._canvas(strips.shape[2])
         x0 = self.renderer.left  # canvas column of the first pen position
         shared = max(0, self.rows - self.renderer.pitch)  # rows a line shares with the lines above
         for number in range(n_lines):
             top = self.renderer.section.margin + number * self.renderer.pitch
-            rows = canvas[top:top + self.rows, x0:x0 + strips.shape[2]]
+            rows = canvas[top : top + self.rows, x0 : x0 + strips.shape[2]]
             _blend_onto(rows[:shared], strips[number, :shared])
             rows[shared:] = strips[number, shared:]
         return canvas
@@ -527,7 +529,9 @@ def decode(data: bytes, source: str, section: RenderSection) -> str:
     return documents_mod.decode(data, source, section.encoding, section.errors)
 
 
-def read_documents(inputs: list[str], section: RenderSection, stdin: Callable[[], bytes] | None = None) -> list[Document]:
+def read_documents(
+    inputs: list[str], section: RenderSection, stdin: Callable[[], bytes] | None = None
+) -> list[Document]:
     return documents_mod.read_documents(inputs, section.encoding, section.errors, stdin)
 
 
@@ -591,8 +595,12 @@ def png_bytes(image: Image.Image) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _save_page(args: tuple[str, list[str], str]) -> None:
@@ -641,8 +649,13 @@ def render_to_dir(
     all_text: list[str] = []
     for doc in documents:
         pages, replaced, removed = renderer.layout(doc.text)
-        stats = DocumentStats(doc.source, pages=len(pages), replaced=replaced, removed_controls=removed,
-                              text_layer=doc.has_text if doc.is_pdf else None)
+        stats = DocumentStats(
+            doc.source,
+            pages=len(pages),
+            replaced=replaced,
+            removed_controls=removed,
+            text_layer=doc.has_text if doc.is_pdf else None,
+        )
         for lines in pages:
             number = len(jobs) + 1
             name = f"page_{number:04d}.png"
@@ -666,8 +679,13 @@ def render_to_dir(
     return report
 
 
-def _pdf_pages_to_dir(documents: list[Document], section: RenderSection, page_px: int, out_dir: Path,
-                      progress: Callable[..., None] | None = None) -> RenderReport:
+def _pdf_pages_to_dir(
+    documents: list[Document],
+    section: RenderSection,
+    page_px: int,
+    out_dir: Path,
+    progress: Callable[..., None] | None = None,
+) -> RenderReport:
     """``render.source: pdf-pages``: each PDF's own pages, rasterised at the mode's resolution
     (see documents.rasterize_pdf); each layout record carries that page's text layer as lines
     (none for a scan)."""
@@ -677,8 +695,10 @@ def _pdf_pages_to_dir(documents: list[Document], section: RenderSection, page_px
 
     not_pdf = [doc.source for doc in documents if not doc.is_pdf]
     if not_pdf:
-        raise InputError(f"{not_pdf[0]}: render.source=pdf-pages draws a PDF's own pages, and this input is not a PDF; "
-                         "give PDFs, or use render.source=text")
+        raise InputError(
+            f"{not_pdf[0]}: render.source=pdf-pages draws a PDF's own pages, and this input is not a PDF; "
+            "give PDFs, or use render.source=text"
+        )
     report = RenderReport(section.mode, page_px, MODES[section.mode].tokens, source="pdf-pages")
     if progress:
         progress(0, total=sum(pdf_page_count(doc.pdf_path) for doc in documents))
@@ -697,8 +717,11 @@ def _pdf_pages_to_dir(documents: list[Document], section: RenderSection, page_px
             written.add(name)
             text = page_texts[index].strip("\n") if index < len(page_texts) else ""
             lines = text.split("\n") if text.strip() else []
-            layout_lines.append(to_json_line({"page": number, "image": name, "source": doc.source,
-                                              "pdf_page": index + 1, "lines": lines}))
+            layout_lines.append(
+                to_json_line(
+                    {"page": number, "image": name, "source": doc.source, "pdf_page": index + 1, "lines": lines}
+                )
+            )
             stats.pages += 1
             stats.lines += len(lines)
             stats.characters += sum(len(line) for line in lines)

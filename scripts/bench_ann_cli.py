@@ -56,10 +56,14 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--sigma", type=float, default=0.3, help="noise of the derived copies (relative to a unit vector)")
+    parser.add_argument(
+        "--sigma", type=float, default=0.3, help="noise of the derived copies (relative to a unit vector)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="runs per mode, alternating; the fastest counts")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", default=str(ROOT / "results" / "bench" / "ann_cli"), help="where vectors and the index go")
+    parser.add_argument(
+        "--work", default=str(ROOT / "results" / "bench" / "ann_cli"), help="where vectors and the index go"
+    )
     parser.add_argument("--output", default=str(ROOT / "results" / "bench" / "ann_cli.csv"))
     args = parser.parse_args()
     work = Path(args.work)
@@ -68,24 +72,59 @@ def main() -> None:
 
     base = cve_corpus(args.seed)[0]
     extra = max(0, args.items - len(base))
-    items = np.concatenate([base[:args.items], noisy_copies(base, rng.integers(len(base), size=extra), args.sigma, rng)])
+    items = np.concatenate(
+        [base[: args.items], noisy_copies(base, rng.integers(len(base), size=extra), args.sigma, rng)]
+    )
     queries = noisy_copies(base, rng.choice(len(base), size=args.queries, replace=False), args.sigma, rng)
     np.save(work / "items.npy", items)
     np.save(work / "queries.npy", queries)
-    build_seconds, stdout, _ = run(["index", "build-energy", "--input", work / "items.npy", "--limit", 0,
-                                    "-o", work / "index", "--json", "--set", "runtime.device=cpu"])
+    build_seconds, stdout, _ = run(
+        [
+            "index",
+            "build-energy",
+            "--input",
+            work / "items.npy",
+            "--limit",
+            0,
+            "-o",
+            work / "index",
+            "--json",
+            "--set",
+            "runtime.device=cpu",
+        ]
+    )
     built = json.loads(stdout)
-    print(f"{len(items)} x {items.shape[1]} items ({len(base)} real CVE embeddings + noisy copies), {args.queries} queries; "
-          f"build-energy {build_seconds:.1f} s wall (energy build {built['build_seconds']:.1f} s, {built['ann']} "
-          f"{built['ann_seconds']:.1f} s)", flush=True)
+    print(
+        f"{len(items)} x {items.shape[1]} items ({len(base)} real CVE embeddings + noisy copies), {args.queries} "
+        "queries; "
+        f"build-energy {build_seconds:.1f} s wall (energy build {built['build_seconds']:.1f} s, {built['ann']} "
+        f"{built['ann_seconds']:.1f} s)",
+        flush=True,
+    )
 
     runs: dict[str, list[tuple[float, float]]] = {"exact": [], "ann": []}
     tops: dict[str, dict] = {}
     for _ in range(args.repeats):
         for mode in ("exact", "ann"):
-            wall, stdout, stderr = run(["index", "search", "--index", work / "index", "--query-vector", work / "queries.npy",
-                                        "-k", args.k, "--mode", "energy", "--json", "--set", f"search.candidates={mode}",
-                                        "--set", "runtime.device=cpu"])
+            wall, stdout, stderr = run(
+                [
+                    "index",
+                    "search",
+                    "--index",
+                    work / "index",
+                    "--query-vector",
+                    work / "queries.npy",
+                    "-k",
+                    args.k,
+                    "--mode",
+                    "energy",
+                    "--json",
+                    "--set",
+                    f"search.candidates={mode}",
+                    "--set",
+                    "runtime.device=cpu",
+                ]
+            )
             match = SUMMARY.search(stderr)
             if not match:
                 sys.exit(f"no summary line on stderr:\n{stderr[-1000:]}")
@@ -97,14 +136,31 @@ def main() -> None:
     spread = {mode: (max(s for s, _ in r) / min(s for s, _ in r)) for mode, r in runs.items()}
     search_ratio = best["exact"][0] / best["ann"][0]
     wall_ratio = best["exact"][1] / best["ann"][1]
-    print(f"recall@{args.k} of ann vs exact: {recall:.4f} (target >= 0.95); search {search_ratio:.1f}x faster "
-          f"(target >= 5x), whole command {wall_ratio:.2f}x; slowest/fastest run: exact {spread['exact']:.2f}, ann {spread['ann']:.2f}")
-    rows = [{"items": len(items), "dim": items.shape[1], "queries": args.queries, "k": args.k, "candidates": mode,
-             "search_s": round(best[mode][0], 4), "wall_s": round(best[mode][1], 3), "runs": len(runs[mode]),
-             "slowest_over_fastest": round(spread[mode], 3), "recall_at_k_vs_exact": round(float(recall), 4) if mode == "ann" else 1.0,
-             "search_speedup_vs_exact": round(best["exact"][0] / best[mode][0], 2),
-             "wall_speedup_vs_exact": round(best["exact"][1] / best[mode][1], 2), "ann": built["ann"],
-             "build_s": built["build_seconds"], "ann_build_s": built["ann_seconds"]} for mode in ("exact", "ann")]
+    print(
+        f"recall@{args.k} of ann vs exact: {recall:.4f} (target >= 0.95); search {search_ratio:.1f}x faster "
+        f"(target >= 5x), whole command {wall_ratio:.2f}x; slowest/fastest run: exact {spread['exact']:.2f}, ann "
+        f"{spread['ann']:.2f}"
+    )
+    rows = [
+        {
+            "items": len(items),
+            "dim": items.shape[1],
+            "queries": args.queries,
+            "k": args.k,
+            "candidates": mode,
+            "search_s": round(best[mode][0], 4),
+            "wall_s": round(best[mode][1], 3),
+            "runs": len(runs[mode]),
+            "slowest_over_fastest": round(spread[mode], 3),
+            "recall_at_k_vs_exact": round(float(recall), 4) if mode == "ann" else 1.0,
+            "search_speedup_vs_exact": round(best["exact"][0] / best[mode][0], 2),
+            "wall_speedup_vs_exact": round(best["exact"][1] / best[mode][1], 2),
+            "ann": built["ann"],
+            "build_s": built["build_seconds"],
+            "ann_build_s": built["ann_seconds"],
+        }
+        for mode in ("exact", "ann")
+    ]
     from optical_cli.artifacts import atomic_write_csv
 
     atomic_write_csv(args.output, rows)

@@ -14,7 +14,8 @@ benchmark runner itself (`optical bench longbench`'s code), one item per length.
     python scripts/bench_cost.py --size fullsize --lengths 1024,2048,4096,8192 --device cpu     # CPU targets
     python scripts/bench_cost.py --size fullsize --lengths 32768,65536,131072 --device cuda     # GPU targets
     python scripts/bench_cost.py --size tiny --lengths 256,512                                  # seconds
-    .venv-vllm/bin/python scripts/bench_cost.py --engine hf,vllm --lengths 8192 --dtype bfloat16 --batch 4  # both engines
+    # both engines
+    .venv-vllm/bin/python scripts/bench_cost.py --engine hf,vllm --lengths 8192 --dtype bfloat16 --batch 4
 
 `--engine hf,vllm` runs both conditions on each engine in turn (one engine's models in memory at a
 time) and adds vLLM native / hf native and vLLM optical / hf optical per length; the plot is per
@@ -48,13 +49,35 @@ from optical_cli.bench.synthetic import cve_document, longbench_item  # noqa: E4
 from optical_cli.config import load_config  # noqa: E402
 from optical_cli.memory import PeakMemory, in_use_gib  # noqa: E402
 
-CONFIGS = {"fullsize": REPO / "configs" / "fullsize" / "longbench.yaml", "tiny": REPO / "configs" / "tiny" / "longbench.yaml"}
+CONFIGS = {
+    "fullsize": REPO / "configs" / "fullsize" / "longbench.yaml",
+    "tiny": REPO / "configs" / "tiny" / "longbench.yaml",
+}
 CONDITIONS = ("native", "optical")
 STAGES = ("render_s", "encode_s", "adapter_s", "prefill_s", "decode_s")
-FIELDS = ["engine", "length", "condition", "doc_tokens", "doc_chars", "input_tokens", "pages", "truncated", "chars_per_page",
-          "doc_tokens_per_vision_token", "latency_s", *STAGES, "peak_memory_gib", "memory_added_gib", "repeats",
-          "latency_spread", "optical_over_native_latency", "optical_over_native_memory_added", "vllm_over_hf_latency",
-          "status", "reason"]
+FIELDS = [
+    "engine",
+    "length",
+    "condition",
+    "doc_tokens",
+    "doc_chars",
+    "input_tokens",
+    "pages",
+    "truncated",
+    "chars_per_page",
+    "doc_tokens_per_vision_token",
+    "latency_s",
+    *STAGES,
+    "peak_memory_gib",
+    "memory_added_gib",
+    "repeats",
+    "latency_spread",
+    "optical_over_native_latency",
+    "optical_over_native_memory_added",
+    "vllm_over_hf_latency",
+    "status",
+    "reason",
+]
 
 
 def cve_item(length: int, count_tokens, item_id: str, index: int, start: int = 0):
@@ -70,8 +93,14 @@ def items_for(lengths: list[int], count_tokens) -> list[tuple[int, object]]:
 
 def run_condition(reader, item, condition: str, cfg, items_csv: Path, memory: PeakMemory) -> dict:
     """One timed (item, condition) through the benchmark runner; adds the memory it added to what was held."""
-    settings = BenchSettings((condition,), max_context_tokens=10**9, max_pages=cfg.bench.max_pages,
-                             max_new_tokens=cfg.bench.max_new_tokens, temperature=0.0, seed=cfg.runtime.seed)
+    settings = BenchSettings(
+        (condition,),
+        max_context_tokens=10**9,
+        max_pages=cfg.bench.max_pages,
+        max_new_tokens=cfg.bench.max_new_tokens,
+        temperature=0.0,
+        seed=cfg.runtime.seed,
+    )
     before = in_use_gib(reader.device)
     (row,) = run_benchmark(reader, [item], settings, items_csv, memory=memory)
     row["memory_added_gib"] = row["peak_memory_gib"] - before
@@ -96,13 +125,22 @@ def summarise(rows: list[dict], tokens_per_page: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(CONFIGS), default="fullsize")
-    parser.add_argument("--lengths", default="1024,2048,4096,8192", help="document lengths in Qwen tokens, comma-separated")
+    parser.add_argument(
+        "--lengths", default="1024,2048,4096,8192", help="document lengths in Qwen tokens, comma-separated"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--engine", default="hf", help="hf, vllm or both (hf,vllm): what runs the language model")
     parser.add_argument("--dtype", default=None, help="runtime.dtype for every model (default: the config's)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per (length, condition), alternating conditions; latency is the median")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per (length, condition), alternating conditions; latency is the median",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="answer budget (default: the config's)")
-    parser.add_argument("--batch", type=int, default=0, help="throughput: this many documents per condition in one run (0: off)")
+    parser.add_argument(
+        "--batch", type=int, default=0, help="throughput: this many documents per condition in one run (0: off)"
+    )
     parser.add_argument("--batch-length", type=int, default=1024, help="tokens per document of the throughput batch")
     parser.add_argument("--output", type=Path, default=REPO / "results" / "bench" / "cost.csv")
     args = parser.parse_args()
@@ -114,26 +152,51 @@ def main() -> None:
         engine_results, engine_rates = run_engine(args, engine, lengths)
         results += engine_results
         rates += engine_rates
-    hf_latency = {(r["length"], r["condition"]): r["latency_s"] for r in results if r["engine"] == "hf" and r["status"] == "ok"}
+    hf_latency = {
+        (r["length"], r["condition"]): r["latency_s"] for r in results if r["engine"] == "hf" and r["status"] == "ok"
+    }
     for row in results:
         base = hf_latency.get((row["length"], row["condition"]))
-        row["vllm_over_hf_latency"] = row["latency_s"] / base if row["engine"] == "vllm" and base and row["status"] == "ok" else None
+        row["vllm_over_hf_latency"] = (
+            row["latency_s"] / base if row["engine"] == "vllm" and base and row["status"] == "ok" else None
+        )
         if row["vllm_over_hf_latency"] is not None:
-            print(f"{row['length']:>7} tokens, {row['condition']}: vllm {row['latency_s']:.1f} s / hf {base:.1f} s = "
-                  f"{row['vllm_over_hf_latency']:.2f}", flush=True)
-    atomic_write_csv(args.output, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in results],
-                     FIELDS)
+            print(
+                f"{row['length']:>7} tokens, {row['condition']}: vllm {row['latency_s']:.1f} s / hf {base:.1f} s = "
+                f"{row['vllm_over_hf_latency']:.2f}",
+                flush=True,
+            )
+    atomic_write_csv(
+        args.output,
+        [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in results],
+        FIELDS,
+    )
     for engine in engines:
-        plot = args.output.with_suffix(".png") if len(engines) == 1 else args.output.with_name(f"{args.output.stem}-{engine}.png")
-        plot_cost_vs_length([r for r in results if r["engine"] == engine], CONDITIONS, plot,
-                            f" ({args.size}, random weights, {engine})")
+        plot = (
+            args.output.with_suffix(".png")
+            if len(engines) == 1
+            else args.output.with_name(f"{args.output.stem}-{engine}.png")
+        )
+        plot_cost_vs_length(
+            [r for r in results if r["engine"] == engine], CONDITIONS, plot, f" ({args.size}, random weights, {engine})"
+        )
     if rates:
         write_throughput(rates, args.output.with_name(f"{args.output.stem}-throughput.csv"))
     print(f"wrote {args.output} and its plot(s)", flush=True)
 
 
-THROUGHPUT_FIELDS = ["engine", "condition", "items", "length", "in_flight", "ok", "wall_s", "items_per_s",
-                     "mean_latency_s", "vllm_over_hf_items_per_s"]
+THROUGHPUT_FIELDS = [
+    "engine",
+    "condition",
+    "items",
+    "length",
+    "in_flight",
+    "ok",
+    "wall_s",
+    "items_per_s",
+    "mean_latency_s",
+    "vllm_over_hf_items_per_s",
+]
 
 
 def run_batch(reader, cfg, engine: str, count: int, length: int, tmp: Path) -> list[dict]:
@@ -144,20 +207,41 @@ def run_batch(reader, cfg, engine: str, count: int, length: int, tmp: Path) -> l
 
     encode_text = reader.encode_text
     # windows far enough apart that no two documents share a record
-    items = [cve_item(length, lambda text: len(encode_text(text)), f"batch-{n}", n, start=n * 400) for n in range(count)]
+    items = [
+        cve_item(length, lambda text: len(encode_text(text)), f"batch-{n}", n, start=n * 400) for n in range(count)
+    ]
     rates = []
     for condition in CONDITIONS:
-        settings = BenchSettings((condition,), max_context_tokens=10**9, max_pages=cfg.bench.max_pages,
-                                 max_new_tokens=cfg.bench.max_new_tokens, temperature=0.0, seed=cfg.runtime.seed)
+        settings = BenchSettings(
+            (condition,),
+            max_context_tokens=10**9,
+            max_pages=cfg.bench.max_pages,
+            max_new_tokens=cfg.bench.max_new_tokens,
+            temperature=0.0,
+            seed=cfg.runtime.seed,
+        )
         start = time.perf_counter()
         rows = run_benchmark(reader, items, settings, tmp / f"batch-{condition}.csv")
         wall = time.perf_counter() - start
         ok = [r for r in rows if r["status"] == "ok"]
-        rates.append({"engine": engine, "condition": condition, "items": count, "length": length,
-                      "in_flight": in_flight(reader), "ok": len(ok), "wall_s": wall, "items_per_s": len(ok) / wall,
-                      "mean_latency_s": statistics.mean(r["latency_s"] for r in ok) if ok else None})
-        print(f"[{engine}] throughput, {condition}: {len(ok)}/{count} documents of {length} tokens in {wall:.1f} s = "
-              f"{len(ok) / wall:.4f} items/s ({in_flight(reader)} in flight)", flush=True)
+        rates.append(
+            {
+                "engine": engine,
+                "condition": condition,
+                "items": count,
+                "length": length,
+                "in_flight": in_flight(reader),
+                "ok": len(ok),
+                "wall_s": wall,
+                "items_per_s": len(ok) / wall,
+                "mean_latency_s": statistics.mean(r["latency_s"] for r in ok) if ok else None,
+            }
+        )
+        print(
+            f"[{engine}] throughput, {condition}: {len(ok)}/{count} documents of {length} tokens in {wall:.1f} s = "
+            f"{len(ok) / wall:.4f} items/s ({in_flight(reader)} in flight)",
+            flush=True,
+        )
     return rates
 
 
@@ -167,10 +251,15 @@ def write_throughput(rates: list[dict], path: Path) -> None:
         base = hf.get(row["condition"])
         row["vllm_over_hf_items_per_s"] = row["items_per_s"] / base if row["engine"] == "vllm" and base else None
         if row["vllm_over_hf_items_per_s"] is not None:
-            print(f"throughput, {row['condition']}: vllm / hf items per second = {row['vllm_over_hf_items_per_s']:.2f}",
-                  flush=True)
-    atomic_write_csv(path, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rates],
-                     THROUGHPUT_FIELDS)
+            print(
+                f"throughput, {row['condition']}: vllm / hf items per second = {row['vllm_over_hf_items_per_s']:.2f}",
+                flush=True,
+            )
+    atomic_write_csv(
+        path,
+        [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rates],
+        THROUGHPUT_FIELDS,
+    )
     print(f"wrote {path}", flush=True)
 
 
@@ -182,8 +271,13 @@ def run_engine(args, engine: str, lengths: list[int]) -> tuple[list[dict], list[
     import torch
 
     # every page kept (200, the published adapter's page embeddings): cost of the whole document
-    overrides = [f"runtime.device={args.device}", "bench.adapter=random", "bench.temperature=0.0", "bench.max_pages=200",
-                 f"bench.engine={engine}"]
+    overrides = [
+        f"runtime.device={args.device}",
+        "bench.adapter=random",
+        "bench.temperature=0.0",
+        "bench.max_pages=200",
+        f"bench.engine={engine}",
+    ]
     if args.max_new_tokens:
         overrides.append(f"bench.max_new_tokens={args.max_new_tokens}")
     if engine == "vllm":  # room for the longest document (whole records overshoot a little), template and answer
@@ -195,9 +289,12 @@ def run_engine(args, engine: str, lengths: list[int]) -> tuple[list[dict], list[
     reader = build_reader(cfg, CONDITIONS)
     tokens_per_page = reader.vision_tokens([reader.renderer.draw(["x"])])
     memory = PeakMemory(reader.device)
-    print(f"[{engine}] models: {reader.description}; parameters {reader.parameters}; device {reader.device}; RANDOM weights "
-          f"(cost figures are real, answers are not); layout: font {cfg.render.font_size} px, reflow {cfg.render.reflow}",
-          flush=True)
+    print(
+        f"[{engine}] models: {reader.description}; parameters {reader.parameters}; device {reader.device}; RANDOM "
+        "weights "
+        f"(cost figures are real, answers are not); layout: font {cfg.render.font_size} px, reflow {cfg.render.reflow}",
+        flush=True,
+    )
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -211,10 +308,17 @@ def run_engine(args, engine: str, lengths: list[int]) -> tuple[list[dict], list[
             native, optical = (summarise(runs[c], tokens_per_page) for c in CONDITIONS)
             ok = native["status"] == optical["status"] == "ok"
             for row in (native, optical):
-                row.update(engine=engine, length=length, doc_chars=len(item.context),
-                           optical_over_native_latency=optical["latency_s"] / native["latency_s"] if ok else None,
-                           optical_over_native_memory_added=(optical["memory_added_gib"] / native["memory_added_gib"]
-                                                             if ok and native["memory_added_gib"] >= 0.01 else None))
+                row.update(
+                    engine=engine,
+                    length=length,
+                    doc_chars=len(item.context),
+                    optical_over_native_latency=optical["latency_s"] / native["latency_s"] if ok else None,
+                    optical_over_native_memory_added=(
+                        optical["memory_added_gib"] / native["memory_added_gib"]
+                        if ok and native["memory_added_gib"] >= 0.01
+                        else None
+                    ),
+                )
                 results.append(row)
             report(native, optical)
         rates = run_batch(reader, cfg, engine, args.batch, args.batch_length, Path(tmp)) if args.batch else []
@@ -231,13 +335,18 @@ def report(native: dict, optical: dict) -> None:
         return " / ".join(f"{row[s]:.1f}" for s in STAGES)
 
     ratio = optical["optical_over_native_latency"]
-    print(f"[{native['engine']}] {native['length']:>7} tokens ({native['doc_tokens']:,} measured, {native['doc_chars']:,} chars): "
-          f"native {native['latency_s']:.1f} s [{split(native)}] peak {native['peak_memory_gib']:.2f} GiB "
-          f"(+{native['memory_added_gib']:.2f}); optical {optical['latency_s']:.1f} s [{split(optical)}] "
-          f"peak {optical['peak_memory_gib']:.2f} GiB (+{optical['memory_added_gib']:.2f}), {optical['pages']} pages, "
-          f"{optical['chars_per_page']:.0f} chars/page, {optical.get('doc_tokens_per_vision_token', 0):.2f} doc tokens per "
-          f"vision token; optical/native latency = {'-' if ratio is None else f'{ratio:.2f}'}   "
-          f"[split: render / encode / adapter / prefill / decode s]", flush=True)
+    print(
+        f"[{native['engine']}] {native['length']:>7} tokens ({native['doc_tokens']:,} measured, "
+        f"{native['doc_chars']:,} chars): "
+        f"native {native['latency_s']:.1f} s [{split(native)}] peak {native['peak_memory_gib']:.2f} GiB "
+        f"(+{native['memory_added_gib']:.2f}); optical {optical['latency_s']:.1f} s [{split(optical)}] "
+        f"peak {optical['peak_memory_gib']:.2f} GiB (+{optical['memory_added_gib']:.2f}), {optical['pages']} pages, "
+        f"{optical['chars_per_page']:.0f} chars/page, {optical.get('doc_tokens_per_vision_token', 0):.2f} doc tokens "
+        "per "
+        f"vision token; optical/native latency = {'-' if ratio is None else f'{ratio:.2f}'}   "
+        f"[split: render / encode / adapter / prefill / decode s]",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

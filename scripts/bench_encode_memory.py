@@ -44,9 +44,15 @@ from optical_cli.render import PageRenderer  # noqa: E402
 CONFIG = REPO / "configs" / "tiny" / "encode.yaml"
 CORPUS = REPO / "data" / "cve" / "cves.jsonl"
 TARGET_MB = 120
-VARIANTS = {"streaming": ([], True), "no trim": ([], False), "one shard": (["--set", "encode.shard_pages=1000000"], True)}
-NO_TRIM = ("import sys, optical_cli.encode as encode; encode.return_freed_memory = lambda: None; "
-           "from optical_cli.cli import main; sys.argv[0] = 'optical'; main()")
+VARIANTS = {
+    "streaming": ([], True),
+    "no trim": ([], False),
+    "one shard": (["--set", "encode.shard_pages=1000000"], True),
+}
+NO_TRIM = (
+    "import sys, optical_cli.encode as encode; encode.return_freed_memory = lambda: None; "
+    "from optical_cli.cli import main; sys.argv[0] = 'optical'; main()"
+)
 
 
 def texts_of(pages: list[int], folder: Path) -> dict[int, Path]:
@@ -99,14 +105,27 @@ def main() -> None:
                     peak, seconds, pages = peak_rss_mb(["--text", str(text), *sets], out, trim)
                     shutil.rmtree(out)
                     peaks[n] = peak
-                    rows.append({"variant": variant, "pages": pages, "repeat": repeat, "peak_rss_mb": round(peak, 1),
-                                 "seconds": round(seconds, 2)})
+                    rows.append(
+                        {
+                            "variant": variant,
+                            "pages": pages,
+                            "repeat": repeat,
+                            "peak_rss_mb": round(peak, 1),
+                            "seconds": round(seconds, 2),
+                        }
+                    )
                     print(f"{variant:9s} {pages:5d} pages: peak RSS {peak:7.1f} MB, {seconds:6.1f} s", file=sys.stderr)
                 growth = peaks[args.large] - peaks[args.small]
                 verdict = "met" if growth < TARGET_MB else "NOT met"
-                speed = rows[-1]["seconds"] / next(r["seconds"] for r in rows if r["repeat"] == repeat and r["pages"] == rows[-1]["pages"])
-                print(f"{variant:9s} growth {args.small} -> {args.large} pages: {growth:+.1f} MB (target < {TARGET_MB} MB: {verdict}); "
-                      f"time on the large text x{speed:.2f} of streaming's", file=sys.stderr)
+                speed = rows[-1]["seconds"] / next(
+                    r["seconds"] for r in rows if r["repeat"] == repeat and r["pages"] == rows[-1]["pages"]
+                )
+                print(
+                    f"{variant:9s} growth {args.small} -> {args.large} pages: {growth:+.1f} MB (target < {TARGET_MB} "
+                    f"MB: {verdict}); "
+                    f"time on the large text x{speed:.2f} of streaming's",
+                    file=sys.stderr,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     atomic_write_csv(args.out, rows)

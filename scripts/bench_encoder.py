@@ -38,14 +38,33 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from optical_cli.artifacts import atomic_write_csv  # noqa: E402
+from optical_cli.devices import resolve_device, synchronize  # noqa: E402
 from optical_cli.memory import peak_memory, reset_peak, resident_gib  # noqa: E402
-from optical_cli.models.deepencoder import DeepEncoder, DeepEncoderConfig  # noqa: E402
-from optical_cli.models.deepencoder import sam  # noqa: E402
-from optical_cli.models.loading import load_deepencoder, resolve_device, synchronize  # noqa: E402
+from optical_cli.models.deepencoder import (  # noqa: E402
+    DeepEncoder,
+    DeepEncoderConfig,
+    sam,  # noqa: E402
+)
+from optical_cli.models.loading import load_deepencoder  # noqa: E402
 from optical_cli.modes import MODES  # noqa: E402
 
-FIELDS = ["device", "size", "mode", "batch", "variant", "dtype", "pages_per_s", "rounds", "spread",
-          "tflops_per_page", "achieved_tflop_s", "peak_extra_gib", "max_abs_diff", "baseline", "ratio_vs_baseline"]
+FIELDS = [
+    "device",
+    "size",
+    "mode",
+    "batch",
+    "variant",
+    "dtype",
+    "pages_per_s",
+    "rounds",
+    "spread",
+    "tflops_per_page",
+    "achieved_tflop_s",
+    "peak_extra_gib",
+    "max_abs_diff",
+    "baseline",
+    "ratio_vs_baseline",
+]
 SIZES = {"tiny": "tiny", "fullsize": "official"}
 
 
@@ -74,11 +93,13 @@ def official_encoder(directory: Path, state: dict, device: torch.device, dtype: 
         from deepencoder.sam_vary_sdpa import build_sam_vit_b
         from easydict import EasyDict
     except ImportError as exc:
-        sys.exit(f"--official {directory}: cannot import the official encoder ({exc}); pass the directory holding "
-                 "deepencoder/ and pip install easydict")
+        sys.exit(
+            f"--official {directory}: cannot import the official encoder ({exc}); pass the directory holding "
+            "deepencoder/ and pip install easydict"
+        )
 
     def part(prefix: str) -> dict:
-        return {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+        return {name[len(prefix) :]: tensor for name, tensor in state.items() if name.startswith(prefix)}
 
     class Official(torch.nn.Module):
         def __init__(self):
@@ -86,7 +107,9 @@ def official_encoder(directory: Path, state: dict, device: torch.device, dtype: 
             self.sam_model, self.vision_model = build_sam_vit_b(), build_clip_l()
             self.projector = MlpProjector(EasyDict(projector_type="linear", input_dim=2048, n_embed=1280))
             self.sam_model.load_state_dict(part("sam_model."))
-            self.vision_model.load_state_dict(part("vision_model."), strict=False)  # its position_ids buffer is not stored
+            self.vision_model.load_state_dict(
+                part("vision_model."), strict=False
+            )  # its position_ids buffer is not stored
             self.projector.load_state_dict(part("projector."))
 
         def forward(self, pixels):
@@ -111,7 +134,10 @@ def variants(args, device: torch.device, dtype: torch.dtype) -> tuple[dict, str]
     compiled = torch.compile(ours) if args.compile else ours
     for path in paths:
         if path == "flex" and device.type != "cuda" and args.paths == "all":
-            print("skipped: flex on CPU (eager FlexAttention materialises every score; ask --paths flex to force it)", file=sys.stderr)
+            print(
+                "skipped: flex on CPU (eager FlexAttention materialises every score; ask --paths flex to force it)",
+                file=sys.stderr,
+            )
             continue
         forwards[path] = _forward_with(ours, compiled, path)
     return forwards, baseline
@@ -126,7 +152,9 @@ def _forward_with(encoder, forward, path: str):
 
 
 @torch.inference_mode()
-def forward_seconds(model, pixels: torch.Tensor, device: torch.device, min_seconds: float) -> tuple[float, float, torch.Tensor]:
+def forward_seconds(
+    model, pixels: torch.Tensor, device: torch.device, min_seconds: float
+) -> tuple[float, float, torch.Tensor]:
     """(seconds per forward, peak extra GiB, output): repeated until ``min_seconds`` have passed."""
     synchronize(device)
     resident = resident_gib() or 0.0
@@ -146,15 +174,31 @@ def forward_seconds(model, pixels: torch.Tensor, device: torch.device, min_secon
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny: seconds on CPU; fullsize: the official architecture")
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="tiny",
+        help="tiny: seconds on CPU; fullsize: the official architecture",
+    )
     parser.add_argument("--mode", default="base", help="DeepEncoder modes, comma-separated (tiny, small, base, large)")
     parser.add_argument("--batch-sizes", default="1", help="views per forward, comma-separated")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--paths", default="all", help="our SAM attention paths, comma-separated (mask, chunked, folded, flex, auto) or all")
-    parser.add_argument("--official", type=Path, default=None, help="directory holding the official deepencoder/ package (DeepSeek-OCR-vllm)")
+    parser.add_argument(
+        "--paths",
+        default="all",
+        help="our SAM attention paths, comma-separated (mask, chunked, folded, flex, auto) or all",
+    )
+    parser.add_argument(
+        "--official",
+        type=Path,
+        default=None,
+        help="directory holding the official deepencoder/ package (DeepSeek-OCR-vllm)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; pages/s is the median")
-    parser.add_argument("--seconds", type=float, default=0.0, help="minimum timing window per variant per round (default: one forward)")
+    parser.add_argument(
+        "--seconds", type=float, default=0.0, help="minimum timing window per variant per round (default: one forward)"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile our variants")
     parser.add_argument("--output", type=Path, default=REPO / "results" / "bench" / "encoder.csv")
     args = parser.parse_args()
@@ -164,10 +208,18 @@ def main() -> None:
     device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype)
     models, baseline = variants(args, device, dtype)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"DeepEncoder ({args.size}) on {device_name}, {args.dtype}; baseline: "
-          + ("the official DeepSeek-OCR encoder code" if baseline == "official" else "our mask path (no --official given)"),
-          file=sys.stderr)
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"DeepEncoder ({args.size}) on {device_name}, {args.dtype}; baseline: "
+        + (
+            "the official DeepSeek-OCR encoder code"
+            if baseline == "official"
+            else "our mask path (no --official given)"
+        ),
+        file=sys.stderr,
+    )
     cfg = DeepEncoderConfig.named(SIZES[args.size])
     rows = []
     for mode in args.mode.split(","):
@@ -181,8 +233,11 @@ def main() -> None:
             for name, model in models.items():  # warm-up (and, for auto, the measurement of its choice)
                 forward_seconds(model, pixels, device, 0.0)
             view_tokens = {(size // cfg.sam_patch_size) ** 2: "global", cfg.sam_window**2: "windowed"}
-            chosen = ", ".join(f"{view_tokens[key[2][1]]}: {choice}" for key, (choice, _) in sam.AUTO_CHOICES.items()
-                               if key[2][1] in view_tokens)
+            chosen = ", ".join(
+                f"{view_tokens[key[2][1]]}: {choice}"
+                for key, (choice, _) in sam.AUTO_CHOICES.items()
+                if key[2][1] in view_tokens
+            )
             for _ in range(args.rounds):
                 for name, model in models.items():
                     try:
@@ -194,21 +249,41 @@ def main() -> None:
                     extra[name] = max(extra.get(name, 0.0), grew)
             rates = {name: batch / statistics.median(s) for name, s in seconds.items()}
             # speed ratio per round (variants of one round ran back to back, under the same load), then the median
-            ratios = {name: statistics.median(b / v for b, v in zip(seconds[baseline], s)) for name, s in seconds.items()}
+            ratios = {
+                name: statistics.median(b / v for b, v in zip(seconds[baseline], s)) for name, s in seconds.items()
+            }
             for name in models:
                 spread = (max(seconds[name]) - min(seconds[name])) / statistics.median(seconds[name])
-                diff = (outputs[name].float() - outputs[baseline].float()).abs().max().item() if name in outputs else float("nan")
-                rows.append({
-                    "device": device_name, "size": args.size, "mode": mode, "batch": batch,
-                    "variant": name if name != "auto" else f"auto ({chosen})",
-                    "dtype": args.dtype, "pages_per_s": f"{rates[name]:.4g}", "rounds": args.rounds, "spread": f"{spread:.2f}",
-                    "tflops_per_page": f"{flops / 1e12:.4g}", "achieved_tflop_s": f"{rates[name] * flops / 1e12:.4g}",
-                    "peak_extra_gib": f"{extra[name]:.3f}", "max_abs_diff": f"{diff:.2e}", "baseline": baseline,
-                    "ratio_vs_baseline": f"{ratios[name]:.3f}",
-                })
-                print(f"{mode} batch {batch:3d} {rows[-1]['variant']:45s} {rates[name]:8.4g} pages/s "
-                      f"({1 / rates[name]:.3g} s/page, spread {spread:.0%})  x{ratios[name]:.2f} vs {baseline}  "
-                      f"peak +{extra[name]:.2f} GiB  max|diff| {diff:.1e}", file=sys.stderr)
+                diff = (
+                    (outputs[name].float() - outputs[baseline].float()).abs().max().item()
+                    if name in outputs
+                    else float("nan")
+                )
+                rows.append(
+                    {
+                        "device": device_name,
+                        "size": args.size,
+                        "mode": mode,
+                        "batch": batch,
+                        "variant": name if name != "auto" else f"auto ({chosen})",
+                        "dtype": args.dtype,
+                        "pages_per_s": f"{rates[name]:.4g}",
+                        "rounds": args.rounds,
+                        "spread": f"{spread:.2f}",
+                        "tflops_per_page": f"{flops / 1e12:.4g}",
+                        "achieved_tflop_s": f"{rates[name] * flops / 1e12:.4g}",
+                        "peak_extra_gib": f"{extra[name]:.3f}",
+                        "max_abs_diff": f"{diff:.2e}",
+                        "baseline": baseline,
+                        "ratio_vs_baseline": f"{ratios[name]:.3f}",
+                    }
+                )
+                print(
+                    f"{mode} batch {batch:3d} {rows[-1]['variant']:45s} {rates[name]:8.4g} pages/s "
+                    f"({1 / rates[name]:.3g} s/page, spread {spread:.0%})  x{ratios[name]:.2f} vs {baseline}  "
+                    f"peak +{extra[name]:.2f} GiB  max|diff| {diff:.1e}",
+                    file=sys.stderr,
+                )
     atomic_write_csv(args.output, rows, FIELDS)
     print(f"wrote {args.output}", file=sys.stderr)
 

@@ -26,7 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TARGETS = {"build_1681_s": 1.0, "build_100k_s": 60.0, "exact_vs_cosine": 1.5, "ann_recall": 0.95, "ann_speedup_1m": 20.0}
+TARGETS = {
+    "build_1681_s": 1.0,
+    "build_100k_s": 60.0,
+    "exact_vs_cosine": 1.5,
+    "ann_recall": 0.95,
+    "ann_speedup_1m": 20.0,
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,14 +70,15 @@ def synthetic_vectors(n: int, dim: int, seed: int):
     centres = rng.normal(size=(max(8, n // 500), dim)).astype(np.float32)
     x = centres[rng.integers(centres.shape[0], size=n)]
     for start in range(0, n, 100_000):  # in chunks: no float64 temporary of the whole matrix
-        chunk = x[start:start + 100_000]
+        chunk = x[start : start + 100_000]
         chunk += 0.5 * rng.standard_normal(size=chunk.shape, dtype=np.float32)
         chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
     return x, f"{centres.shape[0]} gaussian clusters"
 
 
 def per_query_ms(answer, queries, rounds: int = 5) -> tuple[float, list]:
-    """Mean latency of one query, the best of ``rounds`` passes (the CPU is shared: the best pass is the least disturbed)."""
+    """Mean latency of one query, the best of ``rounds`` passes (the CPU is shared: the best pass is the
+    least disturbed)."""
     answer(queries[0])  # warm-up
     best = float("inf")
     for _ in range(rounds):
@@ -90,7 +97,7 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
     from optical_cli.config import EnergyBuildSection
     from optical_cli.index.ann import build_ann, describe
     from optical_cli.index.build import finish, prepare
-    from optical_cli.index.search import SearchParams, Searcher, topk_rows
+    from optical_cli.index.search import Searcher, SearchParams, topk_rows
     from optical_cli.memory import PeakMemory, in_use_gib
 
     n, dim = x.shape
@@ -101,9 +108,20 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
     rows = []
 
     def row(method, **fields):
-        record = {"dataset": name, "n": n, "dim": dim, "method": method, "build_s": "", "peak_mem_mb": "",
-                  "query_ms": "", "ratio_vs_numpy_cosine": "", "recall_at_10_vs_exact": "", "threads": args.threads,
-                  "device": args.device, "note": ""}
+        record = {
+            "dataset": name,
+            "n": n,
+            "dim": dim,
+            "method": method,
+            "build_s": "",
+            "peak_mem_mb": "",
+            "query_ms": "",
+            "ratio_vs_numpy_cosine": "",
+            "recall_at_10_vs_exact": "",
+            "threads": args.threads,
+            "device": args.device,
+            "note": "",
+        }
         record.update(fields)
         rows.append(record)
         return record
@@ -117,13 +135,18 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
         build_s = time.perf_counter() - started
     added_mb = max(0.0, peaks["cpu_rss_gib"] - held) * 1024
     started = time.perf_counter()
-    index.ann = build_ann(index.vectors, index.dirichlet_metric(index.vectors.device), "auto", EnergyBuildSection().ann_ivf_from)
+    index.ann = build_ann(
+        index.vectors, index.dirichlet_metric(index.vectors.device), "auto", EnergyBuildSection().ann_ivf_from
+    )
     ann_build_s = time.perf_counter() - started
     ann_info = describe(index.ann)
-    print(f"\n== {name}: {n} x {dim} ({note}); build {build_s:.3f}s (prepare {prepare_s:.3f}s, "
-          f"finish {build_s - prepare_s:.3f}s), peak +{added_mb:.0f} MB; "
-          f"{index.stats['kmeans_centroids']} centroids, {index.stats['split_nodes']} split; "
-          f"ANN {ann_info['kind']} {ann_build_s:.1f}s", flush=True)
+    print(
+        f"\n== {name}: {n} x {dim} ({note}); build {build_s:.3f}s (prepare {prepare_s:.3f}s, "
+        f"finish {build_s - prepare_s:.3f}s), peak +{added_mb:.0f} MB; "
+        f"{index.stats['kmeans_centroids']} centroids, {index.stats['split_nodes']} split; "
+        f"ANN {ann_info['kind']} {ann_build_s:.1f}s",
+        flush=True,
+    )
     searcher = Searcher(index)
     q_torch = torch.from_numpy(queries).to(index.vectors.device)
 
@@ -132,7 +155,7 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
 
     def numpy_cosine(q):
         scores = unit @ q
-        top = np.argpartition(-scores, args.k)[:args.k]
+        top = np.argpartition(-scores, args.k)[: args.k]
         return top[np.argsort(-scores[top])]
 
     cosine_ms, cosine_top = per_query_ms(numpy_cosine, queries, args.rounds)
@@ -158,11 +181,22 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
     recalls = {}
     for mode, (ms, tops) in measured.items():
         recall = recalls[mode] = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(tops, exact_tops)])
-        row(f"{mode}", query_ms=round(ms, 4), ratio_vs_numpy_cosine=round(ms / cosine_ms, 3),
+        row(
+            f"{mode}",
+            query_ms=round(ms, 4),
+            ratio_vs_numpy_cosine=round(ms / cosine_ms, 3),
             recall_at_10_vs_exact=round(float(recall), 4),
             **({"build_s": round(build_s, 4), "peak_mem_mb": round(added_mb, 1)} if mode == "energy" else {}),
-            **({"build_s": round(ann_build_s, 3), "note": f"{ann_info}; {measured['energy'][0] / ms:.1f}x faster than exact"}
-               if mode == "energy-ann" else {}))
+            **(
+                {
+                    "build_s": round(ann_build_s, 3),
+                    "note": f"{ann_info}; {measured['energy'][0] / ms:.1f}x faster than exact",
+                }
+                if mode == "energy-ann"
+                else {}
+            ),
+        )
+
     # batched: all queries in one call, per-query cost (amortises the fixed per-call overhead)
     def batch_ms(run) -> float:
         run()
@@ -173,26 +207,43 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
             best = min(best, (time.perf_counter() - started) / len(queries) * 1000)
         return best
 
-    numpy_batch = batch_ms(lambda: np.argpartition(-(queries @ unit.T), args.k, axis=1)[:, :args.k])
+    numpy_batch = batch_ms(lambda: np.argpartition(-(queries @ unit.T), args.k, axis=1)[:, : args.k])
     energy_batch = batch_ms(lambda: topk_rows(searcher, q_torch, SearchParams(k=args.k, mode="energy")))
     ann_batch = batch_ms(lambda: topk_rows(searcher, q_torch, SearchParams(k=args.k, mode="energy", candidates="ann")))
-    row("numpy-cosine-batch", query_ms=round(numpy_batch, 4), ratio_vs_numpy_cosine=round(numpy_batch / cosine_ms, 3),
-        note=f"{len(queries)} queries per call")
-    row("energy-batch", query_ms=round(energy_batch, 4), ratio_vs_numpy_cosine=round(energy_batch / cosine_ms, 3),
-        note=f"{len(queries)} queries per call; {energy_batch / numpy_batch:.2f}x batched numpy cosine")
-    row("energy-ann-batch", query_ms=round(ann_batch, 4), ratio_vs_numpy_cosine=round(ann_batch / cosine_ms, 3),
+    row(
+        "numpy-cosine-batch",
+        query_ms=round(numpy_batch, 4),
+        ratio_vs_numpy_cosine=round(numpy_batch / cosine_ms, 3),
+        note=f"{len(queries)} queries per call",
+    )
+    row(
+        "energy-batch",
+        query_ms=round(energy_batch, 4),
+        ratio_vs_numpy_cosine=round(energy_batch / cosine_ms, 3),
+        note=f"{len(queries)} queries per call; {energy_batch / numpy_batch:.2f}x batched numpy cosine",
+    )
+    row(
+        "energy-ann-batch",
+        query_ms=round(ann_batch, 4),
+        ratio_vs_numpy_cosine=round(ann_batch / cosine_ms, 3),
         recall_at_10_vs_exact=round(float(recalls["energy-ann"]), 4),
-        note=f"{len(queries)} queries per call; {energy_batch / ann_batch:.1f}x faster than batched exact")
+        note=f"{len(queries)} queries per call; {energy_batch / ann_batch:.1f}x faster than batched exact",
+    )
     overlap = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(cosine_top, exact_tops)])
     exact_ms, ann_ms = measured["energy"][0], measured["energy-ann"][0]
-    print(f"numpy cosine {cosine_ms:.3f} ms/query; energy exact {exact_ms:.3f} ms ({exact_ms / cosine_ms:.2f}x cosine, "
-          f"target <= {TARGETS['exact_vs_cosine']}x); energy ann {ann_ms:.3f} ms ({exact_ms / ann_ms:.1f}x faster than exact, "
-          f"batched {energy_batch / ann_batch:.1f}x; recall@10 vs exact {recalls['energy-ann']:.4f}, target >= "
-          f"{TARGETS['ann_recall']}); energy top-10 overlap with cosine {overlap:.2f}")
+    print(
+        f"numpy cosine {cosine_ms:.3f} ms/query; energy exact {exact_ms:.3f} ms ({exact_ms / cosine_ms:.2f}x cosine, "
+        f"target <= {TARGETS['exact_vs_cosine']}x); energy ann {ann_ms:.3f} ms ({exact_ms / ann_ms:.1f}x faster than "
+        "exact, "
+        f"batched {energy_batch / ann_batch:.1f}x; recall@10 vs exact {recalls['energy-ann']:.4f}, target >= "
+        f"{TARGETS['ann_recall']}); energy top-10 overlap with cosine {overlap:.2f}"
+    )
     for record in rows:
         recall = record["recall_at_10_vs_exact"]
-        print(f"  {record['method']:<20} {record['query_ms']:>9} ms  x{record['ratio_vs_numpy_cosine']}"
-              + (f"  recall@10 vs exact {recall}" if recall != "" else ""))
+        print(
+            f"  {record['method']:<20} {record['query_ms']:>9} ms  x{record['ratio_vs_numpy_cosine']}"
+            + (f"  recall@10 vs exact {recall}" if recall != "" else "")
+        )
     return rows
 
 

@@ -62,15 +62,24 @@ def main() -> None:
         pages, seconds = measure(renderer, text, workers)
         rate = pages / seconds
         baseline = baseline or rate
-        rows.append({
-            "mode": args.mode, "font_size": args.font_size, "workers": workers, "pages": pages,
-            "chars_per_page": round(chars_per_page), "seconds": round(seconds, 3),
-            "pages_per_s": round(rate, 1), "pages_per_s_per_worker": round(rate / workers, 1),
-            "speedup_vs_1_process": round(rate / baseline, 2),
-        })
-        print(f"workers={workers}: {pages} pages in {seconds:.2f} s = {rate:.1f} pages/s "
-              f"({rate / workers:.1f} per worker, {rate / baseline:.2f}x one process); "
-              f"{chars_per_page:.0f} characters/page")
+        rows.append(
+            {
+                "mode": args.mode,
+                "font_size": args.font_size,
+                "workers": workers,
+                "pages": pages,
+                "chars_per_page": round(chars_per_page),
+                "seconds": round(seconds, 3),
+                "pages_per_s": round(rate, 1),
+                "pages_per_s_per_worker": round(rate / workers, 1),
+                "speedup_vs_1_process": round(rate / baseline, 2),
+            }
+        )
+        print(
+            f"workers={workers}: {pages} pages in {seconds:.2f} s = {rate:.1f} pages/s "
+            f"({rate / workers:.1f} per worker, {rate / baseline:.2f}x one process); "
+            f"{chars_per_page:.0f} characters/page"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -11,7 +11,8 @@ must equal ours (same seed, same stages), which is checked.
 
     python scripts/bench_sweep.py                 # 16 cells on the default corpus (configs/sweep.yaml)
     python scripts/bench_sweep.py --naive-cells 4 --config configs/tiny/sweep.yaml
-    python scripts/bench_sweep.py --scale 100000 --num-queries 2000   # the CLI on 100K labelled vectors: time, peak memory
+    # the CLI on 100K labelled vectors: time, peak memory
+    python scripts/bench_sweep.py --scale 100000 --num-queries 2000
 
 Writes results/bench/sweep.csv (one row per approach) and prints the ratio. ``--scale N`` instead
 writes N real-derived labelled vectors (scripts/derived_vectors.py) to a Parquet file, runs
@@ -82,9 +83,26 @@ def scale_sweep(items: int, num_queries: int, out: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / f"derived-{items}.parquet"
     pq.write_table(pa.table({"id": ids, "vector": list(vectors), "cwe": labels}), corpus)
-    command = [sys.executable, "-m", "optical_cli.cli", "sweep", "diffusion", "--corpus", str(corpus), "--limit", "0",
-               "--num-queries", str(num_queries), "--output-dir", str(work / "run"), "--json", "--set", "runtime.device=cpu",
-               "--set", "sweep.text_queries=[]"]
+    command = [
+        sys.executable,
+        "-m",
+        "optical_cli.cli",
+        "sweep",
+        "diffusion",
+        "--corpus",
+        str(corpus),
+        "--limit",
+        "0",
+        "--num-queries",
+        str(num_queries),
+        "--output-dir",
+        str(work / "run"),
+        "--json",
+        "--set",
+        "runtime.device=cpu",
+        "--set",
+        "sweep.text_queries=[]",
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - started
@@ -93,14 +111,24 @@ def scale_sweep(items: int, num_queries: int, out: str) -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # kilobytes on Linux
     summary = json.loads(done.stdout)
     timing = summary["timing"]
-    row = {"items": items, "queries": summary["setup"]["queries"], "held_out_queries": summary["setup"]["held_out_queries"],
-           "cells": timing["cells_evaluated"], "tuning_trials": (summary.get("tuning") or {}).get("trials"),
-           "wall_seconds": round(seconds, 1), "sweep_seconds": timing["sweep_seconds"], "tuning_seconds": timing["tuning_seconds"],
-           "peak_rss_mb": round(peak_mb), "cpus": os.cpu_count()}
+    row = {
+        "items": items,
+        "queries": summary["setup"]["queries"],
+        "held_out_queries": summary["setup"]["held_out_queries"],
+        "cells": timing["cells_evaluated"],
+        "tuning_trials": (summary.get("tuning") or {}).get("trials"),
+        "wall_seconds": round(seconds, 1),
+        "sweep_seconds": timing["sweep_seconds"],
+        "tuning_seconds": timing["tuning_seconds"],
+        "peak_rss_mb": round(peak_mb),
+        "cpus": os.cpu_count(),
+    }
     atomic_write_csv(out, [row])
-    print(f"sweep of {items} labelled vectors, {row['queries']} queries ({row['held_out_queries']} held out), "
-          f"{row['cells']} cells + {row['tuning_trials']} tuning trials: {seconds:.0f} s wall, peak RSS {peak_mb:.0f} MB "
-          f"(target < 8 GB); wrote {out}")
+    print(
+        f"sweep of {items} labelled vectors, {row['queries']} queries ({row['held_out_queries']} held out), "
+        f"{row['cells']} cells + {row['tuning_trials']} tuning trials: {seconds:.0f} s wall, peak RSS {peak_mb:.0f} MB "
+        f"(target < 8 GB); wrote {out}"
+    )
 
 
 def main() -> None:
@@ -110,7 +138,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per timing; the fastest counts")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default="results/bench/sweep.csv")
-    parser.add_argument("--scale", type=int, default=None, help="instead: the sweep CLI on N real-derived labelled vectors")
+    parser.add_argument(
+        "--scale", type=int, default=None, help="instead: the sweep CLI on N real-derived labelled vectors"
+    )
     parser.add_argument("--num-queries", type=int, default=2000, help="with --scale: seeded query sample")
     args = parser.parse_args()
     if args.scale:
@@ -127,7 +157,9 @@ def main() -> None:
     ours_ndcg = {(row["eta"], row["steps"]): row["ndcg_at_10"] for row in result.rows if row["method"] == "energy"}
 
     # Paired per-cell timings, interleaved so that load from other processes hits both alike.
-    prepare_seconds, _ = best_of(args.repeats, lambda: prepare(setup.vectors, cfg.build, setup.corpus.ids, cfg.runtime.seed, setup.device))
+    prepare_seconds, _ = best_of(
+        args.repeats, lambda: prepare(setup.vectors, cfg.build, setup.corpus.ids, cfg.runtime.seed, setup.device)
+    )
     ours_cells, naive_cells, mismatches = [], [], 0
     for cell in cells[: args.naive_cells]:
         seconds, _ = best_of(args.repeats, lambda: evaluate_cell(setup, cell))
@@ -141,31 +173,62 @@ def main() -> None:
     naive_grid = naive_per_cell * len(cells)
     speedup = naive_grid / ours_grid
 
-    common = {"items": len(setup.corpus), "queries": int(setup.relevance.queries.size), "cells": len(cells),
-              "cells_timed": len(ours_cells), "repeats": args.repeats, "device": str(setup.device),
-              "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "embed_seconds": setup.info["embed_seconds"],
-              "embedding_cache_hit": setup.info["embedding_cache_hit"]}
+    common = {
+        "items": len(setup.corpus),
+        "queries": int(setup.relevance.queries.size),
+        "cells": len(cells),
+        "cells_timed": len(ours_cells),
+        "repeats": args.repeats,
+        "device": str(setup.device),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "embed_seconds": setup.info["embed_seconds"],
+        "embedding_cache_hit": setup.info["embedding_cache_hit"],
+    }
     rows = [
-        {"approach": "prepare_once_finish_per_cell", "prepare_seconds": round(prepare_seconds, 4),
-         "seconds_per_cell": round(ours_per_cell, 4), "grid_seconds": round(ours_grid, 3),
-         "speedup_vs_naive": round(speedup, 2), "measured_sweep_seconds": round(sweep_seconds, 3), **common},
-        {"approach": "naive_rebuild_every_cell", "prepare_seconds": round(prepare_seconds, 4),
-         "seconds_per_cell": round(naive_per_cell, 4), "grid_seconds": round(naive_grid, 3),
-         "speedup_vs_naive": 1.0, "measured_sweep_seconds": "", **common},
+        {
+            "approach": "prepare_once_finish_per_cell",
+            "prepare_seconds": round(prepare_seconds, 4),
+            "seconds_per_cell": round(ours_per_cell, 4),
+            "grid_seconds": round(ours_grid, 3),
+            "speedup_vs_naive": round(speedup, 2),
+            "measured_sweep_seconds": round(sweep_seconds, 3),
+            **common,
+        },
+        {
+            "approach": "naive_rebuild_every_cell",
+            "prepare_seconds": round(prepare_seconds, 4),
+            "seconds_per_cell": round(naive_per_cell, 4),
+            "grid_seconds": round(naive_grid, 3),
+            "speedup_vs_naive": 1.0,
+            "measured_sweep_seconds": "",
+            **common,
+        },
     ]
     atomic_write_csv(args.out, rows)
 
-    print(f"corpus {common['items']} items, {common['queries']} queries, grid {len(etas)} x {len(steps)}, "
-          f"{common['threads']} torch threads on {common['device']}")
-    print(f"setup (read + embed{' cached' if setup.info['embedding_cache_hit'] else ''} + prepare): {setup_seconds:.2f} s "
-          f"(embedding {setup.info['embed_seconds']:.2f} s)")
-    print(f"measured: the whole {len(cells)}-cell sweep with cosine/FAISS baselines took {sweep_seconds:.2f} s "
-          f"(+ prepare {setup.info['prepare_seconds']:.2f} s)")
-    print(f"per cell (median of {len(ours_cells)} cells, best of {args.repeats}): ours {ours_per_cell:.3f} s "
-          f"(finish + search + metrics), naive {naive_per_cell:.3f} s (prepare + finish + search + metrics); "
-          f"prepare {prepare_seconds:.3f} s")
-    print(f"grid of {len(cells)}: ours {ours_grid:.2f} s vs naive {naive_grid:.2f} s -> {speedup:.2f}x; "
-          f"naive metrics equal ours on all timed cells: {mismatches == 0}")
+    print(
+        f"corpus {common['items']} items, {common['queries']} queries, grid {len(etas)} x {len(steps)}, "
+        f"{common['threads']} torch threads on {common['device']}"
+    )
+    print(
+        f"setup (read + embed{' cached' if setup.info['embedding_cache_hit'] else ''} + prepare): {setup_seconds:.2f} "
+        "s "
+        f"(embedding {setup.info['embed_seconds']:.2f} s)"
+    )
+    print(
+        f"measured: the whole {len(cells)}-cell sweep with cosine/FAISS baselines took {sweep_seconds:.2f} s "
+        f"(+ prepare {setup.info['prepare_seconds']:.2f} s)"
+    )
+    print(
+        f"per cell (median of {len(ours_cells)} cells, best of {args.repeats}): ours {ours_per_cell:.3f} s "
+        f"(finish + search + metrics), naive {naive_per_cell:.3f} s (prepare + finish + search + metrics); "
+        f"prepare {prepare_seconds:.3f} s"
+    )
+    print(
+        f"grid of {len(cells)}: ours {ours_grid:.2f} s vs naive {naive_grid:.2f} s -> {speedup:.2f}x; "
+        f"naive metrics equal ours on all timed cells: {mismatches == 0}"
+    )
     print(f"wrote {args.out}")
     if mismatches:
         sys.exit(1)

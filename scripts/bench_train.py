@@ -17,7 +17,8 @@ configs/fullsize/qwen3_vl.yaml (random weights at the published sizes: real time
 
     python scripts/bench_train.py --size tiny
     python scripts/bench_train.py --size fullsize --batch-sizes 1,2,4 --steps 1 --device cpu --max-text-tokens 256
-    python scripts/bench_train.py --size fullsize --batch-sizes 1,2,4 --steps 3 --device cuda --output results/bench/gpu/train.csv
+    python scripts/bench_train.py --size fullsize --batch-sizes 1,2,4 --steps 3 --device cuda \
+        --output results/bench/gpu/train.csv
 """
 
 from __future__ import annotations
@@ -38,17 +39,43 @@ from transformers.loss.loss_utils import ForCausalLMLoss  # noqa: E402
 
 from optical_cli.artifacts import atomic_write_csv  # noqa: E402
 from optical_cli.config import load_config  # noqa: E402
+from optical_cli.devices import resolve_device, resolve_dtype, synchronize  # noqa: E402
 from optical_cli.memory import PeakMemory, headline_gib, in_use_gib  # noqa: E402
-from optical_cli.models import loading  # noqa: E402
 from optical_cli.models.vlm import splice  # noqa: E402
-from optical_cli.train import (DeepEncoderPages, _loss, build_page_set, collate, load_reader,  # noqa: E402
-                               enable_gradient_checkpointing, make_adapter, make_examples, page_statistics,
-                               read_documents, training_mode)
+from optical_cli.train import (  # noqa: E402
+    DeepEncoderPages,
+    _loss,
+    build_page_set,
+    collate,
+    enable_gradient_checkpointing,
+    load_reader,
+    make_adapter,
+    make_examples,
+    page_statistics,
+    read_documents,
+    training_mode,
+)
 
-CONFIGS = {"fullsize": REPO / "configs" / "fullsize" / "qwen3_vl.yaml", "tiny": REPO / "configs" / "tiny" / "qwen3_vl.yaml"}
+CONFIGS = {
+    "fullsize": REPO / "configs" / "fullsize" / "qwen3_vl.yaml",
+    "tiny": REPO / "configs" / "tiny" / "qwen3_vl.yaml",
+}
 VARIANTS = ("full-logits", "label-positions", "checkpointing")
-FIELDS = ["device", "size", "stage", "variant", "batch", "tokens_per_example", "text_tokens_per_page", "steps",
-          "seconds", "pages_per_s", "peak_memory_gib", "memory_added_gib", "ratio_vs_full_logits"]
+FIELDS = [
+    "device",
+    "size",
+    "stage",
+    "variant",
+    "batch",
+    "tokens_per_example",
+    "text_tokens_per_page",
+    "steps",
+    "seconds",
+    "pages_per_s",
+    "peak_memory_gib",
+    "memory_added_gib",
+    "ratio_vs_full_logits",
+]
 DOCUMENTS_PER_PAGE = 48  # CVE descriptions on a full base page (packed, reflowed): enough text for the largest batch
 
 
@@ -58,8 +85,12 @@ def full_logits_loss(model, adapter, pages, examples, index, pad_id, device, aut
     page_index = torch.tensor([pages.page_index[i] for i in index], device=device)
     batch = {k: v.to(device) for k, v in collate([examples[i] for i in index], pad_id).items()}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        inputs = splice(model.get_input_embeddings(), batch["input_ids"], batch["vision_mask"], adapter(features, page_index))
-        logits = model(inputs_embeds=inputs, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits
+        inputs = splice(
+            model.get_input_embeddings(), batch["input_ids"], batch["vision_mask"], adapter(features, page_index)
+        )
+        logits = model(
+            inputs_embeds=inputs, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits
         return ForCausalLMLoss(logits.float(), batch["labels"], vocab_size=logits.shape[-1])
 
 
@@ -72,7 +103,7 @@ def time_steps(loss_fn, adapter, batch: list[int], steps: int, device, memory: P
         loss_fn(batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loading.synchronize(device)
+        synchronize(device)
         return time.perf_counter() - start
 
     step()  # warm-up: allocator, kernels, optimizer state
@@ -88,12 +119,24 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,2,4", help="pages per step, comma-separated")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per (batch, variant) after a warm-up step")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--config", type=Path, default=None, help="a train-adapter config instead of --size's "
-                        "(e.g. configs/fullsize/qwen3_vl_4b.yaml)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, as the CLI's --set (repeatable), e.g. runtime.dtype=bfloat16")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a train-adapter config instead of --size's (e.g. configs/fullsize/qwen3_vl_4b.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, as the CLI's --set (repeatable), e.g. runtime.dtype=bfloat16",
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
-    parser.add_argument("--max-text-tokens", type=int, default=None, help="reconstruction target per page (default: the config's)")
+    parser.add_argument(
+        "--max-text-tokens", type=int, default=None, help="reconstruction target per page (default: the config's)"
+    )
     parser.add_argument("--output", type=Path, default=REPO / "results" / "bench" / "train.csv")
     args = parser.parse_args()
     batches = [int(b) for b in args.batch_sizes.split(",")]
@@ -103,23 +146,32 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
-        overrides = [f"runtime.device={args.device}", f"data.cache_dir={work / 'cache'}", "data.eval_fraction=0",
-                     f"data.source={REPO / 'data' / 'cve' / 'cves.jsonl'}", f"data.encode_batch_size={max(batches)}"]
+        overrides = [
+            f"runtime.device={args.device}",
+            f"data.cache_dir={work / 'cache'}",
+            "data.eval_fraction=0",
+            f"data.source={REPO / 'data' / 'cve' / 'cves.jsonl'}",
+            f"data.encode_batch_size={max(batches)}",
+        ]
         if args.max_text_tokens:
             overrides.append(f"data.max_text_tokens={args.max_text_tokens}")
         overrides += args.sets
         config_path = args.config or CONFIGS[args.size]
         per_page = DOCUMENTS_PER_PAGE if load_config("train-adapter", config_path, overrides).data.pack else 1
-        overrides.append(f"data.max_documents={per_page * (max(batches) + 1)}")  # pages for the largest batch, and one more
+        overrides.append(
+            f"data.max_documents={per_page * (max(batches) + 1)}"
+        )  # pages for the largest batch, and one more
         cfg = load_config("train-adapter", config_path, overrides)
-        device = loading.resolve_device(cfg.runtime.device)
-        dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
+        device = resolve_device(cfg.runtime.device)
+        dtype = resolve_dtype(cfg.runtime.dtype, device)
         autocast = device.type == "cuda" and dtype == torch.bfloat16
         reader = load_reader(cfg)
         encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, cfg.data.encode_batch_size)
         encoder.load()
         memory = PeakMemory(device)
-        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+        device_name = (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+        )
         rows = []
 
         documents = read_documents(cfg)
@@ -133,8 +185,16 @@ def main() -> None:
         if len(pages) < max(batches):
             sys.exit(f"only {len(pages)} pages for a batch of {max(batches)}; lower --batch-sizes")
         for name, seconds in (("cold (render + encode)", cold), ("warm (feature cache)", warm)):
-            rows.append({"stage": "caching", "variant": name, "batch": "", "steps": "", "seconds": f"{seconds:.4g}",
-                         "pages_per_s": f"{len(pages) / seconds:.4g}"})
+            rows.append(
+                {
+                    "stage": "caching",
+                    "variant": name,
+                    "batch": "",
+                    "steps": "",
+                    "seconds": f"{seconds:.4g}",
+                    "pages_per_s": f"{len(pages) / seconds:.4g}",
+                }
+            )
 
         examples = make_examples(reader, pages, cfg.data.max_text_tokens)
         stats = page_statistics(pages, examples, cfg.data.max_text_tokens)
@@ -142,13 +202,19 @@ def main() -> None:
         model, pad = reader.model, reader.tokenizer.token_id("<|endoftext|>")
         losses = {
             "full-logits": lambda idx: full_logits_loss(model, adapter, pages, examples, idx, pad, device, autocast),
-            "label-positions": lambda idx: _loss("reconstruction", model, adapter, pages, examples, idx, pad, device, autocast),
+            "label-positions": lambda idx: _loss(
+                "reconstruction", model, adapter, pages, examples, idx, pad, device, autocast
+            ),
         }
         losses["checkpointing"] = losses["label-positions"]
-        print(f"{device_name}: {len(pages)} pages, {stats['text_tokens_per_page']:.0f} text tokens per page "
-              f"({stats['text_tokens_per_vision_token']:.2f} per vision token), target {cfg.data.max_text_tokens} tokens; "
-              f"parameters: language model {sum(p.numel() for p in model.parameters()):,}, "
-              f"adapter {sum(p.numel() for p in adapter.parameters()):,}", flush=True)
+        print(
+            f"{device_name}: {len(pages)} pages, {stats['text_tokens_per_page']:.0f} text tokens per page "
+            f"({stats['text_tokens_per_vision_token']:.2f} per vision token), target {cfg.data.max_text_tokens} "
+            "tokens; "
+            f"parameters: language model {sum(p.numel() for p in model.parameters()):,}, "
+            f"adapter {sum(p.numel() for p in adapter.parameters()):,}",
+            flush=True,
+        )
         for batch in batches:
             index = list(range(batch))
             tokens = sum(examples[i].input_ids.shape[0] for i in index) / batch
@@ -162,19 +228,38 @@ def main() -> None:
                     (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
                 training_mode(adapter, model, False, False)
                 results[variant] = seconds
-                rows.append({"stage": "training", "variant": variant, "batch": batch, "tokens_per_example": f"{tokens:.0f}",
-                             "text_tokens_per_page": stats["text_tokens_per_page"], "steps": args.steps,
-                             "seconds": f"{seconds:.4g}", "pages_per_s": f"{batch / seconds:.4g}",
-                             "peak_memory_gib": f"{headline_gib(peaks):.3f}", "memory_added_gib": f"{added:.3f}",
-                             "ratio_vs_full_logits": (f"{results['full-logits'] / seconds:.3f}" if "full-logits" in results else "")})
-                print(f"batch {batch} {variant:16s} {seconds:8.3f} s/step ({batch / seconds:.3g} pages/s, {tokens:.0f} tokens "
-                      f"per example)  peak {headline_gib(peaks):.2f} GiB (+{added:.2f})"
-                      + (f"  x{results['full-logits'] / seconds:.2f} vs full-logits" if "full-logits" in results else ""), flush=True)
+                rows.append(
+                    {
+                        "stage": "training",
+                        "variant": variant,
+                        "batch": batch,
+                        "tokens_per_example": f"{tokens:.0f}",
+                        "text_tokens_per_page": stats["text_tokens_per_page"],
+                        "steps": args.steps,
+                        "seconds": f"{seconds:.4g}",
+                        "pages_per_s": f"{batch / seconds:.4g}",
+                        "peak_memory_gib": f"{headline_gib(peaks):.3f}",
+                        "memory_added_gib": f"{added:.3f}",
+                        "ratio_vs_full_logits": (
+                            f"{results['full-logits'] / seconds:.3f}" if "full-logits" in results else ""
+                        ),
+                    }
+                )
+                print(
+                    f"batch {batch} {variant:16s} {seconds:8.3f} s/step ({batch / seconds:.3g} pages/s, {tokens:.0f} "
+                    "tokens "
+                    f"per example)  peak {headline_gib(peaks):.2f} GiB (+{added:.2f})"
+                    + (f"  x{results['full-logits'] / seconds:.2f} vs full-logits" if "full-logits" in results else ""),
+                    flush=True,
+                )
         for row in rows:
             row.update(device=device_name, size=args.config.stem if args.config else args.size)
         atomic_write_csv(args.output, rows, FIELDS)
-        print(f"caching: cold {len(pages) / cold:.3g} pages/s, warm {len(pages) / warm:.4g} pages/s; "
-              f"run peak {memory.run_peak()}; wrote {args.output}", flush=True)
+        print(
+            f"caching: cold {len(pages) / cold:.3g} pages/s, warm {len(pages) / warm:.4g} pages/s; "
+            f"run peak {memory.run_peak()}; wrote {args.output}",
+            flush=True,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

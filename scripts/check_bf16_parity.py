@@ -33,10 +33,11 @@ import torch  # noqa: E402
 
 from optical_cli.artifacts import atomic_write_csv  # noqa: E402
 from optical_cli.config import RenderSection  # noqa: E402
+from optical_cli.devices import resolve_device, synchronize  # noqa: E402
 from optical_cli.models.deepencoder import DeepEncoderConfig  # noqa: E402
 from optical_cli.models.deepencoder.preprocess import prepare  # noqa: E402
 from optical_cli.models.deepencoder.sam import ATTENTION_MODES  # noqa: E402
-from optical_cli.models.loading import load_deepencoder, resolve_device, synchronize  # noqa: E402
+from optical_cli.models.loading import load_deepencoder  # noqa: E402
 from optical_cli.render import iter_pages  # noqa: E402
 
 # on a CPU the flex path runs FlexAttention eagerly (unfused): slow, correct, and torch says so once per process
@@ -50,7 +51,9 @@ THRESHOLDS = {torch.bfloat16: 0.05, torch.float32: 1e-4}
 def sample_pages(mode: str, count: int) -> torch.Tensor:
     """The first ``count`` pages of the bundled sample document, preprocessed for ``mode``."""
     section = RenderSection(mode=mode, tokenizer="none")
-    pages = [prepare(page.image, mode).views[-1] for _, page in zip(range(count), iter_pages(SAMPLE.read_text(), section))]
+    pages = [
+        prepare(page.image, mode).views[-1] for _, page in zip(range(count), iter_pages(SAMPLE.read_text(), section))
+    ]
     return torch.stack(pages)
 
 
@@ -90,15 +93,31 @@ def main() -> int:
                 seconds = time.perf_counter() - start
                 error = centred_relative_error(y, reference).max().item()
                 cosine = torch.nn.functional.cosine_similarity(y.float(), reference, dim=-1).min().item()
-                rows.append({"device": str(device), "size": args.size, "mode": args.mode, "pages": len(pixels),
-                             "dtype": str(dtype).removeprefix("torch."), "attention": path,
-                             "centred_rel_error": f"{error:.3e}", "max_abs_error": f"{(y.float() - reference).abs().max().item():.3e}",
-                             "min_token_cosine": f"{cosine:.6f}", "threshold": THRESHOLDS[dtype],
-                             "passed": error <= THRESHOLDS[dtype], "seconds": f"{seconds:.2f}"})
-                print(f"{rows[-1]['dtype']:8s} {path:7s} centred relative error {error:.2e} (max page; threshold "
-                      f"{THRESHOLDS[dtype]:g}), worst token cosine {cosine:.5f}")
+                rows.append(
+                    {
+                        "device": str(device),
+                        "size": args.size,
+                        "mode": args.mode,
+                        "pages": len(pixels),
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "attention": path,
+                        "centred_rel_error": f"{error:.3e}",
+                        "max_abs_error": f"{(y.float() - reference).abs().max().item():.3e}",
+                        "min_token_cosine": f"{cosine:.6f}",
+                        "threshold": THRESHOLDS[dtype],
+                        "passed": error <= THRESHOLDS[dtype],
+                        "seconds": f"{seconds:.2f}",
+                    }
+                )
+                print(
+                    f"{rows[-1]['dtype']:8s} {path:7s} centred relative error {error:.2e} (max page; threshold "
+                    f"{THRESHOLDS[dtype]:g}), worst token cosine {cosine:.5f}"
+                )
     atomic_write_csv(args.output, rows)
-    print(f"reference: float32, mask path; {len(pixels)} {args.mode} pages of {SAMPLE.name}; {args.size} random weights on {device}")
+    print(
+        f"reference: float32, mask path; {len(pixels)} {args.mode} pages of {SAMPLE.name}; {args.size} random weights "
+        f"on {device}"
+    )
     print(f"wrote {args.output}")
     return 0 if all(row["passed"] for row in rows) else 1
 

@@ -72,8 +72,11 @@ def tuning_scores(limit: int) -> SizeScores:
     cosine = evaluate_ranking(setup, cosine_ranked, tune)["ndcg_at_10"]
     print(f"{limit} records, {tune.size} tuning queries: cosine NDCG@10 {cosine.mean():.4f}", flush=True)
     per_query, shares = {}, {}
-    squared = ((queries * queries).sum(1)[:, None] - 2.0 * queries @ torch.from_numpy(setup.vectors).T
-               + torch.from_numpy((setup.vectors ** 2).sum(1))[None, :]).clamp_min(0.0)  # ||q - x||^2
+    squared = (
+        (queries * queries).sum(1)[:, None]
+        - 2.0 * queries @ torch.from_numpy(setup.vectors).T
+        + torch.from_numpy((setup.vectors**2).sum(1))[None, :]
+    ).clamp_min(0.0)  # ||q - x||^2
     for ridge, blend in itertools.product(RIDGES, BLENDS):
         searcher = Searcher(finish(setup.prepared, eta=0.1, steps=4, lambda_blend=blend, dirichlet_ridge=ridge))
         if blend == BLENDS[0]:  # the share depends on the ridge only
@@ -102,19 +105,33 @@ def main() -> None:
     mean = {key: float(np.mean([size.gain(key) for size in sizes])) for key in keys}
     build, search = EnergyBuildSection(), EnergySearchSection()
     shipped = (build.dirichlet_ridge, build.lambda_blend, search.w_lambda, search.w_G)
-    print("ridge share of the top-10 Dirichlet energy: " + ", ".join(
-        f"t={t:g}: " + "/".join(f"{size.ridge_share[t]:.2f}" for size in sizes) for t in RIDGES))
-    print("ridge  lambda_blend  w_lambda  w_G   NDCG@10 - cosine on tuning queries (per size ... mean); top 25 and the shipped")
+    print(
+        "ridge share of the top-10 Dirichlet energy: "
+        + ", ".join(f"t={t:g}: " + "/".join(f"{size.ridge_share[t]:.2f}" for size in sizes) for t in RIDGES)
+    )
+    print(
+        "ridge  lambda_blend  w_lambda  w_G   NDCG@10 - cosine on tuning queries (per size ... mean); top 25 and the "
+        "shipped"
+    )
     ranked = sorted(keys, key=lambda key: -mean[key])
     for key in ranked[:25] + ([shipped] if shipped not in ranked[:25] else []):
         mark = "  <- shipped" if key == shipped else ""
-        print(f"{key[0]:5.2f}  {key[1]:12.2f}  {key[2]:8.2f}  {key[3]:4.2f}  "
-              + "  ".join(f"{size.gain(key):+.4f}" for size in sizes) + f"  ... {mean[key]:+.4f}{mark}")
+        print(
+            f"{key[0]:5.2f}  {key[1]:12.2f}  {key[2]:8.2f}  {key[3]:4.2f}  "
+            + "  ".join(f"{size.gain(key):+.4f}" for size in sizes)
+            + f"  ... {mean[key]:+.4f}{mark}"
+        )
     for ridge in RIDGES:
         best_here = max((key for key in keys if key[0] == ridge), key=mean.get)
-        print(f"best at ridge {ridge:g}: blend {best_here[1]:g}, w_lambda {best_here[2]:g}, w_G {best_here[3]:g}: mean {mean[best_here]:+.4f}")
+        print(
+            f"best at ridge {ridge:g}: blend {best_here[1]:g}, w_lambda {best_here[2]:g}, w_G {best_here[3]:g}: mean "
+            f"{mean[best_here]:+.4f}"
+        )
     best = ranked[0]
-    print(f"best: dirichlet_ridge={best[0]} lambda_blend={best[1]} w_lambda={best[2]} w_G={best[3]} (mean {mean[best]:+.4f})")
+    print(
+        f"best: dirichlet_ridge={best[0]} lambda_blend={best[1]} w_lambda={best[2]} w_G={best[3]} (mean "
+        f"{mean[best]:+.4f})"
+    )
     if best == shipped:
         print("verdict: the shipped defaults are the best on tuning labels; keep them")
         return
@@ -122,10 +139,19 @@ def main() -> None:
     for size in sizes:
         diff = compare(size.per_query[best], size.per_query[shipped], BOOTSTRAP, 0, size.clusters)
         adopt &= diff["cluster_low"] > 0
-        print(f"  {size.limit}: best - shipped {diff['difference']:+.4f}, per query [{diff['low']:+.4f}, {diff['high']:+.4f}], "
-              f"label clusters [{diff['cluster_low']:+.4f}, {diff['cluster_high']:+.4f}]")
-    print("verdict: " + ("adopt the best (its cluster interval against the shipped defaults is above 0 at every size)" if adopt
-                         else "keep the shipped defaults (the best is not distinguishable from them on tuning labels)"))
+        print(
+            f"  {size.limit}: best - shipped {diff['difference']:+.4f}, per query [{diff['low']:+.4f}, "
+            f"{diff['high']:+.4f}], "
+            f"label clusters [{diff['cluster_low']:+.4f}, {diff['cluster_high']:+.4f}]"
+        )
+    print(
+        "verdict: "
+        + (
+            "adopt the best (its cluster interval against the shipped defaults is above 0 at every size)"
+            if adopt
+            else "keep the shipped defaults (the best is not distinguishable from them on tuning labels)"
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv-arrowspace"
 # v0.18 energy defaults (specs/energy.md) and the graph parameters of arrowspace's own CVE scripts
-ENERGY_PARAMS = {"optical_tokens": None, "trim_quantile": 0.1, "eta": 0.1, "steps": 4, "split_quantile": 0.9, "neighbor_k": 8,
-                 "split_tau": 0.15, "w_lambda": 1.0, "w_disp": 0.5, "w_dirichlet": 0.25, "candidate_m": 32}
+ENERGY_PARAMS = {
+    "optical_tokens": None,
+    "trim_quantile": 0.1,
+    "eta": 0.1,
+    "steps": 4,
+    "split_quantile": 0.9,
+    "neighbor_k": 8,
+    "split_tau": 0.15,
+    "w_lambda": 1.0,
+    "w_disp": 0.5,
+    "w_dirichlet": 0.25,
+    "candidate_m": 32,
+}
 GRAPH_PARAMS = {"eps": 1.31, "k": 25, "topk": 15, "p": 2.0, "sigma": 0.535}
 
 
@@ -60,10 +71,18 @@ def worker(items_path: str, queries_path: str, k: int, out_path: str) -> None:
     started = time.perf_counter()
     for row, query in enumerate(queries):
         hits = space.search_energy(query, gl, k)
-        ranked[row, :len(hits)] = [index for index, _ in hits[:k]]
+        ranked[row, : len(hits)] = [index for index, _ in hits[:k]]
     query_s = time.perf_counter() - started
     np.save(out_path, ranked)
-    print(json.dumps({"build_s": build_s, "query_ms": query_s / len(queries) * 1000, "version": arrowspace.__version__ if hasattr(arrowspace, "__version__") else None}))
+    print(
+        json.dumps(
+            {
+                "build_s": build_s,
+                "query_ms": query_s / len(queries) * 1000,
+                "version": arrowspace.__version__ if hasattr(arrowspace, "__version__") else None,
+            }
+        )
+    )
 
 
 def find_python312() -> str:
@@ -94,8 +113,11 @@ def run_arrowspace(items: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
         paths = [Path(tmp) / name for name in ("items.npy", "queries.npy", "ranked.npy")]
         np.save(paths[0], items)
         np.save(paths[1], queries)
-        done = subprocess.run([arrowspace_python(), __file__, "--worker", *map(str, paths[:2]), str(k), str(paths[2])],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [arrowspace_python(), __file__, "--worker", *map(str, paths[:2]), str(k), str(paths[2])],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             sys.exit(f"arrowspace failed:\n{done.stderr[-3000:]}")
         info = json.loads(done.stdout.strip().splitlines()[-1])
@@ -108,7 +130,9 @@ def run_arrowspace(items: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=None, help="corpus subset (default: configs/sweep.yaml's sweep.limit)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="corpus subset (default: configs/sweep.yaml's sweep.limit)"
+    )
     parser.add_argument("--output", default=str(ROOT / "results" / "bench" / "arrowspace.csv"))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -128,7 +152,11 @@ def main() -> None:
     depth = cfg.sweep.depth + 1
     vectors = setup.vectors
     queries = vectors[setup.relevance.queries[held]]
-    print(f"{len(vectors)} items x {vectors.shape[1]}, {held.size} held-out queries ({np.unique(clusters).size} label clusters)", flush=True)
+    print(
+        f"{len(vectors)} items x {vectors.shape[1]}, {held.size} held-out queries ({np.unique(clusters).size} label "
+        "clusters)",
+        flush=True,
+    )
 
     def one_by_one(rank) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
@@ -137,7 +165,10 @@ def main() -> None:
 
     results = {}
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    results["cosine (brute force)"] = (0.0, *one_by_one(lambda q: np.argsort(-(unit @ (q / np.linalg.norm(q))), kind="stable")[:depth]))
+    results["cosine (brute force)"] = (
+        0.0,
+        *one_by_one(lambda q: np.argsort(-(unit @ (q / np.linalg.norm(q))), kind="stable")[:depth]),
+    )
     for name, overrides, weights in (
         ("ours: energy (defaults)", {}, {}),
         ("ours: published formula", {"lambda_formula": "published"}, {"w_lambda": 1.0, "w_G": 0.5, "w_D": 0.25}),
@@ -149,7 +180,11 @@ def main() -> None:
         params = SearchParams(**{**cfg.search.model_dump(), "k": depth, "mode": "energy", **weights})
         results[name] = (build_s, *one_by_one(lambda q: topk_rows(searcher, torch.from_numpy(q[None, :]), params)[0]))
     ranked, info = run_arrowspace(vectors, queries, depth)
-    results[f"arrowspace {info.get('version') or ''} build_energy + search_energy".replace("  ", " ")] = (info["build_s"], ranked, info["query_ms"])
+    results[f"arrowspace {info.get('version') or ''} build_energy + search_energy".replace("  ", " ")] = (
+        info["build_s"],
+        ranked,
+        info["query_ms"],
+    )
 
     cosine_metrics = evaluate_ranking(setup, results["cosine (brute force)"][1], held)
     lines = ["method,build_s,query_ms,metric,value,diff_vs_cosine,low,high,cluster_low,cluster_high"]
@@ -160,9 +195,14 @@ def main() -> None:
         cells = []
         for metric in ("ndcg_at_10", "mrr", "map_cut_20"):
             diff = compare(metrics[metric], cosine_metrics[metric], cfg.sweep.bootstrap, cfg.runtime.seed, clusters)
-            cells.append(f"{metrics[metric].mean():.4f} ({diff['difference']:+.4f} [{diff['cluster_low']:+.3f},{diff['cluster_high']:+.3f}])")
-            lines.append(f"{name},{build_s:.3f},{query_ms:.4f},{metric},{metrics[metric].mean():.6f},{diff['difference']:.6f},"
-                         f"{diff['low']:.6f},{diff['high']:.6f},{diff['cluster_low']:.6f},{diff['cluster_high']:.6f}")
+            cells.append(
+                f"{metrics[metric].mean():.4f} ({diff['difference']:+.4f} "
+                f"[{diff['cluster_low']:+.3f},{diff['cluster_high']:+.3f}])"
+            )
+            lines.append(
+                f"{name},{build_s:.3f},{query_ms:.4f},{metric},{metrics[metric].mean():.6f},{diff['difference']:.6f},"
+                f"{diff['low']:.6f},{diff['high']:.6f},{diff['cluster_low']:.6f},{diff['cluster_high']:.6f}"
+            )
         print(f"{name:44s} {build_s:8.2f} {query_ms:9.3f}  " + "  ".join(f"{c:>30s}" for c in cells))
     print("value (difference from cosine [label-cluster 95% interval]) on the held-out queries")
     atomic_write_text(args.output, "\n".join(lines) + "\n")

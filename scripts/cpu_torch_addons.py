@@ -38,12 +38,16 @@ ORIGINAL = """from torchvision import (
     _autograd_registrations,
     _meta_registrations,
     datasets,"""
-GUARDED = """if extension._has_ops():  # edited by optical's scripts/cpu_torch_addons.py: no compiled ops, no registrations
+GUARDED = """if extension._has_ops():  # edited by optical's scripts/cpu_torch_addons.py: no ops, no registrations
     from torchvision import _autograd_registrations, _meta_registrations  # noqa: F401
 from torchvision import (
     datasets,"""
-CHECKS = {"torchvision": "import torchvision, torchvision.transforms.v2", "torchaudio": "import torchaudio",
-          "torchcodec": "import torchcodec.decoders", "vllm": "from vllm import LLM, SamplingParams"}
+CHECKS = {
+    "torchvision": "import torchvision, torchvision.transforms.v2",
+    "torchaudio": "import torchaudio",
+    "torchcodec": "import torchcodec.decoders",
+    "vllm": "from vllm import LLM, SamplingParams",
+}
 
 
 def imports(package: str) -> tuple[bool, str]:
@@ -73,13 +77,17 @@ def fix_torchaudio(package: Path, error: str) -> str | None:
 
 
 def fix_torchcodec(package: Path, error: str) -> str | None:
-    done = subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "torchcodec"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "uninstall", "-q", "-y", "torchcodec"], capture_output=True, text=True
+    )
     return None if done.returncode == 0 else f"pip could not uninstall torchcodec: {done.stderr.strip()[-300:]}"
 
 
-DONE = {"torchvision": "compiled libraries that cannot load here removed, registrations guarded; it imports now",
-        "torchaudio": "compiled libraries that cannot load here removed; it imports now",
-        "torchcodec": "uninstalled (a CUDA build that cannot load here; optional to vLLM)"}
+DONE = {
+    "torchvision": "compiled libraries that cannot load here removed, registrations guarded; it imports now",
+    "torchaudio": "compiled libraries that cannot load here removed; it imports now",
+    "torchcodec": "uninstalled (a CUDA build that cannot load here; optional to vLLM)",
+}
 
 
 def main() -> int:

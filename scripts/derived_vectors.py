@@ -39,6 +39,6 @@ def derived(n: int, sigma: float = 0.3, seed: int = 0) -> tuple[np.ndarray, list
     base, ids, labels = cve_corpus(seed)
     rng = np.random.default_rng(seed)
     source = np.concatenate([np.arange(min(n, len(base))), rng.integers(len(base), size=max(0, n - len(base)))])
-    vectors = np.concatenate([base[source[:len(base)]], noisy_copies(base, source[len(base):], sigma, rng)])
+    vectors = np.concatenate([base[source[: len(base)]], noisy_copies(base, source[len(base) :], sigma, rng)])
     names = [ids[s] if row < len(base) else f"{ids[s]}~{row}" for row, s in enumerate(source)]
     return vectors, names, [labels[s] for s in source], source

@@ -26,9 +26,13 @@ from optical_cli.bench.synthetic import cve_document, longbench_item  # noqa: E4
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chars", type=int, default=16000, help="characters per document (whole paragraphs, at least this many)")
+    parser.add_argument(
+        "--chars", type=int, default=16000, help="characters per document (whole paragraphs, at least this many)"
+    )
     parser.add_argument("--count", type=int, default=1, help="items to write")
-    parser.add_argument("--output", type=Path, required=True, help=".json file (a list of records, like LongBench v2's data.json)")
+    parser.add_argument(
+        "--output", type=Path, required=True, help=".json file (a list of records, like LongBench v2's data.json)"
+    )
     args = parser.parse_args()
     if args.chars < 200 or args.count < 1:
         parser.error("--chars must be at least 200 and --count at least 1")

@@ -49,7 +49,7 @@ class FakeReader:
 
     def render(self, text, max_pages):
         words = text.split()
-        pages = [words[i:i + WORDS_PER_PAGE] for i in range(0, len(words), WORDS_PER_PAGE)]
+        pages = [words[i : i + WORDS_PER_PAGE] for i in range(0, len(words), WORDS_PER_PAGE)]
         kept, _ = middle_truncate(pages, max_pages)
         return kept, len(pages)
 
@@ -60,8 +60,14 @@ class FakeReader:
         self.calls.append(("pages", prompt.question.split("Question: ")[1].split("\n")[0]))
         self._maybe_fail(prompt, "pages")
         assert prompt.document == ""
-        return Generation("The correct answer is B", self.vision_tokens(pages) + len(prompt.question.split()),
-                          prefill_s=0.01, decode_s=0.02, encode_s=0.005, adapter_s=0.001)
+        return Generation(
+            "The correct answer is B",
+            self.vision_tokens(pages) + len(prompt.question.split()),
+            prefill_s=0.01,
+            decode_s=0.02,
+            encode_s=0.005,
+            adapter_s=0.001,
+        )
 
 
 class BatchingFakeReader(FakeReader):

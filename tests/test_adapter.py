@@ -140,7 +140,9 @@ def test_published_layout_is_loaded_strictly(tmp_path):
 def test_hub_adapter_offline_fails_at_once_naming_the_file_and_hf_download(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
-    with pytest.raises(ModelNotFoundError, match=r"'qwen3_vl_2b.pth' of 'Volkopat/Qwen-VLM-Optical-Encoder'.*hf download"):
+    with pytest.raises(
+        ModelNotFoundError, match=r"'qwen3_vl_2b.pth' of 'Volkopat/Qwen-VLM-Optical-Encoder'.*hf download"
+    ):
         loading.load_adapter("hf://Volkopat/Qwen-VLM-Optical-Encoder/qwen3_vl_2b.pth")
     with pytest.raises(Exception, match="hf://owner/name/path"):
         loading.load_adapter("hf://Volkopat/only-a-repo")

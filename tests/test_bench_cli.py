@@ -5,13 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+from bench_fakes import FakeReader
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
 from optical_cli.config import load_config
 from optical_cli.render import PageRenderer
-
-from bench_fakes import FakeReader
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = REPO_ROOT / "tests" / "data" / "longbench_fixture.jsonl"
@@ -26,7 +25,9 @@ def fake_reader(monkeypatch):
 
 
 def _invoke(*args):
-    return runner.invoke(app, ["bench", "longbench", "--set", f"bench.data={FIXTURE}", "--set", "bench.max_pages=2", *args])
+    return runner.invoke(
+        app, ["bench", "longbench", "--set", f"bench.data={FIXTURE}", "--set", "bench.max_pages=2", *args]
+    )
 
 
 def test_fake_reader_end_to_end_with_json_and_resume(tmp_path, fake_reader):
@@ -40,15 +41,31 @@ def test_fake_reader_end_to_end_with_json_and_resume(tmp_path, fake_reader):
     with open(out / "items.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 12
-    assert {"id", "condition", "length", "difficulty", "status", "answer", "prediction", "correct", "input_tokens",
-            "pages", "truncated", "latency_s", "prefill_s", "output"} <= set(rows[0])
+    assert {
+        "id",
+        "condition",
+        "length",
+        "difficulty",
+        "status",
+        "answer",
+        "prediction",
+        "correct",
+        "input_tokens",
+        "pages",
+        "truncated",
+        "latency_s",
+        "prefill_s",
+        "output",
+    } <= set(rows[0])
     for name in ("summary.json", "accuracy_by_length.png", "cost_vs_length.png", "config.yaml", "manifest.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "manifest.json").read_text())["status"] == "ok"
     # a second run on the same directory needs --resume; with it nothing is re-run
     assert _invoke("--num-samples", "6", "--conditions", "native,optical", "--output-dir", str(out)).exit_code == 2
     calls = len(fake_reader.calls)
-    again = _invoke("--num-samples", "6", "--conditions", "native,optical", "--output-dir", str(out), "--resume", "--json")
+    again = _invoke(
+        "--num-samples", "6", "--conditions", "native,optical", "--output-dir", str(out), "--resume", "--json"
+    )
     assert again.exit_code == 0 and len(fake_reader.calls) == calls
     assert json.loads(again.stdout)["conditions"] == summary["conditions"]
     # throughput counts the rows this invocation ran: all 12 the first time, none on the resume
@@ -60,16 +77,19 @@ def test_fake_reader_end_to_end_with_json_and_resume(tmp_path, fake_reader):
     assert changed.exit_code == 2 and "bench.temperature" in changed.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--conditions", "native,visual"], "unknown condition(s) visual"),
-    (["--num-samples", "40"], "--num-samples 40 is larger than the 12"),
-    (["--ids", "syn-short-easy-1,nope"], "unknown item id(s) nope"),
-    (["--resume"], "--resume needs --output-dir"),
-    (["--lengths", "huge"], "bench.lengths"),
-    (["--num-samples", "0"], "bench.num_samples"),
-    (["--lengths", "long", "--difficulties", "hard", "--num-samples", "3"], "--num-samples 3 is larger than the 2"),
-    (["--set", "bench.conditions=[native, visual]"], "bench.conditions"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--conditions", "native,visual"], "unknown condition(s) visual"),
+        (["--num-samples", "40"], "--num-samples 40 is larger than the 12"),
+        (["--ids", "syn-short-easy-1,nope"], "unknown item id(s) nope"),
+        (["--resume"], "--resume needs --output-dir"),
+        (["--lengths", "huge"], "bench.lengths"),
+        (["--num-samples", "0"], "bench.num_samples"),
+        (["--lengths", "long", "--difficulties", "hard", "--num-samples", "3"], "--num-samples 3 is larger than the 2"),
+        (["--set", "bench.conditions=[native, visual]"], "bench.conditions"),
+    ],
+)
 def test_bad_usage_exits_2(args, message, fake_reader):
     result = _invoke(*args)
     assert result.exit_code == 2, result.output
@@ -83,7 +103,9 @@ def test_bad_data_file_names_the_item(tmp_path, fake_reader):
     records[2]["answer"] = "F"
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records))
-    result = runner.invoke(app, ["bench", "longbench", "--set", f"bench.data={path}", "--output-dir", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["bench", "longbench", "--set", f"bench.data={path}", "--output-dir", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "syn-short-hard-1" in result.stderr and "A, B, C, D" in result.stderr
     assert not (tmp_path / "o").exists()  # bad input leaves no artifacts behind
 
@@ -92,8 +114,20 @@ def test_tiny_models_end_to_end(tmp_path, monkeypatch):
     """The real pipeline on tiny random models: render -> DeepEncoder -> adapter -> Qwen3-VL."""
     monkeypatch.chdir(REPO_ROOT)  # the tiny config names the fixture relative to the repository
     out = tmp_path / "tiny"
-    result = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--ids",
-                                 "syn-short-easy-1,syn-long-hard-1", "--output-dir", str(out), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "longbench",
+            "--config",
+            "configs/tiny/longbench.yaml",
+            "--ids",
+            "syn-short-easy-1,syn-long-hard-1",
+            "--output-dir",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "RANDOM WEIGHTS" in result.stderr
     summary = json.loads(result.stdout)
@@ -103,7 +137,7 @@ def test_tiny_models_end_to_end(tmp_path, monkeypatch):
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows.values()), [r["reason"] for r in rows.values()]
     optical = rows[("syn-long-hard-1", "optical")]
     assert optical["pages"] == "1" and optical["truncated"] == "1"  # the long item loses pages to max_pages=1
-    assert int(optical["context_tokens"]) == 64                   # one tiny-mode page = 64 vision tokens
+    assert int(optical["context_tokens"]) == 64  # one tiny-mode page = 64 vision tokens
     assert float(optical["encode_s"]) > 0 and float(optical["render_s"]) > 0
     assert rows[("syn-long-hard-1", "native-matched")]["context_tokens"] == optical["context_tokens"]
     native = rows[("syn-long-hard-1", "native")]
@@ -115,7 +149,9 @@ def test_tiny_models_end_to_end(tmp_path, monkeypatch):
     for row in (optical, native):
         assert 0 < sum(float(row[k]) for k in stages) <= float(row["latency_s"]) + 1e-3
         assert float(row["peak_memory_gib"]) > 0
-    context = next(json.loads(line)["context"] for line in FIXTURE.read_text().splitlines() if "syn-long-hard-1" in line)
+    context = next(
+        json.loads(line)["context"] for line in FIXTURE.read_text().splitlines() if "syn-long-hard-1" in line
+    )
     laid_out = PageRenderer(load_config("longbench", "configs/tiny/longbench.yaml").render).layout(context)[0]
     assert float(optical["chars_per_page"]) == pytest.approx(len(context) / len(laid_out), abs=1e-3)
     # adapter 48 -> 3072 -> 64, LayerNorm(64), one page embedding (bench.max_pages=1)
@@ -128,8 +164,19 @@ def test_tiny_models_end_to_end(tmp_path, monkeypatch):
 
 def test_optical_without_an_adapter_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
-    result = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--set", "bench.adapter=null",
-                                 "--output-dir", str(tmp_path / "o")])
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "longbench",
+            "--config",
+            "configs/tiny/longbench.yaml",
+            "--set",
+            "bench.adapter=null",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 2 and "bench.adapter is not set" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()  # refused before any weights load or the run directory exists
@@ -164,9 +211,24 @@ def test_tiny_models_read_with_an_adapter_in_the_published_layout(tmp_path, monk
 
     torch.save(published_state(vision_dim=48, hidden_dim=32, llm_dim=64, max_pages=4), torch_path)
     out = tmp_path / "published"
-    result = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--ids", "syn-short-easy-1",
-                                 "--conditions", "optical", "--set", f"bench.adapter={torch_path}",
-                                 "--output-dir", str(out), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "longbench",
+            "--config",
+            "configs/tiny/longbench.yaml",
+            "--ids",
+            "syn-short-easy-1",
+            "--conditions",
+            "optical",
+            "--set",
+            f"bench.adapter={torch_path}",
+            "--output-dir",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["conventions"] == {"adapter_layout": "published", "pixels": "published"}
@@ -174,10 +236,31 @@ def test_tiny_models_read_with_an_adapter_in_the_published_layout(tmp_path, monk
     assert summary["parameters"]["adapter"] == (48 * 32 + 32) + (32 * 64 + 64) + 2 * 64 + 4 * 64
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["conventions"]["adapter_layout"] == "published"
-    assert manifest["attention_auto"] and {c["path"] for c in manifest["attention_auto"]} <= {"mask", "chunked", "folded"}
+    assert manifest["attention_auto"] and {c["path"] for c in manifest["attention_auto"]} <= {
+        "mask",
+        "chunked",
+        "folded",
+    }
     # our own preprocessing on request, still in the published forward
-    official = runner.invoke(app, ["bench", "longbench", "--config", "configs/tiny/longbench.yaml", "--ids", "syn-short-easy-1",
-                                   "--conditions", "optical", "--set", f"bench.adapter={torch_path}",
-                                   "--set", "deepencoder.pixels=official", "--output-dir", str(tmp_path / "o"), "--json"])
+    official = runner.invoke(
+        app,
+        [
+            "bench",
+            "longbench",
+            "--config",
+            "configs/tiny/longbench.yaml",
+            "--ids",
+            "syn-short-easy-1",
+            "--conditions",
+            "optical",
+            "--set",
+            f"bench.adapter={torch_path}",
+            "--set",
+            "deepencoder.pixels=official",
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--json",
+        ],
+    )
     assert official.exit_code == 0, official.output
     assert json.loads(official.stdout)["conventions"] == {"adapter_layout": "published", "pixels": "official"}

@@ -28,7 +28,9 @@ def _write(tmp_path, records, name="data.jsonl"):
 def test_fixture_loads_with_all_strata():
     items = load_items(str(FIXTURE))
     assert len(items) == 12
-    assert Counter((i.length, i.difficulty) for i in items) == {(l, d): 2 for l in ("short", "medium", "long") for d in ("easy", "hard")}
+    assert Counter((i.length, i.difficulty) for i in items) == {
+        (length, d): 2 for length in ("short", "medium", "long") for d in ("easy", "hard")
+    }
     first = items[0]
     assert first.id == "syn-short-easy-1" and first.answer == "B" and first.choices[1] == "97"
 
@@ -64,7 +66,9 @@ def test_stratified_sample_is_deterministic_and_proportional():
     first = stratified_sample(items, 6, seed=3)
     again = stratified_sample(list(reversed(items)), 6, seed=3)  # input order must not matter
     assert [i.id for i in first] == [i.id for i in again]
-    assert Counter((i.length, i.difficulty) for i in first) == {(l, d): 1 for l in ("short", "medium", "long") for d in ("easy", "hard")}
+    assert Counter((i.length, i.difficulty) for i in first) == {
+        (length, d): 1 for length in ("short", "medium", "long") for d in ("easy", "hard")
+    }
     draws = {tuple(i.id for i in stratified_sample(items, 6, seed=s)) for s in range(8)}
     assert len(draws) > 1  # the seed matters
 
@@ -81,6 +85,8 @@ def test_filters_and_ids():
     assert {i.id for i in long_hard} == {"syn-long-hard-1", "syn-long-hard-2"}
     picked = select_items(items, num_samples=3, ids=["syn-long-easy-2", "syn-short-easy-1"])
     assert [i.id for i in picked] == ["syn-long-easy-2", "syn-short-easy-1"]
-    assert {i.domain for i in select_items(items, num_samples=None, domains=["multi-document qa"])} == {"Multi-Document QA"}
+    assert {i.domain for i in select_items(items, num_samples=None, domains=["multi-document qa"])} == {
+        "Multi-Document QA"
+    }
     with pytest.raises(InputError, match="unknown item id"):
         select_items(items, num_samples=None, ids=["nope"])

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_fakes import TOKENS_PER_PAGE, WORDS_PER_PAGE, BatchingFakeReader, FakeReader
 
 from optical_cli.bench.data import load_items
 from optical_cli.bench.runner import BenchSettings, parse_conditions, read_rows, run_benchmark
 from optical_cli.bench.scoring import summarize
 from optical_cli.distributed import Processes
 from optical_cli.errors import InputError
-
-from bench_fakes import TOKENS_PER_PAGE, WORDS_PER_PAGE, BatchingFakeReader, FakeReader
 
 FIXTURE = Path(__file__).parent / "data" / "longbench_fixture.jsonl"
 ALL = ("native", "optical", "native-matched", "no-context")
@@ -57,7 +56,10 @@ def test_injected_oom_is_recorded_counted_wrong_and_the_run_continues(tmp_path):
     by = {(r["id"], r["condition"]): r for r in rows}
     failed = by[("syn-short-easy-1", "optical")]  # its answer is B, which the fake would have got right
     assert failed["status"] == "oom" and "out of memory" in failed["reason"] and not failed["correct"]
-    assert by[("syn-short-easy-2", "native")]["status"] == "error" and "bad shape" in by[("syn-short-easy-2", "native")]["reason"]
+    assert (
+        by[("syn-short-easy-2", "native")]["status"] == "error"
+        and "bad shape" in by[("syn-short-easy-2", "native")]["reason"]
+    )
     assert by[("syn-short-easy-1", "native")]["status"] == "context_exceeded"  # 60 context tokens > 50
     assert len(rows) == 8  # every other item still ran
     block = summarize(rows, ["native", "optical"])["conditions"]["optical"]
@@ -78,7 +80,9 @@ def test_resume_skips_finished_pairs_and_repairs_a_torn_row(tmp_path):
     assert len(rows) == 6 and len(read_rows(path)) == 6
     # the torn pair (item 2, no-context) and item 3's two pairs are the only ones run again
     assert len(reader.calls) == 3
-    assert sorted((r["id"], r["condition"]) for r in rows) == sorted((i.id, c) for i in items for c in ("native", "no-context"))
+    assert sorted((r["id"], r["condition"]) for r in rows) == sorted(
+        (i.id, c) for i in items for c in ("native", "no-context")
+    )
 
 
 def test_unknown_condition():
@@ -132,8 +136,13 @@ def test_processes_deal_out_items_and_the_main_one_merges_them_in_order(tmp_path
     path = tmp_path / "shared" / "items.csv"
     path.parent.mkdir()
     readers = [FakeReader(), FakeReader()]
-    main, other = as_processes(2, lambda procs: run_benchmark(readers[procs.index], items, _settings(), path, procs=procs))
-    assert other is None and {q for _, q in readers[1].calls} == {items[1].question, items[3].question}  # every other item
+    main, other = as_processes(
+        2, lambda procs: run_benchmark(readers[procs.index], items, _settings(), path, procs=procs)
+    )
+    assert other is None and {q for _, q in readers[1].calls} == {
+        items[1].question,
+        items[3].question,
+    }  # every other item
     assert list(path.parent.iterdir()) == [path]  # the parts are merged and removed
     assert _without_timing(main) == _without_timing(read_rows(path)) == _without_timing(alone)
 
@@ -142,14 +151,21 @@ def test_resume_merges_parts_left_by_another_process_count(tmp_path):
     items = load_items(str(FIXTURE))[:4]
     path = tmp_path / "items.csv"
     dying = FakeReader(fail={(items[0].question, "pages"): Crash()})  # after its first row (native)
-    results = as_processes(3, lambda procs: run_benchmark(dying if procs.index == 0 else FakeReader(), items[:3], _settings(),
-                                                          path, procs=procs))
+    results = as_processes(
+        3,
+        lambda procs: run_benchmark(
+            dying if procs.index == 0 else FakeReader(), items[:3], _settings(), path, procs=procs
+        ),
+    )
     assert isinstance(results[0], Crash) and len(list(tmp_path.glob("items.part-*.csv"))) == 3
     with pytest.raises(InputError, match="--resume"):
         run_benchmark(FakeReader(), items, _settings(), path)
     reader = FakeReader()
     rows = run_benchmark(reader, items, _settings(), path, resume=True)  # one process now
-    assert {q for _, q in reader.calls} == {items[0].question, items[3].question}  # the lost process's item, the new one
+    assert {q for _, q in reader.calls} == {
+        items[0].question,
+        items[3].question,
+    }  # the lost process's item, the new one
     assert len(reader.calls) == 3 + 4  # item 1's native row was kept
     assert len(rows) == 16 and not list(tmp_path.glob("items.part-*"))
     assert [(r["id"], r["condition"]) for r in read_rows(path)] == [(i.id, c) for i in items for c in ALL]
@@ -181,8 +197,12 @@ def test_a_failed_request_in_a_group_fails_its_row_only_and_a_failed_group_is_re
     assert by[("syn-short-easy-1", "optical")]["status"] == "oom"
     assert by[("syn-short-easy-1", "native")]["status"] == "context_exceeded"
     assert reader.groups == [8]
-    alone = run_benchmark(FakeReader(fail=fail, max_input_tokens=50), items, _settings(conditions=("native", "optical")),
-                          tmp_path / "alone.csv")
+    alone = run_benchmark(
+        FakeReader(fail=fail, max_input_tokens=50),
+        items,
+        _settings(conditions=("native", "optical")),
+        tmp_path / "alone.csv",
+    )
     assert _comparable(rows) == _comparable(alone) and sum(r["status"] == "ok" for r in rows) == 3
 
     dead = BatchingFakeReader(in_flight=8, fail_groups=True, fail=fail, max_input_tokens=50)

@@ -9,13 +9,13 @@ from optical_cli.bench.scoring import extract_answer, mcnemar_exact, summarize, 
 OUTPUTS = [
     ("The correct answer is (B)", "B"),
     ("Let me think. The passage says 97 sacks.\nThe correct answer is (B).", "B"),
-    ("The correct answer is C", "C"),                                  # without parentheses
-    ("**The correct answer is (D)**", "D"),                             # markdown bold
+    ("The correct answer is C", "C"),  # without parentheses
+    ("**The correct answer is (D)**", "D"),  # markdown bold
     ("The correct answer is (A). Wait, The correct answer is (C)", "A"),  # several: the first wins
     ("The correct answer is B, or maybe The correct answer is (C)", "C"),  # parenthesised form first
-    ("the correct answer is (b)", None),                               # lower case: no match (official)
-    ("The correct answer is (E)", None),                               # not a choice
-    ("I think it is B.", None),                                        # no answer sentence
+    ("the correct answer is (b)", None),  # lower case: no match (official)
+    ("The correct answer is (E)", None),  # not a choice
+    ("I think it is B.", None),  # no answer sentence
     ("", None),
     (None, None),
 ]
@@ -37,7 +37,7 @@ def test_wilson_known_values():
 
 
 def test_mcnemar_exact_known_values():
-    assert mcnemar_exact(1, 7) == pytest.approx(2 * 9 / 256)        # P(X<=1 | n=8) = 9/256
+    assert mcnemar_exact(1, 7) == pytest.approx(2 * 9 / 256)  # P(X<=1 | n=8) = 9/256
     assert mcnemar_exact(7, 1) == pytest.approx(2 * 9 / 256)
     assert mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(5, 5) == 1.0
@@ -54,17 +54,40 @@ def test_middle_truncation_keeps_both_ends():
 
 
 def _row(id_, condition, correct, status="ok", length="short", difficulty="easy"):
-    return {"id": id_, "condition": condition, "correct": correct, "status": status, "length": length,
-            "difficulty": difficulty, "input_tokens": 100, "context_tokens": 80, "doc_tokens": 400, "pages": 0,
-            "chars_per_page": None, "truncated": False, "render_s": 0.0, "encode_s": 0.0, "adapter_s": 0.0,
-            "prefill_s": 0.1, "decode_s": 0.2, "latency_s": 0.3, "peak_memory_gib": 1.5}
+    return {
+        "id": id_,
+        "condition": condition,
+        "correct": correct,
+        "status": status,
+        "length": length,
+        "difficulty": difficulty,
+        "input_tokens": 100,
+        "context_tokens": 80,
+        "doc_tokens": 400,
+        "pages": 0,
+        "chars_per_page": None,
+        "truncated": False,
+        "render_s": 0.0,
+        "encode_s": 0.0,
+        "adapter_s": 0.0,
+        "prefill_s": 0.1,
+        "decode_s": 0.2,
+        "latency_s": 0.3,
+        "peak_memory_gib": 1.5,
+    }
 
 
 def test_summary_counts_failures_as_wrong():
-    rows = [_row("a", "native", True), _row("b", "native", False, status="oom"), _row("c", "native", True, length="long"),
-            _row("d", "native", False, status="context_exceeded", length="long"),
-            _row("a", "optical", False), _row("b", "optical", True), _row("c", "optical", True, length="long"),
-            _row("d", "optical", True, length="long")]
+    rows = [
+        _row("a", "native", True),
+        _row("b", "native", False, status="oom"),
+        _row("c", "native", True, length="long"),
+        _row("d", "native", False, status="context_exceeded", length="long"),
+        _row("a", "optical", False),
+        _row("b", "optical", True),
+        _row("c", "optical", True, length="long"),
+        _row("d", "optical", True, length="long"),
+    ]
     summary = summarize(rows, ["native", "optical"])
     native = summary["conditions"]["native"]
     assert native["accuracy"] == 0.5 and native["completion_rate"] == 0.5 and native["accuracy_on_completed"] == 1.0

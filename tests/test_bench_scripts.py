@@ -21,21 +21,53 @@ def rows(path):
 
 def test_bench_encoder_times_every_cpu_path_against_the_reference(tmp_path):
     out = tmp_path / "encoder.csv"
-    done = run_script("bench_encoder.py", "--size", "tiny", "--mode", "tiny", "--batch-sizes", "2", "--rounds", "1",
-                      "--device", "cpu", "--output", str(out))
+    done = run_script(
+        "bench_encoder.py",
+        "--size",
+        "tiny",
+        "--mode",
+        "tiny",
+        "--batch-sizes",
+        "2",
+        "--rounds",
+        "1",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+    )
     table = rows(out)
     assert [r["variant"].split(" ")[0] for r in table] == ["mask", "chunked", "folded", "auto"]  # flex skipped on CPU
     assert "skipped: flex" in done.stderr and "baseline: our mask path" in done.stderr
-    assert all(r["baseline"] == "mask" and float(r["pages_per_s"]) > 0 and float(r["max_abs_diff"]) < 1e-4 for r in table)
+    assert all(
+        r["baseline"] == "mask" and float(r["pages_per_s"]) > 0 and float(r["max_abs_diff"]) < 1e-4 for r in table
+    )
     assert table[0]["ratio_vs_baseline"] == "1.000" and "global:" in table[-1]["variant"]
 
 
 def test_bench_train_measures_each_loss_at_each_batch_size(tmp_path):
     out = tmp_path / "train.csv"
-    run_script("bench_train.py", "--size", "tiny", "--batch-sizes", "1,2", "--steps", "1", "--device", "cpu", "--output", str(out))
+    run_script(
+        "bench_train.py",
+        "--size",
+        "tiny",
+        "--batch-sizes",
+        "1,2",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+    )
     table = rows(out)
     training = [(r["variant"], r["batch"]) for r in table if r["stage"] == "training"]
     assert training == [(v, b) for b in ("1", "2") for v in ("full-logits", "label-positions", "checkpointing")]
-    assert [r["variant"] for r in table if r["stage"] == "caching"] == ["cold (render + encode)", "warm (feature cache)"]
+    assert [r["variant"] for r in table if r["stage"] == "caching"] == [
+        "cold (render + encode)",
+        "warm (feature cache)",
+    ]
     for row in (r for r in table if r["stage"] == "training"):
-        assert float(row["seconds"]) > 0 and float(row["peak_memory_gib"]) > 0 and float(row["ratio_vs_full_logits"]) > 0
+        assert (
+            float(row["seconds"]) > 0 and float(row["peak_memory_gib"]) > 0 and float(row["ratio_vs_full_logits"]) > 0
+        )

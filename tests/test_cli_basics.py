@@ -29,8 +29,14 @@ def test_help_says_where_config_backed_flags_get_their_defaults():
 
 
 def test_config_show_takes_the_clis_names_and_lists_them():
-    for name, section in ((["bench", "longbench"], "bench"), (["bench"], "bench"), (["index", "build-energy"], "search"),
-                          (["sweep", "diffusion"], "sweep"), (["longbench"], "bench"), (["train-adapter"], "train")):
+    for name, section in (
+        (["bench", "longbench"], "bench"),
+        (["bench"], "bench"),
+        (["index", "build-energy"], "search"),
+        (["sweep", "diffusion"], "sweep"),
+        (["longbench"], "bench"),
+        (["train-adapter"], "train"),
+    ):
         shown = runner.invoke(app, ["config", "show", *name])
         assert shown.exit_code == 0, shown.output
         assert section in yaml.safe_load(shown.stdout), name

@@ -48,7 +48,9 @@ def test_render_json_report_and_token_ratio(tmp_path):
     from optical_cli.textstats import count_text_tokens
 
     rendered = "\n".join(layout(tmp_path / "o")[0]["lines"])  # the Qwen count of the text on the page
-    assert report["text_tokens"] == count_text_tokens(rendered) > 300  # 7 tokens x 50 sentences, give or take line breaks
+    assert (
+        report["text_tokens"] == count_text_tokens(rendered) > 300
+    )  # 7 tokens x 50 sentences, give or take line breaks
     assert report["text_tokens_per_vision_token"] == pytest.approx(report["text_tokens"] / 64, abs=1e-3)
 
 
@@ -59,9 +61,14 @@ def test_render_directory_and_stdin(tmp_path):
     (folder / "a.md").write_text("alpha")
     (folder / "skip.bin").write_bytes(b"\x00\x01")
     out = tmp_path / "o"
-    assert invoke("render", folder, "-", "--output-dir", out, "--set", "render.tokenizer=none", stdin="charlie").exit_code == 0
+    assert (
+        invoke("render", folder, "-", "--output-dir", out, "--set", "render.tokenizer=none", stdin="charlie").exit_code
+        == 0
+    )
     assert [(p["source"].split("/")[-1], p["lines"]) for p in layout(out)] == [
-        ("a.md", ["alpha"]), ("b.txt", ["bravo"]), ("<stdin>", ["charlie"])
+        ("a.md", ["alpha"]),
+        ("b.txt", ["bravo"]),
+        ("<stdin>", ["charlie"]),
     ]
 
 
@@ -71,8 +78,18 @@ def test_render_in_parallel_gives_identical_pages(tmp_path):
     outs = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        result = invoke("render", doc, "--output-dir", out, "--set", f"runtime.workers={workers}",
-                        "--set", "render.mode=tiny", "--set", "render.tokenizer=none")
+        result = invoke(
+            "render",
+            doc,
+            "--output-dir",
+            out,
+            "--set",
+            f"runtime.workers={workers}",
+            "--set",
+            "render.mode=tiny",
+            "--set",
+            "render.tokenizer=none",
+        )
         assert result.exit_code == 0, result.output
         outs.append(out)
     names = sorted(p.name for p in outs[0].glob("page_*.png"))
@@ -110,7 +127,11 @@ def test_empty_input_is_exit_2_as_encode_text_says_and_one_empty_file_among_othe
         (lambda d: (d / "x").mkdir(), [], "holds no .txt/.md/.pdf files"),
         (lambda d: (d / "x").write_bytes(b"ok\xfe"), [], "byte offset 2"),
         (lambda d: (d / "x").write_text("hi"), ["--set", "render.font=/no/such/font.ttf"], "font not found"),
-        (lambda d: (d / "x").write_text("hi"), ["--set", "render.mode=tiny", "--set", "render.font_size=200", "--set", "render.margin=200"], "font_size"),
+        (
+            lambda d: (d / "x").write_text("hi"),
+            ["--set", "render.mode=tiny", "--set", "render.font_size=200", "--set", "render.margin=200"],
+            "font_size",
+        ),
         (lambda d: (d / "x").write_text("hi"), ["--set", "render.fontsize=9"], "did you mean 'render.font_size'"),
         (lambda d: (d / "x").write_text("hi"), ["--set", "render.encoding=klingon"], "not a known text encoding"),
     ],
@@ -154,7 +175,9 @@ def test_rerun_into_the_same_directory_is_refused_and_overwrite_leaves_no_stale_
     assert invoke("render", long_doc, *args).exit_code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     refused = invoke("render", short_doc, *args)
-    assert refused.exit_code == 2 and "finished `optical render` run" in refused.stderr and "--overwrite" in refused.stderr
+    assert (
+        refused.exit_code == 2 and "finished `optical render` run" in refused.stderr and "--overwrite" in refused.stderr
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
     assert invoke("render", short_doc, *args, "--overwrite").exit_code == 0
     assert sorted(p.name for p in out.glob("page_*.png")) == ["page_0001.png"] == [p["image"] for p in layout(out)]
@@ -175,8 +198,18 @@ def test_warnings_keep_brackets(capsys):
     assert "warning: scikit-learn is not installed (pip install 'optical[dev]')" in capsys.readouterr().err
 
 
-COMMANDS = ([], ["render"], ["encode"], ["train-adapter"], ["bench", "longbench"], ["index", "build-energy"],
-            ["index", "search"], ["sweep", "diffusion"], ["config", "show"], ["config", "validate"])
+COMMANDS = (
+    [],
+    ["render"],
+    ["encode"],
+    ["train-adapter"],
+    ["bench", "longbench"],
+    ["index", "build-energy"],
+    ["index", "search"],
+    ["sweep", "diffusion"],
+    ["config", "show"],
+    ["config", "validate"],
+)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "optical")

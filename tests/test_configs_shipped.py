@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from optical_cli.config import CONFIG_DIR, COMMANDS, command_for_file, load_config
+from optical_cli.config import COMMANDS, CONFIG_DIR, command_for_file, load_config
 
 ACCELERATE = CONFIG_DIR / "accelerate"  # accelerate's own launch configs, not a command's
 SHIPPED = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if ACCELERATE not in p.parents)

@@ -32,7 +32,9 @@ def official_state(model, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
 def assert_same_output(model, reference, atol=0.0):
     ref_model, pixels, expected = reference
     with torch.inference_mode():
-        torch.testing.assert_close(model(pixels.to(next(model.parameters()).dtype)).float(), expected, rtol=atol, atol=atol)
+        torch.testing.assert_close(
+            model(pixels.to(next(model.parameters()).dtype)).float(), expected, rtol=atol, atol=atol
+        )
 
 
 def test_our_format_round_trips_with_its_config(tmp_path, reference):
@@ -61,8 +63,12 @@ def test_official_file_against_the_full_size_architecture_reports_shapes(tmp_pat
 
 def test_community_layout_of_three_pickles(tmp_path, reference):
     state = reference[0].state_dict()
-    for filename, prefix in [("sam_encoder.pth", "sam_model."), ("clip_encoder.pth", "vision_model."), ("projector.pth", "projector.")]:
-        torch.save({n[len(prefix):]: t for n, t in state.items() if n.startswith(prefix)}, tmp_path / filename)
+    for filename, prefix in [
+        ("sam_encoder.pth", "sam_model."),
+        ("clip_encoder.pth", "vision_model."),
+        ("projector.pth", "projector."),
+    ]:
+        torch.save({n[len(prefix) :]: t for n, t in state.items() if n.startswith(prefix)}, tmp_path / filename)
     loaded = load_deepencoder(str(tmp_path), config=CFG)
     assert_same_output(loaded, reference)
     assert not loaded.layout_vectors_loaded
@@ -86,8 +92,14 @@ def test_community_pickle_truncated(tmp_path, reference):
     "change,message",
     [
         (lambda s: s.pop("model.sam_model.net_3.weight"), r"1 missing: sam_model\.net_3\.weight"),
-        (lambda s: s.__setitem__("model.sam_model.blocks.9.attn.qkv.weight", torch.zeros(2)), r"1 unexpected: sam_model\.blocks\.9"),
-        (lambda s: s.__setitem__("model.projector.layers.bias", torch.zeros(7)), r"wrong shape: projector\.layers\.bias \(7,\) \(expected \(48,\)\)"),
+        (
+            lambda s: s.__setitem__("model.sam_model.blocks.9.attn.qkv.weight", torch.zeros(2)),
+            r"1 unexpected: sam_model\.blocks\.9",
+        ),
+        (
+            lambda s: s.__setitem__("model.projector.layers.bias", torch.zeros(7)),
+            r"wrong shape: projector\.layers\.bias \(7,\) \(expected \(48,\)\)",
+        ),
         (lambda s: s.pop("model.view_seperator"), r"missing: view_seperator"),
     ],
 )

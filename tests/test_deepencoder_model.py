@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from optical_cli.models.deepencoder import DeepEncoder, DeepEncoderConfig, count_parameters
-from optical_cli.models.deepencoder.clip import resize_clip_pos
 from optical_cli.models.deepencoder import sam as sam_module
+from optical_cli.models.deepencoder.clip import resize_clip_pos
 from optical_cli.models.deepencoder.sam import Attention, Block, rel_pos_table, resize_abs_pos
 from optical_cli.models.loading import load_deepencoder
 
@@ -91,8 +91,10 @@ def test_attention_paths_equal_the_additive_mask(tiny_model, mode, monkeypatch):
 def test_auto_measures_every_cpu_path_once_per_shape_and_keeps_the_fastest(tiny_model, monkeypatch):
     monkeypatch.setattr(sam_module, "AUTO_CHOICES", {})
     calls = []
-    paths = {name: (lambda fn, name: lambda *a: calls.append(name) or fn(*a))(fn, name)
-             for name, fn in sam_module._PATHS.items()}
+    paths = {
+        name: (lambda fn, name: lambda *a: calls.append(name) or fn(*a))(fn, name)
+        for name, fn in sam_module._PATHS.items()
+    }
     monkeypatch.setattr(sam_module, "_PATHS", paths)
     tiny_model.set_attention("auto")
     try:
@@ -109,7 +111,7 @@ def test_auto_measures_every_cpu_path_once_per_shape_and_keeps_the_fastest(tiny_
     blocks = DeepEncoderConfig.tiny().sam_depth
     repeats = sam_module.AUTO_REPEATS
     assert first == 3 * repeats * 2 + (blocks - 2)  # every candidate timed per new shape, then the choice
-    assert len(calls) - first == blocks   # the second page only runs the chosen paths
+    assert len(calls) - first == blocks  # the second page only runs the chosen paths
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # eager FlexAttention on CPU warns that it is slow

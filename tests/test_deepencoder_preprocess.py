@@ -30,10 +30,10 @@ def test_single_view_modes_give_one_square_view(mode, size):
 
 def test_base_pads_with_grey_and_keeps_the_aspect_ratio():
     view = prepare(Image.new("RGB", (200, 100), "white"), "base").views[0]
-    assert view[:, 0, :].sub(GREY).abs().max() < 1e-6       # top band: grey padding
-    assert view[:, -1, :].sub(GREY).abs().max() < 1e-6      # bottom band
-    assert view[:, 512, :].eq(1.0).all()                      # middle row: the white image, full width
-    assert abs(GREY) < 0.01                                   # grey is (almost) zero after normalisation
+    assert view[:, 0, :].sub(GREY).abs().max() < 1e-6  # top band: grey padding
+    assert view[:, -1, :].sub(GREY).abs().max() < 1e-6  # bottom band
+    assert view[:, 512, :].eq(1.0).all()  # middle row: the white image, full width
+    assert abs(GREY) < 0.01  # grey is (almost) zero after normalisation
 
 
 def test_tiny_and_small_stretch_without_padding():
@@ -64,7 +64,14 @@ def test_rgba_drops_alpha_like_the_official_conversion():
 
 @pytest.mark.parametrize(
     "size,grid",
-    [((1500, 600), (3, 1)), ((700, 900), (2, 3)), ((2000, 1000), (2, 1)), ((1000, 2000), (1, 2)), ((900, 900), (2, 2)), ((5000, 700), (6, 1))],
+    [
+        ((1500, 600), (3, 1)),
+        ((700, 900), (2, 3)),
+        ((2000, 1000), (2, 1)),
+        ((1000, 2000), (1, 2)),
+        ((900, 900), (2, 2)),
+        ((5000, 700), (6, 1)),
+    ],
 )
 def test_gundam_grid_follows_the_aspect_ratio(size, grid):
     assert tile_grid(*size) == grid

@@ -33,9 +33,18 @@ def sam_cfg_and_model(request):
 
 def _sam_name(ref_name: str) -> str:
     """transformers' DeepSeek-OCR-2 SAM names -> the official (our) names."""
-    for old, new in [("patch_embed.projection", "patch_embed.proj"), ("layers.", "blocks."), ("layer_norm1", "norm1"),
-                     ("layer_norm2", "norm2"), ("neck.conv1", "neck.0"), ("neck.norm1", "neck.1"), ("neck.conv2", "neck.2"),
-                     ("neck.norm2", "neck.3"), ("proj.conv1", "net_2"), ("proj.conv2", "net_3")]:
+    for old, new in [
+        ("patch_embed.projection", "patch_embed.proj"),
+        ("layers.", "blocks."),
+        ("layer_norm1", "norm1"),
+        ("layer_norm2", "norm2"),
+        ("neck.conv1", "neck.0"),
+        ("neck.norm1", "neck.1"),
+        ("neck.conv2", "neck.2"),
+        ("neck.norm2", "neck.3"),
+        ("proj.conv1", "net_2"),
+        ("proj.conv2", "net_3"),
+    ]:
         ref_name = ref_name.replace(old, new)
     return ref_name
 
@@ -48,8 +57,12 @@ def test_sam_trunk_matches_the_transformers_deepseek_ocr2_sam(sam_cfg_and_model)
     from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import DeepseekOcr2SamVisionConfig
 
     config = DeepseekOcr2SamVisionConfig(
-        hidden_size=cfg.sam_dim, output_channels=cfg.sam_neck_dim, num_hidden_layers=cfg.sam_depth,
-        num_attention_heads=cfg.sam_heads, window_size=cfg.sam_window, global_attn_indexes=list(cfg.sam_global_blocks),
+        hidden_size=cfg.sam_dim,
+        output_channels=cfg.sam_neck_dim,
+        num_hidden_layers=cfg.sam_depth,
+        num_attention_heads=cfg.sam_heads,
+        window_size=cfg.sam_window,
+        global_attn_indexes=list(cfg.sam_global_blocks),
         downsample_channels=[cfg.sam_net2_dim, cfg.sam_out_dim],
     )
     reference = ocr2.DeepseekOcr2SamVisionEncoder(config).eval()
@@ -67,8 +80,14 @@ def test_clip_blocks_match_transformers_clip_encoder(ours):
     from transformers import CLIPVisionConfig
     from transformers.models.clip.modeling_clip import CLIPEncoder
 
-    config = CLIPVisionConfig(hidden_size=CFG.clip_dim, intermediate_size=CFG.clip_mlp_dim, num_hidden_layers=CFG.clip_depth,
-                              num_attention_heads=CFG.clip_heads, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    config = CLIPVisionConfig(
+        hidden_size=CFG.clip_dim,
+        intermediate_size=CFG.clip_mlp_dim,
+        num_hidden_layers=CFG.clip_depth,
+        num_attention_heads=CFG.clip_heads,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    )
     config._attn_implementation = "sdpa"
     reference = CLIPEncoder(config).eval()
     mapped = {}

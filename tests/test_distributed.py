@@ -13,8 +13,16 @@ CPU_LAUNCH_OF_ONE = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "
 
 @pytest.fixture
 def plain(monkeypatch):
-    for name in ("WORLD_SIZE", "RANK", "PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
-                 "ACCELERATE_USE_CPU", "MASTER_ADDR"):
+    for name in (
+        "WORLD_SIZE",
+        "RANK",
+        "PMI_SIZE",
+        "PMI_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        "OMPI_COMM_WORLD_RANK",
+        "ACCELERATE_USE_CPU",
+        "MASTER_ADDR",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -43,7 +51,17 @@ def test_a_cpu_launch_that_started_one_process_is_said(plain, tmp_path):
     from PIL import Image
 
     Image.new("RGB", (64, 64), "white").save(image)
-    result = CliRunner().invoke(app, ["encode", "-i", str(image), "-c", str(Path(__file__).parent.parent / "configs" / "tiny" / "encode.yaml"),
-                                      "-o", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "encode",
+            "-i",
+            str(image),
+            "-c",
+            str(Path(__file__).parent.parent / "configs" / "tiny" / "encode.yaml"),
+            "-o",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "warning: accelerate launch --cpu started one process" in result.stderr

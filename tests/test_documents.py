@@ -13,9 +13,11 @@ from optical_cli.errors import InputError
 from optical_cli.render import non_space
 
 runner = CliRunner()
-TEXT = ("Optical compression renders long-form text to page images; a well-known trade-off: state-of-the-art "
-        "encoders read ten-fold fewer tokens. Co-operation, re-entry and e-mail are hyphen-heavy words (x-ray, "
-        "long-term, self-evident). ") * 14
+TEXT = (
+    "Optical compression renders long-form text to page images; a well-known trade-off: state-of-the-art "
+    "encoders read ten-fold fewer tokens. Co-operation, re-entry and e-mail are hyphen-heavy words (x-ray, "
+    "long-term, self-evident). "
+) * 14
 
 
 def make_pdf(path, text=TEXT, pages=3, with_text=True):
@@ -33,7 +35,7 @@ def make_pdf(path, text=TEXT, pages=3, with_text=True):
         for page in range(pages):
             figure = plt.figure(figsize=(8.5, 11))
             if with_text:
-                for row, line in enumerate(lines[page * per_page:(page + 1) * per_page]):
+                for row, line in enumerate(lines[page * per_page : (page + 1) * per_page]):
                     figure.text(0.05, 0.95 - row * 0.03, line, family="DejaVu Sans Mono", fontsize=10)
             else:  # a "scan": ink as an image, no text layer
                 figure.figimage([[0.0, 1.0], [1.0, 0.0]], xo=100, yo=100)
@@ -44,8 +46,12 @@ def make_pdf(path, text=TEXT, pages=3, with_text=True):
 
 def minimal_pdf(trailer_extra=b"", extra_objects=()):
     """A one-page PDF written by hand (the trailer can name an /Encrypt dictionary)."""
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>", *extra_objects]
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
+        *extra_objects,
+    ]
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, 1):
@@ -63,8 +69,10 @@ def encrypted_pdf():
     """Standard security handler (RC4, revision 2) with a user password: its /U entry matches no
     password, so the empty one fails and PDFium asks for a password, as for any locked PDF."""
     file_id = b"<" + b"11" * 16 + b">"
-    return minimal_pdf(b"/Encrypt 4 0 R /ID [" + file_id + b" " + file_id + b"] ",
-                       [b"<< /Filter /Standard /V 1 /R 2 /O <" + b"ab" * 32 + b"> /U <" + b"cd" * 32 + b"> /P -4 >>"])
+    return minimal_pdf(
+        b"/Encrypt 4 0 R /ID [" + file_id + b" " + file_id + b"] ",
+        [b"<< /Filter /Standard /V 1 /R 2 /O <" + b"ab" * 32 + b"> /U <" + b"cd" * 32 + b"> /P -4 >>"],
+    )
 
 
 def invoke(*args):
@@ -98,8 +106,19 @@ def test_render_pdf_json_keeps_all_characters_in_order(tmp_path):
 def test_pdf_pages_rasterises_the_pdfs_own_pages(tmp_path):
     pdf = make_pdf(tmp_path / "doc.pdf")
     out = tmp_path / "out"
-    result = invoke("render", pdf, "--json", "-o", out, "--set", "render.source=pdf-pages",
-                    "--set", "render.mode=small", "--set", "render.tokenizer=none")
+    result = invoke(
+        "render",
+        pdf,
+        "--json",
+        "-o",
+        out,
+        "--set",
+        "render.source=pdf-pages",
+        "--set",
+        "render.mode=small",
+        "--set",
+        "render.tokenizer=none",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["pages"] == pdf_page_count(pdf) == 3 and report["source"] == "pdf-pages"
@@ -128,9 +147,15 @@ def test_scan_without_text_layer(tmp_path):
     assert report["pages"] == 2 and report["characters"] == 0 and report["pdfs_without_text_layer"] == [str(scan)]
 
 
-@pytest.mark.parametrize("kind, expected", [
-    ("corrupt", "not a readable PDF"), ("encrypted", "encrypted"), ("empty", "no pages"), ("truncated", "not a readable PDF"),
-])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("corrupt", "not a readable PDF"),
+        ("encrypted", "encrypted"),
+        ("empty", "no pages"),
+        ("truncated", "not a readable PDF"),
+    ],
+)
 def test_bad_pdfs_exit_2_with_one_line_naming_the_file(tmp_path, kind, expected):
     path = tmp_path / f"{kind}.pdf"
     if kind == "corrupt":
@@ -175,8 +200,18 @@ def test_training_corpus_reads_pdfs_in_a_directory(tmp_path):
         read_corpus(str(folder))
 
 
-TINY_ENCODER = ["--set", "deepencoder.weights=random", "--set", "deepencoder.architecture=tiny", "--set", "runtime.device=cpu",
-                "--set", "runtime.dtype=float32", "--set", "deepencoder.mode=tiny"]
+TINY_ENCODER = [
+    "--set",
+    "deepencoder.weights=random",
+    "--set",
+    "deepencoder.architecture=tiny",
+    "--set",
+    "runtime.device=cpu",
+    "--set",
+    "runtime.dtype=float32",
+    "--set",
+    "deepencoder.mode=tiny",
+]
 
 
 def test_encode_reads_a_pdfs_text_layer_and_its_own_pages(tmp_path):
@@ -186,14 +221,22 @@ def test_encode_reads_a_pdfs_text_layer_and_its_own_pages(tmp_path):
     direct = invoke("encode", "--text", pdf, *TINY_ENCODER, "-o", tmp_path / "a")
     assert direct.exit_code == 0, direct.output
     rendered = tmp_path / "r"
-    assert invoke("render", pdf, "-o", rendered, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code == 0
+    assert (
+        invoke("render", pdf, "-o", rendered, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code
+        == 0
+    )
     from_dir = invoke("encode", "-i", rendered, *TINY_ENCODER, "-o", tmp_path / "b")
     assert from_dir.exit_code == 0, from_dir.output
     a = load_file(str(tmp_path / "a" / "features.safetensors"))["features"]
     b = load_file(str(tmp_path / "b" / "features.safetensors"))["features"]
     assert a.shape == b.shape and (a == b).all()
     originals = tmp_path / "p"
-    assert invoke("render", pdf, "-o", originals, "--set", "render.mode=tiny", "--set", "render.source=pdf-pages").exit_code == 0
+    assert (
+        invoke(
+            "render", pdf, "-o", originals, "--set", "render.mode=tiny", "--set", "render.source=pdf-pages"
+        ).exit_code
+        == 0
+    )
     pages = invoke("encode", "-i", originals, *TINY_ENCODER, "-o", tmp_path / "c")
     assert pages.exit_code == 0, pages.output
     assert load_file(str(tmp_path / "c" / "features.safetensors"))["features"].shape[0] == 2
@@ -203,8 +246,19 @@ def test_bench_items_can_take_their_document_from_a_pdf(tmp_path):
     from optical_cli.bench.data import load_items
 
     make_pdf(tmp_path / "report.pdf", pages=2)
-    record = {"_id": "mine-1", "domain": "own", "difficulty": "easy", "length": "short", "question": "Which words?",
-              "choice_A": "a", "choice_B": "b", "choice_C": "c", "choice_D": "d", "answer": "A", "context_file": "report.pdf"}
+    record = {
+        "_id": "mine-1",
+        "domain": "own",
+        "difficulty": "easy",
+        "length": "short",
+        "question": "Which words?",
+        "choice_A": "a",
+        "choice_B": "b",
+        "choice_C": "c",
+        "choice_D": "d",
+        "answer": "A",
+        "context_file": "report.pdf",
+    }
     data = tmp_path / "items.jsonl"
     data.write_text(json.dumps(record) + "\n")
     [item] = load_items(str(data))
@@ -218,7 +272,9 @@ def test_bench_items_can_take_their_document_from_a_pdf(tmp_path):
 def test_a_pdf_on_stdin_is_read_for_its_text_layer(tmp_path):
     pdf = make_pdf(tmp_path / "doc.pdf", pages=1)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["render", "-", "-o", str(out), "--set", "render.tokenizer=none"], input=pdf.read_bytes())
+    result = runner.invoke(
+        app, ["render", "-", "-o", str(out), "--set", "render.tokenizer=none"], input=pdf.read_bytes()
+    )
     assert result.exit_code == 0, result.output
     pages = [json.loads(line) for line in (out / "layout.jsonl").read_text().splitlines()]
     assert non_space("".join("".join(page["lines"]) for page in pages)) == non_space(TEXT)

@@ -22,8 +22,16 @@ from optical_cli.models.loading import load_deepencoder, save_deepencoder
 
 runner = CliRunner()
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--set", "deepencoder.weights=random", "--set", "deepencoder.architecture=tiny",
-        "--set", "runtime.device=cpu", "--set", "runtime.dtype=float32"]
+TINY = [
+    "--set",
+    "deepencoder.weights=random",
+    "--set",
+    "deepencoder.architecture=tiny",
+    "--set",
+    "runtime.device=cpu",
+    "--set",
+    "runtime.dtype=float32",
+]
 
 
 def invoke(*args):
@@ -47,9 +55,23 @@ def test_reference_call_writes_features_equal_to_the_model(tmp_path, tiny_weight
     model, weights = tiny_weights
     image = page(tmp_path / "PAGE.png")
     out = tmp_path / "OUT.safetensors"
-    result = invoke("encode", "--input", image, "--output", out, "--set", f"deepencoder.weights={weights}",
-                    "--set", "deepencoder.mode=base", "--set", "runtime.device=cpu", "--set", "runtime.dtype=float32",
-                    "--output-dir", tmp_path / "run")
+    result = invoke(
+        "encode",
+        "--input",
+        image,
+        "--output",
+        out,
+        "--set",
+        f"deepencoder.weights={weights}",
+        "--set",
+        "deepencoder.mode=base",
+        "--set",
+        "runtime.device=cpu",
+        "--set",
+        "runtime.dtype=float32",
+        "--output-dir",
+        tmp_path / "run",
+    )
     assert result.exit_code == 0, result.output
     features = load_file(str(out))["features"]
     assert features.shape == (1, 256, 48)
@@ -67,22 +89,52 @@ def test_reference_call_writes_features_equal_to_the_model(tmp_path, tiny_weight
 
 def test_gundam_pages_of_different_lengths_are_padded_and_counted(tmp_path):
     page(tmp_path / "a.png", (1500, 600)), page(tmp_path / "b.png", (200, 300))
-    result = invoke("encode", "-i", tmp_path, *TINY, "--set", "deepencoder.mode=gundam",
-                    "--set", "deepencoder.layout_tokens=true", "--set", "encode.batch_size=2", "--output-dir", tmp_path / "run", "--json")
+    result = invoke(
+        "encode",
+        "-i",
+        tmp_path,
+        *TINY,
+        "--set",
+        "deepencoder.mode=gundam",
+        "--set",
+        "deepencoder.layout_tokens=true",
+        "--set",
+        "encode.batch_size=2",
+        "--output-dir",
+        tmp_path / "run",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     tensors = load_file(str(tmp_path / "run" / "features.safetensors"))
     # a.png: 3x1 tiles -> 10 rows x (30+1) + global 16 x 17 + separator; b.png: global view only
     assert tensors["tokens"].tolist() == [10 * 31 + 273, 273]
     assert tensors["features"].shape == (2, 583, 48)
     assert tensors["features"][1, 273:].abs().sum() == 0
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert summary["pages"] == 2 and summary["vision_tokens"] == 583 + 273
     # one page per shard: shards of different lengths, padded to the longest when read as one
-    result = invoke("encode", "-i", tmp_path, *TINY, "--set", "deepencoder.mode=gundam", "--set", "deepencoder.layout_tokens=true",
-                    "--set", "encode.shard_pages=1", "--output", tmp_path / "out" / "pages.safetensors", "--output-dir", tmp_path / "run2")
+    result = invoke(
+        "encode",
+        "-i",
+        tmp_path,
+        *TINY,
+        "--set",
+        "deepencoder.mode=gundam",
+        "--set",
+        "deepencoder.layout_tokens=true",
+        "--set",
+        "encode.shard_pages=1",
+        "--output",
+        tmp_path / "out" / "pages.safetensors",
+        "--output-dir",
+        tmp_path / "run2",
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "pages-00001-of-00002.safetensors", "pages-00002-of-00002.safetensors", "pages.index.json"]
+        "pages-00001-of-00002.safetensors",
+        "pages-00002-of-00002.safetensors",
+        "pages.index.json",
+    ]
     assert load_file(str(tmp_path / "out" / "pages-00002-of-00002.safetensors"))["features"].shape == (1, 273, 48)
     features, tokens = FeatureFiles.open(tmp_path / "out" / "pages.index.json").load()
     torch.testing.assert_close(features, tensors["features"])  # batched differently: equal up to rounding
@@ -93,7 +145,12 @@ def test_text_and_render_run_directory_give_the_same_features_and_text_metrics(t
     text = tmp_path / "doc.txt"
     text.write_text("The quick brown fox jumps over the lazy dog.\n" * 300, encoding="utf-8")
     rendered = tmp_path / "rendered"
-    assert invoke("render", text, "--output-dir", rendered, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code == 0
+    assert (
+        invoke(
+            "render", text, "--output-dir", rendered, "--set", "render.mode=tiny", "--set", "render.tokenizer=none"
+        ).exit_code
+        == 0
+    )
     direct = invoke("encode", "--text", text, *TINY, "--set", "deepencoder.mode=tiny", "--output-dir", tmp_path / "a")
     from_dir = invoke("encode", "-i", rendered, *TINY, "--set", "deepencoder.mode=tiny", "--output-dir", tmp_path / "b")
     assert direct.exit_code == 0 and from_dir.exit_code == 0, direct.output + from_dir.output
@@ -126,7 +183,9 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
     assert "over the limit of 256 px" in message
     assert "nothing to encode" in one_line_error(invoke("encode", *TINY))
     assert "no such file" in one_line_error(invoke("encode", "-i", tmp_path / "missing.png", *TINY))
-    assert ".safetensors" in one_line_error(invoke("encode", "-i", tmp_path / "big.png", "--output", tmp_path / "x.npy", *TINY))
+    assert ".safetensors" in one_line_error(
+        invoke("encode", "-i", tmp_path / "big.png", "--output", tmp_path / "x.npy", *TINY)
+    )
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     assert "cannot decode as utf-8" in one_line_error(invoke("encode", "--text", tmp_path / "latin1.txt", *TINY))
     run_dir = tmp_path / "rendered"
@@ -135,7 +194,9 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
     assert "lacks source/image/lines" in one_line_error(invoke("encode", "-i", run_dir, *TINY))
     (run_dir / "layout.jsonl").write_text("")
     assert "no pages to encode" in one_line_error(invoke("encode", "-i", run_dir, *TINY))
-    assert "--resume needs --output-dir" in one_line_error(invoke("encode", "-i", tmp_path / "big.png", *TINY, "--resume"))
+    assert "--resume needs --output-dir" in one_line_error(
+        invoke("encode", "-i", tmp_path / "big.png", *TINY, "--resume")
+    )
 
 
 def test_corrupt_weights_give_one_line_and_exit_2(tmp_path, tiny_weights):
@@ -143,8 +204,17 @@ def test_corrupt_weights_give_one_line_and_exit_2(tmp_path, tiny_weights):
     corrupt = tmp_path / "W.safetensors"
     corrupt.write_bytes(data[: len(data) // 2])
     image = page(tmp_path / "p.png")
-    result = invoke("encode", "-i", image, "--set", f"deepencoder.weights={corrupt}", "--set", "runtime.device=cpu",
-                    "--output-dir", tmp_path / "run")
+    result = invoke(
+        "encode",
+        "-i",
+        image,
+        "--set",
+        f"deepencoder.weights={corrupt}",
+        "--set",
+        "runtime.device=cpu",
+        "--output-dir",
+        tmp_path / "run",
+    )
     assert "corrupt or truncated" in one_line_error(result)
 
 
@@ -192,7 +262,9 @@ def test_many_pages_stream_into_shards_equal_to_one_file(long_text, one_file_run
     shards = -(-pages // 2)
     assert pages >= 5 and json.loads(result.stdout)["shards"] == shards
     index = json.loads((out / "features.index.json").read_text())
-    assert [s["file"] for s in index["shards"]] == [f"features-{k:05d}-of-{shards:05d}.safetensors" for k in range(1, shards + 1)]
+    assert [s["file"] for s in index["shards"]] == [
+        f"features-{k:05d}-of-{shards:05d}.safetensors" for k in range(1, shards + 1)
+    ]
     assert index["pages"] == pages and index["sources"] == [[str(long_text), pages]]
     assert torch.equal(torch.cat([load_file(str(out / s["file"]))["features"] for s in index["shards"]]), whole)
     assert not (out / "features.safetensors").exists() and not list(out.glob("features-?????.safetensors"))
@@ -206,7 +278,12 @@ def test_document_metrics_from_page_tallies_equal_the_joined_text(long_text, one
     from optical_cli.textstats import entropy_of_counts
 
     rendered = tmp_path / "rendered"
-    assert invoke("render", long_text, "--output-dir", rendered, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code == 0
+    assert (
+        invoke(
+            "render", long_text, "--output-dir", rendered, "--set", "render.mode=tiny", "--set", "render.tokenizer=none"
+        ).exit_code
+        == 0
+    )
     joined = "\n".join("\n".join(r["lines"]) for r in read_jsonl(rendered / "layout.jsonl"))
     [doc] = read_jsonl(one_file_run / "documents.jsonl")
     assert doc["characters"] == len(joined) and doc["words"] == len(joined.split())
@@ -242,8 +319,19 @@ def test_interrupted_run_resumes_after_its_complete_shards(long_text, one_file_r
     unfinished = invoke("index", "build-energy", "--input", out, "-o", tmp_path / "ix")
     assert unfinished.exit_code == 2 and "did not finish" in unfinished.output
     monkeypatch.setattr(ShardedFeatures, "write", write)
-    moved = invoke("encode", "--text", long_text, *TINY, "--set", "deepencoder.mode=small", "--set", "encode.shard_pages=2",
-                   "--output-dir", out, "--resume")
+    moved = invoke(
+        "encode",
+        "--text",
+        long_text,
+        *TINY,
+        "--set",
+        "deepencoder.mode=small",
+        "--set",
+        "encode.shard_pages=2",
+        "--output-dir",
+        out,
+        "--resume",
+    )
     assert "deepencoder.mode" in one_line_error(moved)
     other = tmp_path / "other.txt"
     other.write_text(long_text.read_text()[::-1])
@@ -269,8 +357,13 @@ def test_interrupted_run_resumes_after_its_complete_shards(long_text, one_file_r
     assert not stale.exists()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "ok" and [a["status"] for a in manifest["attempts"]] == ["interrupted"]
-    assert [(c["q_shape"], c["path"]) for c in manifest["attention_auto"]] == [(c["q_shape"], c["path"]) for c in chosen]
-    assert json.loads((out / "features.index.json").read_text())["metadata"]["attention_auto"] == manifest["attention_auto"]
+    assert [(c["q_shape"], c["path"]) for c in manifest["attention_auto"]] == [
+        (c["q_shape"], c["path"]) for c in chosen
+    ]
+    assert (
+        json.loads((out / "features.index.json").read_text())["metadata"]["attention_auto"]
+        == manifest["attention_auto"]
+    )
     pages = json.loads(resumed.stdout)["pages"]
     [report] = manifest["process_pages"]
     assert report["resumed_shards"] == 2 and report["pages"] == pages - 4 and report["shards"][0] == 3

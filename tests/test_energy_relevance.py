@@ -16,7 +16,7 @@ import torch
 from optical_cli.config import load_config
 from optical_cli.index.build import build
 from optical_cli.index.embed import encode_texts
-from optical_cli.index.search import SearchParams, Searcher, topk_rows
+from optical_cli.index.search import Searcher, SearchParams, topk_rows
 from optical_cli.sweep.metrics import TrecEvaluator
 from optical_cli.sweep.relevance import build_relevance, drop_self
 
@@ -40,7 +40,7 @@ def labelled():
         return ndcg(topk_rows(Searcher(searched_index), vectors[relevance.queries], params))
 
     rng = np.random.default_rng(0)
-    chance = ndcg(np.stack([rng.permutation(len(records))[:DEPTH + 1] for _ in relevance.queries]))
+    chance = ndcg(np.stack([rng.permutation(len(records))[: DEPTH + 1] for _ in relevance.queries]))
     return index, ndcg_of, chance
 
 

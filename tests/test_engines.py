@@ -6,9 +6,9 @@ from importlib import util
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
-from conftest import REPO_ROOT
 from optical_cli.bench.engines.vllm import collapse_image_pads, page_grid_thw, request_times
 from optical_cli.cli import app
 from optical_cli.models import loading
@@ -16,8 +16,15 @@ from optical_cli.models.vlm import IMAGE_PAD, build_layout, vision_grid
 
 runner = CliRunner()
 HAS_VLLM = util.find_spec("vllm") is not None
-TINY_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=32, mrope_section=[6, 5, 5])
+TINY_DIMS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    mrope_section=[6, 5, 5],
+)
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here: the missing-engine error cannot happen")
@@ -35,8 +42,9 @@ def test_engine_vllm_without_vllm_is_one_line_exit_2_and_no_run_directory(tmp_pa
 
 def test_an_unknown_engine_is_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
-    result = runner.invoke(app, ["bench", "longbench", "-c", "configs/tiny/longbench.yaml", "--engine", "tgi",
-                                 "-o", str(tmp_path / "run")])
+    result = runner.invoke(
+        app, ["bench", "longbench", "-c", "configs/tiny/longbench.yaml", "--engine", "tgi", "-o", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2 and "engine" in result.stderr
     assert not (tmp_path / "run").exists()
 

@@ -48,7 +48,9 @@ def test_fullsize_config_builds_the_published_architectures(command, path):
 
     max_pages = cfg.adapter.max_pages if command == "train-adapter" else cfg.bench.max_pages
     hidden_dim = cfg.adapter.hidden_dim if command == "train-adapter" else AdapterConfig().hidden_dim
-    adapter = on_meta(lambda: OpticalAdapter(AdapterConfig(encoder_cfg.out_dim, hidden_dim, text.hidden_size, max_pages)))
+    adapter = on_meta(
+        lambda: OpticalAdapter(AdapterConfig(encoder_cfg.out_dim, hidden_dim, text.hidden_size, max_pages))
+    )
     assert parameter_count(adapter) == 10_642_432
     assert adapter.config.llm_dim == text.hidden_size == 2048  # the adapter writes the LM's embedding width
 
@@ -70,8 +72,9 @@ FAMILY = {
 }
 
 
-def published_count(hidden, intermediate, layers, heads, kv_heads, tied, experts, moe_intermediate,
-                    vocab=151_936, head_dim=128):
+def published_count(
+    hidden, intermediate, layers, heads, kv_heads, tied, experts, moe_intermediate, vocab=151_936, head_dim=128
+):
     attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2 + 2 * head_dim  # q, o, k, v, q/k norms
     mlp = experts * (3 * hidden * moe_intermediate + hidden) if experts else 3 * hidden * intermediate  # + router
     per_layer = attention + mlp + 2 * hidden
@@ -93,7 +96,9 @@ def test_family_configs_build_their_published_language_models(stem):
     assert (model.lm_head.weight is model.get_input_embeddings().weight) == dims[5]
     assert type(model).__name__ == ("Qwen3VLMoeLanguageModel" if dims[6] else "Qwen3VLLanguageModel")
     hidden = model.config.text_config.hidden_size
-    adapter = on_meta(lambda: OpticalAdapter(AdapterConfig(1280, train.adapter.hidden_dim, hidden, train.adapter.max_pages)))
+    adapter = on_meta(
+        lambda: OpticalAdapter(AdapterConfig(1280, train.adapter.hidden_dim, hidden, train.adapter.max_pages))
+    )
     assert adapter.config.llm_dim == hidden == dims[0]  # the adapter writes the model's embedding width
 
 

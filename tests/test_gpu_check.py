@@ -12,9 +12,14 @@ STEPS = ("parity", "encoder", "cost", "train", "vllm")
 
 
 def test_dry_run_measures_parity_and_accounts_for_every_step(tmp_path):
-    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run", "--output-dir", str(tmp_path)], cwd=REPO,
-                            env={**os.environ, "PYTHON": sys.executable, "VLLM_PYTHON": sys.executable},
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--dry-run", "--output-dir", str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHON": sys.executable, "VLLM_PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "planned budget: parity" in result.stdout and "== summary" in result.stdout
     with open(tmp_path / "steps.csv", newline="") as handle:

@@ -9,8 +9,20 @@ from scipy.sparse.csgraph import connected_components
 
 from optical_cli.config import EnergyBuildSection
 from optical_cli.index.build import (
-    FeatureNodes, Graph, LambdaScales, build, diffuse, feature_distances, finish, knn_graph, node_dispersion, prepare,
-    robust_scale, select_tau, spectral_terms, taumode_lambda,
+    FeatureNodes,
+    Graph,
+    LambdaScales,
+    build,
+    diffuse,
+    feature_distances,
+    finish,
+    knn_graph,
+    node_dispersion,
+    prepare,
+    robust_scale,
+    select_tau,
+    spectral_terms,
+    taumode_lambda,
 )
 
 
@@ -63,7 +75,9 @@ def test_taumode_modes_use_the_energies():
 
 def test_bounded_lambda_by_hand_and_published_warning():
     bounded = LambdaScales("bounded", tau=2.0, tau_G=0.01, blend=0.25)
-    assert taumode_lambda(torch.tensor(2.0), torch.tensor(0.03), bounded).item() == pytest.approx(0.25 * 0.5 + 0.75 * 0.75)
+    assert taumode_lambda(torch.tensor(2.0), torch.tensor(0.03), bounded).item() == pytest.approx(
+        0.25 * 0.5 + 0.75 * 0.75
+    )
     assert bounded.warning() is None
     # every term is a ratio x/(x + scale): lambda stays in [0, 1) however large E or G are
     huge = taumode_lambda(torch.tensor([0.0, 1e6]), torch.tensor([0.0, 1e6]), bounded)
@@ -93,8 +107,14 @@ def test_mad_scale_by_hand():
 
 def test_energy_edge_weight_by_hand():
     columns = torch.tensor([[0.0, 0.0], [3.0, 4.0]])  # ||x_a - x_b|| = 5
-    nodes = FeatureNodes(lam=torch.tensor([0.0, 1.0]), E=torch.zeros(2), G=torch.tensor([0.0, 0.5]),
-                         s_lambda=0.5, s_G=0.25, scales=LambdaScales("bounded", 1.0, 1.0, 0.5))
+    nodes = FeatureNodes(
+        lam=torch.tensor([0.0, 1.0]),
+        E=torch.zeros(2),
+        G=torch.tensor([0.0, 0.5]),
+        s_lambda=0.5,
+        s_G=0.25,
+        scales=LambdaScales("bounded", 1.0, 1.0, 0.5),
+    )
     distances = feature_distances(columns, nodes, 1.0, 0.5, 0.25)
     expected = 1.0 * 1 / 0.5 + 0.5 * 0.5 / 0.25 + 0.25 * 5 / 6
     assert distances(0, 1)[0, 1].item() == pytest.approx(expected)
@@ -121,7 +141,7 @@ def test_lambda_order_matches_item_order():
     x = clustered(n=120, dim=10)  # not square: a row/column mix-up cannot go unnoticed
     index = build(x, PARAMS, ids=[f"item{i}" for i in range(len(x))], seed=0)
     for row in (0, 7, 63, 119):
-        alone = spectral_terms(torch.from_numpy(x[row:row + 1]), index.graph)
+        alone = spectral_terms(torch.from_numpy(x[row : row + 1]), index.graph)
         assert taumode_lambda(alone.E, alone.G, index.scales).item() == pytest.approx(index.lam[row].item(), rel=1e-5)
     assert index.ids[63] == "item63"
 

@@ -22,8 +22,21 @@ def invoke(*args):
 def cve_index(tmp_path_factory):
     """A real index over a seeded 24-record slice of the bundled CVE corpus, embedded with MiniLM."""
     out = tmp_path_factory.mktemp("cve_index")
-    result = invoke("index", "build-energy", "--limit", 24, "-o", out, "--json", "--set", f"embed.cache_dir={out / 'cache'}",
-                    "--set", "runtime.device=cpu", "--set", "build.neighbor_k=4")
+    result = invoke(
+        "index",
+        "build-energy",
+        "--limit",
+        24,
+        "-o",
+        out,
+        "--json",
+        "--set",
+        f"embed.cache_dir={out / 'cache'}",
+        "--set",
+        "runtime.device=cpu",
+        "--set",
+        "build.neighbor_k=4",
+    )
     assert result.exit_code == 0, result.output
     return out, json.loads(result.stdout)
 
@@ -41,8 +54,21 @@ def test_build_on_cve_corpus(cve_index):
 
 def test_repeat_build_hits_cache_and_is_identical(cve_index, tmp_path):
     out, _ = cve_index
-    again = invoke("index", "build-energy", "--limit", 24, "-o", tmp_path, "--json", "--set", f"embed.cache_dir={out / 'cache'}",
-                   "--set", "runtime.device=cpu", "--set", "build.neighbor_k=4")
+    again = invoke(
+        "index",
+        "build-energy",
+        "--limit",
+        24,
+        "-o",
+        tmp_path,
+        "--json",
+        "--set",
+        f"embed.cache_dir={out / 'cache'}",
+        "--set",
+        "runtime.device=cpu",
+        "--set",
+        "build.neighbor_k=4",
+    )
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["embedding_cache_hit"] is True
     import pandas as pd
@@ -52,8 +78,19 @@ def test_repeat_build_hits_cache_and_is_identical(cve_index, tmp_path):
 
 def test_text_search_json_lines(cve_index):
     out, _ = cve_index
-    result = invoke("index", "search", "--index", out, "--query", "buffer overflow allows remote code execution",
-                    "-k", 5, "--json", "--set", "runtime.device=cpu")
+    result = invoke(
+        "index",
+        "search",
+        "--index",
+        out,
+        "--query",
+        "buffer overflow allows remote code execution",
+        "-k",
+        5,
+        "--json",
+        "--set",
+        "runtime.device=cpu",
+    )
     assert result.exit_code == 0, result.output
     hits = [json.loads(line) for line in result.stdout.splitlines()]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
@@ -75,10 +112,25 @@ def test_blank_query_is_one_line_exit_2(cve_index, blank):
 def test_queries_file_and_modes(cve_index, tmp_path):
     out, _ = cve_index
     queries = tmp_path / "q.jsonl"
-    queries.write_text('{"id": "a", "text": "SQL injection in login form"}\n{"id": "b", "text": "cross-site scripting"}\n')
+    queries.write_text(
+        '{"id": "a", "text": "SQL injection in login form"}\n{"id": "b", "text": "cross-site scripting"}\n'
+    )
     for mode in ("cosine", "hybrid"):
-        result = invoke("index", "search", "--index", out, "--queries", queries, "--mode", mode, "-k", 3, "--json",
-                        "--set", "runtime.device=cpu")
+        result = invoke(
+            "index",
+            "search",
+            "--index",
+            out,
+            "--queries",
+            queries,
+            "--mode",
+            mode,
+            "-k",
+            3,
+            "--json",
+            "--set",
+            "runtime.device=cpu",
+        )
         assert result.exit_code == 0, result.output
         hits = [json.loads(line) for line in result.stdout.splitlines()]
         assert [h["query_id"] for h in hits] == ["a"] * 3 + ["b"] * 3 and hits[0]["mode"] == mode
@@ -103,14 +155,31 @@ def test_batch_search_prints_one_summary_line_and_ann_matches_exact(cve_index, t
     np.save(tmp_path / "q.npy", vectors)
     found = {}
     for candidates in ("exact", "ann"):
-        result = invoke("index", "search", "--index", out, "--query-vector", tmp_path / "q.npy", "-k", 5, "--json",
-                        "--candidates", candidates, "--set", "search.ann_candidates=24")
+        result = invoke(
+            "index",
+            "search",
+            "--index",
+            out,
+            "--query-vector",
+            tmp_path / "q.npy",
+            "-k",
+            5,
+            "--json",
+            "--candidates",
+            candidates,
+            "--set",
+            "search.ann_candidates=24",
+        )
         assert result.exit_code == 0, result.output
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"12 queries, k=5, mode energy, candidates {candidates}: search ")
+        assert len(lines) == 1 and lines[0].startswith(
+            f"12 queries, k=5, mode energy, candidates {candidates}: search "
+        )
         found[candidates] = [(h["query_id"], h["id"]) for h in map(json.loads, result.stdout.splitlines())]
     assert found["ann"] == found["exact"] and len(found["ann"]) == 60  # every item a candidate: identical
-    result = invoke("index", "search", "--index", out, "--query-vector", tmp_path / "q.npy", "-k", 5, "--candidates", "both")
+    result = invoke(
+        "index", "search", "--index", out, "--query-vector", tmp_path / "q.npy", "-k", 5, "--candidates", "both"
+    )
     assert result.exit_code == 2 and "--candidates" in result.output
 
 
@@ -118,13 +187,28 @@ def test_published_formula_warns_when_dispersion_weight_is_negative(tmp_path):
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(6, 24)) * 3)[rng.integers(6, size=300)] + rng.normal(size=(300, 24))  # tau > 1 here
     np.save(tmp_path / "v.npy", x.astype(np.float32))
-    result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "--limit", 0, "-o", tmp_path / "pub", "--json",
-                    "--set", "build.lambda_formula=published", "--set", "build.ann=none")
+    result = invoke(
+        "index",
+        "build-energy",
+        "--input",
+        tmp_path / "v.npy",
+        "--limit",
+        0,
+        "-o",
+        tmp_path / "pub",
+        "--json",
+        "--set",
+        "build.lambda_formula=published",
+        "--set",
+        "build.ann=none",
+    )
     assert result.exit_code == 0, result.output
     assert "warning:" in result.stderr and "negative weight" in result.stderr
     assert json.loads(result.stdout)["lambda_formula"] == "published" and json.loads(result.stdout)["ann"] == "none"
     assert not (tmp_path / "pub" / "ann.faiss").exists()
-    result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "--limit", 0, "-o", tmp_path / "default", "--json")
+    result = invoke(
+        "index", "build-energy", "--input", tmp_path / "v.npy", "--limit", 0, "-o", tmp_path / "default", "--json"
+    )
     assert result.exit_code == 0 and "warning:" not in result.stderr
 
 
@@ -132,24 +216,57 @@ def test_ridged_build_is_stored_and_searched_with_ann(tmp_path):
     rng = np.random.default_rng(0)
     x = ((rng.normal(size=(6, 24)) * 3)[rng.integers(6, size=300)] + rng.normal(size=(300, 24))).astype(np.float32)
     np.save(tmp_path / "v.npy", x)
-    result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "--limit", 0, "-o", tmp_path / "ix", "--json",
-                    "--set", "build.dirichlet_ridge=0.5")
+    result = invoke(
+        "index",
+        "build-energy",
+        "--input",
+        tmp_path / "v.npy",
+        "--limit",
+        0,
+        "-o",
+        tmp_path / "ix",
+        "--json",
+        "--set",
+        "build.dirichlet_ridge=0.5",
+    )
     assert result.exit_code == 0, result.output
     beta = json.loads(result.stdout)["dirichlet_beta"]
     assert beta > 0 and json.loads((tmp_path / "ix" / "manifest.json").read_text())["dirichlet_beta"] == beta
     index = load_index(tmp_path / "ix")  # the ANN holds R x with R = (L + beta I)^{1/2}: ||R x||^2 = x^T (L + beta I) x
     stored = index.ann.reconstruct_n(0, index.ann.ntotal)
-    np.testing.assert_allclose((stored ** 2).sum(1), Searcher(index).item_energy.numpy(), rtol=1e-4)
+    np.testing.assert_allclose((stored**2).sum(1), Searcher(index).item_energy.numpy(), rtol=1e-4)
     np.save(tmp_path / "q.npy", x[:4] + 0.3 * rng.normal(size=(4, 24)).astype(np.float32))
     hits = {}
     for candidates in ("exact", "ann"):
-        result = invoke("index", "search", "--index", tmp_path / "ix", "--query-vector", tmp_path / "q.npy", "-k", 5, "--json",
-                        "--candidates", candidates)
+        result = invoke(
+            "index",
+            "search",
+            "--index",
+            tmp_path / "ix",
+            "--query-vector",
+            tmp_path / "q.npy",
+            "-k",
+            5,
+            "--json",
+            "--candidates",
+            candidates,
+        )
         assert result.exit_code == 0, result.output
         hits[candidates] = [json.loads(line) for line in result.stdout.splitlines()]
     assert all(0 < h["ridge"] < h["dirichlet"] for h in hits["exact"])  # the identity part of the Dirichlet energy
-    assert [h["id"] for h in hits["ann"]] == [h["id"] for h in hits["exact"]]  # 50 candidates of 300 items find the top 5
-    result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "-o", tmp_path / "bad", "--set", "build.dirichlet_ridge=-1")
+    assert [h["id"] for h in hits["ann"]] == [
+        h["id"] for h in hits["exact"]
+    ]  # 50 candidates of 300 items find the top 5
+    result = invoke(
+        "index",
+        "build-energy",
+        "--input",
+        tmp_path / "v.npy",
+        "-o",
+        tmp_path / "bad",
+        "--set",
+        "build.dirichlet_ridge=-1",
+    )
     assert result.exit_code == 2 and "dirichlet_ridge" in result.output and "Traceback" not in result.output
 
 
@@ -160,8 +277,18 @@ def test_vector_input_with_invalid_rows(tmp_path):
     result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "-o", tmp_path / "ix", "--limit", 0)
     assert result.exit_code == 2 and "rows 3" in result.output and "all-zero rows 7" in result.output
     assert not (tmp_path / "ix" / "lambdas.parquet").exists()
-    result = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "-o", tmp_path / "ix", "--limit", 0,
-                    "--drop-invalid", "--json")
+    result = invoke(
+        "index",
+        "build-energy",
+        "--input",
+        tmp_path / "v.npy",
+        "-o",
+        tmp_path / "ix",
+        "--limit",
+        0,
+        "--drop-invalid",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["items"] == 38
     result = invoke("index", "search", "--index", tmp_path / "ix", "--query", "text on a vector index")
@@ -174,7 +301,8 @@ def test_bad_inputs_exit_2(tmp_path):
     result = invoke("index", "build-energy", "--input", dup, "-o", tmp_path / "d")
     assert result.exit_code == 2 and "duplicate ids x" in result.output
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: {dup}: duplicate ids x; every item needs a unique id"] and "Traceback" not in result.output
+        f"error: {dup}: duplicate ids x; every item needs a unique id"
+    ] and "Traceback" not in result.output
     assert not (tmp_path / "d").exists()  # no half-written index
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "manifest.json").write_text('{"command": "render"}')
@@ -202,14 +330,28 @@ def test_rendered_documents_become_searchable(tmp_path):
     for name, word in (("alpha.txt", "alpha"), ("beta.txt", "beta"), ("gamma.txt", "gamma")):
         (docs / name).write_text((word + " ") * 4000)
     render = tmp_path / "render"
-    assert invoke("render", docs, "-o", render, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code == 0
+    assert (
+        invoke("render", docs, "-o", render, "--set", "render.mode=tiny", "--set", "render.tokenizer=none").exit_code
+        == 0
+    )
     encode = tmp_path / "encode"
-    result = invoke("encode", "-i", render, "-o", encode, "-c", CONFIG_DIR / "tiny" / "encode.yaml", "--set", "encode.shard_pages=2")
+    result = invoke(
+        "encode", "-i", render, "-o", encode, "-c", CONFIG_DIR / "tiny" / "encode.yaml", "--set", "encode.shard_pages=2"
+    )
     assert result.exit_code == 0, result.output
     pages = json.loads((encode / "metrics.json").read_text())["summary"]["pages"]
     index = tmp_path / "index"
-    result = invoke("index", "build-energy", "--input", encode, "-o", index, "--json",  # the encode run directory, sharded
-                    "--set", "build.neighbor_k=2")
+    result = invoke(
+        "index",
+        "build-energy",
+        "--input",
+        encode,
+        "-o",
+        index,
+        "--json",  # the encode run directory, sharded
+        "--set",
+        "build.neighbor_k=2",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["items"] == pages >= 3
     query = tmp_path / "q.npy"

@@ -12,7 +12,7 @@ from optical_cli.config import EnergyBuildSection
 from optical_cli.errors import InputError
 from optical_cli.index.ann import build_ann
 from optical_cli.index.build import build, finish, prepare, ridge_beta
-from optical_cli.index.search import SearchParams, Searcher, scan, topk_rows
+from optical_cli.index.search import Searcher, SearchParams, scan, topk_rows
 
 
 def clustered_items():
@@ -24,7 +24,9 @@ def clustered_items():
 @pytest.fixture(scope="module", params=[0.0, 1.0], ids=["ridge0", "ridge1"])
 def setup(request):
     x, rng = clustered_items()
-    index = build(x, EnergyBuildSection(kmeans_iters=5, dirichlet_ridge=request.param), ids=[f"d{i}" for i in range(200)], seed=0)
+    index = build(
+        x, EnergyBuildSection(kmeans_iters=5, dirichlet_ridge=request.param), ids=[f"d{i}" for i in range(200)], seed=0
+    )
     index.ann = build_ann(index.vectors, index.dirichlet_metric(index.vectors.device), "hnsw", 10**6)
     queries = (x[:6] + rng.normal(size=(6, 16)) * 0.5).astype(np.float32)
     return index, Searcher(index), x, queries
@@ -32,18 +34,26 @@ def setup(request):
 
 def direct_scores(index, q, weights):
     """The score written the long way: (q - x)^T (L + beta I) (q - x) per item, in float64."""
-    lap = torch.tensor(index.graph.laplacian().toarray()) + index.dirichlet_beta * torch.eye(index.dim, dtype=torch.float64)
+    lap = torch.tensor(index.graph.laplacian().toarray()) + index.dirichlet_beta * torch.eye(
+        index.dim, dtype=torch.float64
+    )
     x = index.vectors.double()
     diff = torch.from_numpy(q).double()[None, :] - x
     dirichlet = ((diff @ lap) * diff).sum(1)
     s = Searcher(index).query_terms(torch.from_numpy(q[None, :]))
-    return (weights.w_lambda * (s["lambda"].double() - index.lam.double()).abs()
-            + weights.w_G * (s["G"].double() - index.scales.dispersion(index.G).double()).abs()
-            + weights.w_D * dirichlet / (index.dirichlet_scale + dirichlet)), dirichlet
+    return (
+        weights.w_lambda * (s["lambda"].double() - index.lam.double()).abs()
+        + weights.w_G * (s["G"].double() - index.scales.dispersion(index.G).double()).abs()
+        + weights.w_D * dirichlet / (index.dirichlet_scale + dirichlet)
+    ), dirichlet
 
 
 def weighted(terms, params):
-    return params.w_lambda * terms["d_lambda"] + params.w_G * terms.get("d_G", terms["d_lambda"]) + params.w_D * terms["bounded_dirichlet"]
+    return (
+        params.w_lambda * terms["d_lambda"]
+        + params.w_G * terms.get("d_G", terms["d_lambda"])
+        + params.w_D * terms["bounded_dirichlet"]
+    )
 
 
 def test_exact_energy_equals_expanded_algebra(setup):
@@ -97,10 +107,14 @@ def test_ann_with_all_items_as_candidates_equals_exact(setup):
     index, searcher, _, queries = setup
     for mode in ("energy", "hybrid", "cosine"):
         exact = searcher.search(queries, SearchParams(k=5, mode=mode))
-        ann = searcher.search(queries, SearchParams(k=5, mode=mode, candidates="ann", ann_candidates=len(index),
-                                                    hnsw_ef_search=len(index)))
+        ann = searcher.search(
+            queries,
+            SearchParams(k=5, mode=mode, candidates="ann", ann_candidates=len(index), hnsw_ef_search=len(index)),
+        )
         assert [[h.id for h in r] for r in exact] == [[h.id for h in r] for r in ann]
-        np.testing.assert_allclose([[h.score for h in r] for r in exact], [[h.score for h in r] for r in ann], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            [[h.score for h in r] for r in exact], [[h.score for h in r] for r in ann], rtol=1e-5, atol=1e-6
+        )
 
 
 def test_ann_without_a_structure_is_a_clear_error(setup):
@@ -196,15 +210,22 @@ def test_ridge_term_is_the_identity_part_of_the_energy(pair):
     plain_terms = Searcher(plain)
     for row, hits in enumerate(Searcher(ridged).search(q, params)):
         items = torch.tensor([[h.index for h in hits]])
-        laplacian_part = plain_terms.terms(torch.from_numpy(q[row:row + 1]), plain_terms.query_terms(torch.from_numpy(q[row:row + 1])),
-                                           items, params)["dirichlet"][0]
+        laplacian_part = plain_terms.terms(
+            torch.from_numpy(q[row : row + 1]),
+            plain_terms.query_terms(torch.from_numpy(q[row : row + 1])),
+            items,
+            params,
+        )["dirichlet"][0]
         for h, part in zip(hits, laplacian_part.tolist()):
-            assert h.terms["ridge"] == pytest.approx(ridged.dirichlet_beta * float(((q[row] - x[h.index]) ** 2).sum()), rel=1e-4)
+            assert h.terms["ridge"] == pytest.approx(
+                ridged.dirichlet_beta * float(((q[row] - x[h.index]) ** 2).sum()), rel=1e-4
+            )
             assert h.terms["dirichlet"] == pytest.approx(part + h.terms["ridge"], rel=1e-3)
 
 
 def test_dirichlet_scale_is_the_median_pair_energy_of_its_own_metric(pair):
-    """s of the bounded term e/(e + s) is measured with the ridge when there is one: half of all item pairs lie below it."""
+    """s of the bounded term e/(e + s) is measured with the ridge when there is one: half of all item pairs
+    lie below it."""
     x, plain, ridged = pair
     rows, cols = np.triu_indices(len(x), 1)
     diff = torch.from_numpy(x[rows] - x[cols]).double()

@@ -10,7 +10,7 @@ from optical_cli.config import EnergyBuildSection, EnergyInputSection
 from optical_cli.errors import InputError
 from optical_cli.index.build import build
 from optical_cli.index.inputs import read_items, validate_vectors
-from optical_cli.index.search import SearchParams, Searcher
+from optical_cli.index.search import Searcher, SearchParams
 from optical_cli.index.store import load_index, save_index
 
 
@@ -42,14 +42,17 @@ def test_ann_structure_round_trip(index, tmp_path):
 
     from optical_cli.index.ann import FILE, build_ann
 
-    with_ann = dataclasses.replace(index, ann=build_ann(index.vectors, index.dirichlet_metric(index.vectors.device), "ivf", 1))
+    with_ann = dataclasses.replace(
+        index, ann=build_ann(index.vectors, index.dirichlet_metric(index.vectors.device), "ivf", 1)
+    )
     fields = save_index(with_ann, tmp_path)
     assert fields["ann"]["kind"] == "ivf" and FILE in fields["files"]
     loaded = load_index(tmp_path)
     q = index.vectors[:3].numpy() + 0.1
     params = SearchParams(k=4, candidates="ann", ann_candidates=30, ivf_nprobe=1000)
-    assert ([[h.id for h in r] for r in Searcher(with_ann).search(q, params)]
-            == [[h.id for h in r] for r in Searcher(loaded).search(q, params)])
+    assert [[h.id for h in r] for r in Searcher(with_ann).search(q, params)] == [
+        [h.id for h in r] for r in Searcher(loaded).search(q, params)
+    ]
     (tmp_path / FILE).write_bytes(b"garbage")
     with pytest.raises(InputError, match="damaged"):
         load_index(tmp_path)
@@ -76,15 +79,18 @@ def test_ridge_round_trip_and_version_2_reads_as_no_ridge(index, tmp_path):
     assert load_index(tmp_path).dirichlet_beta == 0.0
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: (d / "vectors.npy").write_bytes(b"garbage"), "damaged"),
-    (lambda d: (d / "laplacian.npz").unlink(), "laplacian.npz is missing"),
-    (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json is damaged"),
-    (lambda d: (d / "manifest.json").write_text(json.dumps({"hello": 1})), "does not describe"),
-    (lambda d: _edit(d, format_version=99), "format version 99"),
-    (lambda d: _edit(d, status="failed"), "did not finish"),
-    (lambda d: _edit(d, dim=5), "shape"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "vectors.npy").write_bytes(b"garbage"), "damaged"),
+        (lambda d: (d / "laplacian.npz").unlink(), "laplacian.npz is missing"),
+        (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json is damaged"),
+        (lambda d: (d / "manifest.json").write_text(json.dumps({"hello": 1})), "does not describe"),
+        (lambda d: _edit(d, format_version=99), "format version 99"),
+        (lambda d: _edit(d, status="failed"), "did not finish"),
+        (lambda d: _edit(d, dim=5), "shape"),
+    ],
+)
 def test_damaged_or_foreign_directory(index, tmp_path, damage, message):
     save_index(index, tmp_path)
     damage(tmp_path)
@@ -145,8 +151,11 @@ def test_vector_files(tmp_path):
     features = np.stack([x, 2 * x, 3 * x])  # [pages, tokens, D] as written by `optical encode`
     features[1, 2:] = 0  # page 2 has 2 real tokens, then zero padding
     tokens = np.array([4, 2, 4], dtype=np.int64)
-    save_file({"features": features, "tokens": tokens}, str(tmp_path / "f.safetensors"),
-              metadata={"sources": json.dumps(["a.txt", "b.txt", "b.txt"])})
+    save_file(
+        {"features": features, "tokens": tokens},
+        str(tmp_path / "f.safetensors"),
+        metadata={"sources": json.dumps(["a.txt", "b.txt", "b.txt"])},
+    )
     items = read_items(EnergyInputSection(limit=None), tmp_path / "f.safetensors")
     assert items.ids == ["a.txt", "b.txt#1", "b.txt#2"]
     assert np.allclose(items.vectors, [x.mean(0), 2 * x[:2].mean(0), 3 * x.mean(0)])

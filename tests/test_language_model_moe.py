@@ -12,8 +12,9 @@ from optical_cli.models import loading
 from optical_cli.models.language_model import Qwen3VLMoeLanguageModel
 
 # 2 x moe_intermediate (48) differs from hidden (64), so a transposed expert tensor cannot pass for the right one
-TINY_MOE = RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
-                                tie_word_embeddings=False).model_dump()
+TINY_MOE = RandomQwen3VLSection(
+    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, tie_word_embeddings=False
+).model_dump()
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,17 @@ def reference(ours):
     from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
 
     config = Qwen3VLMoeConfig(
-        text_config=ours.config.text_config.to_dict(), tie_word_embeddings=False,
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, deepstack_visual_indexes=[],
-                           out_hidden_size=64, num_position_embeddings=16),
+        text_config=ours.config.text_config.to_dict(),
+        tie_word_embeddings=False,
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            deepstack_visual_indexes=[],
+            out_hidden_size=64,
+            num_position_embeddings=16,
+        ),
     )
     torch.manual_seed(0)
     model = Qwen3VLMoeForConditionalGeneration(config).eval()
@@ -107,17 +116,48 @@ def test_train_adapter_runs_on_a_moe_language_model_with_lora(tmp_path):
     from optical_cli.cli import app
 
     config = Path(__file__).resolve().parent.parent / "configs" / "tiny" / "qwen3_vl.yaml"
-    result = CliRunner().invoke(app, [
-        "train-adapter", "-c", str(config), "-o", str(tmp_path / "run"), "--json",
-        "--set", "vlm.random.num_experts=4", "--set", "vlm.random.num_experts_per_tok=2",
-        "--set", "vlm.random.moe_intermediate_size=32", "--set", "train.max_steps=2", "--set", "train.lora.rank=2",
-        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.max_documents=12"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-adapter",
+            "-c",
+            str(config),
+            "-o",
+            str(tmp_path / "run"),
+            "--json",
+            "--set",
+            "vlm.random.num_experts=4",
+            "--set",
+            "vlm.random.num_experts_per_tok=2",
+            "--set",
+            "vlm.random.moe_intermediate_size=32",
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "train.lora.rank=2",
+            "--set",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "--set",
+            "data.max_documents=12",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    moe = RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, initializer_range=0.1,
-                               hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                               num_key_value_heads=2, head_dim=32, mrope_section=[6, 5, 5])
+    moe = RandomQwen3VLSection(
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        initializer_range=0.1,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        mrope_section=[6, 5, 5],
+    )
     assert summary["parameters"]["language_model"] == sum(
-        p.numel() for p in loading.build_meta_qwen3_vl(moe.model_dump()).parameters())
+        p.numel() for p in loading.build_meta_qwen3_vl(moe.model_dump()).parameters()
+    )
     assert summary["parameters"]["lora"] > 0 and summary["steps"] == 2
     assert (tmp_path / "run" / "lora" / "adapter_config.json").is_file()

@@ -14,8 +14,17 @@ from optical_cli.errors import InputError
 from optical_cli.models import loading
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter
 from optical_cli.models.lora import add_lora, lora_config, lora_disabled, save_lora
-from optical_cli.train import (DeepEncoderPages, build_page_set, collate, load_reader, make_examples, open_checkpoint,
-                               read_corpus, reconstruction_loss, train_adapter)
+from optical_cli.train import (
+    DeepEncoderPages,
+    build_page_set,
+    collate,
+    load_reader,
+    make_examples,
+    open_checkpoint,
+    read_corpus,
+    reconstruction_loss,
+    train_adapter,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny" / "qwen3_vl.yaml"
@@ -25,8 +34,15 @@ LORA = ["train.lora.rank=4", "train.lora.alpha=8", "train.lora.dropout=0.1"]
 
 
 def tiny_cfg(cache, *sets):
-    base = [f"data.source={CVES}", f"data.cache_dir={cache}", "data.max_documents=10", "data.max_text_tokens=16",
-            "train.batch_size=2", "train.read_pages=0", *LORA]
+    base = [
+        f"data.source={CVES}",
+        f"data.cache_dir={cache}",
+        "data.max_documents=10",
+        "data.max_text_tokens=16",
+        "train.batch_size=2",
+        "train.read_pages=0",
+        *LORA,
+    ]
     return load_config("train-adapter", TINY, base + list(sets))
 
 
@@ -45,7 +61,9 @@ def test_only_the_adapter_and_lora_weights_get_gradients(cache):
     encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu"))
     pages, _ = build_page_set(read_corpus(str(CVES), max_documents=2, min_chars=16), cfg, encoder, Path(cache))
     examples = make_examples(reader, pages, 16)
-    adapter = OpticalAdapter(AdapterConfig(vision_dim=encoder.out_dim, hidden_dim=16, llm_dim=reader.hidden_size, max_pages=4))
+    adapter = OpticalAdapter(
+        AdapterConfig(vision_dim=encoder.out_dim, hidden_dim=16, llm_dim=reader.hidden_size, max_pages=4)
+    )
     params = add_lora(reader.model, lora_config(4, 8, 0.0, ["q_proj", "v_proj"]))
     assert len(params) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
     with torch.no_grad():
@@ -60,7 +78,11 @@ def test_only_the_adapter_and_lora_weights_get_gradients(cache):
             assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
         else:
             assert not p.requires_grad and p.grad is None, name
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.parameters() if p is not adapter.page_embed.weight)
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for p in adapter.parameters()
+        if p is not adapter.page_embed.weight
+    )
 
 
 def test_resume_with_lora_continues_exactly(tmp_path, cache):
@@ -134,9 +156,24 @@ def test_unknown_target_module_is_a_clear_error(tmp_path):
 def test_cli_trains_with_lora_resumes_and_bench_reads_with_it(tmp_path):
     runner = CliRunner()
     run = tmp_path / "run"
-    args = ["train-adapter", "-c", str(TINY), "-o", str(run), "--json", "--set", "train.lora.rank=4",
-            "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.max_documents=12", "--set", "train.max_steps=2",
-            "--set", "train.checkpoint_every=1"]
+    args = [
+        "train-adapter",
+        "-c",
+        str(TINY),
+        "-o",
+        str(run),
+        "--json",
+        "--set",
+        "train.lora.rank=4",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "--set",
+        "data.max_documents=12",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.checkpoint_every=1",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -148,9 +185,26 @@ def test_cli_trains_with_lora_resumes_and_bench_reads_with_it(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["steps"] == 2
 
-    bench = runner.invoke(app, ["bench", "longbench", "-c", str(TINY_BENCH), "-o", str(tmp_path / "lb"), "--json",
-                                "--set", f"bench.adapter={run / 'adapter.pth'}", "--set", "vlm.random.initializer_range=0.1",
-                                "--num-samples", "2", "--conditions", "native,optical"])
+    bench = runner.invoke(
+        app,
+        [
+            "bench",
+            "longbench",
+            "-c",
+            str(TINY_BENCH),
+            "-o",
+            str(tmp_path / "lb"),
+            "--json",
+            "--set",
+            f"bench.adapter={run / 'adapter.pth'}",
+            "--set",
+            "vlm.random.initializer_range=0.1",
+            "--num-samples",
+            "2",
+            "--conditions",
+            "native,optical",
+        ],
+    )
     assert bench.exit_code == 0, bench.output
     report = json.loads(bench.stdout)
     assert report["parameters"]["lora"] == summary["parameters"]["lora"]

@@ -24,7 +24,15 @@ from optical_cli.features import FeatureFiles
 
 REPO = Path(__file__).resolve().parent.parent
 ACCELERATE = Path(sys.executable).with_name("accelerate")
-MEASURED = {"latency_s", "render_s", "encode_s", "adapter_s", "prefill_s", "decode_s", "peak_memory_gib"}  # differ run to run
+MEASURED = {
+    "latency_s",
+    "render_s",
+    "encode_s",
+    "adapter_s",
+    "prefill_s",
+    "decode_s",
+    "peak_memory_gib",
+}  # differ run to run
 
 
 def free_port() -> int:
@@ -34,10 +42,31 @@ def free_port() -> int:
 
 
 def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
-    command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "-m", "optical_cli.cli", *map(str, args)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [
+        str(ACCELERATE),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "optical_cli.cli",
+        *map(str, args),
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -59,8 +88,17 @@ def text(tmp_path_factory) -> Path:
 
 def test_two_processes_encode_the_features_of_one(text, tmp_path):
     # a pinned attention path: under `auto` each process times its own, and paths agree only to rounding
-    args = ["encode", "--config", "configs/tiny/encode.yaml", "--text", text, "--set", "encode.shard_pages=2",
-            "--set", "deepencoder.attention=mask"]
+    args = [
+        "encode",
+        "--config",
+        "configs/tiny/encode.yaml",
+        "--text",
+        text,
+        "--set",
+        "encode.shard_pages=2",
+        "--set",
+        "deepencoder.attention=mask",
+    ]
     launch(*args, "--output-dir", tmp_path / "two")
     one_process(*args, "--output-dir", tmp_path / "one")
     two, one = FeatureFiles.open(tmp_path / "two"), FeatureFiles.open(tmp_path / "one")
@@ -72,7 +110,9 @@ def test_two_processes_encode_the_features_of_one(text, tmp_path):
     assert manifest["processes"] == 2 and manifest["result"]["processes"] == 2 and manifest["status"] == "ok"
     shards = len(one.files)
     assert [(r["process"], r["shards"]) for r in manifest["process_pages"]] == [
-        (0, list(range(1, shards + 1, 2))), (1, list(range(2, shards + 1, 2)))]
+        (0, list(range(1, shards + 1, 2))),
+        (1, list(range(2, shards + 1, 2))),
+    ]
     assert sum(r["pages"] for r in manifest["process_pages"]) == len(one)
 
 
@@ -82,23 +122,51 @@ def read_items_csv(path: Path) -> list[dict]:
 
 
 def test_two_processes_answer_longbench_as_one(tmp_path):
-    args = ["bench", "longbench", "--config", "configs/tiny/longbench.yaml",
-            "--ids", "syn-short-easy-1,syn-long-hard-1", "--set", "deepencoder.attention=mask"]  # one item per process
+    args = [
+        "bench",
+        "longbench",
+        "--config",
+        "configs/tiny/longbench.yaml",
+        "--ids",
+        "syn-short-easy-1,syn-long-hard-1",
+        "--set",
+        "deepencoder.attention=mask",
+    ]  # one item per process
     two = launch(*args, "--output-dir", tmp_path / "two", "--json")
     one = one_process(*args, "--output-dir", tmp_path / "one", "--json")
     rows = read_items_csv(tmp_path / "two" / "items.csv")
     assert len(rows) == 8 and rows == read_items_csv(tmp_path / "one" / "items.csv")
     assert not list((tmp_path / "two").glob("items.part-*"))
-    assert json.loads(two.stdout)["conditions"].keys() == json.loads(one.stdout)["conditions"].keys()  # one JSON document
+    assert (
+        json.loads(two.stdout)["conditions"].keys() == json.loads(one.stdout)["conditions"].keys()
+    )  # one JSON document
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
 
 
 def test_two_processes_train_the_adapter_on_the_streamed_cache(tmp_path):
     out = tmp_path / "run"
-    result = launch("train-adapter", "--config", "configs/tiny/qwen3_vl.yaml", "--output-dir", out, "--json",
-                    "--set", f"data.source={REPO / 'tests' / 'data' / 'cves_200.jsonl'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-                    "--set", "data.max_documents=8", "--set", "data.max_text_tokens=16", "--set", "train.max_steps=2",
-                    "--set", "train.batch_size=2", "--set", "train.read_pages=0")
+    result = launch(
+        "train-adapter",
+        "--config",
+        "configs/tiny/qwen3_vl.yaml",
+        "--output-dir",
+        out,
+        "--json",
+        "--set",
+        f"data.source={REPO / 'tests' / 'data' / 'cves_200.jsonl'}",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "--set",
+        "data.max_documents=8",
+        "--set",
+        "data.max_text_tokens=16",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.read_pages=0",
+    )
     summary = json.loads(result.stdout)
     assert summary["steps"] == 2 and summary["cache_hit"] is False and (out / "adapter.pth").is_file()
     assert json.loads((out / "manifest.json").read_text())["processes"] == 2
@@ -108,9 +176,26 @@ def test_two_processes_train_the_adapter_on_the_streamed_cache(tmp_path):
 
 
 def fsdp_launch(*args: str) -> subprocess.CompletedProcess:
-    command = [str(ACCELERATE), "launch", "--config_file", "configs/accelerate/fsdp.yaml", "--num_processes", "2",
-               "--main_process_port", str(free_port()), "-m", "optical_cli.cli", *map(str, args)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [
+        str(ACCELERATE),
+        "launch",
+        "--config_file",
+        "configs/accelerate/fsdp.yaml",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "optical_cli.cli",
+        *map(str, args),
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -121,11 +206,34 @@ def test_fsdp_shards_the_frozen_llm_and_trains_as_ddp_does(tmp_path):
     adapter and LoRA train to the weights DDP gives, and --resume from a checkpoint is exact."""
     from safetensors.torch import load_file
 
-    settings = ["train-adapter", "--config", "configs/tiny/qwen3_vl.yaml", "--json", "--set", "runtime.device=cpu",
-                "--set", f"data.source={REPO / 'tests' / 'data' / 'cves_200.jsonl'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-                "--set", "data.max_documents=12", "--set", "data.max_text_tokens=16", "--set", "train.max_steps=2",
-                "--set", "train.batch_size=2", "--set", "train.checkpoint_every=1", "--set", "train.lora.rank=2",
-                "--set", "train.read_pages=1", "--set", "train.read_max_new_tokens=4"]
+    settings = [
+        "train-adapter",
+        "--config",
+        "configs/tiny/qwen3_vl.yaml",
+        "--json",
+        "--set",
+        "runtime.device=cpu",
+        "--set",
+        f"data.source={REPO / 'tests' / 'data' / 'cves_200.jsonl'}",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "--set",
+        "data.max_documents=12",
+        "--set",
+        "data.max_text_tokens=16",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.checkpoint_every=1",
+        "--set",
+        "train.lora.rank=2",
+        "--set",
+        "train.read_pages=1",
+        "--set",
+        "train.read_max_new_tokens=4",
+    ]
     fsdp = json.loads(fsdp_launch(*settings, "--output-dir", tmp_path / "fsdp").stdout)
     ddp = json.loads(launch(*settings, "--output-dir", tmp_path / "ddp").stdout)
     assert fsdp["layout"] == "fsdp" and ddp["layout"] == "ddp"

@@ -25,7 +25,9 @@ def dry_run(*args):
     return json.loads(result.stdout)
 
 
-def text_count(hidden, intermediate, layers, heads, kv_heads, tied, experts=0, moe_intermediate=0, vocab=151_936, head_dim=128):
+def text_count(
+    hidden, intermediate, layers, heads, kv_heads, tied, experts=0, moe_intermediate=0, vocab=151_936, head_dim=128
+):
     attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + 2 * head_dim
     mlp = experts * (3 * hidden * moe_intermediate + hidden) if experts else 3 * hidden * intermediate
     return vocab * hidden * (1 if tied else 2) + layers * (attention + mlp + 2 * hidden) + hidden
@@ -33,8 +35,17 @@ def text_count(hidden, intermediate, layers, heads, kv_heads, tied, experts=0, m
 
 def test_8b_dry_run_counts_the_published_dims_without_weights(tmp_path):
     started = time.perf_counter()
-    plan = dry_run("train-adapter", "-c", str(FULLSIZE / "qwen3_vl_8b.yaml"), "-o", str(tmp_path / "run"),
-                   "--device-memory", "80", "--devices", "8")
+    plan = dry_run(
+        "train-adapter",
+        "-c",
+        str(FULLSIZE / "qwen3_vl_8b.yaml"),
+        "-o",
+        str(tmp_path / "run"),
+        "--device-memory",
+        "80",
+        "--devices",
+        "8",
+    )
     assert time.perf_counter() - started < 60
     want = text_count(4096, 12288, 36, 32, 8, tied=False)
     assert abs(plan["parameters"]["language_model"] - want) / want < 0.005
@@ -76,8 +87,9 @@ def test_activations_scale_with_batch_and_tokens_and_checkpointing_cuts_them():
 def test_meta_count_equals_what_a_real_layer_saves(experts):
     """The bytes counted on meta tensors equal those a real CPU forward of the same layer saves
     (the MoE one too, whose meta stand-in routes each token through top_k experts)."""
-    dims = RandomQwen3VLSection(num_hidden_layers=1, num_experts=experts, num_experts_per_tok=2,
-                                moe_intermediate_size=24).model_dump()
+    dims = RandomQwen3VLSection(
+        num_hidden_layers=1, num_experts=experts, num_experts_per_tok=2, moe_intermediate_size=24
+    ).model_dump()
     real = loading.build_random_qwen3_vl(dims)
     real.requires_grad_(False)
     layer = real.model.language_model.layers[0]
@@ -86,8 +98,12 @@ def test_meta_count_equals_what_a_real_layer_saves(experts):
     positions = torch.arange(tokens).expand(3, 2, tokens)
     counter = _SavedBytes(real)
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
-        layer(x, attention_mask=None, position_ids=positions,
-              position_embeddings=real.model.language_model.rotary_emb(x, positions))
+        layer(
+            x,
+            attention_mask=None,
+            position_ids=positions,
+            position_embeddings=real.model.language_model.rotary_emb(x, positions),
+        )
     counted = training_activations(loading.build_meta_qwen3_vl(dims), 2, tokens, 1, False)["layers_bytes"]
     assert counter.total > 0
     assert abs(counted - counter.total) / counter.total < 0.1, (counted, counter.total)
@@ -100,12 +116,28 @@ def test_a_model_directory_is_planned_from_its_config_json_alone(tmp_path):
     plan = dry_run("bench", "longbench", "-c", str(TINY_BENCH), "--set", f"vlm.source={tmp_path}")
     assert plan["model_class"] == "Qwen3VLMoeLanguageModel"
     assert plan["parameters"]["language_model"] == sum(
-        p.numel() for p in loading.build_meta_qwen3_vl(RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2).model_dump()).parameters())
+        p.numel()
+        for p in loading.build_meta_qwen3_vl(
+            RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2).model_dump()
+        ).parameters()
+    )
 
 
 def test_longbench_plan_has_the_kv_cache_at_the_longest_context():
-    plan = dry_run("bench", "longbench", "-c", str(FULLSIZE / "longbench_8b.yaml"), "--conditions", "native",
-                   "--set", "bench.max_context_tokens=32768", "--devices", "4", "--set", "runtime.dtype=bfloat16")
+    plan = dry_run(
+        "bench",
+        "longbench",
+        "-c",
+        str(FULLSIZE / "longbench_8b.yaml"),
+        "--conditions",
+        "native",
+        "--set",
+        "bench.max_context_tokens=32768",
+        "--devices",
+        "4",
+        "--set",
+        "runtime.dtype=bfloat16",
+    )
     per_token = 2 * 36 * 8 * 128 * 2
     assert plan["kv_cache"]["bytes_per_token"] == per_token
     assert plan["kv_cache"]["longest_context_tokens"] > 32768

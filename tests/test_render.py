@@ -24,7 +24,8 @@ VARIED = {
     "only_spaces_and_newlines": "   \n\n  \n",
     "long_lines": ("lorem ipsum dolor sit amet " * 200 + "\n") * 3,
     "indentation_deeper_than_line": " " * 400 + "word",
-    "emoji_presentation": "\u21aa\ufe0f next \u2764\ufe0f love \u263a\ufe0e text \u2615\ufe0f tea \u2714\u200d\u2714 done",
+    "emoji_presentation": "\u21aa\ufe0f next \u2764\ufe0f love \u263a\ufe0e text \u2615\ufe0f tea \u2714\u200d\u2714 "
+    "done",
 }
 
 
@@ -47,7 +48,9 @@ def test_no_character_is_lost(name, reflow):
     if name not in ("arabic_hebrew",):  # DejaVu Sans Mono draws all of these
         assert replaced == 0
         # Only invisible characters (controls, joiners, variation selectors) may go missing.
-        kept = "".join(ch for ch in non_space(text) if not (unicodedata.category(ch) in ("Cc", "Cf") or is_variation_selector(ch)))
+        kept = "".join(
+            ch for ch in non_space(text) if not (unicodedata.category(ch) in ("Cc", "Cf") or is_variation_selector(ch))
+        )
         assert non_space(drawn(pages)) == kept
         assert removed == len(non_space(text)) - len(kept)
 
@@ -55,7 +58,9 @@ def test_no_character_is_lost(name, reflow):
 @pytest.mark.parametrize("reflow", [False, True], ids=["layout", "reflow"])
 def test_no_character_lost_on_200k_random_characters(reflow):
     rng = random.Random(0)
-    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?()[]{}<>/\\|-_=+*&^%$#@~`'\"αβγδЖЩüéß€"
+    alphabet = (
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?()[]{}<>/\\|-_=+*&^%$#@~`'\"αβγδЖЩüéß€"
+    )
     pieces, total = [], 0
     while total < 200_000:
         kind = rng.random()
@@ -87,11 +92,14 @@ def test_reflow_packs_hard_wrapped_paragraphs_into_full_lines():
     assert len(dense_lines) < 0.8 * len(plain_lines)
     # each paragraph starts a line: the first words of the second paragraph open a line
     assert any(line.startswith("This sample document ships with `optical`") for line in dense_lines)
+
     def mean_width(lines):
         filled = [len(line) for line in lines if line]
         return sum(filled) / len(filled)
 
-    assert mean_width(dense_lines) > 1.5 * mean_width(plain_lines)  # the source's ~90-column lines now run to the margin
+    assert mean_width(dense_lines) > 1.5 * mean_width(
+        plain_lines
+    )  # the source's ~90-column lines now run to the margin
 
 
 def test_every_line_fits_the_page_width_and_every_page_the_height():
@@ -101,7 +109,9 @@ def test_every_line_fits_the_page_width_and_every_page_the_height():
         assert 1 <= len(page) <= r.lines_per_page
 
 
-@pytest.mark.parametrize("mode,font_size,margin", [("base", 10, 16), ("tiny", 8, 0), ("small", 14, 4), ("large", 22, 30)])
+@pytest.mark.parametrize(
+    "mode,font_size,margin", [("base", 10, 16), ("tiny", 8, 0), ("small", 14, 4), ("large", 22, 30)]
+)
 def test_nothing_is_clipped(mode, font_size, margin):
     """Measured ink bounding boxes of every drawn line lie inside the page."""
     r = renderer(mode=mode, font_size=font_size, margin=margin)
@@ -209,7 +219,9 @@ def test_page_sizes_follow_modes():
         assert renderer(mode=mode).page_px == size
 
 
-@pytest.mark.parametrize("mode,font_size,line_spacing", [("base", 10, 1.2), ("tiny", 8, 1.0), ("small", 13, 1.0), ("large", 22, 1.5)])
+@pytest.mark.parametrize(
+    "mode,font_size,line_spacing", [("base", 10, 1.2), ("tiny", 8, 1.0), ("small", 13, 1.0), ("large", 22, 1.5)]
+)
 def test_glyph_cache_draws_the_same_pixels_as_pil(mode, font_size, line_spacing):
     """The fast compositor must be indistinguishable from PIL's own drawing."""
     import numpy as np

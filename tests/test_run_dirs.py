@@ -61,26 +61,32 @@ def finished_sweep(path, **changes):
     """A finished `sweep diffusion` run directory as the CLI leaves one (its cells need not be real here)."""
     cfg = load_config("sweep", "configs/tiny/sweep.yaml")
     with start_run("sweep diffusion", dump_config(cfg), output_dir=path) as run:
-        (run.path / "cells.jsonl").write_text(json.dumps({"method": "energy", "eta": 0.1, "steps": 4, "fingerprint": "x"}) + "\n")
+        (run.path / "cells.jsonl").write_text(
+            json.dumps({"method": "energy", "eta": 0.1, "steps": 4, "fingerprint": "x"}) + "\n"
+        )
     return path
 
 
 def test_resume_with_changed_settings_is_refused_before_the_corpus_is_read(tmp_path, no_embedding):
     run = finished_sweep(tmp_path / "sweep")
     before = snapshot(run)
-    result = invoke("sweep", "diffusion", "-c", "configs/tiny/sweep.yaml", "-o", run, "--resume",
-                    "--set", "build.neighbor_k=5")
+    result = invoke(
+        "sweep", "diffusion", "-c", "configs/tiny/sweep.yaml", "-o", run, "--resume", "--set", "build.neighbor_k=5"
+    )
     assert result.exit_code == 2 and "build.neighbor_k" in result.stderr, result.output
     plain = invoke("sweep", "diffusion", "-c", "configs/tiny/sweep.yaml", "-o", run)
     assert plain.exit_code == 2 and "finished `optical sweep diffusion` run; pass --resume" in plain.stderr
     assert snapshot(run) == before
 
 
-@pytest.mark.parametrize("command", [
-    ["encode", "--config", "configs/tiny/encode.yaml", "--text", "data/sample/optical_compression.md"],
-    ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml"],
-    ["bench", "longbench", "--config", "configs/tiny/longbench.yaml"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["encode", "--config", "configs/tiny/encode.yaml", "--text", "data/sample/optical_compression.md"],
+        ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml"],
+        ["bench", "longbench", "--config", "configs/tiny/longbench.yaml"],
+    ],
+)
 @pytest.mark.parametrize("state", ["missing", "empty"])
 def test_resume_with_nothing_to_resume_is_exit_2(tmp_path, command, state, no_embedding):
     out = tmp_path / "out"
@@ -138,7 +144,17 @@ def test_usage_mistakes_about_the_directory_are_exit_2(tmp_path):
     assert under.exit_code == 2 and "is a file, so no directory can be made under it" in under.stderr
     itself = invoke("render", "-o", afile, "--set", "render.tokenizer=none")
     assert itself.exit_code == 2 and "is a file, not a directory" in itself.stderr
-    both = invoke("encode", "--config", "configs/tiny/encode.yaml", "--text", afile, "-o", tmp_path / "x", "--resume", "--overwrite")
+    both = invoke(
+        "encode",
+        "--config",
+        "configs/tiny/encode.yaml",
+        "--text",
+        afile,
+        "-o",
+        tmp_path / "x",
+        "--resume",
+        "--overwrite",
+    )
     assert both.exit_code == 2 and "contradict" in both.stderr
 
 

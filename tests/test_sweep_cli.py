@@ -25,7 +25,10 @@ def tiny_corpus(tmp_path_factory):
     rng = np.random.default_rng(0)
     labels = [[f"CWE-{i % 5}"] if i % 6 else [] for i in range(N_RECORDS)]  # every 6th record unlabelled
     labels[7] = ["CWE-1", "CWE-2"]
-    records = [{"id": f"CVE-{i:04d}", "description": f"record {i} about topic {i % 5}", "cwe": labels[i]} for i in range(N_RECORDS)]
+    records = [
+        {"id": f"CVE-{i:04d}", "description": f"record {i} about topic {i % 5}", "cwe": labels[i]}
+        for i in range(N_RECORDS)
+    ]
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     centres = rng.normal(size=(5, 24))
@@ -38,9 +41,25 @@ def tiny_corpus(tmp_path_factory):
 
 
 def _invoke(corpus, cache, out, *extra):
-    args = ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml", "--corpus", str(corpus), "--limit", "0",
-            "--output-dir", str(out), "--set", f"embed.cache_dir={cache}", "--set", "sweep.text_queries=[]",
-            "--set", "runtime.device=cpu", *extra]
+    args = [
+        "sweep",
+        "diffusion",
+        "--config",
+        "configs/tiny/sweep.yaml",
+        "--corpus",
+        str(corpus),
+        "--limit",
+        "0",
+        "--output-dir",
+        str(out),
+        "--set",
+        f"embed.cache_dir={cache}",
+        "--set",
+        "sweep.text_queries=[]",
+        "--set",
+        "runtime.device=cpu",
+        *extra,
+    ]
     return runner.invoke(app, args)
 
 
@@ -54,7 +73,15 @@ def test_tiny_sweep_end_to_end_and_resume(tiny_corpus, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["timing"]["cells_evaluated"] == 3 and summary["timing"]["cells_skipped"] == 1 + baselines
-    for name in ("sweep.csv", "per_query.csv", "heatmaps.png", "summary.json", "cells.jsonl", "tuning.csv", "manifest.json"):
+    for name in (
+        "sweep.csv",
+        "per_query.csv",
+        "heatmaps.png",
+        "summary.json",
+        "cells.jsonl",
+        "tuning.csv",
+        "manifest.json",
+    ):
         assert (out / name).is_file(), name
     assert json.loads((out / "manifest.json").read_text())["status"] == "ok"
 
@@ -83,7 +110,9 @@ def test_tiny_sweep_end_to_end_and_resume(tiny_corpus, tmp_path):
     assert {"low", "cluster_low"} <= set(summary["best"]["ndcg_at_10"]["vs_cosine"])
     default = summary["default"]  # the configured build.eta/steps cell, every metric against cosine
     assert (default["eta"], default["steps"]) == (0.1, 4)
-    assert {"difference", "low", "high", "cluster_low", "cluster_high"} <= set(default["metrics"]["ndcg_at_10"]["vs_cosine"])
+    assert {"difference", "low", "high", "cluster_low", "cluster_high"} <= set(
+        default["metrics"]["ndcg_at_10"]["vs_cosine"]
+    )
     tuning = summary["tuning"]
     assert tuning["tune_queries"] == setup["tune_queries"] and tuning["held_out_queries"] == setup["held_out_queries"]
     assert set(tuning["held_out"]) == {"tuned", "default", "cosine"}
@@ -98,11 +127,25 @@ def test_tiny_sweep_end_to_end_and_resume(tiny_corpus, tmp_path):
 
 def test_published_formula_is_reproducible_with_its_warning(tiny_corpus, tmp_path):
     corpus, cache = tiny_corpus
-    result = _invoke(corpus, cache, tmp_path / "run", "--eta", "0.1", "--steps", "4", "--json",
-                     "--set", "build.lambda_formula=published", "--set", "tuning.enabled=false")
+    result = _invoke(
+        corpus,
+        cache,
+        tmp_path / "run",
+        "--eta",
+        "0.1",
+        "--steps",
+        "4",
+        "--json",
+        "--set",
+        "build.lambda_formula=published",
+        "--set",
+        "tuning.enabled=false",
+    )
     assert result.exit_code == 0, result.output
     assert "negative weight" in result.stderr and json.loads(result.stdout)["warnings"]
-    quiet = _invoke(corpus, cache, tmp_path / "bounded", "--eta", "0.1", "--steps", "4", "--json", "--set", "tuning.enabled=false")
+    quiet = _invoke(
+        corpus, cache, tmp_path / "bounded", "--eta", "0.1", "--steps", "4", "--json", "--set", "tuning.enabled=false"
+    )
     assert quiet.exit_code == 0 and "negative weight" not in quiet.stderr and json.loads(quiet.stdout)["warnings"] == []
 
 
@@ -117,13 +160,16 @@ def test_missing_faiss_is_a_warning_not_a_silent_skip(tiny_corpus, tmp_path, mon
         assert [r["method"] for r in csv.DictReader(handle)] == ["cosine", "energy"]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--eta", "0.1,abc"], "'abc' is not a number"),
-    (["--eta", ""], "empty list"),
-    (["--steps=-2"], "must be >= 0"),
-    (["--steps", "2,x"], "not a whole number"),
-    (["--resume"], "--resume needs --output-dir"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--eta", "0.1,abc"], "'abc' is not a number"),
+        (["--eta", ""], "empty list"),
+        (["--steps=-2"], "must be >= 0"),
+        (["--steps", "2,x"], "not a whole number"),
+        (["--resume"], "--resume needs --output-dir"),
+    ],
+)
 def test_bad_grid_exits_2_with_one_line(tmp_path, flags, message):
     args = ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml", *flags]
     result = runner.invoke(app, args)
@@ -134,11 +180,21 @@ def test_bad_grid_exits_2_with_one_line(tmp_path, flags, message):
     assert list(tmp_path.iterdir()) == []  # not even results/ (conftest points RESULTS_DIR at tmp_path)
 
 
-@pytest.mark.parametrize("corpus_text, message", [
-    (None, "corpus not found"),
-    ('{"id": "a", "description": "x", "cwe": ["CWE-1"]}\n{"id": "a", "description": "y", "cwe": ["CWE-1"]}\n', "duplicate id 'a'"),
-    ('{"id": "a", "description": "x", "cwe": ["CWE-1"]}\n{"id": "b", "description": "y", "cwe": ["CWE-1"]}\n', "only 2 records"),
-], ids=["missing", "duplicate-id", "too-small"])
+@pytest.mark.parametrize(
+    "corpus_text, message",
+    [
+        (None, "corpus not found"),
+        (
+            '{"id": "a", "description": "x", "cwe": ["CWE-1"]}\n{"id": "a", "description": "y", "cwe": ["CWE-1"]}\n',
+            "duplicate id 'a'",
+        ),
+        (
+            '{"id": "a", "description": "x", "cwe": ["CWE-1"]}\n{"id": "b", "description": "y", "cwe": ["CWE-1"]}\n',
+            "only 2 records",
+        ),
+    ],
+    ids=["missing", "duplicate-id", "too-small"],
+)
 def test_bad_corpus_is_one_line_exit_2_and_leaves_no_run_dir(tmp_path, corpus_text, message):
     corpus = tmp_path / "corpus.jsonl"
     if corpus_text is not None:

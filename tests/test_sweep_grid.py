@@ -17,27 +17,40 @@ def test_parse_lists():
     assert grid.parse_steps_list("4,4,2") == [4, 2]  # repeats dropped, order kept
 
 
-@pytest.mark.parametrize("text, message", [
-    ("0.1,abc", "'abc' is not a number"),
-    ("", "empty list"),
-    (" , ", "empty list"),
-    ("0.1,,0.2", "empty entry"),
-    ("-0.1", "must be a finite number >= 0"),
-    ("nan", "must be a finite number >= 0"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0.1,abc", "'abc' is not a number"),
+        ("", "empty list"),
+        (" , ", "empty list"),
+        ("0.1,,0.2", "empty entry"),
+        ("-0.1", "must be a finite number >= 0"),
+        ("nan", "must be a finite number >= 0"),
+    ],
+)
 def test_bad_eta_lists(text, message):
     with pytest.raises(InputError, match=message):
         grid.parse_eta_list(text)
 
 
-@pytest.mark.parametrize("text, message", [("2,x", "not a whole number"), ("2.5", "not a whole number"), ("-1", ">= 0"), ("", "empty list")])
+@pytest.mark.parametrize(
+    "text, message", [("2,x", "not a whole number"), ("2.5", "not a whole number"), ("-1", ">= 0"), ("", "empty list")]
+)
 def test_bad_steps_lists(text, message):
     with pytest.raises(InputError, match=message):
         grid.parse_steps_list(text)
 
 
 def _row(method, eta=None, steps=None, value=0.5):
-    row = {"method": method, "eta": eta, "steps": steps, "build_seconds": 0.1, "search_seconds": 0.2, "n_queries": 3, "n_items": 9}
+    row = {
+        "method": method,
+        "eta": eta,
+        "steps": steps,
+        "build_seconds": 0.1,
+        "search_seconds": 0.2,
+        "n_queries": 3,
+        "n_items": 9,
+    }
     for name in METRIC_NAMES:
         row.update({name: value, f"{name}_low": value - 0.1, f"{name}_high": value + 0.1})
     row["per_query"] = {name: [value] * 3 for name in METRIC_NAMES}
@@ -72,7 +85,18 @@ def test_sweep_csv_schema_and_per_query_csv(tmp_path):
     grid.write_sweep_csv(tmp_path / "sweep.csv", rows)
     with open(tmp_path / "sweep.csv") as handle:
         table = list(csv.DictReader(handle))
-    required = {"method", "eta", "steps", "mrr", "map_cut_20", "ndcg_at_10", "recall_at_10", "recall_at_20", "precision_at_10", "build_seconds"}
+    required = {
+        "method",
+        "eta",
+        "steps",
+        "mrr",
+        "map_cut_20",
+        "ndcg_at_10",
+        "recall_at_10",
+        "recall_at_20",
+        "precision_at_10",
+        "build_seconds",
+    }
     assert required <= set(table[0])
     assert "ndcg_at_10_low" in table[0] and "recall_at_20_high" in table[0]
     assert [r["method"] for r in table] == ["cosine", "energy", "energy"]

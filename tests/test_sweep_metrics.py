@@ -62,7 +62,7 @@ def test_matches_sklearn_ndcg_when_whole_ranking_is_given():
     order = np.argsort(-scores, axis=1)
     ours = m.TrecEvaluator([np.flatnonzero(t) for t in truth]).evaluate(order)["ndcg_at_10"]
     for q in range(n_queries):
-        theirs = sklearn_metrics.ndcg_score(truth[q:q + 1].astype(float), scores[q:q + 1], k=10)
+        theirs = sklearn_metrics.ndcg_score(truth[q : q + 1].astype(float), scores[q : q + 1], k=10)
         assert ours[q] == pytest.approx(theirs, abs=1e-9)
 
 

@@ -24,7 +24,12 @@ def test_relevance_is_shared_label_and_queries_skip_unlabelled_and_unique():
     # 0: shares A with 1, 5 -> 2;  1: A with 0, 5 and B with 2 -> 3;  2: B with 1 -> 1;  5: A with 0, 1 -> 2
     assert relevance.n_relevant.tolist() == [2, 3, 1, 2]
     assert [relevance.relevant_rows(p).tolist() for p in range(4)] == [[1, 5], [0, 2, 5], [1], [0, 1]]
-    assert [relevance.label_names[c] for c in relevance.primary] == ["A", "A", "B", "A"]  # the first label is the cluster
+    assert [relevance.label_names[c] for c in relevance.primary] == [
+        "A",
+        "A",
+        "B",
+        "A",
+    ]  # the first label is the cluster
 
 
 def test_label_split_keeps_labels_apart_and_is_stable_across_subsets():
@@ -73,8 +78,12 @@ def test_parquet_vectors_with_labels(tmp_path):
     import pyarrow.parquet as pq
 
     vectors = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
-    pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "vector": [list(v) for v in vectors],
-                             "cwe": [["X"], ["X", "Y"], [], ["Y"]]}), tmp_path / "v.parquet")
+    pq.write_table(
+        pa.table(
+            {"id": ["a", "b", "c", "d"], "vector": [list(v) for v in vectors], "cwe": [["X"], ["X", "Y"], [], ["Y"]]}
+        ),
+        tmp_path / "v.parquet",
+    )
     corpus = rel.load_labelled(tmp_path / "v.parquet", label_field="cwe")
     assert corpus.ids == ["a", "b", "c", "d"] and corpus.texts is None
     assert corpus.labels == [("X",), ("X", "Y"), (), ("Y",)]
@@ -85,25 +94,31 @@ def test_parquet_vectors_with_labels(tmp_path):
 
 
 def test_load_jsonl_with_configurable_fields(tmp_path):
-    path = _write(tmp_path / "c.jsonl", [
-        {"key": "x1", "body": "first", "tags": ["CWE-79"]},
-        {"key": "x2", "body": "second", "tags": []},
-        {"key": "x3", "body": "third", "tags": "CWE-79"},
-        {"key": "x4", "body": "fourth"},
-    ])
+    path = _write(
+        tmp_path / "c.jsonl",
+        [
+            {"key": "x1", "body": "first", "tags": ["CWE-79"]},
+            {"key": "x2", "body": "second", "tags": []},
+            {"key": "x3", "body": "third", "tags": "CWE-79"},
+            {"key": "x4", "body": "fourth"},
+        ],
+    )
     corpus = rel.load_labelled_jsonl(path, "key", "body", "tags")
     assert corpus.ids == ["x1", "x2", "x3", "x4"]
     assert corpus.labels == [("CWE-79",), (), ("CWE-79",), ()]
     assert corpus.subset(np.array([0, 2])).texts == ["first", "third"]
 
 
-@pytest.mark.parametrize("records, message", [
-    ([{"id": "a", "text": "t", "label": ["x"]}, {"id": "a", "text": "u", "label": ["x"]}], "duplicate id 'a'"),
-    ([{"id": "a", "label": ["x"]}], "missing field 'text'"),
-    ([{"id": "a", "text": "", "label": ["x"]}], "non-empty string"),
-    ([{"id": "a", "text": "t", "label": {"x": 1}}], "list of labels"),
-    ([{"id": "a", "text": "t"}], "no record has a 'label'"),
-])
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([{"id": "a", "text": "t", "label": ["x"]}, {"id": "a", "text": "u", "label": ["x"]}], "duplicate id 'a'"),
+        ([{"id": "a", "label": ["x"]}], "missing field 'text'"),
+        ([{"id": "a", "text": "", "label": ["x"]}], "non-empty string"),
+        ([{"id": "a", "text": "t", "label": {"x": 1}}], "list of labels"),
+        ([{"id": "a", "text": "t"}], "no record has a 'label'"),
+    ],
+)
 def test_bad_corpus_is_an_input_error(tmp_path, records, message):
     path = _write(tmp_path / "c.jsonl", records)
     with pytest.raises(InputError, match=message):

@@ -10,8 +10,18 @@ from typer.testing import CliRunner
 from optical_cli.cli import app
 from optical_cli.config import load_config
 from optical_cli.documents import Document
-from optical_cli.sweep.frontier import (Cell, OcrJudge, bootstrap_cer, choose_operating_point, cve_text, judge_cell,
-                                        lay_out, line_segments, segment_errors, vision_tokens_per_page)
+from optical_cli.sweep.frontier import (
+    Cell,
+    OcrJudge,
+    bootstrap_cer,
+    choose_operating_point,
+    cve_text,
+    judge_cell,
+    lay_out,
+    line_segments,
+    segment_errors,
+    vision_tokens_per_page,
+)
 
 runner = CliRunner()
 PROSE = cve_text(5000)  # plain English prose: CVE descriptions, one paragraph each
@@ -53,8 +63,11 @@ def test_bootstrap_and_operating_point():
     edits, chars = np.array([0.0, 1.0, 0.0, 3.0]), np.array([10.0, 10.0, 10.0, 10.0])
     cer, low, high = bootstrap_cer(edits, chars, 500, seed=0)
     assert cer == pytest.approx(0.1) and 0.0 <= low <= cer <= high <= 0.3
-    rows = [{"cer": 0.2, "full_page_tokens_per_vision_token": 20.0}, {"cer": 0.04, "full_page_tokens_per_vision_token": 11.0},
-            {"cer": 0.01, "full_page_tokens_per_vision_token": 7.0}]
+    rows = [
+        {"cer": 0.2, "full_page_tokens_per_vision_token": 20.0},
+        {"cer": 0.04, "full_page_tokens_per_vision_token": 11.0},
+        {"cer": 0.01, "full_page_tokens_per_vision_token": 7.0},
+    ]
     assert choose_operating_point(rows, 0.05) is rows[1] and choose_operating_point(rows, 0.001) is None
     assert vision_tokens_per_page("base") == 256 and vision_tokens_per_page("gundam") == 4 * 100 + 256
 
@@ -63,8 +76,23 @@ def test_sweep_render_cli_frontier_plot_operating_point_and_resume(tmp_path):
     prose = tmp_path / "prose.txt"
     prose.write_text(cve_text(12000), encoding="utf-8")  # two pages at 12 px, one at 6 px
     out = tmp_path / "sweep"
-    args = ["sweep", "render", "--input", str(prose), "--font-size", "6,12", "--judge", "ocr", "-o", str(out), "--json",
-            "--set", "sweep.judge_segments=24", "--set", "sweep.bootstrap=200"]
+    args = [
+        "sweep",
+        "render",
+        "--input",
+        str(prose),
+        "--font-size",
+        "6,12",
+        "--judge",
+        "ocr",
+        "-o",
+        str(out),
+        "--json",
+        "--set",
+        "sweep.judge_segments=24",
+        "--set",
+        "sweep.bootstrap=200",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -80,23 +108,30 @@ def test_sweep_render_cli_frontier_plot_operating_point_and_resume(tmp_path):
     assert (out / "frontier.png").stat().st_size > 10_000
     assert summary["operating_point"]["font_size"] == 12
     fragment = out / "operating_point.yaml"
-    rendered = runner.invoke(app, ["render", str(prose), "--config", str(fragment), "-o", str(tmp_path / "r"), "--json"])
+    rendered = runner.invoke(
+        app, ["render", str(prose), "--config", str(fragment), "-o", str(tmp_path / "r"), "--json"]
+    )
     assert rendered.exit_code == 0, rendered.output
     assert json.loads(rendered.stdout)["pages"] == int(rows[12]["pages"])
     assert "--set deepencoder.mode=base" in (out / "operating_point.sets").read_text()
-    again = runner.invoke(app, [*args[:-4], "--resume", "--set", "sweep.judge_segments=24", "--set", "sweep.bootstrap=200"])
+    again = runner.invoke(
+        app, [*args[:-4], "--resume", "--set", "sweep.judge_segments=24", "--set", "sweep.bootstrap=200"]
+    )
     assert again.exit_code == 0, again.output
     assert "2 of 2 cells done" in again.stderr and json.loads(again.stdout)["timing"]["cells_resumed"] == 2
     assert len((out / "cells.jsonl").read_text().splitlines()) == 2
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["--font-size", "6,x"], "not a whole number"),
-    (["--font-size", "3"], "font_size"),
-    (["--mode", "huge"], "--mode"),
-    (["--judge", "reader"], "not built yet"),
-    (["--input", "missing.txt"], "input not found"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--font-size", "6,x"], "not a whole number"),
+        (["--font-size", "3"], "font_size"),
+        (["--mode", "huge"], "--mode"),
+        (["--judge", "reader"], "not built yet"),
+        (["--input", "missing.txt"], "input not found"),
+    ],
+)
 def test_sweep_render_bad_input_exits_2_before_any_output(tmp_path, extra, expected):
     out = tmp_path / "o"
     result = runner.invoke(app, ["sweep", "render", "-o", str(out), *extra])

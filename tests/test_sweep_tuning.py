@@ -16,7 +16,9 @@ def test_candidates_grid_and_random():
     # (0, 0, 0, *) has no energy term at all and is skipped: 2*1*2*2 - 2
     assert len(combos) == 6
     assert all(c["w_lambda"] + c["w_G"] + c["w_D"] > 0 for c in combos)
-    random = SweepTuningSection(method="random", trials=3, w_lambda=[0.0, 1.0], w_G=[0.0], w_D=[0.0, 0.5], alpha=[0.0, 0.5])
+    random = SweepTuningSection(
+        method="random", trials=3, w_lambda=[0.0, 1.0], w_G=[0.0], w_D=[0.0, 0.5], alpha=[0.0, 0.5]
+    )
     picked = tuning.candidate_weights(random, seed=0)
     assert len(picked) == 3 and all(c in combos for c in picked)
     assert picked == tuning.candidate_weights(random, seed=0)
@@ -39,7 +41,10 @@ def test_reweighted_terms_rank_like_the_index_search():
     searcher = Searcher(index)
     queries = torch.from_numpy(vectors[:10] + 0.1 * rng.normal(size=(10, 16)).astype(np.float32))
     terms = tuning.ScoreTerms.compute(searcher, queries)
-    for weights in ({"w_lambda": 1.0, "w_G": 0.5, "w_D": 0.25, "alpha": 0.0}, {"w_lambda": 0.5, "w_G": 0.0, "w_D": 2.0, "alpha": 0.5}):
+    for weights in (
+        {"w_lambda": 1.0, "w_G": 0.5, "w_D": 0.25, "alpha": 0.0},
+        {"w_lambda": 0.5, "w_G": 0.0, "w_D": 2.0, "alpha": 0.5},
+    ):
         mode = "energy" if weights["alpha"] == 0 else "hybrid"
         params = SearchParams(k=8, mode=mode, **weights)
         theirs = topk_rows(searcher, queries, params)
@@ -63,9 +68,22 @@ def test_tune_scores_trials_on_tuning_queries_and_reports_held_out_only():
 
     cosine = {name: rng.random(20).tolist() for name in tuning.METRIC_NAMES}
     section = SweepTuningSection(method="random", trials=5)
-    report, trials = tuning.tune(searcher, tuning.Cell(0.1, 4), queries, evaluate, cosine,
-                                 {"w_lambda": 1.0, "w_G": 0.5, "w_D": 0.25}, section, tune_positions, held_positions,
-                                 held_positions % 3, k=21, n_boot=100, seed=0, block=4)
+    report, trials = tuning.tune(
+        searcher,
+        tuning.Cell(0.1, 4),
+        queries,
+        evaluate,
+        cosine,
+        {"w_lambda": 1.0, "w_G": 0.5, "w_D": 0.25},
+        section,
+        tune_positions,
+        held_positions,
+        held_positions % 3,
+        k=21,
+        n_boot=100,
+        seed=0,
+        block=4,
+    )
     assert len(trials) == 5
     tuned_calls, held_calls = seen[:15], seen[15:]  # 3 blocks of tuning queries x 5 trials, then 3 x (tuned, default)
     assert sorted(set(sum(tuned_calls, []))) == tune_positions.tolist() and all(len(p) <= 4 for p in seen)

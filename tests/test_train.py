@@ -13,10 +13,24 @@ from optical_cli.config import dump_config, load_config
 from optical_cli.errors import InputError
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapter
 from optical_cli.render import PageRenderer, non_space
-from optical_cli.train import (DeepEncoderPages, _loss, build_page_set, character_error_rate, collate,
-                               enable_gradient_checkpointing, load_reader, make_examples, mse_loss, open_checkpoint,
-                               page_render_section, read_corpus, reconstruction_loss, split_documents, train_adapter,
-                               training_mode)
+from optical_cli.train import (
+    DeepEncoderPages,
+    _loss,
+    build_page_set,
+    character_error_rate,
+    collate,
+    enable_gradient_checkpointing,
+    load_reader,
+    make_examples,
+    mse_loss,
+    open_checkpoint,
+    page_render_section,
+    read_corpus,
+    reconstruction_loss,
+    split_documents,
+    train_adapter,
+    training_mode,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny" / "qwen3_vl.yaml"
@@ -24,8 +38,14 @@ CVES = REPO / "tests" / "data" / "cves_200.jsonl"
 
 
 def tiny_cfg(cache, *sets):
-    base = [f"data.source={CVES}", f"data.cache_dir={cache}", "data.max_documents=10", "data.max_text_tokens=16",
-            "train.batch_size=2", "train.read_pages=0"]
+    base = [
+        f"data.source={CVES}",
+        f"data.cache_dir={cache}",
+        "data.max_documents=10",
+        "data.max_text_tokens=16",
+        "train.batch_size=2",
+        "train.read_pages=0",
+    ]
     return load_config("train-adapter", TINY, base + list(sets))
 
 
@@ -41,12 +61,35 @@ def reader(cache):
 
 def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, [
-        "train-adapter", "--config", str(TINY), "--output-dir", str(out), "--json",
-        "--set", f"data.source={CVES}", "--set", f"data.cache_dir={cache}", "--set", "data.max_documents=10",
-        "--set", "data.max_text_tokens=16", "--set", "train.max_steps=10", "--set", "train.batch_size=2",
-        "--set", "train.lr=0.01", "--set", "train.read_pages=1", "--set", "train.read_max_new_tokens=8",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-adapter",
+            "--config",
+            str(TINY),
+            "--output-dir",
+            str(out),
+            "--json",
+            "--set",
+            f"data.source={CVES}",
+            "--set",
+            f"data.cache_dir={cache}",
+            "--set",
+            "data.max_documents=10",
+            "--set",
+            "data.max_text_tokens=16",
+            "--set",
+            "train.max_steps=10",
+            "--set",
+            "train.batch_size=2",
+            "--set",
+            "train.lr=0.01",
+            "--set",
+            "train.read_pages=1",
+            "--set",
+            "train.read_max_new_tokens=8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["random_weights"] is True and "RANDOM WEIGHTS" in result.stderr  # tiny models: not a result
@@ -64,7 +107,9 @@ def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
     assert manifest["status"] == "ok" and manifest["random_weights"] is True
     # sizes and cost of the run, in the JSON and the manifest
     parameters = summary["parameters"]
-    assert parameters["adapter"] == (48 * 96 + 96) + (96 * 64 + 64) + 2 * 64 + 8 * 64  # tiny adapter 48 -> 96 -> 64, 8 pages
+    assert (
+        parameters["adapter"] == (48 * 96 + 96) + (96 * 64 + 64) + 2 * 64 + 8 * 64
+    )  # tiny adapter 48 -> 96 -> 64, 8 pages
     assert parameters["language_model"] > parameters["deepencoder"] > 0
     assert manifest["parameters"] == parameters and manifest["peak_memory_gib"] == summary["peak_memory_gib"]
     assert summary["peak_memory_gib"]["cpu_rss_gib"] > 0.1 and summary["step_s"] > 0
@@ -98,10 +143,14 @@ def test_gradients_reach_only_the_adapter(cache, reader):
     encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu"))
     pages, _ = build_page_set(read_corpus(str(CVES), max_documents=2, min_chars=16), cfg, encoder, Path(cache))
     examples = make_examples(reader, pages, 16)
-    adapter = OpticalAdapter(AdapterConfig(vision_dim=encoder.out_dim, hidden_dim=16, llm_dim=reader.hidden_size, max_pages=4))
+    adapter = OpticalAdapter(
+        AdapterConfig(vision_dim=encoder.out_dim, hidden_dim=16, llm_dim=reader.hidden_size, max_pages=4)
+    )
     adapted = adapter(pages.features, torch.tensor(pages.page_index))
     pad = reader.tokenizer.token_id("<|endoftext|>")
-    loss = reconstruction_loss(reader.model, adapted, collate(examples, pad)) + mse_loss(reader.model, adapted, examples)
+    loss = reconstruction_loss(reader.model, adapted, collate(examples, pad)) + mse_loss(
+        reader.model, adapted, examples
+    )
     loss.backward()
     assert all(p.grad is None for p in reader.model.parameters())
     assert all(p.grad is not None for p in adapter.parameters())
@@ -114,7 +163,9 @@ def test_gradient_checkpointing_recomputes_the_frozen_llm_and_gives_the_same_gra
     pages, _ = build_page_set(read_corpus(str(CVES), max_documents=2, min_chars=16), cfg, encoder, Path(cache))
     examples = make_examples(reader, pages, 16)
     torch.manual_seed(0)
-    adapter = OpticalAdapter(AdapterConfig(vision_dim=encoder.out_dim, hidden_dim=16, llm_dim=reader.hidden_size, max_pages=4))
+    adapter = OpticalAdapter(
+        AdapterConfig(vision_dim=encoder.out_dim, hidden_dim=16, llm_dim=reader.hidden_size, max_pages=4)
+    )
     model, pad = reader.model, reader.tokenizer.token_id("<|endoftext|>")
     layers = model.model.language_model.layers
 
@@ -150,11 +201,16 @@ def test_features_are_cached_once_in_shards(tmp_path, reader, monkeypatch):
     whole, _ = build_page_set(docs, cfg, encoder, tmp_path / "one-file")
     monkeypatch.setattr("optical_cli.train.pages.CACHE_SHARD_PAGES", 2)
     first, hit1 = build_page_set(docs, cfg, encoder, tmp_path / "sharded")
-    second, hit2 = build_page_set(docs, cfg, DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")), tmp_path / "sharded")
+    second, hit2 = build_page_set(
+        docs, cfg, DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")), tmp_path / "sharded"
+    )
     assert (hit1, hit2) == (False, True)
     [folder] = (tmp_path / "sharded").iterdir()
     assert sorted(p.name for p in folder.glob("features*")) == [
-        "features-00001-of-00002.safetensors", "features-00002-of-00002.safetensors", "features.index.json"]
+        "features-00001-of-00002.safetensors",
+        "features-00002-of-00002.safetensors",
+        "features.index.json",
+    ]
     assert torch.equal(first.features, second.features) and torch.equal(first.features, whole.features)
     assert first.texts == second.texts == whole.texts and len(first) == 3
     assert first.features.shape[1:] == (64, encoder.out_dim)
@@ -170,7 +226,7 @@ def test_packed_pages_are_full_and_hold_every_document_in_order(tmp_path):
     renderer = PageRenderer(page_render_section(cfg))
     capacity = renderer.lines_per_page * len(max(pages.texts[0].splitlines(), key=len))
     assert all(len(text) > 0.8 * capacity for text in pages.texts[:-1])  # full pages, the last one excepted
-    assert pages.page_index == [i % 2 for i in range(len(pages))]      # runs of adapter.max_pages pages
+    assert pages.page_index == [i % 2 for i in range(len(pages))]  # runs of adapter.max_pages pages
     assert pages.document == [i // 2 for i in range(len(pages))]
 
 
@@ -186,13 +242,26 @@ def test_held_out_documents_are_split_off_before_packing():
 def test_character_error_rate():
     assert character_error_rate("kitten", "sitting") == pytest.approx(3 / 7)
     assert character_error_rate("same text", "same text") == 0
-    assert character_error_rate("", "abcd") == 1 and character_error_rate("abcd", "") == 4  # empty reference: edits per 1
+    assert (
+        character_error_rate("", "abcd") == 1 and character_error_rate("abcd", "") == 4
+    )  # empty reference: edits per 1
     assert character_error_rate("ab", "abcd") == pytest.approx(0.5)  # a truncated transcription is 2 deletions
 
 
 def _invoke(tmp_path, *extra):
-    return CliRunner().invoke(app, ["train-adapter", "--config", str(TINY), "--output-dir", str(tmp_path / "out"),
-                                    "--set", f"data.cache_dir={tmp_path / 'cache'}", *extra])
+    return CliRunner().invoke(
+        app,
+        [
+            "train-adapter",
+            "--config",
+            str(TINY),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--set",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            *extra,
+        ],
+    )
 
 
 def test_corpus_without_usable_text_exits_2(tmp_path):
@@ -207,17 +276,26 @@ def test_corpus_without_usable_text_exits_2(tmp_path):
 
 
 def test_adapter_not_matching_the_llm_exits_2(tmp_path):
-    wrong = save_adapter(OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=8, llm_dim=2048, max_pages=8)),
-                         tmp_path / "wrong.pth")
-    result = _invoke(tmp_path, "--set", f"data.source={CVES}", "--set", "data.max_documents=4",
-                     "--set", f"adapter.init={wrong}")
+    wrong = save_adapter(
+        OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=8, llm_dim=2048, max_pages=8)), tmp_path / "wrong.pth"
+    )
+    result = _invoke(
+        tmp_path, "--set", f"data.source={CVES}", "--set", "data.max_documents=4", "--set", f"adapter.init={wrong}"
+    )
     assert result.exit_code == 2, result.output
     assert "hidden size is 64" in result.output
 
 
 def test_model_that_cannot_load_fails_before_the_run_and_its_progress_bar(tmp_path):
-    result = _invoke(tmp_path, "--set", f"data.source={CVES}", "--set", "data.max_documents=4",
-                     "--set", f"vlm.source={tmp_path / 'no-such-model'}")
+    result = _invoke(
+        tmp_path,
+        "--set",
+        f"data.source={CVES}",
+        "--set",
+        "data.max_documents=4",
+        "--set",
+        f"vlm.source={tmp_path / 'no-such-model'}",
+    )
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("RANDOM WEIGHTS")]
     assert len(lines) == 1 and lines[0].startswith("error:") and "no-such-model" in lines[0], result.stderr

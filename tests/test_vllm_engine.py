@@ -19,6 +19,7 @@ import torch
 pytest.importorskip("vllm")
 
 from conftest import REPO_ROOT  # noqa: E402
+
 from optical_cli.bench.engines.vllm import Request, VLLMEngine, VLLMReader  # noqa: E402
 from optical_cli.bench.prompts import PromptParts  # noqa: E402
 from optical_cli.bench.reader import ContextExceeded, ReadRequest  # noqa: E402
@@ -28,13 +29,23 @@ from optical_cli.models.vlm import VisionLanguageReader, build_layout, splice  #
 
 # head_dim 32: vLLM's CPU attention has no head size 16. A wide weight spread makes attention
 # peaked, so positions change the answer (with 0.02 a random model barely looks at positions).
-DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=32, mrope_section=[6, 5, 5], initializer_range=0.5)
+DIMS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    mrope_section=[6, 5, 5],
+    initializer_range=0.5,
+)
 CPU = torch.device("cpu")
 NEW_TOKENS = 12
 TOLERANCE = 1e-3  # first-step log-prob difference allowed between the engines (float32)
-DOCUMENT = ("The lighthouse keeper counted ships every evening and wrote their names in a ledger. "
-            "In the winter of 1887 the ledger lists forty-one ships, three of them lost in one storm. ") * 4
+DOCUMENT = (
+    "The lighthouse keeper counted ships every evening and wrote their names in a ledger. "
+    "In the winter of 1887 the ledger lists forty-one ships, three of them lost in one storm. "
+) * 4
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +56,9 @@ def engines(tmp_path_factory):
     hf = VisionLanguageReader(loading.load_qwen3_vl("random", CPU, torch.float32, DIMS, seed=0), tokenizer)
     section = VLLMSection(cpu_kvcache_space_gib=1, max_model_len=1024, max_num_seqs=4)
     engine = VLLMEngine(model_dir, section, torch.float32, max_pages=3, device=CPU)
-    reader = VLLMReader(engine, tokenizer, random_weights=True, description="tiny", conventions={}, parameters={},
-                        device=CPU)
+    reader = VLLMReader(
+        engine, tokenizer, random_weights=True, description="tiny", conventions={}, parameters={}, device=CPU
+    )
     return hf, reader
 
 
@@ -54,8 +66,11 @@ def hf_answer(hf, layout, vision=None):
     """The hf engine's greedy ids and first-step log-probabilities for a layout."""
     embeds = splice(hf.embed_tokens, layout.input_ids, layout.vision_mask, vision)[None]
     with torch.no_grad():
-        logits = hf.model(inputs_embeds=embeds, position_ids=layout.position_ids[:, None, :],
-                          attention_mask=torch.ones(1, layout.length, dtype=torch.long)).logits[0, -1]
+        logits = hf.model(
+            inputs_embeds=embeds,
+            position_ids=layout.position_ids[:, None, :],
+            attention_mask=torch.ones(1, layout.length, dtype=torch.long),
+        ).logits[0, -1]
     ids, _ = hf.generate_from_embeds(embeds, layout.position_ids, layout.rope_delta, NEW_TOKENS)
     return ids, torch.log_softmax(logits.float(), dim=-1)
 
@@ -75,8 +90,10 @@ def agreeing(a, b) -> int:
 
 
 def report(what, hf_ids, vllm_ids, difference):
-    print(f"\n{what}: {agreeing(hf_ids, vllm_ids)}/{len(hf_ids)} greedy tokens agree, "
-          f"first-step log-prob difference {difference:.2e}")
+    print(
+        f"\n{what}: {agreeing(hf_ids, vllm_ids)}/{len(hf_ids)} greedy tokens agree, "
+        f"first-step log-prob difference {difference:.2e}"
+    )
 
 
 def test_native_prompt_same_greedy_tokens(engines):
@@ -89,7 +106,7 @@ def test_native_prompt_same_greedy_tokens(engines):
     result = reader.engine.generate([request])[0]
     difference = first_step_difference(result, hf_logprobs)
     report("native", hf_ids, result.ids, difference)
-    assert result.ids[:len(hf_ids)] == hf_ids and len(hf_ids) == NEW_TOKENS
+    assert result.ids[: len(hf_ids)] == hf_ids and len(hf_ids) == NEW_TOKENS
     assert difference < TOLERANCE
 
 
@@ -104,21 +121,24 @@ def test_pages_as_embeddings_same_greedy_tokens_and_a_wrong_layout_is_caught(eng
     embeds = page_embeddings(2, 64)  # two tiny-mode pages, 8 x 8 tokens each
     layout = build_layout(hf.tokenizer, prompt.question, [64, 64], None, preamble=prompt.preamble)
     hf_ids, hf_logprobs = hf_answer(hf, layout, embeds)
-    request, length = reader.page_request(prompt, embeds, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0,
-                                          logprobs=5)
+    request, length = reader.page_request(
+        prompt, embeds, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0, logprobs=5
+    )
     assert length == layout.length and request.grids == [[1, 16, 16], [1, 16, 16]]
     result = reader.engine.generate([request])[0]
     difference = first_step_difference(result, hf_logprobs)
     report("optical", hf_ids, result.ids, difference)
-    assert result.ids[:len(hf_ids)] == hf_ids and len(hf_ids) == NEW_TOKENS
+    assert result.ids[: len(hf_ids)] == hf_ids and len(hf_ids) == NEW_TOKENS
     assert difference < TOLERANCE
 
     # the same embeddings laid out as one row of 64 tokens per page: other M-RoPE positions
     wrong = Request(request.prompt_ids, NEW_TOKENS, 0.0, 0, request.embeds, [[1, 2, 128], [1, 2, 128]], logprobs=5)
     wrong_result = reader.engine.generate([wrong])[0]
     wrong_difference = first_step_difference(wrong_result, hf_logprobs)
-    print(f"wrong layout (one row per page): first-step log-prob difference {wrong_difference:.2e}, "
-          f"{agreeing(hf_ids, wrong_result.ids)}/{len(hf_ids)} tokens agree")
+    print(
+        f"wrong layout (one row per page): first-step log-prob difference {wrong_difference:.2e}, "
+        f"{agreeing(hf_ids, wrong_result.ids)}/{len(hf_ids)} tokens agree"
+    )
     assert wrong_difference > 10 * TOLERANCE
 
 
@@ -135,9 +155,13 @@ def test_several_requests_in_flight_answer_as_one_at_a_time(engines):
 
 def test_reads_in_flight_answer_as_one_at_a_time_and_a_too_long_one_fails_alone(engines):
     _, reader = engines
-    reads = [ReadRequest(PromptParts(preamble="", document=DOCUMENT[: 60 * (i + 1)], question=f"Question {i}?"), 6, 0.0, 0)
-             for i in range(3)]
-    too_long = ReadRequest(PromptParts(preamble="", document=DOCUMENT * 20, question="Q?"), 6, 0.0, 0)  # > 1024 positions
+    reads = [
+        ReadRequest(PromptParts(preamble="", document=DOCUMENT[: 60 * (i + 1)], question=f"Question {i}?"), 6, 0.0, 0)
+        for i in range(3)
+    ]
+    too_long = ReadRequest(
+        PromptParts(preamble="", document=DOCUMENT * 20, question="Q?"), 6, 0.0, 0
+    )  # > 1024 positions
     outcomes = reader.read_many([reads[0], too_long, reads[1], reads[2]])
     assert isinstance(outcomes[1], ContextExceeded)
     alone = [reader.read_text(r.prompt, max_new_tokens=6, temperature=0.0, seed=0) for r in reads]
@@ -150,9 +174,27 @@ def test_reads_in_flight_answer_as_one_at_a_time_and_a_too_long_one_fails_alone(
 def _run_tiny(engine: str, out: Path, *sets: str) -> dict:
     optical = Path(sys.executable).with_name("optical")
     extra = [arg for value in sets for arg in ("--set", value)]
-    done = subprocess.run([str(optical), "bench", "longbench", "-c", "configs/tiny/longbench.yaml", "--engine", engine,
-                           "-o", str(out), "--set", "bench.temperature=0", *extra], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=900, env={**os.environ, "OPTICAL_CACHE": str(out.parent / "cache")})
+    done = subprocess.run(
+        [
+            str(optical),
+            "bench",
+            "longbench",
+            "-c",
+            "configs/tiny/longbench.yaml",
+            "--engine",
+            engine,
+            "-o",
+            str(out),
+            "--set",
+            "bench.temperature=0",
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OPTICAL_CACHE": str(out.parent / "cache")},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out / "items.csv", newline="") as handle:
         return {(row["id"], row["condition"]): row for row in csv.DictReader(handle)}
@@ -209,10 +251,18 @@ def test_a_lora_trained_beside_the_adapter_is_served_by_vllm_for_pages_as_the_hf
     hf_rows = _run_tiny("hf", tmp_path / "hf", f"bench.adapter={adapter}")
     vllm_rows = _run_tiny("vllm", tmp_path / "vllm", f"bench.adapter={adapter}")
     summary = json.loads((tmp_path / "vllm" / "summary.json").read_text())
-    assert summary["parameters"]["lora"] == json.loads((tmp_path / "hf" / "summary.json").read_text())["parameters"]["lora"]
+    assert (
+        summary["parameters"]["lora"]
+        == json.loads((tmp_path / "hf" / "summary.json").read_text())["parameters"]["lora"]
+    )
     assert "lora=" in summary["models"]
-    same = {c: sum(hf_rows[k]["output"] == vllm_rows[k]["output"] for k in hf_rows if k[1] == c) for c in ("optical", "native")}
-    print(f"\nwith a LoRA: optical {same['optical']}/6, native {same['native']}/6 rows give the same text on both engines")
+    same = {
+        c: sum(hf_rows[k]["output"] == vllm_rows[k]["output"] for k in hf_rows if k[1] == c)
+        for c in ("optical", "native")
+    }
+    print(
+        f"\nwith a LoRA: optical {same['optical']}/6, native {same['native']}/6 rows give the same text on both engines"
+    )
     assert same["optical"] >= 5 and same["native"] >= 5
     # the LoRA matters: without it the optical answers change (native ones read the base model either way)
     bare = tmp_path / "bare"

@@ -7,8 +7,17 @@ from optical_cli.config import RandomQwen3VLSection
 from optical_cli.errors import InputError
 from optical_cli.models import loading
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter
-from optical_cli.models.vlm import (IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START, VisionLanguageReader,
-                                    build_layout, splice, vision_grid)
+from optical_cli.models.vlm import (
+    IM_END,
+    IM_START,
+    IMAGE_PAD,
+    VISION_END,
+    VISION_START,
+    VisionLanguageReader,
+    build_layout,
+    splice,
+    vision_grid,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +37,17 @@ def reference(reader):
 
     ours = reader.model.config
     config = Qwen3VLConfig(
-        text_config=ours.text_config.to_dict(), tie_word_embeddings=ours.tie_word_embeddings,
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, deepstack_visual_indexes=[],
-                           out_hidden_size=ours.text_config.hidden_size, num_position_embeddings=16),
+        text_config=ours.text_config.to_dict(),
+        tie_word_embeddings=ours.tie_word_embeddings,
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            deepstack_visual_indexes=[],
+            out_hidden_size=ours.text_config.hidden_size,
+            num_position_embeddings=16,
+        ),
     )
     model = Qwen3VLForConditionalGeneration(config).eval()
     missing, unexpected = model.load_state_dict(reader.model.state_dict(), strict=False)
@@ -58,10 +75,12 @@ def test_vision_tokens_sit_inside_the_user_turn_between_markers(reader):
     assert len(starts) == len(ends) == 2
     for start, end, count in zip(starts, ends, [4, 9]):
         assert user_start < start < end < user_end
-        assert ids[start + 1:end] == [tok.token_id(IMAGE_PAD)] * count
-        assert layout.vision_mask[start + 1:end].all() and not layout.vision_mask[start] and not layout.vision_mask[end]
+        assert ids[start + 1 : end] == [tok.token_id(IMAGE_PAD)] * count
+        assert (
+            layout.vision_mask[start + 1 : end].all() and not layout.vision_mask[start] and not layout.vision_mask[end]
+        )
     assert int(layout.vision_mask.sum()) == 13
-    assert tok.decode(ids[user_end + 1:]) == "\nassistant\n"
+    assert tok.decode(ids[user_end + 1 :]) == "\nassistant\n"
 
 
 def test_positions_equal_qwen3_vl_image_positions(reader, reference):
@@ -69,8 +88,9 @@ def test_positions_equal_qwen3_vl_image_positions(reader, reference):
     assert [vision_grid(n) for n in (16, 16, 6)] == layout.grids == [(4, 4), (4, 4), (1, 6)]
     merge = reader.model.config.vision_config.spatial_merge_size
     grids = torch.tensor([[1, h * merge, w * merge] for h, w in layout.grids])
-    expected, delta = reference.model.get_rope_index(layout.input_ids[None], layout.vision_mask.int()[None],
-                                                   image_grid_thw=grids)
+    expected, delta = reference.model.get_rope_index(
+        layout.input_ids[None], layout.vision_mask.int()[None], image_grid_thw=grids
+    )
     assert torch.equal(layout.position_ids[1:], expected[:, 0])
     assert layout.rope_delta == int(delta)
     assert torch.equal(layout.position_ids[0], torch.arange(layout.length))
@@ -105,8 +125,13 @@ def _greedy_without_cache(reader, embeds, layout, steps):
         token = int(out.logits[0, -1].argmax())
         ids.append(token)
         nxt = layout.length + k
-        positions = torch.cat([positions, torch.tensor([[nxt], [nxt + layout.rope_delta]]).repeat_interleave(
-            torch.tensor([1, 3]), dim=0)], dim=1)
+        positions = torch.cat(
+            [
+                positions,
+                torch.tensor([[nxt], [nxt + layout.rope_delta]]).repeat_interleave(torch.tensor([1, 3]), dim=0),
+            ],
+            dim=1,
+        )
         seq = torch.cat([seq, reader.embed_tokens(torch.tensor([[token]]))], dim=1)
     return ids
 
@@ -153,8 +178,12 @@ def test_document_text_to_answer_through_deepencoder_and_adapter(reader):
     text = "Buffer overflow in client/mysql.cc in Oracle MySQL allows remote servers to execute code. " * 40
     features, page_texts = encoder.encode_text(text, RenderSection(font_size=12))
     assert features.shape[1:] == (64, 48) and len(page_texts) == features.shape[0] >= 2
-    answer, stats = reader.generate("Which product is affected?", vision_features=features, max_new_tokens=3,
-                                    preamble="Please read the following text.\n<text>\n")
+    answer, stats = reader.generate(
+        "Which product is affected?",
+        vision_features=features,
+        max_new_tokens=3,
+        preamble="Please read the following text.\n<text>\n",
+    )
     assert stats["pages"] == features.shape[0] and stats["vision_tokens"] == 64 * features.shape[0]
     layout = build_layout(reader.tokenizer, "Q", page_tokens=[64], preamble="Please read.\n")
     assert reader.tokenizer.decode(layout.input_ids.tolist()).startswith("user\nPlease read.\n")
@@ -164,9 +193,13 @@ def test_reader_from_config_checks_the_adapter(tmp_path):
     from optical_cli.config import VLMSection
     from optical_cli.models.adapter import save_adapter
 
-    path = save_adapter(OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=8, llm_dim=2048, max_pages=2)), tmp_path / "a.pth")
+    path = save_adapter(
+        OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=8, llm_dim=2048, max_pages=2)), tmp_path / "a.pth"
+    )
     with pytest.raises(InputError, match="hidden size is 64"):
-        VisionLanguageReader.from_config(VLMSection(source="random"), torch.device("cpu"), torch.float32, adapter_path=path)
+        VisionLanguageReader.from_config(
+            VLMSection(source="random"), torch.device("cpu"), torch.float32, adapter_path=path
+        )
 
 
 def test_language_model_alone_gives_the_full_models_logits_without_a_vision_tower(reader, reference):
@@ -198,7 +231,8 @@ def test_prompt_ids_equal_the_template_string_tokenized_whole(reader):
     """Placing control tokens as ids splits text only where the tokenizer splits anyway."""
     tok = reader.tokenizer
     whole = tok._tok.encode(  # the offline Qwen BPE with special tokens parsed
-        f"{IM_START}user\nNotes:\n\nThe document.\n  Question?{IM_END}\n{IM_START}assistant\n", allowed_special="all")
+        f"{IM_START}user\nNotes:\n\nThe document.\n  Question?{IM_END}\n{IM_START}assistant\n", allowed_special="all"
+    )
     layout = build_layout(tok, "  Question?", document_text="The document.", preamble="Notes:\n\n")
     assert layout.input_ids.tolist() == whole
 

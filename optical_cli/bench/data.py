@@ -3,7 +3,8 @@
 The schema is the benchmark's own: ``_id``, ``domain``, ``sub_domain``, ``difficulty``
 (easy/hard), ``length`` (short/medium/long), ``question``, ``choice_A``..``choice_D``,
 ``answer`` (one of A-D) and ``context``; a local item may give ``context_file`` instead (a
-.txt/.md/.pdf beside the data file: the user's own document, a PDF read for its text layer). A local ``.json`` (a list of records, like the
+.txt/.md/.pdf beside the data file: the user's own document, a PDF read for its text layer).
+A local ``.json`` (a list of records, like the
 benchmark's ``data.json``) or ``.jsonl`` (one record a line) in that schema works the same
 as the hub dataset ``THUDM/LongBench-v2``.
 """
@@ -25,8 +26,17 @@ LETTERS = ("A", "B", "C", "D")
 LENGTHS = ("short", "medium", "long")
 DIFFICULTIES = ("easy", "hard")
 REQUIRED_FIELDS = (
-    "_id", "domain", "difficulty", "length", "question",
-    "choice_A", "choice_B", "choice_C", "choice_D", "answer", "context",
+    "_id",
+    "domain",
+    "difficulty",
+    "length",
+    "question",
+    "choice_A",
+    "choice_B",
+    "choice_C",
+    "choice_D",
+    "answer",
+    "context",
 )
 
 
@@ -80,14 +90,18 @@ def _with_context_file(record: Any, folder: Path, where: str, index: int) -> Any
         raise InputError(f"{where}: {name}: context_file {file} not found (paths are relative to the data file)")
     document = read_document(file)
     if not document.has_text:
-        raise InputError(f"{where}: {name}: context_file {file} has no text"
-                         + (" layer (a scan?); the native condition needs the document's text" if document.is_pdf else ""))
+        raise InputError(
+            f"{where}: {name}: context_file {file} has no text"
+            + (" layer (a scan?); the native condition needs the document's text" if document.is_pdf else "")
+        )
     return {k: v for k, v in record.items() if k != "context_file"} | {"context": document.text}
 
 
 def _read_local(path: Path) -> list[Any]:
     if not path.is_file():
-        raise InputError(f"data file not found: {path}; set bench.data to a LongBench v2 .json/.jsonl file or the hub id {HUB_ID}")
+        raise InputError(
+            f"data file not found: {path}; set bench.data to a LongBench v2 .json/.jsonl file or the hub id {HUB_ID}"
+        )
     if path.suffix.lower() not in {".json", ".jsonl"}:
         raise InputError(f"{path}: unsupported data file type '{path.suffix}'; use .json (a list of records) or .jsonl")
     if path.suffix.lower() == ".jsonl":
@@ -105,8 +119,6 @@ def _read_local(path: Path) -> list[Any]:
     return data
 
 
-
-
 def _read_hub(source: str, split: str) -> list[Any]:
     """The hub dataset through ``datasets``; offline or missing gives one clear error."""
     from ..models.loading import go_offline_if_unreachable, offline_reason
@@ -122,7 +134,8 @@ def _read_hub(source: str, split: str) -> list[Any]:
         raise InputError(
             f"cannot load the dataset '{source}' (split {split}) from the Hugging Face hub "
             f"({type(exc).__name__}: {_first_line(exc)}{'; ' + offline_reason() if offline else ''}); when offline, "
-            f"download LongBench v2's data.json on a connected machine (`hf download {HUB_ID} data.json --repo-type dataset`) "
+            f"download LongBench v2's data.json on a connected machine (`hf download {HUB_ID} data.json --repo-type "
+            "dataset`) "
             "and set bench.data to the local .json/.jsonl file"
         ) from None
     return [dict(row) for row in dataset]
@@ -140,7 +153,9 @@ def parse_record(record: Any, where: str, index: int) -> LongBenchItem:
     name = f"item '{record['_id']}'" if isinstance(record.get("_id"), str) and record["_id"] else f"record {index + 1}"
     missing = [field for field in REQUIRED_FIELDS if field not in record or record[field] is None]
     if missing:
-        raise InputError(f"{where}: {name} is missing field(s) {', '.join(missing)}; every item needs {', '.join(REQUIRED_FIELDS)}")
+        raise InputError(
+            f"{where}: {name} is missing field(s) {', '.join(missing)}; every item needs {', '.join(REQUIRED_FIELDS)}"
+        )
     for field in REQUIRED_FIELDS:
         if not isinstance(record[field], str):
             raise InputError(f"{where}: {name} field '{field}' must be a string, got {type(record[field]).__name__}")
@@ -185,7 +200,8 @@ def filter_items(
     """Items whose length bucket, difficulty and domain are in the given sets (empty = all)."""
     lengths, difficulties, domains = set(lengths), set(difficulties), {d.lower() for d in domains}
     return [
-        item for item in items
+        item
+        for item in items
         if (not lengths or item.length in lengths)
         and (not difficulties or item.difficulty in difficulties)
         and (not domains or item.domain.lower() in domains)
@@ -213,7 +229,10 @@ def stratified_sample(items: list[LongBenchItem], n: int, seed: int) -> list[Lon
     if n < 1:
         raise InputError(f"--num-samples must be at least 1, got {n}")
     if n > len(items):
-        raise InputError(f"--num-samples {n} is larger than the {len(items)} item(s) available after filters; use at most {len(items)}")
+        raise InputError(
+            f"--num-samples {n} is larger than the {len(items)} item(s) available after filters; use at most "
+            f"{len(items)}"
+        )
     strata: dict[tuple[str, str], list[LongBenchItem]] = defaultdict(list)
     for item in items:
         strata[(item.length, item.difficulty)].append(item)
@@ -252,7 +271,10 @@ def select_items(
     """Filters, then explicit ids (when given) or a stratified sample of ``num_samples`` (None = all)."""
     pool = filter_items(items, lengths, difficulties, domains)
     if not pool:
-        raise InputError("no items left after the length/difficulty/domain filters; loosen bench.lengths, bench.difficulties or bench.domains")
+        raise InputError(
+            "no items left after the length/difficulty/domain filters; loosen bench.lengths, bench.difficulties or "
+            "bench.domains"
+        )
     ids = list(ids)
     if ids:
         return pick_ids(pool, ids)

@@ -12,14 +12,13 @@ the benchmark's :class:`~optical_cli.bench.reader.Reader` protocol:
 from __future__ import annotations
 
 import contextlib
-
 import time
 from typing import Any, Sequence
 
 import torch
 
+from ..devices import resolve_device, resolve_dtype, synchronize
 from ..errors import ConfigError
-from ..models.loading import synchronize
 from .prompts import PromptParts, middle_truncate
 from .reader import ContextExceeded, Generation
 
@@ -31,13 +30,21 @@ CHAT_OVERHEAD_TOKENS = 16
 class QwenOpticalReader:
     """Implements the benchmark's Reader protocol over the project's models."""
 
-    def __init__(self, vlm, *, renderer=None, encoder=None, random_weights: bool, description: str,
-                 conventions: dict[str, str] | None = None):
+    def __init__(
+        self,
+        vlm,
+        *,
+        renderer=None,
+        encoder=None,
+        random_weights: bool,
+        description: str,
+        conventions: dict[str, str] | None = None,
+    ):
         from ..models.adapter import parameter_count
 
-        self.vlm = vlm          # models.vlm.VisionLanguageReader
+        self.vlm = vlm  # models.vlm.VisionLanguageReader
         self.renderer = renderer  # render.PageRenderer at the encoder's page size
-        self.encoder = encoder    # train.DeepEncoderPages: the frozen encoder of `optical encode`
+        self.encoder = encoder  # train.DeepEncoderPages: the frozen encoder of `optical encode`
         self.random_weights = random_weights
         self.description = description
         self.conventions = conventions or {}  # adapter layout and page pixels, for the manifest
@@ -74,8 +81,12 @@ class QwenOpticalReader:
         # text is read by the base model: LoRA trained with the adapter is part of the optical reader only
         with lora_disabled(self.vlm.model) if has_lora(self.vlm.model) else contextlib.nullcontext():
             text, stats = self.vlm.generate(
-                question_prompt=prompt.question, document_text=prompt.document or None, preamble=prompt.preamble,
-                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                question_prompt=prompt.question,
+                document_text=prompt.document or None,
+                preamble=prompt.preamble,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed,
             )
         return Generation(text, stats["input_tokens"], stats["prefill_s"], stats["decode_s"])
 
@@ -101,8 +112,12 @@ class QwenOpticalReader:
         """Pages -> DeepEncoder features [pages, tokens, vision_dim] (views batched, as `optical encode`)."""
         return self.encoder.encode(list(pages))
 
-    def read_pages(self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
-        self._check_length(self.vision_tokens(pages) + 2 * len(pages) + len(self.encode_text(prompt.preamble + prompt.question)))
+    def read_pages(
+        self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float, seed: int
+    ) -> Generation:
+        self._check_length(
+            self.vision_tokens(pages) + 2 * len(pages) + len(self.encode_text(prompt.preamble + prompt.question))
+        )
         start = time.perf_counter()
         features = self._encode(pages)
         if features.device.type == "cpu" and self.vlm.device.type == "cuda":
@@ -110,11 +125,21 @@ class QwenOpticalReader:
         synchronize(self.vlm.device)
         encode_s = time.perf_counter() - start
         text, stats = self.vlm.generate(
-            question_prompt=prompt.question, vision_features=features, preamble=prompt.preamble,
-            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            question_prompt=prompt.question,
+            vision_features=features,
+            preamble=prompt.preamble,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
         )
-        return Generation(text, stats["input_tokens"], stats["prefill_s"], stats["decode_s"], encode_s=encode_s,
-                          adapter_s=stats["adapter_s"])
+        return Generation(
+            text,
+            stats["input_tokens"],
+            stats["prefill_s"],
+            stats["decode_s"],
+            encode_s=encode_s,
+            adapter_s=stats["adapter_s"],
+        )
 
 
 def build_reader(cfg, conditions: Sequence[str]):
@@ -142,12 +167,14 @@ def build_reader(cfg, conditions: Sequence[str]):
         from .engines.vllm import require_vllm
 
         require_vllm()
-    device = loading.resolve_device(cfg.runtime.device)
-    dtype = loading.resolve_dtype(cfg.runtime.dtype, device)
+    device = resolve_device(cfg.runtime.device)
+    dtype = resolve_dtype(cfg.runtime.dtype, device)
     trained = optical and cfg.bench.adapter != "random"
     adapter = loading.load_adapter(cfg.bench.adapter) if trained else None
     local = trained and not str(cfg.bench.adapter).startswith(loading.HUB_FILE_SCHEME)
-    lora_dir = lora_beside(cfg.bench.adapter) if local else None  # trained with the adapter: the optical reader uses both
+    lora_dir = (
+        lora_beside(cfg.bench.adapter) if local else None
+    )  # trained with the adapter: the optical reader uses both
     if vllm:
         engine, tokenizer, lm_parameters = _vllm_language_model(cfg, device, dtype, lora_dir)
         hidden_size, vlm = engine.hidden_size, None
@@ -189,20 +216,38 @@ def build_reader(cfg, conditions: Sequence[str]):
         from ..models.adapter import parameter_count
         from .engines.vllm import VLLMReader, lora_parameters
 
-        parameters = {"deepencoder": None if encoder is None else encoder.parameter_count(),
-                      "adapter": None if adapter is None else parameter_count(adapter), "language_model": lm_parameters}
+        parameters = {
+            "deepencoder": None if encoder is None else encoder.parameter_count(),
+            "adapter": None if adapter is None else parameter_count(adapter),
+            "language_model": lm_parameters,
+        }
         if lora_dir is not None:
             parameters["lora"] = lora_parameters(lora_dir)
-        reader = VLLMReader(engine, tokenizer, adapter=adapter, renderer=renderer, encoder=encoder,
-                            random_weights=random_weights, description=", ".join(parts), conventions=conventions,
-                            parameters=parameters, device=device)
+        reader = VLLMReader(
+            engine,
+            tokenizer,
+            adapter=adapter,
+            renderer=renderer,
+            encoder=encoder,
+            random_weights=random_weights,
+            description=", ".join(parts),
+            conventions=conventions,
+            parameters=parameters,
+            device=device,
+        )
     else:
         from ..models.vlm import VisionLanguageReader
 
         if adapter is not None:
             vlm = VisionLanguageReader(vlm.model, vlm.tokenizer, adapter)
-        reader = QwenOpticalReader(vlm, renderer=renderer, encoder=encoder, random_weights=random_weights,
-                                   description=", ".join(parts), conventions=conventions)
+        reader = QwenOpticalReader(
+            vlm,
+            renderer=renderer,
+            encoder=encoder,
+            random_weights=random_weights,
+            description=", ".join(parts),
+            conventions=conventions,
+        )
     reader.warm_up()
     return reader
 
@@ -217,30 +262,45 @@ def _vllm_language_model(cfg, device: torch.device, dtype: torch.dtype, lora_dir
     tokenizer_source = cfg.vlm.tokenizer
     if tokenizer_source == "auto":
         tokenizer_source = loading.QWEN_TIKTOKEN if cfg.vlm.source == loading.RANDOM_SOURCE else cfg.vlm.source
-    model_dir, tokenizer_dir = loading.engine_model_dir(cfg.vlm.source, tokenizer_source, cfg.vlm.random.model_dump(),
-                                                        seed=cfg.runtime.seed)
+    model_dir, tokenizer_dir = loading.engine_model_dir(
+        cfg.vlm.source, tokenizer_source, cfg.vlm.random.model_dump(), seed=cfg.runtime.seed
+    )
     if cfg.vllm.dtype != "auto":
-        dtype = loading.resolve_dtype(cfg.vllm.dtype, device)
-    engine = VLLMEngine(model_dir, cfg.vllm, dtype, tokenizer_dir=tokenizer_dir, seed=cfg.runtime.seed,
-                        max_pages=cfg.bench.max_pages, device=device, lora_dir=lora_dir)
+        dtype = resolve_dtype(cfg.vllm.dtype, device)
+    engine = VLLMEngine(
+        model_dir,
+        cfg.vllm,
+        dtype,
+        tokenizer_dir=tokenizer_dir,
+        seed=cfg.runtime.seed,
+        max_pages=cfg.bench.max_pages,
+        device=device,
+        lora_dir=lora_dir,
+    )
     engine.version = vllm_version()
     return engine, loading.load_chat_tokenizer(tokenizer_source), language_model_parameters(model_dir)
 
 
 def _fit_adapter(cfg, adapter, vision_dim: int, llm_dim: int, device: torch.device, dtype: torch.dtype):
     """The loaded adapter checked against the models it joins, or a seeded random one."""
-    from ..models.adapter import AdapterConfig, OpticalAdapter
     from ..errors import InputError
+    from ..models.adapter import AdapterConfig, OpticalAdapter
 
     if adapter is None:  # bench.adapter: random
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.runtime.seed)
-            adapter = OpticalAdapter(AdapterConfig(vision_dim=vision_dim, llm_dim=llm_dim, max_pages=cfg.bench.max_pages))
-    for what, wanted, found in (("language model's hidden size", llm_dim, adapter.config.llm_dim),
-                                ("encoder's vision-token width", vision_dim, adapter.config.vision_dim)):
+            adapter = OpticalAdapter(
+                AdapterConfig(vision_dim=vision_dim, llm_dim=llm_dim, max_pages=cfg.bench.max_pages)
+            )
+    for what, wanted, found in (
+        ("language model's hidden size", llm_dim, adapter.config.llm_dim),
+        ("encoder's vision-token width", vision_dim, adapter.config.vision_dim),
+    ):
         if wanted != found:
-            raise InputError(f"adapter {cfg.bench.adapter} has width {found} where the {what} is {wanted}; "
-                             "use an adapter trained for these models")
+            raise InputError(
+                f"adapter {cfg.bench.adapter} has width {found} where the {what} is {wanted}; "
+                "use an adapter trained for these models"
+            )
     if adapter.config.max_pages < cfg.bench.max_pages:
         raise ConfigError(
             f"bench.max_pages={cfg.bench.max_pages} but the adapter has page embeddings for {adapter.config.max_pages} "

@@ -53,15 +53,22 @@ def _bucket_n(summary: Mapping[str, Any], conditions: Sequence[str], bucket: str
     return block["n"] if bucket == "overall" else block["by_length"].get(bucket, {}).get("n", 0)
 
 
-def plot_cost_vs_length(rows: Sequence[Mapping[str, Any]], conditions: Sequence[str], path: Path, title_note: str = "") -> Path:
+def plot_cost_vs_length(
+    rows: Sequence[Mapping[str, Any]], conditions: Sequence[str], path: Path, title_note: str = ""
+) -> Path:
     """Three panels against document length in text tokens: input tokens, latency and peak memory per item."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    panels = (("input_tokens", "input tokens"), ("latency_s", "latency per item (s)"),
-              ("peak_memory_gib", "peak memory per item (GiB)"))
+    panels = (
+        ("input_tokens", "input tokens"),
+        ("latency_s", "latency per item (s)"),
+        ("peak_memory_gib", "peak memory per item (GiB)"),
+    )
     for condition in conditions:
-        done = sorted((r for r in rows if r["condition"] == condition and r["status"] == "ok" and r["doc_tokens"]),
-                      key=lambda r: r["doc_tokens"])
+        done = sorted(
+            (r for r in rows if r["condition"] == condition and r["status"] == "ok" and r["doc_tokens"]),
+            key=lambda r: r["doc_tokens"],
+        )
         for ax, (key, _) in zip(axes, panels):
             points = [(r["doc_tokens"], r[key]) for r in done if r.get(key) is not None]
             if points:

@@ -19,7 +19,10 @@ T = TypeVar("T")
 
 # The document sits between tags after a one-line instruction; the question follows it. In the
 # optical condition the pages' vision blocks take the document's place between the same tags.
-PREAMBLE = "Read the document between the <document> tags, then answer the multiple-choice question that follows it.\n\n<document>\n"
+PREAMBLE = (
+    "Read the document between the <document> tags, then answer the multiple-choice question that follows it."
+    "\n\n<document>\n"
+)
 AFTER_DOCUMENT = "</document>\n\n"
 NO_CONTEXT_INTRO = "Answer the multiple-choice question below.\n\n"
 ANSWER_FORMAT = (
@@ -73,5 +76,4 @@ def middle_truncate(sequence: Sequence[T], budget: int) -> tuple[list[T], bool]:
         return items, False
     head = budget // 2
     tail = budget - head
-    return items[:head] + (items[len(items) - tail:] if tail else []), True
-
+    return items[:head] + (items[len(items) - tail :] if tail else []), True

@@ -23,10 +23,10 @@ class Generation:
     """One answer and what it cost."""
 
     text: str
-    input_tokens: int       # every token the prefill saw: template, document or vision tokens, question
+    input_tokens: int  # every token the prefill saw: template, document or vision tokens, question
     prefill_s: float
     decode_s: float
-    encode_s: float = 0.0   # page encoding (optical only)
+    encode_s: float = 0.0  # page encoding (optical only)
     adapter_s: float = 0.0  # adapter and embedding splice (optical only)
 
 
@@ -109,7 +109,9 @@ class Reader(Protocol):
         """How many LLM positions these pages occupy once encoded and adapted."""
         ...
 
-    def read_pages(self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
+    def read_pages(
+        self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float, seed: int
+    ) -> Generation:
         """Answer ``prompt`` with ``pages`` spliced where its document part would be
         (``prompt.document`` is empty); ``Generation.encode_s`` is the page encoding time."""
         ...

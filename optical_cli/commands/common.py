@@ -89,16 +89,55 @@ def say(label: str, style: str, message: str) -> None:
 def warn(message: str) -> None:
     say("warning", "yellow", message)
 
+
 # Options every command shares
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the command's file in configs/).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: --set key.path=value (repeatable).")]
-OutputDirOpt = Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Write artifacts directly into this directory instead of results/<command>/<run>/ (a new or empty one; see --overwrite).", show_default=False)]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --output-dir (its files are deleted first).")]
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the command's file in configs/).")
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: --set key.path=value (repeatable)."),
+]
+OutputDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output-dir",
+        "-o",
+        help="Write artifacts directly into this directory instead of results/<command>/<run>/ (a new or empty one; "
+        "see --overwrite).",
+        show_default=False,
+    ),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace the run already in --output-dir (its files are deleted first).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Build the models on the meta device and print the memory plan (parameters, weight bytes, KV cache, activations, peak per device per layout); reads no weights, writes nothing.")]
-DeviceMemoryOpt = Annotated[Optional[float], typer.Option("--device-memory", metavar="GIB", min=0.001, help="With --dry-run: the memory of one device in GiB, for a fits / does-not-fit verdict per layout.")]
-DevicesOpt = Annotated[int, typer.Option("--devices", min=1, help="With --dry-run: N, the number of devices for the DDP, FSDP and tensor-parallel layouts.")]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Build the models on the meta device and print the memory plan (parameters, weight bytes, KV cache, "
+        "activations, peak per device per layout); reads no weights, writes nothing.",
+    ),
+]
+DeviceMemoryOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--device-memory",
+        metavar="GIB",
+        min=0.001,
+        help="With --dry-run: the memory of one device in GiB, for a fits / does-not-fit verdict per layout.",
+    ),
+]
+DevicesOpt = Annotated[
+    int,
+    typer.Option(
+        "--devices",
+        min=1,
+        help="With --dry-run: N, the number of devices for the DDP, FSDP and tensor-parallel layouts.",
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -128,8 +167,9 @@ def load(command: str, config: Optional[Path], sets: Optional[list[str]]) -> Any
     return config_mod.load_config(command, config, sets or [])
 
 
-def claim_output(command: str, output_dir: Optional[Path], *, resume: bool = False, overwrite: bool = False,
-                 resumable: bool = True) -> OutputDir:
+def claim_output(
+    command: str, output_dir: Optional[Path], *, resume: bool = False, overwrite: bool = False, resumable: bool = True
+) -> OutputDir:
     """Check --output-dir (with --resume / --overwrite) before any work: see artifacts.claim_output_dir."""
     return claim_output_dir(command, output_dir, resume=resume, overwrite=overwrite, resumable=resumable)
 
@@ -143,8 +183,10 @@ def check_resumable(claim: OutputDir, cfg: Any, schema: str, allowed: set[str]) 
         return
     saved = claim.path / "config.yaml"
     if not saved.is_file():
-        raise InputError(f"--resume: {saved} is missing, so the settings of the run cannot be checked; "
-                         "choose another --output-dir, or --overwrite to start over there")
+        raise InputError(
+            f"--resume: {saved} is missing, so the settings of the run cannot be checked; "
+            "choose another --output-dir, or --overwrite to start over there"
+        )
     config_mod.check_same_settings(load(schema, saved, None), cfg, allowed)
 
 
@@ -176,8 +218,8 @@ def attention_record(attention: str) -> dict[str, Any]:
 
 def join_processes(device: str) -> Processes:
     """This run's processes (several under ``accelerate launch``), joined on ``runtime.device``."""
+    from ..devices import resolve_device
     from ..distributed import join, single_process_warning
-    from ..models.loading import resolve_device
 
     warning = single_process_warning()
     if warning:
@@ -186,8 +228,14 @@ def join_processes(device: str) -> Processes:
 
 
 @contextlib.contextmanager
-def run_dir(command: str, cfg: Any, claim: OutputDir, name: str | None = None, procs: Processes | None = None,
-            device: str | None = None) -> Iterator[Run | FollowerRun]:
+def run_dir(
+    command: str,
+    cfg: Any,
+    claim: OutputDir,
+    name: str | None = None,
+    procs: Processes | None = None,
+    device: str | None = None,
+) -> Iterator[Run | FollowerRun]:
     """The run directory of ``command`` (e.g. ``bench longbench``) as ``claim`` decided: the main
     process creates it and keeps its manifest; under a launcher the other processes get its path
     and write their artifacts into it. ``device``: the device the run uses (default: the config's
@@ -198,7 +246,7 @@ def run_dir(command: str, cfg: Any, claim: OutputDir, name: str | None = None, p
         return
     runtime = getattr(cfg, "runtime", None)
     if device is None and runtime is not None:
-        from ..models.loading import resolve_device
+        from ..devices import resolve_device
 
         device = str(resolve_device(runtime.device))
     with start_run(
@@ -233,8 +281,13 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
         yield lambda n=1, total=None, description=None: None
         return
     progress = Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
     )
     with progress:
         task = progress.add_task(escape(description), total=total)

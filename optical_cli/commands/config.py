@@ -25,12 +25,20 @@ app = typer.Typer(help="Show and validate config files.", no_args_is_help=True)
 
 @app.command("show")
 def config_show(
-    command: Annotated[list[str], typer.Argument(metavar="COMMAND", help="Command whose config to show, as the CLI names it: "
-                                                 + ", ".join(config_mod.CLI_NAMES) + ".")],
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="COMMAND",
+            help="Command whose config to show, as the CLI names it: " + ", ".join(config_mod.CLI_NAMES) + ".",
+        ),
+    ],
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Print the resolved config of COMMAND (defaults + file + --set) as YAML, e.g. `optical config show bench longbench`."""
+    """Print the resolved config of COMMAND (defaults + file + --set) as YAML.
+
+    For example `optical config show bench longbench`.
+    """
     with handled_errors():
         cfg = load(config_mod.schema_name(" ".join(command)), config, sets)
         sys.stdout.write(config_mod.dump_config(cfg))
@@ -39,7 +47,13 @@ def config_show(
 @app.command("validate")
 def config_validate(
     files: Annotated[list[Path], typer.Argument(metavar="FILES", help="Config files to check.")],
-    command: Annotated[Optional[str], typer.Option("--command", help="Command whose schema to check against, e.g. 'bench longbench' (default: judged by file name).")] = None,
+    command: Annotated[
+        Optional[str],
+        typer.Option(
+            "--command",
+            help="Command whose schema to check against, e.g. 'bench longbench' (default: judged by file name).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Check config files against their command's schema; exit 2 if any is invalid."""

@@ -33,10 +33,30 @@ ENCODE_RESUMABLE = {"encode.batch_size", "encode.queue_pages", "runtime.workers"
 
 
 def encode(
-    inputs: Annotated[Optional[list[Path]], typer.Option("--input", "-i", metavar="PATH", help="Image file, directory of images, or render run directory (repeatable).")] = None,
-    text: Annotated[Optional[Path], typer.Option("--text", help="Text file to render (at the mode's page size) and encode in one go.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Features .safetensors (default: features.safetensors in the run directory; shards and an index beside it when the pages exceed one shard).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir: encode only the shards not yet on disk.")] = False,
+    inputs: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--input",
+            "-i",
+            metavar="PATH",
+            help="Image file, directory of images, or render run directory (repeatable).",
+        ),
+    ] = None,
+    text: Annotated[
+        Optional[Path],
+        typer.Option("--text", help="Text file to render (at the mode's page size) and encode in one go."),
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            help="Features .safetensors (default: features.safetensors in the run directory; shards and an index "
+            "beside it when the pages exceed one shard).",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --output-dir: encode only the shards not yet on disk.")
+    ] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
@@ -48,8 +68,8 @@ def encode(
     Under `accelerate launch --num_processes N -m optical_cli.cli encode ...` the processes share
     the shards; with a pinned deepencoder.attention the output equals one process's.
     """
+    from ..devices import resolve_device
     from ..encode import METRIC_FILES, build_encoder, check_shards_on_disk, plan_inputs, run_encode
-    from ..models.loading import resolve_device
 
     with handled_errors():
         cfg = load("encode", config, sets)
@@ -62,14 +82,19 @@ def encode(
         device = procs.place(resolve_device(cfg.runtime.device))
         encoder = build_encoder(cfg, device)  # bad weights fail here, before any output
         if resume:
-            done, total, choices = check_shards_on_disk(cfg, plan, encoder[2], output or output_dir / "features.safetensors")
+            done, total, choices = check_shards_on_disk(
+                cfg, plan, encoder[2], output or output_dir / "features.safetensors"
+            )
             reused = reuse_attention_choices(claim, cfg.deepencoder.attention, choices)
-            report_resume(f"{done} of {total} shards on disk in {output_dir}; encoding the other {total - done}"
-                          + (f" with the attention paths chosen before ({reused} view shapes)" if reused else ""))
+            report_resume(
+                f"{done} of {total} shards on disk in {output_dir}; encoding the other {total - done}"
+                + (f" with the attention paths chosen before ({reused} view shapes)" if reused else "")
+            )
         with run_dir("encode", cfg, claim, procs=procs, device=str(device)) as run:
             with progress_bar("encoding pages", len(plan)) as advance:
-                summary, reports = run_encode(cfg, plan, encoder, output or run.path / "features.safetensors", run.path,
-                                              procs, resume, advance)
+                summary, reports = run_encode(
+                    cfg, plan, encoder, output or run.path / "features.safetensors", run.path, procs, resume, advance
+                )
             if summary:  # the main process
                 run.record_existing(*METRIC_FILES, Path(summary["features"]).name)
                 run.update(result=summary, process_pages=reports, **attention_record(cfg.deepencoder.attention))

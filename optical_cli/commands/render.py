@@ -27,15 +27,27 @@ SAMPLE_DOCUMENT = config_mod.REPO_ROOT / "data" / "sample" / "optical_compressio
 
 
 def render(
-    inputs: Annotated[Optional[list[str]], typer.Argument(metavar="INPUTS", help="Text, markdown or PDF files, directories of .txt/.md/.pdf, or - for stdin (default: the bundled sample).", show_default=False)] = None,
-    input_opt: Annotated[Optional[list[str]], typer.Option("--input", "-i", metavar="PATH", help="Same as the positional INPUTS (repeatable).")] = None,
+    inputs: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="INPUTS",
+            help="Text, markdown or PDF files, directories of .txt/.md/.pdf, or - for stdin (default: the bundled "
+            "sample).",
+            show_default=False,
+        ),
+    ] = None,
+    input_opt: Annotated[
+        Optional[list[str]],
+        typer.Option("--input", "-i", metavar="PATH", help="Same as the positional INPUTS (repeatable)."),
+    ] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Render text (or a PDF's text layer, or with render.source=pdf-pages its own pages) to page images (page_0001.png, ...) plus layout.jsonl, sized for a DeepEncoder mode."""
+    """Render text (or a PDF's text layer, or with render.source=pdf-pages its own pages) to page images
+    (page_0001.png, ...) plus layout.jsonl, sized for a DeepEncoder mode."""
     from ..errors import InputError
     from ..render import PageRenderer, read_documents, render_to_dir
 
@@ -48,16 +60,22 @@ def render(
         if cfg.render.source == "pdf-pages":
             for doc in documents:
                 if doc.is_pdf and not doc.has_text:
-                    warn(f"{doc.source}: the PDF has no text layer (a scan?): its pages are drawn, but the native "
-                         "condition has no text for them")
+                    warn(
+                        f"{doc.source}: the PDF has no text layer (a scan?): its pages are drawn, but the native "
+                        "condition has no text for them"
+                    )
         else:
             scans = [doc.source for doc in documents if doc.is_pdf and not doc.has_text]
             if scans:
-                raise InputError(f"{scans[0]}: the PDF has no text layer (a scan?), so there is no text to render; "
-                                 "draw its own pages with --set render.source=pdf-pages")
+                raise InputError(
+                    f"{scans[0]}: the PDF has no text layer (a scan?), so there is no text to render; "
+                    "draw its own pages with --set render.source=pdf-pages"
+                )
             empty = [doc.source for doc in documents if not doc.text.strip()]
             if len(empty) == len(documents):  # the one rule for empty inputs (encode --text says the same)
-                raise InputError(f"{', '.join(empty[:3])}: no text to render (empty or whitespace only); give a file with text")
+                raise InputError(
+                    f"{', '.join(empty[:3])}: no text to render (empty or whitespace only); give a file with text"
+                )
             for source in empty:
                 warn(f"{source}: no text (empty or whitespace only); it adds no page")
         with run_dir("render", cfg, claim, device="cpu") as run, progress_bar("rendering pages") as advance:
@@ -65,6 +83,13 @@ def render(
             run.update(report=report.as_dict())
         summary = report.as_dict()
         summary["output_dir"] = str(run.path)
-        print_table("render", [(k, v) for k, v in summary.items() if k not in ("per_document", "pdfs_without_text_layer") and v is not None])
+        print_table(
+            "render",
+            [
+                (k, v)
+                for k, v in summary.items()
+                if k not in ("per_document", "pdfs_without_text_layer") and v is not None
+            ],
+        )
         if json_out:
             emit_json(summary)

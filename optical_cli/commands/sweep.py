@@ -29,19 +29,64 @@ from .common import (
     warn,
 )
 
-app = typer.Typer(help="Sweeps: energy-index parameters against real relevance labels (diffusion); rendering settings against legibility (render).", no_args_is_help=True)
+app = typer.Typer(
+    help="Sweeps: energy-index parameters against real relevance labels (diffusion); rendering settings against "
+    "legibility (render).",
+    no_args_is_help=True,
+)
 
-_SWEEP_METRICS = (("mrr", "MRR"), ("map_cut_20", "MAP@20"), ("ndcg_at_10", "NDCG@10"), ("recall_at_10", "R@10"),
-                  ("recall_at_20", "R@20"), ("precision_at_10", "P@10"))
+_SWEEP_METRICS = (
+    ("mrr", "MRR"),
+    ("map_cut_20", "MAP@20"),
+    ("ndcg_at_10", "NDCG@10"),
+    ("recall_at_10", "R@10"),
+    ("recall_at_20", "R@20"),
+    ("precision_at_10", "P@10"),
+)
 
 
 @app.command("diffusion")
 def sweep_diffusion(
-    eta: Annotated[Optional[str], typer.Option("--eta", help="Comma-separated eta values, e.g. 0.05,0.1,0.15,0.2.", show_default=config_default("sweep", "sweep.etas"))] = None,
-    steps: Annotated[Optional[str], typer.Option("--steps", help="Comma-separated diffusion step counts, e.g. 2,4,6,8.", show_default=config_default("sweep", "sweep.steps"))] = None,
-    num_queries: Annotated[Optional[int], typer.Option("--num-queries", help="Seeded sample of N labelled records as queries (null: all).", show_default=config_default("sweep", "sweep.num_queries"))] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Seeded corpus subset of N records (0 = all).", show_default=config_default("sweep", "sweep.limit"))] = None,
-    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="JSONL with id, text and label fields, or Parquet with id, vector and label columns (default: the bundled CVE corpus).")] = None,
+    eta: Annotated[
+        Optional[str],
+        typer.Option(
+            "--eta",
+            help="Comma-separated eta values, e.g. 0.05,0.1,0.15,0.2.",
+            show_default=config_default("sweep", "sweep.etas"),
+        ),
+    ] = None,
+    steps: Annotated[
+        Optional[str],
+        typer.Option(
+            "--steps",
+            help="Comma-separated diffusion step counts, e.g. 2,4,6,8.",
+            show_default=config_default("sweep", "sweep.steps"),
+        ),
+    ] = None,
+    num_queries: Annotated[
+        Optional[int],
+        typer.Option(
+            "--num-queries",
+            help="Seeded sample of N labelled records as queries (null: all).",
+            show_default=config_default("sweep", "sweep.num_queries"),
+        ),
+    ] = None,
+    limit: Annotated[
+        Optional[int],
+        typer.Option(
+            "--limit",
+            help="Seeded corpus subset of N records (0 = all).",
+            show_default=config_default("sweep", "sweep.limit"),
+        ),
+    ] = None,
+    corpus: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--corpus",
+            help="JSONL with id, text and label fields, or Parquet with id, vector and label columns (default: the "
+            "bundled CVE corpus).",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip cells already finished in --output-dir.")] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -58,10 +103,15 @@ def sweep_diffusion(
         cfg = load("sweep", config, sets)
         etas = parse_eta_list(eta) if eta is not None else list(cfg.sweep.etas)
         step_list = parse_steps_list(steps) if steps is not None else list(cfg.sweep.steps)
-        cfg.sweep = config_mod.validate(type(cfg.sweep), cfg.sweep.model_dump() | {"etas": etas, "steps": step_list}
-                                        | ({"num_queries": num_queries} if num_queries is not None else {})
-                                        | ({"limit": limit or None} if limit is not None else {})
-                                        | ({"corpus": str(corpus)} if corpus is not None else {}), "command line")
+        cfg.sweep = config_mod.validate(
+            type(cfg.sweep),
+            cfg.sweep.model_dump()
+            | {"etas": etas, "steps": step_list}
+            | ({"num_queries": num_queries} if num_queries is not None else {})
+            | ({"limit": limit or None} if limit is not None else {})
+            | ({"corpus": str(corpus)} if corpus is not None else {}),
+            "command line",
+        )
         claim = claim_output("sweep diffusion", output_dir, resume=resume, overwrite=overwrite)
         check_resumable(claim, cfg, "sweep", RESUMABLE_CHANGES)  # before the corpus is embedded
         if resume:
@@ -81,12 +131,23 @@ def sweep_diffusion(
             hooks = Hooks(
                 embed=embed_progress,
                 stage=lambda name: advance(0, description=name),
-                cell=lambda record, skipped: advance(1, total=len(etas) * len(step_list) + 1 + with_faiss,
-                                                     description=f"{record['method']} {_cell_name(record)}{' (resumed)' if skipped else ''}"),
+                cell=lambda record, skipped: advance(
+                    1,
+                    total=len(etas) * len(step_list) + 1 + with_faiss,
+                    description=f"{record['method']} {_cell_name(record)}{' (resumed)' if skipped else ''}",
+                ),
                 trial=lambda n: advance(0, description="tuning weights"),
             )
             summary = run_diffusion_sweep(cfg, etas, step_list, run.path, resume, hooks, inputs)
-            run.record_existing("cells.jsonl", "sweep.csv", "per_query.csv", "heatmaps.png", "tuning.csv", "summary.json", "text_queries.json")
+            run.record_existing(
+                "cells.jsonl",
+                "sweep.csv",
+                "per_query.csv",
+                "heatmaps.png",
+                "tuning.csv",
+                "summary.json",
+                "text_queries.json",
+            )
             run.update(sweep_seconds=summary["timing"]["sweep_seconds"])
         _print_sweep_report(summary, run.path)
         for warning in summary.get("warnings", []):
@@ -102,17 +163,33 @@ def _print_versus(title: str, entries: list[tuple[str, Optional[dict]]], cells: 
 
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     # the best-cell table names its cell instead of repeating cosine (the table above has it): 80 columns
-    columns = ("metric", *(("cell",) if cells else ("cosine",)), "energy", "diff", "per-query 95%", "cluster 95%", "verdict")
+    columns = (
+        "metric",
+        *(("cell",) if cells else ("cosine",)),
+        "energy",
+        "diff",
+        "per-query 95%",
+        "cluster 95%",
+        "verdict",
+    )
     for column in columns:
-        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right", no_wrap=True, min_width=len(column))
+        table.add_column(
+            column, justify="left" if column in ("metric", "verdict") else "right", no_wrap=True, min_width=len(column)
+        )
     for name, entry in entries:
         if not entry or "vs_cosine" not in entry:
             continue
         diff = entry["vs_cosine"]
         verdict = "energy" if entry["beats_cosine"] else "cosine" if entry["worse_than_cosine"] else "tie"
-        table.add_row(name, f"{entry['eta']:g}/{entry['steps']}" if cells else f"{entry['cosine']:.4f}", f"{entry['value']:.4f}",
-                      f"{diff['difference']:+.4f}", escape(f"[{diff['low']:+.3f},{diff['high']:+.3f}]"),
-                      escape(f"[{diff['cluster_low']:+.3f},{diff['cluster_high']:+.3f}]"), verdict)
+        table.add_row(
+            name,
+            f"{entry['eta']:g}/{entry['steps']}" if cells else f"{entry['cosine']:.4f}",
+            f"{entry['value']:.4f}",
+            f"{diff['difference']:+.4f}",
+            escape(f"[{diff['low']:+.3f},{diff['high']:+.3f}]"),
+            escape(f"[{diff['cluster_low']:+.3f},{diff['cluster_high']:+.3f}]"),
+            verdict,
+        )
     err.print(table)
 
 
@@ -126,66 +203,148 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
     from rich import box
 
     setup = summary["setup"]
-    err.print(f"[bold]{setup['items']} items, {setup['queries']} queries[/] (relevance: shared label; "
-              f"{setup['mean_relevant_per_query']:.1f} relevant per query on average), corpus {escape(str(setup['corpus']))}")
-    err.print(f"split by label: {setup['tune_queries']} tuning queries ({setup['tune_labels']} labels) make every choice; "
-              f"{setup['held_out_queries']} held-out queries ({setup['held_out_labels']} labels, {setup['held_out_clusters']} clusters) "
-              f"are scored; {setup['mixed_label_queries_left_out']} queries with labels on both sides left out")
-    table = Table(title="sweep: mean over the held-out queries (both 95% intervals in sweep.csv)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    err.print(
+        f"[bold]{setup['items']} items, {setup['queries']} queries[/] (relevance: shared label; "
+        f"{setup['mean_relevant_per_query']:.1f} relevant per query on average), corpus {escape(str(setup['corpus']))}"
+    )
+    err.print(
+        f"split by label: {setup['tune_queries']} tuning queries ({setup['tune_labels']} labels) make every choice; "
+        f"{setup['held_out_queries']} held-out queries ({setup['held_out_labels']} labels, "
+        f"{setup['held_out_clusters']} clusters) "
+        f"are scored; {setup['mixed_label_queries_left_out']} queries with labels on both sides left out"
+    )
+    table = Table(
+        title="sweep: mean over the held-out queries (both 95% intervals in sweep.csv)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for column in ("method", "eta", "steps", *(title for _, title in _SWEEP_METRICS)):
-        table.add_column(column, justify="left" if column == "method" else "right", no_wrap=True, min_width=max(4, len(column)))
+        table.add_column(
+            column, justify="left" if column == "method" else "right", no_wrap=True, min_width=max(4, len(column))
+        )
     with open(path / "sweep.csv", encoding="utf-8") as handle:
         for row in _csv.DictReader(handle):
-            table.add_row(escape(row["method"]), row["eta"], row["steps"], *(f"{float(row[m]):.4f}" for m, _ in _SWEEP_METRICS))
+            table.add_row(
+                escape(row["method"]), row["eta"], row["steps"], *(f"{float(row[m]):.4f}" for m, _ in _SWEEP_METRICS)
+            )
     err.print(table)
     default = summary.get("default")
     if default:
-        _print_versus(f"default energy (eta={default['eta']:g}, steps={default['steps']}) vs cosine on the held-out queries",
-                      [(title, default["metrics"].get(metric)) for metric, title in _SWEEP_METRICS])
-    _print_versus("best cell (eta/steps) per metric, chosen on the tuning queries, vs cosine on the held-out queries",
-                  [(title, summary["best"].get(metric)) for metric, title in _SWEEP_METRICS], cells=True)
+        _print_versus(
+            f"default energy (eta={default['eta']:g}, steps={default['steps']}) vs cosine on the held-out queries",
+            [(title, default["metrics"].get(metric)) for metric, title in _SWEEP_METRICS],
+        )
+    _print_versus(
+        "best cell (eta/steps) per metric, chosen on the tuning queries, vs cosine on the held-out queries",
+        [(title, summary["best"].get(metric)) for metric, title in _SWEEP_METRICS],
+        cells=True,
+    )
     tuning = summary.get("tuning")
     if tuning:
         weights = ", ".join(f"{k}={v:g}" for k, v in tuning["chosen_weights"].items())
-        held = Table(title=f"weight tuning: {tuning['trials']} trials on {tuning['tune_queries']} queries at eta={tuning['cell']['eta']:g} "
-                           f"steps={tuning['cell']['steps']} -> {weights}; scored on {tuning['held_out_queries']} held-out queries",
-                     title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        held = Table(
+            title=f"weight tuning: {tuning['trials']} trials on {tuning['tune_queries']} queries at "
+            f"eta={tuning['cell']['eta']:g} "
+            f"steps={tuning['cell']['steps']} -> {weights}; scored on {tuning['held_out_queries']} held-out queries",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
         for column in ("setting", *(title for _, title in _SWEEP_METRICS)):
             held.add_column(column, justify="left" if column == "setting" else "right")
         for name, row in tuning["held_out"].items():
             held.add_row(name, *(f"{row[m]:.4f}" for m, _ in _SWEEP_METRICS))
         err.print(held)
         diffs = tuning["held_out_tuned_vs_cosine"]
-        _print_versus("tuned weights vs cosine on the held-out queries", [
-            (title, {"value": tuning["held_out"]["tuned"][m], "cosine": tuning["held_out"]["cosine"][m], "vs_cosine": diffs[m],
-                     "beats_cosine": diffs[m]["cluster_low"] > 0, "worse_than_cosine": diffs[m]["cluster_high"] < 0})
-            for m, title in _SWEEP_METRICS])
+        _print_versus(
+            "tuned weights vs cosine on the held-out queries",
+            [
+                (
+                    title,
+                    {
+                        "value": tuning["held_out"]["tuned"][m],
+                        "cosine": tuning["held_out"]["cosine"][m],
+                        "vs_cosine": diffs[m],
+                        "beats_cosine": diffs[m]["cluster_low"] > 0,
+                        "worse_than_cosine": diffs[m]["cluster_high"] < 0,
+                    },
+                )
+                for m, title in _SWEEP_METRICS
+            ],
+        )
     rows = summary.get("_text_query_rows") or []
     cell = summary.get("text_queries", {}).get("cell", {})
     text_width = max(30, err.width - 38)  # rank, id, CWE and padding take about 38 columns
     for query in dict.fromkeys(row["query"] for row in rows):
         for method in ("energy", "cosine"):
-            where = (f" at the best tuned cell (eta={cell['eta']:g} steps={cell['steps']}: best NDCG@10 on the tuning queries)"
-                     if method == "energy" else "")
-            texts = Table(title=escape(f"{method}{where}: {query!r} (our query)"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+            where = (
+                f" at the best tuned cell (eta={cell['eta']:g} steps={cell['steps']}: best NDCG@10 on the tuning "
+                "queries)"
+                if method == "energy"
+                else ""
+            )
+            texts = Table(
+                title=escape(f"{method}{where}: {query!r} (our query)"),
+                title_justify="left",
+                box=box.SIMPLE_HEAD,
+                pad_edge=False,
+            )
             for column in ("#", "id", "CWE", "text"):
                 texts.add_column(column, justify="right" if column == "#" else "left")
             for row in rows:
                 if row["query"] == query and row["method"] == method:
                     text = row["text"] if len(row["text"]) <= text_width else row["text"][: text_width - 1] + "\u2026"
-                    texts.add_row(str(row["rank"]), escape(row["id"]), escape(",".join(row["labels"]) or "-"), escape(text))
+                    texts.add_row(
+                        str(row["rank"]), escape(row["id"]), escape(",".join(row["labels"]) or "-"), escape(text)
+                    )
             err.print(texts)
     timing = summary["timing"]
-    err.print(f"sweep {timing['sweep_seconds']:.1f} s ({timing['cells_evaluated']} evaluated, {timing['cells_skipped']} resumed; "
-              f"embedding {setup['embed_seconds']:.1f} s{' cached' if setup['embedding_cache_hit'] else ''}, prepare {setup['prepare_seconds']:.2f} s)")
+    err.print(
+        f"sweep {timing['sweep_seconds']:.1f} s ({timing['cells_evaluated']} evaluated, {timing['cells_skipped']} "
+        "resumed; "
+        f"embedding {setup['embed_seconds']:.1f} s{' cached' if setup['embedding_cache_hit'] else ''}, prepare "
+        f"{setup['prepare_seconds']:.2f} s)"
+    )
 
 
 @app.command("render")
 def sweep_render(
-    inputs: Annotated[Optional[list[str]], typer.Option("--input", "-i", metavar="PATH", help="A document (.txt/.md/.pdf) or a directory of them (repeatable; default: the bundled sample and CVE text).", show_default=False)] = None,
-    font_size: Annotated[Optional[str], typer.Option("--font-size", help="Comma-separated font sizes in px, e.g. 6,8,10,12.", show_default=config_default("sweep-render", "sweep.font_sizes"))] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="Comma-separated DeepEncoder modes: tiny, small, base, large, gundam.", show_default=config_default("sweep-render", "sweep.modes"))] = None,
-    judge: Annotated[Optional[str], typer.Option("--judge", help="Who reads the pages: ocr (PP-OCRv4 recogniser on each drawn line segment).", show_default=config_default("sweep-render", "sweep.judge"))] = None,
+    inputs: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--input",
+            "-i",
+            metavar="PATH",
+            help="A document (.txt/.md/.pdf) or a directory of them (repeatable; default: the bundled sample and CVE "
+            "text).",
+            show_default=False,
+        ),
+    ] = None,
+    font_size: Annotated[
+        Optional[str],
+        typer.Option(
+            "--font-size",
+            help="Comma-separated font sizes in px, e.g. 6,8,10,12.",
+            show_default=config_default("sweep-render", "sweep.font_sizes"),
+        ),
+    ] = None,
+    mode: Annotated[
+        Optional[str],
+        typer.Option(
+            "--mode",
+            help="Comma-separated DeepEncoder modes: tiny, small, base, large, gundam.",
+            show_default=config_default("sweep-render", "sweep.modes"),
+        ),
+    ] = None,
+    judge: Annotated[
+        Optional[str],
+        typer.Option(
+            "--judge",
+            help="Who reads the pages: ocr (PP-OCRv4 recogniser on each drawn line segment).",
+            show_default=config_default("sweep-render", "sweep.judge"),
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip cells already finished in --output-dir.")] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -193,10 +352,20 @@ def sweep_render(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """The compression frontier: text tokens per vision token against an OCR judge's error, over font size x mode x reflow x line spacing x font."""
+    """The compression frontier: text tokens per vision token against an OCR judge's error, over font size x mode
+    x reflow x line spacing x font."""
     from ..artifacts import read_jsonl
-    from ..sweep.frontier import (RESUMABLE_CHANGES, Hooks, cell_key, check_cells, grid, parse_choices, parse_int_list, read_inputs,
-                                  run_render_sweep)
+    from ..sweep.frontier import (
+        RESUMABLE_CHANGES,
+        Hooks,
+        cell_key,
+        check_cells,
+        grid,
+        parse_choices,
+        parse_int_list,
+        read_inputs,
+        run_render_sweep,
+    )
 
     with handled_errors():
         cfg = load("sweep-render", config, sets)
@@ -208,8 +377,9 @@ def sweep_render(
         if mode is not None:
             update["modes"] = parse_choices(mode, "--mode", ("tiny", "small", "base", "large", "gundam"))
         if judge is not None:
-            update["judge"] = parse_choices(judge, "--judge", ("ocr",), single=True,
-                                            hint="the trained-reader judge is not built yet")
+            update["judge"] = parse_choices(
+                judge, "--judge", ("ocr",), single=True, hint="the trained-reader judge is not built yet"
+            )
         cfg.sweep = config_mod.validate(type(cfg.sweep), cfg.sweep.model_dump() | update, "command line")
         claim = claim_output("sweep render", output_dir, resume=resume, overwrite=overwrite)
         check_resumable(claim, cfg, "sweep-render", RESUMABLE_CHANGES)
@@ -220,12 +390,27 @@ def sweep_render(
             report_resume(f"{done} of {len(cells)} cells done in {output_dir}")
         documents = read_inputs(cfg)  # bad inputs fail here, before the run directory exists
         check_cells(cfg)  # a font or size that cannot lay out a page fails before any work
-        with run_dir("sweep render", cfg, claim, device="cpu") as run, progress_bar("sweep render", total=len(cells)) as advance:
-            hooks = Hooks(cell=lambda record, skipped: advance(1, description=f"{_render_cell_name(record)}: cer {record['cer']:.3f}"
-                                                                          f"{' (resumed)' if skipped else ''}"),
-                          stage=lambda name: advance(0, description=name))
+        with (
+            run_dir("sweep render", cfg, claim, device="cpu") as run,
+            progress_bar("sweep render", total=len(cells)) as advance,
+        ):
+            hooks = Hooks(
+                cell=lambda record, skipped: advance(
+                    1,
+                    description=f"{_render_cell_name(record)}: cer {record['cer']:.3f}"
+                    f"{' (resumed)' if skipped else ''}",
+                ),
+                stage=lambda name: advance(0, description=name),
+            )
             summary = run_render_sweep(cfg, documents, run.path, resume, hooks)
-            run.record_existing("cells.jsonl", "frontier.csv", "frontier.png", "operating_point.yaml", "operating_point.sets", "summary.json")
+            run.record_existing(
+                "cells.jsonl",
+                "frontier.csv",
+                "frontier.png",
+                "operating_point.yaml",
+                "operating_point.sets",
+                "summary.json",
+            )
             run.update(sweep_seconds=summary["timing"]["seconds"])
         _print_frontier(summary)
         if "warning" in summary:
@@ -235,26 +420,49 @@ def sweep_render(
 
 
 def _render_cell_name(record: dict) -> str:
-    return f"{record['mode']} {record['font_size']}px{' reflow' if record['reflow'] else ''} x{record['line_spacing']:g}"
+    return (
+        f"{record['mode']} {record['font_size']}px{' reflow' if record['reflow'] else ''} x{record['line_spacing']:g}"
+    )
 
 
 def _print_frontier(summary: dict) -> None:
     from rich import box
 
     err.print(f"judge: {escape(summary['judge'])}")
-    table = Table(title="compression frontier (tok/vt: text tokens per vision token)", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False, padding=(0, 1, 0, 0))
+    table = Table(
+        title="compression frontier (tok/vt: text tokens per vision token)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
     for column in ("mode", "px", "reflow", "ls", "pages", "chars/pg", "tok/vt", "full", "cer", "cer 95%"):
         table.add_column(column, justify="left" if column == "mode" else "right", no_wrap=True, min_width=len(column))
     chosen = summary["operating_point"]
     for row in summary["cells"]:
-        mark = "*" if chosen and all(row[k] == chosen[k] for k in ("font_size", "mode", "reflow", "line_spacing", "font")) else ""
-        font = "" if row["font"] == "DejaVuSansMono" else " " + Path(row["font"]).stem  # only when the grid varies the font
-        table.add_row(row["mode"] + mark + font, str(row["font_size"]), "yes" if row["reflow"] else "no", f"{row['line_spacing']:g}",
-                      str(row["pages"]), f"{row['characters_per_page']:.0f}", f"{row['tokens_per_vision_token']:.2f}",
-                      f"{row['full_page_tokens_per_vision_token']:.2f}", f"{row['cer']:.4f}",
-                      escape(f"[{row['cer_low']:.3f},{row['cer_high']:.3f}]"))
+        mark = (
+            "*"
+            if chosen and all(row[k] == chosen[k] for k in ("font_size", "mode", "reflow", "line_spacing", "font"))
+            else ""
+        )
+        font = (
+            "" if row["font"] == "DejaVuSansMono" else " " + Path(row["font"]).stem
+        )  # only when the grid varies the font
+        table.add_row(
+            row["mode"] + mark + font,
+            str(row["font_size"]),
+            "yes" if row["reflow"] else "no",
+            f"{row['line_spacing']:g}",
+            str(row["pages"]),
+            f"{row['characters_per_page']:.0f}",
+            f"{row['tokens_per_vision_token']:.2f}",
+            f"{row['full_page_tokens_per_vision_token']:.2f}",
+            f"{row['cer']:.4f}",
+            escape(f"[{row['cer_low']:.3f},{row['cer_high']:.3f}]"),
+        )
     err.print(table)
     if chosen:
-        err.print(f"operating point (*): densest cell with cer <= {summary['max_error']:g}: "
-                  + escape(" ".join(summary["operating_point_set"])))
+        err.print(
+            f"operating point (*): densest cell with cer <= {summary['max_error']:g}: "
+            + escape(" ".join(summary["operating_point_set"]))
+        )

@@ -10,7 +10,6 @@ import typer
 from rich.markup import escape
 
 from ..errors import InputError
-
 from .common import (
     ConfigOpt,
     DeviceMemoryOpt,
@@ -36,7 +35,13 @@ from .common import (
     run_dir,
 )
 
-ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its latest checkpoint (or from this checkpoint directory).")]
+ResumeOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--resume",
+        help="Continue the run in this directory from its latest checkpoint (or from this checkpoint directory).",
+    ),
+]
 
 
 def _resume_target(resume: Path) -> tuple[Path, Path]:
@@ -52,8 +57,16 @@ def _resume_target(resume: Path) -> tuple[Path, Path]:
 # Settings that may change on --resume: when to evaluate, checkpoint and read, and where the cache
 # lives. Everything that shapes the training itself (data, model, schedule, seed) must stay, or
 # the resumed run would not be the run it continues.
-TRAIN_RESUMABLE = {"train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "train.read_pages",
-                   "train.read_max_new_tokens", "data.cache_dir", "data.encode_batch_size", "runtime.workers"}
+TRAIN_RESUMABLE = {
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.read_pages",
+    "train.read_max_new_tokens",
+    "data.cache_dir",
+    "data.encode_batch_size",
+    "runtime.workers",
+}
 
 TRAIN_RANDOM_BANNER = (
     "RANDOM WEIGHTS: Qwen3-VL or DeepEncoder is random (vlm.source / deepencoder.weights = random). The losses "
@@ -81,17 +94,21 @@ def train_adapter_command(
         if resume is not None:
             run_path, resume_from = _resume_target(resume)
             if output_dir is not None and output_dir.resolve() != run_path.resolve():
-                raise InputError(f"--resume {resume} continues the run in {run_path}; leave out --output-dir {output_dir}")
+                raise InputError(
+                    f"--resume {resume} continues the run in {run_path}; leave out --output-dir {output_dir}"
+                )
             config = config or run_path / "config.yaml"
             output_dir = run_path
         cfg = load("train-adapter", config, sets)
         if dry_run:
-            from ..models import loading
+            from ..devices import resolve_device, resolve_dtype
             from ..plan import plan_train
 
-            device = loading.resolve_device(cfg.runtime.device)
-            report_plan(plan_train(cfg, device, loading.resolve_dtype(cfg.runtime.dtype, device), devices, device_memory),
-                        json_out)
+            device = resolve_device(cfg.runtime.device)
+            report_plan(
+                plan_train(cfg, device, resolve_dtype(cfg.runtime.dtype, device), devices, device_memory),
+                json_out,
+            )
             return
         claim = claim_output("train-adapter", output_dir, resume=resume is not None, overwrite=overwrite)
         check_resumable(claim, cfg, "train-adapter", TRAIN_RESUMABLE)
@@ -108,7 +125,11 @@ def train_adapter_command(
         reuse_attention_choices(claim, cfg.deepencoder.attention)  # pages not in the feature cache encode as before
         with err.status(escape(f"loading the language model ({cfg.vlm.source})")):
             reader = load_reader(cfg)
-        with run_dir("train-adapter", cfg, claim, procs=procs, device=str(reader.device)) as run, progress_bar("training", None) as advance:
+        with (
+            run_dir("train-adapter", cfg, claim, procs=procs, device=str(reader.device)) as run,
+            progress_bar("training", None) as advance,
+        ):
+
             def on_event(event: dict) -> None:
                 if event["event"] == "start":
                     advance(event["step"], total=event["total"], description="training")
@@ -122,17 +143,25 @@ def train_adapter_command(
                 elif event["event"] == "reading":
                     advance(0, description=f"reading check on {event['pages']} held-out pages")
 
-            result = train_adapter(cfg, run.path, resume=checkpoint, progress=on_event, documents=documents, reader=reader)
+            result = train_adapter(
+                cfg, run.path, resume=checkpoint, progress=on_event, documents=documents, reader=reader
+            )
             run.record_existing("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl")
-            run.update(result=dataclasses.asdict(result), parameters=result.parameters,
-                       peak_memory_gib=result.peak_memory_gib, random_weights=random_weights,
-                       **attention_record(cfg.deepencoder.attention))
+            run.update(
+                result=dataclasses.asdict(result),
+                parameters=result.parameters,
+                peak_memory_gib=result.peak_memory_gib,
+                random_weights=random_weights,
+                **attention_record(cfg.deepencoder.attention),
+            )
         if not procs.is_main:  # under accelerate launch only the main process reports
             return
         summary = {**dataclasses.asdict(result), "random_weights": random_weights}
-        rows = [(f"{key}.{inner}", value) if isinstance(block, dict) else (key, block)
-                for key, block in summary.items()
-                for inner, value in (block.items() if isinstance(block, dict) else [(None, block)])]
+        rows = [
+            (f"{key}.{inner}", value) if isinstance(block, dict) else (key, block)
+            for key, block in summary.items()
+            for inner, value in (block.items() if isinstance(block, dict) else [(None, block)])
+        ]
         print_table("train-adapter", rows)
         if json_out:
             emit_json({"run_dir": str(run.path), **summary})

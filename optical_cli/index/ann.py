@@ -43,7 +43,9 @@ def _faiss():
 
 
 def metric_root(metric: torch.Tensor) -> np.ndarray:
-    """R = M^{1/2} (F x F, float32) from the dense symmetric metric L + beta I; tiny negative eigenvalues are rounding."""
+    """R = M^{1/2} (F x F, float32) from the dense symmetric metric L + beta I.
+
+    Tiny negative eigenvalues are rounding."""
     w, v = np.linalg.eigh(metric.double().cpu().numpy())
     return ((v * np.sqrt(np.clip(w, 0.0, None))) @ v.T).astype(np.float32)
 
@@ -57,8 +59,12 @@ def choose_kind(n: int, kind: str, ivf_from: int) -> str:
     return ("ivf" if n >= ivf_from else "hnsw") if kind == "auto" else kind
 
 
-def build_ann(vectors: torch.Tensor, metric: torch.Tensor, kind: str, ivf_from: int, block: int = 65536) -> Optional[Any]:
-    """The FAISS structure over R x, R = ``metric``^{1/2} (None for kind ``none``); items are added in blocks to bound memory."""
+def build_ann(
+    vectors: torch.Tensor, metric: torch.Tensor, kind: str, ivf_from: int, block: int = 65536
+) -> Optional[Any]:
+    """The FAISS structure over R x, R = ``metric``^{1/2} (None for kind ``none``).
+
+    Items are added in blocks to bound memory."""
     if kind == "none":
         return None
     faiss = _faiss()
@@ -74,7 +80,7 @@ def build_ann(vectors: torch.Tensor, metric: torch.Tensor, kind: str, ivf_from: 
         sample = np.random.default_rng(0).choice(n, size=min(n, lists * IVF_TRAIN_PER_LIST), replace=False)
         ann.train(transform(vectors[torch.from_numpy(np.sort(sample)).to(vectors.device)], root))
     for start in range(0, n, block):
-        ann.add(transform(vectors[start:start + block], root))
+        ann.add(transform(vectors[start : start + block], root))
     return ann
 
 
@@ -90,7 +96,9 @@ def load_ann(path: Path) -> Any:
 
 def describe(ann: Any) -> dict:
     faiss = _faiss()
-    kind = "ivf" if isinstance(ann, faiss.IndexIVF) else "hnsw" if isinstance(ann, faiss.IndexHNSW) else type(ann).__name__
+    kind = (
+        "ivf" if isinstance(ann, faiss.IndexIVF) else "hnsw" if isinstance(ann, faiss.IndexHNSW) else type(ann).__name__
+    )
     info = {"kind": kind, "items": int(ann.ntotal)}
     if kind == "ivf":
         info["lists"] = int(ann.nlist)

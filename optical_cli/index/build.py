@@ -63,8 +63,21 @@ ROBUST_SCALE = 1.4826  # MAD -> standard deviation for normal data
 MIN_EDGE_WEIGHT = 1e-8  # floor for far-apart neighbours: a kNN edge never underflows to "no edge"
 MAX_BLOCK_ELEMENTS = 1 << 21  # rows x edges per block in spectral_terms (8 MB of float32: cache-sized)
 
-DIFFUSION_FIELDS = {"eta", "steps", "split_quantile", "split_tau", "w_lambda", "w_disp", "w_dirichlet",
-                    "tau_mode", "tau_value", "lambda_formula", "lambda_blend", "dirichlet_ridge", "block_size"}
+DIFFUSION_FIELDS = {
+    "eta",
+    "steps",
+    "split_quantile",
+    "split_tau",
+    "w_lambda",
+    "w_disp",
+    "w_dirichlet",
+    "tau_mode",
+    "tau_value",
+    "lambda_formula",
+    "lambda_blend",
+    "dirichlet_ridge",
+    "block_size",
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,7 +117,8 @@ class Graph:
         upper = sp.triu(-sp.csr_matrix(lap), k=1).tocoo()
         keep = upper.data > 0
         return Graph(
-            lap.shape[0], torch.from_numpy(upper.row[keep].astype(np.int64)),
+            lap.shape[0],
+            torch.from_numpy(upper.row[keep].astype(np.int64)),
             torch.from_numpy(upper.col[keep].astype(np.int64)),
             torch.from_numpy(upper.data[keep].astype(np.float32)),
         )
@@ -117,12 +131,16 @@ def _symmetric_max(n: int, rows: np.ndarray, cols: np.ndarray, weights: np.ndarr
     upper = sp.triu(a, k=1).tocoo()
     order = np.lexsort((upper.col, upper.row))  # deterministic edge order
     return Graph(
-        n, torch.from_numpy(upper.row[order].astype(np.int64)), torch.from_numpy(upper.col[order].astype(np.int64)),
+        n,
+        torch.from_numpy(upper.row[order].astype(np.int64)),
+        torch.from_numpy(upper.col[order].astype(np.int64)),
         torch.from_numpy(upper.data[order].astype(np.float32)),
     )
 
 
-def knn_table(distances: Callable[[int, int], torch.Tensor], n: int, k: int, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_table(
+    distances: Callable[[int, int], torch.Tensor], n: int, k: int, block: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest other nodes of every node, from a blockwise ``distances(start, stop) -> [stop-start, n]``."""
     idx_parts, dist_parts = [], []
     for start in range(0, n, block):
@@ -167,7 +185,7 @@ def _connect_components(graph: Graph, distances, weight_of) -> Graph:
         d[:, torch.from_numpy(members)] = float("inf")
         flat = int(torch.argmin(d))
         a, b = int(members[flat // graph.n]), flat % graph.n
-        w = weight_of(d.reshape(-1)[flat:flat + 1]).numpy().astype(np.float64)
+        w = weight_of(d.reshape(-1)[flat : flat + 1]).numpy().astype(np.float64)
         rows = np.concatenate([graph.src.numpy(), [min(a, b)]])
         cols = np.concatenate([graph.dst.numpy(), [max(a, b)]])
         weights = np.concatenate([graph.weight.numpy().astype(np.float64), w])
@@ -182,6 +200,7 @@ def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def euclidean_knn_graph(points: torch.Tensor, k: int) -> tuple[Graph, np.ndarray]:
     """kNN graph with Gaussian weights exp(-d^2 / sigma^2), sigma^2 = median kNN squared distance."""
+
     def distances(start: int, stop: int) -> torch.Tensor:
         return pairwise_sq_distances(points[start:stop], points)
 
@@ -218,14 +237,16 @@ def spectral_terms(signals: torch.Tensor, graph: Graph, block_size: int = 8192) 
     out = torch.empty(3, rows, dtype=torch.float32, device=signals.device)  # total, squares, sq_norm
     # two work buffers reused by every block (out=): no per-block allocations, so the
     # allocator cannot fragment and memory stays at a few MB whatever the item count
-    buffers = (torch.empty(block, edges, dtype=torch.float32, device=signals.device),
-               torch.empty(block, edges, dtype=torch.float32, device=signals.device))
+    buffers = (
+        torch.empty(block, edges, dtype=torch.float32, device=signals.device),
+        torch.empty(block, edges, dtype=torch.float32, device=signals.device),
+    )
     for start in range(0, rows, block):
-        x = signals[start:start + block].float()
+        x = signals[start : start + block].float()
         total, squares, sq_norm = _edge_sums(x, graph, buffers)
-        out[0, start:start + x.shape[0]] = total
-        out[1, start:start + x.shape[0]] = squares
-        out[2, start:start + x.shape[0]] = sq_norm
+        out[0, start : start + x.shape[0]] = total
+        out[1, start : start + x.shape[0]] = squares
+        out[2, start : start + x.shape[0]] = sq_norm
     return _finish_terms(out[0], out[1], out[2])
 
 
@@ -288,9 +309,12 @@ class LambdaScales:
 
     def warning(self) -> Optional[str]:
         if self.formula == "published" and self.tau > 1.0:
-            return (f"build.lambda_formula=published with tau={self.tau:.3g} > 1 gives the dispersion G a negative weight "
-                    f"({1.0 - self.tau:.3g}); lambdas crowd into a narrow band. Use lambda_formula=bounded, or tau_mode=fixed "
-                    "with tau_value <= 1")
+            return (
+                f"build.lambda_formula=published with tau={self.tau:.3g} > 1 gives the dispersion G a negative weight "
+                f"({1.0 - self.tau:.3g}); lambdas crowd into a narrow band. Use lambda_formula=bounded, or "
+                "tau_mode=fixed "
+                "with tau_value <= 1"
+            )
         return None
 
     def as_dict(self) -> dict:
@@ -319,7 +343,9 @@ def ridge_beta(graph: Graph, ridge: float) -> float:
     return float(ridge) * 2.0 * float(graph.weight.double().sum()) / graph.n  # trace(L) = sum of degrees = 2 sum(w)
 
 
-def dirichlet_scale(vectors: torch.Tensor, graph: Graph, formula: str, seed: int, beta: float = 0.0, pairs: int = 4096) -> float:
+def dirichlet_scale(
+    vectors: torch.Tensor, graph: Graph, formula: str, seed: int, beta: float = 0.0, pairs: int = 4096
+) -> float:
     """The scale s of the search's bounded Dirichlet term e/(e + s), e = (q - x)^T (L + beta I) (q - x).
 
     bounded: the median e between seeded random pairs of items, so the term is 0.5 for a typical
@@ -377,7 +403,9 @@ def kmeans(x: torch.Tensor, k: int, iters: int, sample: int, generator: torch.Ge
 
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, block: int = 8192) -> torch.Tensor:
-    return torch.cat([pairwise_sq_distances(x[s:s + block], centroids).argmin(1) for s in range(0, x.shape[0], block)])
+    return torch.cat(
+        [pairwise_sq_distances(x[s : s + block], centroids).argmin(1) for s in range(0, x.shape[0], block)]
+    )
 
 
 def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -404,10 +432,14 @@ def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> to
 # Stage 2: optical compression
 
 
-def optical_compress(centroids: torch.Tensor, tokens: int, trim_quantile: float, generator: torch.Generator) -> torch.Tensor:
+def optical_compress(
+    centroids: torch.Tensor, tokens: int, trim_quantile: float, generator: torch.Generator
+) -> torch.Tensor:
     """Project to 2-D with a seeded random projection, bin on a g x g grid, trim high-norm members, mean-pool."""
     grid = math.ceil(math.sqrt(tokens))
-    projection = torch.randn(centroids.shape[1], 2, generator=generator).to(centroids.device) / math.sqrt(centroids.shape[1])
+    projection = torch.randn(centroids.shape[1], 2, generator=generator).to(centroids.device) / math.sqrt(
+        centroids.shape[1]
+    )
     y = centroids @ projection
     low, high = y.min(0).values, y.max(0).values
     span = torch.where(high > low, high - low, torch.ones_like(high))
@@ -449,8 +481,9 @@ def node_dispersion(points: torch.Tensor, graph: Graph) -> torch.Tensor:
     return torch.where(total > 0, squares / total.clamp_min(1e-30).square(), torch.zeros_like(total))
 
 
-def split_nodes(points: torch.Tensor, neighbours: np.ndarray, dispersion: torch.Tensor, quantile: float,
-                tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def split_nodes(
+    points: torch.Tensor, neighbours: np.ndarray, dispersion: torch.Tensor, quantile: float, tau: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace each node with G above the quantile by c +/- tau * local_std * unit(c - neighbour mean).
 
     Returns the new point set (a split node's two children take its place, in order) and the
@@ -488,9 +521,11 @@ class FeatureNodes:
     scales: LambdaScales
 
 
-def feature_distances(columns: torch.Tensor, nodes: FeatureNodes, w_lambda: float, w_disp: float,
-                      w_dirichlet: float) -> Callable[[int, int], torch.Tensor]:
+def feature_distances(
+    columns: torch.Tensor, nodes: FeatureNodes, w_lambda: float, w_disp: float, w_dirichlet: float
+) -> Callable[[int, int], torch.Tensor]:
     """d(a,b) = w_l |l_a - l_b|/s_l + w_G |G_a - G_b|/s_G + w_D ||x_a - x_b|| / (1 + ||x_a - x_b||)."""
+
     def distances(start: int, stop: int) -> torch.Tensor:
         gap = pairwise_sq_distances(columns[start:stop], columns).sqrt()
         return (
@@ -498,6 +533,7 @@ def feature_distances(columns: torch.Tensor, nodes: FeatureNodes, w_lambda: floa
             + w_disp * (nodes.G[start:stop, None] - nodes.G[None, :]).abs() / nodes.s_G
             + w_dirichlet * gap / (1.0 + gap)
         )
+
     return distances
 
 
@@ -521,6 +557,7 @@ def energy_laplacian(centroids: torch.Tensor, params: EnergyBuildSection) -> tup
 @dataclass
 class Prepared:
     """Stages 1-3, independent of the diffusion parameters."""
+
     vectors: torch.Tensor  # [N, F] float32 on the build device
     ids: list[str]
     params: EnergyBuildSection
@@ -565,15 +602,22 @@ class EnergyIndex:
         return metric
 
 
-def prepare(vectors, params: EnergyBuildSection, ids: Optional[Sequence[str]] = None, seed: int = 0,
-            device: str | torch.device = "cpu") -> Prepared:
+def prepare(
+    vectors,
+    params: EnergyBuildSection,
+    ids: Optional[Sequence[str]] = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Prepared:
     """Stages 1-3: seeded k-means centroids, optional optical compression, bootstrap kNN graph."""
     started = time.perf_counter()
     x = torch.as_tensor(np.asarray(vectors, dtype=np.float32) if not isinstance(vectors, torch.Tensor) else vectors)
     x = x.to(device=torch.device(device), dtype=torch.float32).contiguous()
     n = x.shape[0]
     if x.ndim != 2 or n < 2 or x.shape[1] < 2:
-        raise InputError(f"an energy index needs at least two items of at least two dimensions, got shape {tuple(x.shape)}")
+        raise InputError(
+            f"an energy index needs at least two items of at least two dimensions, got shape {tuple(x.shape)}"
+        )
     ids = [str(i) for i in (ids if ids is not None else range(n))]
     generator = torch.Generator().manual_seed(seed)
     k = auto_centroids(n, params)
@@ -610,21 +654,44 @@ def finish(prepared: Prepared, eta: Optional[float] = None, steps: Optional[int]
     scales = lambda_scales(terms, params)
     lam = taumode_lambda(terms.E, terms.G, scales)
     stats = dict(prepared.stats)
-    stats.update({
-        "split_nodes": int(split_mask.sum()), "final_centroids": int(final.shape[0]),
-        "node_dispersion_mean": float(dispersion.mean()), "feature_edges": int(graph.src.numel()),
-        "feature_s_lambda": nodes.s_lambda, "feature_s_G": nodes.s_G, "feature_tau": nodes.scales.tau,
-        "finish_seconds": round(time.perf_counter() - started, 4),
-    })
+    stats.update(
+        {
+            "split_nodes": int(split_mask.sum()),
+            "final_centroids": int(final.shape[0]),
+            "node_dispersion_mean": float(dispersion.mean()),
+            "feature_edges": int(graph.src.numel()),
+            "feature_s_lambda": nodes.s_lambda,
+            "feature_s_G": nodes.s_G,
+            "feature_tau": nodes.scales.tau,
+            "finish_seconds": round(time.perf_counter() - started, 4),
+        }
+    )
     beta = ridge_beta(graph, params.dirichlet_ridge)
     scale = dirichlet_scale(prepared.vectors, graph, params.lambda_formula, prepared.seed, beta)
     warnings = [w for w in (scales.warning(),) if w]
     return EnergyIndex(
-        prepared.ids, prepared.vectors, graph, lam, terms.E, terms.G, terms.xLx, terms.norm, scales, scale, beta,
-        params.model_dump(mode="json") | {"seed": prepared.seed}, stats, warnings,
+        prepared.ids,
+        prepared.vectors,
+        graph,
+        lam,
+        terms.E,
+        terms.G,
+        terms.xLx,
+        terms.norm,
+        scales,
+        scale,
+        beta,
+        params.model_dump(mode="json") | {"seed": prepared.seed},
+        stats,
+        warnings,
     )
 
 
-def build(vectors, params: EnergyBuildSection, ids: Optional[Sequence[str]] = None, seed: int = 0,
-          device: str | torch.device = "cpu") -> EnergyIndex:
+def build(
+    vectors,
+    params: EnergyBuildSection,
+    ids: Optional[Sequence[str]] = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> EnergyIndex:
     return finish(prepare(vectors, params, ids, seed, device))

@@ -43,10 +43,13 @@ def encode_texts(
     # Batches of similar length waste no work on padding: encode in length order, put rows back.
     order = np.argsort([len(text) for text in texts], kind="stable")
     for start in range(0, len(texts), batch_size):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         out[rows] = embedder.encode(
-            [texts[i] for i in rows], batch_size=batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
+            [texts[i] for i in rows],
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
         )
         if progress:
             progress(len(rows), total=len(texts))

@@ -49,8 +49,10 @@ def read_items(section: EnergyInputSection, path: Optional[str | Path] = None, s
     if path.is_dir() or path.name.endswith(".index.json"):
         items = read_vectors(path)
     elif not path.is_file():
-        raise InputError(f"input file not found: {path}; pass --input with a .jsonl/.csv of texts, .npy/.parquet/.safetensors "
-                         "vectors or an `optical encode` run directory")
+        raise InputError(
+            f"input file not found: {path}; pass --input with a .jsonl/.csv of texts, .npy/.parquet/.safetensors "
+            "vectors or an `optical encode` run directory"
+        )
     elif suffix in TEXT_SUFFIXES:
         items = read_texts(path, section.id_field, section.text_field)
     elif suffix in VECTOR_SUFFIXES:
@@ -78,8 +80,12 @@ def subset(items: Items, limit: Optional[int], seed: int) -> Items:
         return items
     keep = sample_rows(len(items), limit, seed)
     pick = lambda seq: [seq[i] for i in keep] if seq is not None else None  # noqa: E731
-    return Items(pick(items.ids), pick(items.texts), items.vectors[keep] if items.vectors is not None else None,
-                 pick(items.records))
+    return Items(
+        pick(items.ids),
+        pick(items.texts),
+        items.vectors[keep] if items.vectors is not None else None,
+        pick(items.records),
+    )
 
 
 def check_unique_ids(ids: list[str], where: str) -> None:
@@ -150,7 +156,9 @@ def _parquet_vectors(path: Path, id_field: str, vector_field: str) -> tuple[Opti
         rows = frame[vector_field].to_list()
         lengths = {len(r) for r in rows}
         if len(lengths) != 1:
-            raise InputError(f"{path}: column '{vector_field}' holds vectors of different lengths {sorted(lengths)[:5]}")
+            raise InputError(
+                f"{path}: column '{vector_field}' holds vectors of different lengths {sorted(lengths)[:5]}"
+            )
         return ids, np.stack([np.asarray(r, dtype=np.float64) for r in rows])
     numeric = frame.drop(columns=[id_field], errors="ignore").select_dtypes("number")
     if numeric.shape[1] == 0:
@@ -203,7 +211,9 @@ def _page_ids(sources: list[Optional[str]]) -> list[str]:
     return ids
 
 
-def validate_vectors(ids: list[str], vectors: np.ndarray, drop_invalid: bool, where: str) -> tuple[list[str], np.ndarray, int]:
+def validate_vectors(
+    ids: list[str], vectors: np.ndarray, drop_invalid: bool, where: str
+) -> tuple[list[str], np.ndarray, int]:
     """Fail on (or drop, with ``drop_invalid``) rows with NaN/Inf or all zeros; returns (ids, vectors, dropped)."""
     finite = np.isfinite(vectors).all(axis=1)
     nonzero = np.zeros(len(ids), dtype=bool)

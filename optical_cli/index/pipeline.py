@@ -30,8 +30,9 @@ class Corpus:
     info: dict = field(default_factory=dict)
 
 
-def corpus_vectors(cfg: EnergyConfig, path: Optional[str | Path] = None,
-                   progress: Optional[Callable[[int], None]] = None) -> Corpus:
+def corpus_vectors(
+    cfg: EnergyConfig, path: Optional[str | Path] = None, progress: Optional[Callable[[int], None]] = None
+) -> Corpus:
     """Read ``path`` (or cfg.input.path, or the bundled corpus), embed texts, drop/flag invalid rows."""
     items: Items = read_items(cfg.input, path, cfg.runtime.seed)
     source = str(path or cfg.input.path or "bundled CVE corpus")
@@ -39,8 +40,9 @@ def corpus_vectors(cfg: EnergyConfig, path: Optional[str | Path] = None,
     model = None
     if items.texts is not None:
         started = time.perf_counter()
-        vectors, hit = embed_corpus(items.texts, cfg.embed.model, cfg.runtime.device, cfg.embed.batch_size,
-                                    cfg.embed.cache_dir, progress)
+        vectors, hit = embed_corpus(
+            items.texts, cfg.embed.model, cfg.runtime.device, cfg.embed.batch_size, cfg.embed.cache_dir, progress
+        )
         info.update(embed_seconds=round(time.perf_counter() - started, 3), embedding_cache_hit=hit)
         model = cfg.embed.model
     else:
@@ -63,8 +65,11 @@ def query_vectors(model: Optional[str], texts: list[str], device: str = "auto", 
     return encode_texts(texts, model, device, batch_size)
 
 
-def read_query_file(path: Path, id_field: str, text_field: str) -> tuple[list[str], Optional[list[str]], Optional[np.ndarray]]:
-    """Queries from .jsonl/.csv texts (fields ``id_field``/``text_field``, falling back to id/text/query) or vector files."""
+def read_query_file(
+    path: Path, id_field: str, text_field: str
+) -> tuple[list[str], Optional[list[str]], Optional[np.ndarray]]:
+    """Queries from .jsonl/.csv texts (fields ``id_field``/``text_field``, falling back to id/text/query)
+    or vector files."""
     if not path.is_file():
         raise InputError(f"queries file not found: {path}")
     if path.suffix.lower() in {".npy", ".parquet", ".safetensors"}:

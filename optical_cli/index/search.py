@@ -89,8 +89,10 @@ class Searcher:
         if queries.ndim == 1:
             queries = queries[None, :]
         if queries.ndim != 2 or queries.shape[1] != self.index.dim:
-            raise InputError(f"query vectors have dimension {tuple(queries.shape)[1:]}, the index has {self.index.dim}; "
-                             "embed queries with the index's model")
+            raise InputError(
+                f"query vectors have dimension {tuple(queries.shape)[1:]}, the index has {self.index.dim}; "
+                "embed queries with the index's model"
+            )
         magnitude = queries.abs().sum(1)  # NaN/Inf propagate; 0 only for an all-zero vector
         if not bool(torch.isfinite(magnitude).all()):
             raise InputError("a query vector contains NaN or Inf")
@@ -104,11 +106,16 @@ class Searcher:
         terms = spectral_terms(queries, self.index.graph)
         scales = self.index.scales
         qMq = terms.xLx + self.beta * terms.norm.square() if self.beta else terms.xLx
-        return {"lambda": taumode_lambda(terms.E, terms.G, scales), "G": scales.dispersion(terms.G), "qMq": qMq,
-                "norm": terms.norm}
+        return {
+            "lambda": taumode_lambda(terms.E, terms.G, scales),
+            "G": scales.dispersion(terms.G),
+            "qMq": qMq,
+            "norm": terms.norm,
+        }
 
-    def scores(self, queries: torch.Tensor, params: SearchParams, q: Optional[dict] = None,
-               rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def scores(
+        self, queries: torch.Tensor, params: SearchParams, q: Optional[dict] = None, rows: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Lower-is-better scores [B, N] against all items, or [B, m] against each query's own ``rows`` [B, m]."""
         index = self.index
         if rows is None:
@@ -139,24 +146,32 @@ class Searcher:
     def energy_scores(self, q: dict[str, torch.Tensor], queries: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every weight-free energy term as a [B, N] matrix (for weight tuning: terms once, many weightings)."""
         index = self.index
-        dirichlet = (q["qMq"][:, None] - 2.0 * scan(self.vectors, queries @ self.metric) + self.item_energy[None, :]).clamp_min(0.0)
-        return {"d_lambda": (q["lambda"][:, None] - index.lam[None, :]).abs(),
-                "d_G": (q["G"][:, None] - self.dispersion[None, :]).abs(),
-                "dirichlet": dirichlet, "bounded_dirichlet": dirichlet / (dirichlet + self.scale)}
+        dirichlet = (
+            q["qMq"][:, None] - 2.0 * scan(self.vectors, queries @ self.metric) + self.item_energy[None, :]
+        ).clamp_min(0.0)
+        return {
+            "d_lambda": (q["lambda"][:, None] - index.lam[None, :]).abs(),
+            "d_G": (q["G"][:, None] - self.dispersion[None, :]).abs(),
+            "dirichlet": dirichlet,
+            "bounded_dirichlet": dirichlet / (dirichlet + self.scale),
+        }
 
     def cosine(self, queries: torch.Tensor) -> torch.Tensor:
         """Cosine similarities [B, N]."""
         return scan(self.vectors, queries) * self.inv_norm[None, :] / queries.norm(dim=1, keepdim=True)
 
-    def terms(self, queries: torch.Tensor, q: dict, items: torch.Tensor, params: SearchParams) -> dict[str, torch.Tensor]:
+    def terms(
+        self, queries: torch.Tensor, q: dict, items: torch.Tensor, params: SearchParams
+    ) -> dict[str, torch.Tensor]:
         """The component terms [B, k] of the score for each query's ``items`` [B, k] (the same formulas, unfused)."""
         x = self.vectors[items]  # [B, k, F]
         norm = q["norm"] if q else queries.norm(dim=1)
         cos = torch.einsum("bkf,bf->bk", x, queries) * self.inv_norm[items] / norm[:, None]
         if params.mode == "cosine":
             return {"cosine": cos}
-        dirichlet = (q["qMq"][:, None] - 2.0 * torch.einsum("bkf,bf->bk", x, queries @ self.metric)
-                     + self.item_energy[items]).clamp_min(0.0)
+        dirichlet = (
+            q["qMq"][:, None] - 2.0 * torch.einsum("bkf,bf->bk", x, queries @ self.metric) + self.item_energy[items]
+        ).clamp_min(0.0)
         terms = {
             "d_lambda": (q["lambda"][:, None] - self.index.lam[items]).abs(),
             "d_G": (q["G"][:, None] - self.dispersion[items]).abs(),
@@ -168,16 +183,21 @@ class Searcher:
         if self.beta:  # the identity part of the Dirichlet energy, so every hit shows the ridge's share
             terms["ridge"] = self.beta * (x - queries[:, None, :]).square().sum(2)
         if params.mode == "hybrid":
-            terms["energy_score"] = (params.w_lambda * terms["d_lambda"] + params.w_G * terms.get("d_G", terms["d_lambda"])
-                                     + params.w_D * terms["bounded_dirichlet"])
+            terms["energy_score"] = (
+                params.w_lambda * terms["d_lambda"]
+                + params.w_G * terms.get("d_G", terms["d_lambda"])
+                + params.w_D * terms["bounded_dirichlet"]
+            )
             terms["cosine"] = cos
         return terms
 
     def candidate_rows(self, queries: torch.Tensor, params: SearchParams) -> torch.Tensor:
         """[B, m] item rows nearest each query in Dirichlet energy, from the index's FAISS structure."""
         if self.index.ann is None:
-            raise InputError("search.candidates=ann but this index has no ANN structure; rebuild it with "
-                             "`optical index build-energy --set build.ann=auto`")
+            raise InputError(
+                "search.candidates=ann but this index has no ANN structure; rebuild it with "
+                "`optical index build-energy --set build.ann=auto`"
+            )
         if self._root is None:
             self._root = ann_mod.metric_root(self.metric)
         m = max(params.ann_candidates, params.k)
@@ -188,7 +208,8 @@ class Searcher:
 
     @torch.inference_mode()  # no autograd bookkeeping: ~15% less fixed cost per query
     def rank(self, queries: torch.Tensor, params: SearchParams) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Top-k item rows [B, k] per query, best first (equal scores by item position), their scores and the query terms."""
+        """Top-k item rows [B, k] per query, best first (equal scores by item position), their scores and
+        the query terms."""
         if params.mode not in MODES:
             raise InputError(f"unknown search mode {params.mode!r}; use one of {', '.join(MODES)}")
         if params.candidates not in CANDIDATES:
@@ -212,12 +233,22 @@ class Searcher:
         ids = self.index.ids
         results = []
         for row, row_items in enumerate(items.tolist()):
-            results.append([
-                Hit(rank, ids[item], item, score[row][pos],
-                    {**{name: value[row][pos] for name, value in terms.items()}, "lambda": lam[row][pos],
-                     **({"query_lambda": query_lambda[row]} if q else {})})
-                for rank, (pos, item) in enumerate(enumerate(row_items), start=1)
-            ])
+            results.append(
+                [
+                    Hit(
+                        rank,
+                        ids[item],
+                        item,
+                        score[row][pos],
+                        {
+                            **{name: value[row][pos] for name, value in terms.items()},
+                            "lambda": lam[row][pos],
+                            **({"query_lambda": query_lambda[row]} if q else {}),
+                        },
+                    )
+                    for rank, (pos, item) in enumerate(enumerate(row_items), start=1)
+                ]
+            )
         return results
 
 
@@ -238,8 +269,10 @@ def _stable(items: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, to
     """Sort each row's top-k items by score, equal scores by item position: the same order on every run."""
     items_np, values_np = items.cpu().numpy(), values.cpu().numpy()
     order = np.lexsort((items_np, values_np), axis=-1)
-    return (torch.from_numpy(np.take_along_axis(items_np, order, axis=-1)).to(items.device),
-            torch.from_numpy(np.take_along_axis(values_np, order, axis=-1)).to(values.device))
+    return (
+        torch.from_numpy(np.take_along_axis(items_np, order, axis=-1)).to(items.device),
+        torch.from_numpy(np.take_along_axis(values_np, order, axis=-1)).to(values.device),
+    )
 
 
 def search(index: EnergyIndex, queries, params: SearchParams) -> list[list[Hit]]:

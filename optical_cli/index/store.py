@@ -52,14 +52,16 @@ def save_index(index: EnergyIndex, directory: str | Path, manifest: bool = True)
     """Write the index files into ``directory``; returns the manifest fields."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    table = pa.table({
-        "id": pa.array(index.ids, pa.string()),
-        "lambda": index.lam.cpu().numpy().astype(np.float64),
-        "E": index.E.cpu().numpy().astype(np.float64),
-        "G": index.G.cpu().numpy().astype(np.float64),
-        "norm": index.norm.cpu().numpy().astype(np.float64),
-        "xLx": index.xLx.cpu().numpy().astype(np.float64),
-    })
+    table = pa.table(
+        {
+            "id": pa.array(index.ids, pa.string()),
+            "lambda": index.lam.cpu().numpy().astype(np.float64),
+            "E": index.E.cpu().numpy().astype(np.float64),
+            "G": index.G.cpu().numpy().astype(np.float64),
+            "norm": index.norm.cpu().numpy().astype(np.float64),
+            "xLx": index.xLx.cpu().numpy().astype(np.float64),
+        }
+    )
     if index.texts is not None:
         table = table.append_column("text", pa.array(index.texts, pa.string()))
     with atomic_path(directory / "lambdas.parquet") as tmp:
@@ -80,13 +82,18 @@ def save_index(index: EnergyIndex, directory: str | Path, manifest: bool = True)
 
 
 def _fail(directory: Path, problem: str) -> InputError:
-    return InputError(f"{directory}: not a usable energy index ({problem}); rebuild it with `optical index build-energy --output-dir {directory}`")
+    return InputError(
+        f"{directory}: not a usable energy index ({problem}); rebuild it with `optical index build-energy "
+        f"--output-dir {directory}`"
+    )
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     if not directory.is_dir():
-        raise InputError(f"index directory not found: {directory}; pass the --output-dir of `optical index build-energy`")
+        raise InputError(
+            f"index directory not found: {directory}; pass the --output-dir of `optical index build-energy`"
+        )
     path = directory / "manifest.json"
     if not path.is_file():
         raise _fail(directory, "no manifest.json")
@@ -97,8 +104,11 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _fail(directory, f"manifest.json does not describe an {FORMAT}")
     if manifest.get("format_version") not in READABLE_VERSIONS:
-        raise _fail(directory, f"format version {manifest.get('format_version')!r}, this optical reads "
-                               f"{' and '.join(map(str, READABLE_VERSIONS))}")
+        raise _fail(
+            directory,
+            f"format version {manifest.get('format_version')!r}, this optical reads "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}",
+        )
     if manifest.get("status", "ok") != "ok":
         raise _fail(directory, f"its build did not finish (status {manifest.get('status')!r})")
     return manifest
@@ -134,18 +144,39 @@ def load_index(directory: str | Path, device: str | torch.device = "cpu") -> Ene
         raise _fail(directory, f"{ann_mod.FILE} holds {ann.ntotal} x {ann.d}, manifest says ({count}, {dim})")
     device = torch.device(device)
     column = lambda name: torch.from_numpy(table[name].to_numpy(np.float32)).to(device)  # noqa: E731
-    scales = LambdaScales(str(manifest["lambda_formula"]), float(manifest["tau"]), float(manifest["tau_G"]),
-                          float(manifest["lambda_blend"]))
+    scales = LambdaScales(
+        str(manifest["lambda_formula"]),
+        float(manifest["tau"]),
+        float(manifest["tau_G"]),
+        float(manifest["lambda_blend"]),
+    )
     return EnergyIndex(
-        ids=[str(i) for i in table["id"]], vectors=torch.from_numpy(vectors.astype(np.float32, copy=False)).to(device),
-        graph=Graph.from_laplacian(laplacian).to(device), lam=column("lambda"), E=column("E"), G=column("G"),
-        xLx=column("xLx"), norm=column("norm"), scales=scales, dirichlet_scale=float(manifest["dirichlet_scale"]),
+        ids=[str(i) for i in table["id"]],
+        vectors=torch.from_numpy(vectors.astype(np.float32, copy=False)).to(device),
+        graph=Graph.from_laplacian(laplacian).to(device),
+        lam=column("lambda"),
+        E=column("E"),
+        G=column("G"),
+        xLx=column("xLx"),
+        norm=column("norm"),
+        scales=scales,
+        dirichlet_scale=float(manifest["dirichlet_scale"]),
         dirichlet_beta=float(manifest.get("dirichlet_beta", 0.0)),
-        params=manifest.get("params", {}), stats=manifest.get("stats", {}), model=manifest.get("embedding_model"),
-        texts=[str(t) for t in table["text"]] if "text" in table.columns else None, ann=ann,
+        params=manifest.get("params", {}),
+        stats=manifest.get("stats", {}),
+        model=manifest.get("embedding_model"),
+        texts=[str(t) for t in table["text"]] if "text" in table.columns else None,
+        ann=ann,
     )
 
 
 def lambda_table(index: EnergyIndex) -> pd.DataFrame:
-    return pd.DataFrame({"id": index.ids, "lambda": index.lam.cpu().numpy(), "E": index.E.cpu().numpy(),
-                         "G": index.G.cpu().numpy(), "norm": index.norm.cpu().numpy()})
+    return pd.DataFrame(
+        {
+            "id": index.ids,
+            "lambda": index.lam.cpu().numpy(),
+            "E": index.E.cpu().numpy(),
+            "G": index.G.cpu().numpy(),
+            "norm": index.norm.cpu().numpy(),
+        }
+    )

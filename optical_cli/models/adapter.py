@@ -39,10 +39,10 @@ OPTICAL_LAYOUT, PUBLISHED_LAYOUT = "optical", "published"
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    vision_dim: int = 1280   # DeepEncoder projector output
-    hidden_dim: int = 3072   # MLP width
-    llm_dim: int = 2048      # the LLM's embedding size (Qwen3-VL-2B: 2048)
-    max_pages: int = 200     # page-position embeddings
+    vision_dim: int = 1280  # DeepEncoder projector output
+    hidden_dim: int = 3072  # MLP width
+    llm_dim: int = 2048  # the LLM's embedding size (Qwen3-VL-2B: 2048)
+    max_pages: int = 200  # page-position embeddings
 
     def __post_init__(self) -> None:
         for name in ("vision_dim", "hidden_dim", "llm_dim", "max_pages"):
@@ -141,8 +141,13 @@ class PublishedAdapter(nn.Module):
 
 
 PUBLISHED_KEYS = {
-    "projection.0.weight", "projection.0.bias", "projection.3.weight", "projection.3.bias",
-    "layer_norm.weight", "layer_norm.bias", "page_embeddings.weight",
+    "projection.0.weight",
+    "projection.0.bias",
+    "projection.3.weight",
+    "projection.3.bias",
+    "layer_norm.weight",
+    "layer_norm.bias",
+    "page_embeddings.weight",
 }
 
 
@@ -177,8 +182,10 @@ def save_adapter(adapter: OpticalAdapter, path: str | Path, training: dict[str, 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     side = sidecar_path(path)
     if not side.is_file():
-        raise InputError(f"adapter sidecar not found: {side}; `optical train-adapter` writes it next to the .pth "
-                         "(a .pth without one is read only in the published layout: projection.0/3, layer_norm, page_embeddings)")
+        raise InputError(
+            f"adapter sidecar not found: {side}; `optical train-adapter` writes it next to the .pth "
+            "(a .pth without one is read only in the published layout: projection.0/3, layer_norm, page_embeddings)"
+        )
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
         dims = AdapterConfig(**meta["dims"])

@@ -74,12 +74,26 @@ class _TextOnly:
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
-    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache=None, use_cache: bool = False, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache=None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
         """``inputs_embeds`` [B, L, H]; ``position_ids`` [4, B, L] (text, then t/h/w rows); ``cache``
         a KV cache, passed on under the name this transformers version uses."""
-        out = self.model(inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=attention_mask,
-                         use_cache=use_cache, **{CACHE_NAME: cache}, **kwargs)
+        out = self.model(
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+            **{CACHE_NAME: cache},
+            **kwargs,
+        )
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -110,7 +124,9 @@ def _register_expert_layout() -> None:
 
     name = Qwen3VLMoeLanguageModel.__name__
     registered = getattr(conversion_mapping, "USER_REGISTERED_MAPPINGS", None)
-    if registered is None:  # before transformers skipped classes outside it, the model type's conversions applied already
+    if (
+        registered is None
+    ):  # before transformers skipped classes outside it, the model type's conversions applied already
         return
     if name not in registered:
         mapping = conversion_mapping.get_checkpoint_conversion_mapping(Qwen3VLMoeConfig.model_type)

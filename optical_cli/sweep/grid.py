@@ -44,7 +44,10 @@ def parse_eta_list(text: str, option: str = "--eta") -> list[float]:
         try:
             value = float(part)
         except ValueError:
-            raise InputError(f"{option} {text!r}: '{part}' is not a number; give comma-separated numbers, for example {option} 0.05,0.1") from None
+            raise InputError(
+                f"{option} {text!r}: '{part}' is not a number; give comma-separated numbers, for example {option} "
+                "0.05,0.1"
+            ) from None
         if not math.isfinite(value) or value < 0:
             raise InputError(f"{option} {text!r}: '{part}' must be a finite number >= 0")
         values.append(value)
@@ -58,7 +61,10 @@ def parse_steps_list(text: str, option: str = "--steps") -> list[int]:
         try:
             value = int(part)
         except ValueError:
-            raise InputError(f"{option} {text!r}: '{part}' is not a whole number; give comma-separated integers, for example {option} 2,4,6,8") from None
+            raise InputError(
+                f"{option} {text!r}: '{part}' is not a whole number; give comma-separated integers, for example "
+                f"{option} 2,4,6,8"
+            ) from None
         if value < 0:
             raise InputError(f"{option} {text!r}: '{part}' must be >= 0")
         values.append(value)
@@ -83,9 +89,22 @@ def grid_cells(etas: Iterable[float], steps: Iterable[int]) -> list[Cell]:
 # computed), what is only displayed, and the weight tuning, which reruns on every resume. Everything
 # a finished cell's numbers depend on must stay (the cells' fingerprint checks it again).
 RESUMABLE_CHANGES = {
-    "sweep.etas", "sweep.steps", "sweep.text_queries", "sweep.show_k", "sweep.faiss", "runtime.workers",
-    "embed.batch_size", "embed.cache_dir", "tuning.enabled", "tuning.method", "tuning.trials", "tuning.metric",
-    "tuning.w_lambda", "tuning.w_G", "tuning.w_D", "tuning.alpha",
+    "sweep.etas",
+    "sweep.steps",
+    "sweep.text_queries",
+    "sweep.show_k",
+    "sweep.faiss",
+    "runtime.workers",
+    "embed.batch_size",
+    "embed.cache_dir",
+    "tuning.enabled",
+    "tuning.method",
+    "tuning.trials",
+    "tuning.metric",
+    "tuning.w_lambda",
+    "tuning.w_G",
+    "tuning.w_D",
+    "tuning.alpha",
 }
 
 
@@ -141,7 +160,12 @@ class CellLog:
         return [r for r in records if r["method"] != "energy"] + [r for r in records if r["method"] == "energy"]
 
 
-def run_cells(log: CellLog, cells: list[Cell], evaluate: Callable[[Cell], dict], on_done: Callable[[dict, bool], None] | None = None) -> None:
+def run_cells(
+    log: CellLog,
+    cells: list[Cell],
+    evaluate: Callable[[Cell], dict],
+    on_done: Callable[[dict, bool], None] | None = None,
+) -> None:
     """Evaluate every cell not yet in ``log``; ``on_done(record, skipped)`` after each."""
     for cell in cells:
         key = cell_key(cell)

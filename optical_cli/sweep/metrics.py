@@ -54,7 +54,9 @@ class TrecEvaluator:
         ranked = np.asarray(ranked)
         positions = np.arange(ranked.shape[0]) if positions is None else np.asarray(positions)
         if ranked.ndim != 2 or ranked.shape[0] != positions.size:
-            raise ValueError(f"ranked must be queries x depth with one row per position, got {ranked.shape} for {positions.size}")
+            raise ValueError(
+                f"ranked must be queries x depth with one row per position, got {ranked.shape} for {positions.size}"
+            )
         if ranked.shape[1] < MIN_DEPTH:
             raise ValueError(f"rankings must cover at least {MIN_DEPTH} ranks, got {ranked.shape[1]}")
         scores = [float(ranked.shape[1] - r) for r in range(ranked.shape[1])]  # descending: trec_eval keeps our order
@@ -88,13 +90,15 @@ def _resample_means(values: np.ndarray, n_boot: int, seed: int, clusters: Option
         stop = min(start + chunk, n_boot)
         draws = rng.integers(0, n, size=(stop - start, n)) + n * np.arange(stop - start)[:, None]
         counts = np.bincount(draws.ravel(), minlength=(stop - start) * n).reshape(stop - start, n).astype(np.float64)
-        means[start:stop] = (counts @ sums.reshape(n, -1)).reshape((stop - start,) + values.shape[1:]) / (counts @ sizes)[
-            (slice(None),) + (None,) * (values.ndim - 1)]
+        means[start:stop] = (counts @ sums.reshape(n, -1)).reshape((stop - start,) + values.shape[1:]) / (
+            counts @ sizes
+        )[(slice(None),) + (None,) * (values.ndim - 1)]
     return means
 
 
-def bootstrap_interval(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                       clusters: Optional[np.ndarray] = None) -> tuple[float, float, float]:
+def bootstrap_interval(
+    values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95, clusters: Optional[np.ndarray] = None
+) -> tuple[float, float, float]:
     """(mean, low, high): the mean over queries and its percentile bootstrap interval."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
@@ -105,8 +109,14 @@ def bootstrap_interval(values: np.ndarray, n_boot: int = 1000, seed: int = 0, le
     return float(values.mean()), float(low), float(high)
 
 
-def paired_bootstrap_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                                clusters: Optional[np.ndarray] = None) -> dict[str, float]:
+def paired_bootstrap_difference(
+    a: np.ndarray,
+    b: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    clusters: Optional[np.ndarray] = None,
+) -> dict[str, float]:
     """Mean of a - b over the same queries, its interval, and the share of resamples with a <= b.
 
     The queries (or, with ``clusters``, the label clusters) are resampled jointly for both
@@ -121,19 +131,29 @@ def paired_bootstrap_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 1000
     means = _resample_means(diff[:, None], n_boot, seed, clusters)[:, 0]
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(means, [tail, 100.0 - tail])
-    return {"difference": float(diff.mean()), "low": float(low), "high": float(high), "p_not_better": float((means <= 0).mean())}
+    return {
+        "difference": float(diff.mean()),
+        "low": float(low),
+        "high": float(high),
+        "p_not_better": float((means <= 0).mean()),
+    }
 
 
 def compare(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, clusters: np.ndarray) -> dict[str, float]:
     """a - b with both intervals: ``low``/``high`` resample queries, ``cluster_low``/``cluster_high`` label clusters."""
     by_query = paired_bootstrap_difference(a, b, n_boot, seed)
     by_cluster = paired_bootstrap_difference(a, b, n_boot, seed, clusters=clusters)
-    return {**by_query, "cluster_low": by_cluster["low"], "cluster_high": by_cluster["high"],
-            "cluster_p_not_better": by_cluster["p_not_better"]}
+    return {
+        **by_query,
+        "cluster_low": by_cluster["low"],
+        "cluster_high": by_cluster["high"],
+        "cluster_p_not_better": by_cluster["p_not_better"],
+    }
 
 
-def summarize(per_query: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0,
-              clusters: Optional[np.ndarray] = None) -> dict[str, float]:
+def summarize(
+    per_query: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0, clusters: Optional[np.ndarray] = None
+) -> dict[str, float]:
     """Flat row: each metric's mean, ``<metric>_low``/``_high`` (queries resampled) and, with
     ``clusters``, ``<metric>_cluster_low``/``_cluster_high`` (label clusters resampled).
 

@@ -18,8 +18,19 @@ from ..config import SweepConfig
 from ..index.search import Searcher
 from . import grid as grid_mod
 from . import tuning as tuning_mod
-from .diffusion import (SweepInputs, SweepResult, baseline_row, best_cells, evaluate_ranking, finish_cell, query_block, run_sweep,
-                        setup_sweep, summary_document, text_query_table)
+from .diffusion import (
+    SweepInputs,
+    SweepResult,
+    baseline_row,
+    best_cells,
+    evaluate_ranking,
+    finish_cell,
+    query_block,
+    run_sweep,
+    setup_sweep,
+    summary_document,
+    text_query_table,
+)
 from .metrics import METRIC_NAMES
 from .plots import write_heatmaps
 
@@ -60,16 +71,35 @@ def run_tuning(result: SweepResult, out_dir: Path, hooks: Hooks) -> Optional[dic
     searcher = Searcher(finish_cell(setup, cell)[0])
     defaults = {"w_lambda": cfg.search.w_lambda, "w_G": cfg.search.w_G, "w_D": cfg.search.w_D}
     report, trials = tuning_mod.tune(
-        searcher, cell, setup.query_vectors(), lambda ranked, positions: evaluate_ranking(setup, ranked, positions),
-        cosine["per_query"], defaults, cfg.tuning, tune_positions, held_positions, setup.held_clusters, cfg.sweep.depth + 1,
-        cfg.sweep.bootstrap, cfg.runtime.seed, block=query_block(len(setup.corpus)), progress=hooks.trial,
+        searcher,
+        cell,
+        setup.query_vectors(),
+        lambda ranked, positions: evaluate_ranking(setup, ranked, positions),
+        cosine["per_query"],
+        defaults,
+        cfg.tuning,
+        tune_positions,
+        held_positions,
+        setup.held_clusters,
+        cfg.sweep.depth + 1,
+        cfg.sweep.bootstrap,
+        cfg.runtime.seed,
+        block=query_block(len(setup.corpus)),
+        progress=hooks.trial,
     )
     write_tuning_csv(out_dir / "tuning.csv", trials)
     return report
 
 
-def run_diffusion_sweep(cfg: SweepConfig, etas: list[float], steps: list[int], out_dir: Path, resume: bool = False,
-                        hooks: Optional[Hooks] = None, inputs: Optional[SweepInputs] = None) -> dict:
+def run_diffusion_sweep(
+    cfg: SweepConfig,
+    etas: list[float],
+    steps: list[int],
+    out_dir: Path,
+    resume: bool = False,
+    hooks: Optional[Hooks] = None,
+    inputs: Optional[SweepInputs] = None,
+) -> dict:
     """Set up, sweep, tune, plot and summarise; returns the summary document (also summary.json).
 
     ``inputs`` (``read_sweep_inputs``) lets a caller check the corpus before creating ``out_dir``.
@@ -94,10 +124,12 @@ def run_diffusion_sweep(cfg: SweepConfig, etas: list[float], steps: list[int], o
         cell = grid_mod.Cell(best["eta"], best["steps"])
         table = text_query_table(setup, cell)
         atomic_write_json(out_dir / "text_queries.json", table)
-        document["text_queries"] = {"cell": {"eta": cell.eta, "steps": cell.steps},
-                                    "cell_chosen_by": "best NDCG@10 on the tuning queries (not build.eta/build.steps)",
-                                    "queries": list(cfg.sweep.text_queries),
-                                    "source": "ours (the published post did not give its query texts)"}
+        document["text_queries"] = {
+            "cell": {"eta": cell.eta, "steps": cell.steps},
+            "cell_chosen_by": "best NDCG@10 on the tuning queries (not build.eta/build.steps)",
+            "queries": list(cfg.sweep.text_queries),
+            "source": "ours (the published post did not give its query texts)",
+        }
         document["_text_query_rows"] = table
     document["timing"]["total_seconds"] = round(time.perf_counter() - started, 3)
     atomic_write_json(out_dir / "summary.json", {k: v for k, v in document.items() if not k.startswith("_")})

@@ -54,7 +54,14 @@ def _norm(grid: np.ndarray, centre: float | None) -> TwoSlopeNorm | None:
     return TwoSlopeNorm(vcenter=centre, vmin=min(low, centre - pad), vmax=max(high, centre + pad))
 
 
-def write_heatmaps(path: str | Path, rows: list[dict], etas: list[float], steps: list[int], baseline: dict | None, metrics: tuple[str, ...] = METRIC_NAMES) -> Path:
+def write_heatmaps(
+    path: str | Path,
+    rows: list[dict],
+    etas: list[float],
+    steps: list[int],
+    baseline: dict | None,
+    metrics: tuple[str, ...] = METRIC_NAMES,
+) -> Path:
     """Write ``heatmaps.png``; ``baseline`` is the cosine row (its values title each panel)."""
     columns = 3
     lines = math.ceil(len(metrics) / columns)
@@ -76,14 +83,27 @@ def write_heatmaps(path: str | Path, rows: list[dict], etas: list[float], steps:
             if np.isfinite(value):
                 strong = norm is not None and abs(float(norm(value)) - 0.5) > 0.3  # dark cell: light text
                 is_best = (i, j) == best
-                axis.text(j, i, f"{value:.4f}", ha="center", va="center", fontsize=8,
-                          color="white" if strong else "black", fontweight="bold" if is_best else "normal")
+                axis.text(
+                    j,
+                    i,
+                    f"{value:.4f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if strong else "black",
+                    fontweight="bold" if is_best else "normal",
+                )
         if best is not None:  # frame the best cell of the panel
-            axis.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="gold", linewidth=2.5))
-    for axis in list(axes.flat)[len(metrics):]:
+            axis.add_patch(
+                plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="gold", linewidth=2.5)
+            )
+    for axis in list(axes.flat)[len(metrics) :]:
         axis.axis("off")
-    figure.suptitle("Energy search over the diffusion grid, held-out queries (colour centred on cosine: blue better, "
-                    "red worse; framed: highest here)", fontsize=11)
+    figure.suptitle(
+        "Energy search over the diffusion grid, held-out queries (colour centred on cosine: blue better, "
+        "red worse; framed: highest here)",
+        fontsize=11,
+    )
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, format="png")
@@ -104,18 +124,41 @@ def write_frontier_plot(path: Path, rows: list[dict], published: tuple[dict, ...
         members = sorted(members, key=lambda r: r["full_page_tokens_per_vision_token"])
         x = [r["full_page_tokens_per_vision_token"] for r in members]
         y = [r["cer"] for r in members]
-        err = [[max(0.0, r["cer"] - r["cer_low"]) for r in members], [max(0.0, r["cer_high"] - r["cer"]) for r in members]]
-        label = "ours: " + key[0] + "".join(
-            part for part, shown in zip(("", f" reflow={key[1]}", f" spacing {key[2]:g}", f" {Path(key[3]).stem}"), varying) if shown and part)
+        err = [
+            [max(0.0, r["cer"] - r["cer_low"]) for r in members],
+            [max(0.0, r["cer_high"] - r["cer"]) for r in members],
+        ]
+        label = (
+            "ours: "
+            + key[0]
+            + "".join(
+                part
+                for part, shown in zip(
+                    ("", f" reflow={key[1]}", f" spacing {key[2]:g}", f" {Path(key[3]).stem}"), varying
+                )
+                if shown and part
+            )
+        )
         axis.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
         for r in members:
-            axis.annotate(f"{r['font_size']}px", (r["full_page_tokens_per_vision_token"], r["cer"]), textcoords="offset points",
-                          xytext=(4, 4), fontsize=8)
+            axis.annotate(
+                f"{r['font_size']}px",
+                (r["full_page_tokens_per_vision_token"], r["cer"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
     px = [p["compression"] for p in published]
     py = [1.0 - p["precision"] for p in published]
     axis.plot(px, py, "k*--", markersize=11, label="DeepSeek-OCR paper (their reader, Fox): 1 - precision")
     for p in published:
-        axis.annotate(p["label"] + " (theirs)", (p["compression"], 1.0 - p["precision"]), textcoords="offset points", xytext=(-20, 12), fontsize=8)
+        axis.annotate(
+            p["label"] + " (theirs)",
+            (p["compression"], 1.0 - p["precision"]),
+            textcoords="offset points",
+            xytext=(-20, 12),
+            fontsize=8,
+        )
     axis.axhline(max_error, color="grey", linestyle=":", label=f"sweep.max_error = {max_error:g}")
     axis.set_xlabel("text tokens per vision token (full pages)")
     axis.set_ylabel("character error rate (OCR judge; 95% interval)")

@@ -48,35 +48,49 @@ def _labels_of(value: object, where: str, field: str) -> tuple[str, ...]:
     raise InputError(f"{where}: field '{field}' must be a list of labels or a string, got {type(value).__name__}")
 
 
-def load_labelled(path: str | Path, id_field: str = "id", text_field: str = "text", label_field: str = "label",
-                  vector_field: str = "vector") -> LabelledCorpus:
+def load_labelled(
+    path: str | Path,
+    id_field: str = "id",
+    text_field: str = "text",
+    label_field: str = "label",
+    vector_field: str = "vector",
+) -> LabelledCorpus:
     """A labelled corpus: JSONL texts (embedded by the sweep) or Parquet vectors (no embedding run)."""
     if Path(path).suffix.lower() == ".parquet":
         return load_labelled_vectors(path, id_field, label_field, vector_field)
     return load_labelled_jsonl(path, id_field, text_field, label_field)
 
 
-def load_labelled_vectors(path: str | Path, id_field: str = "id", label_field: str = "label", vector_field: str = "vector") -> LabelledCorpus:
+def load_labelled_vectors(
+    path: str | Path, id_field: str = "id", label_field: str = "label", vector_field: str = "vector"
+) -> LabelledCorpus:
     """Parquet with an id, a list-valued vector and a label (list or string) column per row."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"corpus not found: {path}; set sweep.corpus to a .jsonl of texts or a .parquet of vectors with labels")
+        raise InputError(
+            f"corpus not found: {path}; set sweep.corpus to a .jsonl of texts or a .parquet of vectors with labels"
+        )
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - any parse failure
         raise InputError(f"{path}: cannot read Parquet ({type(exc).__name__}: {exc})") from None
     missing = [f for f in (id_field, vector_field, label_field) if f not in table.column_names]
     if missing:
-        raise InputError(f"{path}: no column {', '.join(repr(m) for m in missing)} (columns: {', '.join(table.column_names)}); "
-                         "set sweep.id_field / sweep.vector_field / sweep.label_field")
+        raise InputError(
+            f"{path}: no column {', '.join(repr(m) for m in missing)} (columns: {', '.join(table.column_names)}); "
+            "set sweep.id_field / sweep.vector_field / sweep.label_field"
+        )
     ids = [str(i) for i in table.column(id_field).to_pylist()]
     try:
         vectors = np.stack(table.column(vector_field).to_numpy(zero_copy_only=False)).astype(np.float32)
     except ValueError as exc:
         raise InputError(f"{path}: column '{vector_field}' must hold vectors of one length ({exc})") from None
-    labels = [_labels_of(value, f"{path}: row {n + 1}", label_field) for n, value in enumerate(table.column(label_field).to_pylist())]
+    labels = [
+        _labels_of(value, f"{path}: row {n + 1}", label_field)
+        for n, value in enumerate(table.column(label_field).to_pylist())
+    ]
     repeated = len(ids) - len(set(ids))
     if repeated:
         raise InputError(f"{path}: {repeated} duplicate ids; ids must be unique")
@@ -87,11 +101,16 @@ def load_labelled_vectors(path: str | Path, id_field: str = "id", label_field: s
     return LabelledCorpus(ids, None, labels, vectors)
 
 
-def load_labelled_jsonl(path: str | Path, id_field: str = "id", text_field: str = "text", label_field: str = "label") -> LabelledCorpus:
+def load_labelled_jsonl(
+    path: str | Path, id_field: str = "id", text_field: str = "text", label_field: str = "label"
+) -> LabelledCorpus:
     """Read a JSONL corpus with an id, a text and a label (list or single string) per line."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"corpus not found: {path}; set sweep.corpus to a JSONL file with '{id_field}', '{text_field}' and '{label_field}' fields")
+        raise InputError(
+            f"corpus not found: {path}; set sweep.corpus to a JSONL file with '{id_field}', '{text_field}' and "
+            f"'{label_field}' fields"
+        )
     ids: list[str] = []
     texts: list[str] = []
     labels: list[tuple[str, ...]] = []
@@ -100,13 +119,18 @@ def load_labelled_jsonl(path: str | Path, id_field: str = "id", text_field: str 
         where = f"{path}:{number}"
         for field in (id_field, text_field):
             if field not in record:
-                raise InputError(f"{where}: missing field '{field}' (fields present: {', '.join(record)}); set sweep.id_field / sweep.text_field")
+                raise InputError(
+                    f"{where}: missing field '{field}' (fields present: {', '.join(record)}); set sweep.id_field / "
+                    "sweep.text_field"
+                )
         record_id = str(record[id_field])
         text = record[text_field]
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{where}: field '{text_field}' must be a non-empty string")
         if record_id in seen:
-            raise InputError(f"{where}: duplicate id '{record_id}' (first on line {seen[record_id]}); ids must be unique")
+            raise InputError(
+                f"{where}: duplicate id '{record_id}' (first on line {seen[record_id]}); ids must be unique"
+            )
         seen[record_id] = number
         ids.append(record_id)
         texts.append(text)
@@ -114,7 +138,9 @@ def load_labelled_jsonl(path: str | Path, id_field: str = "id", text_field: str 
     if not ids:
         raise InputError(f"{path}: the corpus is empty")
     if not any(labels):
-        raise InputError(f"{path}: no record has a '{label_field}' label; relevance needs labels (set sweep.label_field)")
+        raise InputError(
+            f"{path}: no record has a '{label_field}' label; relevance needs labels (set sweep.label_field)"
+        )
     return LabelledCorpus(ids, texts, labels)
 
 
@@ -149,9 +175,9 @@ def count_relevant(incidence: np.ndarray, rows: np.ndarray) -> np.ndarray:
     counts = np.empty(len(rows), dtype=np.int64)
     as_float = incidence.astype(np.float32)
     for start in range(0, len(rows), 1024):
-        block = rows[start:start + 1024]
+        block = rows[start : start + 1024]
         shared = as_float[block] @ as_float.T  # labels in common with every item
-        counts[start:start + 1024] = (shared > 0).sum(axis=1) - 1
+        counts[start : start + 1024] = (shared > 0).sum(axis=1) - 1
     return counts
 
 
@@ -212,8 +238,13 @@ def split_by_label(relevance: Relevance, tune_fraction: float, seed: int) -> Que
     query_labels = relevance.incidence[relevance.queries]  # q x L
     tune_only = ~(query_labels & ~on_tune[None, :]).any(axis=1)
     held_only = ~(query_labels & on_tune[None, :]).any(axis=1)
-    split = QuerySplit(np.flatnonzero(tune_only), np.flatnonzero(held_only), int((~tune_only & ~held_only).sum()),
-                       int(on_tune.sum()), int((~on_tune).sum()))
+    split = QuerySplit(
+        np.flatnonzero(tune_only),
+        np.flatnonzero(held_only),
+        int((~tune_only & ~held_only).sum()),
+        int(on_tune.sum()),
+        int((~on_tune).sum()),
+    )
     if split.tune.size == 0 or split.held.size == 0:
         raise InputError(
             f"splitting the queries by label left {split.tune.size} tuning and {split.held.size} held-out queries "

@@ -58,8 +58,12 @@ class ScoreTerms:
     def rank(self, weights: dict[str, float], k: int) -> np.ndarray:
         """Top-k item rows (lowest score first) of alpha*cos_dist + (1-alpha)*energy."""
         energy_share = 1.0 - weights["alpha"]
-        parts = ((self.d_lambda, weights["w_lambda"] * energy_share), (self.d_G, weights["w_G"] * energy_share),
-                 (self.bounded, weights["w_D"] * energy_share), (self.cosine_distance, weights["alpha"]))
+        parts = (
+            (self.d_lambda, weights["w_lambda"] * energy_share),
+            (self.d_G, weights["w_G"] * energy_share),
+            (self.bounded, weights["w_D"] * energy_share),
+            (self.cosine_distance, weights["alpha"]),
+        )
         score = torch.zeros_like(self.bounded)
         for term, weight in parts:
             if weight:  # one in-place pass per term that counts: no temporaries of queries x items
@@ -67,13 +71,20 @@ class ScoreTerms:
         return torch.topk(score, k, dim=1, largest=False).indices.cpu().numpy()
 
 
-def score_blocks(searcher: Searcher, queries: torch.Tensor, positions: np.ndarray, weightings: list[dict[str, float]],
-                 k: int, evaluate: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]], block: int,
-                 progress: Optional[Callable[[int], None]] = None) -> list[dict[str, np.ndarray]]:
+def score_blocks(
+    searcher: Searcher,
+    queries: torch.Tensor,
+    positions: np.ndarray,
+    weightings: list[dict[str, float]],
+    k: int,
+    evaluate: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]],
+    block: int,
+    progress: Optional[Callable[[int], None]] = None,
+) -> list[dict[str, np.ndarray]]:
     """Per-query metrics of every weighting for the queries at ``positions``, streamed block by block."""
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in weightings]
     for start in range(0, positions.size, block):
-        chunk = positions[start:start + block]
+        chunk = positions[start : start + block]
         terms = ScoreTerms.compute(searcher, queries[torch.from_numpy(chunk).to(queries.device)])
         for part, weights in zip(parts, weightings):
             part.append(evaluate(terms.rank(weights, k), chunk))
@@ -86,7 +97,9 @@ def score_blocks(searcher: Searcher, queries: torch.Tensor, positions: np.ndarra
 def choose_cell(rows: list[dict], tune: np.ndarray, metric: str) -> Cell:
     """The energy cell with the best mean ``metric`` over the TUNING queries only."""
     energy = [row for row in rows if row["method"] == "energy"]
-    best = max(energy, key=lambda row: (float(np.mean(np.asarray(row["per_query"][metric])[tune])), -row["eta"], -row["steps"]))
+    best = max(
+        energy, key=lambda row: (float(np.mean(np.asarray(row["per_query"][metric])[tune])), -row["eta"], -row["steps"])
+    )
     return Cell(best["eta"], best["steps"])
 
 
@@ -116,14 +129,25 @@ def tune(
     metric = section.metric
     combos = candidate_weights(section, seed)
     tuned = score_blocks(searcher, query_vectors, tune_positions, combos, k, evaluate, block, progress)
-    trials = [{**weights, **{name: float(per_query[name].mean()) for name in METRIC_NAMES}} for weights, per_query in zip(combos, tuned)]
+    trials = [
+        {**weights, **{name: float(per_query[name].mean()) for name in METRIC_NAMES}}
+        for weights, per_query in zip(combos, tuned)
+    ]
     best = max(trials, key=lambda t: t[metric])
     chosen = {name: best[name] for name in WEIGHT_NAMES}
     defaults = {**default_weights, "alpha": 0.0}
-    chosen_held, default_held = score_blocks(searcher, query_vectors, held_positions, [chosen, defaults], k, evaluate, block)
-    held = {"tuned": chosen_held, "default": default_held,
-            "cosine": {name: np.asarray(cosine_per_query[name])[held_positions] for name in METRIC_NAMES}}
-    versus = lambda a, b: {name: compare(held[a][name], held[b][name], n_boot, seed, held_clusters) for name in METRIC_NAMES}  # noqa: E731
+    chosen_held, default_held = score_blocks(
+        searcher, query_vectors, held_positions, [chosen, defaults], k, evaluate, block
+    )
+    held = {
+        "tuned": chosen_held,
+        "default": default_held,
+        "cosine": {name: np.asarray(cosine_per_query[name])[held_positions] for name in METRIC_NAMES},
+    }
+
+    def versus(a: str, b: str) -> dict:
+        return {name: compare(held[a][name], held[b][name], n_boot, seed, held_clusters) for name in METRIC_NAMES}
+
     report = {
         "cell": {"eta": cell.eta, "steps": cell.steps},
         "metric": metric,

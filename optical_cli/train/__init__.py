@@ -24,14 +24,41 @@ are re-exported here; module constants (``CACHE_SHARD_PAGES``, ...) are not: pat
 
 from .checkpoints import Checkpoint, open_checkpoint
 from .corpus import read_corpus, read_documents
-from .loop import TrainResult, _loss, enable_gradient_checkpointing, load_reader, make_adapter, train_adapter, training_mode
+from .loop import (
+    TrainResult,
+    _loss,
+    enable_gradient_checkpointing,
+    load_reader,
+    make_adapter,
+    train_adapter,
+    training_mode,
+)
 from .objectives import collate, make_examples, mse_loss, page_statistics, reconstruction_loss
 from .pages import DeepEncoderPages, PageEncoder, PageSet, build_page_set, page_render_section, split_documents
 from .reading import character_error_rate
 
 __all__ = [
-    "Checkpoint", "DeepEncoderPages", "PageEncoder", "PageSet", "TrainResult", "_loss", "build_page_set",
-    "character_error_rate", "collate", "enable_gradient_checkpointing", "load_reader", "make_adapter",
-    "make_examples", "mse_loss", "open_checkpoint", "page_render_section", "page_statistics", "read_corpus",
-    "read_documents", "reconstruction_loss", "split_documents", "train_adapter", "training_mode",
+    "Checkpoint",
+    "DeepEncoderPages",
+    "PageEncoder",
+    "PageSet",
+    "TrainResult",
+    "_loss",
+    "build_page_set",
+    "character_error_rate",
+    "collate",
+    "enable_gradient_checkpointing",
+    "load_reader",
+    "make_adapter",
+    "make_examples",
+    "mse_loss",
+    "open_checkpoint",
+    "page_render_section",
+    "page_statistics",
+    "read_corpus",
+    "read_documents",
+    "reconstruction_loss",
+    "split_documents",
+    "train_adapter",
+    "training_mode",
 ]

@@ -44,8 +44,17 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: Path, adapter: OpticalAdapter, optimizer, scheduler, step: int, keep: int,
-                    training: dict, data_position: dict, lora=None) -> Path:
+def save_checkpoint(
+    folder: Path,
+    adapter: OpticalAdapter,
+    optimizer,
+    scheduler,
+    step: int,
+    keep: int,
+    training: dict,
+    data_position: dict,
+    lora=None,
+) -> Path:
     """``lora``: (model, LoraConfig) when LoRA trains; its PEFT directory goes in the checkpoint too."""
     target = folder / CHECKPOINT_DIR / f"step-{step:07d}"
     target.mkdir(parents=True, exist_ok=True)
@@ -54,8 +63,13 @@ def save_checkpoint(folder: Path, adapter: OpticalAdapter, optimizer, scheduler,
         from ..models.lora import LORA_DIR, save_lora
 
         save_lora(*lora, target / LORA_DIR)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "data_position": data_position,
-             "rng": _rng_state()}
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "data_position": data_position,
+        "rng": _rng_state(),
+    }
     with atomic_path(target / "trainer_state.pth") as tmp:
         torch.save(state, tmp)
     existing = sorted((folder / CHECKPOINT_DIR).glob("step-*"))
@@ -96,10 +110,15 @@ def load_trainer_state(checkpoint: Path) -> dict:
     try:
         state = torch.load(checkpoint / "trainer_state.pth", map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"checkpoint {checkpoint} is corrupt ({type(exc).__name__}: {exc}); resume from an earlier one") from None
+        raise InputError(
+            f"checkpoint {checkpoint} is corrupt ({type(exc).__name__}: {exc}); resume from an earlier one"
+        ) from None
     missing = [key for key in TRAINER_STATE_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
-        raise InputError(f"checkpoint {checkpoint} is corrupt (trainer_state.pth lacks {', '.join(missing)}); resume from an earlier one")
+        raise InputError(
+            f"checkpoint {checkpoint} is corrupt (trainer_state.pth lacks {', '.join(missing)}); resume from an "
+            "earlier one"
+        )
     return state
 
 

@@ -41,26 +41,41 @@ def _texts_from_hub(name: str, split: str, field_name: str, limit: int | None) -
 def _document_text(path: Path) -> str:
     document = read_document(path, "utf-8", "replace")
     if document.is_pdf and not document.has_text:
-        raise InputError(f"training data {path}: the PDF has no text layer (a scan?), so it has no reconstruction "
-                         "target; remove it from data.source or give a PDF with text")
+        raise InputError(
+            f"training data {path}: the PDF has no text layer (a scan?), so it has no reconstruction "
+            "target; remove it from data.source or give a PDF with text"
+        )
     return document.text
 
 
-def read_corpus(source: str, field_name: str = "description", split: str = "train",
-                max_documents: int | None = None, min_chars: int = 1) -> list[str]:
+def read_corpus(
+    source: str,
+    field_name: str = "description",
+    split: str = "train",
+    max_documents: int | None = None,
+    min_chars: int = 1,
+) -> list[str]:
     """Documents of at least ``min_chars`` non-blank characters, in corpus order."""
     if source.startswith("hf:"):
         texts: Iterator[str] = _texts_from_hub(source[3:], split, field_name, max_documents)
     else:
         path = Path(source)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".md", ".pdf", ".jsonl"))
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".md", ".pdf", ".jsonl")
+            )
         elif path.is_file():
             files = [path]
         else:
-            raise InputError(f"training data not found: {source}; pass a .txt/.md/.pdf/.jsonl file, a directory of them, or hf:owner/name")
-        texts = (t for f in files for t in (_texts_from_jsonl(f, field_name) if f.suffix.lower() == ".jsonl"
-                                            else [_document_text(f)]))
+            raise InputError(
+                f"training data not found: {source}; pass a .txt/.md/.pdf/.jsonl file, a directory of them, or "
+                "hf:owner/name"
+            )
+        texts = (
+            t
+            for f in files
+            for t in (_texts_from_jsonl(f, field_name) if f.suffix.lower() == ".jsonl" else [_document_text(f)])
+        )
     documents = []
     for text in texts:
         if len(text.strip()) >= min_chars:

@@ -13,8 +13,8 @@ import torch
 
 from ..artifacts import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 from ..config import TrainAdapterConfig
+from ..devices import resolve_device, resolve_dtype
 from ..errors import ConfigError, InputError
-from .sharding import fsdp_requested, local_parameter_count, shard_language_model
 from ..memory import PeakMemory, busiest
 from ..models import loading
 from ..models.adapter import AdapterConfig, OpticalAdapter, parameter_count, save_adapter
@@ -24,6 +24,7 @@ from .corpus import read_documents
 from .objectives import Example, collate, make_examples, mse_loss, page_statistics, reconstruction_loss
 from .pages import DeepEncoderPages, PageEncoder, PageSet, Progress, build_page_set, split_documents
 from .reading import reading_check
+from .sharding import fsdp_requested, local_parameter_count, shard_language_model
 
 
 @dataclass
@@ -36,15 +37,17 @@ class TrainResult:
     final_eval_loss: float | None
     first_loss: float | None
     pages_per_s: float
-    step_s: float | None            # mean wall time of one optimizer step in this run (eval not counted)
+    step_s: float | None  # mean wall time of one optimizer step in this run (eval not counted)
     cache_hit: bool
     encode_s: float
-    parameters: dict = field(default_factory=dict)       # deepencoder, adapter, language_model
+    parameters: dict = field(default_factory=dict)  # deepencoder, adapter, language_model
     peak_memory_gib: dict = field(default_factory=dict)  # cpu_rss_gib (+ cuda_max_allocated_gib on a GPU)
-    training_pages: dict = field(default_factory=dict)   # page_statistics of the training pages
+    training_pages: dict = field(default_factory=dict)  # page_statistics of the training pages
     reading: dict = field(default_factory=dict)
-    layout: str = "single"                                # single | ddp | fsdp (the frozen LLM sharded across processes)
-    language_model_local_parameters: int | None = None   # the LLM's parameters this process holds (1/N of them under fsdp)
+    layout: str = "single"  # single | ddp | fsdp (the frozen LLM sharded across processes)
+    language_model_local_parameters: int | None = (
+        None  # the LLM's parameters this process holds (1/N of them under fsdp)
+    )
 
 
 def resolve_runtime(cfg: TrainAdapterConfig):
@@ -52,11 +55,11 @@ def resolve_runtime(cfg: TrainAdapterConfig):
     ``accelerate launch``."""
     from accelerate import Accelerator
 
-    device = loading.resolve_device(cfg.runtime.device)
+    device = resolve_device(cfg.runtime.device)
     accelerator = Accelerator(cpu=device.type == "cpu")
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         device = accelerator.device  # this process's own GPU (on CPUs accelerate says cpu:0, which is the CPU)
-    return accelerator, device, loading.resolve_dtype(cfg.runtime.dtype, device)
+    return accelerator, device, resolve_dtype(cfg.runtime.dtype, device)
 
 
 def load_reader(cfg: TrainAdapterConfig) -> VisionLanguageReader:
@@ -69,12 +72,16 @@ def make_adapter(cfg: TrainAdapterConfig, vision_dim: int, reader: VisionLanguag
     if cfg.adapter.init:
         adapter = loading.load_adapter(cfg.adapter.init, llm_dim=reader.hidden_size, vision_dim=vision_dim)
         if not isinstance(adapter, OpticalAdapter):
-            raise ConfigError(f"adapter.init={cfg.adapter.init} is in the {adapter.layout} layout, which bench longbench "
-                              "reads but train-adapter does not continue; start from an adapter of ours or from scratch")
+            raise ConfigError(
+                f"adapter.init={cfg.adapter.init} is in the {adapter.layout} layout, which bench longbench "
+                "reads but train-adapter does not continue; start from an adapter of ours or from scratch"
+            )
         return adapter
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.runtime.seed)
-        adapter = OpticalAdapter(AdapterConfig(vision_dim, cfg.adapter.hidden_dim, reader.hidden_size, cfg.adapter.max_pages))
+        adapter = OpticalAdapter(
+            AdapterConfig(vision_dim, cfg.adapter.hidden_dim, reader.hidden_size, cfg.adapter.max_pages)
+        )
     rms = reader.embed_tokens.weight.detach().float().pow(2).mean().sqrt().item()
     adapter.set_output_scale(rms)  # start at the scale of the LLM's own token embeddings
     return adapter
@@ -82,11 +89,20 @@ def make_adapter(cfg: TrainAdapterConfig, vision_dim: int, reader: VisionLanguag
 
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _loss(objective: str, model, adapter, pages: PageSet, examples: list[Example], index: list[int],
-          pad_id: int, device: torch.device, autocast: bool) -> torch.Tensor:
+def _loss(
+    objective: str,
+    model,
+    adapter,
+    pages: PageSet,
+    examples: list[Example],
+    index: list[int],
+    pad_id: int,
+    device: torch.device,
+    autocast: bool,
+) -> torch.Tensor:
     features = pages.features[index].to(device)
     page_index = torch.tensor([pages.page_index[i] for i in index], device=device)
     chosen = [examples[i] for i in index]
@@ -116,8 +132,17 @@ def training_mode(adapter, model, on: bool, llm_train_mode: bool) -> None:
 
 
 @torch.no_grad()
-def evaluate(objective: str, model, adapter, pages: PageSet, examples: list[Example], batch_size: int,
-             pad_id: int, device: torch.device, autocast: bool) -> float | None:
+def evaluate(
+    objective: str,
+    model,
+    adapter,
+    pages: PageSet,
+    examples: list[Example],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    autocast: bool,
+) -> float | None:
     """Mean held-out loss, computed in eval mode (the caller's mode is restored)."""
     if not len(pages):
         return None
@@ -157,9 +182,15 @@ def plot_losses(metrics: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | None = None, progress: Progress | None = None,
-                  encoder: PageEncoder | None = None, reader: VisionLanguageReader | None = None,
-                  documents: list[str] | None = None) -> TrainResult:
+def train_adapter(
+    cfg: TrainAdapterConfig,
+    run_path: Path,
+    resume: Checkpoint | None = None,
+    progress: Progress | None = None,
+    encoder: PageEncoder | None = None,
+    reader: VisionLanguageReader | None = None,
+    documents: list[str] | None = None,
+) -> TrainResult:
     """Train the adapter per ``cfg``; artifacts go to ``run_path`` (adapter.pth, metrics.jsonl, loss.png, ...).
 
     ``documents`` (``read_documents(cfg)``), ``resume`` (``open_checkpoint``) and ``reader``
@@ -179,11 +210,16 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
     train_documents, eval_documents = split_documents(documents, cfg.data.eval_fraction, cfg.runtime.seed)
     with accelerator.main_process_first():
         train_pages, cache_hit = build_page_set(train_documents, cfg, encoder, Path(cfg.data.cache_dir), emit)
-        eval_pages = (build_page_set(eval_documents, cfg, encoder, Path(cfg.data.cache_dir), emit)[0]
-                      if eval_documents else PageSet.empty())
+        eval_pages = (
+            build_page_set(eval_documents, cfg, encoder, Path(cfg.data.cache_dir), emit)[0]
+            if eval_documents
+            else PageSet.empty()
+        )
     encode_s = time.perf_counter() - started
     if not len(train_pages):
-        raise InputError("no training pages after holding out eval documents; lower data.eval_fraction or add documents")
+        raise InputError(
+            "no training pages after holding out eval documents; lower data.eval_fraction or add documents"
+        )
     train_examples = make_examples(reader, train_pages, cfg.data.max_text_tokens)
     eval_examples = make_examples(reader, eval_pages, cfg.data.max_text_tokens)
     pad_id = reader.tokenizer.token_id("<|endoftext|>")
@@ -205,13 +241,17 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
     step = 0
     metrics_path = run_path / "metrics.jsonl"
     if resume is not None:
-        adapter.load_state_dict(loading.load_adapter(resume.path / "adapter.pth", reader.hidden_size, encoder.out_dim).state_dict())
+        adapter.load_state_dict(
+            loading.load_adapter(resume.path / "adapter.pth", reader.hidden_size, encoder.out_dim).state_dict()
+        )
         if lora is not None:
             from ..models.lora import LORA_DIR
 
             if not (resume.path / LORA_DIR).is_dir():
-                raise InputError(f"{resume.path} has no {LORA_DIR}/ directory but train.lora.rank={opt.lora.rank}; "
-                                 "resume with the LoRA settings the run was started with")
+                raise InputError(
+                    f"{resume.path} has no {LORA_DIR}/ directory but train.lora.rank={opt.lora.rank}; "
+                    "resume with the LoRA settings the run was started with"
+                )
             loading.load_lora(reader.model, resume.path / LORA_DIR, resume=True)
         step = restore_trainer_state(resume.state, optimizer, scheduler, metrics_path)
     else:
@@ -228,15 +268,28 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
     if opt.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     training_info = {"objective": opt.objective, "config": cfg.model_dump(mode="json")}
-    emit({"event": "start", "total": total_steps, "step": step, "train_pages": len(train_pages),
-          "eval_pages": len(eval_pages), "cache_hit": cache_hit})
+    emit(
+        {
+            "event": "start",
+            "total": total_steps,
+            "step": step,
+            "train_pages": len(train_pages),
+            "eval_pages": len(eval_pages),
+            "cache_hit": cache_hit,
+        }
+    )
 
     micro_per_step = opt.grad_accum * world
     first_loss = last_loss = last_eval = None
     if step == 0:  # the starting point of the eval curve
-        last_eval = evaluate(opt.objective, model, adapter, eval_pages, eval_examples, opt.batch_size, pad_id, device, autocast)
+        last_eval = evaluate(
+            opt.objective, model, adapter, eval_pages, eval_examples, opt.batch_size, pad_id, device, autocast
+        )
         if accelerator.is_main_process:
-            append_jsonl(metrics_path, {"step": 0, "epoch": 0, "loss": None, "eval_loss": last_eval, "lr": 0.0, "pages_per_s": None})
+            append_jsonl(
+                metrics_path,
+                {"step": 0, "epoch": 0, "loss": None, "eval_loss": last_eval, "lr": 0.0, "pages_per_s": None},
+            )
     window_pages, window_start = 0, time.perf_counter()
     train_s, pages_seen, first_step = 0.0, 0, step
     training_mode(adapter, model, True, opt.gradient_checkpointing or lora is not None)
@@ -244,8 +297,8 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         batches = _batches(len(train_pages), opt.batch_size, cfg.runtime.seed, epoch)
-        group = batches[offset * micro_per_step:(offset + 1) * micro_per_step]
-        mine = group[accelerator.process_index::world]
+        group = batches[offset * micro_per_step : (offset + 1) * micro_per_step]
+        mine = group[accelerator.process_index :: world]
         step_loss = torch.zeros((), device=device)
         for index in mine:
             loss = _loss(opt.objective, model, adapter, train_pages, train_examples, index, pad_id, device, autocast)
@@ -253,7 +306,7 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
             step_loss += loss.detach() / len(mine)
             window_pages += len(index) * world
         if world > 1:  # DDP averages the adapter's gradients (not under FSDP); LoRA's live outside it
-            for param in (trained if sharded else lora_params):
+            for param in trained if sharded else lora_params:
                 if param.grad is not None:
                     param.grad = accelerator.reduce(param.grad, reduction="mean")
         if opt.grad_clip > 0:
@@ -269,19 +322,36 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
         last_loss = float(accelerator.reduce(step_loss, reduction="mean"))
         first_loss = last_loss if first_loss is None else first_loss
         elapsed = time.perf_counter() - window_start  # training only: eval below is not counted
-        record = {"step": step, "epoch": epoch, "loss": last_loss, "eval_loss": None, "lr": lr,
-                  "pages_per_s": window_pages / elapsed if elapsed > 0 else None}
+        record = {
+            "step": step,
+            "epoch": epoch,
+            "loss": last_loss,
+            "eval_loss": None,
+            "lr": lr,
+            "pages_per_s": window_pages / elapsed if elapsed > 0 else None,
+        }
         pages_seen += window_pages
         train_s += elapsed
         if step % opt.eval_every == 0 or step == total_steps:
-            last_eval = evaluate(opt.objective, model, adapter, eval_pages, eval_examples, opt.batch_size, pad_id, device, autocast)
+            last_eval = evaluate(
+                opt.objective, model, adapter, eval_pages, eval_examples, opt.batch_size, pad_id, device, autocast
+            )
             record["eval_loss"] = last_eval
         if accelerator.is_main_process:
             append_jsonl(metrics_path, record)
             if step % opt.checkpoint_every == 0 or step == total_steps:
                 position = dict(zip(("epoch", "batch_group"), divmod(step, steps_per_epoch)))
-                save_checkpoint(run_path, accelerator.unwrap_model(adapter), optimizer, scheduler, step,
-                                opt.keep_checkpoints, training_info, position, lora=lora)
+                save_checkpoint(
+                    run_path,
+                    accelerator.unwrap_model(adapter),
+                    optimizer,
+                    scheduler,
+                    step,
+                    opt.keep_checkpoints,
+                    training_info,
+                    position,
+                    lora=lora,
+                )
         emit({"event": "step", **record, "total": total_steps})
         window_pages, window_start = 0, time.perf_counter()
     accelerator.wait_for_everyone()
@@ -298,8 +368,9 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
     if opt.read_pages and (accelerator.is_main_process or sharded):  # a sharded model reads in every process at once
         emit({"event": "reading", "pages": min(opt.read_pages, len(eval_pages))})
         reader.adapter = final
-        reading = reading_check(reader, eval_pages if len(eval_pages) else train_pages, opt.read_pages,
-                                opt.read_max_new_tokens)
+        reading = reading_check(
+            reader, eval_pages if len(eval_pages) else train_pages, opt.read_pages, opt.read_max_new_tokens
+        )
         if accelerator.is_main_process:
             atomic_write_text(run_path / "reading.jsonl", "".join(json.dumps(r) + "\n" for r in reading["records"]))
     peaks = memory.run_peak()
@@ -308,13 +379,23 @@ def train_adapter(cfg: TrainAdapterConfig, run_path: Path, resume: Checkpoint | 
 
         peaks = busiest(gather_object([peaks]))
     return TrainResult(
-        steps=step, train_pages=len(train_pages), eval_pages=len(eval_pages), vision_tokens=int(train_pages.features.shape[1]),
-        final_loss=last_loss, final_eval_loss=last_eval, first_loss=first_loss,
+        steps=step,
+        train_pages=len(train_pages),
+        eval_pages=len(eval_pages),
+        vision_tokens=int(train_pages.features.shape[1]),
+        final_loss=last_loss,
+        final_eval_loss=last_eval,
+        first_loss=first_loss,
         pages_per_s=pages_seen / train_s if train_s > 0 else 0.0,
-        step_s=train_s / (step - first_step) if step > first_step else None, cache_hit=cache_hit, encode_s=encode_s,
-        parameters={"deepencoder": encoder.parameter_count(), "adapter": parameter_count(final),
-                    "language_model": lm_parameters,
-                    "lora": sum(p.numel() for p in lora_params)},
+        step_s=train_s / (step - first_step) if step > first_step else None,
+        cache_hit=cache_hit,
+        encode_s=encode_s,
+        parameters={
+            "deepencoder": encoder.parameter_count(),
+            "adapter": parameter_count(final),
+            "language_model": lm_parameters,
+            "lora": sum(p.numel() for p in lora_params),
+        },
         peak_memory_gib=peaks,
         training_pages=page_statistics(train_pages, train_examples, cfg.data.max_text_tokens),
         reading={k: v for k, v in reading.items() if k != "records"},

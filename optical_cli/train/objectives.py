@@ -14,12 +14,12 @@ IGNORE = -100
 
 @dataclass
 class Example:
-    input_ids: torch.Tensor      # [L]
-    vision_mask: torch.Tensor    # [L]
-    position_ids: torch.Tensor   # [4, L]
+    input_ids: torch.Tensor  # [L]
+    vision_mask: torch.Tensor  # [L]
+    position_ids: torch.Tensor  # [4, L]
     answer_start: int
-    answer_ids: torch.Tensor     # [A] page text tokens (+ <|im_end|>)
-    text_tokens: int             # tokens of the whole page text, before the cut at max_text_tokens
+    answer_ids: torch.Tensor  # [A] page text tokens (+ <|im_end|>)
+    text_tokens: int  # tokens of the whole page text, before the cut at max_text_tokens
 
 
 def make_examples(reader: VisionLanguageReader, pages: PageSet, max_text_tokens: int) -> list[Example]:
@@ -31,8 +31,16 @@ def make_examples(reader: VisionLanguageReader, pages: PageSet, max_text_tokens:
         if len(ids) > max_text_tokens:
             text = reader.tokenizer.decode(ids[:max_text_tokens])
         layout = build_layout(reader.tokenizer, READ_INSTRUCTION, [tokens], answer=text)
-        examples.append(Example(layout.input_ids, layout.vision_mask, layout.position_ids, layout.answer_start,
-                                layout.input_ids[layout.answer_start:], len(ids)))
+        examples.append(
+            Example(
+                layout.input_ids,
+                layout.vision_mask,
+                layout.position_ids,
+                layout.answer_start,
+                layout.input_ids[layout.answer_start :],
+                len(ids),
+            )
+        )
     return examples
 
 
@@ -66,17 +74,27 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         ids[row, :n] = e.input_ids
         vision[row, :n] = e.vision_mask
         attention[row, :n] = 1
-        labels[row, e.answer_start:n] = e.input_ids[e.answer_start:]
+        labels[row, e.answer_start : n] = e.input_ids[e.answer_start :]
         positions[:, row, :n] = e.position_ids
-    return {"input_ids": ids, "vision_mask": vision, "attention_mask": attention, "labels": labels, "position_ids": positions}
+    return {
+        "input_ids": ids,
+        "vision_mask": vision,
+        "attention_mask": attention,
+        "labels": labels,
+        "position_ids": positions,
+    }
 
 
 def reconstruction_loss(model, adapted: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy of the page text given its adapted vision tokens."""
     embed = model.get_input_embeddings()
     inputs = splice(embed, batch["input_ids"], batch["vision_mask"], adapted)
-    hidden = model.model(inputs_embeds=inputs, attention_mask=batch["attention_mask"],
-                         position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+    hidden = model.model(
+        inputs_embeds=inputs,
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    ).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     logits = model.lm_head(hidden[:, :-1][keep])  # only where a label exists: the vocabulary is 152k wide

@@ -41,8 +41,9 @@ class DeepEncoderPages:
 
     def __init__(self, section: DeepEncoderSection, runtime: RuntimeConfig, device: torch.device, batch_size: int = 8):
         if section.mode == "gundam":
-            raise ConfigError("deepencoder.mode=gundam gives each page a different token count; "
-                              "use tiny, small, base or large")
+            raise ConfigError(
+                "deepencoder.mode=gundam gives each page a different token count; use tiny, small, base or large"
+            )
         self.section, self.runtime, self.device, self.batch_size = section, runtime, device, batch_size
         from ..models.deepencoder.preprocess import resolve_pixels
 
@@ -58,7 +59,9 @@ class DeepEncoderPages:
         from ..encode import BatchRunner, build_encoder
 
         runtime = self.runtime.model_copy(update={"device": str(self.device)})
-        encode_cfg = EncodeConfig(deepencoder=self.section, runtime=runtime, encode=EncodeSection(batch_size=self.batch_size))
+        encode_cfg = EncodeConfig(
+            deepencoder=self.section, runtime=runtime, encode=EncodeSection(batch_size=self.batch_size)
+        )
         self._model, device, dtype = build_encoder(encode_cfg)
         self._model.requires_grad_(False)
         self._runner = BatchRunner(self._model, self.batch_size, device, dtype)
@@ -92,7 +95,9 @@ class DeepEncoderPages:
         prepared = [prepare(image, self.mode, self.pixels) for image in images]
         return torch.stack(encode_group(self._runner, self._model, prepared, self.layout_tokens))
 
-    def encode_text(self, text: str, render: RenderSection, max_pages: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    def encode_text(
+        self, text: str, render: RenderSection, max_pages: int | None = None
+    ) -> tuple[torch.Tensor, list[str]]:
         """Render ``text`` at this mode's page size and encode it: (features [P, T, D], page texts)."""
         from ..render import render_document
 
@@ -118,18 +123,23 @@ class PageSet:
     def empty(cls) -> "PageSet":
         return cls(torch.empty(0, 0, 0), [], [], [])
 
+
 def _cache_key(documents: list[str], render_json: str, encoder_identity: dict, max_pages: int, pack: bool) -> str:
     digest = hashlib.sha256()
     for text in documents:
         digest.update(hashlib.sha256(text.encode("utf-8")).digest())
-    digest.update(json.dumps([render_json, encoder_identity, max_pages] + ([True] if pack else []), sort_keys=True).encode())
+    digest.update(
+        json.dumps([render_json, encoder_identity, max_pages] + ([True] if pack else []), sort_keys=True).encode()
+    )
     return digest.hexdigest()[:24]
 
 
 PACK_SEPARATOR = "\n\n"  # packed documents are paragraphs of one text stream
 
 
-def _rendered_pages(documents: list[str], section: RenderSection, pack: bool, max_pages: int) -> Iterator[tuple[int, int, object]]:
+def _rendered_pages(
+    documents: list[str], section: RenderSection, pack: bool, max_pages: int
+) -> Iterator[tuple[int, int, object]]:
     """(document, page index, page) in reading order, at most ``max_pages`` pages per document.
 
     Packed, as language-model pretraining packs sequences: the documents are one stream of
@@ -147,8 +157,13 @@ def _rendered_pages(documents: list[str], section: RenderSection, pack: bool, ma
             yield doc_id, index, page
 
 
-def build_page_set(documents: list[str], cfg: TrainAdapterConfig, encoder: PageEncoder, cache_dir: Path,
-                   progress: Progress | None = None) -> tuple[PageSet, bool]:
+def build_page_set(
+    documents: list[str],
+    cfg: TrainAdapterConfig,
+    encoder: PageEncoder,
+    cache_dir: Path,
+    progress: Progress | None = None,
+) -> tuple[PageSet, bool]:
     """Render and encode every document once; later calls read the cache. Returns (pages, cache hit).
 
     The cache is written as `optical encode` writes features (shards of ``CACHE_SHARD_PAGES``
@@ -178,8 +193,13 @@ def build_page_set(documents: list[str], cfg: TrainAdapterConfig, encoder: PageE
             pending.clear()
         while encoded and (len(encoded) >= shards.pages_per_shard or final):
             chunk = encoded[: shards.pages_per_shard]
-            shards.write(written // shards.pages_per_shard, written, chunk,
-                         [f"document {d}" for d in document[written:written + len(chunk)]], chunk[0].dtype)
+            shards.write(
+                written // shards.pages_per_shard,
+                written,
+                chunk,
+                [f"document {d}" for d in document[written : written + len(chunk)]],
+                chunk[0].dtype,
+            )
             written += len(chunk)
             del encoded[: len(chunk)]
 

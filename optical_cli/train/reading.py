@@ -20,17 +20,27 @@ def reading_check(reader: VisionLanguageReader, pages: PageSet, count: int, max_
     records = []
     for i in range(min(count, len(pages))):
         layout = build_layout(reader.tokenizer, READ_INSTRUCTION, [int(pages.features.shape[1])])
-        vision = reader.adapt(pages.features[i:i + 1], torch.tensor([pages.page_index[i]]))
-        embeds = splice(reader.embed_tokens, layout.input_ids.to(reader.device), layout.vision_mask.to(reader.device), vision)
+        vision = reader.adapt(pages.features[i : i + 1], torch.tensor([pages.page_index[i]]))
+        embeds = splice(
+            reader.embed_tokens, layout.input_ids.to(reader.device), layout.vision_mask.to(reader.device), vision
+        )
         reference = pages.texts[i]
         text_tokens = reader.count_tokens(reference)
-        ids, _ = reader.generate_from_embeds(embeds[None], layout.position_ids, layout.rope_delta,
-                                             min(max_new_tokens, text_tokens + 16))
+        ids, _ = reader.generate_from_embeds(
+            embeds[None], layout.position_ids, layout.rope_delta, min(max_new_tokens, text_tokens + 16)
+        )
         prediction = reader.tokenizer.decode(ids)
-        records.append({"page": i, "text_tokens": text_tokens, "vision_tokens": int(pages.features.shape[1]),
-                        "compression": text_tokens / pages.features.shape[1],
-                        "cer": character_error_rate(prediction, reference),
-                        "reference": reference, "prediction": prediction})
+        records.append(
+            {
+                "page": i,
+                "text_tokens": text_tokens,
+                "vision_tokens": int(pages.features.shape[1]),
+                "compression": text_tokens / pages.features.shape[1],
+                "cer": character_error_rate(prediction, reference),
+                "reference": reference,
+                "prediction": prediction,
+            }
+        )
     if not records:
         return {"pages": 0, "records": []}
     return {

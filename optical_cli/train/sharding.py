@@ -26,8 +26,9 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() == "true"
 
 
-def shard_language_model(model: nn.Module, keep_whole: list[nn.Parameter] | None = None,
-                         reshard_after_forward: bool = True) -> None:
+def shard_language_model(
+    model: nn.Module, keep_whole: list[nn.Parameter] | None = None, reshard_after_forward: bool = True
+) -> None:
     """Shard ``model`` (a Qwen3-VL language model, dense or MoE) in place across the process group."""
     from torch.distributed.fsdp import fully_shard
 

@@ -52,7 +52,9 @@ def require_vllm() -> str:
 
     version = vllm_version()
     if version is None or util.find_spec("vllm") is None:
-        raise ConfigError(f"bench.engine=vllm but vLLM is not installed in this environment; install it: {INSTALL_HINT}")
+        raise ConfigError(
+            f"bench.engine=vllm but vLLM is not installed in this environment; install it: {INSTALL_HINT}"
+        )
     return version
 
 
@@ -95,8 +97,18 @@ class Result:
 class VLLMEngine:
     """vLLM's ``LLM`` over a Qwen3-VL model directory; answers token prompts, with page embeddings or without."""
 
-    def __init__(self, model_dir: Path, section, dtype: torch.dtype, *, tokenizer_dir: Path | None = None,
-                 seed: int = 0, max_pages: int = 1, device: torch.device | None = None, lora_dir: Path | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        section,
+        dtype: torch.dtype,
+        *,
+        tokenizer_dir: Path | None = None,
+        seed: int = 0,
+        max_pages: int = 1,
+        device: torch.device | None = None,
+        lora_dir: Path | None = None,
+    ):
         configure_cpu_environment(section, device)
         from vllm import LLM
 
@@ -110,11 +122,18 @@ class VLLMEngine:
         self.dtype = dtype
         self.model_dir = Path(model_dir)
         kwargs: dict[str, Any] = dict(
-            model=str(model_dir), tokenizer=str(tokenizer_dir or model_dir), dtype=_DTYPE_NAMES[dtype], seed=seed,
-            enforce_eager=section.enforce_eager, tensor_parallel_size=section.tensor_parallel_size,
-            pipeline_parallel_size=section.pipeline_parallel_size, max_num_seqs=section.max_num_seqs,
-            enable_mm_embeds=True, limit_mm_per_prompt={"image": max(1, max_pages), "video": 0},
-            disable_log_stats=False, enable_prefix_caching=section.prefix_caching,
+            model=str(model_dir),
+            tokenizer=str(tokenizer_dir or model_dir),
+            dtype=_DTYPE_NAMES[dtype],
+            seed=seed,
+            enforce_eager=section.enforce_eager,
+            tensor_parallel_size=section.tensor_parallel_size,
+            pipeline_parallel_size=section.pipeline_parallel_size,
+            max_num_seqs=section.max_num_seqs,
+            enable_mm_embeds=True,
+            limit_mm_per_prompt={"image": max(1, max_pages), "video": 0},
+            disable_log_stats=False,
+            enable_prefix_caching=section.prefix_caching,
         )
         if device is None or device.type != "cpu":
             kwargs["gpu_memory_utilization"] = section.gpu_memory_utilization
@@ -135,9 +154,11 @@ class VLLMEngine:
     def widen(self, embeds: torch.Tensor) -> torch.Tensor:
         """[tokens, hidden] -> [tokens, hidden x (1 + deepstack levels)], the deepstack part zero."""
         if embeds.shape[-1] != self.hidden_size:
-            raise InputError(f"page embeddings are {embeds.shape[-1]}-d but the model's hidden size is {self.hidden_size}")
+            raise InputError(
+                f"page embeddings are {embeds.shape[-1]}-d but the model's hidden size is {self.hidden_size}"
+            )
         out = embeds.new_zeros(embeds.shape[0], self.embed_width)
-        out[:, :self.hidden_size] = embeds
+        out[:, : self.hidden_size] = embeds
         return out
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
@@ -162,13 +183,20 @@ class VLLMEngine:
         for request in requests:
             prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt_ids)}
             if request.embeds is not None:
-                prompt["multi_modal_data"] = {"image": {
-                    "image_embeds": self.widen(request.embeds).to(self.dtype).cpu(),
-                    "image_grid_thw": torch.tensor(request.grids, dtype=torch.long),
-                }}
+                prompt["multi_modal_data"] = {
+                    "image": {
+                        "image_embeds": self.widen(request.embeds).to(self.dtype).cpu(),
+                        "image_grid_thw": torch.tensor(request.grids, dtype=torch.long),
+                    }
+                }
             prompts.append(prompt)
-            sampling = dict(max_tokens=request.max_new_tokens, temperature=request.temperature, detokenize=False,
-                            skip_special_tokens=False, logprobs=request.logprobs)
+            sampling = dict(
+                max_tokens=request.max_new_tokens,
+                temperature=request.temperature,
+                detokenize=False,
+                skip_special_tokens=False,
+                logprobs=request.logprobs,
+            )
             if request.temperature > 0:
                 sampling["seed"] = request.seed
             params.append(SamplingParams(**sampling))
@@ -204,7 +232,9 @@ def vllm_lora_rank(rank: int) -> int:
     for allowed in _VLLM_LORA_RANKS:
         if allowed >= rank:
             return allowed
-    raise ConfigError(f"a LoRA of rank {rank} is more than vLLM serves (at most {_VLLM_LORA_RANKS[-1]}); use --engine hf")
+    raise ConfigError(
+        f"a LoRA of rank {rank} is more than vLLM serves (at most {_VLLM_LORA_RANKS[-1]}); use --engine hf"
+    )
 
 
 def request_times(output, wall: float, new_tokens: int) -> tuple[float, float]:
@@ -227,14 +257,16 @@ def request_times(output, wall: float, new_tokens: int) -> tuple[float, float]:
 
 def configure_cpu_environment(section, device: torch.device | None) -> None:
     """vLLM's CPU backend reads its KV-cache size and thread binding from the environment; set
-    them from the ``vllm:`` section unless the user set them (an environment variable wins). ``all`` binds every core of this
-    process (vLLM's own default binds core 0 only)."""
+    them from the ``vllm:`` section unless the user set them (an environment variable wins).
+    ``all`` binds every core of this process (vLLM's own default binds core 0 only)."""
     if device is not None and device.type != "cpu":
         return
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(section.cpu_kvcache_space_gib))
     bind = section.cpu_threads_bind
     if bind == "all":
-        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        cores = (
+            sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        )
         bind = ",".join(str(core) for core in cores)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
     # the engine core in this process: no spawned child re-importing the caller's main module, no
@@ -246,9 +278,20 @@ class VLLMReader:
     """The benchmark's Reader with the language model served by vLLM; pages are still rendered,
     encoded and adapted here (the hf engine's own pieces), then passed as embeddings."""
 
-    def __init__(self, engine: VLLMEngine, tokenizer, *, adapter=None, renderer=None, encoder=None,
-                 random_weights: bool, description: str, conventions: dict | None, parameters: dict,
-                 device: torch.device):
+    def __init__(
+        self,
+        engine: VLLMEngine,
+        tokenizer,
+        *,
+        adapter=None,
+        renderer=None,
+        encoder=None,
+        random_weights: bool,
+        description: str,
+        conventions: dict | None,
+        parameters: dict,
+        device: torch.device,
+    ):
         from ...models.vlm import END_OF_TEXT, IM_END, IMAGE_PAD
 
         self.engine = engine
@@ -284,8 +327,9 @@ class VLLMReader:
         return len(pages) * (self._tokens_per_page or 0)
 
     # -- requests ----------------------------------------------------------------------------
-    def text_request(self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int,
-                     logprobs: int | None = None) -> tuple[Request, int]:
+    def text_request(
+        self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int, logprobs: int | None = None
+    ) -> tuple[Request, int]:
         """The hf engine's prompt for a text condition as a vLLM request, and its length."""
         from ...models.vlm import build_layout
 
@@ -293,8 +337,16 @@ class VLLMReader:
         self._check_length(layout.length)
         return Request(layout.input_ids.tolist(), max_new_tokens, temperature, seed, logprobs=logprobs), layout.length
 
-    def page_request(self, prompt: PromptParts, embeds: torch.Tensor, *, max_new_tokens: int, temperature: float,
-                     seed: int, logprobs: int | None = None) -> tuple[Request, int]:
+    def page_request(
+        self,
+        prompt: PromptParts,
+        embeds: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        logprobs: int | None = None,
+    ) -> tuple[Request, int]:
         """Adapted pages [P, T, hidden] in the hf engine's layout, one ``<|image_pad|>`` per page."""
         from ...models.vlm import build_layout, vision_grid
 
@@ -303,11 +355,21 @@ class VLLMReader:
         self._check_length(layout.length)
         ids = collapse_image_pads(layout.input_ids.tolist(), self.pad_id)
         if ids.count(self.pad_id) != pages:
-            raise InputError(f"{ids.count(self.pad_id)} image placeholders for {pages} pages (is <|image_pad|> in the text?)")
+            raise InputError(
+                f"{ids.count(self.pad_id)} image placeholders for {pages} pages (is <|image_pad|> in the text?)"
+            )
         grids = [page_grid_thw(*vision_grid(tokens), self.engine.merge) for _ in range(pages)]
         # pages are read with the LoRA trained beside the adapter, when there is one (text conditions: the base model)
-        return Request(ids, max_new_tokens, temperature, seed, embeds.reshape(-1, embeds.shape[-1]), grids,
-                       logprobs, lora=self.engine.lora_request is not None), layout.length
+        return Request(
+            ids,
+            max_new_tokens,
+            temperature,
+            seed,
+            embeds.reshape(-1, embeds.shape[-1]),
+            grids,
+            logprobs,
+            lora=self.engine.lora_request is not None,
+        ), layout.length
 
     def _check_length(self, tokens: int) -> None:
         if self.max_positions and tokens > self.max_positions:
@@ -336,8 +398,9 @@ class VLLMReader:
                 if token in self.stop_ids:
                     ids = ids[:position]
                     break
-            outcomes[index] = Generation(self.decode_text(ids), length, result.prefill_s, result.decode_s,
-                                         encode_s=encode_s, adapter_s=adapter_s)
+            outcomes[index] = Generation(
+                self.decode_text(ids), length, result.prefill_s, result.decode_s, encode_s=encode_s, adapter_s=adapter_s
+            )
         return outcomes  # type: ignore[return-value]
 
     def _engine_request(self, read: ReadRequest) -> tuple[Request, int, float, float]:
@@ -346,7 +409,9 @@ class VLLMReader:
         if read.pages is None:
             return (*self.text_request(read.prompt, **options), 0.0, 0.0)
         tokens = self.vision_tokens(read.pages)
-        self._check_length(tokens + 2 * len(read.pages) + len(self.encode_text(read.prompt.preamble + read.prompt.question)))
+        self._check_length(
+            tokens + 2 * len(read.pages) + len(self.encode_text(read.prompt.preamble + read.prompt.question))
+        )
         embeds, encode_s, adapter_s = self.adapt(read.pages)
         return (*self.page_request(read.prompt, embeds, **options), encode_s, adapter_s)
 
@@ -359,13 +424,14 @@ class VLLMReader:
     def read_text(self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
         return self._read(ReadRequest(prompt, max_new_tokens, temperature, seed))
 
-    def read_pages(self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float,
-                   seed: int) -> Generation:
+    def read_pages(
+        self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float, seed: int
+    ) -> Generation:
         return self._read(ReadRequest(prompt, max_new_tokens, temperature, seed, pages=pages))
 
     def adapt(self, pages: Sequence[Any]) -> tuple[torch.Tensor, float, float]:
         """Pages -> adapted embeddings [P, T, hidden] (CPU), encode seconds, adapter seconds."""
-        from ...models.loading import synchronize
+        from ...devices import synchronize
 
         start = time.perf_counter()
         features = self.encoder.encode(list(pages))
@@ -379,18 +445,27 @@ class VLLMReader:
 
     def warm_up(self) -> None:
         """One short request (and one page when pages are read) before the first timed item."""
-        self.read_text(PromptParts(preamble="", document="", question="Say OK."), max_new_tokens=2, temperature=0.0, seed=0)
+        self.read_text(
+            PromptParts(preamble="", document="", question="Say OK."), max_new_tokens=2, temperature=0.0, seed=0
+        )
         if self.encoder is not None:
             page = self.renderer.draw(["warm-up"])
             self.vision_tokens([page])
             if self.adapter is not None:  # vLLM's first multimodal request is slow (tens of seconds on CPU)
-                self.read_pages(PromptParts(preamble="", document="", question="Say OK."), [page], max_new_tokens=2,
-                                temperature=0.0, seed=0)
+                self.read_pages(
+                    PromptParts(preamble="", document="", question="Say OK."),
+                    [page],
+                    max_new_tokens=2,
+                    temperature=0.0,
+                    seed=0,
+                )
 
 
 def language_model_parameters(model_dir: Path) -> int:
     """Parameters of the checkpoint's language model (every tensor outside ``model.visual``), from file headers."""
-    return _safetensors_parameters(Path(model_dir).glob("*.safetensors"), lambda name: not name.startswith("model.visual."))
+    return _safetensors_parameters(
+        Path(model_dir).glob("*.safetensors"), lambda name: not name.startswith("model.visual.")
+    )
 
 
 def lora_parameters(lora_dir: Path) -> int:

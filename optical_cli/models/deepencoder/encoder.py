@@ -46,7 +46,9 @@ class DeepEncoder(nn.Module):
         joint = torch.cat([clip_tokens[:, 1:], sam_maps.flatten(2).transpose(1, 2)], dim=-1)
         return self.projector(joint)
 
-    def arrange(self, tiles: torch.Tensor | None, grid: tuple[int, int], global_view: torch.Tensor, layout_tokens: bool) -> torch.Tensor:
+    def arrange(
+        self, tiles: torch.Tensor | None, grid: tuple[int, int], global_view: torch.Tensor, layout_tokens: bool
+    ) -> torch.Tensor:
         """One page's token sequence: tile features first, then the global view's.
 
         ``tiles`` [cols*rows, n, D] in row-major tile order, ``grid`` = (cols, rows),
@@ -58,7 +60,10 @@ class DeepEncoder(nn.Module):
             parts = ([tiles.reshape(-1, tiles.shape[-1])] if tiles is not None else []) + [global_view]
             return torch.cat(parts, dim=0)
         if not self.layout_vectors_loaded:
-            raise ValueError("these weights carry no image_newline/view_seperator (community layout); set deepencoder.layout_tokens=false")
+            raise ValueError(
+                "these weights carry no image_newline/view_seperator (community layout); set "
+                "deepencoder.layout_tokens=false"
+            )
         parts = []
         if tiles is not None:
             cols, rows = grid

@@ -39,7 +39,7 @@ def resolve_pixels(setting: str, adapter_layout: str | None = None) -> str:
 @dataclass
 class PreparedPage:
     views: list[torch.Tensor]  # [3,S,S] each; tiles (row-major) first, the global view last
-    grid: tuple[int, int]      # tile columns, rows; (1, 1) when there are no tiles
+    grid: tuple[int, int]  # tile columns, rows; (1, 1) when there are no tiles
 
     @property
     def tiles(self) -> list[torch.Tensor]:
@@ -76,7 +76,13 @@ def tile_grid(width: int, height: int, tile: int = GUNDAM_TILE) -> tuple[int, in
     # Candidates ordered by tile count only; equal counts keep Python's (deterministic) set
     # order of small-int tuples, the order the official preprocessing iterates them in.
     candidates = sorted(
-        {(c, r) for n in range(MIN_TILES, MAX_TILES + 1) for c in range(1, n + 1) for r in range(1, n + 1) if MIN_TILES <= c * r <= MAX_TILES},
+        {
+            (c, r)
+            for n in range(MIN_TILES, MAX_TILES + 1)
+            for c in range(1, n + 1)
+            for r in range(1, n + 1)
+            if MIN_TILES <= c * r <= MAX_TILES
+        },
         key=lambda cr: cr[0] * cr[1],
     )
     best, best_diff = (1, 1), float("inf")
@@ -96,7 +102,8 @@ def gundam_tiles(image: Image.Image) -> tuple[list[Image.Image], tuple[int, int]
     resized = image.resize((cols * GUNDAM_TILE, rows * GUNDAM_TILE), Image.Resampling.BICUBIC)
     tiles = [
         resized.crop((c * GUNDAM_TILE, r * GUNDAM_TILE, (c + 1) * GUNDAM_TILE, (r + 1) * GUNDAM_TILE))
-        for r in range(rows) for c in range(cols)
+        for r in range(rows)
+        for c in range(cols)
     ]
     return tiles, (cols, rows)
 
@@ -105,9 +112,14 @@ def prepare(image: Image.Image, mode: str, pixels: str = OFFICIAL_PIXELS) -> Pre
     image = to_rgb(image)
     if pixels == PUBLISHED_PIXELS:
         if mode not in MODES:
-            raise ValueError(f"pixels=published has one square view per page; mode {mode!r} has several, use one of {', '.join(MODES)}")
+            raise ValueError(
+                f"pixels=published has one square view per page; mode {mode!r} has several, use one of "
+                f"{', '.join(MODES)}"
+            )
         size = MODES[mode].size
-        array = torch.from_numpy(np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8).copy())
+        array = torch.from_numpy(
+            np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8).copy()
+        )
         return PreparedPage([array.permute(2, 0, 1).float() / 255.0], (1, 1))
     if pixels not in ("auto", OFFICIAL_PIXELS):
         raise ValueError(f"unknown pixels {pixels!r}; use auto, {OFFICIAL_PIXELS} or {PUBLISHED_PIXELS}")

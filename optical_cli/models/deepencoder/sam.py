@@ -154,8 +154,9 @@ def _attend_chunked(q, k, v, rel_h, rel_w) -> torch.Tensor:
         stop = min(pairs, start + step)
         mask = buffer[: stop - start]
         torch.add(rel_h[start:stop], rel_w[start:stop], out=mask)
-        out[start:stop] = F.scaled_dot_product_attention(q[start:stop], k[start:stop], v[start:stop],
-                                                          attn_mask=mask.view(stop - start, 1, n, n))
+        out[start:stop] = F.scaled_dot_product_attention(
+            q[start:stop], k[start:stop], v[start:stop], attn_mask=mask.view(stop - start, 1, n, n)
+        )
     return out.reshape(b, heads, n, head_dim)
 
 
@@ -266,8 +267,13 @@ def auto_choices() -> list[dict]:
     Paths agree to ~1e-6, not bitwise, so a run's features are reproducible only with its
     choices: encode writes them into its shards, index and manifest and reuses them on --resume."""
     return [
-        {"device": device, "dtype": str(dtype).removeprefix("torch."), "q_shape": list(shape), "path": path,
-         "seconds": {mode: round(t, 6) for mode, t in seconds.items()}}
+        {
+            "device": device,
+            "dtype": str(dtype).removeprefix("torch."),
+            "q_shape": list(shape),
+            "path": path,
+            "seconds": {mode: round(t, 6) for mode, t in seconds.items()},
+        }
         for (device, dtype, shape), (path, seconds) in AUTO_CHOICES.items()
     ]
 
@@ -302,7 +308,9 @@ def window_partition(x: torch.Tensor, window: int, pad_value: torch.Tensor) -> t
     return x.reshape(-1, window, window, c), (hp, wp)
 
 
-def window_unpartition(windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+def window_unpartition(
+    windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
     hp, wp = padded
     b = windows.shape[0] // ((hp // window) * (wp // window))
     x = windows.view(b, hp // window, wp // window, window, window, -1).permute(0, 1, 3, 2, 4, 5)
