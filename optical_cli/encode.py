@@ -38,7 +38,7 @@ from .errors import ConfigError, InputError, RunFailed
 from .features import FeatureFiles, ShardedFeatures, read_header
 from .models.deepencoder import DeepEncoder, DeepEncoderConfig
 from .models.deepencoder.preprocess import PreparedPage, prepare, resolve_pixels
-from .models.loading import load_deepencoder
+from .models.deepencoder.weights import load_deepencoder
 from .modes import PATCH_SIZE
 from .textstats import count_text_tokens, count_words, entropy_of_counts
 

@@ -38,8 +38,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelNotFoundError
 from .memory import GIB, resident_gib
+from .models.language_model import build_meta_qwen3_vl, qwen3_vl_model_type
+from .models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
 from .modes import MODES
 
 GUNDAM_MAX_TOKENS = 6 * MODES["small"].tokens + MODES["base"].tokens  # up to 6 tiles of 640 and a 1024 global view
@@ -69,12 +71,12 @@ def meta_language_model(vlm_section, dtype: torch.dtype) -> nn.Module:
     from .models.language_model import language_model_class
 
     if vlm_section.source == loading.RANDOM_SOURCE:
-        model = loading.build_meta_qwen3_vl(vlm_section.random.model_dump())
+        model = build_meta_qwen3_vl(vlm_section.random.model_dump())
     else:
         path = loading.resolve_local_or_hub(vlm_section.source, ["config.json"])
         if not (path / "config.json").is_file():
-            raise loading.ModelNotFoundError(f"{path} has no config.json; point vlm.source at a Qwen3-VL model")
-        model_type = loading.qwen3_vl_model_type(path)
+            raise ModelNotFoundError(f"{path} has no config.json; point vlm.source at a Qwen3-VL model")
+        model_type = qwen3_vl_model_type(path)
         model_class = language_model_class(model_type)
         config = model_class.config_class.from_dict(json.loads((path / "config.json").read_text()))
         with torch.device("meta"):
@@ -100,10 +102,9 @@ def meta_adapter(vision_dim: int, hidden_dim: int, llm_dim: int, max_pages: int)
 def chat_overhead_tokens() -> int:
     """Tokens the read-this-page chat template adds around the vision tokens and the answer
     (system/user/assistant markers and the instruction), with the Qwen tokenizer shipped offline."""
-    from .models import loading
     from .models.vlm import READ_INSTRUCTION, build_layout
 
-    tokenizer = loading.load_chat_tokenizer(loading.QWEN_TIKTOKEN)
+    tokenizer = load_chat_tokenizer(QWEN_TIKTOKEN)
     return int(build_layout(tokenizer, READ_INSTRUCTION, [1], answer="").input_ids.shape[0]) - 1
 
 

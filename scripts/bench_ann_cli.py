@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from derived_vectors import ROOT, cve_corpus, noisy_copies  # noqa: E402  (scripts/ is on sys.path when run)
+from derived_vectors import ROOT, cve_corpus, noisy_copies  # scripts/ is on sys.path when run
 
 OPTICAL = [sys.executable, "-m", "optical_cli.cli"]
 SUMMARY = re.compile(r"(\d+) queries, k=(\d+), mode (\w+), candidates (\w+): search ([\d.]+) s")

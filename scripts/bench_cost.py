@@ -40,14 +40,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from optical_cli.artifacts import atomic_write_csv  # noqa: E402
-from optical_cli.bench.data import parse_record  # noqa: E402
-from optical_cli.bench.models import build_reader  # noqa: E402
-from optical_cli.bench.plots import plot_cost_vs_length  # noqa: E402
-from optical_cli.bench.runner import BenchSettings, run_benchmark  # noqa: E402
-from optical_cli.bench.synthetic import cve_document, longbench_item  # noqa: E402
-from optical_cli.config import load_config  # noqa: E402
-from optical_cli.memory import PeakMemory, in_use_gib  # noqa: E402
+from optical_cli.artifacts import atomic_write_csv
+from optical_cli.bench.data import parse_record
+from optical_cli.bench.models import build_reader
+from optical_cli.bench.plots import plot_cost_vs_length
+from optical_cli.bench.runner import BenchSettings, run_benchmark
+from optical_cli.bench.synthetic import cve_document, longbench_item
+from optical_cli.config import load_config
+from optical_cli.memory import PeakMemory, in_use_gib
 
 CONFIGS = {
     "fullsize": REPO / "configs" / "fullsize" / "longbench.yaml",

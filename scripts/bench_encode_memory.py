@@ -37,9 +37,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from optical_cli.artifacts import atomic_write_csv  # noqa: E402
-from optical_cli.config import load_config  # noqa: E402
-from optical_cli.render import PageRenderer  # noqa: E402
+from optical_cli.artifacts import atomic_write_csv
+from optical_cli.config import load_config
+from optical_cli.render import PageRenderer
 
 CONFIG = REPO / "configs" / "tiny" / "encode.yaml"
 CORPUS = REPO / "data" / "cve" / "cves.jsonl"

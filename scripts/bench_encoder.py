@@ -34,19 +34,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from optical_cli.artifacts import atomic_write_csv  # noqa: E402
-from optical_cli.devices import resolve_device, synchronize  # noqa: E402
-from optical_cli.memory import peak_memory, reset_peak, resident_gib  # noqa: E402
-from optical_cli.models.deepencoder import (  # noqa: E402
+from optical_cli.artifacts import atomic_write_csv
+from optical_cli.devices import resolve_device, synchronize
+from optical_cli.memory import peak_memory, reset_peak, resident_gib
+from optical_cli.models.deepencoder import (
     DeepEncoder,
     DeepEncoderConfig,
-    sam,  # noqa: E402
+    sam,
 )
-from optical_cli.models.loading import load_deepencoder  # noqa: E402
-from optical_cli.modes import MODES  # noqa: E402
+from optical_cli.models.deepencoder.weights import load_deepencoder
+from optical_cli.modes import MODES
 
 FIELDS = [
     "device",

@@ -22,8 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from optical_cli.config import RenderSection  # noqa: E402
-from optical_cli.render import Document, PageRenderer, render_to_dir  # noqa: E402
+from optical_cli.config import RenderSection
+from optical_cli.render import Document, PageRenderer, render_to_dir
 
 SAMPLE = REPO / "data" / "sample" / "optical_compression.md"
 

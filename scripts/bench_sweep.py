@@ -34,13 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-import torch  # noqa: E402
+import torch
 
-from optical_cli.artifacts import atomic_write_csv  # noqa: E402
-from optical_cli.config import load_config  # noqa: E402
-from optical_cli.index.build import prepare  # noqa: E402
-from optical_cli.sweep import grid as grid_mod  # noqa: E402
-from optical_cli.sweep.diffusion import evaluate_cell, run_sweep, setup_sweep  # noqa: E402
+from optical_cli.artifacts import atomic_write_csv
+from optical_cli.config import load_config
+from optical_cli.index.build import prepare
+from optical_cli.sweep import grid as grid_mod
+from optical_cli.sweep.diffusion import evaluate_cell, run_sweep, setup_sweep
 
 
 def timed(action) -> tuple[float, object]:

@@ -29,16 +29,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from optical_cli.artifacts import atomic_write_csv  # noqa: E402
-from optical_cli.config import RenderSection  # noqa: E402
-from optical_cli.devices import resolve_device, synchronize  # noqa: E402
-from optical_cli.models.deepencoder import DeepEncoderConfig  # noqa: E402
-from optical_cli.models.deepencoder.preprocess import prepare  # noqa: E402
-from optical_cli.models.deepencoder.sam import ATTENTION_MODES  # noqa: E402
-from optical_cli.models.loading import load_deepencoder  # noqa: E402
-from optical_cli.render import iter_pages  # noqa: E402
+from optical_cli.artifacts import atomic_write_csv
+from optical_cli.config import RenderSection
+from optical_cli.devices import resolve_device, synchronize
+from optical_cli.models.deepencoder import DeepEncoderConfig
+from optical_cli.models.deepencoder.preprocess import prepare
+from optical_cli.models.deepencoder.sam import ATTENTION_MODES
+from optical_cli.models.deepencoder.weights import load_deepencoder
+from optical_cli.render import iter_pages
 
 # on a CPU the flex path runs FlexAttention eagerly (unfused): slow, correct, and torch says so once per process
 warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")

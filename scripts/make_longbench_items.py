@@ -20,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from optical_cli.artifacts import atomic_write_text  # noqa: E402
-from optical_cli.bench.synthetic import cve_document, longbench_item  # noqa: E402
+from optical_cli.artifacts import atomic_write_text
+from optical_cli.bench.synthetic import cve_document, longbench_item
 
 
 def main() -> None:

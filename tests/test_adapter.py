@@ -7,7 +7,14 @@ import torch
 
 from optical_cli.errors import InputError, ModelNotFoundError
 from optical_cli.models import loading
-from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, parameter_count, save_adapter, sidecar_path
+from optical_cli.models.adapter import (
+    AdapterConfig,
+    OpticalAdapter,
+    load_adapter,
+    parameter_count,
+    save_adapter,
+    sidecar_path,
+)
 
 
 def small_adapter(seed=0, llm_dim=64):
@@ -51,7 +58,7 @@ def test_save_load_round_trip_weights_only(tmp_path):
     meta = json.loads(sidecar_path(path).read_text())
     assert meta["dims"] == {"vision_dim": 48, "hidden_dim": 96, "llm_dim": 64, "max_pages": 8}
     assert meta["training"] == {"objective": "reconstruction"}
-    loaded = loading.load_adapter(path, llm_dim=64, vision_dim=48)
+    loaded = load_adapter(path, llm_dim=64, vision_dim=48)
     for name, tensor in adapter.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
 
@@ -59,22 +66,22 @@ def test_save_load_round_trip_weights_only(tmp_path):
 def test_dims_not_matching_the_llm_is_a_clear_error(tmp_path):
     path = save_adapter(small_adapter(), tmp_path / "adapter.pth")
     with pytest.raises(InputError, match="hidden size is 2048"):
-        loading.load_adapter(path, llm_dim=2048)
+        load_adapter(path, llm_dim=2048)
     with pytest.raises(InputError, match="1280-d vision tokens|expects 48"):
-        loading.load_adapter(path, vision_dim=1280)
+        load_adapter(path, vision_dim=1280)
 
 
 def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path):
     path = save_adapter(small_adapter(), tmp_path / "adapter.pth")
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(InputError, match="corrupt"):
-        loading.load_adapter(path)
+        load_adapter(path)
     other = save_adapter(small_adapter(llm_dim=32), tmp_path / "other.pth")
     sidecar_path(other).write_text(sidecar_path(path).read_text())  # sidecar says 64, tensors are 32
     with pytest.raises(InputError, match="does not match"):
-        loading.load_adapter(other)
+        load_adapter(other)
     with pytest.raises(ModelNotFoundError):
-        loading.load_adapter(tmp_path / "missing.pth")
+        load_adapter(tmp_path / "missing.pth")
 
 
 # -- the published adapter (Volkopat/Qwen-VLM-Optical-Encoder): its layout and its forward --------
@@ -112,7 +119,7 @@ def published_forward(state, tokens):
 def test_published_layout_loads_without_a_sidecar_and_reproduces_its_forward(tmp_path, pages):
     state = published_state()
     torch.save(state, tmp_path / "qwen3_vl_2b.pth")
-    adapter = loading.load_adapter(tmp_path / "qwen3_vl_2b.pth", llm_dim=64, vision_dim=48).eval()
+    adapter = load_adapter(tmp_path / "qwen3_vl_2b.pth", llm_dim=64, vision_dim=48).eval()
     assert adapter.layout == "published" and adapter.config == AdapterConfig(48, 96, 64, 8)
     features = torch.randn(pages, 256, 48)  # base mode: 256 tokens per page
     ours = adapter(features)
@@ -126,15 +133,15 @@ def test_published_layout_is_loaded_strictly(tmp_path):
     extra = {**published_state(), "extra.weight": torch.zeros(1)}
     torch.save(extra, tmp_path / "extra.pth")
     with pytest.raises(InputError, match="sidecar not found.*published layout"):  # not the published layout
-        loading.load_adapter(tmp_path / "extra.pth")
+        load_adapter(tmp_path / "extra.pth")
     wrong = published_state()
     wrong["projection.3.weight"] = torch.zeros(64, 95)
     torch.save(wrong, tmp_path / "wrong.pth")
     with pytest.raises(InputError, match="published layout"):
-        loading.load_adapter(tmp_path / "wrong.pth")
+        load_adapter(tmp_path / "wrong.pth")
     with pytest.raises(InputError, match="hidden size is 2048"):
         torch.save(published_state(), tmp_path / "ok.pth")
-        loading.load_adapter(tmp_path / "ok.pth", llm_dim=2048)
+        load_adapter(tmp_path / "ok.pth", llm_dim=2048)
 
 
 def test_hub_adapter_offline_fails_at_once_naming_the_file_and_hf_download(monkeypatch):
@@ -143,9 +150,9 @@ def test_hub_adapter_offline_fails_at_once_naming_the_file_and_hf_download(monke
     with pytest.raises(
         ModelNotFoundError, match=r"'qwen3_vl_2b.pth' of 'Volkopat/Qwen-VLM-Optical-Encoder'.*hf download"
     ):
-        loading.load_adapter("hf://Volkopat/Qwen-VLM-Optical-Encoder/qwen3_vl_2b.pth")
+        load_adapter("hf://Volkopat/Qwen-VLM-Optical-Encoder/qwen3_vl_2b.pth")
     with pytest.raises(Exception, match="hf://owner/name/path"):
-        loading.load_adapter("hf://Volkopat/only-a-repo")
+        load_adapter("hf://Volkopat/only-a-repo")
 
 
 def test_an_unreachable_hub_is_found_in_seconds_and_treated_as_offline(monkeypatch):

@@ -8,7 +8,9 @@ from safetensors.torch import save_file
 
 from optical_cli.errors import InputError, ModelNotFoundError
 from optical_cli.models.deepencoder import DeepEncoderConfig
-from optical_cli.models.loading import load_deepencoder, save_deepencoder
+from optical_cli.models.deepencoder.weights import load_deepencoder, save_deepencoder
+
+pass  # MOVED-IMPORT
 
 CFG = DeepEncoderConfig.tiny()
 

@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 
 from optical_cli.bench.engines.vllm import collapse_image_pads, page_grid_thw, request_times
 from optical_cli.cli import app
-from optical_cli.models import loading
+from optical_cli.models.language_model import build_random_qwen3_vl
+from optical_cli.models.model_dirs import engine_model_dir
+from optical_cli.models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
 from optical_cli.models.vlm import IMAGE_PAD, build_layout, vision_grid
 
 runner = CliRunner()
@@ -50,7 +52,7 @@ def test_an_unknown_engine_is_a_usage_error(tmp_path, monkeypatch):
 
 
 def test_one_image_pad_per_page_and_the_grid_vllm_needs():
-    tokenizer = loading.load_chat_tokenizer(loading.QWEN_TIKTOKEN)
+    tokenizer = load_chat_tokenizer(QWEN_TIKTOKEN)
     pad = tokenizer.token_id(IMAGE_PAD)
     layout = build_layout(tokenizer, "Question?", [64, 64, 64], preamble="Read:")
     ids = collapse_image_pads(layout.input_ids.tolist(), pad)
@@ -80,7 +82,7 @@ def test_request_times_split_time_to_first_token_from_the_rest():
 
 def test_random_weights_are_saved_once_in_hf_layout_with_the_same_weights_and_tokenizer(tmp_path, monkeypatch):
     monkeypatch.setenv("OPTICAL_CACHE", str(tmp_path / "cache"))
-    path, tokenizer_dir = loading.engine_model_dir("random", loading.QWEN_TIKTOKEN, TINY_DIMS, seed=3)
+    path, tokenizer_dir = engine_model_dir("random", QWEN_TIKTOKEN, TINY_DIMS, seed=3)
     assert tokenizer_dir is None and path.parent == tmp_path / "cache" / "engine-models"
     config = json.loads((path / "config.json").read_text())
     assert config["architectures"] == ["Qwen3VLForConditionalGeneration"]
@@ -88,7 +90,7 @@ def test_random_weights_are_saved_once_in_hf_layout_with_the_same_weights_and_to
     from safetensors.torch import load_file
 
     saved = load_file(str(path / "model.safetensors"))
-    built = loading.build_random_qwen3_vl(TINY_DIMS, seed=3).state_dict()
+    built = build_random_qwen3_vl(TINY_DIMS, seed=3).state_dict()
     for name, value in built.items():
         if name == "lm_head.weight":  # tied: the checkpoint holds the embeddings once
             continue
@@ -98,14 +100,14 @@ def test_random_weights_are_saved_once_in_hf_layout_with_the_same_weights_and_to
     assert (processor["patch_size"], processor["merge_size"]) == (16, 2)  # vLLM builds Qwen3-VL's processor from these
     # the same key reuses the directory; another seed gets its own
     stamp = (path / "model.safetensors").stat().st_mtime_ns
-    assert loading.engine_model_dir("random", loading.QWEN_TIKTOKEN, TINY_DIMS, seed=3)[0] == path
+    assert engine_model_dir("random", QWEN_TIKTOKEN, TINY_DIMS, seed=3)[0] == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
-    assert loading.engine_model_dir("random", loading.QWEN_TIKTOKEN, TINY_DIMS, seed=4)[0] != path
+    assert engine_model_dir("random", QWEN_TIKTOKEN, TINY_DIMS, seed=4)[0] != path
     # the converted tokenizer encodes as ours and keeps Qwen3-VL's special ids
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(path)
-    ours = loading.load_chat_tokenizer(loading.QWEN_TIKTOKEN)
+    ours = load_chat_tokenizer(QWEN_TIKTOKEN)
     text = "Naïve café: 12,345 tokens <|im_end|>\n\n  def f(): pass  日本語"
     assert hf.encode(text, add_special_tokens=False, split_special_tokens=True) == ours.encode(text)
     for token in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", IMAGE_PAD):

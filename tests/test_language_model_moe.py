@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from optical_cli.config import RandomQwen3VLSection
 from optical_cli.models import loading
-from optical_cli.models.language_model import Qwen3VLMoeLanguageModel
+from optical_cli.models.language_model import Qwen3VLMoeLanguageModel, build_meta_qwen3_vl, load_qwen3_vl
 
 # 2 x moe_intermediate (48) differs from hidden (64), so a transposed expert tensor cannot pass for the right one
 TINY_MOE = RandomQwen3VLSection(
@@ -19,7 +19,7 @@ TINY_MOE = RandomQwen3VLSection(
 
 @pytest.fixture(scope="module")
 def ours():
-    return loading.load_qwen3_vl("random", torch.device("cpu"), torch.float32, TINY_MOE, seed=3)
+    return load_qwen3_vl("random", torch.device("cpu"), torch.float32, TINY_MOE, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_a_real_layout_moe_checkpoint_loads_skipping_its_vision_tower(tmp_path, 
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(reference.config.to_dict()))
 
-    loaded = loading.load_qwen3_vl(str(directory), torch.device("cpu"), torch.float32)
+    loaded = load_qwen3_vl(str(directory), torch.device("cpu"), torch.float32)
     assert isinstance(loaded, Qwen3VLMoeLanguageModel)
     assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
     assert loaded.state_dict().keys() == ours.state_dict().keys()
@@ -98,7 +98,7 @@ def test_a_real_layout_moe_checkpoint_loads_skipping_its_vision_tower(tmp_path, 
     reference.save_pretrained(tmp_path / "saved")
     saved = load_file(str(tmp_path / "saved" / "model.safetensors"))
     assert saved["model.language_model.layers.0.mlp.experts.gate_up_proj"].shape == (4, 48, 64)
-    again = loading.load_qwen3_vl(str(tmp_path / "saved"), torch.device("cpu"), torch.float32)
+    again = load_qwen3_vl(str(tmp_path / "saved"), torch.device("cpu"), torch.float32)
     for (name, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -106,7 +106,7 @@ def test_a_real_layout_moe_checkpoint_loads_skipping_its_vision_tower(tmp_path, 
 def test_a_non_qwen3_vl_directory_is_refused_by_its_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(loading.ModelNotFoundError, match="model_type 'llama'.*qwen3_vl or qwen3_vl_moe"):
-        loading.load_qwen3_vl(str(tmp_path), torch.device("cpu"), torch.float32)
+        load_qwen3_vl(str(tmp_path), torch.device("cpu"), torch.float32)
 
 
 def test_train_adapter_runs_on_a_moe_language_model_with_lora(tmp_path):
@@ -157,7 +157,7 @@ def test_train_adapter_runs_on_a_moe_language_model_with_lora(tmp_path):
         mrope_section=[6, 5, 5],
     )
     assert summary["parameters"]["language_model"] == sum(
-        p.numel() for p in loading.build_meta_qwen3_vl(moe.model_dump()).parameters()
+        p.numel() for p in build_meta_qwen3_vl(moe.model_dump()).parameters()
     )
     assert summary["parameters"]["lora"] > 0 and summary["steps"] == 2
     assert (tmp_path / "run" / "lora" / "adapter_config.json").is_file()

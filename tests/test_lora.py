@@ -11,9 +11,9 @@ from optical_cli.artifacts import read_jsonl
 from optical_cli.cli import app
 from optical_cli.config import load_config
 from optical_cli.errors import InputError
-from optical_cli.models import loading
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter
-from optical_cli.models.lora import add_lora, lora_config, lora_disabled, save_lora
+from optical_cli.models.language_model import build_random_qwen3_vl
+from optical_cli.models.lora import add_lora, load_lora, lora_config, lora_disabled, save_lora
 from optical_cli.train import (
     DeepEncoderPages,
     build_page_set,
@@ -116,7 +116,7 @@ def test_saved_lora_is_a_peft_adapter_directory(tmp_path):
     from peft import PeftModel
 
     dims = load_config("train-adapter", TINY).vlm.random.model_dump()
-    model = loading.build_random_qwen3_vl(dims, seed=0)
+    model = build_random_qwen3_vl(dims, seed=0)
     config = lora_config(4, 8, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj"])
     params = add_lora(model, config, seed=1)
     with torch.no_grad():
@@ -125,10 +125,10 @@ def test_saved_lora_is_a_peft_adapter_directory(tmp_path):
     save_lora(model, config, tmp_path / "lora")
     assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["r"] == 4
 
-    ours = loading.build_random_qwen3_vl(dims, seed=0)
-    loading.load_lora(ours, tmp_path / "lora")
-    theirs = PeftModel.from_pretrained(loading.build_random_qwen3_vl(dims, seed=0), str(tmp_path / "lora")).eval()
-    base = loading.build_random_qwen3_vl(dims, seed=0)
+    ours = build_random_qwen3_vl(dims, seed=0)
+    load_lora(ours, tmp_path / "lora")
+    theirs = PeftModel.from_pretrained(build_random_qwen3_vl(dims, seed=0), str(tmp_path / "lora")).eval()
+    base = build_random_qwen3_vl(dims, seed=0)
     embeds = torch.randn(1, 7, dims["hidden_size"])
     positions = torch.arange(7).expand(4, 1, 7)
     with torch.no_grad():
@@ -142,13 +142,13 @@ def test_saved_lora_is_a_peft_adapter_directory(tmp_path):
     torch.testing.assert_close(off, plain)  # disabled: the base model, as the native conditions read
     assert not any(p.requires_grad for p in ours.parameters())
 
-    other = loading.build_random_qwen3_vl(dict(dims, hidden_size=32, head_dim=8, mrope_section=[2, 1, 1]), seed=0)
+    other = build_random_qwen3_vl(dict(dims, hidden_size=32, head_dim=8, mrope_section=[2, 1, 1]), seed=0)
     with pytest.raises(InputError, match="does not fit this language model"):
-        loading.load_lora(other, tmp_path / "lora")
+        load_lora(other, tmp_path / "lora")
 
 
 def test_unknown_target_module_is_a_clear_error(tmp_path):
-    model = loading.build_random_qwen3_vl(load_config("train-adapter", TINY).vlm.random.model_dump())
+    model = build_random_qwen3_vl(load_config("train-adapter", TINY).vlm.random.model_dump())
     with pytest.raises(InputError, match="qkv_proj name no linear layer.*choose from"):
         add_lora(model, lora_config(4, 8, 0.0, ["qkv_proj"]))
 

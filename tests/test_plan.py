@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from optical_cli.cli import app
 from optical_cli.config import RandomQwen3VLSection
-from optical_cli.models import loading
+from optical_cli.models.language_model import build_meta_qwen3_vl, build_random_qwen3_vl, qwen3_vl_config
 from optical_cli.plan import _SavedBytes, training_activations
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def test_verdict_follows_the_device_memory_budget():
 
 
 def test_activations_scale_with_batch_and_tokens_and_checkpointing_cuts_them():
-    model = loading.build_meta_qwen3_vl(RandomQwen3VLSection(num_hidden_layers=4).model_dump())
+    model = build_meta_qwen3_vl(RandomQwen3VLSection(num_hidden_layers=4).model_dump())
     one = training_activations(model, 1, 64, 16, False)
     two = training_activations(model, 2, 64, 16, False)
     longer = training_activations(model, 1, 128, 16, False)
@@ -90,7 +90,7 @@ def test_meta_count_equals_what_a_real_layer_saves(experts):
     dims = RandomQwen3VLSection(
         num_hidden_layers=1, num_experts=experts, num_experts_per_tok=2, moe_intermediate_size=24
     ).model_dump()
-    real = loading.build_random_qwen3_vl(dims)
+    real = build_random_qwen3_vl(dims)
     real.requires_grad_(False)
     layer = real.model.language_model.layers[0]
     tokens = 40
@@ -104,20 +104,20 @@ def test_meta_count_equals_what_a_real_layer_saves(experts):
             position_ids=positions,
             position_embeddings=real.model.language_model.rotary_emb(x, positions),
         )
-    counted = training_activations(loading.build_meta_qwen3_vl(dims), 2, tokens, 1, False)["layers_bytes"]
+    counted = training_activations(build_meta_qwen3_vl(dims), 2, tokens, 1, False)["layers_bytes"]
     assert counter.total > 0
     assert abs(counted - counter.total) / counter.total < 0.1, (counted, counter.total)
 
 
 def test_a_model_directory_is_planned_from_its_config_json_alone(tmp_path):
     """Only config.json is there (no weights at all): the plan still builds, so it reads none."""
-    config = loading.qwen3_vl_config(RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2).model_dump())
+    config = qwen3_vl_config(RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2).model_dump())
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     plan = dry_run("bench", "longbench", "-c", str(TINY_BENCH), "--set", f"vlm.source={tmp_path}")
     assert plan["model_class"] == "Qwen3VLMoeLanguageModel"
     assert plan["parameters"]["language_model"] == sum(
         p.numel()
-        for p in loading.build_meta_qwen3_vl(
+        for p in build_meta_qwen3_vl(
             RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2).model_dump()
         ).parameters()
     )

@@ -24,7 +24,9 @@ from optical_cli.bench.engines.vllm import Request, VLLMEngine, VLLMReader  # no
 from optical_cli.bench.prompts import PromptParts  # noqa: E402
 from optical_cli.bench.reader import ContextExceeded, ReadRequest  # noqa: E402
 from optical_cli.config import VLLMSection  # noqa: E402
-from optical_cli.models import loading  # noqa: E402
+from optical_cli.models.language_model import load_qwen3_vl
+from optical_cli.models.model_dirs import engine_model_dir
+from optical_cli.models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
 from optical_cli.models.vlm import VisionLanguageReader, build_layout, splice  # noqa: E402
 
 # head_dim 32: vLLM's CPU attention has no head size 16. A wide weight spread makes attention
@@ -51,9 +53,9 @@ DOCUMENT = (
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
     os.environ["OPTICAL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    model_dir, _ = loading.engine_model_dir("random", loading.QWEN_TIKTOKEN, DIMS, seed=0)
-    tokenizer = loading.load_chat_tokenizer(loading.QWEN_TIKTOKEN)
-    hf = VisionLanguageReader(loading.load_qwen3_vl("random", CPU, torch.float32, DIMS, seed=0), tokenizer)
+    model_dir, _ = engine_model_dir("random", QWEN_TIKTOKEN, DIMS, seed=0)
+    tokenizer = load_chat_tokenizer(QWEN_TIKTOKEN)
+    hf = VisionLanguageReader(load_qwen3_vl("random", CPU, torch.float32, DIMS, seed=0), tokenizer)
     section = VLLMSection(cpu_kvcache_space_gib=1, max_model_len=1024, max_num_seqs=4)
     engine = VLLMEngine(model_dir, section, torch.float32, max_pages=3, device=CPU)
     reader = VLLMReader(
@@ -232,7 +234,7 @@ def _trained_adapter_with_lora(run: Path) -> Path:
         torch.manual_seed(3)
         adapter = OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=32, llm_dim=64, max_pages=cfg.bench.max_pages))
     save_adapter(adapter, run / "adapter.pth")
-    model = loading.load_qwen3_vl("random", CPU, torch.float32, cfg.vlm.random.model_dump(), seed=cfg.runtime.seed)
+    model = load_qwen3_vl("random", CPU, torch.float32, cfg.vlm.random.model_dump(), seed=cfg.runtime.seed)
     config = lora_config(8, 16, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     params = add_lora(model, config, seed=1)
     generator = torch.Generator().manual_seed(2)

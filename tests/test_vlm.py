@@ -7,6 +7,8 @@ from optical_cli.config import RandomQwen3VLSection
 from optical_cli.errors import InputError
 from optical_cli.models import loading
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter
+from optical_cli.models.language_model import load_qwen3_vl
+from optical_cli.models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
 from optical_cli.models.vlm import (
     IM_END,
     IM_START,
@@ -22,8 +24,8 @@ from optical_cli.models.vlm import (
 
 @pytest.fixture(scope="module")
 def reader():
-    model = loading.load_qwen3_vl("random", torch.device("cpu"), torch.float32, RandomQwen3VLSection().model_dump())
-    tokenizer = loading.load_chat_tokenizer(loading.QWEN_TIKTOKEN)
+    model = load_qwen3_vl("random", torch.device("cpu"), torch.float32, RandomQwen3VLSection().model_dump())
+    tokenizer = load_chat_tokenizer(QWEN_TIKTOKEN)
     torch.manual_seed(0)
     adapter = OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=96, llm_dim=64, max_pages=8))
     return VisionLanguageReader(model, tokenizer, adapter)
@@ -218,13 +220,13 @@ def test_language_model_alone_gives_the_full_models_logits_without_a_vision_towe
 
 def test_a_qwen3_vl_checkpoint_loads_into_the_language_model_skipping_its_vision_tower(tmp_path, reader, reference):
     reference.save_pretrained(tmp_path / "qwen3-vl-tiny")  # the checkpoint layout transformers writes for Qwen3-VL
-    loaded = loading.load_qwen3_vl(str(tmp_path / "qwen3-vl-tiny"), torch.device("cpu"), torch.float32)
+    loaded = load_qwen3_vl(str(tmp_path / "qwen3-vl-tiny"), torch.device("cpu"), torch.float32)
     assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
     assert loaded.state_dict().keys() == reader.model.state_dict().keys()
     for (name, a), (_, b) in zip(reader.model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     with pytest.raises(loading.ModelNotFoundError, match="not in the local Hugging Face cache|could not fetch"):
-        loading.load_qwen3_vl("someone/not-a-cached-model", torch.device("cpu"), torch.float32)
+        load_qwen3_vl("someone/not-a-cached-model", torch.device("cpu"), torch.float32)
 
 
 def test_prompt_ids_equal_the_template_string_tokenized_whole(reader):

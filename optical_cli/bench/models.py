@@ -19,6 +19,10 @@ import torch
 
 from ..devices import resolve_device, resolve_dtype, synchronize
 from ..errors import ConfigError
+from ..models.adapter import load_adapter
+from ..models.lora import load_lora
+from ..models.model_dirs import engine_model_dir
+from ..models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
 from .prompts import PromptParts, middle_truncate
 from .reader import ContextExceeded, Generation
 
@@ -170,7 +174,7 @@ def build_reader(cfg, conditions: Sequence[str]):
     device = resolve_device(cfg.runtime.device)
     dtype = resolve_dtype(cfg.runtime.dtype, device)
     trained = optical and cfg.bench.adapter != "random"
-    adapter = loading.load_adapter(cfg.bench.adapter) if trained else None
+    adapter = load_adapter(cfg.bench.adapter) if trained else None
     local = trained and not str(cfg.bench.adapter).startswith(loading.HUB_FILE_SCHEME)
     lora_dir = (
         lora_beside(cfg.bench.adapter) if local else None
@@ -207,7 +211,7 @@ def build_reader(cfg, conditions: Sequence[str]):
         conventions["adapter_layout"] = adapter.layout
         if lora_dir is not None:
             if not vllm:  # vLLM loaded it with the model
-                loading.load_lora(vlm.model, lora_dir)
+                load_lora(vlm.model, lora_dir)
                 vlm.model.to(device=device, dtype=dtype)
             parts.append(f"lora={lora_dir}")
     else:
@@ -261,8 +265,8 @@ def _vllm_language_model(cfg, device: torch.device, dtype: torch.dtype, lora_dir
 
     tokenizer_source = cfg.vlm.tokenizer
     if tokenizer_source == "auto":
-        tokenizer_source = loading.QWEN_TIKTOKEN if cfg.vlm.source == loading.RANDOM_SOURCE else cfg.vlm.source
-    model_dir, tokenizer_dir = loading.engine_model_dir(
+        tokenizer_source = QWEN_TIKTOKEN if cfg.vlm.source == loading.RANDOM_SOURCE else cfg.vlm.source
+    model_dir, tokenizer_dir = engine_model_dir(
         cfg.vlm.source, tokenizer_source, cfg.vlm.random.model_dump(), seed=cfg.runtime.seed
     )
     if cfg.vllm.dtype != "auto":
@@ -278,7 +282,7 @@ def _vllm_language_model(cfg, device: torch.device, dtype: torch.dtype, lora_dir
         lora_dir=lora_dir,
     )
     engine.version = vllm_version()
-    return engine, loading.load_chat_tokenizer(tokenizer_source), language_model_parameters(model_dir)
+    return engine, load_chat_tokenizer(tokenizer_source), language_model_parameters(model_dir)
 
 
 def _fit_adapter(cfg, adapter, vision_dim: int, llm_dim: int, device: torch.device, dtype: torch.dtype):

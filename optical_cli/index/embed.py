@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..artifacts import atomic_path
-from ..models.loading import load_sentence_embedder, sentence_model_name
+from ..models.sentence import load_sentence_embedder, sentence_model_name
 
 Progress = Callable[..., None]  # progress(done_now, total=total_items)
 

@@ -10,7 +10,7 @@ Training starts the LayerNorm gain at the RMS of the LLM's token-embedding table
 (:meth:`OpticalAdapter.set_output_scale`), so vision tokens enter at the scale of text tokens.
 
 Saved as a plain ``.pth`` state dict (``torch.load(..., weights_only=True)`` reads it) and a
-JSON sidecar with the dims and the training config; :func:`optical_cli.models.loading.load_adapter`
+JSON sidecar with the dims and the training config; :func:`load_adapter`
 reads both back with strict checks.
 
 :class:`PublishedAdapter` reads the published adapter (Volkopat/Qwen-VLM-Optical-Encoder,
@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from ..artifacts import atomic_path, atomic_write_json
-from ..errors import InputError
+from ..errors import InputError, ModelNotFoundError
+from .loading import HUB_FILE_SCHEME, resolve_hub_file
 
 SIDECAR_SUFFIX = ".json"
 FORMAT = "optical-adapter/1"
@@ -193,3 +194,43 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
         raise InputError(f"adapter sidecar {side} is unreadable or incomplete ({exc}); re-save the adapter") from None
     meta["dims"] = dims
     return meta
+
+
+def load_adapter(
+    path: str | Path, llm_dim: int | None = None, vision_dim: int | None = None, device: torch.device | str = "cpu"
+):
+    """An adapter checked against the models it joins: our ``adapter.pth`` + sidecar
+    (:class:`OpticalAdapter`), or a plain state dict in the published layout, sidecar-less
+    (:class:`PublishedAdapter`). ``path`` may be a hub file, ``hf://owner/name/file``."""
+
+    path = resolve_hub_file(str(path)) if str(path).startswith(HUB_FILE_SCHEME) else Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"adapter checkpoint not found: {path}; train one with `optical train-adapter`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
+        raise InputError(
+            f"adapter checkpoint {path} is corrupt or not a state dict ({type(exc).__name__}: {exc})"
+        ) from None
+    if not isinstance(state, dict):
+        raise InputError(f"adapter checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    if PublishedAdapter.matches(state) and not sidecar_path(path).is_file():
+        adapter = PublishedAdapter(PublishedAdapter.config_of(state))
+    else:
+        adapter = OpticalAdapter(read_sidecar(path)["dims"])
+    dims = adapter.config
+    if llm_dim is not None and dims.llm_dim != llm_dim:
+        raise InputError(
+            f"adapter {path} maps into {dims.llm_dim}-d embeddings but the language model's hidden size is "
+            f"{llm_dim}; use an adapter trained for this model"
+        )
+    if vision_dim is not None and dims.vision_dim != vision_dim:
+        raise InputError(f"adapter {path} expects {dims.vision_dim}-d vision tokens but the encoder gives {vision_dim}")
+    try:
+        adapter.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+        raise InputError(
+            f"adapter checkpoint {path} does not match its {adapter.layout} layout ({first}; {exc})".replace("\n", " ")
+        ) from None
+    return adapter.to(device)

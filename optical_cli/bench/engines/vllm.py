@@ -12,7 +12,7 @@ What vLLM receives is exactly what the hf engine feeds its own loop:
   takes each image token as [hidden x (1 + deepstack levels)]; our chain has no deepstack features,
   so that part is zero (adds nothing).
 
-The model directory comes from ``models.loading.engine_model_dir`` (random weights are saved once
+The model directory comes from ``models.model_dirs.engine_model_dir`` (random weights are saved once
 in Hugging Face layout, the same weights the hf engine builds from the same seed).
 """
 
