@@ -9,11 +9,14 @@ ignores a torn last line, so an interrupted run loses at most the item in flight
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as _dt
+import io
 import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,7 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from .distributed import launched_count
+from .errors import InputError
+from .launch import launched_count
 
 RESULTS_DIR = Path("results")
 KEY_PACKAGES = (
@@ -101,9 +105,6 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def atomic_write_csv(path: str | Path, rows: list[dict[str, Any]], fieldnames: list[str] | None = None) -> Path:
     """Rows of dicts as a CSV, written atomically (parent folders made). Columns: ``fieldnames``
     (keys beyond them ignored, missing ones empty), else the first row's keys."""
-    import csv
-    import io
-
     buffer = io.StringIO()
     columns = fieldnames if fieldnames is not None else (list(rows[0]) if rows else [])
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -162,8 +163,6 @@ def iter_jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]
     Unlike ``read_jsonl`` (our own append-only records), every line must parse: a bad one
     is an ``InputError`` naming the file and line.
     """
-    from .errors import InputError
-
     path = Path(path)
     try:
         handle = open(path, encoding="utf-8")
@@ -443,8 +442,6 @@ def claim_output_dir(
 ) -> OutputDir:
     """Check ``--output-dir`` against the rule above for ``command`` (e.g. ``sweep diffusion``);
     reads only. ``resumable``: whether the command has ``--resume`` (it shapes the advice)."""
-    from .errors import InputError
-
     if resume and overwrite:
         raise InputError(
             "--resume and --overwrite contradict each other: --resume continues the run in --output-dir, "
@@ -499,8 +496,6 @@ def claim_output_dir(
 
 def _check_creatable(path: Path) -> None:
     """A usage mistake, not a failed run: --output-dir is a file, lies under a file, or cannot be written."""
-    from .errors import InputError
-
     if path.exists() and not path.is_dir():
         raise InputError(f"--output-dir {path} is a file, not a directory; choose a directory")
     ancestor = path
@@ -518,8 +513,6 @@ def _check_creatable(path: Path) -> None:
 
 def clear_directory(path: Path) -> None:
     """Remove everything in a run directory (``--overwrite``; only ever called on one of our runs)."""
-    import shutil
-
     for entry in Path(path).iterdir():
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

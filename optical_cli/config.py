@@ -685,15 +685,23 @@ def _schema_at(schema: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 
 
 def _closest_key(schema: type[BaseModel], loc: tuple) -> str:
-    parent = _schema_at(schema, loc[:-1])
-    if parent is None:
-        return ""
-    valid = list(parent.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-    prefix = ".".join(str(p) for p in loc[:-1])
-    if close:
-        return f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
-    return f"; valid keys here: {', '.join(valid)}"
+    """A hint for a key path with an unknown part: the closest valid key at the first part that is
+    unknown (a misspelled section as much as a misspelled key), or the valid keys there."""
+    current: type[BaseModel] | None = schema
+    for depth, part in enumerate(loc):
+        if current is None:
+            return ""
+        valid = list(current.model_fields)
+        if part not in valid:
+            close = difflib.get_close_matches(str(part), valid, n=1, cutoff=0.5)
+            if close:
+                suggestion = ".".join([*map(str, loc[:depth]), close[0], *map(str, loc[depth + 1 :])])
+                return f"; did you mean '{suggestion}'?"
+            here = f"in '{'.'.join(map(str, loc[:depth]))}'" if depth else "at the top level"
+            return f"; valid keys {here}: {', '.join(valid)}"
+        annotation = current.model_fields[part].annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return ""
 
 
 def _format_errors(
@@ -707,7 +715,7 @@ def _format_errors(
         where = f"{source}:{line}" if line else source
         setting = next((item for n in range(len(loc), 0, -1) if (item := (overridden or {}).get(loc[:n]))), None)
         if setting is not None:  # the value came from the command line, not from the file
-            where = f"--set {setting}"
+            where = setting
         if error["type"] == "extra_forbidden":
             messages.append(f"{where}: unknown key '{key}'{_closest_key(schema, loc)}")
         else:
@@ -752,7 +760,7 @@ def apply_overrides(
     for item in overrides:
         parts, value = _parse_override(item)
         if overridden is not None:
-            overridden[tuple(parts)] = item
+            overridden[tuple(parts)] = f"--set {item}"
         if (
             _schema_at(schema, tuple(parts[:-1])) is None
             or parts[-1] not in _schema_at(schema, tuple(parts[:-1])).model_fields
@@ -825,6 +833,23 @@ def check_same_settings(previous: BaseModel, current: BaseModel, allowed: set[st
             f"--resume: the config differs from the run being resumed in {shown}; "
             "rerun with the same settings or choose a new --output-dir"
         )
+
+
+def with_values(config: Section, values: dict[str, Any], where: dict[str, str]) -> Section:
+    """``config`` with dotted keys set (``{"bench.num_samples": 5}``), validated like a file: a bad
+    value is an error that names what set it (``where[key]``, e.g. ``--num-samples 5``)."""
+    if not values:
+        return config
+    data = config.model_dump(mode="json")
+    located = {}
+    for key, value in values.items():
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = value
+        located[tuple(parts)] = where.get(key, key)
+    return validate(type(config), data, "command-line flags", located)
 
 
 def dump_config(config: BaseModel) -> str:

@@ -1,54 +1,21 @@
-"""The processes of one run under ``accelerate launch`` (or torchrun): which one this is, how many.
+"""The processes of one run under ``accelerate launch`` (or torchrun), joined, and the few
+collectives the commands need.
 
-We launch nothing ourselves. A launcher names the world in the environment (``WORLD_SIZE`` and
-``RANK`` from torchrun, which ``accelerate launch --multi_gpu`` runs; ``PMI_*``/``OMPI_*`` from
-mpirun, which ``accelerate launch --cpu`` needs for several processes), and accelerate's
-``PartialState`` joins the process group: gloo when the run's device is the CPU, NCCL on GPUs,
-each process on its own GPU. A plain run is one process and touches none of this.
+accelerate's ``PartialState`` joins the process group: gloo when the run's device is the CPU, NCCL
+on GPUs, each process on its own GPU. A plain run is one process and touches none of this. Which
+process this is, read from the launcher's environment alone, is :mod:`optical_cli.launch`.
 """
 
 from __future__ import annotations
 
-import os
+import atexit
 from dataclasses import dataclass
 from typing import Any
 
-_SIZE_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-_RANK_ENV = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+import torch.distributed as dist
+from accelerate import PartialState
 
-
-def _env_int(names: tuple[str, ...], default: int) -> int:
-    for name in names:
-        value = os.environ.get(name, "").strip()
-        if value.isdigit():
-            return int(value)
-    return default
-
-
-def launched_count() -> int:
-    """How many processes the launcher started (1 without a launcher)."""
-    return max(1, _env_int(_SIZE_ENV, 1))
-
-
-def is_main_process() -> bool:
-    """True in the process that reports (rank 0), and in any run without a launcher."""
-    return _env_int(_RANK_ENV, 0) == 0
-
-
-def single_process_warning() -> str | None:
-    """Why ``accelerate launch --cpu --num_processes N`` gave one process, when it did.
-
-    Its CPU launcher starts a single process unless mpirun drives it (``--mpirun_hostfile``);
-    it still sets MASTER_ADDR for the group it expected.
-    """
-    asked_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    if asked_cpu and "MASTER_ADDR" in os.environ and launched_count() == 1:
-        return (
-            "accelerate launch --cpu started one process: its CPU launcher needs mpirun (--mpirun_hostfile) "
-            "for more; on one machine use `accelerate launch --multi_gpu --num_processes N` with "
-            "--set runtime.device=cpu (the processes talk over gloo) or torchrun --nproc_per_node N"
-        )
-    return None
+from .launch import launched_count
 
 
 @dataclass
@@ -70,16 +37,12 @@ class Processes:
     def wait(self) -> None:
         """Barrier: every process reaches this point before any goes on."""
         if self.count > 1:
-            import torch.distributed as dist
-
             dist.barrier()
 
     def broadcast(self, value: Any) -> Any:
         """The main process's ``value``, on every process."""
         if self.count == 1:
             return value
-        import torch.distributed as dist
-
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -88,8 +51,6 @@ class Processes:
         """Every process's ``value``, in process order, on every process."""
         if self.count == 1:
             return [value]
-        import torch.distributed as dist
-
         out: list[Any] = [None] * self.count
         dist.all_gather_object(out, value)
         return out
@@ -99,8 +60,6 @@ def _leave_group() -> None:
     """Close the process group while the interpreter is still whole: left to the exit-time
     destructors, gloo's worker threads are torn down joinable and the process aborts
     ("terminate called without an active exception", exit -6) after a run that succeeded."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -110,10 +69,6 @@ def join(device) -> Processes:
     than one (``device``: the run's resolved torch.device, CPU -> gloo, CUDA -> NCCL)."""
     if launched_count() == 1:
         return Processes()
-    import atexit
-
-    from accelerate import PartialState
-
     state = PartialState(cpu=device.type == "cpu")
     atexit.register(_leave_group)
     gpu = state.device if state.device.type == "cuda" else None

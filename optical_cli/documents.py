@@ -20,12 +20,18 @@ and the callers state it rather than go on with an empty text. Encrypted, corrup
 
 from __future__ import annotations
 
+import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import pypdfium2 as pdfium
+from PIL import Image, ImageOps
+
 from .errors import ConfigError, InputError
+from .modes import PAD_COLOUR
 
 TEXT_SUFFIXES = (".txt", ".md")
 PDF_SUFFIX = ".pdf"
@@ -76,10 +82,6 @@ def normalize_pdf_text(text: str) -> str:
 def _open_pdf(path: Path):
     """The PDF as a pypdfium2 document, or one InputError naming the file and what is wrong."""
     try:
-        import pypdfium2 as pdfium
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise InputError(f"{path}: reading PDFs needs pypdfium2 (pip install pypdfium2)") from None
-    try:
         document = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
         raise InputError(f"{path}: {_load_failure(path, str(exc))}") from None
@@ -94,8 +96,6 @@ def _open_pdf(path: Path):
 def _load_failure(path: Path, reason: str) -> str:
     """Why PDFium could not load the file. PDFium's last-error code can be stale (it reports the
     previous failure when a zero-page document fails), so the file's own bytes decide."""
-    import re
-
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -139,14 +139,10 @@ def pdf_page_count(path: str | Path) -> int:
         document.close()
 
 
-def rasterize_pdf(path: str | Path, size: int) -> Iterator["Image.Image"]:  # noqa: F821
+def rasterize_pdf(path: str | Path, size: int) -> Iterator[Image.Image]:
     """The PDF's own pages as size x size greyscale images: each page drawn by PDFium so that
     its longer side is ``size`` pixels, then centred on grey padding as the official DeepEncoder
     preprocessing treats a page that is not square (base and large modes)."""
-    from PIL import Image, ImageOps
-
-    from .models.deepencoder.preprocess import PAD_COLOUR
-
     document = _open_pdf(Path(path))
     try:
         for index in range(len(document)):
@@ -231,8 +227,6 @@ def read_document(path: str | Path, encoding: str = "utf-8", errors: str = "stri
 
 def _pdf_from_bytes(data: bytes) -> Document:
     """A PDF piped on stdin: its text layer (its own pages need a file: render.source=pdf-pages)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "stdin.pdf"
         path.write_bytes(data)

@@ -25,7 +25,7 @@ MODES: dict[str, Mode] = {
 }
 
 PATCH_SIZE = 16  # SAM patch size in pixels
-TOKEN_STRIDE = 64  # pixels per vision token along each side after the two stride-2 convs
+PAD_COLOUR = (127, 127, 127)  # int(0.5 * 255): the normalisation mean, so padding becomes ~0
 
 
 def page_size(mode: str) -> int:

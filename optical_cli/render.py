@@ -20,7 +20,9 @@ price of no contextual shaping for scripts such as Arabic.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import multiprocessing
 import os
 import re
 import struct
@@ -32,13 +34,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from fontTools.ttLib import TTFont, TTLibError
 from PIL import Image, ImageDraw, ImageFont
 
-from . import documents as documents_mod
+from .artifacts import atomic_path, atomic_write_text, read_jsonl, to_json_line
 from .config import RenderSection
-from .documents import TEXT_SUFFIXES, Document, collect_inputs  # noqa: F401 - the readers' names, here as before
+from .documents import Document, pdf_page_count, rasterize_pdf
 from .errors import ConfigError, InputError
 from .modes import MODES, page_size
+from .textstats import count_text_tokens, count_words
 
 DEFAULT_FONT = "DejaVuSansMono"
 _TOKEN_RE = re.compile(r" +|[^ ]+")  # alternating runs of spaces and non-spaces
@@ -79,10 +83,13 @@ def resolve_font_path(font: str) -> Path:
             candidate = Path(folder) / f"{DEFAULT_FONT}.ttf"
             if candidate.is_file():
                 return candidate
-        import matplotlib
-
-        bundled = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / f"{DEFAULT_FONT}.ttf"
-        if bundled.is_file():
+        matplotlib = importlib.util.find_spec("matplotlib")  # its bundled copy, found without importing it
+        bundled = (
+            Path(matplotlib.origin).parent / "mpl-data" / "fonts" / "ttf" / f"{DEFAULT_FONT}.ttf"
+            if matplotlib
+            else None
+        )
+        if bundled is not None and bundled.is_file():
             return bundled
         raise InputError(
             "font DejaVuSansMono not found on the system nor in matplotlib; set render.font to a .ttf path"
@@ -96,8 +103,6 @@ def resolve_font_path(font: str) -> Path:
 @lru_cache(maxsize=8)
 def _font_facts(path: str) -> tuple[frozenset[int], tuple[int, int, int, int], int]:
     """Code points the font maps, its global bounding box and units per em."""
-    from fontTools.ttLib import TTFont, TTLibError
-
     try:
         font = TTFont(path, lazy=True, fontNumber=0)
         cmap = frozenset(font.getBestCmap() or {})
@@ -522,17 +527,29 @@ def render_document(text: str, section: RenderSection, source: str = "<text>") -
 
 
 # ---------------------------------------------------------------------------------------
-# Inputs (documents.py reads every kind; these take the render section's encoding)
+# What a render run takes: every document has text to draw, or is a PDF drawn as its own pages
 
 
-def decode(data: bytes, source: str, section: RenderSection) -> str:
-    return documents_mod.decode(data, source, section.encoding, section.errors)
-
-
-def read_documents(
-    inputs: list[str], section: RenderSection, stdin: Callable[[], bytes] | None = None
-) -> list[Document]:
-    return documents_mod.read_documents(inputs, section.encoding, section.errors, stdin)
+def check_renderable(documents: list[Document], section: RenderSection) -> list[str]:
+    """Warnings for documents that add nothing (empty, or a scan drawn without text); an InputError
+    when nothing could be rendered (a scan with render.source=text, or only empty documents)."""
+    if section.source == "pdf-pages":
+        return [
+            f"{doc.source}: the PDF has no text layer (a scan?): its pages are drawn, but the native "
+            "condition has no text for them"
+            for doc in documents
+            if doc.is_pdf and not doc.has_text
+        ]
+    scans = [doc.source for doc in documents if doc.is_pdf and not doc.has_text]
+    if scans:
+        raise InputError(
+            f"{scans[0]}: the PDF has no text layer (a scan?), so there is no text to render; "
+            "draw its own pages with --set render.source=pdf-pages"
+        )
+    empty = [doc.source for doc in documents if not doc.text.strip()]
+    if len(empty) == len(documents):  # the one rule for empty inputs (encode --text says the same)
+        raise InputError(f"{', '.join(empty[:3])}: no text to render (empty or whitespace only); give a file with text")
+    return [f"{source}: no text (empty or whitespace only); it adds no page" for source in empty]
 
 
 # ---------------------------------------------------------------------------------------
@@ -604,8 +621,6 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def _save_page(args: tuple[str, list[str], str]) -> None:
-    from .artifacts import atomic_path
-
     section_json, lines, path = args
     image = _worker_renderer(section_json).draw(lines)
     with atomic_path(path, durable=False) as tmp:  # layout.jsonl, written last, is the durable record
@@ -635,9 +650,6 @@ def render_to_dir(
     Layout (wrapping, pagination) runs in this process; drawing and PNG encoding, the
     expensive part, run on ``workers`` processes.
     """
-    from .artifacts import atomic_write_text, to_json_line
-    from .textstats import count_text_tokens, count_words
-
     section = renderer.section
     if section.source == "pdf-pages":
         return _pdf_pages_to_dir(documents, section, renderer.page_px, out_dir, progress)
@@ -689,10 +701,6 @@ def _pdf_pages_to_dir(
     """``render.source: pdf-pages``: each PDF's own pages, rasterised at the mode's resolution
     (see documents.rasterize_pdf); each layout record carries that page's text layer as lines
     (none for a scan)."""
-    from .artifacts import atomic_path, atomic_write_text, to_json_line
-    from .documents import pdf_page_count, rasterize_pdf
-    from .textstats import count_text_tokens, count_words
-
     not_pdf = [doc.source for doc in documents if not doc.is_pdf]
     if not_pdf:
         raise InputError(
@@ -750,8 +758,6 @@ def _run_jobs(jobs: list, workers: int, progress: Callable[..., None] | None) ->
             if progress:
                 progress(1)
         return
-    import multiprocessing
-
     # fork starts workers in milliseconds with the font module already imported; rendering
     # starts no threads, so it is safe here. Elsewhere, spawn.
     methods = multiprocessing.get_all_start_methods()
@@ -765,8 +771,6 @@ def _run_jobs(jobs: list, workers: int, progress: Callable[..., None] | None) ->
 
 def read_layout(run_dir: str | Path) -> list[dict]:
     """The ``layout.jsonl`` of a render run directory, one dict per page."""
-    from .artifacts import read_jsonl
-
     path = Path(run_dir) / "layout.jsonl"
     if not path.is_file():
         raise InputError(f"{run_dir} is not a render run directory (no layout.jsonl); run `optical render` first")

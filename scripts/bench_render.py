@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from optical_cli.config import RenderSection
-from optical_cli.render import Document, PageRenderer, render_to_dir
+from optical_cli.documents import Document
+from optical_cli.render import PageRenderer, render_to_dir
 
 SAMPLE = REPO / "data" / "sample" / "optical_compression.md"
 

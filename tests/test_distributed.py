@@ -6,7 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.distributed import Processes, is_main_process, launched_count, single_process_warning
+from optical_cli.distributed import Processes
+from optical_cli.launch import is_main_process, launched_count, single_process_warning
 
 CPU_LAUNCH_OF_ONE = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 

@@ -8,8 +8,9 @@ import pytest
 from PIL import ImageDraw
 
 from optical_cli.config import RenderSection
+from optical_cli.documents import decode
 from optical_cli.errors import InputError
-from optical_cli.render import PageRenderer, decode, is_variation_selector, non_space, render_document
+from optical_cli.render import PageRenderer, is_variation_selector, non_space, render_document
 
 MARKER = "\u25a1"
 
@@ -210,8 +211,8 @@ def test_not_a_font_is_an_input_error(tmp_path):
 
 def test_undecodable_bytes_name_file_and_offset():
     with pytest.raises(InputError, match=r"doc.txt: cannot decode as utf-8 at byte offset 3 \(byte 0xff\)"):
-        decode(b"abc\xffdef", "doc.txt", RenderSection())
-    assert decode(b"abc\xffdef", "doc.txt", RenderSection(errors="replace")) == "abc\ufffddef"
+        decode(b"abc\xffdef", "doc.txt", RenderSection().encoding, RenderSection().errors)
+    assert decode(b"abc\xffdef", "doc.txt", errors="replace") == "abc\ufffddef"
 
 
 def test_page_sizes_follow_modes():

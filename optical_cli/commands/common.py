@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -31,8 +31,11 @@ from rich.table import Table
 
 from .. import config as config_mod
 from ..artifacts import FollowerRun, OutputDir, Run, claim_output_dir, start_run, to_json_line
-from ..distributed import Processes, is_main_process
-from ..errors import OpticalError, RunFailed
+from ..errors import InputError, OpticalError, RunFailed
+from ..launch import is_main_process, single_process_warning
+
+if TYPE_CHECKING:  # the command layer imports torch (through distributed) only when a command runs
+    from ..distributed import Processes
 
 err = Console(stderr=True, highlight=False)
 
@@ -167,6 +170,37 @@ def load(command: str, config: Optional[Path], sets: Optional[list[str]]) -> Any
     return config_mod.load_config(command, config, sets or [])
 
 
+ALL = object()  # a flag value meaning "no limit": the config's null (``--limit 0``)
+
+
+def all_if_zero(value: Optional[int]) -> Any:
+    """``--limit 0`` means every item: the one place that says so."""
+    return ALL if value == 0 else value
+
+
+def split_csv(value: Optional[str]) -> Optional[list[str]]:
+    """A comma-separated flag as a list (None when the flag was not given)."""
+    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+def with_flags(cfg: Any, flags: dict[str, tuple[str, Any]]) -> Any:
+    """The command's flags folded into its config, the one way every command does it:
+    ``{"--num-samples": ("bench.num_samples", 5)}``; a flag not given (None) changes nothing, ``ALL``
+    sets null. Validated like the file, so config.yaml records what ran and a bad value names its flag."""
+    given = {flag: (key, value) for flag, (key, value) in flags.items() if value is not None}
+    values = {key: None if value is ALL else value for key, value in given.values()}
+    where = {key: f"{flag} {_shown(value)}" for flag, (key, value) in given.items()}
+    return config_mod.with_values(cfg, values, where)
+
+
+def _shown(value: Any) -> str:
+    if value is ALL:
+        return "0"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 def claim_output(
     command: str, output_dir: Optional[Path], *, resume: bool = False, overwrite: bool = False, resumable: bool = True
 ) -> OutputDir:
@@ -177,8 +211,6 @@ def claim_output(
 def check_resumable(claim: OutputDir, cfg: Any, schema: str, allowed: set[str]) -> None:
     """--resume continues the run in --output-dir under the same settings but for ``allowed`` keys
     (``schema``: the config's command name, e.g. longbench)."""
-    from ..errors import InputError
-
     if not claim.resuming:
         return
     saved = claim.path / "config.yaml"
@@ -219,7 +251,7 @@ def attention_record(attention: str) -> dict[str, Any]:
 def join_processes(device: str) -> Processes:
     """This run's processes (several under ``accelerate launch``), joined on ``runtime.device``."""
     from ..devices import resolve_device
-    from ..distributed import join, single_process_warning
+    from ..distributed import join
 
     warning = single_process_warning()
     if warning:
@@ -240,8 +272,7 @@ def run_dir(
     process creates it and keeps its manifest; under a launcher the other processes get its path
     and write their artifacts into it. ``device``: the device the run uses (default: the config's
     ``runtime.device``, resolved)."""
-    procs = procs or Processes()
-    if not procs.is_main:
+    if procs is not None and not procs.is_main:
         yield FollowerRun(Path(procs.broadcast(None)))
         return
     runtime = getattr(cfg, "runtime", None)
@@ -257,7 +288,8 @@ def run_dir(
         seed=getattr(runtime, "seed", None),
         device=device,
     ) as run:
-        procs.broadcast(str(run.path))
+        if procs is not None:
+            procs.broadcast(str(run.path))
         yield run
     err.print(f"[dim]artifacts: {escape(str(run.path))}[/]")
 

@@ -48,48 +48,22 @@ def render(
 ) -> None:
     """Render text (or a PDF's text layer, or with render.source=pdf-pages its own pages) to page images
     (page_0001.png, ...) plus layout.jsonl, sized for a DeepEncoder mode."""
-    from ..errors import InputError
-    from ..render import PageRenderer, read_documents, render_to_dir
+    from ..documents import read_documents
+    from ..render import PageRenderer, check_renderable, render_to_dir
 
     with handled_errors():
         cfg = load("render", config, sets)
         claim = claim_output("render", output_dir, overwrite=overwrite, resumable=False)
         renderer = PageRenderer(cfg.render)  # font and geometry problems surface before any output
         sources = list(inputs or []) + list(input_opt or []) or [str(SAMPLE_DOCUMENT)]
-        documents = read_documents(sources, cfg.render)
-        if cfg.render.source == "pdf-pages":
-            for doc in documents:
-                if doc.is_pdf and not doc.has_text:
-                    warn(
-                        f"{doc.source}: the PDF has no text layer (a scan?): its pages are drawn, but the native "
-                        "condition has no text for them"
-                    )
-        else:
-            scans = [doc.source for doc in documents if doc.is_pdf and not doc.has_text]
-            if scans:
-                raise InputError(
-                    f"{scans[0]}: the PDF has no text layer (a scan?), so there is no text to render; "
-                    "draw its own pages with --set render.source=pdf-pages"
-                )
-            empty = [doc.source for doc in documents if not doc.text.strip()]
-            if len(empty) == len(documents):  # the one rule for empty inputs (encode --text says the same)
-                raise InputError(
-                    f"{', '.join(empty[:3])}: no text to render (empty or whitespace only); give a file with text"
-                )
-            for source in empty:
-                warn(f"{source}: no text (empty or whitespace only); it adds no page")
+        documents = read_documents(sources, cfg.render.encoding, cfg.render.errors)
+        for warning in check_renderable(documents, cfg.render):  # nothing renderable fails here, before output
+            warn(warning)
         with run_dir("render", cfg, claim, device="cpu") as run, progress_bar("rendering pages") as advance:
             report = render_to_dir(documents, renderer, run.path, cfg.runtime.workers, progress=advance)
             run.update(report=report.as_dict())
-        summary = report.as_dict()
-        summary["output_dir"] = str(run.path)
-        print_table(
-            "render",
-            [
-                (k, v)
-                for k, v in summary.items()
-                if k not in ("per_document", "pdfs_without_text_layer") and v is not None
-            ],
-        )
+        summary = report.as_dict() | {"output_dir": str(run.path)}
+        hidden = ("per_document", "pdfs_without_text_layer")
+        print_table("render", [(k, v) for k, v in summary.items() if k not in hidden and v is not None])
         if json_out:
             emit_json(summary)

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ...modes import MODES
+from ...modes import MODES, PAD_COLOUR
 
-PAD_COLOUR = (127, 127, 127)  # int(0.5 * 255): the normalisation mean, so padding becomes ~0
 GUNDAM_TILE = MODES["small"].size
 GUNDAM_GLOBAL = MODES["base"].size
 MIN_TILES, MAX_TILES = 2, 6
