@@ -29,6 +29,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .artifacts import atomic_path, atomic_write_json
 from .errors import InputError
@@ -95,8 +97,6 @@ class ShardedFeatures:
         metadata: dict[str, Any] | None = None,
     ) -> Path:
         """Write shard ``k`` atomically: ``features`` [pages, longest, D] in ``dtype``, ``tokens`` [pages]."""
-        from safetensors.torch import save_file
-
         longest = max(s.shape[0] for s in sequences)
         features = torch.zeros(len(sequences), longest, sequences[0].shape[1], dtype=dtype)
         for i, seq in enumerate(sequences):
@@ -168,8 +168,6 @@ def source_runs(sources: Sequence[str], runs: list[list] | None = None) -> list[
 
 def read_header(path: Path) -> dict[str, str]:
     """The metadata of a safetensors file, read without its tensors."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
@@ -212,8 +210,6 @@ class FeatureFiles:
 
     def shards(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(features [pages, tokens, D], tokens [pages]) per file, in page order."""
-        from safetensors import safe_open
-
         for path in self.files:
             try:
                 with safe_open(str(path), framework="pt") as handle:
@@ -301,8 +297,6 @@ def _index_entries(path: Path) -> list[dict]:
 
 
 def _features_shape(path: Path) -> list[int]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         return handle.get_slice("features").get_shape()
 

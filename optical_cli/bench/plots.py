@@ -5,27 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..artifacts import atomic_path
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from ..plotting import new_figure, save_png
 from .data import LENGTHS
 from .scoring import CHANCE
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_accuracy_by_length(summary: Mapping[str, Any], path: Path, title_note: str = "") -> Path:
     """Grouped bars: accuracy per length bucket and condition, Wilson 95% intervals, chance line."""
-    plt = _pyplot()
     conditions = list(summary["conditions"])
     buckets = [b for b in LENGTHS if any(b in summary["conditions"][c]["by_length"] for c in conditions)] + ["overall"]
     width = 0.8 / max(1, len(conditions))
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(buckets), 4.2))
+    fig, ax = new_figure((1.8 + 1.6 * len(buckets), 4.2))
     for index, condition in enumerate(conditions):
         block = summary["conditions"][condition]
         stats = [block["by_length"].get(b) if b != "overall" else block for b in buckets]
@@ -42,9 +34,7 @@ def plot_accuracy_by_length(summary: Mapping[str, Any], path: Path, title_note: 
     ax.set_title("LongBench v2 accuracy by length, 95% Wilson intervals" + title_note, fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 
@@ -57,8 +47,7 @@ def plot_cost_vs_length(
     rows: Sequence[Mapping[str, Any]], conditions: Sequence[str], path: Path, title_note: str = ""
 ) -> Path:
     """Three panels against document length in text tokens: input tokens, latency and peak memory per item."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = new_figure((14, 4), 1, 3)
     panels = (
         ("input_tokens", "input tokens"),
         ("latency_s", "latency per item (s)"),
@@ -73,8 +62,6 @@ def plot_cost_vs_length(
             points = [(r["doc_tokens"], r[key]) for r in done if r.get(key) is not None]
             if points:
                 ax.plot(*zip(*points), "o-", markersize=4, linewidth=0.8, label=condition)
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
     for ax, (_, label) in zip(axes, panels):
         ax.set_xlabel("document length (text tokens)")
         ax.set_ylabel(label)
@@ -87,7 +74,5 @@ def plot_cost_vs_length(
             ax.legend(fontsize=8)
     fig.suptitle("Cost against document length" + title_note, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path)
     return path

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
+import pytrec_eval
 
 # (our name, trec_eval's name) in the order they appear in tables and CSVs.
 METRICS: tuple[tuple[str, str], ...] = (
@@ -41,8 +42,6 @@ class TrecEvaluator:
     """trec_eval over fixed judgements: ``relevant[i]`` are the item rows relevant to query ``i``."""
 
     def __init__(self, relevant: Sequence[np.ndarray]):
-        import pytrec_eval
-
         if any(len(rows) == 0 for rows in relevant):
             raise ValueError("every query needs at least one relevant item")
         qrels = {str(q): dict.fromkeys(map(str, np.asarray(rows).tolist()), 1) for q, rows in enumerate(relevant)}

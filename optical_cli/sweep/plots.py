@@ -11,15 +11,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.text import Annotation, Text
 
-matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
-
-from ..artifacts import atomic_path  # noqa: E402
-from .metrics import METRIC_NAMES  # noqa: E402
+from ..plotting import new_figure, save_png
+from .metrics import METRIC_NAMES
 
 TITLES = {
     "mrr": "MRR",
@@ -65,7 +65,7 @@ def write_heatmaps(
     """Write ``heatmaps.png``; ``baseline`` is the cosine row (its values title each panel)."""
     columns = 3
     lines = math.ceil(len(metrics) / columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(4.6 * columns, 3.8 * lines), squeeze=False)
+    figure, axes = new_figure((4.6 * columns, 3.8 * lines), lines, columns, squeeze=False)
     for axis, metric in zip(axes.flat, metrics):
         grid = metric_grid(rows, metric, etas, steps)
         centre = baseline.get(metric) if baseline else None
@@ -94,9 +94,7 @@ def write_heatmaps(
                     fontweight="bold" if is_best else "normal",
                 )
         if best is not None:  # frame the best cell of the panel
-            axis.add_patch(
-                plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="gold", linewidth=2.5)
-            )
+            axis.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="gold", linewidth=2.5))
     for axis in list(axes.flat)[len(metrics) :]:
         axis.axis("off")
     figure.suptitle(
@@ -105,60 +103,34 @@ def write_heatmaps(
         fontsize=11,
     )
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, format="png")
-    plt.close(figure)
-    return Path(path)
+    return save_png(figure, path, dpi=110)
 
 
 def write_frontier_plot(path: Path, rows: list[dict], published: tuple[dict, ...], max_error: float) -> None:
-    """`sweep render`: error (CER, 95% interval) against full-page text tokens per vision token,
-    one curve per mode (and reflow / line spacing / font when they vary), font sizes annotated;
-    the DeepSeek-OCR paper's published points (1 - precision, their reader) beside ours."""
-    figure, axis = plt.subplots(figsize=(7.5, 5))
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["mode"], row["reflow"], row["line_spacing"], row["font"]), []).append(row)
-    varying = [len({key[i] for key in groups}) > 1 for i in range(4)]
-    for key, members in sorted(groups.items(), key=lambda item: str(item[0])):
-        members = sorted(members, key=lambda r: r["full_page_tokens_per_vision_token"])
-        x = [r["full_page_tokens_per_vision_token"] for r in members]
-        y = [r["cer"] for r in members]
-        err = [
-            [max(0.0, r["cer"] - r["cer_low"]) for r in members],
-            [max(0.0, r["cer_high"] - r["cer"]) for r in members],
-        ]
-        label = (
-            "ours: "
-            + key[0]
-            + "".join(
-                part
-                for part, shown in zip(
-                    ("", f" reflow={key[1]}", f" spacing {key[2]:g}", f" {Path(key[3]).stem}"), varying
-                )
-                if shown and part
-            )
-        )
-        axis.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
-        for r in members:
-            axis.annotate(
-                f"{r['font_size']}px",
-                (r["full_page_tokens_per_vision_token"], r["cer"]),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=8,
-            )
+    """`sweep render`: ``frontier_figure`` written as a PNG."""
+    save_png(frontier_figure(rows, published, max_error), path)
+
+
+def frontier_figure(rows: list[dict], published: tuple[dict, ...], max_error: float) -> Figure:
+    """Error (CER, 95% interval) against full-page text tokens per vision token, one curve per mode (and
+    reflow / line spacing / font when they vary), font sizes annotated; the DeepSeek-OCR paper's
+    published points (1 - precision, their reader) beside ours, their labels moved clear of ours."""
+    figure, axis = new_figure((7.5, 5))
+    ours = [_frontier_curve(axis, key, members, varying) for key, members, varying in _frontier_groups(rows)]
     px = [p["compression"] for p in published]
     py = [1.0 - p["precision"] for p in published]
     axis.plot(px, py, "k*--", markersize=11, label="DeepSeek-OCR paper (their reader, Fox): 1 - precision")
-    for p in published:
+    theirs = [
         axis.annotate(
             p["label"] + " (theirs)",
             (p["compression"], 1.0 - p["precision"]),
             textcoords="offset points",
             xytext=(-20, 12),
             fontsize=8,
+            arrowprops={"arrowstyle": "-", "color": "0.4", "linewidth": 0.6},
         )
+        for p in published
+    ]
     axis.axhline(max_error, color="grey", linestyle=":", label=f"sweep.max_error = {max_error:g}")
     axis.set_xlabel("text tokens per vision token (full pages)")
     axis.set_ylabel("character error rate (OCR judge; 95% interval)")
@@ -167,6 +139,61 @@ def write_frontier_plot(path: Path, rows: list[dict], published: tuple[dict, ...
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+    _move_clear(figure, theirs, [label for labels in ours for label in labels])
+    return figure
+
+
+def _frontier_groups(rows: list[dict]):
+    """(key, rows sorted by density, which key parts vary) per curve: mode, reflow, line spacing, font."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["mode"], row["reflow"], row["line_spacing"], row["font"]), []).append(row)
+    varying = [len({key[i] for key in groups}) > 1 for i in range(4)]
+    for key, members in sorted(groups.items(), key=lambda item: str(item[0])):
+        yield key, sorted(members, key=lambda r: r["full_page_tokens_per_vision_token"]), varying
+
+
+def _frontier_curve(axis, key: tuple, members: list[dict], varying: list[bool]) -> list:
+    """One curve with its error bars and font-size labels; returns the labels."""
+    x = [r["full_page_tokens_per_vision_token"] for r in members]
+    y = [r["cer"] for r in members]
+    err = [[max(0.0, r["cer"] - r["cer_low"]) for r in members], [max(0.0, r["cer_high"] - r["cer"]) for r in members]]
+    parts = ("", f" reflow={key[1]}", f" spacing {key[2]:g}", f" {Path(key[3]).stem}")
+    label = "ours: " + key[0] + "".join(part for part, shown in zip(parts, varying) if shown and part)
+    axis.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    return [
+        axis.annotate(f"{r['font_size']}px", (a, b), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for r, a, b in zip(members, x, y)
+    ]
+
+
+def _move_clear(figure: Figure, movable: list, fixed: list, step_points: float = 9.0, tries: int = 40) -> None:
+    """Raise each movable annotation (in steps of ``step_points``) until its box overlaps no fixed
+    annotation and no movable one placed before it: published labels never cover our own."""
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    taken = [_text_box(text, renderer) for text in fixed]
+    for text in movable:
+        x, y = text.xyann
+        for _ in range(tries):
+            if not any(_text_box(text, renderer).overlaps(other) for other in taken):
+                break
+            y += step_points
+            text.xyann = (x, y)
+        taken.append(_text_box(text, renderer))
+
+
+def _text_box(annotation: Annotation, renderer):
+    """The display-space box of an annotation's text alone (its own extent includes the arrow)."""
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
+
+
+def label_boxes(figure: Figure) -> list[tuple[str, object]]:
+    """(text, display-space box) of every annotation on the figure: what a reader sees overlapping."""
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    return [
+        (child.get_text(), _text_box(child, renderer))
+        for axis in figure.axes
+        for child in axis.get_children()
+        if isinstance(child, Annotation)
+    ]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from ..artifacts import iter_jsonl_objects
 from ..errors import InputError
@@ -65,8 +66,6 @@ def load_labelled_vectors(
     path: str | Path, id_field: str = "id", label_field: str = "label", vector_field: str = "vector"
 ) -> LabelledCorpus:
     """Parquet with an id, a list-valued vector and a label (list or string) column per row."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not path.is_file():
         raise InputError(
