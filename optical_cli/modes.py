@@ -31,3 +31,35 @@ PAD_COLOUR = (127, 127, 127)  # int(0.5 * 255): the normalisation mean, so paddi
 def page_size(mode: str) -> int:
     """Rendered page side in pixels for a mode (gundam pages are rendered at base size)."""
     return MODES["base" if mode == "gundam" else mode].size
+
+
+# gundam: a page as 2-6 tiles of the small mode's size plus one global view of the base size
+GUNDAM_TILE = MODES["small"].size
+GUNDAM_GLOBAL = MODES["base"].size
+MIN_TILES, MAX_TILES = 2, 6
+
+
+def tile_grid(width: int, height: int, tile: int = GUNDAM_TILE) -> tuple[int, int]:
+    """(columns, rows) of 2..6 tiles whose aspect ratio is closest to the image's; on a tie
+    the larger grid wins when the image has more than half its area."""
+    aspect = width / height
+    # Candidates ordered by tile count only; equal counts keep Python's (deterministic) set
+    # order of small-int tuples, the order the official preprocessing iterates them in.
+    candidates = sorted(
+        {
+            (c, r)
+            for n in range(MIN_TILES, MAX_TILES + 1)
+            for c in range(1, n + 1)
+            for r in range(1, n + 1)
+            if MIN_TILES <= c * r <= MAX_TILES
+        },
+        key=lambda cr: cr[0] * cr[1],
+    )
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidates:
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and width * height > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best

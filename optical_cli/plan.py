@@ -37,11 +37,17 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeTextExperts
 
 from .errors import ConfigError, ModelNotFoundError
 from .memory import GIB, resident_gib
-from .models.language_model import build_meta_qwen3_vl, qwen3_vl_model_type
+from .models import loading
+from .models.adapter import AdapterConfig, OpticalAdapter
+from .models.deepencoder import DeepEncoder, DeepEncoderConfig
+from .models.language_model import build_meta_qwen3_vl, language_model_class, qwen3_vl_model_type
+from .models.lora import add_lora, lora_config
 from .models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
+from .models.vlm import READ_INSTRUCTION, build_layout
 from .modes import MODES
 
 GUNDAM_MAX_TOKENS = 6 * MODES["small"].tokens + MODES["base"].tokens  # up to 6 tiles of 640 and a 1024 global view
@@ -67,9 +73,6 @@ def vision_tokens(mode: str) -> int:
 def meta_language_model(vlm_section, dtype: torch.dtype) -> nn.Module:
     """The configured language model on the meta device: from ``vlm.random`` or from the
     config.json of a local directory / the hub cache (no weights are read)."""
-    from .models import loading
-    from .models.language_model import language_model_class
-
     if vlm_section.source == loading.RANDOM_SOURCE:
         model = build_meta_qwen3_vl(vlm_section.random.model_dump())
     else:
@@ -85,16 +88,12 @@ def meta_language_model(vlm_section, dtype: torch.dtype) -> nn.Module:
 
 
 def meta_deepencoder(architecture: str) -> tuple[nn.Module, int]:
-    from .models.deepencoder import DeepEncoder, DeepEncoderConfig
-
     config = DeepEncoderConfig.named(architecture)
     with torch.device("meta"):
         return DeepEncoder(config), config.out_dim
 
 
 def meta_adapter(vision_dim: int, hidden_dim: int, llm_dim: int, max_pages: int) -> nn.Module:
-    from .models.adapter import AdapterConfig, OpticalAdapter
-
     with torch.device("meta"):
         return OpticalAdapter(AdapterConfig(vision_dim, hidden_dim, llm_dim, max_pages))
 
@@ -102,8 +101,6 @@ def meta_adapter(vision_dim: int, hidden_dim: int, llm_dim: int, max_pages: int)
 def chat_overhead_tokens() -> int:
     """Tokens the read-this-page chat template adds around the vision tokens and the answer
     (system/user/assistant markers and the instruction), with the Qwen tokenizer shipped offline."""
-    from .models.vlm import READ_INSTRUCTION, build_layout
-
     tokenizer = load_chat_tokenizer(QWEN_TIKTOKEN)
     return int(build_layout(tokenizer, READ_INSTRUCTION, [1], answer="").input_ids.shape[0]) - 1
 
@@ -117,7 +114,6 @@ def _meta_friendly_experts() -> Iterator[None]:
     """The MoE experts pick their tokens with data-dependent indexing, which meta tensors cannot
     run; while counting, each token goes through top_k expert-sized MLPs (the same tensor sizes
     the real routing creates, whichever experts it picks)."""
-    from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeTextExperts
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
         tokens, k = top_k_index.shape
@@ -295,8 +291,6 @@ def plan_train(
     adapter = meta_adapter(vision_dim, cfg.adapter.hidden_dim, hidden, cfg.adapter.max_pages)
     lora = 0
     if cfg.train.lora.rank:  # injected on the meta model too, so its activations are counted
-        from .models.lora import add_lora, lora_config
-
         section = cfg.train.lora
         lora = sum(
             p.numel()
@@ -387,8 +381,6 @@ def plan_longbench(
     cfg, conditions, device: torch.device, dtype: torch.dtype, devices: int = 1, device_memory_gib: float | None = None
 ) -> dict:
     """The memory plan of ``optical bench longbench`` under ``cfg`` (a LongBenchConfig)."""
-    from .models.adapter import AdapterConfig
-
     started = time.perf_counter()
     if devices < 1:
         raise ConfigError(f"--devices {devices}: must be at least 1")

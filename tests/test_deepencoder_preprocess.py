@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from optical_cli.models.deepencoder.preprocess import PAD_COLOUR, normalise, prepare, tile_grid, to_rgb
+from optical_cli.models.deepencoder.preprocess import normalise, prepare, to_rgb
+from optical_cli.modes import PAD_COLOUR, tile_grid
 
 GREY = (PAD_COLOUR[0] / 255 - 0.5) / 0.5
 

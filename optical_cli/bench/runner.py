@@ -27,14 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..artifacts import atomic_write_text
+import torch
+
+from ..artifacts import atomic_write_json, atomic_write_text
 from ..distributed import Processes
 from ..errors import InputError
 from ..memory import PeakMemory, headline_gib
-from .data import LongBenchItem
+from .data import LongBenchItem, load_items, select_items
+from .plots import plot_accuracy_by_length, plot_cost_vs_length
 from .prompts import PromptParts, document_prompt, middle_truncate, no_context_prompt
 from .reader import ContextExceeded, Generation, Reader, ReadRequest, in_flight, read_all
-from .scoring import extract_answer
+from .scoring import extract_answer, summarize
 
 CONDITIONS = ("native", "optical", "native-matched", "no-context")
 
@@ -208,21 +211,16 @@ def _failure(exc: BaseException) -> tuple[str, str]:
 
 
 def _torch_attr(name: str):
-    import torch
-
     return getattr(torch, name, None)
 
 
 def _torch_cuda_attr(name: str):
-    import torch
-
     return getattr(torch.cuda, name, None)
 
 
 def _release_memory() -> None:
     """After a failure: drop what the failed attempt held so the next item starts clean."""
     gc.collect()
-    import torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -554,8 +552,6 @@ def settings_from(section: Any, seed: int) -> BenchSettings:
 
 def load_selection(section: Any, seed: int) -> list[LongBenchItem]:
     """The items the config (and CLI flags folded into it) asks for."""
-    from .data import load_items, select_items
-
     return select_items(
         load_items(section.data, section.split),
         num_samples=section.num_samples,
@@ -582,9 +578,6 @@ def finish_run(
     throughput: dict | None = None,
 ) -> dict[str, Any]:
     """Write ``summary.json`` (and the plots) for the rows of this selection; return the summary."""
-    from ..artifacts import atomic_write_json
-    from .scoring import summarize
-
     summary = summarize(rows, settings.conditions)
     summary.update(
         models=reader_description,
@@ -609,8 +602,6 @@ def finish_run(
     )
     atomic_write_json(out_dir / "summary.json", summary)
     if plots and rows:
-        from .plots import plot_accuracy_by_length, plot_cost_vs_length
-
         note = " [random weights: not a result]" if random_weights else ""
         plot_accuracy_by_length(summary, out_dir / "accuracy_by_length.png", note)
         plot_cost_vs_length(rows, settings.conditions, out_dir / "cost_vs_length.png", note)

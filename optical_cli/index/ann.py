@@ -34,11 +34,15 @@ IVF_LISTS_PER_SQRT_N = 2  # nlist = 2 sqrt(N): k-means over more lists costs min
 IVF_TRAIN_PER_LIST = 40  # FAISS warns below 39 training points per list
 
 
-def _faiss():
+def faiss_module():
+    """FAISS, the one place it is imported: a run that never builds or searches an ANN structure (exact
+    energy search, the sweep without its FAISS baseline) does without it."""
     try:
-        import faiss
+        import faiss  # noqa: PLC0415 - its one import (above)
     except ImportError:  # a default dependency; only a broken install lands here
-        raise InputError("search.candidates=ann needs faiss: pip install faiss-cpu") from None
+        raise InputError(
+            "FAISS is missing (ANN candidates, the sweep's FAISS baseline): pip install faiss-cpu"
+        ) from None
     return faiss
 
 
@@ -67,7 +71,7 @@ def build_ann(
     Items are added in blocks to bound memory."""
     if kind == "none":
         return None
-    faiss = _faiss()
+    faiss = faiss_module()
     n, dim = vectors.shape
     root = metric_root(metric)
     kind = choose_kind(n, kind, ivf_from)
@@ -85,17 +89,17 @@ def build_ann(
 
 
 def save_ann(ann: Any, path: Path) -> None:
-    faiss = _faiss()
+    faiss = faiss_module()
     with atomic_path(path) as tmp:
         faiss.write_index(ann, str(tmp))
 
 
 def load_ann(path: Path) -> Any:
-    return _faiss().read_index(str(path))
+    return faiss_module().read_index(str(path))
 
 
 def describe(ann: Any) -> dict:
-    faiss = _faiss()
+    faiss = faiss_module()
     kind = (
         "ivf" if isinstance(ann, faiss.IndexIVF) else "hnsw" if isinstance(ann, faiss.IndexHNSW) else type(ann).__name__
     )
@@ -107,7 +111,7 @@ def describe(ann: Any) -> dict:
 
 def candidates(ann: Any, root: np.ndarray, queries: torch.Tensor, m: int, ef_search: int, nprobe: int) -> torch.Tensor:
     """Item rows [B, m] of the m smallest Dirichlet energies per query (approximately); -1 pads a short list."""
-    faiss = _faiss()
+    faiss = faiss_module()
     m = min(m, int(ann.ntotal))
     if isinstance(ann, faiss.IndexIVF):
         params = faiss.SearchParametersIVF(nprobe=min(nprobe, int(ann.nlist)))

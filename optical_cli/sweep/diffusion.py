@@ -22,6 +22,7 @@ import torch
 from ..config import SweepConfig
 from ..devices import resolve_device
 from ..errors import InputError
+from ..index.ann import faiss_module
 from ..index.build import EnergyIndex, Prepared, finish, prepare
 from ..index.embed import embed_corpus, encode_texts
 from ..index.inputs import BUNDLED_CORPUS, sample_rows
@@ -246,16 +247,15 @@ def evaluate_cosine(setup: SweepSetup) -> dict:
 
 def faiss_available() -> bool:
     try:
-        import faiss  # noqa: F401
-    except ImportError:
+        faiss_module()
+    except InputError:
         return False
     return True
 
 
 def evaluate_faiss(setup: SweepSetup) -> dict:
     """FAISS IndexFlatIP on unit vectors: exact inner product, i.e. cosine through another library."""
-    import faiss
-
+    faiss = faiss_module()
     unit = setup.vectors / np.linalg.norm(setup.vectors, axis=1, keepdims=True)
     started = time.perf_counter()
     index = faiss.IndexFlatIP(unit.shape[1])

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 import time
 import unicodedata
@@ -40,13 +41,17 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+from pydantic import ValidationError
+from rapidfuzz.distance import Levenshtein
 
 from ..artifacts import append_jsonl, atomic_write_csv, atomic_write_json, atomic_write_text, read_jsonl
 from ..config import REPO_ROOT, RenderSection, RenderSweepConfig
 from ..documents import Document, read_documents
-from ..errors import InputError
-from ..modes import MODES
+from ..errors import ConfigError, InputError
+from ..modes import MODES, tile_grid
 from ..render import PageRenderer, non_space
+from ..textstats import count_text_tokens
+from .plots import write_frontier_plot
 
 SAMPLE_DOCUMENT = REPO_ROOT / "data" / "sample" / "optical_compression.md"
 CVE_CORPUS = REPO_ROOT / "data" / "cve" / "cves.jsonl"
@@ -204,7 +209,6 @@ def vision_tokens_per_page(mode: str) -> int:
     """Vision tokens of one rendered page: the mode's view, or gundam's tiles plus its global view."""
     if mode != "gundam":
         return MODES[mode].tokens
-    from ..models.deepencoder.preprocess import tile_grid
 
     size = MODES["base"].size  # gundam pages are drawn at base size
     columns, rows = tile_grid(size, size)
@@ -219,9 +223,6 @@ class CellLayout:
 
 def cell_section(cell: Cell, base: RenderSection) -> RenderSection:
     """The render settings of a cell (gundam pages are drawn at base size), checked by the schema."""
-    from pydantic import ValidationError
-
-    from ..errors import ConfigError
 
     data = base.model_dump() | {
         "font_size": cell.font_size,
@@ -337,22 +338,26 @@ def crop_segment(page: np.ndarray, renderer: PageRenderer, line: str, segment: S
     return page[max(0, top) : min(height, bottom), max(0, math.floor(x0) - pad) : min(width, math.ceil(x1) + pad)]
 
 
+def _rapidocr():
+    """The OCR judge's library (the ``ocr`` extra), its one import: (package, its YAML reader, the
+    recogniser class), or an exit-2 error naming the extra."""
+    try:
+        import rapidocr_onnxruntime  # noqa: PLC0415 - an optional extra: its one import (above)
+        from rapidocr_onnxruntime.utils import read_yaml  # noqa: PLC0415 - the same extra
+    except ImportError:
+        raise InputError("sweep.judge=ocr needs rapidocr-onnxruntime: pip install 'optical[ocr]'") from None
+    try:
+        from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer  # noqa: PLC0415 - the same extra
+    except ImportError:  # rapidocr-onnxruntime < 1.4 named the module after PP-OCRv3
+        from rapidocr_onnxruntime.ch_ppocr_v3_rec import TextRecognizer  # noqa: PLC0415 - the same extra
+    return rapidocr_onnxruntime, read_yaml, TextRecognizer
+
+
 class OcrJudge:
     """PP-OCRv4 text recognition (rapidocr-onnxruntime, weights inside the wheel) on line crops."""
 
     def __init__(self, threads: int = 0, batch: int = 16):
-        try:
-            import rapidocr_onnxruntime
-            from rapidocr_onnxruntime.utils import read_yaml
-
-            try:
-                from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
-            except ImportError:  # rapidocr-onnxruntime < 1.4 named the module after PP-OCRv3
-                from rapidocr_onnxruntime.ch_ppocr_v3_rec import TextRecognizer
-        except ImportError:
-            raise InputError("sweep.judge=ocr needs rapidocr-onnxruntime: pip install 'optical[ocr]'") from None
-        import os
-
+        rapidocr_onnxruntime, read_yaml, TextRecognizer = _rapidocr()
         root = Path(rapidocr_onnxruntime.__file__).parent
         config = read_yaml(str(root / "config.yaml"))["Rec"]
         config["model_path"] = str(root / config["model_path"])
@@ -384,8 +389,6 @@ def segment_errors(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Edits and truth characters per segment, and how many truth characters were left out because
     the judge cannot write them (not in ``alphabet``: a recogniser without Cyrillic cannot judge it)."""
-    from rapidfuzz.distance import Levenshtein
-
     compared = [comparable(t) for t in truths]
     if alphabet is not None:
         kept = ["".join(ch for ch in t if ch in alphabet) for t in compared]
@@ -512,9 +515,6 @@ def run_render_sweep(
     hooks: Optional[Hooks] = None,
     judge: Optional[OcrJudge] = None,
 ) -> dict:
-    from ..textstats import count_text_tokens
-    from .plots import write_frontier_plot
-
     hooks = hooks or Hooks()
     out_dir = Path(out_dir)
     started = time.perf_counter()

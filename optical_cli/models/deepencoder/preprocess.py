@@ -19,11 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ...modes import MODES, PAD_COLOUR
+from ...modes import GUNDAM_GLOBAL, GUNDAM_TILE, MODES, PAD_COLOUR, tile_grid
 
-GUNDAM_TILE = MODES["small"].size
-GUNDAM_GLOBAL = MODES["base"].size
-MIN_TILES, MAX_TILES = 2, 6
 ENCODE_MODES = (*MODES, "gundam")
 OFFICIAL_PIXELS, PUBLISHED_PIXELS = "official", "published"
 
@@ -68,32 +65,6 @@ def pad_square(image: Image.Image, size: int) -> Image.Image:
     return ImageOps.pad(image, (size, size), method=Image.Resampling.BICUBIC, color=PAD_COLOUR)
 
 
-def tile_grid(width: int, height: int, tile: int = GUNDAM_TILE) -> tuple[int, int]:
-    """(columns, rows) of 2..6 tiles whose aspect ratio is closest to the image's; on a tie
-    the larger grid wins when the image has more than half its area."""
-    aspect = width / height
-    # Candidates ordered by tile count only; equal counts keep Python's (deterministic) set
-    # order of small-int tuples, the order the official preprocessing iterates them in.
-    candidates = sorted(
-        {
-            (c, r)
-            for n in range(MIN_TILES, MAX_TILES + 1)
-            for c in range(1, n + 1)
-            for r in range(1, n + 1)
-            if MIN_TILES <= c * r <= MAX_TILES
-        },
-        key=lambda cr: cr[0] * cr[1],
-    )
-    best, best_diff = (1, 1), float("inf")
-    for cols, rows in candidates:
-        diff = abs(aspect - cols / rows)
-        if diff < best_diff:
-            best, best_diff = (cols, rows), diff
-        elif diff == best_diff and width * height > 0.5 * tile * tile * cols * rows:
-            best = (cols, rows)
-    return best
-
-
 def gundam_tiles(image: Image.Image) -> tuple[list[Image.Image], tuple[int, int]]:
     if image.width <= GUNDAM_TILE and image.height <= GUNDAM_TILE:
         return [], (1, 1)
@@ -134,8 +105,3 @@ def prepare(image: Image.Image, mode: str, pixels: str = OFFICIAL_PIXELS) -> Pre
     else:
         view = image.resize((spec.size, spec.size), Image.Resampling.LANCZOS)
     return PreparedPage([normalise(view)], (1, 1))
-
-
-def view_sizes(mode: str) -> tuple[int, ...]:
-    """Distinct view sizes a mode produces (gundam: tile and global)."""
-    return (GUNDAM_TILE, GUNDAM_GLOBAL) if mode == "gundam" else (MODES[mode].size,)
