@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -446,8 +446,14 @@ class SweepSection(Section):
     num_queries: Optional[int] = Field(
         None, ge=1, description="seeded sample of the labelled records as queries (null = all)"
     )
-    etas: list[float] = Field([0.05, 0.1, 0.15, 0.2], min_length=1, description="default for --eta")
-    steps: list[int] = Field([2, 4, 6, 8], min_length=1, description="default for --steps")
+    etas: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [0.05, 0.1, 0.15, 0.2], min_length=1, description="default for --eta; each in (0, 1], as build.eta"
+    )
+    steps: list[Annotated[int, Field(ge=1)]] = Field(
+        [2, 4, 6, 8],
+        min_length=1,
+        description="default for --steps; each >= 1 (0 steps is no diffusion: every eta alike)",
+    )
     depth: int = Field(100, ge=20, description="ranks retrieved per query; MRR counts a first hit within this depth")
     bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for the 95% intervals")
     faiss: bool = Field(True, description="also evaluate FAISS IndexFlatIP as a baseline when faiss is importable")
@@ -814,8 +820,26 @@ def load_config(command: str, path: str | Path | None = None, overrides: list[st
     return validate(schema, data, source, overridden)
 
 
-def check_same_settings(previous: BaseModel, current: BaseModel, allowed: set[str]) -> None:
-    """For --resume: the run's config (``previous``) and this one may differ only in ``allowed`` keys."""
+# Settings that change how a run runs, never what it writes: a resume of a FINISHED run may change these
+# alone (any other change would rewrite some of its files and leave others saying what they said).
+RUN_ONLY_KEYS = frozenset(
+    {
+        "runtime.workers",
+        "encode.batch_size",
+        "encode.queue_pages",
+        "embed.batch_size",
+        "embed.cache_dir",
+        "data.cache_dir",
+        "data.encode_batch_size",
+        "sweep.ocr_threads",
+        "sweep.ocr_batch",
+    }
+)
+
+
+def check_same_settings(previous: BaseModel, current: BaseModel, allowed: set[str], finished: bool = False) -> None:
+    """For --resume: the run's config (``previous``) and this one may differ only in ``allowed`` keys,
+    and for a ``finished`` run only in those of them that change no file (RUN_ONLY_KEYS)."""
 
     def flat(data: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(data, dict):
@@ -826,7 +850,14 @@ def check_same_settings(previous: BaseModel, current: BaseModel, allowed: set[st
         return {prefix.rstrip("."): data}
 
     before, after = flat(previous.model_dump(mode="json")), flat(current.model_dump(mode="json"))
+    allowed = set(allowed) & RUN_ONLY_KEYS if finished else set(allowed)
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k) and k not in allowed)
+    if changed and finished:
+        shown = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:4])
+        raise ConfigError(
+            f"--resume: that run is finished, and a resume never rewrites a finished run under other settings "
+            f"({shown}); run the new settings in a new --output-dir"
+        )
     if changed:
         shown = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:4])
         raise ConfigError(

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeTextExperts
 
+from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, ModelNotFoundError
 from .memory import GIB, resident_gib
 from .models import loading
@@ -456,6 +457,15 @@ def plan_longbench(
         ],
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def plan_command(command: str, cfg, devices: int = 1, device_memory_gib: float | None = None) -> dict:
+    """The memory plan of ``train-adapter`` or ``longbench`` (schema names) on the config's device and dtype."""
+    device = resolve_device(cfg.runtime.device)
+    dtype = resolve_dtype(cfg.runtime.dtype, device)
+    if command == "train-adapter":
+        return plan_train(cfg, device, dtype, devices, device_memory_gib)
+    return plan_longbench(cfg, cfg.bench.conditions, device, dtype, devices, device_memory_gib)
 
 
 def plan_rows(plan: dict) -> list[tuple[str, str]]:

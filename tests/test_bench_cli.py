@@ -21,6 +21,7 @@ runner = CliRunner()
 def fake_reader(monkeypatch):
     reader = FakeReader()
     monkeypatch.setattr("optical_cli.bench.models.build_reader", lambda cfg, conditions: reader)
+    monkeypatch.setattr("optical_cli.bench.longbench.model_downloads", lambda cfg: [])  # a fake reader loads nothing
     return reader
 
 
@@ -264,3 +265,21 @@ def test_tiny_models_read_with_an_adapter_in_the_published_layout(tmp_path, monk
     )
     assert official.exit_code == 0, official.output
     assert json.loads(official.stdout)["conventions"] == {"adapter_layout": "published", "pixels": "official"}
+
+
+def test_offline_every_missing_download_is_named_in_the_first_error(tmp_path, monkeypatch):
+    """The quick-start command offline with an empty cache: one error naming the dataset, the adapter, Qwen3-VL
+    and DeepSeek-OCR, each with its `hf download` line, before anything is created (issue 31)."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["bench", "longbench", "--num-samples", "1", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("hf download")]
+    assert lines == [
+        "hf download THUDM/LongBench-v2 data.json --repo-type dataset    # LongBench v2's items (bench.data)",
+        "hf download Qwen/Qwen3-VL-2B-Instruct    # Qwen3-VL (vlm.source)",
+        "hf download Volkopat/Qwen-VLM-Optical-Encoder qwen3_vl_2b.pth    # the adapter (bench.adapter)",
+        "hf download deepseek-ai/DeepSeek-OCR    # DeepSeek-OCR's encoder (deepencoder.weights)",
+    ]
+    assert "4 download(s)" in result.stderr and not out.exists()

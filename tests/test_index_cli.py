@@ -360,3 +360,35 @@ def test_rendered_documents_become_searchable(tmp_path):
     assert result.exit_code == 0, result.output
     hits = [json.loads(line) for line in result.stdout.splitlines()]
     assert hits[0]["rank"] == 1 and "alpha" in hits[0]["id"]
+
+
+def _advised_build(message: str) -> str:
+    """The `optical index build-energy ...` command an error advises."""
+    return message.split("`optical index build-energy ", 1)[1].split("`", 1)[0]
+
+
+def test_search_advice_on_a_directory_that_is_no_index_works(tmp_path):
+    """The advice of `index search` on a folder of someone's files, a render run or a damaged index can be
+    followed as written (a new directory where optical may not write; --overwrite on its own run)."""
+    vectors = np.random.default_rng(1).normal(size=(30, 8)).astype(np.float32)
+    np.save(tmp_path / "v.npy", vectors)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("my notes")
+    pages = tmp_path / "pages"
+    assert invoke("render", "-o", pages).exit_code == 0
+    built = tmp_path / "ix"
+    assert invoke("index", "build-energy", "--input", tmp_path / "v.npy", "--limit", 0, "-o", built).exit_code == 0
+    (built / "lambdas.parquet").unlink()
+    for directory, expect_new in ((notes, True), (pages, True), (built, False)):
+        refused = invoke("index", "search", "--index", directory, "--query-vector", tmp_path / "v.npy")
+        assert refused.exit_code == 2, refused.output
+        advice = _advised_build(" ".join(refused.stderr.split()))
+        assert ("NEW_DIR" in advice) == expect_new
+        target = tmp_path / f"new-{directory.name}" if expect_new else directory
+        flags = advice.replace("NEW_DIR", str(target)).split()
+        rebuilt = invoke("index", "build-energy", "--input", tmp_path / "v.npy", "--limit", 0, *flags)
+        assert rebuilt.exit_code == 0, rebuilt.output
+        found = invoke("index", "search", "--index", target, "--query-vector", tmp_path / "v.npy", "--json")
+        assert found.exit_code == 0, found.output
+    assert (notes / "README.md").read_text() == "my notes" and (pages / "layout.jsonl").is_file()

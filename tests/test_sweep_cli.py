@@ -7,6 +7,8 @@ FAISS, heatmaps, tuning, resume - without loading a sentence model.
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,14 +65,29 @@ def _invoke(corpus, cache, out, *extra):
     return runner.invoke(app, args)
 
 
+def _interrupt_after(out, cells: int) -> None:
+    """Make ``out`` what a sweep killed after its baselines and ``cells`` grid cells leaves: cells.jsonl cut
+    there, the manifest still saying running for a process that no longer exists."""
+    lines = (out / "cells.jsonl").read_text().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line)["method"] != "energy"]
+    kept += [line for line in lines if json.loads(line)["method"] == "energy"][:cells]
+    (out / "cells.jsonl").write_text("".join(kept))
+    manifest = json.loads((out / "manifest.json").read_text())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    manifest.update(status="running", pid=int(dead.stdout))
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_tiny_sweep_end_to_end_and_resume(tiny_corpus, tmp_path):
     corpus, cache = tiny_corpus
     out = tmp_path / "run"
-    partial = _invoke(corpus, cache, out, "--eta", "0.05", "--steps", "2", "--json")  # as if stopped after one cell
-    assert partial.exit_code == 0, partial.output
-    baselines = len(json.loads(partial.stdout)["baselines"])
+    first = _invoke(corpus, cache, out, "--eta", "0.05,0.1", "--steps", "2,4", "--json")
+    assert first.exit_code == 0, first.output
+    baselines = len(json.loads(first.stdout)["baselines"])
+    _interrupt_after(out, cells=1)  # as if killed after the first cell
     result = _invoke(corpus, cache, out, "--eta", "0.05,0.1", "--steps", "2,4", "--json", "--resume")
     assert result.exit_code == 0, result.output
+    assert "1 of 4 cells done" in result.stderr
     summary = json.loads(result.stdout)
     assert summary["timing"]["cells_evaluated"] == 3 and summary["timing"]["cells_skipped"] == 1 + baselines
     for name in (
@@ -165,7 +182,9 @@ def test_missing_faiss_is_a_warning_not_a_silent_skip(tiny_corpus, tmp_path, mon
     [
         (["--eta", "0.1,abc"], "'abc' is not a number"),
         (["--eta", ""], "empty list"),
-        (["--steps=-2"], "must be >= 0"),
+        (["--steps=-2"], "must be >= 1"),
+        (["--steps", "0"], "0 steps is no diffusion"),
+        (["--eta", "0"], "eta 0 is no diffusion"),
         (["--steps", "2,x"], "not a whole number"),
         (["--resume"], "--resume needs --output-dir"),
     ],
@@ -222,3 +241,47 @@ def test_corpus_smaller_than_depth_is_exit_2(tiny_corpus, tmp_path):
     result = _invoke(corpus, cache, tmp_path / "out", "--set", "sweep.depth=200")
     assert result.exit_code == 2
     assert "lower sweep.depth" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ["--eta", "0.05,0.1", "--steps", "2,4"],  # the grid
+        ["--eta", "0.05", "--steps", "2"],
+        ["--eta", "0.05", "--steps", "2,4", "--set", "tuning.trials=10"],  # the tuning
+        ["--eta", "0.05", "--steps", "2,4", "--set", "sweep.text_queries=[overflow]"],  # the qualitative queries
+    ],
+)
+def test_resume_of_a_finished_sweep_under_other_settings_leaves_it_byte_identical(tiny_corpus, tmp_path, change):
+    """A resume never rewrites a finished run so that its files contradict each other (issue 31)."""
+    corpus, cache = tiny_corpus
+    out = tmp_path / "run"
+    done = _invoke(corpus, cache, out, "--eta", "0.05", "--steps", "2,4", "--set", "tuning.trials=4")
+    assert done.exit_code == 0, done.output
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    refused = _invoke(corpus, cache, out, "--set", "tuning.trials=4", *change, "--resume")
+    assert refused.exit_code == 2, refused.output
+    assert "finished" in refused.stderr and "new --output-dir" in refused.stderr
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_steps_zero_exits_2_before_any_output(tmp_path):
+    out = tmp_path / "x"
+    result = runner.invoke(
+        app, ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml", "--steps", "0", "-o", str(out)]
+    )
+    assert result.exit_code == 2 and "0 steps is no diffusion" in result.stderr
+    assert not out.exists()
+    zero = runner.invoke(app, ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml", "--set", "sweep.steps=[0]"])
+    assert zero.exit_code == 2 and "sweep.steps" in zero.stderr
+
+
+def test_progress_counts_grid_cells(tiny_corpus, tmp_path):
+    """The bar counts the grid's cells (4 here), not cells plus baselines, and says so."""
+    corpus, cache = tiny_corpus
+    result = _invoke(
+        corpus, cache, tmp_path / "run", "--eta", "0.05,0.1", "--steps", "2,4", "--set", "tuning.enabled=false"
+    )
+    assert result.exit_code == 0, result.output
+    assert "4/4" in result.stderr and "6/6" not in result.stderr and "5/5" not in result.stderr
+    assert "cells" in result.stderr

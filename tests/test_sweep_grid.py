@@ -24,8 +24,10 @@ def test_parse_lists():
         ("", "empty list"),
         (" , ", "empty list"),
         ("0.1,,0.2", "empty entry"),
-        ("-0.1", "must be a finite number >= 0"),
-        ("nan", "must be a finite number >= 0"),
+        ("-0.1", r"must be a number in \(0, 1\]"),
+        ("nan", r"must be a number in \(0, 1\]"),
+        ("0", "eta 0 is no diffusion"),
+        ("1.5", r"must be a number in \(0, 1\]"),
     ],
 )
 def test_bad_eta_lists(text, message):
@@ -34,7 +36,14 @@ def test_bad_eta_lists(text, message):
 
 
 @pytest.mark.parametrize(
-    "text, message", [("2,x", "not a whole number"), ("2.5", "not a whole number"), ("-1", ">= 0"), ("", "empty list")]
+    "text, message",
+    [
+        ("2,x", "not a whole number"),
+        ("2.5", "not a whole number"),
+        ("-1", ">= 1"),
+        ("0", "0 steps is no diffusion"),
+        ("", "empty list"),
+    ],
 )
 def test_bad_steps_lists(text, message):
     with pytest.raises(InputError, match=message):

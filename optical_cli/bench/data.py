@@ -129,6 +129,10 @@ def _hub_datasets():
     return datasets
 
 
+class DatasetUnavailable(InputError):
+    """The hub dataset could not be loaded while the hub is unreachable: a missing download."""
+
+
 def _read_hub(source: str, split: str) -> list[Any]:
     """The hub dataset through ``datasets``; offline or missing gives one clear error."""
     offline = go_offline_if_unreachable()  # an unreachable hub: the cache only, not a minute of retries
@@ -136,8 +140,8 @@ def _read_hub(source: str, split: str) -> list[Any]:
         datasets = _hub_datasets()
         datasets.utils.logging.disable_progress_bar()
         dataset = datasets.load_dataset(source, split=split)
-    except Exception as exc:  # offline, unknown id, missing split: all arrive as different types
-        raise InputError(
+    except Exception as exc:  # noqa: BLE001 - offline, unknown id, missing split: all arrive as different types
+        raise (DatasetUnavailable if offline else InputError)(
             f"cannot load the dataset '{source}' (split {split}) from the Hugging Face hub "
             f"({type(exc).__name__}: {_first_line(exc)}{'; ' + offline_reason() if offline else ''}); when offline, "
             f"download LongBench v2's data.json on a connected machine (`hf download {HUB_ID} data.json --repo-type "

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
-from .. import config as config_mod
-from ..memory import PeakMemory, busiest
+from ..errors import RunFailed
 from .common import (
     ConfigOpt,
     DeviceMemoryOpt,
@@ -34,6 +32,8 @@ from .common import (
     report_resume,
     reuse_attention_choices,
     run_dir,
+    split_csv,
+    with_flags,
 )
 
 app = typer.Typer(help="Benchmarks: LongBench v2, native text against optical pages.", no_args_is_help=True)
@@ -42,25 +42,6 @@ RANDOM_BANNER = (
     "RANDOM WEIGHTS: the models are random (tiny test models or random full-size ones). The accuracies "
     "below test the pipeline; they are not results and say nothing about reading."
 )
-
-
-def _csv_list(value: Optional[str]) -> list[str] | None:
-    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
-
-
-def _longbench_cfg(cfg: Any, flags: dict[str, Any]) -> Any:
-    """Fold the command's flags into the config (validated like the file), so config.yaml
-    records what actually ran."""
-    from ..bench.runner import parse_conditions
-
-    update = {key: value for key, value in flags.items() if value is not None}
-    if "conditions" in update:
-        update["conditions"] = list(parse_conditions(update["conditions"]))
-    if not update:
-        return cfg
-    data = cfg.model_dump(mode="json")
-    data["bench"].update(update)
-    return config_mod.validate(type(cfg), data, "command-line flags")
 
 
 def _print_longbench(summary: dict) -> None:
@@ -142,28 +123,6 @@ def _print_longbench(summary: dict) -> None:
         )
 
 
-def engine_record(cfg: Any) -> dict[str, Any]:
-    """For the manifest: the engine, and with vLLM its version and parallel layout."""
-    if cfg.bench.engine != "vllm":
-        return {"engine": "hf"}
-    from ..bench.engines.vllm import vllm_version
-
-    section = cfg.vllm
-    return {
-        "engine": "vllm",
-        "vllm": {
-            "version": vllm_version(),
-            "tensor_parallel_size": section.tensor_parallel_size,
-            "pipeline_parallel_size": section.pipeline_parallel_size,
-            "dtype": section.dtype,
-            "enforce_eager": section.enforce_eager,
-            "max_model_len": section.max_model_len,
-            "max_num_seqs": section.max_num_seqs,
-            "prefix_caching": section.prefix_caching,
-        },
-    }
-
-
 @app.command("longbench")
 def bench_longbench(
     num_samples: Annotated[
@@ -243,109 +202,60 @@ def bench_longbench(
     some condition failed (the results stay).
     """
     with handled_errors():
+        from ..bench import longbench
+        from ..bench.engines.vllm import require_vllm
         from ..bench.models import build_reader
-        from ..bench.reader import in_flight
-        from ..bench.runner import (
-            RESUMABLE_CHANGES,
-            finish_run,
-            load_selection,
-            resume_progress,
-            run_benchmark,
-            settings_from,
-            throughput,
-        )
-        from ..errors import RunFailed
+        from ..bench.runner import RESUMABLE_CHANGES, parse_conditions
 
-        flags = {
-            "num_samples": num_samples,
-            "ids": _csv_list(ids),
-            "conditions": _csv_list(conditions),
-            "engine": engine,
-            "lengths": _csv_list(lengths),
-            "difficulties": _csv_list(difficulties),
-            "domains": _csv_list(domains),
-        }
-        cfg = _longbench_cfg(load("longbench", config, sets), flags)
+        flags = _flags(num_samples, ids, conditions, engine, lengths, difficulties, domains, parse_conditions)
+        cfg = with_flags(load("longbench", config, sets), flags)
         if dry_run:
-            from ..devices import resolve_device, resolve_dtype
-            from ..plan import plan_longbench
+            from ..plan import plan_command
 
-            device = resolve_device(cfg.runtime.device)
-            report_plan(
-                plan_longbench(
-                    cfg,
-                    cfg.bench.conditions,
-                    device,
-                    resolve_dtype(cfg.runtime.dtype, device),
-                    devices,
-                    device_memory,
-                ),
-                json_out,
-            )
-            return
+            return report_plan(plan_command("longbench", cfg, devices, device_memory), json_out)
         if cfg.bench.engine == "vllm":  # before the output directory is claimed: no run directory without vLLM
-            from ..bench.engines.vllm import require_vllm
-
             require_vllm()
         claim = claim_output("bench longbench", output_dir, resume=resume, overwrite=overwrite)
         check_resumable(claim, cfg, "longbench", RESUMABLE_CHANGES)
-        settings = settings_from(cfg.bench, cfg.runtime.seed)
-        items = load_selection(cfg.bench, cfg.runtime.seed)  # bad data fails before any model loads
-        done = 0
-        if resume:
-            done, wanted = resume_progress(output_dir / "items.csv", items, settings.conditions)
-            report_resume(f"{done} of {wanted} (item, condition) rows done in {output_dir}")
+        selection = longbench.select(cfg, claim.path if claim.resuming else None)  # bad data fails before models load
+        if claim.resuming:
+            report_resume(f"{selection.done} of {selection.rows} (item, condition) rows done in {output_dir}")
         procs = join_processes(cfg.runtime.device)  # each process on its own GPU before loading
         reuse_attention_choices(claim, cfg.deepencoder.attention)  # before the warm-up page measures them
-        reader = build_reader(cfg, settings.conditions)
+        reader = build_reader(cfg, selection.settings.conditions)
         if reader.random_weights and procs.is_main:
             err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
-        memory = PeakMemory(reader.device)
         with run_dir("bench longbench", cfg, claim, procs=procs, device=str(reader.device)) as run:
-            run.update(**attention_record(cfg.deepencoder.attention))  # every page has the warm-up page's shape
-            run.update(**engine_record(cfg))
-            started = time.perf_counter()
-            with progress_bar("longbench", total=len(items) * len(settings.conditions)) as advance:
-                rows = run_benchmark(
-                    reader,
-                    items,
-                    settings,
-                    run.file("items.csv"),
-                    resume=resume,
-                    progress=advance,
-                    procs=procs,
-                    memory=memory,
-                )
-            wall_s = time.perf_counter() - started
-            peaks = procs.gather(memory.run_peak())  # every process's; the report keeps the busiest
-            if rows is None:  # not the main process: the main one merges and reports
-                return
-            rate = throughput(len(rows) - done, wall_s, len(settings.conditions), in_flight(reader) * procs.count)
-            summary = finish_run(
-                rows,
-                settings,
-                run.path,
-                reader_description=reader.description,
-                random_weights=reader.random_weights,
-                data_source=cfg.bench.data,
-                plots=cfg.bench.plots,
-                parameters=reader.parameters,
-                peak_memory_gib=busiest(peaks),
-                conventions=reader.conventions,
-                throughput=rate,
-            )
-            run.record_existing("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
-            run.update(
-                parameters=summary["parameters"],
-                peak_memory_gib=summary["peak_memory_gib"],
-                conventions=summary["conventions"],
-                throughput=summary["throughput"],
-            )
-            _print_longbench(summary)
-            if json_out:
-                emit_json(summary)
-            failed = [c for c, block in summary["conditions"].items() if block["n"] and not block["completed"]]
-            if failed:  # inside the run: the manifest says failed; items.csv and summary.json stay
-                raise RunFailed(
-                    f"every item of condition(s) {', '.join(failed)} failed (reasons in {run.path / 'items.csv'})"
-                )
+            run.update(**attention_record(cfg.deepencoder.attention), **longbench.engine_record(cfg))
+            with progress_bar("longbench", total=selection.rows) as advance:
+                summary = longbench.run(cfg, selection, reader, run.path, resume=resume, procs=procs, progress=advance)
+            if summary is not None:  # the main process merges and reports
+                _finish(run, summary, json_out)
+
+
+def _flags(num_samples, ids, conditions, engine, lengths, difficulties, domains, parse_conditions) -> dict:
+    """The command's flags as config keys (``with_flags``); --conditions in the canonical order."""
+    ordered = None if conditions is None else list(parse_conditions(split_csv(conditions)))
+    return {
+        "--num-samples": ("bench.num_samples", num_samples),
+        "--ids": ("bench.ids", split_csv(ids)),
+        "--conditions": ("bench.conditions", ordered),
+        "--engine": ("bench.engine", engine),
+        "--lengths": ("bench.lengths", split_csv(lengths)),
+        "--difficulties": ("bench.difficulties", split_csv(difficulties)),
+        "--domains": ("bench.domains", split_csv(domains)),
+    }
+
+
+def _finish(run, summary: dict, json_out: bool) -> None:
+    """Record the summary in the manifest, print it; exit 1 (results kept) when a whole condition failed."""
+    from ..bench.longbench import SUMMARY_FILES, failed_conditions
+
+    run.record_existing(*SUMMARY_FILES)
+    run.update(**{key: summary[key] for key in ("parameters", "peak_memory_gib", "conventions", "throughput")})
+    _print_longbench(summary)
+    if json_out:
+        emit_json(summary)
+    failed = failed_conditions(summary)
+    if failed:  # inside the run: the manifest says failed; items.csv and summary.json stay
+        raise RunFailed(f"every item of condition(s) {', '.join(failed)} failed (reasons in {run.path / 'items.csv'})")

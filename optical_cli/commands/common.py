@@ -219,7 +219,8 @@ def check_resumable(claim: OutputDir, cfg: Any, schema: str, allowed: set[str]) 
             f"--resume: {saved} is missing, so the settings of the run cannot be checked; "
             "choose another --output-dir, or --overwrite to start over there"
         )
-    config_mod.check_same_settings(load(schema, saved, None), cfg, allowed)
+    finished = (claim.previous or {}).get("status") == "ok"
+    config_mod.check_same_settings(load(schema, saved, None), cfg, allowed, finished=finished)
 
 
 def report_resume(found: str) -> None:

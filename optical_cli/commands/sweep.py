@@ -9,13 +9,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .. import config as config_mod
 from .common import (
     ConfigOpt,
     JsonOpt,
     OutputDirOpt,
     OverwriteOpt,
     SetOpt,
+    all_if_zero,
     check_resumable,
     claim_output,
     config_default,
@@ -27,6 +27,7 @@ from .common import (
     report_resume,
     run_dir,
     warn,
+    with_flags,
 )
 
 app = typer.Typer(
@@ -95,65 +96,61 @@ def sweep_diffusion(
     json_out: JsonOpt = False,
 ) -> None:
     """Energy search over an eta x steps grid vs cosine, judged by shared labels (CWE ids)."""
-    from ..sweep.diffusion import faiss_available, read_sweep_inputs
+    from ..sweep.diffusion import read_sweep_inputs
     from ..sweep.grid import RESUMABLE_CHANGES, cells_done, parse_eta_list, parse_steps_list
-    from ..sweep.pipeline import Hooks, run_diffusion_sweep
+    from ..sweep.pipeline import OUTPUT_FILES, run_diffusion_sweep
 
     with handled_errors():
-        cfg = load("sweep", config, sets)
-        etas = parse_eta_list(eta) if eta is not None else list(cfg.sweep.etas)
-        step_list = parse_steps_list(steps) if steps is not None else list(cfg.sweep.steps)
-        cfg.sweep = config_mod.validate(
-            type(cfg.sweep),
-            cfg.sweep.model_dump()
-            | {"etas": etas, "steps": step_list}
-            | ({"num_queries": num_queries} if num_queries is not None else {})
-            | ({"limit": limit or None} if limit is not None else {})
-            | ({"corpus": str(corpus)} if corpus is not None else {}),
-            "command line",
-        )
+        flags = {
+            "--eta": ("sweep.etas", None if eta is None else parse_eta_list(eta)),
+            "--steps": ("sweep.steps", None if steps is None else parse_steps_list(steps)),
+            "--num-queries": ("sweep.num_queries", num_queries),
+            "--limit": ("sweep.limit", all_if_zero(limit)),
+            "--corpus": ("sweep.corpus", None if corpus is None else str(corpus)),
+        }
+        cfg = with_flags(load("sweep", config, sets), flags)
         claim = claim_output("sweep diffusion", output_dir, resume=resume, overwrite=overwrite)
         check_resumable(claim, cfg, "sweep", RESUMABLE_CHANGES)  # before the corpus is embedded
-        if resume:
-            done = cells_done(output_dir / "cells.jsonl", etas, step_list)
-            report_resume(f"{done} of {len(etas) * len(step_list)} cells done in {output_dir}")
+        cells = len(cfg.sweep.etas) * len(cfg.sweep.steps)
+        if claim.resuming:
+            done = cells_done(output_dir / "cells.jsonl", cfg.sweep.etas, cfg.sweep.steps)
+            report_resume(f"{done} of {cells} cells done in {output_dir}")
         inputs = read_sweep_inputs(cfg)  # a bad corpus fails here, before the run directory exists
-        with_faiss = cfg.sweep.faiss and faiss_available()
-        if cfg.sweep.faiss and not with_faiss:
-            warn("sweep.faiss=true but faiss is not installed (pip install faiss-cpu); the FAISS baseline is skipped")
-        with run_dir("sweep diffusion", cfg, claim) as run, progress_bar("sweep", total=None) as advance:
-            embedded = [0]
-
-            def embed_progress(n: int, total: int | None = None) -> None:
-                embedded[0] += n
-                advance(0, description=f"embedding corpus {embedded[0]}/{total}")
-
-            hooks = Hooks(
-                embed=embed_progress,
-                stage=lambda name: advance(0, description=name),
-                cell=lambda record, skipped: advance(
-                    1,
-                    total=len(etas) * len(step_list) + 1 + with_faiss,
-                    description=f"{record['method']} {_cell_name(record)}{' (resumed)' if skipped else ''}",
-                ),
-                trial=lambda n: advance(0, description="tuning weights"),
-            )
-            summary = run_diffusion_sweep(cfg, etas, step_list, run.path, resume, hooks, inputs)
-            run.record_existing(
-                "cells.jsonl",
-                "sweep.csv",
-                "per_query.csv",
-                "heatmaps.png",
-                "tuning.csv",
-                "summary.json",
-                "text_queries.json",
-            )
+        with run_dir("sweep diffusion", cfg, claim) as run, progress_bar("sweep", total=cells) as advance:
+            summary = run_diffusion_sweep(cfg, run.path, resume, _diffusion_hooks(advance), inputs)
+            run.record_existing(*OUTPUT_FILES)
             run.update(sweep_seconds=summary["timing"]["sweep_seconds"])
         _print_sweep_report(summary, run.path)
         for warning in summary.get("warnings", []):
             warn(warning)
         if json_out:
             emit_json({k: v for k, v in summary.items() if not k.startswith("_")})
+
+
+def _diffusion_hooks(advance):
+    """The progress bar counts grid cells; baselines and later stages show in its description."""
+    from ..sweep.pipeline import Hooks
+
+    state = {"stage": "cells", "embedded": 0}
+
+    def embed(n: int, total: int | None = None) -> None:
+        state["embedded"] += n
+        advance(0, description=f"embedding corpus {state['embedded']}/{total}")
+
+    def cell(record: dict, skipped: bool) -> None:
+        energy = record["method"] == "energy"
+        name = f"{record['method']} {_cell_name(record)}" if energy else f"{record['method']} baseline"
+        advance(1 if energy else 0, description=f"cells: {name}{' (resumed)' if skipped else ''}")
+
+    def stage(name: str) -> None:  # embedding, sweeping, then the stages after the grid
+        if name == "sweeping":
+            state["stage"] = "sweeping"
+        before = state["stage"] == "cells"
+        advance(0, description=name if before else "cells" if name == "sweeping" else f"cells done; {name}")
+
+    return Hooks(
+        embed=embed, stage=stage, cell=cell, trial=lambda n: advance(0, description="cells done; tuning weights")
+    )
 
 
 def _print_versus(title: str, entries: list[tuple[str, Optional[dict]]], cells: bool = False) -> None:
@@ -354,69 +351,58 @@ def sweep_render(
 ) -> None:
     """The compression frontier: text tokens per vision token against an OCR judge's error, over font size x mode
     x reflow x line spacing x font."""
-    from ..artifacts import read_jsonl
     from ..sweep.frontier import (
+        OUTPUT_FILES,
         RESUMABLE_CHANGES,
         Hooks,
-        cell_key,
+        cells_done,
         check_cells,
-        grid,
-        parse_choices,
-        parse_int_list,
         read_inputs,
         run_render_sweep,
     )
 
     with handled_errors():
-        cfg = load("sweep-render", config, sets)
-        update: dict = {}
-        if inputs:
-            update["inputs"] = list(inputs)
-        if font_size is not None:
-            update["font_sizes"] = parse_int_list(font_size, "--font-size")
-        if mode is not None:
-            update["modes"] = parse_choices(mode, "--mode", ("tiny", "small", "base", "large", "gundam"))
-        if judge is not None:
-            update["judge"] = parse_choices(
-                judge, "--judge", ("ocr",), single=True, hint="the trained-reader judge is not built yet"
-            )
-        cfg.sweep = config_mod.validate(type(cfg.sweep), cfg.sweep.model_dump() | update, "command line")
+        cfg = with_flags(load("sweep-render", config, sets), _render_flags(inputs, font_size, mode, judge))
         claim = claim_output("sweep render", output_dir, resume=resume, overwrite=overwrite)
         check_resumable(claim, cfg, "sweep-render", RESUMABLE_CHANGES)
-        cells = grid(cfg)
-        if resume:
-            wanted = {cell.key() for cell in cells}
-            done = len(wanted & {cell_key(r) for r in read_jsonl(output_dir / "cells.jsonl")})
-            report_resume(f"{done} of {len(cells)} cells done in {output_dir}")
+        done, cells = cells_done(cfg, claim.path if claim.resuming else None)
+        if claim.resuming:
+            report_resume(f"{done} of {cells} cells done in {output_dir}")
         documents = read_inputs(cfg)  # bad inputs fail here, before the run directory exists
         check_cells(cfg)  # a font or size that cannot lay out a page fails before any work
-        with (
-            run_dir("sweep render", cfg, claim, device="cpu") as run,
-            progress_bar("sweep render", total=len(cells)) as advance,
-        ):
-            hooks = Hooks(
-                cell=lambda record, skipped: advance(
-                    1,
-                    description=f"{_render_cell_name(record)}: cer {record['cer']:.3f}"
-                    f"{' (resumed)' if skipped else ''}",
-                ),
-                stage=lambda name: advance(0, description=name),
-            )
-            summary = run_render_sweep(cfg, documents, run.path, resume, hooks)
-            run.record_existing(
-                "cells.jsonl",
-                "frontier.csv",
-                "frontier.png",
-                "operating_point.yaml",
-                "operating_point.sets",
-                "summary.json",
-            )
+        with run_dir("sweep render", cfg, claim, device="cpu") as run, progress_bar("sweep render", cells) as advance:
+            summary = run_render_sweep(cfg, documents, run.path, resume, _render_hooks(advance, Hooks))
+            run.record_existing(*OUTPUT_FILES)
             run.update(sweep_seconds=summary["timing"]["seconds"])
         _print_frontier(summary)
         if "warning" in summary:
             warn(summary["warning"])
         if json_out:
             emit_json(summary | {"output_dir": str(run.path)})
+
+
+def _render_flags(inputs, font_size, mode, judge) -> dict:
+    """sweep render's flags as config keys (``with_flags``), each list checked by its parser."""
+    from ..sweep.frontier import MODE_CHOICES, parse_choices, parse_int_list
+
+    hint = "the trained-reader judge is not built yet"
+    judged = None if judge is None else parse_choices(judge, "--judge", ("ocr",), True, hint)
+    return {
+        "--input": ("sweep.inputs", list(inputs) if inputs else None),
+        "--font-size": ("sweep.font_sizes", None if font_size is None else parse_int_list(font_size, "--font-size")),
+        "--mode": ("sweep.modes", None if mode is None else parse_choices(mode, "--mode", MODE_CHOICES)),
+        "--judge": ("sweep.judge", judged),
+    }
+
+
+def _render_hooks(advance, hooks_class):
+    """Progress per finished cell (its CER), and the stage names."""
+
+    def cell(record: dict, skipped: bool) -> None:
+        resumed = " (resumed)" if skipped else ""
+        advance(1, description=f"{_render_cell_name(record)}: cer {record['cer']:.3f}{resumed}")
+
+    return hooks_class(cell=cell, stage=lambda name: advance(0, description=name))
 
 
 def _render_cell_name(record: dict) -> str:

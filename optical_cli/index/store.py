@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
-from ..artifacts import atomic_path, atomic_write_json
+from ..artifacts import atomic_path, atomic_write_json, read_run_manifest
 from ..errors import InputError
 from . import ann as ann_mod
 from .build import EnergyIndex, Graph, LambdaScales
@@ -82,9 +82,21 @@ def save_index(index: EnergyIndex, directory: str | Path, manifest: bool = True)
 
 
 def _fail(directory: Path, problem: str) -> InputError:
-    return InputError(
-        f"{directory}: not a usable energy index ({problem}); rebuild it with `optical index build-energy "
-        f"--output-dir {directory}`"
+    return InputError(f"{directory}: not a usable energy index ({problem}); {_rebuild_advice(directory)}")
+
+
+def _rebuild_advice(directory: Path) -> str:
+    """Advice that works: rebuild in place only where build-energy may write (its own run, or an empty
+    directory); anything else (files optical did not write, another command's run) is left alone."""
+    run = read_run_manifest(directory)
+    if run is not None and run["command"] == "index build-energy":
+        return f"rebuild it with `optical index build-energy --output-dir {directory} --overwrite`"
+    if directory.is_dir() and not any(directory.iterdir()):
+        return f"build one there with `optical index build-energy --output-dir {directory}`"
+    holds = f"an `optical {run['command']}` run" if run else "files optical did not write"
+    return (
+        f"it holds {holds}, which optical leaves alone: build an index in a new directory with "
+        "`optical index build-energy --output-dir NEW_DIR` and search it with --index NEW_DIR"
     )
 
 

@@ -15,9 +15,10 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub import hf_hub_download, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from ..errors import ConfigError, ModelNotFoundError
@@ -121,6 +122,61 @@ def resolve_hub_file(source: str) -> Path:
         return Path(hf_hub_download(repo_id, filename, local_files_only=offline))
     except Exception as exc:  # noqa: BLE001
         raise _hub_failure(f"'{filename}' of '{repo_id}'", f"{repo_id} {filename}", exc, offline) from None
+
+
+# Everything a command will download, checked at once before anything loads
+
+
+@dataclass(frozen=True)
+class Download:
+    """One thing a run needs from the hub: ``source`` (a hub id, ``hf://owner/name/file`` or a local path),
+    the file whose presence in the cache stands for it, and the config key that names it."""
+
+    what: str
+    source: str
+    key_file: str
+    config_key: str
+    repo_type: str = "model"
+
+    def command(self) -> str:
+        """The ``hf download`` line that fetches it."""
+        if self.source.startswith(HUB_FILE_SCHEME):
+            owner, name, file = self.source.removeprefix(HUB_FILE_SCHEME).split("/", 2)
+            return f"hf download {owner}/{name} {file}"
+        kind = f" {self.key_file} --repo-type dataset" if self.repo_type == "dataset" else ""
+        return f"hf download {self.source}{kind}"
+
+
+def _available(download: Download) -> bool:
+    source = download.source
+    if source == RANDOM_SOURCE or Path(source).expanduser().exists():
+        return True
+    if source.startswith(HUB_FILE_SCHEME):
+        parts = source.removeprefix(HUB_FILE_SCHEME).split("/", 2)
+        repo_id, filename = "/".join(parts[:2]), parts[2] if len(parts) == 3 else ""
+    elif looks_like_hub_id(source):
+        repo_id, filename = source, download.key_file
+    else:
+        return False  # a local path that does not exist
+    return isinstance(try_to_load_from_cache(repo_id, filename, repo_type=download.repo_type), str)
+
+
+def require_downloads(downloads: list[Download], known_missing: list[Download] | None = None) -> None:
+    """Fail once, naming every missing download with its ``hf download`` line, when the hub cannot be
+    reached and some are neither local nor cached; online, what is missing is fetched when it loads.
+    ``known_missing``: downloads a loader already failed to find (a hub dataset)."""
+    missing = list(known_missing or []) + [d for d in downloads if not _available(d)]
+    local = [d for d in missing if not d.source.startswith(HUB_FILE_SCHEME) and not looks_like_hub_id(d.source)]
+    if local:
+        shown = "; ".join(f"{d.config_key}={d.source}" for d in local)
+        raise ModelNotFoundError(f"not found: {shown}; pass existing files or directories, or hub ids like owner/name")
+    if not missing or not go_offline_if_unreachable():
+        return
+    lines = "\n".join(f"  {d.command()}    # {d.what} ({d.config_key})" for d in missing)
+    raise ModelNotFoundError(
+        f"{len(missing)} download(s) this run needs are not in the local Hugging Face cache and {offline_reason()}; "
+        f"fetch them on a connected machine (or point the config keys at local paths):\n{lines}"
+    )
 
 
 # Model sources and the cache of derived models

@@ -380,19 +380,25 @@ def default_cell(result: SweepResult) -> Optional[dict]:
     }
 
 
+def _public(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("per_query", "fingerprint")}
+
+
 def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict:
     setup = result.setup
-    public = lambda row: {k: v for k, v in row.items() if k not in ("per_query", "fingerprint")}  # noqa: E731
+    warnings = [w for row in result.rows for w in row.get("warnings", [])]  # e.g. the published formula
+    if setup.cfg.sweep.faiss and not faiss_available():
+        warnings.append(
+            "sweep.faiss=true but faiss is not installed (pip install faiss-cpu); the FAISS baseline is skipped"
+        )
     document = {
         "setup": setup.info,
         "grid": {"eta": result.etas, "steps": result.steps},
         "search": setup.cfg.search.model_dump(mode="json"),
-        "baselines": {row["method"]: public(row) for row in result.rows if row["method"] != "energy"},
+        "baselines": {row["method"]: _public(row) for row in result.rows if row["method"] != "energy"},
         "default": default_cell(result),
         "best": best_cells(result),
-        "warnings": list(
-            dict.fromkeys(w for row in result.rows for w in row.get("warnings", []))
-        ),  # e.g. the published formula
+        "warnings": list(dict.fromkeys(warnings)),
         "evaluation": "every mean and interval is over the held-out queries (labels never used for a choice); "
         "best cells and tuned weights are chosen on the tuning queries. low/high: queries resampled; "
         "cluster_low/cluster_high: primary-label clusters resampled (the honest interval)",

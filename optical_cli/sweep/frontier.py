@@ -116,6 +116,24 @@ class Cell:
         )
 
 
+MODE_CHOICES = ("tiny", "small", "base", "large", "gundam")
+OUTPUT_FILES = (
+    "cells.jsonl",
+    "frontier.csv",
+    "frontier.png",
+    "operating_point.yaml",
+    "operating_point.sets",
+    "summary.json",
+)
+
+
+def cells_done(cfg: RenderSweepConfig, run_path: Path | None) -> tuple[int, int]:
+    """(cells of the grid already in ``run_path``'s cells.jsonl, cells in the grid); none done without a run."""
+    wanted = {cell.key() for cell in grid(cfg)}
+    done = {cell_key(record) for record in read_jsonl(run_path / "cells.jsonl")} if run_path else set()
+    return len(wanted & done), len(wanted)
+
+
 def grid(cfg: RenderSweepConfig) -> list[Cell]:
     s = cfg.sweep
     return [

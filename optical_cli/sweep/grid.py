@@ -38,7 +38,7 @@ def _unique(values: list) -> list:
 
 
 def parse_eta_list(text: str, option: str = "--eta") -> list[float]:
-    """``"0.05,0.1"`` -> [0.05, 0.1]; each eta must be a finite number >= 0."""
+    """``"0.05,0.1"`` -> [0.05, 0.1]; each eta in (0, 1], the diffusion step sizes an index builds with."""
     values = []
     for part in _split(text, option):
         try:
@@ -48,14 +48,17 @@ def parse_eta_list(text: str, option: str = "--eta") -> list[float]:
                 f"{option} {text!r}: '{part}' is not a number; give comma-separated numbers, for example {option} "
                 "0.05,0.1"
             ) from None
-        if not math.isfinite(value) or value < 0:
-            raise InputError(f"{option} {text!r}: '{part}' must be a finite number >= 0")
+        if not math.isfinite(value) or not 0 < value <= 1:
+            raise InputError(
+                f"{option} {text!r}: '{part}' must be a number in (0, 1] (eta 0 is no diffusion, where every step "
+                "count gives the same index)"
+            )
         values.append(value)
     return _unique(values)
 
 
 def parse_steps_list(text: str, option: str = "--steps") -> list[int]:
-    """``"2,4"`` -> [2, 4]; each value must be a whole number >= 0."""
+    """``"2,4"`` -> [2, 4]; each value a whole number >= 1."""
     values = []
     for part in _split(text, option):
         try:
@@ -65,8 +68,11 @@ def parse_steps_list(text: str, option: str = "--steps") -> list[int]:
                 f"{option} {text!r}: '{part}' is not a whole number; give comma-separated integers, for example "
                 f"{option} 2,4,6,8"
             ) from None
-        if value < 0:
-            raise InputError(f"{option} {text!r}: '{part}' must be >= 0")
+        if value < 1:
+            raise InputError(
+                f"{option} {text!r}: '{part}' must be >= 1 (0 steps is no diffusion, where every eta gives the same "
+                "index: a grid of identical cells)"
+            )
         values.append(value)
     return _unique(values)
 
@@ -85,27 +91,10 @@ def grid_cells(etas: Iterable[float], steps: Iterable[int]) -> list[Cell]:
     return [Cell(float(eta), int(step)) for eta in etas for step in steps]
 
 
-# Keys that may change between a sweep and its --resume: the grid (finished cells are kept, new ones
-# computed), what is only displayed, and the weight tuning, which reruns on every resume. Everything
-# a finished cell's numbers depend on must stay (the cells' fingerprint checks it again).
-RESUMABLE_CHANGES = {
-    "sweep.etas",
-    "sweep.steps",
-    "sweep.text_queries",
-    "sweep.show_k",
-    "sweep.faiss",
-    "runtime.workers",
-    "embed.batch_size",
-    "embed.cache_dir",
-    "tuning.enabled",
-    "tuning.method",
-    "tuning.trials",
-    "tuning.metric",
-    "tuning.w_lambda",
-    "tuning.w_G",
-    "tuning.w_D",
-    "tuning.alpha",
-}
+# Keys that may change between a sweep and its --resume: how it runs, never what it writes (a changed
+# grid, tuning or query set would leave cells.jsonl and sweep.csv saying one thing and the summary another:
+# run it in a new --output-dir, where the embedding cache makes the corpus free).
+RESUMABLE_CHANGES = {"runtime.workers", "embed.batch_size", "embed.cache_dir"}
 
 
 def cells_done(path: Path, etas: list[float], steps: list[int]) -> int:

@@ -91,20 +91,31 @@ def run_tuning(result: SweepResult, out_dir: Path, hooks: Hooks) -> Optional[dic
     return report
 
 
+OUTPUT_FILES = (
+    "cells.jsonl",
+    "sweep.csv",
+    "per_query.csv",
+    "heatmaps.png",
+    "tuning.csv",
+    "summary.json",
+    "text_queries.json",
+)
+
+
 def run_diffusion_sweep(
     cfg: SweepConfig,
-    etas: list[float],
-    steps: list[int],
     out_dir: Path,
     resume: bool = False,
     hooks: Optional[Hooks] = None,
     inputs: Optional[SweepInputs] = None,
 ) -> dict:
-    """Set up, sweep, tune, plot and summarise; returns the summary document (also summary.json).
+    """Set up, sweep the ``cfg.sweep`` grid, tune, plot and summarise; returns the summary document
+    (also summary.json).
 
     ``inputs`` (``read_sweep_inputs``) lets a caller check the corpus before creating ``out_dir``.
     """
     hooks = hooks or Hooks()
+    etas, steps = list(cfg.sweep.etas), list(cfg.sweep.steps)
     out_dir = Path(out_dir)
     started = time.perf_counter()
     _stage(hooks, "embedding corpus")

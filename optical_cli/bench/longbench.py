@@ -1,0 +1,135 @@
+"""`optical bench longbench` as steps a caller (the CLI, a script) runs in order.
+
+1. :func:`select` reads the data and the selection (a bad file fails before any model loads) and,
+   on a resume, counts the rows already on disk;
+2. :func:`build_reader` (``bench/models.py``) loads what the conditions need on the configured engine;
+3. :func:`run` runs the rows still to do into a run directory and writes ``summary.json`` and the plots.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import LongBenchConfig
+from ..distributed import Processes
+from ..memory import PeakMemory, busiest
+from ..models.deepencoder.weights import DEEPENCODER_HUB_FILE
+from ..models.loading import RANDOM_SOURCE, Download, require_downloads
+from ..models.tokenizers import QWEN_TIKTOKEN
+from .data import DatasetUnavailable, LongBenchItem
+from .engines.vllm import vllm_version
+from .reader import Reader, in_flight
+from .runner import BenchSettings, finish_run, load_selection, resume_progress, run_benchmark, settings_from, throughput
+
+SUMMARY_FILES = ("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
+
+
+@dataclass
+class Selection:
+    settings: BenchSettings
+    items: list[LongBenchItem]
+    done: int = 0  # (item, condition) rows of this selection already on disk (a resume)
+
+    @property
+    def rows(self) -> int:
+        return len(self.items) * len(self.settings.conditions)
+
+
+def select(cfg: LongBenchConfig, resume_from: Path | None = None) -> Selection:
+    """The items and settings ``cfg`` asks for; with ``resume_from`` (a run directory), the rows done there.
+
+    A bad data file fails here, before any model loads; offline, every missing download (the dataset,
+    the adapter, Qwen3-VL, DeepEncoder) is named in one error, with the line that fetches each."""
+    try:
+        items, missing = load_selection(cfg.bench, cfg.runtime.seed), []
+    except DatasetUnavailable as exc:
+        items, missing, unavailable = None, [_dataset_download(cfg)], exc
+    require_downloads(model_downloads(cfg), known_missing=missing)
+    if items is None:
+        raise unavailable
+    selection = Selection(settings_from(cfg.bench, cfg.runtime.seed), items)
+    if resume_from is not None:
+        selection.done = resume_progress(resume_from / "items.csv", selection.items, selection.settings.conditions)[0]
+    return selection
+
+
+def _dataset_download(cfg: LongBenchConfig) -> Download:
+    return Download("LongBench v2's items", cfg.bench.data, "data.json", "bench.data", repo_type="dataset")
+
+
+def model_downloads(cfg: LongBenchConfig) -> list[Download]:
+    """What the conditions will load from the hub (or local paths): the adapter, Qwen3-VL and its tokenizer,
+    DeepEncoder's weights."""
+    conditions = set(cfg.bench.conditions)
+    wanted = [Download("Qwen3-VL", cfg.vlm.source, "config.json", "vlm.source")]
+    if cfg.vlm.tokenizer not in ("auto", QWEN_TIKTOKEN, cfg.vlm.source):
+        wanted.append(Download("its tokenizer", cfg.vlm.tokenizer, "tokenizer_config.json", "vlm.tokenizer"))
+    if "optical" in conditions and cfg.bench.adapter not in (None, RANDOM_SOURCE):
+        wanted.append(Download("the adapter", cfg.bench.adapter, "adapter.pth", "bench.adapter"))
+    if conditions & {"optical", "native-matched"}:
+        wanted.append(
+            Download("DeepSeek-OCR's encoder", cfg.deepencoder.weights, DEEPENCODER_HUB_FILE, "deepencoder.weights")
+        )
+    return wanted
+
+
+def engine_record(cfg: LongBenchConfig) -> dict[str, Any]:
+    """For the manifest: the engine, and with vLLM its version and parallel layout."""
+    if cfg.bench.engine != "vllm":
+        return {"engine": "hf"}
+    section = cfg.vllm
+    keys = ("tensor_parallel_size", "pipeline_parallel_size", "dtype", "enforce_eager", "max_model_len")
+    keys += ("max_num_seqs", "prefix_caching")
+    return {"engine": "vllm", "vllm": {"version": vllm_version(), **{key: getattr(section, key) for key in keys}}}
+
+
+def run(
+    cfg: LongBenchConfig,
+    selection: Selection,
+    reader: Reader,
+    out_dir: Path,
+    *,
+    resume: bool,
+    procs: Processes,
+    progress: Callable[..., None] | None = None,
+) -> dict[str, Any] | None:
+    """Run the selection's rows still to do into ``out_dir`` (items.csv) and write the summary and the
+    plots; returns the summary in the main process, None in the others (under accelerate launch)."""
+    memory = PeakMemory(reader.device)
+    started = time.perf_counter()
+    rows = run_benchmark(
+        reader,
+        selection.items,
+        selection.settings,
+        out_dir / "items.csv",
+        resume=resume,
+        progress=progress,
+        procs=procs,
+        memory=memory,
+    )
+    wall_s = time.perf_counter() - started
+    peaks = procs.gather(memory.run_peak())  # every process's; the report keeps the busiest
+    if rows is None:
+        return None
+    conditions = len(selection.settings.conditions)
+    return finish_run(
+        rows,
+        selection.settings,
+        out_dir,
+        reader_description=reader.description,
+        random_weights=reader.random_weights,
+        data_source=cfg.bench.data,
+        plots=cfg.bench.plots,
+        parameters=reader.parameters,
+        peak_memory_gib=busiest(peaks),
+        conventions=reader.conventions,
+        throughput=throughput(len(rows) - selection.done, wall_s, conditions, in_flight(reader) * procs.count),
+    )
+
+
+def failed_conditions(summary: dict[str, Any]) -> list[str]:
+    """Conditions every item of which failed: the run fails (exit 1), its results kept."""
+    return [name for name, block in summary["conditions"].items() if block["n"] and not block["completed"]]
