@@ -96,6 +96,14 @@ def test_set_unknown_key_suggests(tmp_path):
         load_config("render", overrides=["render.margn=3"])
 
 
+def test_set_misspelled_section_suggests_the_whole_key():
+    """A misspelled section gets the closest valid key as much as a misspelled key does (issue 31.4)."""
+    with pytest.raises(ConfigError, match="did you mean 'render.font_size'"):
+        load_config("render", overrides=["rendr.font_size=12"])
+    with pytest.raises(ConfigError, match="valid keys at the top level: render, runtime"):
+        load_config("render", overrides=["zzzz=12"])
+
+
 def test_set_without_equals():
     with pytest.raises(ConfigError, match="key.path=value"):
         load_config("render", overrides=["render.margin"])
