@@ -24,6 +24,7 @@ from optical_cli.train import (
     read_corpus,
     reconstruction_loss,
     train_adapter,
+    training_runtime,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +53,8 @@ def cache(tmp_path_factory):
 
 
 def fresh_reader(cache):
-    return load_reader(tiny_cfg(cache))  # LoRA changes the model: every test gets its own
+    cfg = tiny_cfg(cache)
+    return load_reader(cfg, training_runtime(cfg.runtime))  # LoRA changes the model: every test gets its own
 
 
 def test_only_the_adapter_and_lora_weights_get_gradients(cache):
@@ -87,16 +89,18 @@ def test_only_the_adapter_and_lora_weights_get_gradients(cache):
 
 def test_resume_with_lora_continues_exactly(tmp_path, cache):
     cfg = tiny_cfg(cache, "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=100")
-    train_adapter(cfg, tmp_path / "straight", reader=fresh_reader(cache))
+    runtime = training_runtime(cfg.runtime)
+    train_adapter(cfg, tmp_path / "straight", runtime, fresh_reader(cache))
 
     def crash_after_step_3(event):
         if event["event"] == "step" and event["step"] == 3:
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated"):
-        train_adapter(cfg, tmp_path / "resumed", progress=crash_after_step_3, reader=fresh_reader(cache))
+        train_adapter(cfg, tmp_path / "resumed", runtime, fresh_reader(cache), progress=crash_after_step_3)
     assert (tmp_path / "resumed" / "checkpoints" / "step-0000002" / "lora" / "adapter_model.safetensors").is_file()
-    train_adapter(cfg, tmp_path / "resumed", resume=open_checkpoint(tmp_path / "resumed"), reader=fresh_reader(cache))
+    resume = open_checkpoint(tmp_path / "resumed")
+    train_adapter(cfg, tmp_path / "resumed", runtime, fresh_reader(cache), resume=resume)
     from safetensors.torch import load_file
 
     straight = load_file(str(tmp_path / "straight" / "lora" / "adapter_model.safetensors"))

@@ -15,7 +15,7 @@ from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapt
 from optical_cli.render import PageRenderer, non_space
 from optical_cli.train import (
     DeepEncoderPages,
-    _loss,
+    batch_loss,
     build_page_set,
     character_error_rate,
     collate,
@@ -30,6 +30,7 @@ from optical_cli.train import (
     split_documents,
     train_adapter,
     training_mode,
+    training_runtime,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,8 +56,13 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reader(cache):
-    return load_reader(tiny_cfg(cache, "runtime.device=cpu", "runtime.dtype=float32"))
+def runtime(cache):
+    return training_runtime(tiny_cfg(cache, "runtime.device=cpu", "runtime.dtype=float32").runtime)
+
+
+@pytest.fixture(scope="module")
+def reader(cache, runtime):
+    return load_reader(tiny_cfg(cache, "runtime.device=cpu", "runtime.dtype=float32"), runtime)
 
 
 def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
@@ -118,18 +124,18 @@ def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
     assert 0 < pages["target_coverage"] <= 1
 
 
-def test_resume_continues_exactly(tmp_path, cache, reader):
+def test_resume_continues_exactly(tmp_path, cache, runtime, reader):
     cfg = tiny_cfg(cache, "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=100")
-    train_adapter(cfg, tmp_path / "straight", reader=reader)
+    train_adapter(cfg, tmp_path / "straight", runtime, reader)
 
     def crash_after_step_3(event):
         if event["event"] == "step" and event["step"] == 3:
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated"):
-        train_adapter(cfg, tmp_path / "resumed", progress=crash_after_step_3, reader=reader)
+        train_adapter(cfg, tmp_path / "resumed", runtime, reader, progress=crash_after_step_3)
     assert [m["step"] for m in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")][-1] == 3
-    train_adapter(cfg, tmp_path / "resumed", resume=open_checkpoint(tmp_path / "resumed"), reader=reader)
+    train_adapter(cfg, tmp_path / "resumed", runtime, reader, resume=open_checkpoint(tmp_path / "resumed"))
     straight = torch.load(tmp_path / "straight" / "adapter.pth", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "adapter.pth", weights_only=True)
     for name in straight:
@@ -178,7 +184,9 @@ def test_gradient_checkpointing_recomputes_the_frozen_llm_and_gives_the_same_gra
         training_mode(adapter, model, True, checkpointing)
         try:
             adapter.zero_grad()
-            _loss("reconstruction", model, adapter, pages, examples, [0, 1], pad, torch.device("cpu"), False).backward()
+            batch_loss(
+                "reconstruction", model, adapter, pages, examples, [0, 1], pad, torch.device("cpu"), False
+            ).backward()
             return [p.grad.clone() for p in adapter.parameters()], len(calls)
         finally:
             for hook in hooks:
@@ -302,11 +310,11 @@ def test_model_that_cannot_load_fails_before_the_run_and_its_progress_bar(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_corrupt_checkpoint_on_resume_exits_2(tmp_path, cache, reader):
+def test_corrupt_checkpoint_on_resume_exits_2(tmp_path, cache, runtime, reader):
     cfg = tiny_cfg(cache, "train.max_steps=2", "train.checkpoint_every=1", "train.eval_every=100")
     run = tmp_path / "run"
     with start_run("train-adapter", dump_config(cfg), output_dir=run):  # what the CLI's run directory holds
-        train_adapter(cfg, run, reader=reader)
+        train_adapter(cfg, run, runtime, reader)
     newest = sorted((run / "checkpoints").glob("step-*"))[-1]
     (newest / "trainer_state.pth").write_bytes(b"not a checkpoint")
     result = CliRunner().invoke(app, ["train-adapter", "--resume", str(run)])
@@ -325,9 +333,9 @@ def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
         read_corpus("hf:someone/missing-corpus", field_name="text", max_documents=5)
 
 
-def test_mse_objective_trains_and_records_eval(tmp_path, cache, reader):
+def test_mse_objective_trains_and_records_eval(tmp_path, cache, runtime, reader):
     cfg = tiny_cfg(cache, "train.objective=mse", "train.max_steps=6", "train.eval_every=3", "train.lr=0.01")
-    result = train_adapter(cfg, tmp_path / "mse", reader=reader)
+    result = train_adapter(cfg, tmp_path / "mse", runtime, reader)
     metrics = read_jsonl(tmp_path / "mse" / "metrics.jsonl")
     evals = [m["eval_loss"] for m in metrics if m["eval_loss"] is not None]
     assert result.steps == 6 and [m["step"] for m in metrics if m["eval_loss"] is not None] == [0, 3, 6]

@@ -32,6 +32,7 @@ from torch import nn
 from ..artifacts import atomic_path, atomic_write_json
 from ..errors import InputError
 
+ADAPTER_FILE = "adapter.pth"  # what train-adapter writes into a run directory and each checkpoint
 SIDECAR_SUFFIX = ".json"
 FORMAT = "optical-adapter/1"
 OPTICAL_LAYOUT, PUBLISHED_LAYOUT = "optical", "published"

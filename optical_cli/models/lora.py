@@ -69,15 +69,6 @@ def has_lora(model: nn.Module) -> bool:
     return any(".lora_" in name for name, _ in model.named_parameters())
 
 
-def count_lora_parameters(model: nn.Module, rank: int, target_modules: list[str]) -> int:
-    """What :func:`add_lora` would add, from the shapes alone (works on the meta device)."""
-    return sum(
-        rank * (module.in_features + module.out_features)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in target_modules
-    )
-
-
 def save_lora(model: nn.Module, config, directory: Path) -> Path:
     """The PEFT adapter directory: adapter_config.json and adapter_model.safetensors (atomic files)."""
     from peft import get_peft_model_state_dict

@@ -1,0 +1,59 @@
+"""A train-adapter run as the command drives it: everything that can fail on the user's input is
+checked, and the models are loaded, before the run directory exists (``prepare_training``); then
+the prepared run trains into that directory (``PreparedTraining.train``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import TrainAdapterConfig
+from ..distributed import Processes
+from ..models.loading import RANDOM_SOURCE
+from ..models.vlm import VisionLanguageReader
+from .checkpoints import Checkpoint, open_checkpoint
+from .corpus import read_documents
+from .loop import TrainResult, train_adapter
+from .pages import Progress
+from .setup import TrainingRuntime, load_reader, training_runtime
+
+# The artifacts a run leaves in its directory, for the manifest (those that exist)
+RUN_ARTIFACTS = ("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl")
+
+
+def uses_random_weights(cfg: TrainAdapterConfig) -> bool:
+    """Qwen3-VL or DeepEncoder random: the losses and the reading check test the pipeline, nothing more."""
+    return cfg.vlm.source == RANDOM_SOURCE or cfg.deepencoder.weights == "random"
+
+
+@dataclass
+class PreparedTraining:
+    """A run checked and loaded: its corpus, the checkpoint it resumes from, its runtime and reader."""
+
+    cfg: TrainAdapterConfig
+    documents: list[str]
+    checkpoint: Checkpoint | None
+    runtime: TrainingRuntime
+    reader: VisionLanguageReader
+
+    def train(self, run_path: Path, progress: Progress | None = None) -> TrainResult:
+        return train_adapter(
+            self.cfg,
+            run_path,
+            self.runtime,
+            self.reader,
+            documents=self.documents,
+            resume=self.checkpoint,
+            progress=progress,
+        )
+
+
+def prepare_training(
+    cfg: TrainAdapterConfig, processes: Processes, resume_from: Path | None = None
+) -> PreparedTraining:
+    """An unusable corpus or a corrupt checkpoint fails first, then a model that cannot be loaded;
+    all before any file is written."""
+    documents = read_documents(cfg)
+    checkpoint = open_checkpoint(resume_from) if resume_from is not None else None
+    runtime = training_runtime(cfg.runtime, processes)
+    return PreparedTraining(cfg, documents, checkpoint, runtime, load_reader(cfg, runtime))
