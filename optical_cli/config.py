@@ -162,7 +162,11 @@ class VLMSection(Section):
 class AdapterSection(Section):
     hidden_dim: int = Field(3072, ge=1, description="MLP width (vision_dim and llm_dim come from the models)")
     max_pages: int = Field(200, ge=1, description="page-position embeddings")
-    init: Optional[str] = Field(None, description="adapter.pth to start from (default: fresh, zero page embeddings)")
+    init: Optional[str] = Field(
+        None,
+        description="an adapter of ours to start from: a train-adapter run or export folder, its adapter.safetensors, "
+        "or a hub id (default: fresh, zero page embeddings)",
+    )
 
 
 class TrainDataSection(Section):
@@ -262,8 +266,9 @@ class LongBenchSection(Section):
     temperature: float = Field(0.1, ge=0.0, description="0 = greedy; the benchmark's protocol uses 0.1")
     adapter: Optional[str] = Field(
         PUBLISHED_ADAPTER,
-        description="optical: adapter.pth from `optical train-adapter`, a hub file hf://owner/name/file "
-        "(default: the published adapter for Qwen3-VL-2B), or random (pipeline tests only)",
+        description="optical: a train-adapter run or export-adapter folder (or its adapter.safetensors), a hub "
+        "repository owner/name holding an export, a hub file hf://owner/name/file (default: the published adapter "
+        "for Qwen3-VL-2B), or random (pipeline tests only)",
     )
     encode_batch_size: int = Field(8, ge=1, description="optical: page views per DeepEncoder forward")
     plots: bool = True

@@ -109,8 +109,8 @@ def test_resume_with_lora_continues_exactly(tmp_path, cache):
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     assert any(straight[k].abs().sum() > 0 for k in straight if ".lora_B." in k)  # LoRA did train
-    for name, tensor in torch.load(tmp_path / "straight" / "adapter.pth", weights_only=True).items():
-        assert torch.equal(tensor, torch.load(tmp_path / "resumed" / "adapter.pth", weights_only=True)[name]), name
+    for name, tensor in load_file(str(tmp_path / "straight" / "adapter.safetensors")).items():
+        assert torch.equal(tensor, load_file(str(tmp_path / "resumed" / "adapter.safetensors"))[name]), name
     losses = lambda run: [m["loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl")]  # noqa: E731
     assert losses("straight") == losses("resumed")
 
@@ -182,7 +182,7 @@ def test_cli_trains_with_lora_resumes_and_bench_reads_with_it(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["parameters"]["lora"] == 2 * (4 * (64 + 128) * 2 + 4 * (64 + 64) * 2)  # q, o: 64<->128; k, v: 64->64
-    assert (run / "lora" / "adapter_config.json").is_file() and (run / "adapter.pth").is_file()
+    assert (run / "lora" / "adapter_config.json").is_file() and (run / "adapter.safetensors").is_file()
     assert (run / "reading.jsonl").is_file()  # the reading check ran with the LoRA model
 
     result = runner.invoke(app, ["train-adapter", "--resume", str(run / "checkpoints" / "step-0000001"), "--json"])
@@ -200,7 +200,7 @@ def test_cli_trains_with_lora_resumes_and_bench_reads_with_it(tmp_path):
             str(tmp_path / "lb"),
             "--json",
             "--set",
-            f"bench.adapter={run / 'adapter.pth'}",
+            f"bench.adapter={run}",  # the run directory: its adapter.safetensors and lora/
             "--set",
             "vlm.random.initializer_range=0.1",
             "--num-samples",

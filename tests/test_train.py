@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from optical_cli.artifacts import read_jsonl, start_run
@@ -99,8 +100,9 @@ def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["random_weights"] is True and "RANDOM WEIGHTS" in result.stderr  # tiny models: not a result
-    for name in ("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl", "manifest.json"):
+    for name in ("adapter.safetensors", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl", "manifest.json"):
         assert (out / name).is_file(), name
+    assert not (out / "adapter.pth").exists()  # safetensors only: nothing a reader would have to unpickle
     metrics = read_jsonl(out / "metrics.jsonl")
     evals = [m["eval_loss"] for m in metrics if m["eval_loss"] is not None]
     assert metrics[0]["step"] == 0 and metrics[-1]["step"] == 10 == summary["steps"]
@@ -136,8 +138,9 @@ def test_resume_continues_exactly(tmp_path, cache, runtime, reader):
         train_adapter(cfg, tmp_path / "resumed", runtime, reader, progress=crash_after_step_3)
     assert [m["step"] for m in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")][-1] == 3
     train_adapter(cfg, tmp_path / "resumed", runtime, reader, resume=open_checkpoint(tmp_path / "resumed"))
-    straight = torch.load(tmp_path / "straight" / "adapter.pth", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed" / "adapter.pth", weights_only=True)
+    straight = load_file(str(tmp_path / "straight" / "adapter.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "adapter.safetensors"))
+    assert (tmp_path / "resumed" / "checkpoints" / "step-0000004" / "adapter.safetensors").is_file()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     losses = lambda run: [m["loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl")]  # noqa: E731
@@ -292,6 +295,7 @@ def test_adapter_not_matching_the_llm_exits_2(tmp_path):
     )
     assert result.exit_code == 2, result.output
     assert "hidden size is 64" in result.output
+    assert not (tmp_path / "out").exists()  # checked before the run directory is made
 
 
 def test_model_that_cannot_load_fails_before_the_run_and_its_progress_bar(tmp_path):

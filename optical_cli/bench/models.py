@@ -160,7 +160,7 @@ def build_reader(cfg, conditions: Sequence[str]):
     if optical and cfg.bench.adapter is None:  # before any weights load
         raise ConfigError(
             "bench.adapter is not set: the optical condition needs an adapter; train one with `optical train-adapter` "
-            "and pass --set bench.adapter=PATH/adapter.pth, or leave optical out of --conditions"
+            "and pass --set bench.adapter=RUN_DIR, or leave optical out of --conditions"
         )
     vllm = cfg.bench.engine == "vllm"
     if vllm:
@@ -173,7 +173,7 @@ def build_reader(cfg, conditions: Sequence[str]):
     adapter = loading.load_adapter(cfg.bench.adapter) if trained else None
     local = trained and not str(cfg.bench.adapter).startswith(loading.HUB_FILE_SCHEME)
     lora_dir = (
-        lora_beside(cfg.bench.adapter) if local else None
+        lora_beside(loading.adapter_location(cfg.bench.adapter)) if local else None
     )  # trained with the adapter: the optical reader uses both
     if vllm:
         engine, tokenizer, lm_parameters = _vllm_language_model(cfg, device, dtype, lora_dir)

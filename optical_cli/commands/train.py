@@ -85,7 +85,7 @@ def train_adapter_command(
     device_memory: DeviceMemoryOpt = None,
     devices: DevicesOpt = 1,
 ) -> None:
-    """Train the vision-token adapter (DeepEncoder and Qwen3-VL frozen); writes adapter.pth, metrics.jsonl, loss.png."""
+    """Train the vision-token adapter (DeepEncoder, Qwen3-VL frozen): adapter.safetensors, metrics.jsonl, loss.png."""
     from ..train import RUN_ARTIFACTS, prepare_training, uses_random_weights
 
     with handled_errors():

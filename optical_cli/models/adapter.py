@@ -9,9 +9,11 @@ says otherwise (the published adapter left them random, which scrambled later pa
 Training starts the LayerNorm gain at the RMS of the LLM's token-embedding table
 (:meth:`OpticalAdapter.set_output_scale`), so vision tokens enter at the scale of text tokens.
 
-Saved as a plain ``.pth`` state dict (``torch.load(..., weights_only=True)`` reads it) and a
-JSON sidecar with the dims and the training config; :func:`optical_cli.models.loading.load_adapter`
-reads both back with strict checks.
+Saved as ``adapter.safetensors`` (tensors only, nothing to unpickle; the dims and the format in the
+file's metadata under ``optical.adapter``, so the file describes itself) beside a JSON sidecar
+``adapter.json`` with the dims, the parameter count and the training config. Earlier versions wrote
+``adapter.pth`` (a plain state dict) + the same sidecar; :func:`optical_cli.models.loading.load_adapter`
+reads every layout back with strict checks.
 
 :class:`PublishedAdapter` reads the published adapter (Volkopat/Qwen-VLM-Optical-Encoder,
 ``qwen3_vl_2b.pth``): a plain state dict with no sidecar, ``projection.0``/``projection.3``
@@ -27,14 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ..artifacts import atomic_path, atomic_write_json
 from ..errors import InputError
 
-ADAPTER_FILE = "adapter.pth"  # what train-adapter writes into a run directory and each checkpoint
+ADAPTER_FILE = "adapter.safetensors"  # what train-adapter writes into a run directory and each checkpoint
+LEGACY_ADAPTER_FILE = "adapter.pth"  # what earlier versions wrote there (still read)
 SIDECAR_SUFFIX = ".json"
 FORMAT = "optical-adapter/1"
+METADATA_KEY = "optical.adapter"  # safetensors metadata: {"format": FORMAT, "dims": {...}} as JSON
 OPTICAL_LAYOUT, PUBLISHED_LAYOUT = "optical", "published"
 
 
@@ -162,30 +167,42 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def save_adapter(adapter: OpticalAdapter, path: str | Path, training: dict[str, Any] | None = None) -> Path:
-    """Write ``path`` (state dict, .pth) and its JSON sidecar, both atomically."""
+    """Write ``path`` and its JSON sidecar, both atomically: safetensors with the dims in the file's
+    metadata (``.safetensors``, the default), or a plain state dict (``.pth``, the older layout)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in adapter.state_dict().items()}
+    dims = asdict(adapter.config)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        if path.suffix == ".pth":
+            torch.save(state, tmp)
+        else:
+            save_file(
+                state, str(tmp), metadata={"format": "pt", METADATA_KEY: json.dumps({"format": FORMAT, "dims": dims})}
+            )
     atomic_write_json(
         sidecar_path(path),
-        {
-            "format": FORMAT,
-            "dims": asdict(adapter.config),
-            "parameters": parameter_count(adapter),
-            "training": training or {},
-        },
+        {"format": FORMAT, "dims": dims, "parameters": parameter_count(adapter), "training": training or {}},
     )
     return path
+
+
+def config_from_metadata(metadata: dict[str, str] | None) -> AdapterConfig | None:
+    """The dims a safetensors adapter of ours carries in its metadata (None when it carries none)."""
+    if not metadata or METADATA_KEY not in metadata:
+        return None
+    try:
+        return AdapterConfig(**json.loads(metadata[METADATA_KEY])["dims"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"the adapter's {METADATA_KEY} metadata is unreadable ({exc}); re-save the adapter") from None
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     side = sidecar_path(path)
     if not side.is_file():
         raise InputError(
-            f"adapter sidecar not found: {side}; `optical train-adapter` writes it next to the .pth "
-            "(a .pth without one is read only in the published layout: projection.0/3, layer_norm, page_embeddings)"
+            f"adapter sidecar not found: {side}; `optical train-adapter` writes it next to the adapter "
+            "(a file without one is read only in the published layout: projection.0/3, layer_norm, page_embeddings)"
         )
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))

@@ -460,28 +460,28 @@ def _qwen_tiktoken():
 
 
 def load_adapter(
-    path: str | Path, llm_dim: int | None = None, vision_dim: int | None = None, device: torch.device | str = "cpu"
+    source: str | Path, llm_dim: int | None = None, vision_dim: int | None = None, device: torch.device | str = "cpu"
 ):
-    """An adapter checked against the models it joins: our ``adapter.pth`` + sidecar
-    (:class:`OpticalAdapter`), or a plain state dict in the published layout, sidecar-less
-    (:class:`PublishedAdapter`). ``path`` may be a hub file, ``hf://owner/name/file``."""
+    """An adapter checked against the models it joins (``llm_dim``, ``vision_dim``), from ``source``:
+
+    - ours: ``adapter.safetensors`` (dims in its metadata, sidecar ``adapter.json``) or the older
+      ``adapter.pth`` + sidecar (:class:`OpticalAdapter`);
+    - the published layout: a plain state dict without a sidecar (:class:`PublishedAdapter`);
+    - a folder holding one of ours (a train-adapter run, one of its checkpoints, an export-adapter folder);
+    - a hub file ``hf://owner/name/file``, or a hub repository ``owner/name`` (an uploaded export).
+
+    Nothing is unpickled but a ``.pth``, and that only through ``torch.load(weights_only=True)``,
+    which refuses every object that is not a tensor or a plain container (exit 2)."""
     from .adapter import OpticalAdapter, PublishedAdapter, read_sidecar, sidecar_path
 
-    path = resolve_hub_file(str(path)) if str(path).startswith(HUB_FILE_SCHEME) else Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"adapter checkpoint not found: {path}; train one with `optical train-adapter`")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
-        raise InputError(
-            f"adapter checkpoint {path} is corrupt or not a state dict ({type(exc).__name__}: {exc})"
-        ) from None
-    if not isinstance(state, dict):
-        raise InputError(f"adapter checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    if PublishedAdapter.matches(state) and not sidecar_path(path).is_file():
+    path = adapter_location(source)
+    state, dims = _read_adapter_file(path)
+    if dims is None and sidecar_path(path).is_file():
+        dims = read_sidecar(path)["dims"]
+    if dims is None and PublishedAdapter.matches(state):
         adapter = PublishedAdapter(PublishedAdapter.config_of(state))
     else:
-        adapter = OpticalAdapter(read_sidecar(path)["dims"])
+        adapter = OpticalAdapter(dims or read_sidecar(path)["dims"])
     dims = adapter.config
     if llm_dim is not None and dims.llm_dim != llm_dim:
         raise InputError(
@@ -498,6 +498,72 @@ def load_adapter(
             f"adapter checkpoint {path} does not match its {adapter.layout} layout ({first}; {exc})".replace("\n", " ")
         ) from None
     return adapter.to(device)
+
+
+ADAPTER_HUB_FILES = ["adapter.safetensors", "adapter.json", "adapter.pth", "lora/*", "README.md"]
+
+
+def adapter_location(source: str | Path) -> Path:
+    """The adapter file ``source`` names: a file as it is, the adapter inside a folder, a hub file, or
+    the adapter of a hub repository (its files fetched, or found in the cache, with ``lora/``)."""
+    from .adapter import ADAPTER_FILE, LEGACY_ADAPTER_FILE
+
+    text = str(source)
+    if text.startswith(HUB_FILE_SCHEME):
+        return resolve_hub_file(text)
+    path = Path(text).expanduser()
+    if not path.exists() and not looks_like_hub_id(text):
+        raise ModelNotFoundError(
+            f"adapter not found: {source}; pass an adapter file, a train-adapter run or export-adapter folder, "
+            "a hub file hf://owner/name/file or a hub id owner/name"
+        )
+    if not path.exists():
+        path = resolve_local_or_hub(text, ADAPTER_HUB_FILES)
+    if path.is_file():
+        return path
+    for name in (ADAPTER_FILE, LEGACY_ADAPTER_FILE):
+        if (path / name).is_file():
+            return path / name
+    raise ModelNotFoundError(
+        f"{source} holds no {ADAPTER_FILE} (nor {LEGACY_ADAPTER_FILE}); pass a train-adapter run, one of its "
+        "checkpoints or an export-adapter folder, or the adapter file itself"
+    )
+
+
+def _read_adapter_file(path: Path):
+    """(state dict, dims from the file's own metadata or None). safetensors are read as tensors only;
+    a .pth through ``torch.load(weights_only=True)``, the one unpickling path, which refuses any other object."""
+    import pickle
+    import re
+
+    from safetensors import safe_open
+
+    from .adapter import config_from_metadata
+
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                state = {name: handle.get_tensor(name) for name in handle.keys()}
+                return state, config_from_metadata(handle.metadata())
+        if path.suffix not in (".pth", ".pt", ".bin"):
+            raise InputError(f"adapter {path}: unknown file type; an adapter is a .safetensors or a .pth state dict")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except InputError:
+        raise
+    except pickle.UnpicklingError as exc:  # weights_only refused a global: name it (one line), never run it
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise InputError(
+            f"adapter checkpoint {path} is corrupt or not a state dict: it pickles {found[1] if found else 'objects'} "
+            "besides tensors, which loading never runs; use an adapter.safetensors, or a .pth of tensors only"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - safetensors and zip errors come in many types
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(
+            f"adapter checkpoint {path} is corrupt or not a state dict ({type(exc).__name__}: {first})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise InputError(f"adapter checkpoint {path} holds a {type(state).__name__}, not a state dict of tensors")
+    return state, None
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,16 +9,19 @@ from pathlib import Path
 
 from ..config import TrainAdapterConfig
 from ..distributed import Processes
+from ..models.adapter import ADAPTER_FILE
 from ..models.loading import RANDOM_SOURCE
+from ..models.lora import LORA_DIR
 from ..models.vlm import VisionLanguageReader
 from .checkpoints import Checkpoint, open_checkpoint
 from .corpus import read_documents
 from .loop import TrainResult, train_adapter
+from .outputs import LOSS_PLOT, METRICS_FILE, READING_FILE
 from .pages import Progress
-from .setup import TrainingRuntime, load_reader, training_runtime
+from .setup import TrainingRuntime, initial_adapter, load_reader, training_runtime
 
 # The artifacts a run leaves in its directory, for the manifest (those that exist)
-RUN_ARTIFACTS = ("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl")
+RUN_ARTIFACTS = (ADAPTER_FILE, "adapter.json", METRICS_FILE, LOSS_PLOT, READING_FILE, LORA_DIR)
 
 
 def uses_random_weights(cfg: TrainAdapterConfig) -> bool:
@@ -51,9 +54,11 @@ class PreparedTraining:
 def prepare_training(
     cfg: TrainAdapterConfig, processes: Processes, resume_from: Path | None = None
 ) -> PreparedTraining:
-    """An unusable corpus or a corrupt checkpoint fails first, then a model that cannot be loaded;
-    all before any file is written."""
+    """An unusable corpus or a corrupt checkpoint fails first, then a model that cannot be loaded or an
+    ``adapter.init`` that does not fit it; all before any file is written."""
     documents = read_documents(cfg)
     checkpoint = open_checkpoint(resume_from) if resume_from is not None else None
     runtime = training_runtime(cfg.runtime, processes)
-    return PreparedTraining(cfg, documents, checkpoint, runtime, load_reader(cfg, runtime))
+    reader = load_reader(cfg, runtime)
+    initial_adapter(cfg, reader)
+    return PreparedTraining(cfg, documents, checkpoint, runtime, reader)

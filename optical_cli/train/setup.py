@@ -19,7 +19,7 @@ from ..devices import resolve_device, resolve_dtype
 from ..distributed import Processes, join
 from ..errors import ConfigError, InputError
 from ..models import loading
-from ..models.adapter import ADAPTER_FILE, AdapterConfig, OpticalAdapter
+from ..models.adapter import AdapterConfig, OpticalAdapter
 from ..models.lora import LORA_DIR, add_lora, lora_config
 from ..models.vlm import VisionLanguageReader
 from .checkpoints import Checkpoint, lr_lambda, restore_trainer_state
@@ -70,16 +70,26 @@ def load_reader(cfg: TrainAdapterConfig, runtime: TrainingRuntime) -> VisionLang
     return VisionLanguageReader.from_config(cfg.vlm, runtime.device, runtime.dtype, seed=cfg.runtime.seed)
 
 
+def initial_adapter(
+    cfg: TrainAdapterConfig, reader: VisionLanguageReader, vision_dim: int | None = None
+) -> OpticalAdapter | None:
+    """``adapter.init`` loaded and checked against the models (ours only), or None for a fresh start."""
+    if not cfg.adapter.init:
+        return None
+    adapter = loading.load_adapter(cfg.adapter.init, llm_dim=reader.hidden_size, vision_dim=vision_dim)
+    if not isinstance(adapter, OpticalAdapter):
+        raise ConfigError(
+            f"adapter.init={cfg.adapter.init} is in the {adapter.layout} layout, which bench longbench "
+            "reads but train-adapter does not continue; start from an adapter of ours or from scratch"
+        )
+    return adapter
+
+
 def make_adapter(cfg: TrainAdapterConfig, vision_dim: int, reader: VisionLanguageReader) -> OpticalAdapter:
-    """``adapter.init`` when set (ours only), else a fresh adapter seeded by ``runtime.seed`` whose output
-    starts at the scale of the LLM's own token embeddings."""
-    if cfg.adapter.init:
-        adapter = loading.load_adapter(cfg.adapter.init, llm_dim=reader.hidden_size, vision_dim=vision_dim)
-        if not isinstance(adapter, OpticalAdapter):
-            raise ConfigError(
-                f"adapter.init={cfg.adapter.init} is in the {adapter.layout} layout, which bench longbench "
-                "reads but train-adapter does not continue; start from an adapter of ours or from scratch"
-            )
+    """``adapter.init`` when set, else a fresh adapter seeded by ``runtime.seed`` whose output starts at
+    the scale of the LLM's own token embeddings."""
+    adapter = initial_adapter(cfg, reader, vision_dim)
+    if adapter is not None:
         return adapter
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.runtime.seed)
@@ -153,7 +163,7 @@ def start_or_resume(
         if metrics_path.exists() and runtime.is_main:
             metrics_path.unlink()
         return 0
-    saved = loading.load_adapter(checkpoint.path / ADAPTER_FILE, reader.hidden_size, trainee.adapter.config.vision_dim)
+    saved = loading.load_adapter(checkpoint.path, reader.hidden_size, trainee.adapter.config.vision_dim)
     trainee.adapter.load_state_dict(saved.state_dict())
     if trainee.lora is not None:
         if not (checkpoint.path / LORA_DIR).is_dir():
