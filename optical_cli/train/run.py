@@ -13,6 +13,7 @@ from ..models.adapter import ADAPTER_FILE
 from ..models.loading import RANDOM_SOURCE
 from ..models.lora import LORA_DIR
 from ..models.vlm import VisionLanguageReader
+from ..tracking import TRACKER_ARTIFACTS
 from .checkpoints import Checkpoint, open_checkpoint
 from .corpus import read_documents
 from .loop import TrainResult, train_adapter
@@ -21,7 +22,7 @@ from .pages import Progress
 from .setup import TrainingRuntime, initial_adapter, load_reader, training_runtime
 
 # The artifacts a run leaves in its directory, for the manifest (those that exist)
-RUN_ARTIFACTS = (ADAPTER_FILE, "adapter.json", METRICS_FILE, LOSS_PLOT, READING_FILE, LORA_DIR)
+RUN_ARTIFACTS = (ADAPTER_FILE, "adapter.json", METRICS_FILE, LOSS_PLOT, READING_FILE, LORA_DIR, *TRACKER_ARTIFACTS)
 
 
 def uses_random_weights(cfg: TrainAdapterConfig) -> bool:
