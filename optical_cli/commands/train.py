@@ -162,12 +162,45 @@ def _progress(advance: Callable[..., None]) -> Callable[[dict], None]:
     return on_event
 
 
+def _rows(block: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """A nested summary as (dotted key, value) rows."""
+    rows: list[tuple[str, object]] = []
+    for key, value in block.items():
+        rows += _rows(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+    return rows
+
+
 def _report(summary: dict, run_path: Path, json_out: bool) -> None:
-    rows = [
-        (f"{key}.{inner}", value) if isinstance(block, dict) else (key, block)
-        for key, block in summary.items()
-        for inner, value in (block.items() if isinstance(block, dict) else [(None, block)])
-    ]
-    print_table("train-adapter", rows)
+    print_table("train-adapter", _rows(summary))
     if json_out:
         emit_json({"run_dir": str(run_path), **summary})
+
+
+def export_adapter_command(
+    run: Annotated[Path, typer.Argument(help="A finished train-adapter run directory.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="The folder to write (new or empty).", show_default=False)],
+    bench: Annotated[
+        Optional[Path],
+        typer.Option("--bench", help="A bench longbench run of this adapter: its results go into the model card."),
+    ] = None,
+    push_to_hub: Annotated[
+        Optional[str],
+        typer.Option("--push-to-hub", metavar="OWNER/NAME", help="Upload the folder to this hub repository."),
+    ] = None,
+    private: Annotated[
+        bool, typer.Option("--private", help="With --push-to-hub: create the repository private.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export in OUT.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a trained adapter as a folder to share: adapter.safetensors, adapter.json, lora/, loss.png, README.md."""
+    from ..train.export import export_adapter
+
+    with handled_errors():
+        with err.status(escape(f"exporting {run} to {out}")):
+            result = export_adapter(run, out, bench=bench, push_to=push_to_hub, private=private, overwrite=overwrite)
+        print_table("export-adapter", [("folder", result["folder"]), *(("file", f) for f in result["files"])])
+        if result["pushed_to"]:
+            err.print(f"uploaded: {escape(result['pushed_to'])}")
+        if json_out:
+            emit_json(result)

@@ -15,6 +15,7 @@ from ..artifacts import append_jsonl
 from ..config import TrainAdapterConfig
 from ..memory import PeakMemory, busiest, peak_memory
 from ..models.adapter import parameter_count
+from ..models.provenance import training_models
 from ..models.vlm import VisionLanguageReader
 from ..tracking import Trackers, open_trackers
 from .checkpoints import Checkpoint, save_checkpoint
@@ -59,6 +60,7 @@ class TrainResult:
     language_model_local_parameters: int | None = (
         None  # the LLM's parameters this process holds (1/N of them under fsdp)
     )
+    models: dict = field(default_factory=dict)  # language_model, tokenizer, deepencoder: source and hub revision
 
 
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -355,4 +357,5 @@ def _result(loop: Loop, step: int, steps_here: int, parameters: dict, peaks: dic
         reading=reading,
         layout="fsdp" if loop.sharded else ("ddp" if loop.runtime.world > 1 else "single"),
         language_model_local_parameters=local_parameter_count(loop.model),
+        models=training_models(loop.cfg.vlm.source, loop.cfg.vlm.tokenizer, loop.cfg.deepencoder.weights),
     )
