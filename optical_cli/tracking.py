@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -113,10 +114,11 @@ def _end_mlflow_run(status: str) -> None:
 
 
 def flat_numbers(document: dict, prefix: str = "") -> dict[str, float]:
-    """The finite numbers of a nested document, keyed by their path (``conditions/optical/accuracy``)."""
+    """The finite numbers of a nested document, keyed by their path (``conditions/optical/accuracy``;
+    characters some trackers refuse in a name, such as ``=`` or ``,``, become ``_``)."""
     numbers: dict[str, float] = {}
     for key, value in document.items():
-        name = f"{prefix}{key}"
+        name = prefix + re.sub(r"[^\w./ -]", "_", str(key))
         if isinstance(value, dict):
             numbers.update(flat_numbers(value, name + "/"))
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):

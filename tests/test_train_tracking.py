@@ -2,12 +2,17 @@
 read back with each tracker's own reader; a resume continues the same tracker runs; a tracker that is
 not installed is one line, exit 2, before anything is written."""
 
+import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_sweep_cli import _invoke as sweep
+from test_sweep_cli import tiny_corpus  # noqa: F401 - the sweep's planted corpus, made a fixture of this module too
 from typer.testing import CliRunner
 
 from optical_cli import config as config_mod
@@ -19,6 +24,7 @@ from optical_cli.train import load_reader, open_checkpoint, train_adapter, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny" / "qwen3_vl.yaml"
+TINY_BENCH = REPO / "configs" / "tiny" / "longbench.yaml"
 CVES = REPO / "tests" / "data" / "cves_200.jsonl"
 SETTINGS = [
     f"data.source={CVES}",
@@ -122,3 +128,45 @@ def test_a_summary_is_logged_once_by_its_paths(tmp_path):
     assert tensorboard_scalars(tmp_path, "conditions/optical/accuracy") == {0: 0.5}
     log_summary(["tensorboard"], tmp_path, "bench-longbench", {**summary, "chance": 0.3})  # a resumed run's summary
     assert tensorboard_scalars(tmp_path, "chance") == {0: pytest.approx(0.3)}
+
+
+def test_bench_and_sweep_log_their_summaries_to_the_trackers_of_their_run(tmp_path, request):
+    lb = tmp_path / "lb"
+    args = ["bench", "longbench", "-c", str(TINY_BENCH), "-o", str(lb), "--json", "--num-samples", "2"]
+    result = CliRunner().invoke(
+        app, [*args, "--conditions", "native,no-context", "--set", "bench.log_with=[tensorboard]"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert tensorboard_scalars(lb, "conditions/native/accuracy") == {0: summary["conditions"]["native"]["accuracy"]}
+
+    corpus, cache = request.getfixturevalue("tiny_corpus")
+    extra = [
+        "--eta",
+        "0.1",
+        "--steps",
+        "4",
+        "--json",
+        "--set",
+        "tuning.enabled=false",
+        "--set",
+        "sweep.log_with=[mlflow]",
+    ]
+    result = sweep(corpus, cache, tmp_path / "sweep", *extra)
+    assert result.exit_code == 0, result.output
+    numbers = flat_numbers(json.loads(result.stdout))
+    run_id = json.loads((tmp_path / "sweep" / "trackers.json").read_text())["mlflow"]["run_id"]
+    logged = MlflowClient(f"sqlite:///{tmp_path / 'sweep' / 'mlflow.db'}").get_run(run_id).data.metrics
+    assert len(logged) > 10 and logged == pytest.approx(numbers)
+
+
+def test_the_tracker_overhead_script_writes_ratios_against_its_baseline(tmp_path):
+    output = tmp_path / "trackers.csv"
+    command = [sys.executable, str(REPO / "scripts" / "bench_trackers.py"), "--rounds", "1", "--steps", "1"]
+    command += ["--trackers", "tensorboard", "--output", str(output), "--set", "data.max_documents=6"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {row["variant"]: row for row in csv.DictReader(output.open())}
+    assert set(rows) == {"none", "tensorboard"} and float(rows["none"]["wall_ratio"]) == 1
+    assert float(rows["tensorboard"]["step_s"]) > 0 and float(rows["tensorboard"]["load_before"]) >= 0
+    assert "load average" in done.stdout
