@@ -54,17 +54,21 @@ def _stdout_to_stderr() -> Iterator[None]:
 _MLFLOW_URIS_SET: set[str] = set()  # set_tracking_uri also exports MLFLOW_TRACKING_URI: tell ours from the user's
 
 
-def _use_mlflow_store(run_dir: Path) -> None:
-    """MLflow's tracking store: ``RUN/mlflow.db`` unless the user's ``MLFLOW_TRACKING_URI`` names another
-    (the one place this package imports mlflow; its tracker keeps a process-wide store)."""
+def _mlflow():
+    """mlflow (the mlflow extra), imported in this one place: its tracker keeps a process-wide store and run."""
     import mlflow
 
+    return mlflow
+
+
+def _use_mlflow_store(run_dir: Path) -> None:
+    """MLflow's tracking store: ``RUN/mlflow.db`` unless the user's ``MLFLOW_TRACKING_URI`` names another."""
     for name in ("mlflow", "alembic"):  # their set-up chatter, not ours to show
         logging.getLogger(name).setLevel(logging.WARNING)
     if os.environ.get("MLFLOW_TRACKING_URI", "") in _MLFLOW_URIS_SET | {""}:
         uri = f"sqlite:///{(run_dir / MLFLOW_STORE).resolve()}"
         _MLFLOW_URIS_SET.add(uri)
-        mlflow.set_tracking_uri(uri)
+        _mlflow().set_tracking_uri(uri)
 
 
 def _make(name: str, run_dir: Path, project: str, saved: dict, resume_step: int | None) -> GeneralTracker:
@@ -105,12 +109,6 @@ def _ids(tracker: GeneralTracker) -> dict:
     if tracker.name == "trackio":
         return {"name": tracker.run.name}
     return {}
-
-
-def _end_mlflow_run(status: str) -> None:
-    import mlflow
-
-    mlflow.end_run(status)
 
 
 def flat_numbers(document: dict, prefix: str = "") -> dict[str, float]:
@@ -158,7 +156,7 @@ class Trackers:
         with _stdout_to_stderr():
             for tracker in self.trackers:
                 if failed and tracker.name == "mlflow":
-                    _end_mlflow_run("FAILED")
+                    _mlflow().end_run("FAILED")
                 else:
                     tracker.finish()
         self.trackers = []
