@@ -56,7 +56,7 @@ _MLFLOW_URIS_SET: set[str] = set()  # set_tracking_uri also exports MLFLOW_TRACK
 
 def _mlflow():
     """mlflow (the mlflow extra), imported in this one place: its tracker keeps a process-wide store and run."""
-    import mlflow
+    import mlflow  # noqa: PLC0415 - the mlflow extra's one import (optional; seconds to import)
 
     return mlflow
 
