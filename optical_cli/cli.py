@@ -46,6 +46,7 @@ def _root(
 app.command("render")(render.render)
 app.command("encode")(encode.encode)
 app.command("train-adapter")(train.train_adapter_command)
+app.command("export-adapter")(train.export_adapter_command)
 app.add_typer(bench.app, name="bench")
 app.add_typer(index.app, name="index")
 app.add_typer(sweep.app, name="sweep")

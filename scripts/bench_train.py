@@ -34,17 +34,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import torch
-from transformers.loss.loss_utils import ForCausalLMLoss
+import torch  # noqa: E402
+from transformers.loss.loss_utils import ForCausalLMLoss  # noqa: E402
 
-from optical_cli.artifacts import atomic_write_csv
-from optical_cli.config import load_config
-from optical_cli.devices import resolve_device, resolve_dtype, synchronize
-from optical_cli.memory import PeakMemory, headline_gib, in_use_gib
-from optical_cli.models.vlm import splice
-from optical_cli.train import (
+from optical_cli.artifacts import atomic_write_csv  # noqa: E402
+from optical_cli.config import load_config  # noqa: E402
+from optical_cli.devices import synchronize  # noqa: E402
+from optical_cli.memory import PeakMemory, headline_gib, in_use_gib  # noqa: E402
+from optical_cli.models.vlm import splice  # noqa: E402
+from optical_cli.train import (  # noqa: E402
     DeepEncoderPages,
-    _loss,
+    batch_loss,
     build_page_set,
     collate,
     enable_gradient_checkpointing,
@@ -54,6 +54,7 @@ from optical_cli.train import (
     page_statistics,
     read_documents,
     training_mode,
+    training_runtime,
 )
 
 CONFIGS = {
@@ -162,10 +163,9 @@ def main() -> None:
             f"data.max_documents={per_page * (max(batches) + 1)}"
         )  # pages for the largest batch, and one more
         cfg = load_config("train-adapter", config_path, overrides)
-        device = resolve_device(cfg.runtime.device)
-        dtype = resolve_dtype(cfg.runtime.dtype, device)
-        autocast = device.type == "cuda" and dtype == torch.bfloat16
-        reader = load_reader(cfg)
+        runtime = training_runtime(cfg.runtime)
+        device, autocast = runtime.device, runtime.autocast
+        reader = load_reader(cfg, runtime)
         encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, device, cfg.data.encode_batch_size)
         encoder.load()
         memory = PeakMemory(device)
@@ -202,7 +202,7 @@ def main() -> None:
         model, pad = reader.model, reader.tokenizer.token_id("<|endoftext|>")
         losses = {
             "full-logits": lambda idx: full_logits_loss(model, adapter, pages, examples, idx, pad, device, autocast),
-            "label-positions": lambda idx: _loss(
+            "label-positions": lambda idx: batch_loss(
                 "reconstruction", model, adapter, pages, examples, idx, pad, device, autocast
             ),
         }

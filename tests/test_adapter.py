@@ -1,20 +1,31 @@
-"""The optical adapter: published shape, zero page embeddings, save/load with strict checks."""
+"""The optical adapter: published shape, zero page embeddings, safetensors save/load with strict checks, every
+older layout still read, nothing unpickled but through torch.load(weights_only=True)."""
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
 
+from optical_cli.cli import app
 from optical_cli.errors import InputError, ModelNotFoundError
 from optical_cli.models import loading
 from optical_cli.models.adapter import (
+    ADAPTER_FILE,
     AdapterConfig,
     OpticalAdapter,
+    adapter_location,
     load_adapter,
     parameter_count,
     save_adapter,
     sidecar_path,
 )
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_BENCH = REPO / "configs" / "tiny" / "longbench.yaml"
 
 
 def small_adapter(seed=0, llm_dim=64):
@@ -48,23 +59,37 @@ def test_forward_rejects_wrong_width_and_too_many_pages():
         adapter(torch.randn(9, 4, 48))
 
 
-def test_save_load_round_trip_weights_only(tmp_path):
+def test_save_load_round_trip_in_safetensors_with_the_config_in_the_file(tmp_path):
     adapter = small_adapter()
     with torch.no_grad():
         adapter.page_embed.weight.normal_()
-    path = save_adapter(adapter, tmp_path / "adapter.pth", {"objective": "reconstruction"})
-    state = torch.load(path, weights_only=True)  # a plain state dict
-    assert set(state) == set(adapter.state_dict())
+    path = save_adapter(adapter, tmp_path / ADAPTER_FILE, {"objective": "reconstruction"})
+    assert path.name == "adapter.safetensors"
+    with safe_open(str(path), framework="pt") as handle:  # tensors only, and the dims in the file's metadata
+        assert set(handle.keys()) == set(adapter.state_dict())
+        assert json.loads(handle.metadata()["optical.adapter"])["dims"]["llm_dim"] == 64
     meta = json.loads(sidecar_path(path).read_text())
     assert meta["dims"] == {"vision_dim": 48, "hidden_dim": 96, "llm_dim": 64, "max_pages": 8}
-    assert meta["training"] == {"objective": "reconstruction"}
-    loaded = load_adapter(path, llm_dim=64, vision_dim=48)
-    for name, tensor in adapter.state_dict().items():
-        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert meta["training"] == {"objective": "reconstruction"} and sidecar_path(path).name == "adapter.json"
+    for source in (path, tmp_path, str(tmp_path)):  # the file, or the folder that holds it
+        loaded = load_adapter(source, llm_dim=64, vision_dim=48)
+        for name, tensor in adapter.state_dict().items():
+            assert torch.equal(tensor, loaded.state_dict()[name]), name
+    sidecar_path(path).unlink()  # the file alone describes itself
+    assert load_adapter(path).config == adapter.config
+
+
+def test_the_older_pth_with_its_sidecar_still_loads(tmp_path):
+    adapter = small_adapter(seed=3)
+    path = save_adapter(adapter, tmp_path / "adapter.pth", {"objective": "mse"})  # what earlier versions wrote
+    assert set(torch.load(path, weights_only=True)) == set(adapter.state_dict())  # a plain state dict
+    for source in (path, tmp_path):
+        loaded = load_adapter(source, llm_dim=64, vision_dim=48)
+        assert all(torch.equal(t, loaded.state_dict()[n]) for n, t in adapter.state_dict().items())
 
 
 def test_dims_not_matching_the_llm_is_a_clear_error(tmp_path):
-    path = save_adapter(small_adapter(), tmp_path / "adapter.pth")
+    path = save_adapter(small_adapter(), tmp_path / ADAPTER_FILE)
     with pytest.raises(InputError, match="hidden size is 2048"):
         load_adapter(path, llm_dim=2048)
     with pytest.raises(InputError, match="1280-d vision tokens|expects 48"):
@@ -72,16 +97,102 @@ def test_dims_not_matching_the_llm_is_a_clear_error(tmp_path):
 
 
 def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path):
-    path = save_adapter(small_adapter(), tmp_path / "adapter.pth")
+    path = save_adapter(small_adapter(), tmp_path / ADAPTER_FILE)
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(InputError, match="corrupt"):
         load_adapter(path)
+    legacy = save_adapter(small_adapter(), tmp_path / "legacy" / "adapter.pth")
+    legacy.write_bytes(legacy.read_bytes()[:200])
+    with pytest.raises(InputError, match="corrupt"):
+        load_adapter(legacy)
     other = save_adapter(small_adapter(llm_dim=32), tmp_path / "other.pth")
     sidecar_path(other).write_text(sidecar_path(path).read_text())  # sidecar says 64, tensors are 32
     with pytest.raises(InputError, match="does not match"):
         load_adapter(other)
     with pytest.raises(ModelNotFoundError):
         load_adapter(tmp_path / "missing.pth")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="holds no adapter.safetensors"):
+        load_adapter(tmp_path / "empty")
+
+
+class Payload:
+    """Pickles into a call that creates ``marker`` when unpickled: what a malicious .pth would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_loading_never_unpickles_arbitrary_objects(tmp_path, monkeypatch):
+    evil = tmp_path / "evil" / "adapter.pth"
+    evil.parent.mkdir()
+    ran = tmp_path / "payload-ran"
+    torch.save({"mlp.0.weight": torch.zeros(1), "hook": Payload(ran)}, evil)
+    torch.load(evil, weights_only=False).pop("hook").close()  # the payload is real: plain unpickling runs it
+    assert ran.is_file()
+    ran.unlink()
+    with pytest.raises(InputError, match="corrupt or not a state dict") as refused:
+        load_adapter(evil)
+    assert refused.value.exit_code == 2 and not ran.exists()
+    result = CliRunner().invoke(
+        app,
+        ["bench", "longbench", "-c", str(TINY_BENCH), "-o", str(tmp_path / "lb"), "--num-samples", "1"]
+        + ["--conditions", "optical", "--set", f"bench.adapter={evil.parent}"],
+    )
+    assert result.exit_code == 2, result.output
+    assert "pickles io.open besides tensors" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not ran.exists() and not (tmp_path / "lb").exists()
+
+    calls = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    load_adapter(save_adapter(small_adapter(), tmp_path / "safe" / ADAPTER_FILE))
+    assert calls == []  # safetensors: nothing unpickled at all
+    load_adapter(save_adapter(small_adapter(), tmp_path / "old" / "adapter.pth"))
+    assert calls == [True]  # a .pth: torch.load(weights_only=True), and only that
+
+
+def test_every_torch_load_in_the_package_is_weights_only():
+    unsafe = []
+    for path in sorted((REPO / "optical_cli").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                flag = {keyword.arg: keyword.value for keyword in node.keywords}.get("weights_only")
+                if not (isinstance(flag, ast.Constant) and flag.value is True):
+                    unsafe.append(where)
+            if isinstance(node, ast.Call) and ast.unparse(node.func).startswith(("pickle.", "dill.", "cloudpickle.")):
+                unsafe.append(f"{where} calls {ast.unparse(node.func)}")
+    assert not unsafe, unsafe
+
+
+def test_a_hub_repository_holding_an_export_loads_from_the_cache(tmp_path, monkeypatch):
+    """``bench.adapter: owner/name``: the repository's files come through huggingface_hub (here its
+    offline cache, laid out as a download leaves it), adapter and sidecar together."""
+    import huggingface_hub.constants
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--optical-adapter"
+    snapshot = repo / "snapshots" / revision
+    adapter = small_adapter(seed=5)
+    save_adapter(adapter, snapshot / ADAPTER_FILE)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert adapter_location("someone/optical-adapter") == snapshot / ADAPTER_FILE
+    loaded = load_adapter("someone/optical-adapter", llm_dim=64)
+    assert all(torch.equal(t, loaded.state_dict()[n]) for n, t in adapter.state_dict().items())
+    with pytest.raises(ModelNotFoundError, match="someone/not-there.*hf download"):
+        load_adapter("someone/not-there")
 
 
 # -- the published adapter (Volkopat/Qwen-VLM-Optical-Encoder): its layout and its forward --------

@@ -10,8 +10,6 @@ from optical_cli.errors import InputError, ModelNotFoundError
 from optical_cli.models.deepencoder import DeepEncoderConfig
 from optical_cli.models.deepencoder.weights import load_deepencoder, save_deepencoder
 
-pass  # MOVED-IMPORT
-
 CFG = DeepEncoderConfig.tiny()
 
 

@@ -14,8 +14,6 @@ from optical_cli.models.deepencoder.clip import resize_clip_pos
 from optical_cli.models.deepencoder.sam import Attention, Block, rel_pos_table, resize_abs_pos
 from optical_cli.models.deepencoder.weights import load_deepencoder
 
-pass  # MOVED-IMPORT
-
 KEYS_TSV = Path(__file__).parent / "data" / "deepencoder_keys.tsv"
 
 

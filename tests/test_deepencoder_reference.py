@@ -16,8 +16,6 @@ import torch
 from optical_cli.models.deepencoder import DeepEncoderConfig
 from optical_cli.models.deepencoder.weights import load_deepencoder
 
-pass  # MOVED-IMPORT
-
 CFG = DeepEncoderConfig.tiny()
 
 

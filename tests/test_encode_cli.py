@@ -20,8 +20,6 @@ from optical_cli.models.deepencoder import DeepEncoderConfig
 from optical_cli.models.deepencoder.preprocess import prepare
 from optical_cli.models.deepencoder.weights import load_deepencoder, save_deepencoder
 
-pass  # MOVED-IMPORT
-
 runner = CliRunner()
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY = [

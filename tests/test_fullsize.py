@@ -17,8 +17,6 @@ from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, parameter_
 from optical_cli.models.deepencoder import DeepEncoder, DeepEncoderConfig, count_parameters
 from optical_cli.models.language_model import Qwen3VLLanguageModel, build_meta_qwen3_vl, qwen3_vl_config
 
-pass  # MOVED-IMPORT
-
 FULLSIZE = Path(__file__).resolve().parent.parent / "configs" / "fullsize"
 CONFIGS = [("train-adapter", FULLSIZE / "qwen3_vl.yaml"), ("longbench", FULLSIZE / "longbench.yaml")]
 

@@ -21,7 +21,7 @@ from optical_cli.cli import app
 PACKAGE = Path(__file__).resolve().parent.parent / "optical_cli"
 MAX_COMMAND_BODY_LINES = 40
 # Reshaped by their own issues (train-adapter's loop, the index as a database), which land next.
-PENDING = {"train_adapter_command", "index_build_energy", "index_search"}
+PENDING = {"index_build_energy", "index_search"}
 
 
 def _module_name(path: Path) -> str:

@@ -7,8 +7,6 @@ from optical_cli.errors import ModelNotFoundError
 from optical_cli.index.embed import embed_corpus, texts_key
 from optical_cli.models.sentence import default_sentence_model_dir, load_sentence_embedder
 
-pass  # MOVED-IMPORT
-
 
 def test_cache_key_follows_model_and_exact_texts():
     base = texts_key("default", ["a", "b"])

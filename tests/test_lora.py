@@ -24,6 +24,7 @@ from optical_cli.train import (
     read_corpus,
     reconstruction_loss,
     train_adapter,
+    training_runtime,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +53,8 @@ def cache(tmp_path_factory):
 
 
 def fresh_reader(cache):
-    return load_reader(tiny_cfg(cache))  # LoRA changes the model: every test gets its own
+    cfg = tiny_cfg(cache)
+    return load_reader(cfg, training_runtime(cfg.runtime))  # LoRA changes the model: every test gets its own
 
 
 def test_only_the_adapter_and_lora_weights_get_gradients(cache):
@@ -87,16 +89,18 @@ def test_only_the_adapter_and_lora_weights_get_gradients(cache):
 
 def test_resume_with_lora_continues_exactly(tmp_path, cache):
     cfg = tiny_cfg(cache, "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=100")
-    train_adapter(cfg, tmp_path / "straight", reader=fresh_reader(cache))
+    runtime = training_runtime(cfg.runtime)
+    train_adapter(cfg, tmp_path / "straight", runtime, fresh_reader(cache))
 
     def crash_after_step_3(event):
         if event["event"] == "step" and event["step"] == 3:
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated"):
-        train_adapter(cfg, tmp_path / "resumed", progress=crash_after_step_3, reader=fresh_reader(cache))
+        train_adapter(cfg, tmp_path / "resumed", runtime, fresh_reader(cache), progress=crash_after_step_3)
     assert (tmp_path / "resumed" / "checkpoints" / "step-0000002" / "lora" / "adapter_model.safetensors").is_file()
-    train_adapter(cfg, tmp_path / "resumed", resume=open_checkpoint(tmp_path / "resumed"), reader=fresh_reader(cache))
+    resume = open_checkpoint(tmp_path / "resumed")
+    train_adapter(cfg, tmp_path / "resumed", runtime, fresh_reader(cache), resume=resume)
     from safetensors.torch import load_file
 
     straight = load_file(str(tmp_path / "straight" / "lora" / "adapter_model.safetensors"))
@@ -105,8 +109,8 @@ def test_resume_with_lora_continues_exactly(tmp_path, cache):
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     assert any(straight[k].abs().sum() > 0 for k in straight if ".lora_B." in k)  # LoRA did train
-    for name, tensor in torch.load(tmp_path / "straight" / "adapter.pth", weights_only=True).items():
-        assert torch.equal(tensor, torch.load(tmp_path / "resumed" / "adapter.pth", weights_only=True)[name]), name
+    for name, tensor in load_file(str(tmp_path / "straight" / "adapter.safetensors")).items():
+        assert torch.equal(tensor, load_file(str(tmp_path / "resumed" / "adapter.safetensors"))[name]), name
     losses = lambda run: [m["loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl")]  # noqa: E731
     assert losses("straight") == losses("resumed")
 
@@ -178,7 +182,7 @@ def test_cli_trains_with_lora_resumes_and_bench_reads_with_it(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["parameters"]["lora"] == 2 * (4 * (64 + 128) * 2 + 4 * (64 + 64) * 2)  # q, o: 64<->128; k, v: 64->64
-    assert (run / "lora" / "adapter_config.json").is_file() and (run / "adapter.pth").is_file()
+    assert (run / "lora" / "adapter_config.json").is_file() and (run / "adapter.safetensors").is_file()
     assert (run / "reading.jsonl").is_file()  # the reading check ran with the LoRA model
 
     result = runner.invoke(app, ["train-adapter", "--resume", str(run / "checkpoints" / "step-0000001"), "--json"])
@@ -196,7 +200,7 @@ def test_cli_trains_with_lora_resumes_and_bench_reads_with_it(tmp_path):
             str(tmp_path / "lb"),
             "--json",
             "--set",
-            f"bench.adapter={run / 'adapter.pth'}",
+            f"bench.adapter={run}",  # the run directory: its adapter.safetensors and lora/
             "--set",
             "vlm.random.initializer_range=0.1",
             "--num-samples",

@@ -166,9 +166,12 @@ def test_two_processes_train_the_adapter_on_the_streamed_cache(tmp_path):
         "train.batch_size=2",
         "--set",
         "train.read_pages=0",
+        "--set",
+        "train.log_with=[tensorboard]",
     )
     summary = json.loads(result.stdout)
-    assert summary["steps"] == 2 and summary["cache_hit"] is False and (out / "adapter.pth").is_file()
+    assert summary["steps"] == 2 and summary["cache_hit"] is False and (out / "adapter.safetensors").is_file()
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # only the main process logs
     assert json.loads((out / "manifest.json").read_text())["processes"] == 2
     caches = list((tmp_path / "cache").iterdir())  # training and held-out documents, packed apart
     assert len(caches) == 2
@@ -245,7 +248,7 @@ def test_fsdp_shards_the_frozen_llm_and_trains_as_ddp_does(tmp_path):
     assert (tmp_path / "fsdp" / "reading.jsonl").is_file()
 
     def weights(run):
-        adapter = torch.load(tmp_path / run / "adapter.pth", weights_only=True)
+        adapter = load_file(str(tmp_path / run / "adapter.safetensors"))
         return {**adapter, **load_file(str(tmp_path / run / "lora" / "adapter_model.safetensors"))}
 
     for name, tensor in weights("ddp").items():

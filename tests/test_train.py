@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from optical_cli.artifacts import read_jsonl, start_run
@@ -15,7 +16,7 @@ from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapt
 from optical_cli.render import PageRenderer, non_space
 from optical_cli.train import (
     DeepEncoderPages,
-    _loss,
+    batch_loss,
     build_page_set,
     character_error_rate,
     collate,
@@ -30,6 +31,7 @@ from optical_cli.train import (
     split_documents,
     train_adapter,
     training_mode,
+    training_runtime,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,8 +57,13 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reader(cache):
-    return load_reader(tiny_cfg(cache, "runtime.device=cpu", "runtime.dtype=float32"))
+def runtime(cache):
+    return training_runtime(tiny_cfg(cache, "runtime.device=cpu", "runtime.dtype=float32").runtime)
+
+
+@pytest.fixture(scope="module")
+def reader(cache, runtime):
+    return load_reader(tiny_cfg(cache, "runtime.device=cpu", "runtime.dtype=float32"), runtime)
 
 
 def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
@@ -93,8 +100,9 @@ def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["random_weights"] is True and "RANDOM WEIGHTS" in result.stderr  # tiny models: not a result
-    for name in ("adapter.pth", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl", "manifest.json"):
+    for name in ("adapter.safetensors", "adapter.json", "metrics.jsonl", "loss.png", "reading.jsonl", "manifest.json"):
         assert (out / name).is_file(), name
+    assert not (out / "adapter.pth").exists()  # safetensors only: nothing a reader would have to unpickle
     metrics = read_jsonl(out / "metrics.jsonl")
     evals = [m["eval_loss"] for m in metrics if m["eval_loss"] is not None]
     assert metrics[0]["step"] == 0 and metrics[-1]["step"] == 10 == summary["steps"]
@@ -118,20 +126,21 @@ def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
     assert 0 < pages["target_coverage"] <= 1
 
 
-def test_resume_continues_exactly(tmp_path, cache, reader):
+def test_resume_continues_exactly(tmp_path, cache, runtime, reader):
     cfg = tiny_cfg(cache, "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=100")
-    train_adapter(cfg, tmp_path / "straight", reader=reader)
+    train_adapter(cfg, tmp_path / "straight", runtime, reader)
 
     def crash_after_step_3(event):
         if event["event"] == "step" and event["step"] == 3:
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated"):
-        train_adapter(cfg, tmp_path / "resumed", progress=crash_after_step_3, reader=reader)
+        train_adapter(cfg, tmp_path / "resumed", runtime, reader, progress=crash_after_step_3)
     assert [m["step"] for m in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")][-1] == 3
-    train_adapter(cfg, tmp_path / "resumed", resume=open_checkpoint(tmp_path / "resumed"), reader=reader)
-    straight = torch.load(tmp_path / "straight" / "adapter.pth", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed" / "adapter.pth", weights_only=True)
+    train_adapter(cfg, tmp_path / "resumed", runtime, reader, resume=open_checkpoint(tmp_path / "resumed"))
+    straight = load_file(str(tmp_path / "straight" / "adapter.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "adapter.safetensors"))
+    assert (tmp_path / "resumed" / "checkpoints" / "step-0000004" / "adapter.safetensors").is_file()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     losses = lambda run: [m["loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl")]  # noqa: E731
@@ -178,7 +187,9 @@ def test_gradient_checkpointing_recomputes_the_frozen_llm_and_gives_the_same_gra
         training_mode(adapter, model, True, checkpointing)
         try:
             adapter.zero_grad()
-            _loss("reconstruction", model, adapter, pages, examples, [0, 1], pad, torch.device("cpu"), False).backward()
+            batch_loss(
+                "reconstruction", model, adapter, pages, examples, [0, 1], pad, torch.device("cpu"), False
+            ).backward()
             return [p.grad.clone() for p in adapter.parameters()], len(calls)
         finally:
             for hook in hooks:
@@ -284,6 +295,7 @@ def test_adapter_not_matching_the_llm_exits_2(tmp_path):
     )
     assert result.exit_code == 2, result.output
     assert "hidden size is 64" in result.output
+    assert not (tmp_path / "out").exists()  # checked before the run directory is made
 
 
 def test_model_that_cannot_load_fails_before_the_run_and_its_progress_bar(tmp_path):
@@ -302,11 +314,24 @@ def test_model_that_cannot_load_fails_before_the_run_and_its_progress_bar(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_corrupt_checkpoint_on_resume_exits_2(tmp_path, cache, reader):
+def test_missing_deepencoder_weights_fail_before_anything_is_written_or_shown(tmp_path, monkeypatch):
+    """The shipped config with a random Qwen3-VL and DeepSeek-OCR's weights not downloaded, offline: exit 2,
+    no run directory (with -o or without), no RANDOM WEIGHTS banner and no empty progress bar (issue 31.5)."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    for extra in ([], ["-o", str(tmp_path / "run")]):
+        args = ["train-adapter", "-c", "configs/qwen3_vl.yaml", "--set", "vlm.source=random", *extra]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "hf download deepseek-ai/DeepSeek-OCR" in result.stderr
+        assert "RANDOM WEIGHTS" not in result.stderr and "training" not in result.stderr
+        assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists()
+
+
+def test_corrupt_checkpoint_on_resume_exits_2(tmp_path, cache, runtime, reader):
     cfg = tiny_cfg(cache, "train.max_steps=2", "train.checkpoint_every=1", "train.eval_every=100")
     run = tmp_path / "run"
     with start_run("train-adapter", dump_config(cfg), output_dir=run):  # what the CLI's run directory holds
-        train_adapter(cfg, run, reader=reader)
+        train_adapter(cfg, run, runtime, reader)
     newest = sorted((run / "checkpoints").glob("step-*"))[-1]
     (newest / "trainer_state.pth").write_bytes(b"not a checkpoint")
     result = CliRunner().invoke(app, ["train-adapter", "--resume", str(run)])
@@ -325,9 +350,9 @@ def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
         read_corpus("hf:someone/missing-corpus", field_name="text", max_documents=5)
 
 
-def test_mse_objective_trains_and_records_eval(tmp_path, cache, reader):
+def test_mse_objective_trains_and_records_eval(tmp_path, cache, runtime, reader):
     cfg = tiny_cfg(cache, "train.objective=mse", "train.max_steps=6", "train.eval_every=3", "train.lr=0.01")
-    result = train_adapter(cfg, tmp_path / "mse", reader=reader)
+    result = train_adapter(cfg, tmp_path / "mse", runtime, reader)
     metrics = read_jsonl(tmp_path / "mse" / "metrics.jsonl")
     evals = [m["eval_loss"] for m in metrics if m["eval_loss"] is not None]
     assert result.steps == 6 and [m["step"] for m in metrics if m["eval_loss"] is not None] == [0, 3, 6]

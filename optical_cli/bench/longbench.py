@@ -16,9 +16,9 @@ from typing import Any, Callable
 from ..config import LongBenchConfig
 from ..distributed import Processes
 from ..memory import PeakMemory, busiest
-from ..models.deepencoder.weights import DEEPENCODER_HUB_FILE
-from ..models.loading import RANDOM_SOURCE, Download, require_downloads
-from ..models.tokenizers import QWEN_TIKTOKEN
+from ..models.loading import Download, require_downloads
+from ..models.provenance import chain_downloads
+from ..tracking import log_summary
 from .data import DatasetUnavailable, LongBenchItem
 from .engines.vllm import vllm_version
 from .reader import Reader, in_flight
@@ -61,19 +61,12 @@ def _dataset_download(cfg: LongBenchConfig) -> Download:
 
 
 def model_downloads(cfg: LongBenchConfig) -> list[Download]:
-    """What the conditions will load from the hub (or local paths): the adapter, Qwen3-VL and its tokenizer,
-    DeepEncoder's weights."""
+    """What the conditions will load: Qwen3-VL and its tokenizer, the adapter (optical), DeepEncoder's
+    weights (optical and native-matched, whose budget is the pages' tokens)."""
     conditions = set(cfg.bench.conditions)
-    wanted = [Download("Qwen3-VL", cfg.vlm.source, "config.json", "vlm.source")]
-    if cfg.vlm.tokenizer not in ("auto", QWEN_TIKTOKEN, cfg.vlm.source):
-        wanted.append(Download("its tokenizer", cfg.vlm.tokenizer, "tokenizer_config.json", "vlm.tokenizer"))
-    if "optical" in conditions and cfg.bench.adapter not in (None, RANDOM_SOURCE):
-        wanted.append(Download("the adapter", cfg.bench.adapter, "adapter.pth", "bench.adapter"))
-    if conditions & {"optical", "native-matched"}:
-        wanted.append(
-            Download("DeepSeek-OCR's encoder", cfg.deepencoder.weights, DEEPENCODER_HUB_FILE, "deepencoder.weights")
-        )
-    return wanted
+    adapter = cfg.bench.adapter if "optical" in conditions else None
+    encoder = cfg.deepencoder.weights if conditions & {"optical", "native-matched"} else None
+    return chain_downloads(cfg.vlm, encoder, adapter, "bench.adapter")
 
 
 def engine_record(cfg: LongBenchConfig) -> dict[str, Any]:
@@ -115,7 +108,7 @@ def run(
     if rows is None:
         return None
     conditions = len(selection.settings.conditions)
-    return finish_run(
+    summary = finish_run(
         rows,
         selection.settings,
         out_dir,
@@ -128,6 +121,8 @@ def run(
         conventions=reader.conventions,
         throughput=throughput(len(rows) - selection.done, wall_s, conditions, in_flight(reader) * procs.count),
     )
+    log_summary(cfg.bench.log_with, out_dir, "bench-longbench", summary)
+    return summary
 
 
 def failed_conditions(summary: dict[str, Any]) -> list[str]:

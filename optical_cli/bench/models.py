@@ -156,7 +156,7 @@ def build_reader(cfg, conditions: Sequence[str]):
     load); its layout decides ``deepencoder.pixels: auto`` (published layout: the published
     page preprocessing)."""
     from ..models import loading
-    from ..models.adapter import OPTICAL_LAYOUT
+    from ..models.adapter import OPTICAL_LAYOUT, adapter_location
     from ..models.deepencoder.preprocess import resolve_pixels
     from ..models.lora import lora_beside
 
@@ -164,7 +164,7 @@ def build_reader(cfg, conditions: Sequence[str]):
     if optical and cfg.bench.adapter is None:  # before any weights load
         raise ConfigError(
             "bench.adapter is not set: the optical condition needs an adapter; train one with `optical train-adapter` "
-            "and pass --set bench.adapter=PATH/adapter.pth, or leave optical out of --conditions"
+            "and pass --set bench.adapter=RUN_DIR, or leave optical out of --conditions"
         )
     vllm = cfg.bench.engine == "vllm"
     if vllm:
@@ -177,7 +177,7 @@ def build_reader(cfg, conditions: Sequence[str]):
     adapter = load_adapter(cfg.bench.adapter) if trained else None
     local = trained and not str(cfg.bench.adapter).startswith(loading.HUB_FILE_SCHEME)
     lora_dir = (
-        lora_beside(cfg.bench.adapter) if local else None
+        lora_beside(adapter_location(cfg.bench.adapter)) if local else None
     )  # trained with the adapter: the optical reader uses both
     if vllm:
         engine, tokenizer, lm_parameters = _vllm_language_model(cfg, device, dtype, lora_dir)

@@ -9,9 +9,11 @@ says otherwise (the published adapter left them random, which scrambled later pa
 Training starts the LayerNorm gain at the RMS of the LLM's token-embedding table
 (:meth:`OpticalAdapter.set_output_scale`), so vision tokens enter at the scale of text tokens.
 
-Saved as a plain ``.pth`` state dict (``torch.load(..., weights_only=True)`` reads it) and a
-JSON sidecar with the dims and the training config; :func:`load_adapter`
-reads both back with strict checks.
+Saved as ``adapter.safetensors`` (tensors only, nothing to unpickle; the dims and the format in the
+file's metadata under ``optical.adapter``, so the file describes itself) beside a JSON sidecar
+``adapter.json`` with the dims, the parameter count and the training config. Earlier versions wrote
+``adapter.pth`` (a plain state dict) + the same sidecar; :func:`load_adapter`
+reads every layout back with strict checks.
 
 :class:`PublishedAdapter` reads the published adapter (Volkopat/Qwen-VLM-Optical-Encoder,
 ``qwen3_vl_2b.pth``): a plain state dict with no sidecar, ``projection.0``/``projection.3``
@@ -22,19 +24,26 @@ the page embedding before the LayerNorm and only when a document has more than o
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ..artifacts import atomic_path, atomic_write_json
 from ..errors import InputError, ModelNotFoundError
-from .loading import HUB_FILE_SCHEME, resolve_hub_file
+from .loading import HUB_FILE_SCHEME, looks_like_hub_id, resolve_hub_file, resolve_local_or_hub
 
+ADAPTER_FILE = "adapter.safetensors"  # what train-adapter writes into a run directory and each checkpoint
+LEGACY_ADAPTER_FILE = "adapter.pth"  # what earlier versions wrote there (still read)
 SIDECAR_SUFFIX = ".json"
 FORMAT = "optical-adapter/1"
+METADATA_KEY = "optical.adapter"  # safetensors metadata: {"format": FORMAT, "dims": {...}} as JSON
 OPTICAL_LAYOUT, PUBLISHED_LAYOUT = "optical", "published"
 
 
@@ -162,30 +171,42 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def save_adapter(adapter: OpticalAdapter, path: str | Path, training: dict[str, Any] | None = None) -> Path:
-    """Write ``path`` (state dict, .pth) and its JSON sidecar, both atomically."""
+    """Write ``path`` and its JSON sidecar, both atomically: safetensors with the dims in the file's
+    metadata (``.safetensors``, the default), or a plain state dict (``.pth``, the older layout)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in adapter.state_dict().items()}
+    dims = asdict(adapter.config)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        if path.suffix == ".pth":
+            torch.save(state, tmp)
+        else:
+            save_file(
+                state, str(tmp), metadata={"format": "pt", METADATA_KEY: json.dumps({"format": FORMAT, "dims": dims})}
+            )
     atomic_write_json(
         sidecar_path(path),
-        {
-            "format": FORMAT,
-            "dims": asdict(adapter.config),
-            "parameters": parameter_count(adapter),
-            "training": training or {},
-        },
+        {"format": FORMAT, "dims": dims, "parameters": parameter_count(adapter), "training": training or {}},
     )
     return path
+
+
+def config_from_metadata(metadata: dict[str, str] | None) -> AdapterConfig | None:
+    """The dims a safetensors adapter of ours carries in its metadata (None when it carries none)."""
+    if not metadata or METADATA_KEY not in metadata:
+        return None
+    try:
+        return AdapterConfig(**json.loads(metadata[METADATA_KEY])["dims"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"the adapter's {METADATA_KEY} metadata is unreadable ({exc}); re-save the adapter") from None
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     side = sidecar_path(path)
     if not side.is_file():
         raise InputError(
-            f"adapter sidecar not found: {side}; `optical train-adapter` writes it next to the .pth "
-            "(a .pth without one is read only in the published layout: projection.0/3, layer_norm, page_embeddings)"
+            f"adapter sidecar not found: {side}; `optical train-adapter` writes it next to the adapter "
+            "(a file without one is read only in the published layout: projection.0/3, layer_norm, page_embeddings)"
         )
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
@@ -197,27 +218,26 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
 
 
 def load_adapter(
-    path: str | Path, llm_dim: int | None = None, vision_dim: int | None = None, device: torch.device | str = "cpu"
+    source: str | Path, llm_dim: int | None = None, vision_dim: int | None = None, device: torch.device | str = "cpu"
 ):
-    """An adapter checked against the models it joins: our ``adapter.pth`` + sidecar
-    (:class:`OpticalAdapter`), or a plain state dict in the published layout, sidecar-less
-    (:class:`PublishedAdapter`). ``path`` may be a hub file, ``hf://owner/name/file``."""
+    """An adapter checked against the models it joins (``llm_dim``, ``vision_dim``), from ``source``:
 
-    path = resolve_hub_file(str(path)) if str(path).startswith(HUB_FILE_SCHEME) else Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"adapter checkpoint not found: {path}; train one with `optical train-adapter`")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
-        raise InputError(
-            f"adapter checkpoint {path} is corrupt or not a state dict ({type(exc).__name__}: {exc})"
-        ) from None
-    if not isinstance(state, dict):
-        raise InputError(f"adapter checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    if PublishedAdapter.matches(state) and not sidecar_path(path).is_file():
+    - ours: ``adapter.safetensors`` (dims in its metadata, sidecar ``adapter.json``) or the older
+      ``adapter.pth`` + sidecar (:class:`OpticalAdapter`);
+    - the published layout: a plain state dict without a sidecar (:class:`PublishedAdapter`);
+    - a folder holding one of ours (a train-adapter run, one of its checkpoints, an export-adapter folder);
+    - a hub file ``hf://owner/name/file``, or a hub repository ``owner/name`` (an uploaded export).
+
+    Nothing is unpickled but a ``.pth``, and that only through ``torch.load(weights_only=True)``,
+    which refuses every object that is not a tensor or a plain container (exit 2)."""
+    path = adapter_location(source)
+    state, dims = _read_adapter_file(path)
+    if dims is None and sidecar_path(path).is_file():
+        dims = read_sidecar(path)["dims"]
+    if dims is None and PublishedAdapter.matches(state):
         adapter = PublishedAdapter(PublishedAdapter.config_of(state))
     else:
-        adapter = OpticalAdapter(read_sidecar(path)["dims"])
+        adapter = OpticalAdapter(dims or read_sidecar(path)["dims"])
     dims = adapter.config
     if llm_dim is not None and dims.llm_dim != llm_dim:
         raise InputError(
@@ -234,3 +254,60 @@ def load_adapter(
             f"adapter checkpoint {path} does not match its {adapter.layout} layout ({first}; {exc})".replace("\n", " ")
         ) from None
     return adapter.to(device)
+
+
+ADAPTER_HUB_FILES = ["adapter.safetensors", "adapter.json", "adapter.pth", "lora/*", "README.md"]
+
+
+def adapter_location(source: str | Path) -> Path:
+    """The adapter file ``source`` names: a file as it is, the adapter inside a folder, a hub file, or
+    the adapter of a hub repository (its files fetched, or found in the cache, with ``lora/``)."""
+    text = str(source)
+    if text.startswith(HUB_FILE_SCHEME):
+        return resolve_hub_file(text)
+    path = Path(text).expanduser()
+    if not path.exists() and not looks_like_hub_id(text):
+        raise ModelNotFoundError(
+            f"adapter not found: {source}; pass an adapter file, a train-adapter run or export-adapter folder, "
+            "a hub file hf://owner/name/file or a hub id owner/name"
+        )
+    if not path.exists():
+        path = resolve_local_or_hub(text, ADAPTER_HUB_FILES)
+    if path.is_file():
+        return path
+    for name in (ADAPTER_FILE, LEGACY_ADAPTER_FILE):
+        if (path / name).is_file():
+            return path / name
+    raise ModelNotFoundError(
+        f"{source} holds no {ADAPTER_FILE} (nor {LEGACY_ADAPTER_FILE}); pass a train-adapter run, one of its "
+        "checkpoints or an export-adapter folder, or the adapter file itself"
+    )
+
+
+def _read_adapter_file(path: Path):
+    """(state dict, dims from the file's own metadata or None). safetensors are read as tensors only;
+    a .pth through ``torch.load(weights_only=True)``, the one unpickling path, which refuses any other object."""
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                state = {name: handle.get_tensor(name) for name in handle.keys()}
+                return state, config_from_metadata(handle.metadata())
+        if path.suffix not in (".pth", ".pt", ".bin"):
+            raise InputError(f"adapter {path}: unknown file type; an adapter is a .safetensors or a .pth state dict")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except InputError:
+        raise
+    except pickle.UnpicklingError as exc:  # weights_only refused a global: name it (one line), never run it
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise InputError(
+            f"adapter checkpoint {path} is corrupt or not a state dict: it pickles {found[1] if found else 'objects'} "
+            "besides tensors, which loading never runs; use an adapter.safetensors, or a .pth of tensors only"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - safetensors and zip errors come in many types
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(
+            f"adapter checkpoint {path} is corrupt or not a state dict ({type(exc).__name__}: {first})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise InputError(f"adapter checkpoint {path} holds a {type(state).__name__}, not a state dict of tensors")
+    return state, None

@@ -6,7 +6,7 @@ train. Saved as a PEFT adapter directory (``adapter_config.json`` + ``adapter_mo
 keys under ``base_model.model.``, as ``PeftModel.save_pretrained`` writes them), which
 ``PeftModel.from_pretrained`` and vLLM's LoRA support read as they are;
 :func:`load_lora` reads it back strictly. ``train-adapter`` writes it
-as ``lora/`` beside ``adapter.pth`` (and in each checkpoint); ``bench longbench`` loads it from
+as ``lora/`` beside ``adapter.safetensors`` (and in each checkpoint); ``bench longbench`` loads it from
 beside the adapter, and the reading check reads with it.
 """
 
@@ -114,9 +114,11 @@ def set_lora_state(model: nn.Module, state: dict, directory: Path) -> None:
     _peft().set_peft_model_state_dict(model, state)
 
 
-def lora_beside(adapter_path: str | Path) -> Path | None:
-    """The ``lora/`` directory next to an ``adapter.pth``, if training wrote one."""
-    directory = Path(adapter_path).parent / LORA_DIR
+def lora_beside(adapter: str | Path) -> Path | None:
+    """The ``lora/`` directory training wrote beside an adapter, if it wrote one: inside a run,
+    checkpoint or export folder, or next to an adapter file."""
+    path = Path(adapter)
+    directory = (path if path.is_dir() else path.parent) / LORA_DIR
     return directory if (directory / CONFIG_FILE).is_file() else None
 
 

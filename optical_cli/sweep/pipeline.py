@@ -16,6 +16,7 @@ from typing import Callable, Optional
 from ..artifacts import atomic_write_json, atomic_write_text
 from ..config import SweepConfig
 from ..index.search import Searcher
+from ..tracking import log_summary
 from . import grid as grid_mod
 from . import tuning as tuning_mod
 from .diffusion import (
@@ -143,5 +144,7 @@ def run_diffusion_sweep(
         }
         document["_text_query_rows"] = table
     document["timing"]["total_seconds"] = round(time.perf_counter() - started, 3)
-    atomic_write_json(out_dir / "summary.json", {k: v for k, v in document.items() if not k.startswith("_")})
+    public = {k: v for k, v in document.items() if not k.startswith("_")}
+    atomic_write_json(out_dir / "summary.json", public)
+    log_summary(cfg.sweep.log_with, out_dir, "sweep-diffusion", public)
     return document

@@ -14,7 +14,8 @@ import torch
 
 from ..artifacts import atomic_path, atomic_write_text, read_jsonl
 from ..errors import InputError
-from ..models.adapter import OpticalAdapter, save_adapter
+from ..models.adapter import ADAPTER_FILE, OpticalAdapter, save_adapter
+from ..models.lora import LORA_DIR, save_lora
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -58,10 +59,8 @@ def save_checkpoint(
     """``lora``: (model, LoraConfig) when LoRA trains; its PEFT directory goes in the checkpoint too."""
     target = folder / CHECKPOINT_DIR / f"step-{step:07d}"
     target.mkdir(parents=True, exist_ok=True)
-    save_adapter(adapter, target / "adapter.pth", training)
+    save_adapter(adapter, target / ADAPTER_FILE, training)
     if lora is not None:
-        from ..models.lora import LORA_DIR, save_lora
-
         save_lora(*lora, target / LORA_DIR)
     state = {
         "optimizer": optimizer.state_dict(),
@@ -97,6 +96,10 @@ class Checkpoint:
 
     path: Path
     state: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
 
 
 def open_checkpoint(path: Path) -> Checkpoint:

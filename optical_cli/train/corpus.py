@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+from datasets import load_dataset
+
 from ..artifacts import iter_jsonl_objects
 from ..config import TrainAdapterConfig
 from ..documents import read_document
@@ -20,8 +22,6 @@ def _texts_from_jsonl(path: Path, field_name: str) -> Iterator[str]:
 
 def _texts_from_hub(name: str, split: str, field_name: str, limit: int | None) -> Iterator[str]:
     try:
-        from datasets import load_dataset
-
         dataset = load_dataset(name, split=split, streaming=True)
         for index, record in enumerate(dataset):
             if limit is not None and index >= limit * 4:  # skips short texts; bounded so a bad field fails fast

@@ -1,4 +1,5 @@
-"""Batches and losses: chat examples of each page, page statistics, collate, the reconstruction and mse objectives."""
+"""Batches and losses: chat examples of each page, page statistics, collate, the reconstruction and mse
+objectives, and the loss of one batch of cached pages (``batch_loss``)."""
 
 from __future__ import annotations
 
@@ -107,3 +108,27 @@ def mse_loss(model, adapted: torch.Tensor, examples: list[Example]) -> torch.Ten
     device = adapted.device
     text_means = torch.stack([embed(e.answer_ids[:-1].to(device)).float().mean(0) for e in examples])
     return torch.nn.functional.mse_loss(adapted.float().mean(1), text_means)
+
+
+def batch_loss(
+    objective: str,
+    model,
+    adapter,
+    pages: PageSet,
+    examples: list[Example],
+    index: list[int],
+    pad_id: int,
+    device: torch.device,
+    autocast: bool,
+) -> torch.Tensor:
+    """The ``objective``'s loss on the pages at ``index``: their cached features through the adapter,
+    spliced into their chat examples and read by the frozen ``model`` (bf16 autocast when asked)."""
+    features = pages.features[index].to(device)
+    page_index = torch.tensor([pages.page_index[i] for i in index], device=device)
+    chosen = [examples[i] for i in index]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        adapted = adapter(features, page_index)
+        if objective == "mse":
+            return mse_loss(model, adapted, chosen)
+        batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
+        return reconstruction_loss(model, adapted, batch)

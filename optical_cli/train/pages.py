@@ -15,6 +15,8 @@ import torch
 from ..artifacts import atomic_write_json
 from ..config import DeepEncoderSection, RenderSection, RuntimeConfig, TrainAdapterConfig
 from ..errors import ConfigError, InputError
+from ..features import FeatureFiles, ShardedFeatures
+from ..render import iter_pages, render_document
 
 Progress = Callable[[dict], None]
 CACHE_SHARD_PAGES = 256  # pages per feature-cache shard, as `optical encode` shards by default
@@ -99,8 +101,6 @@ class DeepEncoderPages:
         self, text: str, render: RenderSection, max_pages: int | None = None
     ) -> tuple[torch.Tensor, list[str]]:
         """Render ``text`` at this mode's page size and encode it: (features [P, T, D], page texts)."""
-        from ..render import render_document
-
         pages = render_document(text, render.model_copy(update={"mode": self.mode}))[:max_pages]
         if not pages:
             raise InputError("the document rendered to no pages; is it empty?")
@@ -146,8 +146,6 @@ def _rendered_pages(
     paragraphs, so every page but the last is full; the stream's pages are numbered in runs of
     ``max_pages`` (the adapter's page embeddings), each run counting as one document.
     """
-    from ..render import iter_pages, render_document
-
     if pack:
         for number, page in enumerate(iter_pages(PACK_SEPARATOR.join(documents), section, "packed documents")):
             yield (*divmod(number, max_pages), page)
@@ -170,8 +168,6 @@ def build_page_set(
     pages, one reader for both), so caching holds one shard in memory, not the corpus twice;
     ``pages.json`` is written last and marks a complete cache.
     """
-    from ..features import FeatureFiles, ShardedFeatures
-
     section = page_render_section(cfg)
     key = _cache_key(documents, section.model_dump_json(), encoder.identity, cfg.adapter.max_pages, cfg.data.pack)
     folder = cache_dir / key

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from rapidfuzz.distance import Levenshtein
+from torch import nn
 
 from ..models.vlm import READ_INSTRUCTION, VisionLanguageReader, build_layout, splice
 from .pages import PageSet
@@ -10,17 +12,20 @@ from .pages import PageSet
 
 def character_error_rate(prediction: str, reference: str) -> float:
     """Character edits (insertions, deletions, substitutions) per reference character."""
-    from rapidfuzz.distance import Levenshtein
-
     return Levenshtein.distance(prediction, reference) / max(1, len(reference))
 
 
-def reading_check(reader: VisionLanguageReader, pages: PageSet, count: int, max_new_tokens: int) -> dict:
-    """Greedy transcription of held-out pages from their optical tokens; CER and compression ratio."""
+def reading_check(
+    reader: VisionLanguageReader, adapter: nn.Module, pages: PageSet, count: int, max_new_tokens: int
+) -> dict:
+    """Greedy transcription of held-out pages from their optical tokens (``adapter`` maps them); CER and
+    compression ratio."""
+    adapter_device = next(adapter.parameters()).device
     records = []
     for i in range(min(count, len(pages))):
         layout = build_layout(reader.tokenizer, READ_INSTRUCTION, [int(pages.features.shape[1])])
-        vision = reader.adapt(pages.features[i : i + 1], torch.tensor([pages.page_index[i]]))
+        page = torch.tensor([pages.page_index[i]], device=adapter_device)
+        vision = adapter(pages.features[i : i + 1].to(adapter_device), page).to(reader.device)
         embeds = splice(
             reader.embed_tokens, layout.input_ids.to(reader.device), layout.vision_mask.to(reader.device), vision
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 from torch import nn
+from torch.distributed.fsdp import fully_shard
 
 
 def fsdp_requested() -> bool:
@@ -30,8 +31,6 @@ def shard_language_model(
     model: nn.Module, keep_whole: list[nn.Parameter] | None = None, reshard_after_forward: bool = True
 ) -> None:
     """Shard ``model`` (a Qwen3-VL language model, dense or MoE) in place across the process group."""
-    from torch.distributed.fsdp import fully_shard
-
     ignored = set(keep_whole or []) or None
     stack = model.model.language_model
     for layer in stack.layers:
