@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from optical_cli.artifacts import read_jsonl
 from optical_cli.cli import app
-from optical_cli.encode import BatchRunner
 from optical_cli.features import FeatureFiles
 from optical_cli.models.deepencoder import DeepEncoderConfig
 from optical_cli.models.deepencoder.preprocess import prepare
+from optical_cli.models.deepencoder.runner import BatchRunner
 from optical_cli.models.loading import load_deepencoder, save_deepencoder
 
 runner = CliRunner()
