@@ -14,12 +14,13 @@ rounds, each ratio the median of the per-round ratios. The baseline of every rat
 code when it is given, else our reference path (mask); the output says which.
 
 Per row: pages/s; FLOPs per page (torch's FlopCounterMode over our encoder); achieved TFLOP/s; and
-the share of the machine's matmul rate: before the encoders, the run times PyTorch's matrix
-products on the encoder's own shapes in that dtype (SAM's 4096x768 @ 768x2304 qkv, 4096x768 @
-768x3072 and 4096x3072 @ 3072x768 MLP, 4096x768 @ 768x768 projection; CLIP's 257-row ones; the
-projector), each through torch.matmul and F.linear with the weight stored as nn.Linear stores it,
-keeping the faster; the rate is their FLOPs over the time they take together, weighted as one page
-uses them. The load average (/proc/loadavg) is recorded before and after each dtype.
+the share of the machine's matmul rate: before each batch size, the run times PyTorch's matrix
+products on the encoder's own shapes at that batch in that dtype (one base view: SAM's 4096x768 @
+768x2304 qkv, 4096x768 @ 768x3072 and 4096x3072 @ 3072x768 MLP, 4096x768 @ 768x768 projection;
+CLIP's 257-row ones; the projector; rows times the batch, at most 32,768), each through torch.matmul
+and F.linear with the weight stored as nn.Linear stores it, keeping the faster; the rate is their
+FLOPs over the time they take together, weighted as a page uses them.
+The load average (/proc/loadavg) is recorded before and after each dtype.
 
     python scripts/bench_encoder.py --size tiny                                    # CPU, seconds
     python scripts/bench_encoder.py --size fullsize --mode base --batch-sizes 1 --dtype float32,bfloat16 \\
@@ -100,9 +101,14 @@ def flops_per_page(cfg: DeepEncoderConfig, size: int) -> float:
     return counter.get_total_flops()
 
 
-def encoder_matmuls(cfg: DeepEncoderConfig, size: int) -> list[tuple[int, int, int, int]]:
-    """(rows, inner, columns, times per page) of the encoder's dense layers at one view of ``size`` px."""
-    tokens, clip_tokens = (size // cfg.sam_patch_size) ** 2, (size // 64) ** 2 + 1
+MATMUL_ROWS_CAP = 32768  # past this many rows a larger product runs no faster (and takes long to time on a CPU)
+
+
+def encoder_matmuls(cfg: DeepEncoderConfig, size: int, batch: int = 1) -> list[tuple[int, int, int, int]]:
+    """(rows, inner, columns, times per page) of the encoder's dense layers on ``batch`` views of ``size``
+    px (rows capped at MATMUL_ROWS_CAP)."""
+    tokens = min(batch * (size // cfg.sam_patch_size) ** 2, MATMUL_ROWS_CAP)
+    clip_tokens = min(batch * ((size // 64) ** 2 + 1), MATMUL_ROWS_CAP)
     mlp, d, c = int(cfg.sam_dim * cfg.sam_mlp_ratio), cfg.sam_dim, cfg.clip_dim
     return [
         (tokens, d, 3 * d, cfg.sam_depth),
@@ -113,7 +119,7 @@ def encoder_matmuls(cfg: DeepEncoderConfig, size: int) -> list[tuple[int, int, i
         (clip_tokens, c, c, cfg.clip_depth),
         (clip_tokens, c, cfg.clip_mlp_dim, cfg.clip_depth),
         (clip_tokens, cfg.clip_mlp_dim, c, cfg.clip_depth),
-        (clip_tokens - 1, cfg.projector_in, cfg.out_dim, 1),
+        (clip_tokens - batch, cfg.projector_in, cfg.out_dim, 1),
     ]
 
 
@@ -359,15 +365,18 @@ def bench_dtype(args, cfg, device, device_name: str, dtype: torch.dtype, weights
     for mode in args.mode.split(","):
         size = MODES[mode].size
         flops = flops_per_page(cfg, size)
-        rate, detail = matmul_rate(encoder_matmuls(cfg, size), device, dtype, args.matmul_seconds)
-        for item in detail:
+        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+            rate, detail = matmul_rate(encoder_matmuls(cfg, size, batch), device, dtype, args.matmul_seconds)
+            for item in detail:
+                print(
+                    f"  matmul {dtype_name} {item['shape']:>18}: torch.matmul {item['matmul']:.3g}, "
+                    f"F.linear {item['linear']:.3g} TFLOP/s",
+                    file=sys.stderr,
+                )
             print(
-                f"  matmul {dtype_name} {item['shape']:>16}: torch.matmul {item['matmul']:.3g}, "
-                f"F.linear {item['linear']:.3g} TFLOP/s",
+                f"  the machine's matmul rate on the shapes of {batch} {mode} view(s): {rate / 1e12:.3g} TFLOP/s",
                 file=sys.stderr,
             )
-        print(f"  the machine's matmul rate on a {mode} page's shapes: {rate / 1e12:.3g} TFLOP/s", file=sys.stderr)
-        for batch in [int(b) for b in args.batch_sizes.split(",")]:
             pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
             models, worker = dict(forwards), None
             if args.vllm_python != "none":

