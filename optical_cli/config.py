@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -105,11 +105,6 @@ class EncodeSection(Section):
     compile: bool = Field(False, description="torch.compile the encoder")
     max_image_side: int = Field(16384, ge=16, description="reject input images with a side longer than this (pixels)")
     queue_pages: int = Field(32, ge=1, description="rendered pages buffered ahead of the encoder with --text")
-    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
-        "auto",
-        description="processes that load, draw and preprocess pages: 0 = one thread beside the encoder; auto = one "
-        "per spare core (at most 8) when a GPU encodes, 0 on a CPU (the encoder uses its cores)",
-    )
     shard_pages: int = Field(
         256,
         ge=1,

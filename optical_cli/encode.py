@@ -19,19 +19,14 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-import multiprocessing
-import os
 import queue
 import threading
 import time
-from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter
 from dataclasses import dataclass, field, replace
-from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -171,17 +166,12 @@ def _plan_text(text_file: Path, cfg: EncodeConfig) -> EncodePlan:
     text = _read_text(text_file, cfg)
     if not text.strip():
         raise InputError(f"--text {text_file}: no text to render (empty or whitespace only); give a file with text")
-    renderer = page_renderer(cfg)
+    mode = cfg.deepencoder.mode  # pages are rendered at the size the encoder's mode reads (gundam: base pages)
+    renderer = PageRenderer(cfg.render.model_copy(update={"mode": "base" if mode == "gundam" else mode}))
     page_lines, _, _ = renderer.layout(text)
     if not page_lines:
         raise InputError(f"--text {text_file}: no page to encode (the text rendered to zero pages)")
     return EncodePlan(text_file=text_file, page_lines=page_lines, renderer=renderer)
-
-
-def page_renderer(cfg: EncodeConfig) -> PageRenderer:
-    """The renderer of --text pages: at the size the encoder's mode reads (gundam: base pages)."""
-    mode = cfg.deepencoder.mode
-    return PageRenderer(cfg.render.model_copy(update={"mode": "base" if mode == "gundam" else mode}))
 
 
 def _load_image(path: Path) -> Image.Image:
@@ -201,69 +191,30 @@ def _read_text(path: Path, cfg: EncodeConfig) -> str:
     return document.text
 
 
-def produce_page(plan: EncodePlan, cfg: EncodeConfig, number: int) -> tuple[int, PageSource, PreparedPage]:
-    """Page ``number`` loaded or drawn, preprocessed, and its text measured."""
-    mode, pixels = cfg.deepencoder.mode, resolve_pixels(cfg.deepencoder.pixels)
-    if plan.page_lines is not None:
-        lines = plan.page_lines[number]
-        text = "\n".join(lines)
-        source = PageSource(str(plan.text_file), None, text, text_counts(text))
-        return number, source, prepare(plan.renderer.draw(lines), mode, pixels)
-    page = plan.pages[number]
-    return number, replace(page, counts=text_counts(page.text)), prepare(_load_image(page.image_path), mode, pixels)
-
-
 def produce_pages(
-    plan: EncodePlan, cfg: EncodeConfig, wanted: Callable[[int], bool], workers: int = 0
+    plan: EncodePlan, cfg: EncodeConfig, wanted: Callable[[int], bool]
 ) -> Iterator[tuple[int, PageSource, PreparedPage]]:
-    """The ``wanted`` pages in order as (page number, source, preprocessed views), so that all of this
-    overlaps with encoding under prefetch(): here, or in ``workers`` processes (``encode.workers``)."""
-    numbers = [number for number in range(len(plan)) if wanted(number)]
-    if workers <= 0:
-        for number in numbers:
-            yield produce_page(plan, cfg, number)
-        return
-    context = multiprocessing.get_context("spawn")  # the parent holds a CUDA context and OpenMP threads
-    pool = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_start_worker, initargs=(replace(plan, renderer=None), cfg)
-    )
-    try:
-        pending: deque = deque()
-        upcoming = iter(numbers)
-        for number in islice(upcoming, max(cfg.encode.queue_pages, 2 * workers)):
-            pending.append(pool.submit(_produce_in_worker, number))
-        while pending:
-            number, page, grid, views = pending.popleft().result()
-            following = next(upcoming, None)
-            if following is not None:
-                pending.append(pool.submit(_produce_in_worker, following))
-            yield number, page, PreparedPage([torch.from_numpy(view) for view in views], grid)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def preprocess_workers(setting: int | str, device: torch.device) -> int:
-    """``encode.workers`` made concrete: ``auto`` is one process per spare core (at most 8) when a GPU
-    encodes, none on a CPU, whose cores the encoder itself uses."""
-    if setting != "auto":
-        return int(setting)
-    return min(8, max(0, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0
-
-
-_worker_state: tuple[EncodePlan, EncodeConfig] | None = None
-
-
-def _start_worker(plan: EncodePlan, cfg: EncodeConfig) -> None:
-    global _worker_state
-    if plan.page_lines is not None:  # the renderer holds fonts, which do not pickle: each worker makes its own
-        plan = replace(plan, renderer=page_renderer(cfg))
-    _worker_state = (plan, cfg)
-
-
-def _produce_in_worker(number: int) -> tuple[int, PageSource, tuple[int, int], list[np.ndarray]]:
-    """produce_page in a worker; views go back as arrays (plain bytes through the pipe)."""
-    _, page, prepared = produce_page(*_worker_state, number)
-    return number, page, prepared.grid, [view.numpy() for view in prepared.views]
+    """The ``wanted`` pages in order as (page number, source, preprocessed views), each loaded or
+    drawn and its text measured, so that all of this overlaps with encoding under prefetch()."""
+    mode, pixels = cfg.deepencoder.mode, resolve_pixels(cfg.deepencoder.pixels)
+    for number in range(len(plan)):
+        if not wanted(number):
+            continue
+        if plan.page_lines is not None:
+            lines = plan.page_lines[number]
+            text = "\n".join(lines)
+            yield (
+                number,
+                PageSource(str(plan.text_file), None, text, text_counts(text)),
+                prepare(plan.renderer.draw(lines), mode, pixels),
+            )
+        else:
+            page = plan.pages[number]
+            yield (
+                number,
+                replace(page, counts=text_counts(page.text)),
+                prepare(_load_image(page.image_path), mode, pixels),
+            )
 
 
 def prefetch(items: Iterator, depth: int) -> Iterator:
@@ -510,8 +461,7 @@ def encode_shards(
         group.clear()
         return_freed_memory()
 
-    workers = preprocess_workers(cfg.encode.workers, runner.device)
-    stream = produce_pages(plan, cfg, lambda number: number // shards.pages_per_shard in todo, workers)
+    stream = produce_pages(plan, cfg, lambda number: number // shards.pages_per_shard in todo)
     for number, page, prepared in prefetch(stream, cfg.encode.queue_pages):
         if current is None:
             k = number // shards.pages_per_shard

@@ -272,20 +272,6 @@ def test_many_pages_stream_into_shards_equal_to_one_file(long_text, one_file_run
         assert read_jsonl(out / name) == read_jsonl(one_file_run / name)
 
 
-def test_pages_prepared_in_worker_processes_equal_those_prepared_here(long_text, one_file_run, tmp_path):
-    """encode.workers > 0 draws and preprocesses pages in other processes (a GPU's feeders): the same
-    features bit for bit and the same page records, in page order."""
-    out = tmp_path / "workers"
-    result = encode_text(long_text, out, "--set", "encode.workers=2", "--set", "encode.queue_pages=3")
-    assert result.exit_code == 0, result.output
-    assert torch.equal(
-        load_file(str(out / "features.safetensors"))["features"],
-        load_file(str(one_file_run / "features.safetensors"))["features"],
-    )
-    for name in ("pages.jsonl", "documents.jsonl"):
-        assert read_jsonl(out / name) == read_jsonl(one_file_run / name)
-
-
 def test_document_metrics_from_page_tallies_equal_the_joined_text(long_text, one_file_run, tmp_path):
     from collections import Counter
 
