@@ -213,8 +213,17 @@ class VllmWorker:
         torch.save(pixels.float().cpu(), self.folder / "pixels.pt")
         self.output = self.folder / "out.pt"
         dtype_name = str(dtype).removeprefix("torch.")
-        command = [python, str(VLLM_WORKER), str(weights), str(self.folder / "pixels.pt"), dtype_name, str(device)]
+        command = [
+            python,
+            str(VLLM_WORKER),
+            str(weights),
+            str(self.folder / "pixels.pt"),
+            dtype_name,
+            str(device),
+            str(self.output),
+        ]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = ""
         for line in self.process.stdout:
             if line.startswith("ready"):
                 return
