@@ -32,14 +32,15 @@ from PIL import Image, UnidentifiedImageError
 
 from .artifacts import atomic_path, atomic_write_json, to_json_line
 from .config import EncodeConfig
-from .devices import resolve_device, resolve_dtype
 from .distributed import Processes
-from .errors import ConfigError, InputError, RunFailed
+from .documents import read_document
+from .errors import ConfigError, InputError
 from .features import FeatureFiles, ShardedFeatures, read_header
-from .models.deepencoder import DeepEncoder, DeepEncoderConfig
+from .models.deepencoder import auto_choices
 from .models.deepencoder.preprocess import PreparedPage, prepare, resolve_pixels
-from .models.deepencoder.weights import load_deepencoder
+from .models.deepencoder.runner import EncoderRunner
 from .modes import PATCH_SIZE
+from .render import PageRenderer, read_layout
 from .textstats import count_text_tokens, count_words, entropy_of_counts
 
 MIN_IMAGE_SIDE = 16
@@ -109,8 +110,6 @@ def check_image(path: Path, max_side: int) -> None:
 
 
 def _pages_of_run_dir(run_dir: Path) -> list[PageSource]:
-    from .render import read_layout
-
     pages = []
     for number, record in enumerate(read_layout(run_dir), start=1):
         try:
@@ -162,8 +161,6 @@ def plan_inputs(inputs: list[Path], text_file: Path | None, cfg: EncodeConfig) -
 def _plan_text(text_file: Path, cfg: EncodeConfig) -> EncodePlan:
     """Lay the text out into pages now (cheap: no drawing) so the page count, and with it the
     shards and each process's share, is known before encoding starts."""
-    from .render import PageRenderer
-
     if not text_file.is_file():
         raise InputError(f"--text {text_file}: no such file")
     text = _read_text(text_file, cfg)
@@ -185,8 +182,6 @@ def _load_image(path: Path) -> Image.Image:
 
 def _read_text(path: Path, cfg: EncodeConfig) -> str:
     """The text of --text FILE: text or markdown decoded per render.encoding, or a PDF's text layer."""
-    from .documents import read_document
-
     document = read_document(path, cfg.render.encoding, cfg.render.errors)
     if document.is_pdf and not document.has_text:
         raise InputError(
@@ -258,77 +253,12 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
 
 
 # ---------------------------------------------------------------------------------------
-# Model and batched forward
+# Model
 
 
-def build_encoder(
-    cfg: EncodeConfig, device: torch.device | None = None
-) -> tuple[DeepEncoder, torch.device, torch.dtype]:
-    """The configured DeepEncoder on ``device`` (default: ``runtime.device``)."""
-    device = device or resolve_device(cfg.runtime.device)
-    dtype = resolve_dtype(cfg.runtime.dtype, device)
-    section = cfg.deepencoder
-    weights = None if section.weights == "random" else section.weights
-    architecture = DeepEncoderConfig.named(section.architecture) if weights is None else None
-    model = load_deepencoder(weights, device, dtype, config=architecture, seed=cfg.runtime.seed)
-    model.set_attention(section.attention)
-    if section.layout_tokens and not model.layout_vectors_loaded:
-        raise ConfigError(
-            f"deepencoder.layout_tokens=true but {section.weights} carries no image_newline/view_seperator "
-            "(community layout); use the official file or set deepencoder.layout_tokens=false"
-        )
-    return model, device, dtype
-
-
-class BatchRunner:
-    """Forward views in chunks of ``batch_size``; on out-of-memory halve it and retry."""
-
-    def __init__(
-        self, model: Callable[[torch.Tensor], torch.Tensor], batch_size: int, device: torch.device, dtype: torch.dtype
-    ):
-        self.model, self.batch_size, self.device, self.dtype = model, batch_size, device, dtype
-
-    @torch.inference_mode()
-    def __call__(self, views: torch.Tensor) -> torch.Tensor:
-        outputs, start = [], 0
-        while start < len(views):
-            chunk = views[start : start + self.batch_size].to(self.device, self.dtype, non_blocking=True)
-            try:
-                outputs.append(self.model(chunk))
-            except torch.cuda.OutOfMemoryError:
-                del chunk
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if self.batch_size == 1:
-                    raise RunFailed(
-                        "out of memory with a batch of one view; use a smaller mode or another device"
-                    ) from None
-                self.batch_size //= 2
-                continue
-            start += len(chunk)
-        return torch.cat(outputs)
-
-
-@torch.no_grad()  # plain tensors out (not inference tensors): callers may train on them
-def encode_group(
-    runner: BatchRunner, model: DeepEncoder, group: list[PreparedPage], layout_tokens: bool
-) -> list[torch.Tensor]:
-    """Token sequences of a group of pages; views of equal size share forward passes."""
-    by_size: dict[int, list[tuple[int, int]]] = {}
-    for p, page in enumerate(group):
-        for v, view in enumerate(page.views):
-            by_size.setdefault(view.shape[-1], []).append((p, v))
-    features: dict[tuple[int, int], torch.Tensor] = {}
-    for size, keys in by_size.items():
-        stacked = torch.stack([group[p].views[v] for p, v in keys])
-        for key, out in zip(keys, runner(stacked)):
-            features[key] = out
-    sequences = []
-    for p, page in enumerate(group):
-        views = [features[(p, v)] for v in range(len(page.views))]
-        tiles = torch.stack(views[:-1]) if len(views) > 1 else None
-        sequences.append(model.arrange(tiles, page.grid, views[-1], layout_tokens).float().cpu())
-    return sequences
+def build_runner(cfg: EncodeConfig, device: torch.device | None = None) -> EncoderRunner:
+    """The configured DeepEncoder on ``device`` (default: ``runtime.device``), batched as ``encode:`` says."""
+    return EncoderRunner.build(cfg.deepencoder, cfg.runtime, cfg.encode.batch_size, device, cfg.encode.compile)
 
 
 # ---------------------------------------------------------------------------------------
@@ -488,8 +418,6 @@ def check_shards_on_disk(
 
 def attention_choices(cfg: EncodeConfig) -> list[dict]:
     """The paths ``deepencoder.attention: auto`` chose so far in this process (none when pinned)."""
-    from .models.deepencoder.sam import auto_choices
-
     return auto_choices() if cfg.deepencoder.attention == "auto" else []
 
 
@@ -507,15 +435,13 @@ class _Shard:
 def encode_shards(
     cfg: EncodeConfig,
     plan: EncodePlan,
-    encoder: tuple[DeepEncoder, torch.device, torch.dtype],
+    runner: EncoderRunner,
     shards: ShardedFeatures,
     procs: Processes,
     progress: Progress | None = None,
 ) -> dict:
     """Encode this process's shards that are not on disk yet; returns what it did (for the manifest)."""
-    model, device, dtype = encoder
-    forward = torch.compile(model) if cfg.encode.compile else model
-    runner = BatchRunner(forward, cfg.encode.batch_size, device, dtype)
+    dtype = runner.dtype
     identity = feature_identity(cfg, dtype)
     total, count = len(plan), shards.shard_count(len(plan))
     mine = [k for k in range(procs.index, count, procs.count)]
@@ -525,7 +451,7 @@ def encode_shards(
     started, current, group = time.perf_counter(), None, []
 
     def flush() -> None:
-        encoded = encode_group(runner, model, [prepared for _, _, prepared in group], cfg.deepencoder.layout_tokens)
+        encoded = runner.encode([prepared for _, _, prepared in group])
         for (number, page, prepared), seq in zip(group, encoded):
             current.sequences.append(seq.to(dtype))
             current.records.append(page_record(number, page, prepared, seq.shape[0]))
@@ -610,7 +536,7 @@ _last_trim = float("-inf")
 def run_encode(
     cfg: EncodeConfig,
     plan: EncodePlan,
-    encoder: tuple[DeepEncoder, torch.device, torch.dtype],
+    runner: EncoderRunner,
     features_path: Path,
     metrics_dir: Path,
     procs: Processes | None = None,
@@ -622,12 +548,12 @@ def run_encode(
     the others (None, reports). With ``resume`` the shards on disk are kept (check them first with
     :func:`check_shards_on_disk`); without, older outputs of the same name are removed."""
     procs = procs or Processes()
-    _, device, dtype = encoder
+    device, dtype = runner.device, runner.dtype
     shards = ShardedFeatures(features_path, cfg.encode.shard_pages)
     if not resume and procs.is_main:
         shards.clear()
     procs.wait()  # stale outputs are gone before any process writes
-    report = encode_shards(cfg, plan, encoder, shards, procs, progress)
+    report = encode_shards(cfg, plan, runner, shards, procs, progress)
     reports = procs.gather(report)  # also the barrier: every shard is on disk past this line
     if not procs.is_main:
         return None, reports

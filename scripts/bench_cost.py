@@ -26,24 +26,35 @@ windows) per condition as one benchmark run on each engine: the hf engine answer
 time, vLLM takes them all in flight (up to vllm.max_num_seqs). Items per second (wall time of the
 run, models already loaded) go to <output>-throughput.csv with vLLM / hf per condition.
 
+Every condition records the 1-minute load average (/proc/loadavg) before and after it and the
+cores it computes on (torch's threads); one run under a load above those cores shared the machine
+with other work, so its latency is not a figure: the CSV says `loaded` in its `load_flag` column and
+the line printed for it says LOADED. The README's cost figures come from runs with no flag.
+
 Writes the CSV (default results/bench/cost.csv) and a plot beside it (cost.png).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import torch
+
 from optical_cli.artifacts import atomic_write_csv
 from optical_cli.bench.data import parse_record
 from optical_cli.bench.models import build_reader
 from optical_cli.bench.plots import plot_cost_vs_length
+from optical_cli.bench.reader import in_flight
 from optical_cli.bench.runner import BenchSettings, run_benchmark
 from optical_cli.bench.synthetic import cve_document, longbench_item
 from optical_cli.config import load_config
@@ -72,6 +83,10 @@ FIELDS = [
     "memory_added_gib",
     "repeats",
     "latency_spread",
+    "load_before",
+    "load_after",
+    "cores",
+    "load_flag",
     "optical_over_native_latency",
     "optical_over_native_memory_added",
     "vllm_over_hf_latency",
@@ -91,8 +106,30 @@ def items_for(lengths: list[int], count_tokens) -> list[tuple[int, object]]:
     return [(length, cve_item(length, count_tokens, f"cost-{length}", n)) for n, length in enumerate(lengths)]
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where /proc/loadavg is absent)."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cores_used() -> int:
+    """The cores a condition computes on: torch's threads (vLLM's CPU workers bind as many)."""
+    return min(torch.get_num_threads(), os.cpu_count() or 1)
+
+
+def load_flag(before: float | None, after: float | None, cores: int) -> str:
+    """``loaded`` when the machine carried more runnable work than the cores the condition uses."""
+    known = [load for load in (before, after) if load is not None]
+    if not known:
+        return "unknown"
+    return "loaded" if max(known) > cores else "ok"
+
+
 def run_condition(reader, item, condition: str, cfg, items_csv: Path, memory: PeakMemory) -> dict:
-    """One timed (item, condition) through the benchmark runner; adds the memory it added to what was held."""
+    """One timed (item, condition) through the benchmark runner; adds the memory it added to what was held,
+    and the load average before and after it."""
     settings = BenchSettings(
         (condition,),
         max_context_tokens=10**9,
@@ -102,8 +139,12 @@ def run_condition(reader, item, condition: str, cfg, items_csv: Path, memory: Pe
         seed=cfg.runtime.seed,
     )
     before = in_use_gib(reader.device)
+    load_before = load_average()
     (row,) = run_benchmark(reader, [item], settings, items_csv, memory=memory)
     row["memory_added_gib"] = row["peak_memory_gib"] - before
+    cores = cores_used()
+    row.update(load_before=load_before, load_after=load_average(), cores=cores)
+    row["load_flag"] = load_flag(row["load_before"], row["load_after"], cores)
     return row
 
 
@@ -116,6 +157,9 @@ def summarise(rows: list[dict], tokens_per_page: int) -> dict:
     first["repeats"] = len(rows)
     first["latency_spread"] = (max(latencies) - min(latencies)) / statistics.median(latencies) if len(rows) > 1 else 0.0
     first["peak_memory_gib"] = max(r["peak_memory_gib"] for r in rows)
+    first["load_before"], first["load_after"] = rows[0]["load_before"], rows[-1]["load_after"]
+    flags = {r["load_flag"] for r in rows}
+    first["load_flag"] = "loaded" if "loaded" in flags else ("ok" if "ok" in flags else "unknown")
     first["memory_added_gib"] = max(r["memory_added_gib"] for r in rows)
     if first["pages"]:
         first["doc_tokens_per_vision_token"] = first["doc_tokens"] / (first["pages"] * tokens_per_page)
@@ -196,15 +240,15 @@ THROUGHPUT_FIELDS = [
     "items_per_s",
     "mean_latency_s",
     "vllm_over_hf_items_per_s",
+    "load_before",
+    "load_after",
+    "cores",
+    "load_flag",
 ]
 
 
 def run_batch(reader, cfg, engine: str, count: int, length: int, tmp: Path) -> list[dict]:
     """``count`` documents of ``length`` tokens per condition as one benchmark run: items per second."""
-    import time
-
-    from optical_cli.bench.reader import in_flight
-
     encode_text = reader.encode_text
     # windows far enough apart that no two documents share a record
     items = [
@@ -220,9 +264,10 @@ def run_batch(reader, cfg, engine: str, count: int, length: int, tmp: Path) -> l
             temperature=0.0,
             seed=cfg.runtime.seed,
         )
-        start = time.perf_counter()
+        load_before, start = load_average(), time.perf_counter()
         rows = run_benchmark(reader, items, settings, tmp / f"batch-{condition}.csv")
         wall = time.perf_counter() - start
+        load_after = load_average()
         ok = [r for r in rows if r["status"] == "ok"]
         rates.append(
             {
@@ -235,11 +280,16 @@ def run_batch(reader, cfg, engine: str, count: int, length: int, tmp: Path) -> l
                 "wall_s": wall,
                 "items_per_s": len(ok) / wall,
                 "mean_latency_s": statistics.mean(r["latency_s"] for r in ok) if ok else None,
+                "load_before": load_before,
+                "load_after": load_after,
+                "cores": cores_used(),
+                "load_flag": load_flag(load_before, load_after, cores_used()),
             }
         )
         print(
             f"[{engine}] throughput, {condition}: {len(ok)}/{count} documents of {length} tokens in {wall:.1f} s = "
-            f"{len(ok) / wall:.4f} items/s ({in_flight(reader)} in flight)",
+            f"{len(ok) / wall:.4f} items/s ({in_flight(reader)} in flight); load {load_before}->{load_after}"
+            + ("  LOADED: not a figure" if rates[-1]["load_flag"] == "loaded" else ""),
             flush=True,
         )
     return rates
@@ -266,10 +316,6 @@ def write_throughput(rates: list[dict], path: Path) -> None:
 def run_engine(args, engine: str, lengths: list[int]) -> tuple[list[dict], list[dict]]:
     """Native and optical at each length on one engine (and the throughput batch); its models are
     released before the next engine loads."""
-    import gc
-
-    import torch
-
     # every page kept (200, the published adapter's page embeddings): cost of the whole document
     overrides = [
         f"runtime.device={args.device}",
@@ -344,7 +390,9 @@ def report(native: dict, optical: dict) -> None:
         f"{optical['chars_per_page']:.0f} chars/page, {optical.get('doc_tokens_per_vision_token', 0):.2f} doc tokens "
         "per "
         f"vision token; optical/native latency = {'-' if ratio is None else f'{ratio:.2f}'}   "
-        f"[split: render / encode / adapter / prefill / decode s]",
+        f"[split: render / encode / adapter / prefill / decode s]; load {native['load_before']}->"
+        f"{optical['load_after']} on {native['cores']} cores"
+        + ("  LOADED: not a figure" if "loaded" in (native["load_flag"], optical["load_flag"]) else ""),
         flush=True,
     )
 

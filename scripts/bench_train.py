@@ -34,15 +34,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from transformers.loss.loss_utils import ForCausalLMLoss  # noqa: E402
+import torch
+from transformers.loss.loss_utils import ForCausalLMLoss
 
-from optical_cli.artifacts import atomic_write_csv  # noqa: E402
-from optical_cli.config import load_config  # noqa: E402
-from optical_cli.devices import synchronize  # noqa: E402
-from optical_cli.memory import PeakMemory, headline_gib, in_use_gib  # noqa: E402
-from optical_cli.models.vlm import splice  # noqa: E402
-from optical_cli.train import (  # noqa: E402
+from optical_cli.artifacts import atomic_write_csv
+from optical_cli.config import load_config
+from optical_cli.devices import synchronize
+from optical_cli.memory import PeakMemory, headline_gib, in_use_gib
+from optical_cli.models.vlm import splice
+from optical_cli.train import (
     DeepEncoderPages,
     batch_loss,
     build_page_set,

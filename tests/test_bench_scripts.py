@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -43,6 +45,12 @@ def test_bench_encoder_times_every_cpu_path_against_the_reference(tmp_path):
         r["baseline"] == "mask" and float(r["pages_per_s"]) > 0 and float(r["max_abs_diff"]) < 1e-4 for r in table
     )
     assert table[0]["ratio_vs_baseline"] == "1.000" and "global:" in table[-1]["variant"]
+    # the share of the machine's matmul rate, measured in the same run, and the load it ran under
+    assert all(float(r["matmul_tflop_s"]) > 0 and float(r["matmul_share"]) > 0 for r in table)
+    assert all(r["load_before"] and r["load_after"] for r in table)
+    assert float(table[0]["achieved_tflop_s"]) == pytest.approx(
+        float(table[0]["pages_per_s"]) * float(table[0]["tflops_per_page"]), rel=1e-2
+    )
 
 
 def test_bench_train_measures_each_loss_at_each_batch_size(tmp_path):

@@ -94,6 +94,10 @@ def test_bench_cost_runs_native_and_optical_on_the_same_documents(tmp_path):
         )
         assert float(optical["encode_s"]) > 0 and float(native["encode_s"]) == 0
     assert int(rows[2]["doc_tokens"]) > int(rows[0]["doc_tokens"]) >= 128
+    for row in rows:  # each condition says the load it ran under, and is flagged when that exceeded its cores
+        loads = [float(row["load_before"]), float(row["load_after"])]
+        assert (row["load_flag"] == "loaded") == (max(loads) > int(row["cores"])) and int(row["cores"]) >= 1
+    assert ("LOADED: not a figure" in run.stdout) == any(r["load_flag"] == "loaded" for r in rows)
     assert out.with_suffix(".png").is_file() and "optical/native latency" in run.stdout
     with open(tmp_path / "cost-throughput.csv", newline="") as handle:
         rates = list(csv.DictReader(handle))

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from optical_cli.models.deepencoder import DeepEncoder, DeepEncoderConfig, count_parameters
-from optical_cli.models.deepencoder import sam as sam_module
+from optical_cli.models.deepencoder import attention as attention_module
+from optical_cli.models.deepencoder.attention import rel_pos_table
 from optical_cli.models.deepencoder.clip import resize_clip_pos
-from optical_cli.models.deepencoder.sam import Attention, Block, rel_pos_table, resize_abs_pos
+from optical_cli.models.deepencoder.sam import Attention, Block, resize_abs_pos
 from optical_cli.models.deepencoder.weights import load_deepencoder
 
 KEYS_TSV = Path(__file__).parent / "data" / "deepencoder_keys.tsv"
@@ -75,8 +76,8 @@ def test_large_mode_shape_with_a_shallow_model():
 @pytest.mark.parametrize("mode", ["chunked", "folded", "auto"])
 def test_attention_paths_equal_the_additive_mask(tiny_model, mode, monkeypatch):
     # a tiny chunk budget makes the chunked path loop over many (view, head) chunks
-    monkeypatch.setattr(sam_module, "CHUNK_BYTES", {"cpu": 3 * 40**4 * 4, "cuda": 3 * 40**4 * 4})
-    monkeypatch.setattr(sam_module, "AUTO_CHOICES", {})
+    monkeypatch.setattr(attention_module, "CHUNK_BYTES", {"cpu": 3 * 40**4 * 4, "cuda": 3 * 40**4 * 4})
+    monkeypatch.setattr(attention_module, "AUTO_CHOICES", {})
     pixels = torch.randn(2, 3, 640, 640)
     with torch.inference_mode():
         tiny_model.set_attention("mask")
@@ -89,13 +90,13 @@ def test_attention_paths_equal_the_additive_mask(tiny_model, mode, monkeypatch):
 
 
 def test_auto_measures_every_cpu_path_once_per_shape_and_keeps_the_fastest(tiny_model, monkeypatch):
-    monkeypatch.setattr(sam_module, "AUTO_CHOICES", {})
+    monkeypatch.setattr(attention_module, "AUTO_CHOICES", {})
     calls = []
     paths = {
         name: (lambda fn, name: lambda *a: calls.append(name) or fn(*a))(fn, name)
-        for name, fn in sam_module._PATHS.items()
+        for name, fn in attention_module._PATHS.items()
     }
-    monkeypatch.setattr(sam_module, "_PATHS", paths)
+    monkeypatch.setattr(attention_module, "_PATHS", paths)
     tiny_model.set_attention("auto")
     try:
         with torch.inference_mode():
@@ -104,12 +105,12 @@ def test_auto_measures_every_cpu_path_once_per_shape_and_keeps_the_fastest(tiny_
             tiny_model(torch.randn(1, 3, 512, 512))
     finally:
         tiny_model.set_attention("mask")
-    choices = sam_module.AUTO_CHOICES
+    choices = attention_module.AUTO_CHOICES
     assert len(choices) == 2  # one windowed and one global shape (tiny: window 4 on a 32x32 grid)
     for best, seconds in choices.values():
         assert set(seconds) == {"mask", "chunked", "folded"} and best == min(seconds, key=seconds.get)
     blocks = DeepEncoderConfig.tiny().sam_depth
-    repeats = sam_module.AUTO_REPEATS
+    repeats = attention_module.AUTO_REPEATS
     assert first == 3 * repeats * 2 + (blocks - 2)  # every candidate timed per new shape, then the choice
     assert len(calls) - first == blocks  # the second page only runs the chosen paths
 

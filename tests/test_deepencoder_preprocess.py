@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from optical_cli.models.deepencoder.preprocess import normalise, prepare, to_rgb
+from optical_cli.models.deepencoder.preprocess import PUBLISHED_TABLE, normalise, prepare, to_rgb, to_tensor
 from optical_cli.modes import PAD_COLOUR, tile_grid
 
 GREY = (PAD_COLOUR[0] / 255 - 0.5) / 0.5
@@ -117,3 +117,16 @@ def test_published_pixels_are_the_published_adapters_input():
     assert resolve_pixels("auto") == "official" and resolve_pixels("published") == "published"
     with pytest.raises(ValueError, match="gundam"):
         prepare(image, "gundam", "published")
+
+
+def test_pixel_tables_give_the_per_pixel_formula_bit_for_bit():
+    """normalise() looks each byte up in a 256-entry table: the same float32 values as ToTensor then
+    mean 0.5 / std 0.5 computed per pixel (the official formula), for every byte value and layout."""
+    rng = np.random.default_rng(0)
+    every_byte = np.arange(256 * 3, dtype=np.uint16).astype(np.uint8).reshape(16, 16, 3)
+    for array in (every_byte, rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)):
+        image = Image.fromarray(array)
+        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float()
+        assert torch.equal(normalise(image), (pixels / 255.0 - 0.5) / 0.5)
+        assert torch.equal(to_tensor(image, PUBLISHED_TABLE), pixels / 255.0)
+        assert normalise(image).is_contiguous() and normalise(image).shape == (3, *array.shape[:2])

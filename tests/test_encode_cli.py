@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from optical_cli.artifacts import read_jsonl
 from optical_cli.cli import app
-from optical_cli.encode import BatchRunner
 from optical_cli.features import FeatureFiles
 from optical_cli.models.deepencoder import DeepEncoderConfig
 from optical_cli.models.deepencoder.preprocess import prepare
+from optical_cli.models.deepencoder.runner import BatchRunner
 from optical_cli.models.deepencoder.weights import load_deepencoder, save_deepencoder
 
 runner = CliRunner()
@@ -344,12 +344,12 @@ def test_interrupted_run_resumes_after_its_complete_shards(long_text, one_file_r
     (out / "manifest.json").write_text(json.dumps({**manifest, "status": "running", "pid": dead_pid()}))
     # a new process knows no attention choice, and here could make none: the shards' own are reused
     from optical_cli.features import read_header
-    from optical_cli.models.deepencoder import sam
+    from optical_cli.models.deepencoder import ATTENTION_MODES, attention, clear_auto_choices
 
     chosen = json.loads(read_header(out / "features-00001.safetensors")["attention_auto"])
-    assert chosen and {c["path"] for c in chosen} <= set(sam._PATHS)
-    monkeypatch.setattr(sam, "AUTO_CHOICES", {})
-    monkeypatch.setattr(sam, "_auto_candidates", lambda device: ())  # measuring again would fail
+    assert chosen and {c["path"] for c in chosen} <= set(ATTENTION_MODES)
+    clear_auto_choices()
+    monkeypatch.setattr(attention, "_auto_candidates", lambda device: ())  # measuring again would fail
     resumed = encode_text(long_text, out, "--set", "encode.shard_pages=2", "--resume", "--json")
     assert resumed.exit_code == 0, resumed.output
     assert "2 of " in resumed.stderr and "shards on disk" in resumed.stderr  # what the resume found

@@ -235,7 +235,7 @@ def reuse_attention_choices(claim: OutputDir, attention: str, more: list[dict] |
     reproduced exactly; before the encoder first runs. Returns how many view shapes were taken."""
     if attention != "auto" or not claim.resuming:
         return 0
-    from ..models.deepencoder.sam import seed_auto_choices
+    from ..models.deepencoder import seed_auto_choices
 
     return seed_auto_choices(((claim.previous or {}).get("attention_auto") or []) + (more or []))
 
@@ -244,7 +244,7 @@ def attention_record(attention: str) -> dict[str, Any]:
     """For the manifest: what ``auto`` chose per view shape (nothing when a path is pinned)."""
     if attention != "auto":
         return {}
-    from ..models.deepencoder.sam import auto_choices
+    from ..models.deepencoder import auto_choices
 
     return {"attention_auto": auto_choices()}
 

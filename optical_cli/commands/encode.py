@@ -69,7 +69,7 @@ def encode(
     the shards; with a pinned deepencoder.attention the output equals one process's.
     """
     from ..devices import resolve_device
-    from ..encode import METRIC_FILES, build_encoder, check_shards_on_disk, plan_inputs, run_encode
+    from ..encode import METRIC_FILES, build_runner, check_shards_on_disk, plan_inputs, run_encode
 
     with handled_errors():
         cfg = load("encode", config, sets)
@@ -80,10 +80,10 @@ def encode(
         plan = plan_inputs(list(inputs or []), text, cfg)
         procs = join_processes(cfg.runtime.device)
         device = procs.place(resolve_device(cfg.runtime.device))
-        encoder = build_encoder(cfg, device)  # bad weights fail here, before any output
+        encoder = build_runner(cfg, device)  # bad weights fail here, before any output
         if resume:
             done, total, choices = check_shards_on_disk(
-                cfg, plan, encoder[2], output or output_dir / "features.safetensors"
+                cfg, plan, encoder.dtype, output or output_dir / "features.safetensors"
             )
             reused = reuse_attention_choices(claim, cfg.deepencoder.attention, choices)
             report_resume(

@@ -16,6 +16,9 @@ from ..artifacts import atomic_write_json
 from ..config import DeepEncoderSection, RenderSection, RuntimeConfig, TrainAdapterConfig
 from ..errors import ConfigError, InputError
 from ..features import FeatureFiles, ShardedFeatures
+from ..models.deepencoder import DeepEncoder, DeepEncoderConfig, count_parameters
+from ..models.deepencoder.preprocess import resolve_pixels
+from ..models.deepencoder.runner import EncoderRunner
 from ..render import iter_pages, render_document
 
 Progress = Callable[[dict], None]
@@ -34,8 +37,9 @@ class PageEncoder(Protocol):
 
 
 class DeepEncoderPages:
-    """The frozen DeepEncoder of ``optical encode`` (same weights, preprocessing and batching),
-    loaded on first use so a run whose features are cached never loads it.
+    """The frozen DeepEncoder of ``optical encode`` (same weights, preprocessing and batching: an
+    :class:`~optical_cli.models.deepencoder.runner.EncoderRunner`), loaded on first use so a run whose
+    features are cached never loads it.
 
     ``encode(images)`` -> ``[pages, tokens, out_dim]`` float32 on the CPU. Built from the
     ``deepencoder:`` and ``runtime:`` config sections, so the LongBench comparison can use it too.
@@ -47,35 +51,21 @@ class DeepEncoderPages:
                 "deepencoder.mode=gundam gives each page a different token count; use tiny, small, base or large"
             )
         self.section, self.runtime, self.device, self.batch_size = section, runtime, device, batch_size
-        from ..models.deepencoder.preprocess import resolve_pixels
-
         self.mode, self.layout_tokens, self.pixels = section.mode, section.layout_tokens, resolve_pixels(section.pixels)
         self.identity = {"deepencoder": section.model_dump(), "dtype": runtime.dtype, "seed": runtime.seed}
-        self._model = self._runner = None
+        self.runner: EncoderRunner | None = None
 
     def load(self) -> None:
         """Load the weights now (otherwise the first ``encode`` does)."""
-        if self._model is not None:
-            return
-        from ..config import EncodeConfig, EncodeSection
-        from ..encode import BatchRunner, build_encoder
+        if self.runner is None:
+            self.runner = EncoderRunner.build(self.section, self.runtime, self.batch_size, self.device)
 
-        runtime = self.runtime.model_copy(update={"device": str(self.device)})
-        encode_cfg = EncodeConfig(
-            deepencoder=self.section, runtime=runtime, encode=EncodeSection(batch_size=self.batch_size)
-        )
-        self._model, device, dtype = build_encoder(encode_cfg)
-        self._model.requires_grad_(False)
-        self._runner = BatchRunner(self._model, self.batch_size, device, dtype)
-
-    def architecture(self):
-        """The encoder's sizes (a ``DeepEncoderConfig``); random weights need no loading to know them."""
-        from ..models.deepencoder import DeepEncoderConfig
-
-        if self._model is None and self.section.weights == "random":
+    def architecture(self) -> DeepEncoderConfig:
+        """The encoder's sizes; random weights need no loading to know them."""
+        if self.runner is None and self.section.weights == "random":
             return DeepEncoderConfig.named(self.section.architecture)
         self.load()
-        return self._model.cfg
+        return self.runner.model.cfg
 
     @property
     def out_dim(self) -> int:
@@ -83,19 +73,13 @@ class DeepEncoderPages:
 
     def parameter_count(self) -> int:
         """Parameters of the encoder (counted on the meta device: no memory, no loading for random weights)."""
-        from ..models.deepencoder import DeepEncoder, count_parameters
-
         architecture = self.architecture()
         with torch.device("meta"):
             return count_parameters(DeepEncoder(architecture))
 
     def encode(self, images: list) -> torch.Tensor:
-        from ..encode import encode_group
-        from ..models.deepencoder.preprocess import prepare
-
         self.load()
-        prepared = [prepare(image, self.mode, self.pixels) for image in images]
-        return torch.stack(encode_group(self._runner, self._model, prepared, self.layout_tokens))
+        return torch.stack(self.runner.encode_images(images, self.mode, self.pixels))
 
     def encode_text(
         self, text: str, render: RenderSection, max_pages: int | None = None

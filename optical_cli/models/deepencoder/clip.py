@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DeepEncoderConfig
+from .sam import add_residual
 
 
 def resize_clip_pos(table: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -34,11 +35,19 @@ class Embeddings(nn.Module):
         self.position_embedding = nn.Embedding(cfg.clip_grid**2 + 1, cfg.clip_dim)
 
     def forward(self, sam_maps: torch.Tensor) -> torch.Tensor:
+        """[B,C,h,w] -> [B,1+h*w,C]: the class embedding, then the maps' pixels, each plus its position row.
+
+        Written into one tensor (no concatenation, then a second pass for the positions): the same sums."""
         b, _, h, w = sam_maps.shape
         patches = sam_maps.flatten(2).transpose(1, 2)
-        cls = self.class_embedding.to(patches.dtype).expand(b, 1, -1)
-        tokens = torch.cat([cls, patches], dim=1)
-        return tokens + resize_clip_pos(self.position_embedding.weight, h, w).to(tokens.dtype)[None]
+        table = resize_clip_pos(self.position_embedding.weight, h, w).to(patches.dtype)
+        cls = self.class_embedding.to(patches.dtype)
+        if torch.is_grad_enabled() and (cls.requires_grad or patches.requires_grad or table.requires_grad):
+            return torch.cat([cls.expand(b, 1, -1), patches], dim=1) + table  # out= does not differentiate
+        tokens = patches.new_empty(b, 1 + h * w, patches.shape[-1])
+        tokens[:, 0] = cls + table[0]
+        torch.add(patches, table[1:], out=tokens[:, 1:])
+        return tokens
 
 
 class SelfAttention(nn.Module):
@@ -63,7 +72,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)
-        return self.fc2(x * torch.sigmoid(1.702 * x))  # quick_gelu
+        return self.fc2(torch.sigmoid(1.702 * x).mul_(x))  # quick_gelu: x * sigmoid(1.702 x), one fresh tensor
 
 
 class TransformerBlock(nn.Module):
@@ -75,8 +84,8 @@ class TransformerBlock(nn.Module):
         self.mlp = FeedForward(dim, mlp_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
+        x = add_residual(x, self.self_attn(self.layer_norm1(x)))
+        return add_residual(x, self.mlp(self.layer_norm2(x)))
 
 
 class Transformer(nn.Module):

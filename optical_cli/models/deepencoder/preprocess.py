@@ -54,10 +54,27 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _pixel_table(normalised: bool) -> np.ndarray:
+    """The float32 value of each of the 256 byte values, computed by the same float32 operations as the
+    per-pixel formula (ToTensor: /255; then mean 0.5 / std 0.5 when ``normalised``)."""
+    values = torch.arange(256, dtype=torch.uint8).float() / 255.0
+    return ((values - 0.5) / 0.5 if normalised else values).numpy()
+
+
+# a byte has 256 values: looking each pixel's value up is one pass over the page, where the formula
+# took four over a strided [3,H,W] view (~110 of the producer's ~160 ms for a 1024 px page, measured)
+OFFICIAL_TABLE, PUBLISHED_TABLE = _pixel_table(True), _pixel_table(False)
+
+
+def to_tensor(image: Image.Image, table: np.ndarray) -> torch.Tensor:
+    """RGB image -> [3,H,W] float32, each byte mapped through ``table``."""
+    channels_first = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+    return torch.from_numpy(table[channels_first])
+
+
 def normalise(image: Image.Image) -> torch.Tensor:
     """RGB image -> [3,H,W] float32 in [-1,1] (ToTensor then mean 0.5 / std 0.5)."""
-    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-    return (array.permute(2, 0, 1).float() / 255.0 - 0.5) / 0.5
+    return to_tensor(image, OFFICIAL_TABLE)
 
 
 def pad_square(image: Image.Image, size: int) -> Image.Image:
@@ -87,10 +104,7 @@ def prepare(image: Image.Image, mode: str, pixels: str = OFFICIAL_PIXELS) -> Pre
                 f"{', '.join(MODES)}"
             )
         size = MODES[mode].size
-        array = torch.from_numpy(
-            np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8).copy()
-        )
-        return PreparedPage([array.permute(2, 0, 1).float() / 255.0], (1, 1))
+        return PreparedPage([to_tensor(image.resize((size, size), Image.Resampling.BICUBIC), PUBLISHED_TABLE)], (1, 1))
     if pixels not in ("auto", OFFICIAL_PIXELS):
         raise ValueError(f"unknown pixels {pixels!r}; use auto, {OFFICIAL_PIXELS} or {PUBLISHED_PIXELS}")
     if mode == "gundam":
