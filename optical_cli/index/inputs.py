@@ -37,7 +37,7 @@ class Items:
         return len(self.ids)
 
 
-def _show(ids: list[str], limit: int = 5) -> str:
+def show_ids(ids: list[str], limit: int = 5) -> str:
     more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
     return ", ".join(ids[:limit]) + more
 
@@ -91,7 +91,7 @@ def subset(items: Items, limit: Optional[int], seed: int) -> Items:
 def check_unique_ids(ids: list[str], where: str) -> None:
     repeated = [i for i, n in Counter(ids).items() if n > 1]
     if repeated:
-        raise InputError(f"{where}: duplicate ids {_show(repeated)}; every item needs a unique id")
+        raise InputError(f"{where}: duplicate ids {show_ids(repeated)}; every item needs a unique id")
 
 
 def read_texts(path: Path, id_field: str, text_field: str, number_missing_ids: bool = False) -> Items:
@@ -224,9 +224,9 @@ def validate_vectors(
     if not drop_invalid:
         problems = []
         if (~finite).any():
-            problems.append(f"NaN/Inf in rows {_show([ids[i] for i in np.flatnonzero(~finite)])}")
+            problems.append(f"NaN/Inf in rows {show_ids([ids[i] for i in np.flatnonzero(~finite)])}")
         if (finite & ~nonzero).any():
-            problems.append(f"all-zero rows {_show([ids[i] for i in np.flatnonzero(finite & ~nonzero)])}")
+            problems.append(f"all-zero rows {show_ids([ids[i] for i in np.flatnonzero(finite & ~nonzero)])}")
         raise InputError(f"{where}: {'; '.join(problems)}; fix the input or pass --drop-invalid to skip them")
     keep = np.flatnonzero(~bad)
     if keep.size < 2:
