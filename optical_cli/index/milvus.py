@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -54,6 +55,8 @@ def _pymilvus():
         raise InputError(
             "store.backend=milvus needs the Milvus client: pip install 'optical[milvus]' (pymilvus, milvus-lite)"
         ) from None
+    # its query iterator logs a malformed warning (with a stack) on every Milvus Lite read: keep stderr to ours
+    logging.getLogger("pymilvus").setLevel(logging.ERROR)
     return pymilvus
 
 
