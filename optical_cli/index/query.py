@@ -105,18 +105,23 @@ def search_database(
     directory: Path, manifest: dict, model: EnergyIndex, vectors, params: SearchParams, timeout: float
 ) -> list[list[Hit]]:
     """ANN candidates from the Milvus collection, rescored exactly; the lambda window filters in the database."""
-    scorer = Searcher(model)  # the energy model alone (no items): query checks and query lambdas
+    source = milvus.CandidateSource(directory, manifest, model, timeout)
+    try:
+        return search_candidates(source, vectors, params)
+    finally:
+        source.close()
+
+
+def search_candidates(source: "milvus.CandidateSource", vectors, params: SearchParams) -> list[list[Hit]]:
+    """One batch of queries against an open database (a benchmark keeps ``source`` open between batches)."""
+    scorer = Searcher(source.model)  # the energy model alone (no items): query checks and query lambdas
     queries = scorer.check(vectors, 0)
     windows = None
     if params.lambda_window is not None:
         lambdas = scorer.query_terms(queries)["lambda"].tolist()
         windows = [(lam - params.lambda_window, lam + params.lambda_window) for lam in lambdas]
-    source = milvus.CandidateSource(directory, manifest, model, timeout)
-    try:
-        m = max(params.ann_candidates, params.k)
-        candidates, rows = source.gather(queries, m, params.hnsw_ef_search, params.ivf_nprobe, windows)
-    finally:
-        source.close()
+    m = max(params.ann_candidates, params.k)
+    candidates, rows = source.gather(queries, m, params.hnsw_ef_search, params.ivf_nprobe, windows)
     if len(candidates) == 0:
         return [[] for _ in range(queries.shape[0])]
     return Searcher(candidates).search(queries, params, rows)

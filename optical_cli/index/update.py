@@ -119,7 +119,7 @@ def new_items(model: EnergyIndex, corpus: Corpus, device: torch.device) -> Energ
         dirichlet_beta=model.dirichlet_beta,
         params=model.params,
         model=model.model,
-        texts=corpus.texts if corpus.texts is not None else ([""] * len(corpus.ids)),
+        texts=corpus.texts,
         labels=corpus.labels,
     )
 
