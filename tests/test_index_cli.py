@@ -360,3 +360,26 @@ def test_rendered_documents_become_searchable(tmp_path):
     assert result.exit_code == 0, result.output
     hits = [json.loads(line) for line in result.stdout.splitlines()]
     assert hits[0]["rank"] == 1 and "alpha" in hits[0]["id"]
+
+
+def test_add_texts_embedded_with_the_index_model_and_found_by_their_own_text(cve_index, tmp_path):
+    import shutil
+
+    out, _ = cve_index
+    index = tmp_path / "ix"
+    shutil.copytree(out, index)
+    records = [json.loads(line) for line in (CONFIG_DIR.parent / "data" / "cve" / "cves.jsonl").open()][-4:]
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = invoke("index", "add", "--index", index, "--input", new, "--json", "--set", f"embed.cache_dir={tmp_path}")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["added"] == 4 and report["count"] == 28 and report["generation"] == 1
+    for record in records:
+        found = invoke("index", "search", "--index", index, "-q", record["description"], "-k", 3, "--json")
+        hits = [json.loads(line) for line in found.stdout.splitlines()]
+        assert hits[0]["id"] == record["id"] and hits[0]["labels"] == record["cwe"]
+    result = invoke("index", "delete", "--index", index, "--ids", records[0]["id"], "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["count"] == 27
+    found = invoke("index", "search", "--index", index, "-q", records[0]["description"], "-k", 27, "--json")
+    assert records[0]["id"] not in {json.loads(line)["id"] for line in found.stdout.splitlines()}
