@@ -156,8 +156,9 @@ def main() -> None:
     rows = []
     try:
         for backend in ("files", "milvus"):
+            passed = [a for i, a in enumerate(sys.argv[1:]) if "--work-dir" not in (a, sys.argv[i])]  # flag, value
             command = [sys.executable, __file__, "--worker", backend, "--work-dir", str(work), "--exact-file",
-                       str(exact_file)] + [a for a in sys.argv[1:] if a != "--work-dir"]  # fmt: skip
+                       str(exact_file), *passed]  # fmt: skip
             started = time.perf_counter()
             out = subprocess.run(command, capture_output=True, text=True)
             if out.returncode != 0:
