@@ -308,6 +308,7 @@ def test_bad_inputs_exit_2(tmp_path):
     (tmp_path / "foreign" / "manifest.json").write_text('{"command": "render"}')
     result = invoke("index", "search", "--index", tmp_path / "foreign", "--query", "x")
     assert result.exit_code == 2 and "not a usable energy index" in result.output
+    assert "NEW_DIR" in result.output and "--overwrite" not in result.output  # advice that works: not ours
     result = invoke("index", "search", "--index", tmp_path / "foreign")
     assert result.exit_code == 2 and "exactly one of" in result.output
     result = invoke("index", "search", "--index", tmp_path / "foreign", "--query", "x", "--mode", "nope")

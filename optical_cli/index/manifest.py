@@ -69,11 +69,15 @@ def changed_share(manifest: dict[str, Any]) -> float:
     )
 
 
-def fail(directory: Path, problem: str) -> InputError:
-    return InputError(
-        f"{directory}: not a usable energy index ({problem}); rebuild it with `optical index build-energy "
-        f"--output-dir {directory} --overwrite`, or build one elsewhere"
+def fail(directory: Path, problem: str, ours: bool = True) -> InputError:
+    """A damaged index (``ours``: build-energy may overwrite it there) or a directory that is no index."""
+    advice = (
+        f"rebuild it with `optical index build-energy --output-dir {directory} --overwrite`"
+        if ours
+        else "pass the --output-dir of `optical index build-energy`, or build an index with "
+        "`optical index build-energy --output-dir NEW_DIR`"
     )
+    return InputError(f"{directory}: not a usable energy index ({problem}); {advice}")
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -84,13 +88,13 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         )
     path = directory / "manifest.json"
     if not path.is_file():
-        raise fail(directory, "no manifest.json")
+        raise fail(directory, "no manifest.json", ours=False)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail(directory, f"manifest.json is damaged: {exc}") from None
+        raise fail(directory, f"manifest.json is damaged: {exc}", ours=False) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise fail(directory, f"manifest.json does not describe an {FORMAT}")
+        raise fail(directory, f"manifest.json does not describe an {FORMAT}", ours=False)
     if manifest.get("format_version") not in READABLE_VERSIONS:
         raise fail(
             directory,
