@@ -153,3 +153,30 @@ def test_an_add_stopped_before_its_commit_is_invisible_and_cleaned_up(built, tmp
     np.testing.assert_allclose(index.vectors[index.ids.index("v395")].numpy(), x[395] - 0.1, rtol=1e-6)
     manifest = manifest_mod.read_manifest(directory)
     assert manifest["pending_deletes"] == []
+
+
+def test_a_second_process_waits_for_the_embedded_database(built, tmp_path):
+    """Milvus Lite opens a database in one process at a time: a search waits (store.open_timeout) or says why."""
+    import subprocess
+    import sys
+    import time
+
+    root, _, x = built
+    hold = (
+        "import sys, time; from pymilvus import MilvusClient; c = MilvusClient(sys.argv[1]); "
+        "print('open', flush=True); time.sleep(float(sys.argv[2])); c.close()"
+    )
+    database = str(root / "milvus" / "milvus.db")
+    for seconds, timeout, works in ((2.0, 60.0, True), (4.0, 0.5, False)):
+        child = subprocess.Popen(
+            [sys.executable, "-c", hold, database, str(seconds)], stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout.readline().strip() == "open"
+        started = time.perf_counter()
+        try:
+            found = hits(root / "milvus", x[:2], f"store.open_timeout={timeout}")
+            assert works and len(found[0]) == 10 and time.perf_counter() - started > 1.0
+        except Exception as exc:  # noqa: BLE001 - the refusal is the expected outcome of the short timeout
+            assert not works and "another process may hold it" in str(exc), exc
+        finally:
+            child.wait()

@@ -60,6 +60,18 @@ def _pymilvus():
     return pymilvus
 
 
+def _release_lite(path: str) -> None:
+    """Stop this process's Milvus Lite engine of ``path`` (the one place ``milvus_lite`` is imported).
+
+    Milvus Lite keeps its engine, and its lock on the database, for the life of the process even after
+    the client closes; released here, another process (a search beside an add) can open the database."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:  # a server URI needs no Milvus Lite
+        return
+    server_manager_instance.release_server(path)
+
+
 def resolve_uri(directory: Path, uri: Optional[str]) -> str:
     """A server URI as given; a local database path relative to the index directory; null = milvus.db in it."""
     if uri and re.match(r"^[a-z]+://", uri):
@@ -86,8 +98,8 @@ def collection_name(directory: Path, uri: str, name: Optional[str]) -> str:
 class Connection:
     """An open client and the index's collection; ``with Connection.open(...) as db`` closes it."""
 
-    def __init__(self, client: Any, collection: str):
-        self.client, self.collection = client, collection
+    def __init__(self, client: Any, collection: str, uri: str):
+        self.client, self.collection, self.uri = client, collection, uri
 
     @classmethod
     def open(cls, store: dict[str, Any], directory: Path, timeout: float) -> "Connection":
@@ -105,13 +117,20 @@ class Connection:
                         + ("; another process may hold it (raise store.open_timeout)" if is_lite(uri) else "")
                     ) from None
                 time.sleep(0.2)
-        return cls(client, store["collection"])
+        if client.has_collection(store["collection"]):
+            client.load_collection(store["collection"])  # a restarted engine starts with it released
+        return cls(client, store["collection"], uri)
 
     def __enter__(self) -> "Connection":
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.client.close()
+        if is_lite(self.uri):
+            _release_lite(self.uri)
 
     # -- the collection
 
@@ -359,7 +378,7 @@ class CandidateSource:
         self.db = open_connection(directory, manifest, timeout)
 
     def close(self) -> None:
-        self.db.client.close()
+        self.db.close()
 
     def gather(
         self, queries: torch.Tensor, m: int, ef: int, nprobe: int, windows: Optional[list[tuple[float, float]]] = None

@@ -84,7 +84,10 @@ def search_index(directory: Path, queries: Queries, cfg: EnergyConfig) -> Search
     manifest = read_manifest(directory)
     params = SearchParams.from_section(cfg.search)
     on_database = backend_of(manifest) == "milvus" and params.candidates == "ann"
-    index = read_model(directory, manifest, device) if on_database else load_index(directory, device)
+    if on_database:
+        index = read_model(directory, manifest, device)
+    else:
+        index = load_index(directory, device, cfg.store.open_timeout)
     if queries.vectors is None:
         queries.vectors = query_vectors(index.model, queries.texts, cfg.runtime.device, cfg.embed.batch_size)
     notes = []

@@ -295,7 +295,7 @@ def live_rows(directory: Path, manifest: dict[str, Any]) -> tuple[list[str], np.
     return ids, rows
 
 
-def load_index(directory: str | Path, device: str | torch.device = "cpu") -> EnergyIndex:
+def load_index(directory: str | Path, device: str | torch.device = "cpu", timeout: float = 60.0) -> EnergyIndex:
     """Read every live item and the energy model, checking that files exist, parse and agree on shapes.
 
     A change committed while this reads may remove the deletion list it named: then it reads again."""
@@ -304,7 +304,7 @@ def load_index(directory: str | Path, device: str | torch.device = "cpu") -> Ene
         manifest = read_manifest(directory)
         try:
             if backend_of(manifest) == "milvus":
-                return milvus.load_all(directory, manifest, device)
+                return milvus.load_all(directory, manifest, device, timeout)
             return load_files(directory, manifest, device)
         except InputError:
             if attempt == 2 or read_manifest(directory).get("generation") == manifest.get("generation"):
