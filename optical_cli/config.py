@@ -438,10 +438,10 @@ class EnergyStoreSection(Section):
         60.0, gt=0, description="milvus: seconds to wait for a Milvus Lite database another process holds open"
     )
     rebuild_after: float = Field(
-        0.2,
+        0.8,
         gt=0,
         description="share of items added plus deleted since the build at which `index add`/`delete` say a rebuild "
-        "is due (measured: README, adding items)",
+        "is due: the largest share measured without a loss against a rebuild (README: adding and deleting items)",
     )
 
 
