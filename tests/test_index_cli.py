@@ -384,3 +384,17 @@ def test_add_texts_embedded_with_the_index_model_and_found_by_their_own_text(cve
     assert result.exit_code == 0 and json.loads(result.stdout)["count"] == 27
     found = invoke("index", "search", "--index", index, "-q", records[0]["description"], "-k", 27, "--json")
     assert records[0]["id"] not in {json.loads(line)["id"] for line in found.stdout.splitlines()}
+
+
+def test_milvus_backend_without_its_client_is_exit_2_before_anything_is_written(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if the milvus extra were not installed
+    x = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    np.save(tmp_path / "v.npy", x)
+    result = invoke(
+        "index", "build-energy", "--input", tmp_path / "v.npy", "--limit", 0, "-o", tmp_path / "ix",
+        "--set", "store.backend=milvus",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "pip install 'optical[milvus]'" in result.output
+    assert not (tmp_path / "ix").exists()

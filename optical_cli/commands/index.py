@@ -89,7 +89,7 @@ def index_build_energy(
 ) -> None:
     """Build an energy index (lambdas, vectors, feature Laplacian, ANN candidates) from texts or vectors."""
     from ..devices import resolve_device
-    from ..index.create import create_index
+    from ..index.create import check_store, create_index, summary
     from ..index.pipeline import corpus_vectors
 
     with handled_errors():
@@ -100,6 +100,7 @@ def index_build_energy(
             input__limit=limit,
             input__drop_invalid=drop_invalid,
         )
+        check_store(cfg)
         claim = claim_output("index build-energy", output_dir, overwrite=overwrite, resumable=False)
         device = resolve_device(cfg.runtime.device)
         with progress_bar("embedding", total=None) as advance:
@@ -110,23 +111,10 @@ def index_build_energy(
                 warn(warning)
             seconds = {key: round(value, 4) for key, value in seconds.items()}
             run.update(**fields, input=corpus.source, **corpus.info, **seconds)
-        summary = {
-            "index": str(run.path),
-            "input": corpus.source,
-            "items": len(index),
-            "dim": index.dim,
-            **corpus.info,
-            **index.stats,
-            **index.scales.as_dict(),
-            "dirichlet_scale": index.dirichlet_scale,
-            "dirichlet_beta": index.dirichlet_beta,
-            "store": cfg.store.backend,
-            "ann": (fields["ann"] or {}).get("kind", "none"),
-            **seconds,
-        }
-        print_table("energy index", list(summary.items()))
+        report = summary(index, corpus, fields, seconds, cfg, run.path)
+        print_table("energy index", list(report.items()))
         if json_out:
-            emit_json(summary)
+            emit_json(report)
 
 
 @app.command("search")

@@ -21,6 +21,30 @@ from .pipeline import Corpus
 from .store import save_index
 
 
+def check_store(cfg: EnergyConfig) -> None:
+    """What the store needs, checked before a run directory or an embedding exists."""
+    if cfg.store.backend == "milvus":
+        milvus.require_client()
+
+
+def summary(index: EnergyIndex, corpus: Corpus, fields: dict, seconds: dict, cfg: EnergyConfig, path: Path) -> dict:
+    """What build-energy reports (stderr table, --json)."""
+    return {
+        "index": str(path),
+        "input": corpus.source,
+        "items": len(index),
+        "dim": index.dim,
+        **corpus.info,
+        **index.stats,
+        **index.scales.as_dict(),
+        "dirichlet_scale": index.dirichlet_scale,
+        "dirichlet_beta": index.dirichlet_beta,
+        "store": cfg.store.backend,
+        "ann": (fields["ann"] or {}).get("kind", "none"),
+        **seconds,
+    }
+
+
 def create_index(
     cfg: EnergyConfig, corpus: Corpus, directory: Path, device: torch.device, progress: Optional[Callable] = None
 ) -> tuple[EnergyIndex, dict[str, Any], dict[str, float]]:

@@ -47,6 +47,11 @@ SCALARS = ("lambda", "rayleigh", "dispersion", "dirichlet", "norm")  # the colle
 FIELD_OF = {"lambda": "lambdas"}  # collection field -> EnergyIndex field where they differ
 
 
+def require_client() -> None:
+    """Fail before any work (exit 2, naming the extra) when the Milvus client is not installed."""
+    _pymilvus()
+
+
 def _pymilvus():
     """The one place the Milvus client is imported (the ``milvus`` extra)."""
     try:
