@@ -221,19 +221,22 @@ def test_sigkill_at_random_moments_during_add(tmp_path):
     child = _add_process(directory, change)
     while not (directory / "segments").exists() and child.poll() is None:
         time.sleep(0.005)
-    started = time.perf_counter()  # the writing starts with the segment directory
-    assert child.wait() == 0
+    started = time.perf_counter()  # the writing starts with the segment directory, ends with the manifest's commit
+    manifest = directory / "manifest.json"
+    while json.loads(manifest.read_text()).get("generation") == 0 and child.poll() is None:
+        time.sleep(0.002)
     writing = time.perf_counter() - started
+    assert child.wait() == 0
     after = snapshot(directory, queries)
     assert after != before and len(after[0]) == 3000
-    rng = np.random.default_rng(0)
+    delays = [0.0, *np.random.default_rng(0).uniform(0.0, writing, size=4)]  # one at the very start of the writing
     outcomes = []
-    for attempt in range(5):
+    for attempt, delay in enumerate(delays):
         fresh = build_index(tmp_path, ids[:1500], x[:1500], name=f"kill{attempt}")
         child = _add_process(fresh, change)
         while not (fresh / "segments").exists() and child.poll() is None:
             time.sleep(0.005)
-        time.sleep(float(rng.uniform(0.0, writing)))
+        time.sleep(float(delay))
         child.send_signal(signal.SIGKILL)
         child.wait()
         state = snapshot(fresh, queries)
