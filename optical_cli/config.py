@@ -381,6 +381,9 @@ class EnergyInputSection(Section):
     id_field: str = "id"
     text_field: str = Field("description", description="text column of .jsonl/.csv inputs")
     vector_field: str = Field("vector", description="list-valued vector column of .parquet inputs")
+    label_field: Optional[str] = Field(
+        "cwe", description="labels stored with each item of a .jsonl/.csv input (a list or one string); null = none"
+    )
     limit: Optional[int] = Field(1681, ge=1, description="seeded random subset of this many items (null = all)")
     drop_invalid: bool = Field(False, description="drop NaN/Inf/zero rows instead of failing")
 
@@ -467,6 +470,35 @@ class EnergySearchSection(Section):
         64, ge=1, description="ann on an HNSW index: search breadth (at least ann_candidates is used)"
     )
     ivf_nprobe: int = Field(32, ge=1, description="ann on an IVF index: inverted lists visited per query")
+    lambda_window: Optional[float] = Field(
+        None,
+        gt=0,
+        description="keep only items with |lambda_i - lambda_q| <= this (the published method's lambda pre-filter; "
+        "a database filter with store.backend=milvus); null = no window",
+    )
+
+
+class EnergyStoreSection(Section):
+    backend: Literal["files", "milvus"] = Field(
+        "files", description="where the items live: files in the index directory, or a Milvus collection"
+    )
+    uri: Optional[str] = Field(
+        None,
+        description="milvus: null = an embedded Milvus Lite database milvus.db inside the index directory; a path = "
+        "a Milvus Lite database there; http://HOST:19530 = a Milvus server or cluster",
+    )
+    collection: Optional[str] = Field(
+        None, description="milvus: the collection name; null = items (Milvus Lite) or one derived from the index path"
+    )
+    open_timeout: float = Field(
+        60.0, gt=0, description="milvus: seconds to wait for a Milvus Lite database another process holds open"
+    )
+    rebuild_after: float = Field(
+        0.8,
+        gt=0,
+        description="share of items added plus deleted since the build at which `index add`/`delete` say a rebuild "
+        "is due: the largest share measured without a loss against a rebuild (README: adding and deleting items)",
+    )
 
 
 class EnergyConfig(Section):
@@ -474,6 +506,7 @@ class EnergyConfig(Section):
     embed: EnergyEmbedSection = EnergyEmbedSection()
     build: EnergyBuildSection = EnergyBuildSection()
     search: EnergySearchSection = EnergySearchSection()
+    store: EnergyStoreSection = EnergyStoreSection()
     runtime: RuntimeConfig = RuntimeConfig()
 
 
@@ -643,6 +676,8 @@ CLI_NAMES: dict[str, str] = {
     "index": "energy",
     "index build-energy": "energy",
     "index search": "energy",
+    "index add": "energy",
+    "index delete": "energy",
     "sweep": "sweep",
     "sweep diffusion": "sweep",
     "sweep render": "sweep-render",

@@ -55,8 +55,8 @@ def test_lambda_alone_ranks_above_chance_and_above_scrambled_lambdas(labelled):
     index, ndcg_of, chance = labelled
     lambda_only = {"w_lambda": 1.0, "w_G": 0.0, "w_D": 0.0}
     intact = ndcg_of(index, **lambda_only)
-    order = torch.randperm(len(index.lam), generator=torch.Generator().manual_seed(0))
-    broken = ndcg_of(dataclasses.replace(index, lam=index.lam[order]), **lambda_only)
+    order = torch.randperm(len(index.lambdas), generator=torch.Generator().manual_seed(0))
+    broken = ndcg_of(dataclasses.replace(index, lambdas=index.lambdas[order]), **lambda_only)
     # One scalar per item is a weak ranker (about 0.12 against 0.11 by chance), but lambdas in the
     # wrong rows fall below chance: the lambda of each item must be that item's.
     assert intact > chance + 0.005, (intact, chance)

@@ -48,9 +48,9 @@ def test_rayleigh_quotient_and_dispersion_by_hand():
     x = torch.tensor([[1.0, 0.0, -1.0]])
     terms = spectral_terms(x, path_graph())
     # x^T L x = 1*(1-0)^2 + 2*(0+1)^2 = 3, x^T x = 2; edge energies 1 and 2 of total 3
-    assert terms.xLx.item() == pytest.approx(3.0)
-    assert terms.E.item() == pytest.approx(1.5)
-    assert terms.G.item() == pytest.approx((1 / 3) ** 2 + (2 / 3) ** 2)
+    assert terms.dirichlet.item() == pytest.approx(3.0)
+    assert terms.rayleigh.item() == pytest.approx(1.5)
+    assert terms.dispersion.item() == pytest.approx((1 / 3) ** 2 + (2 / 3) ** 2)
     lap = path_graph().dense_laplacian(torch.device("cpu"))
     assert (x @ lap @ x.T).item() == pytest.approx(3.0)
     assert torch.allclose(torch.tensor(path_graph().laplacian().toarray(), dtype=torch.float32), lap)
@@ -93,8 +93,8 @@ def test_published_median_tau_weights_dispersion_negatively_bounded_does_not():
     published = finish(prepared, lambda_formula="published")
     bounded = finish(prepared)
     assert published.scales.tau > 1 and published.warnings and not bounded.warnings
-    assert 0.0 <= float(bounded.lam.min()) and float(bounded.lam.max()) < 1.0
-    E, G = bounded.E, bounded.G
+    assert 0.0 <= float(bounded.lambdas.min()) and float(bounded.lambdas.max()) < 1.0
+    E, G = bounded.rayleigh, bounded.dispersion
     more_dispersed = lambda index: taumode_lambda(E, G * 1.5, index.scales) - taumode_lambda(E, G, index.scales)  # noqa: E731
     assert bool((more_dispersed(published) < 0).all()) and bool((more_dispersed(bounded) > 0).all())
     assert published.dirichlet_scale == 1.0 and bounded.dirichlet_scale > 0
@@ -108,9 +108,9 @@ def test_mad_scale_by_hand():
 def test_energy_edge_weight_by_hand():
     columns = torch.tensor([[0.0, 0.0], [3.0, 4.0]])  # ||x_a - x_b|| = 5
     nodes = FeatureNodes(
-        lam=torch.tensor([0.0, 1.0]),
-        E=torch.zeros(2),
-        G=torch.tensor([0.0, 0.5]),
+        lambdas=torch.tensor([0.0, 1.0]),
+        rayleigh=torch.zeros(2),
+        dispersion=torch.tensor([0.0, 0.5]),
         s_lambda=0.5,
         s_G=0.25,
         scales=LambdaScales("bounded", 1.0, 1.0, 0.5),
@@ -142,7 +142,8 @@ def test_lambda_order_matches_item_order():
     index = build(x, PARAMS, ids=[f"item{i}" for i in range(len(x))], seed=0)
     for row in (0, 7, 63, 119):
         alone = spectral_terms(torch.from_numpy(x[row : row + 1]), index.graph)
-        assert taumode_lambda(alone.E, alone.G, index.scales).item() == pytest.approx(index.lam[row].item(), rel=1e-5)
+        lam = taumode_lambda(alone.rayleigh, alone.dispersion, index.scales).item()
+        assert lam == pytest.approx(index.lambdas[row].item(), rel=1e-5)
     assert index.ids[63] == "item63"
 
 
@@ -152,18 +153,18 @@ def test_item_and_query_lambdas_share_one_code_path():
     x = clustered(n=150)
     index = build(x, PARAMS, seed=0)
     query = Searcher(index).query_terms(torch.from_numpy(x[:20]))
-    assert torch.allclose(query["lambda"], index.lam[:20], rtol=1e-6, atol=1e-7)
-    assert torch.allclose(query["G"], index.scales.dispersion(index.G[:20]), rtol=1e-6, atol=1e-9)
+    assert torch.allclose(query["lambda"], index.lambdas[:20], rtol=1e-6, atol=1e-7)
+    assert torch.allclose(query["G"], index.scales.dispersion(index.dispersion[:20]), rtol=1e-6, atol=1e-9)
 
 
 def test_same_seed_gives_identical_index_and_other_seed_differs():
     x = clustered(n=200)
     params = EnergyBuildSection(kmeans_iters=5, optical_tokens=16)  # the random projection is seeded too
     a, b, c = build(x, params, seed=3), build(x, params, seed=3), build(x, params, seed=4)
-    for name in ("lam", "E", "G", "xLx"):
+    for name in ("lambdas", "rayleigh", "dispersion", "dirichlet"):
         assert torch.equal(getattr(a, name), getattr(b, name))
     assert torch.equal(a.graph.weight, b.graph.weight) and torch.equal(a.graph.src, b.graph.src)
-    assert not torch.equal(a.lam, c.lam)
+    assert not torch.equal(a.lambdas, c.lambdas)
 
 
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e4])
@@ -196,8 +197,8 @@ def test_finish_reuses_prepared_stages_and_rejects_prepare_fields():
     prepared = prepare(clustered(n=150), PARAMS, seed=0)
     one, two = finish(prepared, eta=0.05, steps=2), finish(prepared, eta=0.2, steps=8)
     assert one.params["eta"] == 0.05 and two.params["steps"] == 8
-    assert not torch.equal(one.lam, two.lam)
-    assert torch.equal(finish(prepared, eta=0.05, steps=2).lam, one.lam)
+    assert not torch.equal(one.lambdas, two.lambdas)
+    assert torch.equal(finish(prepared, eta=0.05, steps=2).lambdas, one.lambdas)
     with pytest.raises(ValueError, match="neighbor_k"):
         finish(prepared, neighbor_k=3)
 
@@ -212,7 +213,7 @@ def test_tiny_inputs_build_or_fail_clearly():
     from optical_cli.errors import InputError
 
     index = build(clustered(n=3, dim=4), PARAMS, seed=0)  # k, centroids and neighbours all clamp to what exists
-    assert len(index) == 3 and torch.isfinite(index.lam).all()
+    assert len(index) == 3 and torch.isfinite(index.lambdas).all()
     with pytest.raises(InputError, match="at least two items"):
         build(clustered(n=1), PARAMS)
     with pytest.raises(InputError, match="two dimensions"):

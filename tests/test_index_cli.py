@@ -308,6 +308,7 @@ def test_bad_inputs_exit_2(tmp_path):
     (tmp_path / "foreign" / "manifest.json").write_text('{"command": "render"}')
     result = invoke("index", "search", "--index", tmp_path / "foreign", "--query", "x")
     assert result.exit_code == 2 and "not a usable energy index" in result.output
+    assert "NEW_DIR" in result.output and "--overwrite" not in result.output  # advice that works: not ours
     result = invoke("index", "search", "--index", tmp_path / "foreign")
     assert result.exit_code == 2 and "exactly one of" in result.output
     result = invoke("index", "search", "--index", tmp_path / "foreign", "--query", "x", "--mode", "nope")
@@ -392,3 +393,40 @@ def test_search_advice_on_a_directory_that_is_no_index_works(tmp_path):
         found = invoke("index", "search", "--index", target, "--query-vector", tmp_path / "v.npy", "--json")
         assert found.exit_code == 0, found.output
     assert (notes / "README.md").read_text() == "my notes" and (pages / "layout.jsonl").is_file()
+
+
+def test_add_texts_embedded_with_the_index_model_and_found_by_their_own_text(cve_index, tmp_path):
+    import shutil
+
+    out, _ = cve_index
+    index = tmp_path / "ix"
+    shutil.copytree(out, index)
+    records = [json.loads(line) for line in (CONFIG_DIR.parent / "data" / "cve" / "cves.jsonl").open()][-4:]
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = invoke("index", "add", "--index", index, "--input", new, "--json", "--set", f"embed.cache_dir={tmp_path}")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["added"] == 4 and report["count"] == 28 and report["generation"] == 1
+    for record in records:
+        found = invoke("index", "search", "--index", index, "-q", record["description"], "-k", 3, "--json")
+        hits = [json.loads(line) for line in found.stdout.splitlines()]
+        assert hits[0]["id"] == record["id"] and hits[0]["labels"] == record["cwe"]
+    result = invoke("index", "delete", "--index", index, "--ids", records[0]["id"], "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["count"] == 27
+    found = invoke("index", "search", "--index", index, "-q", records[0]["description"], "-k", 27, "--json")
+    assert records[0]["id"] not in {json.loads(line)["id"] for line in found.stdout.splitlines()}
+
+
+def test_milvus_backend_without_its_client_is_exit_2_before_anything_is_written(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if the milvus extra were not installed
+    x = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    np.save(tmp_path / "v.npy", x)
+    result = invoke(
+        "index", "build-energy", "--input", tmp_path / "v.npy", "--limit", 0, "-o", tmp_path / "ix",
+        "--set", "store.backend=milvus",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "pip install 'optical[milvus]'" in result.output
+    assert not (tmp_path / "ix").exists()

@@ -42,8 +42,8 @@ def direct_scores(index, q, weights):
     dirichlet = ((diff @ lap) * diff).sum(1)
     s = Searcher(index).query_terms(torch.from_numpy(q[None, :]))
     return (
-        weights.w_lambda * (s["lambda"].double() - index.lam.double()).abs()
-        + weights.w_G * (s["G"].double() - index.scales.dispersion(index.G).double()).abs()
+        weights.w_lambda * (s["lambda"].double() - index.lambdas.double()).abs()
+        + weights.w_G * (s["G"].double() - index.scales.dispersion(index.dispersion).double()).abs()
         + weights.w_D * dirichlet / (index.dirichlet_scale + dirichlet)
     ), dirichlet
 
@@ -88,7 +88,7 @@ def test_with_lambda_blend_0_lambda_is_the_dispersion_so_d_g_would_repeat_d_lamb
         pytest.skip("this fixture's index blends E into lambda")
     q = torch.from_numpy(queries[:3])
     terms = searcher.energy_scores(searcher.query_terms(q), q)
-    assert torch.allclose(index.lam, index.scales.dispersion(index.G), atol=1e-6)
+    assert torch.allclose(index.lambdas, index.scales.dispersion(index.dispersion), atol=1e-6)
     assert torch.allclose(terms["d_lambda"], terms["d_G"], atol=1e-6)
 
 

@@ -26,7 +26,7 @@ def test_round_trip(index, tmp_path):
     save_index(index, tmp_path)
     loaded = load_index(tmp_path)
     assert loaded.ids == index.ids and loaded.texts == index.texts and loaded.model == "default"
-    for name in ("vectors", "lam", "E", "G", "xLx", "norm"):
+    for name in ("vectors", "lambdas", "rayleigh", "dispersion", "dirichlet", "norm"):
         assert torch.allclose(getattr(loaded, name), getattr(index, name), rtol=1e-6, atol=0)
     assert torch.equal(loaded.graph.src, index.graph.src) and torch.equal(loaded.graph.weight, index.graph.weight)
     assert loaded.scales == index.scales and loaded.dirichlet_scale == index.dirichlet_scale
@@ -88,7 +88,7 @@ def test_ridge_round_trip_and_version_2_reads_as_no_ridge(index, tmp_path):
         (lambda d: (d / "manifest.json").write_text(json.dumps({"hello": 1})), "does not describe"),
         (lambda d: _edit(d, format_version=99), "format version 99"),
         (lambda d: _edit(d, status="failed"), "did not finish"),
-        (lambda d: _edit(d, dim=5), "shape"),
+        (lambda d: _edit(d, dim=5), r"expected \(5, 5\)"),
     ],
 )
 def test_damaged_or_foreign_directory(index, tmp_path, damage, message):

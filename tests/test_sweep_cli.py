@@ -130,6 +130,12 @@ def test_tiny_sweep_end_to_end_and_resume(tiny_corpus, tmp_path):
     assert {"difference", "low", "high", "cluster_low", "cluster_high"} <= set(
         default["metrics"]["ndcg_at_10"]["vs_cosine"]
     )
+    head_tail = summary["head_tail"]  # the head (MRR, P@1) and the tail (recall@20/50/100, label variety) vs cosine
+    assert list(head_tail["head"]) == ["mrr", "precision_at_1"]
+    assert list(head_tail["tail"]) == ["recall_at_20", "recall_at_50", "recall_at_100", "distinct_labels_at_20"]
+    labels = head_tail["tail"]["distinct_labels_at_20"]
+    assert 1 <= labels["value"] <= 20 and 1 <= labels["cosine"] <= 20 and "cluster_low" in labels["vs_cosine"]
+    assert head_tail["tail"]["recall_at_100"]["value"] >= head_tail["tail"]["recall_at_20"]["value"]
     tuning = summary["tuning"]
     assert tuning["tune_queries"] == setup["tune_queries"] and tuning["held_out_queries"] == setup["held_out_queries"]
     assert set(tuning["held_out"]) == {"tuned", "default", "cosine"}

@@ -41,8 +41,25 @@ def test_our_order_is_kept_and_no_hit_scores_zero():
     # trec_eval sorts by score: the evaluator must score so that rank 1 stays rank 1
     out = evaluate([[7], [3]], [[7, 1, 2], [1, 2]])
     assert out["mrr"].tolist() == [1.0, 0.0]
-    for name in m.METRIC_NAMES:
+    for name, _ in m.METRICS:
         assert out[name][1] == 0.0
+    assert np.isnan(out[m.DISTINCT_LABELS]).all()  # no labels given: not measured
+
+
+def test_head_and_tail_metrics():
+    """P@1, recall@50 and @100 by trec_eval; the top 20's distinct labels from the item labels."""
+    relevant = [list(range(0, 200, 2))]  # 100 relevant items: the even rows
+    ranking = [list(range(100))]  # 50 relevant in the top 100, 25 in the top 50, rank 1 relevant
+    labels = np.zeros((200, 5), dtype=bool)
+    labels[np.arange(200), np.arange(200) % 5] = True  # item i carries label i mod 5
+    labels[3, 4] = True
+    evaluator = m.TrecEvaluator([np.asarray(r) for r in relevant], labels=labels)
+    out = evaluator.evaluate(np.asarray(ranking))
+    assert out["precision_at_1"][0] == 1.0 and out["mrr"][0] == 1.0
+    assert out["recall_at_50"][0] == pytest.approx(25 / 100) and out["recall_at_100"][0] == pytest.approx(50 / 100)
+    assert out[m.DISTINCT_LABELS][0] == 5.0
+    only_label_0 = evaluator.evaluate(np.asarray([list(range(0, 200, 5))[:20]]))
+    assert only_label_0[m.DISTINCT_LABELS][0] == 1.0 and only_label_0["precision_at_1"][0] == 1.0
 
 
 def test_subset_of_queries_by_position():

@@ -1,8 +1,7 @@
-"""`optical index build-energy|search`: the energy-informed vector index (config: energy)."""
+"""`optical index build-energy|search|add|delete`: the energy-informed vector index (config: energy)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,7 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import config as config_mod
-from ..errors import OpticalError
 from .common import (
     ConfigOpt,
     JsonOpt,
@@ -31,18 +29,20 @@ from .common import (
     warn,
 )
 
-app = typer.Typer(help="Energy-informed vector index: build and search.", no_args_is_help=True)
+app = typer.Typer(help="Energy-informed vector index: build, search, add and delete.", no_args_is_help=True)
 MAX_TABLES = 10  # more queries than this: one summary line on stderr instead of a table each
 
 
 def _energy_config(config: Optional[Path], sets: Optional[list[str]], **changes: Any) -> Any:
-    """Load the energy config, then apply the command-line flags given (None = not given)."""
+    """The one way flags reach the config: load it (with --set), then apply each flag given (None = not
+    given) as ``section__key=value``; ``--limit 0`` means every item."""
     cfg = load("energy", config, sets)
     for dotted, value in changes.items():
         if value is None:
             continue
         section, key = dotted.split("__")
         part = getattr(cfg, section)
+        value = None if (dotted == "input__limit" and value == 0) else value
         setattr(
             cfg,
             section,
@@ -51,16 +51,20 @@ def _energy_config(config: Optional[Path], sets: Optional[list[str]], **changes:
     return cfg
 
 
+InputOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--input",
+        "-i",
+        help="Texts (.jsonl/.csv) or vectors (.npy/.parquet/.safetensors); default: the bundled CVE corpus.",
+    ),
+]
+IndexOpt = Annotated[Path, typer.Option("--index", help="Index directory written by build-energy.")]
+
+
 @app.command("build-energy")
 def index_build_energy(
-    input_file: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--input",
-            "-i",
-            help="Texts (.jsonl/.csv) or vectors (.npy/.parquet/.safetensors); default: the bundled CVE corpus.",
-        ),
-    ] = None,
+    input_file: InputOpt = None,
     limit: Annotated[
         Optional[int],
         typer.Option(
@@ -85,67 +89,37 @@ def index_build_energy(
 ) -> None:
     """Build an energy index (lambdas, vectors, feature Laplacian, ANN candidates) from texts or vectors."""
     from ..devices import resolve_device
-    from ..index.ann import build_ann
-    from ..index.build import build as build_energy
+    from ..index.create import check_store, create_index, summary
     from ..index.pipeline import corpus_vectors
-    from ..index.store import save_index
 
     with handled_errors():
         cfg = _energy_config(
             config,
             sets,
             input__path=str(input_file) if input_file else None,
-            input__limit=(limit or None) if limit is not None else None,
+            input__limit=limit,
             input__drop_invalid=drop_invalid,
         )
-        if limit == 0:
-            cfg.input.limit = None
+        check_store(cfg)
         claim = claim_output("index build-energy", output_dir, overwrite=overwrite, resumable=False)
         device = resolve_device(cfg.runtime.device)
         with progress_bar("embedding", total=None) as advance:
             corpus = corpus_vectors(cfg, None, progress=advance)
         with run_dir("index build-energy", cfg, claim, name="energy", device=str(device)) as run:
-            started = time.perf_counter()
-            index = build_energy(corpus.vectors, cfg.build, corpus.ids, cfg.runtime.seed, device)
-            build_seconds = time.perf_counter() - started
+            index, fields, seconds = create_index(cfg, corpus, run.path, device)
             for warning in index.warnings:
                 warn(warning)
-            started = time.perf_counter()
-            index.ann = build_ann(
-                index.vectors, index.dirichlet_metric(index.vectors.device), cfg.build.ann, cfg.build.ann_ivf_from
-            )
-            ann_seconds = time.perf_counter() - started
-            index.model, index.texts = corpus.model, corpus.texts
-            fields = save_index(index, run.path, manifest=False)
-            run.update(
-                **fields,
-                input=corpus.source,
-                **corpus.info,
-                build_seconds=round(build_seconds, 4),
-                ann_seconds=round(ann_seconds, 4),
-            )
-        summary = {
-            "index": str(run.path),
-            "input": corpus.source,
-            "items": len(index),
-            "dim": index.dim,
-            **corpus.info,
-            **index.stats,
-            **index.scales.as_dict(),
-            "dirichlet_scale": index.dirichlet_scale,
-            "dirichlet_beta": index.dirichlet_beta,
-            "build_seconds": round(build_seconds, 4),
-            "ann": (fields["ann"] or {}).get("kind", "none"),
-            "ann_seconds": round(ann_seconds, 4),
-        }
-        print_table("energy index", list(summary.items()))
+            seconds = {key: round(value, 4) for key, value in seconds.items()}
+            run.update(**fields, input=corpus.source, **corpus.info, **seconds)
+        report = summary(index, corpus, fields, seconds, cfg, run.path)
+        print_table("energy index", list(report.items()))
         if json_out:
-            emit_json(summary)
+            emit_json(report)
 
 
 @app.command("search")
 def index_search(
-    index_dir: Annotated[Path, typer.Option("--index", help="Index directory written by build-energy.")],
+    index_dir: IndexOpt,
     query: Annotated[
         Optional[list[str]], typer.Option("--query", "-q", metavar="TEXT", help="Query text (repeatable).")
     ] = None,
@@ -197,8 +171,8 @@ def index_search(
         Optional[str],
         typer.Option(
             "--candidates",
-            help="exact: score every item; ann: FAISS candidates nearest in Dirichlet energy, rescored exactly "
-            "(search.ann_candidates per query).",
+            help="exact: score every item; ann: FAISS (or Milvus) candidates nearest in Dirichlet energy, rescored "
+            "exactly (search.ann_candidates per query).",
             show_default=config_default("energy", "search.candidates"),
         ),
     ] = None,
@@ -213,15 +187,9 @@ def index_search(
 ) -> None:
     """Search an energy index by text, vector or a file of queries.
 
-    With --json, or more than a few queries, stderr gets one summary line instead of a table per query.
+    With --json, or more than 10 queries, stderr gets one summary line instead of a table per query.
     """
-    import numpy as np
-
-    from ..devices import resolve_device
-    from ..index.inputs import read_vectors
-    from ..index.pipeline import query_vectors, read_query_file
-    from ..index.search import Searcher, SearchParams
-    from ..index.store import load_index
+    from ..index.query import read_queries, search_index
 
     with handled_errors():
         cfg = _energy_config(
@@ -235,79 +203,103 @@ def index_search(
             search__alpha=alpha,
             search__candidates=candidates,
         )
-        given = [
-            name
-            for name, value in (("--query", query), ("--query-vector", query_vector), ("--queries", queries))
-            if value
-        ]
-        if len(given) != 1:
-            raise OpticalError(
-                "give exactly one of --query, --query-vector or --queries"
-                + (f" (got {', '.join(given)})" if given else "")
-            )
-        blank = [position + 1 for position, text in enumerate(query or []) if not text.strip()]
-        if blank:
-            raise OpticalError(
-                f'--query number {blank[0]} is empty; give the text to search for, e.g. -q "SQL injection in the '
-                'login page"'
-            )
-        device = resolve_device(cfg.runtime.device)
-        index = load_index(index_dir, device)
-        texts = None
-        if query:
-            ids, texts, vectors = [f"q{i + 1}" for i in range(len(query))], list(query), None
-        elif query_vector:
-            if query_vector.suffix.lower() == ".npy":
-                try:
-                    vectors = np.atleast_2d(np.load(query_vector, allow_pickle=False)).astype(np.float32)
-                except Exception as exc:  # noqa: BLE001
-                    raise OpticalError(f"{query_vector}: cannot read a vector ({type(exc).__name__}: {exc})") from None
-                ids = [f"q{i + 1}" for i in range(vectors.shape[0])]
-            else:
-                items = read_vectors(query_vector, cfg.input.id_field, cfg.input.vector_field)
-                ids, vectors = items.ids, items.vectors
-        else:
-            ids, texts, vectors = read_query_file(queries, cfg.input.id_field, cfg.input.text_field)
-        if vectors is None:
-            vectors = query_vectors(index.model, texts, cfg.runtime.device, cfg.embed.batch_size)
-        params = SearchParams.from_section(cfg.search)
-        if (
-            params.mode != "cosine"
-            and index.scales.lambda_is_dispersion
-            and params.w_lambda
-            and params.w_G
-            and len(vectors) <= MAX_TABLES
-        ):  # a batch gets its one summary line only
-            err.print(
-                f"[dim]note: this index has lambda_blend 0, so lambda is the dispersion G~ and w_lambda and w_G "
-                f"weigh the same term (together {params.w_lambda + params.w_G:g}); hits show it once, as d_lambda[/]"
-            )
-        started = time.perf_counter()
-        results = Searcher(index).search(vectors, params)
-        search_seconds = time.perf_counter() - started
-        tables = not json_out and len(results) <= MAX_TABLES
-        if not tables:
-            err.print(
-                f"{len(results)} queries, k={params.k}, mode {params.mode}, candidates {params.candidates}: "
-                f"search {search_seconds:.3f} s"
-            )
-        for position, hits in enumerate(results):
-            if tables:
-                label = texts[position] if texts else ids[position]
-                _print_hits(f"{ids[position]}: {label[:80]}  ({params.mode}, {params.candidates})", hits, index.texts)
-            if json_out:
-                for hit in hits:
-                    emit_json_line(
-                        {
-                            "query_id": ids[position],
-                            "query": texts[position] if texts else None,
-                            "mode": params.mode,
-                            **hit.as_dict(),
-                        }
-                    )
+        outcome = search_index(index_dir, read_queries(query, query_vector, queries, cfg), cfg)
+        _report_hits(outcome, json_out)
 
 
-def _print_hits(title: str, hits: list, texts: Optional[list[str]]) -> None:
+def _report_hits(outcome: Any, json_out: bool) -> None:
+    """Tables on stderr (a few queries) or one summary line; JSON lines on stdout with --json."""
+    params, queries, results = outcome.params, outcome.queries, outcome.results
+    tables = not json_out and len(results) <= MAX_TABLES
+    for note in outcome.notes if len(results) <= MAX_TABLES else ():  # a batch gets its one summary line only
+        err.print(f"[dim]note: {escape(note)}[/]")
+    if not tables:
+        err.print(
+            f"{len(results)} queries, k={params.k}, mode {params.mode}, candidates {params.candidates}: "
+            f"search {outcome.seconds:.3f} s"
+        )
+    for position, hits in enumerate(results):
+        query_id, text = queries.ids[position], queries.texts[position] if queries.texts else None
+        if tables:
+            label = text or query_id
+            _print_hits(f"{query_id}: {label[:80]}  ({params.mode}, {params.candidates})", hits)
+        if json_out:
+            for hit in hits:
+                emit_json_line({"query_id": query_id, "query": text, "mode": params.mode, **hit.as_dict()})
+
+
+ChangeJsonOpt = Annotated[bool, typer.Option("--json", help="Print the change's report as JSON to stdout.")]
+
+
+@app.command("add")
+def index_add(
+    index_dir: IndexOpt,
+    input_file: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            help="New items: texts (.jsonl/.csv, embedded with the index's model) or vectors "
+            "(.npy/.parquet/.safetensors); every record is added.",
+        ),
+    ],
+    upsert: Annotated[
+        bool, typer.Option("--upsert", help="Replace items whose id is already in the index (default: an error).")
+    ] = False,
+    drop_invalid: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--drop-invalid/--no-drop-invalid",
+            help="Drop NaN/Inf/zero rows instead of failing.",
+            show_default=config_default("energy", "input.drop_invalid"),
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: ChangeJsonOpt = False,
+) -> None:
+    """Add items to an index without a rebuild: lambdas from the stored energy model, committed atomically."""
+    from ..index.update import add_items
+
+    with handled_errors():
+        cfg = _energy_config(config, sets, input__drop_invalid=drop_invalid)
+        with progress_bar("embedding", total=None) as advance:
+            report = add_items(index_dir, cfg, input_file, upsert, progress=advance)
+        _report_change(report, json_out)
+
+
+@app.command("delete")
+def index_delete(
+    index_dir: IndexOpt,
+    ids: Annotated[
+        list[str], typer.Option("--ids", help="Ids to delete, comma-separated or repeated (--ids a,b --ids c).")
+    ],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: ChangeJsonOpt = False,
+) -> None:
+    """Delete items from an index: they stop appearing in results at once, committed atomically."""
+    from ..index.update import delete_items
+
+    with handled_errors():
+        cfg = _energy_config(config, sets)
+        report = delete_items(index_dir, cfg, [i.strip() for value in ids for i in value.split(",")])
+        _report_change(report, json_out)
+
+
+def _report_change(report: Any, json_out: bool) -> None:
+    fields = report.as_dict()
+    print_table(f"index {report.operation}", list(fields.items()))
+    if report.rebuild_due:
+        warn(
+            f"{report.changed_share:.0%} of the build's items were added or deleted since it (store.rebuild_after "
+            f"{report.rebuild_after:g}): rebuild the index with `optical index build-energy` for the best results"
+        )
+    if json_out:
+        emit_json(fields)
+
+
+def _print_hits(title: str, hits: list) -> None:
     shown = [name for name in ("d_lambda", "dirichlet", "cosine") if hits and name in hits[0].terms]  # all in --json
     header = ["rank", "id", "score", *shown]
     rows = [[str(h.rank), str(h.id), f"{h.score:.4f}", *(f"{h.terms[name]:.3g}" for name in shown)] for h in hits]
@@ -315,6 +307,7 @@ def _print_hits(title: str, hits: list, texts: Optional[list[str]]) -> None:
     for position, column in enumerate(header):
         width = max(len(column), *(len(row[position]) for row in rows)) if rows else len(column)
         table.add_column(column, justify="left" if column == "id" else "right", min_width=width, no_wrap=True)
+    texts = any(hit.text for hit in hits)
     if texts:
         table.add_column("text", no_wrap=True)
     room = (
@@ -323,7 +316,7 @@ def _print_hits(title: str, hits: list, texts: Optional[list[str]]) -> None:
         else 20
     )
     for hit, row in zip(hits, rows):
-        text = texts[hit.index] if texts else ""
+        text = hit.text or ""
         shown_text = text if len(text) <= room else text[: room - 1] + "\u2026"
         table.add_row(*map(escape, row), *((escape(shown_text),) if texts else ()))
     err.print(table)

@@ -44,6 +44,15 @@ _SWEEP_METRICS = (
     ("recall_at_20", "R@20"),
     ("precision_at_10", "P@10"),
 )
+# the head (kept?) and the tail (reached?) of the ranking: summary.json's head_tail
+_HEAD_TAIL_METRICS = (
+    ("mrr", "MRR"),
+    ("precision_at_1", "P@1"),
+    ("recall_at_20", "R@20"),
+    ("recall_at_50", "R@50"),
+    ("recall_at_100", "R@100"),
+    ("distinct_labels_at_20", "labels@20"),
+)
 
 
 @app.command("diffusion")
@@ -231,6 +240,10 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
         _print_versus(
             f"default energy (eta={default['eta']:g}, steps={default['steps']}) vs cosine on the held-out queries",
             [(title, default["metrics"].get(metric)) for metric, title in _SWEEP_METRICS],
+        )
+        _print_versus(
+            "head (MRR, P@1) and tail (recall@20/50/100, distinct labels in the top 20): default energy vs cosine",
+            [(title, default["metrics"].get(metric)) for metric, title in _HEAD_TAIL_METRICS],
         )
     _print_versus(
         "best cell (eta/steps) per metric, chosen on the tuning queries, vs cosine on the held-out queries",

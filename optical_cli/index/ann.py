@@ -13,11 +13,16 @@ exactly, adding the lambda and dispersion terms, which the transform does not se
 
 HNSW graphs built on several threads depend on thread timing: two builds can return
 slightly different candidates (the exact rescoring of a candidate set is deterministic).
+
+An index with items added later (``optical index add``) has one structure per segment
+(``Segmented``): each is searched for the m nearest of its live items, and the m nearest of
+all of them are the candidates, as one structure over every item would give them.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,10 +45,21 @@ def faiss_module():
     try:
         import faiss  # noqa: PLC0415 - its one import (above)
     except ImportError:  # a default dependency; only a broken install lands here
-        raise InputError(
-            "FAISS is missing (ANN candidates, the sweep's FAISS baseline): pip install faiss-cpu"
-        ) from None
+        raise InputError("FAISS is missing (ANN candidates, the FAISS baseline): pip install faiss-cpu") from None
     return faiss
+
+
+@dataclass
+class Segmented:
+    """Several FAISS structures (the build's, then one per added segment) searched as one.
+
+    ``parts``: (structure, live position of each of its rows, -1 for a deleted row)."""
+
+    parts: list[tuple[Any, np.ndarray]]
+
+    @property
+    def ntotal(self) -> int:
+        return int(sum((rows >= 0).sum() for _, rows in self.parts))
 
 
 def metric_root(metric: torch.Tensor) -> np.ndarray:
@@ -99,6 +115,8 @@ def load_ann(path: Path) -> Any:
 
 
 def describe(ann: Any) -> dict:
+    if isinstance(ann, Segmented):
+        return {"kind": "segmented", "items": ann.ntotal, "parts": [describe(part) for part, _ in ann.parts]}
     faiss = faiss_module()
     kind = (
         "ivf" if isinstance(ann, faiss.IndexIVF) else "hnsw" if isinstance(ann, faiss.IndexHNSW) else type(ann).__name__
@@ -111,11 +129,38 @@ def describe(ann: Any) -> dict:
 
 def candidates(ann: Any, root: np.ndarray, queries: torch.Tensor, m: int, ef_search: int, nprobe: int) -> torch.Tensor:
     """Item rows [B, m] of the m smallest Dirichlet energies per query (approximately); -1 pads a short list."""
+    if isinstance(ann, Segmented):
+        return _segmented_candidates(ann, root, queries, m, ef_search, nprobe)
+    _, rows = _search(ann, transform(queries, root), min(m, int(ann.ntotal)), ef_search, nprobe)
+    return torch.from_numpy(rows).to(queries.device)
+
+
+def _search(ann: Any, probes: np.ndarray, m: int, ef_search: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
     faiss = faiss_module()
-    m = min(m, int(ann.ntotal))
     if isinstance(ann, faiss.IndexIVF):
         params = faiss.SearchParametersIVF(nprobe=min(nprobe, int(ann.nlist)))
     else:
         params = faiss.SearchParametersHNSW(efSearch=max(ef_search, m))
-    _, rows = ann.search(transform(queries, root), m, params=params)
-    return torch.from_numpy(rows).to(queries.device)
+    return ann.search(probes, m, params=params)
+
+
+def _segmented_candidates(
+    ann: Segmented, root: np.ndarray, queries: torch.Tensor, m: int, ef_search: int, nprobe: int
+) -> torch.Tensor:
+    """The m nearest live items over every part: each part asked for m plus its deleted rows, merged by distance."""
+    probes = transform(queries, root)
+    distances, rows = [], []
+    for part, positions in ann.parts:
+        if part.ntotal == 0:
+            continue
+        dead = int((positions < 0).sum())
+        found_d, found = _search(part, probes, min(int(part.ntotal), m + dead), ef_search, nprobe)
+        live = np.where(found >= 0, positions[np.clip(found, 0, None)], -1)
+        distances.append(np.where(live >= 0, found_d, np.inf))
+        rows.append(live)
+    distances, rows = np.concatenate(distances, axis=1), np.concatenate(rows, axis=1)
+    m = min(m, ann.ntotal)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :m]
+    picked = np.take_along_axis(rows, order, axis=1)
+    picked[np.take_along_axis(distances, order, axis=1) == np.inf] = -1
+    return torch.from_numpy(picked).to(queries.device)

@@ -1,4 +1,11 @@
-"""Energy-informed index build: the five stages of specs/energy.md, deterministic and fast.
+"""Energy-informed index build: the five stages of the published method, deterministic and fast.
+
+The method is ArrowSpace v0.18's "energymaps" pipeline (the Rust crate and Python package
+``arrowspace``, and the blog post that evaluates it on 1,681 CVE descriptions): k-means
+centroids, optional optical compression on a g x g grid, a bootstrap kNN Laplacian over the
+centroids, heat diffusion with node splitting, an energy Laplacian over the F features, and one
+taumode lambda per item, lambda = tau E/(E + tau) + (1 - tau) G with E = x^T L x / x^T x and G
+the dispersion of x's edge energies.
 
 API (the sweep relies on it)::
 
@@ -11,11 +18,11 @@ API (the sweep relies on it)::
         # (split_quantile, split_tau, w_lambda, w_disp, w_dirichlet, tau_mode, tau_value).
     index = build(vectors, params, ids=None, seed=0, device="cpu")   # prepare + finish
 
-    terms = spectral_terms(vectors, index.graph)           # E, G, x^T L x, norm per row
-    lam = taumode_lambda(terms.E, terms.G, index.scales)   # lambda per row
+    terms, lambdas = item_terms(vectors, index.graph, index.scales)   # E, G, x^T L x, norm; lambda
 
-``spectral_terms`` + ``taumode_lambda`` with the stored ``index.scales`` is the ONE code path for
-item lambdas (in ``finish``) and query lambdas (in search.py). Dense math is torch (CPU or
+``item_terms`` (``spectral_terms`` + ``taumode_lambda`` with the stored ``index.scales``) is the ONE
+code path for item lambdas (in ``finish``, and for items added later by update.py: it needs only
+the stored feature Laplacian and scales) and query lambdas (in search.py). Dense math is torch (CPU or
 GPU, float32); graphs are edge lists that become scipy sparse Laplacians on disk.
 
 Deliberate choices where the published method is silent or broken (each is tested):
@@ -46,6 +53,7 @@ Deliberate choices where the published method is silent or broken (each is teste
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -220,9 +228,9 @@ def euclidean_knn_graph(points: torch.Tensor, k: int) -> tuple[Graph, np.ndarray
 
 @dataclass
 class Terms:
-    E: torch.Tensor  # Rayleigh quotient x^T L x / x^T x
-    G: torch.Tensor  # dispersion of the edge energies w_ab (x_a - x_b)^2
-    xLx: torch.Tensor  # x^T L x
+    rayleigh: torch.Tensor  # E, the Rayleigh quotient x^T L x / x^T x
+    dispersion: torch.Tensor  # G, the dispersion of the edge energies w_ab (x_a - x_b)^2
+    dirichlet: torch.Tensor  # x^T L x, the item's own Dirichlet energy
     norm: torch.Tensor  # ||x||
 
 
@@ -323,9 +331,20 @@ class LambdaScales:
 
 def lambda_scales(terms: "Terms", params: EnergyBuildSection) -> LambdaScales:
     """Scales from the energies of the rows of ``terms``; tau_G always from G's median (G has no fixed unit)."""
-    tau = select_tau(terms.E, params.tau_mode, params.tau_value)
-    tau_G = select_tau(terms.G, "median", 0.0)
+    tau = select_tau(terms.rayleigh, params.tau_mode, params.tau_value)
+    tau_G = select_tau(terms.dispersion, "median", 0.0)
     return LambdaScales(params.lambda_formula, tau, tau_G, params.lambda_blend)
+
+
+def item_terms(
+    vectors: torch.Tensor, graph: Graph, scales: "LambdaScales", block_size: int = 8192
+) -> tuple["Terms", torch.Tensor]:
+    """Every stored per-item quantity of ``vectors`` on the feature graph: the spectral terms and lambda.
+
+    Needs only the stored energy model (the feature Laplacian and the lambda scales), so an item
+    added after the build gets exactly the values the build would have given it."""
+    terms = spectral_terms(vectors, graph, block_size)
+    return terms, taumode_lambda(terms.rayleigh, terms.dispersion, scales)
 
 
 def taumode_lambda(energy: torch.Tensor, dispersion: torch.Tensor, scales: LambdaScales) -> torch.Tensor:
@@ -359,7 +378,7 @@ def dirichlet_scale(
     b = torch.randint(n, (pairs,), generator=generator).to(vectors.device)
     keep = a != b
     terms = spectral_terms(vectors[a[keep]] - vectors[b[keep]], graph)
-    energies = terms.xLx + beta * terms.norm.square()
+    energies = terms.dirichlet + beta * terms.norm.square()
     return select_tau(energies, "median", 0.0) if energies.numel() else 1.0
 
 
@@ -513,9 +532,9 @@ def split_nodes(
 
 @dataclass
 class FeatureNodes:
-    lam: torch.Tensor
-    E: torch.Tensor
-    G: torch.Tensor
+    lambdas: torch.Tensor
+    rayleigh: torch.Tensor
+    dispersion: torch.Tensor
     s_lambda: float
     s_G: float
     scales: LambdaScales
@@ -529,8 +548,8 @@ def feature_distances(
     def distances(start: int, stop: int) -> torch.Tensor:
         gap = pairwise_sq_distances(columns[start:stop], columns).sqrt()
         return (
-            w_lambda * (nodes.lam[start:stop, None] - nodes.lam[None, :]).abs() / nodes.s_lambda
-            + w_disp * (nodes.G[start:stop, None] - nodes.G[None, :]).abs() / nodes.s_G
+            w_lambda * (nodes.lambdas[start:stop, None] - nodes.lambdas[None, :]).abs() / nodes.s_lambda
+            + w_disp * (nodes.dispersion[start:stop, None] - nodes.dispersion[None, :]).abs() / nodes.s_G
             + w_dirichlet * gap / (1.0 + gap)
         )
 
@@ -543,8 +562,10 @@ def energy_laplacian(centroids: torch.Tensor, params: EnergyBuildSection) -> tup
     columns = centroids.T.contiguous()  # [F, K]
     terms = spectral_terms(columns, centroid_graph, params.block_size)
     scales = lambda_scales(terms, params)
-    lam = taumode_lambda(terms.E, terms.G, scales)
-    nodes = FeatureNodes(lam, terms.E, terms.G, robust_scale(lam), robust_scale(terms.G), scales)
+    lambdas = taumode_lambda(terms.rayleigh, terms.dispersion, scales)
+    nodes = FeatureNodes(
+        lambdas, terms.rayleigh, terms.dispersion, robust_scale(lambdas), robust_scale(terms.dispersion), scales
+    )
     distances = feature_distances(columns, nodes, params.w_lambda, params.w_disp, params.w_dirichlet)
     graph, _ = knn_graph(distances, columns.shape[0], params.neighbor_k, lambda d: torch.exp(-d))
     return graph, nodes
@@ -573,11 +594,11 @@ class EnergyIndex:
     ids: list[str]
     vectors: torch.Tensor  # [N, F]
     graph: Graph  # energy graph over the F features
-    lam: torch.Tensor
-    E: torch.Tensor
-    G: torch.Tensor
-    xLx: torch.Tensor
-    norm: torch.Tensor
+    lambdas: torch.Tensor  # taumode lambda per item
+    rayleigh: torch.Tensor  # E = x^T L x / x^T x per item
+    dispersion: torch.Tensor  # G per item (raw; LambdaScales.dispersion scales it for the search)
+    dirichlet: torch.Tensor  # x^T L x per item
+    norm: torch.Tensor  # ||x|| per item
     scales: LambdaScales
     dirichlet_scale: float  # s of the search's bounded Dirichlet term e/(e + s)
     dirichlet_beta: float  # beta of the Dirichlet metric L + beta I (0: the pure Dirichlet energy)
@@ -586,6 +607,7 @@ class EnergyIndex:
     warnings: list[str] = field(default_factory=list)  # for the user (the CLI prints them)
     model: Optional[str] = None  # embedding model source when the items were texts
     texts: Optional[list[str]] = None  # the item texts, shown beside search results
+    labels: Optional[list[list[str]]] = None  # the items' labels (input.label_field), when the input had them
     ann: Optional[Any] = None  # FAISS candidate structure over M^{1/2} x, M = L + beta I (ann.py), when built
 
     @property
@@ -594,6 +616,25 @@ class EnergyIndex:
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
+
+    def select(self, rows) -> "EnergyIndex":
+        """The index restricted to ``rows`` (item positions, in the order given), sharing the energy model."""
+        rows = np.asarray(rows, dtype=np.int64)
+        at = torch.from_numpy(rows).to(self.vectors.device)
+        pick = lambda seq: [seq[i] for i in rows.tolist()] if seq is not None else None  # noqa: E731 - one-line helper
+        return dataclasses.replace(
+            self,
+            ids=pick(self.ids),
+            vectors=self.vectors[at],
+            lambdas=self.lambdas[at],
+            rayleigh=self.rayleigh[at],
+            dispersion=self.dispersion[at],
+            dirichlet=self.dirichlet[at],
+            norm=self.norm[at],
+            texts=pick(self.texts),
+            labels=pick(self.labels),
+            ann=None,
+        )
 
     def dirichlet_metric(self, device: torch.device) -> torch.Tensor:
         """M = L + beta I (F x F, dense): e = (q - x)^T M (q - x) is the search's Dirichlet energy."""
@@ -651,8 +692,8 @@ def finish(prepared: Prepared, eta: Optional[float] = None, steps: Optional[int]
     final, split_mask = split_nodes(diffused, prepared.neighbours, dispersion, params.split_quantile, params.split_tau)
     graph, nodes = energy_laplacian(final, params)
     terms = spectral_terms(prepared.vectors, graph, params.block_size)
-    scales = lambda_scales(terms, params)
-    lam = taumode_lambda(terms.E, terms.G, scales)
+    scales = lambda_scales(terms, params)  # the build's items set the scales; item_terms reuses them for added items
+    lambdas = taumode_lambda(terms.rayleigh, terms.dispersion, scales)
     stats = dict(prepared.stats)
     stats.update(
         {
@@ -673,10 +714,10 @@ def finish(prepared: Prepared, eta: Optional[float] = None, steps: Optional[int]
         prepared.ids,
         prepared.vectors,
         graph,
-        lam,
-        terms.E,
-        terms.G,
-        terms.xLx,
+        lambdas,
+        terms.rayleigh,
+        terms.dispersion,
+        terms.dirichlet,
         terms.norm,
         scales,
         scale,

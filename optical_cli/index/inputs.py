@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
+from safetensors import safe_open
 
 from ..artifacts import iter_jsonl_objects
 from ..config import REPO_ROOT, EnergyInputSection
 from ..errors import InputError
+from ..features import FeatureFiles
 
 BUNDLED_CORPUS = REPO_ROOT / "data" / "cve" / "cves.jsonl"
 VECTOR_SUFFIXES = {".npy", ".parquet", ".safetensors"}
@@ -37,7 +40,7 @@ class Items:
         return len(self.ids)
 
 
-def _show(ids: list[str], limit: int = 5) -> str:
+def show_ids(ids: list[str], limit: int = 5) -> str:
     more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
     return ", ".join(ids[:limit]) + more
 
@@ -91,7 +94,7 @@ def subset(items: Items, limit: Optional[int], seed: int) -> Items:
 def check_unique_ids(ids: list[str], where: str) -> None:
     repeated = [i for i, n in Counter(ids).items() if n > 1]
     if repeated:
-        raise InputError(f"{where}: duplicate ids {_show(repeated)}; every item needs a unique id")
+        raise InputError(f"{where}: duplicate ids {show_ids(repeated)}; every item needs a unique id")
 
 
 def read_texts(path: Path, id_field: str, text_field: str, number_missing_ids: bool = False) -> Items:
@@ -99,8 +102,6 @@ def read_texts(path: Path, id_field: str, text_field: str, number_missing_ids: b
     if path.suffix.lower() == ".jsonl":
         records = [record for _, record in iter_jsonl_objects(path)]
     else:
-        import pandas as pd
-
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         except Exception as exc:  # noqa: BLE001 - pandas raises several parser errors
@@ -148,8 +149,6 @@ def read_vectors(path: Path, id_field: str = "id", vector_field: str = "vector")
 
 
 def _parquet_vectors(path: Path, id_field: str, vector_field: str) -> tuple[Optional[list[str]], np.ndarray]:
-    import pandas as pd
-
     frame = pd.read_parquet(path)
     ids = [str(i) for i in frame[id_field]] if id_field in frame.columns else None
     if vector_field in frame.columns:
@@ -168,8 +167,6 @@ def _parquet_vectors(path: Path, id_field: str, vector_field: str) -> tuple[Opti
 
 def _safetensors_vectors(path: Path) -> tuple[Optional[list[str]], np.ndarray]:
     """A 2-D tensor as it is; `optical encode` features [pages, tokens, D] pooled per page."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:  # torch reads bfloat16, numpy cannot
         names = list(handle.keys())
         for name in ("features", "vectors", "embeddings"):
@@ -192,8 +189,6 @@ def _safetensors_vectors(path: Path) -> tuple[Optional[list[str]], np.ndarray]:
 
 def _encoded_pages(path: Path) -> tuple[list[str], np.ndarray]:
     """Pages written by `optical encode` (one file, or shards): ids from their sources, pooled vectors."""
-    from ..features import FeatureFiles
-
     features = FeatureFiles.open(path)
     return _page_ids(features.sources()), features.pooled()
 
@@ -224,9 +219,9 @@ def validate_vectors(
     if not drop_invalid:
         problems = []
         if (~finite).any():
-            problems.append(f"NaN/Inf in rows {_show([ids[i] for i in np.flatnonzero(~finite)])}")
+            problems.append(f"NaN/Inf in rows {show_ids([ids[i] for i in np.flatnonzero(~finite)])}")
         if (finite & ~nonzero).any():
-            problems.append(f"all-zero rows {_show([ids[i] for i in np.flatnonzero(finite & ~nonzero)])}")
+            problems.append(f"all-zero rows {show_ids([ids[i] for i in np.flatnonzero(finite & ~nonzero)])}")
         raise InputError(f"{where}: {'; '.join(problems)}; fix the input or pass --drop-invalid to skip them")
     keep = np.flatnonzero(~bad)
     if keep.size < 2:

@@ -28,6 +28,19 @@ class Corpus:
     model: Optional[str]  # embedding model source, None for vector inputs
     source: str
     info: dict = field(default_factory=dict)
+    labels: Optional[list[list[str]]] = None  # input.label_field of each record, when the input had the field
+
+
+def record_labels(records: Optional[list[dict]], field_name: Optional[str]) -> Optional[list[list[str]]]:
+    """Each record's labels (a list, or one string) from ``field_name``; None when no record has the field."""
+    if not records or not field_name or not any(field_name in r for r in records):
+        return None
+    out = []
+    for record in records:
+        value = record.get(field_name)
+        values = value if isinstance(value, list) else ([] if value in (None, "") else [value])
+        out.append([str(v) for v in values])
+    return out
 
 
 def corpus_vectors(
@@ -55,7 +68,7 @@ def corpus_vectors(
         texts = [texts[n] for n in positions]
         records = [records[n] for n in positions] if records is not None else None
     info["dropped_invalid"] = dropped
-    return Corpus(ids, vectors, texts, records, model, source, info)
+    return Corpus(ids, vectors, texts, records, model, source, info, record_labels(records, cfg.input.label_field))
 
 
 def query_vectors(model: Optional[str], texts: list[str], device: str = "auto", batch_size: int = 64) -> np.ndarray:

@@ -13,7 +13,10 @@ Scores are lower-is-better in every mode:
 
 Candidates (``SearchParams.candidates``): ``exact`` scores every item; ``ann`` scores only
 the ``ann_candidates`` items nearest in Dirichlet energy found by the index's FAISS structure
-(ann.py), with the same formulas, so a candidate's score equals its exact score.
+(ann.py) or given by the caller (the Milvus backend's database search), with the same formulas,
+so a candidate's score equals its exact score. ``lambda_window`` w keeps only items with
+|lambda_i - lambda_q| <= w (the published method's pre-filter): the others score +inf and are
+never returned, so a query may get fewer than k hits.
 
 Query lambdas come from ``spectral_terms`` + ``taumode_lambda`` with the index's stored
 scales: the same code path as the item lambdas of the build.
@@ -47,6 +50,7 @@ class SearchParams:
     ann_candidates: int = 50
     hnsw_ef_search: int = 64
     ivf_nprobe: int = 32
+    lambda_window: Optional[float] = None
 
     @classmethod
     def from_section(cls, section) -> "SearchParams":
@@ -57,12 +61,15 @@ class SearchParams:
 class Hit:
     rank: int
     id: str
-    index: int
+    index: int  # the item's position in the searched index
     score: float
     terms: dict[str, float]
+    text: Optional[str] = None
+    labels: Optional[list[str]] = None
 
     def as_dict(self) -> dict:
-        return {"rank": self.rank, "id": self.id, "score": self.score, **self.terms}
+        extra = {"labels": self.labels} if self.labels is not None else {}
+        return {"rank": self.rank, "id": self.id, "score": self.score, **self.terms, **extra}
 
 
 class Searcher:
@@ -78,10 +85,11 @@ class Searcher:
         self.vectors = index.vectors
         self.metric = index.dirichlet_metric(index.vectors.device)  # L + beta I, F x F, small: dense is fastest
         self.beta = float(index.dirichlet_beta)
-        self.item_energy = index.xLx + self.beta * index.norm.square() if self.beta else index.xLx  # x^T M x
+        # x^T M x per item
+        self.item_energy = index.dirichlet + self.beta * index.norm.square() if self.beta else index.dirichlet
         self.inv_norm = 1.0 / index.norm.clamp_min(1e-30)
         self.scale = float(index.dirichlet_scale)
-        self.dispersion = index.scales.dispersion(index.G)
+        self.dispersion = index.scales.dispersion(index.dispersion)
         self._root: Optional[np.ndarray] = None  # M^{1/2} for the ANN transform, computed on first use
 
     def check(self, queries, k: int) -> torch.Tensor:
@@ -105,10 +113,10 @@ class Searcher:
     def query_terms(self, queries: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = spectral_terms(queries, self.index.graph)
         scales = self.index.scales
-        qMq = terms.xLx + self.beta * terms.norm.square() if self.beta else terms.xLx
+        qMq = terms.dirichlet + self.beta * terms.norm.square() if self.beta else terms.dirichlet
         return {
-            "lambda": taumode_lambda(terms.E, terms.G, scales),
-            "G": scales.dispersion(terms.G),
+            "lambda": taumode_lambda(terms.rayleigh, terms.dispersion, scales),
+            "G": scales.dispersion(terms.dispersion),
             "qMq": qMq,
             "norm": terms.norm,
         }
@@ -117,9 +125,21 @@ class Searcher:
         self, queries: torch.Tensor, params: SearchParams, q: Optional[dict] = None, rows: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         """Lower-is-better scores [B, N] against all items, or [B, m] against each query's own ``rows`` [B, m]."""
+        score = self._scores(queries, params, q, rows.clamp_min(0) if rows is not None else None)
+        if rows is not None:
+            score.masked_fill_(rows < 0, float("inf"))  # padding of a short candidate list
+        if params.lambda_window is not None:
+            q = q if q is not None else self.query_terms(queries)
+            lambdas = self.index.lambdas[None, :] if rows is None else self.index.lambdas[rows.clamp_min(0)]
+            score.masked_fill_((lambdas - q["lambda"][:, None]).abs() > params.lambda_window, float("inf"))
+        return score
+
+    def _scores(
+        self, queries: torch.Tensor, params: SearchParams, q: Optional[dict], rows: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         index = self.index
         if rows is None:
-            pick = lambda t: t[None, :]  # noqa: E731
+            pick = lambda t: t[None, :]  # noqa: E731 - the two layouts share the formulas below
             dot = lambda probes: scan(self.vectors, probes)  # noqa: E731
         else:
             pick = lambda t: t[rows]  # noqa: E731
@@ -135,7 +155,7 @@ class Searcher:
         products = dot(torch.cat([probes, queries]) if hybrid_scan else probes)  # a full scan: one pass gives both
         e = products[:batch].mul_(-2.0).add_(pick(self.item_energy)).add_(q["qMq"][:, None]).clamp_min_(0.0)
         score = e.div_(e + self.scale).mul_(params.w_D)
-        score.add_((pick(index.lam) - q["lambda"][:, None]).abs_().mul_(params.w_lambda))
+        score.add_((pick(index.lambdas) - q["lambda"][:, None]).abs_().mul_(params.w_lambda))
         if params.w_G:
             score.add_((pick(self.dispersion) - q["G"][:, None]).abs_().mul_(params.w_G))
         if params.mode == "hybrid":
@@ -150,7 +170,7 @@ class Searcher:
             q["qMq"][:, None] - 2.0 * scan(self.vectors, queries @ self.metric) + self.item_energy[None, :]
         ).clamp_min(0.0)
         return {
-            "d_lambda": (q["lambda"][:, None] - index.lam[None, :]).abs(),
+            "d_lambda": (q["lambda"][:, None] - index.lambdas[None, :]).abs(),
             "d_G": (q["G"][:, None] - self.dispersion[None, :]).abs(),
             "dirichlet": dirichlet,
             "bounded_dirichlet": dirichlet / (dirichlet + self.scale),
@@ -173,7 +193,7 @@ class Searcher:
             q["qMq"][:, None] - 2.0 * torch.einsum("bkf,bf->bk", x, queries @ self.metric) + self.item_energy[items]
         ).clamp_min(0.0)
         terms = {
-            "d_lambda": (q["lambda"][:, None] - self.index.lam[items]).abs(),
+            "d_lambda": (q["lambda"][:, None] - self.index.lambdas[items]).abs(),
             "d_G": (q["G"][:, None] - self.dispersion[items]).abs(),
             "dirichlet": dirichlet,
             "bounded_dirichlet": dirichlet / (dirichlet + self.scale),
@@ -207,30 +227,38 @@ class Searcher:
         return rows
 
     @torch.inference_mode()  # no autograd bookkeeping: ~15% less fixed cost per query
-    def rank(self, queries: torch.Tensor, params: SearchParams) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def rank(
+        self, queries: torch.Tensor, params: SearchParams, rows: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Top-k item rows [B, k] per query, best first (equal scores by item position), their scores and
-        the query terms."""
+        the query terms. ``rows`` [B, m]: the candidates to score (-1 pads), instead of this index's own."""
         if params.mode not in MODES:
             raise InputError(f"unknown search mode {params.mode!r}; use one of {', '.join(MODES)}")
         if params.candidates not in CANDIDATES:
             raise InputError(f"unknown search.candidates {params.candidates!r}; use exact or ann")
-        q = self.query_terms(queries) if params.mode != "cosine" else {}
-        rows = self.candidate_rows(queries, params) if params.candidates == "ann" else None
+        needs_terms = params.mode != "cosine" or params.lambda_window is not None
+        q = self.query_terms(queries) if needs_terms else {}
+        if rows is None and params.candidates == "ann":
+            rows = self.candidate_rows(queries, params)
         score = self.scores(queries, params, q or None, rows)
-        top = torch.topk(score, params.k, dim=1, largest=False)
+        top = torch.topk(score, min(params.k, score.shape[1]), dim=1, largest=False)
         items = top.indices if rows is None else torch.gather(rows, 1, top.indices)
         return (*_stable(items, top.values), q)
 
     @torch.inference_mode()
-    def search(self, queries, params: SearchParams) -> list[list[Hit]]:
-        queries = self.check(queries, params.k)
-        items, score, q = self.rank(queries, params)  # [B, k] each
+    def search(self, queries, params: SearchParams, rows: Optional[torch.Tensor] = None) -> list[list[Hit]]:
+        """Hits per query; ``rows``: candidate positions given by the caller (see ``rank``)."""
+        queries = self.check(queries, params.k if rows is None else 1)
+        items, score, q = self.rank(queries, params, rows)  # [B, k] each
+        finite = torch.isfinite(score)
+        items = items.clamp_min(0)
         # one batched pass for every hit's terms, then plain Python lists (no per-query tensor ops)
-        score = score.tolist()
+        score, finite = score.tolist(), finite.tolist()
+        q = q if (q and params.mode != "cosine") else {}
         terms = {name: value.tolist() for name, value in self.terms(queries, q, items, params).items()}
-        lam = self.index.lam[items].tolist()
+        lam = self.index.lambdas[items].tolist()
         query_lambda = q["lambda"].tolist() if q else None
-        ids = self.index.ids
+        ids, texts, labels = self.index.ids, self.index.texts, self.index.labels
         results = []
         for row, row_items in enumerate(items.tolist()):
             results.append(
@@ -245,8 +273,11 @@ class Searcher:
                             "lambda": lam[row][pos],
                             **({"query_lambda": query_lambda[row]} if q else {}),
                         },
+                        texts[item] if texts is not None else None,
+                        labels[item] if labels is not None else None,
                     )
                     for rank, (pos, item) in enumerate(enumerate(row_items), start=1)
+                    if finite[row][pos]
                 ]
             )
         return results
@@ -273,10 +304,6 @@ def _stable(items: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, to
         torch.from_numpy(np.take_along_axis(items_np, order, axis=-1)).to(items.device),
         torch.from_numpy(np.take_along_axis(values_np, order, axis=-1)).to(values.device),
     )
-
-
-def search(index: EnergyIndex, queries, params: SearchParams) -> list[list[Hit]]:
-    return Searcher(index).search(queries, params)
 
 
 def topk_rows(searcher: Searcher, queries, params: SearchParams) -> np.ndarray:

@@ -1,194 +1,312 @@
-"""Index directory: lambdas.parquet, vectors.npy, laplacian.npz, ann.faiss (optional) and manifest.json.
+"""Index directory: the energy model, the items (our files or a Milvus collection) and manifest.json.
 
-Every file is written atomically; ``manifest.json`` goes last, so a directory without a
-valid manifest is an unfinished or foreign one. The manifest may also be a run manifest
-(``optical index build-energy`` merges the index fields into it); then its status must be ok.
+``manifest.json`` is the commit point of every change. The files backend keeps the items of the
+build in ``lambdas.parquet``, ``vectors.npy`` and ``ann.faiss`` (optional), each later
+``optical index add`` in a new, immutable segment directory ``segments/NNNNNN/`` with the same
+files, and the deleted rows in ``deleted-NNNNNN.npy``; the feature Laplacian (``laplacian.npz``)
+never changes after the build. An add or delete writes its new files first and the manifest
+(which names them, generation g + 1) last, by an atomic rename, so a process killed at any
+moment leaves the index of generation g or of g + 1, and a reader that read the manifest of
+generation g finds every file it names (files of the generation before are kept one commit
+longer). Rows are numbered once, in order of arrival (build, then each segment): a row number
+never changes and is never reused.
+
+The manifest may also be a run manifest (``optical index build-energy`` merges the index fields
+into it); then its status must be ok. Format versions 2 and 3 (no segments, no deletions) are
+read as generation 0.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import scipy.sparse as sp
 import torch
 
-from ..artifacts import atomic_path, atomic_write_json, read_run_manifest
+from ..artifacts import atomic_path, atomic_write_json, remove_stale_temporaries
 from ..errors import InputError
 from . import ann as ann_mod
-from .build import EnergyIndex, Graph, LambdaScales
+from . import milvus
+from .build import EnergyIndex
+from .manifest import (
+    MODEL_FILE,
+    backend_of,
+    commit_manifest,
+    fail,
+    initial_state,
+    model_fields,
+    read_manifest,
+    read_model,
+    save_model,
+)
 
-FORMAT = "optical-energy-index"
-FORMAT_VERSION = 3  # 2: bounded lambda scales, Dirichlet scale and the optional ANN structure; 3: the Dirichlet ridge
-READABLE_VERSIONS = (2, 3)  # a version-2 index has no ridge: beta = 0 is exactly how it was built
-FILES = ("lambdas.parquet", "vectors.npy", "laplacian.npz")
-
-
-def manifest_fields(index: EnergyIndex) -> dict[str, Any]:
-    """What ``manifest.json`` says about an index (also merged into a run manifest)."""
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "count": len(index),
-        "dim": index.dim,
-        "feature_edges": int(index.graph.src.numel()),
-        **index.scales.as_dict(),
-        "dirichlet_scale": index.dirichlet_scale,
-        "dirichlet_beta": index.dirichlet_beta,
-        "ann": ann_mod.describe(index.ann) if index.ann is not None else None,
-        "embedding_model": index.model,
-        "params": index.params,
-        "stats": index.stats,
-        "files": list(FILES) + ([ann_mod.FILE] if index.ann is not None else []),
-    }
+ITEM_FILES = ("lambdas.parquet", "vectors.npy")
+SEGMENTS = "segments"
+# On-disk column names (kept from format 2, so older indexes stay readable) -> EnergyIndex fields.
+COLUMNS = {"lambda": "lambdas", "E": "rayleigh", "G": "dispersion", "xLx": "dirichlet", "norm": "norm"}
 
 
-def save_index(index: EnergyIndex, directory: str | Path, manifest: bool = True) -> dict[str, Any]:
-    """Write the index files into ``directory``; returns the manifest fields."""
-    directory = Path(directory)
+# ---------------------------------------------------------------------------------------
+# Files backend: item parts (the build's, then one per segment)
+
+
+def write_items(index: EnergyIndex, directory: Path, with_ann: bool) -> list[str]:
+    """The items of ``index`` as one part in ``directory`` (the build's, or a segment); returns the file names."""
     directory.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "id": pa.array(index.ids, pa.string()),
-            "lambda": index.lam.cpu().numpy().astype(np.float64),
-            "E": index.E.cpu().numpy().astype(np.float64),
-            "G": index.G.cpu().numpy().astype(np.float64),
-            "norm": index.norm.cpu().numpy().astype(np.float64),
-            "xLx": index.xLx.cpu().numpy().astype(np.float64),
-        }
-    )
+    columns = {"id": pa.array(index.ids, pa.string())}
+    for column, name in COLUMNS.items():
+        columns[column] = getattr(index, name).cpu().numpy().astype(np.float64)
+    table = pa.table(columns)
     if index.texts is not None:
         table = table.append_column("text", pa.array(index.texts, pa.string()))
+    if index.labels is not None:
+        table = table.append_column("labels", pa.array(index.labels, pa.list_(pa.string())))
     with atomic_path(directory / "lambdas.parquet") as tmp:
         pq.write_table(table, tmp)
     with atomic_path(directory / "vectors.npy") as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, index.vectors.cpu().numpy().astype(np.float32), allow_pickle=False)
-    with atomic_path(directory / "laplacian.npz") as tmp:
-        sp.save_npz(tmp, index.graph.laplacian(), compressed=True)
-    if index.ann is not None:
+    if with_ann and index.ann is not None:
         ann_mod.save_ann(index.ann, directory / ann_mod.FILE)
-    elif (directory / ann_mod.FILE).exists():
+        return list(ITEM_FILES) + [ann_mod.FILE]
+    if (directory / ann_mod.FILE).exists():
         (directory / ann_mod.FILE).unlink()  # an older build's structure would not match these items
-    fields = manifest_fields(index)
+    return list(ITEM_FILES)
+
+
+@dataclass
+class Part:
+    """One part's items as read from disk (vectors memory-mapped)."""
+
+    table: Any  # pandas DataFrame of lambdas.parquet
+    vectors: np.ndarray
+    ann: Optional[Any]
+
+
+def read_part(directory: Path, root: Path, count: int, dim: int, names: list[str]) -> Part:
+    for name in names:
+        if not (directory / name).is_file():
+            raise fail(root, f"{(directory / name).relative_to(root)} is missing")
+    try:
+        table = pq.read_table(directory / "lambdas.parquet").to_pandas()
+        # memory-mapped (copy-on-write): ANN search touches only its candidates' rows
+        vectors = np.load(directory / "vectors.npy", allow_pickle=False, mmap_mode="c")
+        ann = ann_mod.load_ann(directory / ann_mod.FILE) if ann_mod.FILE in names else None
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
+        raise fail(root, f"a file is damaged: {type(exc).__name__}: {exc}") from None
+    where = directory.relative_to(root) / "lambdas.parquet" if directory != root else "lambdas.parquet"
+    missing = {"id", *COLUMNS} - set(table.columns)
+    if missing:
+        raise fail(root, f"{where} lacks columns {sorted(missing)}")
+    if vectors.ndim != 2 or vectors.shape != (count, dim):
+        raise fail(root, f"vectors.npy has shape {vectors.shape}, manifest says ({count}, {dim})")
+    if len(table) != count:
+        raise fail(root, f"{where} has {len(table)} rows, manifest says {count}")
+    if ann is not None and (ann.ntotal != count or ann.d != dim):
+        raise fail(root, f"{ann_mod.FILE} holds {ann.ntotal} x {ann.d}, manifest says ({count}, {dim})")
+    return Part(table, vectors, ann)
+
+
+def _parts(directory: Path, manifest: dict[str, Any]) -> list[tuple[Path, int, list[str]]]:
+    """(directory, rows, files) of every part, the build's first."""
+    base_count = int(manifest.get("base_count", manifest.get("built_count", manifest["count"])))
+    base_files = [n for n in manifest.get("files", ITEM_FILES) if n != MODEL_FILE]
+    parts = [(directory, base_count, base_files)]
+    for segment in manifest.get("segments", []):
+        parts.append((directory / segment["name"], int(segment["rows"]), list(segment["files"])))
+    return parts
+
+
+def deleted_rows(directory: Path, manifest: dict[str, Any]) -> np.ndarray:
+    """Sorted row numbers of the deleted items (empty when none)."""
+    name = manifest.get("deleted")
+    if not name:
+        return np.zeros(0, np.int64)
+    try:
+        return np.load(directory / name, allow_pickle=False).astype(np.int64)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
+        raise fail(directory, f"{name} is missing or damaged: {type(exc).__name__}: {exc}") from None
+
+
+def load_files(directory: Path, manifest: dict[str, Any], device: str | torch.device = "cpu") -> EnergyIndex:
+    """Every live item of a files-backend index, in row order, with the energy model."""
+    model = read_model(directory, manifest, device)
+    dim = model.dim
+    parts = [read_part(path, directory, rows, dim, names) for path, rows, names in _parts(directory, manifest)]
+    tables = [part.table for part in parts]
+    device = torch.device(device)
+    if len(parts) == 1:
+        vectors = parts[0].vectors
+    else:
+        vectors = np.concatenate([part.vectors for part in parts])
+
+    def column(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([t[name].to_numpy(np.float32) for t in tables])).to(device)
+
+    def strings(name: str, empty: Any) -> Optional[list]:
+        if all(name not in t.columns for t in tables):
+            return None
+        out: list = []
+        for t in tables:
+            out.extend([_plain(v) for v in t[name]] if name in t.columns else [empty] * len(t))
+        return out
+
+    index = EnergyIndex(
+        ids=[str(i) for t in tables for i in t["id"]],
+        vectors=torch.from_numpy(vectors.astype(np.float32, copy=False)).to(device),
+        graph=model.graph,
+        **{name: column(col) for col, name in COLUMNS.items()},
+        scales=model.scales,
+        dirichlet_scale=model.dirichlet_scale,
+        dirichlet_beta=model.dirichlet_beta,
+        params=model.params,
+        stats=model.stats,
+        model=model.model,
+        texts=strings("text", ""),
+        labels=strings("labels", []),
+    )
+    dead = deleted_rows(directory, manifest)
+    anns = [part.ann for part in parts]
+    if len(parts) == 1 and dead.size == 0:
+        index.ann = anns[0]
+        return index
+    total = len(index)
+    alive = np.ones(total, bool)
+    alive[dead[dead < total]] = False
+    live = np.flatnonzero(alive)
+    index = index.select(live) if dead.size else index
+    if anns[0] is not None and all(a is not None for a in anns):
+        position = np.full(total, -1, np.int64)  # row -> its place among the live items
+        position[live] = np.arange(live.size)
+        bounds = np.cumsum([0] + [part.vectors.shape[0] for part in parts])
+        index.ann = ann_mod.Segmented(
+            [(a, position[bounds[i] : bounds[i + 1]]) for i, a in enumerate(anns)],
+        )
+    return index
+
+
+def _plain(value: Any) -> Any:
+    return [str(v) for v in value] if isinstance(value, (list, np.ndarray)) else str(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Files backend: the build, and changes
+
+
+def save_index(index: EnergyIndex, directory: str | Path, manifest: bool = True) -> dict[str, Any]:
+    """Write a freshly built index into ``directory`` (files backend); returns the manifest fields."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = write_items(index, directory, with_ann=True)
+    save_model(index, directory)
+    fields = {
+        **model_fields(index),
+        **initial_state(len(index), {"backend": "files"}),
+        "base_count": len(index),
+        "ann": ann_mod.describe(index.ann) if index.ann is not None else None,
+        "files": files + [MODEL_FILE],
+    }
     if manifest:
         atomic_write_json(directory / "manifest.json", fields)
     return fields
 
 
-def _fail(directory: Path, problem: str) -> InputError:
-    return InputError(f"{directory}: not a usable energy index ({problem}); {_rebuild_advice(directory)}")
+def remove_orphans(directory: Path, manifest: dict[str, Any]) -> None:
+    """What killed writers left: temporaries, segments no manifest names, deletion lists two commits old."""
+    remove_stale_temporaries(directory)
+    named = {segment["name"] for segment in manifest.get("segments", [])}
+    if (directory / SEGMENTS).is_dir():
+        for entry in (directory / SEGMENTS).iterdir():
+            if f"{SEGMENTS}/{entry.name}" not in named:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    keep = {manifest.get("deleted"), manifest.get("previous_deleted")}
+    for entry in directory.glob("deleted-*.npy"):
+        if entry.name not in keep:
+            entry.unlink()
 
 
-def _rebuild_advice(directory: Path) -> str:
-    """Advice that works: rebuild in place only where build-energy may write (its own run, or an empty
-    directory); anything else (files optical did not write, another command's run) is left alone."""
-    run = read_run_manifest(directory)
-    if run is not None and run["command"] == "index build-energy":
-        return f"rebuild it with `optical index build-energy --output-dir {directory} --overwrite`"
-    if directory.is_dir() and not any(directory.iterdir()):
-        return f"build one there with `optical index build-energy --output-dir {directory}`"
-    holds = f"an `optical {run['command']}` run" if run else "files optical did not write"
-    return (
-        f"it holds {holds}, which optical leaves alone: build an index in a new directory with "
-        "`optical index build-energy --output-dir NEW_DIR` and search it with --index NEW_DIR"
+def append_segment(directory: Path, manifest: dict[str, Any], items: EnergyIndex, replaced: np.ndarray) -> dict:
+    """Write ``items`` as a new segment (rows continue the numbering) and delete ``replaced`` rows, atomically.
+
+    Returns the committed manifest."""
+    generation = int(manifest["generation"]) + 1
+    name = f"{SEGMENTS}/{generation:06d}"
+    with_ann = manifest.get("ann") is not None
+    files = write_items(items, directory / name, with_ann)
+    state = _with_deleted(directory, manifest, replaced, generation)
+    segment = {"name": name, "rows": len(items), "first_row": int(manifest["next_row"]), "files": files}
+    state.update(
+        generation=generation,
+        segments=list(manifest.get("segments", [])) + [segment],
+        next_row=int(manifest["next_row"]) + len(items),
+        count=int(manifest["count"]) + len(items) - int(replaced.size),
+        added_since_build=int(manifest.get("added_since_build", 0)) + len(items),
     )
+    commit_manifest(directory, state)
+    return state
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
+def delete_rows(directory: Path, manifest: dict[str, Any], rows: np.ndarray) -> dict:
+    """Mark ``rows`` deleted, atomically; returns the committed manifest."""
+    generation = int(manifest["generation"]) + 1
+    state = _with_deleted(directory, manifest, rows, generation)
+    state.update(generation=generation, count=int(manifest["count"]) - int(rows.size))
+    commit_manifest(directory, state)
+    return state
+
+
+def _with_deleted(directory: Path, manifest: dict[str, Any], rows: np.ndarray, generation: int) -> dict:
+    """A copy of ``manifest`` whose deletion list (written now, under a new name) also holds ``rows``."""
+    state = dict(manifest)
+    if rows.size == 0:
+        return state
+    name = f"deleted-{generation:06d}.npy"
+    merged = np.union1d(deleted_rows(directory, manifest), rows.astype(np.int64))
+    with atomic_path(directory / name) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, merged, allow_pickle=False)
+    state.update(
+        deleted=name,
+        previous_deleted=manifest.get("deleted"),
+        deleted_since_build=int(manifest.get("deleted_since_build", 0)) + int(rows.size),
+    )
+    return state
+
+
+def live_rows(directory: Path, manifest: dict[str, Any]) -> tuple[list[str], np.ndarray]:
+    """(id, row number) of every live item, in row order: what add and delete check ids against."""
+    ids: list[str] = []
+    for path, _, _ in _parts(directory, manifest):
+        try:
+            ids.extend(str(i) for i in pq.read_table(path / "lambdas.parquet", columns=["id"]).column("id").to_pylist())
+        except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
+            raise fail(directory, f"a file is damaged: {type(exc).__name__}: {exc}") from None
+    rows = np.arange(len(ids), dtype=np.int64)
+    dead = deleted_rows(directory, manifest)
+    if dead.size:
+        keep = np.isin(rows, dead, invert=True)
+        rows = rows[keep]
+        ids = [ids[i] for i in rows.tolist()]
+    return ids, rows
+
+
+def load_index(directory: str | Path, device: str | torch.device = "cpu", timeout: float = 60.0) -> EnergyIndex:
+    """Read every live item and the energy model, checking that files exist, parse and agree on shapes.
+
+    A change committed while this reads may remove the deletion list it named: then it reads again."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise InputError(
-            f"index directory not found: {directory}; pass the --output-dir of `optical index build-energy`"
-        )
-    path = directory / "manifest.json"
-    if not path.is_file():
-        raise _fail(directory, "no manifest.json")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(directory, f"manifest.json is damaged: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise _fail(directory, f"manifest.json does not describe an {FORMAT}")
-    if manifest.get("format_version") not in READABLE_VERSIONS:
-        raise _fail(
-            directory,
-            f"format version {manifest.get('format_version')!r}, this optical reads "
-            f"{' and '.join(map(str, READABLE_VERSIONS))}",
-        )
-    if manifest.get("status", "ok") != "ok":
-        raise _fail(directory, f"its build did not finish (status {manifest.get('status')!r})")
-    return manifest
-
-
-def load_index(directory: str | Path, device: str | torch.device = "cpu") -> EnergyIndex:
-    """Read an index, checking that every file exists, parses and agrees on counts and dimensions."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    count, dim = manifest.get("count"), manifest.get("dim")
-    names = manifest.get("files", FILES)
-    for name in names:
-        if not (directory / name).is_file():
-            raise _fail(directory, f"{name} is missing")
-    try:
-        table = pq.read_table(directory / "lambdas.parquet").to_pandas()
-        # memory-mapped (copy-on-write): ANN search touches only its candidates' rows
-        vectors = np.load(directory / "vectors.npy", allow_pickle=False, mmap_mode="c")
-        laplacian = sp.load_npz(directory / "laplacian.npz")
-        ann = ann_mod.load_ann(directory / ann_mod.FILE) if ann_mod.FILE in names else None
-    except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
-        raise _fail(directory, f"a file is damaged: {type(exc).__name__}: {exc}") from None
-    missing = {"id", "lambda", "E", "G", "norm", "xLx"} - set(table.columns)
-    if missing:
-        raise _fail(directory, f"lambdas.parquet lacks columns {sorted(missing)}")
-    if vectors.ndim != 2 or vectors.shape != (count, dim):
-        raise _fail(directory, f"vectors.npy has shape {vectors.shape}, manifest says ({count}, {dim})")
-    if len(table) != count:
-        raise _fail(directory, f"lambdas.parquet has {len(table)} rows, manifest says {count}")
-    if laplacian.shape != (dim, dim):
-        raise _fail(directory, f"laplacian.npz is {laplacian.shape}, expected ({dim}, {dim})")
-    if ann is not None and (ann.ntotal != count or ann.d != dim):
-        raise _fail(directory, f"{ann_mod.FILE} holds {ann.ntotal} x {ann.d}, manifest says ({count}, {dim})")
-    device = torch.device(device)
-    column = lambda name: torch.from_numpy(table[name].to_numpy(np.float32)).to(device)  # noqa: E731
-    scales = LambdaScales(
-        str(manifest["lambda_formula"]),
-        float(manifest["tau"]),
-        float(manifest["tau_G"]),
-        float(manifest["lambda_blend"]),
-    )
-    return EnergyIndex(
-        ids=[str(i) for i in table["id"]],
-        vectors=torch.from_numpy(vectors.astype(np.float32, copy=False)).to(device),
-        graph=Graph.from_laplacian(laplacian).to(device),
-        lam=column("lambda"),
-        E=column("E"),
-        G=column("G"),
-        xLx=column("xLx"),
-        norm=column("norm"),
-        scales=scales,
-        dirichlet_scale=float(manifest["dirichlet_scale"]),
-        dirichlet_beta=float(manifest.get("dirichlet_beta", 0.0)),
-        params=manifest.get("params", {}),
-        stats=manifest.get("stats", {}),
-        model=manifest.get("embedding_model"),
-        texts=[str(t) for t in table["text"]] if "text" in table.columns else None,
-        ann=ann,
-    )
-
-
-def lambda_table(index: EnergyIndex) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "id": index.ids,
-            "lambda": index.lam.cpu().numpy(),
-            "E": index.E.cpu().numpy(),
-            "G": index.G.cpu().numpy(),
-            "norm": index.norm.cpu().numpy(),
-        }
-    )
+    for attempt in range(3):
+        manifest = read_manifest(directory)
+        try:
+            if backend_of(manifest) == "milvus":
+                return milvus.load_all(directory, manifest, device, timeout)
+            return load_files(directory, manifest, device)
+        except InputError:
+            if attempt == 2 or read_manifest(directory).get("generation") == manifest.get("generation"):
+                raise
+    raise AssertionError("unreachable")

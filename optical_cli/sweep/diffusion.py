@@ -29,7 +29,7 @@ from ..index.inputs import BUNDLED_CORPUS, sample_rows
 from ..index.search import Searcher, SearchParams, topk_rows
 from ..models.sentence import sentence_model_name
 from . import grid as grid_mod
-from .metrics import METRIC_NAMES, TrecEvaluator, compare, summarize
+from .metrics import HEAD, METRIC_NAMES, TAIL, TrecEvaluator, compare, summarize
 from .relevance import LabelledCorpus, QuerySplit, Relevance, build_relevance, drop_self, load_labelled, split_by_label
 
 QUERY_BLOCK_ELEMENTS = 1 << 25  # queries x items scored at once (128 MB per float32 matrix): bounded memory at any N
@@ -88,6 +88,7 @@ def _fingerprint(cfg: SweepConfig, corpus: LabelledCorpus, relevance: Relevance)
         "depth": cfg.sweep.depth,
         "bootstrap": cfg.sweep.bootstrap,
         "seed": cfg.runtime.seed,
+        "metrics": list(METRIC_NAMES),  # cells recorded with other metrics are evaluated again
     }
     digest.update(json.dumps(setup, sort_keys=True).encode("utf-8"))
     return digest.hexdigest()[:24]
@@ -133,7 +134,9 @@ def setup_sweep(
         )
     embed_seconds = time.perf_counter() - started
     split = split_by_label(relevance, cfg.tuning.tune_fraction, seed)
-    evaluator = TrecEvaluator([relevance.relevant_rows(p) for p in range(relevance.queries.size)])
+    evaluator = TrecEvaluator(
+        [relevance.relevant_rows(p) for p in range(relevance.queries.size)], labels=relevance.incidence
+    )
     started = time.perf_counter()
     prepared = prepare(vectors, cfg.build, corpus.ids, seed, device)
     info = {
@@ -384,6 +387,19 @@ def _public(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("per_query", "fingerprint")}
 
 
+def head_and_tail(result: SweepResult) -> Optional[dict]:
+    """The claim that energy keeps the head (MRR, P@1) and reaches into the tail (recall@20/50/100, the
+    top 20's distinct labels): the configured cell against cosine, FAISS beside it, on the held-out queries."""
+    default = default_cell(result)
+    if default is None:
+        return None
+    faiss = baseline_row(result.rows, "faiss")
+    return {
+        side: {name: {**default["metrics"][name], **({"faiss": faiss[name]} if faiss else {})} for name in names}
+        for side, names in (("head", HEAD), ("tail", TAIL))
+    }
+
+
 def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict:
     setup = result.setup
     warnings = [w for row in result.rows for w in row.get("warnings", [])]  # e.g. the published formula
@@ -397,6 +413,7 @@ def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict
         "search": setup.cfg.search.model_dump(mode="json"),
         "baselines": {row["method"]: _public(row) for row in result.rows if row["method"] != "energy"},
         "default": default_cell(result),
+        "head_tail": head_and_tail(result),
         "best": best_cells(result),
         "warnings": list(dict.fromkeys(warnings)),
         "evaluation": "every mean and interval is over the held-out queries (labels never used for a choice); "

@@ -9,8 +9,15 @@ our order. Measures, trec_eval's definitions (R = relevant items of the query in
 - ``map_cut_20``: map_cut.20, sum over the top 20 of P@i * rel_i, divided by R (not min(R, 20):
   with R > 20 its maximum is 20/R).
 - ``ndcg_at_10``: ndcg_cut.10, DCG over the top 10 / the ideal DCG of all R relevant items.
-- ``recall_at_10`` / ``recall_at_20``: recall.10 / recall.20, relevant in the top k / R.
-- ``precision_at_10``: P.10.
+- ``recall_at_10`` / ``recall_at_20`` / ``recall_at_50`` / ``recall_at_100``: recall.k, relevant in the
+  top k / R (k past the retrieved depth counts only what was retrieved).
+- ``precision_at_1`` / ``precision_at_10``: P.1 / P.10.
+- ``distinct_labels_at_20`` (ours, not trec_eval's): how many different labels the top 20 carry
+  (every label of every retrieved item counts once), when the evaluator has the items' labels.
+
+The head of a ranking is MRR and P@1 (``HEAD``); its tail is recall at 20, 50 and 100 and the
+variety of the top 20 (``TAIL``): the two sides of the claim that energy search keeps the head
+while reaching further into the relevant items.
 
 Intervals (percentile bootstrap, seeded) come two ways: resampling queries, and resampling
 label clusters (all queries that share a primary label go in or out together), because queries
@@ -32,21 +39,31 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("recall_at_10", "recall_10"),
     ("recall_at_20", "recall_20"),
     ("precision_at_10", "P_10"),
+    ("precision_at_1", "P_1"),
+    ("recall_at_50", "recall_50"),
+    ("recall_at_100", "recall_100"),
 )
-METRIC_NAMES: tuple[str, ...] = tuple(name for name, _ in METRICS)
-TREC_MEASURES = {"recip_rank", "map_cut.20", "ndcg_cut.10", "recall.10,20", "P.10"}
-MIN_DEPTH = 20  # the deepest cutoff above
+DISTINCT_LABELS = "distinct_labels_at_20"
+METRIC_NAMES: tuple[str, ...] = tuple(name for name, _ in METRICS) + (DISTINCT_LABELS,)
+TREC_MEASURES = {"recip_rank", "map_cut.20", "ndcg_cut.10", "recall.10,20,50,100", "P.1,10"}
+MIN_DEPTH = 20  # the cutoff of MAP@20 and of the label variety (recall@50/@100 count what the depth holds)
+HEAD = ("mrr", "precision_at_1")
+TAIL = ("recall_at_20", "recall_at_50", "recall_at_100", DISTINCT_LABELS)
 
 
 class TrecEvaluator:
-    """trec_eval over fixed judgements: ``relevant[i]`` are the item rows relevant to query ``i``."""
+    """trec_eval over fixed judgements: ``relevant[i]`` are the item rows relevant to query ``i``.
 
-    def __init__(self, relevant: Sequence[np.ndarray]):
+    ``labels`` (items x labels, bool), when given, counts the distinct labels of each top 20;
+    without it that metric is NaN (not measured)."""
+
+    def __init__(self, relevant: Sequence[np.ndarray], labels: Optional[np.ndarray] = None):
         if any(len(rows) == 0 for rows in relevant):
             raise ValueError("every query needs at least one relevant item")
         qrels = {str(q): dict.fromkeys(map(str, np.asarray(rows).tolist()), 1) for q, rows in enumerate(relevant)}
         self._evaluator = pytrec_eval.RelevanceEvaluator(qrels, TREC_MEASURES)
         self.n_queries = len(relevant)
+        self.labels = labels
 
     def evaluate(self, ranked: np.ndarray, positions: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
         """Per-query metrics of ``ranked`` item rows (queries x depth, best first) of the queries at ``positions``."""
@@ -61,7 +78,16 @@ class TrecEvaluator:
         scores = [float(ranked.shape[1] - r) for r in range(ranked.shape[1])]  # descending: trec_eval keeps our order
         run = {str(p): dict(zip(map(str, row), scores)) for p, row in zip(positions.tolist(), ranked.tolist())}
         out = self._evaluator.evaluate(run)
-        return {name: np.array([out[str(p)][trec] for p in positions.tolist()]) for name, trec in METRICS}
+        metrics = {name: np.array([out[str(p)][trec] for p in positions.tolist()]) for name, trec in METRICS}
+        metrics[DISTINCT_LABELS] = distinct_labels(ranked[:, :MIN_DEPTH], self.labels)
+        return metrics
+
+
+def distinct_labels(top: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
+    """Per query: the number of different labels among the items of ``top`` (queries x k item rows)."""
+    if labels is None:
+        return np.full(top.shape[0], np.nan)
+    return labels[top].any(axis=1).sum(axis=1).astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ TITLES = {
     "recall_at_10": "Recall@10",
     "recall_at_20": "Recall@20",
     "precision_at_10": "Precision@10",
+    "precision_at_1": "Precision@1",
+    "recall_at_50": "Recall@50",
+    "recall_at_100": "Recall@100",
+    "distinct_labels_at_20": "distinct labels in the top 20",
 }
 
 
