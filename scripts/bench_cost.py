@@ -42,11 +42,12 @@ sys.path.insert(0, str(REPO))
 
 from optical_cli.artifacts import atomic_write_csv  # noqa: E402
 from optical_cli.bench.data import parse_record  # noqa: E402
-from optical_cli.bench.models import build_reader  # noqa: E402
 from optical_cli.bench.plots import plot_cost_vs_length  # noqa: E402
 from optical_cli.bench.runner import BenchSettings, run_benchmark  # noqa: E402
 from optical_cli.bench.synthetic import cve_document, longbench_item  # noqa: E402
 from optical_cli.config import load_config  # noqa: E402
+from optical_cli.engines.chain import ChainSpec  # noqa: E402
+from optical_cli.engines.factory import build_reader  # noqa: E402
 from optical_cli.memory import PeakMemory, in_use_gib  # noqa: E402
 
 CONFIGS = {
@@ -203,7 +204,7 @@ def run_batch(reader, cfg, engine: str, count: int, length: int, tmp: Path) -> l
     """``count`` documents of ``length`` tokens per condition as one benchmark run: items per second."""
     import time
 
-    from optical_cli.bench.reader import in_flight
+    from optical_cli.engines.reader import in_flight
 
     encode_text = reader.encode_text
     # windows far enough apart that no two documents share a record
@@ -286,7 +287,7 @@ def run_engine(args, engine: str, lengths: list[int]) -> tuple[list[dict], list[
     if args.dtype:
         overrides.append(f"runtime.dtype={args.dtype}")
     cfg = load_config("longbench", CONFIGS[args.size], overrides)
-    reader = build_reader(cfg, CONDITIONS)
+    reader = build_reader(ChainSpec.from_config(cfg, "bench"), CONDITIONS)
     tokens_per_page = reader.vision_tokens([reader.renderer.draw(["x"])])
     memory = PeakMemory(reader.device)
     print(

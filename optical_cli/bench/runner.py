@@ -29,11 +29,11 @@ from typing import Any, Callable, Sequence
 
 from ..artifacts import atomic_write_text
 from ..distributed import Processes
+from ..engines.reader import ContextExceeded, Generation, Reader, ReadRequest, in_flight, read_all
 from ..errors import InputError
 from ..memory import PeakMemory, headline_gib
 from .data import LongBenchItem
 from .prompts import PromptParts, document_prompt, middle_truncate, no_context_prompt
-from .reader import ContextExceeded, Generation, Reader, ReadRequest, in_flight, read_all
 from .scoring import extract_answer
 
 CONDITIONS = ("native", "optical", "native-matched", "no-context")

@@ -146,7 +146,7 @@ def engine_record(cfg: Any) -> dict[str, Any]:
     """For the manifest: the engine, and with vLLM its version and parallel layout."""
     if cfg.bench.engine != "vllm":
         return {"engine": "hf"}
-    from ..bench.engines.vllm import vllm_version
+    from ..engines.vllm_import import vllm_version
 
     section = cfg.vllm
     return {
@@ -243,8 +243,6 @@ def bench_longbench(
     some condition failed (the results stay).
     """
     with handled_errors():
-        from ..bench.models import build_reader
-        from ..bench.reader import in_flight
         from ..bench.runner import (
             RESUMABLE_CHANGES,
             finish_run,
@@ -254,6 +252,9 @@ def bench_longbench(
             settings_from,
             throughput,
         )
+        from ..engines.chain import ChainSpec
+        from ..engines.factory import build_reader
+        from ..engines.reader import in_flight
         from ..errors import RunFailed
 
         flags = {
@@ -284,9 +285,9 @@ def bench_longbench(
             )
             return
         if cfg.bench.engine == "vllm":  # before the output directory is claimed: no run directory without vLLM
-            from ..bench.engines.vllm import require_vllm
+            from ..engines.vllm_import import require_vllm
 
-            require_vllm()
+            require_vllm("bench.engine=vllm")
         claim = claim_output("bench longbench", output_dir, resume=resume, overwrite=overwrite)
         check_resumable(claim, cfg, "longbench", RESUMABLE_CHANGES)
         settings = settings_from(cfg.bench, cfg.runtime.seed)
@@ -297,7 +298,7 @@ def bench_longbench(
             report_resume(f"{done} of {wanted} (item, condition) rows done in {output_dir}")
         procs = join_processes(cfg.runtime.device)  # each process on its own GPU before loading
         reuse_attention_choices(claim, cfg.deepencoder.attention)  # before the warm-up page measures them
-        reader = build_reader(cfg, settings.conditions)
+        reader = build_reader(ChainSpec.from_config(cfg, "bench"), settings.conditions)
         if reader.random_weights and procs.is_main:
             err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
         memory = PeakMemory(reader.device)

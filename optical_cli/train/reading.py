@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
-from ..models.vlm import READ_INSTRUCTION, VisionLanguageReader, build_layout, splice
+from ..engines.hf import HFReader
+from ..models.vlm import VisionLanguageReader
 from .pages import PageSet
 
 
@@ -17,19 +16,14 @@ def character_error_rate(prediction: str, reference: str) -> float:
 
 def reading_check(reader: VisionLanguageReader, pages: PageSet, count: int, max_new_tokens: int) -> dict:
     """Greedy transcription of held-out pages from their optical tokens; CER and compression ratio."""
+    engine = HFReader(reader, random_weights=False, description="reading check")  # the engine seam
     records = []
     for i in range(min(count, len(pages))):
-        layout = build_layout(reader.tokenizer, READ_INSTRUCTION, [int(pages.features.shape[1])])
-        vision = reader.adapt(pages.features[i : i + 1], torch.tensor([pages.page_index[i]]))
-        embeds = splice(
-            reader.embed_tokens, layout.input_ids.to(reader.device), layout.vision_mask.to(reader.device), vision
-        )
         reference = pages.texts[i]
         text_tokens = reader.count_tokens(reference)
-        ids, _ = reader.generate_from_embeds(
-            embeds[None], layout.position_ids, layout.rope_delta, min(max_new_tokens, text_tokens + 16)
+        prediction = engine.transcribe(
+            pages.features[i : i + 1], pages.page_index[i], min(max_new_tokens, text_tokens + 16)
         )
-        prediction = reader.tokenizer.decode(ids)
         records.append(
             {
                 "page": i,
