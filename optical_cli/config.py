@@ -297,6 +297,12 @@ class VLLMSection(Section):
         "(VLLM_CPU_OMP_THREADS_BIND; all = every core; vLLM's own default is core 0 only)",
     )
     max_num_seqs: int = Field(16, ge=1, description="requests vLLM batches at once")
+    pages: Literal["engine", "embeddings"] = Field(
+        "engine",
+        description="how pages reach vLLM: engine (page images; DeepEncoder and the adapter run inside vLLM, batched "
+        "across requests, with its encoder and prefix caches) or embeddings (encoded and adapted in this process, "
+        "sent as embeddings: the path before the model plugin, kept for comparison)",
+    )
     prefix_caching: bool = Field(
         False,
         description="reuse the KV cache of a prompt prefix seen before (vLLM's default is on); off so each "

@@ -101,6 +101,10 @@ def test_the_chat_template_gives_the_optical_layout_token_for_token(model_dir, p
     plain = [{"role": "user", "content": [{"type": "text", "text": question}]}]
     text = hf.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
     assert hf.encode(text, add_special_tokens=False) == chat_ids(ours, [question])[0]
+    # an empty user message (no pages, no text) is refused, not answered
+    for empty in ([], [{"type": "text", "text": "  "}], "", "\n"):
+        with pytest.raises(Exception, match="the user message is empty"):
+            hf.apply_chat_template([{"role": "user", "content": empty}], add_generation_prompt=True, tokenize=False)
 
 
 def test_the_tower_gives_what_our_encoder_and_adapter_give(model_dir):

@@ -172,6 +172,19 @@ def test_a_page_is_read_at_its_place_in_the_document(engines):
     assert min(apart) > 10 * TOLERANCE
 
 
+def test_a_streamed_answer_is_the_whole_answer(engines):
+    hf, reader = engines
+    prompt = PromptParts(preamble="", document="", question="What does the page say?")
+    pages = pages_of(hf, "A page read while its answer streams.")
+    pieces: list[str] = []
+    streamed = reader.read_pages(
+        prompt, pages, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0, stream=pieces.append
+    )
+    whole = reader.read_pages(prompt, pages, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0)
+    assert "".join(pieces) == streamed.text == whole.text and len(pieces) > 1
+    assert streamed.input_tokens == whole.input_tokens and streamed.prefill_s > 0
+
+
 def test_several_requests_in_flight_answer_as_one_at_a_time(engines):
     _, reader = engines
     prompts = [PromptParts(preamble="", document=DOCUMENT[: 60 * (i + 1)], question=f"Question {i}?") for i in range(3)]
@@ -252,6 +265,13 @@ def test_tiny_benchmark_on_both_engines_gives_the_same_answers(tmp_path):
     # the 24 rows went to vLLM 16 at a time (vllm.max_num_seqs) and gave the one-at-a-time engine's text
     assert manifest["throughput"]["in_flight"] == 16 and manifest["throughput"]["rows"] == 24
     assert json.loads((tmp_path / "hf" / "manifest.json").read_text())["throughput"]["in_flight"] == 1
+    # pages encoded in our process and sent as embeddings (vllm.pages: embeddings): the same answers
+    embedded = _run_tiny("vllm", tmp_path / "vllm-embeddings", "vllm.pages=embeddings")
+    same = sum(hf_rows[key]["output"] == embedded[key]["output"] for key in hf_rows)
+    print(f"with pages as embeddings: {same}/{len(hf_rows)} rows give the hf engine's text")
+    assert same >= 0.9 * len(hf_rows)
+    assert all(float(row["encode_s"]) > 0 for key, row in embedded.items() if key[1] == "optical")
+    assert all(float(row["encode_s"]) == 0 for key, row in vllm_rows.items() if key[1] == "optical")  # in the engine
 
 
 def _trained_adapter_with_lora(run: Path) -> Path:

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import torch
 
-from ..devices import resolve_device, resolve_dtype
+from ..devices import resolve_device, resolve_dtype, synchronize
 from ..models import loading
 from ..models.adapter import AdapterConfig, OpticalAdapter, PublishedAdapter, parameter_count
 from ..models.deepencoder import DeepEncoder, count_parameters
@@ -106,6 +107,10 @@ def _vllm_reader(spec: ChainSpec, optical: bool, pages: bool, device: torch.devi
         if settings.lora:
             parts.append(f"lora={spec.lora_dir()}")
             parameters["lora"] = lora_parameters(model_dir / settings.lora)
+    embed_pages = None
+    if optical and spec.vllm.pages == "embeddings":
+        embed_pages = _page_embedder(spec, settings, device, dtype)
+        parts.append("pages as embeddings")
     return VLLMReader(
         engine,
         loading.load_chat_tokenizer(spec.tokenizer_source()),
@@ -115,7 +120,35 @@ def _vllm_reader(spec: ChainSpec, optical: bool, pages: bool, device: torch.devi
         conventions=conventions,
         parameters=parameters,
         device=device,
+        embed_pages=embed_pages,
     )
+
+
+class PageEmbedder:
+    """``vllm.pages: embeddings``: pages encoded by DeepEncoder and adapted in this process (the
+    hf engine's pieces) -> (embeddings [P, tokens, hidden] on the CPU, encode s, adapter s)."""
+
+    def __init__(self, encoder: DeepEncoderPages, adapter):
+        self.encoder, self.adapter = encoder, adapter
+
+    def __call__(self, pages: list) -> tuple[torch.Tensor, float, float]:
+        start = time.perf_counter()
+        features = self.encoder.encode(list(pages))
+        encode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        device = next(self.adapter.parameters()).device
+        with torch.no_grad():
+            embeds = self.adapter(features.to(device))
+        synchronize(device)
+        return embeds.float().cpu(), encode_s, time.perf_counter() - start
+
+
+def _page_embedder(spec: ChainSpec, settings: PageSettings, device: torch.device, dtype: torch.dtype) -> PageEmbedder:
+    """The same encoder and adapter as the model directory's tower, in this process."""
+    section = spec.deepencoder.model_copy(update={"pixels": settings.pixels})
+    encoder = DeepEncoderPages(section, spec.runtime, device, spec.encode_batch_size)
+    adapter = fit_adapter(spec, spec.load_trained_adapter(), encoder.out_dim, settings.adapter["llm_dim"])
+    return PageEmbedder(encoder, adapter.to(device=device, dtype=dtype).eval())
 
 
 def _with_random_adapter(spec: ChainSpec) -> ChainSpec:

@@ -121,6 +121,8 @@ class Reader(Protocol):
     # to submit together) and ``read_many(requests) -> list[Generation | Exception]``, one
     # outcome per request in order, each Generation's prefill_s/decode_s being that request's own
     # time in the engine (queueing included). Without them the runner calls one at a time.
+    # The engines' read_text/read_pages also take ``stream=callable``: the answer's text as it is
+    # decoded (``optical ask``; a fake reader need not).
 
 
 class TextStream:

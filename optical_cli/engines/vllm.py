@@ -32,7 +32,7 @@ from ..models.lora import CONFIG_FILE, LORA_DIR
 from ..models.vlm import END_OF_TEXT, IM_END, IMAGE_PAD, build_layout
 from .chain import draw_pages
 from .model_dir import INDEX_FILE, WEIGHT_PREFIX, read_settings
-from .reader import ContextExceeded, Generation, Outcome, ReadRequest
+from .reader import ContextExceeded, Generation, Outcome, ReadRequest, TextStream
 from .vllm_import import import_vllm
 
 
@@ -55,6 +55,7 @@ class Request:
     pages: list | None = None  # page images, one <|image_pad|> each in prompt_ids
     logprobs: int | None = None
     lora: bool = False  # read with the engine's LoRA (pages of an adapter trained with one)
+    embeds: torch.Tensor | None = None  # vllm.pages: embeddings: the pages adapted here [P, tokens, hidden]
 
 
 @dataclass
@@ -85,7 +86,7 @@ class VLLMEngine:
         text = config.get("text_config", config)
         self.max_positions = int(section.max_model_len or text.get("max_position_embeddings") or 0) or None
         self.max_num_seqs = section.max_num_seqs
-        self.SamplingParams = vllm.SamplingParams
+        self.sampling_params = vllm.SamplingParams
         kwargs: dict[str, Any] = dict(
             model=str(self.model_dir),
             dtype=_DTYPE_NAMES[dtype],
@@ -97,7 +98,9 @@ class VLLMEngine:
             limit_mm_per_prompt={"image": self.settings.max_pages, "video": 0},
             disable_log_stats=False,
             enable_prefix_caching=section.prefix_caching,
+            enable_mm_embeds=section.pages == "embeddings",
         )
+        self.dtype = dtype
         if device is None or device.type != "cpu":
             kwargs["gpu_memory_utilization"] = section.gpu_memory_utilization
         if section.max_model_len:
@@ -125,26 +128,50 @@ class VLLMEngine:
         return results  # type: ignore[return-value]
 
     def _generate(self, requests: Sequence[Request], lora: bool) -> list[Result]:
-        prompts, params = [], []
-        for request in requests:
-            prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt_ids)}
-            if request.pages:
-                prompt["multi_modal_data"] = {"image": list(request.pages)}
-            prompts.append(prompt)
-            sampling = dict(
-                max_tokens=request.max_new_tokens,
-                temperature=request.temperature,
-                detokenize=False,
-                skip_special_tokens=False,
-                logprobs=request.logprobs,
-            )
-            if request.temperature > 0:
-                sampling["seed"] = request.seed
-            params.append(self.SamplingParams(**sampling))
+        prompts = [self._prompt(request) for request in requests]
+        params = [self._sampling(request) for request in requests]
         start = time.perf_counter()
         outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request if lora else None)
         wall = time.perf_counter() - start
         return [self._result(output, wall) for output in outputs]
+
+    def stream(self, request: Request, on_token: Callable[[int], None]) -> Result:
+        """One request, each answer token handed to ``on_token`` as it is decoded: the engine is
+        stepped here, as vLLM's own ``LLM.generate`` steps it."""
+        if request.lora and self.lora_request is None:
+            raise ConfigError("a request asks for the LoRA but the engine was started without one")
+        lora = self.lora_request if request.lora else None
+        start = time.perf_counter()
+        self.llm.enqueue([self._prompt(request)], [self._sampling(request)], lora_request=lora, use_tqdm=False)
+        engine, sent, final = self.llm.llm_engine, 0, None
+        while engine.has_unfinished_requests():
+            for output in engine.step():
+                ids = output.outputs[0].token_ids
+                for token in ids[sent:]:
+                    on_token(int(token))
+                sent = len(ids)
+                final = output if output.finished else final
+        return self._result(final, time.perf_counter() - start)
+
+    def _prompt(self, request: Request) -> dict[str, Any]:
+        prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt_ids)}
+        if request.pages:
+            prompt["multi_modal_data"] = {"image": list(request.pages)}
+        elif request.embeds is not None:
+            prompt["multi_modal_data"] = {"image": list(request.embeds.to(self.dtype).cpu())}
+        return prompt
+
+    def _sampling(self, request: Request):
+        sampling = dict(
+            max_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            detokenize=False,
+            skip_special_tokens=False,
+            logprobs=request.logprobs,
+        )
+        if request.temperature > 0:
+            sampling["seed"] = request.seed
+        return self.sampling_params(**sampling)
 
     @staticmethod
     def _result(output, wall: float) -> Result:
@@ -235,8 +262,11 @@ class VLLMReader:
         conventions: dict | None,
         parameters: dict,
         device: torch.device,
+        embed_pages: Callable[[list], tuple[torch.Tensor, float, float]] | None = None,
     ):
         self.engine = engine
+        # vllm.pages: embeddings: pages -> (adapted embeddings [P, T, hidden], encode s, adapter s) in this process
+        self.embed_pages = embed_pages
         self.tokenizer = tokenizer
         self.renderer = renderer
         self.settings = engine.settings
@@ -295,6 +325,12 @@ class VLLMReader:
         lora = self.engine.lora_request is not None
         return Request(ids, max_new_tokens, temperature, seed, list(pages), logprobs, lora), layout.length
 
+    def embedded_request(self, request: Request) -> tuple[Request, float, float]:
+        """``vllm.pages: embeddings``: the request's pages encoded and adapted here, sent as embeddings."""
+        embeds, encode_s, adapter_s = self.embed_pages(request.pages)
+        request.pages, request.embeds = None, embeds
+        return request, encode_s, adapter_s
+
     def _check_length(self, tokens: int) -> None:
         if self.max_positions and tokens > self.max_positions:
             raise ContextExceeded(f"{tokens} input tokens exceed the model's {self.max_positions} positions")
@@ -315,9 +351,12 @@ class VLLMReader:
                 built.append((index, *self._engine_request(read)))
             except Exception as exc:  # noqa: BLE001 - this read's outcome; the others still run
                 outcomes[index] = exc
-        results = self.engine.generate([request for _, request, _ in built]) if built else []
-        for (index, _, length), result in zip(built, results):
-            outcomes[index] = Generation(self.decode_text(self._until_stop(result.ids)), length, *_times(result))
+        results = self.engine.generate([request for _, request, *_ in built]) if built else []
+        for (index, _, length, encode_s, adapter_s), result in zip(built, results):
+            text = self.decode_text(self._until_stop(result.ids))
+            outcomes[index] = Generation(
+                text, length, result.prefill_s, result.decode_s, encode_s=encode_s, adapter_s=adapter_s
+            )
         return outcomes  # type: ignore[return-value]
 
     def _until_stop(self, ids: list[int]) -> list[int]:
@@ -326,19 +365,36 @@ class VLLMReader:
                 return ids[:position]
         return ids
 
-    def _engine_request(self, read: ReadRequest) -> tuple[Request, int]:
+    def _engine_request(self, read: ReadRequest) -> tuple[Request, int, float, float]:
+        """(vLLM request, input tokens, encode seconds, adapter seconds) of one read."""
         options = dict(max_new_tokens=read.max_new_tokens, temperature=read.temperature, seed=read.seed)
         if read.pages is None:
-            return self.text_request(read.prompt, **options)
-        return self.page_request(read.prompt, read.pages, **options)
+            return (*self.text_request(read.prompt, **options), 0.0, 0.0)
+        request, length = self.page_request(read.prompt, read.pages, **options)
+        if self.embed_pages is None:
+            return request, length, 0.0, 0.0  # encoded inside the engine: part of prefill_s
+        request, encode_s, adapter_s = self.embedded_request(request)
+        return request, length, encode_s, adapter_s
 
     def _read(self, read: ReadRequest, stream: Callable[[str], None] | None) -> Generation:
-        (outcome,) = self.read_many([read])
-        if isinstance(outcome, Exception):
-            raise outcome
-        if stream is not None and outcome.text:  # the offline engine answers whole: one piece
-            stream(outcome.text)
-        return outcome
+        if stream is None:
+            (outcome,) = self.read_many([read])
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+        request, length, encode_s, adapter_s = self._engine_request(read)
+        text = TextStream(self.decode_text, stream)
+        stopped = False
+
+        def on_token(token: int) -> None:
+            nonlocal stopped
+            stopped = stopped or token in self.stop_ids  # the hf loop stops before a stop token
+            if not stopped:
+                text(token)
+
+        result = self.engine.stream(request, on_token)
+        answer = self.decode_text(self._until_stop(result.ids))
+        return Generation(answer, length, result.prefill_s, result.decode_s, encode_s=encode_s, adapter_s=adapter_s)
 
     def read_text(
         self,
@@ -370,10 +426,6 @@ class VLLMReader:
         self.read_text(question, max_new_tokens=2, temperature=0.0, seed=0)
         if self.renderer is not None:
             self.read_pages(question, [self.renderer.draw(["warm-up"])], max_new_tokens=2, temperature=0.0, seed=0)
-
-
-def _times(result: Result) -> tuple[float, float]:
-    return result.prefill_s, result.decode_s
 
 
 def language_model_parameters(model_dir: Path) -> int:

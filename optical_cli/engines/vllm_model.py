@@ -39,7 +39,7 @@ from vllm.model_executor.models.utils import WeightsMapper, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.hasher import MultiModalHasher
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
-from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems
+from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import (
     BaseDummyInputsBuilder,
     BaseMultiModalProcessor,
@@ -111,9 +111,11 @@ class OpticalProcessor(BaseMultiModalProcessor[OpticalProcessingInfo]):
 
     def _apply_hf_processor_main(self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]) -> BatchFeature:
         settings = self.info.settings()
-        images = mm_items.get_items("image", ImageProcessorItems) if "image" in mm_items else None
         if "video" in mm_items:
             raise ValueError("this model reads page images; videos are not served")
+        if isinstance(mm_items.get("image"), ImageEmbeddingItems):
+            return self._adapted_pages(mm_items["image"], settings)
+        images = mm_items.get_items("image", ImageProcessorItems) if "image" in mm_items else None
         count = 0 if images is None else len(images)
         indices = list(hf_kwargs.get(PAGE_INDEX_KWARG, range(count)))
         total = int(hf_kwargs.get(PAGE_COUNT_KWARG, count))
@@ -134,6 +136,23 @@ class OpticalProcessor(BaseMultiModalProcessor[OpticalProcessingInfo]):
             }
         )
 
+    @staticmethod
+    def _adapted_pages(pages: ImageEmbeddingItems, settings: PageSettings) -> BatchFeature:
+        """Pages already encoded and adapted by the caller (``vllm.pages: embeddings``), [tokens, hidden] each."""
+        embeds = [pages.get(number) for number in range(pages.get_count())]
+        for number, page in enumerate(embeds):
+            if page.shape[0] != settings.tokens_per_page:
+                raise ValueError(
+                    f"page {number + 1} has {page.shape[0]} embeddings; "
+                    f"this model's pages have {settings.tokens_per_page}"
+                )
+        return BatchFeature(
+            {
+                "image_embeds": torch.stack(embeds),
+                "image_grid_thw": torch.tensor([settings.grid_thw] * len(embeds), dtype=torch.long),
+            }
+        )
+
     def _get_mm_fields_config(
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
     ) -> Mapping[str, MultiModalFieldConfig]:
@@ -142,6 +161,7 @@ class OpticalProcessor(BaseMultiModalProcessor[OpticalProcessingInfo]):
             image_grid_thw=MultiModalFieldConfig.batched("image", keep_on_cpu=True),
             page_index=MultiModalFieldConfig.batched("image"),
             multi_page=MultiModalFieldConfig.batched("image"),
+            image_embeds=MultiModalFieldConfig.batched("image"),
         )
 
     def _get_prompt_updates(
@@ -197,14 +217,17 @@ class OpticalQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
     def embed_multimodal(self, **kwargs: object) -> tuple[torch.Tensor, ...] | None:
-        """The pages of every scheduled request at once -> one [tokens, hidden] tensor per page."""
+        """The pages of every scheduled request at once -> one [tokens, hidden] tensor per page
+        (pages sent already adapted pass through as they are)."""
+        parameter = next(self.language_model.parameters())
+        if kwargs.get("image_embeds") is not None:
+            return tuple(page.to(parameter.device, parameter.dtype) for page in _stacked(kwargs["image_embeds"]))
         views = kwargs.get("pixel_values")
         if views is None:
             return None
         views = _stacked(views)
         page_index = _stacked(kwargs["page_index"]).reshape(-1)
         multi_page = _stacked(kwargs["multi_page"]).reshape(-1)
-        parameter = next(self.visual.parameters())
         with torch.inference_mode():
             pages = self.visual(views.to(parameter.device, parameter.dtype), page_index, multi_page)
         return tuple(pages.to(parameter.dtype))
