@@ -104,7 +104,7 @@ def page_pngs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pages")
     documents = []
     for n in range(3):
-        text, _ = cve_document(1500 + 900 * n, start=40 * n)
+        text, _ = cve_document(1500 + 2500 * n, start=40 * n)
         source = folder / f"doc{n}.txt"
         source.write_text(text)
         out = folder / f"doc{n}"
