@@ -97,19 +97,21 @@ def config(args, *more: str):
 
 def paged_document(renderer: PageRenderer, pages: int, start: int) -> tuple[str, list]:
     """Consecutive CVE records from ``start`` that fill exactly ``pages`` pages: (text, page images)."""
-    size = 2000 * pages
+    size, previous = 2000 * pages, None
     while True:
         text, _ = cve_document(size, start=start)
         laid_out, _, _ = renderer.layout(text)
         if len(laid_out) > pages:
             kept = laid_out[:pages]
             return "\n".join(line for page in kept for line in page), [renderer.draw(lines) for lines in kept]
-        size *= 2
+        if text == previous:  # the corpus (1,681 records) ended first
+            raise SystemExit(f"the CVE corpus from record {start} does not fill {pages} pages; ask for fewer pages")
+        size, previous = size * 2, text
 
 
 def documents(cfg, count: int, pages: int, first: int = 0) -> list[tuple[str, list]]:
     renderer = PageRenderer(cfg.render.model_copy(update={"mode": cfg.deepencoder.mode}))
-    return [paged_document(renderer, pages, start=(first + n) * 500) for n in range(count)]
+    return [paged_document(renderer, pages, start=first + 100 * n) for n in range(count)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -234,7 +236,7 @@ def server_throughput(args, server: Server, cfg) -> dict:
 
 def second_question(args, server: Server, cfg) -> list[dict]:
     client = OpenAIServer(server.url, timeout_s=cfg.ask.timeout_s)
-    ((_, images),) = documents(cfg, 1, args.pages, first=100)
+    ((_, images),) = documents(cfg, 1, args.pages, first=1200)  # past where the throughput documents start
     pngs = [png_bytes(p) for p in images]
     rows = []
     for n, question in enumerate(QUESTIONS[:2]):
@@ -269,7 +271,9 @@ def ask_against_native(args, server: Server, cfg, tmp: Path) -> list[dict]:
     tokenizer = loading.load_chat_tokenizer(ChainSpec.from_config(cfg, "serve").tokenizer_source())
     rows = []
     for n, variant in enumerate(["native (text)", "optical ask (pages)"]):
-        text, _ = cve_document(args.length, measure=lambda t: len(tokenizer.encode(t)), start=2000 + 1000 * n)
+        text, _ = cve_document(args.length, measure=lambda t: len(tokenizer.encode(t)), start=900 * n)
+        if len(tokenizer.encode(text)) < args.length:
+            raise SystemExit(f"the CVE corpus from record {900 * n} holds fewer than {args.length} tokens")
         load_before = load_average()
         if variant.startswith("native"):
             client = OpenAIServer(server.url, timeout_s=cfg.ask.timeout_s)
