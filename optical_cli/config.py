@@ -353,6 +353,12 @@ class VLLMSection(Section):
         "(VLLM_CPU_OMP_THREADS_BIND; all = every core; vLLM's own default is core 0 only)",
     )
     max_num_seqs: int = Field(16, ge=1, description="requests vLLM batches at once")
+    pages: Literal["engine", "embeddings"] = Field(
+        "engine",
+        description="how pages reach vLLM: engine (page images; DeepEncoder and the adapter run inside vLLM, batched "
+        "across requests, with its encoder and prefix caches) or embeddings (encoded and adapted in this process, "
+        "sent as embeddings: the path before the model plugin, kept for comparison)",
+    )
     prefix_caching: bool = Field(
         False,
         description="reuse the KV cache of a prompt prefix seen before (vLLM's default is on); off so each "
@@ -364,6 +370,59 @@ class VLLMSection(Section):
 class LongBenchConfig(Section):
     bench: LongBenchSection = LongBenchSection()
     vllm: VLLMSection = VLLMSection()
+    vlm: VLMSection = VLMSection()
+    deepencoder: DeepEncoderSection = DeepEncoderSection()
+    render: RenderSection = RenderSection()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ---------------------------------------------------------------------------------------
+# optical serve / optical ask / optical export-model: the optical reader behind vLLM's OpenAI
+# server, and questions about a document (command name "serve")
+
+
+class ServeSection(Section):
+    """The model the server serves (and ask reads with): the same keys as bench's."""
+
+    adapter: Optional[str] = Field(
+        PUBLISHED_ADAPTER,
+        description="adapter.pth from `optical train-adapter` (its lora/ is served too), a hub file "
+        "hf://owner/name/file, or random (tests only)",
+    )
+    max_pages: int = Field(
+        200, ge=1, description="pages one request may hold (the server's limit; ask keeps the first and last half)"
+    )
+    encode_batch_size: int = Field(8, ge=1, description="page views per DeepEncoder forward (inside the engine)")
+    model_dir: Optional[str] = Field(
+        None,
+        description="a directory `optical export-model` wrote, to serve as it is (null: written from this config "
+        "into $OPTICAL_CACHE/engine-models on first use)",
+    )
+    host: str = Field("127.0.0.1", description="address the server listens on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=1, le=65535)
+    served_model_name: str = Field(
+        "optical", description="the model name clients ask for; its LoRA (when served) is NAME-lora"
+    )
+    temperature: float = Field(0.0, ge=0.0, description="sampling temperature of requests that set none (0 = greedy)")
+    max_new_tokens: int = Field(512, ge=1, description="answer length of requests that set none")
+
+
+class AskSection(Section):
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="what reads the document without --server: hf (transformers) or vllm (this process)"
+    )
+    server: Optional[str] = Field(
+        None, description="URL of an OpenAI-compatible server running the optical model (optical serve)"
+    )
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    timeout_s: float = Field(600.0, gt=0, description="--server: seconds to wait for the answer")
+
+
+class ServeConfig(Section):
+    serve: ServeSection = ServeSection()
+    ask: AskSection = AskSection()
+    vllm: VLLMSection = VLLMSection(prefix_caching=True)
     vlm: VLMSection = VLMSection()
     deepencoder: DeepEncoderSection = DeepEncoderSection()
     render: RenderSection = RenderSection()
@@ -663,6 +722,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "energy": CommandSpec(EnergyConfig, "energy.yaml"),
     "sweep": CommandSpec(SweepConfig, "sweep.yaml"),
     "sweep-render": CommandSpec(RenderSweepConfig, "sweep_render.yaml"),
+    "serve": CommandSpec(ServeConfig, "serve.yaml"),
 }
 
 
@@ -681,6 +741,9 @@ CLI_NAMES: dict[str, str] = {
     "sweep": "sweep",
     "sweep diffusion": "sweep",
     "sweep render": "sweep-render",
+    "serve": "serve",
+    "ask": "serve",
+    "export-model": "serve",
 }
 
 

@@ -52,12 +52,13 @@ import torch
 
 from optical_cli.artifacts import atomic_write_csv
 from optical_cli.bench.data import parse_record
-from optical_cli.bench.models import build_reader
 from optical_cli.bench.plots import plot_cost_vs_length
-from optical_cli.bench.reader import in_flight
 from optical_cli.bench.runner import BenchSettings, run_benchmark
 from optical_cli.bench.synthetic import cve_document, longbench_item
 from optical_cli.config import load_config
+from optical_cli.engines.chain import ChainSpec
+from optical_cli.engines.factory import build_reader
+from optical_cli.engines.reader import in_flight
 from optical_cli.memory import PeakMemory, in_use_gib
 
 CONFIGS = {
@@ -332,7 +333,7 @@ def run_engine(args, engine: str, lengths: list[int]) -> tuple[list[dict], list[
     if args.dtype:
         overrides.append(f"runtime.dtype={args.dtype}")
     cfg = load_config("longbench", CONFIGS[args.size], overrides)
-    reader = build_reader(cfg, CONDITIONS)
+    reader = build_reader(ChainSpec.from_config(cfg, "bench"), CONDITIONS)
     tokens_per_page = reader.vision_tokens([reader.renderer.draw(["x"])])
     memory = PeakMemory(reader.device)
     print(

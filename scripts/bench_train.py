@@ -41,9 +41,9 @@ from optical_cli.artifacts import atomic_write_csv
 from optical_cli.config import load_config
 from optical_cli.devices import synchronize
 from optical_cli.memory import PeakMemory, headline_gib, in_use_gib
+from optical_cli.models.deepencoder.runner import DeepEncoderPages
 from optical_cli.models.vlm import splice
 from optical_cli.train import (
-    DeepEncoderPages,
     batch_loss,
     build_page_set,
     collate,

@@ -6,6 +6,10 @@
 #   train    full-size train-adapter step time at batch 1, 2, 4
 #   vllm     native and optical on both engines (hf, vLLM) at 32K tokens, and items/s for 16 documents
 #            of 8K tokens in flight; needs vLLM for $VLLM_PYTHON (default $PYTHON; skipped without it)
+#   serve    through `optical serve` (vLLM's OpenAI server, pages encoded inside the engine): items/s for
+#            8 concurrent 4-page questions, a second question about the same pages against the first
+#            (encoder and prefix caches), and `optical ask` at 32K tokens against the native read;
+#            needs vLLM like the vllm step
 # Each step runs under its own time budget (printed first; a step over budget is stopped and
 # reported, the others still run), writes results/bench/gpu/<step>.csv, and a summary follows.
 #
@@ -40,15 +44,18 @@ if [ "$dry" = 1 ]; then
     out=${out:-results/bench/gpu-dry}
     device=cpu size=tiny mode=tiny pages=1
     encode_batches=1,2 lengths=1024,2048 train_batches=1,2 steps=1 vllm_lengths=1024 vllm_batch=2 vllm_batch_length=512
+    serve_concurrency=2 serve_pages=1 serve_length=512
     # budgets here are generous caps for a busy 2-core CPU, not a plan
-    budget_parity=120 budget_encoder=240 budget_cost=240 budget_train=240 budget_vllm=600
+    budget_parity=120 budget_encoder=240 budget_cost=240 budget_train=240 budget_vllm=600 budget_serve=900
 else
     out=${out:-results/bench/gpu}
     device=cuda size=fullsize mode=base pages=8
     encode_batches=1,16,64 lengths=32768,65536,131072 train_batches=1,2,4 steps=5
     vllm_lengths=32768 vllm_batch=16 vllm_batch_length=8192
-    # 10 minutes in all: model set-up, FlexAttention compilation, vLLM's start and the 128K prefills dominate
-    budget_parity=40 budget_encoder=140 budget_cost=160 budget_train=100 budget_vllm=150
+    serve_concurrency=8 serve_pages=4 serve_length=32768
+    # 10 minutes for the first five: model set-up, FlexAttention compilation, vLLM's start and the 128K
+    # prefills dominate; the serve step (the server's start, its three measurements) adds 3 minutes
+    budget_parity=40 budget_encoder=140 budget_cost=160 budget_train=100 budget_vllm=150 budget_serve=180
 fi
 mkdir -p "$out"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} MPLBACKEND=Agg
@@ -56,9 +63,9 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFF
 if [ -z "${VLLM_PYTHON:-}" ]; then
     if [ "$dry" = 1 ] && [ -x .venv-vllm/bin/python ]; then VLLM_PYTHON=.venv-vllm/bin/python; else VLLM_PYTHON=$PYTHON; fi
 fi
-total=$((budget_parity + budget_encoder + budget_cost + budget_train + budget_vllm))
+total=$((budget_parity + budget_encoder + budget_cost + budget_train + budget_vllm + budget_serve))
 echo "gpu_check: device=$device size=$size output=$out python=$PYTHON$([ "$dry" = 1 ] && echo ' (dry run)')"
-echo "planned budget: parity ${budget_parity} s, encoder ${budget_encoder} s, cost ${budget_cost} s, train ${budget_train} s, vllm ${budget_vllm} s; total ${total} s"
+echo "planned budget: parity ${budget_parity} s, encoder ${budget_encoder} s, cost ${budget_cost} s, train ${budget_train} s, vllm ${budget_vllm} s, serve ${budget_serve} s; total ${total} s"
 echo "step,status,seconds,budget_s,csv" > "$out/steps.csv"
 failed=0
 
@@ -90,7 +97,7 @@ step() {
         return
     fi
     local python=$PYTHON
-    [ "$name" = vllm ] && python=$VLLM_PYTHON
+    { [ "$name" = vllm ] || [ "$name" = serve ]; } && python=$VLLM_PYTHON
     echo "== $name: $python $script $* (budget ${budget} s)"
     local start=$SECONDS status=ok
     timeout -k 10 "$budget" "$python" "$script" "$@"
@@ -117,9 +124,13 @@ if "$VLLM_PYTHON" -c 'import vllm' >/dev/null 2>&1; then
     step vllm "$budget_vllm" bench_cost.py --size --lengths --device --engine --dtype --batch --batch-length --output -- \
         --size "$size" --lengths "$vllm_lengths" --device "$device" --engine hf,vllm --dtype bfloat16 \
         --batch "$vllm_batch" --batch-length "$vllm_batch_length" --output "$out/vllm.csv"
+    step serve "$budget_serve" bench_serve.py --size --device --dtype --concurrency --pages --length --server-only --output -- \
+        --size "$size" --device "$device" --dtype bfloat16 --concurrency "$serve_concurrency" --pages "$serve_pages" \
+        --length "$serve_length" --server-only --output "$out/serve.csv"
 else
     echo "skipped: vLLM is not installed for $VLLM_PYTHON (pip install -e '.[vllm]' there, or set VLLM_PYTHON)"
     echo "vllm,skipped,0,$budget_vllm," >> "$out/steps.csv"
+    echo "serve,skipped,0,$budget_serve," >> "$out/steps.csv"
 fi
 
 echo
@@ -129,7 +140,7 @@ import csv, sys
 from pathlib import Path
 
 folder = Path(sys.argv[1])
-for name in ("steps", "parity", "encoder", "cost", "train", "vllm", "vllm-throughput"):
+for name in ("steps", "parity", "encoder", "cost", "train", "vllm", "vllm-throughput", "serve"):
     path = folder / f"{name}.csv"
     if not path.is_file():
         continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from optical_cli.bench.prompts import middle_truncate
-from optical_cli.bench.reader import ContextExceeded, Generation
+from optical_cli.engines.reader import ContextExceeded, Generation
 
 WORDS_PER_PAGE = 20
 TOKENS_PER_PAGE = 4
@@ -81,7 +81,7 @@ class BatchingFakeReader(FakeReader):
         self.groups = []
 
     def read_many(self, requests):
-        from optical_cli.bench.reader import read_one
+        from optical_cli.engines.reader import read_one
 
         self.groups.append(len(requests))
         if self.fail_groups:

@@ -20,7 +20,7 @@ runner = CliRunner()
 @pytest.fixture
 def fake_reader(monkeypatch):
     reader = FakeReader()
-    monkeypatch.setattr("optical_cli.bench.models.build_reader", lambda cfg, conditions: reader)
+    monkeypatch.setattr("optical_cli.engines.factory.build_reader", lambda spec, conditions: reader)
     monkeypatch.setattr("optical_cli.bench.longbench.model_downloads", lambda cfg: [])  # a fake reader loads nothing
     return reader
 

@@ -7,12 +7,13 @@ from importlib import util
 import pytest
 import torch
 from conftest import REPO_ROOT
+from hf_checkpoint import engine_model_dir
 from typer.testing import CliRunner
 
-from optical_cli.bench.engines.vllm import collapse_image_pads, page_grid_thw, request_times
 from optical_cli.cli import app
+from optical_cli.engines.tower import page_tokens
+from optical_cli.engines.vllm import collapse_image_pads, request_times
 from optical_cli.models.language_model import build_random_qwen3_vl
-from optical_cli.models.model_dirs import engine_model_dir
 from optical_cli.models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
 from optical_cli.models.vlm import IMAGE_PAD, build_layout, vision_grid
 
@@ -60,8 +61,26 @@ def test_one_image_pad_per_page_and_the_grid_vllm_needs():
     # the text between pages stays, so pages remain separate images
     assert [t for t in ids if t != pad] == [t for t in layout.input_ids.tolist() if t != pad]
     # 64 tokens = 8 x 8 after the 2 x 2 spatial merge: 16 x 16 patches, as Qwen3-VL's own processor says
-    assert page_grid_thw(*vision_grid(64), merge=2) == [1, 16, 16]
-    assert page_grid_thw(*vision_grid(10), merge=2) == [1, 2, 20]
+    assert _settings("tiny", False).grid_thw == [1, 16, 16] and vision_grid(64) == (8, 8)
+    assert _settings("base", False).grid_thw == [1, 32, 32]
+    # with layout tokens a page is one row: 16 rows of 16 + a newline each, and the closing separator
+    assert page_tokens("base", True) == 273 and _settings("base", True).grid_thw == [1, 2, 546]
+
+
+def _settings(mode: str, layout_tokens: bool):
+    from optical_cli.engines.tower import PageSettings
+
+    return PageSettings(
+        mode=mode,
+        pixels="official",
+        layout_tokens=layout_tokens,
+        attention="auto",
+        encoder={},
+        adapter_layout="optical",
+        adapter={},
+        max_pages=1,
+        encode_batch_size=1,
+    )
 
 
 def test_request_times_split_time_to_first_token_from_the_rest():

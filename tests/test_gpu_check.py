@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ("parity", "encoder", "cost", "train", "vllm")
+STEPS = ("parity", "encoder", "cost", "train", "vllm", "serve")
+NEEDS_VLLM = ("vllm", "serve")
 
 
 def test_dry_run_measures_parity_and_accounts_for_every_step(tmp_path):
@@ -27,7 +28,7 @@ def test_dry_run_measures_parity_and_accounts_for_every_step(tmp_path):
     assert tuple(steps) == STEPS
     has_vllm = importlib.util.find_spec("vllm") is not None
     for name, row in steps.items():  # every step's script has landed: only vLLM's may be skipped, where it is missing
-        if name == "vllm" and not has_vllm:
+        if name in NEEDS_VLLM and not has_vllm:
             assert row["status"] == "skipped" and "vLLM is not installed" in result.stdout, row
             continue
         assert row["status"] == "ok" and (tmp_path / f"{name}.csv").is_file(), row

@@ -304,6 +304,11 @@ def test_bad_inputs_exit_2(tmp_path):
         f"error: {dup}: duplicate ids x; every item needs a unique id"
     ] and "Traceback" not in result.output
     assert not (tmp_path / "d").exists()  # no half-written index
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "a", "description": "fine"}\n{"id": "b", "description": \n')
+    result = invoke("index", "build-energy", "--input", broken, "-o", tmp_path / "d")
+    assert result.exit_code == 2 and "broken.jsonl:2: invalid JSON" in result.stderr
+    assert "embedding" not in result.stderr  # the error alone: no empty progress bar drawn before it
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "manifest.json").write_text('{"command": "render"}')
     result = invoke("index", "search", "--index", tmp_path / "foreign", "--query", "x")

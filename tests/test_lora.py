@@ -12,10 +12,10 @@ from optical_cli.cli import app
 from optical_cli.config import load_config
 from optical_cli.errors import InputError
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter
+from optical_cli.models.deepencoder.runner import DeepEncoderPages
 from optical_cli.models.language_model import build_random_qwen3_vl
 from optical_cli.models.lora import add_lora, load_lora, lora_config, lora_disabled, save_lora
 from optical_cli.train import (
-    DeepEncoderPages,
     build_page_set,
     collate,
     load_reader,

@@ -13,9 +13,9 @@ from optical_cli.cli import app
 from optical_cli.config import dump_config, load_config
 from optical_cli.errors import InputError
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapter
+from optical_cli.models.deepencoder.runner import DeepEncoderPages
 from optical_cli.render import PageRenderer, non_space
 from optical_cli.train import (
-    DeepEncoderPages,
     batch_loss,
     build_page_set,
     character_error_rate,

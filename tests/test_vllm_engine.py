@@ -1,13 +1,16 @@
-"""The vLLM engine against the hf engine on a tiny random Qwen3-VL (run in .venv-vllm: `make test-vllm`).
+"""The vLLM engine against the hf engine on a tiny random chain (run in .venv-vllm: `make test-vllm`).
 
-Skipped where vLLM is not installed (the main environment). What is compared: the greedy tokens
-of the same prompt on both engines, and the first step's log-probabilities; for pages, with the
-embeddings the adapter would give and the positions each engine derives. A wrong position layout
-(the same embeddings as one long row instead of the page's square grid) must move the
-log-probabilities far past the parity tolerance, so the parity test would catch it.
+Skipped where vLLM is not installed (the main environment). Both readers come from the one factory
+(``engines.factory.build_reader``) on the same config, so they hold the same seeded weights; vLLM
+reads the optical model directory, its pages through the model plugin (DeepEncoder and the adapter
+inside the engine). What is compared: the greedy tokens of the same prompt on both engines, and
+the first step's log-probabilities. A wrong position layout for the pages (each page as one row of
+64 tokens instead of its 8 x 8 grid) must be far past the parity tolerance, so the parity test
+would catch it.
 """
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -20,28 +23,14 @@ pytest.importorskip("vllm")
 
 from conftest import REPO_ROOT  # noqa: E402
 
-from optical_cli.bench.engines.vllm import Request, VLLMEngine, VLLMReader  # noqa: E402
 from optical_cli.bench.prompts import PromptParts  # noqa: E402
-from optical_cli.bench.reader import ContextExceeded, ReadRequest  # noqa: E402
-from optical_cli.config import VLLMSection  # noqa: E402
+from optical_cli.config import load_config  # noqa: E402
+from optical_cli.engines.chain import ChainSpec  # noqa: E402
+from optical_cli.engines.factory import build_reader  # noqa: E402
+from optical_cli.engines.reader import ContextExceeded, ReadRequest  # noqa: E402
 from optical_cli.models.language_model import load_qwen3_vl
-from optical_cli.models.model_dirs import engine_model_dir
-from optical_cli.models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
-from optical_cli.models.vlm import VisionLanguageReader, build_layout, splice  # noqa: E402
+from optical_cli.models.vlm import build_layout, mrope_positions, splice  # noqa: E402
 
-# head_dim 32: vLLM's CPU attention has no head size 16. A wide weight spread makes attention
-# peaked, so positions change the answer (with 0.02 a random model barely looks at positions).
-DIMS = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=32,
-    mrope_section=[6, 5, 5],
-    initializer_range=0.5,
-)
-CPU = torch.device("cpu")
 NEW_TOKENS = 12
 TOLERANCE = 1e-3  # first-step log-prob difference allowed between the engines (float32)
 DOCUMENT = (
@@ -49,31 +38,58 @@ DOCUMENT = (
     "In the winter of 1887 the ledger lists forty-one ships, three of them lost in one storm. "
 ) * 4
 
+# The tiny serve config's chain (its wide weight spread makes attention peaked, so positions and
+# page content change the answer; with 0.02 a random model barely looks at them).
+OVERRIDES = [
+    "serve.max_pages=3",
+    "vllm.max_model_len=1024",
+    "vllm.max_num_seqs=4",
+    "vllm.prefix_caching=false",
+]
+
+
+def tiny_spec(engine: str, *more: str) -> ChainSpec:
+    cfg = load_config("serve", REPO_ROOT / "configs" / "tiny" / "serve.yaml", [*OVERRIDES, *more])
+    return ChainSpec.from_config(cfg, "serve", engine=engine)
+
+
+def adapter_with_page_embeddings(folder: Path) -> Path:
+    """A trained-adapter file for the tiny chain whose page embeddings are not zero (a fresh adapter's
+    are), so a page's place in its document changes what it encodes to."""
+    from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapter
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        adapter = OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=96, llm_dim=64, max_pages=3))
+        torch.nn.init.normal_(adapter.page_embed.weight)
+    return save_adapter(adapter, folder / "adapter.pth")
+
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
     os.environ["OPTICAL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    model_dir, _ = engine_model_dir("random", QWEN_TIKTOKEN, DIMS, seed=0)
-    tokenizer = load_chat_tokenizer(QWEN_TIKTOKEN)
-    hf = VisionLanguageReader(load_qwen3_vl("random", CPU, torch.float32, DIMS, seed=0), tokenizer)
-    section = VLLMSection(cpu_kvcache_space_gib=1, max_model_len=1024, max_num_seqs=4)
-    engine = VLLMEngine(model_dir, section, torch.float32, max_pages=3, device=CPU)
-    reader = VLLMReader(
-        engine, tokenizer, random_weights=True, description="tiny", conventions={}, parameters={}, device=CPU
-    )
-    return hf, reader
+    adapter = adapter_with_page_embeddings(tmp_path_factory.mktemp("adapter"))
+    hf = build_reader(tiny_spec("hf", f"serve.adapter={adapter}"), ["optical", "native"])
+    vllm = build_reader(tiny_spec("vllm", f"serve.adapter={adapter}"), ["optical", "native"])
+    return hf, vllm
 
 
-def hf_answer(hf, layout, vision=None):
-    """The hf engine's greedy ids and first-step log-probabilities for a layout."""
-    embeds = splice(hf.embed_tokens, layout.input_ids, layout.vision_mask, vision)[None]
+def pages_of(reader, *texts):
+    return [reader.renderer.draw([text, "and a second line of the same page"]) for text in texts]
+
+
+def hf_answer(hf, layout, vision=None, positions=None):
+    """The hf engine's greedy ids and first-step log-probabilities for a layout (``positions``:
+    other M-RoPE positions than the layout's own, to show what a wrong layout does)."""
+    embeds = splice(hf.vlm.embed_tokens, layout.input_ids, layout.vision_mask, vision)[None]
+    positions = layout.position_ids if positions is None else positions
     with torch.no_grad():
-        logits = hf.model(
+        logits = hf.vlm.model(
             inputs_embeds=embeds,
-            position_ids=layout.position_ids[:, None, :],
+            position_ids=positions[:, None, :],
             attention_mask=torch.ones(1, layout.length, dtype=torch.long),
         ).logits[0, -1]
-    ids, _ = hf.generate_from_embeds(embeds, layout.position_ids, layout.rope_delta, NEW_TOKENS)
+    ids, _ = hf.vlm.generate_from_embeds(embeds, layout.position_ids, layout.rope_delta, NEW_TOKENS)
     return ids, torch.log_softmax(logits.float(), dim=-1)
 
 
@@ -101,7 +117,7 @@ def report(what, hf_ids, vllm_ids, difference):
 def test_native_prompt_same_greedy_tokens(engines):
     hf, reader = engines
     prompt = PromptParts(preamble="Read the text.\n", document=DOCUMENT, question="How many ships were listed?")
-    layout = build_layout(hf.tokenizer, prompt.question, None, prompt.document, preamble=prompt.preamble)
+    layout = build_layout(hf.vlm.tokenizer, prompt.question, None, prompt.document, preamble=prompt.preamble)
     hf_ids, hf_logprobs = hf_answer(hf, layout)
     request, length = reader.text_request(prompt, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0, logprobs=5)
     assert request.prompt_ids == layout.input_ids.tolist() and length == layout.length
@@ -112,62 +128,94 @@ def test_native_prompt_same_greedy_tokens(engines):
     assert difference < TOLERANCE
 
 
-def page_embeddings(pages: int, tokens: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(7)
-    return torch.randn(pages, tokens, DIMS["hidden_size"], generator=generator)
-
-
-def test_pages_as_embeddings_same_greedy_tokens_and_a_wrong_layout_is_caught(engines):
+def test_pages_through_the_plugin_give_the_hf_engines_tokens_and_a_wrong_layout_is_caught(engines):
     hf, reader = engines
     prompt = PromptParts(preamble="Read the pages.\n", document="", question="What do the pages say?")
-    embeds = page_embeddings(2, 64)  # two tiny-mode pages, 8 x 8 tokens each
-    layout = build_layout(hf.tokenizer, prompt.question, [64, 64], None, preamble=prompt.preamble)
-    hf_ids, hf_logprobs = hf_answer(hf, layout, embeds)
-    request, length = reader.page_request(
-        prompt, embeds, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0, logprobs=5
-    )
-    assert length == layout.length and request.grids == [[1, 16, 16], [1, 16, 16]]
-    result = reader.engine.generate([request])[0]
+    pages = pages_of(hf, "The keeper counted ships.", "Three were lost in one storm.")
+    layout = build_layout(hf.vlm.tokenizer, prompt.question, [64, 64], None, preamble=prompt.preamble)
+    vision = hf.vlm.adapt(hf.encoder.encode(pages))  # DeepEncoder and the adapter in our process
+    hf_ids, hf_logprobs = hf_answer(hf, layout, vision)
+    request, length = reader.page_request(prompt, pages, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0, logprobs=5)
+    assert length == layout.length and request.prompt_ids.count(layout.input_ids[layout.vision_mask][0].item()) == 2
+    result = reader.engine.generate([request])[0]  # pages encoded inside the engine
     difference = first_step_difference(result, hf_logprobs)
-    report("optical", hf_ids, result.ids, difference)
+    report("optical through the plugin", hf_ids, result.ids, difference)
     assert result.ids[: len(hf_ids)] == hf_ids and len(hf_ids) == NEW_TOKENS
     assert difference < TOLERANCE
 
-    # the same embeddings laid out as one row of 64 tokens per page: other M-RoPE positions
-    wrong = Request(request.prompt_ids, NEW_TOKENS, 0.0, 0, request.embeds, [[1, 2, 128], [1, 2, 128]], logprobs=5)
-    wrong_result = reader.engine.generate([wrong])[0]
-    wrong_difference = first_step_difference(wrong_result, hf_logprobs)
-    print(
-        f"wrong layout (one row per page): first-step log-prob difference {wrong_difference:.2e}, "
-        f"{agreeing(hf_ids, wrong_result.ids)}/{len(hf_ids)} tokens agree"
-    )
+    # the same pages laid out as one row of 64 tokens each: other M-RoPE positions
+    rows, _ = mrope_positions(layout.vision_mask, [(1, 64), (1, 64)])
+    wrong = torch.cat([layout.position_ids[:1], rows])
+    _, wrong_logprobs = hf_answer(hf, layout, vision, positions=wrong)
+    wrong_difference = first_step_difference(result, wrong_logprobs)
+    print(f"against a one-row-per-page layout: first-step log-prob difference {wrong_difference:.2e}")
     assert wrong_difference > 10 * TOLERANCE
 
 
-def test_several_requests_in_flight_answer_as_one_at_a_time(engines):
+def test_a_page_is_read_at_its_place_in_the_document(engines):
+    """The adapter's page embedding depends on a page's place: the same page first or second is two
+    items for vLLM's caches (the page index is part of its hash), and each order reads as the hf
+    engine reads it; the orders differ from one another far beyond the tolerance."""
     hf, reader = engines
+    prompt = PromptParts(preamble="", document="", question="Which page is first?")
+    first, second = pages_of(hf, "The first page of the ledger.", "The second page of the ledger.")
+    layout = build_layout(hf.vlm.tokenizer, prompt.question, [64, 64], None, preamble=prompt.preamble)
+    first_steps = []
+    for order in ([first, second], [second, first], [first, first]):
+        hf_ids, hf_logprobs = hf_answer(hf, layout, hf.vlm.adapt(hf.encoder.encode(order)))
+        request, _ = reader.page_request(prompt, order, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0, logprobs=5)
+        result = reader.engine.generate([request])[0]
+        assert result.ids[: len(hf_ids)] == hf_ids
+        assert first_step_difference(result, hf_logprobs) < TOLERANCE
+        first_steps.append(hf_logprobs)
+    apart = [float((first_steps[0] - other).abs().max()) for other in first_steps[1:]]
+    print(f"\nfirst-step log-probs of the other orders move by {apart[0]:.2e} and {apart[1]:.2e}")
+    assert min(apart) > 10 * TOLERANCE
+
+
+def test_a_streamed_answer_is_the_whole_answer(engines):
+    hf, reader = engines
+    prompt = PromptParts(preamble="", document="", question="What does the page say?")
+    pages = pages_of(hf, "A page read while its answer streams.")
+    pieces: list[str] = []
+    streamed = reader.read_pages(
+        prompt, pages, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0, stream=pieces.append
+    )
+    whole = reader.read_pages(prompt, pages, max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0)
+    assert "".join(pieces) == streamed.text == whole.text and len(pieces) > 1
+    assert streamed.input_tokens == whole.input_tokens and streamed.prefill_s > 0
+
+
+def test_several_requests_in_flight_answer_as_one_at_a_time(engines):
+    _, reader = engines
     prompts = [PromptParts(preamble="", document=DOCUMENT[: 60 * (i + 1)], question=f"Question {i}?") for i in range(3)]
     requests = [reader.text_request(p, max_new_tokens=6, temperature=0.0, seed=0)[0] for p in prompts]
     together = reader.engine.generate(requests)
     alone = [reader.engine.generate([r])[0] for r in requests]
     assert [r.ids for r in together] == [r.ids for r in alone]
-    # a row pays for its own prompt: no KV cache reused from an earlier one (vLLM's default reuses it)
+    # a row pays for its own prompt: no KV cache reused from an earlier one (bench's default)
     assert reader.engine.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching is False
 
 
 def test_reads_in_flight_answer_as_one_at_a_time_and_a_too_long_one_fails_alone(engines):
-    _, reader = engines
+    hf, reader = engines
     reads = [
         ReadRequest(PromptParts(preamble="", document=DOCUMENT[: 60 * (i + 1)], question=f"Question {i}?"), 6, 0.0, 0)
         for i in range(3)
     ]
+    reads.append(ReadRequest(PromptParts("", "", "Read."), 6, 0.0, 0, pages=pages_of(hf, "A page in flight.")))
     too_long = ReadRequest(
         PromptParts(preamble="", document=DOCUMENT * 20, question="Q?"), 6, 0.0, 0
     )  # > 1024 positions
-    outcomes = reader.read_many([reads[0], too_long, reads[1], reads[2]])
+    outcomes = reader.read_many([reads[0], too_long, *reads[1:]])
     assert isinstance(outcomes[1], ContextExceeded)
-    alone = [reader.read_text(r.prompt, max_new_tokens=6, temperature=0.0, seed=0) for r in reads]
-    together = [outcomes[0], outcomes[2], outcomes[3]]
+    alone = [
+        reader.read_pages(r.prompt, r.pages, max_new_tokens=6, temperature=0.0, seed=0)
+        if r.pages
+        else reader.read_text(r.prompt, max_new_tokens=6, temperature=0.0, seed=0)
+        for r in reads
+    ]
+    together = [outcomes[0], *outcomes[2:]]
     assert [g.text for g in together] == [g.text for g in alone]
     assert [g.input_tokens for g in together] == [g.input_tokens for g in alone]
     assert all(g.prefill_s > 0 and g.decode_s >= 0 for g in together)
@@ -203,8 +251,6 @@ def _run_tiny(engine: str, out: Path, *sets: str) -> dict:
 
 
 def test_tiny_benchmark_on_both_engines_gives_the_same_answers(tmp_path):
-    import json
-
     hf_rows = _run_tiny("hf", tmp_path / "hf")
     vllm_rows = _run_tiny("vllm", tmp_path / "vllm")
     assert hf_rows.keys() == vllm_rows.keys() and len(hf_rows) == 24
@@ -220,12 +266,18 @@ def test_tiny_benchmark_on_both_engines_gives_the_same_answers(tmp_path):
     # the 24 rows went to vLLM 16 at a time (vllm.max_num_seqs) and gave the one-at-a-time engine's text
     assert manifest["throughput"]["in_flight"] == 16 and manifest["throughput"]["rows"] == 24
     assert json.loads((tmp_path / "hf" / "manifest.json").read_text())["throughput"]["in_flight"] == 1
+    # pages encoded in our process and sent as embeddings (vllm.pages: embeddings): the same answers
+    embedded = _run_tiny("vllm", tmp_path / "vllm-embeddings", "vllm.pages=embeddings")
+    same = sum(hf_rows[key]["output"] == embedded[key]["output"] for key in hf_rows)
+    print(f"with pages as embeddings: {same}/{len(hf_rows)} rows give the hf engine's text")
+    assert same >= 0.9 * len(hf_rows)
+    assert all(float(row["encode_s"]) > 0 for key, row in embedded.items() if key[1] == "optical")
+    assert all(float(row["encode_s"]) == 0 for key, row in vllm_rows.items() if key[1] == "optical")  # in the engine
 
 
 def _trained_adapter_with_lora(run: Path) -> Path:
     """adapter.pth with a LoRA beside it (lora/, as train-adapter writes them) for the tiny bench
     config's models; the LoRA's B matrices are drawn wide, so it changes what the model answers."""
-    from optical_cli.config import load_config
     from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapter
     from optical_cli.models.lora import add_lora, lora_config, save_lora
 
@@ -234,7 +286,9 @@ def _trained_adapter_with_lora(run: Path) -> Path:
         torch.manual_seed(3)
         adapter = OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=32, llm_dim=64, max_pages=cfg.bench.max_pages))
     save_adapter(adapter, run / "adapter.pth")
-    model = load_qwen3_vl("random", CPU, torch.float32, cfg.vlm.random.model_dump(), seed=cfg.runtime.seed)
+    model = load_qwen3_vl(
+        "random", torch.device("cpu"), torch.float32, cfg.vlm.random.model_dump(), seed=cfg.runtime.seed
+    )
     config = lora_config(8, 16, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     params = add_lora(model, config, seed=1)
     generator = torch.Generator().manual_seed(2)
@@ -246,7 +300,6 @@ def _trained_adapter_with_lora(run: Path) -> Path:
 
 
 def test_a_lora_trained_beside_the_adapter_is_served_by_vllm_for_pages_as_the_hf_engine_reads_it(tmp_path):
-    import json
     import shutil
 
     adapter = _trained_adapter_with_lora(tmp_path / "trained")

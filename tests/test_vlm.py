@@ -173,13 +173,15 @@ def test_adapter_for_another_hidden_size_is_refused(reader):
 
 def test_document_text_to_answer_through_deepencoder_and_adapter(reader):
     from optical_cli.config import DeepEncoderSection, RenderSection, RuntimeConfig
-    from optical_cli.train import DeepEncoderPages
+    from optical_cli.models.deepencoder.runner import DeepEncoderPages
+    from optical_cli.render import render_document
 
     section = DeepEncoderSection(weights="random", architecture="tiny", mode="tiny")
     encoder = DeepEncoderPages(section, RuntimeConfig(device="cpu", dtype="float32"), torch.device("cpu"))
     text = "Buffer overflow in client/mysql.cc in Oracle MySQL allows remote servers to execute code. " * 40
-    features, page_texts = encoder.encode_text(text, RenderSection(font_size=12))
-    assert features.shape[1:] == (64, 48) and len(page_texts) == features.shape[0] >= 2
+    pages = render_document(text, RenderSection(font_size=12, mode="tiny"))
+    features = encoder.encode([page.image for page in pages])
+    assert features.shape[1:] == (64, 48) and len(pages) == features.shape[0] >= 2
     answer, stats = reader.generate(
         "Which product is affected?",
         vision_features=features,

@@ -15,13 +15,13 @@ from typing import Any, Callable
 
 from ..config import LongBenchConfig
 from ..distributed import Processes
+from ..engines.reader import Reader, in_flight
+from ..engines.vllm_import import vllm_version
 from ..memory import PeakMemory, busiest
 from ..models.loading import Download, require_downloads
 from ..models.provenance import chain_downloads
 from ..tracking import log_summary
 from .data import DatasetUnavailable, LongBenchItem
-from .engines.vllm import vllm_version
-from .reader import Reader, in_flight
 from .runner import BenchSettings, finish_run, load_selection, resume_progress, run_benchmark, settings_from, throughput
 
 SUMMARY_FILES = ("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
@@ -75,7 +75,7 @@ def engine_record(cfg: LongBenchConfig) -> dict[str, Any]:
         return {"engine": "hf"}
     section = cfg.vllm
     keys = ("tensor_parallel_size", "pipeline_parallel_size", "dtype", "enforce_eager", "max_model_len")
-    keys += ("max_num_seqs", "prefix_caching")
+    keys += ("max_num_seqs", "prefix_caching", "pages")
     return {"engine": "vllm", "vllm": {"version": vllm_version(), **{key: getattr(section, key) for key in keys}}}
 
 

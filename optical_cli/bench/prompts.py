@@ -77,3 +77,10 @@ def middle_truncate(sequence: Sequence[T], budget: int) -> tuple[list[T], bool]:
     head = budget // 2
     tail = budget - head
     return items[:head] + (items[len(items) - tail :] if tail else []), True
+
+
+def question_prompt(question: str) -> PromptParts:
+    """A free question about a document read as pages (``optical ask``): the optical condition's
+    template with ``question`` where the benchmark puts its question and choices, so asking
+    ``question_block(item)`` reproduces the benchmark's prompt for that item."""
+    return PromptParts(PREAMBLE, "", AFTER_DOCUMENT + question)

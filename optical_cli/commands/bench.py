@@ -203,9 +203,10 @@ def bench_longbench(
     """
     with handled_errors():
         from ..bench import longbench
-        from ..bench.engines.vllm import require_vllm
-        from ..bench.models import build_reader
         from ..bench.runner import RESUMABLE_CHANGES, parse_conditions
+        from ..engines.chain import ChainSpec
+        from ..engines.factory import build_reader
+        from ..engines.vllm_import import require_vllm
 
         flags = _flags(num_samples, ids, conditions, engine, lengths, difficulties, domains, parse_conditions)
         cfg = with_flags(load("longbench", config, sets), flags)
@@ -214,7 +215,7 @@ def bench_longbench(
 
             return report_plan(plan_command("longbench", cfg, devices, device_memory), json_out)
         if cfg.bench.engine == "vllm":  # before the output directory is claimed: no run directory without vLLM
-            require_vllm()
+            require_vllm("bench.engine=vllm")
         claim = claim_output("bench longbench", output_dir, resume=resume, overwrite=overwrite)
         check_resumable(claim, cfg, "longbench", RESUMABLE_CHANGES)
         selection = longbench.select(cfg, claim.path if claim.resuming else None)  # bad data fails before models load
@@ -222,7 +223,7 @@ def bench_longbench(
             report_resume(f"{selection.done} of {selection.rows} (item, condition) rows done in {output_dir}")
         procs = join_processes(cfg.runtime.device)  # each process on its own GPU before loading
         reuse_attention_choices(claim, cfg.deepencoder.attention)  # before the warm-up page measures them
-        reader = build_reader(cfg, selection.settings.conditions)
+        reader = build_reader(ChainSpec.from_config(cfg, "bench"), selection.settings.conditions)
         if reader.random_weights and procs.is_main:
             err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
         with run_dir("bench longbench", cfg, claim, procs=procs, device=str(reader.device)) as run:

@@ -309,7 +309,10 @@ def emit_json_line(record: dict) -> None:
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
-    """A Rich progress bar on stderr; yields ``advance(n=1, total=None, description=None)``."""
+    """A Rich progress bar on stderr; yields ``advance(n=1, total=None, description=None)``.
+
+    The bar appears at the first ``advance``: work that fails before it has begun (a broken input
+    file, say) prints its error alone, not under an empty bar."""
     if not is_main_process():
         yield lambda n=1, total=None, description=None: None
         return
@@ -322,18 +325,26 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
         console=err,
         transient=False,
     )
-    with progress:
-        task = progress.add_task(escape(description), total=total)
+    task = None
 
-        def advance(n: int = 1, total: int | None = None, description: str | None = None) -> None:
-            fields = {}
-            if total is not None:
-                fields["total"] = total
-            if description is not None:
-                fields["description"] = escape(description)
-            progress.update(task, advance=n, **fields)
+    def advance(n: int = 1, total: int | None = None, description: str | None = None) -> None:
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task(escape(description or first_description), total=first_total)
+        fields = {}
+        if total is not None:
+            fields["total"] = total
+        if description is not None:
+            fields["description"] = escape(description)
+        progress.update(task, advance=n, **fields)
 
+    first_description, first_total = description, total
+    try:
         yield advance
+    finally:
+        if task is not None:
+            progress.stop()
 
 
 def report_plan(plan: dict, json_out: bool) -> None:

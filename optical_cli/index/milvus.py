@@ -55,7 +55,7 @@ def require_client() -> None:
 def _pymilvus():
     """The one place the Milvus client is imported (the ``milvus`` extra)."""
     try:
-        import pymilvus
+        import pymilvus  # noqa: PLC0415 - an optional extra: its one import (above)
     except ImportError:
         raise InputError(
             "store.backend=milvus needs the Milvus client: pip install 'optical[milvus]' (pymilvus, milvus-lite)"
@@ -71,7 +71,7 @@ def _release_lite(path: str) -> None:
     Milvus Lite keeps its engine, and its lock on the database, for the life of the process even after
     the client closes; released here, another process (a search beside an add) can open the database."""
     try:
-        from milvus_lite.server_manager import server_manager_instance
+        from milvus_lite.server_manager import server_manager_instance  # noqa: PLC0415 - Milvus Lite's one import
     except ImportError:  # a server URI needs no Milvus Lite
         return
     server_manager_instance.release_server(path)

@@ -128,10 +128,16 @@ class PublishedAdapter(nn.Module):
         self.layer_norm = nn.LayerNorm(config.llm_dim)
         self.page_embeddings = nn.Embedding(config.max_pages, config.llm_dim)
 
-    def forward(self, features: torch.Tensor, page_index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, page_index: torch.Tensor | None = None, multi_page: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``multi_page`` [P] (bool): whether each page's document has more than one page, for pages
+        of several documents in one call (an engine batching requests); default: one document, P > 1."""
         page_index = _check_features(features, page_index, self.config)
         hidden = self.projection(features.to(self.projection[0].weight.dtype))
-        if features.shape[0] > 1:
+        if multi_page is not None:
+            hidden = hidden + self.page_embeddings(page_index)[:, None, :] * multi_page[:, None, None].to(hidden.dtype)
+        elif features.shape[0] > 1:
             hidden = hidden + self.page_embeddings(page_index)[:, None, :]
         return self.layer_norm(hidden)
 

@@ -4,8 +4,8 @@ Every model loader in :mod:`optical_cli.models` (DeepEncoder's weights, the adap
 the LoRA, tokenizers, sentence embedders) resolves its source through this module, so offline
 behaviour and the messages for a missing model are the same everywhere. The loaders themselves
 live beside their models: ``deepencoder/weights.py``, ``adapter.py``, ``language_model.py``,
-``lora.py``, ``tokenizers.py``, ``sentence.py``; ``model_dirs.py`` writes model directories for
-engines that load by path (vLLM).
+``lora.py``, ``tokenizers.py``, ``sentence.py``. vLLM's model directory (weights linked, not
+copied) is written by :mod:`optical_cli.engines.model_dir`.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import DynamicCache
@@ -224,6 +225,7 @@ class VisionLanguageReader:
         if self.adapter is None:
             raise InputError("this reader has no adapter; load one with load_adapter for the optical path")
         adapter_device = next(self.adapter.parameters()).device
+        page_index = None if page_index is None else page_index.to(adapter_device)
         return self.adapter(vision_features.to(adapter_device), page_index).to(self.device)
 
     @torch.no_grad()
@@ -236,6 +238,8 @@ class VisionLanguageReader:
         temperature: float = 0.0,
         seed: int | None = None,
         preamble: str = "",
+        on_token: Callable[[int], None] | None = None,
+        page_index: torch.Tensor | None = None,
     ) -> tuple[str, dict]:
         """Answer ``question_prompt`` about a document given as text, as optical tokens, or not at all.
 
@@ -253,6 +257,8 @@ class VisionLanguageReader:
             preamble: text before the document in the user turn (e.g. LongBench's
                 "Please read the following text..." and an opening ``<text>`` tag); the
                 user turn is ``preamble + document + "\n" + question_prompt``.
+            on_token: called with each answer token id as it is decoded (streaming).
+            page_index: each page's position for the adapter's page embedding (default 0..P-1).
 
         Returns:
             ``(text, stats)``; stats: ``input_tokens`` (prompt length incl. vision tokens),
@@ -262,12 +268,12 @@ class VisionLanguageReader:
         pages = None if vision_features is None else [int(vision_features.shape[1])] * int(vision_features.shape[0])
         layout = build_layout(self.tokenizer, question_prompt, pages, document_text, preamble=preamble)
         start = time.perf_counter()
-        vision = None if vision_features is None else self.adapt(vision_features)
+        vision = None if vision_features is None else self.adapt(vision_features, page_index)
         embeds = splice(self.embed_tokens, layout.input_ids.to(self.device), layout.vision_mask.to(self.device), vision)
         synchronize(self.device)
         adapter_s = time.perf_counter() - start
         ids, prefill_s = self.generate_from_embeds(
-            embeds[None], layout.position_ids, layout.rope_delta, max_new_tokens, temperature, seed
+            embeds[None], layout.position_ids, layout.rope_delta, max_new_tokens, temperature, seed, on_token
         )
         synchronize(self.device)
         total_s = time.perf_counter() - start
@@ -292,8 +298,10 @@ class VisionLanguageReader:
         max_new_tokens: int,
         temperature: float = 0.0,
         seed: int | None = None,
+        on_token: Callable[[int], None] | None = None,
     ) -> tuple[list[int], float]:
-        """Decode from ``inputs_embeds`` [1, L, H] with a KV cache; returns (new ids, prefill seconds)."""
+        """Decode from ``inputs_embeds`` [1, L, H] with a KV cache; returns (new ids, prefill seconds).
+        ``on_token`` gets each new id as soon as it is chosen."""
         start = time.perf_counter()
         length = inputs_embeds.shape[1]
         cache = {cache_argument(self.model.forward): DynamicCache(config=self.model.config.text_config)}
@@ -318,6 +326,8 @@ class VisionLanguageReader:
             if token in self.stop_ids:
                 break
             new_ids.append(token)
+            if on_token is not None:
+                on_token(token)
             if step == max_new_tokens - 1:
                 break
             position = length + step

@@ -29,7 +29,7 @@ from .checkpoints import Checkpoint, open_checkpoint
 from .corpus import read_corpus, read_documents
 from .loop import TrainResult, train_adapter
 from .objectives import batch_loss, collate, make_examples, mse_loss, page_statistics, reconstruction_loss
-from .pages import DeepEncoderPages, PageEncoder, PageSet, build_page_set, page_render_section, split_documents
+from .pages import PageSet, build_page_set, page_render_section, split_documents
 from .reading import character_error_rate
 from .run import RUN_ARTIFACTS, PreparedTraining, prepare_training, uses_random_weights
 from .setup import (
@@ -44,8 +44,6 @@ from .setup import (
 __all__ = [
     "RUN_ARTIFACTS",
     "Checkpoint",
-    "DeepEncoderPages",
-    "PageEncoder",
     "PageSet",
     "PreparedTraining",
     "TrainResult",

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from ..config import TrainAdapterConfig
 from ..errors import InputError
+from ..models.deepencoder.runner import PageEncoder
 from ..models.vlm import VisionLanguageReader
 from .objectives import Example, make_examples
-from .pages import PageEncoder, PageSet, Progress, build_page_set, split_documents
+from .pages import PageSet, Progress, build_page_set, split_documents
 from .setup import TrainingRuntime
 
 

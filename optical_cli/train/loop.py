@@ -15,6 +15,7 @@ from ..artifacts import append_jsonl
 from ..config import TrainAdapterConfig
 from ..memory import PeakMemory, busiest, peak_memory
 from ..models.adapter import parameter_count
+from ..models.deepencoder.runner import DeepEncoderPages, PageEncoder
 from ..models.provenance import training_models
 from ..models.vlm import VisionLanguageReader
 from ..tracking import Trackers, open_trackers
@@ -23,7 +24,7 @@ from .corpus import read_documents
 from .data import TrainingData, prepare_data
 from .objectives import batch_loss, page_statistics
 from .outputs import METRICS_FILE, plot_run_losses, save_trained, write_reading_records
-from .pages import DeepEncoderPages, PageEncoder, PageSet, Progress
+from .pages import PageSet, Progress
 from .reading import reading_check
 from .setup import (
     Schedule,

@@ -1,5 +1,5 @@
-"""Pages -> features (the encoder plugs in here): PageEncoder, DeepEncoderPages, the held-out split,
-rendered (or packed) pages and the feature cache (PageSet, build_page_set)."""
+"""Pages -> features for training: the held-out split, rendered (or packed) pages and the feature
+cache (PageSet, build_page_set). The encoder plugs in as a ``PageEncoder`` (models/deepencoder/runner.py)."""
 
 from __future__ import annotations
 
@@ -8,87 +8,19 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator
 
 import torch
 
 from ..artifacts import atomic_write_json
-from ..config import DeepEncoderSection, RenderSection, RuntimeConfig, TrainAdapterConfig
-from ..errors import ConfigError, InputError
+from ..config import RenderSection, TrainAdapterConfig
+from ..errors import InputError
 from ..features import FeatureFiles, ShardedFeatures
-from ..models.deepencoder import DeepEncoder, DeepEncoderConfig, count_parameters
-from ..models.deepencoder.preprocess import resolve_pixels
-from ..models.deepencoder.runner import EncoderRunner
+from ..models.deepencoder.runner import PageEncoder
 from ..render import iter_pages, render_document
 
 Progress = Callable[[dict], None]
 CACHE_SHARD_PAGES = 256  # pages per feature-cache shard, as `optical encode` shards by default
-
-
-class PageEncoder(Protocol):
-    """Anything that turns page images into vision tokens ``[pages, tokens, out_dim]``."""
-
-    out_dim: int
-    identity: dict  # everything that changes the output (goes into the cache key)
-
-    def encode(self, images: list) -> torch.Tensor: ...
-
-    def parameter_count(self) -> int: ...
-
-
-class DeepEncoderPages:
-    """The frozen DeepEncoder of ``optical encode`` (same weights, preprocessing and batching: an
-    :class:`~optical_cli.models.deepencoder.runner.EncoderRunner`), loaded on first use so a run whose
-    features are cached never loads it.
-
-    ``encode(images)`` -> ``[pages, tokens, out_dim]`` float32 on the CPU. Built from the
-    ``deepencoder:`` and ``runtime:`` config sections, so the LongBench comparison can use it too.
-    """
-
-    def __init__(self, section: DeepEncoderSection, runtime: RuntimeConfig, device: torch.device, batch_size: int = 8):
-        if section.mode == "gundam":
-            raise ConfigError(
-                "deepencoder.mode=gundam gives each page a different token count; use tiny, small, base or large"
-            )
-        self.section, self.runtime, self.device, self.batch_size = section, runtime, device, batch_size
-        self.mode, self.layout_tokens, self.pixels = section.mode, section.layout_tokens, resolve_pixels(section.pixels)
-        self.identity = {"deepencoder": section.model_dump(), "dtype": runtime.dtype, "seed": runtime.seed}
-        self.runner: EncoderRunner | None = None
-
-    def load(self) -> None:
-        """Load the weights now (otherwise the first ``encode`` does)."""
-        if self.runner is None:
-            self.runner = EncoderRunner.build(self.section, self.runtime, self.batch_size, self.device)
-
-    def architecture(self) -> DeepEncoderConfig:
-        """The encoder's sizes; random weights need no loading to know them."""
-        if self.runner is None and self.section.weights == "random":
-            return DeepEncoderConfig.named(self.section.architecture)
-        self.load()
-        return self.runner.model.cfg
-
-    @property
-    def out_dim(self) -> int:
-        return self.architecture().out_dim
-
-    def parameter_count(self) -> int:
-        """Parameters of the encoder (counted on the meta device: no memory, no loading for random weights)."""
-        architecture = self.architecture()
-        with torch.device("meta"):
-            return count_parameters(DeepEncoder(architecture))
-
-    def encode(self, images: list) -> torch.Tensor:
-        self.load()
-        return torch.stack(self.runner.encode_images(images, self.mode, self.pixels))
-
-    def encode_text(
-        self, text: str, render: RenderSection, max_pages: int | None = None
-    ) -> tuple[torch.Tensor, list[str]]:
-        """Render ``text`` at this mode's page size and encode it: (features [P, T, D], page texts)."""
-        pages = render_document(text, render.model_copy(update={"mode": self.mode}))[:max_pages]
-        if not pages:
-            raise InputError("the document rendered to no pages; is it empty?")
-        return self.encode([p.image for p in pages]), [p.text for p in pages]
 
 
 @dataclass

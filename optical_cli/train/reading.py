@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from rapidfuzz.distance import Levenshtein
 from torch import nn
 
-from ..models.vlm import READ_INSTRUCTION, VisionLanguageReader, build_layout, splice
+from ..engines.hf import HFReader
+from ..models.vlm import VisionLanguageReader
 from .pages import PageSet
 
 
@@ -18,23 +18,17 @@ def character_error_rate(prediction: str, reference: str) -> float:
 def reading_check(
     reader: VisionLanguageReader, adapter: nn.Module, pages: PageSet, count: int, max_new_tokens: int
 ) -> dict:
-    """Greedy transcription of held-out pages from their optical tokens (``adapter`` maps them); CER and
-    compression ratio."""
-    adapter_device = next(adapter.parameters()).device
+    """Greedy transcription of held-out pages from their optical tokens (``adapter`` maps them), through
+    the engine seam; CER and compression ratio."""
+    optical = VisionLanguageReader(reader.model, reader.tokenizer, adapter)
+    engine = HFReader(optical, random_weights=False, description="reading check")
     records = []
     for i in range(min(count, len(pages))):
-        layout = build_layout(reader.tokenizer, READ_INSTRUCTION, [int(pages.features.shape[1])])
-        page = torch.tensor([pages.page_index[i]], device=adapter_device)
-        vision = adapter(pages.features[i : i + 1].to(adapter_device), page).to(reader.device)
-        embeds = splice(
-            reader.embed_tokens, layout.input_ids.to(reader.device), layout.vision_mask.to(reader.device), vision
-        )
         reference = pages.texts[i]
         text_tokens = reader.count_tokens(reference)
-        ids, _ = reader.generate_from_embeds(
-            embeds[None], layout.position_ids, layout.rope_delta, min(max_new_tokens, text_tokens + 16)
+        prediction = engine.transcribe(
+            pages.features[i : i + 1], pages.page_index[i], min(max_new_tokens, text_tokens + 16)
         )
-        prediction = reader.tokenizer.decode(ids)
         records.append(
             {
                 "page": i,

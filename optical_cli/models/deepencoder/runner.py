@@ -1,7 +1,8 @@
 """Running DeepEncoder: the one place every user builds it and turns pages into features.
 
-``optical encode`` (encode.py), the training feature cache and the LongBench reader
-(train/pages.py ``DeepEncoderPages``), and the engines all go through here:
+``optical encode`` (encode.py), the training feature cache and the hf engine (both through
+``DeepEncoderPages``, below: built from config sections, loaded on first use), and the vLLM
+model plugin's tower (``BatchRunner``) all go through here:
 
     runner = EncoderRunner.build(section, runtime, batch_size=8)     # config sections, not a whole config
     features = runner.encode(prepared_pages)                          # one [tokens, D] per page
@@ -14,7 +15,7 @@ are cast there, so a GPU receives them once and converts them in place of the CP
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -22,7 +23,7 @@ from ...config import DeepEncoderSection, RuntimeConfig
 from ...devices import resolve_device, resolve_dtype
 from ...errors import ConfigError, RunFailed
 from .config import DeepEncoderConfig
-from .encoder import DeepEncoder
+from .encoder import DeepEncoder, count_parameters
 from .preprocess import PreparedPage, prepare, resolve_pixels
 from .weights import load_deepencoder
 
@@ -135,3 +136,60 @@ class EncoderRunner:
     def encode_images(self, images: list, mode: str, pixels: str = "official") -> list[torch.Tensor]:
         """Page images (PIL) preprocessed for ``mode`` (``pixels``: see preprocess.resolve_pixels), then encoded."""
         return self.encode([prepare(image, mode, resolve_pixels(pixels)) for image in images])
+
+
+class PageEncoder(Protocol):
+    """Anything that turns page images into vision tokens ``[pages, tokens, out_dim]``."""
+
+    out_dim: int
+    identity: dict  # everything that changes the output (goes into the cache key)
+
+    def encode(self, images: list) -> torch.Tensor: ...
+
+    def parameter_count(self) -> int: ...
+
+
+class DeepEncoderPages:
+    """The frozen DeepEncoder of ``optical encode`` (same weights, preprocessing and batching: an
+    :class:`EncoderRunner`), loaded on first use so a run whose
+    features are cached never loads it.
+
+    ``encode(images)`` -> ``[pages, tokens, out_dim]`` float32 on the CPU. Built from the
+    ``deepencoder:`` and ``runtime:`` config sections, so the LongBench comparison can use it too.
+    """
+
+    def __init__(self, section: DeepEncoderSection, runtime: RuntimeConfig, device: torch.device, batch_size: int = 8):
+        if section.mode == "gundam":
+            raise ConfigError(
+                "deepencoder.mode=gundam gives each page a different token count; use tiny, small, base or large"
+            )
+        self.section, self.runtime, self.device, self.batch_size = section, runtime, device, batch_size
+        self.mode, self.layout_tokens, self.pixels = section.mode, section.layout_tokens, resolve_pixels(section.pixels)
+        self.identity = {"deepencoder": section.model_dump(), "dtype": runtime.dtype, "seed": runtime.seed}
+        self.runner: EncoderRunner | None = None
+
+    def load(self) -> None:
+        """Load the weights now (otherwise the first ``encode`` does)."""
+        if self.runner is None:
+            self.runner = EncoderRunner.build(self.section, self.runtime, self.batch_size, self.device)
+
+    def architecture(self) -> DeepEncoderConfig:
+        """The encoder's sizes; random weights need no loading to know them."""
+        if self.runner is None and self.section.weights == "random":
+            return DeepEncoderConfig.named(self.section.architecture)
+        self.load()
+        return self.runner.model.cfg
+
+    @property
+    def out_dim(self) -> int:
+        return self.architecture().out_dim
+
+    def parameter_count(self) -> int:
+        """Parameters of the encoder (counted on the meta device: no memory, no loading for random weights)."""
+        architecture = self.architecture()
+        with torch.device("meta"):
+            return count_parameters(DeepEncoder(architecture))
+
+    def encode(self, images: list) -> torch.Tensor:
+        self.load()
+        return torch.stack(self.runner.encode_images(images, self.mode, self.pixels))

@@ -1,17 +1,18 @@
-"""What the benchmark needs from the models, as a small protocol.
+"""The one inference seam: what the benchmark, ``optical ask`` and the reading check need from
+the models, as a small protocol.
 
-The runner never touches a model directly: it asks a ``Reader`` to tokenise, to answer a
-text prompt, to render a document into pages and to answer a prompt whose document part is
-a list of pages. The real implementation wraps Qwen3-VL, DeepEncoder and the adapter; tests
-pass a fake one (and can make it run out of memory on cue).
+Callers never touch a model directly: they ask a ``Reader`` to tokenise, to answer a text prompt,
+to render a document into pages and to answer a prompt whose document part is a list of pages.
+The engines (:mod:`optical_cli.engines.hf`, :mod:`optical_cli.engines.vllm`) implement it over
+Qwen3-VL, DeepEncoder and the adapter; tests pass a fake one (and can make it run out of memory on cue).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, Union
+from typing import Any, Callable, Protocol, Sequence, Union
 
-from .prompts import PromptParts
+from ..bench.prompts import PromptParts
 
 
 class ContextExceeded(Exception):
@@ -120,3 +121,26 @@ class Reader(Protocol):
     # to submit together) and ``read_many(requests) -> list[Generation | Exception]``, one
     # outcome per request in order, each Generation's prefill_s/decode_s being that request's own
     # time in the engine (queueing included). Without them the runner calls one at a time.
+    # The engines' read_text/read_pages also take ``stream=callable``: the answer's text as it is
+    # decoded (``optical ask``; a fake reader need not).
+
+
+class TextStream:
+    """Token ids in, text out as it becomes final: streams an answer while it is decoded.
+
+    Decodes everything so far and emits what was added, holding back a tail that ends in an
+    incomplete UTF-8 sequence (the tokenizer shows it as U+FFFD until its last byte arrives)."""
+
+    def __init__(self, decode: Callable[[list[int]], str], emit: Callable[[str], None]):
+        self.decode, self.emit = decode, emit
+        self.ids: list[int] = []
+        self.sent = 0
+
+    def __call__(self, token: int) -> None:
+        self.ids.append(int(token))
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return
+        if len(text) > self.sent:
+            self.emit(text[self.sent :])
+            self.sent = len(text)

@@ -1,4 +1,5 @@
-"""Model directories for engines that load a checkpoint by path (vLLM).
+"""A language model saved in Hugging Face layout, for tests that need a checkpoint on disk to load
+by path (as a real ``vlm.source`` directory is: linked into vLLM's model directory, converted tokenizer).
 
 A hub id or local directory is used as it is; ``vlm.source: random`` is built exactly as
 :func:`optical_cli.models.language_model.load_qwen3_vl` builds it (same dims, same seed, so the
@@ -18,10 +19,10 @@ import torch
 from safetensors.torch import save_file
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
-from ..errors import ConfigError, ModelNotFoundError
-from .language_model import build_random_qwen3_vl
-from .loading import RANDOM_SOURCE, cache_dir, resolve_local_or_hub
-from .tokenizers import save_chat_tokenizer_files, tokenizer_dir
+from optical_cli.errors import ConfigError, ModelNotFoundError
+from optical_cli.models.language_model import build_random_qwen3_vl
+from optical_cli.models.loading import RANDOM_SOURCE, cache_dir, resolve_local_or_hub
+from optical_cli.models.tokenizers import save_chat_tokenizer_files, tokenizer_dir
 
 ENGINE_CHECKPOINT_VERSION = 3  # bump when what is saved changes: old cache entries are then not reused
 

