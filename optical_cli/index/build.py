@@ -617,6 +617,20 @@ class EnergyIndex:
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
 
+    def with_items(
+        self,
+        ids: list[str],
+        vectors: torch.Tensor,
+        columns: dict[str, torch.Tensor],
+        texts: Optional[list[str]],
+        labels: Optional[list[list[str]]],
+    ) -> "EnergyIndex":
+        """Other items (their per-item ``columns``: lambdas, rayleigh, dispersion, dirichlet, norm)
+        under this index's energy model, as a store reads them back."""
+        return dataclasses.replace(
+            self, ids=ids, vectors=vectors, **columns, texts=texts, labels=labels, warnings=[], ann=None
+        )
+
     def select(self, rows) -> "EnergyIndex":
         """The index restricted to ``rows`` (item positions, in the order given), sharing the energy model."""
         rows = np.asarray(rows, dtype=np.int64)

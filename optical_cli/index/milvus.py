@@ -270,19 +270,12 @@ def _entities_to_index(model: EnergyIndex, entities: list[dict], device: torch.d
     vectors = np.asarray([e["vector"] for e in entities], dtype=np.float32).reshape(len(entities), model.dim)
     texts = [e.get("text", "") for e in entities]
     labels = [_labels(e.get("labels")) for e in entities]
-    return EnergyIndex(
-        ids=[str(e["id"]) for e in entities],
-        vectors=torch.from_numpy(vectors).to(device),
-        graph=model.graph,
-        **{FIELD_OF.get(name, name): column(name) for name in SCALARS},
-        scales=model.scales,
-        dirichlet_scale=model.dirichlet_scale,
-        dirichlet_beta=model.dirichlet_beta,
-        params=model.params,
-        stats=model.stats,
-        model=model.model,
-        texts=texts if any(texts) else None,
-        labels=labels if any(labels) else None,
+    return model.with_items(
+        [str(e["id"]) for e in entities],
+        torch.from_numpy(vectors).to(device),
+        {FIELD_OF.get(name, name): column(name) for name in SCALARS},
+        texts if any(texts) else None,
+        labels if any(labels) else None,
     )
 
 

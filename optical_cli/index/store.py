@@ -156,19 +156,12 @@ def load_files(directory: Path, manifest: dict[str, Any], device: str | torch.de
             out.extend([_plain(v) for v in t[name]] if name in t.columns else [empty] * len(t))
         return out
 
-    index = EnergyIndex(
-        ids=[str(i) for t in tables for i in t["id"]],
-        vectors=torch.from_numpy(vectors.astype(np.float32, copy=False)).to(device),
-        graph=model.graph,
-        **{name: column(col) for col, name in COLUMNS.items()},
-        scales=model.scales,
-        dirichlet_scale=model.dirichlet_scale,
-        dirichlet_beta=model.dirichlet_beta,
-        params=model.params,
-        stats=model.stats,
-        model=model.model,
-        texts=strings("text", ""),
-        labels=strings("labels", []),
+    index = model.with_items(
+        [str(i) for t in tables for i in t["id"]],
+        torch.from_numpy(vectors.astype(np.float32, copy=False)).to(device),
+        {name: column(col) for col, name in COLUMNS.items()},
+        strings("text", ""),
+        strings("labels", []),
     )
     dead = deleted_rows(directory, manifest)
     anns = [part.ann for part in parts]
