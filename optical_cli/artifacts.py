@@ -363,7 +363,7 @@ def start_run(
     except KeyboardInterrupt:
         run.finish("interrupted", "interrupted by the user")
         raise
-    except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
+    except BaseException as exc:
         run.manifest["traceback"] = traceback.format_exc(limit=20)
         run.finish("failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -164,14 +164,14 @@ def official_encoder(directory: Path, state: dict, device: torch.device, dtype: 
     ``deepencoder/`` modules in ``directory``, composed as its model does, with our weights."""
     if "flash_attn" not in sys.modules:  # imported at the top of its modules, never called on these paths
         try:
-            import flash_attn  # noqa: F401
+            import flash_attn  # noqa: F401 - is it installed? the official code needs it
         except ImportError:
             stub = types.ModuleType("flash_attn")
             stub.flash_attn_qkvpacked_func = stub.flash_attn_func = None
             sys.modules["flash_attn"] = stub
     if "easydict" not in sys.modules:  # its configs are attribute dicts; a stand-in when easydict is absent
         try:
-            import easydict  # noqa: F401
+            import easydict  # noqa: F401 - is it installed? the official code needs it
         except ImportError:
             stand_in = types.ModuleType("easydict")
             stand_in.EasyDict = type("EasyDict", (dict,), {"__getattr__": lambda self, key: self[key]})

@@ -169,7 +169,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         overrides = [arg for item in config_sets(args) for arg in ("--set", item)]
-        self.log = open(log, "w")  # noqa: SIM115 - kept open while the server runs
+        self.log = open(log, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "optical_cli.cli", "serve", "-c", str(CONFIGS[args.size]), "--port", str(self.port)]
             + overrides,

@@ -105,10 +105,10 @@ def worker(args) -> dict:
     started = time.perf_counter()
     if backend == "milvus":
         source = milvus.CandidateSource(directory, manifest, read_model(directory, manifest), 60.0)
-        answer = lambda q: search_candidates(source, q[None, :], params)[0]  # noqa: E731 - timed call
+        answer = lambda q: search_candidates(source, q[None, :], params)[0]
     else:
         searcher = Searcher(load_index(directory))
-        answer = lambda q: searcher.search(q[None, :], params)[0]  # noqa: E731
+        answer = lambda q: searcher.search(q[None, :], params)[0]
     open_s = time.perf_counter() - started
     answer(queries[0])  # warm-up
     for q in queries:

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from optical_cli.artifacts import atomic_write_csv  # noqa: E402 - after the repository is on the path
+from optical_cli.artifacts import atomic_write_csv
 
 FIELDS = ["round", "variant", "steps", "wall_s", "step_s", "wall_ratio", "step_ratio", "load_before", "load_after"]
 

@@ -52,7 +52,7 @@ from optical_cli.train import (
     make_adapter,
     make_examples,
     page_statistics,
-    read_documents,
+    training_corpus,
     training_mode,
     training_runtime,
 )
@@ -174,7 +174,7 @@ def main() -> None:
         )
         rows = []
 
-        documents = read_documents(cfg)
+        documents = training_corpus(cfg)
         start = time.perf_counter()
         pages, _ = build_page_set(documents, cfg, encoder, work / "cache")
         cold = time.perf_counter() - start

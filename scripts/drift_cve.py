@@ -43,21 +43,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402 - after the path set-up, so the checkout's optical_cli is imported
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
 
-from optical_cli.config import load_config  # noqa: E402
-from optical_cli.index.build import build  # noqa: E402
-from optical_cli.index.create import create_index  # noqa: E402
-from optical_cli.index.embed import embed_corpus  # noqa: E402
-from optical_cli.index.inputs import BUNDLED_CORPUS  # noqa: E402
-from optical_cli.index.pipeline import Corpus  # noqa: E402
-from optical_cli.index.search import Searcher, SearchParams, topk_rows  # noqa: E402
-from optical_cli.index.store import load_index  # noqa: E402
-from optical_cli.index.update import add_items  # noqa: E402
-from optical_cli.sweep.metrics import METRIC_NAMES, TrecEvaluator, compare, summarize  # noqa: E402
-from optical_cli.sweep.relevance import count_relevant, drop_self, label_incidence  # noqa: E402
+from optical_cli.config import load_config
+from optical_cli.index.build import build
+from optical_cli.index.create import create_index
+from optical_cli.index.embed import embed_corpus
+from optical_cli.index.inputs import BUNDLED_CORPUS
+from optical_cli.index.pipeline import Corpus
+from optical_cli.index.search import Searcher, SearchParams, topk_rows
+from optical_cli.index.store import load_index
+from optical_cli.index.update import add_items
+from optical_cli.sweep.metrics import METRIC_NAMES, TrecEvaluator, compare, summarize
+from optical_cli.sweep.relevance import count_relevant, drop_self, label_incidence
 
 DEPTH = 100
 SHOWN = (

@@ -95,7 +95,7 @@ def test_published_median_tau_weights_dispersion_negatively_bounded_does_not():
     assert published.scales.tau > 1 and published.warnings and not bounded.warnings
     assert 0.0 <= float(bounded.lambdas.min()) and float(bounded.lambdas.max()) < 1.0
     E, G = bounded.rayleigh, bounded.dispersion
-    more_dispersed = lambda index: taumode_lambda(E, G * 1.5, index.scales) - taumode_lambda(E, G, index.scales)  # noqa: E731
+    more_dispersed = lambda index: taumode_lambda(E, G * 1.5, index.scales) - taumode_lambda(E, G, index.scales)
     assert bool((more_dispersed(published) < 0).all()) and bool((more_dispersed(bounded) > 0).all())
     assert published.dirichlet_scale == 1.0 and bounded.dirichlet_scale > 0
 
@@ -189,7 +189,7 @@ def test_diffusion_is_stable_and_smooths():
     c = prepared.centroids
     far = diffuse(c, prepared.graph, 1.0, 200)
     assert torch.isfinite(far).all() and far.norm() <= c.norm() * 1.01
-    spread = lambda p: (p - p.mean(0)).norm()  # noqa: E731
+    spread = lambda p: (p - p.mean(0)).norm()
     assert spread(diffuse(c, prepared.graph, 0.1, 4)) < spread(c)
 
 

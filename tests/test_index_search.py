@@ -136,7 +136,7 @@ def test_cosine_matches_brute_force(setup):
 
 def test_hybrid_endpoints_and_fast_path(setup):
     _, searcher, _, queries = setup
-    ids = lambda mode, **kw: [[h.id for h in r] for r in searcher.search(queries, SearchParams(k=5, mode=mode, **kw))]  # noqa: E731
+    ids = lambda mode, **kw: [[h.id for h in r] for r in searcher.search(queries, SearchParams(k=5, mode=mode, **kw))]
     assert ids("hybrid", alpha=1.0) == ids("cosine")
     assert ids("hybrid", alpha=0.0) == ids("energy")
     for mode, candidates in (("energy", "exact"), ("cosine", "exact"), ("hybrid", "exact"), ("energy", "ann")):
@@ -193,7 +193,7 @@ def test_null_space_direction_costs_nothing_without_the_ridge_and_beta_with_it(p
     x, plain, ridged = pair
     shift = 0.3 * np.ones(16, np.float32)
     q = torch.from_numpy(x[:1] + shift)
-    energy = lambda index: Searcher(index).energy_scores(Searcher(index).query_terms(q), q)["dirichlet"][0]  # noqa: E731
+    energy = lambda index: Searcher(index).energy_scores(Searcher(index).query_terms(q), q)["dirichlet"][0]
     assert float(energy(plain)[0]) == pytest.approx(0.0, abs=1e-3)  # float32 expansion: cancellation error only
     assert float(energy(ridged)[0]) == pytest.approx(ridged.dirichlet_beta * float(shift @ shift), rel=1e-2)
     assert ridged.dirichlet_beta > 0 and float(energy(ridged)[0]) > 0.1
@@ -241,7 +241,7 @@ def test_a_large_ridge_ranks_like_cosine_on_unit_vectors(pair):
     prepared = prepare(unit, EnergyBuildSection(kmeans_iters=5), seed=0)
     queries = unit[:8] + 0.05 * np.random.default_rng(3).normal(size=(8, 16)).astype(np.float32)
     energy_only = SearchParams(k=10, mode="energy", w_lambda=0.0, w_G=0.0, w_D=1.0)
-    ids = lambda index, params: [[h.index for h in r] for r in Searcher(index).search(queries, params)]  # noqa: E731
+    ids = lambda index, params: [[h.index for h in r] for r in Searcher(index).search(queries, params)]
     cosine = ids(finish(prepared), SearchParams(k=10, mode="cosine"))
     assert ids(finish(prepared, dirichlet_ridge=1e5), energy_only) == cosine
     assert ids(finish(prepared), energy_only) != cosine  # without the ridge the Dirichlet energy ranks its own way

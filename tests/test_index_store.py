@@ -68,7 +68,7 @@ def test_ridge_round_trip_and_version_2_reads_as_no_ridge(index, tmp_path):
     assert load_index(tmp_path).dirichlet_beta == 2.5
     q = index.vectors[:3].numpy() + 0.1
     params = SearchParams(k=4)
-    hits = lambda ix: [(h.id, h.terms["ridge"]) for r in Searcher(ix).search(q, params) for h in r]  # noqa: E731
+    hits = lambda ix: [(h.id, h.terms["ridge"]) for r in Searcher(ix).search(q, params) for h in r]
     assert [i for i, _ in hits(load_index(tmp_path))] == [i for i, _ in hits(ridged)]
     np.testing.assert_allclose([t for _, t in hits(load_index(tmp_path))], [t for _, t in hits(ridged)], rtol=1e-5)
     # an index written before the ridge existed: no key, version 2, built with the pure Dirichlet energy

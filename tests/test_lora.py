@@ -111,7 +111,7 @@ def test_resume_with_lora_continues_exactly(tmp_path, cache):
     assert any(straight[k].abs().sum() > 0 for k in straight if ".lora_B." in k)  # LoRA did train
     for name, tensor in load_file(str(tmp_path / "straight" / "adapter.safetensors")).items():
         assert torch.equal(tensor, load_file(str(tmp_path / "resumed" / "adapter.safetensors"))[name]), name
-    losses = lambda run: [m["loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl")]  # noqa: E731
+    losses = lambda run: [m["loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl")]
     assert losses("straight") == losses("resumed")
 
 

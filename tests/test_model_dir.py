@@ -61,7 +61,7 @@ def test_the_directory_holds_the_chain_under_our_architecture(model_dir):
     stored = {}
     for file in set(index.values()):
         with safe_open(str(model_dir / file), framework="pt") as handle:
-            stored.update({name: file for name in handle.keys()})  # noqa: SIM118
+            stored.update({name: file for name in handle.keys()})
     assert stored == index
     # the weights are the ones the hf engine builds from the same seeds
     lm = load_file(str(model_dir / "language-model.safetensors"))

@@ -143,7 +143,7 @@ def test_resume_continues_exactly(tmp_path, cache, runtime, reader):
     assert (tmp_path / "resumed" / "checkpoints" / "step-0000004" / "adapter.safetensors").is_file()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
-    losses = lambda run: [m["loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl")]  # noqa: E731
+    losses = lambda run: [m["loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl")]
     assert losses("straight") == losses("resumed")
 
 

@@ -21,15 +21,15 @@ import torch
 
 pytest.importorskip("vllm")
 
-from conftest import REPO_ROOT  # noqa: E402
+from conftest import REPO_ROOT
 
-from optical_cli.bench.prompts import PromptParts  # noqa: E402
-from optical_cli.config import load_config  # noqa: E402
-from optical_cli.engines.chain import ChainSpec  # noqa: E402
-from optical_cli.engines.factory import build_reader  # noqa: E402
-from optical_cli.engines.reader import ContextExceeded, ReadRequest  # noqa: E402
+from optical_cli.bench.prompts import PromptParts
+from optical_cli.config import load_config
+from optical_cli.engines.chain import ChainSpec
+from optical_cli.engines.factory import build_reader
+from optical_cli.engines.reader import ContextExceeded, ReadRequest
 from optical_cli.models.language_model import load_qwen3_vl
-from optical_cli.models.vlm import build_layout, mrope_positions, splice  # noqa: E402
+from optical_cli.models.vlm import build_layout, mrope_positions, splice
 
 NEW_TOKENS = 12
 TOLERANCE = 1e-3  # first-step log-prob difference allowed between the engines (float32)

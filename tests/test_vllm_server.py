@@ -25,11 +25,11 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from conftest import REPO_ROOT  # noqa: E402
+from conftest import REPO_ROOT
 
-from optical_cli.ask import ask, local_reader  # noqa: E402
-from optical_cli.bench.synthetic import cve_document  # noqa: E402
-from optical_cli.config import load_config  # noqa: E402
+from optical_cli.ask import ask, local_reader
+from optical_cli.bench.synthetic import cve_document
+from optical_cli.config import load_config
 
 TINY = REPO_ROOT / "configs" / "tiny" / "serve.yaml"
 OPTICAL = Path(sys.executable).with_name("optical")
@@ -64,7 +64,7 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
     env = {**os.environ, "OPTICAL_CACHE": str(folder / "cache")}
     port = free_port()
-    log = open(folder / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
+    log = open(folder / "server.log", "w")
     process = subprocess.Popen(
         [str(OPTICAL), "serve", "-c", str(TINY), "--port", str(port)],
         stdout=log,

@@ -124,7 +124,7 @@ def _hub_datasets():
     """The ``datasets`` library, imported only to read the hub dataset: a local file never pays its
     import (1.6 s on 2 busy cores)."""
     import datasets  # noqa: PLC0415 - its one import, deferred (above)
-    import datasets.utils.logging  # noqa: F401, PLC0415 - the same import: its logging switches
+    import datasets.utils.logging  # noqa: PLC0415 - the same import: its logging switches
 
     return datasets
 

@@ -159,7 +159,7 @@ def handled_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
-    except Exception as exc:  # noqa: BLE001 - a failed run, not a traceback for the user
+    except Exception as exc:
         if os.environ.get("OPTICAL_DEBUG"):
             raise
         say("run failed", "bold red", f"{type(exc).__name__}: {exc} (set OPTICAL_DEBUG=1 for the traceback)")

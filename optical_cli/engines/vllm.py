@@ -450,7 +450,7 @@ def _safetensors_parameters(paths, keep) -> int:
     total = 0
     for path in sorted(paths):
         with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+            for name in handle.keys():
                 if keep(name):
                     count = 1
                     for size in handle.get_slice(name).get_shape():

@@ -177,7 +177,7 @@ def knn_graph(
         raise ValueError("a kNN graph needs at least two nodes")
     idx, dist = table if table is not None else knn_table(distances, n, k)
     rows = np.repeat(np.arange(n), k)
-    floored = lambda d: weight_of(d).clamp_min(MIN_EDGE_WEIGHT)  # noqa: E731
+    floored = lambda d: weight_of(d).clamp_min(MIN_EDGE_WEIGHT)
     weights = floored(dist).numpy().ravel().astype(np.float64)
     graph = _symmetric_max(n, rows, idx.numpy().ravel(), weights)
     return _connect_components(graph, distances, floored), idx.numpy()
@@ -635,7 +635,7 @@ class EnergyIndex:
         """The index restricted to ``rows`` (item positions, in the order given), sharing the energy model."""
         rows = np.asarray(rows, dtype=np.int64)
         at = torch.from_numpy(rows).to(self.vectors.device)
-        pick = lambda seq: [seq[i] for i in rows.tolist()] if seq is not None else None  # noqa: E731 - one-line helper
+        pick = lambda seq: [seq[i] for i in rows.tolist()] if seq is not None else None
         return dataclasses.replace(
             self,
             ids=pick(self.ids),

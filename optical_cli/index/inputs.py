@@ -82,7 +82,7 @@ def subset(items: Items, limit: Optional[int], seed: int) -> Items:
     if limit is None or limit >= len(items):
         return items
     keep = sample_rows(len(items), limit, seed)
-    pick = lambda seq: [seq[i] for i in keep] if seq is not None else None  # noqa: E731
+    pick = lambda seq: [seq[i] for i in keep] if seq is not None else None
     return Items(
         pick(items.ids),
         pick(items.texts),

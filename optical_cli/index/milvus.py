@@ -266,7 +266,7 @@ def write_build(
 
 def _entities_to_index(model: EnergyIndex, entities: list[dict], device: torch.device) -> EnergyIndex:
     """An EnergyIndex over ``entities`` (in the order given) with the energy model of ``model``."""
-    column = lambda name: torch.tensor([e[name] for e in entities], dtype=torch.float32, device=device)  # noqa: E731 - local
+    column = lambda name: torch.tensor([e[name] for e in entities], dtype=torch.float32, device=device)
     vectors = np.asarray([e["vector"] for e in entities], dtype=np.float32).reshape(len(entities), model.dim)
     texts = [e.get("text", "") for e in entities]
     labels = [_labels(e.get("labels")) for e in entities]

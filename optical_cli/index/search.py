@@ -139,12 +139,12 @@ class Searcher:
     ) -> torch.Tensor:
         index = self.index
         if rows is None:
-            pick = lambda t: t[None, :]  # noqa: E731 - the two layouts share the formulas below
-            dot = lambda probes: scan(self.vectors, probes)  # noqa: E731
+            pick = lambda t: t[None, :]
+            dot = lambda probes: scan(self.vectors, probes)
         else:
-            pick = lambda t: t[rows]  # noqa: E731
+            pick = lambda t: t[rows]
             gathered = self.vectors[rows]  # [B, m, F]
-            dot = lambda probes: torch.einsum("bmf,bf->bm", gathered, probes)  # noqa: E731
+            dot = lambda probes: torch.einsum("bmf,bf->bm", gathered, probes)
         if params.mode == "cosine":
             cos = dot(queries).mul_(pick(self.inv_norm)).div_(queries.norm(dim=1, keepdim=True))
             return cos.neg_().add_(1.0).mul_(0.5)

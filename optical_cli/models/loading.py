@@ -120,7 +120,7 @@ def resolve_hub_file(source: str) -> Path:
     offline = go_offline_if_unreachable()
     try:
         return Path(hf_hub_download(repo_id, filename, local_files_only=offline))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - network, auth and missing-file errors come in many types
         raise _hub_failure(f"'{filename}' of '{repo_id}'", f"{repo_id} {filename}", exc, offline) from None
 
 

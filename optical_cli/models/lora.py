@@ -34,7 +34,7 @@ def _peft():
     """peft, imported only where a LoRA is used: the import costs seconds (10 s on 2 busy cores) that a run
     without LoRA never pays."""
     import peft  # noqa: PLC0415 - peft's one import, deferred (above)
-    import peft.tuners.tuners_utils  # noqa: F401, PLC0415 - the same import: loads BaseTunerLayer's module
+    import peft.tuners.tuners_utils  # noqa: PLC0415 - the same import: loads BaseTunerLayer's module
 
     return peft
 

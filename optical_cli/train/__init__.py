@@ -26,7 +26,7 @@ patch them where they are read.
 """
 
 from .checkpoints import Checkpoint, open_checkpoint
-from .corpus import read_corpus, read_documents
+from .corpus import read_corpus, training_corpus
 from .loop import TrainResult, train_adapter
 from .objectives import batch_loss, collate, make_examples, mse_loss, page_statistics, reconstruction_loss
 from .pages import PageSet, build_page_set, page_render_section, split_documents
@@ -62,7 +62,7 @@ __all__ = [
     "page_statistics",
     "prepare_training",
     "read_corpus",
-    "read_documents",
+    "training_corpus",
     "reconstruction_loss",
     "split_documents",
     "train_adapter",

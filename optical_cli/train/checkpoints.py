@@ -112,7 +112,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
 def load_trainer_state(checkpoint: Path) -> dict:
     try:
         state = torch.load(checkpoint / "trainer_state.pth", map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many types on a damaged file
         raise InputError(
             f"checkpoint {checkpoint} is corrupt ({type(exc).__name__}: {exc}); resume from an earlier one"
         ) from None

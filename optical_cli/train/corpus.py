@@ -91,6 +91,6 @@ def read_corpus(
     return documents
 
 
-def read_documents(cfg: TrainAdapterConfig) -> list[str]:
+def training_corpus(cfg: TrainAdapterConfig) -> list[str]:
     """The training corpus per ``cfg.data`` (an unusable one raises InputError)."""
     return read_corpus(cfg.data.source, cfg.data.text_field, cfg.data.split, cfg.data.max_documents, cfg.data.min_chars)

@@ -20,7 +20,7 @@ from ..models.provenance import training_models
 from ..models.vlm import VisionLanguageReader
 from ..tracking import Trackers, open_trackers
 from .checkpoints import Checkpoint, save_checkpoint
-from .corpus import read_documents
+from .corpus import training_corpus
 from .data import TrainingData, prepare_data
 from .objectives import batch_loss, page_statistics
 from .outputs import METRICS_FILE, plot_run_losses, save_trained, write_reading_records
@@ -275,10 +275,10 @@ def train_adapter(
 ) -> TrainResult:
     """Train the adapter per ``cfg`` into ``run_path`` (adapter, metrics.jsonl, checkpoints, loss.png,
     reading.jsonl, the trackers' files). ``runtime`` (``training_runtime``) and ``reader``
-    (``load_reader``) are built once by the caller; ``documents`` (``read_documents(cfg)``) and
+    (``load_reader``) are built once by the caller; ``documents`` (``training_corpus(cfg)``) and
     ``resume`` (``open_checkpoint``) let it check the corpus and the checkpoint before ``run_path`` exists."""
     memory = PeakMemory(runtime.device)
-    documents = documents if documents is not None else read_documents(cfg)
+    documents = documents if documents is not None else training_corpus(cfg)
     encoder = encoder or DeepEncoderPages(cfg.deepencoder, cfg.runtime, runtime.device, cfg.data.encode_batch_size)
     loop = build_loop(cfg, run_path, runtime, reader, documents, resume, progress or _silent, encoder)
     try:

@@ -16,7 +16,7 @@ from ..models.provenance import chain_downloads
 from ..models.vlm import VisionLanguageReader
 from ..tracking import TRACKER_ARTIFACTS
 from .checkpoints import Checkpoint, open_checkpoint
-from .corpus import read_documents
+from .corpus import training_corpus
 from .loop import TrainResult, train_adapter
 from .outputs import LOSS_PLOT, METRICS_FILE, READING_FILE
 from .pages import Progress
@@ -60,7 +60,7 @@ def prepare_training(
     checkpoint fail first, then a model that cannot be loaded or an ``adapter.init`` that does not fit it;
     all before any file is written."""
     require_downloads(chain_downloads(cfg.vlm, cfg.deepencoder.weights, cfg.adapter.init, "adapter.init"))
-    documents = read_documents(cfg)
+    documents = training_corpus(cfg)
     checkpoint = open_checkpoint(resume_from) if resume_from is not None else None
     runtime = training_runtime(cfg.runtime, processes)
     reader = load_reader(cfg, runtime)

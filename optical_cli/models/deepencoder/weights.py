@@ -51,7 +51,7 @@ def _safetensors_encoder_tensors(path: Path, device: torch.device) -> tuple[dict
                 short = name[len(_OFFICIAL_PREFIX) :] if name.startswith(_OFFICIAL_PREFIX) else name
                 if _is_encoder_name(short):
                     tensors[short] = handle.get_tensor(name)
-    except Exception as exc:  # header or data errors: truncated, not safetensors, ...
+    except Exception as exc:  # noqa: BLE001 - header or data errors: truncated, not safetensors, ...
         raise InputError(
             f"cannot read DeepEncoder weights {path}: {type(exc).__name__}: {exc}; the file is corrupt or truncated, "
             "download it again"
@@ -71,7 +71,7 @@ def _community_tensors(directory: Path) -> dict:
         path = directory / filename
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated zip, pickle errors, disallowed globals
+        except Exception as exc:  # noqa: BLE001 - truncated zip, pickle errors, disallowed globals
             raise InputError(
                 f"cannot read DeepEncoder weights {path}: {type(exc).__name__}: {exc}; the file is corrupt or truncated"
             ) from None
