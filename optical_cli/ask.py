@@ -26,7 +26,6 @@ from typing import Callable
 from PIL import Image
 
 from .artifacts import read_jsonl
-from .bench.prompts import middle_truncate, question_prompt
 from .config import RenderSection
 from .documents import pdf_page_count, rasterize_pdf, read_documents
 from .engines.chain import ChainSpec, draw_pages
@@ -38,6 +37,7 @@ from .errors import InputError
 from .models.tokenizers import load_chat_tokenizer
 from .models.vlm import IMAGE_PAD, build_layout
 from .modes import page_size
+from .prompts import middle_truncate, question_prompt
 from .render import PageRenderer, png_bytes
 
 Stream = Callable[[str], None]

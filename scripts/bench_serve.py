@@ -46,7 +46,6 @@ sys.path.insert(0, str(REPO))
 
 from optical_cli.artifacts import atomic_write_csv
 from optical_cli.ask import ask
-from optical_cli.bench.prompts import AFTER_DOCUMENT, PREAMBLE, question_prompt
 from optical_cli.bench.synthetic import cve_document
 from optical_cli.config import load_config
 from optical_cli.engines.chain import ChainSpec
@@ -54,6 +53,7 @@ from optical_cli.engines.client import OpenAIServer, page_messages
 from optical_cli.engines.factory import build_reader
 from optical_cli.engines.reader import ReadRequest
 from optical_cli.models.tokenizers import load_chat_tokenizer
+from optical_cli.prompts import AFTER_DOCUMENT, PREAMBLE, question_prompt
 from optical_cli.render import PageRenderer, png_bytes
 
 CONFIGS = {"fullsize": REPO / "configs" / "fullsize" / "serve.yaml", "tiny": REPO / "configs" / "tiny" / "serve.yaml"}

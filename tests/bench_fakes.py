@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from optical_cli.bench.prompts import middle_truncate
 from optical_cli.engines.reader import ContextExceeded, Generation
+from optical_cli.prompts import middle_truncate
 
 WORDS_PER_PAGE = 20
 TOKENS_PER_PAGE = 4

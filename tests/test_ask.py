@@ -18,10 +18,11 @@ from test_documents import make_pdf
 from typer.testing import CliRunner
 
 from optical_cli.bench.data import load_items
-from optical_cli.bench.prompts import AFTER_DOCUMENT, PREAMBLE, question_block
+from optical_cli.bench.prompts import question_block
 from optical_cli.cli import app
 from optical_cli.models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
 from optical_cli.models.vlm import build_layout
+from optical_cli.prompts import AFTER_DOCUMENT, PREAMBLE
 
 runner = CliRunner()
 TINY = str(REPO_ROOT / "configs" / "tiny" / "serve.yaml")

@@ -3,8 +3,8 @@
 import pytest
 from scipy.stats import binomtest
 
-from optical_cli.bench.prompts import middle_truncate
 from optical_cli.bench.scoring import extract_answer, mcnemar_exact, summarize, wilson_interval
+from optical_cli.prompts import middle_truncate
 
 OUTPUTS = [
     ("The correct answer is (B)", "B"),

@@ -84,6 +84,22 @@ def test_nothing_below_commands_imports_a_command():
     assert not {module: found for module, found in offenders.items() if found}
 
 
+# The layers below the jobs: what models/ and engines/ are built from must not reach up into a job
+# (the benchmark, training, the index, the sweeps), which would drag that job into every server.
+LOWER_LAYERS = ("optical_cli.models", "optical_cli.engines")
+JOBS = ("optical_cli.bench", "optical_cli.train", "optical_cli.index", "optical_cli.sweep")
+
+
+def test_models_and_engines_import_no_job_package():
+    graph = _graph()
+    offenders = {
+        module: sorted(m for m in imports if m.startswith(JOBS))
+        for module, imports in graph.items()
+        if module.startswith(LOWER_LAYERS)
+    }
+    assert not {module: found for module, found in offenders.items() if found}
+
+
 def _commands(group: typer.Typer):
     for command in group.registered_commands:
         yield command.callback

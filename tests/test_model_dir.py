@@ -13,7 +13,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from optical_cli.bench.prompts import AFTER_DOCUMENT, PREAMBLE
 from optical_cli.cli import app
 from optical_cli.config import load_config
 from optical_cli.engines import ARCHITECTURE
@@ -33,6 +32,7 @@ from optical_cli.models.deepencoder.runner import DeepEncoderPages
 from optical_cli.models.language_model import build_random_qwen3_vl
 from optical_cli.models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
 from optical_cli.models.vlm import IMAGE_PAD, build_layout, chat_ids
+from optical_cli.prompts import AFTER_DOCUMENT, PREAMBLE
 from optical_cli.render import PageRenderer
 
 runner = CliRunner()

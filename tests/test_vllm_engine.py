@@ -23,13 +23,13 @@ pytest.importorskip("vllm")
 
 from conftest import REPO_ROOT
 
-from optical_cli.bench.prompts import PromptParts
 from optical_cli.config import load_config
 from optical_cli.engines.chain import ChainSpec
 from optical_cli.engines.factory import build_reader
 from optical_cli.engines.reader import ContextExceeded, ReadRequest
 from optical_cli.models.language_model import load_qwen3_vl
 from optical_cli.models.vlm import build_layout, mrope_positions, splice
+from optical_cli.prompts import PromptParts
 
 NEW_TOKENS = 12
 TOLERANCE = 1e-3  # first-step log-prob difference allowed between the engines (float32)

@@ -34,9 +34,10 @@ from ..distributed import Processes
 from ..engines.reader import ContextExceeded, Generation, Reader, ReadRequest, in_flight, read_all
 from ..errors import InputError
 from ..memory import PeakMemory, headline_gib
+from ..prompts import PromptParts, middle_truncate
 from .data import LongBenchItem, load_items, select_items
 from .plots import plot_accuracy_by_length, plot_cost_vs_length
-from .prompts import PromptParts, document_prompt, middle_truncate, no_context_prompt
+from .prompts import document_prompt, no_context_prompt
 from .scoring import extract_answer, summarize
 
 CONDITIONS = ("native", "optical", "native-matched", "no-context")

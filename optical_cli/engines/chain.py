@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from ..bench.prompts import middle_truncate
 from ..config import DeepEncoderSection, RenderSection, RuntimeConfig, VLLMSection, VLMSection
 from ..errors import ConfigError, InputError
 from ..models import loading
@@ -24,6 +23,7 @@ from ..models.deepencoder import DeepEncoderConfig
 from ..models.deepencoder.preprocess import resolve_pixels
 from ..models.lora import lora_beside
 from ..models.tokenizers import QWEN_TIKTOKEN
+from ..prompts import middle_truncate
 
 RANDOM = "random"
 

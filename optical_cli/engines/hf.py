@@ -17,11 +17,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..bench.prompts import PromptParts
 from ..devices import synchronize
 from ..models.adapter import parameter_count
 from ..models.lora import has_lora, lora_disabled
 from ..models.vlm import READ_INSTRUCTION, VisionLanguageReader
+from ..prompts import PromptParts
 from .chain import draw_pages
 from .reader import ContextExceeded, Generation, TextStream
 

@@ -41,13 +41,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..artifacts import package_versions
-from ..bench.prompts import AFTER_DOCUMENT, PREAMBLE
 from ..errors import ConfigError, InputError, ModelNotFoundError
 from ..models import loading
 from ..models.deepencoder.weights import load_deepencoder
 from ..models.language_model import build_random_qwen3_vl, language_model_class, qwen3_vl_model_type
 from ..models.lora import LORA_DIR
 from ..models.tokenizers import QWEN_SPECIAL_START, QWEN_SPECIAL_TOKENS, save_chat_tokenizer_files
+from ..prompts import AFTER_DOCUMENT, PREAMBLE
 from . import ARCHITECTURE
 from .chain import ChainSpec, fit_adapter
 from .tower import ADAPTER_PREFIX, ENCODER_PREFIX, PageSettings

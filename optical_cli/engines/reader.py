@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, Union
 
-from ..bench.prompts import PromptParts
+from ..prompts import PromptParts
 
 
 class ContextExceeded(Exception):

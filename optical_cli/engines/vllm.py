@@ -26,10 +26,10 @@ from typing import Any, Callable, Sequence
 import torch
 from safetensors import safe_open
 
-from ..bench.prompts import PromptParts
 from ..errors import ConfigError, InputError
 from ..models.lora import CONFIG_FILE, LORA_DIR
 from ..models.vlm import END_OF_TEXT, IM_END, IMAGE_PAD, build_layout
+from ..prompts import PromptParts
 from .chain import draw_pages
 from .model_dir import INDEX_FILE, WEIGHT_PREFIX, read_settings
 from .reader import ContextExceeded, Generation, Outcome, ReadRequest, TextStream
