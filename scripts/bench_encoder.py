@@ -235,7 +235,7 @@ class VllmWorker:
         self.process.stdin.write("forward\n")
         self.process.stdin.flush()
         json.loads(self.process.stdout.readline())  # the worker's own timing; the caller times the call
-        return torch.load(self.output)
+        return torch.load(self.output, weights_only=True)
 
     def close(self) -> None:
         if self.process.poll() is None:

@@ -82,7 +82,7 @@ def main() -> int:
             method = getattr(module, "quant_method", None)
             if method is not None and hasattr(method, "process_weights_after_loading"):
                 method.process_weights_after_loading(module)
-    pixels = torch.load(pixels_path).to(device=device, dtype=dtype)
+    pixels = torch.load(pixels_path, weights_only=True).to(device=device, dtype=dtype)
     print("ready " + json.dumps({"threads": torch.get_num_threads(), "vllm_pid": os.getpid()}), flush=True)
     for line in sys.stdin:
         if line.strip() != "forward":
