@@ -6,11 +6,10 @@
   :mod:`.vllm_plugin`), which is also what ``optical serve`` puts behind vLLM's OpenAI server.
 
 :func:`optical_cli.engines.factory.build_reader` chooses one, in one place. Prompts, truncation,
-positions and scoring live once, above the seam (``bench/prompts.py``, ``models/vlm.py``); the
+positions and scoring live once, above the seam (``prompts.py``, ``models/vlm.py``); the
 chain's shared settings and pieces are in :mod:`.chain`, the vision tower in :mod:`.tower`.
 This module imports nothing: vLLM's plugin loader reads its constants.
 """
 
-ENGINES = ("hf", "vllm")
 # The architecture an optical model directory's config.json names (dense Qwen3-VL language models)
 ARCHITECTURE = "OpticalQwen3VLForConditionalGeneration"
