@@ -60,6 +60,14 @@ InputOpt = Annotated[
     ),
 ]
 IndexOpt = Annotated[Path, typer.Option("--index", help="Index directory written by build-energy.")]
+DropInvalidOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--drop-invalid/--no-drop-invalid",
+        help="Drop NaN/Inf/zero rows instead of failing.",
+        show_default=config_default("energy", "input.drop_invalid"),
+    ),
+]
 
 
 @app.command("build-energy")
@@ -73,14 +81,7 @@ def index_build_energy(
             show_default=config_default("energy", "input.limit"),
         ),
     ] = None,
-    drop_invalid: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--drop-invalid/--no-drop-invalid",
-            help="Drop NaN/Inf/zero rows instead of failing.",
-            show_default=config_default("energy", "input.drop_invalid"),
-        ),
-    ] = None,
+    drop_invalid: DropInvalidOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
@@ -246,14 +247,7 @@ def index_add(
     upsert: Annotated[
         bool, typer.Option("--upsert", help="Replace items whose id is already in the index (default: an error).")
     ] = False,
-    drop_invalid: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--drop-invalid/--no-drop-invalid",
-            help="Drop NaN/Inf/zero rows instead of failing.",
-            show_default=config_default("energy", "input.drop_invalid"),
-        ),
-    ] = None,
+    drop_invalid: DropInvalidOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     json_out: ChangeJsonOpt = False,
