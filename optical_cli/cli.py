@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from .commands import bench, config, encode, index, render, serve, sweep, train
+from .launch import end_launched_process, launched_count
 
 app = typer.Typer(
     name="optical",
@@ -57,7 +58,14 @@ app.add_typer(config.app, name="config")
 
 
 def main() -> None:
-    app()
+    if launched_count() == 1:
+        app()
+        return
+    try:
+        app()
+    except SystemExit as finished:
+        end_launched_process(finished.code)
+    end_launched_process(0)
 
 
 if __name__ == "__main__":

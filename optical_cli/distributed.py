@@ -57,9 +57,8 @@ class Processes:
 
 
 def _leave_group() -> None:
-    """Close the process group while the interpreter is still whole: left to the exit-time
-    destructors, gloo's worker threads are torn down joinable and the process aborts
-    ("terminate called without an active exception", exit -6) after a run that succeeded."""
+    """Close the process group while the interpreter is still whole (the CLI then ends a launched
+    process without the interpreter's teardown: :func:`optical_cli.launch.end_launched_process`)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -1,5 +1,9 @@
-"""Which process this is under a launcher, and the warning when `accelerate launch --cpu` gives one."""
+"""Which process this is under a launcher, how a launched process ends, and the warning when
+`accelerate launch --cpu` gives one."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +70,28 @@ def test_a_cpu_launch_that_started_one_process_is_said(plain, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "warning: accelerate launch --cpu started one process" in result.stderr
+
+
+def _launched_python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1"}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_launched_process_ends_with_its_status_after_every_exit_handler():
+    """Under a launcher the CLI ends without the interpreter's teardown (where gloo's threads can
+    abort a finished run) but after the atexit handlers, with the command's exit status."""
+    handler = "import atexit; atexit.register(lambda: print('handler ran', flush=True)); "
+    ended = _launched_python(handler + "from optical_cli.launch import end_launched_process as end; end('bye')")
+    assert (ended.returncode, ended.stdout, ended.stderr.strip()) == (1, "handler ran\n", "bye")
+    assert (
+        _launched_python(handler + "from optical_cli.launch import end_launched_process as end; end(None)").returncode
+        == 0
+    )
+    version = _launched_python(
+        "import sys; sys.argv = ['optical', '--version']; from optical_cli.cli import main; main()"
+    )
+    assert version.returncode == 0 and version.stdout.startswith("optical")
+    wrong = _launched_python(
+        "import sys; sys.argv = ['optical', 'no-such-command']; from optical_cli.cli import main; main()"
+    )
+    assert wrong.returncode == 2 and "no-such-command" in wrong.stderr

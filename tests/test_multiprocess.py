@@ -41,6 +41,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def launch_failure(result: subprocess.CompletedProcess) -> str:
+    """What a failed launch printed: each process's own fatal lines first (the launcher's traceback
+    that ends stderr would otherwise push them out of the message), then the tails."""
+    fatal = [line for line in result.stderr.splitlines() if "terminate" in line or "Fatal" in line or "Error" in line]
+    return (
+        "\n".join(fatal[:20])
+        + "\n--- stdout ---\n"
+        + result.stdout[-2000:]
+        + "\n--- stderr ---\n"
+        + result.stderr[-3000:]
+    )
+
+
 def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
     command = [
         str(ACCELERATE),
@@ -68,7 +81,7 @@ def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
         "OMP_NUM_THREADS": "1",
     }
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result)
     return result
 
 
@@ -200,7 +213,7 @@ def fsdp_launch(*args: str) -> subprocess.CompletedProcess:
         "OMP_NUM_THREADS": "1",
     }
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result)
     return result
 
 
