@@ -24,7 +24,7 @@ The load average (/proc/loadavg) is recorded before and after each dtype.
 
     python scripts/bench_encoder.py --size tiny                                    # CPU, seconds
     python scripts/bench_encoder.py --size fullsize --mode base --batch-sizes 1 --dtype float32,bfloat16 \\
-        --device cpu --official /tmp/official --vllm-python .venv-vllm/bin/python --rounds 3
+        --device cpu --official DIR --vllm-python .venv-vllm/bin/python --rounds 3
     python scripts/bench_encoder.py --mode base --batch-sizes 1,16,64 --dtype bfloat16 --device cuda \\
         --paths all --size fullsize --output results/bench/gpu/encoder.csv
 

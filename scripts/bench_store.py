@@ -16,7 +16,7 @@ the database) is timed once when the index has at most --exact-milvus-max items.
 
 Writes results/bench/store.csv (one row per backend) and prints Milvus / files ratios; records
 the load average before and after. Heavy at 1M (several GB, ~30 min of Milvus inserts on 2
-cores): run it under `flock /tmp/optical-heavy.lock`.
+cores): run it under `flock $TMPDIR/optical-heavy.lock`.
 """
 
 from __future__ import annotations
