@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -229,6 +230,9 @@ class VllmWorker:
                 return
             if line.startswith("error"):
                 break
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
         raise RuntimeError(f"vLLM's DeepEncoder did not start ({' '.join(command)}): {line.strip()}")
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -242,6 +246,7 @@ class VllmWorker:
             self.process.stdin.write("quit\n")
             self.process.stdin.close()
             self.process.wait(timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)  # the pixels and each output: ~14 MB a run at base
 
 
 def variants(args, device: torch.device, dtype: torch.dtype) -> tuple[dict, str]:
