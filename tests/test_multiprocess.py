@@ -54,19 +54,12 @@ def launch_failure(result: subprocess.CompletedProcess) -> str:
     )
 
 
-def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+def run_accelerate(launcher_flags: list[str], args) -> subprocess.CompletedProcess:
+    """`accelerate launch` of the CLI with ``launcher_flags``, offline and one thread per process."""
     command = [
         str(ACCELERATE),
         "launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *launcher_flags,
         "--main_process_port",
         str(free_port()),
         "-m",
@@ -83,6 +76,11 @@ def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, launch_failure(result)
     return result
+
+
+def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    flags = ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1"]
+    return run_accelerate([*flags, "--mixed_precision", "no", "--dynamo_backend", "no"], args)
 
 
 def one_process(*args: str):
@@ -192,29 +190,7 @@ def test_two_processes_train_the_adapter_on_the_streamed_cache(tmp_path):
 
 
 def fsdp_launch(*args: str) -> subprocess.CompletedProcess:
-    command = [
-        str(ACCELERATE),
-        "launch",
-        "--config_file",
-        "configs/accelerate/fsdp.yaml",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "optical_cli.cli",
-        *map(str, args),
-    ]
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, launch_failure(result)
-    return result
+    return run_accelerate(["--config_file", "configs/accelerate/fsdp.yaml", "--num_processes", "2"], args)
 
 
 def test_fsdp_shards_the_frozen_llm_and_trains_as_ddp_does(tmp_path):
