@@ -36,7 +36,7 @@ from .distributed import Processes
 from .documents import read_document
 from .errors import ConfigError, InputError
 from .features import FeatureFiles, ShardedFeatures, read_header
-from .models.deepencoder import auto_choices
+from .models.deepencoder import auto_choices, widens
 from .models.deepencoder.preprocess import PreparedPage, prepare, resolve_pixels
 from .models.deepencoder.runner import EncoderRunner
 from .modes import PATCH_SIZE
@@ -566,6 +566,7 @@ def run_encode(
         "shards": shards.shard_count(len(plan)),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "widened_products": widens(dtype, device),  # reduced-precision products run as float32 ones (products.py)
         "batch_size_used": min(r["batch_size_used"] for r in reports),
         "processes": procs.count,
     }

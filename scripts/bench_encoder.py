@@ -14,12 +14,15 @@ rounds, each ratio the median of the per-round ratios. The baseline of every rat
 code when it is given, else our reference path (mask); the output says which.
 
 Per row: pages/s; FLOPs per page (torch's FlopCounterMode over our encoder); achieved TFLOP/s; and
-the share of the machine's matmul rate: before each batch size, the run times PyTorch's matrix
-products on the encoder's own shapes at that batch in that dtype (one base view: SAM's 4096x768 @
-768x2304 qkv, 4096x768 @ 768x3072 and 4096x3072 @ 3072x768 MLP, 4096x768 @ 768x768 projection;
-CLIP's 257-row ones; the projector; rows times the batch, at most 32,768), each through torch.matmul
-and F.linear with the weight stored as nn.Linear stores it, keeping the faster; the rate is their
-FLOPs over the time they take together, weighted as a page uses them.
+the share of the machine's matmul rate: before each batch size, the run times the matrix products
+of the encoder's own shapes at that batch in that dtype (one base view: SAM's 4096x768 @ 768x2304
+qkv, 4096x768 @ 768x3072 and 4096x3072 @ 3072x768 MLP, 4096x768 @ 768x768 projection; CLIP's
+257-row ones; the projector; rows times the batch, at most 32,768), each through torch.matmul and
+F.linear in that dtype with the weight stored as nn.Linear stores it, and for bfloat16/float16 on a
+CPU also widened (the same values as one float32 product, as products.py runs them where the CPU has
+no arithmetic in the type), keeping the fastest; the rate is their FLOPs over the time they take
+together, weighted as a page uses them. The column kernel_tflop_s is the same rate through PyTorch's
+kernels in the dtype alone (what the official code's products get).
 The load average (/proc/loadavg) is recorded before and after each dtype.
 
     python scripts/bench_encoder.py --size tiny                                    # CPU, seconds
@@ -58,6 +61,7 @@ from optical_cli.devices import resolve_device, synchronize
 from optical_cli.memory import peak_memory, reset_peak, resident_gib
 from optical_cli.models.deepencoder import ATTENTION_MODES, AUTO, DeepEncoder, DeepEncoderConfig
 from optical_cli.models.deepencoder.attention import AUTO_CHOICES
+from optical_cli.models.deepencoder.products import forced_widening, linear, widens
 from optical_cli.models.deepencoder.weights import load_deepencoder
 from optical_cli.modes import MODES
 
@@ -74,7 +78,9 @@ FIELDS = [
     "tflops_per_page",
     "achieved_tflop_s",
     "matmul_tflop_s",
+    "kernel_tflop_s",
     "matmul_share",
+    "widened_products",
     "peak_extra_gib",
     "max_abs_diff",
     "baseline",
@@ -84,6 +90,7 @@ FIELDS = [
 ]
 SIZES = {"tiny": "tiny", "fullsize": "official"}
 VLLM_WORKER = REPO / "scripts" / "vllm_deepencoder.py"
+WIDEN = {"auto": None, "always": True, "never": False}
 
 
 def load_average() -> str:
@@ -140,11 +147,11 @@ def _best_seconds(fn, device: torch.device, min_seconds: float) -> float:
 @torch.inference_mode()
 def matmul_rate(
     shapes: list[tuple[int, int, int, int]], device: torch.device, dtype: torch.dtype, min_seconds: float
-) -> tuple[float, list[dict]]:
-    """The machine's matmul rate (FLOP/s) on these shapes, weighted by how often a page runs each, and
-    each shape's rates through torch.matmul and F.linear."""
+) -> tuple[float, float, list[dict]]:
+    """The machine's matmul rate (FLOP/s) on these shapes, weighted by how often a page runs each: the
+    fastest way to each product, and PyTorch's kernels in ``dtype`` alone; and each shape's rates by way."""
     generator = torch.Generator().manual_seed(0)
-    total_flops = total_seconds = 0.0
+    total_flops = total_seconds = kernel_seconds = 0.0
     detail = []
     for rows, inner, cols, times in shapes:
         x = torch.randn(rows, inner, generator=generator).to(device, dtype)
@@ -154,10 +161,14 @@ def matmul_rate(
             "matmul": _best_seconds(lambda: torch.matmul(x, weight.t()), device, min_seconds),
             "linear": _best_seconds(lambda: F.linear(x, weight), device, min_seconds),
         }
-        best = min(seconds.values())
-        total_flops, total_seconds = total_flops + flops * times, total_seconds + best * times
+        kernel = min(seconds.values())
+        with forced_widening(True):
+            if widens(dtype, device):
+                seconds["widened"] = _best_seconds(lambda: linear(x, weight), device, min_seconds)
+        total_flops, total_seconds = total_flops + flops * times, total_seconds + min(seconds.values()) * times
+        kernel_seconds += kernel * times
         detail.append({"shape": f"{rows}x{inner}x{cols}", **{k: flops / s / 1e12 for k, s in seconds.items()}})
-    return total_flops / total_seconds, detail
+    return total_flops / total_seconds, total_flops / kernel_seconds, detail
 
 
 def official_encoder(directory: Path, state: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -333,6 +344,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--matmul-seconds", type=float, default=0.5, help="timing window per matmul shape")
     parser.add_argument("--compile", action="store_true", help="torch.compile our variants")
+    parser.add_argument(
+        "--widen",
+        choices=sorted(WIDEN),
+        default="auto",
+        help="our bfloat16/float16 CPU products as float32 ones: as the CPU calls for (auto), always, never",
+    )
     parser.add_argument("--output", type=Path, default=REPO / "results" / "bench" / "encoder.csv")
     args = parser.parse_args()
     if args.official and args.size != "fullsize":
@@ -360,8 +377,9 @@ def main() -> None:
             model = load_deepencoder(None, "cpu", torch.float32, config=cfg, seed=0)
             save_file({name: t.contiguous() for name, t in model.state_dict().items()}, str(weights))
             del model
-        for dtype_name in args.dtype.split(","):
-            rows += bench_dtype(args, cfg, device, device_name, getattr(torch, dtype_name.strip()), weights)
+        with forced_widening(WIDEN[args.widen]):
+            for dtype_name in args.dtype.split(","):
+                rows += bench_dtype(args, cfg, device, device_name, getattr(torch, dtype_name.strip()), weights)
     atomic_write_csv(args.output, rows, FIELDS)
     print(f"wrote {args.output}", file=sys.stderr)
 
@@ -380,15 +398,19 @@ def bench_dtype(args, cfg, device, device_name: str, dtype: torch.dtype, weights
         size = MODES[mode].size
         flops = flops_per_page(cfg, size)
         for batch in [int(b) for b in args.batch_sizes.split(",")]:
-            rate, detail = matmul_rate(encoder_matmuls(cfg, size, batch), device, dtype, args.matmul_seconds)
+            rate, kernel_rate, detail = matmul_rate(
+                encoder_matmuls(cfg, size, batch), device, dtype, args.matmul_seconds
+            )
             for item in detail:
+                widened = f", widened to float32 {item['widened']:.3g}" if "widened" in item else ""
                 print(
                     f"  matmul {dtype_name} {item['shape']:>18}: torch.matmul {item['matmul']:.3g}, "
-                    f"F.linear {item['linear']:.3g} TFLOP/s",
+                    f"F.linear {item['linear']:.3g}{widened} TFLOP/s",
                     file=sys.stderr,
                 )
             print(
-                f"  the machine's matmul rate on the shapes of {batch} {mode} view(s): {rate / 1e12:.3g} TFLOP/s",
+                f"  the machine's matmul rate on the shapes of {batch} {mode} view(s): {rate / 1e12:.3g} TFLOP/s "
+                f"({kernel_rate / 1e12:.3g} through PyTorch's {dtype_name} kernels)",
                 file=sys.stderr,
             )
             pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
@@ -398,6 +420,12 @@ def bench_dtype(args, cfg, device, device_name: str, dtype: torch.dtype, weights
                 models["vllm"] = worker
             try:
                 rows += bench_batch(args, cfg, models, baseline, pixels, device, flops, rate)
+                for row in rows[-len(models) :]:
+                    ours = row["variant"] not in ("official", "vllm")
+                    row.update(
+                        kernel_tflop_s=f"{kernel_rate / 1e12:.4g}",
+                        widened_products=str(widens(dtype, device)).lower() if ours else "",
+                    )
             finally:
                 if worker is not None:
                     worker.close()

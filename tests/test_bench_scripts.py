@@ -53,6 +53,21 @@ def test_bench_encoder_times_every_cpu_path_against_the_reference(tmp_path):
     )
 
 
+def test_bench_encoder_measures_widened_products_beside_the_dtypes_own_kernels(tmp_path):
+    out = tmp_path / "encoder.csv"
+    common = ["--size", "tiny", "--mode", "tiny", "--dtype", "bfloat16", "--paths", "auto", "--rounds", "1"]
+    done = run_script("bench_encoder.py", *common, "--device", "cpu", "--widen", "always", "--output", str(out))
+    table = rows(out)
+    assert [r["variant"].split(" ")[0] for r in table] == ["mask", "auto"]  # the baseline joins the asked path
+    row = table[-1]
+    assert row["dtype"] == "bfloat16" and row["widened_products"] == "true"
+    # the ceiling is the fastest way to the products, so never below PyTorch's bfloat16 kernels alone
+    assert float(row["matmul_tflop_s"]) >= float(row["kernel_tflop_s"]) > 0
+    assert "widened to float32" in done.stderr
+    run_script("bench_encoder.py", *common, "--device", "cpu", "--widen", "never", "--output", str(out))
+    assert {r["widened_products"] for r in rows(out)} == {"false"}
+
+
 def test_bench_train_measures_each_loss_at_each_batch_size(tmp_path):
     out = tmp_path / "train.csv"
     run_script(

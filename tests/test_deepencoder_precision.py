@@ -1,5 +1,5 @@
 """DeepEncoder in reduced precision: the accuracy contract against float32, and the matrix-product
-formulation of SAM's convolutions that bfloat16 and float16 run.
+formulation of SAM's convolutions that bfloat16 and float16 run (their products widened to float32 or not).
 
 The contract (issue 27), on real rendered pages (the bundled sample document drawn at each mode's
 page size), for every mode, gundam's tiles included: per page, the centred relative error
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from optical_cli.config import RenderSection
 from optical_cli.models.deepencoder import DeepEncoderConfig
 from optical_cli.models.deepencoder.preprocess import ENCODE_MODES, prepare
+from optical_cli.models.deepencoder.products import forced_widening
 from optical_cli.models.deepencoder.runner import EncoderRunner
 from optical_cli.models.deepencoder.sam import PatchEmbed, conv3x3_channels_last
 from optical_cli.models.deepencoder.weights import load_deepencoder
@@ -53,14 +54,25 @@ def pages_per_mode():
     return pages
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
-def test_reduced_precision_keeps_the_accuracy_contract_in_every_mode(float32_model, pages_per_mode, dtype):
+@pytest.fixture(scope="module")
+def float32_features(float32_model, pages_per_mode):
     reference = EncoderRunner(float32_model, torch.device("cpu"), torch.float32, batch_size=4)
+    return {mode: reference.encode(pages) for mode, pages in pages_per_mode.items()}
+
+
+@pytest.mark.parametrize("widened", [True, False], ids=["float32-products", "reduced-kernels"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_reduced_precision_keeps_the_accuracy_contract_in_every_mode(
+    float32_model, pages_per_mode, float32_features, dtype, widened
+):
+    """Both ways a CPU may run the products (products.py): widened to float32, or PyTorch's own kernels."""
     reduced_model = copy.deepcopy(float32_model).to(dtype)
     reduced = EncoderRunner(reduced_model, torch.device("cpu"), dtype, batch_size=4)
     assert pages_per_mode["gundam"][0].grid != (1, 1)  # tiles take part
     for mode, pages in pages_per_mode.items():
-        for page, expected, got in zip(pages, reference.encode(pages), reduced.encode(pages)):
+        with forced_widening(widened):
+            features = reduced.encode(pages)
+        for page, expected, got in zip(pages, float32_features[mode], features):
             assert got.shape == expected.shape and torch.isfinite(got).all()
             error = centred_relative_error(got, expected)
             cosine = F.cosine_similarity(got, expected, dim=-1).min().item()

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from optical_cli.artifacts import read_jsonl
 from optical_cli.cli import app
 from optical_cli.features import FeatureFiles
-from optical_cli.models.deepencoder import DeepEncoderConfig
+from optical_cli.models.deepencoder import DeepEncoderConfig, products, widens
 from optical_cli.models.deepencoder.preprocess import prepare
 from optical_cli.models.deepencoder.runner import BatchRunner
 from optical_cli.models.deepencoder.weights import load_deepencoder, save_deepencoder
@@ -85,6 +85,27 @@ def test_reference_call_writes_features_equal_to_the_model(tmp_path, tiny_weight
     pages = read_jsonl(tmp_path / "run" / "pages.jsonl")
     assert pages[0]["vision_tokens"] == 256 and pages[0]["spatial_compression"] == 16.0
     assert pages[0]["text_tokens"] is None  # an image alone carries no known text
+
+
+def test_the_summary_says_whether_reduced_precision_products_ran_in_float32(tmp_path):
+    page(tmp_path / "a.png")
+    for dtype in ("float32", "bfloat16"):
+        result = invoke(
+            "encode",
+            "-i",
+            tmp_path,
+            *TINY,
+            "--set",
+            f"runtime.dtype={dtype}",
+            "--output-dir",
+            tmp_path / dtype,
+            "--json",
+        )
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout[result.stdout.index("{") :])
+        assert summary["dtype"] == dtype
+        assert summary["widened_products"] is widens(getattr(torch, dtype), torch.device("cpu"))
+    assert summary["widened_products"] is not products._cpu_has_native(torch.bfloat16)  # bfloat16: the CPU decides
 
 
 def test_gundam_pages_of_different_lengths_are_padded_and_counted(tmp_path):

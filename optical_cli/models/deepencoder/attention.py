@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
+from .products import einsum
+
 
 def rel_pos_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """Relative-position embeddings [q_size, k_size, C] gathered from a learned [L, C] table,
@@ -35,8 +37,8 @@ def decomposed_rel_pos(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torc
     table_h = rel_pos_table(h, h, rel_pos_h)
     table_w = rel_pos_table(w, w, rel_pos_w)
     grid_q = q.reshape(*q.shape[:2], h, w, q.shape[-1])
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)
+    rel_h = einsum("bnhwc,hkc->bnhwk", grid_q, table_h)
+    rel_w = einsum("bnhwc,wkc->bnhwk", grid_q, table_w)
     # einsum may return a permuted layout; a mask built from strided terms is strided too and
     # costs a copy of the whole mask to reshape (small terms, contiguous for a few MB)
     return rel_h.contiguous(), rel_w.contiguous()

@@ -11,13 +11,14 @@ from torch import nn
 
 from .clip import ClipEncoder
 from .config import DeepEncoderConfig
+from .products import Linear
 from .sam import SamEncoder
 
 
 class Projector(nn.Module):
     def __init__(self, cfg: DeepEncoderConfig):
         super().__init__()
-        self.layers = nn.Linear(cfg.projector_in, cfg.out_dim)
+        self.layers = Linear(cfg.projector_in, cfg.out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

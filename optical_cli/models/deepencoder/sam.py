@@ -12,6 +12,7 @@ from torch import nn
 
 from .attention import ATTENTION_MODES, AUTO, attend, decomposed_rel_pos
 from .config import DeepEncoderConfig
+from .products import Linear, linear
 
 
 class LayerNorm2d(nn.Module):
@@ -52,7 +53,7 @@ class PatchEmbed(nn.Module):
         p = self.proj.kernel_size[0]
         patches = x.reshape(b, c, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
         patches = patches.reshape(b, height // p, width // p, c * p * p)
-        return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
+        return linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
 def resize_abs_pos(pos: torch.Tensor, grid: int) -> torch.Tensor:
@@ -68,8 +69,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, rel_pos_len: int):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=True)
+        self.proj = Linear(dim, dim)
         head_dim = dim // heads
         self.rel_pos_h = nn.Parameter(torch.zeros(rel_pos_len, head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(rel_pos_len, head_dim))
@@ -150,8 +151,8 @@ def grid_from_windows(windows: torch.Tensor, size: tuple[int, int, int], window:
 class MLPBlock(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.lin1 = nn.Linear(dim, hidden)
-        self.lin2 = nn.Linear(hidden, dim)
+        self.lin1 = Linear(dim, hidden)
+        self.lin2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin2(F.gelu(self.lin1(x)))  # exact (erf) GELU
@@ -224,7 +225,7 @@ class SamEncoder(nn.Module):
         LayerNorm2d one fused layer norm over channels; returns a [B,C,h,w] view of channels-last memory,
         which flattens to CLIP's tokens without a copy."""
         conv1, norm1, conv2, norm2 = self.neck
-        x = F.linear(x, conv1.weight.flatten(1))
+        x = linear(x, conv1.weight.flatten(1))
         x = F.layer_norm(x, norm1.weight.shape, norm1.weight, norm1.bias, norm1.eps)
         x = F.layer_norm(
             conv3x3_channels_last(x, conv2.weight, 1), norm2.weight.shape, norm2.weight, norm2.bias, norm2.eps
@@ -245,4 +246,4 @@ def conv3x3_channels_last(x: torch.Tensor, weight: torch.Tensor, stride: int) ->
         for j in range(3)
     ]
     columns = torch.stack(shifted, dim=-1).view(b, out_h, out_w, c * 9)
-    return F.linear(columns, weight.reshape(weight.shape[0], -1))
+    return linear(columns, weight.reshape(weight.shape[0], -1))
