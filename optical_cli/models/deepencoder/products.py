@@ -18,7 +18,6 @@ float32 never goes through here differently: ``linear`` is ``F.linear`` for it, 
 
 from __future__ import annotations
 
-import functools
 import platform
 from contextlib import contextmanager
 
@@ -36,18 +35,21 @@ _NATIVE_PROBES = {
 _forced: bool | None = None
 
 
-@functools.cache
 def _cpu_has_native(dtype: torch.dtype) -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return True  # the probes are x86's; elsewhere PyTorch's own kernels are trusted
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in _NATIVE_PROBES[dtype])
 
 
+# probed once at import: ``widens`` is then plain lookups, which torch.compile traces without a break
+_CPU_WIDENS = {dtype: not _cpu_has_native(dtype) for dtype in REDUCED}
+
+
 def widens(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether products in ``dtype`` on ``device`` run as float32 products of the same values."""
     if dtype not in REDUCED or device.type != "cpu":
         return False
-    return (not _cpu_has_native(dtype)) if _forced is None else _forced
+    return _CPU_WIDENS[dtype] if _forced is None else _forced
 
 
 @contextmanager
