@@ -64,12 +64,6 @@ def forced_widening(enabled: bool | None):
         _forced = before
 
 
-def widening_record() -> dict[str, bool]:
-    """Per reduced type, whether CPU products widen in this process (JSON, for run records)."""
-    cpu = torch.device("cpu")
-    return {str(dtype).removeprefix("torch."): widens(dtype, cpu) for dtype in REDUCED}
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, widened where ``widens`` says so."""
     if not widens(x.dtype, x.device):
