@@ -420,17 +420,14 @@ def bench_dtype(args, cfg, device, device_name: str, dtype: torch.dtype, weights
                 models["vllm"] = worker
             try:
                 rows += bench_batch(args, cfg, models, baseline, pixels, device, flops, rate)
-                for row in rows[-len(models) :]:
-                    ours = row["variant"] not in ("official", "vllm")
-                    row.update(
-                        kernel_tflop_s=f"{kernel_rate / 1e12:.4g}",
-                        widened_products=str(widens(dtype, device)).lower() if ours else "",
-                    )
             finally:
                 if worker is not None:
                     worker.close()
+            widened = str(widens(dtype, device)).lower()
             for row in rows[-len(models) :]:
+                ours = row["variant"] not in ("official", "vllm")
                 row.update(device=device_name, size=args.size, mode=mode, dtype=dtype_name, load_before=load_before)
+                row.update(kernel_tflop_s=f"{kernel_rate / 1e12:.4g}", widened_products=widened if ours else "")
     load_after = load_average()
     for row in rows:
         row["load_after"] = load_after
