@@ -139,13 +139,14 @@ def pdf_page_count(path: str | Path) -> int:
         document.close()
 
 
-def rasterize_pdf(path: str | Path, size: int) -> Iterator[Image.Image]:
+def rasterize_pdf(path: str | Path, size: int, pages: Iterable[int] | None = None) -> Iterator[Image.Image]:
     """The PDF's own pages as size x size greyscale images: each page drawn by PDFium so that
     its longer side is ``size`` pixels, then centred on grey padding as the official DeepEncoder
-    preprocessing treats a page that is not square (base and large modes)."""
+    preprocessing treats a page that is not square (base and large modes). ``pages``: only these
+    (0-based, in the order given; a 3,000-page PDF need not be drawn to read ten of its pages)."""
     document = _open_pdf(Path(path))
     try:
-        for index in range(len(document)):
+        for index in range(len(document)) if pages is None else pages:
             page = document[index]
             try:
                 width, height = page.get_size()

@@ -16,3 +16,7 @@ CVE_CORPUS = DATA_DIR / "cve" / "cves.jsonl"
 def shown(path: Path) -> str:
     """A bundled file's path as a user reads it: relative to the repository."""
     return str(path.relative_to(REPO_ROOT))
+
+
+# The render frontier's default table (data/frontier/README.md): what `optical ask --budget` reads.
+FRONTIER_TABLE = DATA_DIR / "frontier" / "default.csv"

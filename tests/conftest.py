@@ -21,4 +21,6 @@ def _isolated_results(tmp_path, monkeypatch):
     from optical_cli import artifacts
 
     monkeypatch.setattr(artifacts, "RESULTS_DIR", tmp_path / "results")
+    if "OPTICAL_CACHE" not in os.environ:  # derived models and the page-feature cache: the test's own
+        monkeypatch.setenv("OPTICAL_CACHE", str(tmp_path / "optical-cache"))
     yield

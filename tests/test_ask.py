@@ -57,7 +57,7 @@ def test_ask_reads_a_text_file_as_pages_and_streams_the_answer(tmp_path):
     assert "RANDOM WEIGHTS" in streamed.stderr and f"{answer['pages']} of {answer['document_pages']} pages" in (
         streamed.stderr
     )
-    few = ask_json(str(doc), "How many ships were lost?", "--set", "serve.max_pages=2")
+    few = ask_json(str(doc), "How many ships were lost?", "--set", "serve.max_pages=2", "--select", "middle")
     assert few["pages"] == 2 and few["document_pages"] == answer["document_pages"]  # middle truncation
 
 
@@ -105,7 +105,16 @@ def test_ask_gives_bench_longbenchs_optical_answer_on_the_same_item(tmp_path):
     doc = tmp_path / "item.txt"
     doc.write_text(item.context)
     # the tiny bench config reads 1 page and answers in 8 tokens; the question is the benchmark's
-    answer = ask_json(str(doc), question_block(item), "--set", "serve.max_pages=1", "--set", "ask.max_new_tokens=8")
+    answer = ask_json(
+        str(doc),
+        question_block(item),
+        "--set",
+        "serve.max_pages=1",
+        "--set",
+        "ask.max_new_tokens=8",
+        "--select",
+        "middle",
+    )
     assert answer["answer"] == row["output"] and answer["input_tokens"] == int(row["input_tokens"])
 
 

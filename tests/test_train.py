@@ -194,27 +194,48 @@ def test_gradient_checkpointing_recomputes_the_frozen_llm_and_gives_the_same_gra
     assert not model.training
 
 
-def test_features_are_cached_once_in_shards(tmp_path, reader, monkeypatch):
+class CountingEncoder:
+    """A DeepEncoderPages that counts the pages it encodes."""
+
+    def __init__(self, encoder):
+        self.inner, self.pages = encoder, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, images, mode=None):
+        self.pages += len(images)
+        return self.inner.encode(images, mode=mode)
+
+
+def test_features_are_cached_once_per_page_in_the_shared_page_cache(tmp_path, reader):
+    from optical_cli.encode.page_cache import PageFeatureCache
+
     cfg = tiny_cfg(tmp_path)
     docs = read_corpus(str(CVES), max_documents=3, min_chars=16)
-    encoder = DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu"))
-    whole, _ = build_page_set(docs, cfg, encoder, tmp_path / "one-file")
-    monkeypatch.setattr("optical_cli.train.pages.CACHE_SHARD_PAGES", 2)
-    first, hit1 = build_page_set(docs, cfg, encoder, tmp_path / "sharded")
-    second, hit2 = build_page_set(
-        docs, cfg, DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")), tmp_path / "sharded"
-    )
-    assert (hit1, hit2) == (False, True)
-    [folder] = (tmp_path / "sharded").iterdir()
-    assert sorted(p.name for p in folder.glob("features*")) == [
-        "features-00001-of-00002.safetensors",
-        "features-00002-of-00002.safetensors",
-        "features.index.json",
-    ]
-    assert torch.equal(first.features, second.features) and torch.equal(first.features, whole.features)
-    assert first.texts == second.texts == whole.texts and len(first) == 3
+    encoder = CountingEncoder(DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")))
+    first, hit1 = build_page_set(docs, cfg, encoder, tmp_path / "cache")
+    again = CountingEncoder(DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")))
+    second, hit2 = build_page_set(docs, cfg, again, tmp_path / "cache")
+    assert (hit1, hit2) == (False, True) and (encoder.pages, again.pages) == (len(first), 0)
+    assert torch.equal(first.features, second.features) and first.texts == second.texts and len(first) == 3
     assert first.features.shape[1:] == (64, encoder.out_dim)
     assert all(t.split()[0] in d for t, d in zip(first.texts, docs))  # each page holds its document's text
+    cache = PageFeatureCache.at(tmp_path / "cache", 1.0)
+    assert len(cache.entries()) == 3 and len(list((tmp_path / "cache" / "corpora").glob("*.json"))) == 1
+    # another corpus sharing two of these pages (documents 1 and 2; packing off: one page each) encodes one page
+    cfg_unpacked = tiny_cfg(tmp_path, "data.pack=false")
+    shared = CountingEncoder(DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")))
+    pages, hit = build_page_set(
+        docs[:2] + ["A new document about something else entirely."], cfg_unpacked, shared, tmp_path / "cache"
+    )
+    assert not hit and len(pages) == 3 and shared.pages == 1
+    # evicted pages are encoded again, not read: the corpus stays complete under any bound
+    for _, _, path in cache.entries():
+        path.unlink()
+    third = CountingEncoder(DeepEncoderPages(cfg.deepencoder, cfg.runtime, torch.device("cpu")))
+    rebuilt, hit3 = build_page_set(docs, cfg, third, tmp_path / "cache")
+    assert not hit3 and third.pages == 3 and torch.equal(rebuilt.features, first.features)
 
 
 def test_packed_pages_are_full_and_hold_every_document_in_order(tmp_path):

@@ -10,6 +10,7 @@ from ..config.schema import Section, TrackerNames
 from ..config.sections import (
     PUBLISHED_ADAPTER,
     DeepEncoderSection,
+    PageCacheSection,
     RenderSection,
     RuntimeConfig,
     VLLMSection,
@@ -63,4 +64,5 @@ class LongBenchConfig(Section):
     vlm: VLMSection = VLMSection()
     deepencoder: DeepEncoderSection = DeepEncoderSection()
     render: RenderSection = RenderSection()
+    page_cache: PageCacheSection = PageCacheSection()
     runtime: RuntimeConfig = RuntimeConfig()

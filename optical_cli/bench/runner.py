@@ -618,5 +618,7 @@ RESUMABLE_CHANGES = {
     "bench.domains",
     "bench.conditions",
     "bench.plots",
+    "page_cache.dir",
+    "page_cache.max_gb",
     "runtime.workers",
 }

@@ -281,6 +281,60 @@ def index_delete(
         _report_change(report, json_out)
 
 
+LibraryArg = Annotated[Path, typer.Argument(metavar="LIB", help="The library directory (made on first use).")]
+
+
+@app.command("add-documents")
+def index_add_documents(
+    library: LibraryArg,
+    documents: Annotated[
+        list[str],
+        typer.Argument(metavar="DOC...", help="PDF, text and markdown files, and folders of them."),
+    ],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: ChangeJsonOpt = False,
+) -> None:
+    """Index every page of every document into a library (`optical ask --library LIB QUESTION` asks it):
+    pages drawn once, their text searchable as passages; a document added again is replaced when it
+    changed and skipped when it did not. No rebuild: the index's own add, in one commit."""
+    from ..serving.library import add_documents
+
+    with handled_errors():
+        cfg = _energy_config(config, sets)
+        with progress_bar("drawing pages", total=None, unit="pages") as advance:
+            report = add_documents(library, documents, cfg, progress=advance)
+        _report_library(report, json_out)
+
+
+@app.command("remove-documents")
+def index_remove_documents(
+    library: LibraryArg,
+    documents: Annotated[list[str], typer.Argument(metavar="DOC...", help="Documents as they were added.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: ChangeJsonOpt = False,
+) -> None:
+    """Remove documents from a library: their pages stop appearing in answers at once (one commit)."""
+    from ..serving.library import remove_documents
+
+    with handled_errors():
+        cfg = _energy_config(config, sets)
+        report = remove_documents(library, documents, cfg)
+        _report_library(report, json_out)
+
+
+def _report_library(report: Any, json_out: bool) -> None:
+    fields = report.as_dict()
+    shown = {key: value for key, value in fields.items() if key not in ("notes", "index")}
+    shown.update({key: len(value) for key, value in shown.items() if isinstance(value, list)})
+    print_table("library", list(shown.items()))
+    for note in report.notes:
+        warn(note)
+    if json_out:
+        emit_json(fields)
+
+
 def _report_change(report: Any, json_out: bool) -> None:
     fields = report.as_dict()
     print_table(f"index {report.operation}", list(fields.items()))

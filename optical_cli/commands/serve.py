@@ -9,7 +9,19 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .common import ConfigOpt, JsonOpt, OverwriteOpt, SetOpt, config_default, emit_json, err, handled_errors, load
+from ..errors import InputError
+from .common import (
+    ConfigOpt,
+    JsonOpt,
+    OverwriteOpt,
+    SetOpt,
+    config_default,
+    emit_json,
+    err,
+    handled_errors,
+    load,
+    progress_bar,
+)
 
 RANDOM_BANNER = "RANDOM WEIGHTS: the models are random; the answer is noise (a plumbing check, not a reading)."
 # `optical serve ... -- FLAGS`: everything after `--` goes to `vllm serve` as it is
@@ -65,10 +77,14 @@ def ask_command(
     document: Annotated[
         str,
         typer.Argument(
-            metavar="DOC", help="A .txt, .md or .pdf file, a directory `optical render` wrote, or - (stdin)."
+            metavar="DOC",
+            help="A .txt, .md or .pdf file, a directory `optical render` wrote, or - (stdin); with --library, "
+            "leave it out.",
         ),
     ],
-    question: Annotated[str, typer.Argument(metavar="QUESTION", help="The question about the document.")],
+    question: Annotated[
+        Optional[str], typer.Argument(metavar="QUESTION", help="The question about the document.")
+    ] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     engine: Annotated[
@@ -85,6 +101,29 @@ def ask_command(
             help="Ask an OpenAI-compatible server running the optical model (optical serve) instead.",
         ),
     ] = None,
+    select: Annotated[
+        Optional[str],
+        typer.Option(
+            "--select",
+            help="A document longer than the reader takes: retrieve (the pages that best match the question) or "
+            "middle (its first and last pages).",
+            show_default=config_default("serve", "ask.select"),
+        ),
+    ] = None,
+    library: Annotated[
+        Optional[Path],
+        typer.Option("--library", metavar="LIB", help="Ask a library `optical index add-documents` made."),
+    ] = None,
+    budget: Annotated[
+        Optional[int],
+        typer.Option(
+            "--budget",
+            metavar="TOKENS",
+            min=1,
+            help="Vision tokens the pages may take: the mode and font size that fit the document best, else "
+            "selected pages.",
+        ),
+    ] = None,
     max_new_tokens: Annotated[
         Optional[int],
         typer.Option(
@@ -94,30 +133,58 @@ def ask_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Ask a question about a document read as pages (rendered with the config, as bench longbench's
-    optical condition reads them). The answer streams to stdout; --json prints one object instead."""
+    optical condition reads them), or about a library (--library LIB QUESTION). A document longer than
+    the reader takes is read through the pages --select chooses. The answer streams to stdout; --json
+    prints one object instead."""
     from ..serving.ask import ask
 
     with handled_errors():
-        overrides = _flag_sets(**{"ask.engine": engine, "ask.server": server, "ask.max_new_tokens": max_new_tokens})
-        cfg = load("serve", config, [*(sets or []), *overrides])
-        answer = ask(cfg, document, question, stream=None if json_out else _write_out)
+        document, question = _document_and_question(document, question, library)
+        flags = {"ask.engine": engine, "ask.server": server, "ask.max_new_tokens": max_new_tokens}
+        flags |= {"ask.select": select, "ask.library": library, "ask.budget": budget}
+        cfg = load("serve", config, [*(sets or []), *_flag_sets(**flags)])
+        with progress_bar("embedding passages", unit="passages") as advance:
+            answer = ask(cfg, document, question, stream=None if json_out else _write_out, progress=advance)
         if json_out:
             emit_json(answer.as_dict())
         else:
             sys.stdout.write("\n")
             sys.stdout.flush()
-        if answer.random_weights:
-            err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
-        times = answer.timings
-        err.print(
-            escape(
-                f"{answer.pages} of {answer.document_pages} pages, {answer.vision_tokens} vision tokens for "
-                f"{answer.document_tokens} document tokens; {answer.input_tokens} input tokens; {answer.engine}: "
-                f"{answer.model}; {times['total_s']:.2f} s "
-                f"(prefill {times['prefill_s']:.2f}, decode {times['decode_s']:.2f})"
-            ),
-            soft_wrap=True,
-        )
+        _report_answer(answer)
+
+
+def _document_and_question(document: str, question: Optional[str], library: Optional[Path]) -> tuple:
+    """``ask DOC QUESTION``, or ``ask --library LIB QUESTION`` (one argument: the question)."""
+    if library is not None:
+        if question is not None:
+            raise InputError("with --library give only the question: optical ask --library LIB QUESTION")
+        return None, document
+    if question is None:
+        raise InputError("give the document and the question: optical ask DOC QUESTION (or --library LIB QUESTION)")
+    return document, question
+
+
+def _report_answer(answer) -> None:
+    """What was read, from where and at what cost, on stderr."""
+    if answer.random_weights:
+        err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
+    for note in answer.notes:
+        err.print(f"[dim]note: {escape(note)}[/]", soft_wrap=True)
+    if answer.select in ("retrieve", "library"):
+        err.print(escape("read: " + ", ".join(answer.citations)), soft_wrap=True)
+    times = answer.timings
+    encoded = "" if times.get("pages_encoded") is None else f", {times['pages_encoded']} pages encoded"
+    rendering = answer.rendering or {}
+    drawn = f"{rendering.get('mode')}" + (f" at {rendering['font_size']} px" if rendering.get("font_size") else "")
+    tokens = "" if answer.document_tokens is None else f" for {answer.document_tokens} document tokens"
+    err.print(
+        escape(
+            f"{answer.pages} of {answer.document_pages} pages ({drawn}), {answer.vision_tokens} vision tokens{tokens}; "
+            f"{answer.input_tokens} input tokens; {answer.engine}: {answer.model}; {times['total_s']:.2f} s "
+            f"(prefill {times['prefill_s']:.2f}, decode {times['decode_s']:.2f}{encoded})"
+        ),
+        soft_wrap=True,
+    )
 
 
 def _write_out(text: str) -> None:

@@ -66,6 +66,7 @@ TRAIN_RESUMABLE = {
     "train.log_with",
     "train.log_every",
     "data.cache_dir",
+    "data.cache_max_gb",
     "data.encode_batch_size",
     "runtime.workers",
 }

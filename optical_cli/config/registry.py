@@ -43,7 +43,17 @@ COMMANDS: dict[str, CommandSpec] = {
     "encode": CommandSpec(EncodeConfig, ("encode",)),
     "train-adapter": CommandSpec(TrainAdapterConfig, ("train-adapter", "export-adapter")),
     "longbench": CommandSpec(LongBenchConfig, ("bench longbench",)),
-    "index": CommandSpec(IndexConfig, ("index build-energy", "index search", "index add", "index delete")),
+    "index": CommandSpec(
+        IndexConfig,
+        (
+            "index build-energy",
+            "index search",
+            "index add",
+            "index delete",
+            "index add-documents",
+            "index remove-documents",
+        ),
+    ),
     "diffusion": CommandSpec(DiffusionConfig, ("sweep diffusion",)),
     "frontier": CommandSpec(FrontierConfig, ("sweep frontier",)),
     "serve": CommandSpec(ServeConfig, ("serve", "ask", "export-model")),

@@ -18,7 +18,10 @@ RUN_ONLY_KEYS = frozenset(
         "embed.batch_size",
         "embed.cache_dir",
         "data.cache_dir",
+        "data.cache_max_gb",
         "data.encode_batch_size",
+        "page_cache.dir",
+        "page_cache.max_gb",
         "sweep.ocr_threads",
         "sweep.ocr_batch",
     }

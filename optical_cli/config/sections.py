@@ -151,3 +151,15 @@ class VLLMSection(Section):
         "row pays for its own prompt: native and native-matched share the document's opening, and a repeated "
         "prompt would cost almost nothing",
     )
+
+
+class PageCacheSection(Section):
+    """Encode once: page features on disk, keyed by the page image and the encoder (encode/page_cache.py);
+    one folder shared by ask, bench longbench and train-adapter (whose data.cache_dir has the same default)."""
+
+    dir: Optional[str] = Field(
+        None, description="the page-feature cache folder (null: $OPTICAL_CACHE/page-features, shared by every command)"
+    )
+    max_gb: float = Field(
+        20.0, ge=0, description="bound on the cache's size, least recently used pages going first (0: no cache)"
+    )

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import torch
 
-from ..config.sections import DeepEncoderSection, RenderSection, RuntimeConfig, VLLMSection, VLMSection
+from ..config.sections import (
+    DeepEncoderSection,
+    PageCacheSection,
+    RenderSection,
+    RuntimeConfig,
+    VLLMSection,
+    VLMSection,
+)
 from ..errors import ConfigError, InputError
 from ..models import loading
 from ..models.adapter import OPTICAL_LAYOUT, AdapterConfig, OpticalAdapter, load_adapter
@@ -41,6 +48,7 @@ class ChainSpec:
     encode_batch_size: int  # page views per DeepEncoder forward
 
     section: str = "bench"  # the config section the four fields above come from, for messages
+    page_cache: PageCacheSection | None = None  # encode once: where page features are cached (None: nowhere)
 
     @classmethod
     def from_config(cls, cfg, section: str, engine: str | None = None) -> "ChainSpec":
@@ -60,6 +68,7 @@ class ChainSpec:
             max_pages=values.max_pages,
             encode_batch_size=values.encode_batch_size,
             section=section,
+            page_cache=getattr(cfg, "page_cache", None),
         )
 
     @property

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 
 from ..devices import resolve_device, resolve_dtype, synchronize
+from ..encode.page_cache import with_page_cache
 from ..models.adapter import AdapterConfig, OpticalAdapter, PublishedAdapter, parameter_count
 from ..models.deepencoder import DeepEncoder, count_parameters
 from ..models.deepencoder.runner import DeepEncoderPages
@@ -62,7 +63,9 @@ def _hf_reader(spec: ChainSpec, optical: bool, pages: bool, device: torch.device
         pixels = spec.pixels(adapter_layout(trained) if optical else None)
         section = spec.deepencoder.model_copy(update={"pixels": pixels})
         renderer = _page_renderer(spec)
-        encoder = DeepEncoderPages(section, spec.runtime, device, spec.encode_batch_size)
+        encoder = with_page_cache(
+            DeepEncoderPages(section, spec.runtime, device, spec.encode_batch_size), spec.page_cache
+        )
         parts.append(f"deepencoder={spec.deepencoder.weights} ({spec.deepencoder.mode}, {pixels} pixels)")
         conventions["pixels"] = pixels
     if optical:
@@ -147,7 +150,7 @@ class PageEmbedder:
 def _page_embedder(spec: ChainSpec, settings: PageSettings, device: torch.device, dtype: torch.dtype) -> PageEmbedder:
     """The same encoder and adapter as the model directory's tower, in this process."""
     section = spec.deepencoder.model_copy(update={"pixels": settings.pixels})
-    encoder = DeepEncoderPages(section, spec.runtime, device, spec.encode_batch_size)
+    encoder = with_page_cache(DeepEncoderPages(section, spec.runtime, device, spec.encode_batch_size), spec.page_cache)
     adapter = fit_adapter(spec, spec.load_trained_adapter(), encoder.out_dim, settings.adapter["llm_dim"])
     return PageEmbedder(encoder, adapter.to(device=device, dtype=dtype).eval())
 

@@ -24,6 +24,7 @@ from ..models.vlm import READ_INSTRUCTION, VisionLanguageReader
 from ..prompts import PromptParts
 from .chain import draw_pages
 from .reader import ContextExceeded, Generation, TextStream
+from .tower import page_tokens
 
 # <|im_start|>user\n ... <|im_end|>\n<|im_start|>assistant\n around the user content, plus the
 # newline between document and question: counted exactly by the chat layout, bounded here.
@@ -31,7 +32,14 @@ CHAT_OVERHEAD_TOKENS = 16
 
 
 class HFReader:
-    """The Reader protocol over our generate loop: Qwen3-VL, DeepEncoder and the adapter in this process."""
+    """The Reader protocol over our generate loop: Qwen3-VL, DeepEncoder and the adapter in this process.
+
+    Beyond the protocol, ``read_pages`` takes ``positions`` (each page's place for the adapter's page
+    embedding, default 0..P-1) and ``mode`` (read the pages in another single-view DeepEncoder mode
+    than the configured one): ``optical ask`` keeps retrieved pages' places and fits a token budget."""
+
+    page_positions = True  # read_pages(positions=...)
+    page_modes = True  # read_pages(mode=...), vision_tokens(pages, mode=...)
 
     def __init__(
         self,
@@ -105,7 +113,9 @@ class HFReader:
     def render(self, text: str, max_pages: int) -> tuple[list[Any], int]:
         return draw_pages(self.renderer, text, max_pages)
 
-    def vision_tokens(self, pages: Sequence[Any]) -> int:
+    def vision_tokens(self, pages: Sequence[Any], mode: str | None = None) -> int:
+        if mode is not None and mode != self.encoder.mode:
+            return len(pages) * page_tokens(mode, self.encoder.layout_tokens)
         if self._tokens_per_page is None and pages:
             self._tokens_per_page = int(self.encoder.encode(list(pages[:1])).shape[1])
         return len(pages) * (self._tokens_per_page or 0)
@@ -126,12 +136,15 @@ class HFReader:
         temperature: float,
         seed: int,
         stream: Callable[[str], None] | None = None,
+        positions: Sequence[int] | None = None,
+        mode: str | None = None,
     ) -> Generation:
         self._check_length(
-            self.vision_tokens(pages) + 2 * len(pages) + len(self.encode_text(prompt.preamble + prompt.question))
+            self.vision_tokens(pages, mode) + 2 * len(pages) + len(self.encode_text(prompt.preamble + prompt.question))
         )
         start = time.perf_counter()
-        features = self.encoder.encode(list(pages))  # [pages, tokens, vision_dim], views batched
+        features = self.encoder.encode(list(pages), mode=mode)  # [pages, tokens, vision_dim], views batched
+        cache = getattr(self.encoder, "stats", None)  # behind the page cache: pages encoded now / read
         if features.device.type == "cpu" and self.vlm.device.type == "cuda":
             features = features.to(self.vlm.device, non_blocking=True)
         synchronize(self.vlm.device)
@@ -144,6 +157,7 @@ class HFReader:
             temperature=temperature,
             seed=seed,
             on_token=self._streaming(stream),
+            page_index=None if positions is None else torch.tensor(list(positions), device=self.vlm.device),
         )
         return Generation(
             text,
@@ -152,6 +166,8 @@ class HFReader:
             stats["decode_s"],
             encode_s=encode_s,
             adapter_s=stats["adapter_s"],
+            pages_encoded=len(pages) if cache is None else cache.encoded,
+            pages_cached=0 if cache is None else cache.cached,
         )
 
     def transcribe(self, features: torch.Tensor, page_index: int, max_new_tokens: int) -> str:

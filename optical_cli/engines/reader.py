@@ -29,6 +29,8 @@ class Generation:
     decode_s: float
     encode_s: float = 0.0  # page encoding (optical only)
     adapter_s: float = 0.0  # adapter and embedding splice (optical only)
+    pages_encoded: int | None = None  # pages DeepEncoder ran on (None: not known, e.g. inside vLLM)
+    pages_cached: int = 0  # pages whose features came from the page cache
 
 
 @dataclass

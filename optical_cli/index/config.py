@@ -7,7 +7,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from ..config.schema import Section
-from ..config.sections import RuntimeConfig
+from ..config.sections import RenderSection, RuntimeConfig
 
 
 class EnergyInputSection(Section):
@@ -137,10 +137,27 @@ class EnergyStoreSection(Section):
     )
 
 
+class LibrarySection(Section):
+    """Documents as pages of passages: `optical index add-documents` (a library of documents) and
+    `optical ask --select retrieve` (the pages of one document ranked against the question)."""
+
+    passage_chars: int = Field(
+        1000,
+        ge=100,
+        description="a page's text is embedded in passages of at most this many characters, cut at line ends "
+        "(the bundled MiniLM reads 256 tokens, about 1,000 characters of prose); a page scores as its best passage",
+    )
+    render: RenderSection = Field(
+        RenderSection(mode="base", reflow=True),
+        description="how add-documents draws a library's pages (ask reads them in its own deepencoder.mode)",
+    )
+
+
 class IndexConfig(Section):
     input: EnergyInputSection = EnergyInputSection()
     embed: EnergyEmbedSection = EnergyEmbedSection()
     build: EnergyBuildSection = EnergyBuildSection()
     search: EnergySearchSection = EnergySearchSection()
     store: EnergyStoreSection = EnergyStoreSection()
+    library: LibrarySection = LibrarySection()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -63,8 +63,10 @@ def embed_corpus(
     batch_size: int = 64,
     cache_dir: str | Path | None = None,
     progress: Optional[Progress] = None,
+    embedder=None,
 ) -> tuple[np.ndarray, bool]:
-    """Embeddings of ``texts`` (cached under ``cache_dir`` when given); returns (vectors, cache_hit)."""
+    """Embeddings of ``texts`` (cached under ``cache_dir`` when given); returns (vectors, cache_hit).
+    ``embedder``: one already loaded from ``model`` (loaded here otherwise, and only on a miss)."""
     cache_file = Path(cache_dir) / f"{texts_key(model, texts)}.npy" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         try:
@@ -75,7 +77,7 @@ def embed_corpus(
                 return vectors, True
         except (OSError, ValueError):
             pass  # a damaged cache entry is simply recomputed and overwritten
-    vectors = encode_texts(texts, model, device, batch_size, progress)
+    vectors = encode_texts(texts, model, device, batch_size, progress, embedder)
     if cache_file is not None:
         with atomic_path(cache_file) as tmp:
             with open(tmp, "wb") as handle:

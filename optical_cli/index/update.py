@@ -135,6 +135,23 @@ def add_items(
     started = time.perf_counter()
     directory = Path(directory)
     corpus = read_new_items(directory, read_manifest(directory), cfg, path, progress)
+    return add_corpus(directory, cfg, corpus, upsert=upsert, where=str(path), started=started)
+
+
+def add_corpus(
+    directory: Path,
+    cfg: IndexConfig,
+    corpus: Corpus,
+    *,
+    upsert: bool = False,
+    replaces: Optional[Callable[[str], bool]] = None,
+    where: str = "the new items",
+    started: Optional[float] = None,
+) -> ChangeReport:
+    """Add ``corpus`` (embedded with the index's model) in one commit. Live items whose id is in it
+    are replaced when ``upsert`` (an error otherwise); so are those whose id ``replaces`` accepts
+    (a library replacing every page of a document, however many it had)."""
+    started = time.perf_counter() if started is None else started
     device = resolve_device(cfg.runtime.device)
     with writer_lock(directory):
         manifest = read_manifest(directory)  # again, under the lock: the state this change builds on
@@ -143,10 +160,11 @@ def add_items(
         existing = [i for i in corpus.ids if i in row_of]
         if existing and not upsert:
             raise InputError(
-                f"{path}: ids already in the index: {show_ids(existing)}; pass --upsert to replace them, or "
+                f"{where}: ids already in the index: {show_ids(existing)}; pass --upsert to replace them, or "
                 "`optical index delete` them first"
             )
-        replaced = np.asarray(sorted(row_of[i] for i in existing), dtype=np.int64)
+        doomed = {row_of[i] for i in existing} | {row for i, row in row_of.items() if replaces and replaces(i)}
+        replaced = np.asarray(sorted(doomed), dtype=np.int64)
         model = read_model(directory, manifest, device)
         items = new_items(model, corpus, device)
         if backend_of(manifest) == "milvus":

@@ -10,6 +10,7 @@ from ..config.schema import Section
 from ..config.sections import (
     PUBLISHED_ADAPTER,
     DeepEncoderSection,
+    PageCacheSection,
     RenderSection,
     RuntimeConfig,
     VLLMSection,
@@ -53,6 +54,31 @@ class AskSection(Section):
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
     timeout_s: float = Field(600.0, gt=0, description="--server: seconds to wait for the answer")
+    select: Literal["retrieve", "middle"] = Field(
+        "retrieve",
+        description="a document longer than serve.max_pages (or --budget): retrieve reads the pages the index's "
+        "embedder and search rank best for the question, in reading order; middle reads the first and last pages "
+        "(bench longbench's cut)",
+    )
+    library: Optional[str] = Field(
+        None, description="a library `optical index add-documents` made: ask across its documents (--library)"
+    )
+    budget: Optional[int] = Field(
+        None,
+        ge=1,
+        description="vision tokens the pages may take (--budget): the DeepEncoder mode and font size that fit the "
+        "document at the best legibility of the render frontier, else pages selected within it",
+    )
+    index_config: Optional[str] = Field(
+        None,
+        description="the index config whose embedder, search and library.passage_chars rank pages (null: the "
+        "index command's default config)",
+    )
+    frontier: Optional[str] = Field(
+        None,
+        description="--budget's legibility table: a `sweep frontier` run's frontier.csv (null: the shipped "
+        "data/frontier/default.csv)",
+    )
 
 
 class ServeConfig(Section):
@@ -62,4 +88,5 @@ class ServeConfig(Section):
     vlm: VLMSection = VLMSection()
     deepencoder: DeepEncoderSection = DeepEncoderSection()
     render: RenderSection = RenderSection()
+    page_cache: PageCacheSection = PageCacheSection()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -29,7 +29,14 @@ class TrainDataSection(Section):
     max_text_tokens: int = Field(
         4096, ge=8, description="page text tokens kept as the reconstruction target (4096 covers a full base page)"
     )
-    cache_dir: str = Field("results/cache/features", description="where encoded page features are cached")
+    cache_dir: Optional[str] = Field(
+        None,
+        description="the page-feature cache, shared with ask and bench longbench (page_cache.dir there; null: "
+        "$OPTICAL_CACHE/page-features); pages are keyed by image and encoder, the corpus's page list beside them",
+    )
+    cache_max_gb: float = Field(
+        20.0, ge=0, description="bound on that cache, least recently used pages going first (page_cache.max_gb)"
+    )
     encode_batch_size: int = Field(8, ge=1, description="views per DeepEncoder forward while caching features")
 
 

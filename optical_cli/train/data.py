@@ -44,7 +44,7 @@ def prepare_data(
     """Under ``accelerate launch`` the main process builds the cache first and the others read it."""
     started = time.perf_counter()
     train_documents, held_out_documents = split_documents(documents, cfg.data.eval_fraction, cfg.runtime.seed)
-    cache = Path(cfg.data.cache_dir)
+    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
     with runtime.accelerator.main_process_first():
         train, cache_hit = build_page_set(train_documents, cfg, encoder, cache, emit)
         held_out = (

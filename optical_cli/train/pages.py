@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -14,14 +14,13 @@ import torch
 
 from ..artifacts import atomic_write_json
 from ..config.sections import RenderSection
-from ..encode.features import FeatureFiles, ShardedFeatures
+from ..encode.page_cache import PageFeatureCache, compute_dtype, fingerprint_of, image_key
 from ..errors import InputError
 from ..models.deepencoder.runner import PageEncoder
 from ..render.pages import iter_pages, render_document
 from .config import TrainAdapterConfig
 
 Progress = Callable[[dict], None]
-CACHE_SHARD_PAGES = 256  # pages per feature-cache shard, as `optical encode` shards by default
 
 
 @dataclass
@@ -76,61 +75,77 @@ def build_page_set(
     documents: list[str],
     cfg: TrainAdapterConfig,
     encoder: PageEncoder,
-    cache_dir: Path,
+    cache_dir: Path | None,
     progress: Progress | None = None,
 ) -> tuple[PageSet, bool]:
     """Render and encode every document once; later calls read the cache. Returns (pages, cache hit).
 
-    The cache is written as `optical encode` writes features (shards of ``CACHE_SHARD_PAGES``
-    pages, one reader for both), so caching holds one shard in memory, not the corpus twice;
-    ``pages.json`` is written last and marks a complete cache.
+    The features live in the page-feature cache (encode/page_cache.py, ``cache_dir``: null for its
+    default folder), one entry per page keyed by the page image and the encoder, the cache ask and
+    bench read too; a page already there (another corpus, an earlier question) is not encoded again.
+    Beside them, ``corpora/KEY.json`` lists this corpus's pages (text, document, page index, key),
+    written last: a corpus whose pages are all still cached is read without rendering anything.
     """
     section = page_render_section(cfg)
+    cache = PageFeatureCache.at(cache_dir, cfg.data.cache_max_gb)
+    fingerprint = fingerprint_of(encoder)
     key = _cache_key(documents, section.model_dump_json(), encoder.identity, cfg.adapter.max_pages, cfg.data.pack)
-    folder = cache_dir / key
-    pages_file = folder / "pages.json"
-    if pages_file.is_file():
-        meta = json.loads(pages_file.read_text(encoding="utf-8"))
-        return PageSet(FeatureFiles.open(folder).load()[0], meta["texts"], meta["document"], meta["page_index"]), True
-    shards = ShardedFeatures(folder / "features.safetensors", CACHE_SHARD_PAGES)
-    shards.clear()
-    texts, document, page_index, pending, encoded = [], [], [], [], []
-    written = 0
-
-    def flush(final: bool = False) -> None:
-        nonlocal written
-        if pending:
-            encoded.extend(encoder.encode(pending))
-            if progress:
-                progress({"event": "encode", "pages": len(pending)})
-            pending.clear()
-        while encoded and (len(encoded) >= shards.pages_per_shard or final):
-            chunk = encoded[: shards.pages_per_shard]
-            shards.write(
-                written // shards.pages_per_shard,
-                written,
-                chunk,
-                [f"document {d}" for d in document[written : written + len(chunk)]],
-                chunk[0].dtype,
-            )
-            written += len(chunk)
-            del encoded[: len(chunk)]
-
+    listing = cache.root / CORPORA / f"{key}.json"
+    if listing.is_file():
+        meta = json.loads(listing.read_text(encoding="utf-8"))
+        found = [cache.get(fingerprint, page_key) for page_key in meta["keys"]]
+        if found and all(tensor is not None for tensor in found):
+            return PageSet(torch.stack(found), meta["texts"], meta["document"], meta["page_index"]), True
+    pages = PageList()
     for doc_id, index, page in _rendered_pages(documents, section, cfg.data.pack, cfg.adapter.max_pages):
-        if not page.text.strip():
-            continue
-        texts.append(page.text)
-        document.append(doc_id)
-        page_index.append(index)
-        pending.append(page.image)
-        if len(pending) >= cfg.data.encode_batch_size:
-            flush()
-    flush(final=True)
-    if not texts:
+        if page.text.strip():
+            pages.add(doc_id, index, page, image_key(page.image), cache.get(fingerprint, image_key(page.image)))
+            if len(pages.pending) >= cfg.data.encode_batch_size:
+                pages.encode(encoder, cache, fingerprint, progress)
+    pages.encode(encoder, cache, fingerprint, progress)
+    if not pages.texts:
         raise InputError("the corpus rendered to no page with visible text; check data.source and render settings")
-    shards.finish(len(texts))
-    atomic_write_json(pages_file, {"texts": texts, "document": document, "page_index": page_index})
-    return PageSet(FeatureFiles.open(folder).load()[0], texts, document, page_index), False
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        listing,
+        {"texts": pages.texts, "document": pages.document, "page_index": pages.page_index, "keys": pages.keys},
+    )
+    return PageSet(torch.stack(pages.features), pages.texts, pages.document, pages.page_index), False
+
+
+CORPORA = "corpora"  # the page lists of training corpora, beside the cached pages
+
+
+@dataclass
+class PageList:
+    """A corpus's pages as they are rendered: text, place, cache key and features (None until encoded)."""
+
+    texts: list[str] = field(default_factory=list)
+    document: list[int] = field(default_factory=list)
+    page_index: list[int] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    features: list = field(default_factory=list)
+    pending: list[tuple[int, object]] = field(default_factory=list)  # (position, image) to encode
+
+    def add(self, doc_id: int, index: int, page, key: str, cached) -> None:
+        if cached is None:
+            self.pending.append((len(self.texts), page.image))
+        self.texts.append(page.text)
+        self.document.append(doc_id)
+        self.page_index.append(index)
+        self.keys.append(key)
+        self.features.append(cached)
+
+    def encode(self, encoder: PageEncoder, cache: PageFeatureCache, fingerprint: str, progress) -> None:
+        if not self.pending:
+            return
+        encoded = encoder.encode([image for _, image in self.pending])
+        for (position, _), tensor in zip(self.pending, encoded):
+            cache.put(fingerprint, self.keys[position], tensor, compute_dtype(encoder))
+            self.features[position] = tensor
+        if progress:
+            progress({"event": "encode", "pages": len(self.pending)})
+        self.pending.clear()
 
 
 def split_documents(documents: list[str], eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:

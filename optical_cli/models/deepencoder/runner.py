@@ -190,6 +190,12 @@ class DeepEncoderPages:
         with torch.device("meta"):
             return count_parameters(DeepEncoder(architecture))
 
-    def encode(self, images: list) -> torch.Tensor:
+    def encode(self, images: list, mode: str | None = None) -> torch.Tensor:
+        """Pages read in ``mode`` (default: the section's; any single-view mode: the weights serve all)."""
+        mode = mode or self.mode
+        if mode == "gundam":
+            raise ConfigError(
+                "gundam gives each page a different token count; read pages in tiny, small, base or large"
+            )
         self.load()
-        return torch.stack(self.runner.encode_images(images, self.mode, self.pixels))
+        return torch.stack(self.runner.encode_images(images, mode, self.pixels))
