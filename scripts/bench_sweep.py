@@ -55,7 +55,7 @@ def best_of(repeats: int, action) -> tuple[float, object]:
     return min(seconds for seconds, _ in runs), runs[0][1]
 
 
-def naive_cell(setup, cell: grid_mod.Cell) -> dict:
+def naive_cell(setup, cell: grid_mod.DiffusionCell) -> dict:
     """Rebuild everything for one cell (prepare + finish), then the same search and scoring as ours."""
     prepared = prepare(setup.vectors, setup.cfg.build, setup.corpus.ids, setup.cfg.runtime.seed, setup.device)
     return evaluate_cell(dataclasses.replace(setup, prepared=prepared), cell)

@@ -107,7 +107,7 @@ def sweep_diffusion(
 ) -> None:
     """Energy search over an eta x steps grid vs cosine, judged by shared labels (CWE ids)."""
     from ..sweep.diffusion import read_sweep_inputs
-    from ..sweep.grid import RESUMABLE_CHANGES, cells_done, parse_eta_list, parse_steps_list
+    from ..sweep.grid import RESUMABLE_CHANGES, diffusion_cells_done, parse_eta_list, parse_steps_list
     from ..sweep.pipeline import OUTPUT_FILES, run_diffusion_sweep
 
     with handled_errors():
@@ -123,7 +123,7 @@ def sweep_diffusion(
         check_resumable(claim, cfg, "diffusion", RESUMABLE_CHANGES)  # before the corpus is embedded
         cells = len(cfg.sweep.etas) * len(cfg.sweep.steps)
         if claim.resuming:
-            done = cells_done(output_dir / "cells.jsonl", cfg.sweep.etas, cfg.sweep.steps)
+            done = diffusion_cells_done(output_dir / "cells.jsonl", cfg.sweep.etas, cfg.sweep.steps)
             report_resume(f"{done} of {cells} cells done in {output_dir}")
         inputs = read_sweep_inputs(cfg)  # a bad corpus fails here, before the run directory exists
         with run_dir("sweep diffusion", cfg, claim) as run, progress_bar("sweep", total=cells) as advance:
@@ -370,8 +370,8 @@ def sweep_frontier(
         OUTPUT_FILES,
         RESUMABLE_CHANGES,
         Hooks,
-        cells_done,
         check_cells,
+        frontier_cells_done,
         read_inputs,
         run_render_sweep,
     )
@@ -382,7 +382,7 @@ def sweep_frontier(
         cfg = with_flags(load("frontier", config, sets), _render_flags(inputs, font_size, mode, judge))
         claim = claim_output("sweep frontier", output_dir, resume=resume, overwrite=overwrite)
         check_resumable(claim, cfg, "frontier", RESUMABLE_CHANGES)
-        done, cells = cells_done(cfg, claim.path if claim.resuming else None)
+        done, cells = frontier_cells_done(cfg, claim.path if claim.resuming else None)
         if claim.resuming:
             report_resume(f"{done} of {cells} cells done in {output_dir}")
         documents = read_inputs(cfg)  # bad inputs fail here, before the run directory exists

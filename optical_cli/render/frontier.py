@@ -44,12 +44,13 @@ import numpy as np
 from pydantic import ValidationError
 from rapidfuzz.distance import Levenshtein
 
-from ..artifacts import append_jsonl, atomic_write_csv, atomic_write_json, atomic_write_text, read_jsonl
+from ..artifacts import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..config.sections import RenderSection
 from ..documents import Document, read_documents
 from ..errors import ConfigError, InputError
 from ..modes import MODES, tile_grid
 from ..paths import CVE_CORPUS, SAMPLE_DOCUMENT, shown
+from ..records import KeyedLog, count_done
 from ..textstats import count_text_tokens
 from .config import FrontierConfig
 from .pages import PageRenderer, non_space
@@ -98,7 +99,7 @@ RESUMABLE_CHANGES = {
 
 
 @dataclass(frozen=True)
-class Cell:
+class RenderCell:
     font_size: int
     mode: str
     reflow: bool
@@ -107,6 +108,12 @@ class Cell:
 
     def key(self) -> tuple:
         return (int(self.font_size), str(self.mode), bool(self.reflow), float(self.line_spacing), str(self.font))
+
+    @staticmethod
+    def record_key(record: dict) -> tuple:
+        """The key of the cell a cells.jsonl record is the result of."""
+        fields = ("font_size", "mode", "reflow", "line_spacing", "font")
+        return RenderCell(*(record[name] for name in fields)).key()
 
     def name(self) -> str:
         return (
@@ -126,25 +133,21 @@ OUTPUT_FILES = (
 )
 
 
-def cells_done(cfg: FrontierConfig, run_path: Path | None) -> tuple[int, int]:
+def frontier_cells_done(cfg: FrontierConfig, run_path: Path | None) -> tuple[int, int]:
     """(cells of the grid already in ``run_path``'s cells.jsonl, cells in the grid); none done without a run."""
     wanted = {cell.key() for cell in grid(cfg)}
-    done = {cell_key(record) for record in read_jsonl(run_path / "cells.jsonl")} if run_path else set()
-    return len(wanted & done), len(wanted)
+    done = count_done(run_path / "cells.jsonl", RenderCell.record_key, wanted) if run_path else 0
+    return done, len(wanted)
 
 
-def grid(cfg: FrontierConfig) -> list[Cell]:
+def grid(cfg: FrontierConfig) -> list[RenderCell]:
     s = cfg.sweep
     return [
-        Cell(size, mode, reflow, spacing, font)
+        RenderCell(size, mode, reflow, spacing, font)
         for font, mode, reflow, spacing, size in itertools.product(
             s.fonts, s.modes, s.reflow, s.line_spacings, s.font_sizes
         )
     ]
-
-
-def cell_key(record: dict) -> tuple:
-    return Cell(record["font_size"], record["mode"], record["reflow"], record["line_spacing"], record["font"]).key()
 
 
 def parse_int_list(text: str, option: str) -> list[int]:
@@ -238,7 +241,7 @@ class CellLayout:
     pages: list[list[str]]  # every document's pages, in order
 
 
-def cell_section(cell: Cell, base: RenderSection) -> RenderSection:
+def cell_section(cell: RenderCell, base: RenderSection) -> RenderSection:
     """The render settings of a cell (gundam pages are drawn at base size), checked by the schema."""
 
     data = base.model_dump() | {
@@ -263,7 +266,7 @@ def check_cells(cfg: FrontierConfig) -> None:
         PageRenderer(cell_section(cell, cfg.render))
 
 
-def lay_out(cell: Cell, base: RenderSection, documents: list[Document]) -> CellLayout:
+def lay_out(cell: RenderCell, base: RenderSection, documents: list[Document]) -> CellLayout:
     renderer = PageRenderer(cell_section(cell, base))
     pages: list[list[str]] = []
     for document in documents:
@@ -469,8 +472,12 @@ class Hooks:
     stage: Optional[Callable[[str], None]] = None
 
 
-def evaluate_cell(
-    cell: Cell, cfg: FrontierConfig, documents: list[Document], judge: OcrJudge, count_tokens: Callable[[str], int]
+def measure_cell(
+    cell: RenderCell,
+    cfg: FrontierConfig,
+    documents: list[Document],
+    judge: OcrJudge,
+    count_tokens: Callable[[str], int],
 ) -> dict:
     layout = lay_out(cell, cfg.render, documents)
     record = {**asdict(cell), **compression(layout, cell.mode, count_tokens)}
@@ -536,21 +543,20 @@ def run_render_sweep(
     out_dir = Path(out_dir)
     started = time.perf_counter()
     cells = grid(cfg)
-    done = {cell_key(r): r for r in read_jsonl(out_dir / "cells.jsonl")} if resume else {}
+    log = KeyedLog(out_dir / "cells.jsonl", RenderCell.record_key, resume=resume)
     count_tokens = count_text_tokens if cfg.render.tokenizer == "qwen" else (lambda text: len(text.split()))
     rows, evaluated = [], 0
     for cell in cells:
-        if cell.key() in done:
-            rows.append(done[cell.key()])
+        if log.done(cell.key()):
+            rows.append(log.records[cell.key()])
             if hooks.cell:
-                hooks.cell(done[cell.key()], True)
+                hooks.cell(log.records[cell.key()], True)
             continue
         if judge is None:
             if hooks.stage:
                 hooks.stage("loading the OCR judge")
             judge = OcrJudge(cfg.sweep.ocr_threads, cfg.sweep.ocr_batch)
-        record = evaluate_cell(cell, cfg, documents, judge, count_tokens)
-        append_jsonl(out_dir / "cells.jsonl", record)
+        record = log.add(measure_cell(cell, cfg, documents, judge, count_tokens))
         rows.append(record)
         evaluated += 1
         if hooks.cell:

@@ -25,7 +25,6 @@ from typing import Callable
 
 from PIL import Image
 
-from ..artifacts import read_jsonl
 from ..config.sections import RenderSection
 from ..documents import pdf_page_count, rasterize_pdf, read_documents
 from ..engines.chain import ChainSpec, draw_pages
@@ -36,6 +35,7 @@ from ..models.tokenizers import load_chat_tokenizer
 from ..models.vlm import IMAGE_PAD, build_layout
 from ..modes import page_size
 from ..prompts import middle_truncate, question_prompt
+from ..records import read_records
 from ..render.pages import PageRenderer, png_bytes
 from .client import OpenAIServer, page_messages
 from .server import served_lora_name
@@ -74,7 +74,7 @@ def read_document(document: str, render: RenderSection, stdin: Callable[[], byte
     """DOC as ask takes it: a text, markdown or PDF file, a render run directory, or ``-``."""
     path = Path(document)
     if document != "-" and path.is_dir():
-        records = read_jsonl(path / "layout.jsonl")
+        records = read_records(path / "layout.jsonl")
         if not records:
             raise InputError(
                 f"{path} is a directory without pages (no layout.jsonl); pass a .txt, .md or .pdf file, "

@@ -214,13 +214,13 @@ def _record(
     return row
 
 
-def finish_cell(setup: SweepSetup, cell: grid_mod.Cell) -> tuple[EnergyIndex, float]:
+def finish_cell(setup: SweepSetup, cell: grid_mod.DiffusionCell) -> tuple[EnergyIndex, float]:
     started = time.perf_counter()
     index = finish(setup.prepared, eta=cell.eta, steps=cell.steps)
     return index, time.perf_counter() - started
 
 
-def evaluate_cell(setup: SweepSetup, cell: grid_mod.Cell) -> dict:
+def evaluate_cell(setup: SweepSetup, cell: grid_mod.DiffusionCell) -> dict:
     """finish() one cell and rank every query by exact energy search."""
     index, build_seconds = finish_cell(setup, cell)
     searcher = Searcher(index)
@@ -296,12 +296,12 @@ def run_sweep(
 ) -> SweepResult:
     """Baselines once, then every grid cell; ``cells.jsonl`` and ``sweep.csv`` updated after each."""
     started = time.perf_counter()
-    log = grid_mod.CellLog(out_dir / "cells.jsonl", setup.fingerprint, resume)
+    log = grid_mod.open_cell_log(out_dir / "cells.jsonl", setup.fingerprint, resume)
     counts = {"evaluated": 0, "skipped": 0}
 
     def done(record: dict, skipped: bool) -> None:
         counts["skipped" if skipped else "evaluated"] += 1
-        grid_mod.write_sweep_csv(out_dir / "sweep.csv", log.rows())
+        grid_mod.write_sweep_csv(out_dir / "sweep.csv", grid_mod.ordered_rows(log))
         if on_cell:
             on_cell(record, skipped)
 
@@ -316,10 +316,8 @@ def run_sweep(
         log.add(record)
         done(record, False)
     grid_mod.run_cells(log, grid_mod.grid_cells(etas, steps), lambda cell: evaluate_cell(setup, cell), done)
-    wanted = {("cosine", None, None), ("faiss", None, None)} | {
-        grid_mod.cell_key(c) for c in grid_mod.grid_cells(etas, steps)
-    }
-    rows = [row for row in log.rows() if grid_mod.record_key(row) in wanted]
+    wanted = {("cosine", None, None), ("faiss", None, None)} | {c.key() for c in grid_mod.grid_cells(etas, steps)}
+    rows = [row for row in grid_mod.ordered_rows(log) if grid_mod.result_key(row) in wanted]
     return SweepResult(setup, rows, etas, steps, time.perf_counter() - started, counts["evaluated"], counts["skipped"])
 
 
@@ -441,7 +439,7 @@ def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict
 # Qualitative table: the text queries
 
 
-def text_query_table(setup: SweepSetup, cell: grid_mod.Cell, k: Optional[int] = None) -> list[dict]:
+def text_query_table(setup: SweepSetup, cell: grid_mod.DiffusionCell, k: Optional[int] = None) -> list[dict]:
     """Top-k of each configured text query by energy (at ``cell``) and by cosine, with labels."""
     cfg = setup.cfg
     texts = list(cfg.sweep.text_queries)

@@ -133,7 +133,7 @@ def run_diffusion_sweep(
     best = best_cells(result).get("ndcg_at_10")
     if best is not None and cfg.sweep.text_queries:
         _stage(hooks, "text queries")
-        cell = grid_mod.Cell(best["eta"], best["steps"])
+        cell = grid_mod.DiffusionCell(best["eta"], best["steps"])
         table = text_query_table(setup, cell)
         atomic_write_json(out_dir / "text_queries.json", table)
         document["text_queries"] = {

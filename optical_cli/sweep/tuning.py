@@ -20,7 +20,7 @@ import torch
 
 from ..index.search import Searcher
 from .config import SweepTuningSection
-from .grid import Cell
+from .grid import DiffusionCell
 from .metrics import METRIC_NAMES, compare, summarize
 
 WEIGHT_NAMES = ("w_lambda", "w_G", "w_D", "alpha")
@@ -94,18 +94,18 @@ def score_blocks(
     return [{name: np.concatenate([p[name] for p in part]) for name in METRIC_NAMES} for part in parts]
 
 
-def choose_cell(rows: list[dict], tune: np.ndarray, metric: str) -> Cell:
+def choose_cell(rows: list[dict], tune: np.ndarray, metric: str) -> DiffusionCell:
     """The energy cell with the best mean ``metric`` over the TUNING queries only."""
     energy = [row for row in rows if row["method"] == "energy"]
     best = max(
         energy, key=lambda row: (float(np.mean(np.asarray(row["per_query"][metric])[tune])), -row["eta"], -row["steps"])
     )
-    return Cell(best["eta"], best["steps"])
+    return DiffusionCell(best["eta"], best["steps"])
 
 
 def tune(
     searcher: Searcher,
-    cell: Cell,
+    cell: DiffusionCell,
     query_vectors: torch.Tensor,
     evaluate: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]],
     cosine_per_query: dict[str, list[float]],

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import HfApi, get_token
 
-from ..artifacts import read_jsonl, read_run_manifest
+from ..artifacts import read_run_manifest
 from ..config.registry import load_config
 from ..errors import InputError, RunFailed
 from ..models import loading
@@ -29,6 +29,7 @@ from ..models.adapter import ADAPTER_FILE, adapter_location, load_adapter, read_
 from ..models.lora import LORA_DIR, lora_beside
 from ..models.provenance import training_models
 from ..modes import MODES
+from ..records import read_records
 from .config import TrainAdapterConfig
 from .outputs import LOSS_PLOT, METRICS_FILE, plot_losses
 
@@ -61,7 +62,7 @@ def read_trained_run(path: Path) -> TrainedRun:
         )
     # the trackers it logged to are not needed here, nor installed everywhere
     cfg = load_config("train-adapter", path / "config.yaml", ["train.log_with=[]"])
-    return TrainedRun(path, manifest, cfg, read_jsonl(path / METRICS_FILE))
+    return TrainedRun(path, manifest, cfg, read_records(path / METRICS_FILE))
 
 
 def read_bench_run(path: Path, adapter_file: Path) -> dict:

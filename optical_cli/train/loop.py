@@ -11,12 +11,12 @@ import torch
 from accelerate.utils import gather_object
 from torch import nn
 
-from ..artifacts import append_jsonl
 from ..memory import PeakMemory, busiest, peak_memory
 from ..models.adapter import parameter_count
 from ..models.deepencoder.runner import DeepEncoderPages, PageEncoder
 from ..models.provenance import training_models
 from ..models.vlm import VisionLanguageReader
+from ..records import RecordLog
 from ..tracking import Trackers, open_trackers
 from .checkpoints import Checkpoint, save_checkpoint
 from .config import TrainAdapterConfig
@@ -96,6 +96,10 @@ class Loop:
     last_eval: float | None = None
     train_s: float = 0.0  # training time in this run (eval, checkpoints and metrics not counted)
     pages_seen: int = 0
+
+    @property
+    def metrics(self) -> RecordLog:
+        return RecordLog(self.run_path / METRICS_FILE)
 
     def loss(self, pages: PageSet, examples: list, index: list[int]) -> torch.Tensor:
         return batch_loss(
@@ -209,7 +213,7 @@ class Loop:
         and at the end) and, on the checkpoint steps, a checkpoint (main process only)."""
         if not self.runtime.is_main:
             return
-        append_jsonl(self.run_path / METRICS_FILE, record)
+        self.metrics.append(record)
         step, opt = record["step"], self.cfg.train
         if step % opt.log_every == 0 or record["eval_loss"] is not None or step == self.schedule.total_steps:
             self.trackers.log(tracked_values(record, peak_memory(self.runtime.device)), step)
