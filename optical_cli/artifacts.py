@@ -384,7 +384,12 @@ def start_run(
 # Refusals are InputErrors (exit 2) raised before anything is written.
 
 # Commands of earlier versions, as their manifests named them
-_LEGACY_COMMANDS = {"longbench": "bench longbench", "index": "index build-energy", "sweep": "sweep diffusion"}
+_LEGACY_COMMANDS = {
+    "longbench": "bench longbench",
+    "index": "index build-energy",
+    "sweep": "sweep diffusion",
+    "sweep render": "sweep frontier",
+}
 # atomic_path's temporaries: .<stem>.<8 random characters>.tmp<suffix>
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?")
 

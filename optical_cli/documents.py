@@ -1,7 +1,7 @@
 """Reading documents as they come: plain text, markdown and PDF.
 
 One reader for every command that takes a document (``render``, ``encode --text``,
-``train-adapter``'s ``data.source``, ``sweep render``). Text and markdown are decoded with the
+``train-adapter``'s ``data.source``, ``sweep frontier``). Text and markdown are decoded with the
 configured encoding. A PDF gives two things:
 
 - its **text layer**, extracted page by page with PDFium (``pypdfium2``) and normalised

@@ -55,7 +55,7 @@ from optical_cli.bench.data import parse_record
 from optical_cli.bench.plots import plot_cost_vs_length
 from optical_cli.bench.runner import BenchSettings, run_benchmark
 from optical_cli.bench.synthetic import cve_document, longbench_item
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.engines.chain import ChainSpec
 from optical_cli.engines.factory import build_reader
 from optical_cli.engines.reader import in_flight

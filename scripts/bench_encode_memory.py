@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from optical_cli.artifacts import atomic_write_csv
-from optical_cli.config import load_config
-from optical_cli.render import PageRenderer
+from optical_cli.config.registry import load_config
+from optical_cli.render.pages import PageRenderer
 
 CONFIG = REPO / "configs" / "tiny" / "encode.yaml"
 CORPUS = REPO / "data" / "cve" / "cves.jsonl"

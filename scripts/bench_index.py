@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def cve_vectors(n: int, seed: int, device: str):
-    from optical_cli.config import EnergyInputSection
+    from optical_cli.index.config import EnergyInputSection
     from optical_cli.index.embed import embed_corpus
     from optical_cli.index.inputs import read_items
 
@@ -94,9 +94,9 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
     import numpy as np
     import torch
 
-    from optical_cli.config import EnergyBuildSection
     from optical_cli.index.ann import build_ann, describe
     from optical_cli.index.build import finish, prepare
+    from optical_cli.index.config import EnergyBuildSection
     from optical_cli.index.search import Searcher, SearchParams, topk_rows
     from optical_cli.memory import PeakMemory, in_use_gib
 

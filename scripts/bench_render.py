@@ -22,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from optical_cli.config import RenderSection
+from optical_cli.config.sections import RenderSection
 from optical_cli.documents import Document
-from optical_cli.render import PageRenderer, render_to_dir
+from optical_cli.render.pages import PageRenderer, render_to_dir
 
 SAMPLE = REPO / "data" / "sample" / "optical_compression.md"
 

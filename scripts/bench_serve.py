@@ -45,16 +45,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from optical_cli.artifacts import atomic_write_csv
-from optical_cli.ask import ask
 from optical_cli.bench.synthetic import cve_document
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.engines.chain import ChainSpec
-from optical_cli.engines.client import OpenAIServer, page_messages
 from optical_cli.engines.factory import build_reader
 from optical_cli.engines.reader import ReadRequest
 from optical_cli.models.tokenizers import load_chat_tokenizer
 from optical_cli.prompts import AFTER_DOCUMENT, PREAMBLE, question_prompt
-from optical_cli.render import PageRenderer, png_bytes
+from optical_cli.render.pages import PageRenderer, png_bytes
+from optical_cli.serving.ask import ask
+from optical_cli.serving.client import OpenAIServer, page_messages
 
 CONFIGS = {"fullsize": REPO / "configs" / "fullsize" / "serve.yaml", "tiny": REPO / "configs" / "tiny" / "serve.yaml"}
 FIELDS = [

@@ -72,7 +72,7 @@ def worker(args) -> dict:
     import pandas as pd
     import torch
 
-    from optical_cli.config import load_config
+    from optical_cli.config.registry import load_config
     from optical_cli.index import milvus
     from optical_cli.index.create import create_index
     from optical_cli.index.manifest import read_manifest, read_model
@@ -83,7 +83,7 @@ def worker(args) -> dict:
     from optical_cli.index.update import add_items
 
     backend = args.worker
-    cfg = load_config("energy", None, ["runtime.device=cpu", f"store.backend={backend}", "input.limit=null"])
+    cfg = load_config("index", None, ["runtime.device=cpu", f"store.backend={backend}", "input.limit=null"])
     x, n_add, queries = data(args)
     ids = [f"s{i}" for i in range(len(x))]
     directory = Path(args.work_dir) / backend

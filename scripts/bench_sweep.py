@@ -9,8 +9,8 @@ noisy; the whole sweep is also timed once as the CLI runs it. Both use the same 
 embeddings (the first run embeds the corpus: see embed_seconds); the naive cells' metrics
 must equal ours (same seed, same stages), which is checked.
 
-    python scripts/bench_sweep.py                 # 16 cells on the default corpus (configs/sweep.yaml)
-    python scripts/bench_sweep.py --naive-cells 4 --config configs/tiny/sweep.yaml
+    python scripts/bench_sweep.py                 # 16 cells on the default corpus (configs/diffusion.yaml)
+    python scripts/bench_sweep.py --naive-cells 4 --config configs/tiny/diffusion.yaml
     # the CLI on 100K labelled vectors: time, peak memory
     python scripts/bench_sweep.py --scale 100000 --num-queries 2000
 
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch
 
 from optical_cli.artifacts import atomic_write_csv
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.index.build import prepare
 from optical_cli.sweep import grid as grid_mod
 from optical_cli.sweep.diffusion import evaluate_cell, run_sweep, setup_sweep
@@ -133,7 +133,7 @@ def scale_sweep(items: int, num_queries: int, out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="sweep config (default configs/sweep.yaml)")
+    parser.add_argument("--config", default=None, help="sweep config (default configs/diffusion.yaml)")
     parser.add_argument("--naive-cells", type=int, default=4, help="cells timed both ways (paired)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per timing; the fastest counts")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -148,7 +148,7 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config("sweep", args.config)
+    cfg = load_config("diffusion", args.config)
     etas, steps = list(cfg.sweep.etas), list(cfg.sweep.steps)
     cells = grid_mod.grid_cells(etas, steps)
 

@@ -10,7 +10,7 @@ load average before and after: figures taken while other work shares the cores a
 
     python scripts/bench_trackers.py                                        # tiny config, 3 rounds
     python scripts/bench_trackers.py --trackers tensorboard,mlflow,wandb --rounds 5 --steps 40
-    python scripts/bench_trackers.py --config configs/fullsize/qwen3_vl.yaml --steps 3 --rounds 1
+    python scripts/bench_trackers.py --config configs/fullsize/train-adapter.yaml --steps 3 --rounds 1
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ FIELDS = ["round", "variant", "steps", "wall_s", "step_s", "wall_ratio", "step_r
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "tiny" / "qwen3_vl.yaml"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "tiny" / "train-adapter.yaml"))
     parser.add_argument(
         "--trackers",
         default="tensorboard,mlflow,tensorboard+mlflow",

@@ -12,8 +12,8 @@ Measured in one run on real CVE text packed into full pages (the train-adapter d
 Step time is the median over --steps timed steps after one warm-up step; peak memory is CUDA max
 allocated on a GPU, else the resident set, with what the step added on top of the models held.
 Ratios are against full-logits at the same batch size. `--size fullsize` uses
-configs/fullsize/qwen3_vl.yaml (random weights at the published sizes: real time and memory),
-`--size tiny` configs/tiny/qwen3_vl.yaml (seconds).
+configs/fullsize/train-adapter.yaml (random weights at the published sizes: real time and memory),
+`--size tiny` configs/tiny/train-adapter.yaml (seconds).
 
     python scripts/bench_train.py --size tiny
     python scripts/bench_train.py --size fullsize --batch-sizes 1,2,4 --steps 1 --device cpu --max-text-tokens 256
@@ -38,28 +38,25 @@ import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from optical_cli.artifacts import atomic_write_csv
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.devices import synchronize
 from optical_cli.memory import PeakMemory, headline_gib, in_use_gib
 from optical_cli.models.deepencoder.runner import DeepEncoderPages
 from optical_cli.models.vlm import splice
-from optical_cli.train import (
-    batch_loss,
-    build_page_set,
-    collate,
+from optical_cli.train.corpus import training_corpus
+from optical_cli.train.objectives import batch_loss, collate, make_examples, page_statistics
+from optical_cli.train.pages import build_page_set
+from optical_cli.train.setup import (
     enable_gradient_checkpointing,
     load_reader,
     make_adapter,
-    make_examples,
-    page_statistics,
-    training_corpus,
     training_mode,
     training_runtime,
 )
 
 CONFIGS = {
-    "fullsize": REPO / "configs" / "fullsize" / "qwen3_vl.yaml",
-    "tiny": REPO / "configs" / "tiny" / "qwen3_vl.yaml",
+    "fullsize": REPO / "configs" / "fullsize" / "train-adapter.yaml",
+    "tiny": REPO / "configs" / "tiny" / "train-adapter.yaml",
 }
 VARIANTS = ("full-logits", "label-positions", "checkpointing")
 FIELDS = [
@@ -124,7 +121,7 @@ def main() -> None:
         "--config",
         type=Path,
         default=None,
-        help="a train-adapter config instead of --size's (e.g. configs/fullsize/qwen3_vl_4b.yaml)",
+        help="a train-adapter config instead of --size's (e.g. configs/fullsize/4b/train-adapter.yaml)",
     )
     parser.add_argument(
         "--set",

@@ -37,13 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from optical_cli.artifacts import atomic_write_csv
-from optical_cli.config import RenderSection
+from optical_cli.config.sections import RenderSection
 from optical_cli.devices import resolve_device, synchronize
 from optical_cli.models.deepencoder import ATTENTION_MODES, DeepEncoderConfig
 from optical_cli.models.deepencoder.preprocess import ENCODE_MODES, PreparedPage, prepare
 from optical_cli.models.deepencoder.runner import EncoderRunner
 from optical_cli.models.deepencoder.weights import load_deepencoder
-from optical_cli.render import iter_pages
+from optical_cli.render.pages import iter_pages
 
 # on a CPU the flex path runs FlexAttention eagerly (unfused): slow, correct, and torch says so once per process
 warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")

@@ -7,7 +7,7 @@ split by label) is built; every (dirichlet_ridge, lambda_blend, w_lambda, w_G) o
 cosine's on the same queries. The held-out queries are never scored here.
 
 The rule, fixed before the grid was run: the best mean NDCG@10 - cosine over the sizes given
-is the candidate; a candidate that changes the shipped defaults (configs/energy.yaml) is
+is the candidate; a candidate that changes the shipped defaults (configs/index.yaml) is
 adopted only when it beats them on the tuning queries of every size with the label-cluster
 95% interval of the paired difference above 0. Otherwise the defaults stay: a difference the
 tuning labels cannot tell from noise is no reason to change what the search computes.
@@ -56,13 +56,13 @@ def tuning_scores(limit: int) -> SizeScores:
     """NDCG@10 per tuning query for every grid point, cosine's, and the ridge's share of the energy."""
     import torch
 
-    from optical_cli.config import load_config
+    from optical_cli.config.registry import load_config
     from optical_cli.index.build import finish
     from optical_cli.index.search import Searcher
     from optical_cli.sweep.diffusion import evaluate_ranking, read_sweep_inputs, setup_sweep
     from optical_cli.sweep.tuning import ScoreTerms
 
-    cfg = load_config("sweep", None, [f"sweep.limit={limit}", "sweep.text_queries=[]"])
+    cfg = load_config("diffusion", None, [f"sweep.limit={limit}", "sweep.text_queries=[]"])
     setup = setup_sweep(cfg, inputs=read_sweep_inputs(cfg))
     tune = setup.split.tune
     queries = torch.from_numpy(setup.vectors[setup.relevance.queries[tune]])
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--limits", default="1681,5000", help="comma-separated corpus sizes (seeded subsets)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from optical_cli.config import EnergyBuildSection, EnergySearchSection
+    from optical_cli.index.config import EnergyBuildSection, EnergySearchSection
     from optical_cli.sweep.metrics import compare
 
     sizes = [tuning_scores(int(limit)) for limit in args.limits.split(",")]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Our energy search beside the original arrowspace package, on the same vectors, in one run.
 
-Both sides get the sweep's corpus (configs/sweep.yaml: the seeded 1,681-record CVE subset, or
+Both sides get the sweep's corpus (configs/diffusion.yaml: the seeded 1,681-record CVE subset, or
 --limit N), its MiniLM embeddings and its relevance (shared CWE id), and are scored with the
 same trec_eval evaluator on the same held-out queries (split by label, as the sweep does).
 Rows: cosine (brute force), our exact energy search (shipped defaults), our published-formula
@@ -131,7 +131,7 @@ def run_arrowspace(items: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--limit", type=int, default=None, help="corpus subset (default: configs/sweep.yaml's sweep.limit)"
+        "--limit", type=int, default=None, help="corpus subset (default: configs/diffusion.yaml's sweep.limit)"
     )
     parser.add_argument("--output", default=str(ROOT / "results" / "bench" / "arrowspace.csv"))
     args = parser.parse_args()
@@ -140,13 +140,13 @@ def main() -> None:
     import torch
 
     from optical_cli.artifacts import atomic_write_text
-    from optical_cli.config import load_config
+    from optical_cli.config.registry import load_config
     from optical_cli.index.build import finish, prepare
     from optical_cli.index.search import Searcher, SearchParams, topk_rows
     from optical_cli.sweep.diffusion import evaluate_ranking, read_sweep_inputs, setup_sweep
     from optical_cli.sweep.metrics import compare
 
-    cfg = load_config("sweep", None, [f"sweep.limit={args.limit}"] if args.limit else [])
+    cfg = load_config("diffusion", None, [f"sweep.limit={args.limit}"] if args.limit else [])
     setup = setup_sweep(cfg, inputs=read_sweep_inputs(cfg))
     held, clusters = setup.split.held, setup.held_clusters
     depth = cfg.sweep.depth + 1

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 def cve_corpus(seed: int = 0) -> tuple[np.ndarray, list[str], list[list[str]]]:
     """(vectors, ids, CWE labels) of every record of the bundled corpus, in file order."""
-    from optical_cli.config import EnergyInputSection
+    from optical_cli.index.config import EnergyInputSection
     from optical_cli.index.embed import embed_corpus
     from optical_cli.index.inputs import read_items
 

@@ -47,15 +47,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.index.build import build
 from optical_cli.index.create import create_index
 from optical_cli.index.embed import embed_corpus
-from optical_cli.index.inputs import BUNDLED_CORPUS
 from optical_cli.index.pipeline import Corpus
 from optical_cli.index.search import Searcher, SearchParams, topk_rows
 from optical_cli.index.store import load_index
 from optical_cli.index.update import add_items
+from optical_cli.paths import CVE_CORPUS
 from optical_cli.sweep.metrics import METRIC_NAMES, TrecEvaluator, compare, summarize
 from optical_cli.sweep.relevance import count_relevant, drop_self, label_incidence
 
@@ -84,7 +84,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_corpus(cfg) -> tuple[list[dict], np.ndarray]:
-    records = [json.loads(line) for line in BUNDLED_CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in CVE_CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
     started = time.perf_counter()
     vectors, hit = embed_corpus(
         [r["description"] for r in records], cfg.embed.model, "cpu", cfg.embed.batch_size, cfg.embed.cache_dir
@@ -145,7 +145,7 @@ def found_in_top10(rankings: np.ndarray, rows: np.ndarray) -> float:
 def main() -> None:
     args = parse_args()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
-    cfg = load_config("energy", None, ["runtime.device=cpu", f"runtime.seed={args.seed}"])
+    cfg = load_config("index", None, ["runtime.device=cpu", f"runtime.seed={args.seed}"])
     records, vectors = load_corpus(cfg)
     print(f"load average before: {' '.join(load_before)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="optical-drift-") as tmp:

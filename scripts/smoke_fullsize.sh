@@ -24,7 +24,7 @@ step() { echo; echo "== $* ($(date +%H:%M:%S))"; }
 check() { "$PY" -c "$1" || { echo "check failed: $2" >&2; exit 1; }; }
 
 step "1/5 train-adapter, full size: 2 steps of batch 2"
-heavy "$OPTICAL" train-adapter -c configs/fullsize/qwen3_vl.yaml -o "$OUT/train" --overwrite --set train.max_steps=2 \
+heavy "$OPTICAL" train-adapter -c configs/fullsize/train-adapter.yaml -o "$OUT/train" --overwrite --set train.max_steps=2 \
     --set train.batch_size=2 --set data.max_documents=4 --set train.read_pages=1 --set train.read_max_new_tokens=8 \
     --set data.cache_dir="$OUT/cache" --json > "$OUT/train.json"
 check "import json; r = json.load(open('$OUT/train.json')); p = r['parameters']

@@ -9,8 +9,8 @@ from bench_fakes import FakeReader
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.config import load_config
-from optical_cli.render import PageRenderer
+from optical_cli.config.registry import load_config
+from optical_cli.render.pages import PageRenderer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = REPO_ROOT / "tests" / "data" / "longbench_fixture.jsonl"

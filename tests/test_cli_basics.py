@@ -31,15 +31,23 @@ def test_help_says_where_config_backed_flags_get_their_defaults():
 def test_config_show_takes_the_clis_names_and_lists_them():
     for name, section in (
         (["bench", "longbench"], "bench"),
-        (["bench"], "bench"),
         (["index", "build-energy"], "search"),
+        (["index"], "search"),
         (["sweep", "diffusion"], "sweep"),
+        (["diffusion"], "tuning"),
+        (["sweep", "frontier"], "sweep"),
         (["longbench"], "bench"),
         (["train-adapter"], "train"),
+        (["ask"], "ask"),
     ):
         shown = runner.invoke(app, ["config", "show", *name])
         assert shown.exit_code == 0, shown.output
         assert section in yaml.safe_load(shown.stdout), name
+        assert "old name" not in shown.stderr
+    for old, section in ((["energy"], "search"), (["sweep"], "tuning"), (["sweep-render"], "sweep")):
+        shown = runner.invoke(app, ["config", "show", *old])  # names of earlier versions: a one-line deprecation
+        assert shown.exit_code == 0 and section in yaml.safe_load(shown.stdout), old
+        assert len(shown.stderr.strip().splitlines()) == 1 and "old name" in shown.stderr, shown.stderr
     unknown = runner.invoke(app, ["config", "show", "benchmark"])
     assert unknown.exit_code == 2 and "bench longbench" in unknown.stderr and "index build-energy" in unknown.stderr
     checked = runner.invoke(app, ["config", "validate", "configs/longbench.yaml", "--command", "bench longbench"])

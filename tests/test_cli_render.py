@@ -7,7 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.render import non_space
+from optical_cli.render.pages import non_space
 
 runner = CliRunner()
 

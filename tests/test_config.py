@@ -2,7 +2,9 @@
 
 import pytest
 
-from optical_cli.config import COMMANDS, ConfigError, dump_config, load_config, parse_yaml
+from optical_cli.config.files import parse_yaml
+from optical_cli.config.registry import COMMANDS, dump_config, load_config
+from optical_cli.errors import ConfigError
 
 
 def write(tmp_path, text, name="render.yaml"):

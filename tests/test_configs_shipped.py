@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from optical_cli.config import COMMANDS, CONFIG_DIR, command_for_file, load_config
+from optical_cli.config.registry import COMMANDS, default_config_path, load_config, resolve_file
+from optical_cli.paths import CONFIG_DIR
 
 ACCELERATE = CONFIG_DIR / "accelerate"  # accelerate's own launch configs, not a command's
 SHIPPED = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if ACCELERATE not in p.parents)
@@ -13,14 +14,14 @@ SHIPPED = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if ACCELERATE not in p.pa
 def test_configs_exist():
     assert SHIPPED, "configs/ holds no YAML files"
     for name, spec in COMMANDS.items():
-        assert (CONFIG_DIR / spec.default_file).is_file(), f"{name} has no default config"
+        assert default_config_path(name).is_file(), f"{name} has no default config"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_shipped_config_validates(path: Path):
-    command = command_for_file(path)
-    assert command is not None, f"{path.name} matches no command's config file name"
-    load_config(command, path)
+    resolved = resolve_file(path)
+    assert resolved is not None and resolved.note is None, f"{path.name}: its stem names no command's config"
+    load_config(resolved.key, path)
 
 
 @pytest.mark.parametrize("path", sorted(ACCELERATE.glob("*.yaml")), ids=lambda p: p.name)

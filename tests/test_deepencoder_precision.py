@@ -19,14 +19,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optical_cli.config import RenderSection
+from optical_cli.config.sections import RenderSection
 from optical_cli.models.deepencoder import DeepEncoderConfig
 from optical_cli.models.deepencoder.preprocess import ENCODE_MODES, prepare
 from optical_cli.models.deepencoder.products import forced_widening
 from optical_cli.models.deepencoder.runner import EncoderRunner
 from optical_cli.models.deepencoder.sam import PatchEmbed, conv3x3_channels_last
 from optical_cli.models.deepencoder.weights import load_deepencoder
-from optical_cli.render import iter_pages
+from optical_cli.render.pages import iter_pages
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample" / "optical_compression.md"
 MAX_CENTRED_ERROR, MIN_TOKEN_COSINE = 2e-2, 0.999

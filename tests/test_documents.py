@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from optical_cli.cli import app
 from optical_cli.documents import normalize_pdf_text, pdf_page_count, rasterize_pdf, read_document, read_pdf
 from optical_cli.errors import InputError
-from optical_cli.render import non_space
+from optical_cli.render.pages import non_space
 
 runner = CliRunner()
 TEXT = (

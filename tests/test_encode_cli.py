@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from optical_cli.artifacts import read_jsonl
 from optical_cli.cli import app
-from optical_cli.features import FeatureFiles
+from optical_cli.encode.features import FeatureFiles
 from optical_cli.models.deepencoder import DeepEncoderConfig, products, widens
 from optical_cli.models.deepencoder.preprocess import prepare
 from optical_cli.models.deepencoder.runner import BatchRunner
@@ -323,7 +323,7 @@ def dead_pid() -> int:
 
 
 def test_interrupted_run_resumes_after_its_complete_shards(long_text, one_file_run, tmp_path, monkeypatch):
-    from optical_cli.features import ShardedFeatures
+    from optical_cli.encode.features import ShardedFeatures
 
     out, write = tmp_path / "run", ShardedFeatures.write
     written = []
@@ -364,7 +364,7 @@ def test_interrupted_run_resumes_after_its_complete_shards(long_text, one_file_r
     manifest = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps({**manifest, "status": "running", "pid": dead_pid()}))
     # a new process knows no attention choice, and here could make none: the shards' own are reused
-    from optical_cli.features import read_header
+    from optical_cli.encode.features import read_header
     from optical_cli.models.deepencoder import ATTENTION_MODES, attention, clear_auto_choices
 
     chosen = json.loads(read_header(out / "features-00001.safetensors")["attention_auto"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.index.build import build
 from optical_cli.index.embed import encode_texts
 from optical_cli.index.search import Searcher, SearchParams, topk_rows
@@ -29,7 +29,7 @@ def labelled():
     records = [json.loads(line) for line in CVES.read_text(encoding="utf-8").splitlines()]
     vectors = encode_texts([r["description"] for r in records], device="cpu")
     relevance = build_relevance([tuple(r["cwe"]) for r in records])
-    index = build(vectors, load_config("energy", None, []).build, [r["id"] for r in records], seed=0, device="cpu")
+    index = build(vectors, load_config("index", None, []).build, [r["id"] for r in records], seed=0, device="cpu")
     evaluator = TrecEvaluator([relevance.relevant_rows(i) for i in range(len(relevance.queries))])
 
     def ndcg(ranked: np.ndarray) -> float:

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, parameter_count
 from optical_cli.models.deepencoder import DeepEncoder, DeepEncoderConfig, count_parameters
 from optical_cli.models.language_model import Qwen3VLLanguageModel, build_meta_qwen3_vl, qwen3_vl_config
 
 FULLSIZE = Path(__file__).resolve().parent.parent / "configs" / "fullsize"
-CONFIGS = [("train-adapter", FULLSIZE / "qwen3_vl.yaml"), ("longbench", FULLSIZE / "longbench.yaml")]
+CONFIGS = [("train-adapter", FULLSIZE / "train-adapter.yaml"), ("longbench", FULLSIZE / "longbench.yaml")]
 
 QWEN3_VL_2B_LANGUAGE_MODEL = 1_720_574_976
 QWEN3_VL_2B_EMBEDDINGS = 151_936 * 2048  # tied: the LM head shares them
@@ -67,7 +67,7 @@ FAMILY = {
     "4b": (2560, 9728, 36, 32, 8, True, 0, 0),
     "8b": (4096, 12288, 36, 32, 8, False, 0, 0),
     "32b": (5120, 25600, 64, 64, 8, False, 0, 0),
-    "30b_a3b": (2048, 6144, 48, 32, 4, False, 128, 768),
+    "30b-a3b": (2048, 6144, 48, 32, 4, False, 128, 768),
 }
 
 
@@ -86,8 +86,8 @@ def test_the_2b_formula_gives_the_published_count():
 
 @pytest.mark.parametrize("stem", sorted(FAMILY))
 def test_family_configs_build_their_published_language_models(stem):
-    train = load_config("train-adapter", FULLSIZE / f"qwen3_vl_{stem}.yaml")
-    bench = load_config("longbench", FULLSIZE / f"longbench_{stem}.yaml")
+    train = load_config("train-adapter", FULLSIZE / stem / "train-adapter.yaml")
+    bench = load_config("longbench", FULLSIZE / stem / "longbench.yaml")
     assert train.vlm == bench.vlm and train.deepencoder == bench.deepencoder and train.vlm.source == "random"
     model = build_meta_qwen3_vl(train.vlm.random.model_dump())
     dims = FAMILY[stem]
@@ -106,4 +106,4 @@ def test_published_totals_are_the_advertised_sizes():
     vision towers, 0.4-0.6B, are not built)."""
     billions = {stem: published_count(*dims) / 1e9 for stem, dims in FAMILY.items()}
     assert 3.9 < billions["4b"] < 4.5 and 7.5 < billions["8b"] < 8.5
-    assert 32 < billions["32b"] < 34 and 30 < billions["30b_a3b"] < 31
+    assert 32 < billions["32b"] < 34 and 30 < billions["30b-a3b"] < 31

@@ -7,7 +7,6 @@ import pytest
 import torch
 from scipy.sparse.csgraph import connected_components
 
-from optical_cli.config import EnergyBuildSection
 from optical_cli.index.build import (
     FeatureNodes,
     Graph,
@@ -24,6 +23,7 @@ from optical_cli.index.build import (
     spectral_terms,
     taumode_lambda,
 )
+from optical_cli.index.config import EnergyBuildSection
 
 
 def clustered(n=300, dim=24, clusters=6, seed=0, scale=1.0):

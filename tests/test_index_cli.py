@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.config import CONFIG_DIR
 from optical_cli.index.search import Searcher
 from optical_cli.index.store import load_index
+from optical_cli.paths import CONFIG_DIR
 
 runner = CliRunner()
 
@@ -323,10 +323,11 @@ def test_bad_inputs_exit_2(tmp_path):
 def test_shipped_configs_validate():
     from pathlib import Path
 
-    from optical_cli.config import REPO_ROOT, load_config
+    from optical_cli.config.registry import load_config
+    from optical_cli.paths import REPO_ROOT
 
-    for path in (REPO_ROOT / "configs" / "energy.yaml", REPO_ROOT / "configs" / "tiny" / "energy.yaml"):
-        assert load_config("energy", Path(path)).build.neighbor_k == 8
+    for path in (REPO_ROOT / "configs" / "index.yaml", REPO_ROOT / "configs" / "tiny" / "index.yaml"):
+        assert load_config("index", Path(path)).build.neighbor_k == 8
 
 
 def test_rendered_documents_become_searchable(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.index import manifest as manifest_mod
 from optical_cli.index import milvus
 from optical_cli.index.query import Queries, search_index
@@ -37,7 +37,7 @@ def write_vectors(path, ids, vectors):
 
 
 def cfg(*sets):
-    return load_config("energy", None, ["runtime.device=cpu", *sets])
+    return load_config("index", None, ["runtime.device=cpu", *sets])
 
 
 def hits(directory, vectors, *sets):

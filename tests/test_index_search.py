@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from optical_cli.config import EnergyBuildSection
 from optical_cli.errors import InputError
 from optical_cli.index.ann import build_ann
 from optical_cli.index.build import build, finish, prepare, ridge_beta
+from optical_cli.index.config import EnergyBuildSection
 from optical_cli.index.search import Searcher, SearchParams, scan, topk_rows
 
 

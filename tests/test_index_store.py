@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from optical_cli.config import EnergyBuildSection, EnergyInputSection
 from optical_cli.errors import InputError
 from optical_cli.index.build import build
+from optical_cli.index.config import EnergyBuildSection, EnergyInputSection
 from optical_cli.index.inputs import read_items, validate_vectors
 from optical_cli.index.search import Searcher, SearchParams
 from optical_cli.index.store import load_index, save_index

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.index.search import Searcher, SearchParams
 from optical_cli.index.store import load_index
 from optical_cli.index.update import add_items, delete_items
@@ -39,7 +39,7 @@ def write_vectors(path, ids, vectors):
 
 
 def energy_cfg(*sets):
-    return load_config("energy", None, ["runtime.device=cpu", *sets])
+    return load_config("index", None, ["runtime.device=cpu", *sets])
 
 
 def build_index(tmp_path, ids, vectors, name="ix", *sets):

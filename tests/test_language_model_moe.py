@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from optical_cli.config import RandomQwen3VLSection
+from optical_cli.config.sections import RandomQwen3VLSection
 from optical_cli.models import loading
 from optical_cli.models.language_model import Qwen3VLMoeLanguageModel, build_meta_qwen3_vl, load_qwen3_vl
 
@@ -115,7 +115,7 @@ def test_train_adapter_runs_on_a_moe_language_model_with_lora(tmp_path):
 
     from optical_cli.cli import app
 
-    config = Path(__file__).resolve().parent.parent / "configs" / "tiny" / "qwen3_vl.yaml"
+    config = Path(__file__).resolve().parent.parent / "configs" / "tiny" / "train-adapter.yaml"
     result = CliRunner().invoke(
         app,
         [

@@ -9,26 +9,21 @@ from typer.testing import CliRunner
 
 from optical_cli.artifacts import read_jsonl
 from optical_cli.cli import app
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.errors import InputError
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter
 from optical_cli.models.deepencoder.runner import DeepEncoderPages
 from optical_cli.models.language_model import build_random_qwen3_vl
 from optical_cli.models.lora import add_lora, load_lora, lora_config, lora_disabled, save_lora
-from optical_cli.train import (
-    build_page_set,
-    collate,
-    load_reader,
-    make_examples,
-    open_checkpoint,
-    read_corpus,
-    reconstruction_loss,
-    train_adapter,
-    training_runtime,
-)
+from optical_cli.train.checkpoints import open_checkpoint
+from optical_cli.train.corpus import read_corpus
+from optical_cli.train.loop import train_adapter
+from optical_cli.train.objectives import collate, make_examples, reconstruction_loss
+from optical_cli.train.pages import build_page_set
+from optical_cli.train.setup import load_reader, training_runtime
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "configs" / "tiny" / "qwen3_vl.yaml"
+TINY = REPO / "configs" / "tiny" / "train-adapter.yaml"
 TINY_BENCH = REPO / "configs" / "tiny" / "longbench.yaml"
 CVES = REPO / "tests" / "data" / "cves_200.jsonl"
 LORA = ["train.lora.rank=4", "train.lora.alpha=8", "train.lora.dropout=0.1"]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.engines import ARCHITECTURE
 from optical_cli.engines.chain import ChainSpec, fit_adapter
 from optical_cli.engines.model_dir import (
@@ -33,7 +33,7 @@ from optical_cli.models.language_model import build_random_qwen3_vl
 from optical_cli.models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
 from optical_cli.models.vlm import IMAGE_PAD, build_layout, chat_ids
 from optical_cli.prompts import AFTER_DOCUMENT, PREAMBLE
-from optical_cli.render import PageRenderer
+from optical_cli.render.pages import PageRenderer
 
 runner = CliRunner()
 TINY = REPO_ROOT / "configs" / "tiny" / "serve.yaml"

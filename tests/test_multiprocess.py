@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.features import FeatureFiles
+from optical_cli.encode.features import FeatureFiles
 
 REPO = Path(__file__).resolve().parent.parent
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -159,7 +159,7 @@ def test_two_processes_train_the_adapter_on_the_streamed_cache(tmp_path):
     result = launch(
         "train-adapter",
         "--config",
-        "configs/tiny/qwen3_vl.yaml",
+        "configs/tiny/train-adapter.yaml",
         "--output-dir",
         out,
         "--json",
@@ -201,7 +201,7 @@ def test_fsdp_shards_the_frozen_llm_and_trains_as_ddp_does(tmp_path):
     settings = [
         "train-adapter",
         "--config",
-        "configs/tiny/qwen3_vl.yaml",
+        "configs/tiny/train-adapter.yaml",
         "--json",
         "--set",
         "runtime.device=cpu",

@@ -9,13 +9,13 @@ import torch
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.config import RandomQwen3VLSection
+from optical_cli.config.sections import RandomQwen3VLSection
 from optical_cli.models.language_model import build_meta_qwen3_vl, build_random_qwen3_vl, qwen3_vl_config
 from optical_cli.plan import _SavedBytes, training_activations
 
 REPO = Path(__file__).resolve().parent.parent
 FULLSIZE = REPO / "configs" / "fullsize"
-TINY_TRAIN = REPO / "configs" / "tiny" / "qwen3_vl.yaml"
+TINY_TRAIN = REPO / "configs" / "tiny" / "train-adapter.yaml"
 TINY_BENCH = REPO / "configs" / "tiny" / "longbench.yaml"
 
 
@@ -38,7 +38,7 @@ def test_8b_dry_run_counts_the_published_dims_without_weights(tmp_path):
     plan = dry_run(
         "train-adapter",
         "-c",
-        str(FULLSIZE / "qwen3_vl_8b.yaml"),
+        str(FULLSIZE / "8b/train-adapter.yaml"),
         "-o",
         str(tmp_path / "run"),
         "--device-memory",
@@ -57,7 +57,9 @@ def test_8b_dry_run_counts_the_published_dims_without_weights(tmp_path):
 
 
 def test_30b_a3b_dry_run_counts_every_expert():
-    plan = dry_run("train-adapter", "-c", str(FULLSIZE / "qwen3_vl_30b_a3b.yaml"), "--set", "runtime.dtype=bfloat16")
+    plan = dry_run(
+        "train-adapter", "-c", str(FULLSIZE / "30b-a3b/train-adapter.yaml"), "--set", "runtime.dtype=bfloat16"
+    )
     want = text_count(2048, 6144, 48, 32, 4, tied=False, experts=128, moe_intermediate=768)
     assert abs(plan["parameters"]["language_model"] - want) / want < 0.005
     assert plan["model_class"] == "Qwen3VLMoeLanguageModel" and plan["dtype"] == "bfloat16"
@@ -128,7 +130,7 @@ def test_longbench_plan_has_the_kv_cache_at_the_longest_context():
         "bench",
         "longbench",
         "-c",
-        str(FULLSIZE / "longbench_8b.yaml"),
+        str(FULLSIZE / "8b/longbench.yaml"),
         "--conditions",
         "native",
         "--set",

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import ImageDraw
 
-from optical_cli.config import RenderSection
+from optical_cli.config.sections import RenderSection
 from optical_cli.documents import decode
 from optical_cli.errors import InputError
-from optical_cli.render import PageRenderer, is_variation_selector, non_space, render_document
+from optical_cli.render.pages import PageRenderer, is_variation_selector, non_space, render_document
 
 MARKER = "\u25a1"
 
@@ -246,7 +246,7 @@ def test_png_writer_round_trips_exactly(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from optical_cli.render import png_bytes
+    from optical_cli.render.pages import png_bytes
 
     page = render_document("Round trip: ÅÉ gjpq ___ " * 200, RenderSection(tokenizer="none", mode="tiny"))[0].image
     decoded = Image.open(io.BytesIO(png_bytes(page)))

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from optical_cli.artifacts import claim_output_dir, start_run
 from optical_cli.cli import app
-from optical_cli.config import dump_config, load_config
+from optical_cli.config.registry import dump_config, load_config
 from optical_cli.errors import InputError
 
 runner = CliRunner()
@@ -59,7 +59,7 @@ def test_another_commands_run_is_refused_and_left_byte_identical(render_run, no_
 
 def finished_sweep(path, **changes):
     """A finished `sweep diffusion` run directory as the CLI leaves one (its cells need not be real here)."""
-    cfg = load_config("sweep", "configs/tiny/sweep.yaml")
+    cfg = load_config("diffusion", "configs/tiny/diffusion.yaml")
     with start_run("sweep diffusion", dump_config(cfg), output_dir=path) as run:
         (run.path / "cells.jsonl").write_text(
             json.dumps({"method": "energy", "eta": 0.1, "steps": 4, "fingerprint": "x"}) + "\n"
@@ -71,10 +71,10 @@ def test_resume_with_changed_settings_is_refused_before_the_corpus_is_read(tmp_p
     run = finished_sweep(tmp_path / "sweep")
     before = snapshot(run)
     result = invoke(
-        "sweep", "diffusion", "-c", "configs/tiny/sweep.yaml", "-o", run, "--resume", "--set", "build.neighbor_k=5"
+        "sweep", "diffusion", "-c", "configs/tiny/diffusion.yaml", "-o", run, "--resume", "--set", "build.neighbor_k=5"
     )
     assert result.exit_code == 2 and "build.neighbor_k" in result.stderr, result.output
-    plain = invoke("sweep", "diffusion", "-c", "configs/tiny/sweep.yaml", "-o", run)
+    plain = invoke("sweep", "diffusion", "-c", "configs/tiny/diffusion.yaml", "-o", run)
     assert plain.exit_code == 2 and "finished `optical sweep diffusion` run; pass --resume" in plain.stderr
     assert snapshot(run) == before
 
@@ -83,7 +83,7 @@ def test_resume_with_changed_settings_is_refused_before_the_corpus_is_read(tmp_p
     "command",
     [
         ["encode", "--config", "configs/tiny/encode.yaml", "--text", "data/sample/optical_compression.md"],
-        ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml"],
+        ["sweep", "diffusion", "--config", "configs/tiny/diffusion.yaml"],
         ["bench", "longbench", "--config", "configs/tiny/longbench.yaml"],
     ],
 )
@@ -100,7 +100,7 @@ def test_resume_with_nothing_to_resume_is_exit_2(tmp_path, command, state, no_em
 def test_train_adapter_resume_of_a_directory_without_a_run(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "config.yaml").write_text(dump_config(load_config("train-adapter", "configs/tiny/qwen3_vl.yaml")))
+    (out / "config.yaml").write_text(dump_config(load_config("train-adapter", "configs/tiny/train-adapter.yaml")))
     result = invoke("train-adapter", "--resume", out)
     assert result.exit_code == 2 and "holds no optical run" in result.stderr
 

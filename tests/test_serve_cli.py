@@ -11,11 +11,11 @@ from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.config import load_config
-from optical_cli.engines import server as server_module
+from optical_cli.config.registry import load_config
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapter
 from optical_cli.models.language_model import load_qwen3_vl
 from optical_cli.models.lora import add_lora, lora_config, save_lora
+from optical_cli.serving import server as server_module
 
 runner = CliRunner()
 TINY = REPO_ROOT / "configs" / "tiny" / "serve.yaml"

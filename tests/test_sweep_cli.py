@@ -47,7 +47,7 @@ def _invoke(corpus, cache, out, *extra):
         "sweep",
         "diffusion",
         "--config",
-        "configs/tiny/sweep.yaml",
+        "configs/tiny/diffusion.yaml",
         "--corpus",
         str(corpus),
         "--limit",
@@ -196,7 +196,7 @@ def test_missing_faiss_is_a_warning_not_a_silent_skip(tiny_corpus, tmp_path, mon
     ],
 )
 def test_bad_grid_exits_2_with_one_line(tmp_path, flags, message):
-    args = ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml", *flags]
+    args = ["sweep", "diffusion", "--config", "configs/tiny/diffusion.yaml", *flags]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr
@@ -234,10 +234,10 @@ def test_bad_corpus_is_one_line_exit_2_and_leaves_no_run_dir(tmp_path, corpus_te
 
 
 def test_shipped_sweep_configs_validate():
-    from optical_cli.config import load_config
+    from optical_cli.config.registry import load_config
 
-    full = load_config("sweep", "configs/sweep.yaml")
-    tiny = load_config("sweep", "configs/tiny/sweep.yaml")
+    full = load_config("diffusion", "configs/diffusion.yaml")
+    tiny = load_config("diffusion", "configs/tiny/diffusion.yaml")
     assert full.sweep.etas == [0.05, 0.1, 0.15, 0.2] and full.sweep.steps == [2, 4, 6, 8]
     assert tiny.sweep.limit == 200
 
@@ -274,11 +274,13 @@ def test_resume_of_a_finished_sweep_under_other_settings_leaves_it_byte_identica
 def test_steps_zero_exits_2_before_any_output(tmp_path):
     out = tmp_path / "x"
     result = runner.invoke(
-        app, ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml", "--steps", "0", "-o", str(out)]
+        app, ["sweep", "diffusion", "--config", "configs/tiny/diffusion.yaml", "--steps", "0", "-o", str(out)]
     )
     assert result.exit_code == 2 and "0 steps is no diffusion" in result.stderr
     assert not out.exists()
-    zero = runner.invoke(app, ["sweep", "diffusion", "--config", "configs/tiny/sweep.yaml", "--set", "sweep.steps=[0]"])
+    zero = runner.invoke(
+        app, ["sweep", "diffusion", "--config", "configs/tiny/diffusion.yaml", "--set", "sweep.steps=[0]"]
+    )
     assert zero.exit_code == 2 and "sweep.steps" in zero.stderr
 
 

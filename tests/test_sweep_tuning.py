@@ -4,10 +4,11 @@ re-weighting the precomputed terms ranks exactly like the index's own search."""
 import numpy as np
 import torch
 
-from optical_cli.config import EnergyBuildSection, SweepTuningSection
 from optical_cli.index.build import build
+from optical_cli.index.config import EnergyBuildSection
 from optical_cli.index.search import Searcher, SearchParams, topk_rows
 from optical_cli.sweep import tuning
+from optical_cli.sweep.config import SweepTuningSection
 
 
 def test_candidates_grid_and_random():

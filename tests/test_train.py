@@ -10,32 +10,21 @@ from typer.testing import CliRunner
 
 from optical_cli.artifacts import read_jsonl, start_run
 from optical_cli.cli import app
-from optical_cli.config import dump_config, load_config
+from optical_cli.config.registry import dump_config, load_config
 from optical_cli.errors import InputError
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapter
 from optical_cli.models.deepencoder.runner import DeepEncoderPages
-from optical_cli.render import PageRenderer, non_space
-from optical_cli.train import (
-    batch_loss,
-    build_page_set,
-    character_error_rate,
-    collate,
-    enable_gradient_checkpointing,
-    load_reader,
-    make_examples,
-    mse_loss,
-    open_checkpoint,
-    page_render_section,
-    read_corpus,
-    reconstruction_loss,
-    split_documents,
-    train_adapter,
-    training_mode,
-    training_runtime,
-)
+from optical_cli.render.pages import PageRenderer, non_space
+from optical_cli.train.checkpoints import open_checkpoint
+from optical_cli.train.corpus import read_corpus
+from optical_cli.train.loop import train_adapter
+from optical_cli.train.objectives import batch_loss, collate, make_examples, mse_loss, reconstruction_loss
+from optical_cli.train.pages import build_page_set, page_render_section, split_documents
+from optical_cli.train.reading import character_error_rate
+from optical_cli.train.setup import enable_gradient_checkpointing, load_reader, training_mode, training_runtime
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "configs" / "tiny" / "qwen3_vl.yaml"
+TINY = REPO / "configs" / "tiny" / "train-adapter.yaml"
 CVES = REPO / "tests" / "data" / "cves_200.jsonl"
 
 
@@ -319,7 +308,7 @@ def test_missing_deepencoder_weights_fail_before_anything_is_written_or_shown(tm
     no run directory (with -o or without), no RANDOM WEIGHTS banner and no empty progress bar (issue 31.5)."""
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     for extra in ([], ["-o", str(tmp_path / "run")]):
-        args = ["train-adapter", "-c", "configs/qwen3_vl.yaml", "--set", "vlm.source=random", *extra]
+        args = ["train-adapter", "-c", "configs/train-adapter.yaml", "--set", "vlm.source=random", *extra]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, result.output
         assert "hf download deepseek-ai/DeepSeek-OCR" in result.stderr

@@ -15,7 +15,7 @@ from optical_cli.models.adapter import load_adapter, save_adapter
 from optical_cli.train import export as export_mod
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "configs" / "tiny" / "qwen3_vl.yaml"
+TINY = REPO / "configs" / "tiny" / "train-adapter.yaml"
 TINY_BENCH = REPO / "configs" / "tiny" / "longbench.yaml"
 CVES = REPO / "tests" / "data" / "cves_200.jsonl"
 

@@ -15,15 +15,17 @@ from test_sweep_cli import _invoke as sweep
 from test_sweep_cli import tiny_corpus  # noqa: F401 - the sweep's planted corpus, made a fixture of this module too
 from typer.testing import CliRunner
 
-from optical_cli import config as config_mod
 from optical_cli.artifacts import read_jsonl, start_run
 from optical_cli.cli import app
-from optical_cli.config import dump_config, load_config
+from optical_cli.config import schema as config_schema
+from optical_cli.config.registry import dump_config, load_config
 from optical_cli.tracking import flat_numbers, log_summary
-from optical_cli.train import load_reader, open_checkpoint, train_adapter, training_runtime
+from optical_cli.train.checkpoints import open_checkpoint
+from optical_cli.train.loop import train_adapter
+from optical_cli.train.setup import load_reader, training_runtime
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "configs" / "tiny" / "qwen3_vl.yaml"
+TINY = REPO / "configs" / "tiny" / "train-adapter.yaml"
 TINY_BENCH = REPO / "configs" / "tiny" / "longbench.yaml"
 CVES = REPO / "tests" / "data" / "cves_200.jsonl"
 SETTINGS = [
@@ -106,7 +108,7 @@ def test_resume_continues_the_same_tracker_runs(tmp_path):
 
 def test_a_tracker_that_is_not_installed_is_one_line_exit_2_before_anything_is_written(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        config_mod, "module_installed", lambda module: module not in ("wandb", "tensorboard", "tensorboardX")
+        config_schema, "module_installed", lambda module: module not in ("wandb", "tensorboard", "tensorboardX")
     )
     out = tmp_path / "out"
     for tracker, extra in (("wandb", "optical[wandb]"), ("tensorboard", "optical[tensorboard]")):

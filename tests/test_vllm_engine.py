@@ -23,7 +23,7 @@ pytest.importorskip("vllm")
 
 from conftest import REPO_ROOT
 
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.engines.chain import ChainSpec
 from optical_cli.engines.factory import build_reader
 from optical_cli.engines.reader import ContextExceeded, ReadRequest

@@ -27,9 +27,9 @@ pytest.importorskip("vllm")
 
 from conftest import REPO_ROOT
 
-from optical_cli.ask import ask, local_reader
 from optical_cli.bench.synthetic import cve_document
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
+from optical_cli.serving.ask import ask, local_reader
 
 TINY = REPO_ROOT / "configs" / "tiny" / "serve.yaml"
 OPTICAL = Path(sys.executable).with_name("optical")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from optical_cli.config import RandomQwen3VLSection
+from optical_cli.config.sections import RandomQwen3VLSection
 from optical_cli.errors import InputError
 from optical_cli.models import loading
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter
@@ -172,9 +172,9 @@ def test_adapter_for_another_hidden_size_is_refused(reader):
 
 
 def test_document_text_to_answer_through_deepencoder_and_adapter(reader):
-    from optical_cli.config import DeepEncoderSection, RenderSection, RuntimeConfig
+    from optical_cli.config.sections import DeepEncoderSection, RenderSection, RuntimeConfig
     from optical_cli.models.deepencoder.runner import DeepEncoderPages
-    from optical_cli.render import render_document
+    from optical_cli.render.pages import render_document
 
     section = DeepEncoderSection(weights="random", architecture="tiny", mode="tiny")
     encoder = DeepEncoderPages(section, RuntimeConfig(device="cpu", dtype="float32"), torch.device("cpu"))
@@ -194,7 +194,7 @@ def test_document_text_to_answer_through_deepencoder_and_adapter(reader):
 
 
 def test_reader_from_config_checks_the_adapter(tmp_path):
-    from optical_cli.config import VLMSection
+    from optical_cli.config.sections import VLMSection
     from optical_cli.models.adapter import save_adapter
 
     path = save_adapter(

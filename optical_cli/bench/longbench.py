@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import LongBenchConfig
 from ..distributed import Processes
 from ..engines.reader import Reader, in_flight
 from ..engines.vllm_import import vllm_version
@@ -21,6 +20,7 @@ from ..memory import PeakMemory, busiest
 from ..models.loading import Download, require_downloads
 from ..models.provenance import chain_downloads
 from ..tracking import log_summary
+from .config import LongBenchConfig
 from .data import DatasetUnavailable, LongBenchItem
 from .runner import BenchSettings, finish_run, load_selection, resume_progress, run_benchmark, settings_from, throughput
 

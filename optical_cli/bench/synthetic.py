@@ -15,10 +15,9 @@ import random
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..config import REPO_ROOT
+from ..paths import CVE_CORPUS
 from .data import LETTERS
 
-CVE_CORPUS = REPO_ROOT / "data" / "cve" / "cves.jsonl"
 DOMAIN = "Synthetic (CVE records, not LongBench data)"
 
 

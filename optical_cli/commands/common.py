@@ -29,8 +29,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .. import config as config_mod
 from ..artifacts import FollowerRun, OutputDir, Run, claim_output_dir, start_run, to_json_line
+from ..config import registry
+from ..config.resume import check_same_settings
+from ..config.validation import with_values
 from ..errors import InputError, OpticalError, RunFailed
 from ..launch import is_main_process, single_process_warning
 
@@ -42,7 +44,7 @@ err = Console(stderr=True, highlight=False)
 
 @functools.lru_cache(maxsize=None)
 def _shipped_config(command: str) -> Any:
-    return config_mod.load_config(command, None, [])
+    return registry.load_config(command, None, [])
 
 
 def config_default(command: str, key: str) -> str:
@@ -167,7 +169,7 @@ def handled_errors() -> Iterator[None]:
 
 
 def load(command: str, config: Optional[Path], sets: Optional[list[str]]) -> Any:
-    return config_mod.load_config(command, config, sets or [])
+    return registry.load_config(command, config, sets or [])
 
 
 ALL = object()  # a flag value meaning "no limit": the config's null (``--limit 0``)
@@ -190,7 +192,7 @@ def with_flags(cfg: Any, flags: dict[str, tuple[str, Any]]) -> Any:
     given = {flag: (key, value) for flag, (key, value) in flags.items() if value is not None}
     values = {key: None if value is ALL else value for key, value in given.values()}
     where = {key: f"{flag} {_shown(value)}" for flag, (key, value) in given.items()}
-    return config_mod.with_values(cfg, values, where)
+    return with_values(cfg, values, where)
 
 
 def _shown(value: Any) -> str:
@@ -220,7 +222,7 @@ def check_resumable(claim: OutputDir, cfg: Any, schema: str, allowed: set[str]) 
             "choose another --output-dir, or --overwrite to start over there"
         )
     finished = (claim.previous or {}).get("status") == "ok"
-    config_mod.check_same_settings(load(schema, saved, None), cfg, allowed, finished=finished)
+    check_same_settings(load(schema, saved, None), cfg, allowed, finished=finished)
 
 
 def report_resume(found: str) -> None:
@@ -283,7 +285,7 @@ def run_dir(
         device = str(resolve_device(runtime.device))
     with start_run(
         command,
-        config_mod.dump_config(cfg),
+        registry.dump_config(cfg),
         output_dir=claim,
         name=name,
         seed=getattr(runtime, "seed", None),

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import config as config_mod
+from ..config import registry
 from ..errors import OpticalError
 from .common import (
     ConfigOpt,
@@ -18,6 +18,7 @@ from .common import (
     handled_errors,
     load,
     say,
+    warn,
 )
 
 app = typer.Typer(help="Show and validate config files.", no_args_is_help=True)
@@ -29,7 +30,9 @@ def config_show(
         list[str],
         typer.Argument(
             metavar="COMMAND",
-            help="Command whose config to show, as the CLI names it: " + ", ".join(config_mod.CLI_NAMES) + ".",
+            help="Command whose config to show, by its config key or as the CLI names it: "
+            + ", ".join(registry.known_names())
+            + ".",
         ),
     ],
     config: ConfigOpt = None,
@@ -37,11 +40,13 @@ def config_show(
 ) -> None:
     """Print the resolved config of COMMAND (defaults + file + --set) as YAML.
 
-    For example `optical config show bench longbench`.
+    For example `optical config show bench longbench` (or `optical config show longbench`).
     """
     with handled_errors():
-        cfg = load(config_mod.schema_name(" ".join(command)), config, sets)
-        sys.stdout.write(config_mod.dump_config(cfg))
+        resolved = registry.resolve(" ".join(command))
+        if resolved.note:
+            warn(resolved.note)
+        sys.stdout.write(registry.dump_config(load(resolved.key, config, sets)))
 
 
 @app.command("validate")
@@ -51,29 +56,35 @@ def config_validate(
         Optional[str],
         typer.Option(
             "--command",
-            help="Command whose schema to check against, e.g. 'bench longbench' (default: judged by file name).",
+            help="Command whose schema to check against, e.g. 'bench longbench' (default: the file's stem, which "
+            "names its command's config: index.yaml, tiny/longbench.yaml).",
         ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Check config files against their command's schema; exit 2 if any is invalid."""
-    results = []
-    for path in files:
-        name = command
-        try:
-            name = config_mod.schema_name(command) if command else config_mod.command_for_file(path)
-            if name is None:
-                raise OpticalError(
-                    f"{path}: cannot tell which command this config is for; pass --command "
-                    f"({', '.join(config_mod.CLI_NAMES)})"
-                )
-            config_mod.load_config(name, path)
-            results.append({"file": str(path), "command": name, "ok": True})
-            say("ok", "green", f"{path} ({name})")
-        except OpticalError as exc:
-            results.append({"file": str(path), "command": name, "ok": False, "error": str(exc)})
-            say("error", "red", str(exc))
+    results = [_validate_one(path, command) for path in files]
     if json_out:
         emit_json(results)
     if not all(r["ok"] for r in results):
         raise typer.Exit(2)
+
+
+def _validate_one(path: Path, command: Optional[str]) -> dict:
+    name = command
+    try:
+        resolved = registry.resolve(command) if command else registry.resolve_file(path)
+        if resolved is None:
+            raise OpticalError(
+                f"{path}: its name names no command's config; name the file after its command "
+                f"({', '.join(f'{key}.yaml' for key in registry.COMMANDS)}) or pass --command"
+            )
+        if resolved.note:
+            warn(resolved.note)
+        name = resolved.key
+        registry.load_config(name, path)
+        say("ok", "green", f"{path} ({name})")
+        return {"file": str(path), "command": name, "ok": True}
+    except OpticalError as exc:
+        say("error", "red", str(exc))
+        return {"file": str(path), "command": name, "ok": False, "error": str(exc)}

@@ -69,7 +69,7 @@ def encode(
     the shards; with a pinned deepencoder.attention the output equals one process's.
     """
     from ..devices import resolve_device
-    from ..encode import METRIC_FILES, build_runner, check_shards_on_disk, plan_inputs, run_encode
+    from ..encode.pipeline import METRIC_FILES, build_runner, check_shards_on_disk, plan_inputs, run_encode
 
     with handled_errors():
         cfg = load("encode", config, sets)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .. import config as config_mod
+from ..config.validation import validate
 from .common import (
     ConfigOpt,
     JsonOpt,
@@ -36,7 +36,7 @@ MAX_TABLES = 10  # more queries than this: one summary line on stderr instead of
 def _energy_config(config: Optional[Path], sets: Optional[list[str]], **changes: Any) -> Any:
     """The one way flags reach the config: load it (with --set), then apply each flag given (None = not
     given) as ``section__key=value``; ``--limit 0`` means every item."""
-    cfg = load("energy", config, sets)
+    cfg = load("index", config, sets)
     for dotted, value in changes.items():
         if value is None:
             continue
@@ -46,7 +46,7 @@ def _energy_config(config: Optional[Path], sets: Optional[list[str]], **changes:
         setattr(
             cfg,
             section,
-            config_mod.validate(type(part), part.model_dump() | {key: value}, f"--{key.replace('_', '-')}"),
+            validate(type(part), part.model_dump() | {key: value}, f"--{key.replace('_', '-')}"),
         )
     return cfg
 
@@ -65,7 +65,7 @@ DropInvalidOpt = Annotated[
     typer.Option(
         "--drop-invalid/--no-drop-invalid",
         help="Drop NaN/Inf/zero rows instead of failing.",
-        show_default=config_default("energy", "input.drop_invalid"),
+        show_default=config_default("index", "input.drop_invalid"),
     ),
 ]
 
@@ -78,7 +78,7 @@ def index_build_energy(
         typer.Option(
             "--limit",
             help="Seeded random subset of N items (0 = all).",
-            show_default=config_default("energy", "input.limit"),
+            show_default=config_default("index", "input.limit"),
         ),
     ] = None,
     drop_invalid: DropInvalidOpt = None,
@@ -134,30 +134,30 @@ def index_search(
     ] = None,
     k: Annotated[
         Optional[int],
-        typer.Option("-k", "--k", help="Results per query.", show_default=config_default("energy", "search.k")),
+        typer.Option("-k", "--k", help="Results per query.", show_default=config_default("index", "search.k")),
     ] = None,
     mode: Annotated[
         Optional[str],
-        typer.Option("--mode", help="energy | cosine | hybrid.", show_default=config_default("energy", "search.mode")),
+        typer.Option("--mode", help="energy | cosine | hybrid.", show_default=config_default("index", "search.mode")),
     ] = None,
     w_lambda: Annotated[
         Optional[float],
         typer.Option(
             "--w-lambda",
             help="Weight of |lambda_q - lambda_i|.",
-            show_default=config_default("energy", "search.w_lambda"),
+            show_default=config_default("index", "search.w_lambda"),
         ),
     ] = None,
     w_g: Annotated[
         Optional[float],
-        typer.Option("--w-g", help="Weight of |G_q - G_i|.", show_default=config_default("energy", "search.w_G")),
+        typer.Option("--w-g", help="Weight of |G_q - G_i|.", show_default=config_default("index", "search.w_G")),
     ] = None,
     w_d: Annotated[
         Optional[float],
         typer.Option(
             "--w-d",
             help="Weight of the bounded Dirichlet energy of q - x_i.",
-            show_default=config_default("energy", "search.w_D"),
+            show_default=config_default("index", "search.w_D"),
         ),
     ] = None,
     alpha: Annotated[
@@ -165,7 +165,7 @@ def index_search(
         typer.Option(
             "--alpha",
             help="Hybrid: alpha*cosine distance + (1-alpha)*energy.",
-            show_default=config_default("energy", "search.alpha"),
+            show_default=config_default("index", "search.alpha"),
         ),
     ] = None,
     candidates: Annotated[
@@ -174,7 +174,7 @@ def index_search(
             "--candidates",
             help="exact: score every item; ann: FAISS (or Milvus) candidates nearest in Dirichlet energy, rescored "
             "exactly (search.ann_candidates per query).",
-            show_default=config_default("energy", "search.candidates"),
+            show_default=config_default("index", "search.candidates"),
         ),
     ] = None,
     config: ConfigOpt = None,

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import config as config_mod
+from ..paths import SAMPLE_DOCUMENT
 from .common import (
     ConfigOpt,
     JsonOpt,
@@ -22,8 +22,6 @@ from .common import (
     run_dir,
     warn,
 )
-
-SAMPLE_DOCUMENT = config_mod.REPO_ROOT / "data" / "sample" / "optical_compression.md"
 
 
 def render(
@@ -49,7 +47,7 @@ def render(
     """Render text (or a PDF's text layer, or with render.source=pdf-pages its own pages) to page images
     (page_0001.png, ...) plus layout.jsonl, sized for a DeepEncoder mode."""
     from ..documents import read_documents
-    from ..render import PageRenderer, check_renderable, render_to_dir
+    from ..render.pages import PageRenderer, check_renderable, render_to_dir
 
     with handled_errors():
         cfg = load("render", config, sets)

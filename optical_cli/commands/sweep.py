@@ -1,4 +1,5 @@
-"""`optical sweep diffusion`: energy search over an eta x steps grid against labels (config: sweep)."""
+"""`optical sweep diffusion` (energy search over an eta x steps grid against labels) and `optical sweep frontier`
+(rendering settings against an OCR judge's legibility)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from .common import (
 
 app = typer.Typer(
     help="Sweeps: energy-index parameters against real relevance labels (diffusion); rendering settings against "
-    "legibility (render).",
+    "legibility (frontier).",
     no_args_is_help=True,
 )
 
@@ -62,7 +63,7 @@ def sweep_diffusion(
         typer.Option(
             "--eta",
             help="Comma-separated eta values, e.g. 0.05,0.1,0.15,0.2.",
-            show_default=config_default("sweep", "sweep.etas"),
+            show_default=config_default("diffusion", "sweep.etas"),
         ),
     ] = None,
     steps: Annotated[
@@ -70,7 +71,7 @@ def sweep_diffusion(
         typer.Option(
             "--steps",
             help="Comma-separated diffusion step counts, e.g. 2,4,6,8.",
-            show_default=config_default("sweep", "sweep.steps"),
+            show_default=config_default("diffusion", "sweep.steps"),
         ),
     ] = None,
     num_queries: Annotated[
@@ -78,7 +79,7 @@ def sweep_diffusion(
         typer.Option(
             "--num-queries",
             help="Seeded sample of N labelled records as queries (null: all).",
-            show_default=config_default("sweep", "sweep.num_queries"),
+            show_default=config_default("diffusion", "sweep.num_queries"),
         ),
     ] = None,
     limit: Annotated[
@@ -86,7 +87,7 @@ def sweep_diffusion(
         typer.Option(
             "--limit",
             help="Seeded corpus subset of N records (0 = all).",
-            show_default=config_default("sweep", "sweep.limit"),
+            show_default=config_default("diffusion", "sweep.limit"),
         ),
     ] = None,
     corpus: Annotated[
@@ -117,9 +118,9 @@ def sweep_diffusion(
             "--limit": ("sweep.limit", all_if_zero(limit)),
             "--corpus": ("sweep.corpus", None if corpus is None else str(corpus)),
         }
-        cfg = with_flags(load("sweep", config, sets), flags)
+        cfg = with_flags(load("diffusion", config, sets), flags)
         claim = claim_output("sweep diffusion", output_dir, resume=resume, overwrite=overwrite)
-        check_resumable(claim, cfg, "sweep", RESUMABLE_CHANGES)  # before the corpus is embedded
+        check_resumable(claim, cfg, "diffusion", RESUMABLE_CHANGES)  # before the corpus is embedded
         cells = len(cfg.sweep.etas) * len(cfg.sweep.steps)
         if claim.resuming:
             done = cells_done(output_dir / "cells.jsonl", cfg.sweep.etas, cfg.sweep.steps)
@@ -318,8 +319,9 @@ def _print_sweep_report(summary: dict, path: Path) -> None:
     )
 
 
-@app.command("render")
-def sweep_render(
+@app.command("frontier")
+def sweep_frontier(
+    context: typer.Context,
     inputs: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -336,7 +338,7 @@ def sweep_render(
         typer.Option(
             "--font-size",
             help="Comma-separated font sizes in px, e.g. 6,8,10,12.",
-            show_default=config_default("sweep-render", "sweep.font_sizes"),
+            show_default=config_default("frontier", "sweep.font_sizes"),
         ),
     ] = None,
     mode: Annotated[
@@ -344,7 +346,7 @@ def sweep_render(
         typer.Option(
             "--mode",
             help="Comma-separated DeepEncoder modes: tiny, small, base, large, gundam.",
-            show_default=config_default("sweep-render", "sweep.modes"),
+            show_default=config_default("frontier", "sweep.modes"),
         ),
     ] = None,
     judge: Annotated[
@@ -352,7 +354,7 @@ def sweep_render(
         typer.Option(
             "--judge",
             help="Who reads the pages: ocr (PP-OCRv4 recogniser on each drawn line segment).",
-            show_default=config_default("sweep-render", "sweep.judge"),
+            show_default=config_default("frontier", "sweep.judge"),
         ),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip cells already finished in --output-dir.")] = False,
@@ -364,7 +366,7 @@ def sweep_render(
 ) -> None:
     """The compression frontier: text tokens per vision token against an OCR judge's error, over font size x mode
     x reflow x line spacing x font."""
-    from ..sweep.frontier import (
+    from ..render.frontier import (
         OUTPUT_FILES,
         RESUMABLE_CHANGES,
         Hooks,
@@ -374,16 +376,19 @@ def sweep_render(
         run_render_sweep,
     )
 
+    if context.info_name == "render":
+        warn("`optical sweep render` is the old name of `optical sweep frontier`; use `sweep frontier`")
     with handled_errors():
-        cfg = with_flags(load("sweep-render", config, sets), _render_flags(inputs, font_size, mode, judge))
-        claim = claim_output("sweep render", output_dir, resume=resume, overwrite=overwrite)
-        check_resumable(claim, cfg, "sweep-render", RESUMABLE_CHANGES)
+        cfg = with_flags(load("frontier", config, sets), _render_flags(inputs, font_size, mode, judge))
+        claim = claim_output("sweep frontier", output_dir, resume=resume, overwrite=overwrite)
+        check_resumable(claim, cfg, "frontier", RESUMABLE_CHANGES)
         done, cells = cells_done(cfg, claim.path if claim.resuming else None)
         if claim.resuming:
             report_resume(f"{done} of {cells} cells done in {output_dir}")
         documents = read_inputs(cfg)  # bad inputs fail here, before the run directory exists
         check_cells(cfg)  # a font or size that cannot lay out a page fails before any work
-        with run_dir("sweep render", cfg, claim, device="cpu") as run, progress_bar("sweep render", cells) as advance:
+        directory = run_dir("sweep frontier", cfg, claim, device="cpu")
+        with directory as run, progress_bar("sweep frontier", cells) as advance:
             summary = run_render_sweep(cfg, documents, run.path, resume, _render_hooks(advance, Hooks))
             run.record_existing(*OUTPUT_FILES)
             run.update(sweep_seconds=summary["timing"]["seconds"])
@@ -394,9 +399,13 @@ def sweep_render(
             emit_json(summary | {"output_dir": str(run.path)})
 
 
+# the name of earlier versions: the same command, announced as deprecated when run under it
+app.command("render", hidden=True)(sweep_frontier)
+
+
 def _render_flags(inputs, font_size, mode, judge) -> dict:
-    """sweep render's flags as config keys (``with_flags``), each list checked by its parser."""
-    from ..sweep.frontier import MODE_CHOICES, parse_choices, parse_int_list
+    """sweep frontier's flags as config keys (``with_flags``), each list checked by its parser."""
+    from ..render.frontier import MODE_CHOICES, parse_choices, parse_int_list
 
     hint = "the trained-reader judge is not built yet"
     judged = None if judge is None else parse_choices(judge, "--judge", ("ocr",), True, hint)

@@ -88,7 +88,7 @@ def train_adapter_command(
     devices: DevicesOpt = 1,
 ) -> None:
     """Train the vision-token adapter (DeepEncoder, Qwen3-VL frozen): adapter.safetensors, metrics.jsonl, loss.png."""
-    from ..train import RUN_ARTIFACTS, prepare_training, uses_random_weights
+    from ..train.run import RUN_ARTIFACTS, prepare_training, uses_random_weights
 
     with handled_errors():
         config, output_dir, resume_from = _resume_paths(resume, config, output_dir)

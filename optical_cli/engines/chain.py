@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import DeepEncoderSection, RenderSection, RuntimeConfig, VLLMSection, VLMSection
+from ..config.sections import DeepEncoderSection, RenderSection, RuntimeConfig, VLLMSection, VLMSection
 from ..errors import ConfigError, InputError
 from ..models import loading
 from ..models.adapter import OPTICAL_LAYOUT, AdapterConfig, OpticalAdapter, load_adapter

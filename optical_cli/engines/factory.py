@@ -15,7 +15,7 @@ from ..models.deepencoder.runner import DeepEncoderPages
 from ..models.lora import load_lora
 from ..models.tokenizers import load_chat_tokenizer
 from ..models.vlm import VisionLanguageReader
-from ..render import PageRenderer
+from ..render.pages import PageRenderer
 from .chain import RANDOM, ChainSpec, adapter_layout, fit_adapter
 from .hf import HFReader
 from .model_dir import cached_model_dir

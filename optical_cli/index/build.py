@@ -64,8 +64,8 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components
 
-from ..config import EnergyBuildSection
 from ..errors import ConfigError, InputError
+from .config import EnergyBuildSection
 
 ROBUST_SCALE = 1.4826  # MAD -> standard deviation for normal data
 MIN_EDGE_WEIGHT = 1e-8  # floor for far-apart neighbours: a kNN edge never underflows to "no edge"

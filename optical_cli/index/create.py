@@ -12,22 +12,22 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..config import EnergyConfig
 from . import milvus
 from .ann import build_ann, choose_kind
 from .build import EnergyIndex, build
+from .config import IndexConfig
 from .manifest import MODEL_FILE, initial_state, model_fields, save_model
 from .pipeline import Corpus
 from .store import save_index
 
 
-def check_store(cfg: EnergyConfig) -> None:
+def check_store(cfg: IndexConfig) -> None:
     """What the store needs, checked before a run directory or an embedding exists."""
     if cfg.store.backend == "milvus":
         milvus.require_client()
 
 
-def summary(index: EnergyIndex, corpus: Corpus, fields: dict, seconds: dict, cfg: EnergyConfig, path: Path) -> dict:
+def summary(index: EnergyIndex, corpus: Corpus, fields: dict, seconds: dict, cfg: IndexConfig, path: Path) -> dict:
     """What build-energy reports (stderr table, --json)."""
     return {
         "index": str(path),
@@ -46,7 +46,7 @@ def summary(index: EnergyIndex, corpus: Corpus, fields: dict, seconds: dict, cfg
 
 
 def create_index(
-    cfg: EnergyConfig, corpus: Corpus, directory: Path, device: torch.device, progress: Optional[Callable] = None
+    cfg: IndexConfig, corpus: Corpus, directory: Path, device: torch.device, progress: Optional[Callable] = None
 ) -> tuple[EnergyIndex, dict[str, Any], dict[str, float]]:
     """Build the energy index of ``corpus`` and store it in ``directory``: (index, manifest fields, seconds)."""
     started = time.perf_counter()

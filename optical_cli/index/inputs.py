@@ -19,11 +19,11 @@ import pandas as pd
 from safetensors import safe_open
 
 from ..artifacts import iter_jsonl_objects
-from ..config import REPO_ROOT, EnergyInputSection
+from ..encode.features import FeatureFiles
 from ..errors import InputError
-from ..features import FeatureFiles
+from ..paths import CVE_CORPUS
+from .config import EnergyInputSection
 
-BUNDLED_CORPUS = REPO_ROOT / "data" / "cve" / "cves.jsonl"
 VECTOR_SUFFIXES = {".npy", ".parquet", ".safetensors"}
 TEXT_SUFFIXES = {".jsonl", ".csv"}
 
@@ -47,7 +47,7 @@ def show_ids(ids: list[str], limit: int = 5) -> str:
 
 def read_items(section: EnergyInputSection, path: Optional[str | Path] = None, seed: int = 0) -> Items:
     """Read ``path`` (default: ``section.path``, else the bundled corpus), then take the seeded subset."""
-    path = Path(path or section.path or BUNDLED_CORPUS)
+    path = Path(path or section.path or CVE_CORPUS)
     suffix = path.suffix.lower()
     if path.is_dir() or path.name.endswith(".index.json"):
         items = read_vectors(path)

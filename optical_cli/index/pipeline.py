@@ -13,8 +13,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..config import EnergyConfig
 from ..errors import InputError
+from .config import IndexConfig
 from .embed import embed_corpus, encode_texts
 from .inputs import Items, read_items, read_texts, read_vectors, validate_vectors
 
@@ -44,7 +44,7 @@ def record_labels(records: Optional[list[dict]], field_name: Optional[str]) -> O
 
 
 def corpus_vectors(
-    cfg: EnergyConfig, path: Optional[str | Path] = None, progress: Optional[Callable[[int], None]] = None
+    cfg: IndexConfig, path: Optional[str | Path] = None, progress: Optional[Callable[[int], None]] = None
 ) -> Corpus:
     """Read ``path`` (or cfg.input.path, or the bundled corpus), embed texts, drop/flag invalid rows."""
     items: Items = read_items(cfg.input, path, cfg.runtime.seed)

@@ -16,11 +16,11 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import EnergyConfig
 from ..devices import resolve_device
 from ..errors import InputError
 from . import milvus
 from .build import EnergyIndex
+from .config import IndexConfig
 from .inputs import read_vectors
 from .manifest import backend_of, read_manifest, read_model
 from .pipeline import query_vectors, read_query_file
@@ -45,7 +45,7 @@ class SearchOutcome:
 
 
 def read_queries(
-    texts: Optional[list[str]], vector_file: Optional[Path], query_file: Optional[Path], cfg: EnergyConfig
+    texts: Optional[list[str]], vector_file: Optional[Path], query_file: Optional[Path], cfg: IndexConfig
 ) -> Queries:
     """Exactly one of: query texts, a vector file (.npy 1-D or 2-D, .parquet, .safetensors), a query file."""
     given = [
@@ -78,7 +78,7 @@ def read_queries(
     return Queries(ids, query_texts, vectors)
 
 
-def search_index(directory: Path, queries: Queries, cfg: EnergyConfig) -> SearchOutcome:
+def search_index(directory: Path, queries: Queries, cfg: IndexConfig) -> SearchOutcome:
     """Embed text queries with the index's model and search the index in ``directory``."""
     device = resolve_device(cfg.runtime.device)
     manifest = read_manifest(directory)

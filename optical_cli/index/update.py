@@ -22,13 +22,13 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..config import EnergyConfig
 from ..devices import resolve_device
 from ..errors import InputError
 from . import milvus
 from . import store as files
 from .ann import build_ann
 from .build import EnergyIndex, item_terms
+from .config import IndexConfig
 from .inputs import show_ids
 from .manifest import backend_of, changed_share, read_manifest, read_model, writer_lock
 from .pipeline import Corpus, corpus_vectors
@@ -54,7 +54,7 @@ class ChangeReport:
         return asdict(self)
 
 
-def _report(directory: Path, operation: str, state: dict, added: int, deleted: int, cfg: EnergyConfig, started):
+def _report(directory: Path, operation: str, state: dict, added: int, deleted: int, cfg: IndexConfig, started):
     share = changed_share(state)
     return ChangeReport(
         index=str(directory),
@@ -73,14 +73,14 @@ def _report(directory: Path, operation: str, state: dict, added: int, deleted: i
     )
 
 
-def live_ids(directory: Path, manifest: dict, cfg: EnergyConfig) -> tuple[list[str], np.ndarray]:
+def live_ids(directory: Path, manifest: dict, cfg: IndexConfig) -> tuple[list[str], np.ndarray]:
     if backend_of(manifest) == "milvus":
         return milvus.live_rows(directory, manifest, cfg.store.open_timeout)
     return files.live_rows(directory, manifest)
 
 
 def read_new_items(
-    directory: Path, manifest: dict, cfg: EnergyConfig, path: Path, progress: Optional[Callable] = None
+    directory: Path, manifest: dict, cfg: IndexConfig, path: Path, progress: Optional[Callable] = None
 ) -> Corpus:
     """Every record of ``path`` (no sampling), embedded with the index's own model, validated."""
     cfg = cfg.model_copy(deep=True)
@@ -126,7 +126,7 @@ def new_items(model: EnergyIndex, corpus: Corpus, device: torch.device) -> Energ
 
 def add_items(
     directory: str | Path,
-    cfg: EnergyConfig,
+    cfg: IndexConfig,
     path: Path,
     upsert: bool = False,
     progress: Optional[Callable] = None,
@@ -160,7 +160,7 @@ def add_items(
     return _report(directory, "add", state, len(items), int(replaced.size), cfg, started)
 
 
-def delete_items(directory: str | Path, cfg: EnergyConfig, ids: list[str]) -> ChangeReport:
+def delete_items(directory: str | Path, cfg: IndexConfig, ids: list[str]) -> ChangeReport:
     """Delete the items with ``ids``; an id not in the index is an error and nothing changes."""
     started = time.perf_counter()
     directory = Path(directory)

@@ -19,16 +19,17 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..config import SweepConfig
 from ..devices import resolve_device
 from ..errors import InputError
 from ..index.ann import faiss_module
 from ..index.build import EnergyIndex, Prepared, finish, prepare
 from ..index.embed import embed_corpus, encode_texts
-from ..index.inputs import BUNDLED_CORPUS, sample_rows
+from ..index.inputs import sample_rows
 from ..index.search import Searcher, SearchParams, topk_rows
 from ..models.sentence import sentence_model_name
+from ..paths import CVE_CORPUS
 from . import grid as grid_mod
+from .config import DiffusionConfig
 from .metrics import HEAD, METRIC_NAMES, TAIL, TrecEvaluator, compare, summarize
 from .relevance import LabelledCorpus, QuerySplit, Relevance, build_relevance, drop_self, load_labelled, split_by_label
 
@@ -44,7 +45,7 @@ def query_block(n_items: int, most: int = 512) -> int:
 class SweepSetup:
     """Everything the cells share."""
 
-    cfg: SweepConfig
+    cfg: DiffusionConfig
     corpus: LabelledCorpus
     vectors: np.ndarray
     relevance: Relevance
@@ -68,11 +69,11 @@ class SweepSetup:
         return torch.from_numpy(self.vectors[self.relevance.queries]).to(self.device)
 
 
-def corpus_path(cfg: SweepConfig) -> Path:
-    return Path(cfg.sweep.corpus) if cfg.sweep.corpus else BUNDLED_CORPUS
+def corpus_path(cfg: DiffusionConfig) -> Path:
+    return Path(cfg.sweep.corpus) if cfg.sweep.corpus else CVE_CORPUS
 
 
-def _fingerprint(cfg: SweepConfig, corpus: LabelledCorpus, relevance: Relevance) -> str:
+def _fingerprint(cfg: DiffusionConfig, corpus: LabelledCorpus, relevance: Relevance) -> str:
     """Hash of everything a cell's numbers depend on except eta and steps."""
     digest = hashlib.sha256()
     for record_id, labels in zip(corpus.ids, corpus.labels):
@@ -103,7 +104,7 @@ class SweepInputs:
     relevance: Relevance
 
 
-def read_sweep_inputs(cfg: SweepConfig) -> SweepInputs:
+def read_sweep_inputs(cfg: DiffusionConfig) -> SweepInputs:
     """Read and sample the corpus and judge relevance (cheap; every user mistake raises InputError here)."""
     sweep = cfg.sweep
     corpus = load_labelled(corpus_path(cfg), sweep.id_field, sweep.text_field, sweep.label_field, sweep.vector_field)
@@ -118,7 +119,7 @@ def read_sweep_inputs(cfg: SweepConfig) -> SweepInputs:
 
 
 def setup_sweep(
-    cfg: SweepConfig, progress: Optional[Callable[[int], None]] = None, inputs: Optional[SweepInputs] = None
+    cfg: DiffusionConfig, progress: Optional[Callable[[int], None]] = None, inputs: Optional[SweepInputs] = None
 ) -> SweepSetup:
     """Embed the corpus (read here unless ``inputs`` is given) and run the diffusion-free build stages."""
     seed = cfg.runtime.seed

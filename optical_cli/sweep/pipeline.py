@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..artifacts import atomic_write_json, atomic_write_text
-from ..config import SweepConfig
 from ..index.search import Searcher
 from ..tracking import log_summary
 from . import grid as grid_mod
 from . import tuning as tuning_mod
+from .config import DiffusionConfig
 from .diffusion import (
     SweepInputs,
     SweepResult,
@@ -104,7 +104,7 @@ OUTPUT_FILES = (
 
 
 def run_diffusion_sweep(
-    cfg: SweepConfig,
+    cfg: DiffusionConfig,
     out_dir: Path,
     resume: bool = False,
     hooks: Optional[Hooks] = None,

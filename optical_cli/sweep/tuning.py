@@ -18,8 +18,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..config import SweepTuningSection
 from ..index.search import Searcher
+from .config import SweepTuningSection
 from .grid import Cell
 from .metrics import METRIC_NAMES, compare, summarize
 

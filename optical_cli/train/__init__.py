@@ -20,53 +20,6 @@ Modules, in dependency order: ``corpus`` (documents), ``pages`` (rendering, the 
 feature cache), ``objectives`` (examples, batches, losses), ``checkpoints`` (schedule, resume),
 ``reading`` (the reading check), ``sharding`` (FSDP), ``setup`` (runtime, reader, adapter, LoRA,
 optimizer, start or resume), ``data`` (the feature cache step), ``outputs`` (adapter, plot, reading
-records), ``loop`` (the steps and ``train_adapter``), ``run`` (the command's prepared run). The
-names callers use are re-exported here; module constants (``CACHE_SHARD_PAGES``, ...) are not:
-patch them where they are read.
+records), ``loop`` (the steps and ``train_adapter``), ``run`` (the command's prepared run). Callers
+import from the module that defines a name; ``config`` holds the command's schema.
 """
-
-from .checkpoints import Checkpoint, open_checkpoint
-from .corpus import read_corpus, training_corpus
-from .loop import TrainResult, train_adapter
-from .objectives import batch_loss, collate, make_examples, mse_loss, page_statistics, reconstruction_loss
-from .pages import PageSet, build_page_set, page_render_section, split_documents
-from .reading import character_error_rate
-from .run import RUN_ARTIFACTS, PreparedTraining, prepare_training, uses_random_weights
-from .setup import (
-    TrainingRuntime,
-    enable_gradient_checkpointing,
-    load_reader,
-    make_adapter,
-    training_mode,
-    training_runtime,
-)
-
-__all__ = [
-    "RUN_ARTIFACTS",
-    "Checkpoint",
-    "PageSet",
-    "PreparedTraining",
-    "TrainResult",
-    "TrainingRuntime",
-    "batch_loss",
-    "build_page_set",
-    "character_error_rate",
-    "collate",
-    "enable_gradient_checkpointing",
-    "load_reader",
-    "make_adapter",
-    "make_examples",
-    "mse_loss",
-    "open_checkpoint",
-    "page_render_section",
-    "page_statistics",
-    "prepare_training",
-    "read_corpus",
-    "training_corpus",
-    "reconstruction_loss",
-    "split_documents",
-    "train_adapter",
-    "training_mode",
-    "training_runtime",
-    "uses_random_weights",
-]

@@ -8,9 +8,9 @@ from typing import Iterator
 from datasets import load_dataset
 
 from ..artifacts import iter_jsonl_objects
-from ..config import TrainAdapterConfig
 from ..documents import read_document
 from ..errors import InputError
+from .config import TrainAdapterConfig
 
 
 def _texts_from_jsonl(path: Path, field_name: str) -> Iterator[str]:

@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TrainAdapterConfig
 from ..errors import InputError
 from ..models.deepencoder.runner import PageEncoder
 from ..models.vlm import VisionLanguageReader
+from .config import TrainAdapterConfig
 from .objectives import Example, make_examples
 from .pages import PageSet, Progress, build_page_set, split_documents
 from .setup import TrainingRuntime

@@ -22,13 +22,14 @@ import torch
 from huggingface_hub import HfApi, get_token
 
 from ..artifacts import read_jsonl, read_run_manifest
-from ..config import TrainAdapterConfig, load_config
+from ..config.registry import load_config
 from ..errors import InputError, RunFailed
 from ..models import loading
 from ..models.adapter import ADAPTER_FILE, adapter_location, load_adapter, read_sidecar, save_adapter, sidecar_path
 from ..models.lora import LORA_DIR, lora_beside
 from ..models.provenance import training_models
 from ..modes import MODES
+from .config import TrainAdapterConfig
 from .outputs import LOSS_PLOT, METRICS_FILE, plot_losses
 
 CARD = "README.md"

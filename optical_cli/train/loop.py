@@ -12,7 +12,6 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from ..artifacts import append_jsonl
-from ..config import TrainAdapterConfig
 from ..memory import PeakMemory, busiest, peak_memory
 from ..models.adapter import parameter_count
 from ..models.deepencoder.runner import DeepEncoderPages, PageEncoder
@@ -20,6 +19,7 @@ from ..models.provenance import training_models
 from ..models.vlm import VisionLanguageReader
 from ..tracking import Trackers, open_trackers
 from .checkpoints import Checkpoint, save_checkpoint
+from .config import TrainAdapterConfig
 from .corpus import training_corpus
 from .data import TrainingData, prepare_data
 from .objectives import batch_loss, page_statistics

@@ -13,11 +13,12 @@ from typing import Callable, Iterator
 import torch
 
 from ..artifacts import atomic_write_json
-from ..config import RenderSection, TrainAdapterConfig
+from ..config.sections import RenderSection
+from ..encode.features import FeatureFiles, ShardedFeatures
 from ..errors import InputError
-from ..features import FeatureFiles, ShardedFeatures
 from ..models.deepencoder.runner import PageEncoder
-from ..render import iter_pages, render_document
+from ..render.pages import iter_pages, render_document
+from .config import TrainAdapterConfig
 
 Progress = Callable[[dict], None]
 CACHE_SHARD_PAGES = 256  # pages per feature-cache shard, as `optical encode` shards by default

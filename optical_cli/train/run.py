@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TrainAdapterConfig
 from ..distributed import Processes
 from ..models.adapter import ADAPTER_FILE
 from ..models.loading import RANDOM_SOURCE, require_downloads
@@ -16,6 +15,7 @@ from ..models.provenance import chain_downloads
 from ..models.vlm import VisionLanguageReader
 from ..tracking import TRACKER_ARTIFACTS
 from .checkpoints import Checkpoint, open_checkpoint
+from .config import TrainAdapterConfig
 from .corpus import training_corpus
 from .loop import TrainResult, train_adapter
 from .outputs import LOSS_PLOT, METRICS_FILE, READING_FILE

@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from ..config import RuntimeConfig, TrainAdapterConfig, TrainOptimSection
+from ..config.sections import RuntimeConfig
 from ..devices import resolve_device, resolve_dtype
 from ..distributed import Processes, join
 from ..errors import ConfigError, InputError
@@ -22,6 +22,7 @@ from ..models.adapter import AdapterConfig, OpticalAdapter, load_adapter
 from ..models.lora import LORA_DIR, add_lora, load_lora, lora_config
 from ..models.vlm import VisionLanguageReader
 from .checkpoints import Checkpoint, lr_lambda, restore_trainer_state
+from .config import TrainAdapterConfig, TrainOptimSection
 from .sharding import fsdp_requested, shard_language_model
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from ...config import DeepEncoderSection, RuntimeConfig
+from ...config.sections import DeepEncoderSection, RuntimeConfig
 from ...devices import resolve_device, resolve_dtype
 from ...errors import ConfigError, RunFailed
 from .config import DeepEncoderConfig

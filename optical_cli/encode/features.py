@@ -32,8 +32,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .artifacts import atomic_path, atomic_write_json
-from .errors import InputError
+from ..artifacts import atomic_path, atomic_write_json
+from ..errors import InputError
 
 INDEX_FORMAT = "optical-features"
 INDEX_VERSION = 1

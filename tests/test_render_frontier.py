@@ -1,4 +1,4 @@
-"""`optical sweep render`: the compression frontier and its OCR judge (sweep/frontier.py)."""
+"""`optical sweep frontier`: the compression frontier and its OCR judge (render/frontier.py)."""
 
 import csv
 import json
@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.config import load_config
+from optical_cli.config.registry import load_config
 from optical_cli.documents import Document
-from optical_cli.sweep.frontier import (
+from optical_cli.render.frontier import (
     Cell,
     OcrJudge,
     bootstrap_cer,
@@ -33,7 +33,7 @@ def judge():
 
 
 def cer_of(judge, font_size, text=PROSE, pages_from=None, segments=24):
-    cfg = load_config("sweep-render", None, [])
+    cfg = load_config("frontier", None, [])
     layout = lay_out(Cell(font_size, "base", True, 1.2, "DejaVuSansMono"), cfg.render, [Document("t", text)])
     pages = None
     if pages_from is not None:  # the judge reads these pages but is scored against ``text``
@@ -134,7 +134,7 @@ def test_sweep_render_cli_frontier_plot_operating_point_and_resume(tmp_path):
 )
 def test_sweep_render_bad_input_exits_2_before_any_output(tmp_path, extra, expected):
     out = tmp_path / "o"
-    result = runner.invoke(app, ["sweep", "render", "-o", str(out), *extra])
+    result = runner.invoke(app, ["sweep", "frontier", "-o", str(out), *extra])
     assert result.exit_code == 2, result.output
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (out / "cells.jsonl").exists()
@@ -143,8 +143,8 @@ def test_sweep_render_bad_input_exits_2_before_any_output(tmp_path, extra, expec
 def test_published_labels_never_cover_ours_on_the_frontier_plot():
     """Our 10 px point next to the paper's ~97% point (CER 0.04 at 9.4x: the bundled text's base-mode frontier
     of the README with a 10 px CER near the paper's): the published labels are moved clear of every label of ours."""
-    from optical_cli.sweep.frontier import DEEPSEEK_OCR_PUBLISHED
-    from optical_cli.sweep.plots import frontier_figure, label_boxes
+    from optical_cli.render.frontier import DEEPSEEK_OCR_PUBLISHED
+    from optical_cli.render.plots import frontier_figure, label_boxes
 
     measured = {
         6: (17.0, 0.170),
@@ -174,3 +174,9 @@ def test_published_labels_never_cover_ours_on_the_frontier_plot():
     assert len(theirs) == 2 and len(ours) == 6
     assert not any(a.overlaps(b) for a in theirs for b in ours)
     assert not theirs[0].overlaps(theirs[1])
+
+
+def test_the_old_name_sweep_render_still_runs_the_frontier_and_says_so():
+    result = runner.invoke(app, ["sweep", "render", "--font-size", "x"])
+    assert result.exit_code == 2 and "--font-size" in result.stderr
+    assert "`optical sweep render` is the old name of `optical sweep frontier`" in result.stderr

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ..config import dump_config
+from ..config.registry import dump_config
 from ..devices import resolve_device, resolve_dtype
+from ..engines.chain import ChainSpec
+from ..engines.model_dir import PROVENANCE_FILE, cached_model_dir, read_settings, write_model_dir
+from ..engines.vllm import cpu_environment, lora_rank, vllm_lora_rank
+from ..engines.vllm_import import require_vllm
 from ..errors import InputError
-from .chain import ChainSpec
-from .model_dir import PROVENANCE_FILE, cached_model_dir, read_settings, write_model_dir
-from .vllm import cpu_environment, lora_rank, vllm_lora_rank
-from .vllm_import import require_vllm
 
 LORA_SUFFIX = "-lora"
 

@@ -37,12 +37,12 @@ import numpy as np
 from fontTools.ttLib import TTFont, TTLibError
 from PIL import Image, ImageDraw, ImageFont
 
-from .artifacts import atomic_path, atomic_write_text, read_jsonl, to_json_line
-from .config import RenderSection
-from .documents import Document, pdf_page_count, rasterize_pdf
-from .errors import ConfigError, InputError
-from .modes import MODES, page_size
-from .textstats import count_text_tokens, count_words
+from ..artifacts import atomic_path, atomic_write_text, read_jsonl, to_json_line
+from ..config.sections import RenderSection
+from ..documents import Document, pdf_page_count, rasterize_pdf
+from ..errors import ConfigError, InputError
+from ..modes import MODES, page_size
+from ..textstats import count_text_tokens, count_words
 
 DEFAULT_FONT = "DejaVuSansMono"
 _TOKEN_RE = re.compile(r" +|[^ ]+")  # alternating runs of spaces and non-spaces

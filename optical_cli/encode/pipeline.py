@@ -30,18 +30,18 @@ from typing import Any, Callable, Iterator
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .artifacts import atomic_path, atomic_write_json, to_json_line
+from ..artifacts import atomic_path, atomic_write_json, to_json_line
+from ..distributed import Processes
+from ..documents import read_document
+from ..errors import ConfigError, InputError
+from ..models.deepencoder import auto_choices, widens
+from ..models.deepencoder.preprocess import PreparedPage, prepare, resolve_pixels
+from ..models.deepencoder.runner import EncoderRunner
+from ..modes import PATCH_SIZE
+from ..render.pages import PageRenderer, read_layout
+from ..textstats import count_text_tokens, count_words, entropy_of_counts
 from .config import EncodeConfig
-from .distributed import Processes
-from .documents import read_document
-from .errors import ConfigError, InputError
 from .features import FeatureFiles, ShardedFeatures, read_header
-from .models.deepencoder import auto_choices, widens
-from .models.deepencoder.preprocess import PreparedPage, prepare, resolve_pixels
-from .models.deepencoder.runner import EncoderRunner
-from .modes import PATCH_SIZE
-from .render import PageRenderer, read_layout
-from .textstats import count_text_tokens, count_words, entropy_of_counts
 
 MIN_IMAGE_SIDE = 16
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -1,4 +1,4 @@
-"""`optical sweep render`: the compression frontier of our own rendering.
+"""`optical sweep frontier`: the compression frontier of our own rendering.
 
 Smaller type packs more text per vision token until it can no longer be read. Each cell of
 the grid (font size x DeepEncoder mode x reflow x line spacing x font) lays the documents out
@@ -45,16 +45,15 @@ from pydantic import ValidationError
 from rapidfuzz.distance import Levenshtein
 
 from ..artifacts import append_jsonl, atomic_write_csv, atomic_write_json, atomic_write_text, read_jsonl
-from ..config import REPO_ROOT, RenderSection, RenderSweepConfig
+from ..config.sections import RenderSection
 from ..documents import Document, read_documents
 from ..errors import ConfigError, InputError
 from ..modes import MODES, tile_grid
-from ..render import PageRenderer, non_space
+from ..paths import CVE_CORPUS, SAMPLE_DOCUMENT, shown
 from ..textstats import count_text_tokens
+from .config import FrontierConfig
+from .pages import PageRenderer, non_space
 from .plots import write_frontier_plot
-
-SAMPLE_DOCUMENT = REPO_ROOT / "data" / "sample" / "optical_compression.md"
-CVE_CORPUS = REPO_ROOT / "data" / "cve" / "cves.jsonl"
 
 # DeepSeek-OCR (Wei, Sun, Li 2025, "DeepSeek-OCR: Contexts Optical Compression"), Fox benchmark:
 # OCR decoding precision against text tokens per vision token. Theirs, not measured here.
@@ -127,14 +126,14 @@ OUTPUT_FILES = (
 )
 
 
-def cells_done(cfg: RenderSweepConfig, run_path: Path | None) -> tuple[int, int]:
+def cells_done(cfg: FrontierConfig, run_path: Path | None) -> tuple[int, int]:
     """(cells of the grid already in ``run_path``'s cells.jsonl, cells in the grid); none done without a run."""
     wanted = {cell.key() for cell in grid(cfg)}
     done = {cell_key(record) for record in read_jsonl(run_path / "cells.jsonl")} if run_path else set()
     return len(wanted & done), len(wanted)
 
 
-def grid(cfg: RenderSweepConfig) -> list[Cell]:
+def grid(cfg: FrontierConfig) -> list[Cell]:
     s = cfg.sweep
     return [
         Cell(size, mode, reflow, spacing, font)
@@ -194,17 +193,17 @@ def cve_text(chars: int, corpus: Path = CVE_CORPUS) -> str:
     return "\n\n".join(paragraphs)
 
 
-def read_inputs(cfg: RenderSweepConfig) -> list[Document]:
+def read_inputs(cfg: FrontierConfig) -> list[Document]:
     """The documents of the sweep: ``sweep.inputs``, or the bundled sample and CVE text."""
     if cfg.sweep.inputs:
         documents = read_documents(list(cfg.sweep.inputs), cfg.render.encoding, cfg.render.errors)
     else:
         documents = read_documents([str(SAMPLE_DOCUMENT)])
-        documents[0].source = str(SAMPLE_DOCUMENT.relative_to(REPO_ROOT))
+        documents[0].source = shown(SAMPLE_DOCUMENT)
         if cfg.sweep.cve_chars:
             documents.append(
                 Document(
-                    f"{CVE_CORPUS.relative_to(REPO_ROOT)} (first {cfg.sweep.cve_chars} characters)",
+                    f"{shown(CVE_CORPUS)} (first {cfg.sweep.cve_chars} characters)",
                     cve_text(cfg.sweep.cve_chars),
                 )
             )
@@ -215,7 +214,7 @@ def read_inputs(cfg: RenderSweepConfig) -> list[Document]:
         )
     documents = [d for d in documents if d.text.strip()]
     if not documents:
-        raise InputError("sweep render: the inputs hold no text (empty or whitespace only); give documents with text")
+        raise InputError("sweep frontier: the inputs hold no text (empty or whitespace only); give documents with text")
     return documents
 
 
@@ -258,7 +257,7 @@ def cell_section(cell: Cell, base: RenderSection) -> RenderSection:
         ) from None
 
 
-def check_cells(cfg: RenderSweepConfig) -> None:
+def check_cells(cfg: FrontierConfig) -> None:
     """Every cell's font and size can lay out a page: fails before any work."""
     for cell in grid(cfg):
         PageRenderer(cell_section(cell, cfg.render))
@@ -471,7 +470,7 @@ class Hooks:
 
 
 def evaluate_cell(
-    cell: Cell, cfg: RenderSweepConfig, documents: list[Document], judge: OcrJudge, count_tokens: Callable[[str], int]
+    cell: Cell, cfg: FrontierConfig, documents: list[Document], judge: OcrJudge, count_tokens: Callable[[str], int]
 ) -> dict:
     layout = lay_out(cell, cfg.render, documents)
     record = {**asdict(cell), **compression(layout, cell.mode, count_tokens)}
@@ -505,7 +504,7 @@ def operating_point_files(row: dict, max_error: float) -> tuple[str, list[str]]:
     """A render config fragment (``optical render --config``) and --set lines for the chain."""
     page_mode = "base" if row["mode"] == "gundam" else row["mode"]
     header = (
-        f"# optical sweep render: the densest cell whose OCR CER stayed at most {max_error:g}\n"
+        f"# optical sweep frontier: the densest cell whose OCR CER stayed at most {max_error:g}\n"
         f"# (CER {row['cer']:.4f}, 95% [{row['cer_low']:.4f}, {row['cer_high']:.4f}]; "
         f"{row['full_page_tokens_per_vision_token']:.2f} tokens per vision token on full pages, "
         f"{row['tokens_per_vision_token']:.2f} on these documents).\n"
@@ -526,7 +525,7 @@ def operating_point_files(row: dict, max_error: float) -> tuple[str, list[str]]:
 
 
 def run_render_sweep(
-    cfg: RenderSweepConfig,
+    cfg: FrontierConfig,
     documents: list[Document],
     out_dir: Path,
     resume: bool = False,

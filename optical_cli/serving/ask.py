@@ -25,20 +25,20 @@ from typing import Callable
 
 from PIL import Image
 
-from .artifacts import read_jsonl
-from .config import RenderSection
-from .documents import pdf_page_count, rasterize_pdf, read_documents
-from .engines.chain import ChainSpec, draw_pages
-from .engines.client import OpenAIServer, page_messages
-from .engines.factory import build_reader
-from .engines.server import served_lora_name
-from .engines.tower import page_tokens
-from .errors import InputError
-from .models.tokenizers import load_chat_tokenizer
-from .models.vlm import IMAGE_PAD, build_layout
-from .modes import page_size
-from .prompts import middle_truncate, question_prompt
-from .render import PageRenderer, png_bytes
+from ..artifacts import read_jsonl
+from ..config.sections import RenderSection
+from ..documents import pdf_page_count, rasterize_pdf, read_documents
+from ..engines.chain import ChainSpec, draw_pages
+from ..engines.factory import build_reader
+from ..engines.tower import page_tokens
+from ..errors import InputError
+from ..models.tokenizers import load_chat_tokenizer
+from ..models.vlm import IMAGE_PAD, build_layout
+from ..modes import page_size
+from ..prompts import middle_truncate, question_prompt
+from ..render.pages import PageRenderer, png_bytes
+from .client import OpenAIServer, page_messages
+from .server import served_lora_name
 
 Stream = Callable[[str], None]
 
