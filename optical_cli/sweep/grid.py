@@ -98,7 +98,7 @@ def grid_cells(etas: Iterable[float], steps: Iterable[int]) -> list[DiffusionCel
 # Keys that may change between a sweep and its --resume: how it runs, never what it writes (a changed
 # grid, tuning or query set would leave cells.jsonl and sweep.csv saying one thing and the summary another:
 # run it in a new --output-dir, where the embedding cache makes the corpus free).
-RESUMABLE_CHANGES = {"runtime.workers", "embed.batch_size", "embed.cache_dir"}
+DIFFUSION_RESUMABLE = {"runtime.workers", "embed.batch_size", "embed.cache_dir"}
 
 
 def result_key(record: dict) -> tuple:
