@@ -95,7 +95,7 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
     import torch
 
     from optical_cli.index.ann import build_ann, describe
-    from optical_cli.index.build import finish, prepare
+    from optical_cli.index.build import finish_build, prepare_build
     from optical_cli.index.config import EnergyBuildSection
     from optical_cli.index.search import Searcher, SearchParams, topk_rows
     from optical_cli.memory import PeakMemory, in_use_gib
@@ -129,9 +129,9 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
     held = in_use_gib()
     with PeakMemory().stage() as peaks:
         started = time.perf_counter()
-        prepared = prepare(x, EnergyBuildSection(), seed=args.seed, device=args.device)
+        prepared = prepare_build(x, EnergyBuildSection(), seed=args.seed, device=args.device)
         prepare_s = time.perf_counter() - started
-        index = finish(prepared)
+        index = finish_build(prepared)
         build_s = time.perf_counter() - started
     added_mb = max(0.0, peaks["cpu_rss_gib"] - held) * 1024
     started = time.perf_counter()

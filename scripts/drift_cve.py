@@ -56,7 +56,7 @@ from optical_cli.index.search import Searcher, SearchParams, topk_rows
 from optical_cli.index.store import load_index
 from optical_cli.index.update import add_items
 from optical_cli.paths import CVE_CORPUS
-from optical_cli.sweep.metrics import METRIC_NAMES, TrecEvaluator, compare, summarize
+from optical_cli.sweep.metrics import METRIC_NAMES, TrecEvaluator, compare, summarize_metrics
 from optical_cli.sweep.relevance import count_relevant, drop_self, label_incidence
 
 DEPTH = 100
@@ -220,7 +220,7 @@ def run_drift(args, cfg, records, vectors, work: Path) -> list[dict]:
     print(header)
     reference = {"cosine": per_query["cosine"], "energy, rebuilt": per_query["energy, rebuilt"]}
     for method, values in per_query.items():
-        summary = summarize(values, args.bootstrap, args.seed, clusters)
+        summary = summarize_metrics(values, args.bootstrap, args.seed, clusters)
         row = {"experiment": "drift", "cutoff": args.cutoff, "method": method, "queries": len(query_rows)}
         cells = []
         for metric in METRIC_NAMES:

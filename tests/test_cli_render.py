@@ -192,7 +192,7 @@ def test_user_text_in_messages_is_never_read_as_markup(tmp_path):
 
 
 def test_warnings_keep_brackets(capsys):
-    from optical_cli.commands.common import warn
+    from optical_cli.reports.console import warn
 
     warn("scikit-learn is not installed (pip install 'optical[dev]')")
     assert "warning: scikit-learn is not installed (pip install 'optical[dev]')" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import torch
 
 from optical_cli.errors import InputError
 from optical_cli.index.ann import build_ann
-from optical_cli.index.build import build, finish, prepare, ridge_beta
+from optical_cli.index.build import build, finish_build, prepare_build, ridge_beta
 from optical_cli.index.config import EnergyBuildSection
 from optical_cli.index.search import Searcher, SearchParams, scan, topk_rows
 
@@ -184,8 +184,8 @@ def test_ridge_beta_is_relative_to_the_mean_eigenvalue():
 def pair():
     """The same prepared build finished without and with the ridge."""
     x, _ = clustered_items()
-    prepared = prepare(x, EnergyBuildSection(kmeans_iters=5), seed=0)
-    return x, finish(prepared), finish(prepared, dirichlet_ridge=0.5)
+    prepared = prepare_build(x, EnergyBuildSection(kmeans_iters=5), seed=0)
+    return x, finish_build(prepared), finish_build(prepared, dirichlet_ridge=0.5)
 
 
 def test_null_space_direction_costs_nothing_without_the_ridge_and_beta_with_it(pair):
@@ -238,13 +238,15 @@ def test_a_large_ridge_ranks_like_cosine_on_unit_vectors(pair):
     """beta -> inf: (q - x)^T (L + beta I) (q - x) / beta -> ||q - x||^2 = 2 - 2 cos for unit vectors."""
     x, _, _ = pair
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    prepared = prepare(unit, EnergyBuildSection(kmeans_iters=5), seed=0)
+    prepared = prepare_build(unit, EnergyBuildSection(kmeans_iters=5), seed=0)
     queries = unit[:8] + 0.05 * np.random.default_rng(3).normal(size=(8, 16)).astype(np.float32)
     energy_only = SearchParams(k=10, mode="energy", w_lambda=0.0, w_G=0.0, w_D=1.0)
     ids = lambda index, params: [[h.index for h in r] for r in Searcher(index).search(queries, params)]
-    cosine = ids(finish(prepared), SearchParams(k=10, mode="cosine"))
-    assert ids(finish(prepared, dirichlet_ridge=1e5), energy_only) == cosine
-    assert ids(finish(prepared), energy_only) != cosine  # without the ridge the Dirichlet energy ranks its own way
+    cosine = ids(finish_build(prepared), SearchParams(k=10, mode="cosine"))
+    assert ids(finish_build(prepared, dirichlet_ridge=1e5), energy_only) == cosine
+    assert (
+        ids(finish_build(prepared), energy_only) != cosine
+    )  # without the ridge the Dirichlet energy ranks its own way
 
 
 @pytest.mark.parametrize("probes", [1, 3])

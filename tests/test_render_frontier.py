@@ -11,8 +11,8 @@ from optical_cli.cli import app
 from optical_cli.config.registry import load_config
 from optical_cli.documents import Document
 from optical_cli.render.frontier import (
-    Cell,
     OcrJudge,
+    RenderCell,
     bootstrap_cer,
     choose_operating_point,
     cve_text,
@@ -34,10 +34,11 @@ def judge():
 
 def cer_of(judge, font_size, text=PROSE, pages_from=None, segments=24):
     cfg = load_config("frontier", None, [])
-    layout = lay_out(Cell(font_size, "base", True, 1.2, "DejaVuSansMono"), cfg.render, [Document("t", text)])
+    layout = lay_out(RenderCell(font_size, "base", True, 1.2, "DejaVuSansMono"), cfg.render, [Document("t", text)])
     pages = None
     if pages_from is not None:  # the judge reads these pages but is scored against ``text``
-        other = lay_out(Cell(font_size, "base", True, 1.2, "DejaVuSansMono"), cfg.render, [Document("o", pages_from)])
+        cell = RenderCell(font_size, "base", True, 1.2, "DejaVuSansMono")
+        other = lay_out(cell, cfg.render, [Document("o", pages_from)])
         pages = [np.asarray(other.renderer.draw(lines).convert("L")) for lines in other.pages]
     truths, readings = judge_cell(layout, judge, segments, 40, seed=0, pages=pages)
     edits, chars, _ = segment_errors(truths, readings, judge.alphabet)

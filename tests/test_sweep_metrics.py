@@ -117,7 +117,7 @@ def test_paired_difference_detects_a_consistent_gain():
 def test_summarize_has_mean_and_both_bounds_for_every_metric():
     rng = np.random.default_rng(2)
     per_query = {name: rng.random(40) for name in m.METRIC_NAMES}
-    row = m.summarize(per_query, n_boot=200, seed=0, clusters=rng.integers(0, 8, 40))
+    row = m.summarize_metrics(per_query, n_boot=200, seed=0, clusters=rng.integers(0, 8, 40))
     for name in m.METRIC_NAMES:
         assert row[f"{name}_low"] <= row[name] <= row[f"{name}_high"]
         assert row[f"{name}_cluster_low"] <= row[name] <= row[f"{name}_cluster_high"]

@@ -10,38 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
-from ..artifacts import FollowerRun, OutputDir, Run, claim_output_dir, start_run, to_json_line
+from ..artifacts import FollowerRun, OutputDir, Run, claim_output_dir, start_run
 from ..config import registry
 from ..config.resume import check_same_settings
 from ..config.validation import with_values
 from ..errors import InputError, OpticalError, RunFailed
 from ..launch import is_main_process, single_process_warning
+from ..reports.console import emit_json, err, print_table, say, warn
 
 if TYPE_CHECKING:  # the command layer imports torch (through distributed) only when a command runs
     from ..distributed import Processes
-
-err = Console(stderr=True, highlight=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,6 +46,11 @@ def config_default(command: str, key: str) -> str:
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value) or "none"
     return f"{key}={'null' if value is None else value} in the config"
+
+
+def config_option(command: str, key: str, *names: str, help: str) -> Any:
+    """A flag that sets config key ``key``: its --help names the default in the command's shipped config."""
+    return typer.Option(*names, help=help, show_default=config_default(command, key))
 
 
 def _show_no_type_for_flags() -> None:
@@ -85,16 +75,6 @@ def _show_no_type_for_flags() -> None:
 
 
 _show_no_type_for_flags()
-
-
-def say(label: str, style: str, message: str) -> None:
-    """One line on stderr: a styled label, then the message as plain text (user text such as
-    paths, ids or ``pip install 'optical[dev]'`` must never be read as Rich markup)."""
-    err.print(f"[{style}]{label}:[/] {escape(message)}", soft_wrap=True)
-
-
-def warn(message: str) -> None:
-    say("warning", "yellow", message)
 
 
 # Options every command shares
@@ -299,74 +279,6 @@ def run_dir(
     err.print(f"[dim]artifacts: {escape(str(run.path))}[/]")
 
 
-def emit_json(document: Any) -> None:
-    if is_main_process():
-        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
-        sys.stdout.flush()
-
-
-def emit_json_line(record: dict) -> None:
-    if is_main_process():
-        sys.stdout.write(to_json_line(record) + "\n")
-        sys.stdout.flush()
-
-
-class RateColumn(ProgressColumn):
-    """Items a second and seconds an item (``12.5 pages/s, 0.08 s/page``), from Rich's recent speed."""
-
-    def __init__(self, unit: str):
-        super().__init__()
-        self.unit, self.one = unit, unit.removesuffix("s")
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        if not speed:
-            return Text(f"- {self.unit}/s", style="progress.data.speed")
-        return Text(f"{speed:.2f} {self.unit}/s, {1 / speed:.2f} s/{self.one}", style="progress.data.speed")
-
-
-@contextlib.contextmanager
-def progress_bar(description: str, total: int | None = None, unit: str | None = None) -> Iterator[Callable[..., None]]:
-    """A Rich progress bar on stderr; yields ``advance(n=1, total=None, description=None)``.
-    ``unit`` (``pages``): also show the rate, in pages/s and s/page.
-
-    The bar appears at the first ``advance``: work that fails before it has begun (a broken input
-    file, say) prints its error alone, not under an empty bar."""
-    if not is_main_process():
-        yield lambda n=1, total=None, description=None: None
-        return
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        *([RateColumn(unit)] if unit else []),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
-    task = None
-
-    def advance(n: int = 1, total: int | None = None, description: str | None = None) -> None:
-        nonlocal task
-        if task is None:
-            progress.start()
-            task = progress.add_task(escape(description or first_description), total=first_total)
-        fields = {}
-        if total is not None:
-            fields["total"] = total
-        if description is not None:
-            fields["description"] = escape(description)
-        progress.update(task, advance=n, **fields)
-
-    first_description, first_total = description, total
-    try:
-        yield advance
-    finally:
-        if task is not None:
-            progress.stop()
-
-
 def report_plan(plan: dict, json_out: bool) -> None:
     """A --dry-run memory plan: a table on stderr, the JSON document on stdout with --json."""
     from ..plan import plan_rows
@@ -376,14 +288,3 @@ def report_plan(plan: dict, json_out: bool) -> None:
         err.print(escape(note), soft_wrap=True)
     if json_out:
         emit_json(plan)
-
-
-def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
-    if not is_main_process():
-        return
-    table = Table(title=escape(title), show_header=False, title_justify="left")
-    table.add_column("key", style="bold")
-    table.add_column("value", justify="right")
-    for key, value in rows:
-        table.add_row(escape(key), escape(f"{value:.4g}" if isinstance(value, float) else str(value)))
-    err.print(table)

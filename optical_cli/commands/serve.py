@@ -10,45 +10,81 @@ import typer
 from rich.markup import escape
 
 from ..errors import InputError
-from .common import (
-    ConfigOpt,
-    JsonOpt,
-    OverwriteOpt,
-    SetOpt,
-    config_default,
-    emit_json,
-    err,
-    handled_errors,
-    load,
-    progress_bar,
-)
+from ..reports.console import emit_json, err, progress_bar
+from ..reports.serve import print_answer_cost
+from .common import ConfigOpt, JsonOpt, OverwriteOpt, SetOpt, config_option, handled_errors, load, with_flags
 
-RANDOM_BANNER = "RANDOM WEIGHTS: the models are random; the answer is noise (a plumbing check, not a reading)."
 # `optical serve ... -- FLAGS`: everything after `--` goes to `vllm serve` as it is
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def _flag_sets(**flags) -> list[str]:
-    """Command flags as --set overrides (the config records what ran)."""
-    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+HostOpt = Annotated[Optional[str], config_option("serve", "serve.host", "--host", help="Address to listen on.")]
+PortOpt = Annotated[Optional[int], config_option("serve", "serve.port", "--port", help="Port to listen on.")]
+ModelDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--model-dir", help="Serve a directory `optical export-model` wrote (default: from the config)."),
+]
+DocumentArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="DOC",
+        help="A .txt, .md or .pdf file, a directory `optical render` wrote, or - (stdin); with --library, none.",
+    ),
+]
+QuestionArg = Annotated[Optional[str], typer.Argument(metavar="QUESTION", help="The question about the document.")]
+SelectOpt = Annotated[
+    Optional[str],
+    config_option(
+        "serve",
+        "ask.select",
+        "--select",
+        help="A document longer than the reader takes: retrieve (the pages that best match the question) or middle "
+        "(its first and last pages).",
+    ),
+]
+LibraryOpt = Annotated[
+    Optional[Path], typer.Option("--library", metavar="LIB", help="Ask a library `optical index add-documents` made.")
+]
+BudgetOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--budget",
+        metavar="TOKENS",
+        min=1,
+        help="Vision tokens the pages may take: the mode and font size that fit the document most legibly, else "
+        "selected pages.",
+    ),
+]
+AskEngineOpt = Annotated[
+    Optional[str], config_option("serve", "ask.engine", "--engine", help="Read in this process with hf or vllm.")
+]
+ServerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--server",
+        metavar="URL",
+        help="Ask an OpenAI-compatible server running the optical model (optical serve) instead.",
+    ),
+]
+MaxNewTokensOpt = Annotated[
+    Optional[int], config_option("serve", "ask.max_new_tokens", "--max-new-tokens", help="Answer length.")
+]
+CopyWeightsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--copy-weights",
+        help="Copy a real language model's weights instead of linking them (for a directory that moves).",
+    ),
+]
 
 
 def serve_command(
     ctx: typer.Context,
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    host: Annotated[
-        Optional[str],
-        typer.Option("--host", help="Address to listen on.", show_default=config_default("serve", "serve.host")),
-    ] = None,
-    port: Annotated[
-        Optional[int],
-        typer.Option("--port", help="Port to listen on.", show_default=config_default("serve", "serve.port")),
-    ] = None,
-    model_dir: Annotated[
-        Optional[Path],
-        typer.Option("--model-dir", help="Serve a directory `optical export-model` wrote (default: from the config)."),
-    ] = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    model_dir: ModelDirOpt = None,
 ) -> None:
     """Start vLLM's OpenAI-compatible server on the optical model: pages as image_url parts of
     POST /v1/chat/completions; /health, /v1/models and /metrics are vLLM's. Flags after `--` go to
@@ -57,7 +93,7 @@ def serve_command(
     from ..serving.server import launch, server_launch
 
     with handled_errors():
-        cfg = load("serve", config, [*(sets or []), *_flag_sets(**{"serve.model_dir": model_dir})])
+        cfg = with_flags(load("serve", config, sets), {"--model-dir": ("serve.model_dir", _text(model_dir))})
         server = server_launch(cfg, host=host, port=port, extra=list(ctx.args))
         settings = f"{cfg.deepencoder.mode} pages, up to {cfg.serve.max_pages} a request"
         err.print(
@@ -74,62 +110,16 @@ def serve_command(
 
 
 def ask_command(
-    document: Annotated[
-        str,
-        typer.Argument(
-            metavar="DOC",
-            help="A .txt, .md or .pdf file, a directory `optical render` wrote, or - (stdin); with --library, "
-            "leave it out.",
-        ),
-    ],
-    question: Annotated[
-        Optional[str], typer.Argument(metavar="QUESTION", help="The question about the document.")
-    ] = None,
+    document: DocumentArg,
+    question: QuestionArg = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    engine: Annotated[
-        Optional[str],
-        typer.Option(
-            "--engine", help="Read in this process with hf or vllm.", show_default=config_default("serve", "ask.engine")
-        ),
-    ] = None,
-    server: Annotated[
-        Optional[str],
-        typer.Option(
-            "--server",
-            metavar="URL",
-            help="Ask an OpenAI-compatible server running the optical model (optical serve) instead.",
-        ),
-    ] = None,
-    select: Annotated[
-        Optional[str],
-        typer.Option(
-            "--select",
-            help="A document longer than the reader takes: retrieve (the pages that best match the question) or "
-            "middle (its first and last pages).",
-            show_default=config_default("serve", "ask.select"),
-        ),
-    ] = None,
-    library: Annotated[
-        Optional[Path],
-        typer.Option("--library", metavar="LIB", help="Ask a library `optical index add-documents` made."),
-    ] = None,
-    budget: Annotated[
-        Optional[int],
-        typer.Option(
-            "--budget",
-            metavar="TOKENS",
-            min=1,
-            help="Vision tokens the pages may take: the mode and font size that fit the document best, else "
-            "selected pages.",
-        ),
-    ] = None,
-    max_new_tokens: Annotated[
-        Optional[int],
-        typer.Option(
-            "--max-new-tokens", min=1, help="Answer length.", show_default=config_default("serve", "ask.max_new_tokens")
-        ),
-    ] = None,
+    engine: AskEngineOpt = None,
+    server: ServerOpt = None,
+    select: SelectOpt = None,
+    library: LibraryOpt = None,
+    budget: BudgetOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Ask a question about a document read as pages (rendered with the config, as bench longbench's
@@ -140,9 +130,10 @@ def ask_command(
 
     with handled_errors():
         document, question = _document_and_question(document, question, library)
-        flags = {"ask.engine": engine, "ask.server": server, "ask.max_new_tokens": max_new_tokens}
-        flags |= {"ask.select": select, "ask.library": library, "ask.budget": budget}
-        cfg = load("serve", config, [*(sets or []), *_flag_sets(**flags)])
+        flags = {"--engine": ("ask.engine", engine), "--server": ("ask.server", server)}
+        flags |= {"--select": ("ask.select", select), "--library": ("ask.library", _text(library))}
+        flags |= {"--budget": ("ask.budget", budget), "--max-new-tokens": ("ask.max_new_tokens", max_new_tokens)}
+        cfg = with_flags(load("serve", config, sets), flags)
         with progress_bar("embedding passages", unit="passages") as advance:
             answer = ask(cfg, document, question, stream=None if json_out else _write_out, progress=advance)
         if json_out:
@@ -150,7 +141,7 @@ def ask_command(
         else:
             sys.stdout.write("\n")
             sys.stdout.flush()
-        _report_answer(answer)
+        print_answer_cost(answer)
 
 
 def _document_and_question(document: str, question: Optional[str], library: Optional[Path]) -> tuple:
@@ -164,27 +155,8 @@ def _document_and_question(document: str, question: Optional[str], library: Opti
     return document, question
 
 
-def _report_answer(answer) -> None:
-    """What was read, from where and at what cost, on stderr."""
-    if answer.random_weights:
-        err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
-    for note in answer.notes:
-        err.print(f"[dim]note: {escape(note)}[/]", soft_wrap=True)
-    if answer.select in ("retrieve", "library"):
-        err.print(escape("read: " + ", ".join(answer.citations)), soft_wrap=True)
-    times = answer.timings
-    encoded = "" if times.get("pages_encoded") is None else f", {times['pages_encoded']} pages encoded"
-    rendering = answer.rendering or {}
-    drawn = f"{rendering.get('mode')}" + (f" at {rendering['font_size']} px" if rendering.get("font_size") else "")
-    tokens = "" if answer.document_tokens is None else f" for {answer.document_tokens} document tokens"
-    err.print(
-        escape(
-            f"{answer.pages} of {answer.document_pages} pages ({drawn}), {answer.vision_tokens} vision tokens{tokens}; "
-            f"{answer.input_tokens} input tokens; {answer.engine}: {answer.model}; {times['total_s']:.2f} s "
-            f"(prefill {times['prefill_s']:.2f}, decode {times['decode_s']:.2f}{encoded})"
-        ),
-        soft_wrap=True,
-    )
+def _text(path: Optional[Path]) -> Optional[str]:
+    return None if path is None else str(path)
 
 
 def _write_out(text: str) -> None:
@@ -197,13 +169,7 @@ def export_model_command(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     overwrite: OverwriteOpt = False,
-    copy_weights: Annotated[
-        bool,
-        typer.Option(
-            "--copy-weights",
-            help="Copy a real language model's weights instead of linking them (for a directory that moves).",
-        ),
-    ] = False,
+    copy_weights: CopyWeightsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Write the optical model as a directory `vllm serve DIR` loads with this package installed:

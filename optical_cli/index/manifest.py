@@ -23,7 +23,7 @@ from ..artifacts import atomic_path, atomic_write_json, read_run_manifest
 from ..errors import InputError
 from .build import EnergyIndex, Graph, LambdaScales
 
-FORMAT = "optical-energy-index"
+INDEX_FORMAT = "optical-energy-index"
 # 2: bounded lambda scales, Dirichlet scale, ANN; 3: the Dirichlet ridge; 4: segments, deletions, stores
 FORMAT_VERSION = 4
 READABLE_VERSIONS = (2, 3, 4)  # 2 and 3 are a build without changes: generation 0, no ridge in 2 (beta = 0)
@@ -34,7 +34,7 @@ LOCK_FILE = ".index.lock"
 def model_fields(index: EnergyIndex) -> dict[str, Any]:
     """The energy model in the manifest: what search and ``index add`` need besides the items."""
     return {
-        "format": FORMAT,
+        "format": INDEX_FORMAT,
         "format_version": FORMAT_VERSION,
         "dim": index.dim,
         "feature_edges": int(index.graph.src.numel()),
@@ -103,8 +103,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise fail(directory, f"manifest.json is damaged: {exc}", ours=False) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise fail(directory, f"manifest.json does not describe an {FORMAT}", ours=False)
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+        raise fail(directory, f"manifest.json does not describe an {INDEX_FORMAT}", ours=False)
     if manifest.get("format_version") not in READABLE_VERSIONS:
         raise fail(
             directory,

@@ -42,8 +42,8 @@ from .loading import HUB_FILE_SCHEME, looks_like_hub_id, resolve_hub_file, resol
 ADAPTER_FILE = "adapter.safetensors"  # what train-adapter writes into a run directory and each checkpoint
 LEGACY_ADAPTER_FILE = "adapter.pth"  # what earlier versions wrote there (still read)
 SIDECAR_SUFFIX = ".json"
-FORMAT = "optical-adapter/1"
-METADATA_KEY = "optical.adapter"  # safetensors metadata: {"format": FORMAT, "dims": {...}} as JSON
+ADAPTER_FORMAT = "optical-adapter/1"
+METADATA_KEY = "optical.adapter"  # safetensors metadata: {"format": ADAPTER_FORMAT, "dims": {...}} as JSON
 OPTICAL_LAYOUT, PUBLISHED_LAYOUT = "optical", "published"
 
 
@@ -188,11 +188,13 @@ def save_adapter(adapter: OpticalAdapter, path: str | Path, training: dict[str, 
             torch.save(state, tmp)
         else:
             save_file(
-                state, str(tmp), metadata={"format": "pt", METADATA_KEY: json.dumps({"format": FORMAT, "dims": dims})}
+                state,
+                str(tmp),
+                metadata={"format": "pt", METADATA_KEY: json.dumps({"format": ADAPTER_FORMAT, "dims": dims})},
             )
     atomic_write_json(
         sidecar_path(path),
-        {"format": FORMAT, "dims": dims, "parameters": parameter_count(adapter), "training": training or {}},
+        {"format": ADAPTER_FORMAT, "dims": dims, "parameters": parameter_count(adapter), "training": training or {}},
     )
     return path
 

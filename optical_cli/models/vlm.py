@@ -94,10 +94,10 @@ def chat_ids(
     else:
         pieces.insert(0, "user\n")
     prompt = [[im_start], *pieces, [im_end], "\n", [im_start], "assistant\n"]
-    return _ids(tokenizer, prompt), ([] if answer is None else _ids(tokenizer, [answer, [im_end]]))
+    return _piece_ids(tokenizer, prompt), ([] if answer is None else _piece_ids(tokenizer, [answer, [im_end]]))
 
 
-def _ids(tokenizer: ChatTokenizer, pieces: list[str | list[int]]) -> list[int]:
+def _piece_ids(tokenizer: ChatTokenizer, pieces: list[str | list[int]]) -> list[int]:
     ids: list[int] = []
     for piece in pieces:
         ids.extend(piece if isinstance(piece, list) else tokenizer.encode(piece) if piece else [])

@@ -44,17 +44,17 @@ from ..index.config import IndexConfig
 from ..models.tokenizers import load_chat_tokenizer
 from ..models.vlm import IMAGE_PAD, build_layout
 from ..modes import MODES
+from ..progress import Progress
 from ..prompts import question_prompt
 from ..render.pages import png_bytes
 from .budget import Rendering, choose_mode, choose_rendering
 from .client import OpenAIServer, page_messages
 from .library import open_pages, search_library
-from .paged import Document, PagedDocument, paginate, read_document
+from .paged import AskDocument, PagedDocument, paginate, read_ask_document
 from .select import PageRead, page_positions, page_slots, select_pages
 from .server import served_lora_name
 
 Stream = Callable[[str], None]
-Progress = Callable[..., None]
 COUNTS = ("pages_encoded", "pages_cached")  # timings that count pages, not seconds
 
 
@@ -126,7 +126,7 @@ def ask(
         raise InputError("give either a document or --library LIB, not both")
     if not cfg.ask.library and not document:
         raise InputError("nothing to read: give a document (DOC QUESTION) or --library LIB")
-    doc = None if cfg.ask.library else read_document(document, cfg.render, stdin)  # fails before any model loads
+    doc = None if cfg.ask.library else read_ask_document(document, cfg.render, stdin)  # fails before any model loads
     server = server or cfg.ask.server
     if server:
         return _ask_server(cfg, doc, question, server, stream, progress)
@@ -144,7 +144,7 @@ def index_config(cfg) -> IndexConfig:
 
 
 def plan_reading(
-    cfg, doc: Optional[Document], question: str, modes: Sequence[str], progress: Progress | None = None
+    cfg, doc: Optional[AskDocument], question: str, modes: Sequence[str], progress: Progress | None = None
 ) -> ReadingPlan:
     """The pages to read for ``question``: the whole document, a selection, or the library's best;
     ``modes``: the DeepEncoder modes the reader can read in (--budget chooses among them)."""
@@ -201,7 +201,7 @@ def _selection_note(selection, count: int, slots: int) -> str:
     return f"{count} pages do not fit {slots} page slots: read {how[selection.method]}"
 
 
-def _fit_budget(cfg, doc: Document, paged: PagedDocument, render, modes: Sequence[str]):
+def _fit_budget(cfg, doc: AskDocument, paged: PagedDocument, render, modes: Sequence[str]):
     """--budget: (what was chosen or None, the render section, the paged document in it, notes)."""
     budget, max_pages, layout_tokens = cfg.ask.budget, cfg.serve.max_pages, cfg.deepencoder.layout_tokens
     if paged.images:
@@ -249,7 +249,7 @@ def _plan_library(cfg, question: str) -> ReadingPlan:
 
 
 def _ask_locally(
-    cfg, doc: Optional[Document], question: str, stream: Stream | None, reader=None, progress=None
+    cfg, doc: Optional[AskDocument], question: str, stream: Stream | None, reader=None, progress=None
 ) -> Answer:
     spec = ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine)
     start = time.perf_counter()
@@ -323,7 +323,9 @@ def _answer(plan: ReadingPlan, question: str, text: str, **fields) -> Answer:
     )
 
 
-def _ask_server(cfg, doc: Optional[Document], question: str, url: str, stream: Stream | None, progress=None) -> Answer:
+def _ask_server(
+    cfg, doc: Optional[AskDocument], question: str, url: str, stream: Stream | None, progress=None
+) -> Answer:
     spec = ChainSpec.from_config(cfg, "serve", engine="vllm")
     client = OpenAIServer(url, timeout_s=cfg.ask.timeout_s)
     model = _served_model(client, cfg.serve.served_model_name)  # is anything there? before rendering

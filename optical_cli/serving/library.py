@@ -30,7 +30,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 from PIL import Image
 
@@ -40,21 +40,23 @@ from ..devices import resolve_device
 from ..documents import collect_inputs
 from ..encode.page_cache import image_key
 from ..errors import InputError
+from ..index import milvus
 from ..index.config import IndexConfig
 from ..index.create import check_store, create_index
 from ..index.embed import embed_corpus
-from ..index.manifest import read_manifest
+from ..index.manifest import backend_of, read_manifest
 from ..index.pipeline import Corpus
 from ..index.query import Queries, search_index
+from ..index.store import load_index
 from ..index.update import add_corpus, delete_items, live_ids
+from ..progress import Progress
 from ..render.pages import png_bytes
-from .paged import PagedDocument, paginate, read_document
+from .paged import PagedDocument, paginate, read_ask_document
 from .select import PageRead, split_passages
 
 FORMAT = "optical-library/1"
 SETTINGS, INDEX, PAGES, LOCK = "library.json", "index", "pages", ".library.lock"
 HITS_PER_SLOT = 20  # passages searched per page slot: the best pages of a long ranking, many passages each
-Progress = Callable[..., None]
 
 
 @dataclass
@@ -183,7 +185,7 @@ def add_documents(
             if known and known["digest"] == digest:
                 report.unchanged.append(document)
                 continue
-            paged = paginate(read_document(document, render), render)
+            paged = paginate(read_ask_document(document, render), render)
             folder = f"{hashlib.sha256(document.encode()).hexdigest()[:12]}-{digest[:12]}"
             found = page_items(library, paged, folder, settings["passage_chars"], progress)
             if found.silent:
@@ -277,6 +279,43 @@ def remove_documents(library: str | Path, documents: list[str], cfg: IndexConfig
         for folder in folders:
             if folder:
                 shutil.rmtree(library / PAGES / folder, ignore_errors=True)
+    return report
+
+
+def rebuild_library(library: str | Path, cfg: IndexConfig, report: LibraryReport | None = None) -> LibraryReport:
+    """Build the library's energy model again on every passage it holds now (their stored vectors: nothing
+    is drawn or embedded again), in the same store, then put it in place of the old index."""
+    started = time.perf_counter()
+    library = Path(library)
+    report = report or LibraryReport(str(library))
+    with library_lock(library):
+        settings = read_settings(library)
+        index_dir, fresh = library / INDEX, library / f"{INDEX}.rebuild"
+        manifest = read_manifest(index_dir)
+        index = load_index(index_dir, "cpu", cfg.store.open_timeout)
+        vectors = index.vectors.cpu().numpy()
+        corpus = Corpus(index.ids, vectors, index.texts, None, index.model, str(library), {}, index.labels)
+        store = manifest["store"]
+        same = {"backend": backend_of(manifest)} | ({"uri": store.get("uri")} if "uri" in store else {})
+        cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update=same)})
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir(parents=True)
+        _, fields, seconds = create_index(cfg, corpus, fresh, resolve_device(cfg.runtime.device))
+        atomic_write_json(fresh / "manifest.json", fields)
+        old = library / f"{INDEX}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        index_dir.rename(old)
+        fresh.rename(index_dir)
+        if same["backend"] == "milvus" and not milvus.is_lite(milvus.resolve_uri(old, store.get("uri"))):
+            with milvus.Connection.open(store, old, cfg.store.open_timeout) as db:
+                db.client.drop_collection(db.collection)
+        shutil.rmtree(old, ignore_errors=True)
+        report.index = {
+            "operation": "rebuild",
+            "items": len(corpus.ids),
+            **{k: round(v, 4) for k, v in seconds.items()},
+        }
+        _commit_settings(library, settings, report, started)
     return report
 
 

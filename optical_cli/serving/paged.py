@@ -21,16 +21,16 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
-from ..artifacts import read_jsonl
 from ..config.sections import RenderSection
 from ..documents import rasterize_pdf, read_documents
 from ..errors import InputError
 from ..modes import page_size
+from ..records import read_records
 from ..render.pages import PageRenderer, non_space
 
 
 @dataclass
-class Document:
+class AskDocument:
     source: str
     text: str  # what the document says (its tokens are document_tokens)
     page_files: list[Path] | None = None  # pages already drawn: a render run directory
@@ -62,28 +62,28 @@ class PagedDocument:
         return self.draw_pages(list(numbers)) if numbers else []
 
 
-def read_document(document: str, render: RenderSection, stdin: Callable[[], bytes] | None = None) -> Document:
+def read_ask_document(document: str, render: RenderSection, stdin: Callable[[], bytes] | None = None) -> AskDocument:
     """DOC as ask takes it: a text, markdown or PDF file, a render run directory, or ``-``."""
     path = Path(document)
     if document != "-" and path.is_dir():
-        records = read_jsonl(path / "layout.jsonl")
+        records = read_records(path / "layout.jsonl")
         if not records:
             raise InputError(
                 f"{path} is a directory without pages (no layout.jsonl); pass a .txt, .md or .pdf file, "
                 "a directory `optical render` wrote, or - for stdin"
             )
         texts = ["\n".join(record.get("lines", [])) for record in records]
-        return Document(str(path), "\n".join(texts), [path / record["image"] for record in records], texts)
+        return AskDocument(str(path), "\n".join(texts), [path / record["image"] for record in records], texts)
     (found,) = read_documents([document], render.encoding, render.errors, stdin=stdin)
     if found.is_pdf and (render.source == "pdf-pages" or not found.has_text):
         notes = [] if found.has_text else [f"{found.source} has no text layer (a scan): reading its own pages"]
-        return Document(found.source, found.text, page_texts=found.page_texts, pdf=found.pdf_path, notes=notes)
+        return AskDocument(found.source, found.text, page_texts=found.page_texts, pdf=found.pdf_path, notes=notes)
     if not found.has_text:
         raise InputError(f"{found.source} has no text to read")
-    return Document(found.source, found.text, page_texts=found.page_texts if found.is_pdf else None)
+    return AskDocument(found.source, found.text, page_texts=found.page_texts if found.is_pdf else None)
 
 
-def paginate(doc: Document, render: RenderSection) -> PagedDocument:
+def paginate(doc: AskDocument, render: RenderSection) -> PagedDocument:
     """``doc`` as pages drawn with ``render`` (its ``mode`` sets the page size)."""
     if doc.page_files is not None:
         files = doc.page_files

@@ -176,7 +176,7 @@ def compare(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, clusters: np.n
     }
 
 
-def summarize(
+def summarize_metrics(
     per_query: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0, clusters: Optional[np.ndarray] = None
 ) -> dict[str, float]:
     """Flat row: each metric's mean, ``<metric>_low``/``_high`` (queries resampled) and, with
