@@ -33,12 +33,12 @@ from safetensors.torch import load_file, save_file
 from ..artifacts import atomic_path
 from ..config.sections import DeepEncoderSection, RuntimeConfig
 from ..devices import resolve_dtype
+from ..memory import GIB
 from ..models.loading import cache_dir
 
 PAGES = "pages"
 SUFFIX = ".safetensors"
 PRUNE_TO = 0.9  # after an eviction the cache holds at most this share of its bound
-GIB = 1024**3
 
 
 def default_cache_dir() -> Path:

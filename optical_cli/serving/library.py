@@ -88,7 +88,7 @@ class PageItems:
     silent: int = 0  # pages without text: drawn, not retrievable
 
 
-def read_settings(library: str | Path) -> dict:
+def read_library_settings(library: str | Path) -> dict:
     path = Path(library) / SETTINGS
     if not path.is_file():
         raise InputError(
@@ -214,7 +214,7 @@ def add_documents(
 def _settings(library: Path, cfg: IndexConfig) -> dict:
     """The library's settings, made from ``cfg`` for a new library."""
     if (library / SETTINGS).is_file():
-        return read_settings(library)
+        return read_library_settings(library)
     if any(p.name not in (LOCK,) for p in library.iterdir()):
         raise InputError(
             f"{library} holds files but no {SETTINGS}: not a library; give a new or empty directory to make one"
@@ -260,7 +260,7 @@ def remove_documents(library: str | Path, documents: list[str], cfg: IndexConfig
     started = time.perf_counter()
     library = Path(library)
     with library_lock(library):
-        settings = read_settings(library)
+        settings = read_library_settings(library)
         unknown = [doc for doc in documents if doc not in settings["documents"]]
         if unknown:
             raise InputError(
@@ -289,7 +289,7 @@ def rebuild_library(library: str | Path, cfg: IndexConfig, report: LibraryReport
     library = Path(library)
     report = report or LibraryReport(str(library))
     with library_lock(library):
-        settings = read_settings(library)
+        settings = read_library_settings(library)
         index_dir, fresh = library / INDEX, library / f"{INDEX}.rebuild"
         manifest = read_manifest(index_dir)
         index = load_index(index_dir, "cpu", cfg.store.open_timeout)
@@ -334,7 +334,7 @@ class LibraryPages:
 def search_library(library: str | Path, question: str, cfg: IndexConfig, slots: int) -> LibraryPages:
     """The best ``slots`` pages of the library for ``question``, in library order (document, page)."""
     library = Path(library)
-    settings = read_settings(library)
+    settings = read_library_settings(library)
     index_dir = library / INDEX
     count = int(read_manifest(index_dir)["count"])
     k = min(count, max(cfg.search.k, HITS_PER_SLOT * slots))

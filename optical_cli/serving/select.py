@@ -66,7 +66,7 @@ class Ranked:
 
 
 @dataclass
-class Selection:
+class PageSelection:
     method: str  # all | middle | retrieve
     numbers: list[int]  # pages read, 0-based, in reading order
     ranks: dict[int, tuple[int, Ranked]] = field(default_factory=dict)  # page -> (rank, ranking entry)
@@ -94,14 +94,14 @@ def select_pages(
     index_cfg: IndexConfig,
     source: str = "the document",
     progress: Callable[..., None] | None = None,
-) -> Selection:
+) -> PageSelection:
     """The pages (0-based) of a document of ``len(texts)`` pages to read, at most ``slots`` of them."""
     count = len(texts)
     if count <= slots:
-        return Selection("all", list(range(count)))
+        return PageSelection("all", list(range(count)))
     if method not in SELECTS:
         raise ConfigError(f"ask.select={method!r}; use {' or '.join(SELECTS)}")
-    middle = Selection("middle", middle_truncate(range(count), slots)[0])
+    middle = PageSelection("middle", middle_truncate(range(count), slots)[0])
     if method == "middle":
         return middle
     if not any(text.strip() for text in texts):
@@ -113,7 +113,7 @@ def select_pages(
     ranking, search, notes = rank_pages(texts, question, index_cfg, progress)
     chosen = ranking[:slots]
     ranks = {entry.page: (rank, entry) for rank, entry in enumerate(chosen, start=1)}
-    return Selection("retrieve", sorted(ranks), ranks, notes, search)
+    return PageSelection("retrieve", sorted(ranks), ranks, notes, search)
 
 
 def split_passages(texts: Sequence[str], max_chars: int) -> tuple[list[str], list[int]]:
