@@ -126,7 +126,7 @@ def split_passages(texts: Sequence[str], max_chars: int) -> tuple[list[str], lis
         for line in text.splitlines():
             for start in range(0, max(len(line), 1), max_chars):
                 piece = line[start : start + max_chars]
-                if current and length + len(piece) + 1 > max_chars:
+                if current and length + len(piece) > max_chars:  # "\n".join(current + [piece]) too long
                     passages.append("\n".join(current))
                     owners.append(page)
                     current, length = [], 0
