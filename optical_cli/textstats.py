@@ -35,3 +35,15 @@ def entropy_of_counts(counts: Counter) -> float:
     if not total:
         return 0.0
     return -sum((n / total) * math.log2(n / total) for n in counts.values() if n)
+
+
+def text_counts(text: str | None) -> dict | None:
+    """Characters, words, Qwen tokens and the character histogram of a page's text (None when unknown)."""
+    if text is None:
+        return None
+    return {
+        "characters": len(text),
+        "words": count_words(text),
+        "text_tokens": count_text_tokens(text),
+        "char_counts": Counter(text),
+    }

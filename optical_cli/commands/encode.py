@@ -84,7 +84,7 @@ def encode(
         if resume:
             _resume_shards(claim, cfg, plan, encoder, output or output_dir / "features.safetensors")
         with run_dir("encode", cfg, claim, procs=procs, device=str(device)) as run:
-            with progress_bar("encoding pages", len(plan)) as advance:
+            with progress_bar("encoding pages", len(plan), unit="pages") as advance:
                 summary, reports = run_encode(
                     cfg, plan, encoder, output or run.path / "features.safetensors", run.path, procs, resume, advance
                 )

@@ -19,8 +19,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-import queue
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -35,14 +33,16 @@ from ..distributed import Processes
 from ..documents import read_document
 from ..errors import ConfigError, InputError
 from ..models.deepencoder import auto_choices, widens
-from ..models.deepencoder.preprocess import PreparedPage, prepare, resolve_pixels
+from ..models.deepencoder.preprocess import PreparedPage, resolve_pixels
 from ..models.deepencoder.runner import EncoderRunner
 from ..modes import PATCH_SIZE
 from ..progress import Progress
 from ..render.pages import PageRenderer, read_layout
-from ..textstats import count_text_tokens, count_words, entropy_of_counts
+from ..textstats import entropy_of_counts
+from .batching import AUTO_BATCH, BatchChooser
 from .config import EncodeConfig
 from .features import FeatureFiles, ShardedFeatures, read_header
+from .feed import FeedSpec, feed_pages, worker_count
 
 MIN_IMAGE_SIDE = 16
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -191,65 +191,33 @@ def _read_text(path: Path, cfg: EncodeConfig) -> str:
     return document.text
 
 
-def produce_pages(
-    plan: EncodePlan, cfg: EncodeConfig, wanted: Callable[[int], bool]
-) -> Iterator[tuple[int, PageSource, PreparedPage]]:
-    """The ``wanted`` pages in order as (page number, source, preprocessed views), each loaded or
-    drawn and its text measured, so that all of this overlaps with encoding under prefetch()."""
-    mode, pixels = cfg.deepencoder.mode, resolve_pixels(cfg.deepencoder.pixels)
+def page_jobs(plan: EncodePlan, wanted: Callable[[int], bool]) -> Iterator[tuple[int, tuple]]:
+    """What a page worker needs for each ``wanted`` page: its lines to draw, or its image file."""
     for number in range(len(plan)):
         if not wanted(number):
             continue
         if plan.page_lines is not None:
-            lines = plan.page_lines[number]
-            text = "\n".join(lines)
-            yield (
-                number,
-                PageSource(str(plan.text_file), None, text, text_counts(text)),
-                prepare(plan.renderer.draw(lines), mode, pixels),
-            )
+            yield number, ("lines", plan.page_lines[number])
         else:
             page = plan.pages[number]
-            yield (
-                number,
-                replace(page, counts=text_counts(page.text)),
-                prepare(_load_image(page.image_path), mode, pixels),
-            )
+            yield number, ("image", str(page.image_path), page.text)
 
 
-def prefetch(items: Iterator, depth: int) -> Iterator:
-    """Run a generator on a background thread, ``depth`` items ahead; its errors re-raise here."""
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def worker() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                buffer.put(item)
-            buffer.put(done)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            buffer.put(exc)
-
-    thread = threading.Thread(target=worker, name="encode-producer", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = buffer.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                buffer.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
+def produce_pages(
+    plan: EncodePlan, cfg: EncodeConfig, wanted: Callable[[int], bool]
+) -> Iterator[tuple[int, PageSource, PreparedPage]]:
+    """The ``wanted`` pages in order as (page number, source, its views as bytes), drawn or loaded,
+    preprocessed and measured by ``runtime.workers`` page workers (feed.py: processes from 2, one
+    thread otherwise), so that all of this overlaps with encoding and leaves the encoder's process free."""
+    pixels = resolve_pixels(cfg.deepencoder.pixels)
+    render = None if plan.renderer is None else plan.renderer.section.model_dump_json()
+    spec = FeedSpec(cfg.deepencoder.mode, pixels, render)
+    jobs = page_jobs(plan, wanted)
+    for fed in feed_pages(spec, jobs, worker_count(cfg.runtime.workers), cfg.encode.queue_pages):
+        number = fed.number
+        source = plan.pages[number] if plan.page_lines is None else PageSource(str(plan.text_file))
+        page = replace(source, text=plan.page_text(number), counts=fed.counts)
+        yield number, page, PreparedPage([torch.from_numpy(view) for view in fed.views], fed.grid, pixels)
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,8 +225,16 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
 
 
 def build_runner(cfg: EncodeConfig, device: torch.device | None = None) -> EncoderRunner:
-    """The configured DeepEncoder on ``device`` (default: ``runtime.device``), batched as ``encode:`` says."""
-    return EncoderRunner.build(cfg.deepencoder, cfg.runtime, cfg.encode.batch_size, device, cfg.encode.compile)
+    """The configured DeepEncoder on ``device`` (default: ``runtime.device``); its batch is set per forward
+    (``encode.batch_size``, or the one ``auto`` measures: batching.py)."""
+    first = cfg.encode.batch_size if cfg.encode.batch_size != AUTO_BATCH else 1
+    return EncoderRunner.build(cfg.deepencoder, cfg.runtime, first, device, cfg.encode.compile)
+
+
+def batch_chooser(cfg: EncodeConfig, runner: EncoderRunner) -> BatchChooser:
+    section = cfg.deepencoder
+    encoder = f"{section.mode} | {section.architecture if section.weights == 'random' else section.weights}"
+    return BatchChooser.for_run(cfg.encode.batch_size, runner.device, runner.dtype, f"{encoder} | {section.attention}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,18 +251,6 @@ TEXT_FIELDS = (
 )
 
 
-def text_counts(text: str | None) -> dict | None:
-    """Characters, words, Qwen tokens and the character histogram of a page's text (None when unknown)."""
-    if text is None:
-        return None
-    return {
-        "characters": len(text),
-        "words": count_words(text),
-        "text_tokens": count_text_tokens(text),
-        "char_counts": Counter(text),
-    }
-
-
 def text_metrics(counts: dict | None, vision_tokens: int) -> dict:
     if counts is None:
         return dict.fromkeys(TEXT_FIELDS)
@@ -301,7 +265,7 @@ def text_metrics(counts: dict | None, vision_tokens: int) -> dict:
 
 
 def page_record(index: int, page: PageSource, prepared: PreparedPage, tokens: int) -> dict:
-    patches = sum((view.shape[-1] // PATCH_SIZE) ** 2 for view in prepared.views)
+    patches = sum((max(view.shape[-2:]) // PATCH_SIZE) ** 2 for view in prepared.views)  # [3,S,S], [S,S] or [S,S,3]
     return {
         "page": index,
         "source": page.source,
@@ -444,6 +408,41 @@ def _write_shard(shards: ShardedFeatures, shard: _Shard, dtype: torch.dtype, hea
     shards.write(shard.number, shard.pages.start, shard.sequences, sources, dtype, header)
 
 
+@dataclass
+class _Batches:
+    """The pages waiting for the encoder, and what each forward cost (for ``encode.batch_size: auto``)."""
+
+    runner: EncoderRunner
+    chooser: BatchChooser
+    progress: Progress | None
+    group: list = field(default_factory=list)
+    cap: int = 1 << 30  # the batch an out-of-memory halved it to
+    seconds: float = 0.0  # in forwards, this run
+
+    def views(self) -> int:
+        return sum(len(prepared.views) for _, _, prepared in self.group)
+
+    def flush(self, shard: "_Shard") -> None:
+        asked = min(self.chooser.size, self.cap)
+        self.runner.batches.batch_size = asked
+        started = time.perf_counter()
+        encoded = self.runner.encode([prepared for _, _, prepared in self.group])  # on the CPU: the device is done
+        elapsed = time.perf_counter() - started
+        self.seconds += elapsed
+        if self.runner.batch_size < asked:
+            self.cap = self.runner.batch_size
+        else:
+            self.chooser.record(self.views(), elapsed)
+        for (number, page, prepared), seq in zip(self.group, encoded):
+            shard.sequences.append(seq.to(self.runner.dtype))
+            shard.records.append(page_record(number, page, prepared, seq.shape[0]))
+            shard.counts.append(page.counts)
+        if self.progress:
+            self.progress(len(self.group))
+        self.group.clear()
+        return_freed_memory()
+
+
 def encode_shards(
     cfg: EncodeConfig,
     plan: EncodePlan,
@@ -458,40 +457,31 @@ def encode_shards(
     total, count = len(plan), shards.shard_count(len(plan))
     mine = [k for k in range(procs.index, count, procs.count)]
     todo = {k for k in mine if shards.existing(k, count) is None}
+    pages = sum(len(shards.shard_pages(k, total)) for k in todo)
     if progress:
-        progress(0, total=sum(len(shards.shard_pages(k, total)) for k in todo))
-    started, current, group = time.perf_counter(), None, []
-
-    def flush() -> None:
-        encoded = runner.encode([prepared for _, _, prepared in group])
-        for (number, page, prepared), seq in zip(group, encoded):
-            current.sequences.append(seq.to(dtype))
-            current.records.append(page_record(number, page, prepared, seq.shape[0]))
-            current.counts.append(page.counts)
-        if progress:
-            progress(len(group))
-        group.clear()
-        return_freed_memory()
-
-    stream = produce_pages(plan, cfg, lambda number: number // shards.pages_per_shard in todo)
-    for number, page, prepared in prefetch(stream, cfg.encode.queue_pages):
+        progress(0, total=pages)
+    batches = _Batches(runner, batch_chooser(cfg, runner), progress)
+    started, current = time.perf_counter(), None
+    for number, page, prepared in produce_pages(plan, cfg, lambda number: number // shards.pages_per_shard in todo):
         if current is None:
             k = number // shards.pages_per_shard
             current = _Shard(k, shards.shard_pages(k, total))
-        group.append((number, page, prepared))
+        batches.group.append((number, page, prepared))
         last_of_shard = number == current.pages[-1]
-        if last_of_shard or sum(len(p.views) for _, _, p in group) >= cfg.encode.batch_size:
-            flush()
+        if last_of_shard or batches.views() >= min(batches.chooser.size, batches.cap):
+            batches.flush(current)
         if last_of_shard:  # a batch never spans two shards: every process count batches alike
             _write_shard(shards, current, dtype, {**identity, "inputs": plan.digest(current.pages)}, cfg)
             current = None
     return {
         "process": procs.index,
         "shards": sorted(k + 1 for k in todo),
-        "pages": sum(len(shards.shard_pages(k, total)) for k in todo),
+        "pages": pages,
         "resumed_shards": len(mine) - len(todo),
         "seconds": round(time.perf_counter() - started, 3),
+        "encoder_seconds": round(batches.seconds, 3),
         "batch_size_used": runner.batch_size,
+        **batches.chooser.summary(),
         "attention_auto": attention_choices(cfg),
     }
 
@@ -567,10 +557,28 @@ def run_encode(
         "dtype": str(dtype).removeprefix("torch."),
         "widened_products": widens(dtype, device),  # reduced-precision products run as float32 ones (products.py)
         "batch_size_used": min(r["batch_size_used"] for r in reports),
+        **{key: value for key, value in report.items() if key.startswith("batch_") and key != "batch_size_used"},
+        "workers": worker_count(cfg.runtime.workers),
+        **feed_rate(reports),
         "processes": procs.count,
     }
     atomic_write_json(metrics_dir / "metrics.json", {"summary": summary, "attention_auto": choices})
     return summary, reports
+
+
+def feed_rate(reports: list[dict]) -> dict:
+    """Pages encoded in this run a second of its wall time (the slowest process's), and seconds a page;
+    ``encoder_share``: the share of that time the encoder's forwards took (1.0: the feed kept up)."""
+    pages, seconds = sum(r["pages"] for r in reports), max(r["seconds"] for r in reports)
+    if not pages or seconds <= 0:
+        return {"pages_encoded": pages}
+    encoder = max(r["encoder_seconds"] for r in reports)
+    return {
+        "pages_encoded": pages,
+        "pages_per_s": round(pages / seconds, 3),
+        "s_per_page": round(seconds / pages, 4),
+        "encoder_share": round(min(encoder / seconds, 1.0), 3),
+    }
 
 
 METRIC_FILES = ("metrics.json", "pages.jsonl", "documents.jsonl")

@@ -9,6 +9,9 @@ tiles first. Pixels: RGB, [0,1], then mean 0.5 / std 0.5 -> [-1,1].
 DeepEncoder as ``image.resize((1024, 1024))``, PIL's default bicubic, scaled to [0, 1] with no
 normalisation): the page resized to the mode's square, [0, 1]. ``auto`` is ``official``
 except where a published-layout adapter reads the features (``resolve_pixels``).
+
+The geometry (resizing, padding, tiling) is ``optical_cli/views.py``'s, torch-free, so page workers
+can prepare views as bytes; :func:`map_bytes` turns such bytes into these float32 views on any device.
 """
 
 from __future__ import annotations
@@ -17,12 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ...modes import GUNDAM_GLOBAL, GUNDAM_TILE, MODES, PAD_COLOUR, tile_grid
+from ...views import OFFICIAL_PIXELS, PUBLISHED_PIXELS, VIEW_MODES, to_rgb, view_images
 
-ENCODE_MODES = (*MODES, "gundam")
-OFFICIAL_PIXELS, PUBLISHED_PIXELS = "official", "published"
+ENCODE_MODES = VIEW_MODES
 
 
 def resolve_pixels(setting: str, adapter_layout: str | None = None) -> str:
@@ -34,24 +36,17 @@ def resolve_pixels(setting: str, adapter_layout: str | None = None) -> str:
 
 @dataclass
 class PreparedPage:
-    views: list[torch.Tensor]  # [3,S,S] each; tiles (row-major) first, the global view last
+    """One page's views, tiles (row-major) first, the global view last: [3, S, S] float32, or the
+    8-bit views of ``views.view_arrays`` ([S, S] or [S, S, 3] uint8, ``pixels`` saying how their
+    bytes map) that the encoder maps on its device (:func:`map_bytes`)."""
+
+    views: list[torch.Tensor]
     grid: tuple[int, int]  # tile columns, rows; (1, 1) when there are no tiles
+    pixels: str = OFFICIAL_PIXELS
 
     @property
     def tiles(self) -> list[torch.Tensor]:
         return self.views[:-1]
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode (RGBA, L, P, I;16, CMYK...) as RGB, upright per EXIF."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "I;16", "F"):  # 16/32-bit greyscale: scale to 8 bit first
-        array = np.asarray(image, dtype=np.float64)
-        peak = array.max() or 1.0
-        image = Image.fromarray((array / peak * 255.0).round().astype(np.uint8), "L")
-    return image.convert("RGB")
 
 
 def _pixel_table(normalised: bool) -> np.ndarray:
@@ -77,45 +72,17 @@ def normalise(image: Image.Image) -> torch.Tensor:
     return to_tensor(image, OFFICIAL_TABLE)
 
 
-def pad_square(image: Image.Image, size: int) -> Image.Image:
-    """Scale to fit a size x size square keeping the aspect ratio, centred on grey."""
-    return ImageOps.pad(image, (size, size), method=Image.Resampling.BICUBIC, color=PAD_COLOUR)
-
-
-def gundam_tiles(image: Image.Image) -> tuple[list[Image.Image], tuple[int, int]]:
-    if image.width <= GUNDAM_TILE and image.height <= GUNDAM_TILE:
-        return [], (1, 1)
-    cols, rows = tile_grid(image.width, image.height)
-    resized = image.resize((cols * GUNDAM_TILE, rows * GUNDAM_TILE), Image.Resampling.BICUBIC)
-    tiles = [
-        resized.crop((c * GUNDAM_TILE, r * GUNDAM_TILE, (c + 1) * GUNDAM_TILE, (r + 1) * GUNDAM_TILE))
-        for r in range(rows)
-        for c in range(cols)
-    ]
-    return tiles, (cols, rows)
+def map_bytes(views: torch.Tensor, pixels: str) -> torch.Tensor:
+    """8-bit views [N, S, S] (greyscale) or [N, S, S, 3], on any device, as the float32 views
+    [N, 3, S, S] that :func:`prepare` makes on the CPU: the same 256-entry table, so the same bits."""
+    table = torch.from_numpy(PUBLISHED_TABLE if pixels == PUBLISHED_PIXELS else OFFICIAL_TABLE).to(views.device)
+    values = table[views.long()]
+    if values.ndim == 3:
+        return values.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    return values.permute(0, 3, 1, 2).contiguous()
 
 
 def prepare(image: Image.Image, mode: str, pixels: str = OFFICIAL_PIXELS) -> PreparedPage:
-    image = to_rgb(image)
-    if pixels == PUBLISHED_PIXELS:
-        if mode not in MODES:
-            raise ValueError(
-                f"pixels=published has one square view per page; mode {mode!r} has several, use one of "
-                f"{', '.join(MODES)}"
-            )
-        size = MODES[mode].size
-        return PreparedPage([to_tensor(image.resize((size, size), Image.Resampling.BICUBIC), PUBLISHED_TABLE)], (1, 1))
-    if pixels not in ("auto", OFFICIAL_PIXELS):
-        raise ValueError(f"unknown pixels {pixels!r}; use auto, {OFFICIAL_PIXELS} or {PUBLISHED_PIXELS}")
-    if mode == "gundam":
-        tiles, grid = gundam_tiles(image)
-        views = tiles + [pad_square(image, GUNDAM_GLOBAL)]
-        return PreparedPage([normalise(v) for v in views], grid)
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(ENCODE_MODES)}")
-    spec = MODES[mode]
-    if spec.pad_to_square:
-        view = pad_square(image, spec.size)
-    else:
-        view = image.resize((spec.size, spec.size), Image.Resampling.LANCZOS)
-    return PreparedPage([normalise(view)], (1, 1))
+    views, grid = view_images(to_rgb(image), mode, pixels)
+    table = PUBLISHED_TABLE if pixels == PUBLISHED_PIXELS else OFFICIAL_TABLE
+    return PreparedPage([to_tensor(view, table) for view in views], grid)

@@ -24,7 +24,7 @@ from ...devices import resolve_device, resolve_dtype
 from ...errors import ConfigError, RunFailed
 from .config import DeepEncoderConfig
 from .encoder import DeepEncoder, count_parameters
-from .preprocess import PreparedPage, prepare, resolve_pixels
+from .preprocess import PreparedPage, map_bytes, prepare, resolve_pixels
 from .weights import load_deepencoder
 
 
@@ -57,10 +57,12 @@ class BatchRunner:
         self.model, self.batch_size, self.device, self.dtype = model, batch_size, device, dtype
 
     @torch.inference_mode()
-    def __call__(self, views: torch.Tensor) -> torch.Tensor:
+    def __call__(self, views: torch.Tensor, pixels: str = "official") -> torch.Tensor:
+        """``views``: float32 [N, 3, S, S], or 8-bit views (preprocess.map_bytes) mapped on the device."""
         outputs, start = [], 0
         while start < len(views):
-            chunk = views[start : start + self.batch_size].to(self.device, non_blocking=True).to(self.dtype)
+            chunk = views[start : start + self.batch_size].to(self.device, non_blocking=True)
+            chunk = (map_bytes(chunk, pixels) if chunk.dtype == torch.uint8 else chunk).to(self.dtype)
             try:
                 outputs.append(self.model(chunk))
             except torch.cuda.OutOfMemoryError:
@@ -116,15 +118,16 @@ class EncoderRunner:
     @torch.no_grad()  # plain tensors out (not inference tensors): callers may train on them
     def encode(self, pages: list[PreparedPage]) -> list[torch.Tensor]:
         """Token sequences [tokens, D] of ``pages`` in order, float32 on the CPU; views of equal size
-        (gundam's tiles, every page's global view) share forward passes."""
-        by_size: dict[int, list[tuple[int, int]]] = {}
+        (gundam's tiles, every page's global view) share forward passes. A page's views may be 8-bit
+        (``views.view_arrays``): they go to the device as bytes and are mapped there."""
+        by_size: dict[tuple, list[tuple[int, int]]] = {}
         for p, page in enumerate(pages):
-            for v, view in enumerate(page.views):
-                by_size.setdefault(view.shape[-1], []).append((p, v))
+            for v, view in enumerate(page.views):  # float32 views, or 8-bit ones (grey or RGB) and their pixels
+                by_size.setdefault((tuple(view.shape), view.dtype, page.pixels), []).append((p, v))
         features: dict[tuple[int, int], torch.Tensor] = {}
-        for keys in by_size.values():
+        for (_, _, pixels), keys in by_size.items():
             stacked = torch.stack([pages[p].views[v] for p, v in keys])
-            for key, out in zip(keys, self.batches(stacked)):
+            for key, out in zip(keys, self.batches(stacked, pixels)):
                 features[key] = out
         sequences = []
         for p, page in enumerate(pages):
