@@ -89,6 +89,8 @@ def view_images(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(VIEW_MODES)}")
     spec = MODES[mode]
+    if image.size == (spec.size, spec.size):  # a page drawn at the mode's size: padding and resizing copy it
+        return [image], (1, 1)
     if spec.pad_to_square:
         return [pad_square(image, spec.size)], (1, 1)
     return [image.resize((spec.size, spec.size), Image.Resampling.LANCZOS)], (1, 1)

@@ -18,6 +18,7 @@ from optical_cli.encode.batching import BatchChooser, read_store
 from optical_cli.encode.feed import FeedSpec, feed_pages
 from optical_cli.errors import InputError
 from optical_cli.models.deepencoder.preprocess import map_bytes, prepare
+from optical_cli.modes import page_size
 from optical_cli.views import view_arrays
 
 runner = CliRunner()
@@ -32,16 +33,17 @@ def invoke(*args):
 @pytest.mark.parametrize("kind", ["L", "RGB", "RGBA"])
 def test_bytes_mapped_on_the_device_equal_preprocessing_on_the_cpu(kind):
     rng = np.random.default_rng(0)
-    shape = (700, 500) if kind == "L" else (700, 500, len(kind))
-    image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), kind)
     for mode in ("tiny", "small", "base", "large", "gundam"):
-        for pixels in ("official", "published") if mode != "gundam" else ("official",):
-            reference = prepare(image, mode, pixels)
-            views, grid = view_arrays(image, mode, pixels)
-            assert grid == reference.grid and len(views) == len(reference.views)
-            assert all(view.ndim == (2 if kind == "L" else 3) for view in views)  # a grey page stays one channel
-            for view, expected in zip(views, reference.views):
-                assert torch.equal(map_bytes(torch.from_numpy(view)[None], pixels)[0], expected)
+        for size in ((700, 500), (page_size(mode),) * 2):  # any page, and one drawn at the mode's size
+            shape = size if kind == "L" else (*size, len(kind))
+            image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), kind)
+            for pixels in ("official", "published") if mode != "gundam" else ("official",):
+                reference = prepare(image, mode, pixels)
+                views, grid = view_arrays(image, mode, pixels)
+                assert grid == reference.grid and len(views) == len(reference.views)
+                assert all(view.ndim == (2 if kind == "L" else 3) for view in views)  # a grey page: one channel
+                for view, expected in zip(views, reference.views):
+                    assert torch.equal(map_bytes(torch.from_numpy(view)[None], pixels)[0], expected)
 
 
 def test_two_page_workers_give_the_features_and_metrics_of_one_thread(tmp_path):

@@ -190,6 +190,11 @@ def _work(spec: FeedSpec, memory_name: str, slot_bytes: int, tasks, done) -> Non
     memory = shared_memory.SharedMemory(name=memory_name)  # the feed that made it unlinks it (one resource tracker)
     maker = None
     try:
+        maker = PageMaker(spec)  # ready before the first page: renderer, glyphs, the Qwen vocabulary
+        text_counts("warm-up")
+    except Exception:  # noqa: BLE001 - the first page reports it
+        maker = None
+    try:
         while (task := tasks.get()) is not None:
             number, slot, payload = task
             try:
@@ -197,7 +202,7 @@ def _work(spec: FeedSpec, memory_name: str, slot_bytes: int, tasks, done) -> Non
                 page = maker(number, payload)
                 offset = slot * slot_bytes
                 for view in page.views:
-                    memory.buf[offset : offset + view.nbytes] = view.tobytes()
+                    np.frombuffer(memory.buf, np.uint8, view.nbytes, offset)[:] = view.reshape(-1)
                     offset += view.nbytes
                 done.put(("page", number, slot, [view.shape for view in page.views], page.grid, page.counts))
             except OpticalError as exc:
