@@ -127,8 +127,8 @@ def main() -> None:
                     r["seconds"] for r in rows if r["repeat"] == repeat and r["pages"] == rows[-1]["pages"]
                 )
                 print(
-                    f"{variant:9s} growth {args.small} -> {args.large} pages: {growth:+.1f} MB (target < {args.target_mb:g} "
-                    f"MB: {verdict}); "
+                    f"{variant:9s} growth {args.small} -> {args.large} pages: {growth:+.1f} MB "
+                    f"(target < {args.target_mb:g} MB: {verdict}); "
                     f"time on the large text x{speed:.2f} of streaming's",
                     file=sys.stderr,
                 )

@@ -125,7 +125,8 @@ def main() -> int:
     load = os.getloadavg()[0]
     for variant, rate in best.items():
         print(
-            f"{variant:12s} {rate:8.1f} pages/s, {rate / best['thread']:.2f}x the single thread (median of {args.rounds})"
+            f"{variant:12s} {rate:8.1f} pages/s, {rate / best['thread']:.2f}x the single thread "
+            f"(median of {args.rounds})"
         )
     verdict = "met" if best["workers"] >= TARGET * best["thread"] else "NOT met"
     print(
