@@ -2,6 +2,8 @@
 # Every GPU measurement of the project in one run, within 10 minutes on one H100/H200:
 #   parity   DeepEncoder bfloat16 vs float32, centred relative error, every attention path
 #   encoder  encode pages/s in base mode at batch 1, 16, 64 for each attention path (target >= 300 pages/s bf16)
+#   feed     `optical encode --text` (page workers, bytes through shared memory) against the encoder module
+#            alone at batch 64, bfloat16, same run (target: encode >= 80% of the module's pages/s)
 #   cost     native vs optical cost at 32K/64K/128K tokens on the full-size random-weight models
 #   train    full-size train-adapter step time at batch 1, 2, 4
 #   vllm     native and optical on both engines (hf, vLLM) at 32K tokens, and items/s for 16 documents
@@ -46,7 +48,8 @@ if [ "$dry" = 1 ]; then
     encode_batches=1,2 lengths=1024,2048 train_batches=1,2 steps=1 vllm_lengths=1024 vllm_batch=2 vllm_batch_length=512
     serve_concurrency=2 serve_pages=1 serve_length=512
     # budgets here are generous caps for a busy 2-core CPU, not a plan
-    budget_parity=120 budget_encoder=240 budget_cost=240 budget_train=240 budget_vllm=600 budget_serve=900
+    feed_pages=12 feed_batch=2
+    budget_parity=120 budget_encoder=240 budget_feed=240 budget_cost=240 budget_train=240 budget_vllm=600 budget_serve=900
 else
     out=${out:-results/bench/gpu}
     device=cuda size=fullsize mode=base pages=8
@@ -55,7 +58,9 @@ else
     serve_concurrency=8 serve_pages=4 serve_length=32768
     # 10 minutes for the first five: model set-up, FlexAttention compilation, vLLM's start and the 128K
     # prefills dominate; the serve step (the server's start, its three measurements) adds 3 minutes
-    budget_parity=40 budget_encoder=140 budget_cost=160 budget_train=100 budget_vllm=150 budget_serve=180
+    feed_pages=2048 feed_batch=64
+    # the feed step: two model builds, 2,048 base pages drawn by one worker per core and encoded (~10 s at 220/s)
+    budget_parity=40 budget_encoder=140 budget_feed=90 budget_cost=160 budget_train=100 budget_vllm=150 budget_serve=180
 fi
 mkdir -p "$out"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} MPLBACKEND=Agg
@@ -63,9 +68,9 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFF
 if [ -z "${VLLM_PYTHON:-}" ]; then
     if [ "$dry" = 1 ] && [ -x .venv-vllm/bin/python ]; then VLLM_PYTHON=.venv-vllm/bin/python; else VLLM_PYTHON=$PYTHON; fi
 fi
-total=$((budget_parity + budget_encoder + budget_cost + budget_train + budget_vllm + budget_serve))
+total=$((budget_parity + budget_encoder + budget_feed + budget_cost + budget_train + budget_vllm + budget_serve))
 echo "gpu_check: device=$device size=$size output=$out python=$PYTHON$([ "$dry" = 1 ] && echo ' (dry run)')"
-echo "planned budget: parity ${budget_parity} s, encoder ${budget_encoder} s, cost ${budget_cost} s, train ${budget_train} s, vllm ${budget_vllm} s, serve ${budget_serve} s; total ${total} s"
+echo "planned budget: parity ${budget_parity} s, encoder ${budget_encoder} s, feed ${budget_feed} s, cost ${budget_cost} s, train ${budget_train} s, vllm ${budget_vllm} s, serve ${budget_serve} s; total ${total} s"
 echo "step,status,seconds,budget_s,csv" > "$out/steps.csv"
 failed=0
 
@@ -115,6 +120,11 @@ if [ -n "${OPTICAL_OFFICIAL_DIR:-}" ] && [ "$dry" = 0 ]; then official=(--offici
 step encoder "$budget_encoder" bench_encoder.py --mode --batch-sizes --dtype --device --paths --size --output -- \
     --mode base --batch-sizes "$encode_batches" --dtype bfloat16 --device "$device" --paths all --size "$size" \
     --output "$out/encoder.csv" ${official[@]+"${official[@]}"}
+feed_dtype=bfloat16
+[ "$dry" = 1 ] && feed_dtype=float32  # this CPU's bfloat16 is emulated: the dry run checks the plumbing
+step feed "$budget_feed" bench_encode_feed.py --size --mode --device --dtype --batch --pages --output -- \
+    --size "$size" --mode "$mode" --device "$device" --dtype "$feed_dtype" --batch "$feed_batch" --pages "$feed_pages" \
+    --output "$out/feed.csv"
 step cost "$budget_cost" bench_cost.py --size --lengths --device --output -- \
     --size "$size" --lengths "$lengths" --device "$device" --output "$out/cost.csv"
 step train "$budget_train" bench_train.py --size --batch-sizes --steps --device --output -- \
@@ -140,7 +150,7 @@ import csv, sys
 from pathlib import Path
 
 folder = Path(sys.argv[1])
-for name in ("steps", "parity", "encoder", "cost", "train", "vllm", "vllm-throughput", "serve"):
+for name in ("steps", "parity", "encoder", "feed", "cost", "train", "vllm", "vllm-throughput", "serve"):
     path = folder / f"{name}.csv"
     if not path.is_file():
         continue
@@ -152,6 +162,11 @@ for name in ("steps", "parity", "encoder", "cost", "train", "vllm", "vllm-throug
     print(f"-- {path}")
     for row in rows:
         print("  " + "  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+feed = folder / "feed.csv"
+if feed.is_file():
+    for r in csv.DictReader(open(feed, newline="")):
+        print(f"feed: encode --text {r['encode_steady_pages_per_s']} pages/s against the module's {r['module_pages_per_s']} "
+              f"at batch {r['batch']}: {r['ratio']} (target >= {r['target']}: {'met' if r['met'] == 'True' else 'NOT met'})")
 parity = folder / "parity.csv"
 if parity.is_file():
     rows = list(csv.DictReader(open(parity, newline="")))

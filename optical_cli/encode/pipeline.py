@@ -418,6 +418,8 @@ class _Batches:
     group: list = field(default_factory=list)
     cap: int = 1 << 30  # the batch an out-of-memory halved it to
     seconds: float = 0.0  # in forwards, this run
+    first_done: float | None = None  # when the first batch was encoded (set-up behind: workers, kernels, auto)
+    after_first: int = 0  # pages encoded since
 
     def views(self) -> int:
         return sum(len(prepared.views) for _, _, prepared in self.group)
@@ -439,8 +441,18 @@ class _Batches:
             shard.counts.append(page.counts)
         if self.progress:
             self.progress(len(self.group))
+        if self.first_done is None:
+            self.first_done = time.perf_counter()
+        else:
+            self.after_first += len(self.group)
         self.group.clear()
         return_freed_memory()
+
+    def steady_rate(self) -> dict:
+        """Pages a second after the first batch: the rate once set-up (workers, kernels) is behind."""
+        if self.first_done is None or not self.after_first:
+            return {}
+        return {"steady_pages_per_s": round(self.after_first / (time.perf_counter() - self.first_done), 3)}
 
 
 def encode_shards(
@@ -480,6 +492,7 @@ def encode_shards(
         "resumed_shards": len(mine) - len(todo),
         "seconds": round(time.perf_counter() - started, 3),
         "encoder_seconds": round(batches.seconds, 3),
+        **batches.steady_rate(),
         "batch_size_used": runner.batch_size,
         **batches.chooser.summary(),
         "attention_auto": attention_choices(cfg),
@@ -568,15 +581,18 @@ def run_encode(
 
 def feed_rate(reports: list[dict]) -> dict:
     """Pages encoded in this run a second of its wall time (the slowest process's), and seconds a page;
-    ``encoder_share``: the share of that time the encoder's forwards took (1.0: the feed kept up)."""
+    ``steady_pages_per_s``: after each process's first batch (start-up behind), summed over processes;
+    ``encoder_share``: the share of the wall time the encoder's forwards took (near 1: the feed kept up)."""
     pages, seconds = sum(r["pages"] for r in reports), max(r["seconds"] for r in reports)
     if not pages or seconds <= 0:
         return {"pages_encoded": pages}
     encoder = max(r["encoder_seconds"] for r in reports)
+    steady = [r["steady_pages_per_s"] for r in reports if "steady_pages_per_s" in r]
     return {
         "pages_encoded": pages,
         "pages_per_s": round(pages / seconds, 3),
         "s_per_page": round(seconds / pages, 4),
+        **({"steady_pages_per_s": round(sum(steady), 3)} if len(steady) == len(reports) else {}),
         "encoder_share": round(min(encoder / seconds, 1.0), 3),
     }
 
