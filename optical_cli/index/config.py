@@ -142,10 +142,11 @@ class LibrarySection(Section):
     `optical ask --select retrieve` (the pages of one document ranked against the question)."""
 
     passage_chars: int = Field(
-        1000,
+        500,
         ge=100,
         description="a page's text is embedded in passages of at most this many characters, cut at line ends "
-        "(the bundled MiniLM reads 256 tokens, about 1,000 characters of prose); a page scores as its best passage",
+        "(the bundled MiniLM reads at most 256 tokens and was trained on 128; shorter passages keep a fact from "
+        "being diluted: scripts/library_check.py); a page scores as its best passage",
     )
     render: RenderSection = Field(
         RenderSection(mode="base", reflow=True),
