@@ -226,7 +226,8 @@ def _plan_library(cfg, question: str) -> ReadingPlan:
     found = search_library(cfg.ask.library, question, index_config(cfg), slots)
     select_s = time.perf_counter() - started
     notes = [
-        f"{found.library_pages} pages in {found.documents} documents; read the {len(found.reads)} pages "
+        f"{found.library_pages} pages in {found.documents} document{'s' if found.documents != 1 else ''}; read the "
+        f"{len(found.reads)} pages "
         f"{found.search} search ranked best, in library order"
     ]
     if found.render.get("mode") != mode:
