@@ -2,12 +2,15 @@
 the answer), positions kept, scans falling back to the middle, a second question encoding no page, and
 --budget choosing the rendering from the render frontier."""
 
+import base64
+import io
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO_ROOT
+from PIL import Image
 from test_documents import make_pdf
 from typer.testing import CliRunner
 
@@ -149,3 +152,28 @@ def test_passages_page_slots_and_positions():
     assert page_positions([0, 3, 5], 10, 8) == [0, 3, 5]  # every page within the adapter's positions: its own
     assert page_positions([2, 150, 151, 299], 300, 8) == [0, 4, 5, 7]  # scaled, increasing, within 0..7
     assert page_positions(list(range(292, 300)), 300, 8) == list(range(8))
+
+
+def test_through_a_server_the_same_pages_are_chosen_on_the_client_and_sent_in_reading_order(tmp_path, index_config):
+    from test_ask import FakeServer, expected_tokens
+
+    doc = long_document(tmp_path)
+    common = [str(doc), QUESTION, *LARGE_TYPE, "--set", f"ask.index_config={index_config}"]
+    local = ask_json(*common)
+    server = FakeServer(tokens=expected_tokens(8, QUESTION))
+    try:
+        served = ask_json(*common, "--server", server.url)
+    finally:
+        server.close()
+    assert served["engine"] == "server" and served["select"] == "retrieve"
+    assert served["citations"] == local["citations"]  # the same selection, made here
+    assert [entry["position"] for entry in served["pages_read"]] == list(range(8))  # positions: request order
+    assert any("order in the request" in note for note in served["notes"])
+    chat = [r for r in server.requests if r["path"] == "/v1/chat/completions"][0]
+    sent = [part for part in chat["messages"][0]["content"] if part["type"] == "image_url"]
+    cfg = load_config("serve", TINY, ["render.font_size=32"])
+    paged = paginate(read_ask_document(str(doc), cfg.render), cfg.render.model_copy(update={"mode": "tiny"}))
+    drawn = paged.draw([entry["page"] - 1 for entry in local["pages_read"]])
+    for part, page in zip(sent, drawn, strict=True):
+        png = base64.b64decode(part["image_url"]["url"].removeprefix("data:image/png;base64,"))
+        assert Image.open(io.BytesIO(png)).tobytes() == page.tobytes()

@@ -56,6 +56,27 @@ def test_a_library_of_20_documents_cites_the_pages_that_hold_at_least_9_of_10_pl
     assert fact_pages(library)[phrase] in answer["citations"]
     assert answer["document_pages"] == report["library_pages"] and answer["document_tokens"] is None
     assert all(entry["rank"] >= 1 and entry["citation"].startswith(str(tmp_path)) for entry in answer["pages_read"])
+    from test_ask import FakeServer, expected_tokens
+
+    server = FakeServer(tokens=expected_tokens(8, question))
+    try:
+        served = invoke(
+            "ask",
+            "--library",
+            library,
+            question,
+            "-c",
+            SERVE,
+            "--set",
+            f"ask.index_config={index_config}",
+            "--server",
+            server.url,
+            "--json",
+        )
+    finally:
+        server.close()
+    assert served.exit_code == 0, served.output
+    assert json.loads(served.stdout)["citations"] == answer["citations"]  # chosen on the client, the same pages
     both = invoke("ask", tmp_path / "report-01.txt", question, "--library", library, "-c", SERVE)
     assert both.exit_code == 2 and "only the question" in both.stderr
 
