@@ -23,6 +23,7 @@ from ..config.resume import check_same_settings
 from ..config.validation import with_values
 from ..errors import InputError, OpticalError, RunFailed
 from ..launch import is_main_process, single_process_warning
+from ..lists import split_list
 from ..reports.console import emit_json, err, print_table, say, warn
 
 if TYPE_CHECKING:  # the command layer imports torch (through distributed) only when a command runs
@@ -162,9 +163,9 @@ def all_if_zero(value: Optional[int]) -> Any:
     return ALL if value == 0 else value
 
 
-def split_csv(value: Optional[str]) -> Optional[list[str]]:
-    """A comma-separated flag as a list (None when the flag was not given)."""
-    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+def split_csv(value: Optional[str], option: str, example: str) -> Optional[list[str]]:
+    """A comma-separated flag as a list (None when the flag was not given), by the one rule (lists.py)."""
+    return None if value is None else split_list(value, option, example)
 
 
 def with_flags(cfg: Any, flags: dict[str, tuple[str, Any]]) -> Any:

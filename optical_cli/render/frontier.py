@@ -150,34 +150,6 @@ def grid(cfg: FrontierConfig) -> list[RenderCell]:
     ]
 
 
-def parse_int_list(text: str, option: str) -> list[int]:
-    values = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            values.append(int(part))
-        except ValueError:
-            raise InputError(
-                f"{option} {text!r}: '{part}' is not a whole number; give comma-separated integers, e.g. {option} "
-                "6,8,10,12"
-            ) from None
-    if not values:
-        raise InputError(f"{option} {text!r}: no values; give comma-separated integers, e.g. {option} 6,8,10,12")
-    return list(dict.fromkeys(values))
-
-
-def parse_choices(
-    text: str, option: str, allowed: tuple[str, ...], single: bool = False, hint: str = ""
-) -> list[str] | str:
-    values = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    bad = [v for v in values if v not in allowed]
-    if bad or not values or (single and len(values) != 1):
-        what = f"'{bad[0]}' is not one of" if bad else "give one of" if single else "give values from"
-        raise InputError(f"{option} {text!r}: {what} {', '.join(allowed)}{'; ' + hint if hint else ''}")
-    return values[0] if single else values
-
-
 # ---------------------------------------------------------------------------------------
 # Inputs
 
