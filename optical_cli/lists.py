@@ -8,7 +8,7 @@ from typing import Callable, Sequence, TypeVar
 
 from .errors import InputError
 
-T = TypeVar("T")
+Item = TypeVar("Item")
 
 
 def split_list(text: str, option: str, example: str) -> list[str]:
@@ -25,10 +25,10 @@ def parse_list(
     text: str,
     option: str,
     example: str,
-    convert: Callable[[str], T],
+    convert: Callable[[str], Item],
     what: str,
-    check: Callable[[T], str | None] | None = None,
-) -> list[T]:
+    check: Callable[[Item], str | None] | None = None,
+) -> list[Item]:
     """Each item converted (``convert``: ``float``, ``int``...; a failure says the item is not ``what``) and checked
     (``check(value)`` returns why a value is refused, or None)."""
     values = []

@@ -54,30 +54,6 @@ def config_option(command: str, key: str, *names: str, help: str) -> Any:
     return typer.Option(*names, help=help, show_default=config_default(command, key))
 
 
-def _show_no_type_for_flags() -> None:
-    """Typer's help prints every parameter's Python type, flags included (``--json <bool>``,
-    ``INPUTS <list[str]>``). A flag takes no value and a named argument says what it takes, so
-    neither gets a type column; options that take a value keep theirs."""
-    from typer.core import TyperArgument, TyperOption
-
-    def hide(cls, hidden) -> None:
-        shown = getattr(cls, "display_type_rich", None)  # Typer < 0.29 prints click's types: nothing to hide
-        if shown is None or getattr(shown, "_optical", False):
-            return
-
-        def display_type_rich(self, ctx):
-            return None if hidden(self) else shown(self, ctx)
-
-        display_type_rich._optical = True
-        cls.display_type_rich = display_type_rich
-
-    hide(TyperOption, lambda option: option.is_flag)
-    hide(TyperArgument, lambda argument: argument.metavar is not None)
-
-
-_show_no_type_for_flags()
-
-
 # Options every command shares
 
 ConfigOpt = Annotated[

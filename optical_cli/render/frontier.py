@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from rapidfuzz.distance import Levenshtein
 
 from ..artifacts import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..bootstrap import percentile_interval, resample_ratios
 from ..config.sections import RenderSection
 from ..documents import Document, read_documents
 from ..errors import ConfigError, InputError
@@ -398,11 +399,8 @@ def bootstrap_cer(edits: np.ndarray, chars: np.ndarray, resamples: int, seed: in
     total = chars.sum()
     if not total:
         return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(edits), size=(resamples, len(edits)))
-    ratios = edits[picks].sum(axis=1) / np.maximum(chars[picks].sum(axis=1), 1.0)
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(edits.sum() / total), float(low), float(high)
+    low, high = percentile_interval(resample_ratios(edits, chars, resamples, seed))
+    return float(edits.sum() / total), low, high
 
 
 def judge_cell(
