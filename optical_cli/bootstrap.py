@@ -31,8 +31,9 @@ def resample_ratios(sums: np.ndarray, sizes: np.ndarray, n_boot: int, seed: int)
     return ratios
 
 
-def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """(low, high): the central ``level`` share of the resampled values."""
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple:
+    """(low, high): the central ``level`` share of the resampled values (resamples along the first axis: floats
+    for 1-D samples, one bound per column otherwise)."""
     tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(samples, [tail, 100.0 - tail])
-    return float(low), float(high)
+    low, high = np.percentile(samples, [tail, 100.0 - tail], axis=0)
+    return (float(low), float(high)) if np.ndim(samples) == 1 else (low, high)

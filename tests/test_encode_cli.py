@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from deepencoder_files import save_deepencoder
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -17,7 +18,7 @@ from optical_cli.encode.features import FeatureFiles
 from optical_cli.models.deepencoder import DeepEncoderConfig, products, widens
 from optical_cli.models.deepencoder.preprocess import prepare
 from optical_cli.models.deepencoder.runner import BatchRunner
-from optical_cli.models.deepencoder.weights import load_deepencoder, save_deepencoder
+from optical_cli.models.deepencoder.weights import load_deepencoder
 from optical_cli.records import read_records
 
 runner = CliRunner()

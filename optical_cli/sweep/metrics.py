@@ -112,17 +112,6 @@ def _resample_means(values: np.ndarray, n_boot: int, seed: int, clusters: Option
     return resample_ratios(sums, sizes, n_boot, seed)
 
 
-def bootstrap_interval(
-    values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95, clusters: Optional[np.ndarray] = None
-) -> tuple[float, float, float]:
-    """(mean, low, high): the mean over queries and its percentile bootstrap interval."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0:
-        raise ValueError("bootstrap_interval needs a non-empty 1-D array of per-query values")
-    low, high = percentile_interval(_resample_means(values[:, None], n_boot, seed, clusters)[:, 0], level)
-    return float(values.mean()), low, high
-
-
 def paired_bootstrap_difference(
     a: np.ndarray,
     b: np.ndarray,
@@ -179,8 +168,7 @@ def summarize_metrics(
     for column, name in enumerate(names):
         row[name] = float(table[:, column].mean())
     for suffix, groups in intervals:
-        means = _resample_means(table, n_boot, seed, groups)
-        low, high = np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
+        low, high = percentile_interval(_resample_means(table, n_boot, seed, groups))
         for column, name in enumerate(names):
             row[f"{name}{suffix}_low"] = float(low[column])
             row[f"{name}{suffix}_high"] = float(high[column])
