@@ -32,11 +32,9 @@ CHAT_OVERHEAD_TOKENS = 16
 
 
 class HFReader:
-    """The Reader protocol over our generate loop: Qwen3-VL, DeepEncoder and the adapter in this process.
-
-    Beyond the protocol, ``read_pages`` takes ``positions`` (each page's place for the adapter's page
-    embedding, default 0..P-1) and ``mode`` (read the pages in another single-view DeepEncoder mode
-    than the configured one): ``optical ask`` keeps retrieved pages' places and fits a token budget."""
+    """The Reader protocol over our generate loop: Qwen3-VL, DeepEncoder and the adapter in this process;
+    a ``PlacingReader`` too: ``read_pages`` takes ``positions`` (each page's place for the adapter's page
+    embedding, default 0..P-1) and ``mode`` (read the pages in another single-view DeepEncoder mode)."""
 
     page_positions = True  # read_pages(positions=...)
     page_modes = True  # read_pages(mode=...), vision_tokens(pages, mode=...)

@@ -38,6 +38,7 @@ from PIL import Image
 from ..config.registry import load_config
 from ..engines.chain import ChainSpec
 from ..engines.factory import build_reader
+from ..engines.reader import PlacingReader, Stream
 from ..engines.tower import page_tokens
 from ..errors import InputError
 from ..index.config import IndexConfig
@@ -53,9 +54,6 @@ from .library import open_pages, search_library
 from .paged import AskDocument, PagedDocument, paginate, read_ask_document
 from .select import PageRead, page_positions, page_slots, select_pages
 from .server import served_lora_name
-
-Stream = Callable[[str], None]
-COUNTS = ("pages_encoded", "pages_cached")  # timings that count pages, not seconds
 
 
 @dataclass
@@ -110,7 +108,7 @@ def ask(
     question: str,
     *,
     server: str | None = None,
-    stream: Stream | None = None,
+    stream: Stream = None,
     stdin: Callable[[], bytes] | None = None,
     reader=None,
     progress: Progress | None = None,
@@ -249,19 +247,18 @@ def _plan_library(cfg, question: str) -> ReadingPlan:
     )
 
 
-def _ask_locally(
-    cfg, doc: Optional[AskDocument], question: str, stream: Stream | None, reader=None, progress=None
-) -> Answer:
+def _ask_locally(cfg, doc: Optional[AskDocument], question: str, stream: Stream, reader=None, progress=None) -> Answer:
     spec = ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine)
     start = time.perf_counter()
     reader = reader or local_reader(cfg)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
-    modes = list(MODES) if getattr(reader, "page_modes", False) else [spec.deepencoder.mode]
+    placing = isinstance(reader, PlacingReader)
+    modes = list(MODES) if placing else [spec.deepencoder.mode]
     plan = plan_reading(cfg, doc, question, modes, progress)
     render_s = time.perf_counter() - start
     options = {} if plan.mode == spec.deepencoder.mode else {"mode": plan.mode}
-    if plan.positions is not None and getattr(reader, "page_positions", False):
+    if plan.positions is not None and placing:
         options["positions"] = plan.positions
     elif plan.positions is not None:
         _in_request_order(plan, f"the {spec.engine} engine")
@@ -324,9 +321,7 @@ def _answer(plan: ReadingPlan, question: str, text: str, **fields) -> Answer:
     )
 
 
-def _ask_server(
-    cfg, doc: Optional[AskDocument], question: str, url: str, stream: Stream | None, progress=None
-) -> Answer:
+def _ask_server(cfg, doc: Optional[AskDocument], question: str, url: str, stream: Stream, progress=None) -> Answer:
     spec = ChainSpec.from_config(cfg, "serve", engine="vllm")
     client = OpenAIServer(url, timeout_s=cfg.ask.timeout_s)
     model = _served_model(client, cfg.serve.served_model_name)  # is anything there? before rendering
