@@ -101,3 +101,10 @@ def test_bench_train_measures_each_loss_at_each_batch_size(tmp_path):
         assert (
             float(row["seconds"]) > 0 and float(row["peak_memory_gib"]) > 0 and float(row["ratio_vs_full_logits"]) > 0
         )
+
+
+def test_bench_feed_compares_the_worker_feed_with_the_single_thread_in_one_run(tmp_path):
+    out = tmp_path / "feed.csv"
+    done = run_script("bench_feed.py", "--pages", "16", "--rounds", "1", "--mode", "tiny", "--output", str(out))
+    assert "x the thread" in done.stdout and "target >= 4x" in done.stdout
+    assert {row["variant"] for row in rows(out)} == {"thread", "workers", "workers+map"}

@@ -248,6 +248,7 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
                 thread.join(timeout=0.05)
 
 
-def worker_count(setting: int) -> int:
-    """``runtime.workers``: 0 is one per core."""
-    return setting if setting > 0 else (os.cpu_count() or 1)
+def worker_count(setting: int, processes: int = 1) -> int:
+    """``runtime.workers``: 0 is one per core, shared among the ``processes`` encoding side by side
+    (``accelerate launch``), so N processes do not each start a worker per core."""
+    return setting if setting > 0 else max(1, (os.cpu_count() or 1) // max(processes, 1))

@@ -204,7 +204,7 @@ def page_jobs(plan: EncodePlan, wanted: Callable[[int], bool]) -> Iterator[tuple
 
 
 def produce_pages(
-    plan: EncodePlan, cfg: EncodeConfig, wanted: Callable[[int], bool]
+    plan: EncodePlan, cfg: EncodeConfig, wanted: Callable[[int], bool], processes: int = 1
 ) -> Iterator[tuple[int, PageSource, PreparedPage]]:
     """The ``wanted`` pages in order as (page number, source, its views as bytes), drawn or loaded,
     preprocessed and measured by ``runtime.workers`` page workers (feed.py: processes from 2, one
@@ -213,7 +213,7 @@ def produce_pages(
     render = None if plan.renderer is None else plan.renderer.section.model_dump_json()
     spec = FeedSpec(cfg.deepencoder.mode, pixels, render)
     jobs = page_jobs(plan, wanted)
-    for fed in feed_pages(spec, jobs, worker_count(cfg.runtime.workers), cfg.encode.queue_pages):
+    for fed in feed_pages(spec, jobs, worker_count(cfg.runtime.workers, processes), cfg.encode.queue_pages):
         number = fed.number
         source = plan.pages[number] if plan.page_lines is None else PageSource(str(plan.text_file))
         page = replace(source, text=plan.page_text(number), counts=fed.counts)
@@ -474,7 +474,8 @@ def encode_shards(
         progress(0, total=pages)
     batches = _Batches(runner, batch_chooser(cfg, runner), progress)
     started, current = time.perf_counter(), None
-    for number, page, prepared in produce_pages(plan, cfg, lambda number: number // shards.pages_per_shard in todo):
+    mine_only = lambda number: number // shards.pages_per_shard in todo
+    for number, page, prepared in produce_pages(plan, cfg, mine_only, procs.count):
         if current is None:
             k = number // shards.pages_per_shard
             current = _Shard(k, shards.shard_pages(k, total))
@@ -571,7 +572,7 @@ def run_encode(
         "widened_products": widens(dtype, device),  # reduced-precision products run as float32 ones (products.py)
         "batch_size_used": min(r["batch_size_used"] for r in reports),
         **{key: value for key, value in report.items() if key.startswith("batch_") and key != "batch_size_used"},
-        "workers": worker_count(cfg.runtime.workers),
+        "workers": worker_count(cfg.runtime.workers, procs.count),
         **feed_rate(reports),
         "processes": procs.count,
     }
