@@ -177,3 +177,15 @@ def test_through_a_server_the_same_pages_are_chosen_on_the_client_and_sent_in_re
     for part, page in zip(sent, drawn, strict=True):
         png = base64.b64decode(part["image_url"]["url"].removeprefix("data:image/png;base64,"))
         assert Image.open(io.BytesIO(png)).tobytes() == page.tobytes()
+
+
+def test_pages_drawn_from_a_pdfs_text_layer_know_the_pdf_pages_they_hold(tmp_path, index_config):
+    from optical_cli.serving.paged import pdf_page_spans
+
+    assert pdf_page_spans(["ab\ncd", "ef", "g h i"], ["abc", "def ghi"]) == [(1, 2), (2, 2), (2, 2)]
+    assert pdf_page_spans(["abcdef"], ["ab", "", "cd", "ef"]) == [(1, 4)]
+    pdf = make_pdf(tmp_path / "report.pdf", text=" ".join(cve_paragraphs(30)), pages=6)
+    answer = ask_json(str(pdf), QUESTION, "--set", "serve.max_pages=1", "--set", f"ask.index_config={index_config}")
+    (read,) = answer["pages_read"]
+    first, last = read["pdf_pages"]
+    assert answer["select"] == "retrieve" and 1 <= first <= last <= 6 and answer["document_pages"] > 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import traceback
 from dataclasses import dataclass
@@ -187,6 +188,7 @@ class PageWorkers:
 
 def _work(spec: FeedSpec, memory_name: str, slot_bytes: int, tasks, done) -> None:
     """A worker: make each page it is given into its slot, until told to stop (None)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the feed's to handle: it stops the workers
     memory = shared_memory.SharedMemory(name=memory_name)  # the feed that made it unlinks it (one resource tracker)
     maker = None
     try:
