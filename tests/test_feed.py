@@ -143,3 +143,15 @@ def test_encode_with_batch_auto_reports_what_it_measured_and_the_rate(tmp_path):
             "--json",
         )
         assert json.loads(second.stdout)["batch_choice"] == "stored"
+
+
+def test_the_feed_and_its_workers_import_no_torch():
+    """Page workers are spawned processes: they import the feed's module, which must stay light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, optical_cli.encode.feed; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
