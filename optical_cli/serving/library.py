@@ -204,7 +204,9 @@ def add_documents(
             report.pages += found.pages
         report.passages = len(items.ids)
         if items.ids:
-            report.index = _index_items(library, cfg, items, set(report.added))
+            if progress:  # the same bar goes on with the passages
+                progress(0, total=report.pages + len(items.ids), description="embedding passages")
+            report.index = _index_items(library, cfg, items, set(report.added), progress)
         _commit_settings(library, settings, report, started)
         for folder in stale:
             shutil.rmtree(library / PAGES / folder, ignore_errors=True)
@@ -227,12 +229,14 @@ def _settings(library: Path, cfg: IndexConfig) -> dict:
     }
 
 
-def _index_items(library: Path, cfg: IndexConfig, items: PageItems, replaced: set) -> dict:
+def _index_items(library: Path, cfg: IndexConfig, items: PageItems, replaced: set, progress=None) -> dict:
     """Embed the passages and add them to ``LIB/index`` (built from them the first time)."""
     index_dir = library / INDEX
     exists = (index_dir / "manifest.json").is_file()
     model = read_manifest(index_dir).get("embedding_model") if exists else cfg.embed.model
-    vectors, _ = embed_corpus(items.texts, model, cfg.runtime.device, cfg.embed.batch_size, cfg.embed.cache_dir)
+    vectors, _ = embed_corpus(
+        items.texts, model, cfg.runtime.device, cfg.embed.batch_size, cfg.embed.cache_dir, _counted(progress)
+    )
     corpus = Corpus(items.ids, vectors, items.texts, None, model, str(library), {}, items.labels)
     if not exists:
         if len(items.ids) < 2:
@@ -246,6 +250,17 @@ def _index_items(library: Path, cfg: IndexConfig, items: PageItems, replaced: se
     return add_corpus(
         index_dir, cfg, corpus, upsert=True, replaces=lambda item: item_document(item) in replaced, where=str(library)
     ).as_dict()
+
+
+def _counted(progress):
+    """``progress`` taking counts only: the bar's total was set for pages and passages together."""
+    if progress is None:
+        return None
+
+    def advance(n: int, total=None) -> None:
+        progress(n)
+
+    return advance
 
 
 def _commit_settings(library: Path, settings: dict, report: LibraryReport, started: float) -> None:
