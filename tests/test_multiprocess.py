@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from optical_cli.cli import app
 from optical_cli.encode.features import FeatureFiles
+from optical_cli.encode.page_cache import PageFeatureCache
 
 REPO = Path(__file__).resolve().parent.parent
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -184,9 +185,10 @@ def test_two_processes_train_the_adapter_on_the_streamed_cache(tmp_path):
     assert summary["steps"] == 2 and summary["cache_hit"] is False and (out / "adapter.safetensors").is_file()
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # only the main process logs
     assert json.loads((out / "manifest.json").read_text())["processes"] == 2
-    caches = list((tmp_path / "cache").iterdir())  # training and held-out documents, packed apart
-    assert len(caches) == 2
-    assert sum(len(FeatureFiles.open(c)) for c in caches) == summary["train_pages"] + summary["eval_pages"]
+    corpora = list((tmp_path / "cache" / "corpora").glob("*.json"))  # training and held-out documents, packed apart
+    assert len(corpora) == 2
+    pages = PageFeatureCache.at(tmp_path / "cache", 1.0).entries()  # the page-feature cache: one entry a page
+    assert len(pages) == summary["train_pages"] + summary["eval_pages"]
 
 
 def fsdp_launch(*args: str) -> subprocess.CompletedProcess:
