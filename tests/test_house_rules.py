@@ -195,8 +195,9 @@ def test_no_module_level_name_means_two_things():
 
 
 def test_help_imports_no_model_library():
-    """`optical --help` loads the CLI, not torch or transformers (they cost seconds before any output)."""
-    heavy = "('torch', 'transformers', 'numpy')"
+    """`optical --help` loads the CLI, not torch or transformers (they cost seconds before any output), nor what
+    reading documents or weights pulls in (PIL, pypdfium2, huggingface_hub; older pypdfium2 imports numpy)."""
+    heavy = "('torch', 'transformers', 'numpy', 'PIL', 'pypdfium2', 'huggingface_hub')"
     code = f"import sys, optical_cli.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 from pydantic import Field
 
@@ -18,6 +18,11 @@ from ..config.sections import (
 )
 
 LongBenchCondition = Literal["native", "optical", "native-matched", "no-context"]
+LongBenchLength = Literal["short", "medium", "long"]
+LongBenchDifficulty = Literal["easy", "hard"]
+# LongBench v2's length buckets and difficulties, in report order
+LENGTHS: tuple[str, ...] = get_args(LongBenchLength)
+DIFFICULTIES: tuple[str, ...] = get_args(LongBenchDifficulty)
 
 
 class LongBenchSection(Section):
@@ -29,10 +34,8 @@ class LongBenchSection(Section):
         50, ge=1, description="seeded sample stratified by length and difficulty (null = every item)"
     )
     ids: list[str] = Field([], description="run exactly these item ids (overrides num_samples)")
-    lengths: list[Literal["short", "medium", "long"]] = Field(
-        [], description="keep only these length buckets (empty = all)"
-    )
-    difficulties: list[Literal["easy", "hard"]] = Field([], description="keep only these difficulties (empty = all)")
+    lengths: list[LongBenchLength] = Field([], description="keep only these length buckets (empty = all)")
+    difficulties: list[LongBenchDifficulty] = Field([], description="keep only these difficulties (empty = all)")
     domains: list[str] = Field([], description="keep only these domains, case-insensitive (empty = all)")
     conditions: list[LongBenchCondition] = Field(["native", "optical", "native-matched", "no-context"])
     max_context_tokens: int = Field(120000, ge=1, description="native: document tokens kept (middle truncation)")

@@ -22,11 +22,10 @@ from ..artifacts import iter_jsonl_objects
 from ..documents import read_document
 from ..errors import InputError
 from ..models.loading import go_offline_if_unreachable, offline_reason
+from .config import DIFFICULTIES, LENGTHS
 
 HUB_ID = "THUDM/LongBench-v2"
 LETTERS = ("A", "B", "C", "D")
-LENGTHS = ("short", "medium", "long")
-DIFFICULTIES = ("easy", "hard")
 REQUIRED_FIELDS = (
     "_id",
     "domain",

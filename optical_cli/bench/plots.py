@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..plotting import new_figure, save_png
-from .data import LENGTHS
+from .config import LENGTHS
 from .scoring import CHANCE
 
 

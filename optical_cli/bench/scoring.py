@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from scipy.stats import binom, norm
 
-from .data import DIFFICULTIES, LENGTHS
+from .config import DIFFICULTIES, LENGTHS
 
 CHANCE = 0.25
 _WITH_PARENS = re.compile(r"The correct answer is \(([A-D])\)")

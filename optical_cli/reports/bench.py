@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.markup import escape
 
-from ..bench.data import DIFFICULTIES, LENGTHS
+from ..bench.config import DIFFICULTIES, LENGTHS
 from .console import err, print_table, random_weights_banner
 
 BENCH_RANDOM_WEIGHTS = (
