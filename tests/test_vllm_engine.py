@@ -89,7 +89,7 @@ def hf_answer(hf, layout, vision=None, positions=None):
             position_ids=positions[:, None, :],
             attention_mask=torch.ones(1, layout.length, dtype=torch.long),
         ).logits[0, -1]
-    ids, _ = hf.vlm.generate_from_embeds(embeds, layout.position_ids, layout.rope_delta, NEW_TOKENS)
+    ids, *_ = hf.vlm.generate_from_embeds(embeds, layout.position_ids, layout.rope_delta, NEW_TOKENS)
     return ids, torch.log_softmax(logits.float(), dim=-1)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .schema import Section
 
@@ -151,3 +151,19 @@ class VLLMSection(Section):
         "row pays for its own prompt: native and native-matched share the document's opening, and a repeated "
         "prompt would cost almost nothing",
     )
+
+
+class LoopGuardSection(Section):
+    """The loop guard (``models/loop_guard.py``): an answer whose most likely next token would repeat
+    an n-gram of its last ``window`` tokens ends there (finish reason ``repetition``), on every engine."""
+
+    ngram: int = Field(30, ge=0, description="n-gram size (0 = off; the published DeepSeek-OCR vLLM scripts use 30)")
+    window: int = Field(90, ge=0, description="answer tokens searched for an earlier copy (the published scripts: 90)")
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.ngram == 1:
+            raise ValueError("ngram must be 0 (off) or at least 2")
+        if self.ngram and self.window < self.ngram:
+            raise ValueError(f"window ({self.window}) must be at least ngram ({self.ngram})")
+        return self

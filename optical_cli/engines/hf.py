@@ -19,6 +19,7 @@ import torch
 
 from ..devices import synchronize
 from ..models.adapter import parameter_count
+from ..models.loop_guard import OFF, NoRepeatNGram
 from ..models.lora import has_lora, lora_disabled
 from ..models.vlm import READ_INSTRUCTION, VisionLanguageReader
 from ..prompts import PromptParts
@@ -42,8 +43,10 @@ class HFReader:
         random_weights: bool,
         description: str,
         conventions: dict[str, str] | None = None,
+        loop_guard: NoRepeatNGram = OFF,
     ):
         self.vlm = vlm
+        self.loop_guard = loop_guard  # every answer of read_text / read_pages (models/loop_guard.py)
         self.renderer = renderer  # render.PageRenderer at the encoder's page size
         self.encoder = encoder  # DeepEncoderPages: the frozen encoder of `optical encode`
         self.random_weights = random_weights
@@ -98,8 +101,11 @@ class HFReader:
                 temperature=temperature,
                 seed=seed,
                 on_token=self._streaming(stream),
+                loop_guard=self.loop_guard,
             )
-        return Generation(text, stats["input_tokens"], stats["prefill_s"], stats["decode_s"])
+        return Generation(
+            text, stats["input_tokens"], stats["prefill_s"], stats["decode_s"], finish_reason=stats["finish_reason"]
+        )
 
     # -- pages -----------------------------------------------------------------------------
     def render(self, text: str, max_pages: int) -> tuple[list[Any], int]:
@@ -144,6 +150,7 @@ class HFReader:
             temperature=temperature,
             seed=seed,
             on_token=self._streaming(stream),
+            loop_guard=self.loop_guard,
         )
         return Generation(
             text,
@@ -152,6 +159,7 @@ class HFReader:
             stats["decode_s"],
             encode_s=encode_s,
             adapter_s=stats["adapter_s"],
+            finish_reason=stats["finish_reason"],
         )
 
     def transcribe(self, features: torch.Tensor, page_index: int, max_new_tokens: int) -> str:

@@ -29,6 +29,7 @@ class Generation:
     decode_s: float
     encode_s: float = 0.0  # page encoding (optical only)
     adapter_s: float = 0.0  # adapter and embedding splice (optical only)
+    finish_reason: str = ""  # stop, length or repetition (the loop guard ended it); empty if unknown
 
 
 @dataclass

@@ -37,6 +37,7 @@ from ..devices import synchronize
 from ..errors import InputError
 from .adapter import load_adapter
 from .language_model import cache_argument, load_qwen3_vl
+from .loop_guard import REPETITION, NoRepeatNGram
 from .tokenizers import ChatTokenizer, chat_tokenizer_source, load_chat_tokenizer
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -240,6 +241,7 @@ class VisionLanguageReader:
         preamble: str = "",
         on_token: Callable[[int], None] | None = None,
         page_index: torch.Tensor | None = None,
+        loop_guard: NoRepeatNGram | None = None,
     ) -> tuple[str, dict]:
         """Answer ``question_prompt`` about a document given as text, as optical tokens, or not at all.
 
@@ -259,11 +261,14 @@ class VisionLanguageReader:
                 user turn is ``preamble + document + "\n" + question_prompt``.
             on_token: called with each answer token id as it is decoded (streaming).
             page_index: each page's position for the adapter's page embedding (default 0..P-1).
+            loop_guard: end the answer where its most likely next token would repeat an n-gram
+                of its recent tokens (``models/loop_guard.py``; None or ngram 0: off).
 
         Returns:
             ``(text, stats)``; stats: ``input_tokens`` (prompt length incl. vision tokens),
             ``vision_tokens``, ``pages``, ``new_tokens``, ``adapter_s`` (adapter and embedding
-            splice), ``prefill_s``, ``decode_s``, ``total_s``.
+            splice), ``prefill_s``, ``decode_s``, ``total_s``, ``finish_reason`` (``stop``,
+            ``length`` or ``repetition``: the loop guard ended it).
         """
         pages = None if vision_features is None else [int(vision_features.shape[1])] * int(vision_features.shape[0])
         layout = build_layout(self.tokenizer, question_prompt, pages, document_text, preamble=preamble)
@@ -272,8 +277,15 @@ class VisionLanguageReader:
         embeds = splice(self.embed_tokens, layout.input_ids.to(self.device), layout.vision_mask.to(self.device), vision)
         synchronize(self.device)
         adapter_s = time.perf_counter() - start
-        ids, prefill_s = self.generate_from_embeds(
-            embeds[None], layout.position_ids, layout.rope_delta, max_new_tokens, temperature, seed, on_token
+        ids, prefill_s, finish_reason = self.generate_from_embeds(
+            embeds[None],
+            layout.position_ids,
+            layout.rope_delta,
+            max_new_tokens,
+            temperature,
+            seed,
+            on_token,
+            loop_guard,
         )
         synchronize(self.device)
         total_s = time.perf_counter() - start
@@ -286,6 +298,7 @@ class VisionLanguageReader:
             "prefill_s": round(prefill_s, 4),
             "decode_s": round(total_s - adapter_s - prefill_s, 4),
             "total_s": round(total_s, 4),
+            "finish_reason": finish_reason,
         }
         return self.tokenizer.decode(ids), stats
 
@@ -299,9 +312,11 @@ class VisionLanguageReader:
         temperature: float = 0.0,
         seed: int | None = None,
         on_token: Callable[[int], None] | None = None,
-    ) -> tuple[list[int], float]:
-        """Decode from ``inputs_embeds`` [1, L, H] with a KV cache; returns (new ids, prefill seconds).
-        ``on_token`` gets each new id as soon as it is chosen."""
+        loop_guard: NoRepeatNGram | None = None,
+    ) -> tuple[list[int], float, str]:
+        """Decode from ``inputs_embeds`` [1, L, H] with a KV cache; returns (new ids, prefill seconds,
+        finish reason: ``stop``, ``length`` or ``repetition``). ``on_token`` gets each new id as soon
+        as it is chosen; ``loop_guard`` ends the answer where its top token would repeat an n-gram."""
         start = time.perf_counter()
         length = inputs_embeds.shape[1]
         cache = {cache_argument(self.model.forward): DynamicCache(config=self.model.config.text_config)}
@@ -321,9 +336,14 @@ class VisionLanguageReader:
             generator.manual_seed(0 if seed is None else seed)
         new_ids: list[int] = []
         logits = out.logits[0, -1]
+        finish = "length"
         for step in range(max_new_tokens):
+            if loop_guard is not None and loop_guard.active and loop_guard.cuts(new_ids, int(logits.argmax())):
+                finish = REPETITION
+                break
             token = self._pick(logits, temperature, generator)
             if token in self.stop_ids:
+                finish = "stop"
                 break
             new_ids.append(token)
             if on_token is not None:
@@ -341,7 +361,7 @@ class VisionLanguageReader:
                 **cache,
             )
             logits = out.logits[0, -1]
-        return new_ids, prefill_s
+        return new_ids, prefill_s, finish
 
     @staticmethod
     def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:

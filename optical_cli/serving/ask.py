@@ -32,13 +32,14 @@ from ..engines.chain import ChainSpec, draw_pages
 from ..engines.factory import build_reader
 from ..engines.tower import page_tokens
 from ..errors import InputError
+from ..models.loop_guard import NoRepeatNGram
 from ..models.tokenizers import load_chat_tokenizer
 from ..models.vlm import IMAGE_PAD, build_layout
 from ..modes import page_size
 from ..prompts import middle_truncate, question_prompt
 from ..render.pages import PageRenderer, png_bytes
 from .client import OpenAIServer, page_messages
-from .server import served_lora_name
+from .server import api_key, served_lora_name
 
 Stream = Callable[[str], None]
 
@@ -65,6 +66,7 @@ class Answer:
     model: str
     random_weights: bool
     timings: dict = field(default_factory=dict)  # seconds: load, render, encode, adapter, prefill, decode, total
+    finish_reason: str = ""  # stop, length, or repetition: the loop guard cut an answer that repeated itself
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -142,13 +144,18 @@ def ask(
     return _ask_locally(cfg, doc, question, stream, reader)
 
 
+def local_spec(cfg) -> ChainSpec:
+    """The chain ``ask`` reads with in this process: ``ask.engine``, ``ask.loop_guard``."""
+    return ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine, loop_guard=cfg.ask.loop_guard)
+
+
 def local_reader(cfg):
     """The reader ``ask`` uses in this process: ``ask.engine`` on the config's optical chain."""
-    return build_reader(ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine), ["optical"])
+    return build_reader(local_spec(cfg), ["optical"])
 
 
 def _ask_locally(cfg, doc: Document, question: str, stream: Stream | None, reader=None) -> Answer:
-    spec = ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine)
+    spec = local_spec(cfg)
     start = time.perf_counter()
     reader = reader or local_reader(cfg)
     load_s = time.perf_counter() - start
@@ -185,13 +192,14 @@ def _ask_locally(cfg, doc: Document, question: str, stream: Stream | None, reade
         model=reader.description,
         random_weights=reader.random_weights,
         timings=_rounded(timings),
+        finish_reason=generation.finish_reason,
     )
 
 
 def _ask_server(cfg, doc: Document, question: str, url: str, stream: Stream | None) -> Answer:
     spec = ChainSpec.from_config(cfg, "serve", engine="vllm")
-    client = OpenAIServer(url, timeout_s=cfg.ask.timeout_s)
-    model = _served_model(client, cfg.serve.served_model_name)  # is anything there? before rendering
+    client = OpenAIServer(url, timeout_s=cfg.ask.timeout_s, api_key=api_key(cfg.serve.api_key_env))
+    model = _served_model(client, cfg.serve.served_names)  # is anything there? before rendering
     tokenizer = load_chat_tokenizer(spec.tokenizer_source())
     start = time.perf_counter()
     renderer = PageRenderer(spec.render.model_copy(update={"mode": spec.deepencoder.mode}))
@@ -211,6 +219,7 @@ def _ask_server(cfg, doc: Document, question: str, url: str, stream: Stream | No
         temperature=cfg.ask.temperature,
         seed=cfg.runtime.seed if cfg.ask.temperature > 0 else None,
         on_text=stream,
+        extra={"vllm_xargs": NoRepeatNGram(cfg.ask.loop_guard.ngram, cfg.ask.loop_guard.window).as_xargs()},
     )
     timings = {
         "render_s": render_s,
@@ -231,18 +240,19 @@ def _ask_server(cfg, doc: Document, question: str, url: str, stream: Stream | No
         model=f"{model} at {client.root}",
         random_weights=spec.random_weights,
         timings=_rounded(timings),
+        finish_reason=reply.finish_reason,
     )
 
 
-def _served_model(client: OpenAIServer, name: str) -> str:
+def _served_model(client: OpenAIServer, names: list[str]) -> str:
     """The model to ask: ``NAME-lora`` when the server serves the LoRA trained beside the adapter
-    (pages are read with it, as the local engines read them), else ``NAME``."""
+    (pages are read with it, as the local engines read them), else the first of ``names`` it serves."""
     served = [entry.get("id") for entry in client.models()]
-    for wanted in (served_lora_name(name), name):
+    for wanted in (served_lora_name(names[0]), *names):
         if wanted in served:
             return wanted
     raise InputError(
-        f"{client.root} serves {', '.join(map(str, served)) or 'no model'}, not {name!r}; start it with "
+        f"{client.root} serves {', '.join(map(str, served)) or 'no model'}, not {names[0]!r}; start it with "
         f"`optical serve -c CONFIG`, or set serve.served_model_name to the name it serves"
     )
 
