@@ -107,6 +107,13 @@ class VLMSection(Section):
 
 
 class AdapterSection(Section):
+    layout: Literal["optical", "published"] = Field(
+        "optical",
+        description="optical: the page embedding added after the LayerNorm, on every page; published: the published "
+        "adapter's forward (added before it, only in documents of more than one page), whose adapter.pth the "
+        "published project's scripts load (train-adapter writes adapter.pth for it always, for optical only while "
+        "the page embeddings are zero)",
+    )
     hidden_dim: int = Field(3072, ge=1, description="MLP width (vision_dim and llm_dim come from the models)")
     max_pages: int = Field(200, ge=1, description="page-position embeddings")
     init: Optional[str] = Field(

@@ -162,14 +162,15 @@ class HFReader:
             finish_reason=stats["finish_reason"],
         )
 
-    def transcribe(self, features: torch.Tensor, page_index: int, max_new_tokens: int) -> str:
+    def transcribe(self, features: torch.Tensor, page_index: int, max_new_tokens: int, multi_page: bool = True) -> str:
         """Greedy transcription of one encoded page ([1, tokens, vision_dim]) at its place in its
-        document: ``train-adapter``'s reading check."""
+        document (``multi_page``: whether that document has more pages): ``train-adapter``'s reading check."""
         text, _ = self.vlm.generate(
             question_prompt=READ_INSTRUCTION,
             vision_features=features,
             max_new_tokens=max_new_tokens,
             temperature=0.0,
             page_index=torch.tensor([page_index], device=self.vlm.device),
+            multi_page=multi_page,
         )
         return text

@@ -221,13 +221,19 @@ class VisionLanguageReader:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
 
-    def adapt(self, vision_features: torch.Tensor, page_index: torch.Tensor | None = None) -> torch.Tensor:
-        """DeepEncoder features [P, T, 1280] -> adapted embeddings [P, T, hidden]."""
+    def adapt(
+        self, vision_features: torch.Tensor, page_index: torch.Tensor | None = None, multi_page: bool | None = None
+    ) -> torch.Tensor:
+        """DeepEncoder features [P, T, 1280] -> adapted embeddings [P, T, hidden]. ``multi_page``: whether
+        the pages' document has more than one page (the published layout's; default: P > 1)."""
         if self.adapter is None:
             raise InputError("this reader has no adapter; load one with load_adapter for the optical path")
         adapter_device = next(self.adapter.parameters()).device
         page_index = None if page_index is None else page_index.to(adapter_device)
-        return self.adapter(vision_features.to(adapter_device), page_index).to(self.device)
+        multi = (
+            None if multi_page is None else torch.full((vision_features.shape[0],), multi_page, device=adapter_device)
+        )
+        return self.adapter(vision_features.to(adapter_device), page_index, multi).to(self.device)
 
     @torch.no_grad()
     def generate(
@@ -242,6 +248,7 @@ class VisionLanguageReader:
         on_token: Callable[[int], None] | None = None,
         page_index: torch.Tensor | None = None,
         loop_guard: NoRepeatNGram | None = None,
+        multi_page: bool | None = None,
     ) -> tuple[str, dict]:
         """Answer ``question_prompt`` about a document given as text, as optical tokens, or not at all.
 
@@ -263,6 +270,8 @@ class VisionLanguageReader:
             page_index: each page's position for the adapter's page embedding (default 0..P-1).
             loop_guard: end the answer where its most likely next token would repeat an n-gram
                 of its recent tokens (``models/loop_guard.py``; None or ngram 0: off).
+            multi_page: whether the pages' document has more pages than these (a published-layout
+                adapter adds page embeddings only then; default: more than one page given).
 
         Returns:
             ``(text, stats)``; stats: ``input_tokens`` (prompt length incl. vision tokens),
@@ -273,7 +282,7 @@ class VisionLanguageReader:
         pages = None if vision_features is None else [int(vision_features.shape[1])] * int(vision_features.shape[0])
         layout = build_layout(self.tokenizer, question_prompt, pages, document_text, preamble=preamble)
         start = time.perf_counter()
-        vision = None if vision_features is None else self.adapt(vision_features, page_index)
+        vision = None if vision_features is None else self.adapt(vision_features, page_index, multi_page)
         embeds = splice(self.embed_tokens, layout.input_ids.to(self.device), layout.vision_mask.to(self.device), vision)
         synchronize(self.device)
         adapter_s = time.perf_counter() - start

@@ -63,6 +63,12 @@ class ServeSection(Section):
     loop_guard: LoopGuardSection = Field(
         LoopGuardSection(), description="cut answers that loop (requests may set their own: vllm_xargs)"
     )
+    processor_cache: Literal["shm", "lru", "off"] = Field(
+        "shm",
+        description="vLLM's cache of processed pages between its API server and its engine: shm (shared memory), "
+        "lru (vLLM's default, mirrored in both processes; under load vLLM 0.32 lets the two copies drift and "
+        "answers the request 500: measured, 5 of 64 concurrent requests), or off",
+    )
 
     @field_validator("served_model_name")
     @classmethod

@@ -92,6 +92,10 @@ def _server_argv(cfg, model_dir: Path, device, host: str, port: int) -> tuple[li
     sampling = {"temperature": serve.temperature, "max_new_tokens": serve.max_new_tokens}
     argv += ["--override-generation-config", json.dumps(sampling)]
     argv += ["--shutdown-timeout", str(serve.shutdown_timeout_s), "--middleware", MIDDLEWARE]
+    if serve.processor_cache == "off":
+        argv += ["--mm-processor-cache-gb", "0"]
+    else:
+        argv += ["--mm-processor-cache-type", serve.processor_cache]
     if section.enforce_eager:
         argv.append("--enforce-eager")
     if section.max_model_len:
