@@ -157,9 +157,10 @@ def test_push_uploads_the_written_folder_as_the_repository(trained, tmp_path, mo
 def test_a_published_layout_run_writes_adapter_pth_that_bench_reads_as_the_run(tmp_path):
     """adapter.layout: published trains the published forward; the run and its export hold adapter.pth in
     the published layout (the published loader's seven tensors), which bench reads as it reads the run."""
-    sets = [f"data.source={CVES}", f"data.cache_dir={tmp_path / 'cache'}", "data.max_documents=10"]
+    # 60 records packed: documents of several pages, whose page embeddings the published forward trains
+    sets = [f"data.source={CVES}", f"data.cache_dir={tmp_path / 'cache'}", "data.max_documents=60"]
     sets += ["data.max_text_tokens=16", "train.max_steps=3", "train.batch_size=2", "train.lr=0.05"]
-    sets += ["train.read_pages=1", "train.read_max_new_tokens=4", "adapter.layout=published"]
+    sets += ["train.read_pages=1", "train.read_max_new_tokens=4", "adapter.layout=published", "data.pack=true"]
     run = tmp_path / "run"
     result = invoke("train-adapter", "-c", TINY, "-o", run, "--json", *[x for s in sets for x in ("--set", s)])
     assert result.exit_code == 0, result.output

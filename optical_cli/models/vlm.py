@@ -263,21 +263,17 @@ class VisionLanguageReader:
             max_new_tokens: generation budget; stops early at ``<|im_end|>``.
             temperature: 0 = greedy; > 0 samples from softmax(logits / temperature).
             seed: seeds the sampler (a private generator) for reproducible sampling.
-            preamble: text before the document in the user turn (e.g. LongBench's
-                "Please read the following text..." and an opening ``<text>`` tag); the
-                user turn is ``preamble + document + "\n" + question_prompt``.
+            preamble: text before the document in the user turn (e.g. LongBench's opening and
+                ``<text>`` tag); the user turn is ``preamble + document + "\n" + question_prompt``.
             on_token: called with each answer token id as it is decoded (streaming).
             page_index: each page's position for the adapter's page embedding (default 0..P-1).
-            loop_guard: end the answer where its most likely next token would repeat an n-gram
-                of its recent tokens (``models/loop_guard.py``; None or ngram 0: off).
-            multi_page: whether the pages' document has more pages than these (a published-layout
-                adapter adds page embeddings only then; default: more than one page given).
+            loop_guard: end the answer where its top next token would repeat an n-gram (``loop_guard.py``).
+            multi_page: the pages' document has more pages (published layout; default: P > 1).
 
         Returns:
             ``(text, stats)``; stats: ``input_tokens`` (prompt length incl. vision tokens),
             ``vision_tokens``, ``pages``, ``new_tokens``, ``adapter_s`` (adapter and embedding
-            splice), ``prefill_s``, ``decode_s``, ``total_s``, ``finish_reason`` (``stop``,
-            ``length`` or ``repetition``: the loop guard ended it).
+            splice), ``prefill_s``, ``decode_s``, ``total_s``, ``finish_reason`` (stop, length, repetition).
         """
         pages = None if vision_features is None else [int(vision_features.shape[1])] * int(vision_features.shape[0])
         layout = build_layout(self.tokenizer, question_prompt, pages, document_text, preamble=preamble)
@@ -286,29 +282,16 @@ class VisionLanguageReader:
         embeds = splice(self.embed_tokens, layout.input_ids.to(self.device), layout.vision_mask.to(self.device), vision)
         synchronize(self.device)
         adapter_s = time.perf_counter() - start
+        decoding = (max_new_tokens, temperature, seed, on_token, loop_guard)
         ids, prefill_s, finish_reason = self.generate_from_embeds(
-            embeds[None],
-            layout.position_ids,
-            layout.rope_delta,
-            max_new_tokens,
-            temperature,
-            seed,
-            on_token,
-            loop_guard,
+            embeds[None], layout.position_ids, layout.rope_delta, *decoding
         )
         synchronize(self.device)
         total_s = time.perf_counter() - start
-        stats = {
-            "input_tokens": layout.length,
-            "vision_tokens": int(layout.vision_mask.sum()),
-            "pages": len(pages or []),
-            "new_tokens": len(ids),
-            "adapter_s": round(adapter_s, 4),
-            "prefill_s": round(prefill_s, 4),
-            "decode_s": round(total_s - adapter_s - prefill_s, 4),
-            "total_s": round(total_s, 4),
-            "finish_reason": finish_reason,
-        }
+        stats = dict(input_tokens=layout.length, vision_tokens=int(layout.vision_mask.sum()), pages=len(pages or []))
+        stats.update(new_tokens=len(ids), adapter_s=round(adapter_s, 4), prefill_s=round(prefill_s, 4))
+        stats.update(decode_s=round(total_s - adapter_s - prefill_s, 4), total_s=round(total_s, 4))
+        stats["finish_reason"] = finish_reason
         return self.tokenizer.decode(ids), stats
 
     @torch.no_grad()
