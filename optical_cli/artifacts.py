@@ -2,8 +2,8 @@
 
 Every write of a finished artifact goes through a temporary file in the same directory
 followed by ``os.replace``, so a reader (or a crash) sees the old file or the new one,
-never half of one. Long runs append one JSON line per finished item; ``read_jsonl``
-ignores a torn last line, so an interrupted run loses at most the item in flight.
+never half of one. Long runs append one record per finished item to a log
+(:mod:`optical_cli.records`), so an interrupted run loses at most the item in flight.
 """
 
 from __future__ import annotations
@@ -128,39 +128,10 @@ def to_json_line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, default=_json_default)
 
 
-def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one record and flush it to disk before returning."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(to_json_line(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read records written by ``append_jsonl``; a torn final line (a crash mid-write) is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number >= len(lines) - 1:  # only the last line may be torn
-                break
-            raise
-    return records
-
-
 def iter_jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a user's JSONL file.
 
-    Unlike ``read_jsonl`` (our own append-only records), every line must parse: a bad one
+    Unlike ``records.read_records`` (our own append-only records), every line must parse: a bad one
     is an ``InputError`` naming the file and line.
     """
     path = Path(path)

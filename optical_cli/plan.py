@@ -33,7 +33,7 @@ import contextlib
 import json
 import math
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -75,7 +75,7 @@ def meta_language_model(vlm_section, dtype: torch.dtype) -> nn.Module:
     """The configured language model on the meta device: from ``vlm.random`` or from the
     config.json of a local directory / the hub cache (no weights are read)."""
     if vlm_section.source == loading.RANDOM_SOURCE:
-        model = build_meta_qwen3_vl(vlm_section.random.model_dump())
+        model = build_meta_qwen3_vl(vlm_section.random.dims())
     else:
         path = loading.resolve_local_or_hub(vlm_section.source, ["config.json"])
         if not (path / "config.json").is_file():
@@ -277,105 +277,128 @@ def _overhead_bytes(device: torch.device) -> int:
     return int((current or 0.0) * GIB)
 
 
+def _check_devices(devices: int) -> None:
+    if devices < 1:
+        raise ConfigError(f"--devices {devices}: must be at least 1")
+
+
+def _plan(command: str, device, dtype, devices: int, model, parameters: dict, weights: dict, **fields) -> dict:
+    """The fields every plan starts with; ``fields`` follow them in the order given."""
+    return {
+        "command": command,
+        "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "devices": devices,
+        "model_class": type(model).__name__,
+        "parameters": parameters,
+        "weight_bytes": weights,
+        **fields,
+    }
+
+
+def _verdict_fields(peaks: dict, device_memory_gib: float | None, notes: list[str], started: float) -> dict:
+    return {
+        "peak_gib": peaks,
+        "device_memory_gib": device_memory_gib,
+        "verdict": _verdicts(peaks, device_memory_gib),
+        "notes": notes,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _train_models(cfg, dtype: torch.dtype) -> tuple[Any, dict]:
+    """The meta language model (LoRA injected, so its activations count) and each part's parameter count."""
+    model = meta_language_model(cfg.vlm, dtype)
+    encoder, vision_dim = meta_deepencoder(cfg.deepencoder.architecture)
+    adapter = meta_adapter(
+        vision_dim, cfg.adapter.hidden_dim, model.config.text_config.hidden_size, cfg.adapter.max_pages
+    )
+    lora = 0
+    if cfg.train.lora.rank:
+        section = cfg.train.lora
+        config = lora_config(section.rank, section.alpha, section.dropout, section.target_modules)
+        lora = sum(p.numel() for p in add_lora(model, config))
+    counts = {"deepencoder": _count(encoder), "adapter": _count(adapter), "language_model": _count(model) - lora}
+    return model, {**counts, "lora": lora}
+
+
+def _fsdp_bytes(model, weights: dict, size: int, devices: int) -> float:
+    """Everything but the step's own memory, as train-adapter shards (train/sharding.py): the language model
+    split N ways (a tied head becomes a second table), DeepEncoder, adapter and LoRA whole in every process,
+    and the largest unit gathered twice while it runs."""
+    text = model.config.text_config
+    tied = model.lm_head.weight is model.get_input_embeddings().weight
+    tied_copy = text.vocab_size * text.hidden_size * size if tied else 0
+    gathered = 2 * _largest_unit_bytes(model) if devices > 1 else 0  # one process holds every shard already
+    trained_bytes = weights["adapter"] + weights["lora"]
+    return (weights["language_model"] + tied_copy) / devices + weights["deepencoder"] + gathered + trained_bytes
+
+
 def plan_train(
     cfg, device: torch.device, dtype: torch.dtype, devices: int = 1, device_memory_gib: float | None = None
 ) -> dict:
     """The memory plan of ``optical train-adapter`` under ``cfg`` (a TrainAdapterConfig)."""
     started = time.perf_counter()
-    if devices < 1:
-        raise ConfigError(f"--devices {devices}: must be at least 1")
-    overhead = _overhead_bytes(device)
-    size = _bytes_of(dtype)
-    model = meta_language_model(cfg.vlm, dtype)
-    encoder, vision_dim = meta_deepencoder(cfg.deepencoder.architecture)
-    hidden = model.config.text_config.hidden_size
-    adapter = meta_adapter(vision_dim, cfg.adapter.hidden_dim, hidden, cfg.adapter.max_pages)
-    lora = 0
-    if cfg.train.lora.rank:  # injected on the meta model too, so its activations are counted
-        section = cfg.train.lora
-        lora = sum(
-            p.numel()
-            for p in add_lora(model, lora_config(section.rank, section.alpha, section.dropout, section.target_modules))
-        )
-    parameters = {
-        "deepencoder": _count(encoder),
-        "adapter": _count(adapter),
-        "language_model": _count(model) - lora,
-        "lora": lora,
-    }
-    trained = parameters["adapter"] + lora
+    _check_devices(devices)
+    overhead, size = _overhead_bytes(device), _bytes_of(dtype)
+    model, parameters = _train_models(cfg, dtype)
+    trained = parameters["adapter"] + parameters["lora"]
     weights = {name: count * (4 if name in ("adapter", "lora") else size) for name, count in parameters.items()}
     weights["total"] = sum(weights.values())
-
-    overhead_tokens = chat_overhead_tokens()
-    page_tokens = vision_tokens(cfg.deepencoder.mode)
+    overhead_tokens, page_tokens = chat_overhead_tokens(), vision_tokens(cfg.deepencoder.mode)
     label_tokens = cfg.data.max_text_tokens + 1  # the page text and <|im_end|>
     tokens = overhead_tokens + page_tokens + label_tokens
-    batch = cfg.train.batch_size
-    activations = training_activations(model, batch, tokens, label_tokens, cfg.train.gradient_checkpointing)
-    gradients = 4 * trained
-    optimizer = 8 * trained  # AdamW: two float32 moments per trained weight
-    per_token = kv_bytes_per_token(model)
-    reading_context = overhead_tokens + page_tokens + cfg.train.read_max_new_tokens
-
-    trained_bytes = weights["adapter"] + weights["lora"]
-    step = activations["total_bytes"] + gradients + optimizer
-    single = weights["total"] + step + overhead
+    batch, checkpointing = cfg.train.batch_size, cfg.train.gradient_checkpointing
+    activations = training_activations(model, batch, tokens, label_tokens, checkpointing)
+    gradients, optimizer = 4 * trained, 8 * trained  # AdamW: two float32 moments per trained weight
+    per_token, reading_context = (
+        kv_bytes_per_token(model),
+        overhead_tokens + page_tokens + cfg.train.read_max_new_tokens,
+    )
+    single = weights["total"] + activations["total_bytes"] + gradients + optimizer + overhead
     ddp = single + gradients  # the gradient buckets DDP all-reduces through
-    gathered = 2 * _largest_unit_bytes(model) if devices > 1 else 0  # one process holds every shard already
-    # as train-adapter shards (train/sharding.py): the language model split N ways (a tied head
-    # becomes a second table), DeepEncoder, adapter and LoRA whole in every process
-    text = model.config.text_config
-    tied_copy = (
-        text.vocab_size * text.hidden_size * size if model.lm_head.weight is model.get_input_embeddings().weight else 0
-    )
-    fsdp = (
-        (weights["language_model"] + tied_copy) / devices
-        + weights["deepencoder"]
-        + gathered
-        + trained_bytes
-        + gradients
-        + optimizer
-        + activations["total_bytes"]
-        + overhead
-    )
+    fsdp = _fsdp_bytes(model, weights, size, devices) + gradients + optimizer + activations["total_bytes"] + overhead
     peaks = {"single": _gib(single), "ddp": _gib(ddp), "fsdp": _gib(fsdp), "tensor_parallel": None}
-    return {
-        "command": "train-adapter",
-        "device": device.type,
-        "dtype": str(dtype).removeprefix("torch."),
-        "devices": devices,
-        "model_class": type(model).__name__,
-        "parameters": {**parameters, "trained": trained},
-        "weight_bytes": weights,
-        "kv_cache": {
-            "bytes_per_token": per_token,
-            "longest_context_tokens": reading_context,
-            "bytes_at_longest": per_token * reading_context,
-            "where": "the reading check (generation)",
-        },
-        "training": {
-            "batch_size": batch,
-            "tokens_per_example": tokens,
-            "label_tokens_per_example": label_tokens,
-            "gradient_checkpointing": cfg.train.gradient_checkpointing,
-            "activation_bytes": activations["layers_bytes"],
-            "head_bytes": activations["head_bytes"],
-            "backward_transient_bytes": activations["backward_transient_bytes"],
-            "gradient_bytes": gradients,
-            "optimizer_bytes": optimizer,
-        },
-        "overhead_bytes": overhead,
-        "peak_gib": peaks,
-        "device_memory_gib": device_memory_gib,
-        "verdict": _verdicts(peaks, device_memory_gib),
-        "notes": [
-            "tensor_parallel: inference only (vLLM); train-adapter runs one device, DDP or FSDP",
-            "tokens per example are an upper bound: the chat template, a full page of vision tokens "
-            "and data.max_text_tokens of target",
-        ],
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    kv_cache = {"bytes_per_token": per_token, "longest_context_tokens": reading_context}
+    kv_cache |= {"bytes_at_longest": per_token * reading_context, "where": "the reading check (generation)"}
+    training = {"batch_size": batch, "tokens_per_example": tokens, "label_tokens_per_example": label_tokens}
+    training |= {"gradient_checkpointing": checkpointing, "activation_bytes": activations["layers_bytes"]}
+    training |= {k: activations[k] for k in ("head_bytes", "backward_transient_bytes")}
+    training |= {"gradient_bytes": gradients, "optimizer_bytes": optimizer}
+    notes = [
+        "tensor_parallel: inference only (vLLM); train-adapter runs one device, DDP or FSDP",
+        "tokens per example are an upper bound: the chat template, a full page of vision tokens "
+        "and data.max_text_tokens of target",
+    ]
+    return _plan(
+        "train-adapter", device, dtype, devices, model, {**parameters, "trained": trained}, weights,
+        kv_cache=kv_cache, training=training, overhead_bytes=overhead,
+        **_verdict_fields(peaks, device_memory_gib, notes, started),
+    )  # fmt: skip
+
+
+def _bench_contexts(cfg, conditions, overhead_tokens: int, max_positions: int) -> dict[str, int]:
+    """The longest prompt + answer each kind of condition builds, capped at the model's positions."""
+    contexts = {}
+    if any(c in conditions for c in ("native", "native-matched")):
+        contexts["native"] = cfg.bench.max_context_tokens + overhead_tokens + cfg.bench.max_new_tokens
+    if "optical" in conditions:
+        pages = cfg.bench.max_pages * vision_tokens(cfg.deepencoder.mode)
+        contexts["optical"] = pages + overhead_tokens + cfg.bench.max_new_tokens
+    return {name: min(n, max_positions) for name, n in contexts.items()} or {"no-context": overhead_tokens}
+
+
+def _bench_parameters(cfg, conditions, model) -> dict:
+    parameters = {"deepencoder": 0, "adapter": 0, "language_model": _count(model), "lora": 0}
+    if "optical" in conditions or "native-matched" in conditions:
+        encoder, vision_dim = meta_deepencoder(cfg.deepencoder.architecture)
+        parameters["deepencoder"] = _count(encoder)
+        if "optical" in conditions:
+            hidden = model.config.text_config.hidden_size
+            parameters["adapter"] = _count(
+                meta_adapter(vision_dim, AdapterConfig().hidden_dim, hidden, cfg.bench.max_pages)
+            )
+    return parameters
 
 
 def plan_longbench(
@@ -383,80 +406,33 @@ def plan_longbench(
 ) -> dict:
     """The memory plan of ``optical bench longbench`` under ``cfg`` (a LongBenchConfig)."""
     started = time.perf_counter()
-    if devices < 1:
-        raise ConfigError(f"--devices {devices}: must be at least 1")
-    overhead = _overhead_bytes(device)
-    size = _bytes_of(dtype)
+    _check_devices(devices)
+    overhead, size = _overhead_bytes(device), _bytes_of(dtype)
     model = meta_language_model(cfg.vlm, dtype)
     text = model.config.text_config
-    parameters = {"deepencoder": 0, "adapter": 0, "language_model": _count(model), "lora": 0}
-    optical = "optical" in conditions or "native-matched" in conditions
-    if optical:
-        encoder, vision_dim = meta_deepencoder(cfg.deepencoder.architecture)
-        parameters["deepencoder"] = _count(encoder)
-        if "optical" in conditions:
-            parameters["adapter"] = _count(
-                meta_adapter(vision_dim, AdapterConfig().hidden_dim, text.hidden_size, cfg.bench.max_pages)
-            )
+    parameters = _bench_parameters(cfg, conditions, model)
     weights = {name: count * size for name, count in parameters.items()}
     weights["total"] = sum(weights.values())
-
-    overhead_tokens = chat_overhead_tokens()
-    contexts = {}
-    if any(c in conditions for c in ("native", "native-matched")):
-        contexts["native"] = cfg.bench.max_context_tokens + overhead_tokens + cfg.bench.max_new_tokens
-    if "optical" in conditions:
-        contexts["optical"] = (
-            cfg.bench.max_pages * vision_tokens(cfg.deepencoder.mode) + overhead_tokens + cfg.bench.max_new_tokens
-        )
-    contexts = {name: min(n, int(text.max_position_embeddings)) for name, n in contexts.items()} or {
-        "no-context": overhead_tokens
-    }
+    contexts = _bench_contexts(cfg, conditions, chat_overhead_tokens(), int(text.max_position_embeddings))
     longest = max(contexts.values())
     per_token = kv_bytes_per_token(model)
-    kv = per_token * longest
-    transient = _prefill_transient_bytes(model, longest)
+    kv, transient = per_token * longest, _prefill_transient_bytes(model, longest)
     logits = text.vocab_size * 4  # the last position's logits, float32
-
     single = weights["total"] + kv + transient + logits + overhead
-    kv_split = (
-        math.ceil(text.num_key_value_heads / devices) / text.num_key_value_heads
-    )  # heads replicate beyond their count
-    tensor_parallel = (
-        weights["language_model"] / devices
-        + weights["deepencoder"]
-        + weights["adapter"]
-        + kv * kv_split
-        + transient / devices
-        + logits
-        + overhead
-    )
+    kv_split = math.ceil(text.num_key_value_heads / devices) / text.num_key_value_heads  # heads replicate beyond it
+    sharded = weights["language_model"] / devices + kv * kv_split + transient / devices
+    tensor_parallel = sharded + weights["deepencoder"] + weights["adapter"] + logits + overhead
     peaks = {"single": _gib(single), "ddp": _gib(single), "fsdp": None, "tensor_parallel": _gib(tensor_parallel)}
-    return {
-        "command": "bench longbench",
-        "device": device.type,
-        "dtype": str(dtype).removeprefix("torch."),
-        "devices": devices,
-        "model_class": type(model).__name__,
-        "parameters": parameters,
-        "weight_bytes": weights,
-        "kv_cache": {
-            "bytes_per_token": per_token,
-            "longest_context_tokens": longest,
-            "bytes_at_longest": kv,
-            "contexts": contexts,
-        },
-        "prefill_transient_bytes": transient,
-        "overhead_bytes": overhead,
-        "peak_gib": peaks,
-        "device_memory_gib": device_memory_gib,
-        "verdict": _verdicts(peaks, device_memory_gib),
-        "notes": [
-            "ddp: every process holds a full copy and reads its own items (the same peak as one device)",
-            "fsdp: not used for inference here; tensor_parallel: the vLLM engine (DeepEncoder replicated)",
-        ],
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    kv_cache = {"bytes_per_token": per_token, "longest_context_tokens": longest, "bytes_at_longest": kv}
+    notes = [
+        "ddp: every process holds a full copy and reads its own items (the same peak as one device)",
+        "fsdp: not used for inference here; tensor_parallel: the vLLM engine (DeepEncoder replicated)",
+    ]
+    return _plan(
+        "bench longbench", device, dtype, devices, model, parameters, weights,
+        kv_cache={**kv_cache, "contexts": contexts}, prefill_transient_bytes=transient, overhead_bytes=overhead,
+        **_verdict_fields(peaks, device_memory_gib, notes, started),
+    )  # fmt: skip
 
 
 def plan_command(command: str, cfg, devices: int = 1, device_memory_gib: float | None = None) -> dict:

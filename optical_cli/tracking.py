@@ -100,7 +100,7 @@ def _make(name: str, run_dir: Path, project: str, saved: dict, resume_step: int 
     return tracker_class(project)
 
 
-def _ids(tracker: GeneralTracker) -> dict:
+def _resume_ids(tracker: GeneralTracker) -> dict:
     """What a resume needs to continue ``tracker``'s run."""
     if tracker.name == "mlflow":
         return {"run_id": tracker.active_run.info.run_id}
@@ -180,7 +180,7 @@ def open_trackers(
             tracker.start()
             if settings and resume_step is None:
                 tracker.store_init_configuration(flat_settings(settings))
-    atomic_write_json(state_path, {**saved, **{tracker.name: _ids(tracker) for tracker in trackers}})
+    atomic_write_json(state_path, {**saved, **{tracker.name: _resume_ids(tracker) for tracker in trackers}})
     return Trackers(trackers)
 
 

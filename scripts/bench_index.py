@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from optical_cli.machine import load_average
+
 TARGETS = {
     "build_1681_s": 1.0,
     "build_100k_s": 60.0,
@@ -95,7 +97,7 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
     import torch
 
     from optical_cli.index.ann import build_ann, describe
-    from optical_cli.index.build import finish, prepare
+    from optical_cli.index.build import finish_build, prepare_build
     from optical_cli.index.config import EnergyBuildSection
     from optical_cli.index.search import Searcher, SearchParams, topk_rows
     from optical_cli.memory import PeakMemory, in_use_gib
@@ -129,9 +131,9 @@ def bench_dataset(name: str, x, note: str, args) -> list[dict]:
     held = in_use_gib()
     with PeakMemory().stage() as peaks:
         started = time.perf_counter()
-        prepared = prepare(x, EnergyBuildSection(), seed=args.seed, device=args.device)
+        prepared = prepare_build(x, EnergyBuildSection(), seed=args.seed, device=args.device)
         prepare_s = time.perf_counter() - started
-        index = finish(prepared)
+        index = finish_build(prepared)
         build_s = time.perf_counter() - started
     added_mb = max(0.0, peaks["cpu_rss_gib"] - held) * 1024
     started = time.perf_counter()
@@ -268,7 +270,7 @@ def main() -> None:
     header = list(rows[0]) if rows else []
     lines = [",".join(header)] + [",".join(str(r[h]).replace(",", ";") for h in header) for r in rows]
     atomic_write_text(args.output, "\n".join(lines) + "\n")
-    print(f"\nwrote {args.output}; load on this machine: {os.getloadavg()[0]:.1f} (shared CPU: timings are noisy)")
+    print(f"\nwrote {args.output}; load on this machine: {load_average():.1f} (shared CPU: timings are noisy)")
 
 
 if __name__ == "__main__":

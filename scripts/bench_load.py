@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from optical_cli.artifacts import atomic_write_csv
 from optical_cli.bench.synthetic import cve_document
 from optical_cli.config.registry import load_config
+from optical_cli.machine import load_text
 from optical_cli.render.pages import PageRenderer, png_bytes
 from optical_cli.serving.client import OpenAIServer, page_messages
 
@@ -64,15 +65,7 @@ FIELDS = [
     "equal_to_sequential",
     "load_before",
     "load_after",
-    "cpus",
 ]
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -105,7 +98,7 @@ def send_all(client: OpenAIServer, model: str, requests: list, concurrency: int,
         except Exception as exc:  # noqa: BLE001 - a failed request is counted, not fatal
             return exc
 
-    load_before = load_average()
+    load_before = load_text()
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         replies = list(pool.map(one, requests))
@@ -120,7 +113,7 @@ def send_all(client: OpenAIServer, model: str, requests: list, concurrency: int,
         "ttft_p50_s": percentile([r.first_token_s for r in answered], 0.50),
         "ttft_p99_s": percentile([r.first_token_s for r in answered], 0.99),
         "load_before": load_before,
-        "load_after": load_average(),
+        "load_after": load_text(),
     }
 
 
@@ -187,7 +180,7 @@ def vllm_bench(url: str, model_dir: str, concurrency: int, items: int, max_token
     args += ["--random-mm-bucket-config", json.dumps({"(512, 512, 1)": 1.0}), "--percentile-metrics", "ttft"]
     args += ["--metric-percentiles", "50,99", "--ignore-eos", "--seed", "0"]
     env = {**os.environ, **({"OPENAI_API_KEY": key} if key else {})}
-    load_before = load_average()
+    load_before = load_text()
     done = subprocess.run([sys.executable, "-c", VLLM_BENCH, *args], capture_output=True, text=True, env=env)
     found = [line for line in done.stdout.splitlines() if line.startswith("OPTICAL-RESULT ")]
     if done.returncode != 0 or not found:
@@ -200,7 +193,7 @@ def vllm_bench(url: str, model_dir: str, concurrency: int, items: int, max_token
         "ttft_p99_s": (result.get("p99_ttft_ms") or 0) / 1000,
         "errors": result.get("failed", 0),
         "load_before": load_before,
-        "load_after": load_average(),
+        "load_after": load_text(),
     }
 
 
@@ -209,7 +202,6 @@ def measure(args, size: str, url: str, key: str | None) -> list[dict]:
     model = client.models()[0]["id"]
     requests = requests_for(size, args.items, args.pages)
     base = {"size": size, "items": len(requests), "pages_per_item": args.pages, "max_new_tokens": args.max_new_tokens}
-    base["cpus"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     rows, sequential = [], None
     for level in sorted(set([1, *args.levels])):  # concurrency 1 first: the answers every level must give
         result = send_all(client, model, requests, level, args.max_new_tokens)
@@ -264,7 +256,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "results" / "bench" / "load.csv")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    print(f"load average before: {load_average()} on {os.cpu_count()} cores", flush=True)
+    print(f"load average before: {load_text()}", flush=True)
     rows: list[dict] = []
     try:
         for size in args.sizes.split(","):
@@ -286,7 +278,7 @@ def main() -> None:
         clean = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in FIELDS} for r in rows]
         atomic_write_csv(args.output, clean, FIELDS)  # what was measured before a failure is kept
         print(markdown(rows))
-        print(f"load average after: {load_average()}; wrote {args.output}", flush=True)
+        print(f"load average after: {load_text()}; wrote {args.output}", flush=True)
 
 
 if __name__ == "__main__":

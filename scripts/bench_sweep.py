@@ -1,7 +1,7 @@
 """Time `optical sweep diffusion` against the naive rebuild-every-cell approach.
 
-Ours: prepare() once (k-means, compression, bootstrap graph), then finish() + exact energy
-search + metrics + bootstrap per cell. Naive: prepare() + finish() for every cell (a full
+Ours: prepare_build() once (k-means, compression, bootstrap graph), then finish() + exact energy
+search + metrics + bootstrap per cell. Naive: prepare_build() + finish() for every cell (a full
 rebuild, what the published sweep did at ~150 s per configuration) with the same search and
 scoring. Per-cell times are paired (both ways on the same cells, interleaved, fastest of a
 few repeats, median over the cells) because the machine is shared and single timings are
@@ -38,7 +38,7 @@ import torch
 
 from optical_cli.artifacts import atomic_write_csv
 from optical_cli.config.registry import load_config
-from optical_cli.index.build import prepare
+from optical_cli.index.build import prepare_build
 from optical_cli.sweep import grid as grid_mod
 from optical_cli.sweep.diffusion import evaluate_cell, run_sweep, setup_sweep
 
@@ -55,9 +55,9 @@ def best_of(repeats: int, action) -> tuple[float, object]:
     return min(seconds for seconds, _ in runs), runs[0][1]
 
 
-def naive_cell(setup, cell: grid_mod.Cell) -> dict:
+def naive_cell(setup, cell: grid_mod.DiffusionCell) -> dict:
     """Rebuild everything for one cell (prepare + finish), then the same search and scoring as ours."""
-    prepared = prepare(setup.vectors, setup.cfg.build, setup.corpus.ids, setup.cfg.runtime.seed, setup.device)
+    prepared = prepare_build(setup.vectors, setup.cfg.build, setup.corpus.ids, setup.cfg.runtime.seed, setup.device)
     return evaluate_cell(dataclasses.replace(setup, prepared=prepared), cell)
 
 
@@ -158,7 +158,7 @@ def main() -> None:
 
     # Paired per-cell timings, interleaved so that load from other processes hits both alike.
     prepare_seconds, _ = best_of(
-        args.repeats, lambda: prepare(setup.vectors, cfg.build, setup.corpus.ids, cfg.runtime.seed, setup.device)
+        args.repeats, lambda: prepare_build(setup.vectors, cfg.build, setup.corpus.ids, cfg.runtime.seed, setup.device)
     )
     ours_cells, naive_cells, mismatches = [], [], 0
     for cell in cells[: args.naive_cells]:

@@ -57,7 +57,7 @@ def tuning_scores(limit: int) -> SizeScores:
     import torch
 
     from optical_cli.config.registry import load_config
-    from optical_cli.index.build import finish
+    from optical_cli.index.build import finish_build
     from optical_cli.index.search import Searcher
     from optical_cli.sweep.diffusion import evaluate_ranking, read_sweep_inputs, setup_sweep
     from optical_cli.sweep.tuning import ScoreTerms
@@ -78,7 +78,7 @@ def tuning_scores(limit: int) -> SizeScores:
         + torch.from_numpy((setup.vectors**2).sum(1))[None, :]
     ).clamp_min(0.0)  # ||q - x||^2
     for ridge, blend in itertools.product(RIDGES, BLENDS):
-        searcher = Searcher(finish(setup.prepared, eta=0.1, steps=4, lambda_blend=blend, dirichlet_ridge=ridge))
+        searcher = Searcher(finish_build(setup.prepared, eta=0.1, steps=4, lambda_blend=blend, dirichlet_ridge=ridge))
         if blend == BLENDS[0]:  # the share depends on the ridge only
             energy = searcher.energy_scores(searcher.query_terms(queries), queries)["dirichlet"]
             top = torch.topk(energy, 11, dim=1, largest=False).indices  # 10 hits besides the query itself

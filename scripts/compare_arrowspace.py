@@ -141,7 +141,7 @@ def main() -> None:
 
     from optical_cli.artifacts import atomic_write_text
     from optical_cli.config.registry import load_config
-    from optical_cli.index.build import finish, prepare
+    from optical_cli.index.build import finish_build, prepare_build
     from optical_cli.index.search import Searcher, SearchParams, topk_rows
     from optical_cli.sweep.diffusion import evaluate_ranking, read_sweep_inputs, setup_sweep
     from optical_cli.sweep.metrics import compare
@@ -174,7 +174,7 @@ def main() -> None:
         ("ours: published formula", {"lambda_formula": "published"}, {"w_lambda": 1.0, "w_G": 0.5, "w_D": 0.25}),
     ):
         started = time.perf_counter()
-        index = finish(prepare(vectors, cfg.build, seed=cfg.runtime.seed), **overrides)
+        index = finish_build(prepare_build(vectors, cfg.build, seed=cfg.runtime.seed), **overrides)
         build_s = time.perf_counter() - started
         searcher = Searcher(index)
         params = SearchParams(**{**cfg.search.model_dump(), "k": depth, "mode": "energy", **weights})

@@ -1,11 +1,11 @@
-"""Atomic writes, torn-line tolerant JSONL, run directories and manifests."""
+"""Atomic writes, run directories and manifests."""
 
 import json
 
 import pytest
 
 from optical_cli import artifacts
-from optical_cli.artifacts import append_jsonl, atomic_path, atomic_write_json, atomic_write_text, read_jsonl, start_run
+from optical_cli.artifacts import atomic_path, atomic_write_json, atomic_write_text, start_run
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -43,22 +43,6 @@ def test_atomic_path_keeps_suffix_for_format_sniffing(tmp_path):
         assert not (tmp_path / "x.png").exists()  # nothing at the final name until the block ends
         tmp.write_bytes(b"png")
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"] and (tmp_path / "x.png").read_bytes() == b"png"
-
-
-def test_jsonl_append_and_torn_last_line(tmp_path):
-    path = tmp_path / "items.jsonl"
-    append_jsonl(path, {"i": 1})
-    append_jsonl(path, {"i": 2})
-    with open(path, "a") as handle:
-        handle.write('{"i": 3, "tor')  # crash while writing the third record
-    assert read_jsonl(path) == [{"i": 1}, {"i": 2}]
-
-
-def test_jsonl_corruption_in_the_middle_is_an_error(tmp_path):
-    path = tmp_path / "items.jsonl"
-    path.write_text('{"i": 1}\nnot json\n{"i": 3}\n')
-    with pytest.raises(json.JSONDecodeError):
-        read_jsonl(path)
 
 
 def test_run_dir_layout_and_manifest(tmp_path):

@@ -1,5 +1,6 @@
 """The benchmark runner with a fake reader: conditions, failure accounting, resume."""
 
+import csv
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,8 +10,8 @@ import torch
 from bench_fakes import TOKENS_PER_PAGE, WORDS_PER_PAGE, BatchingFakeReader, FakeReader
 
 from optical_cli.bench.data import load_items
-from optical_cli.bench.runner import BenchSettings, parse_conditions, read_rows, run_benchmark
-from optical_cli.bench.scoring import summarize
+from optical_cli.bench.runner import BenchSettings, log_path, parse_conditions, read_rows, run_benchmark
+from optical_cli.bench.scoring import summarize_run
 from optical_cli.distributed import Processes
 from optical_cli.errors import InputError
 
@@ -62,27 +63,36 @@ def test_injected_oom_is_recorded_counted_wrong_and_the_run_continues(tmp_path):
     )
     assert by[("syn-short-easy-1", "native")]["status"] == "context_exceeded"  # 60 context tokens > 50
     assert len(rows) == 8  # every other item still ran
-    block = summarize(rows, ["native", "optical"])["conditions"]["optical"]
+    block = summarize_run(rows, ["native", "optical"])["conditions"]["optical"]
     assert block["failures"] == {"oom": 1} and block["completed"] == 3 and block["n"] == 4
     assert block["accuracy"] == sum(r["correct"] for r in rows if r["condition"] == "optical") / 4
 
 
-def test_resume_skips_finished_pairs_and_repairs_a_torn_row(tmp_path):
-    items = load_items(str(FIXTURE))[:3]
-    path = tmp_path / "items.csv"
-    run_benchmark(FakeReader(), items[:2], _settings(conditions=("native", "no-context")), path)
+def _tear(path) -> None:
     text = path.read_text()
-    path.write_text(text[: text.rstrip("\n").rfind("\n") + 20])  # tear the last record mid-write
+    path.write_text(text[: text.rstrip("\n").rfind("\n") + 20])  # the last record cut off mid-write
+
+
+def test_resume_skips_finished_pairs_and_repairs_a_torn_row_twice(tmp_path):
+    items = load_items(str(FIXTURE))[:3]
+    path, conditions = tmp_path / "items.csv", ("native", "no-context")
+    run_benchmark(FakeReader(), items[:2], _settings(conditions=conditions), path)
+    _tear(log_path(path))
     with pytest.raises(InputError, match="--resume"):
-        run_benchmark(FakeReader(), items, _settings(conditions=("native", "no-context")), path)
+        run_benchmark(FakeReader(), items, _settings(conditions=conditions), path)
     reader = FakeReader()
-    rows = run_benchmark(reader, items, _settings(conditions=("native", "no-context")), path, resume=True)
+    rows = run_benchmark(reader, items, _settings(conditions=conditions), path, resume=True)
     assert len(rows) == 6 and len(read_rows(path)) == 6
     # the torn pair (item 2, no-context) and item 3's two pairs are the only ones run again
     assert len(reader.calls) == 3
-    assert sorted((r["id"], r["condition"]) for r in rows) == sorted(
-        (i.id, c) for i in items for c in ("native", "no-context")
-    )
+    assert sorted((r["id"], r["condition"]) for r in rows) == sorted((i.id, c) for i in items for c in conditions)
+    _tear(log_path(path))  # torn again: the last pair alone runs again, every pair once, items.csv agrees
+    again = FakeReader()
+    rows = run_benchmark(again, items, _settings(conditions=conditions), path, resume=True)
+    assert len(again.calls) == 1 and len(read_rows(path)) == 6
+    with open(path, newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [(r["id"], r["condition"]) for r in table] == [(r["id"], r["condition"]) for r in read_rows(path)]
 
 
 def test_unknown_condition():
@@ -143,7 +153,7 @@ def test_processes_deal_out_items_and_the_main_one_merges_them_in_order(tmp_path
         items[1].question,
         items[3].question,
     }  # every other item
-    assert list(path.parent.iterdir()) == [path]  # the parts are merged and removed
+    assert sorted(path.parent.iterdir()) == [path, log_path(path)]  # the parts are merged and removed
     assert _without_timing(main) == _without_timing(read_rows(path)) == _without_timing(alone)
 
 
@@ -157,7 +167,7 @@ def test_resume_merges_parts_left_by_another_process_count(tmp_path):
             dying if procs.index == 0 else FakeReader(), items[:3], _settings(), path, procs=procs
         ),
     )
-    assert isinstance(results[0], Crash) and len(list(tmp_path.glob("items.part-*.csv"))) == 3
+    assert isinstance(results[0], Crash) and len(list(tmp_path.glob("items.part-*.jsonl"))) == 3
     with pytest.raises(InputError, match="--resume"):
         run_benchmark(FakeReader(), items, _settings(), path)
     reader = FakeReader()

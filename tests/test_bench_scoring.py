@@ -3,7 +3,7 @@
 import pytest
 from scipy.stats import binomtest
 
-from optical_cli.bench.scoring import extract_answer, mcnemar_exact, summarize, wilson_interval
+from optical_cli.bench.scoring import extract_answer, mcnemar_exact, summarize_run, wilson_interval
 from optical_cli.prompts import middle_truncate
 
 OUTPUTS = [
@@ -88,7 +88,7 @@ def test_summary_counts_failures_as_wrong():
         _row("c", "optical", True, length="long"),
         _row("d", "optical", True, length="long"),
     ]
-    summary = summarize(rows, ["native", "optical"])
+    summary = summarize_run(rows, ["native", "optical"])
     native = summary["conditions"]["native"]
     assert native["accuracy"] == 0.5 and native["completion_rate"] == 0.5 and native["accuracy_on_completed"] == 1.0
     assert native["failures"] == {"oom": 1, "context_exceeded": 1}

@@ -7,18 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from deepencoder_files import save_deepencoder
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from optical_cli.artifacts import read_jsonl
 from optical_cli.cli import app
 from optical_cli.encode.features import FeatureFiles
 from optical_cli.models.deepencoder import DeepEncoderConfig, products, widens
 from optical_cli.models.deepencoder.preprocess import prepare
 from optical_cli.models.deepencoder.runner import BatchRunner
-from optical_cli.models.deepencoder.weights import load_deepencoder, save_deepencoder
+from optical_cli.models.deepencoder.weights import load_deepencoder
+from optical_cli.records import read_records
 
 runner = CliRunner()
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +83,7 @@ def test_reference_call_writes_features_equal_to_the_model(tmp_path, tiny_weight
         meta = handle.metadata()
     assert meta["mode"] == "base" and json.loads(meta["tokens_per_page"]) == [256]
     assert json.loads(meta["sources"]) == [str(image)]
-    pages = read_jsonl(tmp_path / "run" / "pages.jsonl")
+    pages = read_records(tmp_path / "run" / "pages.jsonl")
     assert pages[0]["vision_tokens"] == 256 and pages[0]["spatial_compression"] == 16.0
     assert pages[0]["text_tokens"] is None  # an image alone carries no known text
 
@@ -178,13 +179,13 @@ def test_text_and_render_run_directory_give_the_same_features_and_text_metrics(t
     a = load_file(str(tmp_path / "a" / "features.safetensors"))["features"]
     b = load_file(str(tmp_path / "b" / "features.safetensors"))["features"]
     assert a.shape[0] >= 2 and torch.equal(a, b)
-    [doc] = read_jsonl(tmp_path / "a" / "documents.jsonl")
+    [doc] = read_records(tmp_path / "a" / "documents.jsonl")
     assert doc["source"] == str(text) and doc["pages"] == a.shape[0] and doc["vision_tokens"] == 64 * a.shape[0]
     assert doc["words"] == 9 * 300
     assert doc["words_per_vision_token"] == pytest.approx(doc["words"] / doc["vision_tokens"])
     assert doc["text_tokens_per_vision_token"] == pytest.approx(doc["text_tokens"] / doc["vision_tokens"])
     assert 3.0 < doc["entropy_bits_per_char"] < 5.0
-    assert sum(p["words"] for p in read_jsonl(tmp_path / "a" / "pages.jsonl")) == doc["words"]
+    assert sum(p["words"] for p in read_records(tmp_path / "a" / "pages.jsonl")) == doc["words"]
 
 
 def one_line_error(result) -> str:
@@ -254,6 +255,32 @@ def test_out_of_memory_halves_the_batch_and_retries():
     assert run.batch_size == 2 and seen[:3] == [7, 4, 2]
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried"),
+        MemoryError(),
+    ],
+    ids=["cpu-allocator", "memory-error"],
+)
+def test_a_cpu_out_of_memory_halves_the_batch_too(error):
+    def fragile(batch):
+        if len(batch) > 1:
+            raise error
+        return batch.sum(dim=(1, 2, 3))[:, None]
+
+    run = BatchRunner(fragile, 4, torch.device("cpu"), torch.float32)
+    assert run(torch.ones(3, 1, 2, 2))[:, 0].tolist() == [4.0, 4.0, 4.0] and run.batch_size == 1
+
+
+def test_other_errors_are_not_taken_for_out_of_memory():
+    def broken(batch):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        BatchRunner(broken, 4, torch.device("cpu"), torch.float32)(torch.ones(3, 1, 2, 2))
+
+
 def encode_text(text, out, *args):
     return invoke("encode", "--text", text, *TINY, "--set", "deepencoder.mode=tiny", "--output-dir", out, *args)
 
@@ -290,7 +317,7 @@ def test_many_pages_stream_into_shards_equal_to_one_file(long_text, one_file_run
     assert torch.equal(torch.cat([load_file(str(out / s["file"]))["features"] for s in index["shards"]]), whole)
     assert not (out / "features.safetensors").exists() and not list(out.glob("features-?????.safetensors"))
     for name in ("pages.jsonl", "documents.jsonl"):  # metrics assembled from the shards equal one file's
-        assert read_jsonl(out / name) == read_jsonl(one_file_run / name)
+        assert read_records(out / name) == read_records(one_file_run / name)
 
 
 def test_document_metrics_from_page_tallies_equal_the_joined_text(long_text, one_file_run, tmp_path):
@@ -305,11 +332,11 @@ def test_document_metrics_from_page_tallies_equal_the_joined_text(long_text, one
         ).exit_code
         == 0
     )
-    joined = "\n".join("\n".join(r["lines"]) for r in read_jsonl(rendered / "layout.jsonl"))
-    [doc] = read_jsonl(one_file_run / "documents.jsonl")
+    joined = "\n".join("\n".join(r["lines"]) for r in read_records(rendered / "layout.jsonl"))
+    [doc] = read_records(one_file_run / "documents.jsonl")
     assert doc["characters"] == len(joined) and doc["words"] == len(joined.split())
     assert doc["entropy_bits_per_char"] == pytest.approx(entropy_of_counts(Counter(joined)), abs=1e-12)
-    pages = read_jsonl(one_file_run / "pages.jsonl")
+    pages = read_records(one_file_run / "pages.jsonl")
     assert doc["text_tokens"] == sum(p["text_tokens"] for p in pages) and doc["pages"] == len(pages)
 
 
@@ -391,4 +418,4 @@ def test_interrupted_run_resumes_after_its_complete_shards(long_text, one_file_r
     index = json.loads((out / "features.index.json").read_text())
     features = torch.cat([load_file(str(out / s["file"]))["features"] for s in index["shards"]])
     assert torch.equal(features, load_file(str(one_file_run / "features.safetensors"))["features"])
-    assert read_jsonl(out / "pages.jsonl") == read_jsonl(one_file_run / "pages.jsonl")
+    assert read_records(out / "pages.jsonl") == read_records(one_file_run / "pages.jsonl")

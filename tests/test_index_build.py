@@ -14,10 +14,10 @@ from optical_cli.index.build import (
     build,
     diffuse,
     feature_distances,
-    finish,
+    finish_build,
     knn_graph,
     node_dispersion,
-    prepare,
+    prepare_build,
     robust_scale,
     select_tau,
     spectral_terms,
@@ -89,9 +89,9 @@ def test_bounded_lambda_by_hand_and_published_warning():
 def test_published_median_tau_weights_dispersion_negatively_bounded_does_not():
     """The defect found on MiniLM vectors: Median tau > 1 gives G the weight 1 - tau < 0."""
     x = clustered(n=300, dim=24)
-    prepared = prepare(x, PARAMS, seed=0)
-    published = finish(prepared, lambda_formula="published")
-    bounded = finish(prepared)
+    prepared = prepare_build(x, PARAMS, seed=0)
+    published = finish_build(prepared, lambda_formula="published")
+    bounded = finish_build(prepared)
     assert published.scales.tau > 1 and published.warnings and not bounded.warnings
     assert 0.0 <= float(bounded.lambdas.min()) and float(bounded.lambdas.max()) < 1.0
     E, G = bounded.rayleigh, bounded.dispersion
@@ -126,10 +126,10 @@ def test_energy_edge_weight_by_hand():
 
 
 def test_dispersion_is_nonzero_and_split_count_matches_quantile():
-    prepared = prepare(clustered(), PARAMS, seed=0)
+    prepared = prepare_build(clustered(), PARAMS, seed=0)
     dispersion = node_dispersion(diffuse(prepared.centroids, prepared.graph, 0.1, 4), prepared.graph)
     assert (dispersion > 0).all()
-    index = finish(prepared)
+    index = finish_build(prepared)
     expected = int((dispersion.double() > torch.quantile(dispersion.double(), 0.9)).sum())
     k = prepared.centroids.shape[0]
     assert index.stats["split_nodes"] == expected
@@ -169,7 +169,7 @@ def test_same_seed_gives_identical_index_and_other_seed_differs():
 
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e4])
 def test_bootstrap_graph_is_nonempty_and_connected_at_any_scale(scale):
-    prepared = prepare(clustered(scale=scale), PARAMS, seed=0)
+    prepared = prepare_build(clustered(scale=scale), PARAMS, seed=0)
     graph = prepared.graph
     degree = np.asarray(graph.adjacency().sum(axis=1)).ravel()
     assert graph.src.numel() >= prepared.centroids.shape[0] and (degree > 1e-6).all()
@@ -185,7 +185,7 @@ def test_components_are_joined():
 
 
 def test_diffusion_is_stable_and_smooths():
-    prepared = prepare(clustered(), PARAMS, seed=0)
+    prepared = prepare_build(clustered(), PARAMS, seed=0)
     c = prepared.centroids
     far = diffuse(c, prepared.graph, 1.0, 200)
     assert torch.isfinite(far).all() and far.norm() <= c.norm() * 1.01
@@ -194,17 +194,19 @@ def test_diffusion_is_stable_and_smooths():
 
 
 def test_finish_reuses_prepared_stages_and_rejects_prepare_fields():
-    prepared = prepare(clustered(n=150), PARAMS, seed=0)
-    one, two = finish(prepared, eta=0.05, steps=2), finish(prepared, eta=0.2, steps=8)
+    prepared = prepare_build(clustered(n=150), PARAMS, seed=0)
+    one, two = finish_build(prepared, eta=0.05, steps=2), finish_build(prepared, eta=0.2, steps=8)
     assert one.params["eta"] == 0.05 and two.params["steps"] == 8
     assert not torch.equal(one.lambdas, two.lambdas)
-    assert torch.equal(finish(prepared, eta=0.05, steps=2).lambdas, one.lambdas)
+    assert torch.equal(finish_build(prepared, eta=0.05, steps=2).lambdas, one.lambdas)
     with pytest.raises(ValueError, match="neighbor_k"):
-        finish(prepared, neighbor_k=3)
+        finish_build(prepared, neighbor_k=3)
 
 
 def test_optical_compression_respects_token_budget():
-    prepared = prepare(clustered(n=400), EnergyBuildSection(kmeans_iters=3, centroids=60, optical_tokens=9), seed=0)
+    prepared = prepare_build(
+        clustered(n=400), EnergyBuildSection(kmeans_iters=3, centroids=60, optical_tokens=9), seed=0
+    )
     assert prepared.stats["kmeans_centroids"] == 60
     assert 2 <= prepared.stats["compressed_centroids"] <= 9
 

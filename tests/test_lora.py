@@ -7,7 +7,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from optical_cli.artifacts import read_jsonl
 from optical_cli.cli import app
 from optical_cli.config.registry import load_config
 from optical_cli.errors import InputError
@@ -15,6 +14,7 @@ from optical_cli.models.adapter import AdapterConfig, OpticalAdapter
 from optical_cli.models.deepencoder.runner import DeepEncoderPages
 from optical_cli.models.language_model import build_random_qwen3_vl
 from optical_cli.models.lora import add_lora, load_lora, lora_config, lora_disabled, save_lora
+from optical_cli.records import read_records
 from optical_cli.train.checkpoints import open_checkpoint
 from optical_cli.train.corpus import read_corpus
 from optical_cli.train.loop import train_adapter
@@ -106,7 +106,7 @@ def test_resume_with_lora_continues_exactly(tmp_path, cache):
     assert any(straight[k].abs().sum() > 0 for k in straight if ".lora_B." in k)  # LoRA did train
     for name, tensor in load_file(str(tmp_path / "straight" / "adapter.safetensors")).items():
         assert torch.equal(tensor, load_file(str(tmp_path / "resumed" / "adapter.safetensors"))[name]), name
-    losses = lambda run: [m["loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl")]
+    losses = lambda run: [m["loss"] for m in read_records(tmp_path / run / "metrics.jsonl")]
     assert losses("straight") == losses("resumed")
 
 
@@ -114,7 +114,7 @@ def test_saved_lora_is_a_peft_adapter_directory(tmp_path):
     """PEFT's own loader reads the directory and gives the same logits as ours."""
     from peft import PeftModel
 
-    dims = load_config("train-adapter", TINY).vlm.random.model_dump()
+    dims = load_config("train-adapter", TINY).vlm.random.dims()
     model = build_random_qwen3_vl(dims, seed=0)
     config = lora_config(4, 8, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj"])
     params = add_lora(model, config, seed=1)
@@ -147,7 +147,7 @@ def test_saved_lora_is_a_peft_adapter_directory(tmp_path):
 
 
 def test_unknown_target_module_is_a_clear_error(tmp_path):
-    model = build_random_qwen3_vl(load_config("train-adapter", TINY).vlm.random.model_dump())
+    model = build_random_qwen3_vl(load_config("train-adapter", TINY).vlm.random.dims())
     with pytest.raises(InputError, match="qkv_proj name no linear layer.*choose from"):
         add_lora(model, lora_config(4, 8, 0.0, ["qkv_proj"]))
 

@@ -293,3 +293,29 @@ def test_progress_counts_grid_cells(tiny_corpus, tmp_path):
     assert result.exit_code == 0, result.output
     assert "4/4" in result.stderr and "6/6" not in result.stderr and "5/5" not in result.stderr
     assert "cells" in result.stderr
+
+
+def _tear_last_line(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rstrip(b"\n").rfind(b"\n") + 1 + 25])  # the last cell cut off mid-write
+
+
+def test_a_torn_last_line_resumed_twice_gives_every_cell_once(tiny_corpus, tmp_path):
+    corpus, cache = tiny_corpus
+    out = tmp_path / "run"
+    grid = ("--eta", "0.05,0.1", "--steps", "2,4")
+    assert _invoke(corpus, cache, out, *grid).exit_code == 0
+    untimed = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]
+    with open(out / "sweep.csv") as handle:
+        uninterrupted = untimed(csv.DictReader(handle))
+    for _ in range(2):
+        _interrupt_after(out, cells=4)  # killed while writing the last cell: its line torn
+        _tear_last_line(out / "cells.jsonl")
+        resumed = _invoke(corpus, cache, out, *grid, "--resume", "--json")
+        assert resumed.exit_code == 0, resumed.output
+        assert json.loads(resumed.stdout)["timing"]["cells_evaluated"] == 1
+        cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
+        energy = [(c["eta"], c["steps"]) for c in cells if c["method"] == "energy"]
+        assert sorted(energy) == [(0.05, 2), (0.05, 4), (0.1, 2), (0.1, 4)]  # each once, none lost
+        with open(out / "sweep.csv") as handle:
+            assert untimed(csv.DictReader(handle)) == uninterrupted

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from optical_cli.errors import InputError
+from optical_cli.records import RecordLog
 from optical_cli.sweep import grid
 from optical_cli.sweep.metrics import METRIC_NAMES
 from optical_cli.sweep.plots import metric_grid, write_heatmaps
@@ -68,7 +69,7 @@ def _row(method, eta=None, steps=None, value=0.5):
 
 def test_cell_log_resumes_and_refuses_other_setups(tmp_path):
     path = tmp_path / "cells.jsonl"
-    log = grid.CellLog(path, "fp1", resume=False)
+    log = grid.open_cell_log(path, "fp1", resume=False)
     calls = []
 
     def evaluate(cell):
@@ -78,14 +79,14 @@ def test_cell_log_resumes_and_refuses_other_setups(tmp_path):
     cells = grid.grid_cells([0.1, 0.2], [2, 4])
     grid.run_cells(log, cells[:3], evaluate)
     assert len(calls) == 3
-    resumed = grid.CellLog(path, "fp1", resume=True)
+    resumed = grid.open_cell_log(path, "fp1", resume=True)
     skipped = []
     grid.run_cells(resumed, cells, evaluate, on_done=lambda record, was_skipped: skipped.append(was_skipped))
     assert len(calls) == 4 and skipped == [True, True, True, False]
-    assert len(grid.read_jsonl(path)) == 4
+    assert len(RecordLog(path).read()) == 4
     with pytest.raises(InputError, match="different setup"):
-        grid.CellLog(path, "fp2", resume=True)
-    grid.CellLog(path, "fp2", resume=False)  # a fresh run starts over
+        grid.open_cell_log(path, "fp2", resume=True)
+    grid.open_cell_log(path, "fp2", resume=False)  # a fresh run starts over
     assert not path.exists()
 
 

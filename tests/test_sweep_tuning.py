@@ -31,8 +31,8 @@ def test_choose_cell_looks_only_at_tuning_queries():
         {"method": "energy", "eta": 0.1, "steps": 2, "per_query": {"mrr": [1.0, 1.0, 0.0, 0.0]}},
         {"method": "energy", "eta": 0.2, "steps": 2, "per_query": {"mrr": [0.0, 0.0, 1.0, 1.0]}},
     ]
-    assert tuning.choose_cell(rows, np.array([0, 1]), "mrr") == tuning.Cell(0.1, 2)
-    assert tuning.choose_cell(rows, np.array([2, 3]), "mrr") == tuning.Cell(0.2, 2)
+    assert tuning.choose_cell(rows, np.array([0, 1]), "mrr") == tuning.DiffusionCell(0.1, 2)
+    assert tuning.choose_cell(rows, np.array([2, 3]), "mrr") == tuning.DiffusionCell(0.2, 2)
 
 
 def test_reweighted_terms_rank_like_the_index_search():
@@ -71,7 +71,7 @@ def test_tune_scores_trials_on_tuning_queries_and_reports_held_out_only():
     section = SweepTuningSection(method="random", trials=5)
     report, trials = tuning.tune(
         searcher,
-        tuning.Cell(0.1, 4),
+        tuning.DiffusionCell(0.1, 4),
         queries,
         evaluate,
         cosine,

@@ -8,12 +8,13 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from optical_cli.artifacts import read_jsonl, start_run
+from optical_cli.artifacts import start_run
 from optical_cli.cli import app
 from optical_cli.config.registry import dump_config, load_config
 from optical_cli.errors import InputError
 from optical_cli.models.adapter import AdapterConfig, OpticalAdapter, save_adapter
 from optical_cli.models.deepencoder.runner import DeepEncoderPages
+from optical_cli.records import read_records
 from optical_cli.render.pages import PageRenderer, non_space
 from optical_cli.train.checkpoints import open_checkpoint
 from optical_cli.train.corpus import read_corpus
@@ -93,12 +94,12 @@ def test_tiny_run_on_real_text_loss_falls_and_writes_artifacts(tmp_path, cache):
         assert (out / name).is_file(), name
     # no adapter.pth: this layout's trained page embeddings (after the LayerNorm) have no published form
     assert not (out / "adapter.pth").exists()
-    metrics = read_jsonl(out / "metrics.jsonl")
+    metrics = read_records(out / "metrics.jsonl")
     evals = [m["eval_loss"] for m in metrics if m["eval_loss"] is not None]
     assert metrics[0]["step"] == 0 and metrics[-1]["step"] == 10 == summary["steps"]
     assert evals[-1] < evals[0] - 0.05, evals  # held-out pages get easier to read
     assert {"step", "loss", "eval_loss", "lr", "pages_per_s"} <= set(metrics[-1])
-    reading = read_jsonl(out / "reading.jsonl")[0]
+    reading = read_records(out / "reading.jsonl")[0]
     assert reading["vision_tokens"] == 64 and reading["cer"] >= 0 and reading["reference"]
     assert summary["reading"]["compression"] == pytest.approx(reading["text_tokens"] / 64)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -126,14 +127,14 @@ def test_resume_continues_exactly(tmp_path, cache, runtime, reader):
 
     with pytest.raises(RuntimeError, match="simulated"):
         train_adapter(cfg, tmp_path / "resumed", runtime, reader, progress=crash_after_step_3)
-    assert [m["step"] for m in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")][-1] == 3
+    assert [m["step"] for m in read_records(tmp_path / "resumed" / "metrics.jsonl")][-1] == 3
     train_adapter(cfg, tmp_path / "resumed", runtime, reader, resume=open_checkpoint(tmp_path / "resumed"))
     straight = load_file(str(tmp_path / "straight" / "adapter.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "adapter.safetensors"))
     assert (tmp_path / "resumed" / "checkpoints" / "step-0000004" / "adapter.safetensors").is_file()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
-    losses = lambda run: [m["loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl")]
+    losses = lambda run: [m["loss"] for m in read_records(tmp_path / run / "metrics.jsonl")]
     assert losses("straight") == losses("resumed")
 
 
@@ -343,7 +344,7 @@ def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
 def test_mse_objective_trains_and_records_eval(tmp_path, cache, runtime, reader):
     cfg = tiny_cfg(cache, "train.objective=mse", "train.max_steps=6", "train.eval_every=3", "train.lr=0.01")
     result = train_adapter(cfg, tmp_path / "mse", runtime, reader)
-    metrics = read_jsonl(tmp_path / "mse" / "metrics.jsonl")
+    metrics = read_records(tmp_path / "mse" / "metrics.jsonl")
     evals = [m["eval_loss"] for m in metrics if m["eval_loss"] is not None]
     assert result.steps == 6 and [m["step"] for m in metrics if m["eval_loss"] is not None] == [0, 3, 6]
     assert evals[-1] < 0.5 * evals[0], evals  # held-out pages: pooled tokens move towards pooled text embeddings

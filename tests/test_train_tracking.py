@@ -15,10 +15,11 @@ from test_sweep_cli import _invoke as sweep
 from test_sweep_cli import tiny_corpus  # noqa: F401 - the sweep's planted corpus, made a fixture of this module too
 from typer.testing import CliRunner
 
-from optical_cli.artifacts import read_jsonl, start_run
+from optical_cli.artifacts import start_run
 from optical_cli.cli import app
 from optical_cli.config import schema as config_schema
 from optical_cli.config.registry import dump_config, load_config
+from optical_cli.records import read_records
 from optical_cli.tracking import flat_numbers, log_summary
 from optical_cli.train.checkpoints import open_checkpoint
 from optical_cli.train.loop import train_adapter
@@ -58,7 +59,7 @@ def test_a_tiny_run_logs_its_metrics_to_tensorboard_and_mlflow_in_the_run_direct
     result = CliRunner().invoke(app, args + "\n--set\n".join(sets + ["train.read_pages=1"]).split("\n"))
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)  # stdout holds the JSON document only: the trackers' chatter is on stderr
-    metrics = {m["step"]: m for m in read_jsonl(run / "metrics.jsonl")}
+    metrics = {m["step"]: m for m in read_records(run / "metrics.jsonl")}
     logged = [2, 3, 4, 5]  # every 2nd step, the eval step 3 and the last step
     assert tensorboard_scalars(run, "train/loss") == {step: pytest.approx(metrics[step]["loss"]) for step in logged}
     assert tensorboard_scalars(run, "eval/loss") == {
@@ -96,7 +97,7 @@ def test_resume_continues_the_same_tracker_runs(tmp_path):
     first_id, _ = mlflow_history(run, "train/loss")
     assert MlflowClient(f"sqlite:///{run / 'mlflow.db'}").get_run(first_id).info.status == "FAILED"
     train_adapter(cfg, run, runtime, reader, resume=open_checkpoint(run))
-    metrics = {m["step"]: m["loss"] for m in read_jsonl(run / "metrics.jsonl") if m["loss"] is not None}
+    metrics = {m["step"]: m["loss"] for m in read_records(run / "metrics.jsonl") if m["loss"] is not None}
     assert sorted(metrics) == [1, 2, 3, 4]
     # TensorBoard hides what the crashed attempt logged after its checkpoint (step 3), as metrics.jsonl drops it
     assert tensorboard_scalars(run, "train/loss") == {step: pytest.approx(loss) for step, loss in metrics.items()}

@@ -12,7 +12,8 @@ Conditions, all on the same items with the same template and decoding:
 
 A failure on one item (out of memory, context too long, any error) is recorded with its
 reason and counts as wrong; the run goes on. Each finished (item, condition) is appended to
-``items.csv`` at once, so an interrupted run resumes where it stopped.
+the run's log (``items.jsonl``; ``items.csv`` is its table) at once, so an interrupted run resumes where
+it stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import csv
 import gc
 import io
-import os
+import json
 import time
 import zlib
 from dataclasses import dataclass
@@ -29,20 +30,21 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..artifacts import atomic_write_json, atomic_write_text
+from ..artifacts import atomic_write_csv, atomic_write_json, to_json_line
 from ..distributed import Processes
 from ..engines.reader import ContextExceeded, Generation, Reader, ReadRequest, in_flight, read_all
 from ..errors import InputError
-from ..memory import PeakMemory, headline_gib
+from ..memory import PeakMemory, headline_gib, is_out_of_memory
 from ..prompts import PromptParts, middle_truncate
+from ..records import RecordLog
 from .data import LongBenchItem, load_items, select_items
 from .plots import plot_accuracy_by_length, plot_cost_vs_length
 from .prompts import document_prompt, no_context_prompt
-from .scoring import extract_answer, summarize
+from .scoring import extract_answer, summarize_run
 
 CONDITIONS = ("native", "optical", "native-matched", "no-context")
 
-COLUMNS = (
+ITEM_COLUMNS = (
     "id",
     "condition",
     "length",
@@ -104,7 +106,32 @@ def parse_conditions(names: Sequence[str]) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------
-# items.csv: append one row at a time, read back tolerating a torn last row
+# items.jsonl: the run's record log (one row at a time, a torn last row repaired: records.py);
+# items.csv: the same rows as a table, rewritten atomically from the log
+
+
+def log_path(items_csv: Path) -> Path:
+    return items_csv.with_suffix(".jsonl")
+
+
+def read_back(row: dict[str, Any]) -> dict[str, Any]:
+    """The row as it reads back from the log, so fresh and resumed rows look the same."""
+    return json.loads(to_json_line({key: row.get(key) for key in ITEM_COLUMNS}))
+
+
+def read_rows(items_csv: Path) -> list[dict[str, Any]]:
+    """The rows of a run (its items.jsonl; an items.csv of earlier versions, which had no log, is read once
+    into one)."""
+    log = RecordLog(log_path(items_csv))
+    if not log.path.exists() and items_csv.exists():
+        log.rewrite(_legacy_csv_rows(items_csv))
+    return [read_back(row) for row in log.read()]
+
+
+def write_table(items_csv: Path) -> None:
+    """items.csv from the log: every row, the columns of ITEM_COLUMNS."""
+    rows = [{key: _to_csv_value(row.get(key)) for key in ITEM_COLUMNS} for row in RecordLog(log_path(items_csv)).read()]
+    atomic_write_csv(items_csv, rows, list(ITEM_COLUMNS))
 
 
 def _to_csv_value(value: Any) -> str:
@@ -117,18 +144,17 @@ def _to_csv_value(value: Any) -> str:
     return str(value)
 
 
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one record (writing the header first on a new file) and flush it to disk."""
-    new = not path.exists() or path.stat().st_size == 0
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    if new:
-        writer.writeheader()
-    writer.writerow({key: _to_csv_value(row.get(key)) for key in COLUMNS})
-    with open(path, "a", encoding="utf-8", newline="") as handle:
-        handle.write(buffer.getvalue())
-        handle.flush()
-        os.fsync(handle.fileno())
+def _legacy_csv_rows(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is not None and tuple(reader.fieldnames) != ITEM_COLUMNS:
+        raise InputError(
+            f"{path}: not an items.csv of this benchmark version (columns differ); use another --output-dir"
+        )
+    rows = list(reader)
+    if not text.endswith("\n") and rows:  # the last record was cut off mid-write
+        rows.pop()
+    return [_from_csv_row(r) for r in rows if None not in r and all(v is not None for v in r.values())]
 
 
 def _from_csv_row(raw: dict[str, str]) -> dict[str, Any]:
@@ -141,33 +167,6 @@ def _from_csv_row(raw: dict[str, str]) -> dict[str, Any]:
         row[key] = raw[key] == "1"
     row["prediction"] = raw["prediction"] or None
     return row
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of an items.csv; a torn last row (a crash mid-write) is dropped and the file repaired."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None:
-        return []
-    if tuple(reader.fieldnames) != COLUMNS:
-        raise InputError(
-            f"{path}: not an items.csv of this benchmark version (columns differ); use another --output-dir"
-        )
-    rows = list(reader)
-    if not text.endswith("\n") and rows:  # the last record was cut off mid-write
-        rows.pop()
-        _rewrite(path, rows)
-    return [_from_csv_row(r) for r in rows if None not in r and all(v is not None for v in r.values())]
-
-
-def _rewrite(path: Path, raw_rows: list[dict[str, str]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(raw_rows)
-    atomic_write_text(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,22 +200,7 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}".rstrip(": ")
     if isinstance(exc, ContextExceeded):
         return "context_exceeded", reason
-    oom_types = tuple(t for t in (_torch_attr("OutOfMemoryError"), _torch_cuda_attr("OutOfMemoryError")) if t)
-    if (
-        (oom_types and isinstance(exc, oom_types))
-        or isinstance(exc, MemoryError)
-        or "out of memory" in str(exc).lower()
-    ):
-        return "oom", reason
-    return "error", reason
-
-
-def _torch_attr(name: str):
-    return getattr(torch, name, None)
-
-
-def _torch_cuda_attr(name: str):
-    return getattr(torch.cuda, name, None)
+    return ("oom" if is_out_of_memory(exc) else "error"), reason
 
 
 def _release_memory() -> None:
@@ -349,7 +333,7 @@ class _Pending:
     prepare_s: float  # building the prompt (rendering the pages, for the first condition that needs them)
 
 
-def _finish(pending: _Pending, outcome: Generation | Exception | None, latency_s: float) -> dict[str, Any]:
+def _finished_row(pending: _Pending, outcome: Generation | Exception | None, latency_s: float) -> dict[str, Any]:
     """The row once the model answered (or failed); ``latency_s`` is the model call's share."""
     row = pending.row
     if isinstance(outcome, Exception):
@@ -394,7 +378,10 @@ def run_rows(reader: Reader, pairs: Sequence[tuple[_ItemRunner, str]], memory: P
         outcomes = read_all(reader, [p.request for p in asked])
         wall = time.perf_counter() - start
         answered = dict(zip(map(id, asked), outcomes))
-        rows = [_finish(p, answered.get(id(p)), _model_seconds(answered.get(id(p)), len(asked), wall)) for p in pending]
+        rows = [
+            _finished_row(p, answered.get(id(p)), _model_seconds(answered.get(id(p)), len(asked), wall))
+            for p in pending
+        ]
     for row in rows:
         row["peak_memory_gib"] = headline_gib(peaks)
     if any(row["status"] != "ok" for row in rows):
@@ -417,19 +404,20 @@ def run_benchmark(
     procs: Processes | None = None,
     memory: PeakMemory | None = None,
 ) -> list[dict[str, Any]] | None:
-    """Run every (item, condition) not yet in ``items_csv``; return the rows of this selection.
+    """Run every (item, condition) not yet in the log beside ``items_csv`` (items.jsonl); return the rows
+    of this selection. items.csv shows the log's rows as a table.
 
     Under ``accelerate launch`` every process calls this: the items still to do are dealt out
     in turn (an item's conditions stay together: native-matched reuses optical's pages), each
-    process appends to its own ``items.part-NN.csv``, and the main process merges them into
-    ``items.csv`` in item and condition order, whatever the process count or resume history.
+    process appends to its own ``items.part-NN.jsonl``, and the main process merges them into
+    items.jsonl in item and condition order, whatever the process count or resume history.
     It returns the rows there and None elsewhere. Parts left by an interrupted run of any process
     count are merged first on --resume. ``memory`` (default: one on ``reader.device``) measures
     each row's peak and the run's.
     """
     procs = procs or Processes()
     memory = memory or PeakMemory(reader.device)
-    if not resume and (_has_rows(items_csv) or _parts(items_csv)):
+    if not resume and (_has_rows(items_csv) or _part_logs(items_csv)):
         raise InputError(
             f"{items_csv} already exists; pass --resume to continue that run or choose another --output-dir"
         )
@@ -449,13 +437,15 @@ def run_benchmark(
             total=len(rows) + sum((item.id, c) not in done for item in mine for c in settings.conditions),
             description="resumed" if rows else None,
         )
-    target = items_csv if procs.count == 1 else _part(items_csv, procs.index)
+    target = RecordLog(log_path(items_csv) if procs.count == 1 else _part(items_csv, procs.index))
     for group in _groups(reader, settings, mine, done):  # each group's rows are on disk before the next starts
         for row in run_rows(reader, group, memory):
-            append_row(target, row)
+            target.append(read_back(row))
             rows.append(read_back(row))
             if progress:
                 progress(1, description=f"{row['condition']} {row['id']}: {row['status']}")
+        if procs.count == 1:
+            write_table(items_csv)
     procs.wait()  # every part is complete
     if not procs.is_main:
         return None
@@ -492,32 +482,33 @@ def throughput(rows_run: int, wall_s: float, conditions: int, in_flight: int) ->
 
 
 def resume_progress(items_csv: Path, items: Sequence[LongBenchItem], conditions: Sequence[str]) -> tuple[int, int]:
-    """(rows of this selection already in ``items_csv`` or its per-process parts, rows wanted)."""
+    """(rows of this selection already in the run's log or its per-process parts, rows wanted)."""
     wanted = {(item.id, c) for item in items for c in conditions}
-    done = {(row["id"], row["condition"]) for path in [items_csv, *_parts(items_csv)] for row in read_rows(path)}
+    found = read_rows(items_csv) + [row for part in _part_logs(items_csv) for row in RecordLog(part).read()]
+    done = {(row["id"], row["condition"]) for row in found}
     return len(wanted & done), len(wanted)
 
 
-def _has_rows(path: Path) -> bool:
-    return path.exists() and path.stat().st_size > 0
+def _has_rows(items_csv: Path) -> bool:
+    return any(path.exists() and path.stat().st_size > 0 for path in (items_csv, log_path(items_csv)))
 
 
 def _part(items_csv: Path, process: int) -> Path:
-    return items_csv.with_name(f"{items_csv.stem}.part-{process:02d}.csv")
+    return items_csv.with_name(f"{items_csv.stem}.part-{process:02d}.jsonl")
 
 
-def _parts(items_csv: Path) -> list[Path]:
-    return sorted(items_csv.parent.glob(f"{items_csv.stem}.part-*.csv"))
+def _part_logs(items_csv: Path) -> list[Path]:
+    return sorted(items_csv.parent.glob(f"{items_csv.stem}.part-*.jsonl"))
 
 
 def _consolidate(items_csv: Path, order: dict[str, int]) -> None:
-    """Fold the processes' part files into ``items_csv`` and sort it in item and condition order
-    (items outside this selection last, as they were), atomically; then remove the parts. A pair
-    met twice (a crash between writing and removing) keeps its first row."""
-    parts = _parts(items_csv)
+    """Fold the processes' part logs into the run's log and sort it in item and condition order
+    (items outside this selection last, as they were), atomically; then remove the parts and write
+    items.csv. A pair met twice (a crash between writing and removing) keeps its first row."""
+    parts = _part_logs(items_csv)
     rank = {c: n for n, c in enumerate(CONDITIONS)}
     rows, seen = [], set()
-    for row in read_rows(items_csv) + [row for part in parts for row in read_rows(part)]:
+    for row in read_rows(items_csv) + [row for part in parts for row in RecordLog(part).read()]:
         if (row["id"], row["condition"]) not in seen:
             seen.add((row["id"], row["condition"]))
             rows.append(row)
@@ -525,14 +516,11 @@ def _consolidate(items_csv: Path, order: dict[str, int]) -> None:
         rows, key=lambda r: (order.get(r["id"], len(order)), rank[r["condition"]] if r["id"] in order else 0)
     )
     if parts or ordered != rows:
-        _rewrite(items_csv, [{key: _to_csv_value(row.get(key)) for key in COLUMNS} for row in ordered])
+        RecordLog(log_path(items_csv)).rewrite(ordered)
     for part in parts:
         part.unlink()
-
-
-def read_back(row: dict[str, Any]) -> dict[str, Any]:
-    """The row as it reads back from items.csv, so fresh and resumed rows look the same."""
-    return _from_csv_row({key: _to_csv_value(row.get(key)) for key in COLUMNS})
+    if ordered:
+        write_table(items_csv)
 
 
 # ---------------------------------------------------------------------------------------
@@ -579,7 +567,7 @@ def finish_run(
     throughput: dict | None = None,
 ) -> dict[str, Any]:
     """Write ``summary.json`` (and the plots) for the rows of this selection; return the summary."""
-    summary = summarize(rows, settings.conditions)
+    summary = summarize_run(rows, settings.conditions)
     summary.update(
         models=reader_description,
         random_weights=random_weights,
@@ -610,7 +598,7 @@ def finish_run(
 
 
 # Keys that may change between a run and its --resume: which items and conditions to run.
-RESUMABLE_CHANGES = {
+BENCH_RESUMABLE = {
     "bench.num_samples",
     "bench.ids",
     "bench.lengths",

@@ -148,7 +148,7 @@ def paired_tests(rows_by_condition: Mapping[str, Sequence[Mapping[str, Any]]]) -
     return tests
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], conditions: Sequence[str]) -> dict[str, Any]:
+def summarize_run(rows: Sequence[Mapping[str, Any]], conditions: Sequence[str]) -> dict[str, Any]:
     """The whole run's summary: one block per condition plus the paired tests."""
     by_condition = {c: [row for row in rows if row["condition"] == c] for c in conditions}
     by_condition = {c: r for c, r in by_condition.items() if r}

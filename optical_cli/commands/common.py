@@ -10,36 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
-from ..artifacts import FollowerRun, OutputDir, Run, claim_output_dir, start_run, to_json_line
+from ..artifacts import FollowerRun, OutputDir, Run, claim_output_dir, start_run
 from ..config import registry
 from ..config.resume import check_same_settings
 from ..config.validation import with_values
 from ..errors import InputError, OpticalError, RunFailed
 from ..launch import is_main_process, single_process_warning
+from ..lists import split_list
+from ..reports.console import emit_json, err, print_table, say, warn
 
 if TYPE_CHECKING:  # the command layer imports torch (through distributed) only when a command runs
     from ..distributed import Processes
-
-err = Console(stderr=True, highlight=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,38 +49,9 @@ def config_default(command: str, key: str) -> str:
     return f"{key}={'null' if value is None else value} in the config"
 
 
-def _show_no_type_for_flags() -> None:
-    """Typer's help prints every parameter's Python type, flags included (``--json <bool>``,
-    ``INPUTS <list[str]>``). A flag takes no value and a named argument says what it takes, so
-    neither gets a type column; options that take a value keep theirs."""
-    from typer.core import TyperArgument, TyperOption
-
-    def hide(cls, hidden) -> None:
-        shown = getattr(cls, "display_type_rich", None)  # Typer < 0.29 prints click's types: nothing to hide
-        if shown is None or getattr(shown, "_optical", False):
-            return
-
-        def display_type_rich(self, ctx):
-            return None if hidden(self) else shown(self, ctx)
-
-        display_type_rich._optical = True
-        cls.display_type_rich = display_type_rich
-
-    hide(TyperOption, lambda option: option.is_flag)
-    hide(TyperArgument, lambda argument: argument.metavar is not None)
-
-
-_show_no_type_for_flags()
-
-
-def say(label: str, style: str, message: str) -> None:
-    """One line on stderr: a styled label, then the message as plain text (user text such as
-    paths, ids or ``pip install 'optical[dev]'`` must never be read as Rich markup)."""
-    err.print(f"[{style}]{label}:[/] {escape(message)}", soft_wrap=True)
-
-
-def warn(message: str) -> None:
-    say("warning", "yellow", message)
+def config_option(command: str, key: str, *names: str, help: str) -> Any:
+    """A flag that sets config key ``key``: its --help names the default in the command's shipped config."""
+    return typer.Option(*names, help=help, show_default=config_default(command, key))
 
 
 # Options every command shares
@@ -180,9 +139,9 @@ def all_if_zero(value: Optional[int]) -> Any:
     return ALL if value == 0 else value
 
 
-def split_csv(value: Optional[str]) -> Optional[list[str]]:
-    """A comma-separated flag as a list (None when the flag was not given)."""
-    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+def split_csv(value: Optional[str], option: str, example: str) -> Optional[list[str]]:
+    """A comma-separated flag as a list (None when the flag was not given), by the one rule (lists.py)."""
+    return None if value is None else split_list(value, option, example)
 
 
 def with_flags(cfg: Any, flags: dict[str, tuple[str, Any]]) -> Any:
@@ -297,58 +256,6 @@ def run_dir(
     err.print(f"[dim]artifacts: {escape(str(run.path))}[/]")
 
 
-def emit_json(document: Any) -> None:
-    if is_main_process():
-        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
-        sys.stdout.flush()
-
-
-def emit_json_line(record: dict) -> None:
-    if is_main_process():
-        sys.stdout.write(to_json_line(record) + "\n")
-        sys.stdout.flush()
-
-
-@contextlib.contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
-    """A Rich progress bar on stderr; yields ``advance(n=1, total=None, description=None)``.
-
-    The bar appears at the first ``advance``: work that fails before it has begun (a broken input
-    file, say) prints its error alone, not under an empty bar."""
-    if not is_main_process():
-        yield lambda n=1, total=None, description=None: None
-        return
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
-    task = None
-
-    def advance(n: int = 1, total: int | None = None, description: str | None = None) -> None:
-        nonlocal task
-        if task is None:
-            progress.start()
-            task = progress.add_task(escape(description or first_description), total=first_total)
-        fields = {}
-        if total is not None:
-            fields["total"] = total
-        if description is not None:
-            fields["description"] = escape(description)
-        progress.update(task, advance=n, **fields)
-
-    first_description, first_total = description, total
-    try:
-        yield advance
-    finally:
-        if task is not None:
-            progress.stop()
-
-
 def report_plan(plan: dict, json_out: bool) -> None:
     """A --dry-run memory plan: a table on stderr, the JSON document on stdout with --json."""
     from ..plan import plan_rows
@@ -358,14 +265,3 @@ def report_plan(plan: dict, json_out: bool) -> None:
         err.print(escape(note), soft_wrap=True)
     if json_out:
         emit_json(plan)
-
-
-def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
-    if not is_main_process():
-        return
-    table = Table(title=escape(title), show_header=False, title_justify="left")
-    table.add_column("key", style="bold")
-    table.add_column("value", justify="right")
-    for key, value in rows:
-        table.add_row(escape(key), escape(f"{value:.4g}" if isinstance(value, float) else str(value)))
-    err.print(table)

@@ -10,16 +10,8 @@ import typer
 
 from ..config import registry
 from ..errors import OpticalError
-from .common import (
-    ConfigOpt,
-    JsonOpt,
-    SetOpt,
-    emit_json,
-    handled_errors,
-    load,
-    say,
-    warn,
-)
+from ..reports.console import emit_json, say, warn
+from .common import ConfigOpt, JsonOpt, SetOpt, handled_errors, load
 
 app = typer.Typer(help="Show and validate config files.", no_args_is_help=True)
 

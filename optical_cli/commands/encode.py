@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
+from ..reports.console import emit_json, print_table, progress_bar
 from .common import (
     ConfigOpt,
     JsonOpt,
@@ -17,12 +18,9 @@ from .common import (
     attention_record,
     check_resumable,
     claim_output,
-    emit_json,
     handled_errors,
     join_processes,
     load,
-    print_table,
-    progress_bar,
     report_resume,
     reuse_attention_choices,
     run_dir,
@@ -32,31 +30,33 @@ from .common import (
 ENCODE_RESUMABLE = {"encode.batch_size", "encode.queue_pages", "runtime.workers"}
 
 
+InputsOpt = Annotated[
+    Optional[list[Path]],
+    typer.Option(
+        "--input", "-i", metavar="PATH", help="Image file, directory of images, or render run directory (repeatable)."
+    ),
+]
+TextOpt = Annotated[
+    Optional[Path], typer.Option("--text", help="Text file to render (at the mode's page size) and encode in one go.")
+]
+OutputOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output",
+        help="Features .safetensors (default: features.safetensors in the run directory; shards and an index "
+        "beside it when the pages exceed one shard).",
+    ),
+]
+ShardsResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in --output-dir: encode only the shards not yet on disk.")
+]
+
+
 def encode(
-    inputs: Annotated[
-        Optional[list[Path]],
-        typer.Option(
-            "--input",
-            "-i",
-            metavar="PATH",
-            help="Image file, directory of images, or render run directory (repeatable).",
-        ),
-    ] = None,
-    text: Annotated[
-        Optional[Path],
-        typer.Option("--text", help="Text file to render (at the mode's page size) and encode in one go."),
-    ] = None,
-    output: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--output",
-            help="Features .safetensors (default: features.safetensors in the run directory; shards and an index "
-            "beside it when the pages exceed one shard).",
-        ),
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --output-dir: encode only the shards not yet on disk.")
-    ] = False,
+    inputs: InputsOpt = None,
+    text: TextOpt = None,
+    output: OutputOpt = None,
+    resume: ShardsResumeOpt = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     output_dir: OutputDirOpt = None,
@@ -69,7 +69,7 @@ def encode(
     the shards; with a pinned deepencoder.attention the output equals one process's.
     """
     from ..devices import resolve_device
-    from ..encode.pipeline import METRIC_FILES, build_runner, check_shards_on_disk, plan_inputs, run_encode
+    from ..encode.pipeline import METRIC_FILES, build_runner, plan_inputs, run_encode
 
     with handled_errors():
         cfg = load("encode", config, sets)
@@ -82,14 +82,7 @@ def encode(
         device = procs.place(resolve_device(cfg.runtime.device))
         encoder = build_runner(cfg, device)  # bad weights fail here, before any output
         if resume:
-            done, total, choices = check_shards_on_disk(
-                cfg, plan, encoder.dtype, output or output_dir / "features.safetensors"
-            )
-            reused = reuse_attention_choices(claim, cfg.deepencoder.attention, choices)
-            report_resume(
-                f"{done} of {total} shards on disk in {output_dir}; encoding the other {total - done}"
-                + (f" with the attention paths chosen before ({reused} view shapes)" if reused else "")
-            )
+            _resume_shards(claim, cfg, plan, encoder, output or output_dir / "features.safetensors")
         with run_dir("encode", cfg, claim, procs=procs, device=str(device)) as run:
             with progress_bar("encoding pages", len(plan)) as advance:
                 summary, reports = run_encode(
@@ -102,3 +95,15 @@ def encode(
             print_table("encode", list(summary.items()))
             if json_out:
                 emit_json({**summary, "metrics": str(run.path / "metrics.json")})
+
+
+def _resume_shards(claim, cfg, plan, encoder, features: Path) -> None:
+    """Say how many shards a resume finds, and encode the rest with the attention paths chosen before."""
+    from ..encode.pipeline import check_shards_on_disk
+
+    done, total, choices = check_shards_on_disk(cfg, plan, encoder.dtype, features)
+    reused = reuse_attention_choices(claim, cfg.deepencoder.attention, choices)
+    report_resume(
+        f"{done} of {total} shards on disk in {claim.path}; encoding the other {total - done}"
+        + (f" with the attention paths chosen before ({reused} view shapes)" if reused else "")
+    )

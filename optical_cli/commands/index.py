@@ -6,49 +6,31 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from ..config.validation import validate
+from ..lists import split_list
+from ..reports.console import emit_json, print_table, progress_bar, warn
+from ..reports.index import print_change, print_hits
 from .common import (
     ConfigOpt,
     JsonOpt,
     OutputDirOpt,
     OverwriteOpt,
     SetOpt,
+    all_if_zero,
     claim_output,
     config_default,
-    emit_json,
-    emit_json_line,
-    err,
+    config_option,
     handled_errors,
     load,
-    print_table,
-    progress_bar,
     run_dir,
-    warn,
+    with_flags,
 )
 
 app = typer.Typer(help="Energy-informed vector index: build, search, add and delete.", no_args_is_help=True)
-MAX_TABLES = 10  # more queries than this: one summary line on stderr instead of a table each
 
 
-def _energy_config(config: Optional[Path], sets: Optional[list[str]], **changes: Any) -> Any:
-    """The one way flags reach the config: load it (with --set), then apply each flag given (None = not
-    given) as ``section__key=value``; ``--limit 0`` means every item."""
-    cfg = load("index", config, sets)
-    for dotted, value in changes.items():
-        if value is None:
-            continue
-        section, key = dotted.split("__")
-        part = getattr(cfg, section)
-        value = None if (dotted == "input__limit" and value == 0) else value
-        setattr(
-            cfg,
-            section,
-            validate(type(part), part.model_dump() | {key: value}, f"--{key.replace('_', '-')}"),
-        )
-    return cfg
+def _index_config(config: Optional[Path], sets: Optional[list[str]], flags: dict | None = None) -> Any:
+    return with_flags(load("index", config, sets), flags or {})
 
 
 InputOpt = Annotated[
@@ -70,17 +52,41 @@ DropInvalidOpt = Annotated[
 ]
 
 
+IndexLimitOpt = Annotated[
+    Optional[int], config_option("index", "input.limit", "--limit", help="Seeded random subset of N items (0 = all).")
+]
+KOpt = Annotated[Optional[int], config_option("index", "search.k", "-k", "--k", help="Results per query.")]
+SearchModeOpt = Annotated[
+    Optional[str], config_option("index", "search.mode", "--mode", help="energy | cosine | hybrid.")
+]
+WLambdaOpt = Annotated[
+    Optional[float], config_option("index", "search.w_lambda", "--w-lambda", help="Weight of |lambda_q - lambda_i|.")
+]
+WGOpt = Annotated[Optional[float], config_option("index", "search.w_G", "--w-g", help="Weight of |G_q - G_i|.")]
+WDOpt = Annotated[
+    Optional[float],
+    config_option("index", "search.w_D", "--w-d", help="Weight of the bounded Dirichlet energy of q - x_i."),
+]
+AlphaOpt = Annotated[
+    Optional[float],
+    config_option("index", "search.alpha", "--alpha", help="Hybrid: alpha*cosine distance + (1-alpha)*energy."),
+]
+CandidatesOpt = Annotated[
+    Optional[str],
+    config_option(
+        "index",
+        "search.candidates",
+        "--candidates",
+        help="exact: score every item; ann: FAISS (or Milvus) candidates nearest in Dirichlet energy, rescored "
+        "exactly (search.ann_candidates per query).",
+    ),
+]
+
+
 @app.command("build-energy")
 def index_build_energy(
     input_file: InputOpt = None,
-    limit: Annotated[
-        Optional[int],
-        typer.Option(
-            "--limit",
-            help="Seeded random subset of N items (0 = all).",
-            show_default=config_default("index", "input.limit"),
-        ),
-    ] = None,
+    limit: IndexLimitOpt = None,
     drop_invalid: DropInvalidOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -94,13 +100,12 @@ def index_build_energy(
     from ..index.pipeline import corpus_vectors
 
     with handled_errors():
-        cfg = _energy_config(
-            config,
-            sets,
-            input__path=str(input_file) if input_file else None,
-            input__limit=limit,
-            input__drop_invalid=drop_invalid,
-        )
+        flags = {
+            "--input": ("input.path", str(input_file) if input_file else None),
+            "--limit": ("input.limit", all_if_zero(limit)),
+            "--drop-invalid": ("input.drop_invalid", drop_invalid),
+        }
+        cfg = _index_config(config, sets, flags)
         check_store(cfg)
         claim = claim_output("index build-energy", output_dir, overwrite=overwrite, resumable=False)
         device = resolve_device(cfg.runtime.device)
@@ -132,51 +137,13 @@ def index_search(
         Optional[Path],
         typer.Option("--queries", help="Query file: .jsonl/.csv with id and text fields (or a vector file)."),
     ] = None,
-    k: Annotated[
-        Optional[int],
-        typer.Option("-k", "--k", help="Results per query.", show_default=config_default("index", "search.k")),
-    ] = None,
-    mode: Annotated[
-        Optional[str],
-        typer.Option("--mode", help="energy | cosine | hybrid.", show_default=config_default("index", "search.mode")),
-    ] = None,
-    w_lambda: Annotated[
-        Optional[float],
-        typer.Option(
-            "--w-lambda",
-            help="Weight of |lambda_q - lambda_i|.",
-            show_default=config_default("index", "search.w_lambda"),
-        ),
-    ] = None,
-    w_g: Annotated[
-        Optional[float],
-        typer.Option("--w-g", help="Weight of |G_q - G_i|.", show_default=config_default("index", "search.w_G")),
-    ] = None,
-    w_d: Annotated[
-        Optional[float],
-        typer.Option(
-            "--w-d",
-            help="Weight of the bounded Dirichlet energy of q - x_i.",
-            show_default=config_default("index", "search.w_D"),
-        ),
-    ] = None,
-    alpha: Annotated[
-        Optional[float],
-        typer.Option(
-            "--alpha",
-            help="Hybrid: alpha*cosine distance + (1-alpha)*energy.",
-            show_default=config_default("index", "search.alpha"),
-        ),
-    ] = None,
-    candidates: Annotated[
-        Optional[str],
-        typer.Option(
-            "--candidates",
-            help="exact: score every item; ann: FAISS (or Milvus) candidates nearest in Dirichlet energy, rescored "
-            "exactly (search.ann_candidates per query).",
-            show_default=config_default("index", "search.candidates"),
-        ),
-    ] = None,
+    k: KOpt = None,
+    mode: SearchModeOpt = None,
+    w_lambda: WLambdaOpt = None,
+    w_g: WGOpt = None,
+    w_d: WDOpt = None,
+    alpha: AlphaOpt = None,
+    candidates: CandidatesOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     json_out: Annotated[
@@ -193,40 +160,11 @@ def index_search(
     from ..index.query import read_queries, search_index
 
     with handled_errors():
-        cfg = _energy_config(
-            config,
-            sets,
-            search__k=k,
-            search__mode=mode,
-            search__w_lambda=w_lambda,
-            search__w_G=w_g,
-            search__w_D=w_d,
-            search__alpha=alpha,
-            search__candidates=candidates,
-        )
+        flags = {"--k": ("search.k", k), "--mode": ("search.mode", mode), "--w-lambda": ("search.w_lambda", w_lambda)}
+        flags |= {"--w-g": ("search.w_G", w_g), "--w-d": ("search.w_D", w_d), "--alpha": ("search.alpha", alpha)}
+        cfg = _index_config(config, sets, flags | {"--candidates": ("search.candidates", candidates)})
         outcome = search_index(index_dir, read_queries(query, query_vector, queries, cfg), cfg)
-        _report_hits(outcome, json_out)
-
-
-def _report_hits(outcome: Any, json_out: bool) -> None:
-    """Tables on stderr (a few queries) or one summary line; JSON lines on stdout with --json."""
-    params, queries, results = outcome.params, outcome.queries, outcome.results
-    tables = not json_out and len(results) <= MAX_TABLES
-    for note in outcome.notes if len(results) <= MAX_TABLES else ():  # a batch gets its one summary line only
-        err.print(f"[dim]note: {escape(note)}[/]")
-    if not tables:
-        err.print(
-            f"{len(results)} queries, k={params.k}, mode {params.mode}, candidates {params.candidates}: "
-            f"search {outcome.seconds:.3f} s"
-        )
-    for position, hits in enumerate(results):
-        query_id, text = queries.ids[position], queries.texts[position] if queries.texts else None
-        if tables:
-            label = text or query_id
-            _print_hits(f"{query_id}: {label[:80]}  ({params.mode}, {params.candidates})", hits)
-        if json_out:
-            for hit in hits:
-                emit_json_line({"query_id": query_id, "query": text, "mode": params.mode, **hit.as_dict()})
+        print_hits(outcome, json_out)
 
 
 ChangeJsonOpt = Annotated[bool, typer.Option("--json", help="Print the change's report as JSON to stdout.")]
@@ -256,10 +194,10 @@ def index_add(
     from ..index.update import add_items
 
     with handled_errors():
-        cfg = _energy_config(config, sets, input__drop_invalid=drop_invalid)
+        cfg = _index_config(config, sets, {"--drop-invalid": ("input.drop_invalid", drop_invalid)})
         with progress_bar("embedding", total=None) as advance:
             report = add_items(index_dir, cfg, input_file, upsert, progress=advance)
-        _report_change(report, json_out)
+        print_change(report, json_out)
 
 
 @app.command("delete")
@@ -276,41 +214,6 @@ def index_delete(
     from ..index.update import delete_items
 
     with handled_errors():
-        cfg = _energy_config(config, sets)
-        report = delete_items(index_dir, cfg, [i.strip() for value in ids for i in value.split(",")])
-        _report_change(report, json_out)
-
-
-def _report_change(report: Any, json_out: bool) -> None:
-    fields = report.as_dict()
-    print_table(f"index {report.operation}", list(fields.items()))
-    if report.rebuild_due:
-        warn(
-            f"{report.changed_share:.0%} of the build's items were added or deleted since it (store.rebuild_after "
-            f"{report.rebuild_after:g}): rebuild the index with `optical index build-energy` for the best results"
-        )
-    if json_out:
-        emit_json(fields)
-
-
-def _print_hits(title: str, hits: list) -> None:
-    shown = [name for name in ("d_lambda", "dirichlet", "cosine") if hits and name in hits[0].terms]  # all in --json
-    header = ["rank", "id", "score", *shown]
-    rows = [[str(h.rank), str(h.id), f"{h.score:.4f}", *(f"{h.terms[name]:.3g}" for name in shown)] for h in hits]
-    table = Table(title=escape(title), title_justify="left", box=None, pad_edge=False)
-    for position, column in enumerate(header):
-        width = max(len(column), *(len(row[position]) for row in rows)) if rows else len(column)
-        table.add_column(column, justify="left" if column == "id" else "right", min_width=width, no_wrap=True)
-    texts = any(hit.text for hit in hits)
-    if texts:
-        table.add_column("text", no_wrap=True)
-    room = (
-        max(20, err.width - sum(max(len(c), *(len(r[i]) for r in rows)) + 2 for i, c in enumerate(header)) - 2)
-        if rows
-        else 20
-    )
-    for hit, row in zip(hits, rows):
-        text = hit.text or ""
-        shown_text = text if len(text) <= room else text[: room - 1] + "\u2026"
-        table.add_row(*map(escape, row), *((escape(shown_text),) if texts else ()))
-    err.print(table)
+        cfg = _index_config(config, sets)
+        report = delete_items(index_dir, cfg, [i for value in ids for i in split_list(value, "--ids", "CVE-1,CVE-2")])
+        print_change(report, json_out)

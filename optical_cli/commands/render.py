@@ -7,21 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..paths import SAMPLE_DOCUMENT
-from .common import (
-    ConfigOpt,
-    JsonOpt,
-    OutputDirOpt,
-    OverwriteOpt,
-    SetOpt,
-    claim_output,
-    emit_json,
-    handled_errors,
-    load,
-    print_table,
-    progress_bar,
-    run_dir,
-    warn,
-)
+from ..reports.console import emit_json, print_table, progress_bar, warn
+from .common import ConfigOpt, JsonOpt, OutputDirOpt, OverwriteOpt, SetOpt, claim_output, handled_errors, load, run_dir
 
 
 def render(

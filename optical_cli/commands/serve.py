@@ -9,34 +9,55 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .common import ConfigOpt, JsonOpt, OverwriteOpt, SetOpt, config_default, emit_json, err, handled_errors, load
+from ..reports.console import emit_json, err
+from ..reports.serve import print_answer_cost
+from .common import ConfigOpt, JsonOpt, OverwriteOpt, SetOpt, config_option, handled_errors, load, with_flags
 
-RANDOM_BANNER = "RANDOM WEIGHTS: the models are random; the answer is noise (a plumbing check, not a reading)."
 # `optical serve ... -- FLAGS`: everything after `--` goes to `vllm serve` as it is
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def _flag_sets(**flags) -> list[str]:
-    """Command flags as --set overrides (the config records what ran)."""
-    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+HostOpt = Annotated[Optional[str], config_option("serve", "serve.host", "--host", help="Address to listen on.")]
+PortOpt = Annotated[Optional[int], config_option("serve", "serve.port", "--port", help="Port to listen on.")]
+ModelDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--model-dir", help="Serve a directory `optical export-model` wrote (default: from the config)."),
+]
+DocumentArg = Annotated[
+    str,
+    typer.Argument(metavar="DOC", help="A .txt, .md or .pdf file, a directory `optical render` wrote, or - (stdin)."),
+]
+QuestionArg = Annotated[str, typer.Argument(metavar="QUESTION", help="The question about the document.")]
+AskEngineOpt = Annotated[
+    Optional[str], config_option("serve", "ask.engine", "--engine", help="Read in this process with hf or vllm.")
+]
+ServerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--server",
+        metavar="URL",
+        help="Ask an OpenAI-compatible server running the optical model (optical serve) instead.",
+    ),
+]
+MaxNewTokensOpt = Annotated[
+    Optional[int], config_option("serve", "ask.max_new_tokens", "--max-new-tokens", help="Answer length.")
+]
+CopyWeightsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--copy-weights",
+        help="Copy a real language model's weights instead of linking them (for a directory that moves).",
+    ),
+]
 
 
 def serve_command(
     ctx: typer.Context,
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    host: Annotated[
-        Optional[str],
-        typer.Option("--host", help="Address to listen on.", show_default=config_default("serve", "serve.host")),
-    ] = None,
-    port: Annotated[
-        Optional[int],
-        typer.Option("--port", help="Port to listen on.", show_default=config_default("serve", "serve.port")),
-    ] = None,
-    model_dir: Annotated[
-        Optional[Path],
-        typer.Option("--model-dir", help="Serve a directory `optical export-model` wrote (default: from the config)."),
-    ] = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    model_dir: ModelDirOpt = None,
 ) -> None:
     """Start vLLM's OpenAI-compatible server on the optical model: pages as image_url parts of
     POST /v1/chat/completions; /health, /v1/models and /metrics are vLLM's. The server's processes
@@ -47,7 +68,7 @@ def serve_command(
     from ..serving.supervisor import supervise
 
     with handled_errors():
-        cfg = load("serve", config, [*(sets or []), *_flag_sets(**{"serve.model_dir": model_dir})])
+        cfg = with_flags(load("serve", config, sets), {"--model-dir": ("serve.model_dir", _text(model_dir))})
         server = server_launch(cfg, host=host, port=port, extra=list(ctx.args))
         settings = f"{cfg.deepencoder.mode} pages, up to {cfg.serve.max_pages} a request"
         names = "', '".join(server.names)
@@ -67,35 +88,13 @@ def serve_command(
 
 
 def ask_command(
-    document: Annotated[
-        str,
-        typer.Argument(
-            metavar="DOC", help="A .txt, .md or .pdf file, a directory `optical render` wrote, or - (stdin)."
-        ),
-    ],
-    question: Annotated[str, typer.Argument(metavar="QUESTION", help="The question about the document.")],
+    document: DocumentArg,
+    question: QuestionArg,
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    engine: Annotated[
-        Optional[str],
-        typer.Option(
-            "--engine", help="Read in this process with hf or vllm.", show_default=config_default("serve", "ask.engine")
-        ),
-    ] = None,
-    server: Annotated[
-        Optional[str],
-        typer.Option(
-            "--server",
-            metavar="URL",
-            help="Ask an OpenAI-compatible server running the optical model (optical serve) instead.",
-        ),
-    ] = None,
-    max_new_tokens: Annotated[
-        Optional[int],
-        typer.Option(
-            "--max-new-tokens", min=1, help="Answer length.", show_default=config_default("serve", "ask.max_new_tokens")
-        ),
-    ] = None,
+    engine: AskEngineOpt = None,
+    server: ServerOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Ask a question about a document read as pages (rendered with the config, as bench longbench's
@@ -103,26 +102,21 @@ def ask_command(
     from ..serving.ask import ask
 
     with handled_errors():
-        overrides = _flag_sets(**{"ask.engine": engine, "ask.server": server, "ask.max_new_tokens": max_new_tokens})
-        cfg = load("serve", config, [*(sets or []), *overrides])
+        flags = {"--engine": ("ask.engine", engine), "--server": ("ask.server", server)}
+        cfg = with_flags(
+            load("serve", config, sets), flags | {"--max-new-tokens": ("ask.max_new_tokens", max_new_tokens)}
+        )
         answer = ask(cfg, document, question, stream=None if json_out else _write_out)
         if json_out:
             emit_json(answer.as_dict())
         else:
             sys.stdout.write("\n")
             sys.stdout.flush()
-        if answer.random_weights:
-            err.print(f"[bold yellow]{RANDOM_BANNER}[/]", soft_wrap=True)
-        times = answer.timings
-        err.print(
-            escape(
-                f"{answer.pages} of {answer.document_pages} pages, {answer.vision_tokens} vision tokens for "
-                f"{answer.document_tokens} document tokens; {answer.input_tokens} input tokens; {answer.engine}: "
-                f"{answer.model}; {times['total_s']:.2f} s "
-                f"(prefill {times['prefill_s']:.2f}, decode {times['decode_s']:.2f})"
-            ),
-            soft_wrap=True,
-        )
+        print_answer_cost(answer)
+
+
+def _text(path: Optional[Path]) -> Optional[str]:
+    return None if path is None else str(path)
 
 
 def _write_out(text: str) -> None:
@@ -135,13 +129,7 @@ def export_model_command(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     overwrite: OverwriteOpt = False,
-    copy_weights: Annotated[
-        bool,
-        typer.Option(
-            "--copy-weights",
-            help="Copy a real language model's weights instead of linking them (for a directory that moves).",
-        ),
-    ] = False,
+    copy_weights: CopyWeightsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Write the optical model as a directory `vllm serve DIR` loads with this package installed:

@@ -10,6 +10,8 @@ import typer
 from rich.markup import escape
 
 from ..errors import InputError
+from ..reports.console import emit_json, err, print_table, progress_bar, random_weights_banner
+from ..reports.train import TRAIN_RANDOM_WEIGHTS, print_training
 from .common import (
     ConfigOpt,
     DeviceMemoryOpt,
@@ -22,13 +24,9 @@ from .common import (
     attention_record,
     check_resumable,
     claim_output,
-    emit_json,
-    err,
     handled_errors,
     join_processes,
     load,
-    print_table,
-    progress_bar,
     report_plan,
     report_resume,
     reuse_attention_choices,
@@ -70,11 +68,6 @@ TRAIN_RESUMABLE = {
     "runtime.workers",
 }
 
-TRAIN_RANDOM_BANNER = (
-    "RANDOM WEIGHTS: Qwen3-VL or DeepEncoder is random (vlm.source / deepencoder.weights = random). The losses "
-    "and the reading check below test the pipeline; they are not results."
-)
-
 
 def train_adapter_command(
     config: ConfigOpt = None,
@@ -107,7 +100,7 @@ def train_adapter_command(
             report_resume(f"checkpoint at step {prepared.checkpoint.step} in {prepared.checkpoint.path}")
         random_weights = uses_random_weights(cfg)
         if random_weights and procs.is_main:
-            err.print(f"[bold yellow]{TRAIN_RANDOM_BANNER}[/]", soft_wrap=True)
+            random_weights_banner(TRAIN_RANDOM_WEIGHTS)
         device = str(prepared.runtime.device)
         with run_dir("train-adapter", cfg, claim, procs=procs, device=device) as run, progress_bar("training") as bar:
             result = prepared.train(run.path, progress=_progress(bar))
@@ -120,7 +113,7 @@ def train_adapter_command(
                 **attention_record(cfg.deepencoder.attention),
             )
         if procs.is_main:  # under accelerate launch only the main process reports
-            _report({**dataclasses.asdict(result), "random_weights": random_weights}, run.path, json_out)
+            _report_training({**dataclasses.asdict(result), "random_weights": random_weights}, run.path, json_out)
 
 
 def _resume_paths(
@@ -160,16 +153,8 @@ def _progress(advance: Callable[..., None]) -> Callable[[dict], None]:
     return on_event
 
 
-def _rows(block: dict, prefix: str = "") -> list[tuple[str, object]]:
-    """A nested summary as (dotted key, value) rows."""
-    rows: list[tuple[str, object]] = []
-    for key, value in block.items():
-        rows += _rows(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
-    return rows
-
-
-def _report(summary: dict, run_path: Path, json_out: bool) -> None:
-    print_table("train-adapter", _rows(summary))
+def _report_training(summary: dict, run_path: Path, json_out: bool) -> None:
+    print_training(summary)
     if json_out:
         emit_json({"run_dir": str(run_path), **summary})
 

@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from ..artifacts import atomic_path, atomic_write_json
 from ..errors import InputError
 
-INDEX_FORMAT = "optical-features"
+FEATURES_INDEX_FORMAT = "optical-features"
 INDEX_VERSION = 1
 
 
@@ -140,7 +140,7 @@ class ShardedFeatures:
         atomic_write_json(
             self.index,
             {
-                "format": INDEX_FORMAT,
+                "format": FEATURES_INDEX_FORMAT,
                 "version": INDEX_VERSION,
                 "pages": pages,
                 "shards": entries,
@@ -287,7 +287,7 @@ def _index_entries(path: Path) -> list[dict]:
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
         entries = index["shards"]
-        if index.get("format") != INDEX_FORMAT or not all("file" in e for e in entries):
+        if index.get("format") != FEATURES_INDEX_FORMAT or not all("file" in e for e in entries):
             raise KeyError("format")
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise InputError(

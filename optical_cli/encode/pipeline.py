@@ -38,6 +38,7 @@ from ..models.deepencoder import auto_choices, widens
 from ..models.deepencoder.preprocess import PreparedPage, prepare, resolve_pixels
 from ..models.deepencoder.runner import EncoderRunner
 from ..modes import PATCH_SIZE
+from ..progress import Progress
 from ..render.pages import PageRenderer, read_layout
 from ..textstats import count_text_tokens, count_words, entropy_of_counts
 from .config import EncodeConfig
@@ -45,7 +46,6 @@ from .features import FeatureFiles, ShardedFeatures, read_header
 
 MIN_IMAGE_SIDE = 16
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-Progress = Callable[..., None]
 
 
 @dataclass
@@ -432,6 +432,18 @@ class _Shard:
     counts: list[dict | None] = field(default_factory=list)
 
 
+def _write_shard(shards: ShardedFeatures, shard: _Shard, dtype: torch.dtype, header: dict, cfg: EncodeConfig) -> None:
+    """One finished shard on disk, its header saying what made it (settings, inputs, pages, documents)."""
+    header = {
+        **header,
+        "pages": shard.records,
+        "attention_auto": attention_choices(cfg),
+        "documents": [t.state() for t in tally_documents(shard.records, shard.counts)],
+    }
+    sources = [r["source"] for r in shard.records]
+    shards.write(shard.number, shard.pages.start, shard.sequences, sources, dtype, header)
+
+
 def encode_shards(
     cfg: EncodeConfig,
     plan: EncodePlan,
@@ -471,20 +483,7 @@ def encode_shards(
         if last_of_shard or sum(len(p.views) for _, _, p in group) >= cfg.encode.batch_size:
             flush()
         if last_of_shard:  # a batch never spans two shards: every process count batches alike
-            shards.write(
-                current.number,
-                current.pages.start,
-                current.sequences,
-                [r["source"] for r in current.records],
-                dtype,
-                {
-                    **identity,
-                    "inputs": plan.digest(current.pages),
-                    "pages": current.records,
-                    "attention_auto": attention_choices(cfg),
-                    "documents": [t.state() for t in tally_documents(current.records, current.counts)],
-                },
-            )
+            _write_shard(shards, current, dtype, {**identity, "inputs": plan.digest(current.pages)}, cfg)
             current = None
     return {
         "process": procs.index,

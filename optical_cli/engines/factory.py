@@ -20,7 +20,7 @@ from .chain import RANDOM, ChainSpec, adapter_layout, fit_adapter
 from .hf import HFReader
 from .model_dir import cached_model_dir
 from .tower import PageSettings
-from .vllm import VLLMEngine, VLLMReader, language_model_parameters, lora_parameters
+from .vllm import VLLMEngine, VLLMReader, language_model_parameters, lora_parameter_count
 from .vllm_import import require_vllm, vllm_version
 
 OPTICAL, NATIVE_MATCHED = "optical", "native-matched"
@@ -108,7 +108,7 @@ def _vllm_reader(spec: ChainSpec, optical: bool, pages: bool, device: torch.devi
         parameters["adapter"] = _adapter_parameters(settings)
         if settings.lora:
             parts.append(f"lora={spec.lora_dir()}")
-            parameters["lora"] = lora_parameters(model_dir / settings.lora)
+            parameters["lora"] = lora_parameter_count(model_dir / settings.lora)
     embed_pages = None
     if optical and spec.vllm.pages == "embeddings":
         embed_pages = _page_embedder(spec, settings, device, dtype)

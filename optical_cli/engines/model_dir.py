@@ -48,7 +48,8 @@ from ..models.deepencoder.weights import load_deepencoder
 from ..models.language_model import build_random_qwen3_vl, language_model_class, qwen3_vl_model_type
 from ..models.loop_guard import LOOP_STOP_TOKEN
 from ..models.lora import LORA_DIR
-from ..models.tokenizers import QWEN_SPECIAL_START, QWEN_SPECIAL_TOKENS, save_chat_tokenizer_files
+from ..models.qwen_bpe import QWEN_SPECIAL_START, QWEN_SPECIAL_TOKENS
+from ..models.tokenizers import save_chat_tokenizer_files
 from ..prompts import AFTER_DOCUMENT, PREAMBLE
 from . import ARCHITECTURE
 from .chain import ChainSpec, fit_adapter
@@ -237,9 +238,9 @@ def _move_into_place(staging: Path, target: Path, replace: bool) -> None:
 def _write_language_model(spec: ChainSpec, staging: Path, copy_weights: bool):
     """(config with our architecture and no Qwen vision tower, {tensor name: file}) of the language model."""
     if spec.random_language_model:
-        if spec.vlm.random.num_experts > 0:
+        if spec.vlm.random.dims()["num_experts"] > 0:
             raise ConfigError("the vLLM model plugin serves dense Qwen3-VL; set vlm.random.num_experts=0")
-        model = build_random_qwen3_vl(spec.vlm.random.model_dump(), spec.runtime.seed)
+        model = build_random_qwen3_vl(spec.vlm.random.dims(), spec.runtime.seed)
         config = model.config
         tensors = {name: value.detach().contiguous() for name, value in model.state_dict().items()}
         if config.tie_word_embeddings:

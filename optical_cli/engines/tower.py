@@ -30,7 +30,7 @@ from ..models.deepencoder.runner import BatchRunner
 from ..models.vlm import vision_grid
 from ..modes import MODES
 
-FORMAT = "optical-model/1"
+MODEL_FORMAT = "optical-model/1"
 ENCODER_PREFIX, ADAPTER_PREFIX = "encoder.", "adapter."
 
 
@@ -59,7 +59,7 @@ class PageSettings:
     encode_batch_size: int  # views per DeepEncoder forward inside the engine
     merge: int = 2  # Qwen3-VL's spatial merge: image_grid_thw counts patches before it
     lora: str | None = None  # a PEFT LoRA directory inside the model directory, served for pages
-    format: str = FORMAT
+    format: str = MODEL_FORMAT
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -92,8 +92,8 @@ class PageSettings:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PageSettings":
-        if data.get("format") != FORMAT:
-            raise InputError(f"the model directory's optical settings are {data.get('format')!r}, not {FORMAT}")
+        if data.get("format") != MODEL_FORMAT:
+            raise InputError(f"the model directory's optical settings are {data.get('format')!r}, not {MODEL_FORMAT}")
         return cls(**data)
 
 

@@ -466,7 +466,7 @@ def language_model_parameters(model_dir: Path) -> int:
     )
 
 
-def lora_parameters(lora_dir: Path) -> int:
+def lora_parameter_count(lora_dir: Path) -> int:
     """Parameters of a PEFT adapter directory's LoRA weights, from the file header."""
     return _safetensors_parameters([Path(lora_dir) / "adapter_model.safetensors"], lambda name: ".lora_" in name)
 

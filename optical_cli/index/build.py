@@ -9,19 +9,19 @@ the dispersion of x's edge energies.
 
 API (the sweep relies on it)::
 
-    prepared = prepare(vectors, params, ids=None, seed=0, device="cpu")
+    prepared = prepare_build(vectors, params, ids=None, seed=0, device="cpu")
         # stages that do not depend on diffusion: k-means centroids, optical compression,
         # bootstrap kNN graph over the centroids. Compute once, reuse for every (eta, steps).
-    index = finish(prepared, eta=0.1, steps=4, **overrides)
+    index = finish_build(prepared, eta=0.1, steps=4, **overrides)
         # diffusion + splitting, energy Laplacian over the F features, taumode item lambdas.
         # ``overrides`` may replace any other EnergyBuildSection field of stages 4-6
         # (split_quantile, split_tau, w_lambda, w_disp, w_dirichlet, tau_mode, tau_value).
-    index = build(vectors, params, ids=None, seed=0, device="cpu")   # prepare + finish
+    index = build(vectors, params, ids=None, seed=0, device="cpu")   # prepare_build + finish_build
 
     terms, lambdas = item_terms(vectors, index.graph, index.scales)   # E, G, x^T L x, norm; lambda
 
 ``item_terms`` (``spectral_terms`` + ``taumode_lambda`` with the stored ``index.scales``) is the ONE
-code path for item lambdas (in ``finish``, and for items added later by update.py: it needs only
+code path for item lambdas (in ``finish_build``, and for items added later by update.py: it needs only
 the stored feature Laplacian and scales) and query lambdas (in search.py). Dense math is torch (CPU or
 GPU, float32); graphs are edge lists that become scipy sparse Laplacians on disk.
 
@@ -572,7 +572,7 @@ def energy_laplacian(centroids: torch.Tensor, params: EnergyBuildSection) -> tup
 
 
 # ---------------------------------------------------------------------------------------
-# The API: prepare -> finish
+# The API: prepare_build -> finish_build
 
 
 @dataclass
@@ -657,7 +657,7 @@ class EnergyIndex:
         return metric
 
 
-def prepare(
+def prepare_build(
     vectors,
     params: EnergyBuildSection,
     ids: Optional[Sequence[str]] = None,
@@ -689,11 +689,13 @@ def prepare(
     return Prepared(x, ids, params, seed, centroids, graph, neighbours, stats)
 
 
-def finish(prepared: Prepared, eta: Optional[float] = None, steps: Optional[int] = None, **overrides) -> EnergyIndex:
+def finish_build(
+    prepared: Prepared, eta: Optional[float] = None, steps: Optional[int] = None, **overrides
+) -> EnergyIndex:
     """Stages 4-6 on a prepared build; ``eta``/``steps``/``overrides`` replace the prepared params."""
     unknown = set(overrides) - DIFFUSION_FIELDS
     if unknown:
-        raise ValueError(f"finish() cannot change {sorted(unknown)}: they belong to prepare()")
+        raise ValueError(f"finish_build() cannot change {sorted(unknown)}: they belong to prepare_build()")
     update = dict(overrides)
     if eta is not None:
         update["eta"] = eta
@@ -749,4 +751,4 @@ def build(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> EnergyIndex:
-    return finish(prepare(vectors, params, ids, seed, device))
+    return finish_build(prepare_build(vectors, params, ids, seed, device))

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..artifacts import atomic_path
 from ..models.sentence import load_sentence_embedder, sentence_model_name
-
-Progress = Callable[..., None]  # progress(done_now, total=total_items)
+from ..progress import Progress
 
 
 def texts_key(model: str, texts: Sequence[str]) -> str:

@@ -25,7 +25,7 @@ from ..paths import CVE_CORPUS
 from .config import EnergyInputSection
 
 VECTOR_SUFFIXES = {".npy", ".parquet", ".safetensors"}
-TEXT_SUFFIXES = {".jsonl", ".csv"}
+TABLE_SUFFIXES = {".jsonl", ".csv"}
 
 
 @dataclass
@@ -56,7 +56,7 @@ def read_items(section: EnergyInputSection, path: Optional[str | Path] = None, s
             f"input file not found: {path}; pass --input with a .jsonl/.csv of texts, .npy/.parquet/.safetensors "
             "vectors or an `optical encode` run directory"
         )
-    elif suffix in TEXT_SUFFIXES:
+    elif suffix in TABLE_SUFFIXES:
         items = read_texts(path, section.id_field, section.text_field)
     elif suffix in VECTOR_SUFFIXES:
         items = read_vectors(path, section.id_field, section.vector_field)

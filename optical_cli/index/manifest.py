@@ -11,19 +11,19 @@ generation, the live and built counts, the items added and deleted since the bui
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 from pathlib import Path
 from typing import Any, Iterator
 
 import scipy.sparse as sp
 import torch
+from filelock import FileLock, Timeout
 
 from ..artifacts import atomic_path, atomic_write_json, read_run_manifest
 from ..errors import InputError
 from .build import EnergyIndex, Graph, LambdaScales
 
-FORMAT = "optical-energy-index"
+INDEX_FORMAT = "optical-energy-index"
 # 2: bounded lambda scales, Dirichlet scale, ANN; 3: the Dirichlet ridge; 4: segments, deletions, stores
 FORMAT_VERSION = 4
 READABLE_VERSIONS = (2, 3, 4)  # 2 and 3 are a build without changes: generation 0, no ridge in 2 (beta = 0)
@@ -34,7 +34,7 @@ LOCK_FILE = ".index.lock"
 def model_fields(index: EnergyIndex) -> dict[str, Any]:
     """The energy model in the manifest: what search and ``index add`` need besides the items."""
     return {
-        "format": FORMAT,
+        "format": INDEX_FORMAT,
         "format_version": FORMAT_VERSION,
         "dim": index.dim,
         "feature_edges": int(index.graph.src.numel()),
@@ -103,8 +103,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise fail(directory, f"manifest.json is damaged: {exc}", ours=False) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise fail(directory, f"manifest.json does not describe an {FORMAT}", ours=False)
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+        raise fail(directory, f"manifest.json does not describe an {INDEX_FORMAT}", ours=False)
     if manifest.get("format_version") not in READABLE_VERSIONS:
         raise fail(
             directory,
@@ -125,18 +125,19 @@ def commit_manifest(directory: Path, manifest: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def writer_lock(directory: Path) -> Iterator[None]:
-    """One writer at a time (adds and deletes); readers never wait for it."""
-    with open(Path(directory) / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(
-                f"{directory}: another `optical index add` or `delete` is writing this index; wait for it to end"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """One writer at a time (adds and deletes); readers never wait for it. An OS lock on the lock file
+    (filelock: flock on POSIX, msvcrt on Windows), so a killed writer never leaves the index locked."""
+    lock = FileLock(Path(directory) / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(
+            f"{directory}: another `optical index add` or `delete` is writing this index; wait for it to end"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def backend_of(manifest: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ from ..errors import InputError
 from . import ann as ann_mod
 from .build import EnergyIndex, spectral_terms, taumode_lambda
 
-MODES = ("energy", "cosine", "hybrid")
+SEARCH_MODES = ("energy", "cosine", "hybrid")
 CANDIDATES = ("exact", "ann")
 
 
@@ -232,8 +232,8 @@ class Searcher:
     ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Top-k item rows [B, k] per query, best first (equal scores by item position), their scores and
         the query terms. ``rows`` [B, m]: the candidates to score (-1 pads), instead of this index's own."""
-        if params.mode not in MODES:
-            raise InputError(f"unknown search mode {params.mode!r}; use one of {', '.join(MODES)}")
+        if params.mode not in SEARCH_MODES:
+            raise InputError(f"unknown search mode {params.mode!r}; use one of {', '.join(SEARCH_MODES)}")
         if params.candidates not in CANDIDATES:
             raise InputError(f"unknown search.candidates {params.candidates!r}; use exact or ann")
         needs_terms = params.mode != "cosine" or params.lambda_window is not None

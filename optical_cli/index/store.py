@@ -48,7 +48,7 @@ from .manifest import (
 ITEM_FILES = ("lambdas.parquet", "vectors.npy")
 SEGMENTS = "segments"
 # On-disk column names (kept from format 2, so older indexes stay readable) -> EnergyIndex fields.
-COLUMNS = {"lambda": "lambdas", "E": "rayleigh", "G": "dispersion", "xLx": "dirichlet", "norm": "norm"}
+STORED_COLUMNS = {"lambda": "lambdas", "E": "rayleigh", "G": "dispersion", "xLx": "dirichlet", "norm": "norm"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def write_items(index: EnergyIndex, directory: Path, with_ann: bool) -> list[str
     """The items of ``index`` as one part in ``directory`` (the build's, or a segment); returns the file names."""
     directory.mkdir(parents=True, exist_ok=True)
     columns = {"id": pa.array(index.ids, pa.string())}
-    for column, name in COLUMNS.items():
+    for column, name in STORED_COLUMNS.items():
         columns[column] = getattr(index, name).cpu().numpy().astype(np.float64)
     table = pa.table(columns)
     if index.texts is not None:
@@ -100,7 +100,7 @@ def read_part(directory: Path, root: Path, count: int, dim: int, names: list[str
     except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
         raise fail(root, f"a file is damaged: {type(exc).__name__}: {exc}") from None
     where = directory.relative_to(root) / "lambdas.parquet" if directory != root else "lambdas.parquet"
-    missing = {"id", *COLUMNS} - set(table.columns)
+    missing = {"id", *STORED_COLUMNS} - set(table.columns)
     if missing:
         raise fail(root, f"{where} lacks columns {sorted(missing)}")
     if vectors.ndim != 2 or vectors.shape != (count, dim):
@@ -112,7 +112,7 @@ def read_part(directory: Path, root: Path, count: int, dim: int, names: list[str
     return Part(table, vectors, ann)
 
 
-def _parts(directory: Path, manifest: dict[str, Any]) -> list[tuple[Path, int, list[str]]]:
+def _stored_parts(directory: Path, manifest: dict[str, Any]) -> list[tuple[Path, int, list[str]]]:
     """(directory, rows, files) of every part, the build's first."""
     base_count = int(manifest.get("base_count", manifest.get("built_count", manifest["count"])))
     base_files = [n for n in manifest.get("files", ITEM_FILES) if n != MODEL_FILE]
@@ -137,7 +137,7 @@ def load_files(directory: Path, manifest: dict[str, Any], device: str | torch.de
     """Every live item of a files-backend index, in row order, with the energy model."""
     model = read_model(directory, manifest, device)
     dim = model.dim
-    parts = [read_part(path, directory, rows, dim, names) for path, rows, names in _parts(directory, manifest)]
+    parts = [read_part(path, directory, rows, dim, names) for path, rows, names in _stored_parts(directory, manifest)]
     tables = [part.table for part in parts]
     device = torch.device(device)
     if len(parts) == 1:
@@ -159,7 +159,7 @@ def load_files(directory: Path, manifest: dict[str, Any], device: str | torch.de
     index = model.with_items(
         [str(i) for t in tables for i in t["id"]],
         torch.from_numpy(vectors.astype(np.float32, copy=False)).to(device),
-        {name: column(col) for col, name in COLUMNS.items()},
+        {name: column(col) for col, name in STORED_COLUMNS.items()},
         strings("text", ""),
         strings("labels", []),
     )
@@ -274,7 +274,7 @@ def _with_deleted(directory: Path, manifest: dict[str, Any], rows: np.ndarray, g
 def live_rows(directory: Path, manifest: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     """(id, row number) of every live item, in row order: what add and delete check ids against."""
     ids: list[str] = []
-    for path, _, _ in _parts(directory, manifest):
+    for path, _, _ in _stored_parts(directory, manifest):
         try:
             ids.extend(str(i) for i in pq.read_table(path / "lambdas.parquet", columns=["id"]).column("id").to_pylist())
         except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file

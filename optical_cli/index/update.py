@@ -54,7 +54,7 @@ class ChangeReport:
         return asdict(self)
 
 
-def _report(directory: Path, operation: str, state: dict, added: int, deleted: int, cfg: IndexConfig, started):
+def _change_report(directory: Path, operation: str, state: dict, added: int, deleted: int, cfg: IndexConfig, started):
     share = changed_share(state)
     return ChangeReport(
         index=str(directory),
@@ -157,7 +157,7 @@ def add_items(
                 kind, ivf_from = str(model.params.get("ann", "auto")), int(model.params.get("ann_ivf_from", 500_000))
                 items.ann = build_ann(items.vectors, model.dirichlet_metric(device), kind, ivf_from)
             state = files.append_segment(directory, manifest, items, replaced)
-    return _report(directory, "add", state, len(items), int(replaced.size), cfg, started)
+    return _change_report(directory, "add", state, len(items), int(replaced.size), cfg, started)
 
 
 def delete_items(directory: str | Path, cfg: IndexConfig, ids: list[str]) -> ChangeReport:
@@ -180,4 +180,4 @@ def delete_items(directory: str | Path, cfg: IndexConfig, ids: list[str]) -> Cha
         else:
             files.remove_orphans(directory, manifest)
             state = files.delete_rows(directory, manifest, doomed)
-    return _report(directory, "delete", state, 0, int(doomed.size), cfg, started)
+    return _change_report(directory, "delete", state, 0, int(doomed.size), cfg, started)

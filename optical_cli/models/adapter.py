@@ -47,8 +47,8 @@ ADAPTER_FILE = "adapter.safetensors"  # what train-adapter writes into a run dir
 LEGACY_ADAPTER_FILE = "adapter.pth"  # what earlier versions wrote there (still read)
 PUBLISHED_FILE = "adapter.pth"  # beside adapter.safetensors now: the published layout (save_published)
 SIDECAR_SUFFIX = ".json"
-FORMAT = "optical-adapter/1"
-METADATA_KEY = "optical.adapter"  # safetensors metadata: {"format": FORMAT, "dims": {...}} as JSON
+ADAPTER_FORMAT = "optical-adapter/1"
+METADATA_KEY = "optical.adapter"  # safetensors metadata: {"format": ADAPTER_FORMAT, "dims": {...}} as JSON
 OPTICAL_LAYOUT, PUBLISHED_LAYOUT = "optical", "published"
 
 
@@ -196,7 +196,7 @@ def save_adapter(adapter, path: str | Path, training: dict[str, Any] | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in adapter.state_dict().items()}
     dims = asdict(adapter.config)
-    described = {"format": FORMAT, "dims": dims, "layout": adapter.layout}
+    described = {"format": ADAPTER_FORMAT, "dims": dims, "layout": adapter.layout}
     with atomic_path(path) as tmp:
         if path.suffix == ".pth":
             torch.save(state, tmp)

@@ -95,10 +95,10 @@ def chat_ids(
     else:
         pieces.insert(0, "user\n")
     prompt = [[im_start], *pieces, [im_end], "\n", [im_start], "assistant\n"]
-    return _ids(tokenizer, prompt), ([] if answer is None else _ids(tokenizer, [answer, [im_end]]))
+    return _piece_ids(tokenizer, prompt), ([] if answer is None else _piece_ids(tokenizer, [answer, [im_end]]))
 
 
-def _ids(tokenizer: ChatTokenizer, pieces: list[str | list[int]]) -> list[int]:
+def _piece_ids(tokenizer: ChatTokenizer, pieces: list[str | list[int]]) -> list[int]:
     ids: list[int] = []
     for piece in pieces:
         ids.extend(piece if isinstance(piece, list) else tokenizer.encode(piece) if piece else [])
@@ -209,7 +209,7 @@ class VisionLanguageReader:
         cls, vlm, device: torch.device, dtype: torch.dtype, adapter_path: str | Path | None = None, seed: int = 0
     ) -> "VisionLanguageReader":
         """Model, tokenizer and (optionally) adapter from a ``VLMSection`` (config ``vlm:``)."""
-        model = load_qwen3_vl(vlm.source, device, dtype, vlm.random.model_dump(), seed=seed)
+        model = load_qwen3_vl(vlm.source, device, dtype, vlm.random.dims(), seed=seed)
         hidden = model.config.text_config.hidden_size
         adapter = None if adapter_path is None else load_adapter(adapter_path, llm_dim=hidden, device=device)
         return cls(model, load_chat_tokenizer(chat_tokenizer_source(vlm)), adapter)

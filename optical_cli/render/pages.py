@@ -37,11 +37,12 @@ import numpy as np
 from fontTools.ttLib import TTFont, TTLibError
 from PIL import Image, ImageDraw, ImageFont
 
-from ..artifacts import atomic_path, atomic_write_text, read_jsonl, to_json_line
+from ..artifacts import atomic_path, atomic_write_text, to_json_line
 from ..config.sections import RenderSection
 from ..documents import Document, pdf_page_count, rasterize_pdf
 from ..errors import ConfigError, InputError
 from ..modes import MODES, page_size
+from ..records import read_records
 from ..textstats import count_text_tokens, count_words
 
 DEFAULT_FONT = "DejaVuSansMono"
@@ -774,4 +775,4 @@ def read_layout(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "layout.jsonl"
     if not path.is_file():
         raise InputError(f"{run_dir} is not a render run directory (no layout.jsonl); run `optical render` first")
-    return read_jsonl(path)
+    return read_records(path)

@@ -25,11 +25,11 @@ from typing import Callable
 
 from PIL import Image
 
-from ..artifacts import read_jsonl
 from ..config.sections import RenderSection
 from ..documents import pdf_page_count, rasterize_pdf, read_documents
 from ..engines.chain import ChainSpec, draw_pages
 from ..engines.factory import build_reader
+from ..engines.reader import Stream
 from ..engines.tower import page_tokens
 from ..errors import InputError
 from ..models.loop_guard import NoRepeatNGram
@@ -37,15 +37,14 @@ from ..models.tokenizers import load_chat_tokenizer
 from ..models.vlm import IMAGE_PAD, build_layout
 from ..modes import page_size
 from ..prompts import middle_truncate, question_prompt
+from ..records import read_records
 from ..render.pages import PageRenderer, png_bytes
 from .client import OpenAIServer, page_messages
 from .server import api_key, served_lora_name
 
-Stream = Callable[[str], None]
-
 
 @dataclass
-class Document:
+class AskDocument:
     source: str
     text: str  # what the document says (its tokens are document_tokens)
     page_files: list[Path] | None = None  # pages already drawn: a render run directory
@@ -72,21 +71,21 @@ class Answer:
         return asdict(self)
 
 
-def read_document(document: str, render: RenderSection, stdin: Callable[[], bytes] | None = None) -> Document:
+def read_ask_document(document: str, render: RenderSection, stdin: Callable[[], bytes] | None = None) -> AskDocument:
     """DOC as ask takes it: a text, markdown or PDF file, a render run directory, or ``-``."""
     path = Path(document)
     if document != "-" and path.is_dir():
-        records = read_jsonl(path / "layout.jsonl")
+        records = read_records(path / "layout.jsonl")
         if not records:
             raise InputError(
                 f"{path} is a directory without pages (no layout.jsonl); pass a .txt, .md or .pdf file, "
                 "a directory `optical render` wrote, or - for stdin"
             )
         text = "\n".join(line for record in records for line in record.get("lines", []))
-        return Document(str(path), text, page_files=[path / record["image"] for record in records])
+        return AskDocument(str(path), text, page_files=[path / record["image"] for record in records])
     (found,) = read_documents([document], render.encoding, render.errors, stdin=stdin)
     if render.source == "pdf-pages" and found.is_pdf:
-        return Document(found.source, found.text, pdf=found.pdf_path)
+        return AskDocument(found.source, found.text, pdf=found.pdf_path)
     if not found.has_text:
         raise InputError(
             f"{found.source} has no text to read"
@@ -96,10 +95,10 @@ def read_document(document: str, render: RenderSection, stdin: Callable[[], byte
                 else ""
             )
         )
-    return Document(found.source, found.text)
+    return AskDocument(found.source, found.text)
 
 
-def document_pages(document: Document, renderer: PageRenderer, max_pages: int, mode: str) -> tuple[list, int]:
+def document_pages(document: AskDocument, renderer: PageRenderer, max_pages: int, mode: str) -> tuple[list, int]:
     """The pages to read (middle truncation to ``max_pages``) and the page count before cutting."""
     if document.page_files is not None:
         kept, _ = middle_truncate(document.page_files, max_pages)
@@ -127,7 +126,7 @@ def ask(
     question: str,
     *,
     server: str | None = None,
-    stream: Stream | None = None,
+    stream: Stream = None,
     stdin: Callable[[], bytes] | None = None,
     reader=None,
 ) -> Answer:
@@ -137,7 +136,7 @@ def ask(
     the answer's text as it is decoded."""
     if not question.strip():
         raise InputError("the question is empty; ask something about the document")
-    doc = read_document(document, cfg.render, stdin)  # a bad document fails before any model loads
+    doc = read_ask_document(document, cfg.render, stdin)  # a bad document fails before any model loads
     server = server or cfg.ask.server
     if server:
         return _ask_server(cfg, doc, question, server, stream)
@@ -154,7 +153,7 @@ def local_reader(cfg):
     return build_reader(local_spec(cfg), ["optical"])
 
 
-def _ask_locally(cfg, doc: Document, question: str, stream: Stream | None, reader=None) -> Answer:
+def _ask_locally(cfg, doc: AskDocument, question: str, stream: Stream, reader=None) -> Answer:
     spec = local_spec(cfg)
     start = time.perf_counter()
     reader = reader or local_reader(cfg)
@@ -196,7 +195,7 @@ def _ask_locally(cfg, doc: Document, question: str, stream: Stream | None, reade
     )
 
 
-def _ask_server(cfg, doc: Document, question: str, url: str, stream: Stream | None) -> Answer:
+def _ask_server(cfg, doc: AskDocument, question: str, url: str, stream: Stream) -> Answer:
     spec = ChainSpec.from_config(cfg, "serve", engine="vllm")
     client = OpenAIServer(url, timeout_s=cfg.ask.timeout_s, api_key=api_key(cfg.serve.api_key_env))
     model = _served_model(client, cfg.serve.served_names)  # is anything there? before rendering

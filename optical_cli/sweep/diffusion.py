@@ -1,8 +1,8 @@
 """`optical sweep diffusion`: energy search over an (eta, steps) grid against label relevance.
 
 The work that does not depend on eta and steps is done once: reading and sampling the
-corpus, embedding it (cached on disk), the relevance judgements, and ``prepare()`` (k-means
-centroids, optical compression, bootstrap graph). Each cell only ``finish()``es the build
+corpus, embedding it (cached on disk), the relevance judgements, and ``prepare_build()`` (k-means
+centroids, optical compression, bootstrap graph). Each cell only ``finish_build()``es the build
 (diffusion, splitting, energy Laplacian, lambdas) and ranks every query exactly. Cosine
 (and FAISS IndexFlatIP when importable) are ranked once on the same queries as baselines.
 """
@@ -22,7 +22,7 @@ import torch
 from ..devices import resolve_device
 from ..errors import InputError
 from ..index.ann import faiss_module
-from ..index.build import EnergyIndex, Prepared, finish, prepare
+from ..index.build import EnergyIndex, Prepared, finish_build, prepare_build
 from ..index.embed import embed_corpus, encode_texts
 from ..index.inputs import sample_rows
 from ..index.search import Searcher, SearchParams, topk_rows
@@ -30,7 +30,7 @@ from ..models.sentence import sentence_model_name
 from ..paths import CVE_CORPUS
 from . import grid as grid_mod
 from .config import DiffusionConfig
-from .metrics import HEAD, METRIC_NAMES, TAIL, TrecEvaluator, compare, summarize
+from .metrics import HEAD, METRIC_NAMES, TAIL, TrecEvaluator, compare, summarize_metrics
 from .relevance import LabelledCorpus, QuerySplit, Relevance, build_relevance, drop_self, load_labelled, split_by_label
 
 QUERY_BLOCK_ELEMENTS = 1 << 25  # queries x items scored at once (128 MB per float32 matrix): bounded memory at any N
@@ -139,7 +139,7 @@ def setup_sweep(
         [relevance.relevant_rows(p) for p in range(relevance.queries.size)], labels=relevance.incidence
     )
     started = time.perf_counter()
-    prepared = prepare(vectors, cfg.build, corpus.ids, seed, device)
+    prepared = prepare_build(vectors, cfg.build, corpus.ids, seed, device)
     info = {
         "corpus": str(corpus_path(cfg)),
         "records_read": records_read,
@@ -197,7 +197,7 @@ def _record(
 ) -> dict:
     """A result row: means and both intervals over the HELD-OUT queries; per-query values of all queries."""
     held = setup.split.held
-    row = summarize(
+    row = summarize_metrics(
         {name: values[held] for name, values in per_query.items()},
         setup.cfg.sweep.bootstrap,
         setup.cfg.runtime.seed,
@@ -214,14 +214,14 @@ def _record(
     return row
 
 
-def finish_cell(setup: SweepSetup, cell: grid_mod.Cell) -> tuple[EnergyIndex, float]:
+def finish_cell(setup: SweepSetup, cell: grid_mod.DiffusionCell) -> tuple[EnergyIndex, float]:
     started = time.perf_counter()
-    index = finish(setup.prepared, eta=cell.eta, steps=cell.steps)
+    index = finish_build(setup.prepared, eta=cell.eta, steps=cell.steps)
     return index, time.perf_counter() - started
 
 
-def evaluate_cell(setup: SweepSetup, cell: grid_mod.Cell) -> dict:
-    """finish() one cell and rank every query by exact energy search."""
+def evaluate_cell(setup: SweepSetup, cell: grid_mod.DiffusionCell) -> dict:
+    """finish_build() one cell and rank every query by exact energy search."""
     index, build_seconds = finish_cell(setup, cell)
     searcher = Searcher(index)
     params = search_params(setup, "energy")
@@ -296,12 +296,12 @@ def run_sweep(
 ) -> SweepResult:
     """Baselines once, then every grid cell; ``cells.jsonl`` and ``sweep.csv`` updated after each."""
     started = time.perf_counter()
-    log = grid_mod.CellLog(out_dir / "cells.jsonl", setup.fingerprint, resume)
+    log = grid_mod.open_cell_log(out_dir / "cells.jsonl", setup.fingerprint, resume)
     counts = {"evaluated": 0, "skipped": 0}
 
     def done(record: dict, skipped: bool) -> None:
         counts["skipped" if skipped else "evaluated"] += 1
-        grid_mod.write_sweep_csv(out_dir / "sweep.csv", log.rows())
+        grid_mod.write_sweep_csv(out_dir / "sweep.csv", grid_mod.ordered_rows(log))
         if on_cell:
             on_cell(record, skipped)
 
@@ -316,10 +316,8 @@ def run_sweep(
         log.add(record)
         done(record, False)
     grid_mod.run_cells(log, grid_mod.grid_cells(etas, steps), lambda cell: evaluate_cell(setup, cell), done)
-    wanted = {("cosine", None, None), ("faiss", None, None)} | {
-        grid_mod.cell_key(c) for c in grid_mod.grid_cells(etas, steps)
-    }
-    rows = [row for row in log.rows() if grid_mod.record_key(row) in wanted]
+    wanted = {("cosine", None, None), ("faiss", None, None)} | {c.key() for c in grid_mod.grid_cells(etas, steps)}
+    rows = [row for row in grid_mod.ordered_rows(log) if grid_mod.result_key(row) in wanted]
     return SweepResult(setup, rows, etas, steps, time.perf_counter() - started, counts["evaluated"], counts["skipped"])
 
 
@@ -441,7 +439,7 @@ def summary_document(result: SweepResult, tuning: Optional[dict] = None) -> dict
 # Qualitative table: the text queries
 
 
-def text_query_table(setup: SweepSetup, cell: grid_mod.Cell, k: Optional[int] = None) -> list[dict]:
+def text_query_table(setup: SweepSetup, cell: grid_mod.DiffusionCell, k: Optional[int] = None) -> list[dict]:
     """Top-k of each configured text query by energy (at ``cell``) and by cosine, with labels."""
     cfg = setup.cfg
     texts = list(cfg.sweep.text_queries)

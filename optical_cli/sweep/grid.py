@@ -16,65 +16,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..artifacts import append_jsonl, atomic_write_text, read_jsonl
-from ..errors import InputError
+from ..artifacts import atomic_write_text
+from ..lists import parse_list
+from ..records import KeyedLog, count_done
 from .metrics import METRIC_NAMES
 
 # ---------------------------------------------------------------------------------------
 # Parsing
 
 
-def _split(text: str, option: str) -> list[str]:
-    parts = [part.strip() for part in str(text).split(",")]
-    if not text or not text.strip() or all(not part for part in parts):
-        raise InputError(f"{option}: empty list; give comma-separated values, for example {option} 0.05,0.1")
-    if any(not part for part in parts):
-        raise InputError(f"{option} {text!r}: empty entry between commas; remove the extra comma")
-    return parts
-
-
-def _unique(values: list) -> list:
-    return list(dict.fromkeys(values))
-
-
 def parse_eta_list(text: str, option: str = "--eta") -> list[float]:
     """``"0.05,0.1"`` -> [0.05, 0.1]; each eta in (0, 1], the diffusion step sizes an index builds with."""
-    values = []
-    for part in _split(text, option):
-        try:
-            value = float(part)
-        except ValueError:
-            raise InputError(
-                f"{option} {text!r}: '{part}' is not a number; give comma-separated numbers, for example {option} "
-                "0.05,0.1"
-            ) from None
+
+    def check(value: float) -> str | None:
         if not math.isfinite(value) or not 0 < value <= 1:
-            raise InputError(
-                f"{option} {text!r}: '{part}' must be a number in (0, 1] (eta 0 is no diffusion, where every step "
-                "count gives the same index)"
-            )
-        values.append(value)
-    return _unique(values)
+            return "must be a number in (0, 1] (eta 0 is no diffusion, where every step count gives the same index)"
+        return None
+
+    return parse_list(text, option, "0.05,0.1", float, "a number", check)
 
 
 def parse_steps_list(text: str, option: str = "--steps") -> list[int]:
     """``"2,4"`` -> [2, 4]; each value a whole number >= 1."""
-    values = []
-    for part in _split(text, option):
-        try:
-            value = int(part)
-        except ValueError:
-            raise InputError(
-                f"{option} {text!r}: '{part}' is not a whole number; give comma-separated integers, for example "
-                f"{option} 2,4,6,8"
-            ) from None
+
+    def check(value: int) -> str | None:
         if value < 1:
-            raise InputError(
-                f"{option} {text!r}: '{part}' must be >= 1 (0 steps is no diffusion, where every eta gives the same "
-                "index: a grid of identical cells)"
+            return (
+                "must be >= 1 (0 steps is no diffusion, where every eta gives the same index: a grid of identical "
+                "cells)"
             )
-        values.append(value)
-    return _unique(values)
+        return None
+
+    return parse_list(text, option, "2,4,6,8", int, "a whole number", check)
 
 
 # ---------------------------------------------------------------------------------------
@@ -82,88 +55,61 @@ def parse_steps_list(text: str, option: str = "--steps") -> list[int]:
 
 
 @dataclass(frozen=True)
-class Cell:
+class DiffusionCell:
     eta: float
     steps: int
 
+    def key(self) -> tuple:
+        return ("energy", self.eta, self.steps)
 
-def grid_cells(etas: Iterable[float], steps: Iterable[int]) -> list[Cell]:
-    return [Cell(float(eta), int(step)) for eta in etas for step in steps]
+
+def grid_cells(etas: Iterable[float], steps: Iterable[int]) -> list[DiffusionCell]:
+    return [DiffusionCell(float(eta), int(step)) for eta in etas for step in steps]
 
 
 # Keys that may change between a sweep and its --resume: how it runs, never what it writes (a changed
 # grid, tuning or query set would leave cells.jsonl and sweep.csv saying one thing and the summary another:
 # run it in a new --output-dir, where the embedding cache makes the corpus free).
-RESUMABLE_CHANGES = {"runtime.workers", "embed.batch_size", "embed.cache_dir"}
+DIFFUSION_RESUMABLE = {"runtime.workers", "embed.batch_size", "embed.cache_dir"}
 
 
-def cells_done(path: Path, etas: list[float], steps: list[int]) -> int:
-    """Energy cells of this grid already recorded in a sweep's cells.jsonl."""
-    wanted = {cell_key(Cell(float(eta), int(step))) for eta in etas for step in steps}
-    return len(wanted & {record_key(record) for record in read_jsonl(path)})
-
-
-def record_key(record: dict) -> tuple:
+def result_key(record: dict) -> tuple:
     """Identity of a result row: the method and, for energy rows, the cell."""
     if record["method"] == "energy":
         return ("energy", float(record["eta"]), int(record["steps"]))
     return (record["method"], None, None)
 
 
-def cell_key(cell: Cell) -> tuple:
-    return ("energy", cell.eta, cell.steps)
+def diffusion_cells_done(path: Path, etas: list[float], steps: list[int]) -> int:
+    """Energy cells of this grid already recorded in a sweep's cells.jsonl."""
+    return count_done(path, result_key, [cell.key() for cell in grid_cells(etas, steps)])
 
 
-class CellLog:
-    """Append-only per-cell records with a setup fingerprint; the source of sweep.csv."""
+def open_cell_log(path: Path, fingerprint: str, resume: bool) -> KeyedLog:
+    """The sweep's cells.jsonl: every result row with the setup's fingerprint; the source of sweep.csv."""
+    return KeyedLog(path, result_key, resume=resume, fingerprint=fingerprint)
 
-    def __init__(self, path: Path, fingerprint: str, resume: bool):
-        self.path = Path(path)
-        self.fingerprint = fingerprint
-        self.records: dict[tuple, dict] = {}
-        if resume:
-            self._load()
-        elif self.path.exists():
-            self.path.unlink()  # a fresh sweep in a reused directory starts from nothing
 
-    def _load(self) -> None:
-        for record in read_jsonl(self.path):
-            if record.get("fingerprint") != self.fingerprint:
-                raise InputError(
-                    f"--resume: {self.path} holds results of a different setup (corpus, queries, weights or seed "
-                    "changed); use a new --output-dir or run without --resume"
-                )
-            self.records[record_key(record)] = record
-
-    def done(self, key: tuple) -> bool:
-        return key in self.records
-
-    def add(self, record: dict) -> None:
-        record = {**record, "fingerprint": self.fingerprint}
-        append_jsonl(self.path, record)
-        self.records[record_key(record)] = record
-
-    def rows(self) -> list[dict]:
-        """Baseline rows first, then energy cells in grid order of insertion."""
-        records = list(self.records.values())
-        return [r for r in records if r["method"] != "energy"] + [r for r in records if r["method"] == "energy"]
+def ordered_rows(log: KeyedLog) -> list[dict]:
+    """Baseline rows first, then energy cells in grid order of insertion."""
+    records = list(log.records.values())
+    return [r for r in records if r["method"] != "energy"] + [r for r in records if r["method"] == "energy"]
 
 
 def run_cells(
-    log: CellLog,
-    cells: list[Cell],
-    evaluate: Callable[[Cell], dict],
+    log: KeyedLog,
+    cells: list[DiffusionCell],
+    evaluate: Callable[[DiffusionCell], dict],
     on_done: Callable[[dict, bool], None] | None = None,
 ) -> None:
     """Evaluate every cell not yet in ``log``; ``on_done(record, skipped)`` after each."""
     for cell in cells:
-        key = cell_key(cell)
+        key = cell.key()
         if log.done(key):
             if on_done:
                 on_done(log.records[key], True)
             continue
-        record = {"method": "energy", "eta": cell.eta, "steps": cell.steps, **evaluate(cell)}
-        log.add(record)
+        record = log.add({"method": "energy", "eta": cell.eta, "steps": cell.steps, **evaluate(cell)})
         if on_done:
             on_done(record, False)
 

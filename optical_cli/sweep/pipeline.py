@@ -37,7 +37,7 @@ from .plots import write_heatmaps
 
 
 @dataclass
-class Hooks:
+class DiffusionHooks:
     """Progress callbacks of the CLI layer (all optional)."""
 
     embed: Optional[Callable[[int], None]] = None  # texts embedded
@@ -46,7 +46,7 @@ class Hooks:
     stage: Optional[Callable[[str], None]] = None  # a named stage starts
 
 
-def _stage(hooks: Hooks, name: str) -> None:
+def _stage(hooks: DiffusionHooks, name: str) -> None:
     if hooks.stage:
         hooks.stage(name)
 
@@ -61,7 +61,7 @@ def write_tuning_csv(path: Path, trials: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def run_tuning(result: SweepResult, out_dir: Path, hooks: Hooks) -> Optional[dict]:
+def run_tuning(result: SweepResult, out_dir: Path, hooks: DiffusionHooks) -> Optional[dict]:
     setup = result.setup
     cfg = setup.cfg
     cosine = baseline_row(result.rows)
@@ -92,7 +92,7 @@ def run_tuning(result: SweepResult, out_dir: Path, hooks: Hooks) -> Optional[dic
     return report
 
 
-OUTPUT_FILES = (
+DIFFUSION_FILES = (
     "cells.jsonl",
     "sweep.csv",
     "per_query.csv",
@@ -107,7 +107,7 @@ def run_diffusion_sweep(
     cfg: DiffusionConfig,
     out_dir: Path,
     resume: bool = False,
-    hooks: Optional[Hooks] = None,
+    hooks: Optional[DiffusionHooks] = None,
     inputs: Optional[SweepInputs] = None,
 ) -> dict:
     """Set up, sweep the ``cfg.sweep`` grid, tune, plot and summarise; returns the summary document
@@ -115,7 +115,7 @@ def run_diffusion_sweep(
 
     ``inputs`` (``read_sweep_inputs``) lets a caller check the corpus before creating ``out_dir``.
     """
-    hooks = hooks or Hooks()
+    hooks = hooks or DiffusionHooks()
     etas, steps = list(cfg.sweep.etas), list(cfg.sweep.steps)
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -133,7 +133,7 @@ def run_diffusion_sweep(
     best = best_cells(result).get("ndcg_at_10")
     if best is not None and cfg.sweep.text_queries:
         _stage(hooks, "text queries")
-        cell = grid_mod.Cell(best["eta"], best["steps"])
+        cell = grid_mod.DiffusionCell(best["eta"], best["steps"])
         table = text_query_table(setup, cell)
         atomic_write_json(out_dir / "text_queries.json", table)
         document["text_queries"] = {

@@ -20,8 +20,8 @@ import torch
 
 from ..index.search import Searcher
 from .config import SweepTuningSection
-from .grid import Cell
-from .metrics import METRIC_NAMES, compare, summarize
+from .grid import DiffusionCell
+from .metrics import METRIC_NAMES, compare, summarize_metrics
 
 WEIGHT_NAMES = ("w_lambda", "w_G", "w_D", "alpha")
 
@@ -94,18 +94,18 @@ def score_blocks(
     return [{name: np.concatenate([p[name] for p in part]) for name in METRIC_NAMES} for part in parts]
 
 
-def choose_cell(rows: list[dict], tune: np.ndarray, metric: str) -> Cell:
+def choose_cell(rows: list[dict], tune: np.ndarray, metric: str) -> DiffusionCell:
     """The energy cell with the best mean ``metric`` over the TUNING queries only."""
     energy = [row for row in rows if row["method"] == "energy"]
     best = max(
         energy, key=lambda row: (float(np.mean(np.asarray(row["per_query"][metric])[tune])), -row["eta"], -row["steps"])
     )
-    return Cell(best["eta"], best["steps"])
+    return DiffusionCell(best["eta"], best["steps"])
 
 
 def tune(
     searcher: Searcher,
-    cell: Cell,
+    cell: DiffusionCell,
     query_vectors: torch.Tensor,
     evaluate: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]],
     cosine_per_query: dict[str, list[float]],
@@ -145,9 +145,6 @@ def tune(
         "cosine": {name: np.asarray(cosine_per_query[name])[held_positions] for name in METRIC_NAMES},
     }
 
-    def versus(a: str, b: str) -> dict:
-        return {name: compare(held[a][name], held[b][name], n_boot, seed, held_clusters) for name in METRIC_NAMES}
-
     report = {
         "cell": {"eta": cell.eta, "steps": cell.steps},
         "metric": metric,
@@ -158,9 +155,19 @@ def tune(
         "chosen_weights": chosen,
         "chosen_tuning_value": best[metric],
         "default_weights": defaults,
-        "held_out": {name: summarize(values, n_boot, seed, held_clusters) for name, values in held.items()},
+    }
+    return report | _held_out_report(held, n_boot, seed, held_clusters), trials
+
+
+def _held_out_report(held: dict, n_boot: int, seed: int, clusters: np.ndarray) -> dict:
+    """Each setting's held-out means with both intervals, and the paired comparisons between them."""
+
+    def versus(a: str, b: str) -> dict:
+        return {name: compare(held[a][name], held[b][name], n_boot, seed, clusters) for name in METRIC_NAMES}
+
+    return {
+        "held_out": {name: summarize_metrics(values, n_boot, seed, clusters) for name, values in held.items()},
         "held_out_tuned_vs_cosine": versus("tuned", "cosine"),
         "held_out_tuned_vs_default": versus("tuned", "default"),
         "held_out_default_vs_cosine": versus("default", "cosine"),
     }
-    return report, trials

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -12,10 +11,11 @@ from typing import Callable
 
 import torch
 
-from ..artifacts import atomic_path, atomic_write_text, read_jsonl
+from ..artifacts import atomic_path
 from ..errors import InputError
 from ..models.adapter import ADAPTER_FILE, OpticalAdapter, save_adapter
 from ..models.lora import LORA_DIR, save_lora
+from ..records import RecordLog
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -131,6 +131,6 @@ def restore_trainer_state(state: dict, optimizer, scheduler, metrics_path: Path)
     scheduler.load_state_dict(state["scheduler"])
     step = int(state["step"])
     _set_rng_state(state["rng"])
-    kept = [m for m in read_jsonl(metrics_path) if m["step"] <= step] if metrics_path.exists() else []
-    atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+    log = RecordLog(metrics_path)
+    log.rewrite([m for m in log.read() if m["step"] <= step])
     return step

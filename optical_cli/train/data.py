@@ -12,7 +12,7 @@ from ..models.deepencoder.runner import PageEncoder
 from ..models.vlm import VisionLanguageReader
 from .config import TrainAdapterConfig
 from .objectives import Example, make_examples
-from .pages import PageSet, Progress, build_page_set, split_documents
+from .pages import PageSet, TrainingEvents, build_page_set, split_documents
 from .setup import TrainingRuntime
 
 
@@ -39,7 +39,7 @@ def prepare_data(
     reader: VisionLanguageReader,
     documents: list[str],
     encoder: PageEncoder,
-    emit: Progress,
+    emit: TrainingEvents,
 ) -> TrainingData:
     """Under ``accelerate launch`` the main process builds the cache first and the others read it."""
     started = time.perf_counter()

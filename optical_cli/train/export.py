@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import HfApi, get_token
 
-from ..artifacts import read_jsonl, read_run_manifest
+from ..artifacts import read_run_manifest
 from ..config.registry import load_config
 from ..errors import InputError, RunFailed
 from ..models import loading
@@ -38,6 +38,7 @@ from ..models.adapter import (
 from ..models.lora import LORA_DIR, lora_beside
 from ..models.provenance import training_models
 from ..modes import MODES
+from ..records import read_records
 from .config import TrainAdapterConfig
 from .outputs import LOSS_PLOT, METRICS_FILE, plot_losses
 
@@ -70,7 +71,7 @@ def read_trained_run(path: Path) -> TrainedRun:
         )
     # the trackers it logged to are not needed here, nor installed everywhere
     cfg = load_config("train-adapter", path / "config.yaml", ["train.log_with=[]"])
-    return TrainedRun(path, manifest, cfg, read_jsonl(path / METRICS_FILE))
+    return TrainedRun(path, manifest, cfg, read_records(path / METRICS_FILE))
 
 
 def read_bench_run(path: Path, adapter_file: Path) -> dict:
@@ -197,7 +198,7 @@ def _revision(model: dict) -> str:
     return model["revision"] or ("local files" if model["kind"] == "local" else "not in this machine's hub cache")
 
 
-def _number(value, digits: int = 4) -> str:
+def _num(value, digits: int = 4) -> str:
     return "n/a" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}")
 
 
@@ -275,7 +276,7 @@ def _adapter_section(cfg: TrainAdapterConfig, adapter, has_lora: bool, result: d
         "## Adapter",
         "",
         f"MLP {dims.vision_dim} -> {dims.hidden_dim} -> {dims.llm_dim} (GELU), LayerNorm, {dims.max_pages} page "
-        f"embeddings, in the {adapter.layout} layout: {_number(parameters.get('adapter'))} parameters "
+        f"embeddings, in the {adapter.layout} layout: {_num(parameters.get('adapter'))} parameters "
         f"(`{ADAPTER_FILE}`, config in its metadata and in `adapter.json`).",
         f"`{PUBLISHED_FILE}` holds the same weights in the published layout, a plain state dict that the published "
         "project's `OpticalEncoder.load_adapter` reads."
@@ -288,7 +289,7 @@ def _adapter_section(cfg: TrainAdapterConfig, adapter, has_lora: bool, result: d
         lines.append(
             f"LoRA on the language model (`{LORA_DIR}/`, a PEFT adapter directory): rank {lora.rank}, alpha "
             f"{lora.alpha}, dropout {lora.dropout}, on {', '.join(lora.target_modules)}: "
-            f"{_number(parameters.get('lora'))} parameters; the optical reader reads with it."
+            f"{_num(parameters.get('lora'))} parameters; the optical reader reads with it."
         )
     return [*lines, ""]
 
@@ -301,17 +302,17 @@ def _training_section(trained: TrainedRun) -> list[str]:
         "",
         f"- Data: `{data.source}` (field `{data.text_field}`, at most {data.max_documents} documents, "
         f"{'packed into full pages' if data.pack else 'one document per page'}), {data.eval_fraction:.0%} of the "
-        f"documents held out: {_number(result.get('train_pages'))} training and "
-        f"{_number(result.get('eval_pages'))} held-out pages, reconstruction target up to {data.max_text_tokens} "
+        f"documents held out: {_num(result.get('train_pages'))} training and "
+        f"{_num(result.get('eval_pages'))} held-out pages, reconstruction target up to {data.max_text_tokens} "
         "tokens per page.",
-        f"- Objective `{opt.objective}`; {_number(result.get('steps'))} optimizer steps of {opt.batch_size} pages x "
+        f"- Objective `{opt.objective}`; {_num(result.get('steps'))} optimizer steps of {opt.batch_size} pages x "
         f"{opt.grad_accum} accumulation x {trained.manifest.get('processes', 1)} process(es); AdamW lr {opt.lr}, "
         f"weight decay {opt.weight_decay}, warmup {opt.warmup_steps} steps then cosine to {opt.min_lr_ratio} x lr, "
         f"gradient clip {opt.grad_clip}, seed {cfg.runtime.seed}.",
-        f"- Loss: first {_number(result.get('first_loss'))}, final {_number(result.get('final_loss'))}; held-out "
-        f"loss final {_number(result.get('final_eval_loss'))}.",
-        f"- Reading check (greedy transcription of {_number(reading.get('pages'))} held-out pages): character error "
-        f"rate {_number(reading.get('cer'))}, compression {_number(reading.get('compression'))} text tokens per "
+        f"- Loss: first {_num(result.get('first_loss'))}, final {_num(result.get('final_loss'))}; held-out "
+        f"loss final {_num(result.get('final_eval_loss'))}.",
+        f"- Reading check (greedy transcription of {_num(reading.get('pages'))} held-out pages): character error "
+        f"rate {_num(reading.get('cer'))}, compression {_num(reading.get('compression'))} text tokens per "
         "vision token.",
         f"- Trained with optical (git `{trained.manifest.get('git_revision') or 'unknown'}`), "
         + ", ".join(f"{k} {v}" for k, v in (trained.manifest.get("versions") or {}).items())
@@ -339,9 +340,9 @@ def _bench_section(summary: dict) -> list[str]:
     for name, block in (summary.get("conditions") or {}).items():
         low, high = block.get("ci95") or [None, None]
         lines.append(
-            f"| {name} | {block.get('n')} | {_number(block.get('accuracy'), 3)} | {_number(low, 3)}-"
-            f"{_number(high, 3)} | {_number(block.get('mean_input_tokens'), 5)} | "
-            f"{_number(block.get('compression_ratio'), 3)} |"
+            f"| {name} | {block.get('n')} | {_num(block.get('accuracy'), 3)} | {_num(low, 3)}-"
+            f"{_num(high, 3)} | {_num(block.get('mean_input_tokens'), 5)} | "
+            f"{_num(block.get('compression_ratio'), 3)} |"
         )
     return [*lines, f"\nChance: {summary.get('chance')}. Bench run: `{summary.get('run')}`.", ""]
 

@@ -11,12 +11,12 @@ import torch
 from accelerate.utils import gather_object
 from torch import nn
 
-from ..artifacts import append_jsonl
 from ..memory import PeakMemory, busiest, peak_memory
 from ..models.adapter import parameter_count
 from ..models.deepencoder.runner import DeepEncoderPages, PageEncoder
 from ..models.provenance import training_models
 from ..models.vlm import VisionLanguageReader
+from ..records import RecordLog
 from ..tracking import Trackers, open_trackers
 from .checkpoints import Checkpoint, save_checkpoint
 from .config import TrainAdapterConfig
@@ -24,7 +24,7 @@ from .corpus import training_corpus
 from .data import TrainingData, prepare_data
 from .objectives import batch_loss, page_statistics
 from .outputs import METRICS_FILE, plot_run_losses, save_trained, write_reading_records
-from .pages import PageSet, Progress
+from .pages import PageSet, TrainingEvents
 from .reading import reading_check
 from .setup import (
     Schedule,
@@ -87,7 +87,7 @@ class Loop:
     schedule: Schedule
     sharded: bool
     run_path: Path
-    emit: Progress
+    emit: TrainingEvents
     trackers: Trackers
     first_step: int
     parameters: dict  # deepencoder, language_model (counted before sharding), lora
@@ -96,6 +96,10 @@ class Loop:
     last_eval: float | None = None
     train_s: float = 0.0  # training time in this run (eval, checkpoints and metrics not counted)
     pages_seen: int = 0
+
+    @property
+    def metrics(self) -> RecordLog:
+        return RecordLog(self.run_path / METRICS_FILE)
 
     def loss(self, pages: PageSet, examples: list, index: list[int]) -> torch.Tensor:
         return batch_loss(
@@ -209,7 +213,7 @@ class Loop:
         and at the end) and, on the checkpoint steps, a checkpoint (main process only)."""
         if not self.runtime.is_main:
             return
-        append_jsonl(self.run_path / METRICS_FILE, record)
+        self.metrics.append(record)
         step, opt = record["step"], self.cfg.train
         if step % opt.log_every == 0 or record["eval_loss"] is not None or step == self.schedule.total_steps:
             self.trackers.log(tracked_values(record, peak_memory(self.runtime.device)), step)
@@ -240,7 +244,7 @@ def training_record(cfg: TrainAdapterConfig) -> dict:
     return {"objective": cfg.train.objective, "config": cfg.model_dump(mode="json")}
 
 
-def finish(loop: Loop, reader: VisionLanguageReader, step: int) -> tuple[nn.Module, dict]:
+def finish_training(loop: Loop, reader: VisionLanguageReader, step: int) -> tuple[nn.Module, dict]:
     """The trained adapter written (with its LoRA and the loss plot), then the reading check on held-out
     pages (training pages when none are held out). Returns the adapter and the check's figures."""
     runtime, cfg = loop.runtime, loop.cfg
@@ -270,7 +274,7 @@ def train_adapter(
     *,
     documents: list[str] | None = None,
     resume: Checkpoint | None = None,
-    progress: Progress | None = None,
+    progress: TrainingEvents | None = None,
     encoder: PageEncoder | None = None,
 ) -> TrainResult:
     """Train the adapter per ``cfg`` into ``run_path`` (adapter, metrics.jsonl, checkpoints, loss.png,
@@ -283,7 +287,7 @@ def train_adapter(
     loop = build_loop(cfg, run_path, runtime, reader, documents, resume, progress or _silent, encoder)
     try:
         step = loop.run(loop.first_step)
-        final, reading = finish(loop, reader, step)
+        final, reading = finish_training(loop, reader, step)
     except BaseException:
         loop.trackers.finish(failed=True)
         raise
@@ -299,7 +303,7 @@ def build_loop(
     reader: VisionLanguageReader,
     documents: list[str],
     resume: Checkpoint | None,
-    progress: Progress,
+    progress: TrainingEvents,
     encoder: PageEncoder,
 ) -> Loop:
     """Set-up in order: the feature cache, adapter, LoRA, optimizer and schedule, the start (or the

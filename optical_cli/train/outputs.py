@@ -8,9 +8,10 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from ..artifacts import atomic_path, atomic_write_text, read_jsonl
+from ..artifacts import atomic_path, atomic_write_text
 from ..models.adapter import ADAPTER_FILE, PUBLISHED_FILE, save_adapter, save_published
 from ..models.lora import LORA_DIR, save_lora
+from ..records import read_records
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -49,7 +50,7 @@ def plot_losses(metrics: list[dict], path: Path) -> None:
 
 
 def plot_run_losses(run_path: Path) -> None:
-    plot_losses(read_jsonl(run_path / METRICS_FILE), run_path / LOSS_PLOT)
+    plot_losses(read_records(run_path / METRICS_FILE), run_path / LOSS_PLOT)
 
 
 def write_reading_records(run_path: Path, records: list[dict]) -> None:

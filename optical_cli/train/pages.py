@@ -20,7 +20,7 @@ from ..models.deepencoder.runner import PageEncoder
 from ..render.pages import iter_pages, render_document
 from .config import TrainAdapterConfig
 
-Progress = Callable[[dict], None]
+TrainingEvents = Callable[[dict], None]  # the run's events ({"event": "step", ...}) for the CLI
 CACHE_SHARD_PAGES = 256  # pages per feature-cache shard, as `optical encode` shards by default
 
 
@@ -82,7 +82,7 @@ def build_page_set(
     cfg: TrainAdapterConfig,
     encoder: PageEncoder,
     cache_dir: Path,
-    progress: Progress | None = None,
+    progress: TrainingEvents | None = None,
 ) -> tuple[PageSet, bool]:
     """Render and encode every document once; later calls read the cache. Returns (pages, cache hit).
 

@@ -19,7 +19,7 @@ from .config import TrainAdapterConfig
 from .corpus import training_corpus
 from .loop import TrainResult, train_adapter
 from .outputs import LOSS_PLOT, METRICS_FILE, READING_FILE
-from .pages import Progress
+from .pages import TrainingEvents
 from .setup import TrainingRuntime, initial_adapter, load_reader, training_runtime
 
 # The artifacts a run leaves in its directory, for the manifest (those that exist)
@@ -50,7 +50,7 @@ class PreparedTraining:
     runtime: TrainingRuntime
     reader: VisionLanguageReader
 
-    def train(self, run_path: Path, progress: Progress | None = None) -> TrainResult:
+    def train(self, run_path: Path, progress: TrainingEvents | None = None) -> TrainResult:
         return train_adapter(
             self.cfg,
             run_path,
