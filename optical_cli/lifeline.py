@@ -9,7 +9,7 @@ dies (``prctl(PR_SET_PDEATHSIG)``); the setting survives ``exec`` but not ``fork
 - the supervisor sets it in its child between fork and exec (:func:`die_with_parent` as
   ``preexec_fn``): the API server dies with ``optical serve``;
 - every vLLM process runs the package's plugin entry point (``engines/vllm_plugin.py``), which calls
-  :func:`arm` when :data:`ENV` is set (the supervisor sets it): the process itself dies with its
+  :func:`arm` when :data:`LIFELINE_ENV` is set (the supervisor sets it): the process itself dies with its
   parent, and each child it forks does too (an at-fork hook; vLLM forks its engine core and workers
   by default; a spawned child runs the plugin itself).
 
@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 
-ENV = "OPTICAL_DIE_WITH_PARENT"  # "1": every vLLM process of this server dies with its parent
+LIFELINE_ENV = "OPTICAL_DIE_WITH_PARENT"  # "1": every vLLM process of this server dies with its parent
 PR_SET_PDEATHSIG = 1
 
 _forking_parent: int | None = None  # the pid that forked us (set just before a fork)
@@ -59,10 +59,10 @@ def _after_fork_in_child() -> None:
 
 
 def arm() -> None:
-    """In a process of the server (:data:`ENV` set): die with the parent, and make every child
+    """In a process of the server (:data:`LIFELINE_ENV` set): die with the parent, and make every child
     forked from here do the same. Idempotent."""
     global _armed
-    if os.environ.get(ENV) != "1" or _armed:
+    if os.environ.get(LIFELINE_ENV) != "1" or _armed:
         return
     _armed = True
     die_with_parent(_started_by())

@@ -55,7 +55,7 @@ def test_the_server_command_line_follows_the_config(tmp_path, monkeypatch):
     assert launch.environment["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert value("--shutdown-timeout") == "60" and value("--middleware") == server_module.MIDDLEWARE
     assert value("--mm-processor-cache-type") == "shm"  # vLLM's default (lru) answers 500s under load
-    assert launch.environment[lifeline.ENV] == "1" and launch.environment[loop_guard.ENV] == "30,90"
+    assert launch.environment[lifeline.LIFELINE_ENV] == "1" and launch.environment[loop_guard.LOOP_GUARD_ENV] == "30,90"
     assert launch.warnings == []  # loopback
 
 

@@ -61,7 +61,7 @@ def start(tmp_path, code=0, drain_s=5) -> tuple[subprocess.Popen, Path]:
     script.write_text(FAKE_SERVER)
     launch = ServerLaunch(
         argv=[sys.executable, str(script), str(out), str(code)],
-        environment={lifeline.ENV: "1"},
+        environment={lifeline.LIFELINE_ENV: "1"},
         model_dir=tmp_path,
         url="http://127.0.0.1:1",
         lora_model=None,
@@ -133,7 +133,7 @@ def test_a_process_armed_before_its_parent_died_goes_too(tmp_path):
         time.sleep(120)
         """
     )
-    parent = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, lifeline.ENV: "1"})
+    parent = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, lifeline.LIFELINE_ENV: "1"})
     deadline = time.monotonic() + 30
     while not (out.is_file() and out.read_text()):
         assert time.monotonic() < deadline

@@ -5,9 +5,12 @@ the request log; 64 clients at once against the same requests one at a time; a c
 mid-stream. Run in .venv-vllm: `make test-vllm`."""
 
 import base64
+import csv
 import io
 import json
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +22,8 @@ pytest.importorskip("vllm")
 pytest.importorskip("openai")
 
 import openai
-from vllm_servers import KEY, TINY, config_sets
+from conftest import REPO_ROOT
+from vllm_servers import KEY, KEY_VARIABLE, TINY, config_sets
 
 from optical_cli.bench.synthetic import cve_document
 from optical_cli.config.registry import load_config
@@ -277,3 +281,24 @@ def test_a_client_that_leaves_mid_stream_frees_its_sequence(server):
         time.sleep(0.5)
     written = metric(server, "vllm:generation_tokens_total") - before
     assert written < 500, written  # stopped where the client left, not at its 1,024-token limit
+
+
+def test_the_load_script_measures_each_level_and_checks_the_answers(server, tmp_path):
+    """scripts/bench_load.py against the running server, small: a row per level, every answer under
+    load equal to its request's answer at one client (timings are not checked)."""
+    out = tmp_path / "load.csv"
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "bench_load.py"), "--server", server.url]
+        + ["--api-key-env", KEY_VARIABLE, "--levels", "1,4", "--items", "8", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        env=server.env,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["concurrency"] for row in rows] == ["1", "4"]
+    assert all(row["errors"] == "0" and row["equal_to_sequential"] == "8" for row in rows), rows
+    assert all(float(row["items_per_s"]) > 0 and row["load_before"] for row in rows)
+    assert "| tiny | ours | 4 |" in done.stdout  # the Markdown table

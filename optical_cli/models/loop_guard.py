@@ -31,7 +31,7 @@ from typing import Sequence
 LOOP_STOP_TOKEN = "<|vision_pad|>"  # Qwen3-VL's unused vision padding token: the guard's stop
 LOOP_STOP_TOKEN_ID = 151654  # its id in every Qwen3-VL tokenizer (checked against ours in the tests)
 REPETITION = "repetition"  # the finish reason of a cut answer (vLLM's own name for a repetition stop)
-ENV = "OPTICAL_LOOP_GUARD"  # "NGRAM,WINDOW": the server's default for requests that set none
+LOOP_GUARD_ENV = "OPTICAL_LOOP_GUARD"  # "NGRAM,WINDOW": the server's default for requests that set none
 NGRAM_ARG, WINDOW_ARG = "loop_guard_ngram", "loop_guard_window"  # per-request vllm_xargs
 
 
@@ -80,8 +80,8 @@ OFF = NoRepeatNGram(0, 0)
 
 
 def from_env(value: str | None = None) -> NoRepeatNGram:
-    """The server's default (:data:`ENV`); off when unset or unreadable."""
-    value = os.environ.get(ENV, "") if value is None else value
+    """The server's default (:data:`LOOP_GUARD_ENV`); off when unset or unreadable."""
+    value = os.environ.get(LOOP_GUARD_ENV, "") if value is None else value
     try:
         ngram, window = (int(part) for part in value.split(","))
         return NoRepeatNGram(ngram, window)

@@ -63,7 +63,11 @@ def server_launch(cfg, *, host: str | None = None, port: int | None = None, extr
     argv += list(extra)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     guard = loop_guard.NoRepeatNGram(serve.loop_guard.ngram, serve.loop_guard.window)
-    environment = {**cpu_environment(cfg.vllm, device), lifeline.ENV: "1", loop_guard.ENV: guard.as_env()}
+    environment = {
+        **cpu_environment(cfg.vllm, device),
+        lifeline.LIFELINE_ENV: "1",
+        loop_guard.LOOP_GUARD_ENV: guard.as_env(),
+    }
     keyed = bool(serve.api_key_env) or bool(os.environ.get(API_KEY_VARIABLE)) or "--api-key" in extra
     return ServerLaunch(
         argv,

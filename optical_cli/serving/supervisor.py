@@ -46,7 +46,7 @@ API_KEY_VARIABLE = "VLLM_API_KEY"  # where vLLM's server reads a key that is not
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 DRAIN_FLAG = "draining"
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-OURS = (lifeline.ENV, loop_guard.ENV)  # set from the config even when the environment has them
+OURS = (lifeline.LIFELINE_ENV, loop_guard.LOOP_GUARD_ENV)  # set from the config even when the environment has them
 
 
 @dataclass
@@ -177,7 +177,7 @@ def supervise(server: ServerLaunch) -> None:
     os.execve(sys.executable, [sys.executable, "-m", __name__], environment)
 
 
-def main() -> int:
+def supervise_from_environment() -> int:
     if LAUNCH_ENV not in os.environ:
         print("this module is run by `optical serve` (it supervises the server it prepared)", file=sys.stderr)
         return 2
@@ -194,4 +194,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(supervise_from_environment())
