@@ -1,4 +1,5 @@
-"""`optical ask`'s report on stderr: what the answer cost (pages, vision and document tokens, seconds)."""
+"""`optical ask`'s report on stderr: what the answer cost (pages, vision and document tokens, seconds),
+and whether the loop guard cut it."""
 
 from __future__ import annotations
 
@@ -20,3 +21,5 @@ def print_answer_cost(answer) -> None:
         ),
         soft_wrap=True,
     )
+    if answer.finish_reason == "repetition":
+        err.print("the loop guard cut the answer where it began to repeat itself (ask.loop_guard)", soft_wrap=True)
