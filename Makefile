@@ -59,9 +59,11 @@ $(VLLM_BIN)/optical: pyproject.toml scripts/cpu_torch_addons.py
 vllm-cpu: $(VLLM_BIN)/optical
 
 # The vLLM tests in that environment: the engine against the hf engine (pages through the model
-# plugin), and `optical serve` (a real server on a free localhost port) with `optical ask --server`.
+# plugin), and `optical serve` (one real server on a free localhost port for the session) with
+# `optical ask --server`, the official openai client, 64 clients at once, keys, the loop guard, and
+# last the faults (kill -9 under load and a restart on the same port, SIGTERM draining).
 test-vllm: vllm-cpu
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg $(VLLM_BIN)/python -m pytest tests/test_vllm_engine.py tests/test_vllm_server.py
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg $(VLLM_BIN)/python -m pytest tests/test_vllm_engine.py tests/test_vllm_server.py tests/test_vllm_openai.py tests/test_vllm_faults.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .venv-lowest *.egg-info site

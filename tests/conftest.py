@@ -24,3 +24,19 @@ def _isolated_results(tmp_path, monkeypatch):
     if "OPTICAL_CACHE" not in os.environ:  # derived models and the page-feature cache: the test's own
         monkeypatch.setenv("OPTICAL_CACHE", str(tmp_path / "optical-cache"))
     yield
+
+
+@pytest.fixture(scope="session")
+def optical_server(tmp_path_factory):
+    """One real `optical serve` (tiny config, keyed, alias glyph) for the vLLM test modules; see vllm_servers.py."""
+    pytest.importorskip("vllm")
+    from vllm_servers import KEY, KEY_VARIABLE, ServerProcess
+
+    server = ServerProcess(tmp_path_factory.mktemp("server"))
+    os.environ[KEY_VARIABLE] = KEY  # ask --server and the scripts read the key from it, as the server does
+    try:
+        server.start_s = server.start()
+        yield server
+    finally:
+        server.stop()
+        os.environ.pop(KEY_VARIABLE, None)

@@ -17,11 +17,16 @@ from optical_cli.models.adapter import (
     ADAPTER_FILE,
     AdapterConfig,
     OpticalAdapter,
+    PublishedAdapter,
     adapter_location,
     load_adapter,
     parameter_count,
     save_adapter,
+    save_published,
     sidecar_path,
+)
+from optical_cli.models.adapter import (
+    published_state as published_weights,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -293,3 +298,52 @@ def test_published_layout_at_its_published_size():
     assert shapes["projection.0.weight"] == (3072, 1280) and shapes["projection.3.weight"] == (2048, 3072)
     assert shapes["page_embeddings.weight"] == (200, 2048)
     assert PublishedAdapter.config_of(adapter.state_dict()) == AdapterConfig()
+
+
+# -- adapter.pth in the published layout (train-adapter and export-adapter write it) ------------------
+
+
+class PublishedModule(torch.nn.Module):
+    """The module the published project's loader builds and fills (``UniversalAdapter`` in its
+    ``optical_encoder.py``, written here from its description): projection = Linear, GELU, Dropout,
+    Linear; layer_norm; page_embeddings. Its loader is ``load_state_dict(torch.load(path))``: strict."""
+
+    def __init__(self, vision_dim, hidden_dim, llm_dim, max_pages):
+        super().__init__()
+        self.projection = torch.nn.Sequential(
+            torch.nn.Linear(vision_dim, hidden_dim),
+            torch.nn.GELU(),
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(hidden_dim, llm_dim),
+        )
+        self.layer_norm = torch.nn.LayerNorm(llm_dim)
+        self.page_embeddings = torch.nn.Embedding(max_pages, llm_dim)
+
+
+def test_adapter_pth_is_written_in_the_published_layout_and_read_back(tmp_path):
+    torch.manual_seed(5)
+    adapter = PublishedAdapter(AdapterConfig(48, 96, 64, 8)).eval()
+    torch.nn.init.normal_(adapter.page_embeddings.weight)  # trained page positions: they must survive
+    path = save_published(adapter, tmp_path / "adapter.pth")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    theirs = PublishedModule(48, 96, 64, 8)
+    theirs.load_state_dict(state, strict=True)  # what the published loader does
+    features = torch.randn(3, 256, 48)
+    expected = published_forward(state, features.reshape(1, 3 * 256, 48)).reshape(3, 256, 64)
+    assert torch.allclose(adapter(features), expected, atol=1e-5)
+    back = load_adapter(path, llm_dim=64, vision_dim=48).eval()  # bench reads it (no sidecar needed)
+    assert back.layout == "published" and torch.equal(back(features), adapter(features))
+    save_adapter(adapter, tmp_path / ADAPTER_FILE)  # the run's safetensors beside it: the same adapter
+    assert torch.equal(load_adapter(tmp_path / ADAPTER_FILE).eval()(features), adapter(features))
+    assert load_adapter(tmp_path / "adapter.pth").layout == "published"  # its sidecar (adapter.json) is no hindrance
+
+
+def test_ours_goes_to_the_published_layout_only_while_that_layout_computes_the_same(tmp_path):
+    adapter = small_adapter(seed=2).eval()  # fresh: page embeddings zero, both are LayerNorm(MLP(x))
+    path = save_published(adapter, tmp_path / "adapter.pth")
+    features = torch.randn(2, 64, 48)
+    assert torch.allclose(load_adapter(path).eval()(features), adapter(features), atol=1e-6)
+    with torch.no_grad():
+        adapter.page_embed.weight[1] = 0.5  # trained: added after the LayerNorm, on one-page documents too
+    assert published_weights(adapter) is None and save_published(adapter, tmp_path / "other.pth") is None
+    assert not (tmp_path / "other.pth").exists()

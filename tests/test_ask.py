@@ -52,6 +52,7 @@ def test_ask_reads_a_text_file_as_pages_and_streams_the_answer(tmp_path):
     assert answer["pages"] == answer["document_pages"] > 1 and answer["vision_tokens"] == 64 * answer["pages"]
     assert answer["document_tokens"] > answer["vision_tokens"]  # compression: fewer positions than text tokens
     assert set(answer["timings"]) >= {"render_s", "encode_s", "prefill_s", "decode_s", "total_s"}
+    assert answer["finish_reason"] in ("stop", "length", "repetition")  # repetition: the loop guard cut it
     streamed = runner.invoke(app, ["ask", str(doc), "How many ships were lost?", "-c", TINY])
     assert streamed.exit_code == 0 and streamed.stdout == answer["answer"] + "\n"  # the same greedy answer
     assert "RANDOM WEIGHTS" in streamed.stderr and f"{answer['pages']} of {answer['document_pages']} pages" in (

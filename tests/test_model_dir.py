@@ -77,7 +77,7 @@ def test_the_directory_holds_the_chain_under_our_architecture(model_dir):
     for name, value in adapter.state_dict().items():
         assert torch.equal(tower[f"optical.adapter.{name}"], value), name
     generation = json.loads((model_dir / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == [151645, 151643] and "temperature" not in generation
+    assert generation["eos_token_id"] == [151645, 151643, 151654] and "temperature" not in generation
     assert json.loads((model_dir / PROVENANCE_FILE).read_text())["key"] == model_dir_key(spec)
 
 
@@ -203,7 +203,7 @@ def test_export_model_writes_a_directory_once_and_refuses_to_clobber(tmp_path, m
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["model_dir"] == str(out)
     generation = json.loads((out / "generation_config.json").read_text())
-    assert generation["temperature"] == 0.0 and generation["max_new_tokens"] == 32  # requests that set none
+    assert generation["temperature"] == 0.0 and generation["max_new_tokens"] == 1024  # requests that set none
     assert (out / "optical-config.yaml").is_file() and (out / "chat_template.jinja").is_file()
     again = runner.invoke(app, ["export-model", "-c", str(TINY), "-o", str(out)])
     assert again.exit_code == 2 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1

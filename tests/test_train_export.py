@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
-from optical_cli.models.adapter import load_adapter, save_adapter
+from optical_cli.models.adapter import PUBLISHED_KEYS, load_adapter, save_adapter
 from optical_cli.train import export as export_mod
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,3 +152,30 @@ def test_push_uploads_the_written_folder_as_the_repository(trained, tmp_path, mo
         ("upload_folder", "someone/optical-adapter", sorted(p.name for p in out.iterdir())),
     ]
     assert "optical bench longbench --set bench.adapter=someone/optical-adapter" in (out / "README.md").read_text()
+
+
+def test_a_published_layout_run_writes_adapter_pth_that_bench_reads_as_the_run(tmp_path):
+    """adapter.layout: published trains the published forward; the run and its export hold adapter.pth in
+    the published layout (the published loader's seven tensors), which bench reads as it reads the run."""
+    # 60 records packed: documents of several pages, whose page embeddings the published forward trains
+    sets = [f"data.source={CVES}", f"data.cache_dir={tmp_path / 'cache'}", "data.max_documents=60"]
+    sets += ["data.max_text_tokens=16", "train.max_steps=3", "train.batch_size=2", "train.lr=0.05"]
+    sets += ["train.read_pages=1", "train.read_max_new_tokens=4", "adapter.layout=published", "data.pack=true"]
+    run = tmp_path / "run"
+    result = invoke("train-adapter", "-c", TINY, "-o", run, "--json", *[x for s in sets for x in ("--set", s)])
+    assert result.exit_code == 0, result.output
+    state = torch.load(run / "adapter.pth", map_location="cpu", weights_only=True)
+    assert set(state) == PUBLISHED_KEYS and torch.count_nonzero(state["page_embeddings.weight"]) > 0  # trained
+    from_pth, from_run = load_adapter(run / "adapter.pth"), load_adapter(run)
+    assert from_pth.layout == from_run.layout == "published"
+    assert all(torch.equal(t, from_run.state_dict()[name]) for name, t in from_pth.state_dict().items())
+    out = tmp_path / "export"
+    exported = invoke("export-adapter", run, out, "--json")
+    assert exported.exit_code == 0, exported.output
+    assert (
+        "adapter.pth" in json.loads(exported.stdout)["files"] and "published layout" in (out / "README.md").read_text()
+    )
+    assert torch.load(out / "adapter.pth", weights_only=True).keys() == state.keys()
+    by_run, by_pth = bench(tmp_path / "bench-run", run), bench(tmp_path / "bench-pth", run / "adapter.pth")
+    assert by_run.exit_code == 0 and by_pth.exit_code == 0, by_pth.output
+    assert optical_outputs(tmp_path / "bench-pth") == optical_outputs(tmp_path / "bench-run")

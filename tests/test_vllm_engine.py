@@ -89,7 +89,7 @@ def hf_answer(hf, layout, vision=None, positions=None):
             position_ids=positions[:, None, :],
             attention_mask=torch.ones(1, layout.length, dtype=torch.long),
         ).logits[0, -1]
-    ids, _ = hf.vlm.generate_from_embeds(embeds, layout.position_ids, layout.rope_delta, NEW_TOKENS)
+    ids, *_ = hf.vlm.generate_from_embeds(embeds, layout.position_ids, layout.rope_delta, NEW_TOKENS)
     return ids, torch.log_softmax(logits.float(), dim=-1)
 
 
@@ -327,3 +327,27 @@ def test_a_lora_trained_beside_the_adapter_is_served_by_vllm_for_pages_as_the_hf
     print(f"without the LoRA, {changed}/6 optical answers change")
     assert changed >= 3
     assert all(without[k]["output"] == hf_rows[k]["output"] for k in hf_rows if k[1] == "native")
+
+
+def test_the_loop_guard_cuts_the_same_looping_answer_on_both_engines(engines):
+    """The serve section's guard (n-gram 30 in 90) on both readers: our loop and vLLM's logits processor
+    end the tiny chain's looping answer at the same token, and say so; without it both run on."""
+    from optical_cli.models.loop_guard import OFF
+
+    prompt = PromptParts(preamble="", document="", question="Loop")  # tests/test_loop_guard.py: it loops
+    cut = [reader.read_text(prompt, max_new_tokens=300, temperature=0.0, seed=0) for reader in engines]
+    assert [g.finish_reason for g in cut] == ["repetition", "repetition"] and cut[0].text == cut[1].text
+    streamed = []
+    again = engines[1].read_text(prompt, max_new_tokens=300, temperature=0.0, seed=0, stream=streamed.append)
+    # streamed, the same cut (pieces of random-weight text may split a UTF-8 sequence: the whole is compared)
+    assert again.finish_reason == "repetition" and again.text == cut[1].text and streamed
+    guards = [reader.loop_guard for reader in engines]
+    try:
+        for reader in engines:
+            reader.loop_guard = OFF
+        free = [reader.read_text(prompt, max_new_tokens=300, temperature=0.0, seed=0) for reader in engines]
+    finally:
+        for reader, guard in zip(engines, guards):
+            reader.loop_guard = guard
+    assert [g.finish_reason for g in free] == ["length", "length"]
+    assert all(f.text.startswith(c.text) and len(f.text) > len(c.text) for f, c in zip(free, cut))

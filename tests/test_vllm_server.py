@@ -1,5 +1,5 @@
-"""`optical serve` for real: vLLM's OpenAI server on the tiny optical model, started by the test on a
-free localhost port (one server for the module, stopped at the end; run in .venv-vllm: `make test-vllm`).
+"""`optical serve` for real: vLLM's OpenAI server on the tiny optical model, on a free localhost port
+(the session's server, conftest.py: keyed, alias glyph; run in .venv-vllm: `make test-vllm`).
 
 A plain HTTP client (urllib, none of the project's client code) posts page PNGs and gets answers;
 requests in flight give the answers of one at a time; bad input gets a 4xx that says what was wrong
@@ -9,23 +9,19 @@ server requests sent 8 at a time; a second question about the same pages hits vL
 
 import base64
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("vllm")
 
 from conftest import REPO_ROOT
+from vllm_servers import KEY, config_sets
 
 from optical_cli.bench.synthetic import cve_document
 from optical_cli.config.registry import load_config
@@ -33,25 +29,19 @@ from optical_cli.serving.ask import ask, local_reader
 
 TINY = REPO_ROOT / "configs" / "tiny" / "serve.yaml"
 OPTICAL = Path(sys.executable).with_name("optical")
-START_TIMEOUT_S = 900  # vLLM's API server and engine start in about a minute on 2 idle cores
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+AUTH = {"Authorization": f"Bearer {KEY}"}  # the session's server requires its key (vllm_servers.py)
 
 
 def get(url: str, timeout: float = 10) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH), timeout=timeout) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
 
 
 def post(url: str, body: dict, timeout: float = 600) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json", **AUTH})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -60,42 +50,9 @@ def post(url: str, body: dict, timeout: float = 600) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("server")
-    env = {**os.environ, "OPTICAL_CACHE": str(folder / "cache")}
-    port = free_port()
-    log = open(folder / "server.log", "w")
-    process = subprocess.Popen(
-        [str(OPTICAL), "serve", "-c", str(TINY), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO_ROOT,
-        env=env,
-        start_new_session=True,  # its own process group: vLLM's engine process goes with it
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while get_status(url) != 200:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the server did not come up:\n{(folder / 'server.log').read_text()[-4000:]}")
-            time.sleep(2)
-        yield SimpleNamespace(url=url, env=env, folder=folder)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
-        log.close()
-
-
-def get_status(url: str) -> int | None:
-    try:
-        return get(url + "/health", timeout=5)[0]
-    except OSError:
-        return None
+def server(optical_server):
+    """The session's server (conftest.py), up."""
+    return optical_server.ensure_up()
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +90,7 @@ def chat(pngs: list[bytes], question: str, max_tokens: int = 8) -> dict:
 def test_health_models_and_a_plain_client_posting_page_pngs(server, page_pngs):
     assert get(server.url + "/health")[0] == 200
     status, models = get(server.url + "/v1/models")
-    assert status == 200 and [m["id"] for m in json.loads(models)["data"]] == ["optical"]
+    assert status == 200 and [m["id"] for m in json.loads(models)["data"]] == ["optical", "glyph"]
     pngs = page_pngs[1]
     status, reply = post(server.url + "/v1/chat/completions", chat(pngs, "Which products are affected?"))
     assert status == 200, reply
@@ -207,7 +164,7 @@ def test_an_image_past_pils_decompression_limit_is_refused_and_the_server_lives_
 
 
 def test_ask_through_the_server_gives_the_hf_engines_answers(server, tmp_path):
-    cfg = load_config("serve", TINY, [])
+    cfg = load_config("serve", TINY, config_sets())  # the key's variable: ask sends the key
     pairs = []
     for n in range(4):
         text, _ = cve_document(1200 + 700 * n, start=25 * n)
@@ -239,6 +196,7 @@ def test_the_ask_command_streams_through_the_server_and_a_second_question_hits_t
 
     before = hits()
     command = [str(OPTICAL), "ask", str(doc), "Which versions are affected?", "-c", str(TINY), "--server", server.url]
+    command += [arg for item in config_sets() for arg in ("--set", item)]
     first = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=server.env, timeout=600)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() and "server" in first.stderr

@@ -145,7 +145,7 @@ def test_cached_generation_matches_full_recomputation_and_ignores_stale_rope_del
     with torch.no_grad():
         embeds = splice(reader.embed_tokens, layout.input_ids, layout.vision_mask, reader.adapt(features))
         reference = _greedy_without_cache(reader, embeds, layout, 6)
-    ids, _ = reader.generate_from_embeds(embeds[None], layout.position_ids, layout.rope_delta, 6)
+    ids, *_ = reader.generate_from_embeds(embeds[None], layout.position_ids, layout.rope_delta, 6)
     stop = next((k for k, token in enumerate(reference) if token in reader.stop_ids), len(reference))
     assert stop == 6, "pick a seed whose reference decodes 6 tokens, so every cached step is compared"
     assert ids == reference

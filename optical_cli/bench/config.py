@@ -10,6 +10,7 @@ from ..config.schema import Section, TrackerNames
 from ..config.sections import (
     PUBLISHED_ADAPTER,
     DeepEncoderSection,
+    LoopGuardSection,
     PageCacheSection,
     RenderSection,
     RuntimeConfig,
@@ -58,6 +59,10 @@ class LongBenchSection(Section):
     log_with: TrackerNames = Field(
         [],
         description="experiment trackers summary.json's numbers also go to, in the run directory (see train.log_with)",
+    )
+    loop_guard: LoopGuardSection = Field(
+        LoopGuardSection(ngram=0),
+        description="cut answers that loop, on both engines (off by default: the rows report the model as it is)",
     )
 
 

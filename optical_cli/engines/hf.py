@@ -19,6 +19,7 @@ import torch
 
 from ..devices import synchronize
 from ..models.adapter import parameter_count
+from ..models.loop_guard import OFF, NoRepeatNGram
 from ..models.lora import has_lora, lora_disabled
 from ..models.vlm import READ_INSTRUCTION, VisionLanguageReader
 from ..prompts import PromptParts
@@ -48,8 +49,10 @@ class HFReader:
         random_weights: bool,
         description: str,
         conventions: dict[str, str] | None = None,
+        loop_guard: NoRepeatNGram = OFF,
     ):
         self.vlm = vlm
+        self.loop_guard = loop_guard  # every answer of read_text / read_pages (models/loop_guard.py)
         self.renderer = renderer  # render.PageRenderer at the encoder's page size
         self.encoder = encoder  # DeepEncoderPages: the frozen encoder of `optical encode`
         self.random_weights = random_weights
@@ -104,8 +107,11 @@ class HFReader:
                 temperature=temperature,
                 seed=seed,
                 on_token=self._streaming(stream),
+                loop_guard=self.loop_guard,
             )
-        return Generation(text, stats["input_tokens"], stats["prefill_s"], stats["decode_s"])
+        return Generation(
+            text, stats["input_tokens"], stats["prefill_s"], stats["decode_s"], finish_reason=stats["finish_reason"]
+        )
 
     # -- pages -----------------------------------------------------------------------------
     def render(self, text: str, max_pages: int) -> tuple[list[Any], int]:
@@ -156,6 +162,7 @@ class HFReader:
             seed=seed,
             on_token=self._streaming(stream),
             page_index=None if positions is None else torch.tensor(list(positions), device=self.vlm.device),
+            loop_guard=self.loop_guard,
         )
         return Generation(
             text,
@@ -166,16 +173,18 @@ class HFReader:
             adapter_s=stats["adapter_s"],
             pages_encoded=len(pages) if cache is None else cache.encoded,
             pages_cached=0 if cache is None else cache.cached,
+            finish_reason=stats["finish_reason"],
         )
 
-    def transcribe(self, features: torch.Tensor, page_index: int, max_new_tokens: int) -> str:
+    def transcribe(self, features: torch.Tensor, page_index: int, max_new_tokens: int, multi_page: bool = True) -> str:
         """Greedy transcription of one encoded page ([1, tokens, vision_dim]) at its place in its
-        document: ``train-adapter``'s reading check."""
+        document (``multi_page``: whether that document has more pages): ``train-adapter``'s reading check."""
         text, _ = self.vlm.generate(
             question_prompt=READ_INSTRUCTION,
             vision_features=features,
             max_new_tokens=max_new_tokens,
             temperature=0.0,
             page_index=torch.tensor([page_index], device=self.vlm.device),
+            multi_page=multi_page,
         )
         return text

@@ -20,7 +20,8 @@ longbench`` reads), it holds:
   images reads as ``bench longbench``'s optical prompt (``bench/prompts.py``: the preamble, the
   pages between the document tags, then the turn's text as the question), token for token what
   ``models/vlm.build_layout`` gives; a turn without images is plain Qwen chat;
-- ``generation_config.json``: the stop tokens (``<|im_end|>``, ``<|endoftext|>``), and for an
+- ``generation_config.json``: the stop tokens (``<|im_end|>``, ``<|endoftext|>``, and the loop
+  guard's ``<|vision_pad|>``, which Qwen3-VL never writes: ``models/loop_guard.py``), and for an
   exported directory the default sampling of requests that set none;
 - ``lora/``: the LoRA trained beside the adapter (train-adapter's PEFT directory), when there is one.
 
@@ -45,6 +46,7 @@ from ..errors import ConfigError, InputError, ModelNotFoundError
 from ..models import loading
 from ..models.deepencoder.weights import load_deepencoder
 from ..models.language_model import build_random_qwen3_vl, language_model_class, qwen3_vl_model_type
+from ..models.loop_guard import LOOP_STOP_TOKEN
 from ..models.lora import LORA_DIR
 from ..models.qwen_bpe import QWEN_SPECIAL_START, QWEN_SPECIAL_TOKENS
 from ..models.tokenizers import save_chat_tokenizer_files
@@ -54,7 +56,7 @@ from .chain import ChainSpec, fit_adapter
 from .tower import ADAPTER_PREFIX, ENCODER_PREFIX, PageSettings
 
 SERVED_MODEL_TYPES = ("qwen3_vl",)  # dense Qwen3-VL: the plugin's architecture (ARCHITECTURE) subclasses vLLM's
-MODEL_DIR_VERSION = 2  # bump when what is written changes: cached directories are then rebuilt
+MODEL_DIR_VERSION = 3  # bump when what is written changes: cached directories are then rebuilt
 OPTICAL_WEIGHTS = "optical.safetensors"
 LANGUAGE_MODEL_WEIGHTS = "language-model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -331,9 +333,9 @@ def _write_tokenizer(spec: ChainSpec, staging: Path) -> None:
 
 
 def _write_generation_config(staging: Path, sampling: dict | None) -> None:
-    """Stop at ``<|im_end|>`` or ``<|endoftext|>`` (our generate loop stops at either), plus the
-    default sampling of an exported directory."""
-    stops = [_special_id("<|im_end|>"), _special_id("<|endoftext|>")]
+    """Stop at ``<|im_end|>`` or ``<|endoftext|>`` (our generate loop stops at either) or the loop
+    guard's stop token, plus the default sampling of an exported directory."""
+    stops = [_special_id("<|im_end|>"), _special_id("<|endoftext|>"), _special_id(LOOP_STOP_TOKEN)]
     config = {"eos_token_id": stops, "pad_token_id": _special_id("<|endoftext|>")}
     if sampling:
         config.update({key: value for key, value in sampling.items() if value is not None})

@@ -31,6 +31,7 @@ class Generation:
     adapter_s: float = 0.0  # adapter and embedding splice (optical only)
     pages_encoded: int | None = None  # pages DeepEncoder ran on (None: not known, e.g. inside vLLM)
     pages_cached: int = 0  # pages whose features came from the page cache
+    finish_reason: str = ""  # stop, length or repetition (the loop guard ended it); empty if unknown
 
 
 @dataclass

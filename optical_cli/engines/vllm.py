@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import ConfigError, InputError
+from ..models.loop_guard import LOOP_STOP_TOKEN_ID, OFF, REPETITION, NoRepeatNGram
 from ..models.lora import CONFIG_FILE, LORA_DIR
 from ..models.vlm import END_OF_TEXT, IM_END, IMAGE_PAD, build_layout
 from ..prompts import PromptParts
@@ -56,6 +57,7 @@ class Request:
     logprobs: int | None = None
     lora: bool = False  # read with the engine's LoRA (pages of an adapter trained with one)
     embeds: torch.Tensor | None = None  # vllm.pages: embeddings: the pages adapted here [P, tokens, hidden]
+    loop_guard: NoRepeatNGram = OFF  # sent with the request: the plugin's logits processor applies it
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Result:
     prefill_s: float
     decode_s: float
     first_logprobs: dict[int, float] | None = None
+    finish_reason: str = ""  # stop, length or repetition (the loop guard's stop token)
 
 
 class VLLMEngine:
@@ -168,6 +171,7 @@ class VLLMEngine:
             detokenize=False,
             skip_special_tokens=False,
             logprobs=request.logprobs,
+            extra_args=request.loop_guard.as_xargs(),  # always sent: off is off, whatever the environment says
         )
         if request.temperature > 0:
             sampling["seed"] = request.seed
@@ -181,7 +185,8 @@ class VLLMEngine:
         first = None
         if completion.logprobs:
             first = {int(token): float(entry.logprob) for token, entry in completion.logprobs[0].items()}
-        return Result(ids, prefill_s, decode_s, first)
+        finish = REPETITION if completion.stop_reason == LOOP_STOP_TOKEN_ID else str(completion.finish_reason or "")
+        return Result(ids, prefill_s, decode_s, first, finish)
 
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -263,8 +268,10 @@ class VLLMReader:
         parameters: dict,
         device: torch.device,
         embed_pages: Callable[[list], tuple[torch.Tensor, float, float]] | None = None,
+        loop_guard: NoRepeatNGram = OFF,
     ):
         self.engine = engine
+        self.loop_guard = loop_guard  # sent with every request (models/loop_guard.py)
         # vllm.pages: embeddings: pages -> (adapted embeddings [P, T, hidden], encode s, adapter s) in this process
         self.embed_pages = embed_pages
         self.tokenizer = tokenizer
@@ -277,7 +284,7 @@ class VLLMReader:
         self.device = device
         self.max_positions = engine.max_positions
         self.pad_id = tokenizer.token_id(IMAGE_PAD)
-        self.stop_ids = {tokenizer.token_id(IM_END), tokenizer.token_id(END_OF_TEXT)}
+        self.stop_ids = {tokenizer.token_id(IM_END), tokenizer.token_id(END_OF_TEXT), LOOP_STOP_TOKEN_ID}
 
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
@@ -298,7 +305,9 @@ class VLLMReader:
         """The hf engine's prompt for a text condition as a vLLM request, and its length."""
         layout = build_layout(self.tokenizer, prompt.question, None, prompt.document or None, preamble=prompt.preamble)
         self._check_length(layout.length)
-        return Request(layout.input_ids.tolist(), max_new_tokens, temperature, seed, logprobs=logprobs), layout.length
+        request = Request(layout.input_ids.tolist(), max_new_tokens, temperature, seed, logprobs=logprobs)
+        request.loop_guard = self.loop_guard
+        return request, layout.length
 
     def page_request(
         self,
@@ -323,7 +332,9 @@ class VLLMReader:
             )
         # pages are read with the LoRA trained beside the adapter, when there is one (text: the base model)
         lora = self.engine.lora_request is not None
-        return Request(ids, max_new_tokens, temperature, seed, list(pages), logprobs, lora), layout.length
+        request = Request(ids, max_new_tokens, temperature, seed, list(pages), logprobs, lora)
+        request.loop_guard = self.loop_guard
+        return request, layout.length
 
     def embedded_request(self, request: Request) -> tuple[Request, float, float]:
         """``vllm.pages: embeddings``: the request's pages encoded and adapted here, sent as embeddings."""
@@ -355,7 +366,13 @@ class VLLMReader:
         for (index, _, length, encode_s, adapter_s), result in zip(built, results):
             text = self.decode_text(self._until_stop(result.ids))
             outcomes[index] = Generation(
-                text, length, result.prefill_s, result.decode_s, encode_s=encode_s, adapter_s=adapter_s
+                text,
+                length,
+                result.prefill_s,
+                result.decode_s,
+                encode_s=encode_s,
+                adapter_s=adapter_s,
+                finish_reason=result.finish_reason,
             )
         return outcomes  # type: ignore[return-value]
 
@@ -394,7 +411,15 @@ class VLLMReader:
 
         result = self.engine.stream(request, on_token)
         answer = self.decode_text(self._until_stop(result.ids))
-        return Generation(answer, length, result.prefill_s, result.decode_s, encode_s=encode_s, adapter_s=adapter_s)
+        return Generation(
+            answer,
+            length,
+            result.prefill_s,
+            result.decode_s,
+            encode_s=encode_s,
+            adapter_s=adapter_s,
+            finish_reason=result.finish_reason,
+        )
 
     def read_text(
         self,

@@ -18,10 +18,14 @@ vLLM code, never imported by the rest of the package.
   none. Qwen3-VL feeds its vision tower's intermediate layers into the first decoder layers; our
   chain has no such features, so the model declares zero deepstack levels (the language model
   gets exactly the adapted tokens, as in our own generate loop). Video is not served.
+- **Counters** (:mod:`.vllm_metrics`, on the server's ``/metrics``): pages the processor found in
+  vLLM's multimodal cache; pages the tower encoded and the seconds it took (vLLM's start-up
+  profiling, one call on blank pages, is not counted).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -50,8 +54,10 @@ from vllm.multimodal.processing import (
 from vllm.multimodal.processing.inputs import ProcessorInputs
 from vllm.tokenizers.registry import cached_tokenizer_from_config
 
+from ..devices import synchronize
 from ..models.vlm import IMAGE_PAD, VISION_END, VISION_START
 from .tower import OpticalTower, PageSettings, page_view
+from .vllm_metrics import page_cache_hits, pages_encoded
 
 # processor keyword arguments that carry each missing item's place in the request (see
 # OpticalProcessor._get_cache_missing_processor_kwargs)
@@ -103,6 +109,7 @@ class OpticalProcessor(BaseMultiModalProcessor[OpticalProcessingInfo]):
         """Only the pages missing from vLLM's processor cache are processed: tell the processor
         where each of them sits in the request."""
         cached = mm_is_cached.get("image", [])
+        page_cache_hits(sum(1 for hit in cached if hit))
         return {
             **inputs.hf_processor_mm_kwargs,
             PAGE_INDEX_KWARG: [index for index, hit in enumerate(cached) if not hit],
@@ -215,6 +222,8 @@ class OpticalQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
                 prefix=maybe_prefix(prefix, "language_model"),
             )
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
+        # vLLM's start-up profiling encodes one batch of blank pages first (unless it is skipped): not counted
+        self._profiled = bool(getattr(multimodal_config, "skip_mm_profiling", False))
 
     def embed_multimodal(self, **kwargs: object) -> tuple[torch.Tensor, ...] | None:
         """The pages of every scheduled request at once -> one [tokens, hidden] tensor per page
@@ -228,8 +237,13 @@ class OpticalQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
         views = _stacked(views)
         page_index = _stacked(kwargs["page_index"]).reshape(-1)
         multi_page = _stacked(kwargs["multi_page"]).reshape(-1)
+        start = time.perf_counter()
         with torch.inference_mode():
             pages = self.visual(views.to(parameter.device, parameter.dtype), page_index, multi_page)
+        if self._profiled:
+            synchronize(parameter.device)
+            pages_encoded(int(views.shape[0]), time.perf_counter() - start)
+        self._profiled = True
         return tuple(pages.to(parameter.dtype))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

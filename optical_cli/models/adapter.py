@@ -9,16 +9,20 @@ says otherwise (the published adapter left them random, which scrambled later pa
 Training starts the LayerNorm gain at the RMS of the LLM's token-embedding table
 (:meth:`OpticalAdapter.set_output_scale`), so vision tokens enter at the scale of text tokens.
 
-Saved as ``adapter.safetensors`` (tensors only, nothing to unpickle; the dims and the format in the
-file's metadata under ``optical.adapter``, so the file describes itself) beside a JSON sidecar
-``adapter.json`` with the dims, the parameter count and the training config. Earlier versions wrote
-``adapter.pth`` (a plain state dict) + the same sidecar; :func:`load_adapter`
-reads every layout back with strict checks.
+Saved as ``adapter.safetensors`` (tensors only, nothing to unpickle; the dims, the layout and the
+format in the file's metadata under ``optical.adapter``, so the file describes itself) beside a JSON
+sidecar ``adapter.json`` with the dims, the layout, the parameter count and the training config.
+Beside it, :func:`save_published` writes ``adapter.pth`` in the published layout (below) whenever
+that layout computes exactly what the adapter computes, for the published project's own scripts.
+Earlier versions wrote ``adapter.pth`` as our own plain state dict + the same sidecar;
+:func:`load_adapter` reads every layout back with strict checks, choosing by the tensors' names.
 
 :class:`PublishedAdapter` reads the published adapter (Volkopat/Qwen-VLM-Optical-Encoder,
 ``qwen3_vl_2b.pth``): a plain state dict with no sidecar, ``projection.0``/``projection.3``
 (Linear, GELU, Dropout, Linear), ``layer_norm`` and ``page_embeddings``, whose forward adds
-the page embedding before the LayerNorm and only when a document has more than one page.
+the page embedding before the LayerNorm and only when a document has more than one page. Its loader
+(``UniversalAdapter.load_state_dict(torch.load(path))`` in the published ``optical_encoder.py``)
+is strict: exactly those seven tensors. ``train-adapter`` trains either layout (``adapter.layout``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from .loading import HUB_FILE_SCHEME, looks_like_hub_id, resolve_hub_file, resol
 
 ADAPTER_FILE = "adapter.safetensors"  # what train-adapter writes into a run directory and each checkpoint
 LEGACY_ADAPTER_FILE = "adapter.pth"  # what earlier versions wrote there (still read)
+PUBLISHED_FILE = "adapter.pth"  # beside adapter.safetensors now: the published layout (save_published)
 SIDECAR_SUFFIX = ".json"
 ADAPTER_FORMAT = "optical-adapter/1"
 METADATA_KEY = "optical.adapter"  # safetensors metadata: {"format": ADAPTER_FORMAT, "dims": {...}} as JSON
@@ -93,8 +98,11 @@ class OpticalAdapter(nn.Module):
         self.page_embed = nn.Embedding(config.max_pages, config.llm_dim)
         nn.init.zeros_(self.page_embed.weight)
 
-    def forward(self, features: torch.Tensor, page_index: torch.Tensor | None = None) -> torch.Tensor:
-        """``features`` [P, T, vision_dim]; ``page_index`` [P] (default 0..P-1) -> [P, T, llm_dim]."""
+    def forward(
+        self, features: torch.Tensor, page_index: torch.Tensor | None = None, multi_page: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``features`` [P, T, vision_dim]; ``page_index`` [P] (default 0..P-1) -> [P, T, llm_dim].
+        ``multi_page`` is the published layout's and does not change this one (every page gets its embedding)."""
         page_index = _check_features(features, page_index, self.config)
         hidden = self.norm(self.mlp(features.to(self.mlp[0].weight.dtype)))
         return hidden + self.page_embed(page_index)[:, None, :]
@@ -141,6 +149,11 @@ class PublishedAdapter(nn.Module):
             hidden = hidden + self.page_embeddings(page_index)[:, None, :]
         return self.layer_norm(hidden)
 
+    def set_output_scale(self, rms: float) -> None:
+        """Start the output at the LLM's embedding scale (LayerNorm gain = RMS of its embedding table)."""
+        with torch.no_grad():
+            self.layer_norm.weight.fill_(rms)
+
     @staticmethod
     def matches(state: dict) -> bool:
         """Whether a state dict has the published tensor names (and nothing of ours)."""
@@ -176,26 +189,50 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_suffix(SIDECAR_SUFFIX)
 
 
-def save_adapter(adapter: OpticalAdapter, path: str | Path, training: dict[str, Any] | None = None) -> Path:
-    """Write ``path`` and its JSON sidecar, both atomically: safetensors with the dims in the file's
-    metadata (``.safetensors``, the default), or a plain state dict (``.pth``, the older layout)."""
+def save_adapter(adapter, path: str | Path, training: dict[str, Any] | None = None) -> Path:
+    """Write ``path`` and its JSON sidecar, both atomically: safetensors with the dims and the layout in
+    the file's metadata (``.safetensors``, the default), or a plain state dict (``.pth``, the older way)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in adapter.state_dict().items()}
     dims = asdict(adapter.config)
+    described = {"format": ADAPTER_FORMAT, "dims": dims, "layout": adapter.layout}
     with atomic_path(path) as tmp:
         if path.suffix == ".pth":
             torch.save(state, tmp)
         else:
-            save_file(
-                state,
-                str(tmp),
-                metadata={"format": "pt", METADATA_KEY: json.dumps({"format": ADAPTER_FORMAT, "dims": dims})},
-            )
+            save_file(state, str(tmp), metadata={"format": "pt", METADATA_KEY: json.dumps(described)})
     atomic_write_json(
-        sidecar_path(path),
-        {"format": ADAPTER_FORMAT, "dims": dims, "parameters": parameter_count(adapter), "training": training or {}},
+        sidecar_path(path), {**described, "parameters": parameter_count(adapter), "training": training or {}}
     )
+    return path
+
+
+def published_state(adapter) -> dict[str, torch.Tensor] | None:
+    """``adapter``'s weights under the published layout's names, when that layout computes exactly what
+    ``adapter`` computes: a published-layout adapter always; ours only while its page embeddings are all
+    zero (then both are LayerNorm(MLP(x))). None otherwise: ours adds its page embedding after the
+    LayerNorm and on one-page documents too, which the published forward cannot express."""
+    state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in adapter.state_dict().items()}
+    if isinstance(adapter, PublishedAdapter):
+        return state
+    if torch.count_nonzero(state["page_embed.weight"]):
+        return None
+    names = {"mlp.0": "projection.0", "mlp.2": "projection.3", "norm": "layer_norm", "page_embed": "page_embeddings"}
+    return {names[name.rsplit(".", 1)[0]] + "." + name.rsplit(".", 1)[1]: tensor for name, tensor in state.items()}
+
+
+def save_published(adapter, path: str | Path) -> Path | None:
+    """Write ``adapter.pth`` in the published layout (a plain state dict of its seven tensors, float32,
+    no sidecar needed: the published loader reads exactly this) when :func:`published_state` says the
+    layout holds this adapter exactly; None (nothing written) when it does not."""
+    state = published_state(adapter)
+    if state is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
@@ -207,6 +244,14 @@ def config_from_metadata(metadata: dict[str, str] | None) -> AdapterConfig | Non
         return AdapterConfig(**json.loads(metadata[METADATA_KEY])["dims"])
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"the adapter's {METADATA_KEY} metadata is unreadable ({exc}); re-save the adapter") from None
+
+
+def layout_of(state: dict, dims: AdapterConfig | None):
+    """The module a state dict loads into: the published layout by its tensor names (its dims from its
+    shapes), else ours (its dims from the file or the sidecar)."""
+    if PublishedAdapter.matches(state):
+        return PublishedAdapter(PublishedAdapter.config_of(state))
+    return OpticalAdapter(dims) if dims is not None else None
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
@@ -232,7 +277,9 @@ def load_adapter(
 
     - ours: ``adapter.safetensors`` (dims in its metadata, sidecar ``adapter.json``) or the older
       ``adapter.pth`` + sidecar (:class:`OpticalAdapter`);
-    - the published layout: a plain state dict without a sidecar (:class:`PublishedAdapter`);
+    - the published layout (:class:`PublishedAdapter`, known by its tensor names): a plain state dict
+      (the published file, or the ``adapter.pth`` train-adapter and export-adapter write beside
+      ``adapter.safetensors``), or the safetensors of a run trained in that layout;
     - a folder holding one of ours (a train-adapter run, one of its checkpoints, an export-adapter folder);
     - a hub file ``hf://owner/name/file``, or a hub repository ``owner/name`` (an uploaded export).
 
@@ -240,12 +287,9 @@ def load_adapter(
     which refuses every object that is not a tensor or a plain container (exit 2)."""
     path = adapter_location(source)
     state, dims = _read_adapter_file(path)
-    if dims is None and sidecar_path(path).is_file():
-        dims = read_sidecar(path)["dims"]
-    if dims is None and PublishedAdapter.matches(state):
-        adapter = PublishedAdapter(PublishedAdapter.config_of(state))
-    else:
-        adapter = OpticalAdapter(dims or read_sidecar(path)["dims"])
+    if dims is None and not PublishedAdapter.matches(state):
+        dims = read_sidecar(path)["dims"]  # ours without dims in the file: the sidecar says them (or fails clearly)
+    adapter = layout_of(state, dims)
     dims = adapter.config
     if llm_dim is not None and dims.llm_dim != llm_dim:
         raise InputError(

@@ -37,6 +37,7 @@ from ..devices import synchronize
 from ..errors import InputError
 from .adapter import load_adapter
 from .language_model import cache_argument, load_qwen3_vl
+from .loop_guard import REPETITION, NoRepeatNGram
 from .tokenizers import ChatTokenizer, chat_tokenizer_source, load_chat_tokenizer
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -220,13 +221,19 @@ class VisionLanguageReader:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
 
-    def adapt(self, vision_features: torch.Tensor, page_index: torch.Tensor | None = None) -> torch.Tensor:
-        """DeepEncoder features [P, T, 1280] -> adapted embeddings [P, T, hidden]."""
+    def adapt(
+        self, vision_features: torch.Tensor, page_index: torch.Tensor | None = None, multi_page: bool | None = None
+    ) -> torch.Tensor:
+        """DeepEncoder features [P, T, 1280] -> adapted embeddings [P, T, hidden]. ``multi_page``: whether
+        the pages' document has more than one page (the published layout's; default: P > 1)."""
         if self.adapter is None:
             raise InputError("this reader has no adapter; load one with load_adapter for the optical path")
         adapter_device = next(self.adapter.parameters()).device
         page_index = None if page_index is None else page_index.to(adapter_device)
-        return self.adapter(vision_features.to(adapter_device), page_index).to(self.device)
+        multi = (
+            None if multi_page is None else torch.full((vision_features.shape[0],), multi_page, device=adapter_device)
+        )
+        return self.adapter(vision_features.to(adapter_device), page_index, multi).to(self.device)
 
     @torch.no_grad()
     def generate(
@@ -240,6 +247,8 @@ class VisionLanguageReader:
         preamble: str = "",
         on_token: Callable[[int], None] | None = None,
         page_index: torch.Tensor | None = None,
+        loop_guard: NoRepeatNGram | None = None,
+        multi_page: bool | None = None,
     ) -> tuple[str, dict]:
         """Answer ``question_prompt`` about a document given as text, as optical tokens, or not at all.
 
@@ -254,39 +263,35 @@ class VisionLanguageReader:
             max_new_tokens: generation budget; stops early at ``<|im_end|>``.
             temperature: 0 = greedy; > 0 samples from softmax(logits / temperature).
             seed: seeds the sampler (a private generator) for reproducible sampling.
-            preamble: text before the document in the user turn (e.g. LongBench's
-                "Please read the following text..." and an opening ``<text>`` tag); the
-                user turn is ``preamble + document + "\n" + question_prompt``.
+            preamble: text before the document in the user turn (e.g. LongBench's opening and
+                ``<text>`` tag); the user turn is ``preamble + document + "\n" + question_prompt``.
             on_token: called with each answer token id as it is decoded (streaming).
             page_index: each page's position for the adapter's page embedding (default 0..P-1).
+            loop_guard: end the answer where its top next token would repeat an n-gram (``loop_guard.py``).
+            multi_page: the pages' document has more pages (published layout; default: P > 1).
 
         Returns:
             ``(text, stats)``; stats: ``input_tokens`` (prompt length incl. vision tokens),
             ``vision_tokens``, ``pages``, ``new_tokens``, ``adapter_s`` (adapter and embedding
-            splice), ``prefill_s``, ``decode_s``, ``total_s``.
+            splice), ``prefill_s``, ``decode_s``, ``total_s``, ``finish_reason`` (stop, length, repetition).
         """
         pages = None if vision_features is None else [int(vision_features.shape[1])] * int(vision_features.shape[0])
         layout = build_layout(self.tokenizer, question_prompt, pages, document_text, preamble=preamble)
         start = time.perf_counter()
-        vision = None if vision_features is None else self.adapt(vision_features, page_index)
+        vision = None if vision_features is None else self.adapt(vision_features, page_index, multi_page)
         embeds = splice(self.embed_tokens, layout.input_ids.to(self.device), layout.vision_mask.to(self.device), vision)
         synchronize(self.device)
         adapter_s = time.perf_counter() - start
-        ids, prefill_s = self.generate_from_embeds(
-            embeds[None], layout.position_ids, layout.rope_delta, max_new_tokens, temperature, seed, on_token
+        decoding = (max_new_tokens, temperature, seed, on_token, loop_guard)
+        ids, prefill_s, finish_reason = self.generate_from_embeds(
+            embeds[None], layout.position_ids, layout.rope_delta, *decoding
         )
         synchronize(self.device)
         total_s = time.perf_counter() - start
-        stats = {
-            "input_tokens": layout.length,
-            "vision_tokens": int(layout.vision_mask.sum()),
-            "pages": len(pages or []),
-            "new_tokens": len(ids),
-            "adapter_s": round(adapter_s, 4),
-            "prefill_s": round(prefill_s, 4),
-            "decode_s": round(total_s - adapter_s - prefill_s, 4),
-            "total_s": round(total_s, 4),
-        }
+        stats = dict(input_tokens=layout.length, vision_tokens=int(layout.vision_mask.sum()), pages=len(pages or []))
+        stats.update(new_tokens=len(ids), adapter_s=round(adapter_s, 4), prefill_s=round(prefill_s, 4))
+        stats.update(decode_s=round(total_s - adapter_s - prefill_s, 4), total_s=round(total_s, 4))
+        stats["finish_reason"] = finish_reason
         return self.tokenizer.decode(ids), stats
 
     @torch.no_grad()
@@ -299,9 +304,11 @@ class VisionLanguageReader:
         temperature: float = 0.0,
         seed: int | None = None,
         on_token: Callable[[int], None] | None = None,
-    ) -> tuple[list[int], float]:
-        """Decode from ``inputs_embeds`` [1, L, H] with a KV cache; returns (new ids, prefill seconds).
-        ``on_token`` gets each new id as soon as it is chosen."""
+        loop_guard: NoRepeatNGram | None = None,
+    ) -> tuple[list[int], float, str]:
+        """Decode from ``inputs_embeds`` [1, L, H] with a KV cache; returns (new ids, prefill seconds,
+        finish reason: ``stop``, ``length`` or ``repetition``). ``on_token`` gets each new id as soon
+        as it is chosen; ``loop_guard`` ends the answer where its top token would repeat an n-gram."""
         start = time.perf_counter()
         length = inputs_embeds.shape[1]
         cache = {cache_argument(self.model.forward): DynamicCache(config=self.model.config.text_config)}
@@ -321,9 +328,14 @@ class VisionLanguageReader:
             generator.manual_seed(0 if seed is None else seed)
         new_ids: list[int] = []
         logits = out.logits[0, -1]
+        finish = "length"
         for step in range(max_new_tokens):
+            if loop_guard is not None and loop_guard.active and loop_guard.cuts(new_ids, int(logits.argmax())):
+                finish = REPETITION
+                break
             token = self._pick(logits, temperature, generator)
             if token in self.stop_ids:
+                finish = "stop"
                 break
             new_ids.append(token)
             if on_token is not None:
@@ -341,7 +353,7 @@ class VisionLanguageReader:
                 **cache,
             )
             logits = out.logits[0, -1]
-        return new_ids, prefill_s
+        return new_ids, prefill_s, finish
 
     @staticmethod
     def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:

@@ -1,5 +1,6 @@
-"""`optical ask`'s report on stderr: what was read and why (notes, citations), and what the answer cost
-(pages, vision and document tokens, pages encoded, seconds)."""
+"""`optical ask`'s report on stderr: what was read and why (notes, citations), what the answer cost (pages,
+vision and document tokens, pages encoded, seconds) and whether the loop guard cut it; and the report of a
+library's change (index add-documents / remove-documents)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def print_answer_cost(answer) -> None:
         ),
         soft_wrap=True,
     )
+    if answer.finish_reason == "repetition":
+        err.print("the loop guard cut the answer where it began to repeat itself (ask.loop_guard)", soft_wrap=True)
 
 
 def print_library_change(report, json_out: bool) -> None:

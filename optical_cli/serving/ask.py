@@ -42,6 +42,7 @@ from ..engines.reader import PlacingReader, Stream
 from ..engines.tower import page_tokens
 from ..errors import InputError
 from ..index.config import IndexConfig
+from ..models.loop_guard import NoRepeatNGram
 from ..models.tokenizers import load_chat_tokenizer
 from ..models.vlm import IMAGE_PAD, build_layout
 from ..modes import MODES
@@ -53,7 +54,7 @@ from .client import OpenAIServer, page_messages
 from .library import open_pages, search_library
 from .paged import AskDocument, PagedDocument, paginate, read_ask_document
 from .select import PageRead, page_positions, page_slots, select_pages
-from .server import served_lora_name
+from .server import api_key, served_lora_name
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Answer:
     citations: list = field(default_factory=list)  # DOCUMENT:PAGE of each page read, in reading order
     rendering: Optional[dict] = None  # the mode and font size read in, and what --budget chose
     notes: list = field(default_factory=list)  # what the reading had to decide (fallbacks, limits)
+    finish_reason: str = ""  # stop, length, or repetition: the loop guard cut an answer that repeated itself
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -131,9 +133,14 @@ def ask(
     return _ask_locally(cfg, doc, question, stream, reader, progress)
 
 
+def local_spec(cfg) -> ChainSpec:
+    """The chain ``ask`` reads with in this process: ``ask.engine``, ``ask.loop_guard``."""
+    return ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine, loop_guard=cfg.ask.loop_guard)
+
+
 def local_reader(cfg):
     """The reader ``ask`` uses in this process: ``ask.engine`` on the config's optical chain."""
-    return build_reader(ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine), ["optical"])
+    return build_reader(local_spec(cfg), ["optical"])
 
 
 def index_config(cfg) -> IndexConfig:
@@ -248,7 +255,7 @@ def _plan_library(cfg, question: str) -> ReadingPlan:
 
 
 def _ask_locally(cfg, doc: Optional[AskDocument], question: str, stream: Stream, reader=None, progress=None) -> Answer:
-    spec = ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine)
+    spec = local_spec(cfg)
     start = time.perf_counter()
     reader = reader or local_reader(cfg)
     load_s = time.perf_counter() - start
@@ -294,6 +301,7 @@ def _ask_locally(cfg, doc: Optional[AskDocument], question: str, stream: Stream,
         model=reader.description,
         random_weights=reader.random_weights,
         timings=_rounded(timings) | counts,
+        finish_reason=generation.finish_reason,
     )
 
 
@@ -323,8 +331,8 @@ def _answer(plan: ReadingPlan, question: str, text: str, **fields) -> Answer:
 
 def _ask_server(cfg, doc: Optional[AskDocument], question: str, url: str, stream: Stream, progress=None) -> Answer:
     spec = ChainSpec.from_config(cfg, "serve", engine="vllm")
-    client = OpenAIServer(url, timeout_s=cfg.ask.timeout_s)
-    model = _served_model(client, cfg.serve.served_model_name)  # is anything there? before rendering
+    client = OpenAIServer(url, timeout_s=cfg.ask.timeout_s, api_key=api_key(cfg.serve.api_key_env))
+    model = _served_model(client, cfg.serve.served_names)  # is anything there? before rendering
     tokenizer = load_chat_tokenizer(spec.tokenizer_source())
     start = time.perf_counter()
     plan = plan_reading(cfg, doc, question, [spec.deepencoder.mode], progress)  # the server reads one mode
@@ -345,6 +353,7 @@ def _ask_server(cfg, doc: Optional[AskDocument], question: str, url: str, stream
         temperature=cfg.ask.temperature,
         seed=cfg.runtime.seed if cfg.ask.temperature > 0 else None,
         on_text=stream,
+        extra={"vllm_xargs": NoRepeatNGram(cfg.ask.loop_guard.ngram, cfg.ask.loop_guard.window).as_xargs()},
     )
     timings = {
         "select_s": plan.select_s,
@@ -364,18 +373,19 @@ def _ask_server(cfg, doc: Optional[AskDocument], question: str, url: str, stream
         model=f"{model} at {client.root}",
         random_weights=spec.random_weights,
         timings=_rounded(timings),
+        finish_reason=reply.finish_reason,
     )
 
 
-def _served_model(client: OpenAIServer, name: str) -> str:
+def _served_model(client: OpenAIServer, names: list[str]) -> str:
     """The model to ask: ``NAME-lora`` when the server serves the LoRA trained beside the adapter
-    (pages are read with it, as the local engines read them), else ``NAME``."""
+    (pages are read with it, as the local engines read them), else the first of ``names`` it serves."""
     served = [entry.get("id") for entry in client.models()]
-    for wanted in (served_lora_name(name), name):
+    for wanted in (served_lora_name(names[0]), *names):
         if wanted in served:
             return wanted
     raise InputError(
-        f"{client.root} serves {', '.join(map(str, served)) or 'no model'}, not {name!r}; start it with "
+        f"{client.root} serves {', '.join(map(str, served)) or 'no model'}, not {names[0]!r}; start it with "
         f"`optical serve -c CONFIG`, or set serve.served_model_name to the name it serves"
     )
 

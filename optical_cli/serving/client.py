@@ -31,6 +31,7 @@ class ChatAnswer:
     completion_tokens: int | None
     first_token_s: float  # from sending the request to the first answer text (upload, queue, encoding, prefill)
     total_s: float
+    finish_reason: str = ""  # stop, length or repetition (the server's loop guard ended it)
 
 
 def png_data_url(png: bytes) -> str:
@@ -81,6 +82,12 @@ class OpenAIServer:
         except (ValueError, AttributeError, OSError):
             message = exc.reason
         message = " ".join(str(message).split())
+        if exc.code == 401:
+            return InputError(
+                f"the server at {self.root} requires an API key and did not accept "
+                + ("the one sent" if "Authorization" in self.headers else "a request without one")
+                + ": set serve.api_key_env to the name of the variable holding the server's key"
+            )
         if exc.code == 404 and path in ("/tokenize", "/v1/models"):
             return InputError(f"{self.root} has no {path}: it is not a vLLM server running the optical model")
         if 400 <= exc.code < 500:
@@ -115,8 +122,10 @@ class OpenAIServer:
         temperature: float,
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
+        extra: dict | None = None,
     ) -> ChatAnswer:
-        """A chat completion, streamed: ``on_text`` gets each piece of the answer as it arrives."""
+        """A chat completion, streamed: ``on_text`` gets each piece of the answer as it arrives.
+        ``extra``: more fields of the request body (vLLM's own, e.g. ``vllm_xargs``)."""
         body: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -127,16 +136,19 @@ class OpenAIServer:
         }
         if seed is not None:
             body["seed"] = seed
+        body.update(extra or {})
         start = time.perf_counter()
         first: float | None = None
         pieces: list[str] = []
         usage: dict = {}
+        finish = ""
         with self._open("/v1/chat/completions", body, self.timeout_s) as response:
             for event in _events(response):
                 if event.get("error"):
                     raise RunFailed(f"the server at {self.root} failed mid-answer: {event['error'].get('message')}")
                 usage = event.get("usage") or usage
                 for choice in event.get("choices", []):
+                    finish = choice.get("finish_reason") or finish
                     piece = (choice.get("delta") or {}).get("content") or ""
                     if piece:
                         first = first if first is not None else time.perf_counter() - start
@@ -150,6 +162,7 @@ class OpenAIServer:
             usage.get("completion_tokens"),
             round(first if first is not None else total, 4),
             round(total, 4),
+            str(finish),
         )
 
 

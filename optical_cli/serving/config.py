@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..config.schema import Section
 from ..config.sections import (
     PUBLISHED_ADAPTER,
     DeepEncoderSection,
+    LoopGuardSection,
     PageCacheSection,
     RenderSection,
     RuntimeConfig,
@@ -37,11 +38,51 @@ class ServeSection(Section):
     )
     host: str = Field("127.0.0.1", description="address the server listens on (0.0.0.0: every interface)")
     port: int = Field(8000, ge=1, le=65535)
-    served_model_name: str = Field(
-        "optical", description="the model name clients ask for; its LoRA (when served) is NAME-lora"
+    served_model_name: Union[str, list[str]] = Field(
+        "optical",
+        description="the model name clients ask for, or a list: the first is the name answers carry, the others "
+        "are aliases (a client that hard-codes its model, e.g. [optical, glyph]); its LoRA (when served) is FIRST-lora",
     )
     temperature: float = Field(0.0, ge=0.0, description="sampling temperature of requests that set none (0 = greedy)")
-    max_new_tokens: int = Field(512, ge=1, description="answer length of requests that set none")
+    max_new_tokens: int = Field(
+        512,
+        ge=1,
+        description="the longest answer the server writes: the length of requests that set none, and a limit for "
+        "those that ask for more (vLLM reads it as a server-wide limit; such an answer ends with finish_reason length)",
+    )
+    api_key_env: Optional[str] = Field(
+        None,
+        description="name of an environment variable holding the API key clients must send (Authorization: Bearer "
+        "KEY); the key itself never goes on a command line or into a log; ask --server sends it (null: no key)",
+    )
+    shutdown_timeout_s: int = Field(
+        300,
+        ge=0,
+        description="on SIGTERM: seconds the requests in flight may take to finish while new ones are refused "
+        "(0 = abort them at once); the server then exits 0",
+    )
+    loop_guard: LoopGuardSection = Field(
+        LoopGuardSection(), description="cut answers that loop (requests may set their own: vllm_xargs)"
+    )
+    processor_cache: Literal["shm", "lru", "off"] = Field(
+        "shm",
+        description="vLLM's cache of processed pages between its API server and its engine: shm (shared memory), "
+        "lru (vLLM's default, mirrored in both processes; under load vLLM 0.32 lets the two copies drift and "
+        "answers the request 500: measured, 5 of 64 concurrent requests), or off",
+    )
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _names(cls, value):
+        names = [value] if isinstance(value, str) else value
+        if not names or any(not name.strip() for name in names) or len(set(names)) != len(names):
+            raise ValueError("give one model name or a list of distinct, non-empty names")
+        return value
+
+    @property
+    def served_names(self) -> list[str]:
+        """Every name the server answers to; the first is the one its answers carry."""
+        return [self.served_model_name] if isinstance(self.served_model_name, str) else list(self.served_model_name)
 
 
 class AskSection(Section):
@@ -78,6 +119,9 @@ class AskSection(Section):
         None,
         description="--budget's legibility table: a `sweep frontier` run's frontier.csv (null: the shipped "
         "data/frontier/default.csv)",
+    )
+    loop_guard: LoopGuardSection = Field(
+        LoopGuardSection(), description="cut answers that loop (also sent to a server with each question)"
     )
 
 

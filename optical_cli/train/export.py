@@ -25,7 +25,16 @@ from ..artifacts import read_run_manifest
 from ..config.registry import load_config
 from ..errors import InputError, RunFailed
 from ..models import loading
-from ..models.adapter import ADAPTER_FILE, adapter_location, load_adapter, read_sidecar, save_adapter, sidecar_path
+from ..models.adapter import (
+    ADAPTER_FILE,
+    PUBLISHED_FILE,
+    adapter_location,
+    load_adapter,
+    read_sidecar,
+    save_adapter,
+    save_published,
+    sidecar_path,
+)
 from ..models.lora import LORA_DIR, lora_beside
 from ..models.provenance import training_models
 from ..modes import MODES
@@ -138,6 +147,7 @@ def _write_folder(folder: Path, trained: TrainedRun, adapter_file: Path, summary
     adapter = load_adapter(adapter_file)  # checked; an older run's adapter.pth is written as safetensors
     side = read_sidecar(adapter_file) if sidecar_path(adapter_file).is_file() else {}
     save_adapter(adapter, folder / ADAPTER_FILE, side.get("training"))
+    published = save_published(adapter, folder / PUBLISHED_FILE) is not None  # for the published scripts
     lora = lora_beside(adapter_file)
     if lora is not None:
         shutil.copytree(lora, folder / LORA_DIR)
@@ -145,7 +155,7 @@ def _write_folder(folder: Path, trained: TrainedRun, adapter_file: Path, summary
         shutil.copyfile(trained.path / LOSS_PLOT, folder / LOSS_PLOT)
     else:
         plot_losses(trained.metrics, folder / LOSS_PLOT)
-    card = model_card(trained, adapter.config, lora is not None, summary, repo)
+    card = model_card(trained, adapter, lora is not None, summary, repo, published)
     (folder / CARD).write_text(card, encoding="utf-8")
 
 
@@ -202,8 +212,10 @@ def _front_matter(models: dict, cfg: TrainAdapterConfig) -> str:
     return "\n".join([*lines, "---", EXPORT_MARK, ""])
 
 
-def model_card(trained: TrainedRun, dims, has_lora: bool, summary: dict | None, repo: str | None) -> str:
-    cfg, result = trained.cfg, trained.result
+def model_card(
+    trained: TrainedRun, adapter, has_lora: bool, summary: dict | None, repo: str | None, published: bool = False
+) -> str:
+    cfg, result, dims = trained.cfg, trained.result, adapter.config
     models = result.get("models") or training_models(cfg.vlm.source, cfg.vlm.tokenizer, cfg.deepencoder.weights)
     mode = MODES[cfg.deepencoder.mode]
     title = f"# Optical adapter: DeepEncoder ({mode.name}) -> {models['language_model']['source']}"
@@ -221,7 +233,7 @@ def model_card(trained: TrainedRun, dims, has_lora: bool, summary: dict | None, 
         "",
         *_models_section(models, cfg),
         *_rendering_section(cfg),
-        *_adapter_section(cfg, dims, has_lora, result),
+        *_adapter_section(cfg, adapter, has_lora, result, published),
         *_training_section(trained),
         *(_bench_section(summary) if summary else []),
         *_use_section(repo),
@@ -258,14 +270,19 @@ def _rendering_section(cfg: TrainAdapterConfig) -> list[str]:
     ]
 
 
-def _adapter_section(cfg: TrainAdapterConfig, dims, has_lora: bool, result: dict) -> list[str]:
-    parameters = result.get("parameters") or {}
+def _adapter_section(cfg: TrainAdapterConfig, adapter, has_lora: bool, result: dict, published: bool) -> list[str]:
+    parameters, dims = result.get("parameters") or {}, adapter.config
     lines = [
         "## Adapter",
         "",
         f"MLP {dims.vision_dim} -> {dims.hidden_dim} -> {dims.llm_dim} (GELU), LayerNorm, {dims.max_pages} page "
-        f"embeddings: {_num(parameters.get('adapter'))} parameters (`{ADAPTER_FILE}`, config in its metadata and "
-        "in `adapter.json`).",
+        f"embeddings, in the {adapter.layout} layout: {_num(parameters.get('adapter'))} parameters "
+        f"(`{ADAPTER_FILE}`, config in its metadata and in `adapter.json`).",
+        f"`{PUBLISHED_FILE}` holds the same weights in the published layout, a plain state dict that the published "
+        "project's `OpticalEncoder.load_adapter` reads."
+        if published
+        else f"No `{PUBLISHED_FILE}`: this adapter adds its page embeddings after the LayerNorm, which the published "
+        "layout cannot express (train with `adapter.layout: published` for one).",
     ]
     if has_lora:
         lora = cfg.train.lora

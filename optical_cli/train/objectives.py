@@ -125,9 +125,10 @@ def batch_loss(
     spliced into their chat examples and read by the frozen ``model`` (bf16 autocast when asked)."""
     features = pages.features[index].to(device)
     page_index = torch.tensor([pages.page_index[i] for i in index], device=device)
+    multi_page = torch.tensor([pages.multi_page(i) for i in index], device=device)  # the published layout's
     chosen = [examples[i] for i in index]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        adapted = adapter(features, page_index)
+        adapted = adapter(features, page_index, multi_page)
         if objective == "mse":
             return mse_loss(model, adapted, chosen)
         batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}

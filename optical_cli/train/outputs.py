@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from ..artifacts import atomic_path, atomic_write_text
-from ..models.adapter import ADAPTER_FILE, OpticalAdapter, save_adapter
+from ..models.adapter import ADAPTER_FILE, PUBLISHED_FILE, save_adapter, save_published
 from ..models.lora import LORA_DIR, save_lora
 from ..records import read_records
 
@@ -18,11 +18,16 @@ LOSS_PLOT = "loss.png"
 READING_FILE = "reading.jsonl"
 
 
-def save_trained(run_path: Path, adapter: OpticalAdapter, training: dict, lora=None) -> None:
-    """The adapter (+ its JSON sidecar) and, when LoRA trained (``lora``: (model, LoraConfig)), ``lora/``."""
+def save_trained(run_path: Path, adapter, training: dict, lora=None) -> Path | None:
+    """The adapter (+ its JSON sidecar), ``adapter.pth`` in the published layout when that layout holds
+    it exactly (returned; None when not), and, when LoRA trained (``lora``: (model, LoraConfig)), ``lora/``."""
     save_adapter(adapter, run_path / ADAPTER_FILE, training)
+    published = save_published(adapter, run_path / PUBLISHED_FILE)
+    if published is None:
+        (run_path / PUBLISHED_FILE).unlink(missing_ok=True)  # an earlier attempt's must not pass for this adapter
     if lora is not None:
         save_lora(*lora, run_path / LORA_DIR)
+    return published
 
 
 def plot_losses(metrics: list[dict], path: Path) -> None:

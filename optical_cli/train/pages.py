@@ -35,6 +35,11 @@ class PageSet:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def multi_page(self, i: int) -> bool:
+        """Whether page ``i``'s document has more than one page here (the published adapter adds its
+        page embedding only then; whole documents are held out, so the count is the document's)."""
+        return self.document.count(self.document[i]) > 1
+
     @classmethod
     def empty(cls) -> "PageSet":
         return cls(torch.empty(0, 0, 0), [], [], [])

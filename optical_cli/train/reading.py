@@ -27,7 +27,7 @@ def reading_check(
         reference = pages.texts[i]
         text_tokens = reader.count_tokens(reference)
         prediction = engine.transcribe(
-            pages.features[i : i + 1], pages.page_index[i], min(max_new_tokens, text_tokens + 16)
+            pages.features[i : i + 1], pages.page_index[i], min(max_new_tokens, text_tokens + 16), pages.multi_page(i)
         )
         records.append(
             {

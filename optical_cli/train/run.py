@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..distributed import Processes
-from ..models.adapter import ADAPTER_FILE
+from ..models.adapter import ADAPTER_FILE, PUBLISHED_FILE
 from ..models.loading import RANDOM_SOURCE, require_downloads
 from ..models.lora import LORA_DIR
 from ..models.provenance import chain_downloads
@@ -23,7 +23,16 @@ from .pages import TrainingEvents
 from .setup import TrainingRuntime, initial_adapter, load_reader, training_runtime
 
 # The artifacts a run leaves in its directory, for the manifest (those that exist)
-RUN_ARTIFACTS = (ADAPTER_FILE, "adapter.json", METRICS_FILE, LOSS_PLOT, READING_FILE, LORA_DIR, *TRACKER_ARTIFACTS)
+RUN_ARTIFACTS = (
+    ADAPTER_FILE,
+    "adapter.json",
+    PUBLISHED_FILE,
+    METRICS_FILE,
+    LOSS_PLOT,
+    READING_FILE,
+    LORA_DIR,
+    *TRACKER_ARTIFACTS,
+)
 
 
 def uses_random_weights(cfg: TrainAdapterConfig) -> bool:

@@ -18,7 +18,7 @@ from ..config.sections import RuntimeConfig
 from ..devices import resolve_device, resolve_dtype
 from ..distributed import Processes, join
 from ..errors import ConfigError, InputError
-from ..models.adapter import AdapterConfig, OpticalAdapter, load_adapter
+from ..models.adapter import AdapterConfig, OpticalAdapter, PublishedAdapter, load_adapter
 from ..models.lora import LORA_DIR, add_lora, load_lora, lora_config
 from ..models.vlm import VisionLanguageReader
 from .checkpoints import Checkpoint, lr_lambda, restore_trainer_state
@@ -70,32 +70,36 @@ def load_reader(cfg: TrainAdapterConfig, runtime: TrainingRuntime) -> VisionLang
     return VisionLanguageReader.from_config(cfg.vlm, runtime.device, runtime.dtype, seed=cfg.runtime.seed)
 
 
-def initial_adapter(
-    cfg: TrainAdapterConfig, reader: VisionLanguageReader, vision_dim: int | None = None
-) -> OpticalAdapter | None:
-    """``adapter.init`` loaded and checked against the models (ours only), or None for a fresh start."""
+LAYOUTS = {OpticalAdapter.layout: OpticalAdapter, PublishedAdapter.layout: PublishedAdapter}
+
+
+def initial_adapter(cfg: TrainAdapterConfig, reader: VisionLanguageReader, vision_dim: int | None = None):
+    """``adapter.init`` loaded and checked against the models (in ``adapter.layout``), or None for a fresh start."""
     if not cfg.adapter.init:
         return None
     adapter = load_adapter(cfg.adapter.init, llm_dim=reader.hidden_size, vision_dim=vision_dim)
-    if not isinstance(adapter, OpticalAdapter):
+    if adapter.layout != cfg.adapter.layout:
         raise ConfigError(
-            f"adapter.init={cfg.adapter.init} is in the {adapter.layout} layout, which bench longbench "
-            "reads but train-adapter does not continue; start from an adapter of ours or from scratch"
+            f"adapter.init={cfg.adapter.init} is in the {adapter.layout} layout but adapter.layout="
+            f"{cfg.adapter.layout}; set adapter.layout={adapter.layout} to continue it, or start from scratch"
         )
     return adapter
 
 
-def make_adapter(cfg: TrainAdapterConfig, vision_dim: int, reader: VisionLanguageReader) -> OpticalAdapter:
-    """``adapter.init`` when set, else a fresh adapter seeded by ``runtime.seed`` whose output starts at
-    the scale of the LLM's own token embeddings."""
+def make_adapter(cfg: TrainAdapterConfig, vision_dim: int, reader: VisionLanguageReader):
+    """``adapter.init`` when set, else a fresh adapter in ``adapter.layout`` seeded by ``runtime.seed``
+    (page embeddings at zero, in either layout) whose output starts at the scale of the LLM's own
+    token embeddings."""
     adapter = initial_adapter(cfg, reader, vision_dim)
     if adapter is not None:
         return adapter
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.runtime.seed)
-        adapter = OpticalAdapter(
+        adapter = LAYOUTS[cfg.adapter.layout](
             AdapterConfig(vision_dim, cfg.adapter.hidden_dim, reader.hidden_size, cfg.adapter.max_pages)
         )
+    if isinstance(adapter, PublishedAdapter):
+        torch.nn.init.zeros_(adapter.page_embeddings.weight)  # the published code left them random
     rms = reader.embed_tokens.weight.detach().float().pow(2).mean().sqrt().item()
     adapter.set_output_scale(rms)
     return adapter
