@@ -52,7 +52,7 @@ def select(cfg: LongBenchConfig, resume_from: Path | None = None) -> Selection:
         raise unavailable
     selection = Selection(settings_from(cfg.bench, cfg.runtime.seed), items)
     if resume_from is not None:
-        selection.done = resume_progress(resume_from / "items.csv", selection.items, selection.settings.conditions)[0]
+        selection.done = resume_progress(resume_from / "items.csv", selection.items, selection.settings)[0]
     return selection
 
 
