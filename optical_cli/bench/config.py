@@ -48,6 +48,7 @@ class BenchSection(Section):
     )
     served_model_name: str = Field("optical", description="--server: the model name to ask for")
     server_timeout_s: float = Field(600.0, gt=0, description="--server: seconds to wait for one answer")
+    server_in_flight: int = Field(4, ge=1, description="--server: requests sent at once (the server batches them)")
     log_with: TrackerNames = Field(
         [],
         description="experiment trackers summary.json's numbers also go to, in the run directory (see train.log_with)",

@@ -163,6 +163,9 @@ def paired_tests(rows_by_condition: Mapping[str, Sequence[Mapping[str, Any]]]) -
     items where one scored higher than the other; with scores of 0 or 1 that is McNemar's exact test."""
     tests = []
     for first, second in combinations(rows_by_condition, 2):
+        if "@" in first and "@" in second and first.split("@")[0] != second.split("@")[0]:
+            if first.split("@")[1] != second.split("@")[1]:
+                continue  # a grid: page conditions are compared within a setting, and each to the text ones
         a = {row["id"]: row_score(row) for row in rows_by_condition[first]}
         b = {row["id"]: row_score(row) for row in rows_by_condition[second]}
         shared = sorted(set(a) & set(b))
