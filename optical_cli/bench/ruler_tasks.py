@@ -387,7 +387,8 @@ def qa_builder(task: str, rng_seed: int, index: int, source: "QASource") -> Buil
     template, prefix, _ = TEMPLATES["qa"]
 
     def build(units: int) -> Sample:
-        chosen = list(gold) + others[: max(0, units - len(gold))]
+        pool = list(gold) + others  # past every document, RULER repeats them
+        chosen = [pool[i % len(pool)] for i in range(max(units, len(gold)))]
         random.Random(rng_seed).shuffle(chosen)
         context = "\n\n".join(f"Document {i + 1}:\n{source.documents[d]}" for i, d in enumerate(chosen))
         instruction, question_text = split_template(template, prefix, query=question)
