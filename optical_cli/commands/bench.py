@@ -10,6 +10,7 @@ from ..errors import RunFailed
 from ..reports.bench import BENCH_RANDOM_WEIGHTS, print_longbench
 from ..reports.console import emit_json, progress_bar, random_weights_banner
 from .common import (
+    ALL,
     ConfigOpt,
     DeviceMemoryOpt,
     DevicesOpt,
@@ -251,22 +252,121 @@ def bench_ruler(
         from ..bench import ruler
         from ..bench.runner import parse_conditions
 
-        ints = lambda text, flag: None if text is None else [_integer(v, flag) for v in split_csv(text)]
         flags = {
-            "--lengths": ("bench.lengths", ints(lengths, "--lengths")),
+            "--lengths": ("bench.lengths", _integers(lengths, "--lengths")),
             "--tasks": ("bench.tasks", split_csv(tasks)),
             "--num-samples": ("bench.num_samples", num_samples),
             "--conditions": (
                 "bench.conditions",
                 None if conditions is None else list(parse_conditions(split_csv(conditions))),
             ),
-            "--font-sizes": ("bench.font_sizes", ints(font_sizes, "--font-sizes")),
+            "--font-sizes": ("bench.font_sizes", _integers(font_sizes, "--font-sizes")),
             "--modes": ("bench.modes", split_csv(modes)),
             "--engine": ("bench.engine", engine),
             "--server": ("bench.server", server),
         }
         cfg = with_flags(load("ruler", config, sets), flags)
         _run_bench("bench ruler", "ruler", cfg, ruler, ruler.RULER_RESUMABLE, output_dir, resume, overwrite, json_out)
+
+
+NeedlesOpt = Annotated[
+    Optional[str],
+    config_option("mrcr", "bench.needles", "--needles", help="MRCR needle counts to keep: 2, 4, 8 (comma-separated)."),
+]
+PerGroupSamplesOpt = Annotated[
+    Optional[int],
+    config_option("mrcr", "bench.num_samples", "--num-samples", "-n", help="Seeded sample per group (0 = all)."),
+]
+DataOpt = Annotated[
+    Optional[str], config_option("mrcr", "bench.data", "--data", help="A local copy of the data, or its hub id.")
+]
+DatasetsOpt = Annotated[
+    Optional[str],
+    config_option(
+        "longbench-v1", "bench.datasets", "--datasets", help="LongBench v1 datasets, e.g. hotpotqa,gov_report."
+    ),
+]
+
+
+@app.command("mrcr")
+def bench_mrcr(
+    data: DataOpt = None,
+    needles: NeedlesOpt = None,
+    num_samples: PerGroupSamplesOpt = None,
+    conditions: ConditionsOpt = None,
+    engine: EngineOpt = None,
+    server: ServerOpt = None,
+    resume: BenchResumeOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """OpenAI's MRCR (multi-round coreference): the conversation as pages or text, the last request as text,
+    graded by MRCR's own sequence-match ratio (0 without the required prefix). A missing dataset names its
+    `hf download` line (exit 2)."""
+    with handled_errors():
+        from ..bench import mrcr
+
+        flags = _common_flags(conditions, engine, server) | {
+            "--data": ("bench.data", data),
+            "--needles": (
+                "bench.needles",
+                None if needles is None else [_integer(v, "--needles") for v in split_csv(needles)],
+            ),
+            "--num-samples": ("bench.num_samples", None if num_samples is None else (num_samples or ALL)),
+        }
+        cfg = with_flags(load("mrcr", config, sets), flags)
+        _run_bench("bench mrcr", "mrcr", cfg, mrcr, mrcr.MRCR_RESUMABLE, output_dir, resume, overwrite, json_out)
+
+
+@app.command("longbench-v1")
+def bench_longbench_v1(
+    data: DataOpt = None,
+    datasets: DatasetsOpt = None,
+    num_samples: PerGroupSamplesOpt = None,
+    conditions: ConditionsOpt = None,
+    engine: EngineOpt = None,
+    server: ServerOpt = None,
+    resume: BenchResumeOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """LongBench (v1): LongBench's own prompts, answer lengths and per-dataset metrics (F1, ROUGE-L,
+    classification, retrieval, count, code similarity), the context as pages or text. A missing dataset
+    names its `hf download` line (exit 2)."""
+    with handled_errors():
+        from ..bench import longbench_v1
+
+        flags = _common_flags(conditions, engine, server) | {
+            "--data": ("bench.data", data),
+            "--datasets": ("bench.datasets", split_csv(datasets)),
+            "--num-samples": ("bench.num_samples", None if num_samples is None else (num_samples or ALL)),
+        }
+        cfg = with_flags(load("longbench-v1", config, sets), flags)
+        resumable = longbench_v1.V1_RESUMABLE
+        _run_bench(
+            "bench longbench-v1", "longbench-v1", cfg, longbench_v1, resumable, output_dir, resume, overwrite, json_out
+        )
+
+
+def _common_flags(conditions, engine, server) -> dict:
+    from ..bench.runner import parse_conditions
+
+    ordered = None if conditions is None else list(parse_conditions(split_csv(conditions)))
+    return {
+        "--conditions": ("bench.conditions", ordered),
+        "--engine": ("bench.engine", engine),
+        "--server": ("bench.server", server),
+    }
+
+
+def _integers(text: str | None, flag: str) -> list[int] | None:
+    return None if text is None else [_integer(value, flag) for value in split_csv(text)]
 
 
 def _integer(value: str, flag: str) -> int:

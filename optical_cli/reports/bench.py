@@ -116,6 +116,10 @@ def print_benchmark(summary: dict) -> None:
             (f"{length}", "  ".join(f"{t} {v:.1f}" for t, v in scores.items())) for length, scores in per_length.items()
         ]
         print_table(f"RULER task scores (x100, as RULER prints them): {condition}{suffix}", table)
+    table = summary.get("longbench_v1")
+    for condition, scores in (table or {}).items():
+        rows = [(name, f"{value:.2f}") for name, value in scores.items()]
+        print_table(f"LongBench v1 scores (x100, as LongBench prints them): {condition}{suffix}", rows)
     for label, block in (summary.get("needle_legible") or {}).items():
         low, high = block["ci95"]
         share = "-" if block["share"] is None else f"{block['share']:.1%}"
