@@ -62,7 +62,7 @@ def fake(monkeypatch):
 
 
 def test_mrcr_items_prompts_and_grades(fake, tmp_path):
-    items = mrcr.select(load_config("mrcr", TINY_MRCR)).items
+    items = mrcr.select_mrcr(load_config("mrcr", TINY_MRCR)).items
     assert len(items) == 6 and {i.needles for i in items} == {2, 4, 8}
     first = items[0]
     assert first.transcript.startswith("User: write a short poem about tapirs\n\nAssistant: Poem 1")
@@ -87,7 +87,7 @@ def test_mrcr_items_prompts_and_grades(fake, tmp_path):
 
 
 def test_longbench_v1_prompts_answer_lengths_and_metrics(fake, tmp_path):
-    selection = longbench_v1.select(load_config("longbench-v1", TINY_V1))
+    selection = longbench_v1.select_v1(load_config("longbench-v1", TINY_V1))
     bench = selection.benchmark
     hotpot = next(i for i in selection.items if i.dataset == "hotpotqa")
     parts = bench.document_prompt(hotpot, hotpot.context)

