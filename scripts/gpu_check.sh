@@ -4,6 +4,8 @@
 #   encoder  encode pages/s in base mode at batch 1, 16, 64 for each attention path (target >= 300 pages/s bf16)
 #   cost     native vs optical cost at 32K/64K/128K tokens on the full-size random-weight models
 #   train    full-size train-adapter step time at batch 1, 2, 4
+#   ruler    bench ruler at 4K and 8K tokens on the full-size random chain over fonts 12, 8 and 6 px: every
+#            condition's rows and needle_legible (the OCR judge on the needles: real with random weights)
 #   vllm     native and optical on both engines (hf, vLLM) at 32K tokens, and items/s for 16 documents
 #            of 8K tokens in flight; needs vLLM for $VLLM_PYTHON (default $PYTHON; skipped without it)
 #   serve    through `optical serve` (vLLM's OpenAI server, pages encoded inside the engine): items/s for
@@ -44,18 +46,23 @@ if [ "$dry" = 1 ]; then
     out=${out:-results/bench/gpu-dry}
     device=cpu size=tiny mode=tiny pages=1
     encode_batches=1,2 lengths=1024,2048 train_batches=1,2 steps=1 vllm_lengths=1024 vllm_batch=2 vllm_batch_length=512
+    ruler_lengths=1024
     serve_concurrency=2 serve_pages=1 serve_length=512
     # budgets here are generous caps for a busy 2-core CPU, not a plan
     budget_parity=120 budget_encoder=240 budget_cost=240 budget_train=240 budget_vllm=600 budget_serve=900
+    budget_ruler=600
 else
     out=${out:-results/bench/gpu}
     device=cuda size=fullsize mode=base pages=8
     encode_batches=1,16,64 lengths=32768,65536,131072 train_batches=1,2,4 steps=5
     vllm_lengths=32768 vllm_batch=16 vllm_batch_length=8192
+    ruler_lengths=4096,8192
     serve_concurrency=8 serve_pages=4 serve_length=32768
     # 10 minutes for the first five: model set-up, FlexAttention compilation, vLLM's start and the 128K
     # prefills dominate; the serve step (the server's start, its three measurements) adds 3 minutes
+    # the ruler step adds 3 minutes (192 rows of 32 tokens, the OCR judge on the needles)
     budget_parity=40 budget_encoder=140 budget_cost=160 budget_train=100 budget_vllm=150 budget_serve=180
+    budget_ruler=180
 fi
 mkdir -p "$out"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} MPLBACKEND=Agg
@@ -63,9 +70,9 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFF
 if [ -z "${VLLM_PYTHON:-}" ]; then
     if [ "$dry" = 1 ] && [ -x .venv-vllm/bin/python ]; then VLLM_PYTHON=.venv-vllm/bin/python; else VLLM_PYTHON=$PYTHON; fi
 fi
-total=$((budget_parity + budget_encoder + budget_cost + budget_train + budget_vllm + budget_serve))
+total=$((budget_parity + budget_encoder + budget_cost + budget_train + budget_ruler + budget_vllm + budget_serve))
 echo "gpu_check: device=$device size=$size output=$out python=$PYTHON$([ "$dry" = 1 ] && echo ' (dry run)')"
-echo "planned budget: parity ${budget_parity} s, encoder ${budget_encoder} s, cost ${budget_cost} s, train ${budget_train} s, vllm ${budget_vllm} s, serve ${budget_serve} s; total ${total} s"
+echo "planned budget: parity ${budget_parity} s, encoder ${budget_encoder} s, cost ${budget_cost} s, train ${budget_train} s, ruler ${budget_ruler} s, vllm ${budget_vllm} s, serve ${budget_serve} s; total ${total} s"
 echo "step,status,seconds,budget_s,csv" > "$out/steps.csv"
 failed=0
 
@@ -119,6 +126,8 @@ step cost "$budget_cost" bench_cost.py --size --lengths --device --output -- \
     --size "$size" --lengths "$lengths" --device "$device" --output "$out/cost.csv"
 step train "$budget_train" bench_train.py --size --batch-sizes --steps --device --output -- \
     --size "$size" --batch-sizes "$train_batches" --steps "$steps" --device "$device" --output "$out/train.csv"
+step ruler "$budget_ruler" bench_ruler.py --size --lengths --device --output -- \
+    --size "$size" --lengths "$ruler_lengths" --device "$device" --output "$out/ruler.csv"
 # vLLM is an optional extra: without it the step says so and counts as skipped, not failed
 if "$VLLM_PYTHON" -c 'import vllm' >/dev/null 2>&1; then
     step vllm "$budget_vllm" bench_cost.py --size --lengths --device --engine --dtype --batch --batch-length --output -- \
@@ -140,7 +149,7 @@ import csv, sys
 from pathlib import Path
 
 folder = Path(sys.argv[1])
-for name in ("steps", "parity", "encoder", "cost", "train", "vllm", "vllm-throughput", "serve"):
+for name in ("steps", "parity", "encoder", "cost", "train", "ruler", "vllm", "vllm-throughput", "serve"):
     path = folder / f"{name}.csv"
     if not path.is_file():
         continue

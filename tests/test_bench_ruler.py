@@ -257,7 +257,7 @@ def test_the_tiny_run_end_to_end_on_the_hf_engine(tmp_path):
 
 def test_a_missing_qa_file_is_named_and_exits_2(tmp_path):
     result = runner.invoke(app, ["bench", "ruler", "-c", str(TINY), "--tasks", "qa_1", "-o", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "bench.qa_files.qa_1" in result.stderr
+    assert result.exit_code == 2 and "bench.qa_files={qa_1: PATH}" in result.stderr
 
 
 def test_qa_tasks_read_local_squad_and_hotpotqa_files(counter, tmp_path):

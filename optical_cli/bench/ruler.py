@@ -133,7 +133,7 @@ def _qa_source(section, task: str) -> ruler_tasks.QASource:
     if not path:
         dataset = ruler_tasks.TASKS[task]["dataset"]
         raise ConfigError(
-            f"{task} reads a local {dataset} file: set bench.qa_files.{task}=PATH "
+            f"{task} reads a local {dataset} file: --set 'bench.qa_files={{{task}: PATH}}' "
             f"({'SQuAD 2.0 dev-v2.0.json' if dataset == 'squad' else 'HotpotQA hotpot_dev_distractor_v1.json'})"
         )
     return ruler_tasks.read_squad(Path(path)) if task == "qa_1" else ruler_tasks.read_hotpotqa(Path(path))

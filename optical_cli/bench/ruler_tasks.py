@@ -473,5 +473,5 @@ def builder(task: str, *, rng_seed: int, index: int, depth: float, target: int, 
     if kind == "freq_words_extraction":
         return fwe_builder(task, rng_seed, target)
     if qa is None:
-        raise ConfigError(f"{task} reads a local {TASKS[task]['dataset']} file: set bench.qa_files.{task}")
+        raise ConfigError(f"{task} reads a local {TASKS[task]['dataset']} file: set bench.qa_files")
     return qa_builder(task, rng_seed, index, qa)
