@@ -1,4 +1,5 @@
-"""Peak memory of a run or of one stage: the CPU resident set and, on a GPU, CUDA's max allocated.
+"""Peak memory of a run or of one stage: the CPU resident set and, on a GPU, CUDA's max allocated; and
+what counts as running out of it (:func:`is_out_of_memory`).
 
 The CPU figure is the kernel's high-water mark of the resident set (``VmHWM``), which Linux
 lets a process reset (``/proc/self/clear_refs``), so a stage's own peak can be read; where
@@ -14,10 +15,20 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from accelerate.utils.memory import should_reduce_batch_size
 
 GIB = 2**30
+# torch's own out-of-memory error (CUDA, XPU, MPS); before torch 2.5 only CUDA's had a class
+_TORCH_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed, on any device: torch's out-of-memory error, Python's MemoryError, or an error
+    accelerate recognises as one (the CPU allocator's, HPU's, cuDNN's unsupported-size): the one test every
+    caller that halves a batch or records an item as ``oom`` uses."""
+    return isinstance(exc, (_TORCH_OOM, MemoryError)) or should_reduce_batch_size(exc)
 
 
 def reset_peak(device: torch.device | None = None) -> None:

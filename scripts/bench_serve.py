@@ -50,6 +50,7 @@ from optical_cli.config.registry import load_config
 from optical_cli.engines.chain import ChainSpec
 from optical_cli.engines.factory import build_reader
 from optical_cli.engines.reader import ReadRequest
+from optical_cli.machine import load_text
 from optical_cli.models.tokenizers import load_chat_tokenizer
 from optical_cli.prompts import AFTER_DOCUMENT, PREAMBLE, question_prompt
 from optical_cli.render.pages import PageRenderer, png_bytes
@@ -72,13 +73,6 @@ FIELDS = [
     "load_after",
 ]
 QUESTIONS = ["Which product is affected?", "What can an attacker do?", "Which versions are named?", "Who reported it?"]
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def config(args, *more: str):
@@ -126,7 +120,7 @@ def offline_variant(args, pages_as: str) -> dict:
         ReadRequest(question_prompt(QUESTIONS[n % 4]), args.max_new_tokens, 0.0, cfg.runtime.seed, pages=images)
         for n, (_, images) in enumerate(docs)
     ]
-    load_before = load_average()
+    load_before = load_text()
     start = time.perf_counter()
     outcomes = reader.read_many(reads)
     wall = time.perf_counter() - start
@@ -138,7 +132,7 @@ def offline_variant(args, pages_as: str) -> dict:
         "items": len(reads),
         "latency_s": sum(o.prefill_s + o.decode_s + o.encode_s + o.adapter_s for o in outcomes) / len(outcomes),
         "load_before": load_before,
-        "load_after": load_average(),
+        "load_after": load_text(),
         "detail": reader.description,
     }
 
@@ -219,7 +213,7 @@ def server_throughput(args, server: Server, cfg) -> dict:
     def one(messages):
         return client.chat("optical", messages, max_tokens=args.max_new_tokens, temperature=0.0)
 
-    load_before = load_average()
+    load_before = load_text()
     start = time.perf_counter()
     with ThreadPoolExecutor(args.concurrency) as pool:
         replies = list(pool.map(one, requests))
@@ -229,7 +223,7 @@ def server_throughput(args, server: Server, cfg) -> dict:
         "items": len(replies),
         "latency_s": sum(r.total_s for r in replies) / len(replies),
         "load_before": load_before,
-        "load_after": load_average(),
+        "load_after": load_text(),
         "detail": f"{args.concurrency} HTTP requests at once, {sum(r.completion_tokens or 0 for r in replies)} tokens",
     }
 
@@ -240,7 +234,7 @@ def second_question(args, server: Server, cfg) -> list[dict]:
     pngs = [png_bytes(p) for p in images]
     rows = []
     for n, question in enumerate(QUESTIONS[:2]):
-        load_before = load_average()
+        load_before = load_text()
         reply = client.chat("optical", page_messages(pngs, question), max_tokens=args.max_new_tokens, temperature=0.0)
         rows.append(
             {
@@ -249,7 +243,7 @@ def second_question(args, server: Server, cfg) -> list[dict]:
                 "wall_s": reply.total_s,
                 "latency_s": reply.total_s,
                 "load_before": load_before,
-                "load_after": load_average(),
+                "load_after": load_text(),
                 "detail": f"first answer token after {reply.first_token_s:.2f} s; "
                 f"prefix-cache hits so far {prefix_hits(server):.0f}",
             }
@@ -274,7 +268,7 @@ def ask_against_native(args, server: Server, cfg, tmp: Path) -> list[dict]:
         text, _ = cve_document(args.length, measure=lambda t: len(tokenizer.encode(t)), start=900 * n)
         if len(tokenizer.encode(text)) < args.length:
             raise SystemExit(f"the CVE corpus from record {900 * n} holds fewer than {args.length} tokens")
-        load_before = load_average()
+        load_before = load_text()
         if variant.startswith("native"):
             client = OpenAIServer(server.url, timeout_s=cfg.ask.timeout_s)
             messages = [{"role": "user", "content": PREAMBLE + text + "\n" + AFTER_DOCUMENT + QUESTIONS[0]}]
@@ -297,7 +291,7 @@ def ask_against_native(args, server: Server, cfg, tmp: Path) -> list[dict]:
                 "latency_s": latency,
                 "detail": detail,
                 "load_before": load_before,
-                "load_after": load_average(),
+                "load_after": load_text(),
             }
         )
     return rows
@@ -325,7 +319,7 @@ def main() -> None:
         return
 
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    print(f"load average before: {load_average()}", flush=True)
+    print(f"load average before: {load_text()}", flush=True)
     rows = []
     base = {"measure": "throughput", "pages_per_item": args.pages}
     for variant in () if args.server_only else ("offline-embeddings", "offline-engine"):
@@ -371,7 +365,7 @@ def write(rows: list[dict], path: Path) -> None:
     atomic_write_csv(
         path, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows], FIELDS
     )
-    print(f"load average after: {load_average()}; wrote {path}", flush=True)
+    print(f"load average after: {load_text()}; wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from optical_cli.machine import load_text
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -150,7 +152,7 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    load_before = load_text()
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="optical-store-"))
     exact_file = work / "exact.json"
     rows = []
@@ -176,9 +178,9 @@ def main() -> None:
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    load_after = Path("/proc/loadavg").read_text().split()[:3]
+    load_after = load_text()
     for row in rows:
-        row.update(load_before=" ".join(load_before), load_after=" ".join(load_after))
+        row.update(load_before=load_before, load_after=load_after)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", newline="", encoding="utf-8") as handle:
@@ -190,7 +192,7 @@ def main() -> None:
     for key in ("build_s", "add_s", "query_p50_ms", "query_p99_ms", "peak_rss_gib", "recall_at_10_vs_exact"):
         ratio = database[key] / files[key] if files[key] else float("nan")
         print(f"{key:<22}{files[key]:>12}{database[key]:>12}{ratio:>14.2f}")
-    print(f"load average before {' '.join(load_before)}, after {' '.join(load_after)}; wrote {output}")
+    print(f"load average before {load_before}, after {load_after}; wrote {output}")
 
 
 if __name__ == "__main__":

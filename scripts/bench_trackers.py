@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from optical_cli.artifacts import atomic_write_csv
+from optical_cli.machine import load_average
 
 FIELDS = ["round", "variant", "steps", "wall_s", "step_s", "wall_ratio", "step_ratio", "load_before", "load_after"]
 
@@ -73,7 +74,7 @@ def main() -> None:
     args = parse_args()
     variants = {"none": []} | {v: v.split("+") for v in args.trackers.split(",") if v}
     rows = []
-    load_start = os.getloadavg()[0]
+    load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-trackers-") as tmp:
         work = Path(tmp)
         run_once(args, [], work, "warm-up")  # fills the feature cache: no variant pays for encoding
@@ -81,9 +82,9 @@ def main() -> None:
             order = list(variants) if round_number % 2 else [*variants][::-1]  # alternate which runs first
             results = {}
             for variant in order:
-                load_before = os.getloadavg()[0]
+                load_before = load_average()
                 results[variant] = run_once(args, variants[variant], work, f"r{round_number}-{variant}")
-                results[variant] |= {"load_before": load_before, "load_after": os.getloadavg()[0]}
+                results[variant] |= {"load_before": load_before, "load_after": load_average()}
             baseline = results["none"]
             for variant in variants:
                 result = results[variant]
@@ -107,7 +108,7 @@ def main() -> None:
     formatted = [{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows]
     atomic_write_csv(args.output, formatted, FIELDS)
     print(
-        f"wrote {args.output}; load average {load_start:.2f} before, {os.getloadavg()[0]:.2f} after "
+        f"wrote {args.output}; load average {load_start:.2f} before, {load_average():.2f} after "
         "(figures from a machine shared with other work are direction only)"
     )
 

@@ -55,6 +55,7 @@ from optical_cli.index.pipeline import Corpus
 from optical_cli.index.search import Searcher, SearchParams, topk_rows
 from optical_cli.index.store import load_index
 from optical_cli.index.update import add_items
+from optical_cli.machine import load_text
 from optical_cli.paths import CVE_CORPUS
 from optical_cli.sweep.metrics import METRIC_NAMES, TrecEvaluator, compare, summarize_metrics
 from optical_cli.sweep.relevance import count_relevant, drop_self, label_incidence
@@ -144,25 +145,25 @@ def found_in_top10(rankings: np.ndarray, rows: np.ndarray) -> float:
 
 def main() -> None:
     args = parse_args()
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    load_before = load_text()
     cfg = load_config("index", None, ["runtime.device=cpu", f"runtime.seed={args.seed}"])
     records, vectors = load_corpus(cfg)
-    print(f"load average before: {' '.join(load_before)}", flush=True)
+    print(f"load average before: {load_before}", flush=True)
     with tempfile.TemporaryDirectory(prefix="optical-drift-") as tmp:
         rows = run_drift(args, cfg, records, vectors, Path(tmp))
         threshold = run_threshold(args, cfg, records, vectors, Path(tmp))
-    load_after = Path("/proc/loadavg").read_text().split()[:3]
+    load_after = load_text()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, table in (("drift.csv", rows), ("rebuild_threshold.csv", threshold)):
         for row in table:
-            row.update(load_before=" ".join(load_before), load_after=" ".join(load_after))
+            row.update(load_before=load_before, load_after=load_after)
         with open(out / name, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(table[0]))
             writer.writeheader()
             writer.writerows(table)
         print(f"wrote {out / name}")
-    print(f"load average after: {' '.join(load_after)}")
+    print(f"load average after: {load_after}")
 
 
 def cwe_labels(records: list[dict]) -> np.ndarray:

@@ -27,6 +27,9 @@ class FakeReader:
         self.calls = []
         self.prompts = []
 
+    def warm_up(self):
+        pass
+
     def encode_text(self, text):
         return text.split()
 
@@ -38,7 +41,7 @@ class FakeReader:
             if which == kind and needle in prompt.question:
                 raise exc
 
-    def read_text(self, prompt, *, max_new_tokens, temperature, seed):
+    def read_text(self, prompt, *, max_new_tokens, temperature, seed, stream=None):
         self.calls.append(("text", prompt.question.split("Question: ")[1].split("\n")[0]))
         self.prompts.append(prompt)
         self._maybe_fail(prompt, "text")
@@ -56,7 +59,7 @@ class FakeReader:
     def vision_tokens(self, pages):
         return TOKENS_PER_PAGE * len(pages)
 
-    def read_pages(self, prompt, pages, *, max_new_tokens, temperature, seed):
+    def read_pages(self, prompt, pages, *, max_new_tokens, temperature, seed, stream=None):
         self.calls.append(("pages", prompt.question.split("Question: ")[1].split("\n")[0]))
         self._maybe_fail(prompt, "pages")
         assert prompt.document == ""

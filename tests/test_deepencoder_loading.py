@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from deepencoder_files import save_deepencoder
 from safetensors.torch import save_file
 
 from optical_cli.errors import InputError, ModelNotFoundError
 from optical_cli.models.deepencoder import DeepEncoderConfig
-from optical_cli.models.deepencoder.weights import load_deepencoder, save_deepencoder
+from optical_cli.models.deepencoder.weights import load_deepencoder
 
 CFG = DeepEncoderConfig.tiny()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from deepencoder_files import save_deepencoder
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -17,7 +18,7 @@ from optical_cli.encode.features import FeatureFiles
 from optical_cli.models.deepencoder import DeepEncoderConfig, products, widens
 from optical_cli.models.deepencoder.preprocess import prepare
 from optical_cli.models.deepencoder.runner import BatchRunner
-from optical_cli.models.deepencoder.weights import load_deepencoder, save_deepencoder
+from optical_cli.models.deepencoder.weights import load_deepencoder
 from optical_cli.records import read_records
 
 runner = CliRunner()
@@ -252,6 +253,32 @@ def test_out_of_memory_halves_the_batch_and_retries():
     run = BatchRunner(fragile, 8, torch.device("cpu"), torch.float32)
     assert run(views)[:, 0].tolist() == [4.0 * i for i in range(7)]
     assert run.batch_size == 2 and seen[:3] == [7, 4, 2]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried"),
+        MemoryError(),
+    ],
+    ids=["cpu-allocator", "memory-error"],
+)
+def test_a_cpu_out_of_memory_halves_the_batch_too(error):
+    def fragile(batch):
+        if len(batch) > 1:
+            raise error
+        return batch.sum(dim=(1, 2, 3))[:, None]
+
+    run = BatchRunner(fragile, 4, torch.device("cpu"), torch.float32)
+    assert run(torch.ones(3, 1, 2, 2))[:, 0].tolist() == [4.0, 4.0, 4.0] and run.batch_size == 1
+
+
+def test_other_errors_are_not_taken_for_out_of_memory():
+    def broken(batch):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        BatchRunner(broken, 4, torch.device("cpu"), torch.float32)(torch.ones(3, 1, 2, 2))
 
 
 def encode_text(text, out, *args):

@@ -1,18 +1,22 @@
 """The engine seam without vLLM: the choice in config and CLI, the missing-engine error, the
 engine checkpoint of random weights, and the prompt transformations the vLLM engine applies."""
 
+import inspect
 import json
 from importlib import util
 
 import pytest
 import torch
+from bench_fakes import BatchingFakeReader, FakeReader
 from conftest import REPO_ROOT
 from hf_checkpoint import engine_model_dir
 from typer.testing import CliRunner
 
 from optical_cli.cli import app
+from optical_cli.engines.hf import HFReader
+from optical_cli.engines.reader import BatchedReader, Reader, in_flight
 from optical_cli.engines.tower import page_tokens
-from optical_cli.engines.vllm import collapse_image_pads, request_times
+from optical_cli.engines.vllm import VLLMReader, collapse_image_pads, request_times
 from optical_cli.models.language_model import build_random_qwen3_vl
 from optical_cli.models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
 from optical_cli.models.vlm import IMAGE_PAD, build_layout, vision_grid
@@ -131,3 +135,56 @@ def test_random_weights_are_saved_once_in_hf_layout_with_the_same_weights_and_to
     assert hf.encode(text, add_special_tokens=False, split_special_tokens=True) == ours.encode(text)
     for token in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", IMAGE_PAD):
         assert hf.convert_tokens_to_ids(token) == ours.token_id(token)
+
+
+# ---------------------------------------------------------------------------------------
+# The Reader protocol: what every engine offers, and the optional batching capability
+
+
+def _methods(protocol) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(value)
+        for name, value in vars(protocol).items()
+        if inspect.isfunction(value) and not name.startswith("_")
+    }
+
+
+def _lacks(engine: type, protocol) -> list[str]:
+    """The methods of ``protocol`` that ``engine`` (a class) does not offer as declared: missing, fewer
+    positional parameters, or a keyword-only parameter it does not take."""
+    problems = []
+    for name, declared in _methods(protocol).items():
+        if not callable(getattr(engine, name, None)):
+            problems.append(f"no {name}")
+            continue
+        offered = inspect.signature(getattr(engine, name)).parameters
+        positional = [p for p in declared.parameters.values() if p.kind == p.POSITIONAL_OR_KEYWORD]
+        keywords = [p.name for p in declared.parameters.values() if p.kind == p.KEYWORD_ONLY]
+        if sum(p.kind == p.POSITIONAL_OR_KEYWORD for p in offered.values()) < len(positional):
+            problems.append(f"{name} takes fewer positional parameters")
+        problems += [f"{name} takes no {keyword}" for keyword in keywords if keyword not in offered]
+    return problems
+
+
+ENGINES = [HFReader, VLLMReader, FakeReader, BatchingFakeReader]
+DATA_MEMBERS = ("random_weights", "description", "parameters", "device", "conventions")
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda engine: engine.__name__)
+def test_every_engine_offers_the_whole_reader_protocol(engine):
+    assert set(DATA_MEMBERS) <= set(Reader.__annotations__)  # what summary.json and the manifest read
+    assert "warm_up" in _methods(Reader) and "stream" in _methods(Reader)["read_pages"].parameters
+    assert _lacks(engine, Reader) == []
+
+
+@pytest.mark.parametrize("engine", [VLLMReader, BatchingFakeReader], ids=lambda engine: engine.__name__)
+def test_batching_engines_offer_the_optional_capability(engine):
+    assert _lacks(engine, BatchedReader) == [] and "in_flight" in BatchedReader.__annotations__
+    assert hasattr(engine, "in_flight") or engine is BatchingFakeReader  # a property, or set in __init__
+
+
+def test_the_runner_batches_only_what_declares_the_capability():
+    batching = BatchingFakeReader(in_flight=3)
+    assert isinstance(batching, BatchedReader) and in_flight(batching) == 3
+    assert isinstance(FakeReader(), Reader) and not isinstance(FakeReader(), BatchedReader)
+    assert in_flight(FakeReader()) == 1 and _lacks(HFReader, BatchedReader) == ["no read_many"]

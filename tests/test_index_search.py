@@ -10,7 +10,7 @@ import torch
 
 from optical_cli.errors import InputError
 from optical_cli.index.ann import build_ann
-from optical_cli.index.build import build, finish_build, prepare_build, ridge_beta
+from optical_cli.index.build import build, finish_build, prepare_build, ridge_beta, spectral_terms
 from optical_cli.index.config import EnergyBuildSection
 from optical_cli.index.search import Searcher, SearchParams, scan, topk_rows
 
@@ -90,6 +90,29 @@ def test_with_lambda_blend_0_lambda_is_the_dispersion_so_d_g_would_repeat_d_lamb
     terms = searcher.energy_scores(searcher.query_terms(q), q)
     assert torch.allclose(index.lambdas, index.scales.dispersion(index.dispersion), atol=1e-6)
     assert torch.allclose(terms["d_lambda"], terms["d_G"], atol=1e-6)
+
+
+@pytest.mark.parametrize("blend", [0.5, 1.0])
+def test_a_positive_lambda_blend_mixes_the_rayleigh_energy_into_lambda_for_items_and_queries(blend):
+    """bounded lambda = blend * E/(E + tau) + (1 - blend) * G/(G + tau_G), written out here from the stored
+    E and G; lambda stays in [0, 1), queries get the same formula, and hits report d_G beside d_lambda."""
+    x, rng = clustered_items()
+    prepared = prepare_build(x, EnergyBuildSection(kmeans_iters=5), seed=0)
+    plain, blended = finish_build(prepared), finish_build(prepared, lambda_blend=blend)
+    E, G, scales = blended.rayleigh.double(), blended.dispersion.double(), blended.scales
+    expected = blend * E / (E + scales.tau) + (1 - blend) * G / (G + scales.tau_G)
+    assert scales.blend == blend and not scales.lambda_is_dispersion
+    assert torch.allclose(blended.lambdas.double(), expected, atol=1e-5)
+    assert float(blended.lambdas.min()) >= 0.0 and float(blended.lambdas.max()) < 1.0
+    assert not torch.allclose(blended.lambdas, plain.lambdas, atol=1e-3)  # the blend changes what lambda says
+    q = torch.from_numpy(x[:4] + 0.1)
+    raw = spectral_terms(q, blended.graph)
+    E_q, G_q = raw.rayleigh.double(), raw.dispersion.double()
+    query_lambda = blend * E_q / (E_q + scales.tau) + (1 - blend) * G_q / (G_q + scales.tau_G)
+    assert torch.allclose(Searcher(blended).query_terms(q)["lambda"].double(), query_lambda, atol=1e-5)
+    hits = Searcher(blended).search(x[:1] + 0.1, SearchParams(k=5, mode="energy", w_lambda=1, w_G=0.5, w_D=0.25))[0]
+    assert all("d_G" in hit.terms for hit in hits)
+    assert any(hit.terms["d_G"] != pytest.approx(hit.terms["d_lambda"], abs=1e-6) for hit in hits)
 
 
 def test_ann_candidates_are_the_nearest_in_dirichlet_energy(setup):

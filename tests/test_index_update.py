@@ -245,3 +245,30 @@ def test_sigkill_at_random_moments_during_add(tmp_path):
         add_items(fresh, energy_cfg(), change, upsert=True)  # the next writer cleans up and completes
         assert snapshot(fresh, queries) == after
     assert "before" in outcomes  # at least one kill landed inside the writing
+
+
+HIDDEN_FCNTL = """
+import sys, tempfile
+sys.modules["fcntl"] = None  # as on Windows: `import fcntl` fails
+import importlib, pkgutil, optical_cli.index
+for module in pkgutil.iter_modules(optical_cli.index.__path__):
+    importlib.import_module(f"optical_cli.index.{module.name}")
+from pathlib import Path
+from optical_cli.errors import InputError
+from optical_cli.index.manifest import writer_lock
+directory = Path(tempfile.mkdtemp())
+with writer_lock(directory):
+    try:
+        with writer_lock(directory):
+            raise SystemExit("a second writer got the lock")
+    except InputError as exc:
+        print("second writer refused:", exc)
+with writer_lock(directory):
+    print("free again")
+"""
+
+
+def test_the_index_imports_and_locks_without_fcntl():
+    done = subprocess.run([sys.executable, "-c", HIDDEN_FCNTL], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "second writer refused: " in done.stdout and "free again" in done.stdout

@@ -106,8 +106,16 @@ def test_reflow_packs_hard_wrapped_paragraphs_into_full_lines():
 def test_every_line_fits_the_page_width_and_every_page_the_height():
     r = renderer()
     pages, _, _ = r.layout(VARIED["long_lines"] + VARIED["long_word"] + VARIED["accents_symbols"])
+    draw = ImageDraw.Draw(r.draw(pages[0]))
+    widest = 0.0
     for page in pages:
         assert 1 <= len(page) <= r.lines_per_page
+        for line in page:
+            advance = r.font.getlength(line)  # where the next character would start
+            ink_right = draw.textbbox((r.left, r.baseline(0)), line, font=r.font, anchor="ls")[2] if line else r.left
+            assert r.left + advance <= r.right_limit and ink_right <= r.right_limit, (line, advance, ink_right)
+            widest = max(widest, advance)
+    assert widest > 0.9 * (r.right_limit - r.left)  # long lines are wrapped near the margin, not far before it
 
 
 @pytest.mark.parametrize(

@@ -145,7 +145,7 @@ def test_published_labels_never_cover_ours_on_the_frontier_plot():
     """Our 10 px point next to the paper's ~97% point (CER 0.04 at 9.4x: the bundled text's base-mode frontier
     of the README with a 10 px CER near the paper's): the published labels are moved clear of every label of ours."""
     from optical_cli.render.frontier import DEEPSEEK_OCR_PUBLISHED
-    from optical_cli.render.plots import frontier_figure, label_boxes
+    from optical_cli.render.plots import frontier_figure
 
     measured = {
         6: (17.0, 0.170),
@@ -175,6 +175,21 @@ def test_published_labels_never_cover_ours_on_the_frontier_plot():
     assert len(theirs) == 2 and len(ours) == 6
     assert not any(a.overlaps(b) for a in theirs for b in ours)
     assert not theirs[0].overlaps(theirs[1])
+
+
+def label_boxes(figure) -> list[tuple[str, object]]:
+    """(text, display-space box of the text alone) of every annotation on the figure: what a reader sees."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Annotation, Text
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    boxes = []
+    for axis in figure.axes:
+        for child in axis.get_children():
+            if isinstance(child, Annotation):
+                child.update_positions(renderer)
+                boxes.append((child.get_text(), Text.get_window_extent(child, renderer)))
+    return boxes
 
 
 def test_the_old_name_sweep_render_still_runs_the_frontier_and_says_so():

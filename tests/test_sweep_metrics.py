@@ -90,16 +90,27 @@ def test_rejects_inconsistent_inputs():
         m.TrecEvaluator([np.array([1])]).evaluate(np.zeros((1, 10), dtype=int))
 
 
-def test_bootstrap_interval_is_seeded_and_contains_mean():
+def test_the_bootstrap_interval_is_seeded_and_contains_the_mean():
     values = np.random.default_rng(0).random(200)
-    first = m.bootstrap_interval(values, n_boot=500, seed=7)
-    again = m.bootstrap_interval(values, n_boot=500, seed=7)
-    assert first == again
-    mean, low, high = first
-    assert low < mean < high
-    assert high - low < 0.2
+    row = m.summarize_metrics({"mrr": values}, n_boot=500, seed=7)
+    assert row == m.summarize_metrics({"mrr": values}, n_boot=500, seed=7)
+    assert row["mrr"] == pytest.approx(values.mean()) and row["mrr_low"] < row["mrr"] < row["mrr_high"]
+    assert row["mrr_high"] - row["mrr_low"] < 0.2
     # a constant sample has a zero-width interval
-    assert m.bootstrap_interval(np.full(50, 0.3), n_boot=200) == pytest.approx((0.3, 0.3, 0.3))
+    constant = m.summarize_metrics({"mrr": np.full(50, 0.3)}, n_boot=200)
+    assert (constant["mrr_low"], constant["mrr"], constant["mrr_high"]) == pytest.approx((0.3, 0.3, 0.3))
+
+
+def test_the_cer_bootstrap_is_the_same_engine_as_the_sweeps():
+    """A ratio of sums over resampled segments (bootstrap.py): the frontier's CER interval."""
+    from optical_cli.bootstrap import percentile_interval, resample_ratios
+    from optical_cli.render.frontier import bootstrap_cer
+
+    rng = np.random.default_rng(3)
+    edits, chars = rng.integers(0, 4, 60).astype(float), rng.integers(20, 40, 60).astype(float)
+    cer, low, high = bootstrap_cer(edits, chars, 400, seed=5)
+    assert cer == pytest.approx(edits.sum() / chars.sum()) and low < cer < high
+    assert (low, high) == percentile_interval(resample_ratios(edits, chars, 400, 5))
 
 
 def test_paired_difference_detects_a_consistent_gain():
@@ -129,12 +140,11 @@ def test_cluster_bootstrap_is_wider_when_queries_in_a_cluster_agree():
     rng = np.random.default_rng(4)
     clusters = np.repeat(np.arange(10), 30)  # 10 labels, 30 queries each
     values = rng.normal(0, 1, 10)[clusters] + rng.normal(0, 0.05, 300)  # almost all variance between clusters
-    _, low, high = m.bootstrap_interval(values, n_boot=500, seed=0)
-    _, cluster_low, cluster_high = m.bootstrap_interval(values, n_boot=500, seed=0, clusters=clusters)
-    assert cluster_high - cluster_low > 3 * (high - low)
+    row = m.summarize_metrics({"mrr": values}, n_boot=500, seed=0, clusters=clusters)
+    assert row["mrr_cluster_high"] - row["mrr_cluster_low"] > 3 * (row["mrr_high"] - row["mrr_low"])
     # one query per cluster: both resample the same units
-    singles = m.bootstrap_interval(values[:50], n_boot=300, seed=1, clusters=np.arange(50))
-    assert singles == m.bootstrap_interval(values[:50], n_boot=300, seed=1)
+    singles = m.summarize_metrics({"mrr": values[:50]}, n_boot=300, seed=1, clusters=np.arange(50))
+    assert (singles["mrr_cluster_low"], singles["mrr_cluster_high"]) == (singles["mrr_low"], singles["mrr_high"])
 
 
 def test_compare_reports_both_intervals():

@@ -34,7 +34,7 @@ from ..artifacts import atomic_write_csv, atomic_write_json, to_json_line
 from ..distributed import Processes
 from ..engines.reader import ContextExceeded, Generation, Reader, ReadRequest, in_flight, read_all
 from ..errors import InputError
-from ..memory import PeakMemory, headline_gib
+from ..memory import PeakMemory, headline_gib, is_out_of_memory
 from ..prompts import PromptParts, middle_truncate
 from ..records import RecordLog
 from .benchmark import LONGBENCH_V2, Benchmark, item_columns
@@ -212,22 +212,7 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}".rstrip(": ")
     if isinstance(exc, ContextExceeded):
         return "context_exceeded", reason
-    oom_types = tuple(t for t in (_torch_attr("OutOfMemoryError"), _torch_cuda_attr("OutOfMemoryError")) if t)
-    if (
-        (oom_types and isinstance(exc, oom_types))
-        or isinstance(exc, MemoryError)
-        or "out of memory" in str(exc).lower()
-    ):
-        return "oom", reason
-    return "error", reason
-
-
-def _torch_attr(name: str):
-    return getattr(torch, name, None)
-
-
-def _torch_cuda_attr(name: str):
-    return getattr(torch.cuda, name, None)
+    return ("oom" if is_out_of_memory(exc) else "error"), reason
 
 
 def _release_memory() -> None:

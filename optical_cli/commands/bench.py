@@ -169,15 +169,17 @@ def bench_longbench(
 
 def _flags(num_samples, ids, conditions, engine, lengths, difficulties, domains, parse_conditions) -> dict:
     """The command's flags as config keys (``with_flags``); --conditions in the canonical order."""
-    ordered = None if conditions is None else list(parse_conditions(split_csv(conditions)))
+    ordered = (
+        None if conditions is None else list(parse_conditions(split_csv(conditions, "--conditions", "native,optical")))
+    )
     return {
         "--num-samples": ("bench.num_samples", num_samples),
-        "--ids": ("bench.ids", split_csv(ids)),
+        "--ids": ("bench.ids", split_csv(ids, "--ids", "ID1,ID2")),
         "--conditions": ("bench.conditions", ordered),
         "--engine": ("bench.engine", engine),
-        "--lengths": ("bench.lengths", split_csv(lengths)),
-        "--difficulties": ("bench.difficulties", split_csv(difficulties)),
-        "--domains": ("bench.domains", split_csv(domains)),
+        "--lengths": ("bench.lengths", split_csv(lengths, "--lengths", "short,medium")),
+        "--difficulties": ("bench.difficulties", split_csv(difficulties, "--difficulties", "easy")),
+        "--domains": ("bench.domains", split_csv(domains, "--domains", "'Single-Document QA'")),
     }
 
 

@@ -23,6 +23,7 @@ from ..config.resume import check_same_settings
 from ..config.validation import with_values
 from ..errors import InputError, OpticalError, RunFailed
 from ..launch import is_main_process, single_process_warning
+from ..lists import split_list
 from ..reports.console import emit_json, err, print_table, say, warn
 
 if TYPE_CHECKING:  # the command layer imports torch (through distributed) only when a command runs
@@ -51,30 +52,6 @@ def config_default(command: str, key: str) -> str:
 def config_option(command: str, key: str, *names: str, help: str) -> Any:
     """A flag that sets config key ``key``: its --help names the default in the command's shipped config."""
     return typer.Option(*names, help=help, show_default=config_default(command, key))
-
-
-def _show_no_type_for_flags() -> None:
-    """Typer's help prints every parameter's Python type, flags included (``--json <bool>``,
-    ``INPUTS <list[str]>``). A flag takes no value and a named argument says what it takes, so
-    neither gets a type column; options that take a value keep theirs."""
-    from typer.core import TyperArgument, TyperOption
-
-    def hide(cls, hidden) -> None:
-        shown = getattr(cls, "display_type_rich", None)  # Typer < 0.29 prints click's types: nothing to hide
-        if shown is None or getattr(shown, "_optical", False):
-            return
-
-        def display_type_rich(self, ctx):
-            return None if hidden(self) else shown(self, ctx)
-
-        display_type_rich._optical = True
-        cls.display_type_rich = display_type_rich
-
-    hide(TyperOption, lambda option: option.is_flag)
-    hide(TyperArgument, lambda argument: argument.metavar is not None)
-
-
-_show_no_type_for_flags()
 
 
 # Options every command shares
@@ -162,9 +139,9 @@ def all_if_zero(value: Optional[int]) -> Any:
     return ALL if value == 0 else value
 
 
-def split_csv(value: Optional[str]) -> Optional[list[str]]:
-    """A comma-separated flag as a list (None when the flag was not given)."""
-    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+def split_csv(value: Optional[str], option: str, example: str) -> Optional[list[str]]:
+    """A comma-separated flag as a list (None when the flag was not given), by the one rule (lists.py)."""
+    return None if value is None else split_list(value, option, example)
 
 
 def with_flags(cfg: Any, flags: dict[str, tuple[str, Any]]) -> Any:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..lists import split_list
 from ..reports.console import emit_json, print_table, progress_bar, warn
 from ..reports.index import print_change, print_hits
 from .common import (
@@ -214,5 +215,5 @@ def index_delete(
 
     with handled_errors():
         cfg = _index_config(config, sets)
-        report = delete_items(index_dir, cfg, [i.strip() for value in ids for i in value.split(",")])
+        report = delete_items(index_dir, cfg, [i for value in ids for i in split_list(value, "--ids", "CVE-1,CVE-2")])
         print_change(report, json_out)

@@ -225,13 +225,15 @@ app.command("render", hidden=True)(sweep_frontier)
 
 def _render_flags(inputs, font_size, mode, judge) -> dict:
     """sweep frontier's flags as config keys (``with_flags``), each list checked by its parser."""
-    from ..render.frontier import MODE_CHOICES, parse_choices, parse_int_list
+    from ..lists import parse_choice, parse_choices, parse_list
+    from ..render.frontier import MODE_CHOICES
 
     hint = "the trained-reader judge is not built yet"
-    judged = None if judge is None else parse_choices(judge, "--judge", ("ocr",), True, hint)
+    judged = None if judge is None else parse_choice(judge, "--judge", ("ocr",), hint)
+    sizes = None if font_size is None else parse_list(font_size, "--font-size", "6,8,10,12", int, "a whole number")
     return {
         "--input": ("sweep.inputs", list(inputs) if inputs else None),
-        "--font-size": ("sweep.font_sizes", None if font_size is None else parse_int_list(font_size, "--font-size")),
+        "--font-size": ("sweep.font_sizes", sizes),
         "--mode": ("sweep.modes", None if mode is None else parse_choices(mode, "--mode", MODE_CHOICES)),
         "--judge": ("sweep.judge", judged),
     }

@@ -46,7 +46,8 @@ from ..models import loading
 from ..models.deepencoder.weights import load_deepencoder
 from ..models.language_model import build_random_qwen3_vl, language_model_class, qwen3_vl_model_type
 from ..models.lora import LORA_DIR
-from ..models.tokenizers import QWEN_SPECIAL_START, QWEN_SPECIAL_TOKENS, save_chat_tokenizer_files
+from ..models.qwen_bpe import QWEN_SPECIAL_START, QWEN_SPECIAL_TOKENS
+from ..models.tokenizers import save_chat_tokenizer_files
 from ..prompts import AFTER_DOCUMENT, PREAMBLE
 from . import ARCHITECTURE
 from .chain import ChainSpec, fit_adapter

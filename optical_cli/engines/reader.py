@@ -10,7 +10,7 @@ Qwen3-VL, DeepEncoder and the adapter; tests pass a fake one (and can make it ru
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, Union
+from typing import Any, Callable, Optional, Protocol, Sequence, Union, runtime_checkable
 
 from ..prompts import PromptParts
 
@@ -43,6 +43,7 @@ class ReadRequest:
 
 
 Outcome = Union[Generation, Exception]
+Stream = Optional[Callable[[str], None]]  # the answer's text as it is decoded (optical ask streams it)
 
 
 def read_one(reader: "Reader", request: ReadRequest) -> Generation:
@@ -53,15 +54,15 @@ def read_one(reader: "Reader", request: ReadRequest) -> Generation:
 
 
 def in_flight(reader: "Reader") -> int:
-    """How many requests the reader takes at once (1 unless it has ``read_many``)."""
-    return max(1, int(getattr(reader, "in_flight", 1))) if hasattr(reader, "read_many") else 1
+    """How many requests the reader takes at once (1 unless it is a :class:`BatchedReader`)."""
+    return max(1, int(reader.in_flight)) if isinstance(reader, BatchedReader) else 1
 
 
 def read_all(reader: "Reader", requests: Sequence[ReadRequest]) -> list[Outcome]:
-    """Each request's Generation, or the exception it failed with, in request order. A reader with
-    ``read_many`` gets them all at once; if that call fails as a whole (one bad request can take
-    a batch down), they are retried one at a time so every row gets its own outcome."""
-    if len(requests) > 1 and hasattr(reader, "read_many"):
+    """Each request's Generation, or the exception it failed with, in request order. A
+    :class:`BatchedReader` gets them all at once; if that call fails as a whole (one bad request can
+    take a batch down), they are retried one at a time so every row gets its own outcome."""
+    if len(requests) > 1 and isinstance(reader, BatchedReader):
         try:
             return list(reader.read_many(requests))
         except Exception:  # noqa: BLE001 - attributed per request below
@@ -75,7 +76,10 @@ def read_all(reader: "Reader", requests: Sequence[ReadRequest]) -> list[Outcome]
     return outcomes
 
 
+@runtime_checkable
 class Reader(Protocol):
+    """What every engine offers (hf, vllm; a test's fake). Checked for each engine by tests/test_engines.py."""
+
     #: True when the weights are random (tiny test models, or full-size random for timing):
     #: the CLI then refuses to present accuracies as results.
     random_weights: bool
@@ -90,14 +94,21 @@ class Reader(Protocol):
     #: into summary.json and the manifest so runs under different conventions are never mixed up.
     conventions: dict
 
+    def warm_up(self) -> None:
+        """Run what the first real request would otherwise pay for (kernels chosen, caches built), so
+        timings measure the steady state; the factory calls it once after loading."""
+        ...
+
     def encode_text(self, text: str) -> list[int]: ...
 
     def decode_text(self, ids: Sequence[int]) -> str: ...
 
-    def read_text(self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
+    def read_text(
+        self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int, stream: Stream = None
+    ) -> Generation:
         """Answer a prompt given as text (native, native-matched and no-context); ``seed`` seeds
-        the sampler when temperature > 0. Raise ``ContextExceeded`` when the prompt is longer
-        than the model takes."""
+        the sampler when temperature > 0; ``stream`` (optional) gets the answer's text as it is
+        decoded. Raise ``ContextExceeded`` when the prompt is longer than the model takes."""
         ...
 
     def render(self, text: str, max_pages: int) -> tuple[list[Any], int]:
@@ -111,18 +122,32 @@ class Reader(Protocol):
         ...
 
     def read_pages(
-        self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float, seed: int
+        self,
+        prompt: PromptParts,
+        pages: Sequence[Any],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        stream: Stream = None,
     ) -> Generation:
         """Answer ``prompt`` with ``pages`` spliced where its document part would be
         (``prompt.document`` is empty); ``Generation.encode_s`` is the page encoding time."""
         ...
 
-    # Optional, for engines that batch across requests (vLLM): ``in_flight`` (how many requests
-    # to submit together) and ``read_many(requests) -> list[Generation | Exception]``, one
-    # outcome per request in order, each Generation's prefill_s/decode_s being that request's own
-    # time in the engine (queueing included). Without them the runner calls one at a time.
-    # The engines' read_text/read_pages also take ``stream=callable``: the answer's text as it is
-    # decoded (``optical ask``; a fake reader need not).
+
+@runtime_checkable
+class BatchedReader(Reader, Protocol):
+    """An optional capability: an engine that batches across requests (vLLM). Without it the runner
+    asks one request at a time."""
+
+    #: How many requests to submit together.
+    in_flight: int
+
+    def read_many(self, requests: Sequence[ReadRequest]) -> list[Outcome]:
+        """One outcome per request, in order (a Generation, or the exception that request failed with);
+        each Generation's prefill_s/decode_s is that request's own time in the engine, queueing included."""
+        ...
 
 
 class TextStream:

@@ -11,13 +11,13 @@ generation, the live and built counts, the items added and deleted since the bui
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 from pathlib import Path
 from typing import Any, Iterator
 
 import scipy.sparse as sp
 import torch
+from filelock import FileLock, Timeout
 
 from ..artifacts import atomic_path, atomic_write_json, read_run_manifest
 from ..errors import InputError
@@ -125,18 +125,19 @@ def commit_manifest(directory: Path, manifest: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def writer_lock(directory: Path) -> Iterator[None]:
-    """One writer at a time (adds and deletes); readers never wait for it."""
-    with open(Path(directory) / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(
-                f"{directory}: another `optical index add` or `delete` is writing this index; wait for it to end"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """One writer at a time (adds and deletes); readers never wait for it. An OS lock on the lock file
+    (filelock: flock on POSIX, msvcrt on Windows), so a killed writer never leaves the index locked."""
+    lock = FileLock(Path(directory) / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(
+            f"{directory}: another `optical index add` or `delete` is writing this index; wait for it to end"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def backend_of(manifest: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from rapidfuzz.distance import Levenshtein
 
 from ..artifacts import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..bootstrap import percentile_interval, resample_ratios
 from ..config.sections import RenderSection
 from ..documents import Document, read_documents
 from ..errors import ConfigError, InputError
@@ -148,34 +149,6 @@ def grid(cfg: FrontierConfig) -> list[RenderCell]:
             s.fonts, s.modes, s.reflow, s.line_spacings, s.font_sizes
         )
     ]
-
-
-def parse_int_list(text: str, option: str) -> list[int]:
-    values = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            values.append(int(part))
-        except ValueError:
-            raise InputError(
-                f"{option} {text!r}: '{part}' is not a whole number; give comma-separated integers, e.g. {option} "
-                "6,8,10,12"
-            ) from None
-    if not values:
-        raise InputError(f"{option} {text!r}: no values; give comma-separated integers, e.g. {option} 6,8,10,12")
-    return list(dict.fromkeys(values))
-
-
-def parse_choices(
-    text: str, option: str, allowed: tuple[str, ...], single: bool = False, hint: str = ""
-) -> list[str] | str:
-    values = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    bad = [v for v in values if v not in allowed]
-    if bad or not values or (single and len(values) != 1):
-        what = f"'{bad[0]}' is not one of" if bad else "give one of" if single else "give values from"
-        raise InputError(f"{option} {text!r}: {what} {', '.join(allowed)}{'; ' + hint if hint else ''}")
-    return values[0] if single else values
 
 
 # ---------------------------------------------------------------------------------------
@@ -426,11 +399,8 @@ def bootstrap_cer(edits: np.ndarray, chars: np.ndarray, resamples: int, seed: in
     total = chars.sum()
     if not total:
         return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(edits), size=(resamples, len(edits)))
-    ratios = edits[picks].sum(axis=1) / np.maximum(chars[picks].sum(axis=1), 1.0)
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(edits.sum() / total), float(low), float(high)
+    low, high = percentile_interval(resample_ratios(edits, chars, resamples, seed))
+    return float(edits.sum() / total), low, high
 
 
 def judge_cell(

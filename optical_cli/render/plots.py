@@ -92,14 +92,3 @@ def _text_box(annotation: Annotation, renderer):
     """The display-space box of an annotation's text alone (its own extent includes the arrow)."""
     annotation.update_positions(renderer)
     return Text.get_window_extent(annotation, renderer)
-
-
-def label_boxes(figure: Figure) -> list[tuple[str, object]]:
-    """(text, display-space box) of every annotation on the figure: what a reader sees overlapping."""
-    renderer = FigureCanvasAgg(figure).get_renderer()
-    return [
-        (child.get_text(), _text_box(child, renderer))
-        for axis in figure.axes
-        for child in axis.get_children()
-        if isinstance(child, Annotation)
-    ]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..artifacts import atomic_write_text
-from ..errors import InputError
+from ..lists import parse_list
 from ..records import KeyedLog, count_done
 from .metrics import METRIC_NAMES
 
@@ -25,57 +25,29 @@ from .metrics import METRIC_NAMES
 # Parsing
 
 
-def _split(text: str, option: str) -> list[str]:
-    parts = [part.strip() for part in str(text).split(",")]
-    if not text or not text.strip() or all(not part for part in parts):
-        raise InputError(f"{option}: empty list; give comma-separated values, for example {option} 0.05,0.1")
-    if any(not part for part in parts):
-        raise InputError(f"{option} {text!r}: empty entry between commas; remove the extra comma")
-    return parts
-
-
-def _unique(values: list) -> list:
-    return list(dict.fromkeys(values))
-
-
 def parse_eta_list(text: str, option: str = "--eta") -> list[float]:
     """``"0.05,0.1"`` -> [0.05, 0.1]; each eta in (0, 1], the diffusion step sizes an index builds with."""
-    values = []
-    for part in _split(text, option):
-        try:
-            value = float(part)
-        except ValueError:
-            raise InputError(
-                f"{option} {text!r}: '{part}' is not a number; give comma-separated numbers, for example {option} "
-                "0.05,0.1"
-            ) from None
+
+    def check(value: float) -> str | None:
         if not math.isfinite(value) or not 0 < value <= 1:
-            raise InputError(
-                f"{option} {text!r}: '{part}' must be a number in (0, 1] (eta 0 is no diffusion, where every step "
-                "count gives the same index)"
-            )
-        values.append(value)
-    return _unique(values)
+            return "must be a number in (0, 1] (eta 0 is no diffusion, where every step count gives the same index)"
+        return None
+
+    return parse_list(text, option, "0.05,0.1", float, "a number", check)
 
 
 def parse_steps_list(text: str, option: str = "--steps") -> list[int]:
     """``"2,4"`` -> [2, 4]; each value a whole number >= 1."""
-    values = []
-    for part in _split(text, option):
-        try:
-            value = int(part)
-        except ValueError:
-            raise InputError(
-                f"{option} {text!r}: '{part}' is not a whole number; give comma-separated integers, for example "
-                f"{option} 2,4,6,8"
-            ) from None
+
+    def check(value: int) -> str | None:
         if value < 1:
-            raise InputError(
-                f"{option} {text!r}: '{part}' must be >= 1 (0 steps is no diffusion, where every eta gives the same "
-                "index: a grid of identical cells)"
+            return (
+                "must be >= 1 (0 steps is no diffusion, where every eta gives the same index: a grid of identical "
+                "cells)"
             )
-        values.append(value)
-    return _unique(values)
+        return None
+
+    return parse_list(text, option, "2,4,6,8", int, "a whole number", check)
 
 
 # ---------------------------------------------------------------------------------------

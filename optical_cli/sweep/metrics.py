@@ -31,6 +31,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pytrec_eval
 
+from ..bootstrap import percentile_interval, resample_ratios
+
 # (our name, trec_eval's name) in the order they appear in tables and CSVs.
 METRICS: tuple[tuple[str, str], ...] = (
     ("mrr", "recip_rank"),
@@ -107,31 +109,7 @@ def _resample_means(values: np.ndarray, n_boot: int, seed: int, clusters: Option
         sums = np.zeros((unit.max() + 1,) + values.shape[1:])
         np.add.at(sums, unit, values)
         sizes = np.bincount(unit).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    n = sums.shape[0]
-    means = np.empty((n_boot,) + values.shape[1:], dtype=np.float64)
-    chunk = max(1, 2_000_000 // max(n, 1))  # bound the count matrix to ~16 MB
-    for start in range(0, n_boot, chunk):
-        stop = min(start + chunk, n_boot)
-        draws = rng.integers(0, n, size=(stop - start, n)) + n * np.arange(stop - start)[:, None]
-        counts = np.bincount(draws.ravel(), minlength=(stop - start) * n).reshape(stop - start, n).astype(np.float64)
-        means[start:stop] = (counts @ sums.reshape(n, -1)).reshape((stop - start,) + values.shape[1:]) / (
-            counts @ sizes
-        )[(slice(None),) + (None,) * (values.ndim - 1)]
-    return means
-
-
-def bootstrap_interval(
-    values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95, clusters: Optional[np.ndarray] = None
-) -> tuple[float, float, float]:
-    """(mean, low, high): the mean over queries and its percentile bootstrap interval."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0:
-        raise ValueError("bootstrap_interval needs a non-empty 1-D array of per-query values")
-    means = _resample_means(values[:, None], n_boot, seed, clusters)[:, 0]
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(values.mean()), float(low), float(high)
+    return resample_ratios(sums, sizes, n_boot, seed)
 
 
 def paired_bootstrap_difference(
@@ -154,12 +132,11 @@ def paired_bootstrap_difference(
         raise ValueError(f"paired values need equal 1-D shapes, got {a.shape} and {b.shape}")
     diff = a - b
     means = _resample_means(diff[:, None], n_boot, seed, clusters)[:, 0]
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
+    low, high = percentile_interval(means, level)
     return {
         "difference": float(diff.mean()),
-        "low": float(low),
-        "high": float(high),
+        "low": low,
+        "high": high,
         "p_not_better": float((means <= 0).mean()),
     }
 
@@ -191,8 +168,7 @@ def summarize_metrics(
     for column, name in enumerate(names):
         row[name] = float(table[:, column].mean())
     for suffix, groups in intervals:
-        means = _resample_means(table, n_boot, seed, groups)
-        low, high = np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
+        low, high = percentile_interval(_resample_means(table, n_boot, seed, groups))
         for column, name in enumerate(names):
             row[f"{name}{suffix}_low"] = float(low[column])
             row[f"{name}{suffix}_high"] = float(high[column])

@@ -22,6 +22,7 @@ import torch
 from ...config.sections import DeepEncoderSection, RuntimeConfig
 from ...devices import resolve_device, resolve_dtype
 from ...errors import ConfigError, RunFailed
+from ...memory import is_out_of_memory
 from .config import DeepEncoderConfig
 from .encoder import DeepEncoder, count_parameters
 from .preprocess import PreparedPage, prepare, resolve_pixels
@@ -63,7 +64,9 @@ class BatchRunner:
             chunk = views[start : start + self.batch_size].to(self.device, non_blocking=True).to(self.dtype)
             try:
                 outputs.append(self.model(chunk))
-            except torch.cuda.OutOfMemoryError:
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
                 del chunk
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ...artifacts import atomic_path
 from ...errors import InputError, ModelNotFoundError
 from ..loading import resolve_local_or_hub
 from .config import DeepEncoderConfig
@@ -30,7 +28,7 @@ from .encoder import DeepEncoder
 
 DEEPENCODER_HUB_FILE = "model-00001-of-000001.safetensors"
 DEEPENCODER_CONFIG_KEY = "optical.deepencoder.config"
-_OFFICIAL_PREFIX = "model."
+OFFICIAL_PREFIX = "model."  # the official checkpoint names every encoder tensor under model.
 _ENCODER_PARTS = ("sam_model.", "vision_model.", "projector.")
 _LAYOUT_VECTORS = ("image_newline", "view_seperator")
 _COMMUNITY_FILES = {"sam_encoder.pth": "sam_model.", "clip_encoder.pth": "vision_model.", "projector.pth": "projector."}
@@ -48,7 +46,7 @@ def _safetensors_encoder_tensors(path: Path, device: torch.device) -> tuple[dict
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
             meta = handle.metadata() or {}
             for name in handle.keys():
-                short = name[len(_OFFICIAL_PREFIX) :] if name.startswith(_OFFICIAL_PREFIX) else name
+                short = name[len(OFFICIAL_PREFIX) :] if name.startswith(OFFICIAL_PREFIX) else name
                 if _is_encoder_name(short):
                     tensors[short] = handle.get_tensor(name)
     except Exception as exc:  # noqa: BLE001 - header or data errors: truncated, not safetensors, ...
@@ -175,12 +173,3 @@ def _init_random(model) -> None:
                 ("rel_pos_h", "rel_pos_w", "pos_embed", "class_embedding", "image_newline", "view_seperator")
             ):
                 param.normal_(0.0, 0.02)
-
-
-def save_deepencoder(model, path: str | Path) -> Path:
-    """Our format: the official tensor names and the architecture as JSON metadata."""
-
-    state = {_OFFICIAL_PREFIX + name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={DEEPENCODER_CONFIG_KEY: model.cfg.to_json()})
-    return Path(path)
