@@ -53,10 +53,6 @@ class Scored:
     score: float
 
 
-class Item(Protocol):
-    id: str
-
-
 class Benchmark(Protocol):
     #: Its name in titles and records (``LongBench v2``, ``RULER``, ...).
     title: str

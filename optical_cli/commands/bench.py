@@ -10,7 +10,6 @@ from ..errors import RunFailed
 from ..reports.bench import BENCH_RANDOM_WEIGHTS, print_longbench
 from ..reports.console import emit_json, progress_bar, random_weights_banner
 from .common import (
-    ALL,
     ConfigOpt,
     DeviceMemoryOpt,
     DevicesOpt,
@@ -19,6 +18,7 @@ from .common import (
     OutputDirOpt,
     OverwriteOpt,
     SetOpt,
+    all_if_zero,
     attention_record,
     check_resumable,
     claim_output,
@@ -252,20 +252,13 @@ def bench_ruler(
     """
     with handled_errors():
         from ..bench import ruler
-        from ..bench.runner import parse_conditions
 
-        flags = {
+        flags = _common_flags(conditions, engine, server) | {
             "--lengths": ("bench.lengths", _integers(lengths, "--lengths")),
-            "--tasks": ("bench.tasks", split_csv(tasks)),
+            "--tasks": ("bench.tasks", split_csv(tasks, "--tasks", "niah_single_1,vt")),
             "--num-samples": ("bench.num_samples", num_samples),
-            "--conditions": (
-                "bench.conditions",
-                None if conditions is None else list(parse_conditions(split_csv(conditions))),
-            ),
             "--font-sizes": ("bench.font_sizes", _integers(font_sizes, "--font-sizes")),
-            "--modes": ("bench.modes", split_csv(modes)),
-            "--engine": ("bench.engine", engine),
-            "--server": ("bench.server", server),
+            "--modes": ("bench.modes", split_csv(modes, "--modes", "tiny,base")),
         }
         cfg = with_flags(load("ruler", config, sets), flags)
         steps = (ruler.select_ruler, ruler.run_ruler, ruler.RULER_FILES, ruler.RULER_RESUMABLE)
@@ -316,9 +309,9 @@ def bench_mrcr(
             "--data": ("bench.data", data),
             "--needles": (
                 "bench.needles",
-                None if needles is None else [_integer(v, "--needles") for v in split_csv(needles)],
+                _integers(needles, "--needles"),
             ),
-            "--num-samples": ("bench.num_samples", None if num_samples is None else (num_samples or ALL)),
+            "--num-samples": ("bench.num_samples", all_if_zero(num_samples)),
         }
         cfg = with_flags(load("mrcr", config, sets), flags)
         steps = (mrcr.select_mrcr, mrcr.run_mrcr, mrcr.MRCR_FILES, mrcr.MRCR_RESUMABLE)
@@ -348,8 +341,8 @@ def bench_longbench_v1(
 
         flags = _common_flags(conditions, engine, server) | {
             "--data": ("bench.data", data),
-            "--datasets": ("bench.datasets", split_csv(datasets)),
-            "--num-samples": ("bench.num_samples", None if num_samples is None else (num_samples or ALL)),
+            "--datasets": ("bench.datasets", split_csv(datasets, "--datasets", "hotpotqa,gov_report")),
+            "--num-samples": ("bench.num_samples", all_if_zero(num_samples)),
         }
         cfg = with_flags(load("longbench-v1", config, sets), flags)
         steps = (longbench_v1.select_v1, longbench_v1.run_v1, longbench_v1.V1_FILES, longbench_v1.V1_RESUMABLE)
@@ -359,7 +352,9 @@ def bench_longbench_v1(
 def _common_flags(conditions, engine, server) -> dict:
     from ..bench.runner import parse_conditions
 
-    ordered = None if conditions is None else list(parse_conditions(split_csv(conditions)))
+    ordered = (
+        None if conditions is None else list(parse_conditions(split_csv(conditions, "--conditions", "native,optical")))
+    )
     return {
         "--conditions": ("bench.conditions", ordered),
         "--engine": ("bench.engine", engine),
@@ -368,16 +363,9 @@ def _common_flags(conditions, engine, server) -> dict:
 
 
 def _integers(text: str | None, flag: str) -> list[int] | None:
-    return None if text is None else [_integer(value, flag) for value in split_csv(text)]
+    from ..lists import parse_list
 
-
-def _integer(value: str, flag: str) -> int:
-    from ..errors import InputError
-
-    try:
-        return int(value)
-    except ValueError:
-        raise InputError(f"{flag}: {value!r} is not a whole number; write e.g. {flag} 4096,8192") from None
+    return None if text is None else parse_list(text, flag, "4096,8192", int, "a whole number")
 
 
 def _run_bench(command, key, cfg, steps, output_dir, resume, overwrite, json_out) -> None:

@@ -29,6 +29,7 @@ from ..config.sections import RenderSection
 from ..documents import pdf_page_count, rasterize_pdf, read_documents
 from ..engines.chain import ChainSpec, draw_pages
 from ..engines.factory import build_reader
+from ..engines.reader import Stream
 from ..engines.tower import page_tokens
 from ..errors import InputError
 from ..models.tokenizers import load_chat_tokenizer
@@ -39,8 +40,6 @@ from ..records import read_records
 from ..render.pages import PageRenderer, png_bytes
 from .client import OpenAIServer, page_messages
 from .server import served_lora_name
-
-Stream = Callable[[str], None]
 
 
 @dataclass

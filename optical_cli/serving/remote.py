@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from ..engines.chain import ChainSpec, draw_pages
-from ..engines.reader import ContextExceeded, Generation, ReadRequest, read_one
+from ..engines.reader import ContextExceeded, Generation, ReadRequest, Stream, read_one
 from ..engines.tower import page_tokens
 from ..errors import ConfigError, InputError
 from ..models.tokenizers import load_chat_tokenizer
@@ -146,17 +146,28 @@ class ServerReader:
         variant.renderer = PageRenderer(render.model_copy(update={"mode": mode}))
         return variant
 
-    def read_text(self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int) -> Generation:
-        return self._ask(
-            text_request(prompt), len(chat_ids(self.tokenizer, [prompt.text])[0]), max_new_tokens, temperature, seed
-        )
+    def warm_up(self) -> None:
+        """Nothing to warm here: the server warmed itself when it started (``check`` asked it already)."""
+
+    def read_text(
+        self, prompt: PromptParts, *, max_new_tokens: int, temperature: float, seed: int, stream: Stream = None
+    ) -> Generation:
+        tokens = len(chat_ids(self.tokenizer, [prompt.text])[0])
+        return self._ask(text_request(prompt), tokens, max_new_tokens, temperature, seed, stream)
 
     def read_pages(
-        self, prompt: PromptParts, pages: Sequence[Any], *, max_new_tokens: int, temperature: float, seed: int
+        self,
+        prompt: PromptParts,
+        pages: Sequence[Any],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        stream: Stream = None,
     ) -> Generation:
         start_tokens = len(self.encode_text(prompt.preamble + "\n" + prompt.question)) + self.vision_tokens(pages)
         messages = page_request(prompt, [png_bytes(page) for page in pages])
-        return self._ask(messages, start_tokens, max_new_tokens, temperature, seed)
+        return self._ask(messages, start_tokens, max_new_tokens, temperature, seed, stream)
 
     def read_many(self, requests: Sequence[ReadRequest]) -> list:
         """The requests at once, ``in_flight`` threads: the server batches what arrives together."""
@@ -170,7 +181,9 @@ class ServerReader:
         with ThreadPoolExecutor(max_workers=self.in_flight) as pool:
             return list(pool.map(one, requests))
 
-    def _ask(self, messages: list[dict], tokens: int, max_new_tokens: int, temperature: float, seed: int) -> Generation:
+    def _ask(
+        self, messages: list[dict], tokens: int, max_new_tokens: int, temperature: float, seed: int, stream: Stream
+    ) -> Generation:
         if self.max_positions and tokens > self.max_positions:
             raise ContextExceeded(f"about {tokens} input tokens exceed the server's {self.max_positions} positions")
         try:
@@ -180,6 +193,7 @@ class ServerReader:
                 max_tokens=max_new_tokens,
                 temperature=temperature,
                 seed=seed if temperature > 0 else None,
+                on_text=stream,
             )
         except InputError as exc:
             if any(marker in str(exc).lower() for marker in _TOO_LONG):
