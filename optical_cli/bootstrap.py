@@ -34,6 +34,6 @@ def resample_ratios(sums: np.ndarray, sizes: np.ndarray, n_boot: int, seed: int)
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple:
     """(low, high): the central ``level`` share of the resampled values (resamples along the first axis: floats
     for 1-D samples, one bound per column otherwise)."""
-    tail = (1.0 - level) / 2.0 * 100.0
+    tail = 50.0 * round(1.0 - level, 12)  # 2.5 exactly for 0.95 ((1 - 0.95) is 0.050000000000000044 in floats)
     low, high = np.percentile(samples, [tail, 100.0 - tail], axis=0)
     return (float(low), float(high)) if np.ndim(samples) == 1 else (low, high)

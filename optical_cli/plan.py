@@ -75,7 +75,7 @@ def meta_language_model(vlm_section, dtype: torch.dtype) -> nn.Module:
     """The configured language model on the meta device: from ``vlm.random`` or from the
     config.json of a local directory / the hub cache (no weights are read)."""
     if vlm_section.source == loading.RANDOM_SOURCE:
-        model = build_meta_qwen3_vl(vlm_section.random.model_dump())
+        model = build_meta_qwen3_vl(vlm_section.random.dims())
     else:
         path = loading.resolve_local_or_hub(vlm_section.source, ["config.json"])
         if not (path / "config.json").is_file():

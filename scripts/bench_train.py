@@ -121,7 +121,8 @@ def main() -> None:
         "--config",
         type=Path,
         default=None,
-        help="a train-adapter config instead of --size's (e.g. configs/fullsize/4b/train-adapter.yaml)",
+        help="a train-adapter config instead of --size's (another member of the family: --size fullsize "
+        "--set vlm.random.model=qwen3-vl-4b)",
     )
     parser.add_argument(
         "--set",

@@ -33,7 +33,7 @@ def on_meta(build):
 def test_fullsize_config_builds_the_published_architectures(command, path):
     cfg = load_config(command, path)
     assert cfg.vlm.source == "random" and cfg.deepencoder.weights == "random"  # offline, whatever the hub holds
-    language_model = on_meta(lambda: Qwen3VLLanguageModel(qwen3_vl_config(cfg.vlm.random.model_dump())))
+    language_model = on_meta(lambda: Qwen3VLLanguageModel(qwen3_vl_config(cfg.vlm.random.dims())))
     assert parameter_count(language_model) == QWEN3_VL_2B_LANGUAGE_MODEL
     assert language_model.lm_head.weight is language_model.get_input_embeddings().weight
     assert language_model.get_input_embeddings().weight.numel() == QWEN3_VL_2B_EMBEDDINGS
@@ -60,14 +60,14 @@ def test_both_fullsize_configs_describe_the_same_models():
     assert train.render.font_size == bench.render.font_size
 
 
-# The Qwen3-VL family at its published text dims (each config names its config.json): the count
-# follows from the dims alone, written out here independently of the model code.
+# The Qwen3-VL family at its published text dims (models/qwen3_vl_family.py names each config.json): the
+# count follows from the dims alone, written out here independently of the model code and of that table.
 FAMILY = {
-    # file stem: (hidden, intermediate, layers, heads, kv heads, tied, experts, moe intermediate)
-    "4b": (2560, 9728, 36, 32, 8, True, 0, 0),
-    "8b": (4096, 12288, 36, 32, 8, False, 0, 0),
-    "32b": (5120, 25600, 64, 64, 8, False, 0, 0),
-    "30b-a3b": (2048, 6144, 48, 32, 4, False, 128, 768),
+    # vlm.random.model: (hidden, intermediate, layers, heads, kv heads, tied, experts, moe intermediate)
+    "qwen3-vl-4b": (2560, 9728, 36, 32, 8, True, 0, 0),
+    "qwen3-vl-8b": (4096, 12288, 36, 32, 8, False, 0, 0),
+    "qwen3-vl-32b": (5120, 25600, 64, 64, 8, False, 0, 0),
+    "qwen3-vl-30b-a3b": (2048, 6144, 48, 32, 4, False, 128, 768),
 }
 
 
@@ -84,13 +84,14 @@ def test_the_2b_formula_gives_the_published_count():
     assert published_count(2048, 6144, 28, 16, 8, True, 0, 0) == QWEN3_VL_2B_LANGUAGE_MODEL
 
 
-@pytest.mark.parametrize("stem", sorted(FAMILY))
-def test_family_configs_build_their_published_language_models(stem):
-    train = load_config("train-adapter", FULLSIZE / stem / "train-adapter.yaml")
-    bench = load_config("longbench", FULLSIZE / stem / "longbench.yaml")
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_each_named_member_of_the_family_builds_its_published_language_model(name):
+    named = [f"vlm.random.model={name}"]
+    train = load_config("train-adapter", FULLSIZE / "train-adapter.yaml", named)
+    bench = load_config("longbench", FULLSIZE / "longbench.yaml", named)
     assert train.vlm == bench.vlm and train.deepencoder == bench.deepencoder and train.vlm.source == "random"
-    model = build_meta_qwen3_vl(train.vlm.random.model_dump())
-    dims = FAMILY[stem]
+    model = build_meta_qwen3_vl(train.vlm.random.dims())
+    dims = FAMILY[name]
     assert parameter_count(model) == published_count(*dims)
     assert (model.lm_head.weight is model.get_input_embeddings().weight) == dims[5]
     assert type(model).__name__ == ("Qwen3VLMoeLanguageModel" if dims[6] else "Qwen3VLLanguageModel")
@@ -104,6 +105,13 @@ def test_family_configs_build_their_published_language_models(stem):
 def test_published_totals_are_the_advertised_sizes():
     """Sanity on the dims: the language models alone come to about the advertised sizes (the
     vision towers, 0.4-0.6B, are not built)."""
-    billions = {stem: published_count(*dims) / 1e9 for stem, dims in FAMILY.items()}
+    billions = {name.removeprefix("qwen3-vl-"): published_count(*dims) / 1e9 for name, dims in FAMILY.items()}
     assert 3.9 < billions["4b"] < 4.5 and 7.5 < billions["8b"] < 8.5
     assert 32 < billions["32b"] < 34 and 30 < billions["30b-a3b"] < 31
+
+
+def test_a_named_model_takes_overrides_of_only_what_differs():
+    cfg = load_config("train-adapter", FULLSIZE / "train-adapter.yaml", ["vlm.random.num_hidden_layers=4"])
+    dims = cfg.vlm.random.dims()
+    assert cfg.vlm.random.model == "qwen3-vl-2b" and dims["num_hidden_layers"] == 4
+    assert dims["hidden_size"] == 2048 and dims["head_dim"] == 128 and dims["tie_word_embeddings"]

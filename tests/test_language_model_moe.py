@@ -14,7 +14,7 @@ from optical_cli.models.language_model import Qwen3VLMoeLanguageModel, build_met
 # 2 x moe_intermediate (48) differs from hidden (64), so a transposed expert tensor cannot pass for the right one
 TINY_MOE = RandomQwen3VLSection(
     num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, tie_word_embeddings=False
-).model_dump()
+).dims()
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_train_adapter_runs_on_a_moe_language_model_with_lora(tmp_path):
         mrope_section=[6, 5, 5],
     )
     assert summary["parameters"]["language_model"] == sum(
-        p.numel() for p in build_meta_qwen3_vl(moe.model_dump()).parameters()
+        p.numel() for p in build_meta_qwen3_vl(moe.dims()).parameters()
     )
     assert summary["parameters"]["lora"] > 0 and summary["steps"] == 2
     assert (tmp_path / "run" / "lora" / "adapter_config.json").is_file()

@@ -114,7 +114,7 @@ def test_saved_lora_is_a_peft_adapter_directory(tmp_path):
     """PEFT's own loader reads the directory and gives the same logits as ours."""
     from peft import PeftModel
 
-    dims = load_config("train-adapter", TINY).vlm.random.model_dump()
+    dims = load_config("train-adapter", TINY).vlm.random.dims()
     model = build_random_qwen3_vl(dims, seed=0)
     config = lora_config(4, 8, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj"])
     params = add_lora(model, config, seed=1)
@@ -147,7 +147,7 @@ def test_saved_lora_is_a_peft_adapter_directory(tmp_path):
 
 
 def test_unknown_target_module_is_a_clear_error(tmp_path):
-    model = build_random_qwen3_vl(load_config("train-adapter", TINY).vlm.random.model_dump())
+    model = build_random_qwen3_vl(load_config("train-adapter", TINY).vlm.random.dims())
     with pytest.raises(InputError, match="qkv_proj name no linear layer.*choose from"):
         add_lora(model, lora_config(4, 8, 0.0, ["qkv_proj"]))
 

@@ -65,7 +65,7 @@ def test_the_directory_holds_the_chain_under_our_architecture(model_dir):
     assert stored == index
     # the weights are the ones the hf engine builds from the same seeds
     lm = load_file(str(model_dir / "language-model.safetensors"))
-    for name, value in build_random_qwen3_vl(spec.vlm.random.model_dump(), seed=0).state_dict().items():
+    for name, value in build_random_qwen3_vl(spec.vlm.random.dims(), seed=0).state_dict().items():
         if name != "lm_head.weight":  # tied: stored once, as the embeddings
             assert torch.equal(lm[name], value), name
     tower = load_file(str(model_dir / "optical.safetensors"))
@@ -188,7 +188,7 @@ def test_the_key_follows_the_adapters_contents_and_the_cache_reuses_a_directory(
 def test_a_real_language_model_is_linked_not_copied_and_its_own_template_gives_way(tmp_path, monkeypatch):
     monkeypatch.setenv("OPTICAL_CACHE", str(tmp_path / "cache"))
     spec = tiny_spec()
-    source, _ = engine_model_dir("random", QWEN_TIKTOKEN, spec.vlm.random.model_dump(), seed=0)
+    source, _ = engine_model_dir("random", QWEN_TIKTOKEN, spec.vlm.random.dims(), seed=0)
     tokenizer_config = json.loads((source / "tokenizer_config.json").read_text())
     tokenizer_config["chat_template"] = "{{ 'not ours' }}"
     (source / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))

@@ -38,7 +38,9 @@ def test_8b_dry_run_counts_the_published_dims_without_weights(tmp_path):
     plan = dry_run(
         "train-adapter",
         "-c",
-        str(FULLSIZE / "8b/train-adapter.yaml"),
+        str(FULLSIZE / "train-adapter.yaml"),
+        "--set",
+        "vlm.random.model=qwen3-vl-8b",
         "-o",
         str(tmp_path / "run"),
         "--device-memory",
@@ -58,7 +60,13 @@ def test_8b_dry_run_counts_the_published_dims_without_weights(tmp_path):
 
 def test_30b_a3b_dry_run_counts_every_expert():
     plan = dry_run(
-        "train-adapter", "-c", str(FULLSIZE / "30b-a3b/train-adapter.yaml"), "--set", "runtime.dtype=bfloat16"
+        "train-adapter",
+        "-c",
+        str(FULLSIZE / "train-adapter.yaml"),
+        "--set",
+        "vlm.random.model=qwen3-vl-30b-a3b",
+        "--set",
+        "runtime.dtype=bfloat16",
     )
     want = text_count(2048, 6144, 48, 32, 4, tied=False, experts=128, moe_intermediate=768)
     assert abs(plan["parameters"]["language_model"] - want) / want < 0.005
@@ -75,7 +83,7 @@ def test_verdict_follows_the_device_memory_budget():
 
 
 def test_activations_scale_with_batch_and_tokens_and_checkpointing_cuts_them():
-    model = build_meta_qwen3_vl(RandomQwen3VLSection(num_hidden_layers=4).model_dump())
+    model = build_meta_qwen3_vl(RandomQwen3VLSection(num_hidden_layers=4).dims())
     one = training_activations(model, 1, 64, 16, False)
     two = training_activations(model, 2, 64, 16, False)
     longer = training_activations(model, 1, 128, 16, False)
@@ -91,7 +99,7 @@ def test_meta_count_equals_what_a_real_layer_saves(experts):
     (the MoE one too, whose meta stand-in routes each token through top_k experts)."""
     dims = RandomQwen3VLSection(
         num_hidden_layers=1, num_experts=experts, num_experts_per_tok=2, moe_intermediate_size=24
-    ).model_dump()
+    ).dims()
     real = build_random_qwen3_vl(dims)
     real.requires_grad_(False)
     layer = real.model.language_model.layers[0]
@@ -113,15 +121,13 @@ def test_meta_count_equals_what_a_real_layer_saves(experts):
 
 def test_a_model_directory_is_planned_from_its_config_json_alone(tmp_path):
     """Only config.json is there (no weights at all): the plan still builds, so it reads none."""
-    config = qwen3_vl_config(RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2).model_dump())
+    config = qwen3_vl_config(RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2).dims())
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     plan = dry_run("bench", "longbench", "-c", str(TINY_BENCH), "--set", f"vlm.source={tmp_path}")
     assert plan["model_class"] == "Qwen3VLMoeLanguageModel"
     assert plan["parameters"]["language_model"] == sum(
         p.numel()
-        for p in build_meta_qwen3_vl(
-            RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2).model_dump()
-        ).parameters()
+        for p in build_meta_qwen3_vl(RandomQwen3VLSection(num_experts=4, num_experts_per_tok=2).dims()).parameters()
     )
 
 
@@ -130,7 +136,9 @@ def test_longbench_plan_has_the_kv_cache_at_the_longest_context():
         "bench",
         "longbench",
         "-c",
-        str(FULLSIZE / "8b/longbench.yaml"),
+        str(FULLSIZE / "longbench.yaml"),
+        "--set",
+        "vlm.random.model=qwen3-vl-8b",
         "--conditions",
         "native",
         "--set",

@@ -59,7 +59,7 @@ def test_a_lora_trained_beside_the_adapter_is_served_as_name_lora(tmp_path, monk
     adapter = save_adapter(
         OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=16, llm_dim=64, max_pages=8)), tmp_path / "adapter.pth"
     )
-    model = load_qwen3_vl("random", torch.device("cpu"), torch.float32, cfg.vlm.random.model_dump())
+    model = load_qwen3_vl("random", torch.device("cpu"), torch.float32, cfg.vlm.random.dims())
     config = lora_config(4, 8, 0.0, ["q_proj", "v_proj"])
     add_lora(model, config)
     save_lora(model, config, tmp_path / "lora")

@@ -286,9 +286,7 @@ def _trained_adapter_with_lora(run: Path) -> Path:
         torch.manual_seed(3)
         adapter = OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=32, llm_dim=64, max_pages=cfg.bench.max_pages))
     save_adapter(adapter, run / "adapter.pth")
-    model = load_qwen3_vl(
-        "random", torch.device("cpu"), torch.float32, cfg.vlm.random.model_dump(), seed=cfg.runtime.seed
-    )
+    model = load_qwen3_vl("random", torch.device("cpu"), torch.float32, cfg.vlm.random.dims(), seed=cfg.runtime.seed)
     config = lora_config(8, 16, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     params = add_lora(model, config, seed=1)
     generator = torch.Generator().manual_seed(2)

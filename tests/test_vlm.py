@@ -24,7 +24,7 @@ from optical_cli.models.vlm import (
 
 @pytest.fixture(scope="module")
 def reader():
-    model = load_qwen3_vl("random", torch.device("cpu"), torch.float32, RandomQwen3VLSection().model_dump())
+    model = load_qwen3_vl("random", torch.device("cpu"), torch.float32, RandomQwen3VLSection().dims())
     tokenizer = load_chat_tokenizer(QWEN_TIKTOKEN)
     torch.manual_seed(0)
     adapter = OpticalAdapter(AdapterConfig(vision_dim=48, hidden_dim=96, llm_dim=64, max_pages=8))

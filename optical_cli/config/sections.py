@@ -8,6 +8,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
+from ..models.qwen3_vl_family import QWEN3_VL_FAMILY
 from .schema import Section
 
 # The published adapter for Qwen3-VL-2B (Volkopat/Qwen-VLM-Optical-Encoder), the quick start's default.
@@ -72,30 +73,46 @@ class DeepEncoderSection(Section):
     )
 
 
-class RandomQwen3VLSection(Section):
-    """Text dims of a random-weight Qwen3-VL (vlm.source=random); defaults: the tiny test model."""
+QwenModel = Literal["tiny", "qwen3-vl-2b", "qwen3-vl-4b", "qwen3-vl-8b", "qwen3-vl-32b", "qwen3-vl-30b-a3b"]
 
-    vocab_size: int = Field(151936, ge=151669, description="must hold the Qwen special tokens")
-    hidden_size: int = Field(64, ge=8)
-    intermediate_size: int = Field(128, ge=8)
-    num_hidden_layers: int = Field(2, ge=1)
-    num_attention_heads: int = Field(4, ge=1)
-    num_key_value_heads: int = Field(2, ge=1)
-    head_dim: int = Field(16, ge=4)
-    mrope_section: list[int] = Field([4, 2, 2], description="t/h/w rotary sections; must sum to head_dim/2")
-    rope_theta: float = 5_000_000.0
-    max_position_embeddings: int = Field(32768, ge=128)
-    tie_word_embeddings: bool = True
-    initializer_range: float = Field(0.02, gt=0, description="std of the random weights (Qwen3-VL's own default 0.02)")
-    num_experts: int = Field(
-        0,
+
+class RandomQwen3VLSection(Section):
+    """A random-weight Qwen3-VL's text model (vlm.source=random): a member of the family by name, and any dim that
+    differs from it (null: the named model's)."""
+
+    model: QwenModel = Field(
+        "tiny", description="the architecture by name (models/qwen3_vl_family.py); tiny is the test model"
+    )
+    vocab_size: Optional[int] = Field(None, ge=151669, description="must hold the Qwen special tokens")
+    hidden_size: Optional[int] = Field(None, ge=8)
+    intermediate_size: Optional[int] = Field(None, ge=8)
+    num_hidden_layers: Optional[int] = Field(None, ge=1)
+    num_attention_heads: Optional[int] = Field(None, ge=1)
+    num_key_value_heads: Optional[int] = Field(None, ge=1)
+    head_dim: Optional[int] = Field(None, ge=4)
+    mrope_section: Optional[list[int]] = Field(None, description="t/h/w rotary sections; must sum to head_dim/2")
+    rope_theta: Optional[float] = None
+    max_position_embeddings: Optional[int] = Field(None, ge=128)
+    tie_word_embeddings: Optional[bool] = None
+    initializer_range: Optional[float] = Field(
+        None, gt=0, description="std of the random weights (Qwen3-VL's own default 0.02)"
+    )
+    num_experts: Optional[int] = Field(
+        None,
         ge=0,
         description="0 = dense (Qwen3-VL); > 0 = mixture of experts (Qwen3-VL-MoE) with this many experts per layer",
     )
-    num_experts_per_tok: int = Field(8, ge=1, description="MoE: experts each token is routed to")
-    moe_intermediate_size: int = Field(768, ge=1, description="MoE: each expert's MLP width")
-    decoder_sparse_step: int = Field(1, ge=1, description="MoE: every N-th layer is sparse (1 = all)")
-    mlp_only_layers: list[int] = Field([], description="MoE: layers kept dense (their MLP is intermediate_size wide)")
+    num_experts_per_tok: Optional[int] = Field(None, ge=1, description="MoE: experts each token is routed to")
+    moe_intermediate_size: Optional[int] = Field(None, ge=1, description="MoE: each expert's MLP width")
+    decoder_sparse_step: Optional[int] = Field(None, ge=1, description="MoE: every N-th layer is sparse (1 = all)")
+    mlp_only_layers: Optional[list[int]] = Field(
+        None, description="MoE: layers kept dense (their MLP is intermediate_size wide)"
+    )
+
+    def dims(self) -> dict:
+        """The text dims to build: the named model's, with every dim set here in their place."""
+        given = {key: value for key, value in self.model_dump(exclude={"model"}).items() if value is not None}
+        return {**QWEN3_VL_FAMILY[self.model], **given}
 
 
 class VLMSection(Section):

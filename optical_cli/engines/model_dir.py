@@ -244,9 +244,9 @@ def _move_into_place(staging: Path, target: Path, replace: bool) -> None:
 def _write_language_model(spec: ChainSpec, staging: Path, copy_weights: bool):
     """(config with our architecture and no Qwen vision tower, {tensor name: file}) of the language model."""
     if spec.random_language_model:
-        if spec.vlm.random.num_experts > 0:
+        if spec.vlm.random.dims()["num_experts"] > 0:
             raise ConfigError("the vLLM model plugin serves dense Qwen3-VL; set vlm.random.num_experts=0")
-        model = build_random_qwen3_vl(spec.vlm.random.model_dump(), spec.runtime.seed)
+        model = build_random_qwen3_vl(spec.vlm.random.dims(), spec.runtime.seed)
         config = model.config
         tensors = {name: value.detach().contiguous() for name, value in model.state_dict().items()}
         if config.tie_word_embeddings:

@@ -208,7 +208,7 @@ class VisionLanguageReader:
         cls, vlm, device: torch.device, dtype: torch.dtype, adapter_path: str | Path | None = None, seed: int = 0
     ) -> "VisionLanguageReader":
         """Model, tokenizer and (optionally) adapter from a ``VLMSection`` (config ``vlm:``)."""
-        model = load_qwen3_vl(vlm.source, device, dtype, vlm.random.model_dump(), seed=seed)
+        model = load_qwen3_vl(vlm.source, device, dtype, vlm.random.dims(), seed=seed)
         hidden = model.config.text_config.hidden_size
         adapter = None if adapter_path is None else load_adapter(adapter_path, llm_dim=hidden, device=device)
         return cls(model, load_chat_tokenizer(chat_tokenizer_source(vlm)), adapter)

@@ -124,7 +124,7 @@ def ask(
     question: str,
     *,
     server: str | None = None,
-    stream: Stream | None = None,
+    stream: Stream = None,
     stdin: Callable[[], bytes] | None = None,
     reader=None,
 ) -> Answer:
@@ -146,7 +146,7 @@ def local_reader(cfg):
     return build_reader(ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine), ["optical"])
 
 
-def _ask_locally(cfg, doc: AskDocument, question: str, stream: Stream | None, reader=None) -> Answer:
+def _ask_locally(cfg, doc: AskDocument, question: str, stream: Stream, reader=None) -> Answer:
     spec = ChainSpec.from_config(cfg, "serve", engine=cfg.ask.engine)
     start = time.perf_counter()
     reader = reader or local_reader(cfg)
@@ -187,7 +187,7 @@ def _ask_locally(cfg, doc: AskDocument, question: str, stream: Stream | None, re
     )
 
 
-def _ask_server(cfg, doc: AskDocument, question: str, url: str, stream: Stream | None) -> Answer:
+def _ask_server(cfg, doc: AskDocument, question: str, url: str, stream: Stream) -> Answer:
     spec = ChainSpec.from_config(cfg, "serve", engine="vllm")
     client = OpenAIServer(url, timeout_s=cfg.ask.timeout_s)
     model = _served_model(client, cfg.serve.served_model_name)  # is anything there? before rendering
