@@ -20,6 +20,7 @@ from optical_cli.engines.vllm import VLLMReader, collapse_image_pads, request_ti
 from optical_cli.models.language_model import build_random_qwen3_vl
 from optical_cli.models.tokenizers import QWEN_TIKTOKEN, load_chat_tokenizer
 from optical_cli.models.vlm import IMAGE_PAD, build_layout, vision_grid
+from optical_cli.serving.remote import ServerReader
 
 runner = CliRunner()
 HAS_VLLM = util.find_spec("vllm") is not None
@@ -166,7 +167,7 @@ def _lacks(engine: type, protocol) -> list[str]:
     return problems
 
 
-ENGINES = [HFReader, VLLMReader, FakeReader, BatchingFakeReader]
+ENGINES = [HFReader, VLLMReader, ServerReader, FakeReader, BatchingFakeReader]
 DATA_MEMBERS = ("random_weights", "description", "parameters", "device", "conventions")
 
 
@@ -177,10 +178,13 @@ def test_every_engine_offers_the_whole_reader_protocol(engine):
     assert _lacks(engine, Reader) == []
 
 
-@pytest.mark.parametrize("engine", [VLLMReader, BatchingFakeReader], ids=lambda engine: engine.__name__)
+@pytest.mark.parametrize("engine", [VLLMReader, ServerReader, BatchingFakeReader], ids=lambda engine: engine.__name__)
 def test_batching_engines_offer_the_optional_capability(engine):
     assert _lacks(engine, BatchedReader) == [] and "in_flight" in BatchedReader.__annotations__
-    assert hasattr(engine, "in_flight") or engine is BatchingFakeReader  # a property, or set in __init__
+    assert hasattr(engine, "in_flight") or engine in (
+        BatchingFakeReader,
+        ServerReader,
+    )  # a property, or set in __init__
 
 
 def test_the_runner_batches_only_what_declares_the_capability():

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ("parity", "encoder", "feed", "cost", "train", "vllm", "serve")
+STEPS = ("parity", "encoder", "feed", "cost", "train", "ruler", "vllm", "serve")
 NEEDS_VLLM = ("vllm", "serve")
 
 

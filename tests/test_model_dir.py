@@ -99,6 +99,17 @@ def test_the_chat_template_gives_the_optical_layout_token_for_token(model_dir, p
     expanded = [t for token in ids for t in ([pad] * 64 if token == pad else [token])]  # what the processor does
     layout = build_layout(ours, AFTER_DOCUMENT + question, [64] * pages, preamble=PREAMBLE)
     assert expanded == layout.input_ids.tolist()
+    # text before the pages is the instruction, read as it is (bench ruler's instruction, pages, question)
+    instruction = "Some special magic numbers are hidden within the following text.\n"
+    lead = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": instruction}, *page_message(pages, question)[0]["content"]],
+        }
+    ]
+    ids = hf.encode(hf.apply_chat_template(lead, add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+    expanded = [t for token in ids for t in ([pad] * 64 if token == pad else [token])]
+    assert expanded == build_layout(ours, question, [64] * pages, preamble=instruction).input_ids.tolist()
     # a turn without pages is plain Qwen chat
     plain = [{"role": "user", "content": [{"type": "text", "text": question}]}]
     text = hf.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)

@@ -215,3 +215,65 @@ def test_the_ask_command_streams_through_the_server_and_a_second_question_hits_t
     # the second question reuses the pages' KV cache (prefix caching keyed by the pages' hashes)
     print(f"\nprefix-cache hits: {middle - before:.0f} for the first question, {hits() - middle:.0f} for the second")
     assert hits() - middle >= 64 * answer["pages"]
+
+
+RULER_TINY = REPO_ROOT / "configs" / "tiny" / "ruler.yaml"
+RULER_RUN = ["bench", "ruler", "-c", str(RULER_TINY), "--lengths", "1024,2048"]
+RULER_RUN += ["--tasks", "niah_single_1,niah_multikey_1,vt,cwe", "--font-sizes", "12"]
+
+
+def _bench(args: list[str]):
+    from typer.testing import CliRunner
+
+    from optical_cli.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def _log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
+
+
+def test_bench_ruler_through_the_server_gives_the_hf_engines_greedy_predictions(server, tmp_path):
+    """The done-when run (four tasks at 1K and 2K, all four conditions) on --engine hf and through the server
+    started from configs/tiny/serve.yaml: the same greedy predictions on at least 90% of the optical rows."""
+    common = [
+        *RULER_RUN,
+        "--num-samples",
+        "1",
+        "--set",
+        "bench.needle_legible=false",
+        "--set",
+        "bench.write_pages=false",
+    ]
+    local = _bench([*common, "--engine", "hf", "-o", str(tmp_path / "hf")])
+    assert local.exit_code == 0, local.output
+    remote = _bench([*common, "--server", server.url, "-o", str(tmp_path / "server")])
+    assert remote.exit_code == 0, remote.output
+    hf, served = _log(tmp_path / "hf"), _log(tmp_path / "server")
+    assert [(r["id"], r["condition"]) for r in hf] == [(r["id"], r["condition"]) for r in served]
+    assert all(r["status"] == "ok" for r in hf + served)
+    optical = [(a, b) for a, b in zip(hf, served) if a["condition"] == "optical"]
+    same = sum(a["output"] == b["output"] for a, b in optical)
+    assert len(optical) == 8 and same >= 0.9 * len(optical), [(a["output"], b["output"]) for a, b in optical]
+    # the server read the prompts the hf engine read: the same input tokens on every row
+    assert [r["input_tokens"] for r in hf] == [r["input_tokens"] for r in served]
+
+
+def test_a_server_that_does_not_serve_the_configs_model_is_refused_before_the_first_item(server, tmp_path):
+    base = [*RULER_RUN, "--num-samples", "1", "--server", server.url]
+    other_mode = _bench([*base, "--set", "deepencoder.mode=small", "-o", str(tmp_path / "mode")])
+    assert other_mode.exit_code == 2 and "vision tokens" in other_mode.stderr, other_mode.output
+    other_name = _bench([*base, "--set", "bench.served_model_name=glyph", "-o", str(tmp_path / "name")])
+    assert other_name.exit_code == 2 and "not 'glyph'" in other_name.stderr, other_name.output
+    assert not (tmp_path / "mode" / "items.jsonl").exists() and not (tmp_path / "name" / "items.jsonl").exists()
+
+
+def test_bench_longbench_through_the_server(server, tmp_path):
+    """LongBench v2 items sent as ask sends them: every condition answers through the server."""
+    config = REPO_ROOT / "configs" / "tiny" / "longbench.yaml"
+    args = ["bench", "longbench", "-c", str(config), "--num-samples", "2", "--server", server.url]
+    result = _bench([*args, "--set", "bench.temperature=0", "-o", str(tmp_path / "lb"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = _log(tmp_path / "lb")
+    assert len(rows) == 8 and all(r["status"] == "ok" and r["input_tokens"] for r in rows)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from huggingface_hub import hf_hub_download
+
 from ..artifacts import iter_jsonl_objects
 from ..documents import read_document
 from ..errors import InputError
@@ -290,3 +292,18 @@ def select_items(
     if num_samples is None:
         return sorted(pool, key=lambda item: (LENGTHS.index(item.length), item.difficulty, item.id))
     return stratified_sample(pool, num_samples, seed)
+
+
+def dataset_file(repo: str, filename: str, what: str, config_key: str) -> Path:
+    """A file of a hub dataset (``repo``) from the local Hugging Face cache, or fetched when the hub answers;
+    when it is in neither, one line naming its ``hf download`` command (exit 2)."""
+    command = f"hf download {repo} {filename} --repo-type dataset"
+    offline = go_offline_if_unreachable()
+    try:
+        return Path(hf_hub_download(repo, filename, repo_type="dataset", local_files_only=offline))
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, missing file: all arrive as different types
+        reason = offline_reason() if offline else f"{type(exc).__name__}: {_first_line(exc)}"
+        raise DatasetUnavailable(
+            f"{what} ({repo}/{filename}) is not in the local Hugging Face cache and {reason}; fetch it with "
+            f"`{command}` on a connected machine, or set {config_key} to a local copy"
+        ) from None

@@ -47,12 +47,12 @@ def select(cfg: LongBenchConfig, resume_from: Path | None = None) -> Selection:
         items, missing = load_selection(cfg.bench, cfg.runtime.seed), []
     except DatasetUnavailable as exc:
         items, missing, unavailable = None, [_dataset_download(cfg)], exc
-    require_downloads(model_downloads(cfg), known_missing=missing)
+    require_downloads([] if cfg.bench.server else model_downloads(cfg), known_missing=missing)
     if items is None:
         raise unavailable
     selection = Selection(settings_from(cfg.bench, cfg.runtime.seed), items)
     if resume_from is not None:
-        selection.done = resume_progress(resume_from / "items.csv", selection.items, selection.settings.conditions)[0]
+        selection.done = resume_progress(resume_from / "items.csv", selection.items, selection.settings)[0]
     return selection
 
 
@@ -70,7 +70,9 @@ def model_downloads(cfg: LongBenchConfig) -> list[Download]:
 
 
 def engine_record(cfg: LongBenchConfig) -> dict[str, Any]:
-    """For the manifest: the engine, and with vLLM its version and parallel layout."""
+    """For the manifest: the engine (or the server), and with vLLM its version and parallel layout."""
+    if cfg.bench.server:
+        return {"engine": "server", "server": {"url": cfg.bench.server, "model": cfg.bench.served_model_name}}
     if cfg.bench.engine != "vllm":
         return {"engine": "hf"}
     section = cfg.vllm

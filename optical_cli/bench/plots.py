@@ -9,7 +9,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..plotting import new_figure, save_png
 from .config import LENGTHS
-from .scoring import CHANCE
+from .scoring import CHANCE, condition_key, score_block
 
 
 def plot_accuracy_by_length(summary: Mapping[str, Any], path: Path, title_note: str = "") -> Path:
@@ -73,6 +73,84 @@ def plot_cost_vs_length(
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle("Cost against document length" + title_note, fontsize=10)
+    fig.tight_layout()
+    save_png(fig, path)
+    return path
+
+
+def _errorbar(ax, xs, blocks, label, style="o-"):
+    ys = [b["accuracy"] or 0.0 for b in blocks]
+    low = [max(0.0, y - b["ci95"][0]) for y, b in zip(ys, blocks)]
+    high = [max(0.0, b["ci95"][1] - y) for y, b in zip(ys, blocks)]
+    ax.errorbar(xs, ys, yerr=[low, high], fmt=style, capsize=3, markersize=4, linewidth=1, label=label)
+
+
+def plot_score_by_length(rows: Sequence[Mapping[str, Any]], path: Path, title: str, note: str = "") -> Path:
+    """Mean score against target length, one line per condition (per render setting in a grid), 95% intervals."""
+    fig, ax = new_figure((7.5, 4.5))
+    for key in dict.fromkeys(condition_key(r) for r in rows):
+        mine = [r for r in rows if condition_key(r) == key]
+        lengths = sorted({r["length"] for r in mine})
+        _errorbar(ax, lengths, [score_block([r for r in mine if r["length"] == n]) for n in lengths], key)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("target length (tokens of the reader)")
+    ax.set_ylabel("score (failures count 0)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{title}: score by length, 95% intervals{note}", fontsize=10)
+    fig.tight_layout()
+    save_png(fig, path)
+    return path
+
+
+def _compression_points(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[float, list]]]:
+    """Per page condition and setting: (mean text tokens per vision token, rows) at each length."""
+    points: dict[str, list[tuple[float, list]]] = {}
+    for key in dict.fromkeys(condition_key(r) for r in rows if r.get("render") and r["condition"] == "optical"):
+        mine = [r for r in rows if condition_key(r) == key]
+        for length in sorted({r["length"] for r in mine}):
+            at = [r for r in mine if r["length"] == length]
+            ratios = [
+                r["doc_tokens"] / r["context_tokens"] for r in at if r.get("context_tokens") and r.get("doc_tokens")
+            ]
+            if ratios:
+                points.setdefault(key, []).append((sum(ratios) / len(ratios), at))
+    return points
+
+
+def plot_score_by_compression(
+    rows: Sequence[Mapping[str, Any]],
+    legibility: Mapping[str, Any] | None,
+    path: Path,
+    title: str,
+    note: str = "",
+) -> Path:
+    """Left: optical score against text tokens per vision token, one point per render setting and length.
+    Right: the share of needles the OCR judge reads exactly at the same points (real with random weights)."""
+    fig, (left, right) = new_figure((12, 4.5), 1, 2)
+    points = _compression_points(rows)
+    for key, found in points.items():
+        found = sorted(found, key=lambda p: p[0])
+        _errorbar(left, [x for x, _ in found], [score_block(at) for _, at in found], key, "o")
+        render = key.split("@", 1)[1]
+        per_length = (legibility or {}).get(render, {}).get("by_length", {})
+        blocks = [per_length.get(str(at[0]["length"])) for _, at in found]
+        xs = [x for (x, _), b in zip(found, blocks) if b and b["needles"]]
+        chosen = [{"accuracy": b["share"], "ci95": b["ci95"]} for b in blocks if b and b["needles"]]
+        if chosen:
+            _errorbar(right, xs, chosen, render, "s")
+    for ax, label in ((left, "score of the optical condition"), (right, "needles read exactly (OCR judge)")):
+        ax.set_xlabel("text tokens per vision token")
+        ax.set_ylabel(label)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    left.set_title(f"{title}: score against compression{note}", fontsize=10)
+    right.set_title("needle_legible: can the page show the needle? (95% Wilson)", fontsize=10)
     fig.tight_layout()
     save_png(fig, path)
     return path

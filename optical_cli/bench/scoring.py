@@ -13,11 +13,13 @@ import re
 from itertools import combinations
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 from scipy.stats import binom, norm
 
 from .config import DIFFICULTIES, LENGTHS
 
 CHANCE = 0.25
+LONGBENCH_V2_GROUPS = {"by_length": ("length", LENGTHS), "by_difficulty": ("difficulty", DIFFICULTIES)}
 _WITH_PARENS = re.compile(r"The correct answer is \(([A-D])\)")
 _BARE = re.compile(r"The correct answer is ([A-D])")
 
@@ -66,11 +68,37 @@ def mcnemar_exact(only_first: int, only_second: int) -> float:
 # Summaries over item rows (the records written to items.csv)
 
 
-def _accuracy_block(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    n = len(rows)
-    correct = sum(1 for row in rows if row["correct"])
-    low, high = wilson_interval(correct, n)
-    return {"n": n, "correct": correct, "accuracy": correct / n if n else None, "ci95": [low, high]}
+def row_score(row: Mapping[str, Any]) -> float:
+    """A row's score in [0, 1]: its ``score`` column, or (rows of earlier versions) 1 when correct."""
+    score = row.get("score")
+    return float(score) if score is not None else (1.0 if row["correct"] else 0.0)
+
+
+def bootstrap_mean_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A percentile 95% interval of the mean, over ``resamples`` seeded resamples of the values."""
+    if not values:
+        return 0.0, 1.0
+    data = np.asarray(values, dtype=np.float64)
+    picks = np.random.default_rng(seed).integers(0, len(data), size=(resamples, len(data)))
+    low, high = np.percentile(data[picks].mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def score_block(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean score (failures count 0) with a 95% interval: Wilson when every score is 0 or 1, else a
+    bootstrap of the mean; ``correct`` counts full-credit rows."""
+    scores = [row_score(row) for row in rows]
+    n = len(scores)
+    correct = sum(1 for s in scores if s == 1.0)
+    binary = all(s in (0.0, 1.0) for s in scores)
+    low, high = wilson_interval(correct, n) if binary else bootstrap_mean_interval(scores)
+    return {
+        "n": n,
+        "correct": correct,
+        "accuracy": sum(scores) / n if n else None,
+        "ci95": [low, high],
+        "interval": "wilson" if binary else "bootstrap",
+    }
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -78,12 +106,26 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize_condition(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Overall accuracy (failures count as wrong) with its Wilson interval, completion,
-    accuracy on completed items, per-bucket and per-difficulty accuracy, tokens and time."""
+def _grouped(rows: Sequence[Mapping[str, Any]], column: str, order: Sequence[Any]) -> dict[Any, dict[str, Any]]:
+    values = list(order) or list(dict.fromkeys(row.get(column) for row in rows))
+    return {
+        value: score_block([row for row in rows if row.get(column) == value])
+        for value in values
+        if any(row.get(column) == value for row in rows)
+    }
+
+
+def summarize_condition(
+    rows: Sequence[Mapping[str, Any]],
+    groups: Mapping[str, tuple[str, Sequence[Any]]] | None = None,
+    chance: float | None = CHANCE,
+) -> dict[str, Any]:
+    """Overall score (failures count as 0) with its interval, completion, the score on completed
+    rows, the score per group (LongBench v2: per length bucket and difficulty), tokens and time."""
+    if groups is None:
+        groups = LONGBENCH_V2_GROUPS
     completed = [row for row in rows if row["status"] == "ok"]
-    overall = _accuracy_block(rows)
-    on_completed = _accuracy_block(completed)
+    on_completed = score_block(completed)
     failures: dict[str, int] = {}
     for row in rows:
         if row["status"] != "ok":
@@ -91,23 +133,14 @@ def summarize_condition(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     context_tokens = _mean(row["context_tokens"] for row in completed)
     doc_tokens = _mean(row["doc_tokens"] for row in completed)
     return {
-        **overall,
-        "chance": CHANCE,
+        **score_block(rows),
+        "chance": chance,
         "completed": len(completed),
         "completion_rate": len(completed) / len(rows) if rows else None,
         "failures": failures,
         "accuracy_on_completed": on_completed["accuracy"],
         "accuracy_on_completed_ci95": on_completed["ci95"],
-        "by_length": {
-            b: _accuracy_block([r for r in rows if r["length"] == b])
-            for b in LENGTHS
-            if any(r["length"] == b for r in rows)
-        },
-        "by_difficulty": {
-            d: _accuracy_block([r for r in rows if r["difficulty"] == d])
-            for d in DIFFICULTIES
-            if any(r["difficulty"] == d for r in rows)
-        },
+        **{name: _grouped(rows, column, order) for name, (column, order) in groups.items()},
         "truncated": sum(1 for row in completed if row["truncated"]),
         "mean_input_tokens": _mean(row["input_tokens"] for row in completed),
         "mean_context_tokens": context_tokens,
@@ -126,14 +159,18 @@ def summarize_condition(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def paired_tests(rows_by_condition: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """McNemar's exact test for every pair of conditions on the items both have."""
+    """For every pair of conditions, on the items both have: an exact two-sided sign test on the
+    items where one scored higher than the other; with scores of 0 or 1 that is McNemar's exact test."""
     tests = []
     for first, second in combinations(rows_by_condition, 2):
-        a = {row["id"]: bool(row["correct"]) for row in rows_by_condition[first]}
-        b = {row["id"]: bool(row["correct"]) for row in rows_by_condition[second]}
+        if "@" in first and "@" in second and first.split("@")[0] != second.split("@")[0]:
+            if first.split("@")[1] != second.split("@")[1]:
+                continue  # a grid: page conditions are compared within a setting, and each to the text ones
+        a = {row["id"]: row_score(row) for row in rows_by_condition[first]}
+        b = {row["id"]: row_score(row) for row in rows_by_condition[second]}
         shared = sorted(set(a) & set(b))
-        only_first = sum(1 for i in shared if a[i] and not b[i])
-        only_second = sum(1 for i in shared if b[i] and not a[i])
+        only_first = sum(1 for i in shared if a[i] > b[i])
+        only_second = sum(1 for i in shared if b[i] > a[i])
         tests.append(
             {
                 "first": first,
@@ -141,19 +178,30 @@ def paired_tests(rows_by_condition: Mapping[str, Sequence[Mapping[str, Any]]]) -
                 "n": len(shared),
                 "only_first_correct": only_first,
                 "only_second_correct": only_second,
-                "both_correct": sum(1 for i in shared if a[i] and b[i]),
+                "both_correct": sum(1 for i in shared if a[i] == b[i] == 1.0),
                 "p_value": mcnemar_exact(only_first, only_second),
             }
         )
     return tests
 
 
-def summarize_run(rows: Sequence[Mapping[str, Any]], conditions: Sequence[str]) -> dict[str, Any]:
-    """The whole run's summary: one block per condition plus the paired tests."""
-    by_condition = {c: [row for row in rows if row["condition"] == c] for c in conditions}
-    by_condition = {c: r for c, r in by_condition.items() if r}
+def condition_key(row: Mapping[str, Any]) -> str:
+    """The summary's name for a row's condition: ``optical`` or, in a render grid, ``optical@12px-tiny``."""
+    render = row.get("render") or ""
+    return f"{row['condition']}@{render}" if render else row["condition"]
+
+
+def summarize_run(
+    rows: Sequence[Mapping[str, Any]],
+    conditions: Sequence[str],
+    groups: Mapping[str, tuple[str, Sequence[Any]]] | None = None,
+    chance: float | None = CHANCE,
+) -> dict[str, Any]:
+    """The whole run's summary: one block per condition (per render setting in a grid) plus the paired tests."""
+    keys = [key for c in conditions for key in dict.fromkeys(condition_key(r) for r in rows if r["condition"] == c)]
+    by_condition = {key: [row for row in rows if condition_key(row) == key] for key in keys}
     return {
-        "chance": CHANCE,
-        "conditions": {c: summarize_condition(r) for c, r in by_condition.items()},
+        "chance": chance,
+        "conditions": {c: summarize_condition(r, groups, chance) for c, r in by_condition.items()},
         "mcnemar": paired_tests(by_condition),
     }

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from ..bench.config import LongBenchConfig
+from ..bench.config import LongBenchConfig, LongBenchV1Config, MrcrConfig, RulerConfig
 from ..encode.config import EncodeConfig
 from ..errors import ConfigError
 from ..index.config import IndexConfig
@@ -43,6 +43,9 @@ COMMANDS: dict[str, CommandSpec] = {
     "encode": CommandSpec(EncodeConfig, ("encode",)),
     "train-adapter": CommandSpec(TrainAdapterConfig, ("train-adapter", "export-adapter")),
     "longbench": CommandSpec(LongBenchConfig, ("bench longbench",)),
+    "ruler": CommandSpec(RulerConfig, ("bench ruler",)),
+    "mrcr": CommandSpec(MrcrConfig, ("bench mrcr",)),
+    "longbench-v1": CommandSpec(LongBenchV1Config, ("bench longbench-v1",)),
     "index": CommandSpec(
         IndexConfig,
         (

@@ -12,6 +12,7 @@ Everything is built by :func:`optical_cli.engines.factory.build_reader`; weights
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from typing import Any, Callable, Sequence
 
@@ -23,6 +24,7 @@ from ..models.loop_guard import OFF, NoRepeatNGram
 from ..models.lora import has_lora, lora_disabled
 from ..models.vlm import READ_INSTRUCTION, VisionLanguageReader
 from ..prompts import PromptParts
+from ..render.pages import PageRenderer
 from .chain import draw_pages
 from .reader import ContextExceeded, Generation, TextStream
 from .tower import page_tokens
@@ -123,6 +125,17 @@ class HFReader:
         if self._tokens_per_page is None and pages:
             self._tokens_per_page = int(self.encoder.encode(list(pages[:1])).shape[1])
         return len(pages) * (self._tokens_per_page or 0)
+
+    def with_pages(self, render, mode: str) -> "HFReader":
+        """This reader drawing pages with ``render`` (a RenderSection) at ``mode``'s size and encoding them in
+        ``mode``: one setting of a render grid. The models are shared, not loaded again."""
+        variant = copy.copy(self)
+        variant.renderer = PageRenderer(render.model_copy(update={"mode": mode}))
+        if self.encoder is not None and mode != self.encoder.mode:
+            variant.encoder = copy.copy(self.encoder)
+            variant.encoder.mode = mode
+            variant._tokens_per_page = None
+        return variant
 
     def warm_up(self) -> None:
         """Load lazily loaded weights and run each model once, so the first item's timings

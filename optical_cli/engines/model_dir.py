@@ -78,38 +78,46 @@ EMPTY_MESSAGE = (
 def chat_template() -> str:
     """The model directory's chat template (Jinja), built from the benchmark's prompt parts.
 
-    A message whose content has image parts: ``preamble``, one ``<|vision_start|><|image_pad|>
-    <|vision_end|>`` per image in order (the processor expands each pad to the page's vision
-    tokens), a newline, ``AFTER_DOCUMENT`` and the message's text parts joined: the optical
-    condition's layout, ``models.vlm.build_layout(question=AFTER_DOCUMENT + text, pages,
-    preamble=PREAMBLE)``. Any other message: Qwen's plain ``<|im_start|>role\\n...<|im_end|>\\n``.
-    A user message with neither pages nor text is refused (the server answers 400 with
-    ``EMPTY_MESSAGE``).
+    A message whose content has image parts and begins with them (``optical ask``'s, Glyph's clients'):
+    ``preamble``, one ``<|vision_start|><|image_pad|><|vision_end|>`` per image in order (the processor
+    expands each pad to the page's vision tokens), a newline, ``AFTER_DOCUMENT`` and the message's text
+    parts joined: ``bench longbench``'s optical layout, ``models.vlm.build_layout(question=AFTER_DOCUMENT +
+    text, pages, preamble=PREAMBLE)``. A message whose text comes first (``bench ruler``'s and the other
+    benchmarks' instruction, then the pages, then the question): that text as the preamble, the pages, a
+    newline and the text after them, ``build_layout(question=after, pages, preamble=before)``. Any other
+    message: Qwen's plain ``<|im_start|>role\\n...<|im_end|>\\n``. A user message with neither pages nor
+    text is refused (the server answers 400 with ``EMPTY_MESSAGE``).
     vLLM sees the loop over ``message['content']`` and passes parts as dicts (its "openai" format).
     """
     page = "<|vision_start|><|image_pad|><|vision_end|>"
     return (
-        "{#- optical: a user turn with page images reads as bench longbench's optical prompt -#}\n"
+        "{#- optical: a user turn with page images reads as the benchmarks' optical prompt -#}\n"
         "{%- for message in messages -%}\n"
         "{{- '<|im_start|>' + message['role'] + '\\n' -}}\n"
-        "{%- set ns = namespace(pages=0, text='') -%}\n"
+        "{%- set ns = namespace(pages=0, before='', text='', lead=false) -%}\n"
         "{%- if message['content'] is string -%}{%- set ns.text = message['content'] -%}\n"
         "{%- else -%}\n"
         "{%- for part in message['content'] -%}\n"
         "{%- if part['type'] in ('image', 'image_url') -%}{%- set ns.pages = ns.pages + 1 -%}\n"
+        "{%- elif part['type'] == 'text' and ns.pages == 0 -%}"
+        "{%- set ns.before = ns.before + part['text'] -%}{%- set ns.lead = true -%}\n"
         "{%- elif part['type'] == 'text' -%}{%- set ns.text = ns.text + part['text'] -%}\n"
         "{%- endif -%}\n"
         "{%- endfor -%}\n"
         "{%- endif -%}\n"
-        "{%- if message['role'] == 'user' and ns.pages == 0 and ns.text | trim == '' -%}\n"
+        "{%- if message['role'] == 'user' and ns.pages == 0 and (ns.before + ns.text) | trim == '' -%}\n"
         f"{{{{- raise_exception({json.dumps(EMPTY_MESSAGE)}) -}}}}\n"
         "{%- endif -%}\n"
-        "{%- if ns.pages > 0 -%}\n"
+        "{%- if ns.pages > 0 and ns.lead -%}\n"
+        "{{- ns.before -}}\n"
+        f"{{%- for _ in range(ns.pages) -%}}{page}{{%- endfor -%}}\n"
+        "{{- '\\n' + ns.text -}}\n"
+        "{%- elif ns.pages > 0 -%}\n"
         f"{{{{- {json.dumps(PREAMBLE)} -}}}}\n"
         f"{{%- for _ in range(ns.pages) -%}}{page}{{%- endfor -%}}\n"
         f"{{{{- {json.dumps(chr(10) + AFTER_DOCUMENT)} + ns.text -}}}}\n"
         "{%- else -%}\n"
-        "{{- ns.text -}}\n"
+        "{{- ns.before + ns.text -}}\n"
         "{%- endif -%}\n"
         "{{- '<|im_end|>\\n' -}}\n"
         "{%- endfor -%}\n"

@@ -16,6 +16,7 @@ built from the same seeds as the hf engine's). vLLM is imported through :mod:`.v
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -31,6 +32,7 @@ from ..models.loop_guard import LOOP_STOP_TOKEN_ID, OFF, REPETITION, NoRepeatNGr
 from ..models.lora import CONFIG_FILE, LORA_DIR
 from ..models.vlm import END_OF_TEXT, IM_END, IMAGE_PAD, build_layout
 from ..prompts import PromptParts
+from ..render.pages import PageRenderer
 from .chain import draw_pages
 from .model_dir import INDEX_FILE, WEIGHT_PREFIX, read_settings
 from .reader import ContextExceeded, Generation, Outcome, ReadRequest, TextStream
@@ -285,6 +287,18 @@ class VLLMReader:
         self.max_positions = engine.max_positions
         self.pad_id = tokenizer.token_id(IMAGE_PAD)
         self.stop_ids = {tokenizer.token_id(IM_END), tokenizer.token_id(END_OF_TEXT), LOOP_STOP_TOKEN_ID}
+
+    def with_pages(self, render, mode: str) -> "VLLMReader":
+        """This reader drawing pages with ``render`` (a RenderSection): one font setting of a render grid. The
+        engine encodes in its model directory's mode only; another mode is a config error."""
+        if mode != self.settings.mode:
+            raise ConfigError(
+                f"the vllm engine encodes pages in its model's mode ({self.settings.mode}), not {mode}; "
+                "run one mode per run (bench.modes) or use --engine hf for a grid of modes"
+            )
+        variant = copy.copy(self)
+        variant.renderer = PageRenderer(render.model_copy(update={"mode": mode}))
+        return variant
 
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

@@ -87,3 +87,50 @@ def _print_run_lines(summary: dict) -> None:
                 f"p={test['p_value']:.3g}"
             )
         )
+
+
+# ---------------------------------------------------------------------------------------
+# RULER, MRCR, LongBench v1: the same tables, their own groups and headline tables
+
+_GROUP_KEYS = ("by_task", "by_length", "by_dataset", "by_needles", "by_bin")
+
+
+def print_benchmark(summary: dict) -> None:
+    """Any benchmark's report: a table per condition (score with its interval, completion, per group, cost),
+    then the benchmark's own table (RULER's per-task scores), needle legibility, run lines and paired tests."""
+    if summary["random_weights"]:
+        random_weights_banner(BENCH_RANDOM_WEIGHTS)
+    suffix = " [random weights: not a result]" if summary["random_weights"] else ""
+    title = summary.get("benchmark", "benchmark")
+    for condition, block in summary["conditions"].items():
+        rows = [
+            ("score, failures 0 [95% interval]", accuracy_text(block)),
+            ("completed", f"{block['completed']}/{block['n']} ({block['completion_rate']:.0%})"),
+            ("score on completed", _formatted(block["accuracy_on_completed"], ".1%")),
+        ]
+        for key in _GROUP_KEYS:
+            rows += [(f"  {key[3:]} {value}", accuracy_text(group)) for value, group in block.get(key, {}).items()]
+        print_table(f"{title}: {condition}{suffix}", rows + _cost_rows(block))
+    for condition, per_length in (summary.get("ruler") or {}).items():
+        table = [
+            (f"{length}", "  ".join(f"{t} {v:.1f}" for t, v in scores.items())) for length, scores in per_length.items()
+        ]
+        print_table(f"RULER task scores (x100, as RULER prints them): {condition}{suffix}", table)
+    table = summary.get("longbench_v1")
+    for condition, scores in (table or {}).items():
+        rows = [(name, f"{value:.2f}") for name, value in scores.items()]
+        print_table(f"LongBench v1 scores (x100, as LongBench prints them): {condition}{suffix}", rows)
+    for label, block in (summary.get("needle_legible") or {}).items():
+        low, high = block["ci95"]
+        share = "-" if block["share"] is None else f"{block['share']:.1%}"
+        err.print(
+            f"needle_legible {label}: {share} ({block['legible']}/{block['needles']} read exactly, "
+            f"{block['shown']} on the pages read) [{low:.1%}, {high:.1%}]"
+        )
+    lengths = summary.get("lengths")
+    if lengths:
+        err.print(
+            f"prompt lengths: {lengths['within_1_percent']}/{lengths['items']} within 1% of their targets "
+            f"(largest shortfall {lengths['max_shortfall']:.2%}, over target: {lengths['over_target']})"
+        )
+    _print_run_lines(summary)

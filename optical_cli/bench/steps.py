@@ -1,0 +1,97 @@
+"""The steps a benchmark run shares after its items are chosen: rows through the one runner, the summary,
+the plots of score by length, the trackers. MRCR and LongBench v1 run exactly these; RULER adds its grid,
+its generated set and the needles."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..artifacts import atomic_write_json
+from ..distributed import Processes
+from ..engines.reader import in_flight
+from ..memory import PeakMemory, busiest
+from ..tracking import log_summary
+from .benchmark import Benchmark, item_columns
+from .plots import plot_score_by_length
+from .runner import BenchSettings, resume_progress, run_benchmark, throughput, wanted_keys, write_summary
+
+
+@dataclass
+class BenchSelection:
+    settings: BenchSettings
+    items: list[Any]
+    benchmark: Benchmark
+    data_source: str
+    done: int = 0  # rows of this selection already on disk (a resume)
+
+    @property
+    def rows(self) -> int:
+        return len(wanted_keys(self.items, self.settings))
+
+    def count_done(self, resume_from: Path | None) -> "BenchSelection":
+        if resume_from is not None:
+            columns = item_columns(self.benchmark)
+            self.done = resume_progress(resume_from / "items.csv", self.items, self.settings, columns)[0]
+        return self
+
+
+def run_selection(
+    selection: BenchSelection,
+    reader,
+    out_dir: Path,
+    *,
+    resume: bool,
+    procs: Processes,
+    plots: bool,
+    log_with: Sequence[str],
+    name: str,
+    progress: Callable[..., None] | None = None,
+    extra: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
+    """Every row still to do, then (main process) summary.json (plus ``extra(rows)``), score_by_length.png
+    and the trackers; the summary in the main process, None in the others."""
+    memory, started = PeakMemory(reader.device), time.perf_counter()
+    rows = run_benchmark(
+        reader,
+        selection.items,
+        selection.settings,
+        out_dir / "items.csv",
+        resume=resume,
+        progress=progress,
+        procs=procs,
+        memory=memory,
+        benchmark=selection.benchmark,
+    )
+    wall_s = time.perf_counter() - started
+    peaks = procs.gather(memory.run_peak())
+    if rows is None:
+        return None
+    conditions = len(selection.settings.conditions)
+    summary = write_summary(
+        rows,
+        selection.settings,
+        out_dir,
+        benchmark=selection.benchmark,
+        reader_description=reader.description,
+        random_weights=reader.random_weights,
+        data_source=selection.data_source,
+        parameters=reader.parameters,
+        peak_memory_gib=busiest(peaks),
+        conventions=reader.conventions,
+        throughput=throughput(len(rows) - selection.done, wall_s, conditions, in_flight(reader) * procs.count),
+    )
+    if extra is not None:
+        summary.update(extra(rows))
+        write_summary_file(out_dir, summary)
+    if plots and rows:
+        note = " [random weights]" if reader.random_weights else ""
+        plot_score_by_length(rows, out_dir / "score_by_length.png", selection.benchmark.title, note)
+    log_summary(log_with, out_dir, name, summary)
+    return summary
+
+
+def write_summary_file(out_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_json(out_dir / "summary.json", summary)
