@@ -38,11 +38,12 @@ class Selection:
         return len(self.items) * len(self.settings.conditions)
 
 
-def select(cfg: LongBenchConfig, resume_from: Path | None = None) -> Selection:
+def select(cfg: LongBenchConfig, resume_from: Path | None = None, progress=None) -> Selection:
     """The items and settings ``cfg`` asks for; with ``resume_from`` (a run directory), the rows done there.
 
     A bad data file fails here, before any model loads; offline, every missing download (the dataset,
-    the adapter, Qwen3-VL, DeepEncoder) is named in one error, with the line that fetches each."""
+    the adapter, Qwen3-VL, DeepEncoder) is named in one error, with the line that fetches each. (``progress``:
+    the shared steps' item bar; LongBench's items are read at once.)"""
     try:
         items, missing = load_selection(cfg.bench, cfg.runtime.seed), []
     except DatasetUnavailable as exc:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import RunFailed
-from ..reports.bench import BENCH_RANDOM_WEIGHTS, print_longbench
+from ..reports.bench import BENCH_RANDOM_WEIGHTS, print_benchmark, print_longbench
 from ..reports.console import emit_json, progress_bar, random_weights_banner
 from .common import (
     ConfigOpt,
@@ -137,9 +137,7 @@ def bench_longbench(
     """
     with handled_errors():
         from ..bench import longbench
-        from ..bench.readers import open_reader
         from ..bench.runner import BENCH_RESUMABLE, parse_conditions
-        from ..engines.vllm_import import require_vllm
 
         flags = _flags(num_samples, ids, conditions, engine, lengths, difficulties, domains, parse_conditions)
         cfg = with_flags(load("longbench", config, sets), flags | {"--server": ("bench.server", server)})
@@ -147,24 +145,8 @@ def bench_longbench(
             from ..plan import plan_command
 
             return report_plan(plan_command("longbench", cfg, devices, device_memory), json_out)
-        if cfg.bench.engine == "vllm" and not cfg.bench.server:  # before the output directory is claimed
-            require_vllm("bench.engine=vllm")
-        claim = claim_output("bench longbench", output_dir, resume=resume, overwrite=overwrite)
-        check_resumable(claim, cfg, "longbench", BENCH_RESUMABLE)
-        selection = longbench.select(cfg, claim.path if claim.resuming else None)  # bad data fails before models load
-        if claim.resuming:
-            report_resume(f"{selection.done} of {selection.rows} (item, condition) rows done in {output_dir}")
-        procs = join_processes(cfg.runtime.device)  # each process on its own GPU before loading
-        reuse_attention_choices(claim, cfg.deepencoder.attention)  # before the warm-up page measures them
-        reader = open_reader(cfg, selection.settings.conditions)  # a server is checked against the config here
-        if reader.random_weights and procs.is_main:
-            random_weights_banner(BENCH_RANDOM_WEIGHTS)
-        with run_dir("bench longbench", cfg, claim, procs=procs, device=str(reader.device)) as run:
-            run.update(**attention_record(cfg.deepencoder.attention), **longbench.engine_record(cfg))
-            with progress_bar("longbench", total=selection.rows) as advance:
-                summary = longbench.run(cfg, selection, reader, run.path, resume=resume, procs=procs, progress=advance)
-            if summary is not None:  # the main process merges and reports
-                _report_run(run, summary, json_out)
+        steps = (longbench.select, longbench.run, longbench.SUMMARY_FILES, BENCH_RESUMABLE, print_longbench)
+        _run_bench("bench longbench", "longbench", cfg, steps, output_dir, resume, overwrite, json_out)
 
 
 def _flags(num_samples, ids, conditions, engine, lengths, difficulties, domains, parse_conditions) -> dict:
@@ -181,20 +163,6 @@ def _flags(num_samples, ids, conditions, engine, lengths, difficulties, domains,
         "--difficulties": ("bench.difficulties", split_csv(difficulties, "--difficulties", "easy")),
         "--domains": ("bench.domains", split_csv(domains, "--domains", "'Single-Document QA'")),
     }
-
-
-def _report_run(run, summary: dict, json_out: bool) -> None:
-    """Record the summary in the manifest, print it; exit 1 (results kept) when a whole condition failed."""
-    from ..bench.longbench import SUMMARY_FILES, failed_conditions
-
-    run.record_existing(*SUMMARY_FILES)
-    run.update(**{key: summary[key] for key in ("parameters", "peak_memory_gib", "conventions", "throughput")})
-    print_longbench(summary)
-    if json_out:
-        emit_json(summary)
-    failed = failed_conditions(summary)
-    if failed:  # inside the run: the manifest says failed; items.csv and summary.json stay
-        raise RunFailed(f"every item of condition(s) {', '.join(failed)} failed (reasons in {run.path / 'items.csv'})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,7 +229,7 @@ def bench_ruler(
             "--modes": ("bench.modes", split_csv(modes, "--modes", "tiny,base")),
         }
         cfg = with_flags(load("ruler", config, sets), flags)
-        steps = (ruler.select_ruler, ruler.run_ruler, ruler.RULER_FILES, ruler.RULER_RESUMABLE)
+        steps = (ruler.select_ruler, ruler.run_ruler, ruler.RULER_FILES, ruler.RULER_RESUMABLE, print_benchmark)
         _run_bench("bench ruler", "ruler", cfg, steps, output_dir, resume, overwrite, json_out)
 
 
@@ -314,7 +282,7 @@ def bench_mrcr(
             "--num-samples": ("bench.num_samples", all_if_zero(num_samples)),
         }
         cfg = with_flags(load("mrcr", config, sets), flags)
-        steps = (mrcr.select_mrcr, mrcr.run_mrcr, mrcr.MRCR_FILES, mrcr.MRCR_RESUMABLE)
+        steps = (mrcr.select_mrcr, mrcr.run_mrcr, mrcr.MRCR_FILES, mrcr.MRCR_RESUMABLE, print_benchmark)
         _run_bench("bench mrcr", "mrcr", cfg, steps, output_dir, resume, overwrite, json_out)
 
 
@@ -345,7 +313,8 @@ def bench_longbench_v1(
             "--num-samples": ("bench.num_samples", all_if_zero(num_samples)),
         }
         cfg = with_flags(load("longbench-v1", config, sets), flags)
-        steps = (longbench_v1.select_v1, longbench_v1.run_v1, longbench_v1.V1_FILES, longbench_v1.V1_RESUMABLE)
+        v1 = longbench_v1
+        steps = (v1.select_v1, v1.run_v1, v1.V1_FILES, v1.V1_RESUMABLE, print_benchmark)
         _run_bench("bench longbench-v1", "longbench-v1", cfg, steps, output_dir, resume, overwrite, json_out)
 
 
@@ -370,8 +339,8 @@ def _integers(text: str | None, flag: str) -> list[int] | None:
 
 def _run_bench(command, key, cfg, steps, output_dir, resume, overwrite, json_out) -> None:
     """The steps every benchmark shares: claim the directory, select (before any model), read, report.
-    ``steps``: the benchmark's (select, run, summary files, keys a resume may change)."""
-    select, run_rows, files, resumable = steps
+    ``steps``: the benchmark's (select, run, summary files, keys a resume may change, its report printer)."""
+    select, run_rows, files, resumable, printer = steps
     from ..bench.longbench import engine_record
     from ..bench.readers import open_reader
     from ..engines.vllm_import import require_vllm
@@ -394,16 +363,16 @@ def _run_bench(command, key, cfg, steps, output_dir, resume, overwrite, json_out
         with progress_bar(key, total=selection.rows) as advance:
             summary = run_rows(cfg, selection, reader, run.path, resume=resume, procs=procs, progress=advance)
         if summary is not None:
-            _report_benchmark(run, summary, files, json_out)
+            _report_benchmark(run, summary, files, printer, json_out)
 
 
-def _report_benchmark(run, summary: dict, files, json_out: bool) -> None:
+def _report_benchmark(run, summary: dict, files, printer, json_out: bool) -> None:
+    """Record the summary in the manifest, print it; exit 1 (results kept) when a whole condition failed."""
     from ..bench.longbench import failed_conditions
-    from ..reports.bench import print_benchmark
 
     run.record_existing(*files)
     run.update(**{key: summary[key] for key in ("parameters", "peak_memory_gib", "conventions", "throughput")})
-    print_benchmark(summary)
+    printer(summary)
     if json_out:
         emit_json(summary)
     failed = failed_conditions(summary)
