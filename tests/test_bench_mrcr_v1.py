@@ -91,9 +91,10 @@ def test_longbench_v1_prompts_answer_lengths_and_metrics(fake, tmp_path):
     bench = selection.benchmark
     hotpot = next(i for i in selection.items if i.dataset == "hotpotqa")
     parts = bench.document_prompt(hotpot, hotpot.context)
-    assert parts.preamble.endswith("The following are given passages.\n")
-    assert parts.question.startswith("\nAnswer the question based on the given passages.")
-    assert parts.question.endswith(f"Question: {hotpot.input}\nAnswer:")
+    # the fixture's own template (tests/data/longbench_v1/prompts.json), split at {context}
+    assert parts.preamble == "Read the passages below and answer the question with a few words only.\n\nPassages:\n"
+    assert parts.question == f"\nQuestion: {hotpot.input}\nAnswer:"
+    assert parts.document == hotpot.context
     assert (
         bench.max_new_tokens(hotpot) == 32
         and bench.max_new_tokens(next(i for i in selection.items if i.dataset == "gov_report")) == 512
@@ -108,6 +109,15 @@ def test_longbench_v1_prompts_answer_lengths_and_metrics(fake, tmp_path):
     table = json.loads(result.stdout)["longbench_v1"]["native"]
     assert set(table) == {"hotpotqa", "gov_report", "trec", "passage_count", "lcc", "average"}
     assert table["hotpotqa"] == 50.0  # 'i think cityn' against 'cityn': precision 1/3, recall 1
+
+
+def test_longbench_v1_without_its_prompts_file_exits_2_saying_where_to_get_it(tmp_path):
+    args = ["bench", "longbench-v1", "-c", str(TINY_V1), "--set", "bench.prompts=null", "-o", str(tmp_path / "r")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert (
+        "curl -LO https://raw.githubusercontent.com/THUDM/LongBench/" in result.stderr and not (tmp_path / "r").exists()
+    )
 
 
 @pytest.mark.parametrize(

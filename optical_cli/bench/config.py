@@ -180,7 +180,9 @@ class LongBenchV1Section(BenchSection):
     )
     num_samples: Optional[int] = Field(20, ge=1, description="seeded sample per dataset (null: every item)")
     prompts: Optional[str] = Field(
-        None, description="a dataset2prompt.json to use instead of the bundled copy of LongBench's"
+        None,
+        description="LongBench's config/dataset2prompt.json (a local copy; its prompts are not shipped): each "
+        "dataset's prompt template with {context} and {input}",
     )
 
 

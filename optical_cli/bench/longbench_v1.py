@@ -1,8 +1,9 @@
 """`optical bench longbench-v1`: LongBench (v1), the benchmark Glyph reports, through the one protocol.
 
-The facts are THUDM/LongBench's (``LongBench/``, MIT): each dataset's prompt (``config/dataset2prompt.json``)
-and answer length (``config/dataset2maxlen.json``), both bundled in ``data/benchmarks/longbench_v1/`` with
-their licence, and its metric (``eval.py``'s ``dataset2metric``, ``metrics.py``: ``bench/metrics.py``).
+The facts are THUDM/LongBench's (``LongBench/``, MIT): each dataset's answer length (``config/dataset2maxlen.json``,
+the table below) and metric (``eval.py``'s ``dataset2metric``, ``metrics.py``: ``bench/metrics.py``). Its
+prompts (``config/dataset2prompt.json``) are its own prose, not shipped: ``bench.prompts`` names the user's
+copy, and a run without one exits 2 saying where to get it.
 Items: ``<dataset>.jsonl`` files with ``input``, ``context``, ``answers``, ``length``, ``dataset``,
 ``language``, ``all_classes`` and ``_id``, from a local folder or from the hub's ``data.zip``.
 
@@ -26,7 +27,6 @@ from typing import Any
 
 from ..errors import InputError
 from ..models.loading import require_downloads
-from ..paths import DATA_DIR
 from ..prompts import PromptParts
 from .benchmark import Scored
 from .config import LongBenchV1Config
@@ -38,7 +38,31 @@ from .scoring import condition_key
 from .steps import BenchSelection, run_selection
 
 V1_HUB_ID = "THUDM/LongBench"
-V1_CONFIG_DIR = DATA_DIR / "benchmarks" / "longbench_v1"
+# Tokens each dataset answers in: LongBench's config/dataset2maxlen.json (THUDM/LongBench, commit 2e00731)
+LONGBENCH_V1_MAXLEN: dict[str, int] = {
+    "narrativeqa": 128,
+    "qasper": 128,
+    "multifieldqa_en": 64,
+    "multifieldqa_zh": 64,
+    "hotpotqa": 32,
+    "2wikimqa": 32,
+    "musique": 32,
+    "dureader": 128,
+    "gov_report": 512,
+    "qmsum": 512,
+    "multi_news": 512,
+    "vcsum": 512,
+    "trec": 64,
+    "triviaqa": 32,
+    "samsum": 128,
+    "lsht": 64,
+    "passage_count": 32,
+    "passage_retrieval_en": 32,
+    "passage_retrieval_zh": 32,
+    "lcc": 64,
+    "repobench-p": 64,
+}
+PROMPTS_URL = "https://raw.githubusercontent.com/THUDM/LongBench/main/LongBench/config/dataset2prompt.json"
 V1_FILES = ("summary.json", "score_by_length.png")
 V1_RESUMABLE = {"bench.datasets", "bench.conditions", "bench.plots", "bench.server_in_flight", "bench.server_timeout_s"}
 
@@ -100,14 +124,20 @@ class LongBenchV1:
 
 
 def load_templates(prompts: str | None) -> tuple[dict[str, str], dict[str, int]]:
-    path = Path(prompts) if prompts else V1_CONFIG_DIR / "dataset2prompt.json"
-    try:
-        return (
-            json.loads(path.read_text(encoding="utf-8")),
-            json.loads((V1_CONFIG_DIR / "dataset2maxlen.json").read_text(encoding="utf-8")),
+    """(each dataset's prompt template from ``bench.prompts``, each dataset's answer length)."""
+    if not prompts:
+        raise InputError(
+            "bench.prompts is not set: LongBench v1's prompts are its own text, not shipped with optical; get "
+            f"them with `curl -LO {PROMPTS_URL}` and pass --set bench.prompts=dataset2prompt.json"
         )
+    path = Path(prompts)
+    try:
+        templates = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable dataset2prompt.json ({exc})") from None
+    if not isinstance(templates, dict) or not all(isinstance(v, str) for v in templates.values()):
+        raise InputError(f"{path}: a dataset2prompt.json maps each dataset to its prompt template (a string)")
+    return templates, dict(LONGBENCH_V1_MAXLEN)
 
 
 def read_dataset(source: str, dataset: str) -> list[dict]:
