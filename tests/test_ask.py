@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -152,9 +153,10 @@ def test_a_server_where_nothing_listens_is_exit_2_in_seconds(tmp_path):
 class FakeServer:
     """An OpenAI-compatible server in a thread: /v1/models, vLLM's /tokenize, and a streamed chat answer."""
 
-    def __init__(self, tokens=None, answer=("The ", "keeper ", "counted."), refuse: str | None = None):
-        self.tokens, self.answer, self.refuse = tokens, answer, refuse
+    def __init__(self, tokens=None, answer=("The ", "keeper ", "counted."), refuse: str | None = None, key=None):
+        self.tokens, self.answer, self.refuse, self.key = tokens, answer, refuse, key
         self.requests: list[dict] = []
+        self.authorizations: list[str | None] = []  # what each request sent (a key server checks it, as vLLM does)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -168,11 +170,22 @@ class FakeServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
+            def _unauthorized(self) -> bool:
+                sent = self.headers.get("Authorization")
+                fake.authorizations.append(sent)
+                if fake.key is None or sent == f"Bearer {fake.key}":
+                    return False
+                self._send(401, json.dumps({"error": "Unauthorized"}).encode())
+                return True
+
             def do_GET(self):
-                self._send(200, json.dumps({"data": [{"id": "optical", "object": "model"}]}).encode())
+                if not self._unauthorized():
+                    self._send(200, json.dumps({"data": [{"id": "optical", "object": "model"}]}).encode())
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self._unauthorized():
+                    return
                 fake.requests.append({"path": self.path, **body})
                 if self.path == "/tokenize":
                     return self._send(200, json.dumps({"tokens": fake.tokens, "count": len(fake.tokens)}).encode())
@@ -248,5 +261,41 @@ def test_a_request_the_server_refuses_is_exit_2_with_its_message(tmp_path):
     try:
         result = runner.invoke(app, ["ask", str(doc), "Why?", "-c", TINY, "--server", server.url])
         assert result.exit_code == 2 and "refused the request (400): At most 8 image(s)" in result.stderr
+    finally:
+        server.close()
+
+
+KEYED_RUNS = {  # a command that asks a server, and the config key naming the variable that holds its key
+    "ask": (["ask", "{doc}", "Why?", "-c", TINY], "serve.api_key_env"),
+    "bench": (
+        ["bench", "ruler", "-c", str(REPO_ROOT / "configs" / "tiny" / "ruler.yaml"), "--lengths", "1024"]
+        + ["--tasks", "niah_single_1", "--num-samples", "1", "-o", "{run}"],
+        "bench.server_api_key_env",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", sorted(KEYED_RUNS))
+def test_a_keyed_server_gets_the_key_the_config_names_and_a_missing_key_says_which_setting(
+    command, tmp_path, monkeypatch
+):
+    (tmp_path / "doc.txt").write_text(DOCUMENT[:400])
+    args, setting = KEYED_RUNS[command]
+    args = [arg.format(doc=tmp_path / "doc.txt", run=tmp_path / "bench-run") for arg in args]
+    server = FakeServer(tokens=[1, 2, 3], key="k-123")
+    try:
+        keyless = runner.invoke(app, [*args, "--server", server.url])
+        assert keyless.exit_code == 2 and f"set {setting} to the name" in keyless.stderr, keyless.output
+        unset = runner.invoke(app, [*args, "--server", server.url, "--set", f"{setting}=NO_SUCH_KEY_VARIABLE"])
+        assert unset.exit_code == 2 and "NO_SUCH_KEY_VARIABLE is not set" in unset.stderr, unset.output
+        monkeypatch.setenv("OPTICAL_FAKE_KEY", "k-123")
+        server.authorizations.clear()
+        keyed = runner.invoke(app, [*args, "--server", server.url, "--set", f"{setting}=OPTICAL_FAKE_KEY"])
+        # past the key: the fake's tokens are no optical model's, so the layout check refuses it
+        refused = re.search(r"not (the optical model of )?this config", keyed.stderr)
+        assert keyed.exit_code == 2 and refused, keyed.output
+        assert server.authorizations and set(server.authorizations) == {"Bearer k-123"}
+        assert "k-123" not in keyed.output
+        assert not (tmp_path / "bench-run" / "items.jsonl").exists()
     finally:
         server.close()

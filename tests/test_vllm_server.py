@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from conftest import REPO_ROOT
-from vllm_servers import KEY, config_sets
+from vllm_servers import KEY, KEY_VARIABLE, config_sets
 
 from optical_cli.bench.synthetic import cve_document
 from optical_cli.config.registry import load_config
@@ -220,6 +220,7 @@ def test_the_ask_command_streams_through_the_server_and_a_second_question_hits_t
 RULER_TINY = REPO_ROOT / "configs" / "tiny" / "ruler.yaml"
 RULER_RUN = ["bench", "ruler", "-c", str(RULER_TINY), "--lengths", "1024,2048"]
 RULER_RUN += ["--tasks", "niah_single_1,niah_multikey_1,vt,cwe", "--font-sizes", "12"]
+SERVER_KEY = ["--set", f"bench.server_api_key_env={KEY_VARIABLE}"]  # the session's server is keyed
 
 
 def _bench(args: list[str]):
@@ -248,7 +249,7 @@ def test_bench_ruler_through_the_server_gives_the_hf_engines_greedy_predictions(
     ]
     local = _bench([*common, "--engine", "hf", "-o", str(tmp_path / "hf")])
     assert local.exit_code == 0, local.output
-    remote = _bench([*common, "--server", server.url, "-o", str(tmp_path / "server")])
+    remote = _bench([*common, "--server", server.url, *SERVER_KEY, "-o", str(tmp_path / "server")])
     assert remote.exit_code == 0, remote.output
     hf, served = _log(tmp_path / "hf"), _log(tmp_path / "server")
     assert [(r["id"], r["condition"]) for r in hf] == [(r["id"], r["condition"]) for r in served]
@@ -261,7 +262,7 @@ def test_bench_ruler_through_the_server_gives_the_hf_engines_greedy_predictions(
 
 
 def test_a_server_that_does_not_serve_the_configs_model_is_refused_before_the_first_item(server, tmp_path):
-    base = [*RULER_RUN, "--num-samples", "1", "--server", server.url]
+    base = [*RULER_RUN, "--num-samples", "1", "--server", server.url, *SERVER_KEY]
     other_mode = _bench([*base, "--set", "deepencoder.mode=small", "-o", str(tmp_path / "mode")])
     assert other_mode.exit_code == 2 and "vision tokens" in other_mode.stderr, other_mode.output
     other_name = _bench([*base, "--set", "bench.served_model_name=glyph", "-o", str(tmp_path / "name")])
@@ -272,7 +273,7 @@ def test_a_server_that_does_not_serve_the_configs_model_is_refused_before_the_fi
 def test_bench_longbench_through_the_server(server, tmp_path):
     """LongBench v2 items sent as ask sends them: every condition answers through the server."""
     config = REPO_ROOT / "configs" / "tiny" / "longbench.yaml"
-    args = ["bench", "longbench", "-c", str(config), "--num-samples", "2", "--server", server.url]
+    args = ["bench", "longbench", "-c", str(config), "--num-samples", "2", "--server", server.url, *SERVER_KEY]
     result = _bench([*args, "--set", "bench.temperature=0", "-o", str(tmp_path / "lb"), "--json"])
     assert result.exit_code == 0, result.output
     rows = _log(tmp_path / "lb")

@@ -26,6 +26,9 @@ LongBenchDifficulty = Literal["easy", "hard"]
 LENGTHS: tuple[str, ...] = get_args(LongBenchLength)
 DIFFICULTIES: tuple[str, ...] = get_args(LongBenchDifficulty)
 
+# The --server settings a --resume may change: how the server is reached, not what it answers.
+SERVER_RESUMABLE = {"bench.server_in_flight", "bench.server_timeout_s", "bench.server_api_key_env"}
+
 
 class BenchSection(Section):
     """What every benchmark shares: conditions, decoding, the engine or a server, the optical chain."""
@@ -56,6 +59,11 @@ class BenchSection(Section):
     served_model_name: str = Field("optical", description="--server: the model name to ask for")
     server_timeout_s: float = Field(600.0, gt=0, description="--server: seconds to wait for one answer")
     server_in_flight: int = Field(4, ge=1, description="--server: requests sent at once (the server batches them)")
+    server_api_key_env: Optional[str] = Field(
+        None,
+        description="--server: the name of the variable holding the server's API key (what its serve.api_key_env "
+        "names); the key itself never goes in a config",
+    )
     log_with: TrackerNames = Field(
         [],
         description="experiment trackers summary.json's numbers also go to, in the run directory (see train.log_with)",

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..models.loading import require_downloads
 from ..prompts import PromptParts
 from .benchmark import Scored
-from .config import LongBenchV1Config
+from .config import SERVER_RESUMABLE, LongBenchV1Config
 from .data import DatasetUnavailable, dataset_file
 from .longbench import model_downloads
 from .metrics import LONGBENCH_V1_METRICS, longbench_v1_score, task_score
@@ -64,7 +64,7 @@ LONGBENCH_V1_MAXLEN: dict[str, int] = {
 }
 PROMPTS_URL = "https://raw.githubusercontent.com/THUDM/LongBench/main/LongBench/config/dataset2prompt.json"
 V1_FILES = ("summary.json", "score_by_length.png")
-V1_RESUMABLE = {"bench.datasets", "bench.conditions", "bench.plots", "bench.server_in_flight", "bench.server_timeout_s"}
+V1_RESUMABLE = {"bench.datasets", "bench.conditions", "bench.plots"} | SERVER_RESUMABLE
 
 
 @dataclass

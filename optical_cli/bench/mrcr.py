@@ -32,7 +32,7 @@ from ..models.loading import require_downloads
 from ..models.tokenizers import load_chat_tokenizer
 from ..prompts import PromptParts
 from .benchmark import Scored
-from .config import MrcrConfig
+from .config import SERVER_RESUMABLE, MrcrConfig
 from .data import DatasetUnavailable, dataset_file
 from .longbench import model_downloads
 from .metrics import mrcr_grade
@@ -42,13 +42,7 @@ from .steps import BenchSelection, run_selection
 MRCR_HUB_ID = "openai/mrcr"
 INTRO = "Below is a conversation between a user and an assistant.\n\n"
 MRCR_FILES = ("summary.json", "score_by_length.png")
-MRCR_RESUMABLE = {
-    "bench.conditions",
-    "bench.plots",
-    "bench.server_in_flight",
-    "bench.server_timeout_s",
-    "runtime.workers",
-}
+MRCR_RESUMABLE = {"bench.conditions", "bench.plots", "runtime.workers"} | SERVER_RESUMABLE
 
 
 @dataclass

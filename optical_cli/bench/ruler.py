@@ -40,7 +40,7 @@ from ..render.pages import PageRenderer, png_bytes
 from ..tracking import log_summary
 from . import ruler_tasks
 from .benchmark import Scored, item_columns
-from .config import RulerConfig
+from .config import SERVER_RESUMABLE, RulerConfig
 from .longbench import model_downloads
 from .metrics import ruler_postprocess, string_match_all, string_match_part, task_score
 from .plots import plot_score_by_compression, plot_score_by_length
@@ -409,10 +409,8 @@ RULER_RESUMABLE = {
     "bench.needle_legible",
     "bench.ocr_threads",
     "bench.write_pages",
-    "bench.server_in_flight",
-    "bench.server_timeout_s",
     "runtime.workers",
-}
+} | SERVER_RESUMABLE
 
 
 @dataclass

@@ -38,6 +38,7 @@ from ..memory import PeakMemory, headline_gib, is_out_of_memory
 from ..prompts import PromptParts, middle_truncate
 from ..records import RecordLog
 from .benchmark import LONGBENCH_V2, Benchmark, item_columns
+from .config import SERVER_RESUMABLE
 from .data import LongBenchItem, load_items, select_items
 from .plots import plot_accuracy_by_length, plot_cost_vs_length
 from .scoring import summarize_run
@@ -697,4 +698,4 @@ BENCH_RESUMABLE = {
     "page_cache.dir",
     "page_cache.max_gb",
     "runtime.workers",
-}
+} | SERVER_RESUMABLE

@@ -48,13 +48,16 @@ def page_messages(pngs: list[bytes], question: str) -> list[dict]:
 class OpenAIServer:
     """One server at ``url`` (``http://host:port``, with or without a trailing ``/v1``)."""
 
-    def __init__(self, url: str, timeout_s: float = 600.0, api_key: str | None = None):
+    def __init__(
+        self, url: str, timeout_s: float = 600.0, api_key: str | None = None, key_setting: str = "serve.api_key_env"
+    ):
         url = url.rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise InputError(f"--server {url}: write the server's URL as http://HOST:PORT")
         self.root = url[: -len("/v1")] if url.endswith("/v1") else url
         self.timeout_s = timeout_s
         self.headers = {"Content-Type": "application/json"}
+        self.key_setting = key_setting  # the config key a 401 tells the user to set
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
 
@@ -86,7 +89,7 @@ class OpenAIServer:
             return InputError(
                 f"the server at {self.root} requires an API key and did not accept "
                 + ("the one sent" if "Authorization" in self.headers else "a request without one")
-                + ": set serve.api_key_env to the name of the variable holding the server's key"
+                + f": set {self.key_setting} to the name of the variable holding the server's key"
             )
         if exc.code == 404 and path in ("/tokenize", "/v1/models"):
             return InputError(f"{self.root} has no {path}: it is not a vLLM server running the optical model")

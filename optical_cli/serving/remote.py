@@ -31,6 +31,7 @@ from ..models.vlm import IMAGE_PAD, build_layout, chat_ids
 from ..prompts import AFTER_DOCUMENT, PREAMBLE, PromptParts
 from ..render.pages import PageRenderer, png_bytes
 from .client import OpenAIServer, png_data_url
+from .supervisor import api_key
 
 PROBE_TEXT = "optical probe: the tokens of this request are compared with the local config's."
 _TOO_LONG = ("maximum context length", "too long", "longer than", "exceeds the model")
@@ -208,14 +209,17 @@ def server_reader(cfg, conditions: Sequence[str]) -> ServerReader:
     spec = ChainSpec.from_config(cfg, "bench")
     pages = bool({"optical", "native-matched"} & set(conditions))
     section = cfg.bench
+    key_setting = "bench.server_api_key_env"
+    key = api_key(section.server_api_key_env, key_setting)
+    client = OpenAIServer(section.server, timeout_s=section.server_timeout_s, api_key=key, key_setting=key_setting)
     reader = ServerReader(
         spec,
         section.server,
         model=section.served_model_name,
         pages=pages,
         optical="optical" in conditions,
-        timeout_s=section.server_timeout_s,
         in_flight=section.server_in_flight,
+        client=client,
     )
     reader.check()
     return reader

@@ -70,16 +70,16 @@ class ServerLaunch:
         return cls(**{**values, "model_dir": Path(values["model_dir"])})
 
 
-def api_key(variable: str | None) -> str | None:
-    """The key held by ``variable`` (``serve.api_key_env``), or None when no variable is named."""
+def api_key(variable: str | None, setting: str = "serve.api_key_env") -> str | None:
+    """The key held by ``variable`` (what ``setting`` names), or None when no variable is named."""
     if not variable:
         return None
     value = os.environ.get(variable, "")
     if not value.strip():
         raise InputError(
-            f"serve.api_key_env={variable} names the variable that holds the API key, but {variable} is not set "
+            f"{setting}={variable} names the variable that holds the API key, but {variable} is not set "
             f"in this environment; export {variable}=... (never put the key itself in a config), or unset "
-            "serve.api_key_env to serve without a key"
+            f"{setting} to go without a key"
         )
     return value.strip()
 
