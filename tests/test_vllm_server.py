@@ -265,8 +265,9 @@ def test_a_server_that_does_not_serve_the_configs_model_is_refused_before_the_fi
     base = [*RULER_RUN, "--num-samples", "1", "--server", server.url, *SERVER_KEY]
     other_mode = _bench([*base, "--set", "deepencoder.mode=small", "-o", str(tmp_path / "mode")])
     assert other_mode.exit_code == 2 and "vision tokens" in other_mode.stderr, other_mode.output
-    other_name = _bench([*base, "--set", "bench.served_model_name=glyph", "-o", str(tmp_path / "name")])
-    assert other_name.exit_code == 2 and "not 'glyph'" in other_name.stderr, other_name.output
+    # a name the session's server does not serve (it serves optical and the alias glyph)
+    other_name = _bench([*base, "--set", "bench.served_model_name=qwen3-8b", "-o", str(tmp_path / "name")])
+    assert other_name.exit_code == 2 and "not 'qwen3-8b'" in other_name.stderr, other_name.output
     assert not (tmp_path / "mode" / "items.jsonl").exists() and not (tmp_path / "name" / "items.jsonl").exists()
 
 
