@@ -8,37 +8,25 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..distributed import Processes
-from ..engines.reader import Reader, in_flight
+from ..engines.reader import Reader
 from ..engines.vllm_import import vllm_version
-from ..memory import PeakMemory, busiest
 from ..models.loading import Download, require_downloads
 from ..models.provenance import chain_downloads
-from ..tracking import log_summary
+from .benchmark import LONGBENCH_V2
 from .config import LongBenchConfig
-from .data import DatasetUnavailable, LongBenchItem
-from .runner import BenchSettings, finish_run, load_selection, resume_progress, run_benchmark, settings_from, throughput
+from .data import DatasetUnavailable
+from .plots import plot_accuracy_by_length, plot_cost_vs_length
+from .runner import load_selection, settings_from
+from .steps import BenchSelection, run_selection
 
 SUMMARY_FILES = ("summary.json", "accuracy_by_length.png", "cost_vs_length.png")
 
 
-@dataclass
-class Selection:
-    settings: BenchSettings
-    items: list[LongBenchItem]
-    done: int = 0  # (item, condition) rows of this selection already on disk (a resume)
-
-    @property
-    def rows(self) -> int:
-        return len(self.items) * len(self.settings.conditions)
-
-
-def select(cfg: LongBenchConfig, resume_from: Path | None = None, progress=None) -> Selection:
+def select(cfg: LongBenchConfig, resume_from: Path | None = None, progress=None) -> BenchSelection:
     """The items and settings ``cfg`` asks for; with ``resume_from`` (a run directory), the rows done there.
 
     A bad data file fails here, before any model loads; offline, every missing download (the dataset,
@@ -51,10 +39,8 @@ def select(cfg: LongBenchConfig, resume_from: Path | None = None, progress=None)
     require_downloads([] if cfg.bench.server else model_downloads(cfg), known_missing=missing)
     if items is None:
         raise unavailable
-    selection = Selection(settings_from(cfg.bench, cfg.runtime.seed), items)
-    if resume_from is not None:
-        selection.done = resume_progress(resume_from / "items.csv", selection.items, selection.settings)[0]
-    return selection
+    selection = BenchSelection(settings_from(cfg.bench, cfg.runtime.seed), items, LONGBENCH_V2, cfg.bench.data)
+    return selection.count_done(resume_from)
 
 
 def _dataset_download(cfg: LongBenchConfig) -> Download:
@@ -84,7 +70,7 @@ def engine_record(cfg: LongBenchConfig) -> dict[str, Any]:
 
 def run(
     cfg: LongBenchConfig,
-    selection: Selection,
+    selection: BenchSelection,
     reader: Reader,
     out_dir: Path,
     *,
@@ -94,38 +80,26 @@ def run(
 ) -> dict[str, Any] | None:
     """Run the selection's rows still to do into ``out_dir`` (items.csv) and write the summary and the
     plots; returns the summary in the main process, None in the others (under accelerate launch)."""
-    memory = PeakMemory(reader.device)
-    started = time.perf_counter()
-    rows = run_benchmark(
+    return run_selection(
+        selection,
         reader,
-        selection.items,
-        selection.settings,
-        out_dir / "items.csv",
-        resume=resume,
-        progress=progress,
-        procs=procs,
-        memory=memory,
-    )
-    wall_s = time.perf_counter() - started
-    peaks = procs.gather(memory.run_peak())  # every process's; the report keeps the busiest
-    if rows is None:
-        return None
-    conditions = len(selection.settings.conditions)
-    summary = finish_run(
-        rows,
-        selection.settings,
         out_dir,
-        reader_description=reader.description,
-        random_weights=reader.random_weights,
-        data_source=cfg.bench.data,
+        resume=resume,
+        procs=procs,
         plots=cfg.bench.plots,
-        parameters=reader.parameters,
-        peak_memory_gib=busiest(peaks),
-        conventions=reader.conventions,
-        throughput=throughput(len(rows) - selection.done, wall_s, conditions, in_flight(reader) * procs.count),
+        log_with=cfg.bench.log_with,
+        name="bench-longbench",
+        progress=progress,
+        plot=plot_longbench,
     )
-    log_summary(cfg.bench.log_with, out_dir, "bench-longbench", summary)
-    return summary
+
+
+def plot_longbench(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Path, random_weights: bool) -> None:
+    """LongBench v2's plots: accuracy by length bucket, cost against length."""
+    note = " [random weights: not a result]" if random_weights else ""
+    plot_accuracy_by_length(summary, out_dir / "accuracy_by_length.png", note)
+    conditions = summary["settings"]["conditions"]
+    plot_cost_vs_length(rows, conditions, out_dir / "cost_vs_length.png", note)
 
 
 def failed_conditions(summary: dict[str, Any]) -> list[str]:

@@ -40,7 +40,6 @@ from ..records import RecordLog
 from .benchmark import LONGBENCH_V2, Benchmark, item_columns
 from .config import SERVER_RESUMABLE
 from .data import LongBenchItem, load_items, select_items
-from .plots import plot_accuracy_by_length, plot_cost_vs_length
 from .scoring import summarize_run
 
 CONDITIONS = ("native", "optical", "native-matched", "no-context")
@@ -671,18 +670,6 @@ def write_summary(
         ),
     )
     atomic_write_json(out_dir / "summary.json", summary)
-    return summary
-
-
-def finish_run(
-    rows: list[dict[str, Any]], settings: BenchSettings, out_dir: Path, *, plots: bool = True, **meta: Any
-) -> dict[str, Any]:
-    """LongBench v2: ``summary.json`` and its plots (accuracy by length bucket, cost against length)."""
-    summary = write_summary(rows, settings, out_dir, **meta)
-    if plots and rows:
-        note = " [random weights: not a result]" if meta["random_weights"] else ""
-        plot_accuracy_by_length(summary, out_dir / "accuracy_by_length.png", note)
-        plot_cost_vs_length(rows, settings.conditions, out_dir / "cost_vs_length.png", note)
     return summary
 
 

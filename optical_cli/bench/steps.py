@@ -1,6 +1,6 @@
 """The steps a benchmark run shares after its items are chosen: rows through the one runner, the summary,
-the plots of score by length, the trackers. MRCR and LongBench v1 run exactly these; RULER adds its grid,
-its generated set and the needles."""
+the plots (score by length unless the benchmark brings its own), the trackers. LongBench v2, MRCR and
+LongBench v1 run exactly these; RULER adds its grid, its generated set and the needles."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from ..tracking import log_summary
 from .benchmark import Benchmark, item_columns
 from .plots import plot_score_by_length
 from .runner import BenchSettings, resume_progress, run_benchmark, throughput, wanted_keys, write_summary
+
+# The plots of a finished run: (rows, summary, out_dir, random_weights) -> None.
+PlotRun = Callable[[list[dict[str, Any]], dict[str, Any], Path, bool], None]
 
 
 @dataclass
@@ -50,9 +53,10 @@ def run_selection(
     name: str,
     progress: Callable[..., None] | None = None,
     extra: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    plot: PlotRun | None = None,
 ) -> dict[str, Any] | None:
-    """Every row still to do, then (main process) summary.json (plus ``extra(rows)``), score_by_length.png
-    and the trackers; the summary in the main process, None in the others."""
+    """Every row still to do, then (main process) summary.json (plus ``extra(rows)``), the plots (``plot``;
+    by default score_by_length.png) and the trackers; the summary in the main process, None in the others."""
     memory, started = PeakMemory(reader.device), time.perf_counter()
     rows = run_benchmark(
         reader,
@@ -66,7 +70,7 @@ def run_selection(
         benchmark=selection.benchmark,
     )
     wall_s = time.perf_counter() - started
-    peaks = procs.gather(memory.run_peak())
+    peaks = procs.gather(memory.run_peak())  # every process's; the report keeps the busiest
     if rows is None:
         return None
     conditions = len(selection.settings.conditions)
@@ -87,10 +91,17 @@ def run_selection(
         summary.update(extra(rows))
         write_summary_file(out_dir, summary)
     if plots and rows:
-        note = " [random weights]" if reader.random_weights else ""
-        plot_score_by_length(rows, out_dir / "score_by_length.png", selection.benchmark.title, note)
+        (plot or _score_by_length(selection.benchmark.title))(rows, summary, out_dir, reader.random_weights)
     log_summary(log_with, out_dir, name, summary)
     return summary
+
+
+def _score_by_length(title: str) -> PlotRun:
+    def plot(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Path, random_weights: bool) -> None:
+        note = " [random weights]" if random_weights else ""
+        plot_score_by_length(rows, out_dir / "score_by_length.png", title, note)
+
+    return plot
 
 
 def write_summary_file(out_dir: Path, summary: dict[str, Any]) -> None:
