@@ -9,6 +9,7 @@ from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
 from optical_cli.bench import longbench_v1, mrcr
+from optical_cli.bench.benchmark import doubling_bin
 from optical_cli.cli import app
 from optical_cli.config.registry import load_config
 from optical_cli.engines.reader import Generation
@@ -137,3 +138,22 @@ def test_a_missing_dataset_exits_2_naming_its_download(command, config, download
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert download in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_length_bins_follow_each_benchmarks_edges():
+    # MRCR: 0-8,192 tokens is the first bin, its upper end included
+    assert [doubling_bin(n, 8192, upper_inclusive=True) for n in (1, 8192, 8193, 16384, 16385)] == [
+        8192,
+        8192,
+        16384,
+        16384,
+        32768,
+    ]
+    # LongBench-E: 0-4,000, 4,000-8,000, ...: 4,000 starts the second bin
+    assert [doubling_bin(n, 4000, upper_inclusive=False) for n in (0, 3999, 4000, 7999, 8000)] == [
+        4000,
+        4000,
+        8000,
+        8000,
+        16000,
+    ]

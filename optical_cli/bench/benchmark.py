@@ -53,6 +53,16 @@ class Scored:
     score: float
 
 
+def doubling_bin(value: int, first: int, *, upper_inclusive: bool) -> int:
+    """The upper end of the bin holding ``value`` among bins ending at ``first``, ``2 * first``, ...:
+    MRCR's token bins hold their upper end (0-8,192 tokens is the first); LongBench-E's length bins
+    do not (4,000 words starts the second)."""
+    upper = first
+    while value > upper or (value == upper and not upper_inclusive):
+        upper *= 2
+    return upper
+
+
 class Benchmark(Protocol):
     #: Its name in titles and records (``LongBench v2``, ``RULER``, ...).
     title: str

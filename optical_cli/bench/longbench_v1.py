@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import InputError
 from ..models.loading import require_downloads
 from ..prompts import PromptParts
-from .benchmark import Scored
+from .benchmark import Scored, doubling_bin
 from .config import SERVER_RESUMABLE, LongBenchV1Config
 from .data import DatasetUnavailable, dataset_file
 from .longbench import model_downloads
@@ -78,14 +78,6 @@ class V1Item:
     length: int  # LongBench's own length field (words; characters for Chinese)
 
 
-def length_bin(length: int) -> int:
-    """LongBench-E's bins, upper ends: 4,000, 8,000, then doubling."""
-    upper = 4000
-    while length >= upper:
-        upper *= 2
-    return upper
-
-
 class LongBenchV1:
     """LongBench v1 as a :class:`~optical_cli.bench.benchmark.Benchmark`."""
 
@@ -101,7 +93,8 @@ class LongBenchV1:
         return item.context
 
     def fields(self, item: V1Item) -> dict[str, Any]:
-        return {"dataset": item.dataset, "length": length_bin(item.length), "answers": list(item.answers)}
+        length = doubling_bin(item.length, 4000, upper_inclusive=False)  # LongBench-E: 0-4K, 4K-8K, then doubling
+        return {"dataset": item.dataset, "length": length, "answers": list(item.answers)}
 
     def _parts(self, item: V1Item) -> tuple[str, str]:
         head, _, tail = self.prompts[item.dataset].partition("{context}")

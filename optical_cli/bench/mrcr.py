@@ -31,7 +31,7 @@ from ..errors import InputError
 from ..models.loading import require_downloads
 from ..models.tokenizers import load_chat_tokenizer
 from ..prompts import PromptParts
-from .benchmark import Scored
+from .benchmark import Scored, doubling_bin
 from .config import SERVER_RESUMABLE, MrcrConfig
 from .data import DatasetUnavailable, dataset_file
 from .longbench import model_downloads
@@ -64,14 +64,6 @@ def transcript(messages: list[dict]) -> tuple[str, str]:
     names = {"user": "User", "assistant": "Assistant", "system": "System"}
     turns = [f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages[:-1]]
     return "\n\n".join(turns), messages[-1]["content"]
-
-
-def token_bin(tokens: int) -> int:
-    """The upper end of the power-of-two bin (from 8,192) holding ``tokens``: MRCR's 0-8K, 8K-16K, ... bins."""
-    upper = 8192
-    while tokens > upper:
-        upper *= 2
-    return upper
 
 
 class Mrcr:
@@ -144,7 +136,7 @@ def parse_mrcr_record(record_id: str, record: dict, count_tokens) -> MrcrItem:
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"MRCR item {record_id}: missing or bad field ({type(exc).__name__}: {exc})") from None
     item.tokens = count_tokens(history)
-    item.bin = token_bin(item.tokens)
+    item.bin = doubling_bin(item.tokens, 8192, upper_inclusive=True)  # MRCR's 0-8K, 8K-16K, ... bins
     return item
 
 
