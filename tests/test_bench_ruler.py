@@ -13,6 +13,7 @@ from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
 from optical_cli.bench import ruler, ruler_tasks
+from optical_cli.bench.benchmark import item_columns
 from optical_cli.bench.runner import log_path, read_rows, run_benchmark, settings_from
 from optical_cli.cli import app
 from optical_cli.config.registry import load_config
@@ -199,7 +200,7 @@ def test_a_killed_grid_run_resumes_to_the_rows_of_an_uninterrupted_one(items, tm
     path = tmp_path / "killed" / "items.csv"
     with pytest.raises(KeyboardInterrupt):
         _grid_run(chosen, path, ScriptedReader(crash_after=13))
-    assert 0 < len(read_rows(path, ruler._columns())) < len(whole)
+    assert 0 < len(read_rows(path, item_columns(ruler.Ruler(0)))) < len(whole)
     text = log_path(path).read_text()
     log_path(path).write_text(text[: text.rstrip("\n").rfind("\n") + 30])  # and its last record torn
     resumed = _grid_run(chosen, path, ScriptedReader(), resume=True)

@@ -8,11 +8,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..distributed import Processes
-from ..engines.reader import Reader
 from ..engines.vllm_import import vllm_version
 from ..models.loading import Download, require_downloads
 from ..models.provenance import chain_downloads
@@ -68,38 +67,17 @@ def engine_record(cfg: LongBenchConfig) -> dict[str, Any]:
     return {"engine": "vllm", "vllm": {"version": vllm_version(), **{key: getattr(section, key) for key in keys}}}
 
 
-def run(
-    cfg: LongBenchConfig,
-    selection: BenchSelection,
-    reader: Reader,
-    out_dir: Path,
-    *,
-    resume: bool,
-    procs: Processes,
-    progress: Callable[..., None] | None = None,
-) -> dict[str, Any] | None:
-    """Run the selection's rows still to do into ``out_dir`` (items.csv) and write the summary and the
-    plots; returns the summary in the main process, None in the others (under accelerate launch)."""
-    return run_selection(
-        selection,
-        reader,
-        out_dir,
-        resume=resume,
-        procs=procs,
-        plots=cfg.bench.plots,
-        log_with=cfg.bench.log_with,
-        name="bench-longbench",
-        progress=progress,
-        plot=plot_longbench,
-    )
-
-
 def plot_longbench(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Path, random_weights: bool) -> None:
     """LongBench v2's plots: accuracy by length bucket, cost against length."""
     note = " [random weights: not a result]" if random_weights else ""
     plot_accuracy_by_length(summary, out_dir / "accuracy_by_length.png", note)
     conditions = summary["settings"]["conditions"]
     plot_cost_vs_length(rows, conditions, out_dir / "cost_vs_length.png", note)
+
+
+# Run the selection's rows still to do into a run directory, then summary.json and the plots: the summary
+# in the main process, None in the others (under accelerate launch).
+run = partial(run_selection, name="bench-longbench", plot=plot_longbench)
 
 
 def failed_conditions(summary: dict[str, Any]) -> list[str]:

@@ -22,6 +22,7 @@ import json
 import random
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -216,18 +217,4 @@ def dataset_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
-def run_v1(
-    cfg: LongBenchV1Config, selection: BenchSelection, reader, out_dir: Path, *, resume: bool, procs, progress=None
-):
-    return run_selection(
-        selection,
-        reader,
-        out_dir,
-        resume=resume,
-        procs=procs,
-        plots=cfg.bench.plots,
-        log_with=cfg.bench.log_with,
-        name="bench-longbench-v1",
-        progress=progress,
-        extra=lambda rows: {"longbench_v1": dataset_table(rows)},
-    )
+run_v1 = partial(run_selection, name="bench-longbench-v1", extra=lambda rows: {"longbench_v1": dataset_table(rows)})

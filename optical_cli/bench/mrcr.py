@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,15 +177,4 @@ def _sample(records: list[tuple[str, dict]], per_count: int | None, seed: int) -
     return chosen
 
 
-def run_mrcr(cfg: MrcrConfig, selection: BenchSelection, reader, out_dir: Path, *, resume: bool, procs, progress=None):
-    return run_selection(
-        selection,
-        reader,
-        out_dir,
-        resume=resume,
-        procs=procs,
-        plots=cfg.bench.plots,
-        log_with=cfg.bench.log_with,
-        name="bench-mrcr",
-        progress=progress,
-    )
+run_mrcr = partial(run_selection, name="bench-mrcr")

@@ -14,22 +14,19 @@ Steps a caller runs in order:
 
 from __future__ import annotations
 
-import time
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import product
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..artifacts import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, to_json_line
+from ..artifacts import atomic_write_bytes, atomic_write_csv, atomic_write_text, to_json_line
 from ..config.sections import RenderSection
 from ..distributed import Processes
 from ..engines.chain import ChainSpec
-from ..engines.reader import in_flight
 from ..errors import ConfigError
-from ..memory import PeakMemory, busiest
 from ..models.loading import require_downloads
 from ..models.tokenizers import load_chat_tokenizer
 from ..models.vlm import chat_ids
@@ -37,15 +34,15 @@ from ..prompts import PromptParts
 from ..records import KeyedLog
 from ..render.frontier import OcrJudge, Segment, comparable, crop_segment
 from ..render.pages import PageRenderer, png_bytes
-from ..tracking import log_summary
 from . import ruler_tasks
-from .benchmark import Scored, item_columns
+from .benchmark import Scored
 from .config import SERVER_RESUMABLE, RulerConfig
 from .longbench import model_downloads
 from .metrics import ruler_postprocess, string_match_all, string_match_part, task_score
 from .plots import plot_score_by_compression, plot_score_by_length
-from .runner import BenchSettings, resume_progress, run_benchmark, settings_from, throughput, wanted_keys, write_summary
+from .runner import settings_from
 from .scoring import condition_key, wilson_interval
+from .steps import BenchSelection, run_selection
 
 LENGTH_TOLERANCE = 0.01  # a native prompt within 1% of its target
 
@@ -413,16 +410,12 @@ RULER_RESUMABLE = {
 } | SERVER_RESUMABLE
 
 
-@dataclass
-class RulerSelection:
-    settings: BenchSettings
-    items: list[RulerItem]
-    grid: list[RenderSetting]
-    done: int = 0  # rows of this selection already on disk (a resume)
+RULER_DATA_SOURCE = "generated (RULER's tasks, seeded): set/"
 
-    @property
-    def rows(self) -> int:
-        return len(wanted_keys(self.items, self.settings))
+
+@dataclass
+class RulerSelection(BenchSelection):
+    grid: list[RenderSetting] = field(default_factory=list)
 
 
 def select_ruler(cfg: RulerConfig, resume_from: Path | None = None, progress=None) -> RulerSelection:
@@ -434,14 +427,8 @@ def select_ruler(cfg: RulerConfig, resume_from: Path | None = None, progress=Non
     counter = PromptCounter(load_chat_tokenizer(ChainSpec.from_config(cfg, "bench").tokenizer_source()))
     items = generate(cfg, counter, progress)
     settings = replace(settings_from(cfg.bench, cfg.runtime.seed), renders=tuple(s.label for s in grid))
-    selection = RulerSelection(settings, items, grid)
-    if resume_from is not None:
-        selection.done = resume_progress(resume_from / "items.csv", items, settings, _columns())[0]
-    return selection
-
-
-def _columns() -> tuple[str, ...]:
-    return item_columns(Ruler(0))
+    benchmark = Ruler(cfg.bench.max_new_tokens)
+    return RulerSelection(settings, items, benchmark, RULER_DATA_SOURCE, grid=grid).count_done(resume_from)
 
 
 def run_ruler(
@@ -454,63 +441,38 @@ def run_ruler(
     procs: Processes,
     progress: Callable[..., None] | None = None,
 ) -> dict[str, Any] | None:
-    """The generated set on disk, every row still to do, then (main process) the needles, the summary with
-    RULER's task table, and the plots; returns the summary in the main process, None in the others."""
+    """The generated set on disk, every row still to do (one reader per render setting), then (main process)
+    the needles, the summary with RULER's task table, and the plots; returns the summary in the main
+    process, None in the others."""
     if procs.is_main:
         write_set(selection.items, out_dir, selection.grid, cfg)
     pages = {"optical", "native-matched"} & set(selection.settings.conditions)
-    readers = page_readers(reader, selection.grid, cfg.render) if pages else None
-    memory, started = PeakMemory(reader.device), time.perf_counter()
-    benchmark = Ruler(cfg.bench.max_new_tokens)
-    rows = run_benchmark(
+
+    def extra(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        legibility = None
+        if cfg.bench.needle_legible and "optical" in selection.settings.conditions:
+            records = judge_needles(selection.items, selection.grid, cfg, out_dir, resume=resume, progress=progress)
+            legibility = legibility_summary(records, selection.grid)
+        lengths = length_report(selection.items, cfg.bench.count_generation)
+        return {"ruler": task_table(rows), "lengths": lengths, "needle_legible": legibility}
+
+    return run_selection(
+        cfg,
+        selection,
         reader,
-        selection.items,
-        selection.settings,
-        out_dir / "items.csv",
-        resume=resume,
-        progress=progress,
-        procs=procs,
-        memory=memory,
-        benchmark=benchmark,
-        page_readers=readers,
-    )
-    wall_s = time.perf_counter() - started
-    peaks = procs.gather(memory.run_peak())
-    if rows is None:
-        return None
-    rate = throughput(len(rows) - selection.done, wall_s, len(selection.settings.conditions), in_flight(reader))
-    return _finish(cfg, selection, rows, reader, out_dir, resume, progress, busiest(peaks), rate)
-
-
-def _finish(cfg, selection, rows, reader, out_dir, resume, progress, peak, rate) -> dict[str, Any]:
-    """The needles, summary.json with RULER's table, the plots and the trackers (main process)."""
-    benchmark = Ruler(cfg.bench.max_new_tokens)
-    legibility = None
-    if cfg.bench.needle_legible and "optical" in selection.settings.conditions:
-        records = judge_needles(selection.items, selection.grid, cfg, out_dir, resume=resume, progress=progress)
-        legibility = legibility_summary(records, selection.grid)
-    summary = write_summary(
-        rows,
-        selection.settings,
         out_dir,
-        benchmark=benchmark,
-        reader_description=reader.description,
-        random_weights=reader.random_weights,
-        data_source="generated (RULER's tasks, seeded): set/",
-        parameters=reader.parameters,
-        peak_memory_gib=peak,
-        conventions=reader.conventions,
-        throughput=rate,
+        resume=resume,
+        procs=procs,
+        name="bench-ruler",
+        progress=progress,
+        extra=extra,
+        plot=plot_ruler,
+        page_readers=page_readers(reader, selection.grid, cfg.render) if pages else None,
     )
-    summary.update(
-        ruler=task_table(rows),
-        lengths=length_report(selection.items, cfg.bench.count_generation),
-        needle_legible=legibility,
-    )
-    atomic_write_json(out_dir / "summary.json", summary)
-    if cfg.bench.plots and rows:
-        note = " [random weights]" if reader.random_weights else ""
-        plot_score_by_length(rows, out_dir / "score_by_length.png", "RULER", note)
-        plot_score_by_compression(rows, legibility, out_dir / "score_by_compression.png", "RULER", note)
-    log_summary(cfg.bench.log_with, out_dir, "bench-ruler", summary)
-    return summary
+
+
+def plot_ruler(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Path, random_weights: bool) -> None:
+    """Score against length, and against compression (with the needles' legibility where judged)."""
+    note = " [random weights]" if random_weights else ""
+    plot_score_by_length(rows, out_dir / "score_by_length.png", "RULER", note)
+    plot_score_by_compression(rows, summary["needle_legible"], out_dir / "score_by_compression.png", "RULER", note)

@@ -1,17 +1,17 @@
 """The steps a benchmark run shares after its items are chosen: rows through the one runner, the summary,
 the plots (score by length unless the benchmark brings its own), the trackers. LongBench v2, MRCR and
-LongBench v1 run exactly these; RULER adds its grid, its generated set and the needles."""
+LongBench v1 run exactly these; RULER adds its grid's readers, its generated set and the needles."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping
 
 from ..artifacts import atomic_write_json
 from ..distributed import Processes
-from ..engines.reader import in_flight
+from ..engines.reader import Reader, in_flight
 from ..memory import PeakMemory, busiest
 from ..tracking import log_summary
 from .benchmark import Benchmark, item_columns
@@ -42,21 +42,23 @@ class BenchSelection:
 
 
 def run_selection(
+    cfg,
     selection: BenchSelection,
     reader,
     out_dir: Path,
     *,
     resume: bool,
     procs: Processes,
-    plots: bool,
-    log_with: Sequence[str],
     name: str,
     progress: Callable[..., None] | None = None,
     extra: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     plot: PlotRun | None = None,
+    page_readers: Mapping[str, Reader] | None = None,
 ) -> dict[str, Any] | None:
     """Every row still to do, then (main process) summary.json (plus ``extra(rows)``), the plots (``plot``;
-    by default score_by_length.png) and the trackers; the summary in the main process, None in the others."""
+    by default score_by_length.png, with ``cfg.bench.plots``) and ``cfg.bench.log_with``'s trackers; the
+    summary in the main process, None in the others. A benchmark's run is this with its ``name`` (its
+    trackers' run name) bound; ``page_readers``: one reader per render setting (RULER's grid)."""
     memory, started = PeakMemory(reader.device), time.perf_counter()
     rows = run_benchmark(
         reader,
@@ -68,6 +70,7 @@ def run_selection(
         procs=procs,
         memory=memory,
         benchmark=selection.benchmark,
+        page_readers=page_readers,
     )
     wall_s = time.perf_counter() - started
     peaks = procs.gather(memory.run_peak())  # every process's; the report keeps the busiest
@@ -90,9 +93,9 @@ def run_selection(
     if extra is not None:
         summary.update(extra(rows))
         write_summary_file(out_dir, summary)
-    if plots and rows:
+    if cfg.bench.plots and rows:
         (plot or _score_by_length(selection.benchmark.title))(rows, summary, out_dir, reader.random_weights)
-    log_summary(log_with, out_dir, name, summary)
+    log_summary(cfg.bench.log_with, out_dir, name, summary)
     return summary
 
 
